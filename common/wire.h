@@ -1,0 +1,337 @@
+// The shim <-> broker wire format (docs/protocol.md is the normative description).
+//
+// Transport: an AF_UNIX SOCK_SEQPACKET socket; one message per datagram. A message is a 16-byte
+// header followed by a body of TLV fields. Everything here is header-only, allocation-free and
+// exception-free so that the shim (built with -fno-exceptions, no libstdc++ runtime) can use it.
+#pragma once
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <string_view>
+
+namespace via::wire {
+
+constexpr uint32_t kMagic = 0x31414956;  // "VIA1" as little-endian bytes
+constexpr uint16_t kVersion = 1;
+constexpr size_t kHeaderSize = 16;
+constexpr size_t kMaxMessage = 65536;    // header + body
+constexpr size_t kMaxFieldSize = 65535;  // a TLV length is a u16
+constexpr uint16_t kReplyBit = 0x8000;   // reply type = request type | kReplyBit
+
+// Message types (requests). Replies use type | kReplyBit.
+enum Type : uint16_t {
+  kHello = 1,        // first message on a connection: who am I, which network
+  kConnect = 2,      // connect the attached socket (SCM_RIGHTS) to a destination
+  kResolve = 3,      // name -> fake addresses
+  kReverse = 4,      // fake address -> name
+  kOpenSession = 5,  // `via run` opens a session; reply carries its token
+  kStatus = 6,       // human-readable status text
+  kShutdown = 7,     // ask the broker to exit
+};
+
+// Field tags.
+enum Tag : uint16_t {
+  kTagNetwork = 1,   // string "ns:name" or "direct"
+  kTagSession = 2,   // string, session token (hex)
+  kTagAddr = 3,      // Addr, see EncodeAddr
+  kTagName = 4,      // string, host name
+  kTagPort = 5,      // u16
+  kTagFamily = 6,    // u8: 0 = any, 4, 6
+  kTagErrno = 7,     // u32, 0 = success
+  kTagMessage = 8,   // string, human-readable error or info
+  kTagFlags = 9,     // u32
+  kTagPid = 10,      // u32 (informational; the broker trusts SO_PEERCRED)
+  kTagText = 11,     // string, multi-line text (status)
+  kTagVersion = 12,  // u16, protocol version (HELLO)
+};
+
+// Reply flags (kTagFlags in a HELLO reply).
+constexpr uint32_t kFlagDirect = 1u << 0;          // effective network is direct
+constexpr uint32_t kFlagLoopbackRoute = 1u << 1;   // route loopback destinations via the overlay
+constexpr uint32_t kFlagLoopbackRefuse = 1u << 2;  // refuse loopback destinations
+
+// An IPv4 or IPv6 endpoint, port in host order.
+struct Addr {
+  uint8_t family = 0;  // 4 or 6
+  uint16_t port = 0;
+  uint8_t bytes[16] = {};
+
+  bool operator==(const Addr& o) const {
+    return family == o.family && port == o.port &&
+           std::memcmp(bytes, o.bytes, family == 4 ? 4 : 16) == 0;
+  }
+  size_t addr_len() const { return family == 4 ? 4 : 16; }
+};
+
+// sockaddr -> Addr. Returns false for anything but AF_INET/AF_INET6 of sufficient length.
+inline bool AddrFromSockaddr(const sockaddr* sa, socklen_t len, Addr* out) {
+  if (sa == nullptr) return false;
+  if (sa->sa_family == AF_INET && len >= (socklen_t)sizeof(sockaddr_in)) {
+    const auto* in = reinterpret_cast<const sockaddr_in*>(sa);
+    *out = Addr{};
+    out->family = 4;
+    out->port = ntohs(in->sin_port);
+    std::memcpy(out->bytes, &in->sin_addr, 4);
+    return true;
+  }
+  if (sa->sa_family == AF_INET6 && len >= (socklen_t)sizeof(sockaddr_in6)) {
+    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(sa);
+    *out = Addr{};
+    out->family = 6;
+    out->port = ntohs(in6->sin6_port);
+    std::memcpy(out->bytes, &in6->sin6_addr, 16);
+    return true;
+  }
+  return false;
+}
+
+// Addr -> sockaddr_in / sockaddr_in6; returns the length used.
+inline socklen_t AddrToSockaddr(const Addr& a, sockaddr_storage* out) {
+  std::memset(out, 0, sizeof(*out));
+  if (a.family == 4) {
+    auto* in = reinterpret_cast<sockaddr_in*>(out);
+    in->sin_family = AF_INET;
+    in->sin_port = htons(a.port);
+    std::memcpy(&in->sin_addr, a.bytes, 4);
+    return sizeof(sockaddr_in);
+  }
+  auto* in6 = reinterpret_cast<sockaddr_in6*>(out);
+  in6->sin6_family = AF_INET6;
+  in6->sin6_port = htons(a.port);
+  std::memcpy(&in6->sin6_addr, a.bytes, 16);
+  return sizeof(sockaddr_in6);
+}
+
+// If `a` is an IPv4-mapped IPv6 address (::ffff:a.b.c.d), returns the IPv4 form; else `a`.
+inline Addr Unmapped(const Addr& a) {
+  static const uint8_t kPrefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  if (a.family != 6 || std::memcmp(a.bytes, kPrefix, 12) != 0) return a;
+  Addr v4;
+  v4.family = 4;
+  v4.port = a.port;
+  std::memcpy(v4.bytes, a.bytes + 12, 4);
+  return v4;
+}
+
+// True for 127.0.0.0/8, ::1 and ::ffff:127.0.0.0/104.
+inline bool IsLoopback(const Addr& addr) {
+  Addr a = Unmapped(addr);
+  if (a.family == 4) return a.bytes[0] == 127;
+  static const uint8_t kLoop6[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+  return std::memcmp(a.bytes, kLoop6, 16) == 0;
+}
+
+// Formats "1.2.3.4:80" or "[::1]:80" into buf (at least 64 bytes). Returns buf.
+inline const char* FormatAddr(const Addr& a, char* buf, size_t cap) {
+  char host[INET6_ADDRSTRLEN] = "?";
+  inet_ntop(a.family == 4 ? AF_INET : AF_INET6, a.bytes, host, sizeof(host));
+  if (a.family == 4) {
+    snprintf(buf, cap, "%s:%u", host, (unsigned)a.port);
+  } else {
+    snprintf(buf, cap, "[%s]:%u", host, (unsigned)a.port);
+  }
+  return buf;
+}
+
+// ---- encoding -------------------------------------------------------------------------------
+
+inline void PutLE16(uint8_t* p, uint16_t v) {
+  p[0] = uint8_t(v);
+  p[1] = uint8_t(v >> 8);
+}
+inline void PutLE32(uint8_t* p, uint32_t v) {
+  for (int i = 0; i < 4; ++i) p[i] = uint8_t(v >> (8 * i));
+}
+inline uint16_t GetLE16(const uint8_t* p) { return uint16_t(p[0] | (p[1] << 8)); }
+inline uint32_t GetLE32(const uint8_t* p) {
+  return uint32_t(p[0]) | (uint32_t(p[1]) << 8) | (uint32_t(p[2]) << 16) | (uint32_t(p[3]) << 24);
+}
+
+// Builds one message into a caller-provided buffer. If a field does not fit, ok() turns false
+// and every later Put is ignored.
+class Writer {
+ public:
+  Writer(uint8_t* buf, size_t cap, uint16_t type, uint32_t id) : buf_(buf), cap_(cap) {
+    if (cap_ < kHeaderSize) {
+      ok_ = false;
+      return;
+    }
+    PutLE32(buf_, kMagic);
+    PutLE16(buf_ + 4, type);
+    PutLE16(buf_ + 6, 0);
+    PutLE32(buf_ + 8, id);
+    PutLE32(buf_ + 12, 0);
+    len_ = kHeaderSize;
+  }
+
+  void PutBytes(uint16_t tag, const void* data, size_t n) {
+    if (!ok_ || n > kMaxFieldSize || len_ + 4 + n > cap_ || len_ + 4 + n > kMaxMessage) {
+      ok_ = false;
+      return;
+    }
+    PutLE16(buf_ + len_, tag);
+    PutLE16(buf_ + len_ + 2, uint16_t(n));
+    if (n) std::memcpy(buf_ + len_ + 4, data, n);
+    len_ += 4 + n;
+    PutLE32(buf_ + 12, uint32_t(len_ - kHeaderSize));
+  }
+  void PutString(uint16_t tag, std::string_view s) { PutBytes(tag, s.data(), s.size()); }
+  void PutU32(uint16_t tag, uint32_t v) {
+    uint8_t b[4];
+    PutLE32(b, v);
+    PutBytes(tag, b, 4);
+  }
+  void PutU16(uint16_t tag, uint16_t v) {
+    uint8_t b[2];
+    PutLE16(b, v);
+    PutBytes(tag, b, 2);
+  }
+  void PutU8(uint16_t tag, uint8_t v) { PutBytes(tag, &v, 1); }
+  // Addr: u8 family (4|6), u8 zero, u16 port (big-endian), then 4 or 16 address bytes.
+  void PutAddr(uint16_t tag, const Addr& a) {
+    uint8_t b[20];
+    b[0] = a.family;
+    b[1] = 0;
+    b[2] = uint8_t(a.port >> 8);
+    b[3] = uint8_t(a.port);
+    std::memcpy(b + 4, a.bytes, a.addr_len());
+    PutBytes(tag, b, 4 + a.addr_len());
+  }
+
+  bool ok() const { return ok_; }
+  const uint8_t* data() const { return buf_; }
+  size_t size() const { return len_; }
+
+ private:
+  uint8_t* buf_;
+  size_t cap_;
+  size_t len_ = 0;
+  bool ok_ = true;
+};
+
+// Why a datagram was rejected.
+enum class ParseError {
+  kOk = 0,
+  kTruncatedHeader,  // fewer than 16 bytes
+  kBadMagic,         // not "VIA1"
+  kLengthMismatch,   // header body length != datagram size - 16
+  kTooLarge,         // over kMaxMessage
+  kTruncatedField,   // a TLV runs past the end of the body
+};
+
+inline const char* ParseErrorText(ParseError e) {
+  switch (e) {
+    case ParseError::kOk:
+      return "ok";
+    case ParseError::kTruncatedHeader:
+      return "truncated header (message shorter than 16 bytes)";
+    case ParseError::kBadMagic:
+      return "bad magic (not a via protocol message)";
+    case ParseError::kLengthMismatch:
+      return "body length in header does not match message size";
+    case ParseError::kTooLarge:
+      return "message larger than 65536 bytes";
+    case ParseError::kTruncatedField:
+      return "field runs past the end of the message";
+  }
+  return "unknown parse error";
+}
+
+struct Field {
+  uint16_t tag = 0;
+  const uint8_t* data = nullptr;
+  uint16_t len = 0;
+
+  std::string_view str() const {
+    return std::string_view(reinterpret_cast<const char*>(data), len);
+  }
+  bool u32(uint32_t* v) const {
+    if (len != 4) return false;
+    *v = GetLE32(data);
+    return true;
+  }
+  bool u16(uint16_t* v) const {
+    if (len != 2) return false;
+    *v = GetLE16(data);
+    return true;
+  }
+  bool u8(uint8_t* v) const {
+    if (len != 1) return false;
+    *v = data[0];
+    return true;
+  }
+  bool addr(Addr* a) const {
+    if (len < 4) return false;
+    uint8_t fam = data[0];
+    size_t want = fam == 4 ? 8 : fam == 6 ? 20 : 0;
+    if (want == 0 || len != want || data[1] != 0) return false;
+    *a = Addr{};
+    a->family = fam;
+    a->port = uint16_t((data[2] << 8) | data[3]);
+    std::memcpy(a->bytes, data + 4, fam == 4 ? 4 : 16);
+    return true;
+  }
+};
+
+// A validated view of one message. Parse() checks framing and every TLV boundary up front, so
+// iteration afterwards cannot read out of bounds. The view does not own the bytes.
+class Message {
+ public:
+  ParseError Parse(const uint8_t* buf, size_t n) {
+    if (n > kMaxMessage) return ParseError::kTooLarge;
+    if (n < kHeaderSize) return ParseError::kTruncatedHeader;
+    if (GetLE32(buf) != kMagic) return ParseError::kBadMagic;
+    uint32_t body = GetLE32(buf + 12);
+    if (body != n - kHeaderSize) return ParseError::kLengthMismatch;
+    size_t off = kHeaderSize;
+    while (off < n) {
+      if (n - off < 4) return ParseError::kTruncatedField;
+      uint16_t flen = GetLE16(buf + off + 2);
+      if (n - off - 4 < flen) return ParseError::kTruncatedField;
+      off += 4 + flen;
+    }
+    buf_ = buf;
+    len_ = n;
+    return ParseError::kOk;
+  }
+
+  uint16_t type() const { return GetLE16(buf_ + 4); }
+  uint32_t id() const { return GetLE32(buf_ + 8); }
+
+  // Calls fn(const Field&) for every field, in order.
+  template <typename Fn>
+  void ForEach(Fn fn) const {
+    size_t off = kHeaderSize;
+    while (off + 4 <= len_) {
+      Field f;
+      f.tag = GetLE16(buf_ + off);
+      f.len = GetLE16(buf_ + off + 2);
+      f.data = buf_ + off + 4;
+      fn(f);
+      off += 4 + f.len;
+    }
+  }
+  // The first field with `tag`, or false.
+  bool Find(uint16_t tag, Field* out) const {
+    bool found = false;
+    ForEach([&](const Field& f) {
+      if (!found && f.tag == tag) {
+        *out = f;
+        found = true;
+      }
+    });
+    return found;
+  }
+
+ private:
+  const uint8_t* buf_ = nullptr;
+  size_t len_ = 0;
+};
+
+}  // namespace via::wire

@@ -1,0 +1,106 @@
+// Loading via's configuration: the Wippy registry format (version, namespace, entries) plus the
+// `network_service:` settings of `.wippy.yaml`. See docs/configuration.md.
+//
+// Every error message has the form "<file>:<line>:<col>: <what>", and for entry problems
+// "<file>:<line>:<col>: entry <ns:name> (<kind>): <field>: <problem>".
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/status.h"
+
+namespace via::config {
+
+// Where something was written: 1-based line and column.
+struct SourcePos {
+  std::string file;
+  int line = 0;
+  int column = 0;
+  std::string ToString() const;  // "file:line:col"
+};
+
+enum class OverlayKind { kSocks5, kTailscale, kI2p };
+
+// `kind: network.socks5` (fields as in Wippy, plus via's connect_timeout).
+struct Socks5Settings {
+  std::string host;      // required
+  int port = 0;          // required, 1..65535
+  std::string username;  // optional, <= 255 bytes
+  std::string password;  // optional, <= 255 bytes
+  bool isolate_streams = false;
+  int connect_timeout_ms = 15000;  // via extension: `connect_timeout: 15s` (or a number of seconds)
+};
+
+// `kind: network.tailscale` (parsed and validated; no driver in this build yet).
+struct TailscaleSettings {
+  std::string hostname;  // default "wippy" applied by the driver
+  std::string auth_key;
+  std::string auth_key_env;
+  std::string state_dir;
+  std::string control_url;
+  bool ephemeral = false;
+};
+
+// `kind: network.i2p` (parsed and validated; no driver in this build yet).
+struct I2pSettings {
+  std::string host;
+  int port = 0;
+  std::string session_name;  // default "wippy" applied by the driver
+};
+
+struct Overlay {
+  std::string id;  // "namespace:name"
+  std::string name;
+  std::string ns;
+  std::string kind_name;  // "network.socks5", ...
+  OverlayKind kind = OverlayKind::kSocks5;
+  SourcePos pos;  // position of the entry
+  Socks5Settings socks5;
+  TailscaleSettings tailscale;
+  I2pSettings i2p;
+};
+
+// What to do with loopback destinations (127.0.0.0/8, ::1) under an overlay.
+enum class LoopbackPolicy { kDirect, kOverlay, kRefuse };
+
+// `network_service:` (from .wippy.yaml or a top-level key in any config file).
+struct NetworkService {
+  std::string state_dir;        // absolute; default "<config dir>/.wippy/net"
+  std::string default_network;  // "" = direct
+  SourcePos default_network_pos;
+  std::string fake_ipv4 = "198.18.0.0/15";        // pool for fake addresses
+  std::string fake_ipv6 = "fd76:6961:ff00::/64";  // pool for fake addresses
+  LoopbackPolicy loopback = LoopbackPolicy::kDirect;
+  int idle_timeout_s = 30;  // broker exits this long after its last session/client is gone
+};
+
+struct Config {
+  std::string source;              // absolute path of the file or directory that was loaded
+  std::vector<std::string> files;  // every file read, in order
+  std::vector<Overlay> overlays;   // network.* entries, in file order
+  NetworkService service;
+  int skipped_entries = 0;  // entries of kinds via does not use
+
+  // Finds an overlay by "ns:name", or by bare "name" when exactly one overlay has that name.
+  const Overlay* Find(std::string_view ref) const;
+};
+
+// Loads a file, or every `*.yaml` file (sorted by name, dotfiles excluded) of a directory.
+// `network_service:` is read from a top-level key of any loaded file, else from `.wippy.yaml` in
+// the config's directory or its parent.
+Result<Config> LoadConfig(const std::string& path);
+
+// Parses one document given as text (for tests and embedded defaults). `filename` is used in
+// messages; `base_dir` resolves a relative state_dir.
+Result<Config> ParseConfigText(std::string_view text, const std::string& filename,
+                               const std::string& base_dir);
+
+// The search order when no -c is given: $VIA_CONFIG, ./_index.yaml, ./via.yaml,
+// $XDG_CONFIG_HOME/via/ (or ~/.config/via/), /etc/via/. Returns the first that exists, or an
+// error listing every place looked at.
+Result<std::string> FindConfig();
+
+}  // namespace via::config

@@ -1,0 +1,44 @@
+// One driver per configured overlay entry. The broker asks it where the program's socket must be
+// connected (the overlay's TCP endpoint) and for a fresh handshake per connection.
+#pragma once
+
+#include <sys/socket.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "config/config.h"
+#include "overlays/handshake.h"
+
+namespace via::overlays {
+
+// The overlay's endpoint, resolved once when the driver is created.
+struct Endpoint {
+  sockaddr_storage addr{};
+  socklen_t len = 0;
+  std::string text;  // "127.0.0.1:9050" for log lines
+};
+
+class Driver {
+ public:
+  virtual ~Driver() = default;
+  // The overlay's id, "ns:name".
+  virtual const std::string& id() const = 0;
+  // Endpoints to connect to, in order of preference (an IPv6 socket may use either family via
+  // a mapped address; an IPv4 socket only IPv4).
+  virtual const std::vector<Endpoint>& endpoints() const = 0;
+  // A new handshake for one connection to `target`. Fails e.g. when no random credential can be
+  // minted.
+  virtual Result<std::unique_ptr<Handshake>> NewHandshake(const Target& target) = 0;
+  // Connect timeout for this overlay, in milliseconds.
+  virtual int connect_timeout_ms() const = 0;
+};
+
+// Creates the driver for an overlay entry. Kinds without a driver in this build give ENOTSUP
+// with a message naming the kind. The proxy host is resolved here (numeric or /etc/hosts or the
+// system resolver: it is the proxy's own address, not a destination).
+Result<std::unique_ptr<Driver>> CreateDriver(const config::Overlay& overlay);
+
+}  // namespace via::overlays

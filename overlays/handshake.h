@@ -1,0 +1,43 @@
+// A protocol handshake as a pure state machine: no I/O, no clock. The broker's ConnectOp moves
+// bytes between the socket and the machine; unit tests feed byte vectors.
+//
+// Contract:
+//  - Output() is what must be written next (possibly empty); call Consumed(n) after writing n.
+//  - WantRead() is exactly how many bytes to read next; never read more, because what follows
+//    the handshake on the stream belongs to the program. 0 while output is pending or when done.
+//  - Feed(p, n) with n <= WantRead() bytes. Returns an error Status (errno + message) on a
+//    refusal or a malformed reply; the machine is then finished.
+//  - Done() is true after success.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "common/status.h"
+#include "common/wire.h"
+
+namespace via::overlays {
+
+// Where the program wanted to go: a name (from the fake-address table, sent as a name) or an
+// address, and a port.
+struct Target {
+  std::string name;  // non-empty: connect by name
+  wire::Addr addr;   // used when name is empty (family 4 or 6)
+  uint16_t port = 0;
+
+  std::string ToString() const;  // "example.test:80", "1.2.3.4:80", "[::1]:80"
+};
+
+class Handshake {
+ public:
+  virtual ~Handshake() = default;
+  virtual std::string_view Output() const = 0;
+  virtual void Consumed(size_t n) = 0;
+  virtual size_t WantRead() const = 0;
+  virtual Status Feed(const uint8_t* data, size_t n) = 0;
+  virtual bool Done() const = 0;
+};
+
+}  // namespace via::overlays

@@ -1,0 +1,408 @@
+// The shim's connection to the broker: one SOCK_SEQPACKET connection per thread, opened on the
+// first routed call. It survives what host programs do to descriptors: after fork the child opens
+// its own; if the program closed our descriptor or dup2'd something over it (close_range, daemon
+// helpers), the inode check notices and we reconnect instead of talking to the program's file.
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <spawn.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "shim/shim.h"
+
+extern char** environ;
+
+namespace via::shim {
+
+namespace {
+
+struct Link {
+  int fd = -1;
+  pid_t pid = 0;
+  dev_t dev = 0;
+  ino_t ino = 0;
+  bool hello_done = false;
+  int hello_err = 0;
+  uint32_t flags = 0;
+  uint32_t next_id = 1;
+  char hello_msg[256] = {};
+};
+
+__thread Link t_link;
+pthread_key_t g_key;
+pthread_once_t g_key_once = PTHREAD_ONCE_INIT;
+
+// Socket path discovered by `via broker --ensure` when VIA_SOCKET was not set.
+pthread_mutex_t g_path_mu = PTHREAD_MUTEX_INITIALIZER;
+char g_ensured_path[108];
+int g_ensure_err = 0;
+char g_ensure_msg[256];
+
+bool StillOurs(const Link& l) {
+  struct stat st;
+  return l.fd >= 0 && fstat(l.fd, &st) == 0 && S_ISSOCK(st.st_mode) && st.st_dev == l.dev &&
+         st.st_ino == l.ino;
+}
+
+void Drop(Link* l, bool close_fd) {
+  if (close_fd && l->fd >= 0) close(l->fd);
+  *l = Link{};
+}
+
+void ThreadExit(void*) {
+  if (t_link.pid == getpid() && StillOurs(t_link)) close(t_link.fd);
+  t_link = Link{};
+}
+
+void MakeKey() { pthread_key_create(&g_key, ThreadExit); }
+
+// Finds the `via` executable next to this library: the same directory (build tree) or
+// <prefix>/bin/via for <prefix>/lib/via/libvia.so.
+bool FindViaExe(char* out, size_t cap) {
+  Dl_info info{};
+  if (dladdr(reinterpret_cast<void*>(&FindViaExe), &info) == 0 || info.dli_fname == nullptr) {
+    return false;
+  }
+  char dir[4096];
+  std::snprintf(dir, sizeof dir, "%s", info.dli_fname);
+  char* slash = std::strrchr(dir, '/');
+  if (slash == nullptr) return false;
+  *slash = 0;
+  const char* candidates[] = {"%s/via", "%s/../../bin/via"};
+  for (const char* pattern : candidates) {
+    std::snprintf(out, cap, pattern, dir);
+    if (access(out, X_OK) == 0) return true;
+  }
+  return false;
+}
+
+// Runs `via broker --ensure` (without the shim in its environment) and reads the socket path it
+// prints. Done once per process; the answer (or the failure) is cached.
+void EnsureBroker() {
+  char exe[4200];
+  if (!FindViaExe(exe, sizeof exe)) {
+    g_ensure_err = EHOSTUNREACH;
+    std::snprintf(g_ensure_msg, sizeof g_ensure_msg,
+                  "VIA_SOCKET is not set and no `via` executable was found next to libvia.so to "
+                  "start a broker; run the program with `via run`");
+    return;
+  }
+  int pipefd[2];
+  if (pipe2(pipefd, O_CLOEXEC) != 0) {
+    g_ensure_err = errno;
+    std::snprintf(g_ensure_msg, sizeof g_ensure_msg, "pipe: %s", std::strerror(errno));
+    return;
+  }
+  // The environment minus LD_PRELOAD: the broker must never route its own sockets.
+  size_t n = 0;
+  while (environ[n] != nullptr) ++n;
+  char** env = static_cast<char**>(calloc(n + 1, sizeof(char*)));
+  size_t k = 0;
+  for (size_t i = 0; i < n && env != nullptr; ++i) {
+    if (std::strncmp(environ[i], "LD_PRELOAD=", 11) != 0) env[k++] = environ[i];
+  }
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, pipefd[1], 1);
+  char arg0[] = "via", arg1[] = "broker", arg2[] = "--ensure";
+  char* argv[] = {arg0, arg1, arg2, nullptr};
+  pid_t pid = -1;
+  int rc = posix_spawn(&pid, exe, &fa, nullptr, argv, env != nullptr ? env : environ);
+  posix_spawn_file_actions_destroy(&fa);
+  free(env);
+  close(pipefd[1]);
+  if (rc != 0) {
+    close(pipefd[0]);
+    g_ensure_err = rc;
+    std::snprintf(g_ensure_msg, sizeof g_ensure_msg, "cannot run %s: %s", exe, std::strerror(rc));
+    return;
+  }
+  char buf[512];
+  size_t got = 0;
+  for (;;) {
+    ssize_t r = read(pipefd[0], buf + got, sizeof buf - 1 - got);
+    if (r > 0) {
+      got += static_cast<size_t>(r);
+      if (got == sizeof buf - 1) break;
+    } else if (r < 0 && errno == EINTR) {
+      continue;
+    } else {
+      break;
+    }
+  }
+  close(pipefd[0]);
+  buf[got] = 0;
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  char* nl = std::strchr(buf, '\n');
+  if (nl != nullptr) *nl = 0;
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || buf[0] != '/' ||
+      std::strlen(buf) >= sizeof g_ensured_path) {
+    g_ensure_err = EHOSTUNREACH;
+    std::snprintf(g_ensure_msg, sizeof g_ensure_msg,
+                  "`%s broker --ensure` could not start a broker (see its message above)", exe);
+    return;
+  }
+  std::snprintf(g_ensured_path, sizeof g_ensured_path, "%s", buf);
+}
+
+// The broker's socket path, or an errno with a message.
+int SocketPath(char* out, size_t cap, char* msg, size_t msgcap) {
+  const Settings& s = GetSettings();
+  if (s.socket_path[0] != 0) {
+    std::snprintf(out, cap, "%s", s.socket_path);
+    return 0;
+  }
+  pthread_mutex_lock(&g_path_mu);
+  if (g_ensured_path[0] == 0 && g_ensure_err == 0) EnsureBroker();
+  int err = g_ensure_err;
+  if (err == 0) std::snprintf(out, cap, "%s", g_ensured_path);
+  if (err != 0 && msg != nullptr) std::snprintf(msg, msgcap, "%s", g_ensure_msg);
+  pthread_mutex_unlock(&g_path_mu);
+  return err;
+}
+
+// Sends one request (with an optional descriptor) and waits for its reply.
+int Exchange(Link* l, const wire::Writer& w, int pass_fd, uint8_t* reply, size_t cap,
+             size_t* reply_len) {
+  iovec iov{const_cast<uint8_t*>(w.data()), w.size()};
+  msghdr mh{};
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))];
+  if (pass_fd >= 0) {
+    std::memset(cbuf, 0, sizeof cbuf);
+    mh.msg_control = cbuf;
+    mh.msg_controllen = sizeof cbuf;
+    cmsghdr* c = CMSG_FIRSTHDR(&mh);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(c), &pass_fd, sizeof(int));
+  }
+  ssize_t sent;
+  do {
+    sent = sendmsg(l->fd, &mh, MSG_NOSIGNAL);
+  } while (sent < 0 && errno == EINTR);
+  if (sent < 0) return errno;
+  uint32_t want_id = wire::GetLE32(w.data() + 8);
+  for (;;) {
+    ssize_t r;
+    do {
+      r = recv(l->fd, reply, cap, 0);
+    } while (r < 0 && errno == EINTR);
+    if (r < 0) return errno;
+    if (r == 0) return ECONNRESET;
+    if (static_cast<size_t>(r) >= wire::kHeaderSize && wire::GetLE32(reply + 8) != want_id &&
+        wire::GetLE32(reply + 8) != 0) {
+      continue;  // a stale reply to an earlier request that timed out on our side
+    }
+    *reply_len = static_cast<size_t>(r);
+    return 0;
+  }
+}
+
+// Reads ERRNO and MESSAGE from a reply.
+int ReplyErrno(const wire::Message& m, char* msg, size_t msgcap) {
+  wire::Field f;
+  uint32_t err = EPROTO;
+  if (m.Find(wire::kTagErrno, &f)) f.u32(&err);
+  if (err != 0 && msg != nullptr && msgcap > 0) {
+    if (m.Find(wire::kTagMessage, &f)) {
+      std::snprintf(msg, msgcap, "%.*s", static_cast<int>(f.len),
+                    reinterpret_cast<const char*>(f.data));
+    } else {
+      std::snprintf(msg, msgcap, "%s", std::strerror(static_cast<int>(err)));
+    }
+  }
+  return static_cast<int>(err);
+}
+
+int DoHello(Link* l) {
+  const Settings& s = GetSettings();
+  uint8_t buf[1024];
+  wire::Writer w(buf, sizeof buf, wire::kHello, l->next_id++);
+  w.PutU16(wire::kTagVersion, wire::kVersion);
+  if (s.network[0] != 0) w.PutString(wire::kTagNetwork, s.network);
+  if (s.session[0] != 0) w.PutString(wire::kTagSession, s.session);
+  w.PutU32(wire::kTagPid, static_cast<uint32_t>(getpid()));
+  uint8_t reply[2048];
+  size_t n = 0;
+  int err = Exchange(l, w, -1, reply, sizeof reply, &n);
+  if (err != 0) return err;
+  wire::Message m;
+  if (m.Parse(reply, n) != wire::ParseError::kOk) return EPROTO;
+  l->hello_done = true;
+  l->hello_err = ReplyErrno(m, l->hello_msg, sizeof l->hello_msg);
+  wire::Field f;
+  if (m.Find(wire::kTagFlags, &f)) f.u32(&l->flags);
+  return 0;
+}
+
+// Returns the calling thread's link, connected and greeted, or an errno.
+int GetLink(Link** out, char* msg, size_t msgcap) {
+  pthread_once(&g_key_once, MakeKey);
+  Link* l = &t_link;
+  if (l->fd >= 0) {
+    if (l->pid != getpid()) {
+      // Inherited across fork: the parent still uses this connection; close our copy.
+      Drop(l, StillOurs(*l));
+    } else if (!StillOurs(*l)) {
+      Drop(l, false);  // the program closed or replaced it; that descriptor is not ours now
+    }
+  }
+  if (l->fd < 0) {
+    char path[108];
+    int err = SocketPath(path, sizeof path, msg, msgcap);
+    if (err != 0) return err;
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+      err = errno;
+      std::snprintf(msg, msgcap, "cannot create a socket for the broker: %s", std::strerror(err));
+      return err;
+    }
+    sockaddr_un sun{};
+    sun.sun_family = AF_UNIX;
+    std::snprintf(sun.sun_path, sizeof sun.sun_path, "%s", path);
+    int rc;
+    do {
+      rc = Real().connect(fd, reinterpret_cast<sockaddr*>(&sun), sizeof sun);
+    } while (rc < 0 && errno == EINTR);
+    if (rc < 0) {
+      err = errno;
+      close(fd);
+      std::snprintf(msg, msgcap, "the via broker at %s is not reachable (%s); nothing was sent",
+                    path, std::strerror(err));
+      return err == ENOENT ? ECONNREFUSED : err;
+    }
+    // Keep out of the low descriptor numbers that programs expect to be theirs.
+    rlimit rl{};
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur > 512) {
+      int high = fcntl(fd, F_DUPFD_CLOEXEC, 400);
+      if (high >= 0) {
+        close(fd);
+        fd = high;
+      }
+    }
+    struct stat st;
+    fstat(fd, &st);
+    l->fd = fd;
+    l->pid = getpid();
+    l->dev = st.st_dev;
+    l->ino = st.st_ino;
+    pthread_setspecific(g_key, l);
+    err = DoHello(l);
+    if (err != 0) {
+      std::snprintf(msg, msgcap, "the via broker did not answer: %s", std::strerror(err));
+      Drop(l, true);
+      return err;
+    }
+  }
+  if (l->hello_err != 0) {
+    std::snprintf(msg, msgcap, "%s", l->hello_msg);
+    return l->hello_err;
+  }
+  *out = l;
+  return 0;
+}
+
+// One request/reply on the thread's link; retried once on a fresh link if the old one broke.
+int Request(wire::Writer& w, int pass_fd, uint8_t* reply, size_t cap, wire::Message* m, char* msg,
+            size_t msgcap) {
+  for (int attempt = 0;; ++attempt) {
+    Link* l = nullptr;
+    int err = GetLink(&l, msg, msgcap);
+    if (err != 0) return err;
+    size_t n = 0;
+    err = Exchange(l, w, pass_fd, reply, cap, &n);
+    if (err == 0) {
+      if (m->Parse(reply, n) != wire::ParseError::kOk) {
+        std::snprintf(msg, msgcap, "malformed reply from the via broker");
+        Drop(l, true);
+        return EPROTO;
+      }
+      return 0;
+    }
+    Drop(l, true);
+    if (attempt == 1 || (err != EPIPE && err != ECONNRESET && err != ENOTCONN)) {
+      std::snprintf(msg, msgcap, "lost the connection to the via broker: %s", std::strerror(err));
+      return err;
+    }
+  }
+}
+
+}  // namespace
+
+int BrokerHello(HelloInfo* info, char* msg, size_t msgcap) {
+  Link* l = nullptr;
+  int err = GetLink(&l, msg, msgcap);
+  if (err != 0) return err;
+  info->flags = l->flags;
+  return 0;
+}
+
+int BrokerConnect(int fd, const wire::Addr& dest, char* msg, size_t msgcap) {
+  uint8_t buf[256];
+  wire::Writer w(buf, sizeof buf, wire::kConnect, t_link.next_id++);
+  w.PutAddr(wire::kTagAddr, dest);
+  uint8_t reply[2048];
+  wire::Message m;
+  int err = Request(w, fd, reply, sizeof reply, &m, msg, msgcap);
+  if (err != 0) return err;
+  return ReplyErrno(m, msg, msgcap);
+}
+
+int BrokerResolve(const char* name, int family, wire::Addr* out, int cap, int* count, char* msg,
+                  size_t msgcap) {
+  *count = 0;
+  uint8_t buf[512];
+  wire::Writer w(buf, sizeof buf, wire::kResolve, t_link.next_id++);
+  w.PutString(wire::kTagName, name);
+  w.PutU8(wire::kTagFamily, static_cast<uint8_t>(family));
+  if (!w.ok()) {
+    std::snprintf(msg, msgcap, "host name too long");
+    return EINVAL;
+  }
+  uint8_t reply[2048];
+  wire::Message m;
+  int err = Request(w, -1, reply, sizeof reply, &m, msg, msgcap);
+  if (err != 0) return err;
+  err = ReplyErrno(m, msg, msgcap);
+  if (err != 0) return err;
+  m.ForEach([&](const wire::Field& f) {
+    wire::Addr a;
+    if (f.tag == wire::kTagAddr && *count < cap && f.addr(&a)) out[(*count)++] = a;
+  });
+  return 0;
+}
+
+int BrokerReverse(const wire::Addr& addr, char* name, size_t namecap) {
+  uint8_t buf[256];
+  wire::Writer w(buf, sizeof buf, wire::kReverse, t_link.next_id++);
+  w.PutAddr(wire::kTagAddr, addr);
+  uint8_t reply[2048];
+  wire::Message m;
+  char msg[256];
+  int err = Request(w, -1, reply, sizeof reply, &m, msg, sizeof msg);
+  if (err != 0) return err;
+  err = ReplyErrno(m, msg, sizeof msg);
+  if (err != 0) return err;
+  wire::Field f;
+  if (!m.Find(wire::kTagName, &f) || f.len == 0 || f.len >= namecap) return ENOENT;
+  std::memcpy(name, f.data, f.len);
+  name[f.len] = 0;
+  return 0;
+}
+
+}  // namespace via::shim
