@@ -1,0 +1,127 @@
+#include "tools/broker_client.h"
+
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+namespace via::tools {
+
+Result<BrokerClient> BrokerClient::Connect(const std::string& path) {
+  BrokerClient c;
+  c.fd_.reset(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  if (!c.fd_) return Status::FromErrno("socket");
+  sockaddr_un sun{};
+  sun.sun_family = AF_UNIX;
+  if (path.size() >= sizeof sun.sun_path) {
+    return Status::Error(ENAMETOOLONG, "socket path too long: " + path);
+  }
+  std::memcpy(sun.sun_path, path.c_str(), path.size() + 1);
+  if (connect(c.fd_.get(), reinterpret_cast<sockaddr*>(&sun), sizeof sun) != 0) {
+    return Status::FromErrno("cannot reach the broker at " + path);
+  }
+  return c;
+}
+
+Result<wire::Message> BrokerClient::Exchange(const wire::Writer& w, int pass_fd) {
+  iovec iov{const_cast<uint8_t*>(w.data()), w.size()};
+  msghdr mh{};
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))] = {};
+  if (pass_fd >= 0) {
+    mh.msg_control = cbuf;
+    mh.msg_controllen = sizeof cbuf;
+    cmsghdr* cm = CMSG_FIRSTHDR(&mh);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(cm), &pass_fd, sizeof(int));
+  }
+  ssize_t r;
+  do {
+    r = sendmsg(fd_.get(), &mh, MSG_NOSIGNAL);
+  } while (r < 0 && errno == EINTR);
+  if (r < 0) return Status::FromErrno("sending to the broker");
+  reply_.resize(wire::kMaxMessage);
+  do {
+    r = recv(fd_.get(), reply_.data(), reply_.size(), 0);
+  } while (r < 0 && errno == EINTR);
+  if (r < 0) return Status::FromErrno("reading from the broker");
+  if (r == 0) return Status::Error(ECONNRESET, "the broker closed the connection");
+  reply_.resize(size_t(r));
+  wire::Message m;
+  wire::ParseError pe = m.Parse(reinterpret_cast<const uint8_t*>(reply_.data()), reply_.size());
+  if (pe != wire::ParseError::kOk) {
+    return Status::Error(
+        EPROTO, std::string("malformed reply from the broker: ") + wire::ParseErrorText(pe));
+  }
+  return m;
+}
+
+Status BrokerClient::ReplyStatus(const wire::Message& m) {
+  wire::Field f;
+  uint32_t err = EPROTO;
+  if (m.Find(wire::kTagErrno, &f)) f.u32(&err);
+  if (err == 0) return Status::Ok();
+  std::string msg = m.Find(wire::kTagMessage, &f) ? std::string(f.str()) : std::strerror(int(err));
+  return Status::Error(int(err), msg);
+}
+
+Result<std::string> BrokerClient::Hello(const std::string& network, const std::string& session) {
+  uint8_t buf[1024];
+  wire::Writer w(buf, sizeof buf, wire::kHello, next_id_++);
+  w.PutU16(wire::kTagVersion, wire::kVersion);
+  if (!network.empty()) w.PutString(wire::kTagNetwork, network);
+  if (!session.empty()) w.PutString(wire::kTagSession, session);
+  w.PutU32(wire::kTagPid, uint32_t(getpid()));
+  auto m = Exchange(w);
+  if (!m.ok()) return m.status();
+  if (Status s = ReplyStatus(*m); !s.ok()) return s;
+  wire::Field f;
+  return m->Find(wire::kTagNetwork, &f) ? std::string(f.str()) : std::string();
+}
+
+Result<std::string> BrokerClient::OpenSession(const std::string& network) {
+  uint8_t buf[1024];
+  wire::Writer w(buf, sizeof buf, wire::kOpenSession, next_id_++);
+  w.PutString(wire::kTagNetwork, network);
+  auto m = Exchange(w);
+  if (!m.ok()) return m.status();
+  if (Status s = ReplyStatus(*m); !s.ok()) return s;
+  wire::Field f;
+  if (!m->Find(wire::kTagSession, &f)) return Status::Error(EPROTO, "no session token in reply");
+  return std::string(f.str());
+}
+
+Status BrokerClient::ConnectByName(int fd, const std::string& name, uint16_t port) {
+  uint8_t buf[1024];
+  wire::Writer w(buf, sizeof buf, wire::kConnect, next_id_++);
+  w.PutString(wire::kTagName, name);
+  w.PutU16(wire::kTagPort, port);
+  auto m = Exchange(w, fd);
+  if (!m.ok()) return m.status();
+  return ReplyStatus(*m);
+}
+
+Result<std::string> BrokerClient::StatusText() {
+  uint8_t buf[64];
+  wire::Writer w(buf, sizeof buf, wire::kStatus, next_id_++);
+  auto m = Exchange(w);
+  if (!m.ok()) return m.status();
+  if (Status s = ReplyStatus(*m); !s.ok()) return s;
+  wire::Field f;
+  return m->Find(wire::kTagText, &f) ? std::string(f.str()) : std::string();
+}
+
+Status BrokerClient::Shutdown() {
+  uint8_t buf[64];
+  wire::Writer w(buf, sizeof buf, wire::kShutdown, next_id_++);
+  auto m = Exchange(w);
+  if (!m.ok()) return m.status();
+  return ReplyStatus(*m);
+}
+
+}  // namespace via::tools

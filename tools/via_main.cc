@@ -1,0 +1,210 @@
+// The `via` command line: dispatch and help.
+#include <dlfcn.h>
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "tools/cli.h"
+
+namespace via::tools {
+
+const char* const kHelpMain =
+    R"HELP(via - route a program's network traffic through an overlay network
+
+Usage: via COMMAND [OPTIONS]
+
+Commands:
+  run      run a program with its TCP connections and name lookups routed through an overlay
+  check    validate a configuration and list its overlays
+  probe    fetch an IP-echo URL directly and through an overlay, and print both addresses
+  status   show the running broker: overlays, sessions, fake addresses
+  stop     stop the running broker
+  broker   run the broker (normally started for you by `via run`)
+  help     show help for a command: via help run
+
+Options:
+  -h, --help     show this help
+  --version      print the version
+
+The configuration is the Wippy registry format (docs/configuration.md). Without -c it is
+looked up in $VIA_CONFIG, ./_index.yaml, ./via.yaml, $XDG_CONFIG_HOME/via/, /etc/via/.
+
+Examples:
+  via check -c via.yaml
+  via run -c via.yaml --network app:tor -- curl https://example.org/
+  LD_PRELOAD=/usr/local/lib/via/libvia.so VIA_NETWORK=app:tor wget -qO- http://example.org/
+)HELP";
+
+const char* const kHelpRun =
+    R"HELP(Usage: via run [-c CONFIG] [--network NS:NAME | --direct] [-q] [--] COMMAND [ARGS...]
+
+Runs COMMAND with libvia.so preloaded, so that its TCP connects and name lookups (and those of
+every child it starts) go through the selected overlay. Names are never looked up locally: the
+program sees a fake address and the overlay receives the name. Nothing ever falls back to a
+direct connection: if the overlay cannot be used, the connect fails.
+
+Options:
+  -c, --config PATH    configuration file or directory (default: the usual search)
+  -n, --network ID     the overlay, as namespace:name (e.g. app:tor) or a unique name
+      --direct         no overlay for this command and its children
+  -q, --quiet          the shim prints nothing (default: one line per failed connect)
+  -h, --help           show this help
+
+Selection when neither --network nor --direct is given: the enclosing via session's
+network (VIA_NETWORK, when via run is nested), else network_service.default_network, else
+direct. A broker for the configuration is started if none is running.
+
+Exit status: the command's own status (128+N if it died of signal N); 2 for a usage or
+configuration error, including an unknown overlay (nothing is run); 1 if the broker cannot be
+started (nothing is run); 126/127 if COMMAND cannot be executed / is not found.
+
+Examples:
+  via run --network app:tor -- curl http://example.test:8080/
+  via run -c ./_index.yaml -- python3 -c "import urllib.request as u; print(u.urlopen('http://example.test/').read())"
+  via run --direct -- make
+)HELP";
+
+const char* const kHelpBroker =
+    R"HELP(Usage: via broker [-c CONFIG] [--socket PATH] [--log FILE] [--idle-timeout SECONDS]
+       via broker [-c CONFIG] [--socket PATH] --daemon
+       via broker [-c CONFIG] [--socket PATH] --ensure
+
+Runs the broker for a configuration: it owns the overlay drivers and the fake-address table,
+and connects the sockets that programs under via hand to it. `via run` starts one for you.
+
+Options:
+  -c, --config PATH      configuration file or directory (default: the usual search)
+      --socket PATH      socket to listen on (default: $XDG_RUNTIME_DIR/via/broker-<hash>.sock,
+                         or /tmp/via-<uid>/broker-<hash>.sock)
+      --log FILE         also log to FILE (the foreground broker logs to stderr)
+      --idle-timeout S   exit S seconds after the last client is gone (default in the
+                         foreground: never)
+      --daemon           start it in the background (unless one is running) and return once
+                         it listens; it logs to broker-<hash>.log beside the socket and exits
+                         network_service.idle_timeout seconds after its last client
+      --ensure           like --daemon, then print the socket path (used by libvia.so when a
+                         program was started with LD_PRELOAD but without VIA_SOCKET)
+  -h, --help             show this help
+
+Signals: SIGTERM/SIGINT stop it. Exit status: 0 after a clean stop, 1 if it cannot start
+(the reason is logged), 2 for a usage or configuration error.
+)HELP";
+
+const char* const kHelpCheck = R"HELP(Usage: via check [-c CONFIG]
+
+Loads and validates a configuration, then lists the files read, each overlay (kind, endpoint,
+options, where it is defined), the default network, the loopback policy, the fake-address
+pools and how many entries of other kinds were skipped.
+
+Options:
+  -c, --config PATH   configuration file or directory (default: the usual search)
+  -h, --help          show this help
+
+Exit status: 0 if the configuration is valid; 2 otherwise, with the error as
+file:line:col: entry NS:NAME (KIND): FIELD: problem.
+)HELP";
+
+const char* const kHelpProbe =
+    R"HELP(Usage: via probe [-c CONFIG] [--network NS:NAME] [--url URL] [--timeout SECONDS] [--cafile FILE]
+
+Fetches an IP-echo URL twice, directly and through an overlay, and prints
+  direct IP: <address>          or   direct failed: <error>
+  <overlay name> IP: <address>  or   <overlay name> failed: <error>
+The name in the URL is never resolved locally on the overlay path. HTTPS is checked against
+the system's CA certificates (or --cafile) and the host name.
+
+Options:
+  -c, --config PATH    configuration (default: the usual search)
+  -n, --network ID     overlay to probe (default: network_service.default_network, else the
+                       only network.socks5 entry)
+      --url URL        http:// or https:// URL answering {"ip": "..."} or the bare address
+                       (default: https://api.ipify.org?format=json)
+      --timeout S      per fetch, in seconds (default 15)
+      --cafile FILE    trust the CA certificates in FILE instead of the system's
+  -h, --help           show this help
+
+Exit status: 0 if both lines succeeded, 1 if either failed, 2 for a usage/config error.
+)HELP";
+
+const char* const kHelpStatus = R"HELP(Usage: via status [-c CONFIG] [--socket PATH]
+
+Shows the running broker for a configuration (or for $VIA_SOCKET inside a via session): its
+overlays with connect counts, sessions, clients, and the size of the fake-address table. It
+does not start a broker.
+
+Options:
+  -c, --config PATH   configuration whose broker to ask (default: the usual search)
+      --socket PATH   ask the broker on this socket
+  -h, --help          show this help
+
+Exit status: 0, or 1 if no broker is running.
+)HELP";
+
+const char* const kHelpStop = R"HELP(Usage: via stop [-c CONFIG] [--socket PATH]
+
+Asks the running broker for a configuration to exit. Programs still running under it lose
+their overlay: their next connects fail (they never go direct).
+
+Options:
+  -c, --config PATH   configuration whose broker to stop (default: the usual search)
+      --socket PATH   stop the broker on this socket
+  -h, --help          show this help
+
+Exit status: 0, or 1 if no broker is running.
+)HELP";
+
+}  // namespace via::tools
+
+using namespace via::tools;
+
+int main(int argc, char** argv) {
+  // `via` is often started under a via session (nested `via run`): its own sockets are not the
+  // program's, so a preloaded shim must leave them alone.
+  if (auto off = reinterpret_cast<void (*)()>(dlsym(RTLD_DEFAULT, "via_shim_set_passthrough"))) {
+    off();
+  }
+  if (argc < 2) {
+    std::fputs(kHelpMain, stderr);
+    return kExitUsage;
+  }
+  std::string cmd = argv[1];
+  if (cmd == "-h" || cmd == "--help") {
+    std::fputs(kHelpMain, stdout);
+    return kExitOk;
+  }
+  if (cmd == "--version" || cmd == "version") {
+    std::printf("via %s\n", VIA_VERSION);
+    return kExitOk;
+  }
+  if (cmd == "help") {
+    if (argc < 3) {
+      std::fputs(kHelpMain, stdout);
+      return kExitOk;
+    }
+    cmd = argv[2];
+    const char* text = cmd == "run"      ? kHelpRun
+                       : cmd == "broker" ? kHelpBroker
+                       : cmd == "check"  ? kHelpCheck
+                       : cmd == "probe"  ? kHelpProbe
+                       : cmd == "status" ? kHelpStatus
+                       : cmd == "stop"   ? kHelpStop
+                                         : nullptr;
+    if (text == nullptr) {
+      Error("no such command: " + cmd + "; try 'via --help'");
+      return kExitUsage;
+    }
+    std::fputs(text, stdout);
+    return kExitOk;
+  }
+  int sub_argc = argc - 1;
+  char** sub_argv = argv + 1;
+  if (cmd == "run") return CmdRun(sub_argc, sub_argv);
+  if (cmd == "broker") return CmdBroker(sub_argc, sub_argv);
+  if (cmd == "check") return CmdCheck(sub_argc, sub_argv);
+  if (cmd == "probe") return CmdProbe(sub_argc, sub_argv);
+  if (cmd == "status") return CmdStatus(sub_argc, sub_argv);
+  if (cmd == "stop") return CmdStop(sub_argc, sub_argv);
+  Error("unknown command '" + cmd + "'; try 'via --help'");
+  return kExitUsage;
+}
