@@ -66,12 +66,12 @@ Result<std::string> RuntimeDir() {
   return dir;
 }
 
-Result<std::string> BrokerSocketPath(const std::string& config_source) {
+Result<std::string> BrokerSocketPath(const std::string& config_key) {
   auto dir = RuntimeDir();
   if (!dir.ok()) return dir.status();
   char name[64];
   std::snprintf(name, sizeof name, "/broker-%016llx.sock",
-                static_cast<unsigned long long>(Fnv1a(config_source)));
+                static_cast<unsigned long long>(Fnv1a(config_key)));
   std::string path = *dir + name;
   if (path.size() >= sizeof(sockaddr_un{}.sun_path)) {
     return Status::Error(ENAMETOOLONG, "socket path " + path + " is too long for a Unix socket");

@@ -12,9 +12,9 @@ namespace via {
 // group/other permissions.
 Result<std::string> RuntimeDir();
 
-// The socket path of the broker serving the config at `config_source` (an absolute path):
-// "<RuntimeDir>/broker-<16 hex of FNV-1a(config_source)>.sock".
-Result<std::string> BrokerSocketPath(const std::string& config_source);
+// The socket path of the broker serving a config identified by `config_key` (its absolute path
+// and a fingerprint of its text): "<RuntimeDir>/broker-<16 hex of FNV-1a(config_key)>.sock".
+Result<std::string> BrokerSocketPath(const std::string& config_key);
 
 // The log file beside that socket: same name with ".log".
 std::string BrokerLogPath(const std::string& socket_path);

@@ -83,6 +83,7 @@ struct Config {
   std::vector<Overlay> overlays;   // network.* entries, in file order
   NetworkService service;
   int skipped_entries = 0;  // entries of kinds via does not use
+  std::string fingerprint;  // hash of the text of every file read (16 hex chars)
 
   // Finds an overlay by "ns:name", or by bare "name" when exactly one overlay has that name.
   const Overlay* Find(std::string_view ref) const;

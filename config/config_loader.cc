@@ -8,6 +8,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -406,6 +407,20 @@ Result<std::string> ReadFile(const std::string& path) {
   return ss.str();
 }
 
+// FNV-1a over the text of the files read, so that a changed config gets a broker of its own.
+void AddToFingerprint(uint64_t* h, std::string_view text) {
+  for (unsigned char c : text) {
+    *h ^= c;
+    *h *= 1099511628211ull;
+  }
+}
+
+std::string HexFingerprint(uint64_t h) {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
 // Cross-entry checks once everything is loaded.
 Status Finish(Config* cfg, const std::string& base_dir) {
   NetworkService& svc = cfg->service;
@@ -432,6 +447,9 @@ Result<Config> ParseConfigText(std::string_view text, const std::string& filenam
   bool seen = false;
   if (Status st = ParseDocument(text, filename, &cfg, &seen); !st.ok()) return st;
   if (Status st = Finish(&cfg, base_dir); !st.ok()) return st;
+  uint64_t h = 1469598103934665603ull;
+  AddToFingerprint(&h, text);
+  cfg.fingerprint = HexFingerprint(h);
   return cfg;
 }
 
@@ -460,9 +478,11 @@ Result<Config> LoadConfig(const std::string& path) {
     files.push_back(cfg.source);
   }
   bool seen = false;
+  uint64_t h = 1469598103934665603ull;
   for (const std::string& f : files) {
     auto text = ReadFile(f);
     if (!text.ok()) return text.status();
+    AddToFingerprint(&h, *text);
     cfg.files.push_back(f);
     if (Status st = ParseDocument(*text, f, &cfg, &seen); !st.ok()) return st;
   }
@@ -471,12 +491,14 @@ Result<Config> LoadConfig(const std::string& path) {
       if (!Exists(candidate)) continue;
       auto text = ReadFile(candidate);
       if (!text.ok()) return text.status();
+      AddToFingerprint(&h, *text);
       cfg.files.push_back(candidate);
       if (Status st = ParseDocument(*text, candidate, &cfg, &seen); !st.ok()) return st;
       break;
     }
   }
   if (Status st = Finish(&cfg, dir); !st.ok()) return st;
+  cfg.fingerprint = HexFingerprint(h);
   return cfg;
 }
 

@@ -201,26 +201,61 @@ VIA_EXPORT int gethostbyname_r(const char* name, hostent* ret, char* buf, size_t
   return RemoteHostent(name, AF_INET, ret, buf, buflen, result, h_errnop);
 }
 
-VIA_EXPORT hostent* gethostbyaddr(const void* addr, socklen_t len, int type) {
-  if (addr == nullptr || Passthrough() || (type != AF_INET && type != AF_INET6) ||
-      len != (type == AF_INET ? 4u : 16u)) {
-    return Real().gethostbyaddr(addr, len, type);
-  }
+namespace via::shim {
+namespace {
+
+// Under an overlay: the name of a fake address; libc for loopback and /etc/hosts addresses;
+// "not found" for anything else, because a PTR query would tell the local resolver which
+// address the program talks to. Returns 1 to ask libc, else 0 with *result set or not.
+int ReverseHostent(const void* addr, socklen_t len, int type, hostent* ret, char* buf,
+                   size_t buflen, hostent** result, int* h_errnop) {
+  *result = nullptr;
   wire::Addr a;
   a.family = type == AF_INET ? 4 : 6;
   std::memcpy(a.bytes, addr, len);
   char name[256];
   if (BrokerReverse(a, name, sizeof name) == 0) {
-    if (FillHostent(name, type, &a, 1, &t_store.he, t_store.buf, sizeof t_store.buf) == 0) {
-      return &t_store.he;
+    int err = FillHostent(name, type, &a, 1, ret, buf, buflen);
+    if (err != 0) {
+      *h_errnop = NETDB_INTERNAL;
+      return -err;
     }
+    *result = ret;
+    *h_errnop = 0;
+    return 0;
   }
-  if (wire::IsLoopback(a) || HostsReverse(a, name, sizeof name)) {
-    return Real().gethostbyaddr(addr, len, type);
+  if (wire::IsLoopback(a) || HostsReverse(a, name, sizeof name)) return 1;
+  *h_errnop = HOST_NOT_FOUND;
+  return 0;
+}
+
+bool ReverseApplies(const void* addr, socklen_t len, int type) {
+  return addr != nullptr && !Passthrough() && (type == AF_INET || type == AF_INET6) &&
+         len == (type == AF_INET ? 4u : 16u);
+}
+
+}  // namespace
+}  // namespace via::shim
+
+VIA_EXPORT hostent* gethostbyaddr(const void* addr, socklen_t len, int type) {
+  if (!ReverseApplies(addr, len, type)) return Real().gethostbyaddr(addr, len, type);
+  hostent* result = nullptr;
+  int herr = 0;
+  int rc =
+      ReverseHostent(addr, len, type, &t_store.he, t_store.buf, sizeof t_store.buf, &result, &herr);
+  if (rc == 1) return Real().gethostbyaddr(addr, len, type);
+  if (result == nullptr) h_errno = herr;
+  return result;
+}
+
+VIA_EXPORT int gethostbyaddr_r(const void* addr, socklen_t len, int type, hostent* ret, char* buf,
+                               size_t buflen, hostent** result, int* h_errnop) {
+  if (!ReverseApplies(addr, len, type)) {
+    return Real().gethostbyaddr_r(addr, len, type, ret, buf, buflen, result, h_errnop);
   }
-  // Under an overlay a PTR query would tell the local resolver which address we talk to.
-  h_errno = HOST_NOT_FOUND;
-  return nullptr;
+  int rc = ReverseHostent(addr, len, type, ret, buf, buflen, result, h_errnop);
+  if (rc == 1) return Real().gethostbyaddr_r(addr, len, type, ret, buf, buflen, result, h_errnop);
+  return rc < 0 ? -rc : (*result == nullptr ? ENOENT : 0);
 }
 
 VIA_EXPORT int getnameinfo(const sockaddr* sa, socklen_t salen, char* host, socklen_t hostlen,

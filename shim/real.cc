@@ -49,6 +49,7 @@ void Init() {
   Set(g_real.gethostbyname_r, "gethostbyname_r");
   Set(g_real.gethostbyname2_r, "gethostbyname2_r");
   Set(g_real.gethostbyaddr, "gethostbyaddr");
+  Set(g_real.gethostbyaddr_r, "gethostbyaddr_r");
   Set(g_real.getnameinfo, "getnameinfo");
 }
 

@@ -32,6 +32,7 @@ struct RealFns {
   int (*gethostbyname_r)(const char*, hostent*, char*, size_t, hostent**, int*);
   int (*gethostbyname2_r)(const char*, int, hostent*, char*, size_t, hostent**, int*);
   hostent* (*gethostbyaddr)(const void*, socklen_t, int);
+  int (*gethostbyaddr_r)(const void*, socklen_t, int, hostent*, char*, size_t, hostent**, int*);
   int (*getnameinfo)(const sockaddr*, socklen_t, char*, socklen_t, char*, socklen_t, int);
 };
 const RealFns& Real();

@@ -171,7 +171,7 @@ class ViaCase(unittest.TestCase):
         port = free_port()
         log = os.path.join(self.dir, f"danted-{port}.log")
         conf = os.path.join(self.dir, f"danted-{port}.conf")
-        pam = f"pam.servicename: {pam_service}\n" if pam_service else ""
+        pam = f"  pam.servicename: {pam_service}\n" if pam_service else ""
         with open(conf, "w") as f:
             f.write(f"""logoutput: {log}
 debug: 0
@@ -181,7 +181,7 @@ socksmethod: {method}
 clientmethod: none
 user.privileged: root
 user.unprivileged: nobody
-{pam}client pass {{
+client pass {{
   from: 127.0.0.0/8 to: 0.0.0.0/0
   log: error connect disconnect
 }}
@@ -190,7 +190,7 @@ socks pass {{
   command: connect
   log: error connect disconnect
   socksmethod: {method}
-}}
+{pam}}}
 """)
         self.spawn(["danted", "-f", conf, "-N", "1", "-p", os.path.join(self.dir, f"danted-{port}.pid")],
                    f"danted-{port}.out", proxy_hosts=True)
