@@ -36,15 +36,37 @@ Result<Args> ParseArgs(const std::string& command, int argc, char** argv,
 // Prints "via: <msg>" on stderr.
 void Error(const std::string& msg);
 
+// For commands without operands: prints the usage error and returns true if there are any.
+bool HasOperands(const Args& args, const std::string& command);
+
 // Loads -c FILE or the searched config. On failure prints the error and returns nullopt.
 std::optional<config::Config> LoadConfigOrComplain(const Args& args);
 
-// The broker socket for a config: --socket, else BrokerSocketPath(config.source).
+// The broker socket for a config: --socket, else the one for its path and fingerprint.
 Result<std::string> SocketFor(const Args& args, const config::Config& config);
 
-// Makes sure a broker serves `config` on `socket`: connects, or starts a daemonized broker and
-// waits for it to listen. Fails closed with the broker's own error.
-Status EnsureBroker(const config::Config& config, const std::string& socket);
+// How a daemonized broker is started (the options of `via broker --daemon`).
+struct DaemonOptions {
+  std::string log_path;     // "" = BrokerLogPath(socket)
+  int idle_timeout_s = -1;  // -1 = network_service.idle_timeout
+};
+
+// Makes sure a broker serves `config` on `socket`: connects, or runs
+// `<this executable> broker -c <config.source> --socket <socket> --daemon`, which returns once
+// the daemon listens (at most ~10 s). Fails closed with the reason and the last lines of the
+// broker's log.
+Status EnsureBroker(const config::Config& config, const std::string& socket,
+                    const DaemonOptions& daemon = {});
+
+// What `via broker --daemon/--ensure` does in its own process: under "<socket>.lock" (so that
+// concurrent starters start one broker), if nothing answers on `socket`, double-fork a broker
+// (setsid, stdio on /dev/null, no inherited descriptors) and wait for its readiness byte.
+Status StartBrokerHere(const config::Config& config, const std::string& socket,
+                       const DaemonOptions& daemon = {});
+
+// The LD_PRELOAD value for a child: `shim` first, then the entries of `existing` (separated by
+// ':' or ' ') except earlier copies of libvia.so, joined with ':'.
+std::string PreloadWithShim(const std::string& existing, const std::string& shim);
 
 // Command entry points; argv[0] is the command name.
 int CmdRun(int argc, char** argv);

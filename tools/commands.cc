@@ -1,5 +1,7 @@
 // via run, broker, check, status, stop.
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -43,29 +45,25 @@ std::vector<std::string> ChildEnv(const std::map<std::string, std::string>& vars
   std::string preload;
   for (char** e = environ; *e != nullptr; ++e) {
     std::string kv = *e;
-    std::string key = kv.substr(0, kv.find('='));
+    size_t eq = kv.find('=');
+    std::string key = kv.substr(0, eq);
     if (key == "LD_PRELOAD") {
-      preload = kv.substr(kv.find('=') + 1);
+      preload = eq == std::string::npos ? "" : kv.substr(eq + 1);
       continue;
     }
     if (vars.count(key)) continue;
     env.push_back(kv);
   }
-  // Drop any earlier libvia.so from the list, then put ours first.
-  std::string rest;
-  size_t start = 0;
-  while (start <= preload.size()) {
-    size_t end = preload.find_first_of(": ", start);
-    if (end == std::string::npos) end = preload.size();
-    std::string item = preload.substr(start, end - start);
-    bool ours =
-        item == shim || (item.size() >= 9 && item.compare(item.size() - 9, 9, "libvia.so") == 0);
-    if (!item.empty() && !ours) rest += ":" + item;
-    start = end + 1;
-  }
-  env.push_back("LD_PRELOAD=" + shim + rest);
+  env.push_back("LD_PRELOAD=" + PreloadWithShim(preload, shim));
   for (const auto& [k, v] : vars) env.push_back(k + "=" + v);
   return env;
+}
+
+// The pid `via run` forwards SIGTERM/SIGHUP to.
+volatile sig_atomic_t g_child = 0;
+
+void ForwardSignal(int sig) {
+  if (g_child > 0) kill(pid_t(g_child), sig);
 }
 
 }  // namespace
@@ -117,8 +115,9 @@ int CmdRun(int argc, char** argv) {
   if (network != "direct") {
     const config::Overlay* o = cfg->Find(network);
     if (o == nullptr) {
-      Error("unknown overlay \"" + network + "\" (from " + origin + ") in " + cfg->source +
-            " (known: " + KnownOverlays(*cfg) + ")");
+      Error("unknown overlay \"" + network + "\" in " + cfg->source +
+            " (known: " + KnownOverlays(*cfg) + ")" +
+            (origin == "--network" ? "" : "; it was selected by " + origin));
       return kExitUsage;
     }
     if (o->kind != config::OverlayKind::kSocks5) {
@@ -135,7 +134,7 @@ int CmdRun(int argc, char** argv) {
     return kExitFailure;
   }
   if (Status s = EnsureBroker(*cfg, *socket); !s.ok()) {
-    Error("cannot start the broker, so nothing was run: " + s.message());
+    Error(s.message() + " (nothing was run)");
     return kExitFailure;
   }
   auto client = BrokerClient::Connect(*socket);
@@ -149,8 +148,13 @@ int CmdRun(int argc, char** argv) {
   }
   auto token = client->OpenSession(network);
   if (!token.ok()) {
-    Error("broker: " + token.status().message());
-    return kExitUsage;
+    // ENOENT: the running broker was started from an older version of the config.
+    Error("broker: " + token.status().message() +
+          (token.status().code() == ENOENT
+               ? "; the running broker may predate a change to " + cfg->source +
+                     " (restart it with: via stop -c " + cfg->source + ")"
+               : ""));
+    return token.status().code() == ENOENT ? kExitUsage : kExitFailure;
   }
 
   std::map<std::string, std::string> vars = {{"VIA_SOCKET", *socket},
@@ -166,31 +170,49 @@ int CmdRun(int argc, char** argv) {
   for (auto& a : args->rest) child_argv.push_back(a.data());
   child_argv.push_back(nullptr);
 
-  // The terminal's SIGINT/SIGQUIT reach the child directly; we only wait for it.
-  signal(SIGINT, SIG_IGN);
-  signal(SIGQUIT, SIG_IGN);
+  // The terminal's SIGINT/SIGQUIT reach the child directly (same process group); we only wait
+  // for it. SIGTERM/SIGHUP sent to us are passed on. They stay blocked across fork so that the
+  // handler never runs before the child's pid is known.
+  struct sigaction ignore {};
+  ignore.sa_handler = SIG_IGN;
+  sigemptyset(&ignore.sa_mask);
+  struct sigaction old_int {
+  }, old_quit{};
+  sigaction(SIGINT, &ignore, &old_int);
+  sigaction(SIGQUIT, &ignore, &old_quit);
+  sigset_t forwarded, old_mask;
+  sigemptyset(&forwarded);
+  sigaddset(&forwarded, SIGTERM);
+  sigaddset(&forwarded, SIGHUP);
+  sigprocmask(SIG_BLOCK, &forwarded, &old_mask);
+  std::fflush(nullptr);
   pid_t pid = fork();
   if (pid < 0) {
     Error(std::string("fork: ") + std::strerror(errno));
     return kExitFailure;
   }
   if (pid == 0) {
-    signal(SIGINT, SIG_DFL);
-    signal(SIGQUIT, SIG_DFL);
+    sigaction(SIGINT, &old_int, nullptr);
+    sigaction(SIGQUIT, &old_quit, nullptr);
+    sigprocmask(SIG_SETMASK, &old_mask, nullptr);
     environ = envp.data();
     execvp(child_argv[0], child_argv.data());
     int err = errno;
     std::fprintf(stderr, "via: cannot run %s: %s\n", child_argv[0], std::strerror(err));
     _exit(err == ENOENT ? 127 : 126);
   }
-  static pid_t child;
-  child = pid;
-  auto forward = [](int sig) { kill(child, sig); };
-  signal(SIGTERM, forward);
-  signal(SIGHUP, forward);
+  g_child = pid;
+  struct sigaction forward {};
+  forward.sa_handler = ForwardSignal;
+  forward.sa_flags = SA_RESTART;
+  sigemptyset(&forward.sa_mask);
+  sigaction(SIGTERM, &forward, nullptr);
+  sigaction(SIGHUP, &forward, nullptr);
+  sigprocmask(SIG_SETMASK, &old_mask, nullptr);
   int status = 0;
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
+  // `client` (the session) closes when we return: the broker may now go idle.
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
   return kExitFailure;
@@ -211,10 +233,7 @@ int CmdBroker(int argc, char** argv) {
     return kExitUsage;
   }
   if (WantsHelp(*args, kHelpBroker)) return kExitOk;
-  if (!args->rest.empty()) {
-    Error("broker: unexpected argument " + args->rest[0] + "; try 'via broker --help'");
-    return kExitUsage;
-  }
+  if (HasOperands(*args, "broker")) return kExitUsage;
   auto cfg = LoadConfigOrComplain(*args);
   if (!cfg) return kExitUsage;
   auto socket = SocketFor(*args, *cfg);
@@ -222,8 +241,23 @@ int CmdBroker(int argc, char** argv) {
     Error(socket.status().message());
     return kExitFailure;
   }
+  int idle_timeout_s = -1;
+  if (args->Has("--idle-timeout")) {
+    const std::string v = args->Get("--idle-timeout");
+    char* end = nullptr;
+    long n = std::strtol(v.c_str(), &end, 10);
+    if (v.empty() || *end != 0 || n < 0 || n > 86400 * 365) {
+      Error("broker: --idle-timeout takes a number of seconds, not \"" + v +
+            "\"; try 'via broker --help'");
+      return kExitUsage;
+    }
+    idle_timeout_s = int(n);
+  }
   if (args->Has("--ensure") || args->Has("--daemon")) {
-    if (Status s = EnsureBroker(*cfg, *socket); !s.ok()) {
+    DaemonOptions daemon;
+    daemon.log_path = args->Get("--log");
+    daemon.idle_timeout_s = idle_timeout_s;
+    if (Status s = StartBrokerHere(*cfg, *socket, daemon); !s.ok()) {
       Error(s.message());
       return kExitFailure;
     }
@@ -235,16 +269,8 @@ int CmdBroker(int argc, char** argv) {
   opts.socket_path = *socket;
   opts.log_path = args->Get("--log");
   opts.foreground = true;
-  opts.stay = !args->Has("--idle-timeout");
-  if (args->Has("--idle-timeout")) {
-    char* end = nullptr;
-    long v = std::strtol(args->Get("--idle-timeout").c_str(), &end, 10);
-    if (*end != 0 || v < 0) {
-      Error("broker: --idle-timeout takes a number of seconds");
-      return kExitUsage;
-    }
-    opts.idle_timeout_s = int(v);
-  }
+  opts.stay = idle_timeout_s < 0;
+  opts.idle_timeout_s = idle_timeout_s;
   return broker::RunBroker(*cfg, opts);
 }
 
@@ -256,6 +282,7 @@ int CmdCheck(int argc, char** argv) {
     return kExitUsage;
   }
   if (WantsHelp(*args, kHelpCheck)) return kExitOk;
+  if (HasOperands(*args, "check")) return kExitUsage;
   auto cfg = LoadConfigOrComplain(*args);
   if (!cfg) return kExitUsage;
   std::printf("config %s: OK\n", cfg->source.c_str());
@@ -266,9 +293,11 @@ int CmdCheck(int argc, char** argv) {
     switch (o.kind) {
       case config::OverlayKind::kSocks5:
         detail = o.socks5.host + ":" + std::to_string(o.socks5.port) +
-                 "  isolate_streams=" + (o.socks5.isolate_streams ? "on" : "off") +
-                 (o.socks5.username.empty() ? "" : "  auth=username/password") +
-                 "  connect_timeout=" + std::to_string(o.socks5.connect_timeout_ms) + "ms";
+                 "  isolate_streams=" + (o.socks5.isolate_streams ? "on" : "off");
+        if (!o.socks5.username.empty()) detail += "  auth=username/password";
+        if (o.socks5.connect_timeout_ms != config::Socks5Settings{}.connect_timeout_ms) {
+          detail += "  connect_timeout=" + std::to_string(o.socks5.connect_timeout_ms) + "ms";
+        }
         break;
       case config::OverlayKind::kTailscale:
         detail = "hostname=" + (o.tailscale.hostname.empty() ? "wippy" : o.tailscale.hostname) +
@@ -279,8 +308,8 @@ int CmdCheck(int argc, char** argv) {
             o.i2p.host + ":" + std::to_string(o.i2p.port) + "  (not supported by this build yet)";
         break;
     }
-    std::printf("  %-16s %-18s %s  (%s)\n", o.id.c_str(), o.kind_name.c_str(), detail.c_str(),
-                o.pos.ToString().c_str());
+    std::printf("  %s  %s  %s  (%s:%d)\n", o.id.c_str(), o.kind_name.c_str(), detail.c_str(),
+                o.pos.file.c_str(), o.pos.line);
   }
   std::printf("default network: %s\n", cfg->service.default_network.empty()
                                            ? "direct (none set)"
@@ -328,6 +357,7 @@ int StatusOrStop(int argc, char** argv, bool stop) {
     return kExitUsage;
   }
   if (WantsHelp(*args, stop ? kHelpStop : kHelpStatus)) return kExitOk;
+  if (HasOperands(*args, name)) return kExitUsage;
   std::string where;
   auto c = ConnectExisting(*args, &where);
   if (!c.ok()) {
@@ -339,6 +369,13 @@ int StatusOrStop(int argc, char** argv, bool stop) {
       Error(s.message());
       return kExitFailure;
     }
+    // Wait until it is gone (it closes every connection on exit), so that a `via run` right
+    // after this starts a new broker instead of reaching the old one.
+    pollfd p{c->fd(), POLLIN, 0};
+    for (int waited = 0; waited < 5000; waited += 50) {
+      char byte;
+      if (poll(&p, 1, 50) == 1 && recv(c->fd(), &byte, 1, MSG_DONTWAIT) <= 0) break;
+    }
     std::printf("broker%s stopped\n", where.c_str());
     return kExitOk;
   }
@@ -348,6 +385,7 @@ int StatusOrStop(int argc, char** argv, bool stop) {
     return kExitFailure;
   }
   std::fputs(text->c_str(), stdout);
+  if (!text->empty() && text->back() != '\n') std::fputc('\n', stdout);
   return kExitOk;
 }
 

@@ -2,16 +2,20 @@
 // "direct IP: ..." / "<name> IP: ..." (or the error of that line).
 #include "tools/probe.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 
@@ -22,67 +26,31 @@
 
 namespace via::tools {
 
-Result<Url> ParseUrl(const std::string& url) {
-  Url u;
-  std::string rest;
-  if (url.rfind("https://", 0) == 0) {
-    u.https = true;
-    u.port = 443;
-    rest = url.substr(8);
-  } else if (url.rfind("http://", 0) == 0) {
-    u.port = 80;
-    rest = url.substr(7);
-  } else {
-    return Status::Invalid("URL must start with http:// or https://: " + url);
-  }
-  size_t slash = rest.find_first_of("/?");
-  std::string hostport = rest.substr(0, slash);
-  u.path = slash == std::string::npos ? "/" : rest.substr(slash);
-  if (u.path[0] == '?') u.path = "/" + u.path;
-  if (!hostport.empty() && hostport[0] == '[') {
-    size_t close = hostport.find(']');
-    if (close == std::string::npos) return Status::Invalid("bad IPv6 host in URL: " + url);
-    u.host = hostport.substr(1, close - 1);
-    hostport = hostport.substr(close + 1);
-    if (!hostport.empty() && hostport[0] == ':')
-      hostport = "x" + hostport;
-    else
-      hostport.clear();
-  }
-  size_t colon = hostport.rfind(':');
-  if (colon != std::string::npos) {
-    if (u.host.empty()) u.host = hostport.substr(0, colon);
-    char* end = nullptr;
-    long p = std::strtol(hostport.c_str() + colon + 1, &end, 10);
-    if (*end != 0 || p < 1 || p > 65535) return Status::Invalid("bad port in URL: " + url);
-    u.port = uint16_t(p);
-  } else if (u.host.empty()) {
-    u.host = hostport;
-  }
-  if (u.host.empty()) return Status::Invalid("no host in URL: " + url);
-  return u;
-}
-
-std::string ExtractIp(const std::string& body) {
-  size_t k = body.find("\"ip\"");
-  if (k != std::string::npos) {
-    size_t colon = body.find(':', k + 4);
-    size_t q1 = colon == std::string::npos ? colon : body.find('"', colon);
-    size_t q2 = q1 == std::string::npos ? q1 : body.find('"', q1 + 1);
-    if (q2 != std::string::npos) return body.substr(q1 + 1, q2 - q1 - 1);
-  }
-  size_t b = body.find_first_not_of(" \t\r\n");
-  size_t e = body.find_last_not_of(" \t\r\n");
-  return b == std::string::npos ? "" : body.substr(b, e - b + 1);
-}
-
 namespace {
 
-void SetTimeouts(int fd, int timeout_ms) {
-  timeval tv{timeout_ms / 1000, (timeout_ms % 1000) * 1000};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-}
+// One fetch's time budget: every blocking send/recv gets what is left of it, so a server that
+// trickles bytes cannot stretch the fetch beyond --timeout.
+class Deadline {
+ public:
+  explicit Deadline(int timeout_ms)
+      : end_(std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms)) {}
+  // Sets SO_RCVTIMEO/SO_SNDTIMEO on `fd` to the time left; false once it has passed.
+  bool Arm(int fd) const {
+    auto left = std::chrono::duration_cast<std::chrono::microseconds>(
+                    end_ - std::chrono::steady_clock::now())
+                    .count();
+    if (left <= 0) return false;
+    timeval tv{time_t(left / 1000000), suseconds_t(left % 1000000)};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    return true;
+  }
+
+ private:
+  std::chrono::steady_clock::time_point end_;
+};
+
+bool IsTimeout(int err) { return err == EAGAIN || err == EWOULDBLOCK || err == ETIMEDOUT; }
 
 Result<UniqueFd> DirectConnect(const Url& u, int timeout_ms) {
   addrinfo hints{};
@@ -144,58 +112,107 @@ std::string SslError() {
 }
 
 // Sends the request and reads the whole response over `fd` (TLS when u.https).
-Result<std::string> Exchange(int fd, const Url& u, const std::string& cafile) {
+Result<std::string> Exchange(int fd, const Url& u, const std::string& cafile,
+                             const Deadline& deadline) {
+  const Status timed_out = Status::Error(ETIMEDOUT, "timed out");
   std::string req =
-      "GET " + u.path + " HTTP/1.1\r\nHost: " + u.host +
+      "GET " + u.path + " HTTP/1.1\r\nHost: " +
+      (u.host.find(':') != std::string::npos ? "[" + u.host + "]" : u.host) +
       ((u.https && u.port == 443) || (!u.https && u.port == 80) ? ""
                                                                 : ":" + std::to_string(u.port)) +
       "\r\nUser-Agent: via-probe/" VIA_VERSION "\r\nAccept: */*\r\nConnection: close\r\n\r\n";
+  constexpr size_t kMaxResponse = 1 << 20;
   std::string resp;
+  char buf[8192];
   if (!u.https) {
-    if (send(fd, req.data(), req.size(), MSG_NOSIGNAL) != ssize_t(req.size())) {
-      return Status::FromErrno("sending the request");
+    size_t sent = 0;
+    while (sent < req.size()) {
+      if (!deadline.Arm(fd)) return timed_out;
+      ssize_t r = send(fd, req.data() + sent, req.size() - sent, MSG_NOSIGNAL);
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) return IsTimeout(errno) ? timed_out : Status::FromErrno("sending the request");
+      sent += size_t(r);
     }
-    char buf[8192];
-    for (;;) {
+    while (resp.size() < kMaxResponse) {
+      if (!deadline.Arm(fd)) return timed_out;
       ssize_t r = recv(fd, buf, sizeof buf, 0);
       if (r < 0 && errno == EINTR) continue;
-      if (r < 0) return Status::FromErrno("reading the response");
+      if (r < 0) return IsTimeout(errno) ? timed_out : Status::FromErrno("reading the response");
       if (r == 0) break;
       resp.append(buf, size_t(r));
-      if (resp.size() > (1 << 20)) break;
     }
     return resp;
   }
+  ERR_clear_error();
   SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
   if (ctx == nullptr) return Status::Error(EIO, SslError());
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
   SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
+#ifdef SSL_OP_IGNORE_UNEXPECTED_EOF
+  SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);  // many servers just close
+#endif
   bool loaded = cafile.empty() ? SSL_CTX_set_default_verify_paths(ctx) == 1
                                : SSL_CTX_load_verify_locations(ctx, cafile.c_str(), nullptr) == 1;
   if (!loaded) {
     SSL_CTX_free(ctx);
-    return Status::Error(EIO,
-                         "cannot load CA certificates" + (cafile.empty() ? "" : " from " + cafile));
+    return Status::Error(EIO, "cannot load CA certificates" +
+                                  (cafile.empty() ? "" : " from " + cafile) + ": " + SslError());
   }
   SSL* ssl = SSL_new(ctx);
+  if (ssl == nullptr) {
+    SSL_CTX_free(ctx);
+    return Status::Error(EIO, SslError());
+  }
   SSL_set_fd(ssl, fd);
-  SSL_set_tlsext_host_name(ssl, u.host.c_str());
-  SSL_set1_host(ssl, u.host.c_str());
-  Status result;
-  if (SSL_connect(ssl) != 1) {
-    long v = SSL_get_verify_result(ssl);
-    result = Status::Error(EIO, v != X509_V_OK ? std::string("TLS certificate check failed: ") +
-                                                     X509_verify_cert_error_string(v)
-                                               : "TLS handshake failed: " + SslError());
-  } else if (SSL_write(ssl, req.data(), int(req.size())) != int(req.size())) {
-    result = Status::Error(EIO, "TLS write failed: " + SslError());
+  // An address literal is checked against the certificate's IP SANs and sent without SNI.
+  in6_addr any_addr;
+  bool literal = inet_pton(AF_INET, u.host.c_str(), &any_addr) == 1 ||
+                 inet_pton(AF_INET6, u.host.c_str(), &any_addr) == 1;
+  if (literal) {
+    X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), u.host.c_str());
   } else {
-    char buf[8192];
-    for (;;) {
+    SSL_set_tlsext_host_name(ssl, u.host.c_str());
+    SSL_set1_host(ssl, u.host.c_str());
+  }
+  Status result;
+  auto io_error = [&](int rc, const char* what) {
+    int e = SSL_get_error(ssl, rc);
+    if ((e == SSL_ERROR_SYSCALL || e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) &&
+        IsTimeout(errno)) {
+      return timed_out;
+    }
+    std::string detail = ERR_peek_error() != 0                  ? SslError()
+                         : e == SSL_ERROR_SYSCALL && errno != 0 ? std::string(std::strerror(errno))
+                                                                : "connection closed";
+    return Status::Error(EIO, std::string(what) + ": " + detail);
+  };
+  int rc;
+  if (!deadline.Arm(fd)) {
+    result = timed_out;
+  } else if ((rc = SSL_connect(ssl)) != 1) {
+    long v = SSL_get_verify_result(ssl);
+    result = v != X509_V_OK ? Status::Error(EIO, std::string("TLS certificate check failed: ") +
+                                                     X509_verify_cert_error_string(v))
+                            : io_error(rc, "TLS handshake failed");
+  } else if (!deadline.Arm(fd)) {
+    result = timed_out;
+  } else if ((rc = SSL_write(ssl, req.data(), int(req.size()))) != int(req.size())) {
+    result = io_error(rc, "TLS write failed");
+  } else {
+    while (resp.size() < kMaxResponse) {
+      if (!deadline.Arm(fd)) {
+        result = timed_out;
+        break;
+      }
       int r = SSL_read(ssl, buf, sizeof buf);
-      if (r <= 0) break;
-      resp.append(buf, size_t(r));
-      if (resp.size() > (1 << 20)) break;
+      if (r > 0) {
+        resp.append(buf, size_t(r));
+        continue;
+      }
+      int e = SSL_get_error(ssl, r);
+      if (e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL && errno == 0)) break;
+      result = io_error(r, "TLS read failed");
+      break;
     }
   }
   SSL_free(ssl);
@@ -221,8 +238,8 @@ std::string Dechunk(const std::string& body) {
 }  // namespace
 
 Result<std::string> FetchIp(int fd, const Url& u, const std::string& cafile, int timeout_ms) {
-  SetTimeouts(fd, timeout_ms);
-  auto resp = Exchange(fd, u, cafile);
+  Deadline deadline(timeout_ms);
+  auto resp = Exchange(fd, u, cafile, deadline);
   if (!resp.ok()) return resp.status();
   size_t head_end = resp->find("\r\n\r\n");
   if (resp->rfind("HTTP/1.", 0) != 0 || head_end == std::string::npos) {
@@ -235,6 +252,25 @@ Result<std::string> FetchIp(int fd, const Url& u, const std::string& cafile, int
   if (head.find("transfer-encoding: chunked") != std::string::npos) body = Dechunk(body);
   if (code != 200) return Status::Error(EPROTO, "HTTP " + std::to_string(code));
   return ExtractIp(body);
+}
+
+// The overlay line: a broker for the config, HELLO with the overlay, then CONNECT of our own
+// socket by name (never resolved here); after the broker's handshake it is a plain stream.
+Result<std::string> FetchThroughOverlay(const config::Config& cfg, const config::Overlay& overlay,
+                                        const Url& url, const std::string& cafile, int timeout_ms) {
+  auto socket = SocketFor(Args{}, cfg);
+  if (!socket.ok()) return socket.status();
+  if (Status s = EnsureBroker(cfg, *socket); !s.ok()) return s;
+  auto client = BrokerClient::Connect(*socket);
+  if (!client.ok()) return client.status();
+  if (auto h = client->Hello(overlay.id); !h.ok()) return h.status();
+  auto start = std::chrono::steady_clock::now();
+  auto fd = OverlayConnect(*client, url);
+  if (!fd.ok()) return Status::Error(fd.status().code(), "dial: " + fd.status().message());
+  auto spent = std::chrono::duration_cast<std::chrono::milliseconds>(
+                   std::chrono::steady_clock::now() - start)
+                   .count();
+  return FetchIp(fd->get(), url, cafile, std::max<int>(1, timeout_ms - int(spent)));
 }
 
 int CmdProbe(int argc, char** argv) {
@@ -254,6 +290,7 @@ int CmdProbe(int argc, char** argv) {
     std::fputs(kHelpProbe, stdout);
     return kExitOk;
   }
+  if (HasOperands(*args, "probe")) return kExitUsage;
   auto url = ParseUrl(args->Get("--url", "https://api.ipify.org?format=json"));
   if (!url.ok()) {
     Error(url.status().message());
@@ -261,44 +298,62 @@ int CmdProbe(int argc, char** argv) {
   }
   int timeout_ms = 15000;
   if (args->Has("--timeout")) {
-    double t = std::atof(args->Get("--timeout").c_str());
-    if (t <= 0) {
-      Error("probe: --timeout takes a positive number of seconds");
+    const std::string v = args->Get("--timeout");
+    char* end = nullptr;
+    double t = std::strtod(v.c_str(), &end);
+    if (end != v.c_str() && *end == 's') ++end;  // "15s" as in the seed's options
+    if (v.empty() || *end != 0 || !(t > 0) || t > 86400) {
+      Error("probe: --timeout takes a positive number of seconds, not \"" + v +
+            "\"; try 'via probe --help'");
       return kExitUsage;
     }
-    timeout_ms = int(t * 1000);
+    timeout_ms = std::max(1, int(t * 1000));
   }
   auto cfg = LoadConfigOrComplain(*args);
   if (!cfg) return kExitUsage;
+  auto known = [&] {
+    std::string k;
+    for (const auto& o : cfg->overlays) k += (k.empty() ? "" : ", ") + o.id;
+    return k.empty() ? std::string("none") : k;
+  };
   const config::Overlay* overlay = nullptr;
-  if (args->Has("--network")) {
-    overlay = cfg->Find(args->Get("--network"));
+  std::string wanted =
+      args->Has("--network") ? args->Get("--network") : cfg->service.default_network;
+  if (!wanted.empty()) {
+    overlay = cfg->Find(wanted);
     if (overlay == nullptr) {
-      Error("unknown overlay \"" + args->Get("--network") + "\" in " + cfg->source);
+      Error("unknown overlay \"" + wanted + "\" in " + cfg->source + " (known: " + known() + ")");
       return kExitUsage;
     }
-  } else if (!cfg->service.default_network.empty()) {
-    overlay = cfg->Find(cfg->service.default_network);
   } else {
+    int socks5 = 0;
     for (const auto& o : cfg->overlays) {
       if (o.kind != config::OverlayKind::kSocks5) continue;
-      if (overlay != nullptr) {
-        Error("probe: several overlays are configured; choose one with --network");
-        return kExitUsage;
-      }
+      ++socks5;
       overlay = &o;
     }
-  }
-  if (overlay == nullptr) {
-    Error("probe: no overlay to probe; add a network.socks5 entry or pass --network");
-    return kExitUsage;
+    if (socks5 != 1) {
+      Error(std::string(socks5 == 0 ? "no network.socks5 overlay" : "several overlays") + " in " +
+            cfg->source + " and no network_service.default_network; choose one with --network " +
+            "(known: " + known() + ")");
+      return kExitUsage;
+    }
   }
   std::string cafile = args->Get("--cafile");
   bool all_ok = true;
 
+  // --timeout covers each fetch as a whole: connecting, TLS, request and response.
+  auto left_ms = [timeout_ms](std::chrono::steady_clock::time_point start) {
+    auto spent = std::chrono::duration_cast<std::chrono::milliseconds>(
+                     std::chrono::steady_clock::now() - start)
+                     .count();
+    return std::max<int>(1, timeout_ms - int(spent));
+  };
+  auto direct_start = std::chrono::steady_clock::now();
   auto direct = DirectConnect(*url, timeout_ms);
-  Result<std::string> dip = direct.ok() ? FetchIp(direct->get(), *url, cafile, timeout_ms)
-                                        : Result<std::string>(direct.status());
+  Result<std::string> dip = direct.ok()
+                                ? FetchIp(direct->get(), *url, cafile, left_ms(direct_start))
+                                : Result<std::string>(direct.status());
   if (dip.ok()) {
     std::printf("direct IP: %s\n", dip->c_str());
   } else {
@@ -307,21 +362,7 @@ int CmdProbe(int argc, char** argv) {
   }
   std::fflush(stdout);
 
-  Result<std::string> oip = Status::Error(EIO, "");
-  auto socket = SocketFor(*args, *cfg);
-  if (!socket.ok()) {
-    oip = socket.status();
-  } else if (Status s = EnsureBroker(*cfg, *socket); !s.ok()) {
-    oip = s;
-  } else if (auto client = BrokerClient::Connect(*socket); !client.ok()) {
-    oip = client.status();
-  } else if (auto h = client->Hello(overlay->id); !h.ok()) {
-    oip = h.status();
-  } else if (auto fd = OverlayConnect(*client, *url); !fd.ok()) {
-    oip = Status::Error(fd.status().code(), "dial: " + fd.status().message());
-  } else {
-    oip = FetchIp(fd->get(), *url, cafile, timeout_ms);
-  }
+  Result<std::string> oip = FetchThroughOverlay(*cfg, *overlay, *url, cafile, timeout_ms);
   if (oip.ok()) {
     std::printf("%s IP: %s\n", overlay->name.c_str(), oip->c_str());
   } else {

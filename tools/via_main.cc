@@ -3,6 +3,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <string>
 
 #include "tools/cli.h"
@@ -81,14 +82,21 @@ Options:
       --idle-timeout S   exit S seconds after the last client is gone (default in the
                          foreground: never)
       --daemon           start it in the background (unless one is running) and return once
-                         it listens; it logs to broker-<hash>.log beside the socket and exits
-                         network_service.idle_timeout seconds after its last client
+                         it listens; it logs to broker-<hash>.log beside the socket (or
+                         --log FILE) and exits network_service.idle_timeout seconds (or
+                         --idle-timeout) after its last session and client
       --ensure           like --daemon, then print the socket path (used by libvia.so when a
                          program was started with LD_PRELOAD but without VIA_SOCKET)
   -h, --help             show this help
 
-Signals: SIGTERM/SIGINT stop it. Exit status: 0 after a clean stop, 1 if it cannot start
-(the reason is logged), 2 for a usage or configuration error.
+Signals: SIGTERM/SIGINT stop it. Exit status: 0 after a clean stop (--daemon, --ensure: once
+it listens, or if one was already running), 1 if it cannot start (the reason, with the last
+lines of its log), 2 for a usage or configuration error.
+
+Examples:
+  via broker -c ./_index.yaml                      # foreground, logs on stderr, Ctrl-C stops it
+  via broker -c ./_index.yaml --idle-timeout 60 --log /tmp/via-broker.log
+  via broker --ensure                              # prints the socket path
 )HELP";
 
 const char* const kHelpCheck = R"HELP(Usage: via check [-c CONFIG]
@@ -101,8 +109,15 @@ Options:
   -c, --config PATH   configuration file or directory (default: the usual search)
   -h, --help          show this help
 
+Output (one line per overlay):
+  app:tor  network.socks5  127.0.0.1:9050  isolate_streams=on  (/path/_index.yaml:12)
+
 Exit status: 0 if the configuration is valid; 2 otherwise, with the error as
 file:line:col: entry NS:NAME (KIND): FIELD: problem.
+
+Examples:
+  via check
+  via check -c ./src/_index.yaml
 )HELP";
 
 const char* const kHelpProbe =
@@ -125,6 +140,11 @@ Options:
   -h, --help           show this help
 
 Exit status: 0 if both lines succeeded, 1 if either failed, 2 for a usage/config error.
+
+Examples:
+  via probe
+  via probe -c ./src/_index.yaml --network app:tor
+  via probe --url http://127.0.0.1:8080/ip --timeout 5
 )HELP";
 
 const char* const kHelpStatus = R"HELP(Usage: via status [-c CONFIG] [--socket PATH]
@@ -139,6 +159,11 @@ Options:
   -h, --help          show this help
 
 Exit status: 0, or 1 if no broker is running.
+
+Examples:
+  via status
+  via status -c ./src/_index.yaml
+  via run -- via status      # the broker serving this session
 )HELP";
 
 const char* const kHelpStop = R"HELP(Usage: via stop [-c CONFIG] [--socket PATH]
@@ -151,14 +176,20 @@ Options:
       --socket PATH   stop the broker on this socket
   -h, --help          show this help
 
-Exit status: 0, or 1 if no broker is running.
+Exit status: 0 once it has exited, or 1 if no broker is running.
+
+Examples:
+  via stop
+  via stop --socket /run/user/1000/via/broker-0123456789abcdef.sock
 )HELP";
 
 }  // namespace via::tools
 
 using namespace via::tools;
 
-int main(int argc, char** argv) {
+namespace {
+
+int Dispatch(int argc, char** argv) {
   // `via` is often started under a via session (nested `via run`): its own sockets are not the
   // program's, so a preloaded shim must leave them alone.
   if (auto off = reinterpret_cast<void (*)()>(dlsym(RTLD_DEFAULT, "via_shim_set_passthrough"))) {
@@ -207,4 +238,18 @@ int main(int argc, char** argv) {
   if (cmd == "stop") return CmdStop(sub_argc, sub_argv);
   Error("unknown command '" + cmd + "'; try 'via --help'");
   return kExitUsage;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Libraries (yaml-cpp, spdlog, the standard library) may throw; nothing escapes as a crash.
+  try {
+    return Dispatch(argc, argv);
+  } catch (const std::exception& e) {
+    Error(std::string("internal error: ") + e.what());
+  } catch (...) {
+    Error("internal error: unknown exception");
+  }
+  return kExitFailure;
 }

@@ -273,9 +273,10 @@ socks pass {{
 
     def broker_log(self):
         lines = []
-        for f in sorted(os.listdir(self.runtime)):
+        rundir = os.path.join(self.runtime, "via")
+        for f in sorted(os.listdir(rundir)) if os.path.isdir(rundir) else []:
             if f.endswith(".log"):
-                lines += read_lines(os.path.join(self.runtime, f))
+                lines += read_lines(os.path.join(rundir, f))
         return lines
 
     # ---- assertions ----------------------------------------------------------------------------
