@@ -8,6 +8,7 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <cstring>
 
 #include "broker/event_loop.h"
@@ -21,12 +22,14 @@ std::shared_ptr<spdlog::logger> MakeLogger(const BrokerOptions& options) {
   std::vector<spdlog::sink_ptr> sinks;
   if (!options.log_path.empty()) {
     try {
-      sinks.push_back(std::make_shared<spdlog::sinks::basic_file_sink_mt>(options.log_path, false));
+      sinks.push_back(std::make_shared<spdlog::sinks::basic_file_sink_mt>(options.log_path,
+                                                                          /*truncate=*/false));
     } catch (const spdlog::spdlog_ex& e) {
       std::fprintf(stderr, "via broker: cannot open log %s: %s\n", options.log_path.c_str(),
                    e.what());
     }
   }
+  // With no file to write to, stderr is the only place left.
   if (options.foreground || sinks.empty()) {
     sinks.push_back(std::make_shared<spdlog::sinks::stderr_sink_mt>());
   }
@@ -34,62 +37,72 @@ std::shared_ptr<spdlog::logger> MakeLogger(const BrokerOptions& options) {
   log->set_pattern("%Y-%m-%dT%H:%M:%S.%e via-broker[%P] %l: %v");
   const char* level = std::getenv("VIA_LOG_LEVEL");
   log->set_level(level != nullptr ? spdlog::level::from_str(level) : spdlog::level::info);
+  // Lines must be in the file when a test or a user looks, even if the broker is killed.
   log->flush_on(spdlog::level::trace);
   return log;
 }
 
+// Blocks SIGTERM/SIGINT/SIGHUP for this thread (they arrive through a signalfd instead) and
+// restores the old mask on destruction.
+class SignalBlock {
+ public:
+  SignalBlock() {
+    sigemptyset(&set_);
+    sigaddset(&set_, SIGTERM);
+    sigaddset(&set_, SIGINT);
+    sigaddset(&set_, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &set_, &old_);
+  }
+  ~SignalBlock() { pthread_sigmask(SIG_SETMASK, &old_, nullptr); }
+  const sigset_t& set() const { return set_; }
+
+ private:
+  sigset_t set_, old_;
+};
+
 }  // namespace
 
 int RunBroker(const config::Config& config, const BrokerOptions& options, int ready_fd) {
+  UniqueFd ready(ready_fd);
   auto log = MakeLogger(options);
-  EventLoop loop;
-  if (Status s = loop.Init(); !s.ok()) {
-    log->error("{}", s.message());
+  signal(SIGPIPE, SIG_IGN);  // every send uses MSG_NOSIGNAL; this covers anything else
+  SignalBlock signals;
+  UniqueFd sfd(signalfd(-1, &signals.set(), SFD_NONBLOCK | SFD_CLOEXEC));
+  if (!sfd) {
+    log->error("cannot start: signalfd: {}", std::strerror(errno));
     return 1;
   }
-  // Signals arrive through a signalfd inside the loop.
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGHUP);
-  sigset_t old;
-  pthread_sigmask(SIG_BLOCK, &set, &old);
-  signal(SIGPIPE, SIG_IGN);
-  UniqueFd sfd(signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC));
-  int status = 0;
-  {
-    Server server(config, options, &loop, log);
-    if (Status s = server.Start(); !s.ok()) {
-      log->error("cannot start: {}", s.message());
-      pthread_sigmask(SIG_SETMASK, &old, nullptr);
-      return 1;
-    }
-    if (sfd) {
-      loop.Watch(sfd.get(), EPOLLIN, [&](uint32_t) {
-        signalfd_siginfo si;
-        while (read(sfd.get(), &si, sizeof si) == sizeof si) {
-          if (si.ssi_signo == SIGHUP) {
-            log->warn("SIGHUP: reloading is not supported yet; restart the broker to reload");
-          } else {
-            log->info("signal {}: exiting", si.ssi_signo);
-            loop.Quit();
-          }
-        }
-      });
-    }
-    if (ready_fd >= 0) {
-      char one = 1;
-      (void)!write(ready_fd, &one, 1);
-      close(ready_fd);
-    }
-    loop.Run();
-    if (sfd) loop.Unwatch(sfd.get());
+  EventLoop loop;
+  if (Status s = loop.Init(); !s.ok()) {
+    log->error("cannot start: {}", s.message());
+    return 1;
   }
+  Server server(config, options, &loop, log);
+  if (Status s = server.Start(); !s.ok()) {
+    log->error("cannot start: {}", s.message());
+    return 1;
+  }
+  loop.Watch(sfd.get(), EPOLLIN, [&](uint32_t) {
+    signalfd_siginfo si;
+    while (read(sfd.get(), &si, sizeof si) == ssize_t(sizeof si)) {
+      if (si.ssi_signo == SIGHUP) {
+        log->warn("reload not supported yet, restart the broker");
+      } else {
+        log->info("{}: exiting", strsignal(int(si.ssi_signo)));
+        loop.Quit();
+      }
+    }
+  });
+  if (ready) {
+    char one = 1;
+    (void)!write(ready.get(), &one, 1);
+    ready.reset();
+  }
+  loop.Run();
+  loop.Unwatch(sfd.get());
   log->info("stopped");
   log->flush();
-  pthread_sigmask(SIG_SETMASK, &old, nullptr);
-  return status;
+  return 0;
 }
 
 }  // namespace via::broker

@@ -64,6 +64,7 @@ void EventLoop::CancelTimer(uint64_t id) {
 }
 
 int64_t EventLoop::NextTimeoutMs() const {
+  if (!pending_.empty()) return 0;
   if (deadlines_.empty()) return -1;
   int64_t d = deadlines_.begin()->first - NowMs();
   return d < 0 ? 0 : d;
@@ -81,6 +82,13 @@ void EventLoop::RunTimers() {
   }
 }
 
+void EventLoop::RunPending() {
+  // Tasks may queue more tasks; those run on the next iteration.
+  std::vector<Task> tasks;
+  tasks.swap(pending_);
+  for (Task& t : tasks) t();
+}
+
 void EventLoop::Run() {
   std::vector<epoll_event> events(64);
   while (!quit_) {
@@ -96,6 +104,7 @@ void EventLoop::Run() {
       h(events[i].events);
     }
     RunTimers();
+    RunPending();
   }
 }
 

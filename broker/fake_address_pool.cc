@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cerrno>
 #include <cstdlib>
@@ -13,7 +14,7 @@ namespace {
 
 bool ParseCidr(const std::string& cidr, int af, uint8_t* bytes, int* prefix) {
   auto slash = cidr.find('/');
-  if (slash == std::string::npos) return false;
+  if (slash == std::string::npos || slash + 1 == cidr.size()) return false;
   std::string addr = cidr.substr(0, slash);
   char* end = nullptr;
   long p = std::strtol(cidr.c_str() + slash + 1, &end, 10);
@@ -21,6 +22,13 @@ bool ParseCidr(const std::string& cidr, int af, uint8_t* bytes, int* prefix) {
   *prefix = int(p);
   return inet_pton(af, addr.c_str(), bytes) == 1;
 }
+
+uint32_t V4Value(const wire::Addr& a) {
+  return uint32_t(a.bytes[0]) << 24 | uint32_t(a.bytes[1]) << 16 | uint32_t(a.bytes[2]) << 8 |
+         a.bytes[3];
+}
+
+uint32_t V4Mask(int prefix) { return prefix == 0 ? 0 : ~uint32_t(0) << (32 - prefix); }
 
 }  // namespace
 
@@ -32,24 +40,54 @@ Result<FakeAddressPool> FakeAddressPool::Create(const std::string& v4_cidr,
   uint8_t b4[4];
   if (!ParseCidr(v4_cidr, AF_INET, b4, &pool.v4_prefix_) || pool.v4_prefix_ < 8 ||
       pool.v4_prefix_ > 30) {
-    return Status::Invalid("fake IPv4 pool \"" + v4_cidr + "\" is not a usable IPv4 network");
+    return Status::Invalid("fake IPv4 pool \"" + v4_cidr +
+                           "\" is not an IPv4 network between /8 and /30");
   }
   if (!ParseCidr(v6_cidr, AF_INET6, pool.v6_base_, &pool.v6_prefix_) || pool.v6_prefix_ < 16 ||
       pool.v6_prefix_ > 120) {
-    return Status::Invalid("fake IPv6 pool \"" + v6_cidr + "\" is not a usable IPv6 network");
+    return Status::Invalid("fake IPv6 pool \"" + v6_cidr +
+                           "\" is not an IPv6 network between /16 and /120");
   }
-  uint32_t mask = pool.v4_prefix_ == 0 ? 0 : ~uint32_t(0) << (32 - pool.v4_prefix_);
-  pool.v4_base_ =
-      (uint32_t(b4[0]) << 24 | uint32_t(b4[1]) << 16 | uint32_t(b4[2]) << 8 | b4[3]) & mask;
-  // Zero the host part of the IPv6 base.
+  pool.v4_base_ = (uint32_t(b4[0]) << 24 | uint32_t(b4[1]) << 16 | uint32_t(b4[2]) << 8 | b4[3]) &
+                  V4Mask(pool.v4_prefix_);
   for (int bit = pool.v6_prefix_; bit < 128; ++bit) {
     pool.v6_base_[bit / 8] &= uint8_t(~(0x80 >> (bit % 8)));
   }
-  uint64_t hosts = (uint64_t(1) << (32 - pool.v4_prefix_)) - 2;  // no network/broadcast
-  uint64_t v6_hosts = pool.v6_prefix_ >= 96 ? (uint64_t(1) << (128 - pool.v6_prefix_)) - 2 : hosts;
-  pool.capacity_ = size_t(std::min(hosts, v6_hosts));
+
+  // The last IPv4 address of the range is its broadcast address; name numbers also stay within
+  // the IPv6 range's host part.
+  pool.max_index_ = (uint64_t(1) << (32 - pool.v4_prefix_)) - 2;
+  if (pool.v6_prefix_ > 96) {
+    pool.max_index_ = std::min(pool.max_index_, (uint64_t(1) << (128 - pool.v6_prefix_)) - 1);
+  }
+  uint64_t usable = 0;
+  if ((pool.v4_base_ & 0xff) == 0) {
+    // Every block of 256 numbers has 254 usable ones (x.x.x.1 .. x.x.x.254).
+    uint64_t n = pool.max_index_ + 1;  // numbers 0..max_index_
+    usable = n / 256 * 254 + std::min<uint64_t>(n % 256, 255) - (n % 256 > 0 ? 1 : 0);
+  } else {
+    for (uint64_t i = 1; i <= pool.max_index_; ++i) usable += pool.Usable(i);
+  }
+  pool.capacity_ = size_t(usable);
   if (max_names != 0 && max_names < pool.capacity_) pool.capacity_ = max_names;
+  if (pool.capacity_ == 0) {
+    return Status::Invalid("fake address pools " + v4_cidr + " and " + v6_cidr +
+                           " leave no usable address");
+  }
+  pool.next_index_ = pool.NextUsable(0);
   return pool;
+}
+
+bool FakeAddressPool::Usable(uint64_t index) const {
+  if (index < 1 || index > max_index_) return false;
+  uint8_t last = uint8_t(v4_base_ + uint32_t(index));
+  return last != 0 && last != 255;
+}
+
+uint32_t FakeAddressPool::NextUsable(uint32_t index) const {
+  uint64_t i = uint64_t(index) + 1;
+  while (i <= max_index_ && !Usable(i)) ++i;
+  return uint32_t(i);
 }
 
 FakeAddressPool::Pair FakeAddressPool::AddressesOf(uint32_t index) const {
@@ -62,36 +100,47 @@ FakeAddressPool::Pair FakeAddressPool::AddressesOf(uint32_t index) const {
   p.v4.bytes[3] = uint8_t(v4);
   p.v6.family = 6;
   std::memcpy(p.v6.bytes, v6_base_, 16);
+  // The host part of the base is zero and index fits in it, so OR is addition.
   for (int i = 0; i < 4; ++i) p.v6.bytes[15 - i] |= uint8_t(index >> (8 * i));
   return p;
 }
 
-bool FakeAddressPool::IndexOf(const wire::Addr& addr, uint32_t* index) const {
-  wire::Addr a = wire::Unmapped(addr);
-  if (a.family == 4) {
-    uint32_t v = uint32_t(a.bytes[0]) << 24 | uint32_t(a.bytes[1]) << 16 |
-                 uint32_t(a.bytes[2]) << 8 | a.bytes[3];
-    uint32_t mask = ~uint32_t(0) << (32 - v4_prefix_);
-    if ((v & mask) != v4_base_) return false;
-    *index = v - v4_base_;
-    return true;
-  }
+bool FakeAddressPool::InV4(const wire::Addr& a) const {
+  return a.family == 4 && (V4Value(a) & V4Mask(v4_prefix_)) == v4_base_;
+}
+
+bool FakeAddressPool::InV6(const wire::Addr& a) const {
+  if (a.family != 6) return false;
   for (int bit = 0; bit < v6_prefix_; ++bit) {
     uint8_t m = uint8_t(0x80 >> (bit % 8));
     if ((a.bytes[bit / 8] & m) != (v6_base_[bit / 8] & m)) return false;
   }
-  // Indexes live in the low 32 bits; anything above them in the host part is not ours.
-  for (int i = v6_prefix_ / 8 + (v6_prefix_ % 8 != 0); i < 12; ++i) {
-    if (a.bytes[i] != v6_base_[i]) return false;
+  return true;
+}
+
+bool FakeAddressPool::IndexOf(const wire::Addr& addr, uint32_t* index) const {
+  wire::Addr a = wire::Unmapped(addr);
+  uint64_t i = 0;
+  if (InV4(a)) {
+    i = V4Value(a) - v4_base_;
+  } else if (InV6(a)) {
+    // Numbers live in the low 32 bits; anything set above them is not an address we gave out.
+    for (int b = v6_prefix_ / 8; b < 12; ++b) {
+      if ((a.bytes[b] & ~v6_base_[b]) != 0) return false;
+    }
+    i = uint32_t(a.bytes[12]) << 24 | uint32_t(a.bytes[13]) << 16 | uint32_t(a.bytes[14]) << 8 |
+        a.bytes[15];
+  } else {
+    return false;
   }
-  *index = uint32_t(a.bytes[12]) << 24 | uint32_t(a.bytes[13]) << 16 | uint32_t(a.bytes[14]) << 8 |
-           a.bytes[15];
+  if (!Usable(i)) return false;
+  *index = uint32_t(i);
   return true;
 }
 
 bool FakeAddressPool::Contains(const wire::Addr& addr) const {
-  uint32_t index;
-  return IndexOf(addr, &index);
+  wire::Addr a = wire::Unmapped(addr);
+  return InV4(a) || InV6(a);
 }
 
 FakeAddressPool::Pair FakeAddressPool::Lookup(const std::string& name) {
@@ -102,9 +151,10 @@ FakeAddressPool::Pair FakeAddressPool::Lookup(const std::string& name) {
   }
   uint32_t index;
   if (by_name_.size() < capacity_) {
-    index = next_index_++;
+    index = next_index_;
+    next_index_ = NextUsable(next_index_);
   } else {
-    // Recycle the least recently used name's index.
+    // Full: the least recently used name gives up its number.
     Entry& victim = lru_.back();
     index = victim.index;
     by_name_.erase(victim.name);
@@ -112,40 +162,48 @@ FakeAddressPool::Pair FakeAddressPool::Lookup(const std::string& name) {
     lru_.pop_back();
   }
   lru_.push_front(Entry{name, index});
-  by_name_[name] = lru_.begin();
-  by_index_[index] = lru_.begin();
+  by_name_.emplace(name, lru_.begin());
+  by_index_.emplace(index, lru_.begin());
   return AddressesOf(index);
 }
 
-const std::string* FakeAddressPool::Reverse(const wire::Addr& addr) {
+std::optional<std::string> FakeAddressPool::Reverse(const wire::Addr& addr) {
   uint32_t index;
-  if (!IndexOf(addr, &index)) return nullptr;
+  if (!IndexOf(addr, &index)) return std::nullopt;
   auto it = by_index_.find(index);
-  if (it == by_index_.end()) return nullptr;
+  if (it == by_index_.end()) return std::nullopt;
   lru_.splice(lru_.begin(), lru_, it->second);
-  return &it->second->name;
+  return it->second->name;
 }
 
 Result<std::string> NormalizeName(std::string_view name) {
   std::string n(name);
   if (!n.empty() && n.back() == '.') n.pop_back();
   if (n.empty() || n.size() > 253) {
-    return Status::Invalid("invalid host name \"" + std::string(name) + "\" (length)");
+    return Status::Invalid("invalid host name \"" + std::string(name) +
+                           "\" (must be 1 to 253 characters)");
   }
   size_t label = 0;
   for (char& c : n) {
     c = char(std::tolower(static_cast<unsigned char>(c)));
     if (c == '.') {
-      if (label == 0)
+      if (label == 0) {
         return Status::Invalid("invalid host name \"" + std::string(name) + "\" (empty label)");
+      }
       label = 0;
       continue;
     }
     if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_')) {
-      return Status::Invalid("invalid host name \"" + std::string(name) + "\"");
+      return Status::Invalid("invalid host name \"" + std::string(name) +
+                             "\" (only letters, digits, '-', '_' and '.' are allowed)");
     }
-    if (++label > 63)
-      return Status::Invalid("invalid host name \"" + std::string(name) + "\" (label over 63)");
+    if (++label > 63) {
+      return Status::Invalid("invalid host name \"" + std::string(name) +
+                             "\" (a label is longer than 63 characters)");
+    }
+  }
+  if (label == 0) {
+    return Status::Invalid("invalid host name \"" + std::string(name) + "\" (empty label)");
   }
   return n;
 }

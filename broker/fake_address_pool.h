@@ -1,12 +1,18 @@
 // FakeAddressPool: hands out addresses from reserved ranges for names the overlay resolves, and
 // maps them back. One table per broker, so a name resolved in one process connects from any
-// other process of the session (fork, exec). When the IPv4 range is exhausted the least recently
-// used name is recycled.
+// other process of the session (fork, exec). When the range is exhausted the least recently used
+// name is recycled.
+//
+// Name number i (i >= 1) gets v4 = base4 + i and v6 = base6 + i. Numbers whose IPv4 address
+// ends in .0 or .255 are skipped: some programs treat those as network/broadcast addresses.
+// Every operation is O(1) (hash maps plus an LRU list).
 #pragma once
 
 #include <cstdint>
 #include <list>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 
 #include "common/status.h"
@@ -16,20 +22,22 @@ namespace via::broker {
 
 class FakeAddressPool {
  public:
-  // `v4_cidr` like "198.18.0.0/15", `v6_cidr` like "fd76:6961:ff00::/64". `max_names` (0 = the
-  // range's size) caps the table, for tests of recycling.
+  // `v4_cidr` like "198.18.0.0/15" (/8../30), `v6_cidr` like "fd76:6961:ff00::/64" (/16../120).
+  // `max_names` (0 = as many as the ranges allow) caps the table, for tests of recycling.
   static Result<FakeAddressPool> Create(const std::string& v4_cidr, const std::string& v6_cidr,
                                         size_t max_names = 0);
 
   struct Pair {
-    wire::Addr v4;
-    wire::Addr v6;
+    wire::Addr v4;  // port 0
+    wire::Addr v6;  // port 0
   };
-  // The addresses of `name` (already normalized), allocating if new. Marks it recently used.
+  // The addresses of `name` (already normalized, see NormalizeName), allocating them if the name
+  // is new (recycling the least recently used name when full). Marks the name recently used.
   Pair Lookup(const std::string& name);
-  // The name behind a fake address (IPv4, IPv6 or IPv4-mapped IPv6), or nullptr. Marks it used.
-  const std::string* Reverse(const wire::Addr& addr);
-  // Is `addr` inside either range (allocated or not)?
+  // The name behind a fake address (IPv4, IPv6 or IPv4-mapped IPv6; the port is ignored), or
+  // nullopt if nothing is mapped there. Marks the name recently used.
+  std::optional<std::string> Reverse(const wire::Addr& addr);
+  // Is `addr` inside either range, mapped or not? IPv4-mapped IPv6 addresses count as IPv4.
   bool Contains(const wire::Addr& addr) const;
 
   size_t size() const { return by_name_.size(); }
@@ -44,16 +52,23 @@ class FakeAddressPool {
   };
   using Lru = std::list<Entry>;  // front = most recently used
 
+  FakeAddressPool() = default;
+  bool Usable(uint64_t index) const;
+  uint32_t NextUsable(uint32_t index) const;
   Pair AddressesOf(uint32_t index) const;
+  // The name number behind `addr` if it lies in a range at a position a name could have.
   bool IndexOf(const wire::Addr& addr, uint32_t* index) const;
+  bool InV4(const wire::Addr& a) const;  // `a` already unmapped
+  bool InV6(const wire::Addr& a) const;
 
   std::string v4_cidr_, v6_cidr_;
-  uint32_t v4_base_ = 0;  // host order
+  uint32_t v4_base_ = 0;  // host order, host part zero
   int v4_prefix_ = 0;
-  uint8_t v6_base_[16] = {};
+  uint8_t v6_base_[16] = {};  // host part zero
   int v6_prefix_ = 0;
+  uint64_t max_index_ = 0;  // largest number whose addresses both lie inside the ranges
   size_t capacity_ = 0;
-  uint32_t next_index_ = 1;
+  uint32_t next_index_ = 0;  // the number the next new name gets while not full
   Lru lru_;
   std::unordered_map<std::string, Lru::iterator> by_name_;
   std::unordered_map<uint32_t, Lru::iterator> by_index_;

@@ -3,7 +3,6 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/epoll.h>
-#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -17,37 +16,12 @@
 
 namespace via::broker {
 
-struct Server::Client {
-  uint64_t id = 0;
-  UniqueFd fd;
-  pid_t pid = 0;
-  uid_t uid = 0;
-  bool greeted = false;
-  int hello_err = 0;  // the HELLO's error, repeated for every later request
-  std::string hello_msg;
-  OverlayState* overlay = nullptr;           // nullptr = direct
-  std::string network;                       // effective network id or "direct"
-  std::string session;                       // token this client presented or owns
-  std::vector<std::vector<uint8_t>> outbox;  // replies waiting for EPOLLOUT
-  std::vector<uint64_t> ops;                 // connect operations in flight
-};
-
-struct Server::ConnectOp {
-  uint64_t id = 0;
-  uint64_t client = 0;
-  uint32_t request_id = 0;
-  UniqueFd fd;  // the broker's duplicate of the program's socket
-  int saved_flags = 0;
-  bool flags_saved = false;  // restore them on every exit path once changed
-  OverlayState* overlay = nullptr;
-  overlays::Target target;
-  std::unique_ptr<overlays::Handshake> handshake;
-  std::string endpoint;
-  bool connecting = true;
-  uint64_t timer = 0;
-};
-
 namespace {
+
+constexpr uint32_t kClientEvents = EPOLLIN | EPOLLRDHUP;
+constexpr size_t kMaxFds = 4;             // descriptors accepted per datagram
+constexpr int kReadsPerEvent = 64;        // fairness between clients; epoll is level-triggered
+constexpr size_t kMaxMessageText = 3000;  // MESSAGE fields are cut to this
 
 std::string Exe(pid_t pid) {
   char path[64], buf[4096];
@@ -57,27 +31,22 @@ std::string Exe(pid_t pid) {
   return std::string(buf, size_t(n));
 }
 
-std::string RandomToken() {
-  uint8_t b[16];
-  size_t got = 0;
-  while (got < sizeof b) {
-    ssize_t r = getrandom(b + got, sizeof b - got, 0);
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) break;
-    got += size_t(r);
-  }
-  char hex[33];
-  for (int i = 0; i < 16; ++i) std::snprintf(hex + 2 * i, 3, "%02x", b[i]);
-  return std::string(hex, 32);
+std::string AddrText(const wire::Addr& a, bool with_port) {
+  char buf[80];
+  if (with_port) return wire::FormatAddr(a, buf, sizeof buf);
+  inet_ntop(a.family == 4 ? AF_INET : AF_INET6, a.bytes, buf, sizeof buf);
+  return buf;
 }
-
-constexpr uint32_t kClientEvents = EPOLLIN | EPOLLRDHUP;
 
 }  // namespace
 
 Server::Server(const config::Config& config, const BrokerOptions& options, EventLoop* loop,
                std::shared_ptr<spdlog::logger> log)
-    : config_(config), options_(options), loop_(loop), log_(std::move(log)) {
+    : config_(config),
+      options_(options),
+      loop_(loop),
+      log_(std::move(log)),
+      recv_buf_(wire::kMaxMessage + 1) {
   idle_timeout_s_ =
       options.idle_timeout_s >= 0 ? options.idle_timeout_s : config.service.idle_timeout_s;
   started_ms_ = NowMs();
@@ -85,100 +54,135 @@ Server::Server(const config::Config& config, const BrokerOptions& options, Event
 
 Server::~Server() {
   while (!clients_.empty()) CloseClient(clients_.begin()->first);
-  if (listen_fd_) {
-    loop_->Unwatch(listen_fd_.get());
+  if (idle_timer_ != 0) loop_->CancelTimer(idle_timer_);
+  if (listen_fd_) loop_->Unwatch(listen_fd_.get());
+  // Only our own socket file: never one a later broker bound after we stopped answering.
+  struct stat now;
+  if (bound_ && stat(options_.socket_path.c_str(), &now) == 0 &&
+      now.st_dev == socket_stat_.st_dev && now.st_ino == socket_stat_.st_ino) {
     unlink(options_.socket_path.c_str());
   }
 }
 
+// ---- start-up ---------------------------------------------------------------------------------
+
 Status Server::Start() {
   auto pool = FakeAddressPool::Create(config_.service.fake_ipv4, config_.service.fake_ipv6);
-  if (!pool.ok()) return pool.status();
+  if (!pool.ok()) return pool.status().WithContext("network_service");
   pool_ = std::make_unique<FakeAddressPool>(std::move(*pool));
 
+  // Drivers resolve their proxy hosts here, before the loop runs: never on the loop thread.
   for (const config::Overlay& o : config_.overlays) {
     OverlayState& st = overlays_[o.id];
     st.overlay = &o;
     auto driver = overlays::CreateDriver(o);
     if (driver.ok()) {
       st.driver = std::move(*driver);
-      std::string eps;
-      for (const auto& e : st.driver->endpoints()) eps += (eps.empty() ? "" : ", ") + e.text;
-      log_->info("overlay {} ({}) ready: {}", o.id, o.kind_name, eps);
     } else {
       st.error = driver.status();
-      log_->warn("overlay {} unavailable: {}", o.id, st.error.message());
+      log_->warn("overlay {} is unavailable: {}", o.id, st.error.message());
     }
   }
-
-  // The socket's directory must be ours alone.
-  std::string dir = options_.socket_path.substr(0, options_.socket_path.rfind('/'));
-  struct stat st;
-  if (dir.empty() || stat(dir.c_str(), &st) != 0) {
-    return Status::FromErrno("socket directory " + dir);
-  }
-  if (st.st_uid != geteuid() || (st.st_mode & 077) != 0) {
-    return Status::Error(EPERM, "socket directory " + dir +
-                                    " must be owned by you and have mode 0700 (chmod 700 " + dir +
-                                    ")");
-  }
-  sockaddr_un sun{};
-  sun.sun_family = AF_UNIX;
-  if (options_.socket_path.size() >= sizeof sun.sun_path) {
-    return Status::Error(ENAMETOOLONG, "socket path too long: " + options_.socket_path);
-  }
-  std::memcpy(sun.sun_path, options_.socket_path.c_str(), options_.socket_path.size() + 1);
-
-  // A socket file left behind by a broker that died is removed; a live broker is not disturbed.
-  {
-    UniqueFd probe(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-    if (connect(probe.get(), reinterpret_cast<sockaddr*>(&sun), sizeof sun) == 0) {
-      return Status::Error(EADDRINUSE,
-                           "another broker is already listening on " + options_.socket_path);
-    }
-    if (errno == ECONNREFUSED) unlink(options_.socket_path.c_str());
-  }
-  listen_fd_.reset(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-  if (!listen_fd_) return Status::FromErrno("socket");
-  mode_t old = umask(0177);
-  int rc = bind(listen_fd_.get(), reinterpret_cast<sockaddr*>(&sun), sizeof sun);
-  umask(old);
-  if (rc != 0) return Status::FromErrno("bind " + options_.socket_path);
-  if (listen(listen_fd_.get(), 128) != 0) return Status::FromErrno("listen");
-  if (Status s = loop_->Watch(listen_fd_.get(), EPOLLIN, [this](uint32_t) { OnAccept(); });
-      !s.ok()) {
-    return s;
-  }
-  log_->info("listening on {} (config {}, pid {})", options_.socket_path, config_.source, getpid());
+  if (Status s = CheckSocketDir(); !s.ok()) return s;
+  if (Status s = Listen(); !s.ok()) return s;
+  log_->info("broker pid {} listening on {} (config {}); overlays: {}", getpid(),
+             options_.socket_path, config_.source, OverlaySummary());
   UpdateIdle();
   return Status::Ok();
 }
 
+Status Server::CheckSocketDir() const {
+  const std::string& path = options_.socket_path;
+  size_t slash = path.rfind('/');
+  std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  struct stat st;
+  if (stat(dir.c_str(), &st) != 0) return Status::FromErrno("socket directory " + dir);
+  if (!S_ISDIR(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 077) != 0) {
+    return Status::Error(EPERM, "socket directory " + dir +
+                                    " must be a directory owned by you with mode 0700 (chmod 700 " +
+                                    dir + ")");
+  }
+  return Status::Ok();
+}
+
+Status Server::Listen() {
+  const std::string& path = options_.socket_path;
+  sockaddr_un sun{};
+  sun.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof sun.sun_path) {
+    return Status::Error(ENAMETOOLONG, "socket path is empty or too long: " + path);
+  }
+  std::memcpy(sun.sun_path, path.c_str(), path.size() + 1);
+  auto* sa = reinterpret_cast<sockaddr*>(&sun);
+
+  // A socket file left behind by a broker that died is removed; a live broker is not disturbed.
+  {
+    UniqueFd probe(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    if (!probe) return Status::FromErrno("socket");
+    if (connect(probe.get(), sa, sizeof sun) == 0 || errno == EAGAIN) {
+      return Status::Error(EADDRINUSE, "another broker is already listening on " + path);
+    }
+    if (errno == ECONNREFUSED) unlink(path.c_str());
+  }
+
+  listen_fd_.reset(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!listen_fd_) return Status::FromErrno("socket");
+  if (bind(listen_fd_.get(), sa, sizeof sun) != 0) return Status::FromErrno("bind " + path);
+  bound_ = true;
+  stat(path.c_str(), &socket_stat_);
+  // The directory is private already; the mode is a second fence.
+  if (chmod(path.c_str(), 0600) != 0) return Status::FromErrno("chmod " + path);
+  if (listen(listen_fd_.get(), SOMAXCONN) != 0) return Status::FromErrno("listen " + path);
+  return loop_->Watch(listen_fd_.get(), EPOLLIN, [this](uint32_t) { OnAccept(); });
+}
+
+std::string Server::OverlaySummary() const {
+  std::string out;
+  for (const auto& [id, st] : overlays_) {
+    out += out.empty() ? "" : ", ";
+    out += id + " (" + st.overlay->kind_name;
+    if (st.driver) {
+      for (const auto& e : st.driver->endpoints()) out += " " + e.text;
+    } else {
+      out += " unavailable";
+    }
+    out += ")";
+  }
+  return out.empty() ? "none" : out;
+}
+
+// ---- clients ----------------------------------------------------------------------------------
+
 void Server::OnAccept() {
   for (;;) {
-    int fd = accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) {
-      if (errno == EINTR) continue;
+    UniqueFd fd(accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+    if (!fd) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
       if (errno != EAGAIN && errno != EWOULDBLOCK) log_->warn("accept: {}", std::strerror(errno));
-      return;
+      break;
     }
-    UniqueFd owned(fd);
     ucred cred{};
     socklen_t len = sizeof cred;
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.uid != geteuid()) {
-      log_->warn("refused connection from uid {} pid {}: the broker serves uid {} only", cred.uid,
+    if (getsockopt(fd.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+      log_->warn("SO_PEERCRED: {}; connection closed", std::strerror(errno));
+      continue;
+    }
+    if (cred.uid != geteuid()) {
+      log_->warn("refused connection from uid {} pid {} (this broker serves uid {} only)", cred.uid,
                  cred.pid, geteuid());
       continue;
     }
     auto c = std::make_unique<Client>();
     c->id = next_client_++;
-    c->fd = std::move(owned);
     c->pid = cred.pid;
-    c->uid = cred.uid;
     uint64_t id = c->id;
-    if (!loop_->Watch(fd, kClientEvents, [this, id](uint32_t ev) { OnClientEvent(id, ev); }).ok()) {
+    Status s =
+        loop_->Watch(fd.get(), kClientEvents, [this, id](uint32_t ev) { OnClientEvent(id, ev); });
+    if (!s.ok()) {
+      log_->warn("cannot watch a client: {}", s.message());
       continue;
     }
+    c->fd = std::move(fd);
     clients_[id] = std::move(c);
   }
   UpdateIdle();
@@ -190,61 +194,62 @@ void Server::OnClientEvent(uint64_t client_id, uint32_t events) {
   Client& c = *it->second;
   if (events & EPOLLOUT) {
     while (!c.outbox.empty()) {
-      auto& msg = c.outbox.front();
+      const auto& msg = c.outbox.front();
       ssize_t r = send(c.fd.get(), msg.data(), msg.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-      if (r < 0 && (errno == EAGAIN || errno == EINTR)) break;
-      if (r < 0) {
-        CloseClient(client_id);
-        return;
-      }
-      c.outbox.erase(c.outbox.begin());
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+      if (r < 0) return CloseClient(client_id);
+      c.outbox.pop_front();
     }
     if (c.outbox.empty()) loop_->Modify(c.fd.get(), kClientEvents);
   }
-  if (events & EPOLLIN) {
-    for (int round = 0; round < 64; ++round) {
-      uint8_t buf[wire::kMaxMessage + 1];
-      iovec iov{buf, sizeof buf};
-      alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * 4)];
-      msghdr mh{};
-      mh.msg_iov = &iov;
-      mh.msg_iovlen = 1;
-      mh.msg_control = cbuf;
-      mh.msg_controllen = sizeof cbuf;
-      ssize_t n = recvmsg(c.fd.get(), &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
-      if (n <= 0) {
-        CloseClient(client_id);
-        return;
-      }
-      std::vector<UniqueFd> fds;
-      for (cmsghdr* cm = CMSG_FIRSTHDR(&mh); cm != nullptr; cm = CMSG_NXTHDR(&mh, cm)) {
-        if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
-          size_t count = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-          for (size_t i = 0; i < count; ++i) {
-            int fd;
-            std::memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof fd);
-            fds.emplace_back(fd);
-          }
-        }
-      }
-      if ((mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0) {
-        ReplyError(c, wire::kReplyBit, 0, EPROTO,
-                   (mh.msg_flags & MSG_TRUNC) ? "message larger than 65536 bytes"
-                                              : "too many descriptors attached");
-        log_->warn("closing client pid {}: oversized message or descriptors", c.pid);
-        CloseClient(client_id);
-        return;
-      }
-      Handle(c, buf, size_t(n), fds);
-      if (clients_.find(client_id) == clients_.end()) return;  // closed while handling
+  // A hang-up or error shows up as end-of-file or an error from recvmsg, after the queued
+  // requests have been read.
+  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) ReadRequests(client_id);
+}
+
+bool Server::ReadRequests(uint64_t client_id) {
+  for (int round = 0; round < kReadsPerEvent; ++round) {
+    auto it = clients_.find(client_id);
+    if (it == clients_.end()) return false;
+    Client& c = *it->second;
+    iovec iov{recv_buf_.data(), recv_buf_.size()};
+    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * kMaxFds)];
+    msghdr mh{};
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = cbuf;
+    mh.msg_controllen = sizeof cbuf;
+    ssize_t n = recvmsg(c.fd.get(), &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return true;
+    if (n <= 0) {
+      CloseClient(client_id);
+      return false;
     }
+    // Take ownership of every descriptor at once, so none can leak on any path below.
+    std::vector<UniqueFd> fds;
+    for (cmsghdr* cm = CMSG_FIRSTHDR(&mh); cm != nullptr; cm = CMSG_NXTHDR(&mh, cm)) {
+      if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
+      size_t count = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (size_t i = 0; i < count; ++i) {
+        int fd;
+        std::memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof fd);
+        fds.emplace_back(fd);
+      }
+    }
+    if ((mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0) {
+      std::string why = (mh.msg_flags & MSG_TRUNC)
+                            ? wire::ParseErrorText(wire::ParseError::kTooLarge)
+                            : "more than 4 descriptors attached to one message";
+      log_->warn("closing connection from {}: {}", PeerText(c), why);
+      ReplyError(c, wire::kReplyBit, 0, EPROTO, why);
+      CloseClient(client_id);
+      return false;
+    }
+    Handle(c, recv_buf_.data(), size_t(n), fds);
   }
-  if (events & (EPOLLHUP | EPOLLRDHUP | EPOLLERR)) {
-    // Drain first (above); a hang-up with nothing left to read ends the client.
-    CloseClient(client_id);
-  }
+  return clients_.count(client_id) != 0;
 }
 
 void Server::CloseClient(uint64_t client_id) {
@@ -252,28 +257,17 @@ void Server::CloseClient(uint64_t client_id) {
   if (it == clients_.end()) return;
   std::unique_ptr<Client> c = std::move(it->second);
   clients_.erase(it);
-  for (uint64_t op : c->ops) {
-    auto o = ops_.find(op);
-    if (o == ops_.end()) continue;
-    loop_->Unwatch(o->second->fd.get());
-    loop_->CancelTimer(o->second->timer);
-    if (o->second->flags_saved) fcntl(o->second->fd.get(), F_SETFL, o->second->saved_flags);
-    ops_.erase(o);
-  }
-  for (auto s = sessions_.begin(); s != sessions_.end();) {
-    if (s->second.owner == client_id) {
-      log_->info("session {} ({}) ended", s->first.substr(0, 8), s->second.network);
-      s = sessions_.erase(s);
-    } else {
-      ++s;
-    }
+  // Destroying a ConnectOp cancels it: flags restored, duplicate closed, no reply.
+  for (uint64_t op : c->ops) ops_.erase(op);
+  for (const SessionTable::Session& s : sessions_.EndOwnedBy(client_id)) {
+    log_->info("session {} ({}) ended", s.token.substr(0, 8), s.network);
   }
   loop_->Unwatch(c->fd.get());
   UpdateIdle();
 }
 
 void Server::UpdateIdle() {
-  if (!clients_.empty() || options_.stay) {
+  if (!clients_.empty() || sessions_.size() != 0 || options_.stay) {
     if (idle_timer_ != 0) loop_->CancelTimer(idle_timer_);
     idle_timer_ = 0;
     return;
@@ -281,7 +275,7 @@ void Server::UpdateIdle() {
   if (idle_timer_ != 0) return;
   idle_timer_ = loop_->AddTimer(int64_t(idle_timeout_s_) * 1000, [this] {
     idle_timer_ = 0;
-    log_->info("no sessions or clients for {}s; exiting", idle_timeout_s_);
+    log_->info("no sessions or clients for {}s: exiting", idle_timeout_s_);
     loop_->Quit();
   });
 }
@@ -290,15 +284,21 @@ std::string Server::PeerText(const Client& c) const {
   return "pid " + std::to_string(c.pid) + " " + Exe(c.pid);
 }
 
-void Server::Reply(Client& c, wire::Writer& w) {
+// ---- replies ----------------------------------------------------------------------------------
+
+void Server::Reply(Client& c, const wire::Writer& w) {
   if (!w.ok()) {
-    log_->error("reply to pid {} did not fit in a message", c.pid);
+    log_->error("a reply to {} did not fit in a message", PeerText(c));
     return;
   }
   if (c.outbox.empty()) {
-    ssize_t r = send(c.fd.get(), w.data(), w.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    ssize_t r;
+    do {
+      r = send(c.fd.get(), w.data(), w.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    } while (r < 0 && errno == EINTR);
     if (r >= 0) return;
-    if (errno != EAGAIN && errno != EWOULDBLOCK) return;  // the client is gone; EPOLLHUP follows
+    // Any other error: the client is gone, and its end-of-file closes it.
+    if (errno != EAGAIN && errno != EWOULDBLOCK) return;
   }
   c.outbox.emplace_back(w.data(), w.data() + w.size());
   loop_->Modify(c.fd.get(), kClientEvents | EPOLLOUT);
@@ -308,26 +308,40 @@ void Server::ReplyError(Client& c, uint16_t type, uint32_t id, int err, const st
   uint8_t buf[4096];
   wire::Writer w(buf, sizeof buf, type, id);
   w.PutU32(wire::kTagErrno, uint32_t(err));
-  w.PutString(wire::kTagMessage, std::string_view(msg).substr(0, 3000));
+  w.PutString(wire::kTagMessage, std::string_view(msg).substr(0, kMaxMessageText));
   Reply(c, w);
 }
+
+void Server::ReplyOk(Client& c, uint16_t type, uint32_t id) {
+  uint8_t buf[64];
+  wire::Writer w(buf, sizeof buf, type, id);
+  w.PutU32(wire::kTagErrno, 0);
+  Reply(c, w);
+}
+
+// ---- requests ---------------------------------------------------------------------------------
 
 void Server::Handle(Client& c, const uint8_t* data, size_t n, std::vector<UniqueFd>& fds) {
   wire::Message m;
   wire::ParseError pe = m.Parse(data, n);
   if (pe != wire::ParseError::kOk) {
-    std::string why = std::string("malformed message: ") + wire::ParseErrorText(pe);
-    log_->warn("closing client {}: {}", PeerText(c), why);
-    ReplyError(c, wire::kReplyBit, 0, EPROTO, why);
+    log_->warn("closing connection from {}: malformed message: {}", PeerText(c),
+               wire::ParseErrorText(pe));
+    ReplyError(c, wire::kReplyBit, 0, EPROTO, wire::ParseErrorText(pe));
     CloseClient(c.id);
     return;
   }
-  uint16_t type = m.type();
-  uint16_t reply = type | wire::kReplyBit;
-  if (type != wire::kConnect) fds.clear();  // descriptors belong only to CONNECT
-  if (type != wire::kHello && !c.greeted) {
-    ReplyError(c, reply, m.id(), EPROTO, "the first message on a connection must be HELLO");
-    return;
+  const uint16_t type = m.type();
+  const uint16_t reply = type | wire::kReplyBit;
+  if (type != wire::kConnect) fds.clear();  // descriptors belong to CONNECT only
+  if (type != wire::kHello) {
+    if (!c.greeted) {
+      return ReplyError(c, reply, m.id(), EPROTO,
+                        "HELLO must be the first message on a connection");
+    }
+    if (!c.hello_error.ok()) {
+      return ReplyError(c, reply, m.id(), c.hello_error.code(), c.hello_error.message());
+    }
   }
   switch (type) {
     case wire::kHello:
@@ -342,298 +356,200 @@ void Server::Handle(Client& c, const uint8_t* data, size_t n, std::vector<Unique
       return HandleOpenSession(c, m);
     case wire::kStatus:
       return HandleStatus(c, m);
-    case wire::kShutdown: {
-      uint8_t buf[64];
-      wire::Writer w(buf, sizeof buf, reply, m.id());
-      w.PutU32(wire::kTagErrno, 0);
-      Reply(c, w);
-      log_->info("shutdown requested by {}", PeerText(c));
-      loop_->Quit();
-      return;
-    }
+    case wire::kShutdown:
+      return HandleShutdown(c, m);
     default:
-      ReplyError(c, reply, m.id(), EPROTO, "unknown message type " + std::to_string(type));
+      return ReplyError(c, reply, m.id(), EPROTO, "unknown message type " + std::to_string(type));
   }
 }
 
 Status Server::SelectNetwork(const std::string& ref, OverlayState** out, std::string* id) {
   *out = nullptr;
-  if (ref.empty() || ref == "direct") {
+  if (ref == "direct") {
     *id = "direct";
     return Status::Ok();
   }
   const config::Overlay* o = config_.Find(ref);
-  if (o == nullptr) {
-    std::string known;
-    for (const auto& ov : config_.overlays) known += (known.empty() ? "" : ", ") + ov.id;
-    return Status::Error(ENOENT, "unknown overlay \"" + ref + "\" in " + config_.source +
-                                     " (known: " + (known.empty() ? "none" : known) + ")");
-  }
+  if (o == nullptr) return Status::Error(ENOENT, "unknown overlay \"" + ref + "\"");
   OverlayState& st = overlays_[o->id];
   *id = o->id;
-  if (!st.driver)
-    return Status::Error(st.error.code() ? st.error.code() : ENETUNREACH, st.error.message());
+  if (!st.driver) {
+    return Status::Error(st.error.code() != 0 ? st.error.code() : ENETUNREACH, st.error.message());
+  }
   *out = &st;
   return Status::Ok();
 }
 
 void Server::HandleHello(Client& c, const wire::Message& m) {
+  const uint16_t reply = wire::kHello | wire::kReplyBit;
   wire::Field f;
-  std::string ref, session;
-  if (m.Find(wire::kTagNetwork, &f)) ref = std::string(f.str());
-  if (m.Find(wire::kTagSession, &f)) session = std::string(f.str());
-  c.greeted = true;
-  c.session = session;
-  if (ref.empty()) {
-    auto s = sessions_.find(session);
-    ref = s != sessions_.end() ? s->second.network : config_.service.default_network;
+  uint16_t version = wire::kVersion;
+  if (m.Find(wire::kTagVersion, &f) && (!f.u16(&version) || version != wire::kVersion)) {
+    c.greeted = false;
+    return ReplyError(c, reply, m.id(), EPROTO,
+                      "protocol version " + std::to_string(version) +
+                          " is not supported (this broker speaks version " +
+                          std::to_string(wire::kVersion) + ")");
   }
-  Status st = SelectNetwork(ref, &c.overlay, &c.network);
-  c.hello_err = st.code();
-  c.hello_msg = st.message();
-  if (!st.ok()) log_->warn("HELLO from {}: {}", PeerText(c), st.message());
+  // NETWORK wins; else a known SESSION's network; else the configured default; else direct.
+  std::string ref;
+  c.session.clear();
+  if (m.Find(wire::kTagSession, &f)) {
+    if (const SessionTable::Session* s = sessions_.Find(f.str()); s != nullptr) {
+      c.session = s->token;
+      ref = s->network;
+    }
+  }
+  if (m.Find(wire::kTagNetwork, &f) && f.len > 0) ref = std::string(f.str());
+  if (ref.empty()) ref = config_.service.default_network;
+  if (ref.empty()) ref = "direct";
+
+  c.greeted = true;
+  c.hello_error = SelectNetwork(ref, &c.overlay, &c.network);
+  if (!c.hello_error.ok()) {
+    c.network = ref;
+    if (logged_network_errors_.insert(ref).second) {
+      log_->warn("HELLO from {}: {}", PeerText(c), c.hello_error.message());
+    }
+  }
   uint8_t buf[4096];
-  wire::Writer w(buf, sizeof buf, wire::kHello | wire::kReplyBit, m.id());
-  w.PutU32(wire::kTagErrno, uint32_t(st.code()));
-  if (!st.ok()) w.PutString(wire::kTagMessage, st.message());
-  w.PutString(wire::kTagNetwork, c.network);
+  wire::Writer w(buf, sizeof buf, reply, m.id());
+  w.PutU32(wire::kTagErrno, uint32_t(c.hello_error.code()));
+  if (!c.hello_error.ok()) {
+    w.PutString(wire::kTagMessage,
+                std::string_view(c.hello_error.message()).substr(0, kMaxMessageText));
+  }
+  w.PutString(wire::kTagNetwork, std::string_view(c.network).substr(0, 512));
   uint32_t flags = 0;
-  if (c.overlay == nullptr) flags |= wire::kFlagDirect;
-  if (config_.service.loopback == config::LoopbackPolicy::kOverlay)
+  if (c.hello_error.ok() && c.overlay == nullptr) flags |= wire::kFlagDirect;
+  if (config_.service.loopback == config::LoopbackPolicy::kOverlay) {
     flags |= wire::kFlagLoopbackRoute;
-  if (config_.service.loopback == config::LoopbackPolicy::kRefuse)
+  }
+  if (config_.service.loopback == config::LoopbackPolicy::kRefuse) {
     flags |= wire::kFlagLoopbackRefuse;
+  }
   w.PutU32(wire::kTagFlags, flags);
   Reply(c, w);
 }
 
+Status Server::ParseTarget(const wire::Message& m, overlays::Target* target) {
+  wire::Field f;
+  if (m.Find(wire::kTagAddr, &f)) {
+    wire::Addr dest;
+    if (!f.addr(&dest)) return Status::Invalid("CONNECT: malformed ADDR field");
+    target->port = dest.port;
+    if (!pool_->Contains(dest)) {
+      target->addr = wire::Unmapped(dest);
+      return Status::Ok();
+    }
+    std::optional<std::string> name = pool_->Reverse(dest);  // also marks the name used
+    if (!name) {
+      return Status::Error(EHOSTUNREACH,
+                           "unknown fake address " + AddrText(wire::Unmapped(dest), false) +
+                               " (the name was resolved by a broker that has since restarted?)");
+    }
+    target->name = std::move(*name);
+    return Status::Ok();
+  }
+  if (!m.Find(wire::kTagName, &f)) return Status::Invalid("CONNECT needs ADDR, or NAME and PORT");
+  auto name = NormalizeName(f.str());
+  if (!name.ok()) return name.status();
+  wire::Field pf;
+  uint16_t port = 0;
+  if (!m.Find(wire::kTagPort, &pf) || !pf.u16(&port)) {
+    return Status::Invalid("CONNECT by NAME needs a PORT field");
+  }
+  target->name = std::move(*name);
+  target->port = port;
+  return Status::Ok();
+}
+
+// Whether the program's socket is something the broker can connect through a TCP overlay.
+static Status CheckTcpSocket(int fd) {
+  int type = 0, domain = 0, protocol = 0;
+  socklen_t len = sizeof type;
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0) {
+    if (errno == ENOTSOCK)
+      return Status::Error(ENOTSOCK, "the attached descriptor is not a socket");
+    return Status::FromErrno("getsockopt(SO_TYPE) on the attached socket");
+  }
+  len = sizeof domain;
+  getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len);
+  len = sizeof protocol;
+  getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &protocol, &len);
+  if (type != SOCK_STREAM || (domain != AF_INET && domain != AF_INET6) || protocol != IPPROTO_TCP) {
+    return Status::Error(EPROTOTYPE, "the attached socket is not a TCP socket");
+  }
+  return Status::Ok();
+}
+
 void Server::HandleConnect(Client& c, const wire::Message& m, std::vector<UniqueFd>& fds) {
   const uint16_t reply = wire::kConnect | wire::kReplyBit;
-  if (c.hello_err != 0) return ReplyError(c, reply, m.id(), c.hello_err, c.hello_msg);
-  if (fds.size() != 1) {
-    return ReplyError(
-        c, reply, m.id(), fds.empty() ? EBADF : EINVAL,
-        fds.empty() ? "CONNECT carries no socket" : "CONNECT must carry exactly one socket");
+  if (fds.empty()) return ReplyError(c, reply, m.id(), EBADF, "CONNECT carries no socket");
+  if (fds.size() > 1) {
+    return ReplyError(c, reply, m.id(), EINVAL,
+                      "CONNECT must carry exactly one socket, not " + std::to_string(fds.size()));
   }
   if (c.overlay == nullptr) {
     return ReplyError(c, reply, m.id(), EINVAL,
-                      "this connection's network is direct; connect directly");
+                      "the connection's network is direct: connect without the broker");
   }
-  auto op = std::make_unique<ConnectOp>();
-  op->fd = std::move(fds[0]);
-  op->client = c.id;
-  op->request_id = m.id();
-  op->overlay = c.overlay;
-  wire::Field f;
-  wire::Addr dest;
-  if (m.Find(wire::kTagAddr, &f)) {
-    if (!f.addr(&dest)) return ReplyError(c, reply, m.id(), EINVAL, "CONNECT: malformed ADDR");
-    op->target.port = dest.port;
-    if (pool_->Contains(dest)) {
-      const std::string* name = pool_->Reverse(dest);
-      char text[80];
-      if (name == nullptr) {
-        return ReplyError(c, reply, m.id(), EHOSTUNREACH,
-                          std::string("unknown fake address ") +
-                              wire::FormatAddr(dest, text, sizeof text) +
-                              " (resolved by a broker that has since restarted?)");
-      }
-      op->target.name = *name;
-    } else {
-      op->target.addr = wire::Unmapped(dest);
-    }
-  } else if (m.Find(wire::kTagName, &f)) {
-    auto name = NormalizeName(f.str());
-    wire::Field pf;
-    uint16_t port = 0;
-    if (!name.ok()) return ReplyError(c, reply, m.id(), EINVAL, name.status().message());
-    if (!m.Find(wire::kTagPort, &pf) || !pf.u16(&port)) {
-      return ReplyError(c, reply, m.id(), EINVAL, "CONNECT by NAME needs PORT");
-    }
-    op->target.name = *name;
-    op->target.port = port;
-  } else {
-    return ReplyError(c, reply, m.id(), EINVAL, "CONNECT needs ADDR or NAME");
+  overlays::Target target;
+  if (Status s = ParseTarget(m, &target); !s.ok()) {
+    // A target that cannot be named is still a failed connect worth a log line.
+    wire::Field f;
+    wire::Addr a;
+    std::string what = m.Find(wire::kTagAddr, &f) && f.addr(&a) ? AddrText(a, true) : "?";
+    return ConnectFailed(c, m.id(), c.overlay, what, s.code(), s.message());
   }
-
-  int type = 0, domain = 0;
-  socklen_t len = sizeof type;
-  if (getsockopt(op->fd.get(), SOL_SOCKET, SO_TYPE, &type, &len) != 0) {
-    return ReplyError(c, reply, m.id(), ENOTSOCK,
-                      "CONNECT: the attached descriptor is not a socket");
+  if (Status s = CheckTcpSocket(fds[0].get()); !s.ok()) {
+    return ConnectFailed(c, m.id(), c.overlay, target.ToString(), s.code(), s.message());
   }
-  len = sizeof domain;
-  getsockopt(op->fd.get(), SOL_SOCKET, SO_DOMAIN, &domain, &len);
-  if (type != SOCK_STREAM || (domain != AF_INET && domain != AF_INET6)) {
-    return ReplyError(c, reply, m.id(), EPROTOTYPE,
-                      "CONNECT: the attached socket is not a TCP/IP stream socket");
-  }
-  auto hs = op->overlay->driver->NewHandshake(op->target);
+  auto hs = c.overlay->driver->NewHandshake(target);
   if (!hs.ok()) {
-    op->overlay->failed++;
-    return ReplyError(c, reply, m.id(), hs.status().code(), hs.status().message());
+    return ConnectFailed(c, m.id(), c.overlay, target.ToString(), hs.status().code(),
+                         hs.status().message());
   }
-  op->handshake = std::move(*hs);
-  op->id = next_op_++;
-  c.ops.push_back(op->id);
-  StartConnect(std::move(op));
+  uint64_t op_id = next_op_++;
+  PendingConnect& p = ops_[op_id];
+  p.client = c.id;
+  p.request_id = m.id();
+  p.overlay = c.overlay;
+  p.target = std::move(target);
+  p.op = std::make_unique<ConnectOp>(loop_, c.overlay->driver.get(), std::move(fds[0]),
+                                     std::move(*hs));
+  c.ops.push_back(op_id);
+  // May finish (and erase `p`) before it returns.
+  p.op->Start([this, op_id](int err, const std::string& msg) { OnConnectDone(op_id, err, msg); });
 }
 
-void Server::StartConnect(std::unique_ptr<ConnectOp> op) {
-  ConnectOp& o = *op;
-  uint64_t id = o.id;
-  ops_[id] = std::move(op);
-  int domain = 0, v6only = 0;
-  socklen_t len = sizeof domain;
-  getsockopt(o.fd.get(), SOL_SOCKET, SO_DOMAIN, &domain, &len);
-  if (domain == AF_INET6) {
-    len = sizeof v6only;
-    getsockopt(o.fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &len);
-  }
-  // Pick an endpoint the program's socket can reach: same family, or IPv4 through a mapped
-  // address from an IPv6 socket that is not IPV6_V6ONLY.
-  sockaddr_storage ep{};
-  socklen_t ep_len = 0;
-  for (const auto& e : o.overlay->driver->endpoints()) {
-    int fam = e.addr.ss_family;
-    if (fam == domain) {
-      std::memcpy(&ep, &e.addr, e.len);
-      ep_len = e.len;
-    } else if (fam == AF_INET && domain == AF_INET6 && !v6only) {
-      const auto* in = reinterpret_cast<const sockaddr_in*>(&e.addr);
-      auto* in6 = reinterpret_cast<sockaddr_in6*>(&ep);
-      in6->sin6_family = AF_INET6;
-      in6->sin6_port = in->sin_port;
-      in6->sin6_addr.s6_addr[10] = 0xff;
-      in6->sin6_addr.s6_addr[11] = 0xff;
-      std::memcpy(&in6->sin6_addr.s6_addr[12], &in->sin_addr, 4);
-      ep_len = sizeof(sockaddr_in6);
-    } else {
-      continue;
-    }
-    o.endpoint = e.text;
-    break;
-  }
-  if (ep_len == 0) {
-    return FinishOp(id, EAFNOSUPPORT,
-                    std::string("the program's ") + (domain == AF_INET ? "IPv4" : "IPv6-only") +
-                        " socket cannot reach any address of the overlay's proxy");
-  }
-  o.saved_flags = fcntl(o.fd.get(), F_GETFL);
-  o.flags_saved = true;
-  fcntl(o.fd.get(), F_SETFL, o.saved_flags | O_NONBLOCK);
-  o.timer = loop_->AddTimer(o.overlay->driver->connect_timeout_ms(), [this, id] {
-    auto it = ops_.find(id);
-    if (it == ops_.end()) return;
-    it->second->timer = 0;
-    FinishOp(id, ETIMEDOUT,
-             std::string(it->second->connecting ? "no connection to" : "no answer from") +
-                 " proxy " + it->second->endpoint + " within " +
-                 std::to_string(it->second->overlay->driver->connect_timeout_ms()) + " ms");
-  });
-  int rc = connect(o.fd.get(), reinterpret_cast<sockaddr*>(&ep), ep_len);
-  if (rc != 0 && errno != EINPROGRESS) {
-    int err = errno;
-    return FinishOp(id, err, "proxy " + o.endpoint + " unreachable: " + std::strerror(err));
-  }
-  if (!loop_->Watch(o.fd.get(), EPOLLOUT, [this, id](uint32_t) { OnOpEvent(id); }).ok()) {
-    return FinishOp(id, EIO, "cannot watch the socket");
-  }
-}
-
-void Server::OnOpEvent(uint64_t op_id) {
+void Server::OnConnectDone(uint64_t op_id, int err, const std::string& msg) {
   auto it = ops_.find(op_id);
   if (it == ops_.end()) return;
-  ConnectOp& o = *it->second;
-  if (o.connecting) {
-    int err = 0;
-    socklen_t len = sizeof err;
-    getsockopt(o.fd.get(), SOL_SOCKET, SO_ERROR, &err, &len);
-    if (err != 0) {
-      return FinishOp(op_id, err, "proxy " + o.endpoint + " unreachable: " + std::strerror(err));
-    }
-    o.connecting = false;
-  }
-  Pump(o);
-}
-
-void Server::Pump(ConnectOp& o) {
-  uint64_t id = o.id;
-  for (;;) {
-    std::string_view out = o.handshake->Output();
-    if (!out.empty()) {
-      ssize_t r = send(o.fd.get(), out.data(), out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-      if (r < 0 && errno == EINTR) continue;
-      if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-        loop_->Modify(o.fd.get(), EPOLLOUT);
-        return;
-      }
-      if (r < 0) {
-        int err = errno;
-        return FinishOp(id, err, "sending to proxy " + o.endpoint + ": " + std::strerror(err));
-      }
-      o.handshake->Consumed(size_t(r));
-      continue;
-    }
-    if (o.handshake->Done()) return FinishOp(id, 0, "");
-    size_t want = o.handshake->WantRead();
-    if (want == 0) return FinishOp(id, EPROTO, "handshake stalled");
-    uint8_t buf[512];
-    ssize_t r = recv(o.fd.get(), buf, std::min(want, sizeof buf), MSG_DONTWAIT);
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      loop_->Modify(o.fd.get(), EPOLLIN | EPOLLRDHUP);
-      return;
-    }
-    if (r < 0) {
-      int err = errno;
-      return FinishOp(id, err, "reading from proxy " + o.endpoint + ": " + std::strerror(err));
-    }
-    if (r == 0) {
-      return FinishOp(id, ECONNRESET,
-                      "proxy " + o.endpoint + " closed the connection during the handshake");
-    }
-    Status st = o.handshake->Feed(buf, size_t(r));
-    if (!st.ok()) return FinishOp(id, st.code(), st.message());
-  }
-}
-
-void Server::FinishOp(uint64_t op_id, int err, const std::string& msg) {
-  auto it = ops_.find(op_id);
-  if (it == ops_.end()) return;
-  std::unique_ptr<ConnectOp> op = std::move(it->second);
+  PendingConnect p = std::move(it->second);  // destroyed on return; the op has finished
   ops_.erase(it);
-  loop_->Unwatch(op->fd.get());
-  if (op->timer != 0) loop_->CancelTimer(op->timer);
-  if (op->flags_saved) fcntl(op->fd.get(), F_SETFL, op->saved_flags);
-  op->fd.reset();
-  std::string full = op->target.ToString() + " via " + op->overlay->overlay->id + ": " + msg;
-  auto cit = clients_.find(op->client);
-  if (err == 0) {
-    op->overlay->ok++;
-  } else {
-    op->overlay->failed++;
-  }
+  auto cit = clients_.find(p.client);
   if (cit == clients_.end()) return;
   Client& c = *cit->second;
   std::erase(c.ops, op_id);
-  if (err == 0) {
-    log_->debug("connect {} via {} ok ({})", op->target.ToString(), op->overlay->overlay->id,
-                PeerText(c));
-  } else {
-    log_->warn("connect {} via {} failed: {} ({})", op->target.ToString(), op->overlay->overlay->id,
-               msg, PeerText(c));
-  }
-  uint8_t buf[4096];
-  wire::Writer w(buf, sizeof buf, wire::kConnect | wire::kReplyBit, op->request_id);
-  w.PutU32(wire::kTagErrno, uint32_t(err));
-  if (err != 0) w.PutString(wire::kTagMessage, std::string_view(full).substr(0, 3000));
-  Reply(c, w);
+  if (err != 0) return ConnectFailed(c, p.request_id, p.overlay, p.target.ToString(), err, msg);
+  p.overlay->ok++;
+  log_->debug("connect {} via {} ok ({})", p.target.ToString(), p.overlay->overlay->id,
+              PeerText(c));
+  ReplyOk(c, wire::kConnect | wire::kReplyBit, p.request_id);
+}
+
+void Server::ConnectFailed(Client& c, uint32_t request_id, OverlayState* overlay,
+                           const std::string& target, int err, const std::string& msg) {
+  overlay->failed++;
+  const std::string& id = overlay->overlay->id;
+  log_->warn("connect {} via {} failed: {} ({})", target, id, msg, PeerText(c));
+  ReplyError(c, wire::kConnect | wire::kReplyBit, request_id, err,
+             target + " via " + id + ": " + msg);
 }
 
 void Server::HandleResolve(Client& c, const wire::Message& m) {
   const uint16_t reply = wire::kResolve | wire::kReplyBit;
-  if (c.hello_err != 0) return ReplyError(c, reply, m.id(), c.hello_err, c.hello_msg);
   wire::Field f;
   if (!m.Find(wire::kTagName, &f))
     return ReplyError(c, reply, m.id(), EINVAL, "RESOLVE needs NAME");
@@ -658,10 +574,13 @@ void Server::HandleReverse(Client& c, const wire::Message& m) {
   wire::Field f;
   wire::Addr a;
   if (!m.Find(wire::kTagAddr, &f) || !f.addr(&a)) {
-    return ReplyError(c, reply, m.id(), EINVAL, "REVERSE needs ADDR");
+    return ReplyError(c, reply, m.id(), EINVAL, "REVERSE needs a well-formed ADDR");
   }
-  const std::string* name = pool_->Reverse(a);
-  if (name == nullptr) return ReplyError(c, reply, m.id(), ENOENT, "not a fake address");
+  std::optional<std::string> name = pool_->Reverse(a);
+  if (!name) {
+    return ReplyError(c, reply, m.id(), ENOENT,
+                      AddrText(a, false) + " is not a fake address in use");
+  }
   uint8_t buf[512];
   wire::Writer w(buf, sizeof buf, reply, m.id());
   w.PutU32(wire::kTagErrno, 0);
@@ -672,25 +591,26 @@ void Server::HandleReverse(Client& c, const wire::Message& m) {
 void Server::HandleOpenSession(Client& c, const wire::Message& m) {
   const uint16_t reply = wire::kOpenSession | wire::kReplyBit;
   wire::Field f;
-  std::string ref;
-  if (m.Find(wire::kTagNetwork, &f)) ref = std::string(f.str());
+  if (!m.Find(wire::kTagNetwork, &f) || f.len == 0) {
+    return ReplyError(c, reply, m.id(), EINVAL, "OPEN_SESSION needs NETWORK");
+  }
+  std::string ref(f.str());
   OverlayState* st = nullptr;
   std::string id;
-  Status s = SelectNetwork(ref, &st, &id);
-  if (!s.ok() && s.code() == ENOENT) return ReplyError(c, reply, m.id(), s.code(), s.message());
-  Session session;
-  session.token = RandomToken();
-  session.network = id;
-  session.owner = c.id;
-  session.started_ms = NowMs();
-  sessions_[session.token] = session;
-  log_->info("session {} opened for {} by {}", session.token.substr(0, 8), id, PeerText(c));
-  uint8_t buf[4096];
+  if (Status s = SelectNetwork(ref, &st, &id); !s.ok()) {
+    return ReplyError(c, reply, m.id(), s.code(), s.message());
+  }
+  auto session = sessions_.Open(id, c.id, NowMs());
+  if (!session.ok()) {
+    return ReplyError(c, reply, m.id(), session.status().code(), session.status().message());
+  }
+  log_->info("session {} opened for {} by {}", (*session)->token.substr(0, 8), id, PeerText(c));
+  uint8_t buf[256];
   wire::Writer w(buf, sizeof buf, reply, m.id());
   w.PutU32(wire::kTagErrno, 0);
-  w.PutString(wire::kTagSession, session.token);
-  if (!s.ok()) w.PutString(wire::kTagMessage, s.message());  // overlay known but unavailable
+  w.PutString(wire::kTagSession, (*session)->token);
   Reply(c, w);
+  UpdateIdle();
 }
 
 void Server::HandleStatus(Client& c, const wire::Message& m) {
@@ -701,32 +621,39 @@ void Server::HandleStatus(Client& c, const wire::Message& m) {
     const config::Overlay& o = *st.overlay;
     out << "overlay " << id << " " << o.kind_name;
     if (o.kind == config::OverlayKind::kSocks5) {
-      out << " " << o.socks5.host << ":" << o.socks5.port
+      bool v6 = o.socks5.host.find(':') != std::string::npos;
+      out << " " << (v6 ? "[" : "") << o.socks5.host << (v6 ? "]" : "") << ":" << o.socks5.port
           << " isolate_streams=" << (o.socks5.isolate_streams ? "true" : "false");
     }
-    if (!st.driver) {
-      out << " unavailable: " << st.error.message();
-    } else {
+    if (st.driver) {
       out << " connects ok=" << st.ok << " failed=" << st.failed;
+    } else {
+      out << " unavailable: " << st.error.message();
     }
     out << "\n";
   }
   out << "sessions: " << sessions_.size() << "\n";
-  for (const auto& [token, s] : sessions_) {
+  for (const auto& [token, s] : sessions_.sessions()) {
     size_t clients = 0;
     for (const auto& [cid, cl] : clients_) clients += cl->session == token;
     out << "session " << token.substr(0, 8) << " network " << s.network << " clients=" << clients
-        << " up " << (NowMs() - s.started_ms) / 1000 << "s\n";
+        << "\n";
   }
   out << "clients: " << clients_.size() << ", connects in flight: " << ops_.size() << "\n";
   out << "fake addresses: " << pool_->size() << " names (pool " << pool_->v4_cidr() << ", "
       << pool_->v6_cidr() << ")\n";
   std::string text = out.str();
-  std::vector<uint8_t> buf(text.size() + 256);
+  std::vector<uint8_t> buf(wire::kMaxMessage);
   wire::Writer w(buf.data(), buf.size(), wire::kStatus | wire::kReplyBit, m.id());
   w.PutU32(wire::kTagErrno, 0);
   w.PutString(wire::kTagText, std::string_view(text).substr(0, 60000));
   Reply(c, w);
+}
+
+void Server::HandleShutdown(Client& c, const wire::Message& m) {
+  ReplyOk(c, wire::kShutdown | wire::kReplyBit, m.id());
+  log_->info("shutdown requested by {}", PeerText(c));
+  loop_->Quit();
 }
 
 }  // namespace via::broker

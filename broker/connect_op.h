@@ -1,0 +1,68 @@
+// ConnectOp: one routed connect. Drives the program's own socket (the broker's duplicate of it,
+// received with SCM_RIGHTS) to the overlay's endpoint and through the overlay's handshake, as a
+// state machine on the EventLoop, without ever blocking the loop:
+//
+//   connect (non-blocking) -> wait writable -> SO_ERROR -> write Output() / read exactly
+//   WantRead() bytes / Feed ... until Done() -> restore the file status flags -> close the dup
+//
+// No byte after the handshake is ever read: it belongs to the program.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "broker/event_loop.h"
+#include "common/unique_fd.h"
+#include "overlays/driver.h"
+#include "overlays/handshake.h"
+
+namespace via::broker {
+
+class ConnectOp {
+ public:
+  // Called exactly once with 0 or an errno and a message (empty on success), unless the op is
+  // destroyed first. The op is finished by then (flags restored, duplicate closed), so the
+  // callback may destroy it.
+  using DoneFn = std::function<void(int err, const std::string& message)>;
+
+  // *loop and *driver must outlive the op. `fd` is the broker's duplicate of the program's
+  // socket, already checked to be a TCP socket.
+  ConnectOp(EventLoop* loop, const overlays::Driver* driver, UniqueFd fd,
+            std::unique_ptr<overlays::Handshake> handshake);
+  // Cancels an unfinished op: unwatches, cancels the timer, restores the flags, closes the dup.
+  ~ConnectOp();
+  ConnectOp(const ConnectOp&) = delete;
+  ConnectOp& operator=(const ConnectOp&) = delete;
+
+  // Starts connecting. `done` may run before Start returns (e.g. no usable endpoint).
+  void Start(DoneFn done);
+
+ private:
+  enum class Phase { kIdle, kConnecting, kHandshake, kFinished };
+
+  // Picks the first endpoint the socket can reach; false if none.
+  bool PickEndpoint(sockaddr_storage* addr, socklen_t* len, std::string* why);
+  void OnEvent(uint32_t events);
+  void OnTimeout();
+  // Moves handshake bytes until the socket would block, the handshake is done, or it fails.
+  void Pump();
+  void WaitFor(uint32_t events);
+  void Finish(int err, const std::string& message);
+  void Release();  // unwatch, cancel the timer, restore flags, close
+
+  EventLoop* loop_;
+  const overlays::Driver* driver_;
+  UniqueFd fd_;
+  std::unique_ptr<overlays::Handshake> handshake_;
+  DoneFn done_;
+  Phase phase_ = Phase::kIdle;
+  std::string endpoint_;  // for messages
+  int saved_flags_ = -1;  // -1 until changed
+  bool watched_ = false;
+  uint32_t watched_events_ = 0;
+  uint64_t timer_ = 0;
+};
+
+}  // namespace via::broker

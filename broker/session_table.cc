@@ -1,0 +1,57 @@
+#include "broker/session_table.h"
+
+#include <sys/random.h>
+
+#include <cerrno>
+#include <cstdio>
+
+namespace via::broker {
+
+Result<std::string> NewSessionToken() {
+  uint8_t b[16];
+  size_t got = 0;
+  while (got < sizeof b) {
+    // GRND_NONBLOCK: never stall the loop waiting for the entropy pool at early boot.
+    ssize_t r = getrandom(b + got, sizeof b - got, GRND_NONBLOCK);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return Status::FromErrno("getrandom");
+    got += size_t(r);
+  }
+  char hex[33];
+  for (size_t i = 0; i < sizeof b; ++i) std::snprintf(hex + 2 * i, 3, "%02x", b[i]);
+  return std::string(hex, 32);
+}
+
+Result<const SessionTable::Session*> SessionTable::Open(const std::string& network, uint64_t owner,
+                                                        int64_t now_ms) {
+  auto token = NewSessionToken();
+  if (!token.ok()) return token.status();
+  Session s;
+  s.token = *token;
+  s.network = network;
+  s.owner = owner;
+  s.opened_ms = now_ms;
+  auto [it, inserted] = sessions_.emplace(s.token, std::move(s));
+  (void)inserted;  // 128 random bits do not collide
+  return &it->second;
+}
+
+const SessionTable::Session* SessionTable::Find(std::string_view token) const {
+  auto it = sessions_.find(token);
+  return it == sessions_.end() ? nullptr : &it->second;
+}
+
+std::vector<SessionTable::Session> SessionTable::EndOwnedBy(uint64_t owner) {
+  std::vector<Session> ended;
+  for (auto it = sessions_.begin(); it != sessions_.end();) {
+    if (it->second.owner == owner) {
+      ended.push_back(std::move(it->second));
+      it = sessions_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  return ended;
+}
+
+}  // namespace via::broker

@@ -1,0 +1,44 @@
+// SessionTable: the sessions opened by `via run` (OPEN_SESSION). A session names a network and
+// is owned by the client connection that opened it; it ends when that connection closes. Shims
+// of the session's processes present its token in HELLO to get the session's network.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/status.h"
+
+namespace via::broker {
+
+class SessionTable {
+ public:
+  struct Session {
+    std::string token;    // 32 lowercase hex characters (16 random bytes)
+    std::string network;  // overlay id or "direct"
+    uint64_t owner = 0;   // client connection id
+    int64_t opened_ms = 0;
+  };
+
+  // Opens a session for `network` owned by client `owner`. Fails only if the kernel has no
+  // random bytes for the token.
+  Result<const Session*> Open(const std::string& network, uint64_t owner, int64_t now_ms);
+  // The session with `token`, or nullptr. The pointer is valid until the session ends.
+  const Session* Find(std::string_view token) const;
+  // Ends every session owned by `owner` and returns them (for the log).
+  std::vector<Session> EndOwnedBy(uint64_t owner);
+
+  size_t size() const { return sessions_.size(); }
+  // Sorted by token, for stable status output.
+  const std::map<std::string, Session, std::less<>>& sessions() const { return sessions_; }
+
+ private:
+  std::map<std::string, Session, std::less<>> sessions_;
+};
+
+// 16 bytes from getrandom(2) as 32 lowercase hex characters.
+Result<std::string> NewSessionToken();
+
+}  // namespace via::broker

@@ -1,0 +1,724 @@
+// The broker as its clients see it: RunBroker on a temporary socket, raw datagrams per
+// docs/protocol.md, one test per rule (framing, HELLO first, unknown type, missing fd, ...).
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <functional>
+#include <regex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "broker/broker.h"
+#include "common/unique_fd.h"
+#include "common/wire.h"
+#include "config/config.h"
+
+namespace via::broker {
+namespace {
+
+using std::chrono::milliseconds;
+using std::chrono::steady_clock;
+
+// One reply, copied out of its datagram.
+struct Reply {
+  bool closed = false;  // end-of-file instead of a reply
+  uint16_t type = 0;
+  uint32_t id = 0;
+  uint32_t err = 0xffffffff;
+  std::string message;
+  std::vector<std::pair<uint16_t, std::vector<uint8_t>>> fields;
+
+  std::string Str(uint16_t tag) const {
+    for (const auto& [t, v] : fields)
+      if (t == tag) return std::string(v.begin(), v.end());
+    return "";
+  }
+  uint32_t U32(uint16_t tag) const {
+    for (const auto& [t, v] : fields)
+      if (t == tag && v.size() == 4) return wire::GetLE32(v.data());
+    return 0xffffffff;
+  }
+  std::vector<wire::Addr> Addrs() const {
+    std::vector<wire::Addr> out;
+    for (const auto& [t, v] : fields) {
+      wire::Field f{t, v.data(), uint16_t(v.size())};
+      wire::Addr a;
+      if (t == wire::kTagAddr && f.addr(&a)) out.push_back(a);
+    }
+    return out;
+  }
+};
+
+using Fill = std::function<void(wire::Writer&)>;
+
+std::string Text(const wire::Addr& a) {
+  char buf[INET6_ADDRSTRLEN];
+  inet_ntop(a.family == 4 ? AF_INET : AF_INET6, a.bytes, buf, sizeof buf);
+  return buf;
+}
+
+class BrokerProtocolTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/via-broker-test-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    socket_path_ = dir_ + "/broker.sock";
+    log_path_ = dir_ + "/broker.log";
+
+    // A proxy port nobody listens on, and one that accepts (in the backlog) but never answers.
+    refused_port_ = FreePort();
+    silent_.reset(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_in sin = Loopback(0);
+    ASSERT_EQ(bind(silent_.get(), reinterpret_cast<sockaddr*>(&sin), sizeof sin), 0);
+    ASSERT_EQ(listen(silent_.get(), 16), 0);
+    silent_port_ = BoundPort(silent_.get());
+
+    config_.source = dir_ + "/via.yaml";
+    AddSocks5("app:refused", refused_port_);
+    AddSocks5("app:silent", silent_port_);
+    config::Overlay i2p;
+    i2p.id = "app:i2p";
+    i2p.ns = "app";
+    i2p.name = "i2p";
+    i2p.kind = config::OverlayKind::kI2p;
+    i2p.kind_name = "network.i2p";
+    config_.overlays.push_back(i2p);
+    config_.service.loopback = config::LoopbackPolicy::kRefuse;
+  }
+
+  void TearDown() override {
+    StopBroker();
+    std::string cmd = "rm -rf '" + dir_ + "'";
+    ASSERT_EQ(system(cmd.c_str()), 0);
+  }
+
+  void AddSocks5(const std::string& id, int port) {
+    config::Overlay o;
+    o.id = id;
+    o.ns = id.substr(0, id.find(':'));
+    o.name = id.substr(id.find(':') + 1);
+    o.kind = config::OverlayKind::kSocks5;
+    o.kind_name = "network.socks5";
+    o.socks5.host = "127.0.0.1";
+    o.socks5.port = port;
+    o.socks5.connect_timeout_ms = 300;
+    config_.overlays.push_back(o);
+  }
+
+  static sockaddr_in Loopback(int port) {
+    sockaddr_in sin{};
+    sin.sin_family = AF_INET;
+    sin.sin_port = htons(uint16_t(port));
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    return sin;
+  }
+  static int BoundPort(int fd) {
+    sockaddr_in sin{};
+    socklen_t len = sizeof sin;
+    getsockname(fd, reinterpret_cast<sockaddr*>(&sin), &len);
+    return ntohs(sin.sin_port);
+  }
+  static int FreePort() {
+    UniqueFd fd(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_in sin = Loopback(0);
+    bind(fd.get(), reinterpret_cast<sockaddr*>(&sin), sizeof sin);
+    return BoundPort(fd.get());  // closed again: connects to it are refused
+  }
+
+  void StartBroker(bool stay = true, int idle_timeout_s = -1) {
+    options_.config_path = config_.source;
+    options_.socket_path = socket_path_;
+    options_.log_path = log_path_;
+    options_.foreground = false;
+    options_.stay = stay;
+    options_.idle_timeout_s = idle_timeout_s;
+    int p[2];
+    ASSERT_EQ(pipe2(p, O_CLOEXEC), 0);
+    UniqueFd ready(p[0]);
+    broker_exited_ = false;
+    broker_ = std::thread([this, w = p[1]] {
+      broker_status_ = RunBroker(config_, options_, w);
+      broker_exited_ = true;
+    });
+    char byte = 0;
+    ASSERT_EQ(read(ready.get(), &byte, 1), 1) << "broker did not start; log:\n" << Log();
+  }
+
+  void StopBroker() {
+    if (!broker_.joinable()) return;
+    if (!broker_exited_) {
+      UniqueFd c = Greeted("direct");
+      Request(c.get(), wire::kShutdown);
+    }
+    broker_.join();
+  }
+
+  std::string Log() const {
+    std::string out;
+    FILE* f = fopen(log_path_.c_str(), "r");
+    if (f == nullptr) return out;
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
+    fclose(f);
+    return out;
+  }
+
+  UniqueFd Connect() {
+    UniqueFd fd(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+    sockaddr_un sun{};
+    sun.sun_family = AF_UNIX;
+    std::strcpy(sun.sun_path, socket_path_.c_str());
+    EXPECT_EQ(connect(fd.get(), reinterpret_cast<sockaddr*>(&sun), sizeof sun), 0)
+        << std::strerror(errno);
+    return fd;
+  }
+
+  static void SendRaw(int fd, const void* data, size_t n, int attach = -1) {
+    iovec iov{const_cast<void*>(data), n};
+    msghdr mh{};
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))];
+    if (attach >= 0) {
+      mh.msg_control = cbuf;
+      mh.msg_controllen = sizeof cbuf;
+      cmsghdr* cm = CMSG_FIRSTHDR(&mh);
+      cm->cmsg_level = SOL_SOCKET;
+      cm->cmsg_type = SCM_RIGHTS;
+      cm->cmsg_len = CMSG_LEN(sizeof(int));
+      std::memcpy(CMSG_DATA(cm), &attach, sizeof attach);
+    }
+    ASSERT_EQ(sendmsg(fd, &mh, MSG_NOSIGNAL), ssize_t(n)) << std::strerror(errno);
+  }
+
+  static Reply Receive(int fd, int timeout_ms = 5000) {
+    Reply r;
+    pollfd pfd{fd, POLLIN, 0};
+    if (poll(&pfd, 1, timeout_ms) != 1) {
+      ADD_FAILURE() << "no reply within " << timeout_ms << " ms";
+      r.closed = true;
+      return r;
+    }
+    std::vector<uint8_t> buf(wire::kMaxMessage);
+    ssize_t n = recv(fd, buf.data(), buf.size(), 0);
+    if (n <= 0) {
+      r.closed = true;
+      return r;
+    }
+    wire::Message m;
+    EXPECT_EQ(m.Parse(buf.data(), size_t(n)), wire::ParseError::kOk);
+    r.type = m.type();
+    r.id = m.id();
+    m.ForEach([&](const wire::Field& f) {
+      r.fields.emplace_back(f.tag, std::vector<uint8_t>(f.data, f.data + f.len));
+    });
+    r.err = r.U32(wire::kTagErrno);
+    r.message = r.Str(wire::kTagMessage);
+    return r;
+  }
+
+  Reply Request(int fd, uint16_t type, const Fill& fill = nullptr, int attach = -1) {
+    uint8_t buf[4096];
+    wire::Writer w(buf, sizeof buf, type, ++next_id_);
+    if (fill) fill(w);
+    SendRaw(fd, w.data(), w.size(), attach);
+    Reply r = Receive(fd);
+    EXPECT_FALSE(r.closed);
+    EXPECT_EQ(r.type, type | wire::kReplyBit);
+    EXPECT_EQ(r.id, next_id_);
+    return r;
+  }
+
+  Reply Hello(int fd, const std::string& network = "", const std::string& session = "") {
+    return Request(fd, wire::kHello, [&](wire::Writer& w) {
+      w.PutU16(wire::kTagVersion, wire::kVersion);
+      if (!network.empty()) w.PutString(wire::kTagNetwork, network);
+      if (!session.empty()) w.PutString(wire::kTagSession, session);
+    });
+  }
+  // A connection that said HELLO for `network`.
+  UniqueFd Greeted(const std::string& network) {
+    UniqueFd fd = Connect();
+    EXPECT_EQ(Hello(fd.get(), network).err, 0u);
+    return fd;
+  }
+
+  Reply ConnectByName(int fd, int sock, const std::string& name = "example.test") {
+    return Request(
+        fd, wire::kConnect,
+        [&](wire::Writer& w) {
+          w.PutString(wire::kTagName, name);
+          w.PutU16(wire::kTagPort, 80);
+        },
+        sock);
+  }
+  Reply ConnectToAddr(int fd, int sock, const wire::Addr& addr) {
+    return Request(
+        fd, wire::kConnect, [&](wire::Writer& w) { w.PutAddr(wire::kTagAddr, addr); }, sock);
+  }
+
+  Reply Resolve(int fd, const std::string& name, int family = -1) {
+    return Request(fd, wire::kResolve, [&](wire::Writer& w) {
+      w.PutString(wire::kTagName, name);
+      if (family >= 0) w.PutU8(wire::kTagFamily, uint8_t(family));
+    });
+  }
+
+  std::string StatusText() {
+    UniqueFd fd = Greeted("direct");
+    return Request(fd.get(), wire::kStatus).Str(wire::kTagText);
+  }
+
+  // True if the broker closed `fd` (end-of-file within a second).
+  static bool ClosedByBroker(int fd) {
+    pollfd pfd{fd, POLLIN, 0};
+    if (poll(&pfd, 1, 1000) != 1) return false;
+    char b;
+    return recv(fd, &b, 1, MSG_DONTWAIT) == 0;
+  }
+
+  std::string dir_, socket_path_, log_path_;
+  int refused_port_ = 0, silent_port_ = 0;
+  UniqueFd silent_;
+  config::Config config_;
+  BrokerOptions options_;
+  std::thread broker_;
+  std::atomic<bool> broker_exited_{false};
+  int broker_status_ = -1;
+  uint32_t next_id_ = 0;
+};
+
+// ---- framing ----------------------------------------------------------------------------------
+
+TEST_F(BrokerProtocolTest, MalformedFramingIsAnsweredWithEprotoThenClosed) {
+  StartBroker();
+  uint8_t good[64];
+  wire::Writer w(good, sizeof good, wire::kStatus, 1);
+  std::vector<uint8_t> bad_magic(good, good + w.size());
+  bad_magic[0] = 'X';
+  std::vector<uint8_t> mismatch(good, good + w.size());
+  mismatch[12] = 9;
+  std::vector<uint8_t> truncated_field(good, good + w.size());
+  truncated_field.insert(truncated_field.end(), {1, 0, 50, 0, 'a'});
+  truncated_field[12] = 5;
+  std::vector<uint8_t> too_large(wire::kMaxMessage + 10, 0);
+  std::memcpy(too_large.data(), good, 16);
+
+  struct Case {
+    std::vector<uint8_t> bytes;
+    wire::ParseError error;
+  } cases[] = {
+      {{1, 2, 3}, wire::ParseError::kTruncatedHeader},
+      {bad_magic, wire::ParseError::kBadMagic},
+      {mismatch, wire::ParseError::kLengthMismatch},
+      {truncated_field, wire::ParseError::kTruncatedField},
+      {too_large, wire::ParseError::kTooLarge},
+  };
+  UniqueFd bystander = Greeted("direct");
+  for (const Case& c : cases) {
+    UniqueFd fd = Greeted("direct");
+    SendRaw(fd.get(), c.bytes.data(), c.bytes.size());
+    Reply r = Receive(fd.get());
+    EXPECT_EQ(r.type, wire::kReplyBit);
+    EXPECT_EQ(r.id, 0u);
+    EXPECT_EQ(r.err, uint32_t(EPROTO));
+    EXPECT_EQ(r.message, wire::ParseErrorText(c.error));
+    EXPECT_TRUE(ClosedByBroker(fd.get())) << wire::ParseErrorText(c.error);
+  }
+  EXPECT_EQ(Request(bystander.get(), wire::kStatus).err, 0u);
+}
+
+TEST_F(BrokerProtocolTest, RequestBeforeHelloIsEproto) {
+  StartBroker();
+  UniqueFd fd = Connect();
+  Reply r = Resolve(fd.get(), "example.test");
+  EXPECT_EQ(r.err, uint32_t(EPROTO));
+  EXPECT_EQ(r.message, "HELLO must be the first message on a connection");
+  EXPECT_EQ(Hello(fd.get(), "direct").err, 0u);  // the connection stays usable
+}
+
+TEST_F(BrokerProtocolTest, UnknownTypeIsEprotoAndTheConnectionStays) {
+  StartBroker();
+  UniqueFd fd = Greeted("direct");
+  Reply r = Request(fd.get(), 0x77);
+  EXPECT_EQ(r.err, uint32_t(EPROTO));
+  EXPECT_EQ(r.message, "unknown message type 119");
+  EXPECT_EQ(Request(fd.get(), wire::kStatus).err, 0u);
+}
+
+TEST_F(BrokerProtocolTest, DescriptorsOnOtherRequestsAreClosed) {
+  StartBroker();
+  UniqueFd fd = Greeted("direct");
+  int p[2];
+  ASSERT_EQ(pipe2(p, O_CLOEXEC), 0);
+  UniqueFd rd(p[0]), wr(p[1]);
+  uint8_t buf[64];
+  wire::Writer w(buf, sizeof buf, wire::kStatus, 5);
+  SendRaw(fd.get(), w.data(), w.size(), wr.get());
+  wr.reset();
+  EXPECT_EQ(Receive(fd.get()).err, 0u);
+  char b;
+  EXPECT_EQ(read(rd.get(), &b, 1), 0);  // the broker's copy of the write end is gone too
+}
+
+// ---- HELLO ------------------------------------------------------------------------------------
+
+TEST_F(BrokerProtocolTest, HelloWithoutNetworkIsDirect) {
+  StartBroker();
+  UniqueFd fd = Connect();
+  Reply r = Hello(fd.get());
+  EXPECT_EQ(r.err, 0u);
+  EXPECT_EQ(r.Str(wire::kTagNetwork), "direct");
+  EXPECT_EQ(r.U32(wire::kTagFlags), wire::kFlagDirect | wire::kFlagLoopbackRefuse);
+}
+
+TEST_F(BrokerProtocolTest, HelloFallsBackToDefaultNetwork) {
+  config_.service.default_network = "app:refused";
+  config_.service.loopback = config::LoopbackPolicy::kOverlay;
+  StartBroker();
+  UniqueFd fd = Connect();
+  Reply r = Hello(fd.get());
+  EXPECT_EQ(r.err, 0u);
+  EXPECT_EQ(r.Str(wire::kTagNetwork), "app:refused");
+  EXPECT_EQ(r.U32(wire::kTagFlags), wire::kFlagLoopbackRoute);
+}
+
+TEST_F(BrokerProtocolTest, HelloWithUnknownOverlayFailsEveryLaterRequest) {
+  StartBroker();
+  UniqueFd fd = Connect();
+  Reply r = Hello(fd.get(), "app:nope");
+  EXPECT_EQ(r.err, uint32_t(ENOENT));
+  EXPECT_EQ(r.message, "unknown overlay \"app:nope\"");
+  Reply later = Resolve(fd.get(), "example.test");
+  EXPECT_EQ(later.err, uint32_t(ENOENT));
+  EXPECT_EQ(later.message, "unknown overlay \"app:nope\"");
+}
+
+TEST_F(BrokerProtocolTest, HelloWithOverlayWithoutDriverGivesItsError) {
+  StartBroker();
+  UniqueFd fd = Connect();
+  Reply r = Hello(fd.get(), "app:i2p");
+  EXPECT_EQ(r.err, uint32_t(ENOTSUP));
+  EXPECT_NE(r.message.find("network.i2p"), std::string::npos) << r.message;
+}
+
+TEST_F(BrokerProtocolTest, HelloWithSessionTakesTheSessionsNetwork) {
+  StartBroker();
+  UniqueFd owner = Greeted("direct");
+  Reply s = Request(owner.get(), wire::kOpenSession,
+                    [](wire::Writer& w) { w.PutString(wire::kTagNetwork, "app:silent"); });
+  ASSERT_EQ(s.err, 0u);
+  std::string token = s.Str(wire::kTagSession);
+
+  UniqueFd shim = Connect();
+  EXPECT_EQ(Hello(shim.get(), "", token).Str(wire::kTagNetwork), "app:silent");
+  UniqueFd stranger = Connect();
+  EXPECT_EQ(Hello(stranger.get(), "", std::string(32, 'f')).Str(wire::kTagNetwork), "direct");
+  EXPECT_NE(StatusText().find("network app:silent clients=1\n"), std::string::npos);
+}
+
+// ---- sessions ---------------------------------------------------------------------------------
+
+TEST_F(BrokerProtocolTest, OpenSessionGivesA32HexToken) {
+  StartBroker();
+  UniqueFd fd = Greeted("direct");
+  Reply r = Request(fd.get(), wire::kOpenSession,
+                    [](wire::Writer& w) { w.PutString(wire::kTagNetwork, "app:refused"); });
+  EXPECT_EQ(r.err, 0u);
+  EXPECT_TRUE(std::regex_match(r.Str(wire::kTagSession), std::regex("[0-9a-f]{32}")))
+      << r.Str(wire::kTagSession);
+}
+
+TEST_F(BrokerProtocolTest, OpenSessionForUnknownOverlayIsEnoent) {
+  StartBroker();
+  UniqueFd fd = Greeted("direct");
+  Reply r = Request(fd.get(), wire::kOpenSession,
+                    [](wire::Writer& w) { w.PutString(wire::kTagNetwork, "app:nope"); });
+  EXPECT_EQ(r.err, uint32_t(ENOENT));
+  EXPECT_EQ(r.message, "unknown overlay \"app:nope\"");
+}
+
+TEST_F(BrokerProtocolTest, SessionEndsWithItsConnection) {
+  StartBroker();
+  {
+    UniqueFd owner = Greeted("direct");
+    Request(owner.get(), wire::kOpenSession,
+            [](wire::Writer& w) { w.PutString(wire::kTagNetwork, "direct"); });
+    EXPECT_NE(StatusText().find("sessions: 1\n"), std::string::npos);
+  }
+  auto deadline = steady_clock::now() + milliseconds(2000);
+  while (StatusText().find("sessions: 0\n") == std::string::npos &&
+         steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(milliseconds(10));
+  }
+  EXPECT_NE(StatusText().find("sessions: 0\n"), std::string::npos);
+}
+
+// ---- names ------------------------------------------------------------------------------------
+
+TEST_F(BrokerProtocolTest, ResolveAndReverseRoundTrip) {
+  StartBroker();
+  UniqueFd fd = Greeted("app:refused");
+  Reply r = Resolve(fd.get(), "Example.TEST.");
+  ASSERT_EQ(r.err, 0u);
+  auto addrs = r.Addrs();
+  ASSERT_EQ(addrs.size(), 2u);
+  EXPECT_EQ(Text(addrs[0]), "198.18.0.1");
+  EXPECT_EQ(Text(addrs[1]), "fd76:6961:ff00::1");
+  EXPECT_EQ(addrs[0].port, 0);
+  for (const wire::Addr& a : addrs) {
+    Reply rev =
+        Request(fd.get(), wire::kReverse, [&](wire::Writer& w) { w.PutAddr(wire::kTagAddr, a); });
+    EXPECT_EQ(rev.err, 0u);
+    EXPECT_EQ(rev.Str(wire::kTagName), "example.test");
+  }
+  EXPECT_EQ(Resolve(fd.get(), "example.test").Addrs()[0], addrs[0]);
+}
+
+TEST_F(BrokerProtocolTest, ResolveOneFamily) {
+  StartBroker();
+  UniqueFd fd = Greeted("app:refused");
+  auto v4 = Resolve(fd.get(), "a.test", 4).Addrs();
+  ASSERT_EQ(v4.size(), 1u);
+  EXPECT_EQ(v4[0].family, 4);
+  auto v6 = Resolve(fd.get(), "a.test", 6).Addrs();
+  ASSERT_EQ(v6.size(), 1u);
+  EXPECT_EQ(v6[0].family, 6);
+}
+
+TEST_F(BrokerProtocolTest, ResolveRejectsInvalidNames) {
+  StartBroker();
+  UniqueFd fd = Greeted("app:refused");
+  EXPECT_EQ(Resolve(fd.get(), "").err, uint32_t(EINVAL));
+  EXPECT_EQ(Resolve(fd.get(), "bad name.test").err, uint32_t(EINVAL));
+  EXPECT_EQ(Resolve(fd.get(), std::string(254, 'a')).err, uint32_t(EINVAL));
+}
+
+TEST_F(BrokerProtocolTest, ReverseOfOtherAddressIsEnoent) {
+  StartBroker();
+  UniqueFd fd = Greeted("app:refused");
+  wire::Addr a;
+  a.family = 4;
+  a.bytes[0] = 10;
+  a.bytes[3] = 1;
+  Reply r =
+      Request(fd.get(), wire::kReverse, [&](wire::Writer& w) { w.PutAddr(wire::kTagAddr, a); });
+  EXPECT_EQ(r.err, uint32_t(ENOENT));
+}
+
+// ---- status -----------------------------------------------------------------------------------
+
+TEST_F(BrokerProtocolTest, StatusDescribesTheBroker) {
+  StartBroker();
+  std::string text = StatusText();
+  EXPECT_TRUE(std::regex_search(text, std::regex("^broker pid [0-9]+, config " + config_.source +
+                                                 ", socket " + socket_path_ + ", up [0-9]+s\n")))
+      << text;
+  EXPECT_NE(
+      text.find("overlay app:refused network.socks5 127.0.0.1:" + std::to_string(refused_port_) +
+                " isolate_streams=false connects ok=0 failed=0\n"),
+      std::string::npos)
+      << text;
+  EXPECT_NE(text.find("overlay app:i2p network.i2p unavailable: "), std::string::npos) << text;
+  EXPECT_NE(text.find("sessions: 0\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("fake addresses: 0 names (pool 198.18.0.0/15, fd76:6961:ff00::/64)\n"),
+            std::string::npos)
+      << text;
+}
+
+// ---- CONNECT ----------------------------------------------------------------------------------
+
+TEST_F(BrokerProtocolTest, ConnectWithoutSocketIsEbadf) {
+  StartBroker();
+  UniqueFd fd = Greeted("app:refused");
+  EXPECT_EQ(ConnectByName(fd.get(), -1).err, uint32_t(EBADF));
+}
+
+TEST_F(BrokerProtocolTest, ConnectWithUdpSocketIsEprototype) {
+  StartBroker();
+  UniqueFd fd = Greeted("app:refused");
+  UniqueFd udp(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  EXPECT_EQ(ConnectByName(fd.get(), udp.get()).err, uint32_t(EPROTOTYPE));
+}
+
+TEST_F(BrokerProtocolTest, ConnectWithPipeIsEnotsock) {
+  StartBroker();
+  UniqueFd fd = Greeted("app:refused");
+  int p[2];
+  ASSERT_EQ(pipe2(p, O_CLOEXEC), 0);
+  UniqueFd rd(p[0]), wr(p[1]);
+  EXPECT_EQ(ConnectByName(fd.get(), rd.get()).err, uint32_t(ENOTSOCK));
+}
+
+TEST_F(BrokerProtocolTest, ConnectOnDirectConnectionIsEinval) {
+  StartBroker();
+  UniqueFd fd = Greeted("direct");
+  UniqueFd tcp(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  Reply r = ConnectByName(fd.get(), tcp.get());
+  EXPECT_EQ(r.err, uint32_t(EINVAL));
+  EXPECT_NE(r.message.find("connection's network is direct"), std::string::npos) << r.message;
+}
+
+TEST_F(BrokerProtocolTest, ConnectToUnknownFakeAddressIsEhostunreach) {
+  StartBroker();
+  UniqueFd fd = Greeted("app:refused");
+  UniqueFd tcp(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  wire::Addr a;
+  a.family = 4;
+  a.port = 80;
+  a.bytes[0] = 198;
+  a.bytes[1] = 18;
+  a.bytes[3] = 9;
+  Reply r = ConnectToAddr(fd.get(), tcp.get(), a);
+  EXPECT_EQ(r.err, uint32_t(EHOSTUNREACH));
+  EXPECT_NE(r.message.find("unknown fake address 198.18.0.9 (the name was resolved by a broker "
+                           "that has since restarted?)"),
+            std::string::npos)
+      << r.message;
+}
+
+TEST_F(BrokerProtocolTest, ConnectToRefusingProxyIsEconnrefusedAndKeepsFlags) {
+  StartBroker();
+  UniqueFd fd = Greeted("app:refused");
+  UniqueFd tcp(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  int before = fcntl(tcp.get(), F_GETFL);
+  Reply r = ConnectByName(fd.get(), tcp.get());
+  EXPECT_EQ(r.err, uint32_t(ECONNREFUSED)) << r.message;
+  EXPECT_NE(r.message.find("example.test:80 via app:refused: "), std::string::npos) << r.message;
+  EXPECT_EQ(fcntl(tcp.get(), F_GETFL), before);
+  EXPECT_EQ(before & O_NONBLOCK, 0);
+  EXPECT_NE(Log().find("connect example.test:80 via app:refused failed: "), std::string::npos)
+      << Log();
+}
+
+TEST_F(BrokerProtocolTest, ConnectFromIpv6SocketReachesIpv4ProxyThroughMappedAddress) {
+  StartBroker();
+  UniqueFd fd = Greeted("app:refused");
+  UniqueFd tcp(socket(AF_INET6, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!tcp) GTEST_SKIP() << "no IPv6 here: " << std::strerror(errno);
+  int before = fcntl(tcp.get(), F_GETFL);
+  EXPECT_EQ(ConnectByName(fd.get(), tcp.get()).err, uint32_t(ECONNREFUSED));
+  EXPECT_EQ(fcntl(tcp.get(), F_GETFL), before);  // O_NONBLOCK stays set
+}
+
+TEST_F(BrokerProtocolTest, ConnectFromIpv6OnlySocketToIpv4ProxyIsEafnosupport) {
+  StartBroker();
+  UniqueFd fd = Greeted("app:refused");
+  UniqueFd tcp(socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!tcp) GTEST_SKIP() << "no IPv6 here: " << std::strerror(errno);
+  int one = 1;
+  ASSERT_EQ(setsockopt(tcp.get(), IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one), 0);
+  Reply r = ConnectByName(fd.get(), tcp.get());
+  EXPECT_EQ(r.err, uint32_t(EAFNOSUPPORT));
+  EXPECT_NE(r.message.find("IPV6_V6ONLY"), std::string::npos) << r.message;
+}
+
+TEST_F(BrokerProtocolTest, ConnectToSilentProxyTimesOutAndKeepsFlags) {
+  StartBroker();
+  UniqueFd fd = Greeted("app:silent");
+  UniqueFd tcp(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  int before = fcntl(tcp.get(), F_GETFL);
+  auto start = steady_clock::now();
+  Reply r = ConnectByName(fd.get(), tcp.get());
+  auto took = steady_clock::now() - start;
+  EXPECT_EQ(r.err, uint32_t(ETIMEDOUT)) << r.message;
+  EXPECT_GE(took, milliseconds(250));
+  EXPECT_LT(took, milliseconds(3000));
+  EXPECT_EQ(fcntl(tcp.get(), F_GETFL), before);
+  EXPECT_NE(StatusText().find(
+                "overlay app:silent network.socks5 127.0.0.1:" + std::to_string(silent_port_) +
+                " isolate_streams=false connects ok=0 failed=1\n"),
+            std::string::npos);
+}
+
+TEST_F(BrokerProtocolTest, ClientLeavingMidConnectCancelsIt) {
+  StartBroker();
+  UniqueFd tcp(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  int before = fcntl(tcp.get(), F_GETFL);
+  {
+    UniqueFd fd = Greeted("app:silent");
+    uint8_t buf[128];
+    wire::Writer w(buf, sizeof buf, wire::kConnect, 1);
+    w.PutString(wire::kTagName, "example.test");
+    w.PutU16(wire::kTagPort, 80);
+    SendRaw(fd.get(), w.data(), w.size(), tcp.get());
+    std::this_thread::sleep_for(milliseconds(50));
+  }
+  std::this_thread::sleep_for(milliseconds(50));
+  EXPECT_NE(StatusText().find("connects in flight: 0\n"), std::string::npos);
+  EXPECT_EQ(fcntl(tcp.get(), F_GETFL), before);
+}
+
+// ---- lifetime ---------------------------------------------------------------------------------
+
+TEST_F(BrokerProtocolTest, SecondBrokerOnTheSameSocketRefusesToStart) {
+  StartBroker();
+  BrokerOptions second = options_;
+  second.log_path = dir_ + "/second.log";
+  EXPECT_EQ(RunBroker(config_, second), 1);
+  std::string cmd =
+      "grep -q 'another broker is already listening on " + socket_path_ + "' " + second.log_path;
+  EXPECT_EQ(system(cmd.c_str()), 0);
+  EXPECT_EQ(StatusText().substr(0, 6), "broker");  // the first one is untouched
+}
+
+TEST_F(BrokerProtocolTest, StaleSocketFileIsReplaced) {
+  {
+    UniqueFd stale(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+    sockaddr_un sun{};
+    sun.sun_family = AF_UNIX;
+    std::strcpy(sun.sun_path, socket_path_.c_str());
+    ASSERT_EQ(bind(stale.get(), reinterpret_cast<sockaddr*>(&sun), sizeof sun), 0);
+  }  // bound, never listening, closed: connects are refused
+  StartBroker();
+  EXPECT_EQ(StatusText().substr(0, 6), "broker");
+}
+
+TEST_F(BrokerProtocolTest, SocketIsPrivate) {
+  StartBroker();
+  struct stat st;
+  ASSERT_EQ(stat(socket_path_.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+}
+
+TEST_F(BrokerProtocolTest, RefusesADirectoryOthersCanEnter) {
+  ASSERT_EQ(chmod(dir_.c_str(), 0755), 0);
+  options_.socket_path = socket_path_;
+  options_.log_path = log_path_;
+  options_.foreground = false;
+  EXPECT_EQ(RunBroker(config_, options_), 1);
+  EXPECT_NE(Log().find("must be a directory owned by you with mode 0700"), std::string::npos);
+}
+
+TEST_F(BrokerProtocolTest, ExitsWhenIdleAndRemovesItsSocket) {
+  StartBroker(/*stay=*/false, /*idle_timeout_s=*/0);
+  broker_.join();
+  EXPECT_EQ(broker_status_, 0);
+  EXPECT_NE(access(socket_path_.c_str(), F_OK), 0);
+}
+
+TEST_F(BrokerProtocolTest, ShutdownStopsTheBroker) {
+  StartBroker();
+  UniqueFd fd = Greeted("direct");
+  EXPECT_EQ(Request(fd.get(), wire::kShutdown).err, 0u);
+  broker_.join();
+  EXPECT_EQ(broker_status_, 0);
+  EXPECT_NE(access(socket_path_.c_str(), F_OK), 0);
+}
+
+}  // namespace
+}  // namespace via::broker

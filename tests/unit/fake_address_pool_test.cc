@@ -1,0 +1,164 @@
+// FakeAddressPool: allocation in both families, reverse lookup, LRU recycling, Contains, scale.
+#include "broker/fake_address_pool.h"
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <set>
+#include <string>
+
+namespace via::broker {
+namespace {
+
+wire::Addr Ip(const char* text, uint16_t port = 0) {
+  wire::Addr a;
+  a.port = port;
+  if (inet_pton(AF_INET, text, a.bytes) == 1) {
+    a.family = 4;
+  } else {
+    EXPECT_EQ(inet_pton(AF_INET6, text, a.bytes), 1) << text;
+    a.family = 6;
+  }
+  return a;
+}
+
+std::string Text(const wire::Addr& a) {
+  char buf[INET6_ADDRSTRLEN];
+  inet_ntop(a.family == 4 ? AF_INET : AF_INET6, a.bytes, buf, sizeof buf);
+  return buf;
+}
+
+class FakeAddressPoolTest : public ::testing::Test {
+ protected:
+  FakeAddressPool Make(const char* v4 = "198.18.0.0/15", const char* v6 = "fd76:6961:ff00::/64",
+                       size_t max_names = 0) {
+    auto p = FakeAddressPool::Create(v4, v6, max_names);
+    EXPECT_TRUE(p.ok()) << p.status().message();
+    return std::move(*p);
+  }
+};
+
+TEST_F(FakeAddressPoolTest, FirstNameGetsTheFirstAddressOfBothRanges) {
+  FakeAddressPool pool = Make();
+  auto p = pool.Lookup("example.test");
+  EXPECT_EQ(Text(p.v4), "198.18.0.1");
+  EXPECT_EQ(Text(p.v6), "fd76:6961:ff00::1");
+  EXPECT_EQ(p.v4.port, 0);
+  EXPECT_EQ(Text(pool.Lookup("second.test").v4), "198.18.0.2");
+}
+
+TEST_F(FakeAddressPoolTest, SameNameSameAddress) {
+  FakeAddressPool pool = Make();
+  auto a = pool.Lookup("example.test");
+  pool.Lookup("other.test");
+  auto b = pool.Lookup("example.test");
+  EXPECT_EQ(a.v4, b.v4);
+  EXPECT_EQ(a.v6, b.v6);
+  EXPECT_EQ(pool.size(), 2u);
+}
+
+TEST_F(FakeAddressPoolTest, ReverseFindsTheNameFromEitherFamily) {
+  FakeAddressPool pool = Make();
+  auto p = pool.Lookup("example.test");
+  EXPECT_EQ(pool.Reverse(p.v4).value_or(""), "example.test");
+  EXPECT_EQ(pool.Reverse(p.v6).value_or(""), "example.test");
+  EXPECT_EQ(pool.Reverse(Ip("::ffff:198.18.0.1")).value_or(""), "example.test");
+  EXPECT_EQ(pool.Reverse(Ip("198.18.0.1", 443)).value_or(""), "example.test");  // port ignored
+}
+
+TEST_F(FakeAddressPoolTest, ReverseOfUnmappedAddressIsEmpty) {
+  FakeAddressPool pool = Make();
+  pool.Lookup("example.test");
+  EXPECT_FALSE(pool.Reverse(Ip("198.18.0.9")));
+  EXPECT_FALSE(pool.Reverse(Ip("10.0.0.1")));
+  EXPECT_FALSE(pool.Reverse(Ip("fd76:6961:ff00::1:0:1")));  // above the 32-bit numbers
+}
+
+TEST_F(FakeAddressPoolTest, SkipsAddressesEndingInZeroOr255) {
+  FakeAddressPool pool = Make();
+  std::string last;
+  for (int i = 0; i < 300; ++i) {
+    auto p = pool.Lookup("n" + std::to_string(i) + ".test");
+    EXPECT_NE(p.v4.bytes[3], 0) << Text(p.v4);
+    EXPECT_NE(p.v4.bytes[3], 255) << Text(p.v4);
+    last = Text(p.v4);
+  }
+  EXPECT_EQ(last, "198.18.1.46");  // 254 in 198.18.0.x, then 198.18.1.1..46
+  EXPECT_EQ(pool.capacity(), 512u * 254u);
+}
+
+TEST_F(FakeAddressPoolTest, RecyclesTheLeastRecentlyUsedName) {
+  FakeAddressPool pool = Make("198.18.0.0/30", "fd76:6961:ff00::/64");  // two usable addresses
+  ASSERT_EQ(pool.capacity(), 2u);
+  auto a = pool.Lookup("a.test");
+  auto b = pool.Lookup("b.test");
+  pool.Lookup("a.test");  // b is now the least recently used
+  auto c = pool.Lookup("c.test");
+  EXPECT_EQ(c.v4, b.v4);
+  EXPECT_FALSE(pool.Reverse(b.v4) && *pool.Reverse(b.v4) == "b.test");
+  EXPECT_EQ(pool.Reverse(c.v4).value_or(""), "c.test");
+  EXPECT_EQ(pool.Reverse(a.v4).value_or(""), "a.test");
+  EXPECT_EQ(pool.size(), 2u);
+}
+
+TEST_F(FakeAddressPoolTest, ReverseCountsAsUse) {
+  FakeAddressPool pool = Make("198.18.0.0/15", "fd76:6961:ff00::/64", 2);
+  auto a = pool.Lookup("a.test");
+  pool.Lookup("b.test");
+  pool.Reverse(a.v4);  // a connect touches a: b goes first
+  pool.Lookup("c.test");
+  EXPECT_EQ(pool.Reverse(a.v4).value_or(""), "a.test");
+}
+
+TEST_F(FakeAddressPoolTest, ContainsCoversBothRangesMappedOrNot) {
+  FakeAddressPool pool = Make();
+  EXPECT_TRUE(pool.Contains(Ip("198.18.0.9")));
+  EXPECT_TRUE(pool.Contains(Ip("198.19.255.254")));
+  EXPECT_TRUE(pool.Contains(Ip("::ffff:198.18.3.4")));
+  EXPECT_TRUE(pool.Contains(Ip("fd76:6961:ff00::1234")));
+  EXPECT_FALSE(pool.Contains(Ip("198.20.0.1")));
+  EXPECT_FALSE(pool.Contains(Ip("127.0.0.1")));
+  EXPECT_FALSE(pool.Contains(Ip("fd76:6961:ff01::1")));
+  EXPECT_FALSE(pool.Contains(Ip("::1")));
+}
+
+TEST_F(FakeAddressPoolTest, RejectsBadRanges) {
+  EXPECT_FALSE(FakeAddressPool::Create("198.18.0.0", "fd76:6961:ff00::/64").ok());
+  EXPECT_FALSE(FakeAddressPool::Create("198.18.0.0/31", "fd76:6961:ff00::/64").ok());
+  EXPECT_FALSE(FakeAddressPool::Create("fd76::/64", "fd76:6961:ff00::/64").ok());
+  EXPECT_FALSE(FakeAddressPool::Create("198.18.0.0/15", "198.18.0.0/15").ok());
+}
+
+TEST_F(FakeAddressPoolTest, HundredThousandNamesAreCheap) {
+  FakeAddressPool pool = Make();
+  auto start = std::chrono::steady_clock::now();
+  std::set<uint32_t> seen;
+  for (int i = 0; i < 100000; ++i) {
+    auto p = pool.Lookup("host" + std::to_string(i) + ".example");
+    uint32_t v;
+    std::memcpy(&v, p.v4.bytes, 4);
+    seen.insert(v);
+  }
+  for (int i = 0; i < 100000; i += 997) {
+    auto p = pool.Lookup("host" + std::to_string(i) + ".example");
+    EXPECT_EQ(pool.Reverse(p.v6).value_or(""), "host" + std::to_string(i) + ".example");
+  }
+  EXPECT_EQ(seen.size(), 100000u);
+  EXPECT_EQ(pool.size(), 100000u);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(3));
+}
+
+TEST(NormalizeNameTest, LowercasesAndStripsOneTrailingDot) {
+  EXPECT_EQ(*NormalizeName("Example.TEST."), "example.test");
+  EXPECT_FALSE(NormalizeName("example.test..").ok());
+  EXPECT_FALSE(NormalizeName("").ok());
+  EXPECT_FALSE(NormalizeName(".").ok());
+  EXPECT_FALSE(NormalizeName("bad name.test").ok());
+  EXPECT_FALSE(NormalizeName(std::string(254, 'a')).ok());
+  EXPECT_FALSE(NormalizeName(std::string(64, 'a') + ".test").ok());
+  EXPECT_EQ(NormalizeName("bad name").status().code(), EINVAL);
+}
+
+}  // namespace
+}  // namespace via::broker
