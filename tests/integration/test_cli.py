@@ -1,0 +1,141 @@
+"""The command line as a user meets it: help, check, probe, status, install."""
+import os
+import shutil
+import subprocess
+import tempfile
+
+import harness
+
+SEED = os.path.join(harness.ROOT, "tests", "unit", "testdata", "config", "seed")
+
+
+class Cli(harness.ViaCase):
+    needs_namespace = False
+
+    def test_help_for_every_command(self):
+        top = self.via("--help")
+        self.assertOk(top)
+        for cmd, flags in {"run": ["--network", "--direct", "--config", "--quiet"],
+                           "broker": ["--socket", "--daemon", "--ensure", "--idle-timeout"],
+                           "check": ["--config"],
+                           "probe": ["--url", "--network", "--timeout", "--cafile"],
+                           "status": ["--socket"], "stop": ["--socket"]}.items():
+            self.assertIn(cmd, top.stdout)
+            for form in ([cmd, "--help"], ["help", cmd]):
+                proc = self.via(*form)
+                self.assertOk(proc, form)
+                for flag in flags:
+                    self.assertIn(flag, proc.stdout, f"{cmd}: {flag}")
+                self.assertIn("Exit status", proc.stdout)
+
+    def test_unknown_flag_is_a_usage_error(self):
+        proc = self.via("check", "--bogus")
+        self.assertEqual(proc.returncode, 2)
+        self.assertIn("try 'via check --help'", proc.stderr)
+
+    def test_check_lists_the_seed_overlays(self):
+        proc = subprocess.run([harness.VIA, "check", "-c", os.path.join(SEED, "_index.yaml")],
+                              env=self.env, capture_output=True, text=True)
+        self.assertOk(proc)
+        self.assertRegex(proc.stdout, r"app:tor\s+network\.socks5\s+127\.0\.0\.1:9050\s+isolate_streams=on")
+        self.assertRegex(proc.stdout, r"app:tailnet\s+network\.tailscale")
+        self.assertIn("default network: app:tor", proc.stdout)  # from the seed's .wippy.yaml
+
+    def test_check_reports_file_line_col_entry_and_field(self):
+        self.write_config([["name: tor", "kind: network.socks5", "host: 127.0.0.1", "port: 70000"]])
+        proc = self.via("check")
+        self.assertEqual(proc.returncode, 2)
+        self.assertEqual(proc.stderr.strip(),
+                         f"via: {self.config}:7:11: entry app:tor (network.socks5): port: "
+                         "network: invalid port (70000 is not in 1..65535)")
+
+
+class CliWithServers(harness.ViaCase):
+    def setUp(self):
+        super().setUp()
+        self.proxy_port, self.proxy_log = self.start_microsocks()
+        self.write_config([self.socks5_entry("tor", self.proxy_port)])
+
+    def test_probe_shows_direct_and_overlay_addresses(self):
+        port, record = self.start_target()
+        proc = self.via("probe", "--network", "app:tor", "--url", f"http://127.0.0.1:{port}/ip")
+        self.assertOk(proc)
+        self.assertEqual(proc.stdout.splitlines(), ["direct IP: 127.0.0.1", "tor IP: 127.0.0.2"])
+
+    def test_probe_by_name_never_resolves_locally(self):
+        self.start_dns()
+        port, record = self.start_target()
+        proc = self.via("probe", "--url", f"http://example.test:{port}/ip")
+        self.assertEqual(proc.stdout.splitlines()[1], "tor IP: 127.0.0.2")
+        # The direct line resolved it (that is its job); the overlay line sent the name to the
+        # proxy: exactly one client query, from the direct fetch.
+        self.assertTrue(any(f"connected to example.test:{port}" in l
+                            for l in harness.read_lines(self.proxy_log)))
+        self.assertEqual(len([q for q in self.dns_queries("example.test") if "query[A]" in q]), 1)
+
+    def test_probe_reports_a_dial_error_when_the_proxy_is_down(self):
+        port, record = self.start_target()
+        self.write_config([self.socks5_entry("tor", harness.free_port())])
+        proc = self.via("probe", "--url", f"http://127.0.0.1:{port}/")
+        self.assertEqual(proc.returncode, 1)
+        lines = proc.stdout.splitlines()
+        self.assertEqual(lines[0], "direct IP: 127.0.0.1")
+        self.assertTrue(lines[1].startswith("tor failed: dial: "), lines[1])
+        self.assertIn("Connection refused", lines[1])
+        self.assertEqual(len(self.records(record)), 1)  # only the direct fetch arrived
+
+    def test_probe_https_checks_the_certificate(self):
+        if shutil.which("openssl") is None:
+            self.skipTest("openssl is not installed")
+        cert, key = os.path.join(self.dir, "cert.pem"), os.path.join(self.dir, "key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                        "-keyout", key, "-out", cert], check=True, capture_output=True)
+        port, record = self.start_target(tls=(cert, key))
+        url = f"https://127.0.0.1:{port}/"
+        good = self.via("probe", "--url", url, "--cafile", cert)
+        self.assertOk(good)
+        self.assertEqual(good.stdout.splitlines(), ["direct IP: 127.0.0.1", "tor IP: 127.0.0.2"])
+        bad = self.via("probe", "--url", url)
+        self.assertEqual(bad.returncode, 1)
+        self.assertIn("certificate", bad.stdout)
+
+    def test_status_shows_overlay_and_session(self):
+        flag = os.path.join(self.dir, "done")
+        p = subprocess.Popen([harness.VIA, "run", "-c", self.config, "--network", "app:tor", "--",
+                              "sh", "-c", f"while [ ! -e {flag} ]; do sleep 0.05; done"],
+                             env=self.env)
+        self.addCleanup(p.kill)
+        try:
+            for _ in range(100):
+                st = self.via("status")
+                if "network app:tor" in st.stdout:
+                    break
+            self.assertOk(st)
+            self.assertIn(f"overlay app:tor network.socks5 127.0.0.1:{self.proxy_port}", st.stdout)
+            self.assertRegex(st.stdout, r"session [0-9a-f]{8} network app:tor")
+        finally:
+            open(flag, "w").close()
+            p.wait(10)
+
+    def test_cmake_install_gives_a_working_via(self):
+        prefix = tempfile.mkdtemp(prefix="via-prefix-")
+        self.addCleanup(shutil.rmtree, prefix, True)
+        proc = subprocess.run(["cmake", "--install", harness.BUILD, "--prefix", prefix],
+                              capture_output=True, text=True)
+        self.assertOk(proc)
+        self.assertTrue(os.path.exists(os.path.join(prefix, "lib", "via", "libvia.so")))
+        port, record = self.start_target()
+        env = dict(self.env)
+        env.pop("VIA_SHIM", None)
+        proc = subprocess.run([os.path.join(prefix, "bin", "via"), "run", "-c", self.config,
+                               "--network", "app:tor", "--", "sh", "-c",
+                               f"echo $LD_PRELOAD; curl -sSf http://example.test:{port}/"],
+                              env=env, capture_output=True, text=True, timeout=60)
+        self.assertOk(proc)
+        self.assertEqual(proc.stdout.splitlines()[0], os.path.join(prefix, "lib", "via", "libvia.so"))
+        self.assertReachedThroughProxy(record, "example.test")
+
+
+if __name__ == "__main__":
+    harness.main()
