@@ -25,8 +25,23 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps.sh: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # danted and dnsmasq would be started by their packages (and danted's default config fails
+  # to start, which fails the install): keep services from starting while installing.
+  policy=/usr/sbin/policy-rc.d
+  own_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy"
+    chmod +x "$policy"
+    own_policy=1
+  fi
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  rc=0
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || rc=$?
+  if [ "$own_policy" = 1 ]; then rm -f "$policy"; fi
+  if [ "$rc" != 0 ]; then
+    echo "install-deps.sh: apt-get install failed ($rc)" >&2
+    exit "$rc"
+  fi
 fi
 
 # The packages' own services are not used: tests start their own servers.
