@@ -101,7 +101,8 @@ Result<Config> ParseConfigText(std::string_view text, const std::string& filenam
 
 // The search order when no -c is given: $VIA_CONFIG, ./_index.yaml, ./via.yaml,
 // $XDG_CONFIG_HOME/via/ (or ~/.config/via/), /etc/via/. Returns the first that exists, or an
-// error listing every place looked at.
+// error listing every place looked at. A $VIA_CONFIG that does not exist is an error of its own
+// (never a fall-through to the next place).
 Result<std::string> FindConfig();
 
 }  // namespace via::config

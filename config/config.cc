@@ -1,0 +1,835 @@
+// Loads the Wippy registry format (docs/configuration.md) with yaml-cpp.
+//
+// yaml-cpp reports problems by throwing; every exception is caught in this file and becomes a
+// Status carrying file:line:col, so nothing escapes to the caller. Validation is strict on
+// purpose: an unknown field in a network.* entry is an error, because a typo such as
+// `isolate_stream:` would otherwise silently weaken a privacy setting.
+#include "config/config.h"
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <yaml-cpp/eventhandler.h>
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <initializer_list>
+#include <sstream>
+#include <utility>
+
+namespace via::config {
+
+std::string SourcePos::ToString() const {
+  return file + ":" + std::to_string(line) + ":" + std::to_string(column);
+}
+
+const Overlay* Config::Find(std::string_view ref) const {
+  if (ref.empty()) return nullptr;
+  if (ref.find(':') != std::string_view::npos) {
+    for (const Overlay& o : overlays) {
+      if (o.id == ref) return &o;
+    }
+    return nullptr;
+  }
+  const Overlay* found = nullptr;
+  for (const Overlay& o : overlays) {
+    if (o.name != ref) continue;
+    if (found != nullptr) return nullptr;  // ambiguous: the name exists in two namespaces
+    found = &o;
+  }
+  return found;
+}
+
+namespace {
+
+constexpr size_t kMaxFileBytes = 1 << 20;
+constexpr size_t kMaxCredentialBytes = 255;  // RFC 1929: one length byte each
+constexpr size_t kMaxStringBytes = 4096;
+constexpr int kMaxConnectTimeoutMs = 10 * 60 * 1000;
+constexpr int kMaxIdleTimeoutS = 24 * 60 * 60;
+constexpr const char* kCommonEntryKeys[] = {"name", "kind", "meta", "lifecycle", "description"};
+constexpr const char* kServiceKeys[] = {"state_dir",       "fake_ipv4", "fake_ipv6",
+                                        "default_network", "loopback",  "idle_timeout"};
+
+// ---- small helpers ---------------------------------------------------------------------------
+
+SourcePos PosOf(const std::string& file, const YAML::Node& n) {
+  YAML::Mark m = n.Mark();
+  if (m.is_null()) return SourcePos{file, 1, 1};
+  return SourcePos{file, m.line + 1, m.column + 1};
+}
+
+Status ErrorAt(const SourcePos& pos, const std::string& problem) {
+  return Status::Invalid(pos.ToString() + ": " + problem);
+}
+
+// A value quoted for a message, with control characters made visible.
+std::string Quote(std::string_view s) {
+  std::string out = "\"";
+  for (unsigned char c : s.substr(0, 80)) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += char(c);
+    } else if (c < 0x20 || c == 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      out += buf;
+    } else {
+      out += char(c);
+    }
+  }
+  if (s.size() > 80) out += "...";
+  return out + "\"";
+}
+
+std::string Join(const std::vector<std::string>& items, const char* sep = ", ") {
+  std::string out;
+  for (const std::string& s : items) out += (out.empty() ? "" : sep) + s;
+  return out;
+}
+
+bool HasControlChar(std::string_view s) {
+  return std::any_of(s.begin(), s.end(),
+                     [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; });
+}
+
+// Levenshtein distance, for "did you mean" hints on misspelt keys.
+size_t EditDistance(std::string_view a, std::string_view b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+
+std::string Suggestion(const std::string& key, const std::vector<std::string>& known) {
+  const std::string* best = nullptr;
+  size_t best_d = 3;  // only close matches
+  for (const std::string& k : known) {
+    size_t d = EditDistance(key, k);
+    if (d < best_d) {
+      best_d = d;
+      best = &k;
+    }
+  }
+  return best == nullptr ? "" : "; did you mean " + *best + "?";
+}
+
+// A decimal integer with no sign, spaces, exponent or radix prefix.
+bool ParseDecimal(const std::string& s, long long* out) {
+  if (s.empty() || s.size() > 18) return false;
+  long long v = 0;
+  size_t i = (s[0] == '-') ? 1 : 0;
+  if (i == s.size()) return false;
+  for (; i < s.size(); ++i) {
+    if (s[i] < '0' || s[i] > '9') return false;
+    v = v * 10 + (s[i] - '0');
+  }
+  *out = s[0] == '-' ? -v : v;
+  return true;
+}
+
+std::string DirName(const std::string& path) {
+  auto slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+std::string Absolute(const std::string& path) {
+  char buf[PATH_MAX];
+  if (::realpath(path.c_str(), buf) != nullptr) return buf;
+  std::error_code ec;
+  std::filesystem::path p = std::filesystem::absolute(path, ec);
+  return ec ? path : p.lexically_normal().string();
+}
+
+// `path` joined to `base` when relative, lexically normalised, without a trailing slash.
+std::string Resolve(const std::string& base, const std::string& path) {
+  std::filesystem::path p(path);
+  if (p.is_relative()) p = std::filesystem::path(base) / p;
+  std::string s = p.lexically_normal().string();
+  while (s.size() > 1 && s.back() == '/') s.pop_back();
+  return s;
+}
+
+enum class FileType { kMissing, kFile, kDir };
+
+FileType TypeOf(const std::string& path, int* err = nullptr) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) {
+    if (err != nullptr) *err = errno;
+    return FileType::kMissing;
+  }
+  return S_ISDIR(st.st_mode) ? FileType::kDir : FileType::kFile;
+}
+
+Result<std::string> ReadFile(const std::string& path) {
+  int fd;
+  do {
+    fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) {
+    int err = errno;
+    return Status::FromErrno(path + ": cannot read", err);
+  }
+  std::string text;
+  char buf[65536];
+  Status st;
+  for (;;) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int err = errno;
+      st = Status::FromErrno(path + ": cannot read", err);
+      break;
+    }
+    if (n == 0) break;
+    text.append(buf, size_t(n));
+    if (text.size() > kMaxFileBytes) {
+      st = Status::Error(EFBIG, path + ": cannot read: larger than 1 MiB");
+      break;
+    }
+  }
+  ::close(fd);
+  if (!st.ok()) return st;
+  return text;
+}
+
+// The keys of a mapping with their value nodes, in order; duplicates and non-scalar keys are
+// errors (yaml-cpp keeps both copies of a repeated key and node[] silently returns the first).
+struct Field {
+  std::string key;
+  YAML::Node key_node;
+  YAML::Node value;
+};
+
+Status Fields(const std::string& file, const YAML::Node& map, const std::string& context,
+              std::vector<Field>* out) {
+  for (auto it = map.begin(); it != map.end(); ++it) {
+    if (!it->first.IsScalar()) {
+      return ErrorAt(PosOf(file, it->first), context + "keys must be plain names");
+    }
+    std::string key = it->first.Scalar();
+    for (const Field& f : *out) {
+      if (f.key == key) {
+        return ErrorAt(PosOf(file, it->first), context + key + ": given twice (first at " +
+                                                   PosOf(file, f.key_node).ToString() + ")");
+      }
+    }
+    out->push_back(Field{key, it->first, it->second});
+  }
+  return Status::Ok();
+}
+
+// ---- network.* entries -----------------------------------------------------------------------
+
+// Reads one network.* entry's fields; every error names the entry, its kind and the field.
+class EntryReader {
+ public:
+  EntryReader(const std::string& file, const YAML::Node& node, std::string id, std::string kind)
+      : file_(file), node_(node), id_(std::move(id)), kind_(std::move(kind)) {}
+
+  Status Init() { return Fields(file_, node_, Prefix(), &fields_); }
+
+  std::string Prefix() const { return "entry " + id_ + " (" + kind_ + "): "; }
+
+  // An error at the field's value, or at the entry when the field is absent.
+  Status Error(const std::string& field, const std::string& problem) const {
+    const Field* f = Get(field);
+    SourcePos pos = f == nullptr ? PosOf(file_, node_) : ValuePos(*f);
+    return ErrorAt(pos, Prefix() + field + ": " + problem);
+  }
+
+  // Rejects keys other than the common entry keys and `allowed`.
+  Status CheckKnown(std::initializer_list<const char*> allowed) const {
+    std::vector<std::string> known(allowed.begin(), allowed.end());
+    for (const Field& f : fields_) {
+      bool ok = std::find(known.begin(), known.end(), f.key) != known.end() ||
+                std::any_of(std::begin(kCommonEntryKeys), std::end(kCommonEntryKeys),
+                            [&](const char* k) { return f.key == k; });
+      if (!ok) {
+        return ErrorAt(PosOf(file_, f.key_node), Prefix() + f.key + ": unknown field (known: " +
+                                                     Join(known) + Suggestion(f.key, known) + ")");
+      }
+    }
+    return Status::Ok();
+  }
+
+  // A string field; absent or null leaves `out` unchanged.
+  Status String(const std::string& field, std::string* out,
+                size_t max_len = kMaxStringBytes) const {
+    const Field* f = Get(field);
+    if (f == nullptr || f->value.IsNull()) return Status::Ok();
+    if (!f->value.IsScalar()) return Error(field, "must be a string, not a " + TypeName(*f));
+    const std::string& s = f->value.Scalar();
+    if (s.size() > max_len) {
+      return Error(field, "too long (" + std::to_string(s.size()) + " bytes, at most " +
+                              std::to_string(max_len) +
+                              (max_len == kMaxCredentialBytes ? " as in RFC 1929)" : ")"));
+    }
+    if (HasControlChar(s)) return Error(field, "must not contain control characters");
+    *out = s;
+    return Status::Ok();
+  }
+
+  Status Bool(const std::string& field, bool* out) const {
+    const Field* f = Get(field);
+    if (f == nullptr || f->value.IsNull()) return Status::Ok();
+    bool b = false;
+    if (!f->value.IsScalar() || !YAML::convert<bool>::decode(f->value, b)) {
+      return Error(field, "must be true or false, not " + Shown(*f));
+    }
+    *out = b;
+    return Status::Ok();
+  }
+
+  // host + port, with Wippy's messages ("network: host is required", "network: invalid port").
+  Status HostPort(std::string* host, int* port) const {
+    if (Status st = String("host", host, 255); !st.ok()) return st;
+    if (host->empty()) return Error("host", "network: host is required");
+    const Field* f = Get("port");
+    if (f == nullptr || f->value.IsNull()) {
+      return Error("port", "network: invalid port (port is required)");
+    }
+    long long p = 0;
+    if (!f->value.IsScalar() || !ParseDecimal(f->value.Scalar(), &p)) {
+      return Error("port", "network: invalid port (" + Shown(*f) + " is not a number)");
+    }
+    if (p < 1 || p > 65535) {
+      return Error("port", "network: invalid port (" + f->value.Scalar() + " is not in 1..65535)");
+    }
+    *port = int(p);
+    return Status::Ok();
+  }
+
+  // A duration: a number of seconds ("15", "1.5"), or a number with a unit: "500ms", "15s",
+  // "2m". Must be more than 0 and at most 10 minutes.
+  Status Duration(const std::string& field, int* out_ms) const {
+    const Field* f = Get(field);
+    if (f == nullptr || f->value.IsNull()) return Status::Ok();
+    const char* kHint = " is not a duration (use seconds, or e.g. 500ms, 15s, 2m)";
+    if (!f->value.IsScalar()) return Error(field, Shown(*f) + kHint);
+    const std::string& s = f->value.Scalar();
+    size_t digits = 0, dots = 0, i = 0;
+    for (; i < s.size() && ((s[i] >= '0' && s[i] <= '9') || s[i] == '.'); ++i) {
+      (s[i] == '.' ? dots : digits)++;
+    }
+    std::string number = s.substr(0, i), unit = s.substr(i);
+    double scale = unit.empty() || unit == "s" ? 1000 : unit == "ms" ? 1 : unit == "m" ? 60000 : 0;
+    if (digits == 0 || dots > 1 || scale == 0) return Error(field, Quote(s) + kHint);
+    double ms = std::strtod(number.c_str(), nullptr) * scale;
+    if (ms < 1 || ms > kMaxConnectTimeoutMs) {
+      return Error(field, s + " is out of range (more than 0, at most 10m)");
+    }
+    *out_ms = int(ms + 0.5);
+    return Status::Ok();
+  }
+
+  SourcePos pos() const { return PosOf(file_, node_); }
+
+ private:
+  const Field* Get(const std::string& field) const {
+    for (const Field& f : fields_) {
+      if (f.key == field) return &f;
+    }
+    return nullptr;
+  }
+
+  // yaml-cpp gives a null value (`port:`) the mark of the next token; the key's is clearer.
+  SourcePos ValuePos(const Field& f) const {
+    return PosOf(file_, f.value.IsNull() ? f.key_node : f.value);
+  }
+
+  static std::string TypeName(const Field& f) {
+    return f.value.IsMap() ? "mapping" : f.value.IsSequence() ? "list" : "value";
+  }
+  static std::string Shown(const Field& f) {
+    return f.value.IsScalar() ? Quote(f.value.Scalar()) : "a " + TypeName(f);
+  }
+
+  const std::string& file_;
+  YAML::Node node_;
+  std::string id_;
+  std::string kind_;
+  std::vector<Field> fields_;
+};
+
+Status ParseSocks5(const EntryReader& r, Socks5Settings* s) {
+  if (Status st = r.CheckKnown(
+          {"host", "port", "username", "password", "isolate_streams", "connect_timeout"});
+      !st.ok()) {
+    return st;
+  }
+  if (Status st = r.HostPort(&s->host, &s->port); !st.ok()) return st;
+  if (Status st = r.String("username", &s->username, kMaxCredentialBytes); !st.ok()) return st;
+  if (Status st = r.String("password", &s->password, kMaxCredentialBytes); !st.ok()) return st;
+  if (Status st = r.Bool("isolate_streams", &s->isolate_streams); !st.ok()) return st;
+  return r.Duration("connect_timeout", &s->connect_timeout_ms);
+}
+
+Status ParseTailscale(const EntryReader& r, TailscaleSettings* s) {
+  if (Status st = r.CheckKnown(
+          {"hostname", "auth_key", "auth_key_env", "state_dir", "control_url", "ephemeral"});
+      !st.ok()) {
+    return st;
+  }
+  for (auto [field, out] : {std::pair{"hostname", &s->hostname},
+                            {"auth_key", &s->auth_key},
+                            {"auth_key_env", &s->auth_key_env},
+                            {"state_dir", &s->state_dir},
+                            {"control_url", &s->control_url}}) {
+    if (Status st = r.String(field, out); !st.ok()) return st;
+  }
+  if (Status st = r.Bool("ephemeral", &s->ephemeral); !st.ok()) return st;
+  if (s->auth_key.empty() && s->auth_key_env.empty()) {
+    return r.Error("auth_key", "network: tailscale auth_key or auth_key_env is required");
+  }
+  return Status::Ok();
+}
+
+Status ParseI2p(const EntryReader& r, I2pSettings* s) {
+  if (Status st = r.CheckKnown({"host", "port", "session_name"}); !st.ok()) return st;
+  if (Status st = r.HostPort(&s->host, &s->port); !st.ok()) return st;
+  return r.String("session_name", &s->session_name);
+}
+
+// ---- network_service -------------------------------------------------------------------------
+
+// Checks a fake-address pool: "a.b.c.d/n" (n in 8..24) or "x::/n" (n in 48..112), host bits
+// zero, and not a loopback, multicast or otherwise reserved range. Returns the problem, or "".
+std::string PoolProblem(const std::string& cidr, int family) {
+  const bool v4 = family == AF_INET;
+  const int lo = v4 ? 8 : 48, hi = v4 ? 24 : 112;
+  const std::string expected = std::string(v4 ? "an IPv4" : "an IPv6") +
+                               " network with a prefix between /" + std::to_string(lo) + " and /" +
+                               std::to_string(hi);
+  auto slash = cidr.find('/');
+  long long prefix = -1;
+  unsigned char b[16] = {};
+  if (slash == std::string::npos || !ParseDecimal(cidr.substr(slash + 1), &prefix) ||
+      inet_pton(family, cidr.substr(0, slash).c_str(), b) != 1) {
+    return Quote(cidr) + " is not " + expected;
+  }
+  if (prefix < lo || prefix > hi) return Quote(cidr) + " is not " + expected;
+  const int bytes = v4 ? 4 : 16;
+  for (int bit = int(prefix); bit < bytes * 8; ++bit) {
+    if (b[bit / 8] & (0x80 >> (bit % 8))) {
+      for (int z = int(prefix); z < bytes * 8; ++z) b[z / 8] &= uint8_t(~(0x80 >> (z % 8)));
+      char text[INET6_ADDRSTRLEN];
+      inet_ntop(family, b, text, sizeof text);
+      return Quote(cidr) + " has host bits set (did you mean " + text + "/" +
+             std::to_string(prefix) + "?)";
+    }
+  }
+  if (v4) {
+    if (b[0] == 127) return Quote(cidr) + " is a loopback range";
+    if (b[0] >= 224 && b[0] <= 239) return Quote(cidr) + " is a multicast range";
+    if (b[0] == 0 || b[0] >= 240) return Quote(cidr) + " is a reserved range";
+  } else {
+    static const unsigned char kZero[12] = {};
+    if (b[0] == 0xff) return Quote(cidr) + " is a multicast range";
+    if (std::memcmp(b, kZero, 12) == 0) {
+      return Quote(cidr) + " is a loopback or reserved range (it holds ::1 or ::)";
+    }
+    if (std::memcmp(b, kZero, 10) == 0 && b[10] == 0xff && b[11] == 0xff) {
+      return Quote(cidr) + " is the IPv4-mapped range";
+    }
+  }
+  return "";
+}
+
+// Reads a `network_service:` mapping found in `file`; relative paths are joined to `base_dir`.
+Status ParseService(const std::string& file, const YAML::Node& node, const std::string& base_dir,
+                    NetworkService* svc, bool* state_dir_set) {
+  if (node.IsNull()) return Status::Ok();
+  if (!node.IsMap()) return ErrorAt(PosOf(file, node), "network_service: must be a mapping");
+  std::vector<Field> fields;
+  if (Status st = Fields(file, node, "network_service.", &fields); !st.ok()) return st;
+  std::vector<std::string> known(std::begin(kServiceKeys), std::end(kServiceKeys));
+  for (const Field& f : fields) {
+    if (std::find(known.begin(), known.end(), f.key) == known.end()) {
+      return ErrorAt(PosOf(file, f.key_node), "network_service." + f.key +
+                                                  ": unknown setting (known: " + Join(known) +
+                                                  Suggestion(f.key, known) + ")");
+    }
+    SourcePos pos = PosOf(file, f.value.IsNull() ? f.key_node : f.value);
+    std::string where = "network_service." + f.key + ": ";
+    if (f.value.IsNull()) continue;  // `key:` with no value keeps the default
+    if (!f.value.IsScalar()) return ErrorAt(pos, where + "must be a single value");
+    const std::string& s = f.value.Scalar();
+    if (HasControlChar(s)) return ErrorAt(pos, where + "must not contain control characters");
+    if (f.key == "state_dir") {
+      // Wippy: an explicit "" means no base directory (each driver uses its own default).
+      svc->state_dir = s.empty() ? "" : Resolve(base_dir, s);
+      *state_dir_set = true;
+    } else if (f.key == "default_network") {
+      svc->default_network = s;
+      svc->default_network_pos = pos;
+    } else if (f.key == "fake_ipv4" || f.key == "fake_ipv6") {
+      std::string problem = PoolProblem(s, f.key == "fake_ipv4" ? AF_INET : AF_INET6);
+      if (!problem.empty()) return ErrorAt(pos, where + problem);
+      (f.key == "fake_ipv4" ? svc->fake_ipv4 : svc->fake_ipv6) = s;
+    } else if (f.key == "loopback") {
+      if (s == "direct") {
+        svc->loopback = LoopbackPolicy::kDirect;
+      } else if (s == "overlay") {
+        svc->loopback = LoopbackPolicy::kOverlay;
+      } else if (s == "refuse") {
+        svc->loopback = LoopbackPolicy::kRefuse;
+      } else {
+        return ErrorAt(pos, where + "must be direct, overlay or refuse, not " + Quote(s));
+      }
+    } else if (f.key == "idle_timeout") {
+      long long n = -1;
+      if (!ParseDecimal(s, &n) || n < 0 || n > kMaxIdleTimeoutS) {
+        return ErrorAt(pos, where + "must be a whole number of seconds from 0 to " +
+                                std::to_string(kMaxIdleTimeoutS) + ", not " + Quote(s));
+      }
+      svc->idle_timeout_s = int(n);
+    }
+  }
+  return Status::Ok();
+}
+
+// ---- documents -------------------------------------------------------------------------------
+
+// State shared by every file of one load.
+struct Loader {
+  Config cfg;
+  SourcePos service_pos;  // where network_service was found (file empty: not yet)
+  bool state_dir_set = false;
+  uint64_t hash = 1469598103934665603ull;  // FNV-1a over the text of every file read
+
+  void AddText(std::string_view text) {
+    for (unsigned char c : text) {
+      hash ^= c;
+      hash *= 1099511628211ull;
+    }
+    hash ^= 0xff;  // file boundary
+    hash *= 1099511628211ull;
+  }
+};
+
+Status SyntaxError(const std::string& file, const YAML::Exception& e) {
+  if (e.mark.is_null()) return Status::Invalid(file + ": YAML syntax error: " + e.msg);
+  return ErrorAt(SourcePos{file, e.mark.line + 1, e.mark.column + 1},
+                 "YAML syntax error: " + e.msg);
+}
+
+// Records where each document starts; ignores everything else.
+class DocumentStarts : public YAML::EventHandler {
+ public:
+  std::vector<YAML::Mark> starts;
+  void OnDocumentStart(const YAML::Mark& mark) override { starts.push_back(mark); }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+};
+
+// Parses `text` as YAML into `*root` (null for an empty document).
+//
+// YAML::LoadAll is not used: in yaml-cpp up to 0.8 it loops forever, allocating, on a stray
+// token it cannot place (a lone "," is enough; jbeder/yaml-cpp#1040, fixed by #1319). Instead a
+// bounded pass counts documents, and treats a "next document" that starts where the previous
+// one did (the parser made no progress) as the syntax error it is.
+Status LoadYaml(std::string_view text, const std::string& file, YAML::Node* root) {
+  const std::string input(text);
+  try {
+    std::istringstream in(input);
+    YAML::Parser parser(in);
+    DocumentStarts docs;
+    while (docs.starts.size() < 3 && parser.HandleNextDocument(docs)) {
+    }
+    for (size_t i = 1; i < docs.starts.size(); ++i) {
+      const YAML::Mark& m = docs.starts[i];
+      if (m.pos != docs.starts[i - 1].pos) continue;
+      char c = m.pos >= 0 && size_t(m.pos) < input.size() ? input[size_t(m.pos)] : '?';
+      return ErrorAt(SourcePos{file, m.line + 1, m.column + 1},
+                     "YAML syntax error: unexpected " + Quote(std::string(1, c)));
+    }
+    if (docs.starts.size() > 1) {
+      const YAML::Mark& m = docs.starts[1];
+      return ErrorAt(SourcePos{file, m.line + 1, m.column + 1},
+                     "only one YAML document per file is supported");
+    }
+    *root = YAML::Load(input);
+  } catch (const YAML::Exception& e) {
+    return SyntaxError(file, e);
+  }
+  if (root->IsDefined() && !root->IsNull() && !root->IsMap()) {
+    return ErrorAt(PosOf(file, *root), "expected a mapping with version, namespace and entries");
+  }
+  return Status::Ok();
+}
+
+Status ParseServiceKey(const std::string& file, const YAML::Node& root, const std::string& base_dir,
+                       Loader* ld) {
+  for (auto it = root.begin(); it != root.end(); ++it) {
+    if (!it->first.IsScalar() || it->first.Scalar() != "network_service") continue;
+    if (!ld->service_pos.file.empty()) {
+      return ErrorAt(PosOf(file, it->first),
+                     "network_service: given twice (first at " + ld->service_pos.ToString() + ")");
+    }
+    ld->service_pos = PosOf(file, it->first);
+    if (Status st = ParseService(file, it->second, base_dir, &ld->cfg.service, &ld->state_dir_set);
+        !st.ok()) {
+      return st;
+    }
+  }
+  return Status::Ok();
+}
+
+Status ParseEntry(const std::string& file, const std::string& ns, const YAML::Node& e, Loader* ld) {
+  if (!e.IsMap()) return ErrorAt(PosOf(file, e), "entries: each entry must be a mapping");
+  YAML::Node name = e["name"], kind = e["kind"];
+  if (!name || name.IsNull() || !name.IsScalar() || name.Scalar().empty()) {
+    return ErrorAt(PosOf(file, name && !name.IsNull() ? name : e),
+                   "entry: name: required (a non-empty string)");
+  }
+  std::string id = ns + ":" + name.Scalar();
+  if (!kind || kind.IsNull() || !kind.IsScalar() || kind.Scalar().empty()) {
+    return ErrorAt(PosOf(file, kind && !kind.IsNull() ? kind : e),
+                   "entry " + id + ": kind: required (a non-empty string)");
+  }
+  const std::string k = kind.Scalar();
+  if (k.rfind("network.", 0) != 0) {
+    ++ld->cfg.skipped_entries;  // process.host, http.service, ...: not via's business
+    return Status::Ok();
+  }
+  EntryReader r(file, e, id, k);
+  if (Status st = r.Init(); !st.ok()) return st;
+  if (name.Scalar().find_first_of(": \t") != std::string::npos) {
+    return ErrorAt(PosOf(file, name), r.Prefix() + "name: must not contain ':' or spaces");
+  }
+  Overlay o;
+  o.id = id;
+  o.name = name.Scalar();
+  o.ns = ns;
+  o.kind_name = k;
+  o.pos = r.pos();
+  Status st;
+  if (k == "network.socks5") {
+    o.kind = OverlayKind::kSocks5;
+    st = ParseSocks5(r, &o.socks5);
+  } else if (k == "network.tailscale") {
+    o.kind = OverlayKind::kTailscale;
+    st = ParseTailscale(r, &o.tailscale);
+  } else if (k == "network.i2p") {
+    o.kind = OverlayKind::kI2p;
+    st = ParseI2p(r, &o.i2p);
+  } else {
+    return ErrorAt(PosOf(file, kind), r.Prefix() + "kind: unsupported network kind: " + k +
+                                          " (supported: network.socks5, network.tailscale, "
+                                          "network.i2p)");
+  }
+  if (!st.ok()) return st;
+  for (const Overlay& other : ld->cfg.overlays) {
+    if (other.id == id) {
+      return ErrorAt(PosOf(file, name), r.Prefix() + "name: duplicate overlay " + id +
+                                            " (first defined at " + other.pos.ToString() + ")");
+    }
+  }
+  ld->cfg.overlays.push_back(std::move(o));
+  return Status::Ok();
+}
+
+// Parses one registry file: its entries, and a top-level network_service if it has one.
+Status ParseDocument(std::string_view text, const std::string& file, const std::string& base_dir,
+                     Loader* ld) {
+  YAML::Node root;
+  if (Status st = LoadYaml(text, file, &root); !st.ok()) return st;
+  try {
+    if (!root.IsDefined() || root.IsNull()) return Status::Ok();
+    std::vector<Field> top;
+    if (Status st = Fields(file, root, "", &top); !st.ok()) return st;
+    if (Status st = ParseServiceKey(file, root, base_dir, ld); !st.ok()) return st;
+    YAML::Node version = root["version"];
+    if (version && !version.IsNull() && !version.IsScalar()) {
+      return ErrorAt(PosOf(file, version), "version: must be a string such as \"1.0\"");
+    }
+    YAML::Node entries = root["entries"];
+    if (!entries || entries.IsNull()) return Status::Ok();
+    if (!entries.IsSequence()) return ErrorAt(PosOf(file, entries), "entries: must be a list");
+    if (entries.size() == 0) return Status::Ok();
+    YAML::Node nsn = root["namespace"];
+    if (!nsn || nsn.IsNull() || !nsn.IsScalar() || nsn.Scalar().empty()) {
+      return ErrorAt(PosOf(file, nsn && !nsn.IsNull() ? nsn : root),
+                     "namespace: required (a non-empty string) when the file has entries");
+    }
+    const std::string ns = nsn.Scalar();
+    if (ns.find_first_of(": \t") != std::string::npos || HasControlChar(ns)) {
+      return ErrorAt(PosOf(file, nsn), "namespace: must not contain ':' or spaces");
+    }
+    for (const YAML::Node& e : entries) {
+      if (Status st = ParseEntry(file, ns, e, ld); !st.ok()) return st;
+    }
+  } catch (const YAML::Exception& e) {
+    return SyntaxError(file, e);
+  } catch (const std::exception& e) {
+    return Status::Invalid(file + ": " + e.what());
+  }
+  return Status::Ok();
+}
+
+// Reads only `network_service:` from a Wippy `.wippy.yaml`; its other keys are Wippy's own.
+Status ParseWippyYaml(std::string_view text, const std::string& file, Loader* ld) {
+  YAML::Node root;
+  if (Status st = LoadYaml(text, file, &root); !st.ok()) return st;
+  try {
+    if (!root.IsDefined() || root.IsNull()) return Status::Ok();
+    return ParseServiceKey(file, root, DirName(file), ld);
+  } catch (const YAML::Exception& e) {
+    return SyntaxError(file, e);
+  } catch (const std::exception& e) {
+    return Status::Invalid(file + ": " + e.what());
+  }
+}
+
+// Checks that span files, once everything is loaded.
+Status Finish(const std::string& config_dir, Loader* ld) {
+  NetworkService& svc = ld->cfg.service;
+  if (!ld->state_dir_set) svc.state_dir = Resolve(config_dir, ".wippy/net");
+  if (!svc.default_network.empty() && svc.default_network != "direct") {
+    const Overlay* o = ld->cfg.Find(svc.default_network);
+    if (o == nullptr) {
+      std::vector<std::string> known;
+      for (const Overlay& ov : ld->cfg.overlays) known.push_back(ov.id);
+      return ErrorAt(svc.default_network_pos, "network_service.default_network: unknown overlay " +
+                                                  Quote(svc.default_network) + " (known: " +
+                                                  (known.empty() ? "none" : Join(known)) + ")");
+    }
+    svc.default_network = o->id;  // a bare unique name becomes "ns:name"
+  }
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(ld->hash));
+  ld->cfg.fingerprint = buf;
+  return Status::Ok();
+}
+
+Status ReadInto(const std::string& file, Loader* ld, Result<std::string>* text) {
+  *text = ReadFile(file);
+  if (!text->ok()) return text->status();
+  ld->AddText(**text);
+  ld->cfg.files.push_back(file);
+  return Status::Ok();
+}
+
+Result<std::vector<std::string>> YamlFilesIn(const std::string& dir) {
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) {
+    int err = errno;
+    return Status::FromErrno(dir + ": cannot read", err);
+  }
+  std::vector<std::string> files;
+  while (dirent* de = ::readdir(d)) {
+    std::string n = de->d_name;
+    if (n.empty() || n[0] == '.' || n.size() <= 5 || n.compare(n.size() - 5, 5, ".yaml") != 0) {
+      continue;
+    }
+    files.push_back(dir + "/" + n);
+  }
+  ::closedir(d);
+  std::sort(files.begin(), files.end());
+  if (files.empty()) {
+    return Status::Error(ENOENT, dir + ": cannot read: no *.yaml files in this directory");
+  }
+  return files;
+}
+
+}  // namespace
+
+Result<Config> ParseConfigText(std::string_view text, const std::string& filename,
+                               const std::string& base_dir) {
+  Loader ld;
+  ld.cfg.source = filename;
+  ld.cfg.files.push_back(filename);
+  ld.AddText(text);
+  if (Status st = ParseDocument(text, filename, base_dir, &ld); !st.ok()) return st;
+  if (Status st = Finish(base_dir, &ld); !st.ok()) return st;
+  return std::move(ld.cfg);
+}
+
+Result<Config> LoadConfig(const std::string& path) {
+  int err = 0;
+  FileType type = TypeOf(path, &err);
+  if (type == FileType::kMissing) return Status::FromErrno(path + ": cannot read", err);
+  Loader ld;
+  ld.cfg.source = Absolute(path);
+  const std::string dir = type == FileType::kDir ? ld.cfg.source : DirName(ld.cfg.source);
+  std::vector<std::string> files{ld.cfg.source};
+  if (type == FileType::kDir) {
+    auto listed = YamlFilesIn(ld.cfg.source);
+    if (!listed.ok()) return listed.status();
+    files = std::move(*listed);
+  }
+  for (const std::string& f : files) {
+    Result<std::string> text = std::string();
+    if (Status st = ReadInto(f, &ld, &text); !st.ok()) return st;
+    if (Status st = ParseDocument(*text, f, DirName(f), &ld); !st.ok()) return st;
+  }
+  if (ld.service_pos.file.empty()) {
+    // Wippy's app settings: .wippy.yaml beside the registry, or one level up.
+    for (const std::string& candidate : {dir + "/.wippy.yaml", DirName(dir) + "/.wippy.yaml"}) {
+      if (TypeOf(candidate) != FileType::kFile) continue;
+      Result<std::string> text = std::string();
+      if (Status st = ReadInto(candidate, &ld, &text); !st.ok()) return st;
+      if (Status st = ParseWippyYaml(*text, candidate, &ld); !st.ok()) return st;
+      break;
+    }
+  }
+  if (Status st = Finish(dir, &ld); !st.ok()) return st;
+  return std::move(ld.cfg);
+}
+
+Result<std::string> FindConfig() {
+  std::vector<std::string> looked;
+  auto exists = [&](const std::string& shown, const std::string& p) {
+    looked.push_back(shown);
+    return TypeOf(p) != FileType::kMissing;
+  };
+  if (const char* env = std::getenv("VIA_CONFIG"); env != nullptr && env[0] != 0) {
+    if (exists("$VIA_CONFIG (" + std::string(env) + ")", env)) return Absolute(env);
+    // An explicit choice that is wrong must not quietly fall back to another config.
+    return Status::Error(ENOENT, "$VIA_CONFIG names " + std::string(env) +
+                                     ", which does not exist; fix or unset VIA_CONFIG");
+  }
+  for (const char* local : {"./_index.yaml", "./via.yaml"}) {
+    if (exists(local, local)) return Absolute(local);
+  }
+  std::string user_dir;
+  if (const char* x = std::getenv("XDG_CONFIG_HOME"); x != nullptr && x[0] == '/') {
+    user_dir = std::string(x) + "/via/";
+  } else if (const char* home = std::getenv("HOME"); home != nullptr && home[0] == '/') {
+    user_dir = std::string(home) + "/.config/via/";
+  }
+  if (!user_dir.empty() && exists(user_dir, user_dir)) return Absolute(user_dir);
+  if (exists("/etc/via/", "/etc/via")) return Absolute("/etc/via");
+  return Status::Error(ENOENT, "no configuration found (looked at " + Join(looked) +
+                                   "); pass one with -c PATH or set VIA_CONFIG");
+}
+
+}  // namespace via::config

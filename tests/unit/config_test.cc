@@ -1,0 +1,505 @@
+// Tests for config/config.h: the Wippy registry format, network_service, and every error text.
+#include "config/config.h"
+
+#include <gtest/gtest.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <optional>
+#include <string>
+
+namespace via::config {
+namespace {
+
+std::string TestdataDir() {
+#ifdef VIA_TESTDATA_DIR
+  return std::string(VIA_TESTDATA_DIR) + "/config";
+#else
+  std::string here = __FILE__;
+  return here.substr(0, here.rfind('/')) + "/testdata/config";
+#endif
+}
+
+std::string RealPath(const std::string& p) {
+  char buf[PATH_MAX];
+  return ::realpath(p.c_str(), buf) != nullptr ? buf : p;
+}
+
+// Sets an environment variable for the life of the object and restores the old value.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old;
+    value ? ::setenv(name, value, 1) : ::unsetenv(name);
+  }
+  ~ScopedEnv() { old_ ? ::setenv(name_, old_->c_str(), 1) : ::unsetenv(name_); }
+
+ private:
+  const char* name_;
+  std::optional<std::string> old_;
+};
+
+class ConfigTest : public ::testing::Test {
+ protected:
+  // A registry document: version, namespace app, and `entries` (already indented).
+  static std::string Doc(const std::string& entries, const std::string& tail = "") {
+    return "version: \"1.0\"\nnamespace: app\nentries:\n" + entries + tail;
+  }
+  // One socks5 entry "tor" (line 4) with `fields`, each line indented under the entry.
+  static std::string Socks5(const std::string& fields) {
+    return Doc("  - name: tor\n    kind: network.socks5\n" + Indent(fields));
+  }
+  static std::string Indent(const std::string& lines) {
+    std::string out;
+    size_t start = 0;
+    while (start < lines.size()) {
+      size_t end = lines.find('\n', start);
+      if (end == std::string::npos) end = lines.size();
+      out += "    " + lines.substr(start, end - start) + "\n";
+      start = end + 1;
+    }
+    return out;
+  }
+
+  Result<Config> Parse(const std::string& text) {
+    return ParseConfigText(text, "via.yaml", "/srv/app");
+  }
+  // The error message of parsing `text` ("OK" if it parsed).
+  std::string Error(const std::string& text) { return Parse(text).status().ToString(); }
+  std::string LoadError(const std::string& path) { return LoadConfig(path).status().ToString(); }
+  // The connect_timeout_ms of a socks5 entry with `connect_timeout: <value>`.
+  static int TimeoutMs(const std::string& value) {
+    return Only(ParseConfigText(Socks5("host: h\nport: 1\nconnect_timeout: " + value), "via.yaml",
+                                "/"))
+        .socks5.connect_timeout_ms;
+  }
+  // The single overlay of a config that must parse (a copy: `cfg` is usually a temporary).
+  static Overlay Only(const Result<Config>& cfg) {
+    EXPECT_TRUE(cfg.ok()) << cfg.status().message();
+    if (!cfg.ok() || cfg->overlays.size() != 1) {
+      ADD_FAILURE() << "expected exactly one overlay";
+      return Overlay();
+    }
+    return cfg->overlays[0];
+  }
+
+  const std::string seed_ = TestdataDir() + "/seed";
+  const std::string project_ = TestdataDir() + "/project";
+};
+
+// ---- the seed configuration -----------------------------------------------------------------
+
+TEST_F(ConfigTest, SeedLoadsUnchanged) {
+  auto cfg = LoadConfig(seed_ + "/_index.yaml");
+  ASSERT_TRUE(cfg.ok()) << cfg.status().message();
+  ASSERT_EQ(cfg->overlays.size(), 2u);
+  EXPECT_EQ(cfg->overlays[0].id, "app:tor");
+  EXPECT_EQ(cfg->overlays[1].id, "app:tailnet");
+  EXPECT_EQ(cfg->skipped_entries, 5);
+}
+
+TEST_F(ConfigTest, SeedTorIsAnIsolatingSocks5Proxy) {
+  auto cfg = LoadConfig(seed_ + "/_index.yaml");
+  ASSERT_TRUE(cfg.ok()) << cfg.status().message();
+  const Overlay& tor = cfg->overlays[0];
+  EXPECT_EQ(tor.kind, OverlayKind::kSocks5);
+  EXPECT_EQ(tor.socks5.host, "127.0.0.1");
+  EXPECT_EQ(tor.socks5.port, 9050);
+  EXPECT_TRUE(tor.socks5.isolate_streams);
+  EXPECT_EQ(tor.socks5.connect_timeout_ms, 15000);
+}
+
+TEST_F(ConfigTest, SeedTailnetIsParsed) {
+  auto cfg = LoadConfig(seed_ + "/_index.yaml");
+  ASSERT_TRUE(cfg.ok()) << cfg.status().message();
+  const Overlay& ts = cfg->overlays[1];
+  EXPECT_EQ(ts.kind, OverlayKind::kTailscale);
+  EXPECT_EQ(ts.tailscale.hostname, "wippy-node");
+  EXPECT_EQ(ts.tailscale.auth_key_env, "TS_AUTHKEY");
+  EXPECT_TRUE(ts.tailscale.ephemeral);
+}
+
+TEST_F(ConfigTest, SeedWippyYamlGivesDefaultNetworkAndStateDir) {
+  auto cfg = LoadConfig(seed_ + "/_index.yaml");
+  ASSERT_TRUE(cfg.ok()) << cfg.status().message();
+  EXPECT_EQ(cfg->service.default_network, "app:tor");
+  EXPECT_EQ(cfg->service.state_dir, RealPath(seed_) + "/.wippy/net");
+  EXPECT_EQ(cfg->files, (std::vector<std::string>{RealPath(seed_) + "/_index.yaml",
+                                                  RealPath(seed_) + "/.wippy.yaml"}));
+}
+
+TEST_F(ConfigTest, SourceIsAbsoluteAndFingerprintIsHex) {
+  auto cfg = LoadConfig(seed_ + "/../seed/_index.yaml");
+  ASSERT_TRUE(cfg.ok()) << cfg.status().message();
+  EXPECT_EQ(cfg->source, RealPath(seed_) + "/_index.yaml");
+  EXPECT_EQ(cfg->fingerprint.size(), 16u);
+  EXPECT_EQ(cfg->fingerprint.find_first_not_of("0123456789abcdef"), std::string::npos);
+}
+
+// ---- network.socks5 -------------------------------------------------------------------------
+
+TEST_F(ConfigTest, Socks5FieldsAndDefaults) {
+  Overlay o = Only(Parse(Socks5("host: proxy.lan\nport: 1080\nusername: u\npassword: p")));
+  EXPECT_EQ(o.socks5.host, "proxy.lan");
+  EXPECT_EQ(o.socks5.username, "u");
+  EXPECT_EQ(o.socks5.password, "p");
+  EXPECT_FALSE(o.socks5.isolate_streams);
+  EXPECT_EQ(o.socks5.connect_timeout_ms, 15000);
+  EXPECT_EQ(o.pos.ToString(), "via.yaml:4:5");
+}
+
+TEST_F(ConfigTest, MissingHost) {
+  EXPECT_EQ(Error(Socks5("port: 9050")),
+            "via.yaml:4:5: entry app:tor (network.socks5): host: network: host is required");
+}
+
+TEST_F(ConfigTest, EmptyHostPointsAtTheValue) {
+  EXPECT_EQ(Error(Socks5("host: \"\"\nport: 9050")),
+            "via.yaml:6:11: entry app:tor (network.socks5): host: network: host is required");
+}
+
+TEST_F(ConfigTest, MissingPort) {
+  EXPECT_EQ(Error(Socks5("host: 127.0.0.1")),
+            "via.yaml:4:5: entry app:tor (network.socks5): port: network: invalid port (port is "
+            "required)");
+}
+
+TEST_F(ConfigTest, PortZero) {
+  EXPECT_EQ(Error(Socks5("host: 127.0.0.1\nport: 0")),
+            "via.yaml:7:11: entry app:tor (network.socks5): port: network: invalid port (0 is not "
+            "in 1..65535)");
+}
+
+TEST_F(ConfigTest, PortTooLarge) {
+  EXPECT_EQ(Error(Socks5("host: 127.0.0.1\nport: 70000")),
+            "via.yaml:7:11: entry app:tor (network.socks5): port: network: invalid port (70000 is "
+            "not in 1..65535)");
+}
+
+TEST_F(ConfigTest, PortNotANumber) {
+  EXPECT_EQ(Error(Socks5("host: 127.0.0.1\nport: \"abc\"")),
+            "via.yaml:7:11: entry app:tor (network.socks5): port: network: invalid port (\"abc\" "
+            "is not a number)");
+}
+
+TEST_F(ConfigTest, PortAsAList) {
+  EXPECT_EQ(Error(Socks5("host: 127.0.0.1\nport: [1080]")),
+            "via.yaml:7:11: entry app:tor (network.socks5): port: network: invalid port (a list "
+            "is not a number)");
+}
+
+TEST_F(ConfigTest, UsernameLongerThanRfc1929Allows) {
+  EXPECT_EQ(Error(Socks5("host: h\nport: 1\nusername: " + std::string(256, 'u'))),
+            "via.yaml:8:15: entry app:tor (network.socks5): username: too long (256 bytes, at "
+            "most 255 as in RFC 1929)");
+}
+
+TEST_F(ConfigTest, PasswordOf255BytesIsFine) {
+  Overlay o = Only(Parse(Socks5("host: h\nport: 1\npassword: " + std::string(255, 'p'))));
+  EXPECT_EQ(o.socks5.password.size(), 255u);
+}
+
+TEST_F(ConfigTest, HostMustBeAString) {
+  EXPECT_EQ(Error(Socks5("host: {a: b}\nport: 1")),
+            "via.yaml:6:11: entry app:tor (network.socks5): host: must be a string, not a "
+            "mapping");
+}
+
+TEST_F(ConfigTest, WrongBool) {
+  EXPECT_EQ(Error(Socks5("host: h\nport: 1\nisolate_streams: maybe")),
+            "via.yaml:8:22: entry app:tor (network.socks5): isolate_streams: must be true or "
+            "false, not \"maybe\"");
+}
+
+TEST_F(ConfigTest, UnknownFieldIsRejectedWithAHint) {
+  EXPECT_EQ(Error(Socks5("host: h\nport: 1\nisolate_stream: true")),
+            "via.yaml:8:5: entry app:tor (network.socks5): isolate_stream: unknown field (known: "
+            "host, port, username, password, isolate_streams, connect_timeout; did you mean "
+            "isolate_streams?)");
+}
+
+TEST_F(ConfigTest, CommonEntryKeysAreAllowed) {
+  Overlay o = Only(Parse(Socks5(
+      "host: h\nport: 1\nmeta: {comment: x}\nlifecycle: {auto_start: true}\ndescription: d")));
+  EXPECT_EQ(o.socks5.host, "h");
+}
+
+TEST_F(ConfigTest, RepeatedFieldIsRejected) {
+  EXPECT_EQ(Error(Socks5("host: h\nport: 1\nport: 2")),
+            "via.yaml:8:5: entry app:tor (network.socks5): port: given twice (first at "
+            "via.yaml:7:5)");
+}
+
+TEST_F(ConfigTest, ConnectTimeoutForms) {
+  EXPECT_EQ(TimeoutMs("500ms"), 500);
+  EXPECT_EQ(TimeoutMs("2"), 2000);
+  EXPECT_EQ(TimeoutMs("1.5s"), 1500);
+  EXPECT_EQ(TimeoutMs("2m"), 120000);
+  EXPECT_EQ(TimeoutMs("10m"), 600000);
+}
+
+TEST_F(ConfigTest, ConnectTimeoutNotADuration) {
+  EXPECT_EQ(Error(Socks5("host: h\nport: 1\nconnect_timeout: fast")),
+            "via.yaml:8:22: entry app:tor (network.socks5): connect_timeout: \"fast\" is not a "
+            "duration (use seconds, or e.g. 500ms, 15s, 2m)");
+}
+
+TEST_F(ConfigTest, ConnectTimeoutOutOfRange) {
+  EXPECT_EQ(Error(Socks5("host: h\nport: 1\nconnect_timeout: 11m")),
+            "via.yaml:8:22: entry app:tor (network.socks5): connect_timeout: 11m is out of range "
+            "(more than 0, at most 10m)");
+  EXPECT_EQ(Error(Socks5("host: h\nport: 1\nconnect_timeout: 0")),
+            "via.yaml:8:22: entry app:tor (network.socks5): connect_timeout: 0 is out of range "
+            "(more than 0, at most 10m)");
+}
+
+// ---- entries in general ---------------------------------------------------------------------
+
+TEST_F(ConfigTest, DuplicateNamesNameBothPositions) {
+  std::string tor = "  - name: tor\n    kind: network.socks5\n    host: h\n    port: 1\n";
+  EXPECT_EQ(Error(Doc(tor + tor)),
+            "via.yaml:8:11: entry app:tor (network.socks5): name: duplicate overlay app:tor "
+            "(first defined at via.yaml:4:5)");
+}
+
+TEST_F(ConfigTest, UnsupportedNetworkKind) {
+  EXPECT_EQ(Error(Doc("  - name: x\n    kind: network.foo\n")),
+            "via.yaml:5:11: entry app:x (network.foo): kind: unsupported network kind: "
+            "network.foo (supported: network.socks5, network.tailscale, network.i2p)");
+}
+
+TEST_F(ConfigTest, OtherKindsAreSkippedWhateverTheirFields) {
+  auto cfg =
+      Parse(Doc("  - name: a\n    kind: process.host\n    anything: [1, 2]\n"
+                "  - name: b\n    kind: something.else\n"));
+  ASSERT_TRUE(cfg.ok()) << cfg.status().message();
+  EXPECT_TRUE(cfg->overlays.empty());
+  EXPECT_EQ(cfg->skipped_entries, 2);
+}
+
+TEST_F(ConfigTest, EntryWithoutKind) {
+  EXPECT_EQ(Error(Doc("  - name: x\n    host: h\n")),
+            "via.yaml:4:5: entry app:x: kind: required (a non-empty string)");
+}
+
+TEST_F(ConfigTest, NamespaceIsRequiredWithEntries) {
+  EXPECT_EQ(Error("entries:\n  - name: x\n    kind: process.host\n"),
+            "via.yaml:1:1: namespace: required (a non-empty string) when the file has entries");
+}
+
+TEST_F(ConfigTest, YamlSyntaxErrorHasAPosition) {
+  EXPECT_EQ(Error(Doc("  - name: tor\n    kind: [network.socks5\n    host: h\n")),
+            "via.yaml:6:9: YAML syntax error: end of sequence flow not found");
+}
+
+TEST_F(ConfigTest, StrayTokenIsASyntaxErrorNotAHang) {
+  // yaml-cpp's LoadAll loops forever on this (jbeder/yaml-cpp#1040).
+  EXPECT_EQ(Error("# nothing but\n,\n"), "via.yaml:2:1: YAML syntax error: unexpected \",\"");
+}
+
+TEST_F(ConfigTest, OneDocumentPerFile) {
+  EXPECT_EQ(Error("namespace: app\n---\nnamespace: lab\n"),
+            "via.yaml:2:1: only one YAML document per file is supported");
+}
+
+TEST_F(ConfigTest, EmptyDocumentIsAnEmptyConfig) {
+  auto cfg = Parse("# nothing yet\n");
+  ASSERT_TRUE(cfg.ok()) << cfg.status().message();
+  EXPECT_TRUE(cfg->overlays.empty());
+  EXPECT_EQ(cfg->service.state_dir, "/srv/app/.wippy/net");
+}
+
+// ---- network.tailscale and network.i2p ------------------------------------------------------
+
+TEST_F(ConfigTest, TailscaleNeedsAnAuthKey) {
+  EXPECT_EQ(Error(Doc("  - name: ts\n    kind: network.tailscale\n    hostname: n\n")),
+            "via.yaml:4:5: entry app:ts (network.tailscale): auth_key: network: tailscale "
+            "auth_key or auth_key_env is required");
+}
+
+TEST_F(ConfigTest, TailscaleFields) {
+  Overlay o =
+      Only(Parse(Doc("  - name: ts\n    kind: network.tailscale\n    auth_key: tskey-1\n"
+                     "    state_dir: /var/lib/ts\n    control_url: https://hs.example\n")));
+  EXPECT_EQ(o.tailscale.auth_key, "tskey-1");
+  EXPECT_EQ(o.tailscale.state_dir, "/var/lib/ts");
+  EXPECT_EQ(o.tailscale.control_url, "https://hs.example");
+  EXPECT_FALSE(o.tailscale.ephemeral);
+}
+
+TEST_F(ConfigTest, I2pNeedsHostAndPort) {
+  EXPECT_EQ(Error(Doc("  - name: g\n    kind: network.i2p\n    host: 127.0.0.1\n")),
+            "via.yaml:4:5: entry app:g (network.i2p): port: network: invalid port (port is "
+            "required)");
+}
+
+// ---- network_service ------------------------------------------------------------------------
+
+TEST_F(ConfigTest, ServiceDefaults) {
+  auto cfg = Parse(Socks5("host: h\nport: 1"));
+  ASSERT_TRUE(cfg.ok()) << cfg.status().message();
+  EXPECT_EQ(cfg->service.default_network, "");
+  EXPECT_EQ(cfg->service.fake_ipv4, "198.18.0.0/15");
+  EXPECT_EQ(cfg->service.fake_ipv6, "fd76:6961:ff00::/64");
+  EXPECT_EQ(cfg->service.loopback, LoopbackPolicy::kDirect);
+  EXPECT_EQ(cfg->service.idle_timeout_s, 30);
+}
+
+TEST_F(ConfigTest, ServiceInTheRegistryFile) {
+  auto cfg = Parse(Socks5("host: h\nport: 1") +
+                   "network_service:\n  state_dir: run/net\n  default_network: tor\n"
+                   "  loopback: overlay\n  idle_timeout: 0\n  fake_ipv6: fd00:1:2::/48\n");
+  ASSERT_TRUE(cfg.ok()) << cfg.status().message();
+  EXPECT_EQ(cfg->service.state_dir, "/srv/app/run/net");
+  EXPECT_EQ(cfg->service.default_network, "app:tor");  // a unique bare name is completed
+  EXPECT_EQ(cfg->service.loopback, LoopbackPolicy::kOverlay);
+  EXPECT_EQ(cfg->service.idle_timeout_s, 0);
+  EXPECT_EQ(cfg->service.fake_ipv6, "fd00:1:2::/48");
+}
+
+TEST_F(ConfigTest, UnknownDefaultNetwork) {
+  EXPECT_EQ(Error(Socks5("host: h\nport: 1") + "network_service:\n  default_network: app:nope\n"),
+            "via.yaml:9:20: network_service.default_network: unknown overlay \"app:nope\" "
+            "(known: app:tor)");
+}
+
+TEST_F(ConfigTest, BadLoopbackValue) {
+  EXPECT_EQ(Error("network_service:\n  loopback: allow\n"),
+            "via.yaml:2:13: network_service.loopback: must be direct, overlay or refuse, not "
+            "\"allow\"");
+}
+
+TEST_F(ConfigTest, UnknownServiceKey) {
+  EXPECT_EQ(Error("network_service:\n  default_netwrok: app:tor\n"),
+            "via.yaml:2:3: network_service.default_netwrok: unknown setting (known: state_dir, "
+            "fake_ipv4, fake_ipv6, default_network, loopback, idle_timeout; did you mean "
+            "default_network?)");
+}
+
+TEST_F(ConfigTest, BadIdleTimeout) {
+  EXPECT_EQ(Error("network_service:\n  idle_timeout: -1\n"),
+            "via.yaml:2:17: network_service.idle_timeout: must be a whole number of seconds from "
+            "0 to 86400, not \"-1\"");
+}
+
+TEST_F(ConfigTest, BadCidrSyntax) {
+  EXPECT_EQ(Error("network_service:\n  fake_ipv4: 198.18.0.0\n"),
+            "via.yaml:2:14: network_service.fake_ipv4: \"198.18.0.0\" is not an IPv4 network "
+            "with a prefix between /8 and /24");
+}
+
+TEST_F(ConfigTest, CidrOfTheWrongFamily) {
+  EXPECT_EQ(Error("network_service:\n  fake_ipv6: 198.18.0.0/15\n"),
+            "via.yaml:2:14: network_service.fake_ipv6: \"198.18.0.0/15\" is not an IPv6 network "
+            "with a prefix between /48 and /112");
+}
+
+TEST_F(ConfigTest, CidrPrefixOutOfBounds) {
+  EXPECT_EQ(Error("network_service:\n  fake_ipv4: 10.0.0.0/28\n"),
+            "via.yaml:2:14: network_service.fake_ipv4: \"10.0.0.0/28\" is not an IPv4 network "
+            "with a prefix between /8 and /24");
+  EXPECT_EQ(Error("network_service:\n  fake_ipv6: fd00::/40\n"),
+            "via.yaml:2:14: network_service.fake_ipv6: \"fd00::/40\" is not an IPv6 network with "
+            "a prefix between /48 and /112");
+}
+
+TEST_F(ConfigTest, CidrLoopbackAndMulticastAreRefused) {
+  EXPECT_EQ(Error("network_service:\n  fake_ipv4: 127.0.0.0/8\n"),
+            "via.yaml:2:14: network_service.fake_ipv4: \"127.0.0.0/8\" is a loopback range");
+  EXPECT_EQ(Error("network_service:\n  fake_ipv4: 239.1.0.0/16\n"),
+            "via.yaml:2:14: network_service.fake_ipv4: \"239.1.0.0/16\" is a multicast range");
+  EXPECT_EQ(Error("network_service:\n  fake_ipv6: ff05::/64\n"),
+            "via.yaml:2:14: network_service.fake_ipv6: \"ff05::/64\" is a multicast range");
+  EXPECT_EQ(Error("network_service:\n  fake_ipv6: ::/96\n"),
+            "via.yaml:2:14: network_service.fake_ipv6: \"::/96\" is a loopback or reserved range "
+            "(it holds ::1 or ::)");
+}
+
+TEST_F(ConfigTest, CidrWithHostBits) {
+  EXPECT_EQ(Error("network_service:\n  fake_ipv4: 198.18.0.1/15\n"),
+            "via.yaml:2:14: network_service.fake_ipv4: \"198.18.0.1/15\" has host bits set (did "
+            "you mean 198.18.0.0/15?)");
+}
+
+// ---- files and directories ------------------------------------------------------------------
+
+TEST_F(ConfigTest, DirectoryLoadsEveryYamlFileSorted) {
+  auto cfg = LoadConfig(project_ + "/registry");
+  ASSERT_TRUE(cfg.ok()) << cfg.status().message();
+  std::string dir = RealPath(project_);
+  EXPECT_EQ(cfg->source, dir + "/registry");
+  EXPECT_EQ(cfg->files,
+            (std::vector<std::string>{dir + "/registry/10-app.yaml", dir + "/registry/20-lab.yaml",
+                                      dir + "/.wippy.yaml"}));
+  EXPECT_EQ(cfg->overlays.size(), 3u);
+  EXPECT_EQ(cfg->skipped_entries, 1);
+}
+
+TEST_F(ConfigTest, DirectoryTakesServiceFromParentWippyYaml) {
+  auto cfg = LoadConfig(project_ + "/registry");
+  ASSERT_TRUE(cfg.ok()) << cfg.status().message();
+  EXPECT_EQ(cfg->service.state_dir, RealPath(project_) + "/state/net");
+  EXPECT_EQ(cfg->service.default_network, "app:tor");
+  EXPECT_EQ(cfg->service.fake_ipv4, "10.77.0.0/16");
+  EXPECT_EQ(cfg->service.loopback, LoopbackPolicy::kRefuse);
+  EXPECT_EQ(cfg->service.idle_timeout_s, 5);
+}
+
+TEST_F(ConfigTest, FindByFullAndBareName) {
+  auto cfg = LoadConfig(project_ + "/registry");
+  ASSERT_TRUE(cfg.ok()) << cfg.status().message();
+  ASSERT_NE(cfg->Find("garlic"), nullptr);
+  EXPECT_EQ(cfg->Find("garlic")->id, "lab:garlic");
+  EXPECT_EQ(cfg->Find("lab:tor")->socks5.username, "alice");
+  EXPECT_EQ(cfg->Find("tor"), nullptr);  // app:tor and lab:tor: ambiguous
+  EXPECT_EQ(cfg->Find("app:nope"), nullptr);
+}
+
+TEST_F(ConfigTest, UnreadableFile) {
+  EXPECT_EQ(LoadError(project_ + "/missing.yaml"),
+            project_ + "/missing.yaml: cannot read: No such file or directory");
+}
+
+TEST_F(ConfigTest, ServiceGivenTwice) {
+  EXPECT_EQ(Error("network_service:\n  loopback: direct\nnetwork_service:\n  loopback: refuse\n"),
+            "via.yaml:3:1: network_service: given twice (first at via.yaml:1:1)");
+}
+
+// ---- FindConfig -----------------------------------------------------------------------------
+
+TEST_F(ConfigTest, FindConfigPrefersViaConfig) {
+  ScopedEnv env("VIA_CONFIG", (seed_ + "/_index.yaml").c_str());
+  auto found = FindConfig();
+  ASSERT_TRUE(found.ok()) << found.status().message();
+  EXPECT_EQ(*found, RealPath(seed_) + "/_index.yaml");
+}
+
+TEST_F(ConfigTest, FindConfigListsEveryPlaceLooked) {
+  if (access("/etc/via", F_OK) == 0) GTEST_SKIP() << "/etc/via exists on this machine";
+  char tmpl[] = "/tmp/via-config-test-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  char old_cwd[PATH_MAX];
+  ASSERT_NE(getcwd(old_cwd, sizeof old_cwd), nullptr);
+  ASSERT_EQ(chdir(tmpl), 0);
+  ScopedEnv env("VIA_CONFIG", nullptr);
+  ScopedEnv xdg("XDG_CONFIG_HOME", tmpl);
+  auto found = FindConfig();
+  EXPECT_EQ(chdir(old_cwd), 0);
+  rmdir(tmpl);
+  EXPECT_EQ(found.status().message(),
+            "no configuration found (looked at ./_index.yaml, ./via.yaml, " + std::string(tmpl) +
+                "/via/, /etc/via/); pass one with -c PATH or set VIA_CONFIG");
+}
+
+TEST_F(ConfigTest, MissingViaConfigIsAnErrorNotAFallThrough) {
+  ScopedEnv env("VIA_CONFIG", "/nonexistent/via.yaml");
+  auto found = FindConfig();
+  EXPECT_EQ(found.status().code(), ENOENT);
+  EXPECT_EQ(found.status().message(),
+            "$VIA_CONFIG names /nonexistent/via.yaml, which does not exist; fix or unset "
+            "VIA_CONFIG");
+}
+
+}  // namespace
+}  // namespace via::config
