@@ -8,11 +8,12 @@ if [ "${VIA_SKIP_DEPS:-0}" != 1 ]; then
   ./scripts/install-deps.sh
 fi
 ./scripts/build.sh >/dev/null
+via=${BUILD_DIR:-build}/via
 
 tmp=$(mktemp -d)
 pids=()
 cleanup() {
-  build/via stop -c "$tmp/via.yaml" >/dev/null 2>&1 || true
+  "$via" stop -c "$tmp/via.yaml" >/dev/null 2>&1 || true
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   rm -rf "$tmp"
 }
@@ -57,8 +58,16 @@ YAML
 echo "\$ curl -s http://127.0.0.1:$web_port/                      # direct"
 curl -s "http://127.0.0.1:$web_port/"; echo
 echo "\$ via run --network app:demo -- curl -s http://$host:$web_port/   # through the proxy"
-build/via run -c "$tmp/via.yaml" --network app:demo -- curl -s "http://$host:$web_port/"; echo
+routed=$("$via" run -c "$tmp/via.yaml" --network app:demo -- curl -s "http://$host:$web_port/")
+echo "$routed"
 echo
 echo "The web server answers with the address it saw: 127.0.0.1 directly, 127.0.0.2 (the"
 echo "proxy's outgoing address) through via. The proxy's log shows what it was asked for:"
 sed 's/^/  microsocks: /' "$tmp/microsocks.log"
+
+# Fail the demo if what the far side saw does not match.
+if [ "$routed" != '{"ip": "127.0.0.2"}' ] || ! grep -q "connected to $host:$web_port" "$tmp/microsocks.log"; then
+  echo "demo FAILED: the request did not go through the proxy as expected" >&2
+  exit 1
+fi
+echo "demo OK"

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs what via needs to build and to run its tests on Debian 12 (run as root).
-# Idempotent. Also creates the test fixtures that need root: the `viatest` user (danted's
-# username authentication) and the PAM service `via-test-sockd` (accepts any credentials, so
-# that isolate_streams' random usernames can be observed in danted's log).
+# Idempotent and quiet: only missing packages are installed (apt-get update runs only then).
+# Also creates the test fixtures that need root: the `viatest` user (danted's username
+# authentication) and the PAM service `via-test-sockd` (accepts any credentials, so that
+# isolate_streams' random usernames can be observed in danted's log). The packages' own
+# services (danted, dnsmasq) are never left running: the tests start their own servers.
 set -euo pipefail
 
 if [ "$(id -u)" != 0 ]; then
@@ -14,50 +16,74 @@ packages=(
   build-essential cmake ninja-build pkg-config
   libyaml-cpp-dev libspdlog-dev libc-ares-dev libssl-dev libgtest-dev googletest clang-format
   dante-server microsocks dnsmasq
-  curl wget git python3 openssl iproute2 util-linux procps
+  curl wget git python3 openssl iproute2 util-linux procps ca-certificates
 )
-command -v node >/dev/null 2>&1 || packages+=(nodejs)
 
 missing=()
 for p in "${packages[@]}"; do
-  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "install-deps.sh: installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  # danted and dnsmasq would be started by their packages (and danted's default config fails
-  # to start, which fails the install): keep services from starting while installing.
-  policy=/usr/sbin/policy-rc.d
-  own_policy=0
-  if [ ! -e "$policy" ]; then
-    printf '#!/bin/sh\nexit 101\n' > "$policy"
-    chmod +x "$policy"
-    own_policy=1
+
+export DEBIAN_FRONTEND=noninteractive
+updated=0
+apt_update() {
+  if [ "$updated" = 0 ]; then
+    apt-get update -qq
+    updated=1
   fi
-  apt-get update -qq
-  rc=0
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || rc=$?
-  if [ "$own_policy" = 1 ]; then rm -f "$policy"; fi
-  if [ "$rc" != 0 ]; then
-    echo "install-deps.sh: apt-get install failed ($rc)" >&2
-    exit "$rc"
+}
+
+# Node is optional (its test skips without it); use Debian's when none is installed yet.
+if ! command -v node >/dev/null 2>&1; then
+  apt_update
+  if apt-cache show nodejs >/dev/null 2>&1; then
+    missing+=(nodejs)
+  else
+    echo "install-deps.sh: nodejs is not available from apt; the node test will be skipped"
   fi
 fi
 
-# The packages' own services are not used: tests start their own servers.
-for svc in danted dnsmasq; do
-  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
-    systemctl stop "$svc" || true
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps.sh: installing ${missing[*]}"
+  apt_update
+  # Keep the packages' init scripts from starting their daemons during installation.
+  added_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    added_policy=1
   fi
-done
+  status=0
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || status=$?
+  if [ "$added_policy" = 1 ]; then
+    rm -f /usr/sbin/policy-rc.d
+  fi
+  if [ "$status" != 0 ]; then
+    echo "install-deps.sh: apt-get install failed ($status)" >&2
+    exit "$status"
+  fi
+fi
 
+# If systemd runs the packages' services anyway, stop and disable them.
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+  for svc in danted dnsmasq; do
+    if systemctl is-enabled --quiet "$svc" 2>/dev/null || systemctl is-active --quiet "$svc" 2>/dev/null; then
+      systemctl disable --now --quiet "$svc" 2>/dev/null || true
+    fi
+  done
+fi
+
+# The danted test's system user (RFC 1929 username/password checked against the system).
 if ! id viatest >/dev/null 2>&1; then
-  useradd --no-create-home --shell /usr/sbin/nologin viatest
+  useradd --system --no-create-home --shell /usr/sbin/nologin viatest
 fi
 echo 'viatest:via-test-password' | chpasswd
 
-cat > /etc/pam.d/via-test-sockd <<'PAM'
-# via's integration tests: danted accepts any username/password through this service.
+# danted's second test config: any username/password is accepted.
+pam_file=/etc/pam.d/via-test-sockd
+pam_text='# via integration tests: danted (pam.servicename via-test-sockd) accepts any credentials.
 auth    sufficient pam_permit.so
-account sufficient pam_permit.so
-PAM
+account sufficient pam_permit.so'
+if [ "$(cat "$pam_file" 2>/dev/null)" != "$pam_text" ]; then
+  printf '%s\n' "$pam_text" > "$pam_file"
+fi

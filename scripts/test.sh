@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Installs dependencies (unless VIA_SKIP_DEPS=1), builds, and runs every unit and integration
-# test with ctest. The exit status is ctest's.
+# Installs dependencies (unless VIA_SKIP_DEPS=1), builds into build/ (or $BUILD_DIR), and runs
+# every unit and integration test with ctest. Extra arguments go to ctest (e.g. -L integration,
+# -R dns_leak). The exit status is ctest's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${VIA_SKIP_DEPS:-0}" != 1 ]; then
   ./scripts/install-deps.sh
 fi
 ./scripts/build.sh
-ctest --test-dir build --output-on-failure --timeout 900 "$@"
+ctest --test-dir "${BUILD_DIR:-build}" --output-on-failure --timeout 900 "$@"

@@ -6,12 +6,21 @@ network and mount namespaces (`unshare --net --mount`): there it brings up `lo`,
 without the test names. Proxies run in a further mount namespace whose /etc/hosts maps the test
 names to 127.0.0.1, so only the proxy can resolve them, from its own file: any DNS query for a
 test name in dnsmasq's log came from the client. Nothing leaves the namespace.
+
+Outside a namespace (not root, or unshare refused) tests that need one skip with the reason;
+the others still run, with every server bound to 127.0.0.0/8.
+
+Environment: VIA_BIN, VIA_SHIM, VIA_BUILD_DIR (set by ctest); VIA_TEST_KEEP=1 keeps each
+test's temporary directory (logs, records, configs) and prints its path.
 """
+import atexit
 import json
 import os
+import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -24,65 +33,100 @@ BUILD = os.environ.get("VIA_BUILD_DIR", os.path.join(ROOT, "build"))
 VIA = os.environ.get("VIA_BIN", os.path.join(BUILD, "via"))
 SHIM = os.environ.get("VIA_SHIM", os.path.join(BUILD, "libvia.so"))
 PYTHON = sys.executable
+DATA = os.path.join(HERE, "data")
 
 # Names only the proxies can resolve (from their own hosts file).
-TEST_NAMES = ["example.test", "target.test", "git.test", "other.test"]
-# Where the client's own hosts file answers locally.
+TEST_NAMES = ["example.test", "target.test", "git.test", "other.test", "demo.test"]
+# The client's own hosts file: these are answered locally, even under an overlay.
 CLIENT_HOSTS = "127.0.0.1 localhost\n::1 localhost ip6-localhost\n127.0.0.1 hosts-only.test\n"
+# The proxies' outgoing addresses: the target tells proxied requests (127.0.0.2/.3) from
+# direct ones (127.0.0.1) by the peer address alone.
+PROXY_OUT = "127.0.0.2"
+DIRECT_PEER = "127.0.0.1"
 
 NS_REASON = None  # why namespaces are unavailable (tests that need them skip)
+IN_NAMESPACE = False
+_CLEAN_VARS = ("LD_PRELOAD", "VIA_SOCKET", "VIA_SESSION", "VIA_NETWORK", "VIA_CONFIG",
+               "VIA_QUIET")
 
 
 def main():
-    """Runs the calling module's tests inside private namespaces when possible."""
-    global NS_REASON
+    """Runs the calling module's tests inside private namespaces when possible.
+
+    Exit status: 0 all passed (some may have skipped), 1 a failure, 77 every test skipped
+    (ctest's SKIP_RETURN_CODE)."""
+    global NS_REASON, IN_NAMESPACE
     if os.environ.get("VIA_TEST_IN_NS") != "1":
         if os.geteuid() != 0:
             NS_REASON = "needs root for network/mount namespaces (run the tests as root)"
         elif shutil.which("unshare") is None:
             NS_REASON = "unshare (util-linux) is not installed"
+        elif shutil.which("ip") is None:
+            NS_REASON = "ip (iproute2) is not installed"
         else:
-            env = dict(os.environ, VIA_TEST_IN_NS="1")
             probe = subprocess.run(["unshare", "--net", "--mount", "true"], capture_output=True)
             if probe.returncode == 0:
+                env = dict(os.environ, VIA_TEST_IN_NS="1")
+                sys.stdout.flush()
                 os.execvpe("unshare", ["unshare", "--net", "--mount", "--", PYTHON] + sys.argv,
                            env)
-            NS_REASON = "unshare --net --mount failed: " + probe.stderr.decode().strip()
+            NS_REASON = ("unshare --net --mount failed: " +
+                         probe.stderr.decode(errors="replace").strip())
     else:
-        _setup_namespace()
+        try:
+            _setup_namespace()
+            IN_NAMESPACE = True
+        except (OSError, subprocess.CalledProcessError) as e:
+            NS_REASON = f"setting up the test namespace failed: {e}"
+    if NS_REASON:
+        print(f"note: {NS_REASON}; tests needing namespaces will be SKIPPED", file=sys.stderr)
     prog = unittest.main(module="__main__", exit=False, verbosity=2)
     result = prog.result
+    if not result.wasSuccessful():
+        sys.exit(1)
     if result.testsRun > 0 and len(result.skipped) == result.testsRun:
         sys.exit(77)  # ctest: SKIPPED
-    sys.exit(0 if result.wasSuccessful() else 1)
-
-
-_NS_DIR = None
+    sys.exit(0)
 
 
 def _setup_namespace():
-    global _NS_DIR
-    _NS_DIR = tempfile.mkdtemp(prefix="via-ns-")
+    ns_dir = tempfile.mkdtemp(prefix="via-ns-")
+    # The bind mounts keep the files' inodes; the directory itself can go at exit.
+    atexit.register(shutil.rmtree, ns_dir, True)
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-    resolv = os.path.join(_NS_DIR, "resolv.conf")
+    # Make our mounts private so that nothing leaks back to the parent namespace.
+    subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+    resolv = os.path.join(ns_dir, "resolv.conf")
     with open(resolv, "w") as f:
         f.write("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
-    hosts = os.path.join(_NS_DIR, "hosts")
+    hosts = os.path.join(ns_dir, "hosts")
     with open(hosts, "w") as f:
         f.write(CLIENT_HOSTS)
-    subprocess.run(["mount", "--bind", resolv, "/etc/resolv.conf"], check=True)
-    subprocess.run(["mount", "--bind", hosts, "/etc/hosts"], check=True)
+    for src, dst in ((resolv, "/etc/resolv.conf"), (hosts, "/etc/hosts")):
+        if not os.path.exists(dst):
+            raise OSError(f"{dst} does not exist (nothing to bind-mount over)")
+        subprocess.run(["mount", "--bind", src, dst], check=True)
 
 
-def free_port():
+# ---- small helpers ---------------------------------------------------------------------------
+def free_port(host="127.0.0.1"):
+    """A TCP port nobody listens on right now (bind to 0 and let the kernel choose)."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
-def wait_port(port, host="127.0.0.1", timeout=10.0):
+def closed_port():
+    """A loopback port with no listener (connects to it are refused)."""
+    return free_port()
+
+
+def wait_port(port, host="127.0.0.1", timeout=10.0, proc=None):
     deadline = time.time() + timeout
     while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before listening on "
+                               f"{host}:{port}")
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return
@@ -91,49 +135,148 @@ def wait_port(port, host="127.0.0.1", timeout=10.0):
     raise RuntimeError(f"nothing listens on {host}:{port} after {timeout}s")
 
 
+def wait_for(predicate, timeout=10.0, interval=0.05):
+    """Polls `predicate` until it returns a true value (returned) or `timeout` passes (None)."""
+    deadline = time.time() + timeout
+    while True:
+        v = predicate()
+        if v or time.time() >= deadline:
+            return v
+        time.sleep(interval)
+
+
+def alive(pid):
+    """Whether process `pid` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "State:\tZ" not in f.read()
+    except FileNotFoundError:
+        return False
+
+
 def read_lines(path):
     try:
-        with open(path) as f:
+        with open(path, errors="replace") as f:
             return f.read().splitlines()
-    except FileNotFoundError:
+    except (FileNotFoundError, TypeError):
         return []
 
 
-class ViaCase(unittest.TestCase):
-    """A fixture with helpers so that each test reads like a specification."""
+def read_text(path):
+    return "\n".join(read_lines(path))
 
-    needs_namespace = True
+
+# ---- what the servers logged -------------------------------------------------------------------
+def microsocks_destinations(log):
+    """`host:port` of every CONNECT microsocks made ("client[N] 127.0.0.1: connected to X")."""
+    return re.findall(r"connected to (\S+)", read_text(log))
+
+
+def danted_requests(log):
+    """(ATYP, "host.port") of every CONNECT request danted received, from its debug log line
+    "dorequest(): command 1 request received ... Packet: VER: 5 CMD: 1 FLAG: 0 ATYP: 3
+    address: example.test.8080". ATYP 3 means the name itself reached the proxy."""
+    return [(int(a), d) for a, d in
+            re.findall(r"dorequest\(\): command 1 request received .*?ATYP: (\d) address: (\S+)",
+                       read_text(log))]
+
+
+def danted_users(log):
+    """The username of every connection danted passed ("tcp/connect [: username%U@...")."""
+    return re.findall(r"tcp/connect \[: (?:pam\.)?username%([^@\s]+)@", read_text(log))
+
+
+def dns_query(name, port=53, qtype=1, timeout=2.0):
+    """Sends one DNS query to 127.0.0.1 and returns the raw answer (or None)."""
+    qid = os.getpid() & 0xFFFF
+    packet = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    for label in name.split("."):
+        packet += bytes([len(label)]) + label.encode()
+    packet += b"\0" + struct.pack(">HH", qtype, 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.connect(("127.0.0.1", port))  # connected: "port unreachable" is reported at once
+        try:
+            s.send(packet)
+            return s.recv(512)
+        except OSError:  # timeout or refused (not listening yet)
+            return None
+
+
+def make_git_repo(docroot, name="repo.git", content="routed\n"):
+    """A bare repository under `docroot`, prepared for git's dumb HTTP protocol."""
+    src = tempfile.mkdtemp(prefix="via-git-src-")
+    try:
+        git = ["git", "-c", "user.name=via", "-c", "user.email=via@example.test",
+               "-c", "init.defaultBranch=main"]
+        subprocess.run(git + ["init", "-q", src], check=True)
+        with open(os.path.join(src, "README"), "w") as f:
+            f.write(content)
+        subprocess.run(git + ["-C", src, "add", "README"], check=True)
+        subprocess.run(git + ["-C", src, "commit", "-qm", "first"], check=True)
+        bare = os.path.join(docroot, name)
+        subprocess.run(["git", "clone", "-q", "--bare", src, bare], check=True)
+        subprocess.run(["git", "-C", bare, "update-server-info"], check=True)
+        return bare
+    finally:
+        shutil.rmtree(src, True)
+
+
+class ViaCase(unittest.TestCase):
+    """A fixture with helpers so that each test reads like a specification.
+
+    Each test gets its own temporary directory (`self.dir`), XDG_RUNTIME_DIR (a fresh 0700
+    directory, so brokers of different tests never meet) and HOME; every server it starts and
+    every broker of its configs is stopped at cleanup."""
+
+    needs_namespace = True     # skip unless running in the private namespaces
+    needs_via = True           # skip when the via binaries were not built
 
     def setUp(self):
         if self.needs_namespace and NS_REASON:
             self.skipTest(NS_REASON)
-        for tool in ("curl",):
-            if shutil.which(tool) is None:
-                self.skipTest(f"{tool} is not installed")
+        if self.needs_via:
+            for path in (VIA, SHIM):
+                if not os.path.exists(path):
+                    self.skipTest(f"{path} does not exist (build via first)")
+        if shutil.which("curl") is None:
+            self.skipTest("curl is not installed")
         self.dir = tempfile.mkdtemp(prefix="via-test-")
-        self.addCleanup(shutil.rmtree, self.dir, True)
+        if os.environ.get("VIA_TEST_KEEP") == "1":
+            print(f"\n[{self.id()}] keeping {self.dir}", file=sys.stderr)
+        else:
+            self.addCleanup(shutil.rmtree, self.dir, True)
         self.runtime = os.path.join(self.dir, "run")
         os.mkdir(self.runtime, 0o700)
         self.env = dict(os.environ, XDG_RUNTIME_DIR=self.runtime, HOME=self.dir)
-        for k in ("LD_PRELOAD", "VIA_SOCKET", "VIA_SESSION", "VIA_NETWORK", "VIA_CONFIG",
-                  "VIA_QUIET"):
+        for k in _CLEAN_VARS:
             self.env.pop(k, None)
         self.config = None
         self.dns_log = None
+        # Runs last (cleanups are LIFO): no broker of this test may outlive it.
+        self.addCleanup(self._kill_leftover_brokers)
+
+    def require_namespace(self):
+        """Skips the test unless it runs inside the test namespaces (names only the proxy
+        knows, a private port 53)."""
+        if not IN_NAMESPACE:
+            self.skipTest(NS_REASON or "needs the test namespace")
 
     # ---- servers ---------------------------------------------------------------------------
     def spawn(self, argv, log_name, env=None, proxy_hosts=False):
-        """Starts a server; its stdout/stderr go to a log file; stopped at cleanup."""
+        """Starts a server; its stdout/stderr go to a log file; stopped at cleanup.
+
+        proxy_hosts: run it in its own mount namespace whose /etc/hosts maps the test names to
+        127.0.0.1 (only inside the test namespace; elsewhere the names are unknown to it)."""
         log = os.path.join(self.dir, log_name)
-        if proxy_hosts:
+        if proxy_hosts and IN_NAMESPACE:
             hosts = os.path.join(self.dir, "proxy-hosts")
             with open(hosts, "w") as f:
                 f.write("127.0.0.1 localhost\n")
                 for n in TEST_NAMES:
                     f.write(f"127.0.0.1 {n}\n")
-            if NS_REASON is None:
-                argv = ["unshare", "--mount", "--", "sh", "-c",
-                        f'mount --bind "{hosts}" /etc/hosts && exec "$@"', "sh"] + argv
+            argv = ["unshare", "--mount", "--", "sh", "-c",
+                    'mount --bind "$0" /etc/hosts && exec "$@"', hosts] + argv
         out = open(log, "ab")
         p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env or self.env,
                              start_new_session=True)
@@ -141,17 +284,20 @@ class ViaCase(unittest.TestCase):
 
         def stop():
             if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
                 try:
+                    os.killpg(p.pid, signal.SIGTERM)
                     p.wait(5)
                 except subprocess.TimeoutExpired:
                     os.killpg(p.pid, signal.SIGKILL)
                     p.wait()
+                except ProcessLookupError:
+                    pass
         self.addCleanup(stop)
         return p, log
 
-    def start_microsocks(self, user=None, password=None, bind_out="127.0.0.2"):
-        """microsocks on loopback; outgoing connections come from `bind_out`."""
+    def start_microsocks(self, user=None, password=None, bind_out=PROXY_OUT):
+        """microsocks on 127.0.0.1:<free port>; its outgoing connections come from `bind_out`.
+        Returns (port, log); microsocks_destinations(log) lists what it connected to."""
         if shutil.which("microsocks") is None:
             self.skipTest("microsocks is not installed")
         port = free_port()
@@ -161,22 +307,30 @@ class ViaCase(unittest.TestCase):
         if user:
             argv += ["-u", user, "-P", password]
         p, log = self.spawn(argv, f"microsocks-{port}.log", proxy_hosts=True)
-        wait_port(port)
+        wait_port(port, proc=p)
         return port, log
 
-    def start_danted(self, method="username", pam_service=None):
-        """danted on loopback with username (system user) or pam.username authentication."""
+    def start_danted(self, method="username", pam_service=None, bind_out=PROXY_OUT):
+        """danted (dante-server 1.4) on 127.0.0.1:<free port>, outgoing from `bind_out`.
+
+        method "username": RFC 1929 checked against the system's users (viatest, made by
+        scripts/install-deps.sh); "pam.username" with pam_service "via-test-sockd": any
+        username/password is accepted (the usernames are still logged). The log is written
+        at debug level 1, which records each request's ATYP and destination (danted_requests)
+        and each connection's username (danted_users). Returns (port, log)."""
         if shutil.which("danted") is None:
             self.skipTest("danted (dante-server) is not installed")
+        if pam_service and not os.path.exists(f"/etc/pam.d/{pam_service}"):
+            self.skipTest(f"/etc/pam.d/{pam_service} missing (run scripts/install-deps.sh)")
         port = free_port()
         log = os.path.join(self.dir, f"danted-{port}.log")
         conf = os.path.join(self.dir, f"danted-{port}.conf")
         pam = f"  pam.servicename: {pam_service}\n" if pam_service else ""
         with open(conf, "w") as f:
             f.write(f"""logoutput: {log}
-debug: 0
+debug: 1
 internal: 127.0.0.1 port = {port}
-external: 127.0.0.2
+external: {bind_out}
 socksmethod: {method}
 clientmethod: none
 user.privileged: root
@@ -192,13 +346,15 @@ socks pass {{
   socksmethod: {method}
 {pam}}}
 """)
-        self.spawn(["danted", "-f", conf, "-N", "1", "-p", os.path.join(self.dir, f"danted-{port}.pid")],
-                   f"danted-{port}.out", proxy_hosts=True)
-        wait_port(port)
+        p, _ = self.spawn(["danted", "-f", conf, "-N", "1",
+                           "-p", os.path.join(self.dir, f"danted-{port}.pid")],
+                          f"danted-{port}.out", proxy_hosts=True)
+        wait_port(port, proc=p)
         return port, log
 
     def start_target(self, docroot=None, tls=None):
-        """The recording HTTP target (also the IP-echo server)."""
+        """The recording HTTP target (also the IP-echo server) on 127.0.0.1:<free port>.
+        Returns (port, record file); records(record) gives one dict per request."""
         port = free_port()
         record = os.path.join(self.dir, f"target-{port}.jsonl")
         argv = [PYTHON, os.path.join(HERE, "target_server.py"), str(port), record]
@@ -206,33 +362,73 @@ socks pass {{
             argv.append(docroot)
         if tls:
             argv += ["--tls", tls[0], tls[1]]
-        self.spawn(argv, f"target-{port}.log")
-        wait_port(port)
+        p, _ = self.spawn(argv, f"target-{port}.log")
+        wait_port(port, proc=p)
+        # wait_port's probe connection is not an HTTP request: nothing is recorded for it.
         return port, record
 
+    def start_hung_proxy(self):
+        """A "SOCKS5 proxy" that accepts TCP connections and never answers (a hung or hostile
+        server). Returns (port, log); the log has one line per accepted connection."""
+        port = free_port()
+        code = ("import socket, sys, time\n"
+                "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+                f"s.bind(('127.0.0.1', {port})); s.listen(64); held = []\n"
+                "while True:\n"
+                "    c, a = s.accept(); held.append(c); print('accepted', a, flush=True)\n")
+        p, log = self.spawn([PYTHON, "-c", code], f"hung-{port}.log")
+        wait_port(port, proc=p)
+        return port, log
+
     def start_dns(self):
-        """dnsmasq on 127.0.0.1:53 (namespace only) logging every query; answers test names."""
+        """dnsmasq on 127.0.0.1:53 (namespace only) logging every query; answers the test names
+        with 127.0.0.1 (so a leaked lookup would even work, and show up). Returns its log."""
+        self.require_namespace()  # port 53 and /etc/resolv.conf are the namespace's own
         if shutil.which("dnsmasq") is None:
             self.skipTest("dnsmasq is not installed")
         log = os.path.join(self.dir, "dnsmasq.log")
         argv = ["dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
                 "--log-queries", f"--log-facility={log}", "--listen-address=127.0.0.1",
-                "--port=53", "--bind-interfaces", "--user=root", "--pid-file"]
+                "--port=53", "--bind-interfaces", "--user=root", "--pid-file",
+                "--address=/dns-control.invalid/127.0.0.9"]
         for n in TEST_NAMES:
             argv.append(f"--address=/{n}/127.0.0.1")
-        self.spawn(argv, "dnsmasq.out")
-        deadline = time.time() + 10
-        while time.time() < deadline and "started" not in "".join(read_lines(log)):
-            time.sleep(0.05)
+        p, _ = self.spawn(argv, "dnsmasq.out")
         self.dns_log = log
+        # Prove it answers and logs before any test relies on "no query was logged".
+        if not wait_for(lambda: p.poll() is not None or self._dns_barrier(1.0), timeout=10,
+                        interval=0.02) or p.poll() is not None:
+            raise RuntimeError("dnsmasq did not start: " + read_text(os.path.join(self.dir,
+                                                                                  "dnsmasq.out")))
         return log
 
+    _barrier_count = 0
+
+    def _dns_barrier(self, timeout=5.0):
+        """Sends a marker query and waits until dnsmasq has logged it: every query it received
+        before is in the log by then."""
+        ViaCase._barrier_count += 1
+        marker = f"b{ViaCase._barrier_count}.dns-control.invalid"
+        if dns_query(marker, timeout=timeout) is None:
+            return False
+        return wait_for(lambda: marker in read_text(self.dns_log), timeout=timeout)
+
     def dns_queries(self, name):
-        return [l for l in read_lines(self.dns_log) if "query[" in l and name in l]
+        """The dnsmasq log lines of queries for names containing `name` (after a barrier)."""
+        self.assertTrue(self._dns_barrier(), "dnsmasq stopped answering")
+        out = []
+        for line in read_lines(self.dns_log):
+            m = re.search(r"query\[\w+\] (\S+) from", line)
+            if m and name in m.group(1) and "dns-control.invalid" not in m.group(1):
+                out.append(line)
+        return out
 
     # ---- via ---------------------------------------------------------------------------------
     def write_config(self, entries, service=None, name="via.yaml"):
-        """A config in the Wippy registry format; `entries` are YAML snippets (lists of lines)."""
+        """Writes a config in the Wippy registry format and makes it `self.config`.
+
+        entries: lists of YAML lines, one list per entry (see socks5_entry); service: extra
+        network_service keys. Its broker is stopped at cleanup."""
         lines = ['version: "1.0"', "namespace: app", "entries:"]
         for e in entries:
             lines.append("  - " + e[0])
@@ -245,7 +441,7 @@ socks pass {{
         with open(path, "w") as f:
             f.write("\n".join(lines) + "\n")
         self.config = path
-        self.addCleanup(self.stop_broker)
+        self.addCleanup(self.stop_broker, path)
         return path
 
     @staticmethod
@@ -253,9 +449,9 @@ socks pass {{
         return [f"name: {name}", "kind: network.socks5", "host: 127.0.0.1", f"port: {port}",
                 *extra]
 
-    def via(self, *args, env=None, timeout=60, input=None):
+    def via(self, *args, env=None, timeout=60, input=None, via=None):
         """Runs `via ARGS` (with -c CONFIG inserted after the command when a config exists)."""
-        argv = [VIA, args[0]]
+        argv = [via or VIA, args[0]]
         if self.config and args[0] in ("run", "check", "probe", "status", "stop", "broker"):
             argv += ["-c", self.config]
         argv += list(args[1:])
@@ -263,15 +459,17 @@ socks pass {{
                               timeout=timeout, input=input)
 
     def run_via(self, network, *cmd, timeout=60, env=None):
-        """`via run --network NETWORK -- CMD...`"""
+        """`via run -c CONFIG --network NETWORK -- CMD...`"""
         return self.via("run", "--network", network, "--", *cmd, timeout=timeout, env=env)
 
-    def stop_broker(self):
-        if self.config:
-            subprocess.run([VIA, "stop", "-c", self.config], env=self.env, capture_output=True,
+    def stop_broker(self, config=None):
+        config = config or self.config
+        if config and os.path.exists(VIA):
+            subprocess.run([VIA, "stop", "-c", config], env=self.env, capture_output=True,
                            timeout=20)
 
     def broker_log(self):
+        """All lines of this test's broker logs ($XDG_RUNTIME_DIR/via/broker-*.log)."""
         lines = []
         rundir = os.path.join(self.runtime, "via")
         for f in sorted(os.listdir(rundir)) if os.path.isdir(rundir) else []:
@@ -279,19 +477,49 @@ socks pass {{
                 lines += read_lines(os.path.join(rundir, f))
         return lines
 
+    def broker_pids(self):
+        return [int(p) for p in re.findall(r"broker pid (\d+) listening", "\n".join(
+            self.broker_log()))]
+
+    def _kill_leftover_brokers(self):
+        for pid in self.broker_pids():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if b"via" not in f.read():
+                        continue
+                os.kill(pid, signal.SIGKILL)
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+
     # ---- assertions ----------------------------------------------------------------------------
     def records(self, record_file):
         return [json.loads(l) for l in read_lines(record_file)]
 
     def assertOk(self, proc, msg=""):
         self.assertEqual(proc.returncode, 0,
-                         f"{msg}\nexit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}")
+                         f"{msg}\nexit {proc.returncode}\nstdout: {proc.stdout}\n"
+                         f"stderr: {proc.stderr}")
 
-    def assertReachedThroughProxy(self, record_file, host, count=1, path=None):
+    def assertFailed(self, proc, codes=None, msg=""):
+        detail = f"{msg}\nexit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
+        self.assertNotEqual(proc.returncode, 0, detail)
+        if codes:
+            self.assertIn(proc.returncode, codes, detail)
+
+    def assertReachedThroughProxy(self, record_file, host, count=1, path=None, peer=PROXY_OUT):
+        """The target saw exactly `count` requests, all from the proxy's outgoing address and
+        all asking for `host` (the Host header)."""
         recs = self.records(record_file)
         self.assertEqual(len(recs), count, f"target saw {recs}")
         for r in recs:
-            self.assertEqual(r["peer"], "127.0.0.2", f"not through the proxy: {r}")
-            self.assertEqual(r["host"].split(":")[0], host)
+            self.assertEqual(r["peer"], peer, f"not through the proxy: {r}")
+            self.assertEqual(r["host"].rsplit(":", 1)[0], host, r)
             if path:
-                self.assertEqual(r["path"], path)
+                self.assertEqual(r["path"], path, r)
+
+    def assertTargetSawNothing(self, record_file):
+        self.assertEqual(self.records(record_file), [], "the target was reached")
+
+    def assertMicrosocksConnected(self, log, dest):
+        """microsocks was asked for `dest` ("name:port") - the name, not an address."""
+        self.assertIn(dest, microsocks_destinations(log), read_text(log)[-2000:])

@@ -1,12 +1,14 @@
 """The command line as a user meets it: help, check, probe, status, install."""
 import os
+import re
 import shutil
 import subprocess
 import tempfile
+import time
 
 import harness
 
-SEED = os.path.join(harness.ROOT, "tests", "unit", "testdata", "config", "seed")
+SEED = os.path.join(harness.DATA, "seed")  # a copy of the seed's _index.yaml and .wippy.yaml
 
 
 class Cli(harness.ViaCase):
@@ -40,6 +42,12 @@ class Cli(harness.ViaCase):
         self.assertRegex(proc.stdout, r"app:tor\s+network\.socks5\s+127\.0\.0\.1:9050\s+isolate_streams=on")
         self.assertRegex(proc.stdout, r"app:tailnet\s+network\.tailscale")
         self.assertIn("default network: app:tor", proc.stdout)  # from the seed's .wippy.yaml
+        # The directory form reads the same files.
+        proc = subprocess.run([harness.VIA, "check", "-c", SEED], env=self.env,
+                              capture_output=True, text=True)
+        self.assertOk(proc)
+        self.assertRegex(proc.stdout, r"app:tor\s+network\.socks5")
+        self.assertRegex(proc.stdout, r"app:tailnet\s+network\.tailscale")
 
     def test_check_reports_file_line_col_entry_and_field(self):
         self.write_config([["name: tor", "kind: network.socks5", "host: 127.0.0.1", "port: 70000"]])
@@ -50,7 +58,30 @@ class Cli(harness.ViaCase):
                          "network: invalid port (70000 is not in 1..65535)")
 
 
+    def test_check_reports_yaml_syntax_errors_with_position(self):
+        path = os.path.join(self.dir, "broken.yaml")
+        with open(path, "w") as f:
+            f.write('version: "1.0"\nnamespace: app\nentries:\n  - name: tor\n'
+                    '    kind: network.socks5\n   host: [\n')
+        proc = subprocess.run([harness.VIA, "check", "-c", path], env=self.env,
+                              capture_output=True, text=True)
+        self.assertEqual(proc.returncode, 2)
+        self.assertRegex(proc.stderr.strip(), rf"^via: {re.escape(path)}:\d+:\d+: ")
+        self.assertEqual(len(proc.stderr.strip().splitlines()), 1, proc.stderr)
+
+    def test_run_with_an_unknown_overlay_runs_nothing(self):
+        self.write_config([self.socks5_entry("tor", harness.closed_port())])
+        marker = os.path.join(self.dir, "ran")
+        proc = self.run_via("app:nope", "touch", marker)
+        self.assertEqual(proc.returncode, 2)
+        self.assertEqual(len(proc.stderr.strip().splitlines()), 1, proc.stderr)
+        self.assertIn("app:nope", proc.stderr)
+        self.assertFalse(os.path.exists(marker))
+        self.assertEqual(self.via("run", "--network", "app:nope", "--", "true").returncode, 2)
+
+
 class CliWithServers(harness.ViaCase):
+    needs_namespace = False  # loopback servers only; tests that need names ask for it
     def setUp(self):
         super().setUp()
         self.proxy_port, self.proxy_log = self.start_microsocks()
@@ -111,6 +142,7 @@ class CliWithServers(harness.ViaCase):
                 st = self.via("status")
                 if "network app:tor" in st.stdout:
                     break
+                time.sleep(0.05)
             self.assertOk(st)
             self.assertIn(f"overlay app:tor network.socks5 127.0.0.1:{self.proxy_port}", st.stdout)
             self.assertRegex(st.stdout, r"session [0-9a-f]{8} network app:tor")
@@ -119,6 +151,7 @@ class CliWithServers(harness.ViaCase):
             p.wait(10)
 
     def test_cmake_install_gives_a_working_via(self):
+        self.require_namespace()
         prefix = tempfile.mkdtemp(prefix="via-prefix-")
         self.addCleanup(shutil.rmtree, prefix, True)
         proc = subprocess.run(["cmake", "--install", harness.BUILD, "--prefix", prefix],
@@ -135,6 +168,15 @@ class CliWithServers(harness.ViaCase):
         self.assertOk(proc)
         self.assertEqual(proc.stdout.splitlines()[0], os.path.join(prefix, "lib", "via", "libvia.so"))
         self.assertReachedThroughProxy(record, "example.test")
+        self.stop_broker()
+        # Bare preload of the installed library: it starts <prefix>/bin/via broker itself.
+        env = dict(env, LD_PRELOAD=os.path.join(prefix, "lib", "via", "libvia.so"),
+                   VIA_NETWORK="app:tor", VIA_CONFIG=self.config)
+        proc = subprocess.run(["curl", "-sSf", f"http://example.test:{port}/bare"], env=env,
+                              capture_output=True, text=True, timeout=60)
+        self.assertOk(proc)
+        self.assertReachedThroughProxy(record, "example.test", count=2)
+        self.assertEqual(self.records(record)[1]["path"], "/bare")
 
 
 if __name__ == "__main__":

@@ -19,26 +19,27 @@ class DantedAuth(harness.ViaCase):
             self.skipTest(f"system user {USER} missing (run scripts/install-deps.sh as root)")
         self.port, self.record = self.start_target()
 
-    def usernames(self, log):
-        # danted logs the client as "username%<user>@127.0.0.1.<port>".
-        return re.findall(r"username%([^@\s]+)@", "\n".join(harness.read_lines(log)))
-
     def test_username_password_reaches_danted(self):
         port, log = self.start_danted("username")
         self.write_config([self.socks5_entry("dante", port, f"username: {USER}",
                                              f"password: {PASSWORD}")])
         self.assertOk(self.run_via("app:dante", "curl", "-sSf", f"http://example.test:{self.port}/"))
         self.assertReachedThroughProxy(self.record, "example.test")
-        self.assertIn(USER, self.usernames(log))
+        self.assertEqual(harness.danted_users(log), [USER])
+        self.assertIn((3, f"example.test.{self.port}"), harness.danted_requests(log))
 
     def test_wrong_password_fails_and_target_sees_nothing(self):
         port, log = self.start_danted("username")
         self.write_config([self.socks5_entry("dante", port, f"username: {USER}",
                                              "password: wrong")])
         proc = self.run_via("app:dante", "curl", "-sS", f"http://example.test:{self.port}/")
-        self.assertNotEqual(proc.returncode, 0)
+        self.assertFailed(proc, codes=(7, 97))
         self.assertIn("rejected username/password", proc.stderr)
-        self.assertEqual(self.records(self.record), [])
+        self.assertTargetSawNothing(self.record)
+        # The attempt did reach danted, which refused it: the failure is the password's.
+        self.assertIn(f'system password authentication failed for user "{USER}"',
+                      harness.read_text(log))
+        self.assertEqual(harness.danted_users(log), [])
 
     def test_isolate_streams_uses_a_new_username_per_connection(self):
         port, log = self.start_danted("pam.username", pam_service="via-test-sockd")
@@ -51,8 +52,9 @@ class DantedAuth(harness.ViaCase):
                 f"for _ in range(3): urllib.request.urlopen('{url}').read()\n")
         self.assertOk(self.run_via("app:tor", harness.PYTHON, "-c", code))  # one process
         self.assertReachedThroughProxy(self.record, "example.test", count=6)
-        names = self.usernames(log)
-        self.assertEqual(len(set(names)), 6, names)
+        names = harness.danted_users(log)
+        self.assertEqual(len(names), 6, names)
+        self.assertEqual(len(set(names)), 6, names)  # 3 processes and 3 connects of one process
         self.assertTrue(all(re.fullmatch(r"[0-9a-f]{16}", n) for n in names), names)
 
 

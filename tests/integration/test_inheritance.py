@@ -14,13 +14,18 @@ class Inheritance(harness.ViaCase):
                            self.socks5_entry("other", self.other_port)])
         self.url = f"http://example.test:{self.port}/"
 
+    def assertThroughTor(self, count=1):
+        self.assertReachedThroughProxy(self.record, "example.test", count=count)
+        self.assertEqual(harness.microsocks_destinations(self.proxy_log),
+                         [f"example.test:{self.port}"] * count)
+
     def test_through_sh_c(self):
         self.assertOk(self.run_via("app:tor", "sh", "-c", f"curl -sSf {self.url}"))
-        self.assertReachedThroughProxy(self.record, "example.test")
+        self.assertThroughTor()
 
     def test_grandchild(self):
         self.assertOk(self.run_via("app:tor", "sh", "-c", f"sh -c 'curl -sSf {self.url}'"))
-        self.assertReachedThroughProxy(self.record, "example.test")
+        self.assertThroughTor()
 
     def test_exec_after_fork(self):
         code = f"""
@@ -32,7 +37,7 @@ _, status = os.waitpid(pid, 0)
 sys.exit(os.waitstatus_to_exitcode(status))
 """
         self.assertOk(self.run_via("app:tor", harness.PYTHON, "-c", code))
-        self.assertReachedThroughProxy(self.record, "example.test")
+        self.assertThroughTor()
 
     def test_fork_without_exec_uses_its_own_broker_connection(self):
         code = f"""
@@ -47,7 +52,7 @@ _, status = os.waitpid(pid, 0)
 sys.exit(os.waitstatus_to_exitcode(status))
 """
         self.assertOk(self.run_via("app:tor", harness.PYTHON, "-c", code))
-        self.assertReachedThroughProxy(self.record, "example.test", count=3)
+        self.assertThroughTor(count=3)
 
     def test_nested_run_overrides_for_its_subtree(self):
         inner = f"{harness.VIA} run -c {self.config} --network app:other -- curl -sSf {self.url}"
@@ -56,10 +61,34 @@ sys.exit(os.waitstatus_to_exitcode(status))
         self.assertEqual(peers, ["127.0.0.3", "127.0.0.2"])  # app:other, then app:tor again
 
     def test_nested_direct_connects_directly(self):
-        inner = f"{harness.VIA} run -c {self.config} --direct -- curl -sSf http://127.0.0.1:{self.port}/"
-        self.assertOk(self.run_via("app:tor", "sh", "-c", inner))
-        self.assertEqual([r["peer"] for r in self.records(self.record)], ["127.0.0.1"])
-        self.assertFalse(any("connected" in l for l in harness.read_lines(self.proxy_log)))
+        # With loopback: overlay, 127.0.0.1 goes through the proxy under app:tor (the control,
+        # first), so only --direct can explain a direct connection.
+        self.write_config([self.socks5_entry("tor", self.proxy_port)],
+                          service={"loopback": "overlay"})
+        url = f"http://127.0.0.1:{self.port}/"
+        inner = f"{harness.VIA} run -c {self.config} --direct -- curl -sSf {url}direct"
+        self.assertOk(self.run_via("app:tor", "sh", "-c", f"curl -sSf {url}tor && {inner}"))
+        self.assertEqual([(r["peer"], r["path"]) for r in self.records(self.record)],
+                         [("127.0.0.2", "/tor"), ("127.0.0.1", "/direct")])
+        self.assertEqual(harness.microsocks_destinations(self.proxy_log),
+                         [f"127.0.0.1:{self.port}"])  # the control's connect only
+
+    def test_a_name_resolved_by_the_parent_connects_from_a_child(self):
+        self.start_dns()
+        code = f"""
+import socket, subprocess, sys
+ip = socket.gethostbyname('example.test')
+print(ip, flush=True)
+sys.exit(subprocess.call(['curl', '-sSf', '-o', '/dev/null', 'http://%s:{self.port}/child' % ip]))
+"""
+        proc = self.run_via("app:tor", harness.PYTHON, "-c", code)
+        self.assertOk(proc)
+        fake = proc.stdout.split()[0]
+        self.assertTrue(fake.startswith("198.1"), fake)
+        self.assertReachedThroughProxy(self.record, fake, path="/child")  # Host: the fake IP
+        # ...but the proxy was asked for the name the parent resolved.
+        self.assertMicrosocksConnected(self.proxy_log, f"example.test:{self.port}")
+        self.assertEqual(self.dns_queries("example.test"), [])
 
     def test_nested_run_without_network_keeps_the_parent_selection(self):
         inner = f"{harness.VIA} run -c {self.config} -- curl -sSf {self.url}"

@@ -19,27 +19,39 @@ class Socks5Clients(harness.ViaCase):
         self.write_config([self.socks5_entry("tor", self.proxy_port)])
         self.url = f"http://example.test:{self.port}/hello"
 
-    def assertProxySawName(self):
-        self.assertTrue(any(f"connected to example.test:{self.port}" in l
-                            for l in harness.read_lines(self.proxy_log)),
-                        harness.read_lines(self.proxy_log))
+    def assertProxySawName(self, name="example.test", port=None):
+        self.assertMicrosocksConnected(self.proxy_log, f"{name}:{port or self.port}")
+
+    def test_control_without_via_the_name_is_unknown_and_nothing_is_proxied(self):
+        proc = subprocess.run(["curl", "-sS", self.url], env=self.env, capture_output=True,
+                              text=True, timeout=30)
+        self.assertFailed(proc, codes=(6,))  # could not resolve host: only the proxy knows it
+        self.assertTargetSawNothing(self.record)
+        self.assertEqual(harness.microsocks_destinations(self.proxy_log), [])
 
     def test_curl(self):
-        self.assertOk(self.run_via("app:tor", "curl", "-sSf", self.url))
+        proc = self.run_via("app:tor", "curl", "-sSf", self.url)
+        self.assertOk(proc)
+        self.assertEqual(proc.stdout, '{"ip": "127.0.0.2"}')
         self.assertReachedThroughProxy(self.record, "example.test", path="/hello")
         self.assertProxySawName()
 
     def test_wget(self):
         if shutil.which("wget") is None:
             self.skipTest("wget is not installed")
-        self.assertOk(self.run_via("app:tor", "wget", "-qO-", self.url))
-        self.assertReachedThroughProxy(self.record, "example.test")
+        proc = self.run_via("app:tor", "wget", "-qO-", self.url)
+        self.assertOk(proc)
+        self.assertEqual(proc.stdout, '{"ip": "127.0.0.2"}')
+        self.assertReachedThroughProxy(self.record, "example.test", path="/hello")
         self.assertProxySawName()
 
     def test_python_urllib(self):
         code = f"import urllib.request; print(urllib.request.urlopen('{self.url}').read())"
-        self.assertOk(self.run_via("app:tor", harness.PYTHON, "-c", code))
-        self.assertReachedThroughProxy(self.record, "example.test")
+        proc = self.run_via("app:tor", harness.PYTHON, "-c", code)
+        self.assertOk(proc)
+        self.assertIn('{"ip": "127.0.0.2"}', proc.stdout)
+        self.assertReachedThroughProxy(self.record, "example.test", path="/hello")
+        self.assertProxySawName()
 
     def test_python_asyncio_nonblocking(self):
         code = f"""
@@ -58,6 +70,7 @@ asyncio.run(main())
         self.assertOk(proc)
         self.assertIn("198.18.", proc.stdout)  # getpeername answers with the fake address
         self.assertReachedThroughProxy(self.record, "example.test", path="/async")
+        self.assertProxySawName()
 
     def test_node_http_get(self):
         if shutil.which("node") is None:
@@ -67,23 +80,15 @@ asyncio.run(main())
         proc = self.run_via("app:tor", "node", "-e", code)
         self.assertOk(proc)
         self.assertEqual(proc.stdout.strip(), "200")
-        self.assertReachedThroughProxy(self.record, "example.test")
+        self.assertReachedThroughProxy(self.record, "example.test", path="/hello")
+        self.assertProxySawName()
 
     def test_git_clone_over_http(self):
         if shutil.which("git") is None:
             self.skipTest("git is not installed")
-        src = os.path.join(self.dir, "src")
         docroot = os.path.join(self.dir, "www")
         os.makedirs(docroot)
-        git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"]
-        subprocess.run(git + ["init", "-q", src], check=True)
-        with open(os.path.join(src, "README"), "w") as f:
-            f.write("routed\n")
-        subprocess.run(git + ["-C", src, "add", "README"], check=True)
-        subprocess.run(git + ["-C", src, "commit", "-qm", "x"], check=True)
-        bare = os.path.join(docroot, "repo.git")
-        subprocess.run(["git", "clone", "-q", "--bare", src, bare], check=True)
-        subprocess.run(["git", "-C", bare, "update-server-info"], check=True)
+        harness.make_git_repo(docroot, "repo.git", "routed\n")
         port, record = self.start_target(docroot=docroot)
         dest = os.path.join(self.dir, "clone")
         self.assertOk(self.run_via("app:tor", "git", "clone", "-q",
@@ -92,8 +97,10 @@ asyncio.run(main())
             self.assertEqual(f.read(), "routed\n")
         recs = self.records(record)
         self.assertGreater(len(recs), 1)
-        self.assertTrue(all(r["peer"] == "127.0.0.2" and r["host"].startswith("git.test")
+        self.assertTrue(all(r["peer"] == "127.0.0.2" and r["host"] == f"git.test:{port}"
                             for r in recs), recs)
+        self.assertIn("/repo.git/info/refs?service=git-upload-pack", [r["path"] for r in recs])
+        self.assertProxySawName("git.test", port)
 
     def test_bare_ld_preload_starts_its_own_broker(self):
         if shutil.which("wget") is None:
@@ -103,7 +110,8 @@ asyncio.run(main())
         proc = subprocess.run(["wget", "-qO-", self.url], env=env, capture_output=True,
                               text=True, timeout=60)
         self.assertOk(proc)
-        self.assertReachedThroughProxy(self.record, "example.test")
+        self.assertReachedThroughProxy(self.record, "example.test", path="/hello")
+        self.assertTrue(self.broker_pids(), "no broker was started")  # by the shim itself
         self.assertProxySawName()
 
 
