@@ -9,6 +9,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <cerrno>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -137,6 +138,30 @@ inline const char* FormatAddr(const Addr& a, char* buf, size_t cap) {
     snprintf(buf, cap, "[%s]:%u", host, (unsigned)a.port);
   }
   return buf;
+}
+
+// Sends one datagram on `sock`, with descriptor `pass_fd` attached (SCM_RIGHTS) when >= 0.
+// Retries on EINTR; returns what sendmsg returns (errno set on -1).
+inline ssize_t SendDatagram(int sock, const void* data, size_t n, int pass_fd) {
+  iovec iov{const_cast<void*>(data), n};
+  msghdr mh{};
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))] = {};
+  if (pass_fd >= 0) {
+    mh.msg_control = cbuf;
+    mh.msg_controllen = sizeof cbuf;
+    cmsghdr* c = CMSG_FIRSTHDR(&mh);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(c), &pass_fd, sizeof(int));
+  }
+  ssize_t sent;
+  do {
+    sent = sendmsg(sock, &mh, MSG_NOSIGNAL);
+  } while (sent < 0 && errno == EINTR);
+  return sent;
 }
 
 // ---- encoding -------------------------------------------------------------------------------

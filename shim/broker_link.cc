@@ -176,25 +176,7 @@ int SocketPath(char* out, size_t cap, char* msg, size_t msgcap) {
 // Sends one request (with an optional descriptor) and waits for its reply.
 int Exchange(Link* l, const wire::Writer& w, int pass_fd, uint8_t* reply, size_t cap,
              size_t* reply_len) {
-  iovec iov{const_cast<uint8_t*>(w.data()), w.size()};
-  msghdr mh{};
-  mh.msg_iov = &iov;
-  mh.msg_iovlen = 1;
-  alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))];
-  if (pass_fd >= 0) {
-    std::memset(cbuf, 0, sizeof cbuf);
-    mh.msg_control = cbuf;
-    mh.msg_controllen = sizeof cbuf;
-    cmsghdr* c = CMSG_FIRSTHDR(&mh);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(c), &pass_fd, sizeof(int));
-  }
-  ssize_t sent;
-  do {
-    sent = sendmsg(l->fd, &mh, MSG_NOSIGNAL);
-  } while (sent < 0 && errno == EINTR);
+  ssize_t sent = wire::SendDatagram(l->fd, w.data(), w.size(), pass_fd);
   if (sent < 0) return errno;
   uint32_t want_id = wire::GetLE32(w.data() + 8);
   for (;;) {

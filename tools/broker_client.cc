@@ -26,24 +26,7 @@ Result<BrokerClient> BrokerClient::Connect(const std::string& path) {
 }
 
 Result<wire::Message> BrokerClient::Exchange(const wire::Writer& w, int pass_fd) {
-  iovec iov{const_cast<uint8_t*>(w.data()), w.size()};
-  msghdr mh{};
-  mh.msg_iov = &iov;
-  mh.msg_iovlen = 1;
-  alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))] = {};
-  if (pass_fd >= 0) {
-    mh.msg_control = cbuf;
-    mh.msg_controllen = sizeof cbuf;
-    cmsghdr* cm = CMSG_FIRSTHDR(&mh);
-    cm->cmsg_level = SOL_SOCKET;
-    cm->cmsg_type = SCM_RIGHTS;
-    cm->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(cm), &pass_fd, sizeof(int));
-  }
-  ssize_t r;
-  do {
-    r = sendmsg(fd_.get(), &mh, MSG_NOSIGNAL);
-  } while (r < 0 && errno == EINTR);
+  ssize_t r = wire::SendDatagram(fd_.get(), w.data(), w.size(), pass_fd);
   if (r < 0) return Status::FromErrno("sending to the broker");
   reply_.resize(wire::kMaxMessage);
   do {

@@ -188,21 +188,7 @@ class BrokerProtocolTest : public ::testing::Test {
   }
 
   static void SendRaw(int fd, const void* data, size_t n, int attach = -1) {
-    iovec iov{const_cast<void*>(data), n};
-    msghdr mh{};
-    mh.msg_iov = &iov;
-    mh.msg_iovlen = 1;
-    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))];
-    if (attach >= 0) {
-      mh.msg_control = cbuf;
-      mh.msg_controllen = sizeof cbuf;
-      cmsghdr* cm = CMSG_FIRSTHDR(&mh);
-      cm->cmsg_level = SOL_SOCKET;
-      cm->cmsg_type = SCM_RIGHTS;
-      cm->cmsg_len = CMSG_LEN(sizeof(int));
-      std::memcpy(CMSG_DATA(cm), &attach, sizeof attach);
-    }
-    ASSERT_EQ(sendmsg(fd, &mh, MSG_NOSIGNAL), ssize_t(n)) << std::strerror(errno);
+    ASSERT_EQ(wire::SendDatagram(fd, data, n, attach), ssize_t(n)) << std::strerror(errno);
   }
 
   static Reply Receive(int fd, int timeout_ms = 5000) {
