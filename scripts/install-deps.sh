@@ -16,7 +16,7 @@ packages=(
   build-essential cmake ninja-build pkg-config
   libyaml-cpp-dev libspdlog-dev libc-ares-dev libssl-dev libgtest-dev googletest clang-format
   dante-server microsocks dnsmasq
-  curl wget git python3 openssl iproute2 util-linux procps ca-certificates
+  curl wget git python3 openssl iproute2 util-linux procps ca-certificates tcpdump
 )
 
 missing=()

@@ -1,4 +1,8 @@
-// connect, sendto(MSG_FASTOPEN) and getpeername.
+// connect, sendto/sendmsg/sendmmsg and getpeername.
+//
+// Under an overlay: TCP goes through the overlay; datagrams (UDP, ICMP, raw) to anything but
+// loopback are refused with EPERM because no driver carries them, and so is anything to port 53
+// on loopback that would reach the local resolver (a raw DNS query would leak the name).
 #include <errno.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -11,12 +15,25 @@ namespace via::shim {
 
 namespace {
 
-enum class Route { kDirect, kOverlay, kRefuse };
-
 bool IsUnspecified(const wire::Addr& addr) {
   wire::Addr a = wire::Unmapped(addr);
   static const uint8_t kZero[16] = {};
   return std::memcmp(a.bytes, kZero, a.addr_len()) == 0;
+}
+
+enum class Route {
+  kDirect,
+  kOverlay,
+  kRefuse,          // loopback destination under network_service.loopback: refuse
+  kRefuseDatagram,  // non-TCP traffic that would leave the host
+  kRefuseDns,       // TCP to the local resolver's port 53
+};
+
+constexpr uint16_t kDnsPort = 53;
+
+// Whether a datagram to `dest` may be sent under an overlay: only to loopback, never port 53.
+bool DatagramAllowed(const wire::Addr& dest) {
+  return (wire::IsLoopback(dest) || IsUnspecified(dest)) && dest.port != kDnsPort;
 }
 
 // Decides what a connect of `fd` to `sa` must do. Returns 0, or an errno when the decision itself
@@ -30,7 +47,11 @@ int Decide(int fd, const sockaddr* sa, socklen_t len, wire::Addr* dest, Route* r
   if (!wire::AddrFromSockaddr(sa, len, dest)) return 0;  // the kernel reports EINVAL
   int type = 0;
   socklen_t tlen = sizeof type;
-  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) != 0 || type != SOCK_STREAM) return 0;
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) != 0) return 0;  // the kernel reports it
+  if (type != SOCK_STREAM) {
+    if (!DatagramAllowed(*dest)) *route = Route::kRefuseDatagram;
+    return 0;
+  }
   if (wire::IsLoopback(*dest) || IsUnspecified(*dest)) {
     HelloInfo info;
     int err = BrokerHello(&info, msg, msgcap);
@@ -39,11 +60,24 @@ int Decide(int fd, const sockaddr* sa, socklen_t len, wire::Addr* dest, Route* r
       *route = Route::kRefuse;
     } else if (info.flags & wire::kFlagLoopbackRoute) {
       *route = Route::kOverlay;
+    } else if (wire::Unmapped(*dest).port == kDnsPort) {
+      *route = Route::kRefuseDns;
     }
     return 0;
   }
   *route = Route::kOverlay;
   return 0;
+}
+
+// One line per process: a program that retries UDP in a loop must not flood stderr.
+void ComplainDatagram(const wire::Addr& dest) {
+  static bool said = false;
+  if (__atomic_exchange_n(&said, true, __ATOMIC_RELAXED)) return;
+  char where[80];
+  Complain(
+      "UDP/non-TCP traffic to %s refused with EPERM: %s carries TCP only, and it would "
+      "leave directly (further refusals are not reported)",
+      wire::FormatAddr(dest, where, sizeof where), GetSettings().network);
 }
 
 // Routes `fd` to `dest` through the broker. Returns 0 or -1 with errno set.
@@ -90,8 +124,38 @@ int MaybeRoute(int fd, const sockaddr* sa, socklen_t len, int* result) {
     case Route::kOverlay:
       *result = RoutedConnect(fd, dest);
       return 0;
+    case Route::kRefuseDatagram:
+      ComplainDatagram(dest);
+      errno = EPERM;
+      *result = -1;
+      return 0;
+    case Route::kRefuseDns: {
+      char where[80];
+      Complain("connect to %s refused: DNS to the local resolver would leak names under %s",
+               wire::FormatAddr(dest, where, sizeof where), GetSettings().network);
+      errno = EPERM;
+      *result = -1;
+      return 0;
+    }
   }
   return 1;
+}
+
+// For sendto/sendmsg with a destination: 0 to go ahead, -1 with EPERM when refused.
+int CheckSend(int fd, const void* name, socklen_t len) {
+  const auto* sa = static_cast<const sockaddr*>(name);
+  wire::Addr dest;
+  if (sa == nullptr || Passthrough() || (sa->sa_family != AF_INET && sa->sa_family != AF_INET6) ||
+      !wire::AddrFromSockaddr(sa, len, &dest)) {
+    return 0;
+  }
+  int type = 0;
+  socklen_t tlen = sizeof type;
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) != 0 || type == SOCK_STREAM) return 0;
+  if (DatagramAllowed(dest)) return 0;
+  ComplainDatagram(dest);
+  errno = EPERM;
+  return -1;
 }
 
 }  // namespace
@@ -109,6 +173,7 @@ VIA_EXPORT int connect(int fd, const sockaddr* addr, socklen_t len) {
 
 VIA_EXPORT ssize_t sendto(int fd, const void* buf, size_t n, int flags, const sockaddr* addr,
                           socklen_t len) {
+  if (addr != nullptr && CheckSend(fd, addr, len) != 0) return -1;
   if ((flags & MSG_FASTOPEN) != 0 && addr != nullptr) {
     // TCP Fast Open would send the SYN (with data) straight to the destination: connect through
     // the overlay instead, then send normally.
@@ -119,6 +184,25 @@ VIA_EXPORT ssize_t sendto(int fd, const void* buf, size_t n, int flags, const so
     }
   }
   return Real().sendto(fd, buf, n, flags, addr, len);
+}
+
+VIA_EXPORT ssize_t sendmsg(int fd, const msghdr* msg, int flags) {
+  if (msg != nullptr && msg->msg_name != nullptr &&
+      CheckSend(fd, msg->msg_name, msg->msg_namelen) != 0) {
+    return -1;
+  }
+  return Real().sendmsg(fd, msg, flags);
+}
+
+VIA_EXPORT int sendmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags) {
+  for (unsigned int i = 0; vec != nullptr && i < vlen; ++i) {
+    const msghdr& m = vec[i].msg_hdr;
+    if (m.msg_name != nullptr && CheckSend(fd, m.msg_name, m.msg_namelen) != 0) {
+      if (i == 0) return -1;
+      return Real().sendmmsg(fd, vec, i, flags);  // send what was allowed, as a short count
+    }
+  }
+  return Real().sendmmsg(fd, vec, vlen, flags);
 }
 
 VIA_EXPORT int getpeername(int fd, sockaddr* addr, socklen_t* len) noexcept {

@@ -41,6 +41,8 @@ void Set(F*& slot, const char* name) {
 void Init() {
   Set(g_real.connect, "connect");
   Set(g_real.sendto, "sendto");
+  Set(g_real.sendmsg, "sendmsg");
+  Set(g_real.sendmmsg, "sendmmsg");
   Set(g_real.getpeername, "getpeername");
   Set(g_real.getaddrinfo, "getaddrinfo");
   Set(g_real.freeaddrinfo, "freeaddrinfo");

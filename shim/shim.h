@@ -24,6 +24,8 @@ namespace via::shim {
 struct RealFns {
   int (*connect)(int, const sockaddr*, socklen_t);
   ssize_t (*sendto)(int, const void*, size_t, int, const sockaddr*, socklen_t);
+  ssize_t (*sendmsg)(int, const msghdr*, int);
+  int (*sendmmsg)(int, mmsghdr*, unsigned int, int);
   int (*getpeername)(int, sockaddr*, socklen_t*);
   int (*getaddrinfo)(const char*, const char*, const addrinfo*, addrinfo**);
   void (*freeaddrinfo)(addrinfo*);
