@@ -86,6 +86,20 @@ print(t.recv(12).decode(), t.getpeername()[0])
         self.assertEqual([r["path"] for r in self.records(self.record)], ["/bound", "/v6"])
         self.assertTrue(all(r["peer"] == "127.0.0.2" for r in self.records(self.record)))
 
+    def test_many_threads_connect_at_once(self):
+        # Each thread has its own broker connection; replies must never cross threads.
+        out = self.run_py(f"""
+import concurrent.futures, urllib.request
+def fetch(i):
+    return urllib.request.urlopen('http://example.test:{self.port}/t%d' % i).status
+with concurrent.futures.ThreadPoolExecutor(16) as pool:
+    print(sorted(set(pool.map(fetch, range(64)))))
+""")
+        self.assertEqual(out.strip(), "[200]")
+        paths = sorted(r["path"] for r in self.records(self.record))
+        self.assertEqual(paths, sorted(f"/t{i}" for i in range(64)))
+        self.assertTrue(all(r["peer"] == "127.0.0.2" for r in self.records(self.record)))
+
     def test_connect_to_an_ip_literal_goes_through_the_proxy(self):
         # 127.0.0.1 is loopback (direct by default); a routable literal goes to the proxy as ATYP 1.
         self.write_config([self.socks5_entry("tor", self.proxy_port)],
