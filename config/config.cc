@@ -57,7 +57,8 @@ constexpr int kMaxConnectTimeoutMs = 10 * 60 * 1000;
 constexpr int kMaxIdleTimeoutS = 24 * 60 * 60;
 constexpr const char* kCommonEntryKeys[] = {"name", "kind", "meta", "lifecycle", "description"};
 constexpr const char* kServiceKeys[] = {"state_dir",       "fake_ipv4", "fake_ipv6",
-                                        "default_network", "loopback",  "idle_timeout"};
+                                        "default_network", "loopback",  "idle_timeout",
+                                        "unrouted_exec"};
 
 // ---- small helpers ---------------------------------------------------------------------------
 
@@ -495,6 +496,11 @@ Status ParseService(const std::string& file, const YAML::Node& node, const std::
       } else {
         return ErrorAt(pos, where + "must be direct, overlay or refuse, not " + Quote(s));
       }
+    } else if (f.key == "unrouted_exec") {
+      if (s != "refuse" && s != "allow") {
+        return ErrorAt(pos, where + "must be refuse or allow, not " + Quote(s));
+      }
+      svc->unrouted_exec_allowed = s == "allow";
     } else if (f.key == "idle_timeout") {
       long long n = -1;
       if (!ParseDecimal(s, &n) || n < 0 || n > kMaxIdleTimeoutS) {

@@ -74,6 +74,9 @@ struct NetworkService {
   std::string fake_ipv4 = "198.18.0.0/15";        // pool for fake addresses
   std::string fake_ipv6 = "fd76:6961:ff00::/64";  // pool for fake addresses
   LoopbackPolicy loopback = LoopbackPolicy::kDirect;
+  // Whether programs under an overlay may exec binaries that would run without the shim
+  // (setuid/setgid, file capabilities, statically linked): `unrouted_exec: refuse|allow`.
+  bool unrouted_exec_allowed = false;
   int idle_timeout_s = 30;  // broker exits this long after its last session/client is gone
 };
 

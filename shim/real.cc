@@ -53,6 +53,10 @@ void Init() {
   Set(g_real.gethostbyaddr, "gethostbyaddr");
   Set(g_real.gethostbyaddr_r, "gethostbyaddr_r");
   Set(g_real.getnameinfo, "getnameinfo");
+  Set(g_real.execve, "execve");
+  Set(g_real.fexecve, "fexecve");
+  Set(g_real.posix_spawn, "posix_spawn");
+  Set(g_real.posix_spawnp, "posix_spawnp");
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <netdb.h>
+#include <spawn.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 
@@ -36,6 +37,12 @@ struct RealFns {
   hostent* (*gethostbyaddr)(const void*, socklen_t, int);
   int (*gethostbyaddr_r)(const void*, socklen_t, int, hostent*, char*, size_t, hostent**, int*);
   int (*getnameinfo)(const sockaddr*, socklen_t, char*, socklen_t, char*, socklen_t, int);
+  int (*execve)(const char*, char* const[], char* const[]);
+  int (*fexecve)(int, char* const[], char* const[]);
+  int (*posix_spawn)(pid_t*, const char*, const posix_spawn_file_actions_t*,
+                     const posix_spawnattr_t*, char* const[], char* const[]);
+  int (*posix_spawnp)(pid_t*, const char*, const posix_spawn_file_actions_t*,
+                      const posix_spawnattr_t*, char* const[], char* const[]);
 };
 const RealFns& Real();
 
@@ -47,6 +54,10 @@ struct Settings {
   char network[256] = {};
   char session[96] = {};
   char socket_path[108] = {};  // VIA_SOCKET, or filled by EnsureSocketPath()
+  // Snapshots for exec (hook_exec.cc): a child whose environment was scrubbed gets these back.
+  bool unrouted_exec_allowed = false;  // VIA_UNROUTED_EXEC=allow
+  char config[1024] = {};              // VIA_CONFIG
+  char preload[2048] = {};             // this process's LD_PRELOAD
 };
 const Settings& GetSettings();
 // Turns the shim off in this process (the `via` binary calls it: its own sockets are its own).

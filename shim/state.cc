@@ -32,6 +32,10 @@ void Init() {
   CopyEnv("VIA_NETWORK", s.network, sizeof s.network);
   CopyEnv("VIA_SESSION", s.session, sizeof s.session);
   CopyEnv("VIA_SOCKET", s.socket_path, sizeof s.socket_path);
+  CopyEnv("VIA_CONFIG", s.config, sizeof s.config);
+  CopyEnv("LD_PRELOAD", s.preload, sizeof s.preload);
+  const char* unrouted = getenv("VIA_UNROUTED_EXEC");
+  s.unrouted_exec_allowed = unrouted != nullptr && std::strcmp(unrouted, "allow") == 0;
   const char* quiet = getenv("VIA_QUIET");
   s.quiet = quiet != nullptr && quiet[0] == '1';
   // No VIA_NETWORK: the shim is loaded but nothing selected an overlay for this process.
@@ -39,6 +43,10 @@ void Init() {
 }
 
 }  // namespace
+
+// The environment is read at load time: a program may clear it (env -i, clearenv) before it
+// execs, and exec must still know what to give back. A few getenv calls, no I/O.
+__attribute__((constructor)) void SnapshotEnvironment() { pthread_once(&g_once, Init); }
 
 const Settings& GetSettings() {
   pthread_once(&g_once, Init);

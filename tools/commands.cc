@@ -162,6 +162,7 @@ int CmdRun(int argc, char** argv) {
                                              {"VIA_NETWORK", network},
                                              {"VIA_CONFIG", cfg->source}};
   if (args->Has("--quiet")) vars["VIA_QUIET"] = "1";
+  if (cfg->service.unrouted_exec_allowed) vars["VIA_UNROUTED_EXEC"] = "allow";
   std::vector<std::string> env = ChildEnv(vars, ShimPath());
   std::vector<char*> envp;
   for (auto& e : env) envp.push_back(e.data());

@@ -1,0 +1,108 @@
+"""exec under an overlay: binaries that would run without the shim are refused, and a scrubbed
+environment gets the shim's variables back. Each case has its positive control: the same
+program outside via (or with unrouted_exec: allow) does reach the target directly."""
+import os
+import shutil
+import subprocess
+
+import harness
+
+STATIC_CLIENT = r"""
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+int main(int argc, char** argv) {  /* GET / from 127.0.0.1:PORT */
+  struct sockaddr_in a = {0};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(atoi(argv[1]));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (connect(fd, (struct sockaddr*)&a, sizeof a) != 0) { perror("connect"); return 1; }
+  const char* req = "GET /static HTTP/1.0\r\nHost: static\r\n\r\n";
+  write(fd, req, strlen(req));
+  char buf[64];
+  return read(fd, buf, sizeof buf) > 0 ? 0 : 1;
+}
+"""
+
+
+class ExecGuard(harness.ViaCase):
+    def setUp(self):
+        super().setUp()
+        self.proxy_port, self.proxy_log = self.start_microsocks()
+        self.port, self.record = self.start_target()
+        # Loopback is routed here, so that "went through the proxy" is visible for 127.0.0.1.
+        self.write_config([self.socks5_entry("tor", self.proxy_port)],
+                          service={"loopback": "overlay"})
+
+    def static_client(self):
+        if shutil.which("cc") is None:
+            self.skipTest("no C compiler to build a static test binary")
+        src = os.path.join(self.dir, "static.c")
+        exe = os.path.join(self.dir, "static-client")
+        with open(src, "w") as f:
+            f.write(STATIC_CLIENT)
+        built = subprocess.run(["cc", "-static", "-O1", "-o", exe, src], capture_output=True,
+                               text=True)
+        if built.returncode != 0:
+            self.skipTest("cannot link statically (libc.a missing?): " + built.stderr[-200:])
+        return exe
+
+    def test_static_binary_is_refused(self):
+        exe = self.static_client()
+        proc = self.run_via("app:tor", "sh", "-c", f"{exe} {self.port}; echo status=$?")
+        self.assertIn("status=126", proc.stdout, proc.stderr)  # sh: Permission denied (EPERM)
+        self.assertIn("it is statically linked", proc.stderr)
+        self.assertEqual(self.records(self.record), [])
+
+    def test_static_binary_allowed_by_config_escapes_as_documented(self):
+        exe = self.static_client()
+        self.write_config([self.socks5_entry("tor", self.proxy_port)],
+                          service={"loopback": "overlay", "unrouted_exec": "allow"})
+        self.assertOk(self.run_via("app:tor", exe, str(self.port)))
+        # The control: nothing routed it, the target saw a direct connection.
+        self.assertEqual([r["peer"] for r in self.records(self.record)], ["127.0.0.1"])
+
+    def test_setuid_binary_is_refused(self):
+        curl = shutil.which("curl")
+        suid = os.path.join(self.dir, "curl-suid")
+        shutil.copy(curl, suid)
+        os.chmod(self.dir, 0o755)
+        shutil.chown(suid, user="nobody")
+        os.chmod(suid, 0o4755)
+        url = f"http://127.0.0.1:{self.port}/suid"
+        control = subprocess.run([suid, "-sS", url + "-control"], env=self.env, capture_output=True)
+        self.assertEqual(control.returncode, 0)  # outside via the copy runs (and goes direct)
+        self.assertEqual([r["path"] for r in self.records(self.record)], ["/suid-control"])
+        os.remove(self.record)
+        proc = self.run_via("app:tor", "sh", "-c", f"{suid} -sS {url}; echo status=$?")
+        self.assertIn("status=126", proc.stdout, proc.stderr)
+        self.assertIn("it is setuid", proc.stderr)
+        self.assertEqual(self.records(self.record), [])
+        python = f"import subprocess; print(subprocess.call([{suid!r}, '-sS', {url!r}]))"
+        proc = self.run_via("app:tor", harness.PYTHON, "-c", python)
+        self.assertNotEqual(proc.returncode, 0)  # PermissionError from subprocess
+        self.assertIn("PermissionError", proc.stderr)
+        self.assertEqual(self.records(self.record), [])
+
+    def test_scrubbed_environment_gets_the_shim_back(self):
+        curl = shutil.which("curl")
+        proc = self.run_via("app:tor", "env", "-i", "/usr/bin/printenv", "VIA_NETWORK")
+        self.assertOk(proc)
+        self.assertEqual(proc.stdout.strip(), "app:tor")
+        self.assertOk(self.run_via("app:tor", "env", "-i", curl, "-sSf",
+                                   f"http://example.test:{self.port}/scrubbed"))
+        self.assertReachedThroughProxy(self.record, "example.test", path="/scrubbed")
+
+    def test_python_subprocess_with_empty_env_is_routed(self):
+        code = (f"import subprocess, sys; sys.exit(subprocess.call(['{shutil.which('curl')}', "
+                f"'-sSf', 'http://example.test:{self.port}/py'], env={{}}))")
+        self.assertOk(self.run_via("app:tor", harness.PYTHON, "-c", code))
+        self.assertReachedThroughProxy(self.record, "example.test", path="/py")
+
+
+if __name__ == "__main__":
+    harness.main()
