@@ -146,9 +146,17 @@ class CliWithServers(harness.ViaCase):
             self.assertOk(st)
             self.assertIn(f"overlay app:tor network.socks5 127.0.0.1:{self.proxy_port}", st.stdout)
             self.assertRegex(st.stdout, r"session [0-9a-f]{8} network app:tor")
+            # sh and sleep open no socket: the shim in them never connected to the broker.
+            self.assertRegex(st.stdout, r"(?m)^session [0-9a-f]{8} network app:tor clients=0$")
         finally:
             open(flag, "w").close()
             p.wait(10)
+
+    def test_shim_depends_on_libc_only(self):
+        out = subprocess.run(["ldd", harness.SHIM], capture_output=True, text=True).stdout
+        libs = sorted(l.split()[0] for l in out.splitlines() if l.strip())
+        self.assertTrue(all(re.match(r"(linux-vdso|libc\.so|/lib64/ld-linux)", l) for l in libs),
+                        libs)
 
     def test_cmake_install_gives_a_working_via(self):
         self.require_namespace()

@@ -126,5 +126,24 @@ print(socket.getnameinfo(('192.0.2.7', 80), 0)[0])
         self.assertEqual(self.dns_queries(".test"), [])
 
 
+class CustomPools(harness.ViaCase):
+    def test_configured_pools_are_used(self):
+        self.start_dns()
+        proxy_port, _ = self.start_microsocks()
+        port, record = self.start_target()
+        self.write_config([self.socks5_entry("tor", proxy_port)],
+                          service={"fake_ipv4": "10.77.0.0/16", "fake_ipv6": "fd00:77::/64"})
+        code = f"""
+import socket, urllib.request
+print(sorted({{a[4][0] for a in socket.getaddrinfo('example.test', 80, type=socket.SOCK_STREAM)}}))
+print(urllib.request.urlopen('http://example.test:{port}/pool').status)
+"""
+        proc = self.run_via("app:tor", harness.PYTHON, "-c", code)
+        self.assertOk(proc)
+        self.assertEqual(proc.stdout.splitlines(), ["['10.77.0.1', 'fd00:77::1']", "200"])
+        self.assertReachedThroughProxy(record, "example.test", path="/pool")
+        self.assertEqual(self.dns_queries("example.test"), [])
+
+
 if __name__ == "__main__":
     harness.main()
