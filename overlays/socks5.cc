@@ -1,16 +1,30 @@
 #include "overlays/socks5.h"
 
-#include <arpa/inet.h>
 #include <netdb.h>
 #include <sys/random.h>
 
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <utility>
+
+#include "common/wire.h"
 
 namespace via::overlays {
 
 namespace {
+
+constexpr uint8_t kVersion = 5;
+constexpr uint8_t kAuthVersion = 1;  // RFC 1929 sub-negotiation
+constexpr uint8_t kMethodNone = 0x00;
+constexpr uint8_t kMethodUserPass = 0x02;
+constexpr uint8_t kMethodNoAcceptable = 0xff;
+constexpr uint8_t kCmdConnect = 1;
+constexpr uint8_t kAtypIpv4 = 1;
+constexpr uint8_t kAtypDomain = 3;
+constexpr uint8_t kAtypIpv6 = 4;
+constexpr size_t kReplyHeadSize = 5;  // VER REP RSV ATYP + first byte of BND.ADDR
+constexpr size_t kMaxField = 255;     // one length byte (domain names, RFC 1929 fields)
 
 std::string Hex(uint8_t b) {
   char buf[8];
@@ -18,256 +32,342 @@ std::string Hex(uint8_t b) {
   return buf;
 }
 
+std::string MethodText(uint8_t m) {
+  return Hex(m) + (m == kMethodNone ? " no authentication" : " username/password");
+}
+
 }  // namespace
 
-std::string Target::ToString() const {
-  if (!name.empty()) return name + ":" + std::to_string(port);
-  wire::Addr a = addr;
-  a.port = port;
-  char buf[80];
-  return wire::FormatAddr(a, buf, sizeof buf);
-}
+// ---- Socks5Handshake ---------------------------------------------------------------------------
 
 Socks5Handshake::Socks5Handshake(Target target, std::string username, std::string password)
     : target_(std::move(target)), username_(std::move(username)), password_(std::move(password)) {
-  bool auth = !username_.empty() || !password_.empty();
-  out_ = {5, 1, static_cast<char>(auth ? 2 : 0)};
+  invalid_ = Validate(target_, username_, password_);
+  out_ = {char(kVersion), 1, char(uses_auth() ? kMethodUserPass : kMethodNone)};
 }
 
-void Socks5Handshake::Consumed(size_t n) {
-  out_pos_ += n;
-  if (out_pos_ >= out_.size()) {
-    out_.clear();
-    out_pos_ = 0;
+Status Socks5Handshake::Validate(const Target& target, const std::string& username,
+                                 const std::string& password) {
+  if (target.name.empty() && target.addr.family != 4 && target.addr.family != 6) {
+    return Status::Invalid("SOCKS5: no destination (neither a name nor an IPv4/IPv6 address)");
   }
+  if (target.name.size() > kMaxField) {
+    return Status::Invalid("SOCKS5 cannot carry a host name of " +
+                           std::to_string(target.name.size()) +
+                           " bytes (at most 255): " + target.name.substr(0, 64) + "...");
+  }
+  if (username.size() > kMaxField || password.size() > kMaxField) {
+    return Status::Invalid(
+        "SOCKS5 username and password are at most 255 bytes each (RFC 1929); got " +
+        std::to_string(username.size()) + " and " + std::to_string(password.size()));
+  }
+  return Status::Ok();
 }
+
+void Socks5Handshake::Consumed(size_t n) { out_pos_ = std::min(out_.size(), out_pos_ + n); }
 
 size_t Socks5Handshake::WantRead() const {
-  if (!Output().empty() || state_ == State::kDone || state_ == State::kFailed) return 0;
+  if (out_pos_ < out_.size() || state_ == State::kDone || state_ == State::kFailed) return 0;
   return want_ - in_len_;
 }
 
-Status Socks5Handshake::Fail(int code, const std::string& message) {
+Status Socks5Handshake::Fail(int code, std::string message) {
   state_ = State::kFailed;
-  return Status::Error(code, message);
+  out_.clear();
+  out_pos_ = 0;
+  return Status::Error(code, std::move(message));
 }
 
-void Socks5Handshake::QueueConnect() {
-  out_.assign({5, 1, 0});
-  wire::Addr a = wire::Unmapped(target_.addr);
-  if (!target_.name.empty()) {
-    out_.push_back(3);
-    out_.push_back(static_cast<char>(target_.name.size()));
-    out_ += target_.name;
-  } else if (a.family == 4) {
-    out_.push_back(1);
-    out_.append(reinterpret_cast<const char*>(a.bytes), 4);
-  } else {
-    out_.push_back(4);
-    out_.append(reinterpret_cast<const char*>(a.bytes), 16);
-  }
-  out_.push_back(static_cast<char>(target_.port >> 8));
-  out_.push_back(static_cast<char>(target_.port & 0xff));
+void Socks5Handshake::Send(std::string bytes, State next, size_t want) {
+  out_ = std::move(bytes);
   out_pos_ = 0;
-  state_ = State::kReplyHead;
-  want_ = 5;
+  state_ = next;
+  want_ = want;
   in_len_ = 0;
 }
 
 Status Socks5Handshake::Feed(const uint8_t* data, size_t n) {
-  if (state_ == State::kDone || state_ == State::kFailed || n > want_ - in_len_) {
-    return Fail(EPROTO, "SOCKS5 handshake fed more bytes than it asked for");
+  if (state_ == State::kDone || state_ == State::kFailed) {
+    return Status::Error(EPROTO, "SOCKS5 handshake fed after it finished");
   }
+  if (n > WantRead()) {
+    return Fail(EPROTO, "SOCKS5 handshake fed " + std::to_string(n) + " bytes, asked for " +
+                            std::to_string(WantRead()));
+  }
+  if (n == 0) return Status::Ok();
   std::memcpy(in_ + in_len_, data, n);
   in_len_ += n;
-  if (in_len_ < want_) return Status::Ok();
-  const std::string target = target_.ToString();
+  if (in_len_ < want_) return Status::Ok();  // a partial read: wait for the rest
   switch (state_) {
-    case State::kMethod: {
-      if (in_[0] != 5) {
-        return Fail(EPROTO, "SOCKS5 proxy answered the greeting with version " + Hex(in_[0]) +
-                                " (not a SOCKS5 server?)");
-      }
-      bool auth = !username_.empty() || !password_.empty();
-      if (in_[1] == 0xff || (in_[1] != 0 && !(auth && in_[1] == 2))) {
-        return Fail(EACCES,
-                    "SOCKS5 proxy accepts none of the offered authentication methods "
-                    "(it chose " +
-                        Hex(in_[1]) + ", we offered " +
-                        (auth ? "0x02 username/password" : "0x00 no authentication") + ")");
-      }
-      if (in_[1] == 2) {
-        out_.assign({1, static_cast<char>(username_.size())});
-        out_ += username_;
-        out_.push_back(static_cast<char>(password_.size()));
-        out_ += password_;
-        out_pos_ = 0;
-        state_ = State::kAuth;
-        want_ = 2;
-        in_len_ = 0;
-        return Status::Ok();
-      }
-      QueueConnect();
-      return Status::Ok();
-    }
+    case State::kMethod:
+      return OnMethodReply();
     case State::kAuth:
-      if (in_[0] != 1) {
-        return Fail(EPROTO, "SOCKS5 proxy answered username/password with version " + Hex(in_[0]));
-      }
-      if (in_[1] != 0) {
-        return Fail(EACCES, "SOCKS5 proxy rejected username/password (status " + Hex(in_[1]) + ")");
-      }
-      QueueConnect();
-      return Status::Ok();
-    case State::kReplyHead: {
-      if (in_[0] != 5) {
-        return Fail(EPROTO, "SOCKS5 proxy replied to CONNECT with version " + Hex(in_[0]));
-      }
-      if (in_[1] != 0) {
-        return Fail(ReplyErrno(in_[1]), "SOCKS5 proxy replied " + Hex(in_[1]) + " (" +
-                                            ReplyText(in_[1]) + ") for " + target);
-      }
-      if (in_[2] != 0) return Fail(EPROTO, "SOCKS5 reply has a non-zero reserved byte");
-      size_t rest;
-      switch (in_[3]) {
-        case 1:
-          rest = 3 + 2;
-          break;
-        case 4:
-          rest = 15 + 2;
-          break;
-        case 3:
-          if (in_[4] == 0) return Fail(EPROTO, "SOCKS5 reply has an empty bound domain name");
-          rest = in_[4] + 2u;
-          break;
-        default:
-          return Fail(EPROTO, "SOCKS5 reply has unknown address type " + Hex(in_[3]));
-      }
-      state_ = State::kReplyTail;
-      want_ = rest;
-      in_len_ = 0;
-      return Status::Ok();
-    }
+      return OnAuthReply();
+    case State::kReplyHead:
+      return OnReplyHead();
     case State::kReplyTail:
+      // BND.ADDR/BND.PORT: where the proxy connected from. Nothing to check, nothing to keep.
       state_ = State::kDone;
-      want_ = 0;
-      in_len_ = 0;
+      want_ = in_len_ = 0;
       return Status::Ok();
-    default:
-      return Fail(EPROTO, "SOCKS5 handshake in an impossible state");
+    case State::kDone:
+    case State::kFailed:
+      break;
   }
+  return Fail(EPROTO, "SOCKS5 handshake in an impossible state");
 }
 
-int Socks5Handshake::ReplyErrno(uint8_t code) {
+Status Socks5Handshake::OnMethodReply() {
+  if (in_[0] != kVersion) {
+    return Fail(EPROTO, "SOCKS5 proxy answered the greeting with version " + Hex(in_[0]) +
+                            ", not 0x05 (is it a SOCKS5 proxy?)");
+  }
+  const uint8_t offered = uses_auth() ? kMethodUserPass : kMethodNone;
+  const uint8_t chosen = in_[1];
+  // kMethodNone is fine even when we offered credentials: the proxy just doesn't want them.
+  if (chosen != kMethodNone && chosen != offered) {
+    std::string why = chosen == kMethodNoAcceptable
+                          ? ""
+                          : "; it chose " + Hex(chosen) + ", which was not offered";
+    return Fail(EACCES,
+                "SOCKS5 proxy accepts none of the offered authentication methods (offered " +
+                    MethodText(offered) + why + ")");
+  }
+  if (!invalid_.ok()) return Fail(invalid_.code(), invalid_.message());
+  if (chosen == kMethodNone) {
+    QueueConnect();
+    return Status::Ok();
+  }
+  std::string req;
+  req += char(kAuthVersion);
+  req += char(username_.size());
+  req += username_;
+  req += char(password_.size());
+  req += password_;
+  Send(std::move(req), State::kAuth, 2);
+  return Status::Ok();
+}
+
+Status Socks5Handshake::OnAuthReply() {
+  if (in_[0] != kAuthVersion) {
+    return Fail(EPROTO, "SOCKS5 proxy answered username/password with version " + Hex(in_[0]) +
+                            ", not 0x01");
+  }
+  if (in_[1] != 0) {
+    return Fail(EACCES, "SOCKS5 proxy rejected username/password (status " + Hex(in_[1]) + ")");
+  }
+  QueueConnect();
+  return Status::Ok();
+}
+
+void Socks5Handshake::QueueConnect() {
+  std::string req = {char(kVersion), char(kCmdConnect), 0};
+  const wire::Addr a = wire::Unmapped(target_.addr);
+  if (!target_.name.empty()) {
+    req += char(kAtypDomain);
+    req += char(target_.name.size());
+    req += target_.name;
+  } else if (a.family == 4) {
+    req += char(kAtypIpv4);
+    req.append(reinterpret_cast<const char*>(a.bytes), 4);
+  } else {
+    req += char(kAtypIpv6);
+    req.append(reinterpret_cast<const char*>(a.bytes), 16);
+  }
+  req += char(target_.port >> 8);
+  req += char(target_.port & 0xff);
+  Send(std::move(req), State::kReplyHead, kReplyHeadSize);
+}
+
+Status Socks5Handshake::OnReplyHead() {
+  if (in_[0] != kVersion) {
+    return Fail(EPROTO,
+                "SOCKS5 proxy replied to CONNECT with version " + Hex(in_[0]) + ", not 0x05");
+  }
+  if (in_[1] != 0) {
+    return Fail(ReplyCodeToErrno(in_[1]), "SOCKS5 proxy replied " + Hex(in_[1]) + " (" +
+                                              ReplyCodeText(in_[1]) + ") for " +
+                                              target_.ToString());
+  }
+  if (in_[2] != 0) {
+    return Fail(EPROTO, "SOCKS5 proxy reply has reserved byte " + Hex(in_[2]) + ", not 0x00");
+  }
+  // The head holds the first byte of BND.ADDR; the tail is the rest plus the 2-byte port.
+  size_t rest;
+  switch (in_[3]) {
+    case kAtypIpv4:
+      rest = 4 - 1 + 2;
+      break;
+    case kAtypIpv6:
+      rest = 16 - 1 + 2;
+      break;
+    case kAtypDomain:
+      if (in_[4] == 0) return Fail(EPROTO, "SOCKS5 proxy reply has an empty bound domain name");
+      rest = size_t(in_[4]) + 2;
+      break;
+    default:
+      return Fail(EPROTO, "SOCKS5 proxy reply has unknown address type " + Hex(in_[3]));
+  }
+  state_ = State::kReplyTail;
+  want_ = rest;
+  in_len_ = 0;
+  return Status::Ok();
+}
+
+int Socks5Handshake::ReplyCodeToErrno(uint8_t code) {
   switch (code) {
-    case 1:
+    case 0x01:
       return ECONNREFUSED;
-    case 2:
+    case 0x02:
       return EACCES;
-    case 3:
+    case 0x03:
       return ENETUNREACH;
-    case 4:
+    case 0x04:
       return EHOSTUNREACH;
-    case 5:
+    case 0x05:
       return ECONNREFUSED;
-    case 6:
+    case 0x06:
       return ETIMEDOUT;
-    case 7:
+    case 0x07:
       return EOPNOTSUPP;
-    case 8:
+    case 0x08:
       return EAFNOSUPPORT;
     default:
       return EPROTO;
   }
 }
 
-const char* Socks5Handshake::ReplyText(uint8_t code) {
+const char* Socks5Handshake::ReplyCodeText(uint8_t code) {
   switch (code) {
-    case 1:
+    case 0x01:
       return "general SOCKS server failure";
-    case 2:
+    case 0x02:
       return "connection not allowed by ruleset";
-    case 3:
+    case 0x03:
       return "network unreachable";
-    case 4:
+    case 0x04:
       return "host unreachable";
-    case 5:
+    case 0x05:
       return "connection refused";
-    case 6:
+    case 0x06:
       return "TTL expired";
-    case 7:
+    case 0x07:
       return "command not supported";
-    case 8:
+    case 0x08:
       return "address type not supported";
+    // Tor's extended errors (SocksPort ExtendedErrors), all about onion services.
+    case 0xf0:
+      return "Tor: onion service descriptor not found";
+    case 0xf1:
+      return "Tor: onion service descriptor is invalid";
+    case 0xf2:
+      return "Tor: onion service introduction failed";
+    case 0xf3:
+      return "Tor: onion service rendezvous failed";
+    case 0xf4:
+      return "Tor: onion service client authorization missing";
+    case 0xf5:
+      return "Tor: onion service client authorization wrong";
+    case 0xf6:
+      return "Tor: invalid onion service address";
+    case 0xf7:
+      return "Tor: onion service introduction timed out";
     default:
       return "unassigned reply code";
   }
 }
 
-Result<std::string> RandomIsolationCredential() {
+// ---- isolation credentials ---------------------------------------------------------------------
+
+Result<std::string> RandomIsolationCredential(RandomFill fill) {
+  if (fill == nullptr)
+    fill = [](void* buf, size_t n, unsigned flags) { return getrandom(buf, n, flags); };
   uint8_t b[8];
   size_t got = 0;
   while (got < sizeof b) {
-    ssize_t r = getrandom(b + got, sizeof b - got, 0);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      return Status::FromErrno("socks5: failed to generate isolation credential");
+    ssize_t r = fill(b + got, sizeof b - got, 0);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) {
+      int err = r < 0 ? errno : EIO;
+      return Status::Error(EIO, std::string("socks5: failed to generate isolation credential: ") +
+                                    std::strerror(err));
     }
-    got += static_cast<size_t>(r);
+    got += size_t(r);
   }
-  char hex[17];
-  for (int i = 0; i < 8; ++i) std::snprintf(hex + 2 * i, 3, "%02x", b[i]);
-  return std::string(hex, 16);
+  static const char kDigits[] = "0123456789abcdef";
+  std::string hex;
+  for (uint8_t v : b) {
+    hex += kDigits[v >> 4];
+    hex += kDigits[v & 0xf];
+  }
+  return hex;
 }
 
+// ---- Socks5Driver ------------------------------------------------------------------------------
+
+namespace {
+
+// getaddrinfo for a stream socket to `host`:`port`; numeric first so an address never touches
+// /etc/hosts or the resolver.
+int Lookup(const std::string& host, const std::string& port, addrinfo** res) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV | AI_NUMERICHOST;
+  int rc = getaddrinfo(host.c_str(), port.c_str(), &hints, res);
+  if (rc != EAI_NONAME) return rc;
+  hints.ai_flags = AI_NUMERICSERV;
+  return getaddrinfo(host.c_str(), port.c_str(), &hints, res);
+}
+
+}  // namespace
+
 Result<std::unique_ptr<Driver>> Socks5Driver::Create(const config::Overlay& overlay) {
-  auto d = std::unique_ptr<Socks5Driver>(new Socks5Driver());
+  std::unique_ptr<Socks5Driver> d(new Socks5Driver());
   d->id_ = overlay.id;
   d->settings_ = overlay.socks5;
-  addrinfo hints{};
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_NUMERICSERV;
+  // Wippy dials "host:port", so an IPv6 host there is written in brackets.
+  std::string host = overlay.socks5.host;
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
   addrinfo* res = nullptr;
-  std::string port = std::to_string(overlay.socks5.port);
-  int rc = getaddrinfo(overlay.socks5.host.c_str(), port.c_str(), &hints, &res);
+  int rc = Lookup(host, std::to_string(overlay.socks5.port), &res);
   if (rc != 0) {
+    std::string why = rc == EAI_SYSTEM ? std::strerror(errno) : gai_strerror(rc);
     return Status::Error(EHOSTUNREACH, "overlay " + overlay.id + ": cannot resolve proxy host \"" +
-                                           overlay.socks5.host + "\": " + gai_strerror(rc));
+                                           overlay.socks5.host + "\": " + why);
   }
   for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
-    Endpoint e;
-    std::memcpy(&e.addr, ai->ai_addr, ai->ai_addrlen);
-    e.len = ai->ai_addrlen;
     wire::Addr a;
+    if (!wire::AddrFromSockaddr(ai->ai_addr, ai->ai_addrlen, &a)) continue;
+    Endpoint e;
+    e.len = wire::AddrToSockaddr(a, &e.addr);
     char buf[80];
-    if (wire::AddrFromSockaddr(ai->ai_addr, ai->ai_addrlen, &a))
-      e.text = wire::FormatAddr(a, buf, sizeof buf);
-    d->endpoints_.push_back(e);
+    e.text = wire::FormatAddr(a, buf, sizeof buf);
+    bool seen = false;  // /etc/hosts may list an address twice
+    for (const Endpoint& o : d->endpoints_) seen = seen || o.text == e.text;
+    if (!seen) d->endpoints_.push_back(std::move(e));
   }
   freeaddrinfo(res);
+  if (d->endpoints_.empty()) {
+    return Status::Error(EHOSTUNREACH, "overlay " + overlay.id + ": proxy host \"" +
+                                           overlay.socks5.host + "\" has no IPv4 or IPv6 address");
+  }
   return std::unique_ptr<Driver>(std::move(d));
 }
 
 Result<std::unique_ptr<Handshake>> Socks5Driver::NewHandshake(const Target& target) {
+  std::string username = settings_.username;
+  std::string password = settings_.password;
   if (settings_.isolate_streams) {
-    auto cred = RandomIsolationCredential();
+    Result<std::string> cred = RandomIsolationCredential();
     if (!cred.ok()) return cred.status();
-    return std::unique_ptr<Handshake>(new Socks5Handshake(target, *cred, *cred));
+    username = password = *cred;
   }
+  if (Status st = Socks5Handshake::Validate(target, username, password); !st.ok()) return st;
   return std::unique_ptr<Handshake>(
-      new Socks5Handshake(target, settings_.username, settings_.password));
-}
-
-Result<std::unique_ptr<Driver>> CreateDriver(const config::Overlay& overlay) {
-  switch (overlay.kind) {
-    case config::OverlayKind::kSocks5:
-      return Socks5Driver::Create(overlay);
-    case config::OverlayKind::kTailscale:
-    case config::OverlayKind::kI2p:
-      break;
-  }
-  return Status::Error(ENOTSUP, "overlay " + overlay.id + ": kind " + overlay.kind_name +
-                                    " is not supported by this build of via yet");
+      new Socks5Handshake(target, std::move(username), std::move(password)));
 }
 
 }  // namespace via::overlays

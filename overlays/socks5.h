@@ -2,8 +2,13 @@
 // driver for `kind: network.socks5` entries.
 #pragma once
 
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "config/config.h"
@@ -12,10 +17,23 @@
 
 namespace via::overlays {
 
+// One SOCKS5 CONNECT. The sequence is: greeting -> method reply (2 bytes) -> [RFC 1929 request
+// -> status (2 bytes)] -> CONNECT request -> reply head (5 bytes: VER REP RSV ATYP and the first
+// address byte) -> reply tail (rest of BND.ADDR and BND.PORT, its length given by ATYP).
+// WantRead() never asks for a byte past the reply: those belong to the program.
 class Socks5Handshake : public Handshake {
  public:
-  // No credentials (both empty): offers method 0x00 only. Otherwise offers 0x02 only.
+  // Without credentials (both empty) the greeting offers method 0x00 only; otherwise 0x02 only
+  // (a proxy that picks 0x00 anyway is accepted). Names are sent as ATYP 3, IPv4 and
+  // IPv4-mapped IPv6 addresses as ATYP 1, other IPv6 addresses as ATYP 4.
+  // Inputs that Validate() rejects do not desynchronize the stream: nothing but the greeting is
+  // ever sent, and the first Feed() returns Validate()'s error.
   Socks5Handshake(Target target, std::string username, std::string password);
+
+  // Whether SOCKS5 can carry this request: a name of 1..255 bytes or an address of family 4 or
+  // 6, and credentials of at most 255 bytes each. EINVAL with a message otherwise.
+  static Status Validate(const Target& target, const std::string& username,
+                         const std::string& password);
 
   std::string_view Output() const override { return std::string_view(out_).substr(out_pos_); }
   void Consumed(size_t n) override;
@@ -23,43 +41,64 @@ class Socks5Handshake : public Handshake {
   Status Feed(const uint8_t* data, size_t n) override;
   bool Done() const override { return state_ == State::kDone; }
 
-  // The errno for a SOCKS5 reply code, and its RFC 1928 meaning.
-  static int ReplyErrno(uint8_t code);
-  static const char* ReplyText(uint8_t code);
+  // The errno for a CONNECT reply code (0x01..0x08 as in docs/configuration.md, EPROTO for any
+  // other), and the code's meaning in words ("connection refused").
+  static int ReplyCodeToErrno(uint8_t code);
+  static const char* ReplyCodeText(uint8_t code);
 
  private:
   enum class State { kMethod, kAuth, kReplyHead, kReplyTail, kDone, kFailed };
+
+  bool uses_auth() const { return !username_.empty() || !password_.empty(); }
+  Status OnMethodReply();
+  Status OnAuthReply();
+  Status OnReplyHead();
+  // Replaces the (fully consumed) output with `bytes` and waits for `want` bytes in `next`.
+  void Send(std::string bytes, State next, size_t want);
   void QueueConnect();
-  Status Fail(int code, const std::string& message);
+  Status Fail(int code, std::string message);
 
   Target target_;
   std::string username_;
   std::string password_;
+  Status invalid_;  // Validate()'s verdict on the constructor's arguments
   State state_ = State::kMethod;
   std::string out_;
   size_t out_pos_ = 0;
-  uint8_t in_[262];  // longest piece we read at once: 5 + 255 + 2
+  // The piece being read; its longest is the reply tail of a domain: 255 + 2 bytes.
+  uint8_t in_[5 + 255 + 2] = {};
   size_t in_len_ = 0;
-  size_t want_ = 2;
+  size_t want_ = 2;  // size of the piece being read
 };
 
 class Socks5Driver : public Driver {
  public:
-  // Resolves the proxy host; fails with EHOSTUNREACH naming the overlay and host.
+  // Resolves the proxy host (numeric first, then /etc/hosts and the system resolver; "[::1]" is
+  // accepted as well as "::1"). Fails with EHOSTUNREACH naming the overlay and the host.
   static Result<std::unique_ptr<Driver>> Create(const config::Overlay& overlay);
 
   const std::string& id() const override { return id_; }
   const std::vector<Endpoint>& endpoints() const override { return endpoints_; }
+  // With isolate_streams, every handshake authenticates with a fresh random credential (as
+  // username and password, replacing the configured pair); fails with EIO when none can be
+  // drawn. EINVAL for a target SOCKS5 cannot carry (see Socks5Handshake::Validate).
   Result<std::unique_ptr<Handshake>> NewHandshake(const Target& target) override;
   int connect_timeout_ms() const override { return settings_.connect_timeout_ms; }
 
  private:
+  Socks5Driver() = default;
+
   std::string id_;
   config::Socks5Settings settings_;
   std::vector<Endpoint> endpoints_;
 };
 
-// 8 random bytes as 16 lowercase hex characters (Wippy's isolation credential).
-Result<std::string> RandomIsolationCredential();
+// Fills a buffer with random bytes; getrandom(2)'s signature and contract.
+using RandomFill = ssize_t (*)(void* buf, size_t n, unsigned flags);
+
+// Wippy's isolation credential: 8 random bytes as 16 lowercase hex characters. `fill` defaults to
+// getrandom(2); tests pass a failing one. Failure: EIO, "socks5: failed to generate isolation
+// credential: <cause>".
+Result<std::string> RandomIsolationCredential(RandomFill fill = nullptr);
 
 }  // namespace via::overlays

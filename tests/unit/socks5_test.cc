@@ -1,239 +1,463 @@
-// Socks5Handshake byte vectors (RFC 1928/1929) and the driver's isolation credentials.
+// Socks5Handshake byte vectors (RFC 1928/1929), reply codes, hostile replies, and the driver:
+// endpoint resolution, isolation credentials, unsupported kinds.
 #include "overlays/socks5.h"
 
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cerrno>
+#include <initializer_list>
+#include <memory>
 #include <set>
+#include <string>
+#include <vector>
+
+#include "overlays/driver.h"
 
 namespace via::overlays {
 namespace {
 
 using Bytes = std::string;
 
+Bytes B(std::initializer_list<int> v) {
+  Bytes b;
+  for (int c : v) b += char(c);
+  return b;
+}
+
 class Socks5Test : public ::testing::Test {
  protected:
-  static Target Name(const std::string& n, uint16_t port) {
+  static Target Name(const std::string& n, uint16_t port = 80) {
     Target t;
     t.name = n;
     t.port = port;
     return t;
   }
-  static Target V4(uint8_t a, uint8_t b, uint8_t c, uint8_t d, uint16_t port) {
+  // An IPv4 or IPv6 address in text form.
+  static Target Ip(const std::string& text, uint16_t port = 80) {
     Target t;
-    t.addr.family = 4;
-    t.addr.bytes[0] = a;
-    t.addr.bytes[1] = b;
-    t.addr.bytes[2] = c;
-    t.addr.bytes[3] = d;
     t.port = port;
+    t.addr.family = text.find(':') == std::string::npos ? 4 : 6;
+    EXPECT_EQ(inet_pton(t.addr.family == 4 ? AF_INET : AF_INET6, text.c_str(), t.addr.bytes), 1);
     return t;
   }
-  // Takes everything the machine wants to send.
-  static Bytes Drain(Handshake& h) {
-    Bytes out(h.Output());
-    h.Consumed(out.size());
+  static config::Overlay Overlay(const std::string& host, int port = 1080) {
+    config::Overlay o;
+    o.id = "app:proxy";
+    o.name = "proxy";
+    o.ns = "app";
+    o.kind_name = "network.socks5";
+    o.socks5.host = host;
+    o.socks5.port = port;
+    return o;
+  }
+
+  // Starts a handshake; returns the greeting it sends.
+  Bytes Start(const Target& t, const std::string& user = "", const std::string& pass = "") {
+    h_ = std::make_unique<Socks5Handshake>(t, user, pass);
+    return Sent();
+  }
+  // Everything the machine wants to write now.
+  Bytes Sent() {
+    Bytes out(h_->Output());
+    h_->Consumed(out.size());
     return out;
   }
-  // Feeds `reply` exactly as asked; returns the first error.
-  static Status FeedAll(Handshake& h, const Bytes& reply) {
+  // Feeds `in` in pieces of at most `chunk` bytes and never more than WantRead(), recording each
+  // WantRead() in wants_. Stops at the first error, or when the machine wants nothing more;
+  // left_ is what it did not take.
+  Status Recv(const Bytes& in, size_t chunk = 1 << 20) {
     size_t pos = 0;
-    while (pos < reply.size()) {
-      size_t want = h.WantRead();
-      if (want == 0) return Status::Error(EPROTO, "did not ask for more");
-      size_t n = std::min(want, reply.size() - pos);
-      Status s = h.Feed(reinterpret_cast<const uint8_t*>(reply.data()) + pos, n);
-      if (!s.ok()) return s;
+    Status st;
+    while (pos < in.size() && h_->WantRead() > 0 && st.ok()) {
+      wants_.push_back(h_->WantRead());
+      size_t n = std::min({chunk, h_->WantRead(), in.size() - pos});
+      st = h_->Feed(reinterpret_cast<const uint8_t*>(in.data()) + pos, n);
       pos += n;
-      Drain(h);
     }
-    return Status::Ok();
+    left_ = in.size() - pos;
+    return st;
   }
-  // Runs a no-auth handshake to the reply stage and feeds `reply`.
-  static Status ConnectReply(const Bytes& reply) {
-    Socks5Handshake h(Name("example.test", 80), "", "");
-    Drain(h);
-    if (Status s = FeedAll(h, Bytes("\x05\x00", 2)); !s.ok()) return s;
-    return FeedAll(h, reply);
+  // A no-auth handshake to `t`, up to the CONNECT request; returns that request.
+  Bytes ConnectRequest(const Target& t) {
+    Start(t);
+    EXPECT_TRUE(Recv(B({5, 0})).ok());
+    return Sent();
   }
+  // A no-auth handshake to example.test:80 answered with `reply`.
+  Status Reply(const Bytes& reply) {
+    ConnectRequest(Name("example.test"));
+    wants_.clear();
+    return Recv(reply);
+  }
+  // A CONNECT reply with code `rep` and an IPv4 BND address.
+  static Bytes ReplyCode(int rep) { return B({5, rep, 0, 1, 10, 0, 0, 1, 0x1f, 0x90}); }
+
+  std::unique_ptr<Socks5Handshake> h_;
+  std::vector<size_t> wants_;
+  size_t left_ = 0;
 };
 
-TEST_F(Socks5Test, GreetingWithoutCredentialsOffersNoAuth) {
-  Socks5Handshake h(Name("example.test", 80), "", "");
-  EXPECT_EQ(Drain(h), Bytes("\x05\x01\x00", 3));
-  EXPECT_EQ(h.WantRead(), 2u);
+// ---- requests ------------------------------------------------------------------------------
+
+TEST_F(Socks5Test, GreetingWithoutCredentialsOffersNoAuthOnly) {
+  EXPECT_EQ(Start(Name("example.test")), B({5, 1, 0x00}));
+  EXPECT_EQ(h_->WantRead(), 2u);
+  EXPECT_FALSE(h_->Done());
 }
 
-TEST_F(Socks5Test, GreetingWithCredentialsOffersUserPass) {
-  Socks5Handshake h(Name("example.test", 80), "u", "p");
-  EXPECT_EQ(Drain(h), Bytes("\x05\x01\x02", 3));
+TEST_F(Socks5Test, GreetingWithCredentialsOffersUserPassOnly) {
+  EXPECT_EQ(Start(Name("example.test"), "u", "p"), B({5, 1, 0x02}));
+  EXPECT_EQ(Start(Name("example.test"), "", "p"), B({5, 1, 0x02}));
+}
+
+TEST_F(Socks5Test, NothingToReadWhileOutputIsPending) {
+  h_ = std::make_unique<Socks5Handshake>(Name("example.test"), "", "");
+  EXPECT_EQ(h_->WantRead(), 0u);
+  h_->Consumed(2);
+  EXPECT_EQ(h_->Output(), B({0}));
+  EXPECT_EQ(h_->WantRead(), 0u);
 }
 
 TEST_F(Socks5Test, UsernamePasswordSubnegotiation) {
-  Socks5Handshake h(Name("a.b", 443), "alice", "pw");
-  Drain(h);
-  ASSERT_TRUE(h.Feed(reinterpret_cast<const uint8_t*>("\x05\x02"), 2).ok());
-  EXPECT_EQ(Drain(h), Bytes("\x01\x05"
-                            "alice"
-                            "\x02"
-                            "pw",
-                            10));
-  ASSERT_TRUE(FeedAll(h, Bytes("\x01\x00", 2)).ok());
+  Start(Name("a.b", 443), "alice", "pw");
+  ASSERT_TRUE(Recv(B({5, 2})).ok());
+  EXPECT_EQ(Sent(), B({1, 5, 'a', 'l', 'i', 'c', 'e', 2, 'p', 'w'}));
+  ASSERT_TRUE(Recv(B({1, 0})).ok());
+  EXPECT_EQ(Sent(), B({5, 1, 0, 3, 3, 'a', '.', 'b', 0x01, 0xbb}));
+}
+
+TEST_F(Socks5Test, ProxyMayWaiveOfferedAuthentication) {
+  Start(Name("a.b", 443), "alice", "pw");
+  ASSERT_TRUE(Recv(B({5, 0})).ok());
+  EXPECT_EQ(Sent(), B({5, 1, 0, 3, 3, 'a', '.', 'b', 0x01, 0xbb}));  // straight to CONNECT
 }
 
 TEST_F(Socks5Test, ConnectByNameUsesAtyp3) {
-  Socks5Handshake h(Name("example.test", 8080), "", "");
-  Drain(h);
-  ASSERT_TRUE(h.Feed(reinterpret_cast<const uint8_t*>("\x05\x00"), 2).ok());
-  EXPECT_EQ(Drain(h), Bytes("\x05\x01\x00\x03\x0c"
-                            "example.test"
-                            "\x1f\x90",
-                            19));
+  EXPECT_EQ(ConnectRequest(Name("example.test", 8080)),
+            B({5, 1, 0, 3, 12}) + "example.test" + B({0x1f, 0x90}));
 }
 
 TEST_F(Socks5Test, ConnectByIpv4UsesAtyp1) {
-  Socks5Handshake h(V4(10, 1, 2, 3, 80), "", "");
-  Drain(h);
-  ASSERT_TRUE(h.Feed(reinterpret_cast<const uint8_t*>("\x05\x00"), 2).ok());
-  EXPECT_EQ(Drain(h), Bytes("\x05\x01\x00\x01\x0a\x01\x02\x03\x00\x50", 10));
+  EXPECT_EQ(ConnectRequest(Ip("10.1.2.3", 80)), B({5, 1, 0, 1, 10, 1, 2, 3, 0, 80}));
 }
 
-TEST_F(Socks5Test, ConnectByIpv6UsesAtyp4AndMappedGoesAsIpv4) {
-  Target t;
-  t.addr.family = 6;
-  t.addr.bytes[15] = 1;
-  t.port = 443;
-  Socks5Handshake h(t, "", "");
-  Drain(h);
-  ASSERT_TRUE(h.Feed(reinterpret_cast<const uint8_t*>("\x05\x00"), 2).ok());
-  Bytes req = Drain(h);
-  EXPECT_EQ(req.size(), 22u);
-  EXPECT_EQ(req[3], '\x04');
-  t.addr.bytes[10] = t.addr.bytes[11] = '\xff';
-  Socks5Handshake m(t, "", "");
-  Drain(m);
-  ASSERT_TRUE(m.Feed(reinterpret_cast<const uint8_t*>("\x05\x00"), 2).ok());
-  EXPECT_EQ(Drain(m)[3], '\x01');
+TEST_F(Socks5Test, ConnectByIpv6UsesAtyp4) {
+  EXPECT_EQ(ConnectRequest(Ip("2001:db8::1", 443)),
+            B({5, 1, 0, 4, 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0xbb}));
 }
 
-TEST_F(Socks5Test, SuccessReadsExactlyTheReply) {
-  for (const Bytes& reply : {Bytes("\x05\x00\x00\x01\x7f\x00\x00\x01\x04\x38", 10),
-                             Bytes("\x05\x00\x00\x04", 4) + Bytes(16, '\0') + Bytes("\x04\x38", 2),
-                             Bytes("\x05\x00\x00\x03\x03"
-                                   "abc"
-                                   "\x04\x38",
-                                   10)}) {
-    Socks5Handshake h(Name("example.test", 80), "", "");
-    Drain(h);
-    ASSERT_TRUE(FeedAll(h, Bytes("\x05\x00", 2)).ok());
-    ASSERT_TRUE(FeedAll(h, reply).ok());
-    EXPECT_TRUE(h.Done());
-    EXPECT_EQ(h.WantRead(), 0u);  // never asks for the program's bytes
-  }
+TEST_F(Socks5Test, ConnectByMappedIpv6GoesAsIpv4) {
+  EXPECT_EQ(ConnectRequest(Ip("::ffff:192.0.2.7", 22)), B({5, 1, 0, 1, 192, 0, 2, 7, 0, 22}));
+}
+
+TEST_F(Socks5Test, ConnectWithLongestNameUsesFullLengthByte) {
+  Bytes req = ConnectRequest(Name(std::string(255, 'a'), 1));
+  ASSERT_EQ(req.size(), 4u + 1 + 255 + 2);
+  EXPECT_EQ(uint8_t(req[4]), 255);
+}
+
+// ---- replies: exact lengths ----------------------------------------------------------------
+
+TEST_F(Socks5Test, BoundIpv4ReadExactly) {
+  ASSERT_TRUE(Reply(B({5, 0, 0, 1, 127, 0, 0, 1, 4, 56, 'X'})).ok());
+  EXPECT_TRUE(h_->Done());
+  EXPECT_EQ(wants_, (std::vector<size_t>{5, 5}));
+  EXPECT_EQ(left_, 1u);  // the program's byte is never asked for
+}
+
+TEST_F(Socks5Test, BoundIpv6ReadExactly) {
+  ASSERT_TRUE(Reply(B({5, 0, 0, 4}) + Bytes(16, '\1') + B({4, 56, 'X'})).ok());
+  EXPECT_TRUE(h_->Done());
+  EXPECT_EQ(wants_, (std::vector<size_t>{5, 17}));
+  EXPECT_EQ(left_, 1u);
+}
+
+TEST_F(Socks5Test, BoundDomainReadExactly) {
+  ASSERT_TRUE(Reply(B({5, 0, 0, 3, 3, 'a', 'b', 'c', 4, 56, 'X'})).ok());
+  EXPECT_TRUE(h_->Done());
+  EXPECT_EQ(wants_, (std::vector<size_t>{5, 5}));
+  EXPECT_EQ(left_, 1u);
+}
+
+TEST_F(Socks5Test, BoundLongestDomainReadExactly) {
+  ASSERT_TRUE(Reply(B({5, 0, 0, 3, 255}) + Bytes(255, 'n') + B({4, 56, 'X'})).ok());
+  EXPECT_EQ(wants_, (std::vector<size_t>{5, 257}));
+  EXPECT_EQ(left_, 1u);
+}
+
+TEST_F(Socks5Test, MethodAndAuthRepliesReadExactly) {
+  Start(Name("a.b"), "u", "p");
+  ASSERT_TRUE(Recv(B({5, 2, 'X'})).ok());
+  EXPECT_EQ(left_, 1u);
+  Sent();
+  ASSERT_TRUE(Recv(B({1, 0, 'X'})).ok());
+  EXPECT_EQ(left_, 1u);
 }
 
 TEST_F(Socks5Test, OneByteAtATime) {
-  Socks5Handshake h(Name("example.test", 80), "", "");
-  Drain(h);
-  Bytes all = Bytes("\x05\x00", 2);
-  for (char c : all) ASSERT_TRUE(h.Feed(reinterpret_cast<const uint8_t*>(&c), 1).ok());
-  Drain(h);
-  Bytes reply("\x05\x00\x00\x01\x01\x02\x03\x04\x00\x50", 10);
-  for (char c : reply) {
-    ASSERT_GE(h.WantRead(), 1u);
-    ASSERT_TRUE(h.Feed(reinterpret_cast<const uint8_t*>(&c), 1).ok());
-  }
-  EXPECT_TRUE(h.Done());
+  Start(Name("example.test"), "u", "p");
+  ASSERT_TRUE(Recv(B({5, 2}), 1).ok());
+  Sent();
+  ASSERT_TRUE(Recv(B({1, 0}), 1).ok());
+  Sent();
+  ASSERT_TRUE(Recv(B({5, 0, 0, 3, 2, 'h', 'i', 0, 80, 'X'}), 1).ok());
+  EXPECT_TRUE(h_->Done());
+  EXPECT_EQ(wants_, (std::vector<size_t>{2, 1, 2, 1, 5, 4, 3, 2, 1, 4, 3, 2, 1}));
+  EXPECT_EQ(left_, 1u);
 }
+
+TEST_F(Socks5Test, FeedingMoreThanAskedIsAnError) {
+  Start(Name("example.test"));
+  EXPECT_EQ(h_->Feed(reinterpret_cast<const uint8_t*>("\x05\x00\x05"), 3).code(), EPROTO);
+  EXPECT_EQ(h_->WantRead(), 0u);
+}
+
+// ---- replies: refusals -----------------------------------------------------------------------
 
 TEST_F(Socks5Test, ReplyCodesBecomeErrnos) {
-  const std::pair<char, int> cases[] = {{1, ECONNREFUSED}, {2, EACCES},       {3, ENETUNREACH},
-                                        {4, EHOSTUNREACH}, {5, ECONNREFUSED}, {6, ETIMEDOUT},
-                                        {7, EOPNOTSUPP},   {8, EAFNOSUPPORT}, {9, EPROTO}};
+  const std::pair<int, int> cases[] = {
+      {0x01, ECONNREFUSED}, {0x02, EACCES},    {0x03, ENETUNREACH}, {0x04, EHOSTUNREACH},
+      {0x05, ECONNREFUSED}, {0x06, ETIMEDOUT}, {0x07, EOPNOTSUPP},  {0x08, EAFNOSUPPORT},
+      {0x09, EPROTO},       {0xf0, EPROTO},    {0xff, EPROTO}};
   for (auto [code, err] : cases) {
-    Status s = ConnectReply(Bytes("\x05", 1) + code + Bytes("\x00\x01\0\0\0\0\0\0", 8));
-    EXPECT_EQ(s.code(), err) << int(code);
-    EXPECT_NE(s.message().find("example.test:80"), std::string::npos) << s.message();
+    EXPECT_EQ(Reply(ReplyCode(code)).code(), err) << code;
+    EXPECT_EQ(Socks5Handshake::ReplyCodeToErrno(uint8_t(code)), err) << code;
   }
 }
 
-TEST_F(Socks5Test, HostileReplies) {
-  EXPECT_EQ(ConnectReply(Bytes("\x04\x00\x00\x01\0\0\0\0\0\0", 10)).code(), EPROTO);  // version
-  EXPECT_EQ(ConnectReply(Bytes("\x05\x00\x01\x01\0\0\0\0\0\0", 10)).code(), EPROTO);  // RSV
-  EXPECT_EQ(ConnectReply(Bytes("\x05\x00\x00\x09\0\0\0\0\0\0", 10)).code(), EPROTO);  // ATYP
-  EXPECT_EQ(ConnectReply(Bytes("\x05\x00\x00\x03\x00\x00\x00", 7)).code(), EPROTO);   // empty name
+TEST_F(Socks5Test, ReplyMessageNamesCodeAndTarget) {
+  EXPECT_EQ(Reply(ReplyCode(0x05)).message(),
+            "SOCKS5 proxy replied 0x05 (connection refused) for example.test:80");
+  EXPECT_EQ(Reply(ReplyCode(0x01)).message(),
+            "SOCKS5 proxy replied 0x01 (general SOCKS server failure) for example.test:80");
+  EXPECT_EQ(Reply(ReplyCode(0x42)).message(),
+            "SOCKS5 proxy replied 0x42 (unassigned reply code) for example.test:80");
 }
 
-TEST_F(Socks5Test, MethodRefusals) {
-  Socks5Handshake none(Name("x.y", 1), "", "");
-  Drain(none);
-  EXPECT_EQ(FeedAll(none, Bytes("\x05\xff", 2)).code(), EACCES);
-  Socks5Handshake unoffered(Name("x.y", 1), "", "");
-  Drain(unoffered);
-  EXPECT_EQ(FeedAll(unoffered, Bytes("\x05\x02", 2)).code(), EACCES);
-  Socks5Handshake notsocks(Name("x.y", 1), "", "");
-  Drain(notsocks);
-  EXPECT_EQ(FeedAll(notsocks, "HT").code(), EPROTO);
+TEST_F(Socks5Test, RefusalReadsNoFurther) {
+  EXPECT_EQ(Reply(ReplyCode(0x04)).code(), EHOSTUNREACH);
+  EXPECT_EQ(left_, 5u);  // the BND address after a refusal is not read
+  EXPECT_EQ(h_->WantRead(), 0u);
+  EXPECT_FALSE(h_->Done());
 }
 
-TEST_F(Socks5Test, AuthFailureIsEacces) {
-  Socks5Handshake h(Name("x.y", 1), "u", "bad");
-  Drain(h);
-  ASSERT_TRUE(FeedAll(h, Bytes("\x05\x02", 2)).ok());
-  Status s = FeedAll(h, Bytes("\x01\x01", 2));
+TEST_F(Socks5Test, NoAcceptableMethod) {
+  Start(Name("x.y"));
+  Status s = Recv(B({5, 0xff}));
   EXPECT_EQ(s.code(), EACCES);
-  EXPECT_NE(s.message().find("rejected username/password"), std::string::npos);
+  EXPECT_EQ(s.message(),
+            "SOCKS5 proxy accepts none of the offered authentication methods (offered 0x00 no "
+            "authentication)");
 }
 
-TEST_F(Socks5Test, IsolationMintsFreshCredentialsEachTime) {
-  config::Overlay o;
-  o.id = "app:tor";
-  o.kind_name = "network.socks5";
-  o.socks5.host = "127.0.0.1";
-  o.socks5.port = 9050;
+TEST_F(Socks5Test, UnofferedMethodIsRefused) {
+  Start(Name("x.y"));
+  Status s = Recv(B({5, 2}));
+  EXPECT_EQ(s.code(), EACCES);
+  EXPECT_EQ(s.message(),
+            "SOCKS5 proxy accepts none of the offered authentication methods (offered 0x00 no "
+            "authentication; it chose 0x02, which was not offered)");
+}
+
+TEST_F(Socks5Test, UnofferedMethodWithCredentialsIsRefused) {
+  Start(Name("x.y"), "u", "p");
+  EXPECT_EQ(Recv(B({5, 1})).code(), EACCES);  // GSSAPI
+  EXPECT_EQ(Sent(), "");
+}
+
+TEST_F(Socks5Test, AuthFailure) {
+  Start(Name("x.y"), "u", "bad");
+  ASSERT_TRUE(Recv(B({5, 2})).ok());
+  Sent();
+  Status s = Recv(B({1, 1}));
+  EXPECT_EQ(s.code(), EACCES);
+  EXPECT_EQ(s.message(), "SOCKS5 proxy rejected username/password (status 0x01)");
+}
+
+// ---- replies: hostile or malformed -----------------------------------------------------------
+
+TEST_F(Socks5Test, GreetingAnsweredByNonSocksServer) {
+  Start(Name("x.y"));
+  EXPECT_EQ(Recv("HTTP/1.1 400").message(),
+            "SOCKS5 proxy answered the greeting with version 0x48, not 0x05 (is it a SOCKS5 "
+            "proxy?)");
+}
+
+TEST_F(Socks5Test, AuthReplyWithWrongVersion) {
+  Start(Name("x.y"), "u", "p");
+  ASSERT_TRUE(Recv(B({5, 2})).ok());
+  Sent();
+  EXPECT_EQ(Recv(B({5, 0})).code(), EPROTO);
+}
+
+TEST_F(Socks5Test, ConnectReplyWithWrongVersion) {
+  Status s = Reply(B({4, 0, 0, 1, 0, 0, 0, 0, 0, 0}));
+  EXPECT_EQ(s.code(), EPROTO);
+  EXPECT_EQ(s.message(), "SOCKS5 proxy replied to CONNECT with version 0x04, not 0x05");
+}
+
+TEST_F(Socks5Test, ConnectReplyWithNonZeroReserved) {
+  Status s = Reply(B({5, 0, 1, 1, 0, 0, 0, 0, 0, 0}));
+  EXPECT_EQ(s.code(), EPROTO);
+  EXPECT_EQ(s.message(), "SOCKS5 proxy reply has reserved byte 0x01, not 0x00");
+}
+
+TEST_F(Socks5Test, ConnectReplyWithUnknownAddressType) {
+  Status s = Reply(B({5, 0, 0, 9, 0, 0, 0, 0, 0, 0}));
+  EXPECT_EQ(s.code(), EPROTO);
+  EXPECT_EQ(s.message(), "SOCKS5 proxy reply has unknown address type 0x09");
+}
+
+TEST_F(Socks5Test, ConnectReplyWithEmptyDomain) {
+  Status s = Reply(B({5, 0, 0, 3, 0, 0, 80}));
+  EXPECT_EQ(s.code(), EPROTO);
+  EXPECT_EQ(s.message(), "SOCKS5 proxy reply has an empty bound domain name");
+}
+
+TEST_F(Socks5Test, NothingAfterFailure) {
+  EXPECT_EQ(Reply(B({5, 0, 0, 9, 0})).code(), EPROTO);
+  EXPECT_EQ(h_->Output(), "");
+  EXPECT_EQ(h_->Feed(reinterpret_cast<const uint8_t*>("x"), 1).code(), EPROTO);
+}
+
+// ---- targets SOCKS5 cannot carry
+// -----------------------------------------------------------------
+
+TEST_F(Socks5Test, OverlongNameIsRefusedBeforeConnect) {
+  Start(Name(std::string(256, 'a')));
+  EXPECT_EQ(Recv(B({5, 0})).code(), EINVAL);
+  EXPECT_EQ(Sent(), "");  // never a CONNECT with a truncated length byte
+  EXPECT_EQ(Socks5Handshake::Validate(Name(std::string(256, 'a')), "", "").code(), EINVAL);
+}
+
+TEST_F(Socks5Test, ValidateChecksCredentialsAndDestination) {
+  EXPECT_TRUE(Socks5Handshake::Validate(Name("a.b"), std::string(255, 'u'), "p").ok());
+  EXPECT_EQ(Socks5Handshake::Validate(Name("a.b"), "u", std::string(256, 'p')).code(), EINVAL);
+  EXPECT_EQ(Socks5Handshake::Validate(Target{}, "", "").code(), EINVAL);
+}
+
+TEST_F(Socks5Test, TargetToString) {
+  EXPECT_EQ(Name("example.test", 80).ToString(), "example.test:80");
+  EXPECT_EQ(Ip("1.2.3.4", 80).ToString(), "1.2.3.4:80");
+  EXPECT_EQ(Ip("::1", 80).ToString(), "[::1]:80");
+}
+
+// ---- driver --------------------------------------------------------------------------------
+
+TEST_F(Socks5Test, DriverResolvesNumericIpv4) {
+  auto d = CreateDriver(Overlay("127.0.0.1", 9050));
+  ASSERT_TRUE(d.ok()) << d.status().message();
+  ASSERT_EQ((*d)->endpoints().size(), 1u);
+  EXPECT_EQ((*d)->endpoints()[0].text, "127.0.0.1:9050");
+  EXPECT_EQ((*d)->endpoints()[0].addr.ss_family, AF_INET);
+  EXPECT_EQ((*d)->endpoints()[0].len, socklen_t(sizeof(sockaddr_in)));
+}
+
+TEST_F(Socks5Test, DriverResolvesNumericIpv6WithOrWithoutBrackets) {
+  for (const char* host : {"::1", "[::1]"}) {
+    auto d = CreateDriver(Overlay(host));
+    ASSERT_TRUE(d.ok()) << d.status().message();
+    ASSERT_EQ((*d)->endpoints().size(), 1u);
+    EXPECT_EQ((*d)->endpoints()[0].text, "[::1]:1080");
+    EXPECT_EQ((*d)->endpoints()[0].len, socklen_t(sizeof(sockaddr_in6)));
+  }
+}
+
+TEST_F(Socks5Test, DriverUnresolvableHost) {
+  auto d = CreateDriver(Overlay("no-such-host.invalid"));
+  EXPECT_EQ(d.status().code(), EHOSTUNREACH);
+  EXPECT_EQ(d.status().message().rfind(
+                "overlay app:proxy: cannot resolve proxy host \"no-such-host.invalid\": ", 0),
+            0u)
+      << d.status().message();
+}
+
+TEST_F(Socks5Test, DriverSettings) {
+  config::Overlay o = Overlay("127.0.0.1");
+  o.socks5.connect_timeout_ms = 2500;
+  auto d = CreateDriver(o);
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ((*d)->id(), "app:proxy");
+  EXPECT_EQ((*d)->connect_timeout_ms(), 2500);
+}
+
+TEST_F(Socks5Test, DriverUsesConfiguredCredentials) {
+  config::Overlay o = Overlay("127.0.0.1");
+  o.socks5.username = "alice";
+  auto d = CreateDriver(o);
+  ASSERT_TRUE(d.ok());
+  auto h = (*d)->NewHandshake(Name("a.b"));
+  ASSERT_TRUE(h.ok());
+  EXPECT_EQ((*h)->Output(), B({5, 1, 2}));
+}
+
+TEST_F(Socks5Test, DriverRefusesTargetSocks5CannotCarry) {
+  auto d = CreateDriver(Overlay("127.0.0.1"));
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ((*d)->NewHandshake(Name(std::string(300, 'a'))).status().code(), EINVAL);
+}
+
+// The auth request an isolating driver sends for one connection.
+TEST_F(Socks5Test, IsolationMintsFreshCredentialsPerConnection) {
+  config::Overlay o = Overlay("127.0.0.1", 9050);
   o.socks5.isolate_streams = true;
   o.socks5.username = "configured";
   o.socks5.password = "ignored";
   auto d = CreateDriver(o);
   ASSERT_TRUE(d.ok()) << d.status().message();
   std::set<Bytes> seen;
-  for (int i = 0; i < 20; ++i) {
-    auto h = (*d)->NewHandshake(Name("x.y", 1));
+  for (int i = 0; i < 2; ++i) {
+    auto h = (*d)->NewHandshake(Name("x.y"));
     ASSERT_TRUE(h.ok());
-    Drain(**h);
+    ASSERT_EQ(Bytes((*h)->Output()), B({5, 1, 2}));
+    (*h)->Consumed(3);
     ASSERT_TRUE((*h)->Feed(reinterpret_cast<const uint8_t*>("\x05\x02"), 2).ok());
-    Bytes auth(Drain(**h));
+    Bytes auth((*h)->Output());
     ASSERT_EQ(auth.size(), 1u + 1 + 16 + 1 + 16);
+    EXPECT_EQ(auth.substr(0, 2), B({1, 16}));
+    EXPECT_EQ(auth[18], char(16));
     Bytes user = auth.substr(2, 16), pass = auth.substr(19, 16);
     EXPECT_EQ(user, pass);
-    EXPECT_EQ(user.find_first_not_of("0123456789abcdef"), Bytes::npos);
-    EXPECT_TRUE(seen.insert(user).second);
+    EXPECT_EQ(user.find_first_not_of("0123456789abcdef"), Bytes::npos) << user;
+    EXPECT_TRUE(seen.insert(user).second) << user;
   }
 }
 
-TEST_F(Socks5Test, DriverResolvesProxyHost) {
-  config::Overlay o;
-  o.id = "app:p";
-  o.socks5.host = "::1";
-  o.socks5.port = 1080;
-  auto d = CreateDriver(o);
-  ASSERT_TRUE(d.ok());
-  EXPECT_EQ((*d)->endpoints().at(0).text, "[::1]:1080");
-  o.socks5.host = "no-such-host.invalid";
-  auto bad = CreateDriver(o);
-  EXPECT_EQ(bad.status().code(), EHOSTUNREACH);
-  EXPECT_NE(bad.status().message().find("app:p"), std::string::npos);
+TEST_F(Socks5Test, IsolationCredentialFailureIsEio) {
+  auto failing = [](void*, size_t, unsigned) -> ssize_t {
+    errno = ENOSYS;
+    return -1;
+  };
+  auto cred = RandomIsolationCredential(failing);
+  EXPECT_EQ(cred.status().code(), EIO);
+  EXPECT_EQ(cred.status().message(),
+            "socks5: failed to generate isolation credential: Function not implemented");
+}
+
+TEST_F(Socks5Test, IsolationCredentialSurvivesShortReads) {
+  auto one_byte = [](void* buf, size_t, unsigned) -> ssize_t {
+    *static_cast<uint8_t*>(buf) = 0xab;
+    return 1;
+  };
+  auto cred = RandomIsolationCredential(one_byte);
+  ASSERT_TRUE(cred.ok());
+  EXPECT_EQ(*cred, "abababababababab");
 }
 
 TEST_F(Socks5Test, UnsupportedKinds) {
-  config::Overlay o;
+  config::Overlay o = Overlay("");
   o.id = "app:tailnet";
   o.kind = config::OverlayKind::kTailscale;
   o.kind_name = "network.tailscale";
-  auto d = CreateDriver(o);
-  EXPECT_EQ(d.status().code(), ENOTSUP);
+  EXPECT_EQ(CreateDriver(o).status().code(), ENOTSUP);
   EXPECT_EQ(
-      d.status().message(),
+      CreateDriver(o).status().message(),
       "overlay app:tailnet: kind network.tailscale is not supported by this build of via yet");
+  o.kind = config::OverlayKind::kI2p;
+  o.kind_name = "network.i2p";
+  EXPECT_EQ(CreateDriver(o).status().code(), ENOTSUP);
 }
 
 }  // namespace
