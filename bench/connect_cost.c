@@ -6,8 +6,16 @@
  *                                           speaks SOCKS5 itself to 127.0.0.1:PROXY_PORT (the
  *                                           floor a preload tool is compared with)
  *
- * HOST is an IPv4 literal or, in plain mode, a name resolved with getaddrinfo each time.
- * Prints p50/p99/mean in microseconds. Only ever used against servers on loopback.
+ *   connect_cost bulk plain HOST PORT MIB
+ *   connect_cost bulk socks5 PROXY_PORT HOST PORT MIB
+ *                                           one connection to `echo_server PORT 1 bulk`: uploads
+ *                                           MIB MiB, then downloads MIB MiB; prints MiB/s
+ *
+ * HOST is an IPv4 literal or a name (plain: resolved with getaddrinfo each time; socks5: sent
+ * to the proxy with ATYP 3). Prints p50/p99/mean in microseconds. Environment:
+ *   CONNECT_COST_SAMPLES=FILE   also write every latency (us), one a line
+ *   CONNECT_COST_SECONDS=S      stop after S seconds (or N connects); prints the count
+ * Only ever used against servers on loopback.
  */
 #include <arpa/inet.h>
 #include <netdb.h>
@@ -91,7 +99,68 @@ fail:
   return -1;
 }
 
+static int write_all(int fd, const unsigned char* b, size_t n) {
+  while (n) {
+    ssize_t w = write(fd, b, n);
+    if (w <= 0) return -1;
+    b += w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+/* Against `echo_server PORT 1 bulk`: upload `total` bytes, then download `total` bytes. */
+static int bulk(int fd, long long total) {
+  static unsigned char buf[256 * 1024];
+  for (size_t i = 0; i < sizeof buf; ++i) buf[i] = (unsigned char)(i * 131u);
+  unsigned char h[16];
+  for (int i = 0; i < 8; ++i) h[i] = h[8 + i] = (unsigned char)(total >> (56 - 8 * i));
+  double t0 = now_us();
+  if (write_all(fd, h, 16) != 0) return 1;
+  for (long long sent = 0; sent < total;) {
+    size_t want = total - sent < (long long)sizeof buf ? (size_t)(total - sent) : sizeof buf;
+    if (write_all(fd, buf, want) != 0) {
+      fprintf(stderr, "bulk: upload failed at %lld\n", sent);
+      return 1;
+    }
+    sent += (long long)want;
+  }
+  double t1 = now_us();
+  long long got = 0;
+  for (;;) {
+    ssize_t r = read(fd, buf, sizeof buf);
+    if (r <= 0) break;
+    got += r;
+  }
+  double t2 = now_us();
+  if (got != total) {
+    fprintf(stderr, "bulk: downloaded %lld of %lld bytes\n", got, total);
+    return 1;
+  }
+  /* The upload clock stops when the last byte is in the kernel's buffers; the download's
+     first byte follows the server having read everything, so the total is the honest one. */
+  double mib = total / 1048576.0;
+  printf("bytes=%lld up_MiBps=%.1f down_MiBps=%.1f MiBps=%.1f\n", total, mib / ((t1 - t0) / 1e6),
+         mib / ((t2 - t1) / 1e6), 2 * mib / ((t2 - t0) / 1e6));
+  return 0;
+}
+
 int main(int argc, char** argv) {
+  if (argc >= 2 && strcmp(argv[1], "bulk") == 0) {
+    int bs = argc == 7 && strcmp(argv[2], "socks5") == 0;
+    int bp = argc == 6 && strcmp(argv[2], "plain") == 0;
+    if (!bs && !bp) {
+      fprintf(stderr, "usage: %s bulk plain HOST PORT MIB | bulk socks5 PROXY_PORT HOST PORT MIB\n",
+              argv[0]);
+      return 2;
+    }
+    int fd = bs ? open_socks5(atoi(argv[3]), argv[4], atoi(argv[5])) : open_plain(argv[3], argv[4]);
+    if (fd < 0) {
+      fprintf(stderr, "bulk: connect failed\n");
+      return 1;
+    }
+    return bulk(fd, atoll(argv[argc - 1]) * 1048576LL);
+  }
   int socks = argc == 6 && strcmp(argv[1], "socks5") == 0;
   int plain = argc == 5 && strcmp(argv[1], "plain") == 0;
   if (!socks && !plain) {
@@ -99,10 +168,15 @@ int main(int argc, char** argv) {
     return 2;
   }
   int n = atoi(argv[argc - 1]);
+  const char* secs_env = getenv("CONNECT_COST_SECONDS");
+  double deadline = secs_env ? now_us() + atof(secs_env) * 1e6 : 0;
   double* t = calloc((size_t)n, sizeof(double));
+  int done = 0;
   for (int i = 0; i < n; ++i) {
     double start = now_us();
-    int fd = socks ? open_socks5(atoi(argv[2]), argv[3], atoi(argv[4])) : open_plain(argv[2], argv[3]);
+    if (deadline && start >= deadline) break;
+    int fd =
+        socks ? open_socks5(atoi(argv[2]), argv[3], atoi(argv[4])) : open_plain(argv[2], argv[3]);
     if (fd < 0) {
       fprintf(stderr, "connect %d failed\n", i);
       return 1;
@@ -114,6 +188,22 @@ int main(int argc, char** argv) {
     }
     close(fd);
     t[i] = now_us() - start;
+    done = i + 1;
+  }
+  n = done;
+  if (n == 0) {
+    fprintf(stderr, "no connects\n");
+    return 1;
+  }
+  const char* dump = getenv("CONNECT_COST_SAMPLES");
+  if (dump) {
+    FILE* f = fopen(dump, "w");
+    if (!f) {
+      perror(dump);
+      return 1;
+    }
+    for (int i = 0; i < n; ++i) fprintf(f, "%.1f\n", t[i]);
+    fclose(f);
   }
   double sum = 0;
   for (int i = 0; i < n; ++i) sum += t[i];

@@ -2,6 +2,9 @@
  * environment (set LD_PRELOAD around it to measure a preload library's cost).
  *
  *   exec_cost N /bin/true
+ *
+ * EXEC_COST_PRELOAD=LIB sets LD_PRELOAD=LIB in the child only (after fork, before exec): the
+ * cost of loading LIB into the exec'd program, without the parent's own exec hooks.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +23,8 @@ int main(int argc, char** argv) {
   for (int i = 0; i < n; ++i) {
     pid_t pid = fork();
     if (pid == 0) {
+      const char* lib = getenv("EXEC_COST_PRELOAD");
+      if (lib) setenv("LD_PRELOAD", lib, 1);
       execv(argv[2], argv + 2);
       _exit(127);
     }

@@ -1,0 +1,253 @@
+#!/usr/bin/env bash
+# The benchmark suite (issue 7): via, proxychains4 and torsocks side by side, in one run,
+# against the same servers on loopback (microsocks as the SOCKS5 proxy, bench/echo_server.c).
+# Prints a table of medians and ratios and writes a PNG of the latency distributions.
+#
+#   bench/run.sh [BUILD_DIR]            (default: build; results in BUILD_DIR/bench-results)
+#
+# Environment (defaults in brackets): RUNS [5] repetitions of figures 1-5; EXEC_N [2000] execs
+# per exec-cost sample; N [3000] connects per sample; BULK_MIB [2048] MiB each way per bulk
+# sample; GAI_N [20000] lookups per sample; CAP_PROCS [64], CAP_SECONDS [20], CAP_RUNS [1] for
+# broker capacity; NAMES [100000] distinct names for broker memory; FIGURES ["1 2 3 4 5 6"].
+#
+# Needs root (or an unprivileged user namespace) for `unshare --mount`: microsocks runs with an
+# /etc/hosts of its own mapping bench.test and bench.onion to 127.0.0.1. Nothing leaves
+# 127.0.0.0/8. Not part of ctest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+build=$(cd "${1:-build}" && pwd)
+RUNS=${RUNS:-5} EXEC_N=${EXEC_N:-2000} N=${N:-3000} BULK_MIB=${BULK_MIB:-2048}
+GAI_N=${GAI_N:-20000} CAP_PROCS=${CAP_PROCS:-64} CAP_SECONDS=${CAP_SECONDS:-20}
+CAP_RUNS=${CAP_RUNS:-1} NAMES=${NAMES:-100000} FIGURES=${FIGURES:-"1 2 3 4 5 6"}
+out=${OUT:-$build/bench-results}
+
+die() { echo "bench/run.sh: $*" >&2; exit 1; }
+
+need_tools() {
+  local t
+  for t in cc python3 microsocks proxychains4 torsocks unshare mount; do
+    command -v "$t" >/dev/null ||
+      die "$t is missing (apt-get install gcc python3 microsocks proxychains4 torsocks util-linux mount)"
+  done
+  [ -x "$build/via" ] && [ -f "$build/libvia.so" ] || die "no via build in $build (cmake --build $build)"
+  pc_lib=$(dpkg -L libproxychains4 2>/dev/null | grep -m1 'libproxychains\.so' || true)
+  [ -n "$pc_lib" ] || pc_lib=$(ls /usr/lib/*/libproxychains.so.4 2>/dev/null | head -1 || true)
+  [ -f "$pc_lib" ] || die "libproxychains.so.4 not found (apt-get install libproxychains4)"
+  ts_lib=$(dpkg -L torsocks 2>/dev/null | grep -m1 'libtorsocks\.so$' || true)
+  [ -f "$ts_lib" ] || die "libtorsocks.so not found (apt-get install torsocks)"
+}
+
+tmp=
+cleanup() {
+  local pids
+  pids=$(jobs -p)
+  [ -n "$pids" ] && kill $pids 2>/dev/null
+  [ -n "$tmp" ] && [ -f "$tmp/via.yaml" ] && "$build/via" stop -c "$tmp/via.yaml" >/dev/null 2>&1
+  wait 2>/dev/null
+  [ -n "$tmp" ] && rm -rf "$tmp"
+  return 0
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+  local i
+  for i in $(seq 100); do
+    python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$1),0.2).close()" 2>/dev/null && return 0
+    sleep 0.05
+  done
+  die "nothing listens on 127.0.0.1:$1 ($2 did not start)"
+}
+
+setup() {
+  tmp=$(mktemp -d)
+  mkdir -p "$out"
+  : > "$out/results.tsv"
+  rm -f "$out"/samples-*.txt
+  local b
+  for b in exec_cost connect_cost gai_cost; do cc -O2 -o "$tmp/$b" "bench/$b.c"; done
+  cc -O2 -pthread -o "$tmp/echo_server" bench/echo_server.c
+  echo 'int via_bench_empty;' > "$tmp/empty.c"
+  cc -O2 -shared -fPIC -o "$tmp/empty.so" "$tmp/empty.c"
+  pport=$(free_port); eport=$(free_port); bport=$(free_port)
+  printf '127.0.0.1 localhost\n127.0.0.1 bench.test\n127.0.0.1 bench.onion\n' > "$tmp/proxy-hosts"
+  unshare --mount -- sh -c 'mount --bind "$0" /etc/hosts && exec "$@"' "$tmp/proxy-hosts" \
+    microsocks -i 127.0.0.1 -p "$pport" >/dev/null 2>"$tmp/microsocks.log" &
+  "$tmp/echo_server" "$eport" 2 >/dev/null &
+  "$tmp/echo_server" "$bport" 1 bulk >/dev/null &
+  wait_port "$pport" microsocks; wait_port "$eport" echo_server; wait_port "$bport" "echo_server bulk"
+  cat > "$tmp/via.yaml" <<YAML
+version: "1.0"
+namespace: app
+entries:
+  - name: bench
+    kind: network.socks5
+    host: 127.0.0.1
+    port: $pport
+network_service:
+  loopback: overlay
+YAML
+  printf 'strict_chain\nproxy_dns\nremote_dns_subnet 224\n[ProxyList]\nsocks5 127.0.0.1 %s\n' "$pport" > "$tmp/proxychains.conf"
+  printf 'TorAddress 127.0.0.1\nTorPort %s\nAllowOutboundLocalhost 1\n' "$pport" > "$tmp/torsocks.conf"
+  export XDG_RUNTIME_DIR=$tmp/run
+  mkdir -m 700 "$XDG_RUNTIME_DIR"
+  export TORSOCKS_CONF_FILE=$tmp/torsocks.conf PROXYCHAINS_CONF_FILE=$tmp/proxychains.conf
+}
+
+# The three tools, each running "$@" with its preload.
+under_via() { "$build/via" run -q -c "$tmp/via.yaml" --network app:bench -- "$@"; }
+under_pc() { proxychains4 -q -f "$tmp/proxychains.conf" "$@"; }
+under_ts() { torsocks "$@"; }
+
+# record FIGURE TOOL RUN METRIC VALUE
+record() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >> "$out/results.tsv"; }
+field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p"; }
+# lat FIGURE TOOL RUN COMMAND...: a connect_cost/gai_cost latency sample, p50 and p99
+lat() {
+  local fig=$1 tool=$2 run=$3 res
+  shift 3
+  if ! res=$(CONNECT_COST_SAMPLES=$out/samples-$fig-$tool-$run.txt "$@" 2>"$tmp/err"); then
+    echo "  fig $fig $tool run $run FAILED: $(tail -1 "$tmp/err")" >&2
+    return 0
+  fi
+  record "$fig" "$tool" "$run" p50_us "$(field p50 <<<"$res")"
+  record "$fig" "$tool" "$run" p99_us "$(field p99 <<<"$res")"
+}
+
+fig1_exec_cost() {
+  echo "figure 1: exec /bin/true x $EXEC_N, $RUNS runs" >&2
+  local r e=$tmp/exec_cost
+  # EXEC_COST_PRELOAD puts the library into the exec'd /bin/true only: the loading cost.
+  # "via-session" has libvia.so in exec_cost too, as in a `via run` session, so its exec hook
+  # (the static/setuid check and environment repair before each execve) is counted as well.
+  for r in $(seq "$RUNS"); do
+    record 1 none "$r" mean_us "$("$e" "$EXEC_N" /bin/true | field mean)"
+    record 1 empty.so "$r" mean_us "$(EXEC_COST_PRELOAD=$tmp/empty.so "$e" "$EXEC_N" /bin/true | field mean)"
+    record 1 via "$r" mean_us \
+      "$(VIA_NETWORK=app:bench EXEC_COST_PRELOAD=$build/libvia.so "$e" "$EXEC_N" /bin/true | field mean)"
+    record 1 via-session "$r" mean_us \
+      "$(LD_PRELOAD=$build/libvia.so VIA_NETWORK=app:bench "$e" "$EXEC_N" /bin/true | field mean)"
+    record 1 proxychains4 "$r" mean_us \
+      "$(PROXYCHAINS_QUIET_MODE=1 EXEC_COST_PRELOAD=$pc_lib "$e" "$EXEC_N" /bin/true | field mean)"
+    record 1 torsocks "$r" mean_us "$(EXEC_COST_PRELOAD=$ts_lib "$e" "$EXEC_N" /bin/true | field mean)"
+  done
+}
+
+fig2_connect() {
+  echo "figure 2: connect + 1-byte echo x $N, $RUNS runs" >&2
+  local r c=$tmp/connect_cost
+  for r in $(seq "$RUNS"); do
+    lat 2 direct "$r" "$c" plain 127.0.0.1 "$eport" "$N"
+    lat 2 floor "$r" "$c" socks5 "$pport" 127.0.0.1 "$eport" "$N"
+    lat 2 via "$r" under_via "$c" plain 127.0.0.1 "$eport" "$N"
+    lat 2 proxychains4 "$r" under_pc "$c" plain 127.0.0.1 "$eport" "$N"
+    # torsocks never proxies a loopback destination: AllowOutboundLocalhost 1 connects it
+    # directly (without it, it refuses). Measured for completeness, not comparable.
+    lat 2 torsocks-bypass "$r" under_ts "$c" plain 127.0.0.1 "$eport" "$N"
+  done
+}
+
+fig3_connect_name() {
+  echo "figure 3: connect by name (the proxy resolves it) x $N, $RUNS runs" >&2
+  local r c=$tmp/connect_cost
+  for r in $(seq "$RUNS"); do
+    lat 3 floor "$r" "$c" socks5 "$pport" bench.test "$eport" "$N"
+    lat 3 via "$r" under_via "$c" plain bench.test "$eport" "$N"
+    lat 3 proxychains4 "$r" under_pc "$c" plain bench.test "$eport" "$N"
+    # torsocks resolves ordinary names with Tor's RESOLVE command (microsocks refuses it);
+    # only .onion names get a local cookie address and go to the proxy as ATYP 3.
+    lat 3 torsocks-onion "$r" under_ts "$c" plain bench.onion "$eport" "$N"
+  done
+}
+
+bulk_one() {
+  local tool=$1 r=$2 res
+  shift 2
+  if res=$("$@" 2>"$tmp/err"); then
+    record 4 "$tool" "$r" MiBps "$(field 'MiBps' <<<"${res##* }")"
+  else
+    echo "  fig 4 $tool run $r FAILED: $(tail -1 "$tmp/err")" >&2
+  fi
+}
+
+fig4_bulk() {
+  echo "figure 4: $BULK_MIB MiB up + $BULK_MIB MiB down, $RUNS runs" >&2
+  local r c=$tmp/connect_cost
+  for r in $(seq "$RUNS"); do
+    bulk_one direct "$r" "$c" bulk plain 127.0.0.1 "$bport" "$BULK_MIB"
+    bulk_one floor "$r" "$c" bulk socks5 "$pport" 127.0.0.1 "$bport" "$BULK_MIB"
+    bulk_one via "$r" under_via "$c" bulk plain 127.0.0.1 "$bport" "$BULK_MIB"
+    bulk_one proxychains4 "$r" under_pc "$c" bulk plain 127.0.0.1 "$bport" "$BULK_MIB"
+    bulk_one torsocks-onion "$r" under_ts "$c" bulk plain bench.onion "$bport" "$BULK_MIB"
+  done
+}
+
+fig5_getaddrinfo() {
+  echo "figure 5: getaddrinfo x $GAI_N under each tool, $RUNS runs" >&2
+  local r g=$tmp/gai_cost
+  for r in $(seq "$RUNS"); do
+    lat 5 via "$r" under_via "$g" bench.test "$GAI_N"
+    lat 5 proxychains4 "$r" under_pc "$g" bench.test "$GAI_N"
+    lat 5 torsocks-onion "$r" under_ts "$g" bench.onion "$GAI_N"
+  done
+}
+
+# Reads the broker's pid from `via status`, its CPU ticks and RSS from /proc.
+broker_pid() { "$build/via" status -c "$tmp/via.yaml" 2>/dev/null | sed -n 's/^broker pid \([0-9]*\).*/\1/p'; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+
+fig6_capacity() {
+  echo "figure 6: $CAP_PROCS concurrent clients for $CAP_SECONDS s ($CAP_RUNS runs); RSS after $NAMES names" >&2
+  local r pid t0 t1 total hz holder
+  hz=$(getconf CLK_TCK)
+  # A session that keeps the broker up while we read it: its program is a sleep we kill later.
+  under_via sh -c 'echo $$ > "$0"; exec sleep 600' "$tmp/holder.pid" &
+  local holder_job=$!
+  for _ in $(seq 100); do [ -s "$tmp/holder.pid" ] && break; sleep 0.05; done
+  holder=$(cat "$tmp/holder.pid" 2>/dev/null) || die "fig 6: via run did not start"
+  pid=$(broker_pid)
+  [ -n "$pid" ] || die "fig 6: no broker pid from via status"
+  for r in $(seq "$CAP_RUNS"); do
+    t0=$(cpu_ticks "$pid")
+    under_via sh -c 'for i in $(seq "$1"); do
+        CONNECT_COST_SECONDS=$2 "$3" plain 127.0.0.1 "$4" 100000000 > "$5.$i" 2>&1 & done; wait' \
+      sh "$CAP_PROCS" "$CAP_SECONDS" "$tmp/connect_cost" "$eport" "$tmp/cap" ||
+      echo "  fig 6: some clients failed: $(grep -h failed "$tmp"/cap.* | head -1)" >&2
+    t1=$(cpu_ticks "$pid")
+    total=$(cat "$tmp"/cap.* | field n | awk '{s += $1} END {print s + 0}')
+    record 6 via "$r" connects_per_s "$(awk -v n="$total" -v s="$CAP_SECONDS" 'BEGIN {printf "%.0f", n / s}')"
+    record 6 via "$r" broker_cpu_us_per_connect \
+      "$(awk -v d=$((t1 - t0)) -v hz="$hz" -v n="$total" 'BEGIN {printf "%.2f", n ? d * 1e6 / hz / n : 0}')"
+    rm -f "$tmp"/cap.*
+  done
+  record 6 via 1 broker_rss_kib_before_names "$(rss_kib "$pid")"
+  under_via "$tmp/gai_cost" -u bench.test "$NAMES" >/dev/null || echo "  fig 6: name lookups failed" >&2
+  record 6 via 1 broker_rss_kib_after_names "$(rss_kib "$pid")"
+  kill "$holder" 2>/dev/null || true
+  wait "$holder_job" 2>/dev/null || true
+}
+
+main() {
+  need_tools
+  setup
+  {
+    echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "machine: nproc=$(nproc), $(uname -r), $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)"
+    echo "via: $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?'); proxychains4 $(dpkg-query -W -f '${Version}' proxychains4 2>/dev/null);" \
+      "torsocks $(dpkg-query -W -f '${Version}' torsocks 2>/dev/null); microsocks $(dpkg-query -W -f '${Version}' microsocks 2>/dev/null)"
+    echo "RUNS=$RUNS EXEC_N=$EXEC_N N=$N BULK_MIB=$BULK_MIB GAI_N=$GAI_N CAP_PROCS=$CAP_PROCS CAP_SECONDS=$CAP_SECONDS NAMES=$NAMES"
+  } > "$out/machine.txt"
+  local f
+  for f in $FIGURES; do
+    case $f in
+      1) fig1_exec_cost ;; 2) fig2_connect ;; 3) fig3_connect_name ;; 4) fig4_bulk ;;
+      5) fig5_getaddrinfo ;; 6) fig6_capacity ;; *) die "unknown figure $f" ;;
+    esac
+  done
+  python3 bench/report.py "$out" | tee "$out/report.md"
+}
+
+main
