@@ -53,15 +53,11 @@ Result<std::string> RuntimeDir() {
                                     "); remove it or set XDG_RUNTIME_DIR");
   }
   if ((st.st_mode & 077) != 0) {
-    return Status::Error(
-        EPERM, "runtime directory " + dir + " is accessible to other users (mode " +
-                   std::to_string(st.st_mode & 0777) + " octal " +
-                   [&] {
-                     char b[8];
-                     std::snprintf(b, sizeof b, "%o", st.st_mode & 0777);
-                     return std::string(b);
-                   }() +
-                   "); run: chmod 700 " + dir);
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%03o", static_cast<unsigned>(st.st_mode & 0777));
+    return Status::Error(EPERM, "runtime directory " + dir +
+                                    " is accessible to other users (mode " + mode +
+                                    "); run: chmod 700 " + dir);
   }
   return dir;
 }

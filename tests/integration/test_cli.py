@@ -1,5 +1,6 @@
 """The command line as a user meets it: help, check, probe, status, install."""
 import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -151,6 +152,40 @@ class CliWithServers(harness.ViaCase):
         finally:
             open(flag, "w").close()
             p.wait(10)
+
+    def test_broker_refuses_a_peer_of_another_uid(self):
+        """SO_PEERCRED: even with the directory and socket opened to everyone, a process of
+        another uid is cut off before its first request is read, and the broker logs it."""
+        if os.geteuid() != 0 or subprocess.run(["id", "viatest"], capture_output=True).returncode:
+            self.skipTest("needs root and the viatest user (scripts/install-deps.sh creates it)")
+        uid = pwd.getpwnam("viatest").pw_uid
+        ensure = self.via("broker", "--ensure")
+        self.assertOk(ensure)
+        sock = ensure.stdout.strip()
+        for path in (self.dir, self.runtime, os.path.dirname(sock)):
+            os.chmod(path, 0o755)
+        os.chmod(sock, 0o777)
+        client = (
+            "import socket, struct, sys\n"
+            "s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n"
+            "s.connect(sys.argv[1])\n"
+            "s.settimeout(10)\n"
+            "s.send(b'VIA1' + bytes(12))\n"
+            "try:\n"
+            "    print('reply' if s.recv(4096) else 'closed')\n"
+            "except (ConnectionResetError, BrokenPipeError):\n"
+            "    print('closed')\n")
+        proc = subprocess.run(["runuser", "-u", "viatest", "--", "/usr/bin/python3", "-c", client,
+                               sock], capture_output=True, text=True, timeout=30)
+        for path in (self.dir, self.runtime, os.path.dirname(sock)):
+            os.chmod(path, 0o700)
+        self.assertOk(proc)
+        self.assertEqual(proc.stdout.strip(), "closed")
+        self.assertTrue(harness.wait_for(lambda: any(
+            f"refused connection from uid {uid}" in l for l in self.broker_log())),
+            "\n".join(self.broker_log()))
+        # The broker still serves its own uid.
+        self.assertOk(self.via("status"))
 
     def test_shim_depends_on_libc_only(self):
         out = subprocess.run(["ldd", harness.SHIM], capture_output=True, text=True).stdout
