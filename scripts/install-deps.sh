@@ -4,7 +4,8 @@
 # Also creates the test fixtures that need root: the `viatest` user (danted's username
 # authentication) and the PAM service `via-test-sockd` (accepts any credentials, so that
 # isolate_streams' random usernames can be observed in danted's log). The packages' own
-# services (danted, dnsmasq) are never left running: the tests start their own servers.
+# services (danted, dnsmasq, tor) are never left running: the tests start their own servers
+# (tests/tor/tor_network.py runs a private Tor network; Debian's tor on 9050 is not used).
 set -euo pipefail
 
 if [ "$(id -u)" != 0 ]; then
@@ -15,7 +16,7 @@ fi
 packages=(
   build-essential cmake ninja-build pkg-config
   libyaml-cpp-dev libspdlog-dev libc-ares-dev libssl-dev libgtest-dev googletest clang-format
-  dante-server microsocks dnsmasq
+  dante-server microsocks dnsmasq tor
   curl wget git python3 openssl iproute2 util-linux procps ca-certificates tcpdump
 )
 
@@ -66,11 +67,20 @@ fi
 
 # If systemd runs the packages' services anyway, stop and disable them.
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-  for svc in danted dnsmasq; do
+  for svc in danted dnsmasq tor tor@default; do
     if systemctl is-enabled --quiet "$svc" 2>/dev/null || systemctl is-active --quiet "$svc" 2>/dev/null; then
       systemctl disable --now --quiet "$svc" 2>/dev/null || true
     fi
   done
+fi
+
+# Without systemd: keep Debian's tor (SocksPort 9050) from starting at boot, and stop it if its
+# init script started it (it acts on its own pid file only).
+if [ ! -d /run/systemd/system ] && [ -x /etc/init.d/tor ]; then
+  update-rc.d tor disable >/dev/null 2>&1 || true
+  if [ -s /run/tor/tor.pid ]; then
+    /etc/init.d/tor stop >/dev/null 2>&1 || true
+  fi
 fi
 
 # The danted test's system user (RFC 1929 username/password checked against the system).

@@ -1,0 +1,283 @@
+"""via against a real, private, offline Tor network (tests/tor/tor_network.py).
+
+Once per module: 3 directory authorities, 3 exits, a client (SocksPort + ControlPort) and an
+onion-service host, all on 127.0.0.0/8 inside the test's network namespace (only `lo` exists
+there: nothing can reach the real Tor network). The tests watch the client's control port
+(STREAM events) to see which circuit carried each of via's connections.
+
+Skipped with the reason when tor/tor-gencert are missing, without the namespace, or when the
+network is not ready within VIA_TOR_TIMEOUT seconds (default 120). VIA_TEST_KEEP=1 keeps the
+network's directory (torrcs, logs).
+"""
+import ipaddress
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+import harness
+
+sys.path.insert(0, os.path.join(harness.ROOT, "tests", "tor"))
+import tor_network  # noqa: E402
+
+TARGET = os.path.join(harness.HERE, "target_server.py")
+# The IP-echo namespace (see Tor._make_echo_namespace): addresses of this test's own making.
+ECHO_IP = "10.214.0.2"
+DIRECT_IP = "10.214.0.1"
+EXIT_OUT = ["10.214.0.14", "10.214.0.15", "10.214.0.16"]
+
+# FETCHER PORT N TAG [child]: N HTTP GETs, each on a fresh connection, to 127.0.0.1:PORT;
+# with "child", one more from a child process (same environment, so also under via).
+FETCHER = r"""
+import socket, subprocess, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+for i in range(n):
+    s = socket.create_connection(("127.0.0.1", port), timeout=60)
+    s.sendall(b"GET /%s%d HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n" % (sys.argv[3].encode(), i))
+    data = b""
+    while True:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    print(data.split(b"\r\n", 1)[0].decode(), flush=True)
+if len(sys.argv) > 4 and sys.argv[4] == "child":
+    sys.exit(subprocess.run([sys.executable, sys.argv[0], sys.argv[1], "1",
+                             sys.argv[3] + "child"]).returncode)
+"""
+
+
+class Tor(harness.ViaCase):
+    net = None
+    net_dir = None
+
+    @classmethod
+    def setUpClass(cls):
+        if harness.NS_REASON:
+            raise unittest.SkipTest(harness.NS_REASON)
+        reason = tor_network.missing_tools()
+        if reason:
+            raise unittest.SkipTest(reason)
+        timeout = float(os.environ.get("VIA_TOR_TIMEOUT", "120"))
+        cls.net_dir = tempfile.mkdtemp(prefix="via-tor-net-")
+        cls.echo_ns = None
+        try:
+            cls._make_echo_namespace()
+        except (OSError, subprocess.CalledProcessError) as e:
+            cls._down()
+            raise unittest.SkipTest(f"cannot create the IP-echo namespace: {e}")
+        cls.net = tor_network.TorNetwork(cls.net_dir, exit_outbound=EXIT_OUT)
+        t0 = time.time()
+        try:
+            cls.net.up(timeout=timeout,
+                       log=lambda m: print(f"[tor network] {m}", file=sys.stderr, flush=True))
+        except Exception as e:  # noqa: BLE001 - any failure to come up is a skip, with why
+            cls._down()
+            raise unittest.SkipTest(f"the private Tor network was not ready within "
+                                    f"{timeout:.0f}s ({time.time() - t0:.0f}s spent): {e}")
+
+    @classmethod
+    def _make_echo_namespace(cls):
+        """A network namespace holding only the IP-echo target (ECHO_IP), joined to the test
+        namespace by a veth pair: there, DIRECT_IP is the primary address (direct connections
+        come from it) and EXIT_OUT are the exits' outgoing addresses for non-loopback targets."""
+        cls.echo_ns = f"via-echo-{os.getpid()}"
+        ip = lambda *a: subprocess.run(["ip", *a], check=True, capture_output=True)  # noqa
+        ip("netns", "add", cls.echo_ns)
+        ip("link", "add", "via-e0", "type", "veth", "peer", "name", "via-e1")
+        ip("link", "set", "via-e1", "netns", cls.echo_ns)
+        for a in [DIRECT_IP] + EXIT_OUT:
+            ip("addr", "add", f"{a}/24", "dev", "via-e0")
+        ip("link", "set", "via-e0", "up")
+        ip("-n", cls.echo_ns, "addr", "add", f"{ECHO_IP}/24", "dev", "via-e1")
+        ip("-n", cls.echo_ns, "link", "set", "via-e1", "up")
+        ip("-n", cls.echo_ns, "link", "set", "lo", "up")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._down()
+
+    @classmethod
+    def _down(cls):
+        if cls.net is not None:
+            cls.net.down()
+        if cls.echo_ns:
+            subprocess.run(["ip", "link", "del", "via-e0"], capture_output=True)
+            subprocess.run(["ip", "netns", "del", cls.echo_ns], capture_output=True)
+        if cls.net_dir:
+            if os.environ.get("VIA_TEST_KEEP") == "1":
+                print(f"\n[tor network] keeping {cls.net_dir}", file=sys.stderr)
+            else:
+                shutil.rmtree(cls.net_dir, True)
+
+    # ---- helpers ---------------------------------------------------------------------------
+    def use_tor(self, isolate):
+        self.write_config(
+            [self.socks5_entry("tor", self.net.socks_port,
+                               f"isolate_streams: {'true' if isolate else 'false'}",
+                               "connect_timeout: 60s")],
+            service={"loopback": "overlay"})
+
+    def watch_streams(self):
+        """A control connection to the client receiving STREAM events."""
+        ctl = self.net.client.controller()
+        self.addCleanup(ctl.close)
+        ctl.setevents("STREAM")
+        return ctl
+
+    def succeeded(self, ctl, target, count, timeout=15.0):
+        """The STREAM SUCCEEDED events for `target` ("host:port"), waiting until `count` of
+        them arrived (events may trail the program's exit slightly)."""
+        seen = []
+        deadline = time.time() + timeout
+        while True:
+            for text in ctl.events(timeout=0.2):
+                ev = tor_network.parse_stream_event(text)
+                if ev:
+                    seen.append(ev)
+            ok = [e for e in seen if e["status"] == "SUCCEEDED" and e["target"] == target]
+            if len(ok) >= count or time.time() >= deadline:
+                return ok, seen
+
+    def exit_of(self, ctl, circuit_id):
+        return self.net.exit_of(ctl, circuit_id)
+
+    def assertRan(self, proc, ctl=None):
+        """assertOk, with the STREAM events seen and the client's log on failure."""
+        if proc.returncode != 0:
+            seen = ctl.events(timeout=1) if ctl else []
+            self.assertOk(proc, f"STREAM events: {seen}\nbroker log:\n" +
+                          "\n".join(self.broker_log()[-20:]) +
+                          f"\ntor client:\n{self.net.diagnosis()}")
+
+    def fetch(self, port, n, tag, child=False, timeout=180):
+        """Runs FETCHER under via: n requests on n connections (plus one in a child)."""
+        script = os.path.join(self.dir, "fetcher.py")
+        with open(script, "w") as f:
+            f.write(FETCHER)
+        argv = [harness.PYTHON, script, str(port), str(n), tag] + (["child"] if child else [])
+        return self.run_via("app:tor", *argv, timeout=timeout)
+
+    # ---- (a) a TCP connection through an exit --------------------------------------------
+    def test_curl_reaches_a_loopback_target_through_an_exit(self):
+        port, record = self.start_target()
+        self.use_tor(isolate=False)
+        ctl = self.watch_streams()
+        proc = self.run_via("app:tor", "curl", "-sSf", "--max-time", "90",
+                            f"http://127.0.0.1:{port}/through-tor", timeout=120)
+        self.assertRan(proc, ctl)
+        ok, seen = self.succeeded(ctl, f"127.0.0.1:{port}", 1)
+        self.assertEqual(len(ok), 1, f"STREAM events: {seen}")
+        circuit = ok[0]["circuit"]
+        self.assertNotEqual(circuit, "0")
+        exit_fp = self.exit_of(ctl, circuit)
+        self.assertIn(exit_fp, self.net.describe()["exits"],
+                      f"circuit {circuit} does not end at one of the exits")
+        recs = self.records(record)
+        self.assertEqual([r["path"] for r in recs], ["/through-tor"], recs)
+        self.assertIn(ipaddress.ip_address(recs[0]["peer"]), ipaddress.ip_network("127.0.0.0/8"))
+
+    # ---- (b) stream isolation ----------------------------------------------------------------
+    def circuits_for(self, isolate, n, child=False):
+        port, record = self.start_target()
+        self.use_tor(isolate)
+        ctl = self.watch_streams()
+        tag = f"iso-{isolate}-{'child' if child else 'conns'}"
+        proc = self.fetch(port, n, tag, child=child)
+        total = n + (1 if child else 0)
+        self.assertRan(proc, ctl)
+        self.assertEqual(proc.stdout.count("200 OK"), total, proc.stdout)
+        ok, seen = self.succeeded(ctl, f"127.0.0.1:{port}", total)
+        self.assertEqual(len(ok), total, f"STREAM events: {seen}")
+        self.assertEqual(len(self.records(record)), total)
+        return ok
+
+    def test_isolated_connections_use_different_circuits(self):
+        ok = self.circuits_for(isolate=True, n=3)
+        self.assertEqual(len({e["circuit"] for e in ok}), 3, ok)
+        self.assertEqual(len({e.get("SOCKS_USERNAME") for e in ok}), 3, ok)
+
+    def test_connections_share_a_circuit_without_isolation(self):
+        ok = self.circuits_for(isolate=False, n=3)
+        self.assertEqual(len({e["circuit"] for e in ok}), 1, ok)
+
+    def test_parent_and_child_use_different_circuits_when_isolated(self):
+        ok = self.circuits_for(isolate=True, n=1, child=True)
+        self.assertEqual(len({e["circuit"] for e in ok}), 2, ok)
+
+    def test_parent_and_child_share_a_circuit_without_isolation(self):
+        ok = self.circuits_for(isolate=False, n=1, child=True)
+        self.assertEqual(len({e["circuit"] for e in ok}), 1, ok)
+
+    # ---- (c) .onion by name --------------------------------------------------------------------
+    def test_onion_service_by_name_through_a_fake_address_without_dns(self):
+        self.start_dns()
+        port = self.net.onion_target_port
+        record = os.path.join(self.dir, "onion-target.jsonl")
+        p, _ = self.spawn([harness.PYTHON, TARGET, str(port), record], "onion-target.log")
+        harness.wait_port(port, proc=p)
+        self.use_tor(isolate=True)
+        ctl = self.watch_streams()
+        onion = self.net.onion
+        self.assertRegex(onion, r"^[a-z2-7]{56}\.onion$")
+        proc = self.run_via("app:tor", "curl", "-sSf", "--max-time", "90", "-o", "/dev/null",
+                            "-w", "%{remote_ip}", f"http://{onion}/hidden", timeout=120)
+        self.assertRan(proc, ctl)
+        # curl connected to a fake address that via mapped to the name...
+        self.assertIn(ipaddress.ip_address(proc.stdout.strip()),
+                      ipaddress.ip_network("198.18.0.0/15"), proc.stdout)
+        # ...the name reached Tor (ATYP 3) and the onion service's target saw the request...
+        ok, seen = self.succeeded(ctl, f"{onion}:80", 1)
+        self.assertEqual(len(ok), 1, f"STREAM events: {seen}")
+        recs = self.records(record)
+        self.assertEqual([(r["host"], r["path"]) for r in recs], [(onion, "/hidden")], recs)
+        # ...and the local DNS server never heard of it.
+        self.assertEqual(self.dns_queries(".onion"), [])
+        self.assertEqual(self.dns_queries(onion[:16]), [])
+
+    # ---- (d) the seed's probe, offline -----------------------------------------------------------
+    def start_echo(self):
+        """The IP-echo target inside the echo namespace, on ECHO_IP:<port>."""
+        port = harness.free_port()
+        record = os.path.join(self.dir, "echo.jsonl")
+        p, _ = self.spawn(["ip", "netns", "exec", self.echo_ns, harness.PYTHON, TARGET,
+                           str(port), record, "--bind", ECHO_IP], "echo.log")
+        harness.wait_port(port, host=ECHO_IP, proc=p)
+        return port, record
+
+    def test_probe_shows_different_direct_and_tor_addresses(self):
+        port, record = self.start_echo()
+        self.use_tor(isolate=True)
+        proc = self.via("probe", "--network", "app:tor", "--timeout", "60",
+                        "--url", f"http://{ECHO_IP}:{port}/ip", timeout=120)
+        self.assertRan(proc)
+        lines = proc.stdout.splitlines()
+        self.assertEqual(lines[0], f"direct IP: {DIRECT_IP}", proc.stdout)
+        self.assertRegex(lines[1], r"^tor IP: ", proc.stdout)
+        self.assertIn(lines[1].split(": ", 1)[1], EXIT_OUT, proc.stdout)
+        # The echo server saw both fetches, from those two addresses.
+        peers = [r["peer"] for r in self.records(record)]
+        self.assertEqual(peers, [DIRECT_IP, lines[1].split(": ", 1)[1]], peers)
+
+    def test_probe_reports_a_dial_error_when_tor_is_stopped(self):
+        port, record = self.start_echo()
+        self.use_tor(isolate=True)
+        self.net.stop_client()
+        # Whatever happens below, the next tests get a working client again.
+        self.addCleanup(self.net.start_client)
+        proc = self.via("probe", "--network", "app:tor", "--timeout", "30",
+                        "--url", f"http://{ECHO_IP}:{port}/ip", timeout=60)
+        self.assertEqual(proc.returncode, 1, proc.stdout + proc.stderr)
+        lines = proc.stdout.splitlines()
+        self.assertEqual(lines[0], f"direct IP: {DIRECT_IP}", proc.stdout)
+        self.assertTrue(lines[1].startswith("tor failed: dial: "), proc.stdout)
+        self.assertIn("Connection refused", lines[1])
+        self.assertEqual([r["peer"] for r in self.records(record)], [DIRECT_IP])
+
+
+if __name__ == "__main__":
+    harness.main()
