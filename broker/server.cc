@@ -358,6 +358,8 @@ void Server::Handle(Client& c, const uint8_t* data, size_t n, std::vector<Unique
       return HandleStatus(c, m);
     case wire::kShutdown:
       return HandleShutdown(c, m);
+    case wire::kDnsQuery:
+      return HandleDnsQuery(c, m);
     default:
       return ReplyError(c, reply, m.id(), EPROTO, "unknown message type " + std::to_string(type));
   }

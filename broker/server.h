@@ -86,6 +86,7 @@ class Server {
   void HandleConnect(Client& c, const wire::Message& m, std::vector<UniqueFd>& fds);
   void HandleResolve(Client& c, const wire::Message& m);
   void HandleReverse(Client& c, const wire::Message& m);
+  void HandleDnsQuery(Client& c, const wire::Message& m);  // dns_query.cc
   void HandleOpenSession(Client& c, const wire::Message& m);
   void HandleStatus(Client& c, const wire::Message& m);
   void HandleShutdown(Client& c, const wire::Message& m);

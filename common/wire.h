@@ -34,6 +34,8 @@ enum Type : uint16_t {
   kOpenSession = 5,  // `via run` opens a session; reply carries its token
   kStatus = 6,       // human-readable status text
   kShutdown = 7,     // ask the broker to exit
+  // 0x10-0x1F: Tor/DNS (issue 3).
+  kDnsQuery = 0x10,  // a DNS query a program sent itself: answered from the fake-address table
 };
 
 // Field tags.
@@ -50,6 +52,8 @@ enum Tag : uint16_t {
   kTagPid = 10,      // u32 (informational; the broker trusts SO_PEERCRED)
   kTagText = 11,     // string, multi-line text (status)
   kTagVersion = 12,  // u16, protocol version (HELLO)
+  // 0x10-0x1F: Tor/DNS (issue 3).
+  kTagDnsPacket = 0x10,  // bytes, one DNS message (DNS_QUERY request and reply)
 };
 
 // Reply flags (kTagFlags in a HELLO reply).

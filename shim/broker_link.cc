@@ -387,4 +387,32 @@ int BrokerReverse(const wire::Addr& addr, char* name, size_t namecap) {
   return 0;
 }
 
+int BrokerDnsQuery(const void* query, size_t n, uint8_t* answer, size_t cap, size_t* answer_len,
+                   char* msg, size_t msgcap) {
+  *answer_len = 0;
+  if (n > kMaxDnsQuery) {
+    std::snprintf(msg, msgcap, "DNS query of %zu bytes (at most %zu)", n, kMaxDnsQuery);
+    return EMSGSIZE;
+  }
+  uint8_t buf[kMaxDnsQuery + 64];
+  wire::Writer w(buf, sizeof buf, wire::kDnsQuery, t_link.next_id++);
+  w.PutBytes(wire::kTagDnsPacket, query, n);
+  uint8_t reply[kMaxDnsQuery + 1024];
+  wire::Message m;
+  int err = Request(w, -1, reply, sizeof reply, &m, msg, msgcap);
+  if (err != 0) return err;
+  err = ReplyErrno(m, msg, msgcap);
+  if (err != 0) return err;
+  wire::Field f;
+  if (m.Find(wire::kTagMessage, &f)) {
+    std::snprintf(msg, msgcap, "%.*s", int(f.len), reinterpret_cast<const char*>(f.data));
+  }
+  if (m.Find(wire::kTagDnsPacket, &f)) {
+    if (f.len > cap) return EMSGSIZE;
+    std::memcpy(answer, f.data, f.len);
+    *answer_len = f.len;
+  }
+  return 0;
+}
+
 }  // namespace via::shim

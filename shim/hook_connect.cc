@@ -27,6 +27,7 @@ enum class Route {
   kRefuse,          // loopback destination under network_service.loopback: refuse
   kRefuseDatagram,  // non-TCP traffic that would leave the host
   kRefuseDns,       // TCP to the local resolver's port 53
+  kDnsSocket,       // UDP to port 53: a DNS socket the broker answers (dns_socket.cc)
 };
 
 constexpr uint16_t kDnsPort = 53;
@@ -49,7 +50,11 @@ int Decide(int fd, const sockaddr* sa, socklen_t len, wire::Addr* dest, Route* r
   socklen_t tlen = sizeof type;
   if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) != 0) return 0;  // the kernel reports it
   if (type != SOCK_STREAM) {
-    if (!DatagramAllowed(*dest)) *route = Route::kRefuseDatagram;
+    if (wire::Unmapped(*dest).port == kDnsPort && IsUdpSocket(fd)) {
+      *route = Route::kDnsSocket;
+    } else if (!DatagramAllowed(*dest)) {
+      *route = Route::kRefuseDatagram;
+    }
     return 0;
   }
   if (wire::IsLoopback(*dest) || IsUnspecified(*dest)) {
@@ -124,6 +129,9 @@ int MaybeRoute(int fd, const sockaddr* sa, socklen_t len, int* result) {
     case Route::kOverlay:
       *result = RoutedConnect(fd, dest);
       return 0;
+    case Route::kDnsSocket:
+      *result = DnsConnect(fd, dest);
+      return 0;
     case Route::kRefuseDatagram:
       ComplainDatagram(dest);
       errno = EPERM;
@@ -173,6 +181,9 @@ VIA_EXPORT int connect(int fd, const sockaddr* addr, socklen_t len) {
 
 VIA_EXPORT ssize_t sendto(int fd, const void* buf, size_t n, int flags, const sockaddr* addr,
                           socklen_t len) {
+  ssize_t dns_result;
+  iovec dns_iov{const_cast<void*>(buf), n};
+  if (DnsInterceptSend(fd, addr, len, &dns_iov, 1, &dns_result)) return dns_result;
   if (addr != nullptr && CheckSend(fd, addr, len) != 0) return -1;
   if ((flags & MSG_FASTOPEN) != 0 && addr != nullptr) {
     // TCP Fast Open would send the SYN (with data) straight to the destination: connect through
@@ -187,6 +198,12 @@ VIA_EXPORT ssize_t sendto(int fd, const void* buf, size_t n, int flags, const so
 }
 
 VIA_EXPORT ssize_t sendmsg(int fd, const msghdr* msg, int flags) {
+  ssize_t dns_result;
+  if (msg != nullptr &&
+      DnsInterceptSend(fd, static_cast<const sockaddr*>(msg->msg_name), msg->msg_namelen,
+                       msg->msg_iov, msg->msg_iovlen, &dns_result)) {
+    return dns_result;
+  }
   if (msg != nullptr && msg->msg_name != nullptr &&
       CheckSend(fd, msg->msg_name, msg->msg_namelen) != 0) {
     return -1;
@@ -195,6 +212,30 @@ VIA_EXPORT ssize_t sendmsg(int fd, const msghdr* msg, int flags) {
 }
 
 VIA_EXPORT int sendmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags) {
+  // DNS queries among the messages: each message on its own (queries answered by the broker).
+  bool dns = false;
+  for (unsigned int i = 0; vec != nullptr && i < vlen && !dns; ++i) {
+    const msghdr& m = vec[i].msg_hdr;
+    wire::Addr a;
+    dns = m.msg_name != nullptr ? wire::AddrFromSockaddr(static_cast<const sockaddr*>(m.msg_name),
+                                                         m.msg_namelen, &a) &&
+                                      a.port == 53
+                                : DnsPeer(fd, &a);
+  }
+  for (unsigned int i = 0; dns && i < vlen; ++i) {
+    ssize_t r;
+    const msghdr& m = vec[i].msg_hdr;
+    if (!DnsInterceptSend(fd, static_cast<const sockaddr*>(m.msg_name), m.msg_namelen, m.msg_iov,
+                          m.msg_iovlen, &r)) {
+      if (m.msg_name != nullptr && CheckSend(fd, m.msg_name, m.msg_namelen) != 0)
+        r = -1;
+      else
+        r = Real().sendmsg(fd, &m, flags);
+    }
+    if (r < 0) return i == 0 ? -1 : int(i);
+    vec[i].msg_len = unsigned(r);
+    if (i + 1 == vlen) return int(vlen);
+  }
   for (unsigned int i = 0; vec != nullptr && i < vlen; ++i) {
     const msghdr& m = vec[i].msg_hdr;
     if (m.msg_name != nullptr && CheckSend(fd, m.msg_name, m.msg_namelen) != 0) {
@@ -207,7 +248,7 @@ VIA_EXPORT int sendmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags) {
 
 VIA_EXPORT int getpeername(int fd, sockaddr* addr, socklen_t* len) noexcept {
   wire::Addr dest;
-  if (addr != nullptr && len != nullptr && LookupRouted(fd, &dest)) {
+  if (addr != nullptr && len != nullptr && (LookupRouted(fd, &dest) || DnsPeer(fd, &dest))) {
     sockaddr_storage ss;
     socklen_t actual = wire::AddrToSockaddr(dest, &ss);
     std::memcpy(addr, &ss, *len < actual ? *len : actual);

@@ -82,6 +82,30 @@ int BrokerResolve(const char* name, int family, wire::Addr* out, int cap, int* c
 // Name of a fake address; ENOENT if `addr` is not one.
 int BrokerReverse(const wire::Addr& addr, char* name, size_t namecap);
 
+// A DNS query the program sent itself, answered by the broker from its fake-address table.
+// *answer_len = 0 when the broker sends no answer (a malformed packet it drops).
+constexpr size_t kMaxDnsQuery = 4096;
+int BrokerDnsQuery(const void* query, size_t n, uint8_t* answer, size_t cap, size_t* answer_len,
+                   char* msg, size_t msgcap);
+
+// ---- raw DNS sockets (dns_socket.cc) --------------------------------------------------------
+// Under an overlay, a UDP socket's datagrams to port 53 (any address) are DNS queries: the shim
+// hands them to the broker and delivers the answer on the program's socket (from a loopback
+// address, shown to the program as the resolver's). See docs/architecture.md, "Raw DNS".
+// connect(fd, resolver:53) of a UDP socket: remembers the resolver, connects nothing.
+int DnsConnect(int fd, const wire::Addr& resolver);
+// A send on `fd` to `name` (nullptr: the connected resolver, if the socket is a DNS socket) of
+// the bytes in iov: returns 1 and sets *result (bytes "sent" or -1 with errno) when this is a
+// DNS query that was handled, 0 when the caller goes on as usual.
+int DnsInterceptSend(int fd, const sockaddr* name, socklen_t namelen, const iovec* iov,
+                     size_t iovcnt, ssize_t* result);
+// After a receive on `fd`: shows the resolver as the source of an answer we delivered.
+void DnsRewriteSource(int fd, sockaddr* addr, socklen_t* len);
+// getpeername of a connected DNS socket: the resolver.
+bool DnsPeer(int fd, wire::Addr* resolver);
+// A UDP (datagram, IPPROTO_UDP) socket?
+bool IsUdpSocket(int fd);
+
 // ---- local names (hosts.cc) -----------------------------------------------------------------
 // Answers `name` locally if it is "localhost" (and friends) or listed in /etc/hosts: fills up to
 // `cap` addresses of `family` (0 any, AF_INET, AF_INET6) and returns how many (possibly 0 when

@@ -1,0 +1,344 @@
+// Raw DNS under an overlay: DNS queries a program sends itself over UDP (dig, c-ares in node,
+// a Python socket to the resolver of /etc/resolv.conf) never leave. The shim hands each query
+// to the broker (DNS_QUERY), which answers A/AAAA with fake addresses; the shim then delivers
+// the answer to the program's own socket from a loopback socket, and shows the resolver's
+// address as its source (recvfrom/recvmsg/recvmmsg, getpeername). Nothing is sent to the
+// resolver: a "connected" DNS socket is connected to nothing (the kernel never sees the
+// resolver's address), so even a write() the shim does not see fails instead of leaking.
+//
+// The socket is bound to loopback (port chosen by the kernel) before the first answer, unless
+// the program bound it already. Sockets are remembered by fd, validated by inode (a closed and
+// reused fd number is never mistaken for a DNS socket).
+#include <dlfcn.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "shim/shim.h"
+
+namespace via::shim {
+
+namespace {
+
+constexpr uint16_t kDnsPort = 53;
+
+// ---- the real functions this file needs (kept here: other files own RealFns) ----------------
+struct DnsReal {
+  ssize_t (*send)(int, const void*, size_t, int);
+  ssize_t (*recvfrom)(int, void*, size_t, int, sockaddr*, socklen_t*);
+  ssize_t (*recvmsg)(int, msghdr*, int);
+  int (*recvmmsg)(int, mmsghdr*, unsigned int, int, struct timespec*);
+};
+DnsReal g_dns_real;
+pthread_once_t g_dns_real_once = PTHREAD_ONCE_INIT;
+
+template <typename Fn>
+void Resolve(Fn& slot, const char* name, void* self) {
+  void* p = dlsym(RTLD_NEXT, name);
+  if (p == nullptr || p == self) {
+    static const char kMsg[] = "via: cannot resolve the real libc function for a hook\n";
+    (void)!write(2, kMsg, sizeof kMsg - 1);
+    abort();
+  }
+  slot = reinterpret_cast<Fn>(p);
+}
+
+}  // namespace
+}  // namespace via::shim
+
+extern "C" ssize_t send(int, const void*, size_t, int);
+extern "C" ssize_t recvfrom(int, void*, size_t, int, sockaddr*, socklen_t*);
+extern "C" ssize_t recvmsg(int, msghdr*, int);
+extern "C" int recvmmsg(int, mmsghdr*, unsigned int, int, struct timespec*);
+
+namespace via::shim {
+namespace {
+
+void InitDnsReal() {
+  Resolve(g_dns_real.send, "send", reinterpret_cast<void*>(&::send));
+  Resolve(g_dns_real.recvfrom, "recvfrom", reinterpret_cast<void*>(&::recvfrom));
+  Resolve(g_dns_real.recvmsg, "recvmsg", reinterpret_cast<void*>(&::recvmsg));
+  Resolve(g_dns_real.recvmmsg, "recvmmsg", reinterpret_cast<void*>(&::recvmmsg));
+}
+
+const DnsReal& RealDns() {
+  pthread_once(&g_dns_real_once, InitDnsReal);
+  return g_dns_real;
+}
+
+// ---- the table of DNS sockets -------------------------------------------------------------------
+struct Entry {
+  dev_t dev = 0;
+  ino_t ino = 0;  // 0 = empty
+  wire::Addr resolver;
+  bool connected = false;
+};
+
+pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
+Entry* g_table = nullptr;  // indexed by fd
+int g_size = 0;
+int g_count = 0;  // entries ever made: 0 keeps every hook on its fast path
+
+bool Identity(int fd, dev_t* dev, ino_t* ino) {
+  struct stat st;
+  if (fstat(fd, &st) != 0) return false;
+  *dev = st.st_dev;
+  *ino = st.st_ino;
+  return true;
+}
+
+void Remember(int fd, const wire::Addr& resolver, bool connected) {
+  dev_t dev;
+  ino_t ino;
+  if (fd < 0 || fd > (1 << 22) || !Identity(fd, &dev, &ino)) return;
+  pthread_mutex_lock(&g_mu);
+  if (fd >= g_size) {
+    int size = g_size == 0 ? 64 : g_size;
+    while (size <= fd) size *= 2;
+    auto* grown = static_cast<Entry*>(realloc(g_table, sizeof(Entry) * size));
+    if (grown == nullptr) {
+      pthread_mutex_unlock(&g_mu);
+      return;
+    }
+    for (int i = g_size; i < size; ++i) grown[i] = Entry{};
+    g_table = grown;
+    g_size = size;
+  }
+  Entry& e = g_table[fd];
+  // A connected socket stays connected to its resolver; sendto another one changes nothing.
+  bool keep = e.ino == ino && e.dev == dev && e.connected && !connected;
+  if (!keep) e = Entry{dev, ino, resolver, connected};
+  __atomic_store_n(&g_count, 1, __ATOMIC_RELEASE);
+  pthread_mutex_unlock(&g_mu);
+}
+
+bool Lookup(int fd, Entry* out) {
+  if (fd < 0 || __atomic_load_n(&g_count, __ATOMIC_ACQUIRE) == 0) return false;
+  pthread_mutex_lock(&g_mu);
+  bool in_table = fd < g_size && g_table[fd].ino != 0;
+  Entry e = in_table ? g_table[fd] : Entry{};
+  pthread_mutex_unlock(&g_mu);
+  if (!in_table) return false;
+  dev_t dev;
+  ino_t ino;
+  if (!Identity(fd, &dev, &ino) || dev != e.dev || ino != e.ino) return false;
+  *out = e;
+  return true;
+}
+
+// ---- delivering answers
+// ---------------------------------------------------------------------------
+bool Loopback(int family, sockaddr_storage* ss, socklen_t* len, uint16_t port_be) {
+  std::memset(ss, 0, sizeof *ss);
+  if (family == AF_INET) {
+    auto* in = reinterpret_cast<sockaddr_in*>(ss);
+    in->sin_family = AF_INET;
+    in->sin_port = port_be;
+    in->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    *len = sizeof *in;
+    return true;
+  }
+  auto* in6 = reinterpret_cast<sockaddr_in6*>(ss);
+  in6->sin6_family = AF_INET6;
+  in6->sin6_port = port_be;
+  in6->sin6_addr = in6addr_loopback;
+  *len = sizeof *in6;
+  return true;
+}
+
+// Binds an unbound socket to loopback (the kernel picks the port), so answers have somewhere
+// to go and nothing else can reach it. Through the system call: bind may be hooked.
+int EnsureBound(int fd) {
+  sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return errno;
+  uint16_t port = ss.ss_family == AF_INET ? reinterpret_cast<sockaddr_in*>(&ss)->sin_port
+                                          : reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port;
+  if (port != 0) return 0;
+  sockaddr_storage lo;
+  socklen_t lolen;
+  Loopback(ss.ss_family, &lo, &lolen, 0);
+  if (syscall(SYS_bind, fd, reinterpret_cast<sockaddr*>(&lo), lolen) == 0) return 0;
+  if (ss.ss_family != AF_INET6) return errno;
+  // No ::1 here (IPv6 disabled on lo): a dual-stack socket can still use ::ffff:127.0.0.1.
+  auto* in6 = reinterpret_cast<sockaddr_in6*>(&lo);
+  std::memset(&in6->sin6_addr, 0, sizeof in6->sin6_addr);
+  in6->sin6_addr.s6_addr[10] = in6->sin6_addr.s6_addr[11] = 0xff;
+  in6->sin6_addr.s6_addr[12] = 127;
+  in6->sin6_addr.s6_addr[15] = 1;
+  if (syscall(SYS_bind, fd, reinterpret_cast<sockaddr*>(&lo), lolen) == 0) return 0;
+  return errno;
+}
+
+// Sends `answer` to the socket's own (loopback) address from a throw-away socket.
+int Deliver(int fd, const uint8_t* answer, size_t n) {
+  sockaddr_storage self;
+  socklen_t len = sizeof self;
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&self), &len) != 0) return errno;
+  wire::Addr a;
+  if (!wire::AddrFromSockaddr(reinterpret_cast<sockaddr*>(&self), len, &a)) return EAFNOSUPPORT;
+  static const uint8_t kZero[16] = {};
+  wire::Addr plain = wire::Unmapped(a);
+  if (std::memcmp(plain.bytes, kZero, plain.addr_len()) == 0) {
+    // Bound to the wildcard address by the program: deliver on loopback.
+    uint16_t port_be = htons(a.port);
+    Loopback(self.ss_family, &self, &len, port_be);
+  }
+  int out = socket(self.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (out < 0) return errno;
+  ssize_t r = Real().sendto(out, answer, n, MSG_NOSIGNAL, reinterpret_cast<sockaddr*>(&self), len);
+  int err = r < 0 ? errno : 0;
+  close(out);
+  return err;
+}
+
+// One query: to the broker, and its answer (if any) to the program's socket.
+ssize_t Answer(int fd, const iovec* iov, size_t iovcnt, const wire::Addr& resolver) {
+  uint8_t query[kMaxDnsQuery];
+  size_t n = 0;
+  for (size_t i = 0; i < iovcnt; ++i) {
+    if (iov[i].iov_len > sizeof query - n) {
+      errno = EMSGSIZE;
+      return -1;
+    }
+    std::memcpy(query + n, iov[i].iov_base, iov[i].iov_len);
+    n += iov[i].iov_len;
+  }
+  char where[80];
+  wire::FormatAddr(resolver, where, sizeof where);
+  if (int err = EnsureBound(fd); err != 0) {
+    Complain("DNS query to %s refused: cannot bind the socket to loopback: %s", where,
+             strerror(err));
+    errno = EPERM;
+    return -1;
+  }
+  uint8_t answer[kMaxDnsQuery + 512];
+  size_t answer_len = 0;
+  char msg[512] = {};
+  int err = BrokerDnsQuery(query, n, answer, sizeof answer, &answer_len, msg, sizeof msg);
+  if (err != 0) {  // fail closed: the query is not sent anywhere
+    Complain("DNS query to %s refused: the broker did not answer it: %s", where, msg);
+    errno = err == EMSGSIZE ? EMSGSIZE : EPERM;
+    return -1;
+  }
+  if (answer_len > 0) {
+    if (int derr = Deliver(fd, answer, answer_len); derr != 0) {
+      Complain("DNS answer for %s could not be delivered: %s", where, strerror(derr));
+    }
+  }
+  return ssize_t(n);
+}
+
+}  // namespace
+
+bool IsUdpSocket(int fd) {
+  int type = 0, proto = 0;
+  socklen_t tlen = sizeof type, plen = sizeof proto;
+  return getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) == 0 && type == SOCK_DGRAM &&
+         getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &plen) == 0 && proto == IPPROTO_UDP;
+}
+
+int DnsConnect(int fd, const wire::Addr& resolver) {
+  if (int err = EnsureBound(fd); err != 0) {
+    char where[80];
+    Complain("DNS socket for %s refused: cannot bind it to loopback: %s",
+             wire::FormatAddr(resolver, where, sizeof where), strerror(err));
+    errno = EPERM;
+    return -1;
+  }
+  Remember(fd, resolver, true);
+  return 0;
+}
+
+int DnsInterceptSend(int fd, const sockaddr* name, socklen_t namelen, const iovec* iov,
+                     size_t iovcnt, ssize_t* result) {
+  if (Passthrough()) return 0;
+  wire::Addr resolver;
+  if (name == nullptr) {
+    Entry e;
+    if (!Lookup(fd, &e) || !e.connected) return 0;
+    resolver = e.resolver;
+  } else {
+    if ((name->sa_family != AF_INET && name->sa_family != AF_INET6) ||
+        !wire::AddrFromSockaddr(name, namelen, &resolver) || resolver.port != kDnsPort ||
+        !IsUdpSocket(fd)) {
+      return 0;
+    }
+  }
+  *result = Answer(fd, iov, iovcnt, resolver);
+  if (*result >= 0 && name != nullptr) Remember(fd, resolver, false);
+  return 1;
+}
+
+void DnsRewriteSource(int fd, sockaddr* addr, socklen_t* len) {
+  if (addr == nullptr || len == nullptr || *len == 0) return;
+  Entry e;
+  if (!Lookup(fd, &e)) return;
+  wire::Addr from;
+  if (!wire::AddrFromSockaddr(addr, *len, &from) || !wire::IsLoopback(from)) return;
+  sockaddr_storage ss;
+  wire::Addr r = e.resolver;
+  // Shown in the socket's family: an IPv4 resolver on an IPv6 socket as ::ffff:a.b.c.d.
+  if (addr->sa_family == AF_INET6 && r.family == 4) {
+    wire::Addr m;
+    m.family = 6;
+    m.port = r.port;
+    m.bytes[10] = m.bytes[11] = 0xff;
+    std::memcpy(m.bytes + 12, r.bytes, 4);
+    r = m;
+  }
+  socklen_t actual = wire::AddrToSockaddr(r, &ss);
+  if (addr->sa_family == AF_INET && r.family == 6) return;  // cannot be shown; keep as is
+  std::memcpy(addr, &ss, *len < actual ? *len : actual);
+  *len = actual;
+}
+
+bool DnsPeer(int fd, wire::Addr* resolver) {
+  Entry e;
+  if (!Lookup(fd, &e) || !e.connected) return false;
+  *resolver = e.resolver;
+  return true;
+}
+
+}  // namespace via::shim
+
+using namespace via::shim;
+
+VIA_EXPORT ssize_t send(int fd, const void* buf, size_t n, int flags) {
+  ssize_t result;
+  iovec iov{const_cast<void*>(buf), n};
+  if (DnsInterceptSend(fd, nullptr, 0, &iov, 1, &result)) return result;
+  return RealDns().send(fd, buf, n, flags);
+}
+
+VIA_EXPORT ssize_t recvfrom(int fd, void* buf, size_t n, int flags, sockaddr* addr,
+                            socklen_t* len) {
+  ssize_t r = RealDns().recvfrom(fd, buf, n, flags, addr, len);
+  if (r >= 0) DnsRewriteSource(fd, addr, len);
+  return r;
+}
+
+VIA_EXPORT ssize_t recvmsg(int fd, msghdr* msg, int flags) {
+  ssize_t r = RealDns().recvmsg(fd, msg, flags);
+  if (r >= 0 && msg != nullptr) {
+    DnsRewriteSource(fd, static_cast<sockaddr*>(msg->msg_name), &msg->msg_namelen);
+  }
+  return r;
+}
+
+VIA_EXPORT int recvmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags,
+                        struct timespec* timeout) {
+  int r = RealDns().recvmmsg(fd, vec, vlen, flags, timeout);
+  for (int i = 0; i < r; ++i) {
+    DnsRewriteSource(fd, static_cast<sockaddr*>(vec[i].msg_hdr.msg_name),
+                     &vec[i].msg_hdr.msg_namelen);
+  }
+  return r;
+}
