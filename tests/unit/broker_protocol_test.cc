@@ -494,6 +494,47 @@ TEST_F(BrokerProtocolTest, ResolveRejectsInvalidNames) {
   EXPECT_EQ(Resolve(fd.get(), std::string(254, 'a')).err, uint32_t(EINVAL));
 }
 
+// ---- DNS_QUERY (raw DNS a program sent itself) -------------------------------------------
+
+TEST_F(BrokerProtocolTest, DnsQueryIsAnsweredFromTheFakeAddressTable) {
+  StartBroker();
+  UniqueFd fd = Greeted("app:refused");
+  // id 0x0102, RD, one question: example.test A IN.
+  const std::string q(
+      "\x01\x02\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+      "\x07"
+      "example"
+      "\x04"
+      "test"
+      "\x00\x00\x01\x00\x01",
+      30);
+  Reply r = Request(fd.get(), wire::kDnsQuery,
+                    [&](wire::Writer& w) { w.PutString(wire::kTagDnsPacket, q); });
+  ASSERT_EQ(r.err, 0u) << r.message;
+  const std::string a = r.Str(wire::kTagDnsPacket);
+  ASSERT_EQ(a.size(), 30u + 16u);
+  EXPECT_EQ(a.substr(0, 2), "\x01\x02");
+  EXPECT_EQ(a.substr(a.size() - 4), std::string("\xc6\x12\x00\x01", 4));
+  EXPECT_EQ(r.message, "A example.test -> 198.18.0.1");
+  // The same table as RESOLVE.
+  EXPECT_EQ(Text(Resolve(fd.get(), "example.test").Addrs()[0]), "198.18.0.1");
+}
+
+TEST_F(BrokerProtocolTest, DnsQueryErrors) {
+  StartBroker();
+  UniqueFd fd = Greeted("app:refused");
+  EXPECT_EQ(Request(fd.get(), wire::kDnsQuery).err, uint32_t(EINVAL));
+  Reply shortq = Request(fd.get(), wire::kDnsQuery,
+                         [&](wire::Writer& w) { w.PutString(wire::kTagDnsPacket, "abc"); });
+  EXPECT_EQ(shortq.err, 0u);
+  EXPECT_EQ(shortq.Str(wire::kTagDnsPacket), "");  // nothing to send back
+  UniqueFd direct = Greeted("direct");
+  EXPECT_EQ(Request(direct.get(), wire::kDnsQuery,
+                    [&](wire::Writer& w) { w.PutString(wire::kTagDnsPacket, "abc"); })
+                .err,
+            uint32_t(EPERM));
+}
+
 TEST_F(BrokerProtocolTest, ReverseOfOtherAddressIsEnoent) {
   StartBroker();
   UniqueFd fd = Greeted("app:refused");
