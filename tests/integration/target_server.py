@@ -60,6 +60,9 @@ class Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
 
+if ":" in bind:  # an IPv6 address
+    import socket
+    Server.address_family = socket.AF_INET6
 srv = Server((bind, port), Handler)
 if tls:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
