@@ -1,6 +1,11 @@
 // Server::HandleDnsQuery: DNS queries a program sent itself (a raw UDP socket, dig, c-ares),
 // handed over by the shim instead of reaching any resolver. Answered from the fake-address
 // table (broker/dns_message.h); the shim delivers the answer on the program's socket.
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstring>
+#include <string_view>
 #include <utility>
 
 #include "broker/dns_message.h"
@@ -32,6 +37,88 @@ void Server::HandleDnsQuery(Client& c, const wire::Message& m) {
   w.PutU32(wire::kTagErrno, 0);
   if (answer) w.PutBytes(wire::kTagDnsPacket, answer->data(), answer->size());
   w.PutString(wire::kTagMessage, summary.substr(0, 512));
+  Reply(c, w);
+}
+
+}  // namespace via::broker
+
+namespace via::broker {
+
+// Names that only the overlay can reach keep their fake addresses: an exit cannot resolve them.
+static bool OverlayOnlyName(const std::string& name) {
+  for (const char* suffix : {".onion", ".i2p", ".exit"}) {
+    std::string_view s(suffix);
+    if (name.size() > s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0) {
+      return true;
+    }
+  }
+  return false;
+}
+
+bool Server::StartRemoteResolve(Client& c, const wire::Message& m, const overlays::Target& target,
+                                uint8_t family) {
+  OverlayState* overlay = c.overlay;
+  if (overlay == nullptr || !overlay->driver || !overlay->driver->remote_resolve() ||
+      (!target.name.empty() && OverlayOnlyName(target.name))) {
+    return false;
+  }
+  const uint16_t reply = m.type() | wire::kReplyBit;
+  const std::string what = target.ToString();
+  auto fail = [&](int err, const std::string& msg) {
+    log_->warn("remote resolve of {} via {} failed: {} ({})", what, overlay->overlay->id, msg,
+               PeerText(c));
+    ReplyError(c, reply, m.id(), err, what + " via " + overlay->overlay->id + ": " + msg);
+    return true;
+  };
+  auto hs = overlay->driver->NewResolveHandshake(target);
+  if (!hs.ok()) return fail(hs.status().code(), hs.status().message());
+  const auto& endpoints = overlay->driver->endpoints();
+  if (endpoints.empty()) return fail(EHOSTUNREACH, "the overlay has no endpoint");
+  // A socket of the broker's own, in the family of the first endpoint (IPv6 reaches both).
+  UniqueFd fd(socket(endpoints[0].addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd) return fail(errno, std::string("socket: ") + std::strerror(errno));
+  uint64_t op_id = next_op_++;
+  PendingConnect& p = ops_[op_id];
+  p.client = c.id;
+  p.request_id = m.id();
+  p.overlay = overlay;
+  p.target = target;
+  p.resolve = true;
+  p.family = family;
+  p.handshake = hs->get();
+  p.op = std::make_unique<ConnectOp>(loop_, overlay->driver.get(), std::move(fd), std::move(*hs));
+  c.ops.push_back(op_id);
+  p.op->Start([this, op_id](int err, const std::string& msg) { OnConnectDone(op_id, err, msg); });
+  return true;
+}
+
+void Server::RemoteResolveDone(PendingConnect& p, Client& c, int err, const std::string& msg) {
+  const std::string& id = p.overlay->overlay->id;
+  const bool reverse = p.target.name.empty();
+  const uint16_t reply = (reverse ? wire::kReverse : wire::kResolve) | wire::kReplyBit;
+  const std::string what = p.target.ToString();
+  if (err != 0) {
+    log_->warn("remote resolve of {} via {} failed: {} ({})", what, id, msg, PeerText(c));
+    // A name the exit cannot resolve is "no such name" for the program (EAI_NONAME).
+    return ReplyError(c, reply, p.request_id, reverse ? ENOENT : err,
+                      what + " via " + id + ": " + msg);
+  }
+  uint8_t buf[512];
+  wire::Writer w(buf, sizeof buf, reply, p.request_id);
+  w.PutU32(wire::kTagErrno, 0);
+  if (reverse) {
+    std::string name = p.overlay->driver->ResolvedName(*p.handshake);
+    log_->info("remote resolve of {} via {}: {} ({})", what, id, name, PeerText(c));
+    w.PutString(wire::kTagName, name);
+  } else {
+    wire::Addr a = p.overlay->driver->ResolvedAddr(*p.handshake);
+    char text[80];
+    log_->info("remote resolve of {} via {}: {} ({})", p.target.name, id,
+               wire::FormatAddr(a, text, sizeof text), PeerText(c));
+    a.port = 0;
+    // RESOLVE gives one address; a request for the other family gets none.
+    if (p.family == 0 || p.family == a.family) w.PutAddr(wire::kTagAddr, a);
+  }
   Reply(c, w);
 }
 

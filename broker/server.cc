@@ -534,6 +534,7 @@ void Server::OnConnectDone(uint64_t op_id, int err, const std::string& msg) {
   if (cit == clients_.end()) return;
   Client& c = *cit->second;
   std::erase(c.ops, op_id);
+  if (p.resolve) return RemoteResolveDone(p, c, err, msg);
   if (err != 0) return ConnectFailed(c, p.request_id, p.overlay, p.target.ToString(), err, msg);
   p.overlay->ok++;
   log_->debug("connect {} via {} ok ({})", p.target.ToString(), p.overlay->overlay->id,
@@ -562,6 +563,9 @@ void Server::HandleResolve(Client& c, const wire::Message& m) {
       (!f.u8(&family) || (family != 0 && family != 4 && family != 6))) {
     return ReplyError(c, reply, m.id(), EINVAL, "RESOLVE: FAMILY must be 0, 4 or 6");
   }
+  overlays::Target remote;
+  remote.name = *name;
+  if (StartRemoteResolve(c, m, remote, family)) return;
   FakeAddressPool::Pair p = pool_->Lookup(*name);
   uint8_t buf[256];
   wire::Writer w(buf, sizeof buf, reply, m.id());
@@ -579,6 +583,11 @@ void Server::HandleReverse(Client& c, const wire::Message& m) {
     return ReplyError(c, reply, m.id(), EINVAL, "REVERSE needs a well-formed ADDR");
   }
   std::optional<std::string> name = pool_->Reverse(a);
+  if (!name && !pool_->Contains(a)) {
+    overlays::Target remote;
+    remote.addr = wire::Unmapped(a);
+    if (StartRemoteResolve(c, m, remote, 0)) return;
+  }
   if (!name) {
     return ReplyError(c, reply, m.id(), ENOENT,
                       AddrText(a, false) + " is not a fake address in use");

@@ -66,6 +66,11 @@ class Server {
     OverlayState* overlay = nullptr;
     overlays::Target target;
     std::unique_ptr<ConnectOp> op;
+    // A remote resolve (Tor's RESOLVE/RESOLVE_PTR on a socket of the broker's own) instead of
+    // a program's connect: dns_query.cc. `handshake` is owned by `op`.
+    bool resolve = false;
+    uint8_t family = 0;  // RESOLVE's FAMILY
+    const overlays::Handshake* handshake = nullptr;
   };
 
   Status CheckSocketDir() const;
@@ -87,6 +92,10 @@ class Server {
   void HandleResolve(Client& c, const wire::Message& m);
   void HandleReverse(Client& c, const wire::Message& m);
   void HandleDnsQuery(Client& c, const wire::Message& m);  // dns_query.cc
+  // RESOLVE/REVERSE through the overlay (remote_resolve); false if it does not apply.
+  bool StartRemoteResolve(Client& c, const wire::Message& m, const overlays::Target& target,
+                          uint8_t family);
+  void RemoteResolveDone(PendingConnect& p, Client& c, int err, const std::string& msg);
   void HandleOpenSession(Client& c, const wire::Message& m);
   void HandleStatus(Client& c, const wire::Message& m);
   void HandleShutdown(Client& c, const wire::Message& m);

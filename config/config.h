@@ -31,6 +31,9 @@ struct Socks5Settings {
   std::string username;  // optional, <= 255 bytes
   std::string password;  // optional, <= 255 bytes
   bool isolate_streams = false;
+  // via extension: names asked for by programs are resolved by the proxy with Tor's RESOLVE
+  // (0xF0) / RESOLVE_PTR (0xF1) SOCKS commands instead of getting fake addresses.
+  bool remote_resolve = false;
   int connect_timeout_ms = 15000;  // via extension: `connect_timeout: 15s` (or a number of seconds)
 };
 

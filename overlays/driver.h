@@ -4,6 +4,7 @@
 
 #include <sys/socket.h>
 
+#include <cerrno>
 #include <memory>
 #include <string>
 #include <vector>
@@ -34,6 +35,17 @@ class Driver {
   virtual Result<std::unique_ptr<Handshake>> NewHandshake(const Target& target) = 0;
   // Connect timeout for this overlay, in milliseconds.
   virtual int connect_timeout_ms() const = 0;
+  // Whether names are resolved by the overlay itself (Tor's RESOLVE extension) when a program
+  // asks for addresses, instead of getting fake addresses. Off unless the driver supports it
+  // and the config asks for it.
+  virtual bool remote_resolve() const { return false; }
+  // A handshake that resolves target.name to one address (or target.addr to a name) through
+  // the overlay; read the answer with ResolvedAddr/ResolvedName after it is done.
+  virtual Result<std::unique_ptr<Handshake>> NewResolveHandshake(const Target& /*target*/) {
+    return Status::Error(ENOTSUP, "overlay " + id() + " cannot resolve names itself");
+  }
+  virtual wire::Addr ResolvedAddr(const Handshake& /*hs*/) const { return wire::Addr{}; }
+  virtual std::string ResolvedName(const Handshake& /*hs*/) const { return ""; }
 };
 
 // Creates the driver for an overlay entry. Kinds without a driver in this build give ENOTSUP

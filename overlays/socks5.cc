@@ -19,7 +19,6 @@ constexpr uint8_t kAuthVersion = 1;  // RFC 1929 sub-negotiation
 constexpr uint8_t kMethodNone = 0x00;
 constexpr uint8_t kMethodUserPass = 0x02;
 constexpr uint8_t kMethodNoAcceptable = 0xff;
-constexpr uint8_t kCmdConnect = 1;
 constexpr uint8_t kAtypIpv4 = 1;
 constexpr uint8_t kAtypDomain = 3;
 constexpr uint8_t kAtypIpv6 = 4;
@@ -40,8 +39,12 @@ std::string MethodText(uint8_t m) {
 
 // ---- Socks5Handshake ---------------------------------------------------------------------------
 
-Socks5Handshake::Socks5Handshake(Target target, std::string username, std::string password)
-    : target_(std::move(target)), username_(std::move(username)), password_(std::move(password)) {
+Socks5Handshake::Socks5Handshake(Target target, std::string username, std::string password,
+                                 uint8_t command)
+    : target_(std::move(target)),
+      username_(std::move(username)),
+      password_(std::move(password)),
+      command_(command) {
   invalid_ = Validate(target_, username_, password_);
   out_ = {char(kVersion), 1, char(uses_auth() ? kMethodUserPass : kMethodNone)};
 }
@@ -106,7 +109,17 @@ Status Socks5Handshake::Feed(const uint8_t* data, size_t n) {
     case State::kReplyHead:
       return OnReplyHead();
     case State::kReplyTail:
-      // BND.ADDR/BND.PORT: where the proxy connected from. Nothing to check, nothing to keep.
+      // BND.ADDR/BND.PORT: where the proxy connected from (CONNECT: nothing to check), or the
+      // answer of Tor's RESOLVE (an address) / RESOLVE_PTR (a name).
+      KeepBound();
+      if (command_ == kCmdResolve && bound_addr_.family == 0) {
+        return Fail(EPROTO,
+                    "Tor's RESOLVE reply for " + target_.ToString() + " carries no address");
+      }
+      if (command_ == kCmdResolvePtr && bound_name_.empty()) {
+        return Fail(EPROTO,
+                    "Tor's RESOLVE_PTR reply for " + target_.ToString() + " carries no name");
+      }
       state_ = State::kDone;
       want_ = in_len_ = 0;
       return Status::Ok();
@@ -160,8 +173,19 @@ Status Socks5Handshake::OnAuthReply() {
   return Status::Ok();
 }
 
+void Socks5Handshake::KeepBound() {
+  if (bound_atyp_ == kAtypIpv4 || bound_atyp_ == kAtypIpv6) {
+    bound_addr_ = wire::Addr{};
+    bound_addr_.family = bound_atyp_ == kAtypIpv4 ? 4 : 6;
+    bound_addr_.bytes[0] = bound_first_;
+    std::memcpy(bound_addr_.bytes + 1, in_, bound_addr_.addr_len() - 1);
+  } else if (bound_atyp_ == kAtypDomain) {
+    bound_name_.assign(reinterpret_cast<const char*>(in_), bound_first_);
+  }
+}
+
 void Socks5Handshake::QueueConnect() {
-  std::string req = {char(kVersion), char(kCmdConnect), 0};
+  std::string req = {char(kVersion), char(command_), 0};
   const wire::Addr a = wire::Unmapped(target_.addr);
   if (!target_.name.empty()) {
     req += char(kAtypDomain);
@@ -185,9 +209,9 @@ Status Socks5Handshake::OnReplyHead() {
                 "SOCKS5 proxy replied to CONNECT with version " + Hex(in_[0]) + ", not 0x05");
   }
   if (in_[1] != 0) {
-    return Fail(ReplyCodeToErrno(in_[1]), "SOCKS5 proxy replied " + Hex(in_[1]) + " (" +
-                                              ReplyCodeText(in_[1]) + ") for " +
-                                              target_.ToString());
+    return Fail(ReplyCodeToErrno(in_[1]),
+                "SOCKS5 proxy replied " + Hex(in_[1]) + " (" + ReplyCodeText(in_[1]) + ") for " +
+                    target_.ToString() + "; failed " + ReplyCodeHop(in_[1]));
   }
   if (in_[2] != 0) {
     return Fail(EPROTO, "SOCKS5 proxy reply has reserved byte " + Hex(in_[2]) + ", not 0x00");
@@ -208,6 +232,8 @@ Status Socks5Handshake::OnReplyHead() {
     default:
       return Fail(EPROTO, "SOCKS5 proxy reply has unknown address type " + Hex(in_[3]));
   }
+  bound_atyp_ = in_[3];
+  bound_first_ = in_[4];
   state_ = State::kReplyTail;
   want_ = rest;
   in_len_ = 0;
@@ -232,8 +258,58 @@ int Socks5Handshake::ReplyCodeToErrno(uint8_t code) {
       return EOPNOTSUPP;
     case 0x08:
       return EAFNOSUPPORT;
+    // Tor's extended errors (SocksPort ExtendedErrors, proposal 304): onion services.
+    case 0xf0:  // descriptor not found
+    case 0xf1:  // descriptor invalid
+    case 0xf2:  // introduction failed
+      return EHOSTUNREACH;
+    case 0xf3:  // rendezvous failed
+      return ENETUNREACH;
+    case 0xf4:  // client authorization missing
+    case 0xf5:  // client authorization wrong
+      return EACCES;
+    case 0xf6:  // not a valid onion address
+      return EINVAL;
+    case 0xf7:  // introduction timed out
+      return ETIMEDOUT;
     default:
       return EPROTO;
+  }
+}
+
+const char* Socks5Handshake::ReplyCodeHop(uint8_t code) {
+  switch (code) {
+    case 0x01:
+      return "at the proxy or beyond it (for Tor: no circuit could carry the stream, or the "
+             "exit could not connect and did not say why)";
+    case 0x02:
+      return "at the proxy or its exit: its rules forbid this destination (for Tor: exit "
+             "policy, or a private address)";
+    case 0x03:
+    case 0x04:
+      return "beyond the proxy: its exit could not resolve or reach the destination";
+    case 0x05:
+      return "at the destination: it refused the connection (reported by the exit)";
+    case 0x06:
+      return "beyond the proxy: the exit or the destination did not answer in time";
+    case 0x07:
+    case 0x08:
+      return "at the proxy: it does not support this request";
+    case 0xf0:
+    case 0xf1:
+      return "at the onion service directories (HSDirs): no usable descriptor";
+    case 0xf2:
+    case 0xf7:
+      return "at the onion service's introduction point (is the service running?)";
+    case 0xf3:
+      return "at the rendezvous point";
+    case 0xf4:
+    case 0xf5:
+      return "at the onion service: client authorization";
+    case 0xf6:
+      return "before any hop: the .onion address is malformed";
+    default:
+      return "at the proxy (an unknown reply code)";
   }
 }
 
@@ -355,6 +431,30 @@ Result<std::unique_ptr<Driver>> Socks5Driver::Create(const config::Overlay& over
                                            overlay.socks5.host + "\" has no IPv4 or IPv6 address");
   }
   return std::unique_ptr<Driver>(std::move(d));
+}
+
+Result<std::unique_ptr<Handshake>> Socks5Driver::NewResolveHandshake(const Target& target) {
+  if (!settings_.remote_resolve) return Driver::NewResolveHandshake(target);
+  std::string username = settings_.username;
+  std::string password = settings_.password;
+  if (settings_.isolate_streams) {
+    Result<std::string> cred = RandomIsolationCredential();
+    if (!cred.ok()) return cred.status();
+    username = password = *cred;
+  }
+  if (Status st = Socks5Handshake::Validate(target, username, password); !st.ok()) return st;
+  const uint8_t cmd =
+      target.name.empty() ? Socks5Handshake::kCmdResolvePtr : Socks5Handshake::kCmdResolve;
+  return std::unique_ptr<Handshake>(
+      new Socks5Handshake(target, std::move(username), std::move(password), cmd));
+}
+
+wire::Addr Socks5Driver::ResolvedAddr(const Handshake& hs) const {
+  return static_cast<const Socks5Handshake&>(hs).bound_addr();
+}
+
+std::string Socks5Driver::ResolvedName(const Handshake& hs) const {
+  return static_cast<const Socks5Handshake&>(hs).bound_name();
 }
 
 Result<std::unique_ptr<Handshake>> Socks5Driver::NewHandshake(const Target& target) {

@@ -28,7 +28,19 @@ class Socks5Handshake : public Handshake {
   // IPv4-mapped IPv6 addresses as ATYP 1, other IPv6 addresses as ATYP 4.
   // Inputs that Validate() rejects do not desynchronize the stream: nothing but the greeting is
   // ever sent, and the first Feed() returns Validate()'s error.
-  Socks5Handshake(Target target, std::string username, std::string password);
+  // `command`: kCmdConnect, or Tor's extensions kCmdResolve (a name -> one address, read with
+  // bound_addr()) and kCmdResolvePtr (an address -> a name, bound_name()); see
+  // https://spec.torproject.org/socks-extensions. The port of a RESOLVE request is ignored.
+  static constexpr uint8_t kCmdConnect = 0x01;
+  static constexpr uint8_t kCmdResolve = 0xf0;
+  static constexpr uint8_t kCmdResolvePtr = 0xf1;
+  Socks5Handshake(Target target, std::string username, std::string password,
+                  uint8_t command = kCmdConnect);
+
+  // After Done(): the reply's BND.ADDR as an address (ATYP 1 or 4; family 0 otherwise) or a
+  // name (ATYP 3; empty otherwise).
+  const wire::Addr& bound_addr() const { return bound_addr_; }
+  const std::string& bound_name() const { return bound_name_; }
 
   // Whether SOCKS5 can carry this request: a name of 1..255 bytes or an address of family 4 or
   // 6, and credentials of at most 255 bytes each. EINVAL with a message otherwise.
@@ -41,10 +53,12 @@ class Socks5Handshake : public Handshake {
   Status Feed(const uint8_t* data, size_t n) override;
   bool Done() const override { return state_ == State::kDone; }
 
-  // The errno for a CONNECT reply code (0x01..0x08 as in docs/configuration.md, EPROTO for any
-  // other), and the code's meaning in words ("connection refused").
+  // The errno for a CONNECT reply code (0x01..0x08 and Tor's 0xf0..0xf7 as in
+  // docs/configuration.md, EPROTO for any other), and the code's meaning in words.
   static int ReplyCodeToErrno(uint8_t code);
   static const char* ReplyCodeText(uint8_t code);
+  // Which hop failed, in words, for the log ("at the destination: it refused the connection").
+  static const char* ReplyCodeHop(uint8_t code);
 
  private:
   enum class State { kMethod, kAuth, kReplyHead, kReplyTail, kDone, kFailed };
@@ -56,12 +70,17 @@ class Socks5Handshake : public Handshake {
   // Replaces the (fully consumed) output with `bytes` and waits for `want` bytes in `next`.
   void Send(std::string bytes, State next, size_t want);
   void QueueConnect();
+  void KeepBound();  // BND.ADDR of the reply (head byte + tail) into bound_addr_/bound_name_
   Status Fail(int code, std::string message);
 
   Target target_;
   std::string username_;
   std::string password_;
+  uint8_t command_ = kCmdConnect;
   Status invalid_;  // Validate()'s verdict on the constructor's arguments
+  uint8_t bound_atyp_ = 0, bound_first_ = 0;
+  wire::Addr bound_addr_;
+  std::string bound_name_;
   State state_ = State::kMethod;
   std::string out_;
   size_t out_pos_ = 0;
@@ -84,6 +103,12 @@ class Socks5Driver : public Driver {
   // drawn. EINVAL for a target SOCKS5 cannot carry (see Socks5Handshake::Validate).
   Result<std::unique_ptr<Handshake>> NewHandshake(const Target& target) override;
   int connect_timeout_ms() const override { return settings_.connect_timeout_ms; }
+  // remote_resolve: true — Tor's RESOLVE (0xF0) for a name, RESOLVE_PTR (0xF1) for an address,
+  // with the same credentials policy as connects (isolate_streams).
+  bool remote_resolve() const override { return settings_.remote_resolve; }
+  Result<std::unique_ptr<Handshake>> NewResolveHandshake(const Target& target) override;
+  wire::Addr ResolvedAddr(const Handshake& hs) const override;
+  std::string ResolvedName(const Handshake& hs) const override;
 
  private:
   Socks5Driver() = default;

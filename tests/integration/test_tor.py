@@ -28,6 +28,8 @@ TARGET = os.path.join(harness.HERE, "target_server.py")
 ECHO_IP = "10.214.0.2"
 DIRECT_IP = "10.214.0.1"
 EXIT_OUT = ["10.214.0.14", "10.214.0.15", "10.214.0.16"]
+# The exits' DNS server (their resolv.conf); the program's is dnsmasq on 127.0.0.1 (harness).
+EXIT_RESOLVER = "127.0.0.53"
 
 # FETCHER PORT N TAG [child]: N HTTP GETs, each on a fresh connection, to 127.0.0.1:PORT;
 # with "child", one more from a child process (same environment, so also under via).
@@ -70,7 +72,8 @@ class Tor(harness.ViaCase):
         except (OSError, subprocess.CalledProcessError) as e:
             cls._down()
             raise unittest.SkipTest(f"cannot create the IP-echo namespace: {e}")
-        cls.net = tor_network.TorNetwork(cls.net_dir, exit_outbound=EXIT_OUT)
+        cls.net = tor_network.TorNetwork(cls.net_dir, exit_outbound=EXIT_OUT,
+                                         exit_resolver=EXIT_RESOLVER)
         t0 = time.time()
         try:
             cls.net.up(timeout=timeout,
@@ -115,11 +118,11 @@ class Tor(harness.ViaCase):
                 shutil.rmtree(cls.net_dir, True)
 
     # ---- helpers ---------------------------------------------------------------------------
-    def use_tor(self, isolate):
+    def use_tor(self, isolate, *extra):
         self.write_config(
             [self.socks5_entry("tor", self.net.socks_port,
                                f"isolate_streams: {'true' if isolate else 'false'}",
-                               "connect_timeout: 60s")],
+                               "connect_timeout: 60s", *extra)],
             service={"loopback": "overlay"})
 
     def watch_streams(self):
@@ -238,6 +241,89 @@ class Tor(harness.ViaCase):
         # ...and the local DNS server never heard of it.
         self.assertEqual(self.dns_queries(".onion"), [])
         self.assertEqual(self.dns_queries(onion[:16]), [])
+
+    # ---- (e) Tor's refusals become errnos, and the log says which hop failed ----------------
+    def test_refused_destination_is_econnrefused_and_the_log_names_the_hop(self):
+        self.use_tor(isolate=True)
+        port = harness.closed_port()
+        proc = self.run_via("app:tor", harness.PYTHON, "-c", f"""
+import errno, socket
+try:
+    socket.create_connection(("127.0.0.1", {port}), timeout=90)
+except OSError as e:
+    print(errno.errorcode[e.errno])
+""", timeout=120)
+        self.assertOk(proc)
+        self.assertEqual(proc.stdout.strip(), "ECONNREFUSED", self.net.diagnosis())
+        # Tor's exits end such a stream with reason MISC ("refused due to 'misc error'" in the
+        # client's log), so the client answers 0x01, not 0x05: the log says so.
+        self.assertTrue(any("replied 0x01 (general SOCKS server failure)" in l and
+                            "exit could not connect" in l for l in self.broker_log()),
+                        self.broker_log())
+
+    def test_malformed_onion_address_is_einval_from_tor_extended_errors(self):
+        self.use_tor(isolate=True)
+        bad = "a" * 56 + ".onion"  # base32, but the checksum is wrong
+        proc = self.run_via("app:tor", harness.PYTHON, "-c", f"""
+import errno, socket
+try:
+    socket.create_connection(("{bad}", 80), timeout=90)
+except OSError as e:
+    print(errno.errorcode[e.errno])
+""", timeout=120)
+        self.assertOk(proc)
+        self.assertEqual(proc.stdout.strip(), "EINVAL")
+        self.assertTrue(any("replied 0xf6" in l and "the .onion address is malformed" in l
+                            for l in self.broker_log()), self.broker_log())
+
+    # ---- (f) remote_resolve: Tor's RESOLVE extension -------------------------------------------
+    def start_exit_dns(self):
+        """dnsmasq on EXIT_RESOLVER:53, the exits' resolver: answers example.test with
+        127.0.0.1 and logs every query. Returns its log."""
+        log = os.path.join(self.dir, "exit-dnsmasq.log")
+        p, _ = self.spawn(["dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--no-resolv",
+                           "--no-hosts", "--log-queries", f"--log-facility={log}",
+                           f"--listen-address={EXIT_RESOLVER}", "--port=53",
+                           "--bind-interfaces", "--user=root", "--pid-file",
+                           "--address=/example.test/127.0.0.1"], "exit-dnsmasq.out")
+        self.assertTrue(harness.wait_for(lambda: "started" in harness.read_text(log), 10),
+                        harness.read_text(os.path.join(self.dir, "exit-dnsmasq.out")))
+        return log
+
+    def test_remote_resolve_returns_the_exits_answer_and_asks_nothing_locally(self):
+        self.start_dns()  # the program's resolver: must hear nothing
+        exit_log = self.start_exit_dns()
+        port, record = self.start_target()
+        self.use_tor(True, "remote_resolve: true")
+        proc = self.run_via("app:tor", harness.PYTHON, "-c", f"""
+import socket
+addr = socket.getaddrinfo("example.test", {port}, socket.AF_INET, socket.SOCK_STREAM)[0][4]
+print(addr[0])
+s = socket.create_connection(addr, timeout=90)
+s.sendall(b"GET /resolved HTTP/1.0\\r\\nHost: example.test\\r\\n\\r\\n")
+print(s.recv(12).decode())
+""", timeout=120)
+        self.assertRan(proc)
+        # The real address (what the exits' DNS server says), not a fake one...
+        self.assertEqual(proc.stdout.split("\n")[:2], ["127.0.0.1", "HTTP/1.0 200"])
+        self.assertEqual([r["path"] for r in self.records(record)], ["/resolved"])
+        self.assertTrue(any("remote resolve of example.test via app:tor: 127.0.0.1" in l
+                            for l in self.broker_log()), self.broker_log())
+        # ...asked for by an exit (tor randomizes the case of the letters it sends), never by
+        # the program's side.
+        exit_queries = [l for l in harness.read_lines(exit_log)
+                        if "query[a] example.test " in l.lower()]
+        self.assertTrue(exit_queries, harness.read_text(exit_log))
+        self.assertEqual([q for q in harness.read_lines(self.dns_log)
+                          if "example.test" in q.lower()], [])
+
+    def test_remote_resolve_keeps_fake_addresses_for_onion_names(self):
+        self.use_tor(True, "remote_resolve: true")
+        proc = self.run_via("app:tor", harness.PYTHON, "-c",
+                            f"import socket; print(socket.gethostbyname('{self.net.onion}'))")
+        self.assertOk(proc)
+        self.assertIn(ipaddress.ip_address(proc.stdout.strip()),
+                      ipaddress.ip_network("198.18.0.0/15"))
 
     # ---- (d) the seed's probe, offline -----------------------------------------------------------
     def start_echo(self):

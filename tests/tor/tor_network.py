@@ -348,13 +348,16 @@ class Node:
 
 
 class TorNetwork:
-    def __init__(self, directory, base=None, exit_outbound=None):
+    def __init__(self, directory, base=None, exit_outbound=None, exit_resolver="127.0.0.1"):
         """exit_outbound: optional list of one address per exit: the exit's streams to
         non-loopback destinations leave from it (OutboundBindAddressExit), so a target reached
         through the network sees which exit carried a stream."""
         self.dir = os.path.abspath(directory)
         self.base = base
         self.exit_outbound = list(exit_outbound or [])
+        # The DNS server the relays (exits) ask: a loopback address of the caller's choice, so
+        # that a test can tell the exits' lookups from the program's.
+        self.exit_resolver = exit_resolver
         if self.exit_outbound and len(self.exit_outbound) != len(EXIT_IPS):
             raise TorNetworkError(f"exit_outbound needs {len(EXIT_IPS)} addresses")
         self.nodes = []
@@ -440,7 +443,7 @@ class TorNetwork:
     def _write_configs(self):
         resolv = os.path.join(self.dir, "resolv.conf")
         with open(resolv, "w") as f:
-            f.write("nameserver 127.0.0.1\n")
+            f.write(f"nameserver {self.exit_resolver}\n")
         authorities = [f"DirAuthority {a.name} orport={a.orport} no-v2 v3ident={a.v3ident} "
                        f"{a.ip}:{a.dirport} {a.fingerprint}" for a in self.by_role("auth")]
         for n in self.nodes:
@@ -484,7 +487,9 @@ class TorNetwork:
                       f"ExitPolicy accept {self.exit_net}:*", "ExitPolicy reject *:*",
                       "IPv6Exit 0"]
             elif n.role == "client":
-                c += [f"SocksPort {CLIENT_IP}:{self.socks_port}", "UseMicrodescriptors 0",
+                # ExtendedErrors: onion-service failures as SOCKS5 replies 0xF0-0xF7.
+                c += [f"SocksPort {CLIENT_IP}:{self.socks_port} ExtendedErrors",
+                      "UseMicrodescriptors 0",
                       "ClientRejectInternalAddresses 0",
                       "ConfluxEnabled 0", "SafeSocks 0", "TestSocks 0",
                       "CircuitBuildTimeout 30", "LearnCircuitBuildTimeout 0",

@@ -215,7 +215,8 @@ TEST_F(ConfigTest, WrongBool) {
 TEST_F(ConfigTest, UnknownFieldIsRejectedWithAHint) {
   EXPECT_EQ(Error(Socks5("host: h\nport: 1\nisolate_stream: true")),
             "via.yaml:8:5: entry app:tor (network.socks5): isolate_stream: unknown field (known: "
-            "host, port, username, password, isolate_streams, connect_timeout; did you mean "
+            "host, port, username, password, isolate_streams, connect_timeout, remote_resolve; did "
+            "you mean "
             "isolate_streams?)");
 }
 
@@ -229,6 +230,17 @@ TEST_F(ConfigTest, RepeatedFieldIsRejected) {
   EXPECT_EQ(Error(Socks5("host: h\nport: 1\nport: 2")),
             "via.yaml:8:5: entry app:tor (network.socks5): port: given twice (first at "
             "via.yaml:7:5)");
+}
+
+TEST_F(ConfigTest, RemoteResolveIsOffByDefaultAndABool) {
+  EXPECT_FALSE(
+      Only(ParseConfigText(Socks5("host: h\nport: 1"), "via.yaml", "/")).socks5.remote_resolve);
+  EXPECT_TRUE(
+      Only(ParseConfigText(Socks5("host: h\nport: 1\nremote_resolve: true"), "via.yaml", "/"))
+          .socks5.remote_resolve);
+  EXPECT_EQ(Error(Socks5("host: h\nport: 1\nremote_resolve: tor")),
+            "via.yaml:8:21: entry app:tor (network.socks5): remote_resolve: must be true or "
+            "false, not \"tor\"");
 }
 
 TEST_F(ConfigTest, ConnectTimeoutForms) {

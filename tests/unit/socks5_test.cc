@@ -218,9 +218,11 @@ TEST_F(Socks5Test, FeedingMoreThanAskedIsAnError) {
 
 TEST_F(Socks5Test, ReplyCodesBecomeErrnos) {
   const std::pair<int, int> cases[] = {
-      {0x01, ECONNREFUSED}, {0x02, EACCES},    {0x03, ENETUNREACH}, {0x04, EHOSTUNREACH},
-      {0x05, ECONNREFUSED}, {0x06, ETIMEDOUT}, {0x07, EOPNOTSUPP},  {0x08, EAFNOSUPPORT},
-      {0x09, EPROTO},       {0xf0, EPROTO},    {0xff, EPROTO}};
+      {0x01, ECONNREFUSED}, {0x02, EACCES},       {0x03, ENETUNREACH},  {0x04, EHOSTUNREACH},
+      {0x05, ECONNREFUSED}, {0x06, ETIMEDOUT},    {0x07, EOPNOTSUPP},   {0x08, EAFNOSUPPORT},
+      {0x09, EPROTO},       {0xf0, EHOSTUNREACH}, {0xf1, EHOSTUNREACH}, {0xf2, EHOSTUNREACH},
+      {0xf3, ENETUNREACH},  {0xf4, EACCES},       {0xf5, EACCES},       {0xf6, EINVAL},
+      {0xf7, ETIMEDOUT},    {0xf8, EPROTO},       {0xff, EPROTO}};
   for (auto [code, err] : cases) {
     EXPECT_EQ(Reply(ReplyCode(code)).code(), err) << code;
     EXPECT_EQ(Socks5Handshake::ReplyCodeToErrno(uint8_t(code)), err) << code;
@@ -229,11 +231,18 @@ TEST_F(Socks5Test, ReplyCodesBecomeErrnos) {
 
 TEST_F(Socks5Test, ReplyMessageNamesCodeAndTarget) {
   EXPECT_EQ(Reply(ReplyCode(0x05)).message(),
-            "SOCKS5 proxy replied 0x05 (connection refused) for example.test:80");
+            "SOCKS5 proxy replied 0x05 (connection refused) for example.test:80; failed at the "
+            "destination: it refused the connection (reported by the exit)");
   EXPECT_EQ(Reply(ReplyCode(0x01)).message(),
-            "SOCKS5 proxy replied 0x01 (general SOCKS server failure) for example.test:80");
+            "SOCKS5 proxy replied 0x01 (general SOCKS server failure) for example.test:80; "
+            "failed at the proxy or beyond it (for Tor: no circuit could carry the stream, or the "
+            "exit could not connect and did not say why)");
   EXPECT_EQ(Reply(ReplyCode(0x42)).message(),
-            "SOCKS5 proxy replied 0x42 (unassigned reply code) for example.test:80");
+            "SOCKS5 proxy replied 0x42 (unassigned reply code) for example.test:80; failed at "
+            "the proxy (an unknown reply code)");
+  EXPECT_EQ(Reply(ReplyCode(0xf6)).message(),
+            "SOCKS5 proxy replied 0xf6 (Tor: invalid onion service address) for "
+            "example.test:80; failed before any hop: the .onion address is malformed");
 }
 
 TEST_F(Socks5Test, RefusalReadsNoFurther) {
@@ -458,6 +467,83 @@ TEST_F(Socks5Test, UnsupportedKinds) {
   o.kind = config::OverlayKind::kI2p;
   o.kind_name = "network.i2p";
   EXPECT_EQ(CreateDriver(o).status().code(), ENOTSUP);
+}
+
+}  // namespace
+}  // namespace via::overlays
+
+// ---- Tor's RESOLVE (0xF0) and RESOLVE_PTR (0xF1) -------------------------------------------
+
+namespace via::overlays {
+namespace {
+
+class TorResolveTest : public Socks5Test {
+ protected:
+  std::string Bound() const {
+    Target t;
+    t.addr = h_->bound_addr();
+    return t.ToString();
+  }
+  Bytes Request(const Target& t, uint8_t cmd) {
+    h_ = std::make_unique<Socks5Handshake>(t, "", "", cmd);
+    Sent();
+    EXPECT_TRUE(Recv(B({5, 0})).ok());
+    return Sent();
+  }
+};
+
+TEST_F(TorResolveTest, ResolveSendsTheNameAndReadsOneAddress) {
+  EXPECT_EQ(Request(Name("example.test", 0), Socks5Handshake::kCmdResolve),
+            B({5, 0xf0, 0, 3, 12}) + "example.test" + B({0, 0}));
+  ASSERT_TRUE(Recv(B({5, 0, 0, 1, 93, 184, 216, 34, 0, 0})).ok());
+  EXPECT_TRUE(h_->Done());
+  EXPECT_EQ(left_, 0u);
+  EXPECT_EQ(Bound(), "93.184.216.34:0");
+}
+
+TEST_F(TorResolveTest, ResolveReadsAnIpv6Address) {
+  Request(Name("example.test", 0), Socks5Handshake::kCmdResolve);
+  Bytes reply = B({5, 0, 0, 4, 0x20, 0x01, 0x0d, 0xb8});
+  reply += Bytes(11, '\0') + B({1, 0, 0});
+  ASSERT_TRUE(Recv(reply).ok());
+  EXPECT_EQ(Bound(), "[2001:db8::1]:0");
+}
+
+TEST_F(TorResolveTest, ResolveAnsweredWithANameIsAnError) {
+  Request(Name("example.test", 0), Socks5Handshake::kCmdResolve);
+  Status s = Recv(B({5, 0, 0, 3, 1, 'x', 0, 0}));
+  EXPECT_EQ(s.code(), EPROTO);
+  EXPECT_EQ(s.message(), "Tor's RESOLVE reply for example.test:0 carries no address");
+}
+
+TEST_F(TorResolveTest, ResolveFailureIsTheReplyCode) {
+  Request(Name("nowhere.test", 0), Socks5Handshake::kCmdResolve);
+  EXPECT_EQ(Recv(ReplyCode(0x04)).code(), EHOSTUNREACH);
+  EXPECT_FALSE(h_->Done());
+}
+
+TEST_F(TorResolveTest, ResolvePtrSendsTheAddressAndReadsAName) {
+  EXPECT_EQ(Request(Ip("93.184.216.34", 0), Socks5Handshake::kCmdResolvePtr),
+            B({5, 0xf1, 0, 1, 93, 184, 216, 34, 0, 0}));
+  ASSERT_TRUE(Recv(B({5, 0, 0, 3, 7}) + "example" + B({0, 0})).ok());
+  EXPECT_EQ(h_->bound_name(), "example");
+  Request(Ip("93.184.216.34", 0), Socks5Handshake::kCmdResolvePtr);
+  EXPECT_EQ(Recv(ReplyCode(0)).code(), EPROTO);  // an address where a name belongs
+}
+
+TEST_F(TorResolveTest, DriverResolvesOnlyWhenConfigured) {
+  config::Overlay o = Overlay("127.0.0.1");
+  auto plain = Socks5Driver::Create(o);
+  ASSERT_TRUE(plain.ok());
+  EXPECT_FALSE((*plain)->remote_resolve());
+  EXPECT_EQ((*plain)->NewResolveHandshake(Name("example.test", 0)).status().code(), ENOTSUP);
+  o.socks5.remote_resolve = true;
+  auto tor = Socks5Driver::Create(o);
+  ASSERT_TRUE(tor.ok());
+  EXPECT_TRUE((*tor)->remote_resolve());
+  auto hs = (*tor)->NewResolveHandshake(Name("example.test", 0));
+  ASSERT_TRUE(hs.ok());
+  EXPECT_EQ((*hs)->Output(), B({5, 1, 0}));
 }
 
 }  // namespace
