@@ -551,7 +551,8 @@ class TorNetwork:
         with hs_ctl:
             self._wait_hs_uploaded(hs_ctl, deadline)
         say(f"onion descriptor uploaded: {time.time() - t0:.1f}s")
-        self._wait_stream(self.onion, 80, self.onion_target_port, deadline)
+        self._wait_stream(self.onion, 80, self.onion_target_port, deadline,
+                          on_failure=self._forget_onion_fetches)
         say(f"onion service reachable: {time.time() - t0:.1f}s")
         self._save()
         return self
@@ -596,19 +597,32 @@ class TorNetwork:
                               f"{sorted(missing)}")
 
     def _wait_hs_uploaded(self, hs_ctl, deadline, want=3):
-        """Waits until the service has uploaded its descriptor to `want` HSDirs (HS_DESC
-        UPLOADED events). Fetching earlier makes the client query HSDirs that do not have it
-        yet, and it then avoids those HSDirs for a while."""
+        """Waits until the service has uploaded its descriptor to at least `want` HSDirs and
+        every upload it started has finished (HS_DESC UPLOAD / UPLOADED events). Fetching
+        earlier makes the client query HSDirs that do not have it yet, and it then avoids
+        those HSDirs for a while."""
         addr = self.onion[:-len(".onion")]
-        uploaded = set()
-        while len(uploaded) < want:
+        started, uploaded = set(), set()
+        while len(uploaded) < want or not started <= uploaded:
             if time.time() >= deadline:
-                raise TorNetworkError(f"onion descriptor uploaded to only {len(uploaded)} "
-                                      f"HSDirs")
+                raise TorNetworkError(f"onion descriptor uploaded to {len(uploaded)} of "
+                                      f"{len(started)} HSDirs")
             for ev in hs_ctl.events(timeout=min(1.0, max(0.05, deadline - time.time()))):
                 f = ev.split()
-                if len(f) >= 5 and f[0] == "HS_DESC" and f[1] == "UPLOADED" and f[2] == addr:
-                    uploaded.add(f[4])
+                if len(f) >= 5 and f[0] == "HS_DESC" and f[2] == addr:
+                    if f[1] == "UPLOAD":
+                        started.add(f[4])
+                    elif f[1] == "UPLOADED":
+                        uploaded.add(f[4])
+
+    def _forget_onion_fetches(self):
+        """SIGNAL NEWNYM: the client forgets which HSDirs it already asked (it would not ask
+        them again for 15 minutes) and its descriptor cache, so the next try fetches afresh."""
+        try:
+            with self.client.controller() as ctl:
+                ctl.command("SIGNAL NEWNYM")
+        except (OSError, ControlError):
+            pass
 
     def exit_of(self, ctl, circuit_id):
         """The fingerprint of the last hop of circuit `circuit_id` (GETINFO circuit-status), or
@@ -686,7 +700,8 @@ class TorNetwork:
         self._wait_every_exit(deadline)
         self._save()
 
-    def _wait_stream(self, host, port, listen_port, deadline, listen_host="127.0.0.1"):
+    def _wait_stream(self, host, port, listen_port, deadline, listen_host="127.0.0.1",
+                     on_failure=None):
         probe = Probe(listen_port, listen_host)
         last = None
         try:
@@ -699,6 +714,8 @@ class TorNetwork:
                     last = "wrong banner"
                 except OSError as e:
                     last = e
+                    if on_failure:
+                        on_failure()
                 time.sleep(0.5)
         finally:
             probe.close()
