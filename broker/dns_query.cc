@@ -1,6 +1,7 @@
 // Server::HandleDnsQuery: DNS queries a program sent itself (a raw UDP socket, dig, c-ares),
 // handed over by the shim instead of reaching any resolver. Answered from the fake-address
 // table (broker/dns_message.h); the shim delivers the answer on the program's socket.
+#include <sys/epoll.h>
 #include <sys/socket.h>
 
 #include <cerrno>
@@ -120,6 +121,129 @@ void Server::RemoteResolveDone(PendingConnect& p, Client& c, int err, const std:
     if (p.family == 0 || p.family == a.family) w.PutAddr(wire::kTagAddr, a);
   }
   Reply(c, w);
+}
+
+}  // namespace via::broker
+
+namespace via::broker {
+
+namespace {
+
+constexpr size_t kMaxRespondersPerClient = 64;
+
+}  // namespace
+
+void Server::HandleDnsSocket(Client& c, const wire::Message& m) {
+  const uint16_t reply = wire::kDnsSocket | wire::kReplyBit;
+  wire::Field f;
+  wire::Addr peer;
+  if (!m.Find(wire::kTagAddr, &f) || !f.addr(&peer) || peer.port == 0) {
+    return ReplyError(c, reply, m.id(), EINVAL, "DNS_SOCKET needs the ADDR of a bound socket");
+  }
+  if (c.overlay == nullptr) {
+    return ReplyError(c, reply, m.id(), EPERM,
+                      "DNS_SOCKET is answered only under an overlay (this connection is direct)");
+  }
+  // The program's socket receives on loopback; a wildcard or mapped address is reached there.
+  wire::Addr target = wire::Unmapped(peer);
+  static const uint8_t kZero[16] = {};
+  if (std::memcmp(target.bytes, kZero, target.addr_len()) == 0) {
+    target.bytes[0] = target.family == 4 ? 127 : 0;
+    target.bytes[target.addr_len() - 1] = 1;
+  }
+  if (!wire::IsLoopback(target)) {
+    return ReplyError(c, reply, m.id(), EINVAL,
+                      "DNS_SOCKET: the program's socket must be bound to loopback or the "
+                      "wildcard address");
+  }
+  // At most kMaxRespondersPerClient per client: the oldest goes first.
+  size_t mine = 0;
+  int oldest = -1;
+  uint64_t oldest_seq = UINT64_MAX;
+  for (const auto& [fd, r] : dns_responders_) {
+    if (r.client != c.id) continue;
+    ++mine;
+    if (r.seq < oldest_seq) {
+      oldest_seq = r.seq;
+      oldest = fd;
+    }
+  }
+  if (mine >= kMaxRespondersPerClient && oldest >= 0) {
+    loop_->Unwatch(oldest);
+    dns_responders_.erase(oldest);
+  }
+  const int family = target.family == 4 ? AF_INET : AF_INET6;
+  UniqueFd fd(socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd) return ReplyError(c, reply, m.id(), errno, std::string("socket: ") + strerror(errno));
+  wire::Addr local = target;
+  local.port = 0;
+  sockaddr_storage ss;
+  socklen_t len = wire::AddrToSockaddr(local, &ss);
+  if (bind(fd.get(), reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+    return ReplyError(c, reply, m.id(), errno, std::string("bind: ") + strerror(errno));
+  }
+  // Connected to the program's socket: the kernel delivers nothing else to the responder.
+  len = wire::AddrToSockaddr(target, &ss);
+  if (connect(fd.get(), reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+    return ReplyError(c, reply, m.id(), errno, std::string("connect: ") + strerror(errno));
+  }
+  len = sizeof ss;
+  wire::Addr bound;
+  if (getsockname(fd.get(), reinterpret_cast<sockaddr*>(&ss), &len) != 0 ||
+      !wire::AddrFromSockaddr(reinterpret_cast<sockaddr*>(&ss), len, &bound)) {
+    return ReplyError(c, reply, m.id(), EIO, "getsockname of the DNS responder failed");
+  }
+  const int raw = fd.get();
+  if (Status s = loop_->Watch(raw, EPOLLIN, [this, raw](uint32_t) { OnDnsResponder(raw); });
+      !s.ok()) {
+    return ReplyError(c, reply, m.id(), s.code(), s.message());
+  }
+  dns_responders_[raw] =
+      DnsResponder{std::move(fd), c.id, c.overlay->overlay->id, PeerText(c), next_responder_++};
+  uint8_t buf[128];
+  wire::Writer w(buf, sizeof buf, reply, m.id());
+  w.PutU32(wire::kTagErrno, 0);
+  w.PutAddr(wire::kTagAddr, bound);
+  Reply(c, w);
+}
+
+void Server::OnDnsResponder(int fd) {
+  auto it = dns_responders_.find(fd);
+  if (it == dns_responders_.end()) return;
+  DnsPolicy policy;
+  policy.lookup = [this](const std::string& name) {
+    FakeAddressPool::Pair p = pool_->Lookup(name);
+    return std::make_pair(p.v4, p.v6);
+  };
+  policy.reverse = [this](const wire::Addr& a) { return pool_->Reverse(a); };
+  for (int i = 0; i < 16; ++i) {  // a few datagrams per wakeup; the loop comes back for more
+    uint8_t query[kMaxDnsPacket + 1];
+    ssize_t n = recv(fd, query, sizeof query, 0);
+    if (n < 0) {
+      // ECONNREFUSED: the program's socket is gone (closed); nothing more will come.
+      if (errno == ECONNREFUSED) {
+        loop_->Unwatch(fd);
+        dns_responders_.erase(it);
+      }
+      return;
+    }
+    std::string summary;
+    std::optional<std::string> answer = AnswerDnsQuery(
+        std::string_view(reinterpret_cast<const char*>(query), size_t(n)), policy, &summary);
+    log_->info("dns query via {}: {} ({})", it->second.overlay, summary, it->second.peer);
+    if (answer) (void)!send(fd, answer->data(), answer->size(), MSG_DONTWAIT);
+  }
+}
+
+void Server::CloseDnsResponders(uint64_t client_id) {
+  for (auto it = dns_responders_.begin(); it != dns_responders_.end();) {
+    if (it->second.client == client_id) {
+      loop_->Unwatch(it->first);
+      it = dns_responders_.erase(it);
+    } else {
+      ++it;
+    }
+  }
 }
 
 }  // namespace via::broker

@@ -259,6 +259,7 @@ void Server::CloseClient(uint64_t client_id) {
   clients_.erase(it);
   // Destroying a ConnectOp cancels it: flags restored, duplicate closed, no reply.
   for (uint64_t op : c->ops) ops_.erase(op);
+  CloseDnsResponders(client_id);
   for (const SessionTable::Session& s : sessions_.EndOwnedBy(client_id)) {
     log_->info("session {} ({}) ended", s.token.substr(0, 8), s.network);
   }
@@ -360,6 +361,8 @@ void Server::Handle(Client& c, const uint8_t* data, size_t n, std::vector<Unique
       return HandleShutdown(c, m);
     case wire::kDnsQuery:
       return HandleDnsQuery(c, m);
+    case wire::kDnsSocket:
+      return HandleDnsSocket(c, m);
     default:
       return ReplyError(c, reply, m.id(), EPROTO, "unknown message type " + std::to_string(type));
   }

@@ -96,6 +96,9 @@ class Server {
   bool StartRemoteResolve(Client& c, const wire::Message& m, const overlays::Target& target,
                           uint8_t family);
   void RemoteResolveDone(PendingConnect& p, Client& c, int err, const std::string& msg);
+  void HandleDnsSocket(Client& c, const wire::Message& m);  // dns_query.cc
+  void OnDnsResponder(int fd);
+  void CloseDnsResponders(uint64_t client_id);
   void HandleOpenSession(Client& c, const wire::Message& m);
   void HandleStatus(Client& c, const wire::Message& m);
   void HandleShutdown(Client& c, const wire::Message& m);
@@ -125,6 +128,17 @@ class Server {
   std::unordered_map<uint64_t, std::unique_ptr<Client>> clients_;
   std::unordered_map<uint64_t, PendingConnect> ops_;
   SessionTable sessions_;
+  // DNS responders (DNS_SOCKET): one loopback UDP socket per program DNS socket, connected to
+  // it, answering its queries; closed with the client connection that asked for it.
+  struct DnsResponder {
+    UniqueFd fd;
+    uint64_t client = 0;
+    std::string overlay;  // for the log
+    std::string peer;     // PeerText of the client, for the log
+    uint64_t seq = 0;     // creation order
+  };
+  uint64_t next_responder_ = 1;
+  std::map<int, DnsResponder> dns_responders_;   // by fd
   std::vector<uint8_t> recv_buf_;                // one datagram (plus a byte to detect oversize)
   std::set<std::string> logged_network_errors_;  // HELLO failures are logged once per network
   uint64_t next_client_ = 1;

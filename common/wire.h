@@ -35,7 +35,8 @@ enum Type : uint16_t {
   kStatus = 6,       // human-readable status text
   kShutdown = 7,     // ask the broker to exit
   // 0x10-0x1F: Tor/DNS (issue 3).
-  kDnsQuery = 0x10,  // a DNS query a program sent itself: answered from the fake-address table
+  kDnsQuery = 0x10,   // a DNS query a program sent itself: answered from the fake-address table
+  kDnsSocket = 0x11,  // a loopback UDP responder answering DNS queries from one program socket
 };
 
 // Field tags.

@@ -18,6 +18,7 @@ packages=(
   libyaml-cpp-dev libspdlog-dev libc-ares-dev libssl-dev libgtest-dev googletest clang-format
   dante-server microsocks dnsmasq tor
   curl wget git python3 openssl iproute2 util-linux procps ca-certificates tcpdump
+  bind9-dnsutils
 )
 
 missing=()

@@ -387,6 +387,24 @@ int BrokerReverse(const wire::Addr& addr, char* name, size_t namecap) {
   return 0;
 }
 
+int BrokerDnsSocket(const wire::Addr& local, wire::Addr* responder, char* msg, size_t msgcap) {
+  uint8_t buf[128];
+  wire::Writer w(buf, sizeof buf, wire::kDnsSocket, t_link.next_id++);
+  w.PutAddr(wire::kTagAddr, local);
+  uint8_t reply[1024];
+  wire::Message m;
+  int err = Request(w, -1, reply, sizeof reply, &m, msg, msgcap);
+  if (err != 0) return err;
+  err = ReplyErrno(m, msg, msgcap);
+  if (err != 0) return err;
+  wire::Field f;
+  if (!m.Find(wire::kTagAddr, &f) || !f.addr(responder)) {
+    std::snprintf(msg, msgcap, "DNS_SOCKET reply without an address");
+    return EPROTO;
+  }
+  return 0;
+}
+
 int BrokerDnsQuery(const void* query, size_t n, uint8_t* answer, size_t cap, size_t* answer_len,
                    char* msg, size_t msgcap) {
   *answer_len = 0;

@@ -3,8 +3,9 @@
 // to the broker (DNS_QUERY), which answers A/AAAA with fake addresses; the shim then delivers
 // the answer to the program's own socket from a loopback socket, and shows the resolver's
 // address as its source (recvfrom/recvmsg/recvmmsg, getpeername). Nothing is sent to the
-// resolver: a "connected" DNS socket is connected to nothing (the kernel never sees the
-// resolver's address), so even a write() the shim does not see fails instead of leaking.
+// resolver. connect(udp, resolver:53) connects the socket to a loopback UDP responder of the
+// broker instead (DNS_SOCKET), which answers whatever the socket sends it: so do programs
+// that send with raw system calls the shim cannot see (dig's libuv uses sendmmsg(2)).
 //
 // The socket is bound to loopback (port chosen by the kernel) before the first answer, unless
 // the program bound it already. Sockets are remembered by fd, validated by inode (a closed and
@@ -246,10 +247,42 @@ bool IsUdpSocket(int fd) {
 }
 
 int DnsConnect(int fd, const wire::Addr& resolver) {
+  char where[80];
+  wire::FormatAddr(resolver, where, sizeof where);
   if (int err = EnsureBound(fd); err != 0) {
-    char where[80];
-    Complain("DNS socket for %s refused: cannot bind it to loopback: %s",
-             wire::FormatAddr(resolver, where, sizeof where), strerror(err));
+    Complain("DNS socket for %s refused: cannot bind it to loopback: %s", where, strerror(err));
+    errno = EPERM;
+    return -1;
+  }
+  sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  wire::Addr local, responder;
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0 ||
+      !wire::AddrFromSockaddr(reinterpret_cast<sockaddr*>(&ss), len, &local)) {
+    errno = EPERM;
+    return -1;
+  }
+  char msg[512] = {};
+  int err = BrokerDnsSocket(local, &responder, msg, sizeof msg);
+  if (err != 0) {  // fail closed: the socket stays unconnected and can send nowhere
+    Complain("DNS socket for %s refused: the broker has no responder for it: %s", where, msg);
+    errno = EPERM;
+    return -1;
+  }
+  // An IPv4 responder on a dual-stack IPv6 socket is reached by its mapped address.
+  if (ss.ss_family == AF_INET6 && responder.family == 4) {
+    wire::Addr mapped;
+    mapped.family = 6;
+    mapped.port = responder.port;
+    mapped.bytes[10] = mapped.bytes[11] = 0xff;
+    std::memcpy(mapped.bytes + 12, responder.bytes, 4);
+    responder = mapped;
+  }
+  len = wire::AddrToSockaddr(responder, &ss);
+  if (Real().connect(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+    int cerr = errno;
+    Complain("DNS socket for %s refused: connecting it to the broker's responder failed: %s", where,
+             strerror(cerr));
     errno = EPERM;
     return -1;
   }
@@ -260,17 +293,23 @@ int DnsConnect(int fd, const wire::Addr& resolver) {
 int DnsInterceptSend(int fd, const sockaddr* name, socklen_t namelen, const iovec* iov,
                      size_t iovcnt, ssize_t* result) {
   if (Passthrough()) return 0;
+  // A connected DNS socket sends to the broker's responder as it is (no address needed).
+  if (name == nullptr) return 0;
   wire::Addr resolver;
-  if (name == nullptr) {
-    Entry e;
-    if (!Lookup(fd, &e) || !e.connected) return 0;
-    resolver = e.resolver;
-  } else {
-    if ((name->sa_family != AF_INET && name->sa_family != AF_INET6) ||
-        !wire::AddrFromSockaddr(name, namelen, &resolver) || resolver.port != kDnsPort ||
-        !IsUdpSocket(fd)) {
-      return 0;
-    }
+  if ((name->sa_family != AF_INET && name->sa_family != AF_INET6) ||
+      !wire::AddrFromSockaddr(name, namelen, &resolver) || resolver.port != kDnsPort ||
+      !IsUdpSocket(fd)) {
+    return 0;
+  }
+  Entry e;
+  if (Lookup(fd, &e) && e.connected) {
+    // sendto(resolver) on a socket connected to the responder: to the responder, whose answer
+    // is the only kind of datagram the connected socket accepts.
+    msghdr mh{};
+    mh.msg_iov = const_cast<iovec*>(iov);
+    mh.msg_iovlen = iovcnt;
+    *result = Real().sendmsg(fd, &mh, MSG_NOSIGNAL);
+    return 1;
   }
   *result = Answer(fd, iov, iovcnt, resolver);
   if (*result >= 0 && name != nullptr) Remember(fd, resolver, false);

@@ -88,11 +88,16 @@ constexpr size_t kMaxDnsQuery = 4096;
 int BrokerDnsQuery(const void* query, size_t n, uint8_t* answer, size_t cap, size_t* answer_len,
                    char* msg, size_t msgcap);
 
+// A loopback UDP responder in the broker, connected to the program's socket bound at `local`,
+// that answers the DNS queries that socket sends it (even by raw system calls).
+int BrokerDnsSocket(const wire::Addr& local, wire::Addr* responder, char* msg, size_t msgcap);
+
 // ---- raw DNS sockets (dns_socket.cc) --------------------------------------------------------
 // Under an overlay, a UDP socket's datagrams to port 53 (any address) are DNS queries: the shim
 // hands them to the broker and delivers the answer on the program's socket (from a loopback
 // address, shown to the program as the resolver's). See docs/architecture.md, "Raw DNS".
-// connect(fd, resolver:53) of a UDP socket: remembers the resolver, connects nothing.
+// connect(fd, resolver:53) of a UDP socket: connects it to a responder of the broker instead
+// (BrokerDnsSocket) and remembers the resolver.
 int DnsConnect(int fd, const wire::Addr& resolver);
 // A send on `fd` to `name` (nullptr: the connected resolver, if the socket is a DNS socket) of
 // the bytes in iov: returns 1 and sets *result (bytes "sent" or -1 with errno) when this is a

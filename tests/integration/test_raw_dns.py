@@ -1,7 +1,6 @@
 """DNS queries that programs send themselves over UDP (a Python socket to the resolver of
-/etc/resolv.conf, node's dns.resolve via c-ares) are answered by the broker with fake addresses
-under an overlay; they never reach a DNS server. dig, whose libuv sends with a raw system call
-the shim cannot see, is refused instead (fails closed). Proof: dnsmasq's query log and a
+/etc/resolv.conf, node's dns.resolve via c-ares, dig) are answered by the broker with fake
+addresses under an overlay; they never reach a DNS server. Proof: dnsmasq's query log and a
 packet capture on the test's own interfaces (lo and a veth pair with a "far" resolver address).
 """
 import ipaddress
@@ -136,16 +135,22 @@ print(t.recv(12).decode())
         self.assertEqual(self.dns_queries("example.test"), [])
         self.assertEqual(self.captured("example.test"), [])
 
-    def test_dig_is_refused_and_sends_nothing(self):
+    def test_dig_gets_fake_addresses(self):
         if shutil.which("dig") is None:
             self.skipTest("dig is not installed (bind9-dnsutils)")
-        for server in ("127.0.0.1", FAR_RESOLVER):
-            proc = self.run_via("app:tor", "dig", "+tries=1", "+timeout=2", f"@{server}",
-                                "example.test", "A")
-            # libuv sends with a raw sendmmsg system call the shim cannot see; the socket is
-            # connected to nothing, so the kernel refuses it (EDESTADDRREQ).
-            self.assertFailed(proc)
-            self.assertNotIn("ANSWER SECTION", proc.stdout)
+        # dig's libuv sends with a raw sendmmsg system call the shim cannot see: its socket is
+        # connected to a loopback responder of the broker, which answers.
+        answers = []
+        for server, qtype in (("127.0.0.1", "A"), (FAR_RESOLVER, "AAAA")):
+            proc = self.run_via("app:tor", "dig", "+tries=1", "+timeout=5", f"@{server}",
+                                "example.test", qtype)
+            self.assertOk(proc)
+            self.assertIn(f"SERVER: {server}#53", proc.stdout)
+            answers += [l.split()[-1] for l in proc.stdout.splitlines()
+                        if l.startswith("example.test.") and f"IN\t{qtype}" in l]
+        self.assertEqual(len(answers), 2, answers)
+        self.assertIn(ipaddress.ip_address(answers[0]), ipaddress.ip_network("198.18.0.0/15"))
+        self.assertIn(ipaddress.ip_address(answers[1]), ipaddress.ip_network("fd76:6961:ff00::/64"))
         self.assertEqual(self.dns_queries("example.test"), [])
         self.assertEqual(self.captured("example.test", FAR_RESOLVER), [])
 

@@ -535,6 +535,72 @@ TEST_F(BrokerProtocolTest, DnsQueryErrors) {
             uint32_t(EPERM));
 }
 
+TEST_F(BrokerProtocolTest, DnsSocketAnswersOnlyTheSocketItWasMadeFor) {
+  StartBroker();
+  UniqueFd fd = Greeted("app:refused");
+  auto udp = [] {
+    UniqueFd s(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    sockaddr_in in{};
+    in.sin_family = AF_INET;
+    in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(bind(s.get(), reinterpret_cast<sockaddr*>(&in), sizeof in), 0);
+    timeval tv{1, 0};
+    setsockopt(s.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    return s;
+  };
+  UniqueFd program = udp(), stranger = udp();
+  sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  ASSERT_EQ(getsockname(program.get(), reinterpret_cast<sockaddr*>(&ss), &len), 0);
+  wire::Addr local;
+  ASSERT_TRUE(wire::AddrFromSockaddr(reinterpret_cast<sockaddr*>(&ss), len, &local));
+  Reply r = Request(fd.get(), wire::kDnsSocket,
+                    [&](wire::Writer& w) { w.PutAddr(wire::kTagAddr, local); });
+  ASSERT_EQ(r.err, 0u) << r.message;
+  auto addrs = r.Addrs();
+  ASSERT_EQ(addrs.size(), 1u);
+  len = wire::AddrToSockaddr(addrs[0], &ss);
+  const std::string q(
+      "\x01\x02\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+      "\x07"
+      "example"
+      "\x04"
+      "test"
+      "\x00\x00\x01\x00\x01",
+      30);
+  // Another socket is not answered: the responder is connected to the program's socket.
+  ASSERT_EQ(sendto(stranger.get(), q.data(), q.size(), 0, reinterpret_cast<sockaddr*>(&ss), len),
+            ssize_t(q.size()));
+  char buf[512];
+  EXPECT_LT(recv(stranger.get(), buf, sizeof buf, 0), 0);
+  ASSERT_EQ(connect(program.get(), reinterpret_cast<sockaddr*>(&ss), len), 0);
+  ASSERT_EQ(send(program.get(), q.data(), q.size(), 0), ssize_t(q.size()));
+  ssize_t n = recv(program.get(), buf, sizeof buf, 0);
+  ASSERT_EQ(n, 46);
+  EXPECT_EQ(std::string(buf + 42, 4), std::string("\xc6\x12\x00\x01", 4));
+}
+
+TEST_F(BrokerProtocolTest, DnsSocketErrors) {
+  StartBroker();
+  UniqueFd fd = Greeted("app:refused");
+  EXPECT_EQ(Request(fd.get(), wire::kDnsSocket).err, uint32_t(EINVAL));
+  wire::Addr far;
+  far.family = 4;
+  far.port = 5353;
+  far.bytes[0] = 10;
+  far.bytes[3] = 1;
+  EXPECT_EQ(
+      Request(fd.get(), wire::kDnsSocket, [&](wire::Writer& w) { w.PutAddr(wire::kTagAddr, far); })
+          .err,
+      uint32_t(EINVAL));
+  UniqueFd direct = Greeted("direct");
+  far.bytes[0] = 127;
+  EXPECT_EQ(Request(direct.get(), wire::kDnsSocket,
+                    [&](wire::Writer& w) { w.PutAddr(wire::kTagAddr, far); })
+                .err,
+            uint32_t(EPERM));
+}
+
 TEST_F(BrokerProtocolTest, ReverseOfOtherAddressIsEnoent) {
   StartBroker();
   UniqueFd fd = Greeted("app:refused");
