@@ -154,6 +154,34 @@ print(t.recv(12).decode())
         self.assertEqual(self.dns_queries("example.test"), [])
         self.assertEqual(self.captured("example.test", FAR_RESOLVER), [])
 
+    RES_QUERY = """
+import ctypes, socket
+libc = ctypes.CDLL(None)
+for fn in ("res_query", "res_search"):
+    buf = ctypes.create_string_buffer(512)
+    n = getattr(libc, fn)(NAME.encode(), 1, 1, buf, 512)   # class IN, type A
+    print(fn, socket.inet_ntoa(buf.raw[n - 4:n]) if n > 0 else n)
+"""
+
+    def test_control_without_via_res_query_reaches_the_dns_server(self):
+        proc = self.py(self.RES_QUERY.replace("NAME", '"other.test"'), via=False)
+        self.assertOk(proc)
+        self.assertEqual(proc.stdout.splitlines(),
+                         ["res_query 127.0.0.1", "res_search 127.0.0.1"])
+        self.assertEqual(len(self.dns_queries("other.test")), 2)
+
+    def test_res_query_and_res_search_are_answered_by_the_broker(self):
+        # glibc sends these with socket calls inside libc that no preload sees: the shim
+        # answers res_* itself, through the broker.
+        proc = self.py(self.RES_QUERY.replace("NAME", '"example.test"'))
+        self.assertOk(proc)
+        lines = proc.stdout.splitlines()
+        self.assertEqual([l.split()[0] for l in lines], ["res_query", "res_search"])
+        for l in lines:
+            self.assertIn(ipaddress.ip_address(l.split()[1]), ipaddress.ip_network("198.18.0.0/15"))
+        self.assertEqual(self.dns_queries("example.test"), [])
+        self.assertEqual(self.captured("example.test"), [])
+
     def test_malformed_queries_get_formerr_or_nothing(self):
         proc = self.py("""
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)
