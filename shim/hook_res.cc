@@ -12,9 +12,12 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <resolv.h>
+#include <signal.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "shim/shim.h"
@@ -172,3 +175,56 @@ VIA_RES_HOOK(int, res_nsend, (res_state s, const unsigned char* q, int ql, unsig
 VIA_RES_HOOK(int, __res_nsend,
              (res_state s, const unsigned char* q, int ql, unsigned char* a, int l),
              (s, q, ql, a, l), nsend, Ask(s, q, ql, a, l, false))
+
+// getaddrinfo_a: glibc runs its requests on a thread of its own that calls getaddrinfo inside
+// libc, where the shim would not see it. Under an overlay the shim answers each request at
+// once with its own getaddrinfo (fake addresses from the broker: no waiting on the network)
+// and then notifies as asked (GAI_NOWAIT with SIGEV_SIGNAL or SIGEV_THREAD). gai_error reads
+// the results; gai_suspend and gai_cancel find nothing in flight.
+namespace {
+
+struct Notify {
+  void (*fn)(sigval);
+  sigval value;
+};
+
+void* RunNotify(void* arg) {
+  Notify n = *static_cast<Notify*>(arg);
+  free(arg);
+  n.fn(n.value);
+  return nullptr;
+}
+
+}  // namespace
+
+VIA_EXPORT int getaddrinfo_a(int mode, gaicb* list[], int nitems, sigevent* sevp) {
+  if (Passthrough()) {
+    using Fn = int (*)(int, gaicb*[], int, sigevent*);
+    static Fn real = nullptr;
+    if (real == nullptr) real = reinterpret_cast<Fn>(dlsym(RTLD_NEXT, "getaddrinfo_a"));
+    if (real == nullptr) return EAI_SYSTEM;
+    return real(mode, list, nitems, sevp);
+  }
+  for (int i = 0; i < nitems; ++i) {
+    if (list == nullptr || list[i] == nullptr) continue;
+    list[i]->ar_result = nullptr;
+    list[i]->__return = getaddrinfo(list[i]->ar_name, list[i]->ar_service, list[i]->ar_request,
+                                    &list[i]->ar_result);
+  }
+  if (mode == GAI_NOWAIT && sevp != nullptr) {
+    if (sevp->sigev_notify == SIGEV_SIGNAL) {
+      sigqueue(getpid(), sevp->sigev_signo, sevp->sigev_value);
+    } else if (sevp->sigev_notify == SIGEV_THREAD && sevp->sigev_notify_function != nullptr) {
+      auto* n = static_cast<Notify*>(malloc(sizeof(Notify)));
+      if (n == nullptr) return EAI_MEMORY;
+      *n = Notify{sevp->sigev_notify_function, sevp->sigev_value};
+      pthread_t t;
+      if (pthread_create(&t, sevp->sigev_notify_attributes, RunNotify, n) != 0) {
+        free(n);
+        return EAI_AGAIN;
+      }
+      pthread_detach(t);
+    }
+  }
+  return 0;
+}

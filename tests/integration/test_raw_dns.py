@@ -182,6 +182,42 @@ for fn in ("res_query", "res_search"):
         self.assertEqual(self.dns_queries("example.test"), [])
         self.assertEqual(self.captured("example.test"), [])
 
+    GAI_A = """
+import ctypes, socket
+class addrinfo(ctypes.Structure):
+    pass
+addrinfo._fields_ = [("flags", ctypes.c_int), ("family", ctypes.c_int), ("socktype", ctypes.c_int),
+                     ("protocol", ctypes.c_int), ("addrlen", ctypes.c_uint32),
+                     ("addr", ctypes.c_void_p), ("canonname", ctypes.c_char_p),
+                     ("next", ctypes.POINTER(addrinfo))]
+class gaicb(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char_p), ("service", ctypes.c_char_p),
+                ("request", ctypes.POINTER(addrinfo)), ("result", ctypes.POINTER(addrinfo)),
+                ("ret", ctypes.c_int), ("reserved", ctypes.c_int * 5)]
+libc = ctypes.CDLL(None)
+hints = addrinfo(family=socket.AF_INET, socktype=socket.SOCK_STREAM)
+req = gaicb(name=NAME.encode(), service=b"80", request=ctypes.pointer(hints))
+reqs = (ctypes.POINTER(gaicb) * 1)(ctypes.pointer(req))
+print(libc.getaddrinfo_a(0, reqs, 1, None), libc.gai_error(ctypes.pointer(req)))  # GAI_WAIT
+sa = ctypes.cast(req.result.contents.addr, ctypes.POINTER(ctypes.c_ubyte * 8)).contents
+print(".".join(str(b) for b in sa[4:8]))
+"""
+
+    def test_control_without_via_getaddrinfo_a_reaches_the_dns_server(self):
+        proc = self.py(self.GAI_A.replace("NAME", '"other.test"'), via=False)
+        self.assertOk(proc)
+        self.assertEqual(proc.stdout.splitlines(), ["0 0", "127.0.0.1"])
+        self.assertTrue(self.dns_queries("other.test"))
+
+    def test_getaddrinfo_a_gets_a_fake_address(self):
+        proc = self.py(self.GAI_A.replace("NAME", '"example.test"'))
+        self.assertOk(proc)
+        lines = proc.stdout.splitlines()
+        self.assertEqual(lines[0], "0 0")
+        self.assertIn(ipaddress.ip_address(lines[1]), ipaddress.ip_network("198.18.0.0/15"))
+        self.assertEqual(self.dns_queries("example.test"), [])
+        self.assertEqual(self.captured("example.test"), [])
+
     def test_malformed_queries_get_formerr_or_nothing(self):
         proc = self.py("""
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)
