@@ -6,7 +6,7 @@ there: nothing can reach the real Tor network). The tests watch the client's con
 (STREAM events) to see which circuit carried each of via's connections.
 
 Skipped with the reason when tor/tor-gencert are missing, without the namespace, or when the
-network is not ready within VIA_TOR_TIMEOUT seconds (default 120). VIA_TEST_KEEP=1 keeps the
+network is not ready within VIA_TOR_TIMEOUT seconds (default 180). VIA_TEST_KEEP=1 keeps the
 network's directory (torrcs, logs).
 """
 import ipaddress
@@ -64,7 +64,7 @@ class Tor(harness.ViaCase):
         reason = tor_network.missing_tools()
         if reason:
             raise unittest.SkipTest(reason)
-        timeout = float(os.environ.get("VIA_TOR_TIMEOUT", "120"))
+        timeout = float(os.environ.get("VIA_TOR_TIMEOUT", "180"))
         cls.net_dir = tempfile.mkdtemp(prefix="via-tor-net-")
         cls.echo_ns = None
         try:
@@ -285,7 +285,9 @@ except OSError as e:
                            "--no-hosts", "--log-queries", f"--log-facility={log}",
                            f"--listen-address={EXIT_RESOLVER}", "--port=53",
                            "--bind-interfaces", "--user=root", "--pid-file",
-                           "--address=/example.test/127.0.0.1"], "exit-dnsmasq.out")
+                           "--address=/example.test/127.0.0.1",
+                           "--ptr-record=7.2.0.192.in-addr.arpa,far.example.test"],
+                          "exit-dnsmasq.out")
         self.assertTrue(harness.wait_for(lambda: "started" in harness.read_text(log), 10),
                         harness.read_text(os.path.join(self.dir, "exit-dnsmasq.out")))
         return log
@@ -316,6 +318,21 @@ print(s.recv(12).decode())
         self.assertTrue(exit_queries, harness.read_text(exit_log))
         self.assertEqual([q for q in harness.read_lines(self.dns_log)
                           if "example.test" in q.lower()], [])
+
+    def test_remote_resolve_ptr_names_a_real_address_from_the_exit(self):
+        # 192.0.2.7 (TEST-NET-1): tor's exits refuse reverse lookups of private addresses. The
+        # PTR query goes to the exits' dnsmasq on loopback, nowhere else.
+        self.start_dns()
+        exit_log = self.start_exit_dns()
+        self.use_tor(True, "remote_resolve: true")
+        proc = self.run_via("app:tor", harness.PYTHON, "-c",
+                            "import socket; print(socket.getnameinfo(('192.0.2.7', 80), "
+                            "socket.NI_NAMEREQD)[0])", timeout=120)
+        self.assertRan(proc)
+        self.assertEqual(proc.stdout.strip(), "far.example.test")
+        self.assertTrue(any("ptr] 7.2.0.192.in-addr.arpa " in l.lower()
+                            for l in harness.read_lines(exit_log)), harness.read_text(exit_log))
+        self.assertEqual([q for q in harness.read_lines(self.dns_log) if "in-addr" in q], [])
 
     def test_remote_resolve_keeps_fake_addresses_for_onion_names(self):
         self.use_tor(True, "remote_resolve: true")
