@@ -35,6 +35,11 @@ apt_update() {
   fi
 }
 
+# Go is optional (the test that a Go program is refused skips without it).
+if ! command -v go >/dev/null 2>&1 && [ ! -x /usr/local/go/bin/go ]; then
+  missing+=(golang-go)
+fi
+
 # Node is optional (its test skips without it); use Debian's when none is installed yet.
 if ! command -v node >/dev/null 2>&1; then
   apt_update

@@ -1,7 +1,9 @@
 // exec and posix_spawn. Under an overlay, two things would let a child escape it:
 //  - a binary that runs without the shim: setuid/setgid or with file capabilities (the loader
-//    drops LD_PRELOAD), or statically linked (no loader at all). Its exec fails with EPERM and
-//    one line, unless network_service.unrouted_exec is "allow".
+//    drops LD_PRELOAD), or statically linked (no loader at all), or whose traffic the shim
+//    would not see: a Go program (dynamically linked for cgo, it still makes its socket system
+//    calls itself). Its exec fails with EPERM and one line, unless
+//    network_service.unrouted_exec is "allow".
 //  - an environment without the shim's variables (env -i, sudo-like resets): they are put back.
 //
 // These hooks run in vfork children too (posix_spawn, Python's subprocess), so they use only the
@@ -65,6 +67,44 @@ int HasInterpreter(int fd, const unsigned char* head, ssize_t n) {
   return 0;
 }
 
+// Whether the ELF file behind `fd` carries Go's build-ID note (owner "Go", type 4) in a PT_NOTE
+// segment: a Go program. Go makes its socket system calls itself (even when dynamically linked
+// for cgo), so the shim would see none of its connects. Stack only (vfork children).
+bool IsGoProgram(int fd, const unsigned char* head, ssize_t n) {
+  if (n < ssize_t(sizeof(Elf64_Ehdr)) || head[EI_CLASS] != ELFCLASS64) return false;
+  Elf64_Ehdr eh;
+  std::memcpy(&eh, head, sizeof eh);
+  if (eh.e_phentsize < sizeof(Elf64_Phdr) || eh.e_phnum > 4096) return false;
+  for (uint16_t i = 0; i < eh.e_phnum; ++i) {
+    Elf64_Phdr ph;
+    if (pread(fd, &ph, sizeof ph, off_t(eh.e_phoff + uint64_t(i) * eh.e_phentsize)) !=
+        ssize_t(sizeof ph)) {
+      return false;
+    }
+    if (ph.p_type != PT_NOTE) continue;
+    unsigned char notes[1024];
+    size_t len = ph.p_filesz < sizeof notes ? size_t(ph.p_filesz) : sizeof notes;
+    if (pread(fd, notes, len, off_t(ph.p_offset)) != ssize_t(len)) continue;
+    size_t off = 0;
+    while (off + 12 <= len) {
+      uint32_t namesz, descsz, type;
+      std::memcpy(&namesz, notes + off, 4);
+      std::memcpy(&descsz, notes + off + 4, 4);
+      std::memcpy(&type, notes + off + 8, 4);
+      size_t name_off = off + 12;
+      if (namesz == 4 && type == 4 && name_off + 4 <= len &&
+          std::memcmp(notes + name_off, "Go\0\0", 4) == 0) {
+        return true;
+      }
+      size_t next =
+          name_off + ((size_t(namesz) + 3) & ~size_t(3)) + ((size_t(descsz) + 3) & ~size_t(3));
+      if (next <= off || namesz > len || descsz > len) break;
+      off = next;
+    }
+  }
+  return false;
+}
+
 // Why exec of `path` would run without the shim, or nullptr. `interp` names a script's
 // interpreter when that is the reason.
 const char* UnroutedReason(const char* path, int depth, char* interp, size_t interp_cap) {
@@ -95,8 +135,10 @@ const char* UnroutedReason(const char* path, int depth, char* interp, size_t int
         reason = "its interpreter would run without the shim";
       }
     }
-  } else if (HasInterpreter(fd, head, n) == 0 && !IsLoader(path)) {
+  } else if (int dynamic = HasInterpreter(fd, head, n); dynamic == 0 && !IsLoader(path)) {
     reason = "it is statically linked";
+  } else if (dynamic == 1 && IsGoProgram(fd, head, n)) {
+    reason = "it is a Go program, which makes its network system calls itself, past the shim";
   }
   close(fd);
   return reason;

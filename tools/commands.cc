@@ -168,6 +168,13 @@ int CmdRun(int argc, char** argv) {
   for (auto& e : env) envp.push_back(e.data());
   envp.push_back(nullptr);
   std::vector<char*> child_argv;
+  // Under an overlay the command starts through /bin/sh's `exec`, so that the shim's exec guard
+  // (shim/hook_exec.cc) judges it as it judges every exec below it: a static, setuid or Go
+  // binary run directly by `via run` would otherwise escape the overlay.
+  static char kSh[] = "/bin/sh", kDashC[] = "-c", kExec[] = "exec \"$@\"", kName[] = "via";
+  if (network != "direct" && access(kSh, X_OK) == 0) {
+    child_argv = {kSh, kDashC, kExec, kName};
+  }
   for (auto& a : args->rest) child_argv.push_back(a.data());
   child_argv.push_back(nullptr);
 

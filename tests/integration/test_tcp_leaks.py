@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 
 import harness
@@ -133,6 +134,68 @@ print(s.recv(12).decode().split()[1])
         self.assertEqual(len(harness.microsocks_destinations(log)), len(cases),
                          harness.read_text(log))
         self.assertEqual(self.syn_sources(), [PROXY6] * len(cases))
+
+    # ---- programs whose connects the shim cannot see -------------------------------------------
+    GO_CLIENT = """package main
+
+import (
+	"fmt"
+	"net"
+	"os"
+)
+
+func main() {
+	c, err := net.Dial("tcp", os.Args[1])
+	if err != nil {
+		fmt.Println("error", err)
+		os.Exit(1)
+	}
+	fmt.Fprintf(c, "GET /go HTTP/1.0\\r\\nHost: far\\r\\n\\r\\n")
+	b := make([]byte, 12)
+	n, _ := c.Read(b)
+	fmt.Println(string(b[:n]))
+}
+"""
+
+    def go_client(self):
+        """A Go program dynamically linked for cgo (its socket calls are still its own system
+        calls). Built once per run into a shared cache directory."""
+        go = shutil.which("go") or next((p for p in ("/usr/local/go/bin/go", "/usr/lib/go/bin/go")
+                                         if os.path.exists(p)), None)
+        if go is None:
+            self.skipTest("go is not installed (golang-go)")
+        cache = os.path.join(tempfile.gettempdir(), "via-test-go")
+        os.makedirs(cache, exist_ok=True)
+        src = os.path.join(cache, "client.go")
+        with open(src, "w") as f:
+            f.write(self.GO_CLIENT)
+        exe = os.path.join(cache, "client-cgo")
+        env = dict(self.env, GOCACHE=os.path.join(cache, "build"), GOPATH=os.path.join(cache, "gopath"),
+                   CGO_ENABLED="1", GOFLAGS="", GOTOOLCHAIN="local", GOPROXY="off")
+        built = subprocess.run([go, "build", "-o", exe, "-ldflags=-linkmode=external", src],
+                               capture_output=True, text=True, env=env, timeout=300, cwd=cache)
+        if built.returncode != 0:
+            self.skipTest("cannot build the Go test client: " + built.stderr[-500:])
+        elf = subprocess.run(["readelf", "-l", exe], capture_output=True, text=True).stdout
+        self.assertIn("Requesting program interpreter", elf)  # dynamically linked: not static
+        return exe
+
+    def test_go_program_is_refused_and_sends_nothing(self):
+        exe = self.go_client()
+        # Control: without via it connects, directly.
+        plain = subprocess.run([exe, f"{FAR4}:{self.port}"], capture_output=True, text=True,
+                               env=self.env, timeout=30)
+        self.assertEqual(plain.stdout.strip(), "HTTP/1.0 200", plain.stdout + plain.stderr)
+        self.use_proxy(harness.PROXY_OUT)
+        direct = self.run_via("app:tor", exe, f"{FAR4}:{self.port}")
+        nested = self.run_via("app:tor", "sh", "-c", f"{exe} {FAR4}:{self.port}; echo status=$?")
+        for proc in (direct, nested):
+            self.assertIn("it is a Go program", proc.stderr)
+            self.assertNotIn("HTTP/1.0", proc.stdout)
+        self.assertEqual(direct.returncode, 126, direct.stderr)
+        self.assertIn("status=126", nested.stdout)
+        self.assertEqual(len(self.records(self.record)), 1)  # only the control
+        self.assertEqual(self.syn_sources(), [FAR4])  # only the control's SYN
 
 
 if __name__ == "__main__":
