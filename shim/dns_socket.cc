@@ -32,7 +32,6 @@ constexpr uint16_t kDnsPort = 53;
 
 // ---- the real functions this file needs (kept here: other files own RealFns) ----------------
 struct DnsReal {
-  ssize_t (*send)(int, const void*, size_t, int);
   ssize_t (*recvfrom)(int, void*, size_t, int, sockaddr*, socklen_t*);
   ssize_t (*recvmsg)(int, msghdr*, int);
   int (*recvmmsg)(int, mmsghdr*, unsigned int, int, struct timespec*);
@@ -54,7 +53,6 @@ void Resolve(Fn& slot, const char* name, void* self) {
 }  // namespace
 }  // namespace via::shim
 
-extern "C" ssize_t send(int, const void*, size_t, int);
 extern "C" ssize_t recvfrom(int, void*, size_t, int, sockaddr*, socklen_t*);
 extern "C" ssize_t recvmsg(int, msghdr*, int);
 extern "C" int recvmmsg(int, mmsghdr*, unsigned int, int, struct timespec*);
@@ -63,7 +61,6 @@ namespace via::shim {
 namespace {
 
 void InitDnsReal() {
-  Resolve(g_dns_real.send, "send", reinterpret_cast<void*>(&::send));
   Resolve(g_dns_real.recvfrom, "recvfrom", reinterpret_cast<void*>(&::recvfrom));
   Resolve(g_dns_real.recvmsg, "recvmsg", reinterpret_cast<void*>(&::recvmsg));
   Resolve(g_dns_real.recvmmsg, "recvmmsg", reinterpret_cast<void*>(&::recvmmsg));
@@ -349,13 +346,6 @@ bool DnsPeer(int fd, wire::Addr* resolver) {
 }  // namespace via::shim
 
 using namespace via::shim;
-
-VIA_EXPORT ssize_t send(int fd, const void* buf, size_t n, int flags) {
-  ssize_t result;
-  iovec iov{const_cast<void*>(buf), n};
-  if (DnsInterceptSend(fd, nullptr, 0, &iov, 1, &result)) return result;
-  return RealDns().send(fd, buf, n, flags);
-}
 
 VIA_EXPORT ssize_t recvfrom(int fd, void* buf, size_t n, int flags, sockaddr* addr,
                             socklen_t* len) {

@@ -99,9 +99,9 @@ int BrokerDnsSocket(const wire::Addr& local, wire::Addr* responder, char* msg, s
 // connect(fd, resolver:53) of a UDP socket: connects it to a responder of the broker instead
 // (BrokerDnsSocket) and remembers the resolver.
 int DnsConnect(int fd, const wire::Addr& resolver);
-// A send on `fd` to `name` (nullptr: the connected resolver, if the socket is a DNS socket) of
-// the bytes in iov: returns 1 and sets *result (bytes "sent" or -1 with errno) when this is a
-// DNS query that was handled, 0 when the caller goes on as usual.
+// A send on `fd` to `name` of the bytes in iov: returns 1 and sets *result (bytes "sent" or -1
+// with errno) when this is a DNS query that was handled, 0 when the caller goes on as usual
+// (always for name == nullptr: a connected DNS socket sends to the broker's responder itself).
 int DnsInterceptSend(int fd, const sockaddr* name, socklen_t namelen, const iovec* iov,
                      size_t iovcnt, ssize_t* result);
 // After a receive on `fd`: shows the resolver as the source of an answer we delivered.
