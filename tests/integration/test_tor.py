@@ -1,9 +1,11 @@
 """via against a real, private, offline Tor network (tests/tor/tor_network.py).
 
 Once per module: 3 directory authorities, 3 exits, a client (SocksPort + ControlPort) and an
-onion-service host, all on 127.0.0.0/8 inside the test's network namespace (only `lo` exists
-there: nothing can reach the real Tor network). The tests watch the client's control port
-(STREAM events) to see which circuit carried each of via's connections.
+onion-service host, all on 127.0.0.0/8 inside the test's network namespace (`lo`, plus a veth
+pair to the IP-echo namespace this module creates: nothing can reach the real Tor network). The
+tests watch the client's control port (STREAM events) to see which circuit carried each of
+via's connections; exits' DNS goes to EXIT_RESOLVER (a dnsmasq a test starts when it needs
+one).
 
 Skipped with the reason when tor/tor-gencert are missing, without the namespace, or when the
 network is not ready within VIA_TOR_TIMEOUT seconds (default 180). VIA_TEST_KEEP=1 keeps the

@@ -33,7 +33,8 @@ fresh run, load or not; the consensus summary of such a policy is "p reject 1-65
 "ExitPolicy accept *:*" streams attach at once. So the exits accept everything, and are kept
 on loopback otherwise: their outgoing sockets are bound to their own 127.0.0.x address
 (OutboundBindAddress; a loopback source cannot leave the host), and the integration tests run
-the whole network inside a network namespace whose only interface is lo. VIA_TOR_EXIT_NET
+the whole network inside a network namespace of their own (lo, plus veth pairs to namespaces
+the tests create; no route to anywhere else). VIA_TOR_EXIT_NET
 overrides the accepted network (for experiments).
 
 Voting runs every 20 s (10 s intervals gave consensuses that expired under CPU load).
@@ -366,7 +367,7 @@ class TorNetwork:
         # some addresses (127.0.0.0/8, 192.0.2.0/24, ...) as unusable for every stream ("All
         # routers are down or won't exit"); "accept *:*" works. Exits still reach nothing but
         # loopback: their outgoing sockets are bound to their 127.0.0.x address (loopback
-        # sources cannot leave the host), and the tests run them in a namespace that has only lo.
+        # sources cannot leave the host), and the tests run them in a namespace of their own.
         self.exit_net = os.environ.get("VIA_TOR_EXIT_NET", "*")
         self.probe_host = os.environ.get("VIA_TOR_PROBE_HOST", "127.0.0.1")
 
