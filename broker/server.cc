@@ -20,7 +20,8 @@ namespace {
 
 constexpr uint32_t kClientEvents = EPOLLIN | EPOLLRDHUP;
 constexpr size_t kMaxFds = 4;             // descriptors accepted per datagram
-constexpr int kReadsPerEvent = 64;        // fairness between clients; epoll is level-triggered
+constexpr int kReadsPerEvent = 1;         // epoll is level-triggered: a second read would mostly
+                                          // find EAGAIN (a shim has one request in flight per link)
 constexpr size_t kMaxMessageText = 3000;  // MESSAGE fields are cut to this
 
 std::string Exe(pid_t pid) {
@@ -534,8 +535,10 @@ void Server::OnConnectDone(uint64_t op_id, int err, const std::string& msg) {
   std::erase(c.ops, op_id);
   if (err != 0) return ConnectFailed(c, p.request_id, p.overlay, p.target.ToString(), err, msg);
   p.overlay->ok++;
-  log_->debug("connect {} via {} ok ({})", p.target.ToString(), p.overlay->overlay->id,
-              PeerText(c));
+  if (log_->should_log(spdlog::level::debug)) {  // PeerText reads /proc: not per connect
+    log_->debug("connect {} via {} ok ({})", p.target.ToString(), p.overlay->overlay->id,
+                PeerText(c));
+  }
   ReplyOk(c, wire::kConnect | wire::kReplyBit, p.request_id);
 }
 
@@ -560,12 +563,24 @@ void Server::HandleResolve(Client& c, const wire::Message& m) {
       (!f.u8(&family) || (family != 0 && family != 4 && family != 6))) {
     return ReplyError(c, reply, m.id(), EINVAL, "RESOLVE: FAMILY must be 0, 4 or 6");
   }
-  FakeAddressPool::Pair p = pool_->Lookup(*name);
+  // A pool large enough that a second's worth of new names cannot cycle it promises each answer
+  // for kNameHoldMs, and the shim answers repeat lookups from its cache meanwhile (saves a round
+  // trip per getaddrinfo). A small pool recycles freely and promises nothing.
+  constexpr int64_t kNameHoldMs = 2000;
+  constexpr size_t kMinPoolForHold = 65536;
+  const int64_t hold = pool_->capacity() >= kMinPoolForHold ? kNameHoldMs : 0;
+  auto p = pool_->LookupHeld(*name, hold > 0 ? NowMs() : 0, hold);
+  if (!p.ok()) return ReplyError(c, reply, m.id(), p.status().code(), p.status().message());
   uint8_t buf[256];
   wire::Writer w(buf, sizeof buf, reply, m.id());
   w.PutU32(wire::kTagErrno, 0);
-  if (family != 6) w.PutAddr(wire::kTagAddr, p.v4);
-  if (family != 4) w.PutAddr(wire::kTagAddr, p.v6);
+  if (family != 6) w.PutAddr(wire::kTagAddr, p->v4);
+  if (family != 4) w.PutAddr(wire::kTagAddr, p->v6);
+  if (hold > 0) w.PutU32(wire::kTagHoldMs, uint32_t(hold));
+  if (log_->should_log(spdlog::level::debug)) {
+    log_->debug("resolve {} -> {} hold {} ms ({})", *name, AddrText(p->v4, false), hold,
+                PeerText(c));
+  }
   Reply(c, w);
 }
 

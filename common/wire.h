@@ -50,6 +50,10 @@ enum Tag : uint16_t {
   kTagPid = 10,      // u32 (informational; the broker trusts SO_PEERCRED)
   kTagText = 11,     // string, multi-line text (status)
   kTagVersion = 12,  // u16, protocol version (HELLO)
+  // u32 (RESOLVE reply): the broker will not give these addresses to another name for at least
+  // this many milliseconds, so the shim may answer repeat lookups of the name from its own cache
+  // for that long. Absent or 0: do not cache.
+  kTagHoldMs = 0x50,
 };
 
 // Reply flags (kTagFlags in a HELLO reply).
