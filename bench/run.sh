@@ -76,6 +76,9 @@ wait_port() {
 setup() {
   # Figure 7 holds HOLD connections open: the client, microsocks (two descriptors each) and the
   # echo server need descriptors to match.
+  # A process may be capped below that (a container's hard limit): figure 7 then splits the
+  # connections over two microsocks instances, each of which needs two descriptors per
+  # connection, behind two overlays of the same broker.
   ulimit -n $((2 * HOLD + 1024)) 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
   tmp=$(mktemp -d)
   mkdir -p "$out"
@@ -86,13 +89,18 @@ setup() {
   cc -O2 -pthread -o "$tmp/echo_server" bench/echo_server.c
   echo 'int via_bench_empty;' > "$tmp/empty.c"
   cc -O2 -shared -fPIC -o "$tmp/empty.so" "$tmp/empty.c"
-  pport=$(free_port); eport=$(free_port); bport=$(free_port)
+  pport=$(free_port); pport2=$(free_port); eport=$(free_port); bport=$(free_port)
   printf '127.0.0.1 localhost\n127.0.0.1 bench.test\n127.0.0.1 bench.onion\n' > "$tmp/proxy-hosts"
-  unshare --mount -- sh -c 'mount --bind "$0" /etc/hosts && exec "$@"' "$tmp/proxy-hosts" \
-    microsocks -i 127.0.0.1 -p "$pport" >/dev/null 2>"$tmp/microsocks.log" &
+  local p
+  for p in "$pport" "$pport2"; do
+    unshare --mount -- sh -c 'mount --bind "$0" /etc/hosts && exec "$@"' "$tmp/proxy-hosts" \
+      microsocks -i 127.0.0.1 -p "$p" >/dev/null 2>"$tmp/microsocks-$p.log" &
+    [ "$p" = "$pport" ] && ms_pid=$!  # unshare and sh exec: this is microsocks' pid
+  done
   "$tmp/echo_server" "$eport" 2 >/dev/null &
+  echo_pid=$!
   "$tmp/echo_server" "$bport" 1 bulk >/dev/null &
-  wait_port "$pport" microsocks; wait_port "$eport" echo_server; wait_port "$bport" "echo_server bulk"
+  wait_port "$pport" microsocks; wait_port "$pport2" microsocks; wait_port "$eport" echo_server; wait_port "$bport" "echo_server bulk"
   cat > "$tmp/via.yaml" <<YAML
 version: "1.0"
 namespace: app
@@ -101,6 +109,10 @@ entries:
     kind: network.socks5
     host: 127.0.0.1
     port: $pport
+  - name: bench2
+    kind: network.socks5
+    host: 127.0.0.1
+    port: $pport2
 network_service:
   loopback: overlay
 YAML
@@ -113,12 +125,13 @@ YAML
 
 # The three tools, each running "$@" with its preload.
 under_via() { "$build/via" run -q -c "$tmp/via.yaml" --network app:bench -- "$@"; }
+under_via2() { "$build/via" run -q -c "$tmp/via.yaml" --network app:bench2 -- "$@"; }
 under_pc() { proxychains4 -q -f "$tmp/proxychains.conf" "$@"; }
 under_ts() { torsocks "$@"; }
 
 # record FIGURE TOOL RUN METRIC VALUE
 record() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >> "$out/results.tsv"; }
-field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p"; }
+field() { sed -n "s/.*\\b$1=\([0-9.]*\).*/\1/p"; }  # \b: "n=" must not match "mean="
 # lat FIGURE TOOL RUN COMMAND...: a connect_cost/gai_cost latency sample, p50 and p99
 lat() {
   local fig=$1 tool=$2 run=$3 res
@@ -216,6 +229,8 @@ fig5_getaddrinfo() {
 broker_pid() { "$build/via" status -c "$tmp/via.yaml" 2>/dev/null | sed -n 's/^broker pid \([0-9]*\).*/\1/p'; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+# "TOTAL IDLE" jiffies of all cores together, from /proc/stat.
+machine_ticks() { awk '/^cpu / {t = 0; for (i = 2; i <= NF; i++) t += $i; print t, $5 + $6; exit}' /proc/stat; }
 
 # A session that keeps the broker up while we read it: its program is a sleep we kill later.
 start_holder() {
@@ -238,13 +253,21 @@ fig6_capacity() {
   hz=$(getconf CLK_TCK)
   start_holder
   for r in $(seq "$CAP_RUNS"); do
+    local m0 e0 m1 e1 s0 s1
+    m0=$(cpu_ticks "$ms_pid"); e0=$(cpu_ticks "$echo_pid"); s0=$(machine_ticks)
     t0=$(cpu_ticks "$bpid")
     under_via sh -c 'for i in $(seq "$1"); do
         CONNECT_COST_SECONDS=$2 "$3" plain 127.0.0.1 "$4" 100000000 > "$5.$i" 2>&1 & done; wait' \
       sh "$CAP_PROCS" "$CAP_SECONDS" "$tmp/connect_cost" "$eport" "$tmp/cap" ||
       echo "  fig 6: some clients failed: $(grep -h failed "$tmp"/cap.* | head -1)" >&2
     t1=$(cpu_ticks "$bpid")
+    m1=$(cpu_ticks "$ms_pid"); e1=$(cpu_ticks "$echo_pid"); s1=$(machine_ticks)
     total=$(cat "$tmp"/cap.* | field n | awk '{s += $1} END {print s + 0}')
+    # What limited the rate: shares of one core for microsocks and the echo server, and how
+    # busy the whole machine was (1 = every core busy).
+    record 6 via "$r" microsocks_cpu_share "$(awk -v d=$((m1 - m0)) -v hz="$hz" -v s="$CAP_SECONDS" 'BEGIN {printf "%.2f", d / hz / s}')"
+    record 6 via "$r" echo_cpu_share "$(awk -v d=$((e1 - e0)) -v hz="$hz" -v s="$CAP_SECONDS" 'BEGIN {printf "%.2f", d / hz / s}')"
+    record 6 via "$r" machine_busy "$(awk -v a="$s0" -v b="$s1" 'BEGIN {split(a, x); split(b, y); printf "%.2f", 1 - (y[2] - x[2]) / (y[1] - x[1])}')"
     record 6 via "$r" connects_per_s "$(awk -v n="$total" -v s="$CAP_SECONDS" 'BEGIN {printf "%.0f", n / s}')"
     record 6 via "$r" broker_cpu_us_per_connect \
       "$(awk -v d=$((t1 - t0)) -v hz="$hz" -v n="$total" 'BEGIN {printf "%.2f", n ? d * 1e6 / hz / n : 0}')"
@@ -277,14 +300,19 @@ fig7_memory() {
   record 7 via 1 rss_kib_sessions "$(rss_kib "$bpid")"
   under_via "$tmp/gai_cost" -u bench.test "$NAMES" >/dev/null || echo "  fig 7: name lookups failed" >&2
   record 7 via 1 rss_kib_sessions_names "$(rss_kib "$bpid")"
-  under_via "$tmp/connect_cost" hold 127.0.0.1 "$eport" "$HOLD" < "$tmp/hold.in" > "$tmp/hold.out" 2>&1 &
+  # Half through each proxy (see setup), all through this one broker.
+  under_via "$tmp/connect_cost" hold 127.0.0.1 "$eport" $((HOLD / 2)) < "$tmp/hold.in" > "$tmp/hold.out" 2>&1 &
   local hold_job=$!
+  under_via2 "$tmp/connect_cost" hold 127.0.0.1 "$eport" $((HOLD - HOLD / 2)) < "$tmp/hold.in" > "$tmp/hold2.out" 2>&1 &
+  local hold_job2=$!
   exec 8> "$tmp/hold.in"
   wait_line "$tmp/hold.out" held= || echo "  fig 7: holding connections failed: $(tail -1 "$tmp/hold.out")" >&2
+  wait_line "$tmp/hold2.out" held= || echo "  fig 7: holding connections failed: $(tail -1 "$tmp/hold2.out")" >&2
+  record 7 via 1 routed_connections_open "$(($(field held < "$tmp/hold.out") + $(field held < "$tmp/hold2.out")))"
   record 7 via 1 rss_kib_all "$(rss_kib "$bpid")"
   record 7 via 1 broker_fds_all "$(ls "/proc/$bpid/fd" | wc -l)"
   exec 7>&- 8>&-
-  wait "$mem_job" "$hold_job" 2>/dev/null || true
+  wait "$mem_job" "$hold_job" "$hold_job2" 2>/dev/null || true
   stop_holder
 }
 

@@ -21,12 +21,14 @@ namespace {
 constexpr int kSlots = 256;  // direct-mapped; a collision replaces the older entry
 constexpr int kMaxCached = 4;
 
+// Plain data, zero-initialized in .bss: no member initializers, which would make the compiler
+// construct all 256 slots at load time (a static constructor touching ~90 KiB in every process).
 struct Slot {
-  int64_t expires_ns = 0;  // 0 = empty
-  uint32_t broker = 0;
-  uint8_t family = 0;
-  uint8_t count = 0;
-  wire::Addr addrs[kMaxCached];
+  int64_t expires_ns;  // 0 = empty
+  uint32_t broker;
+  uint8_t family;
+  uint8_t count;
+  unsigned char addrs[kMaxCached][sizeof(wire::Addr)];  // wire::Addr, copied with memcpy
   char name[256];
 };
 
@@ -57,7 +59,7 @@ bool NameCacheGet(const char* name, int family, uint32_t broker, wire::Addr* out
              std::memcmp(s.name, name, len + 1) == 0 && NowNs() < s.expires_ns;
   if (hit) {
     int n = s.count < cap ? s.count : cap;
-    for (int i = 0; i < n; ++i) out[i] = s.addrs[i];
+    for (int i = 0; i < n; ++i) std::memcpy(&out[i], s.addrs[i], sizeof(wire::Addr));
     *count = n;
   }
   pthread_mutex_unlock(&g_mu);
@@ -78,7 +80,7 @@ void NameCachePut(const char* name, int family, uint32_t broker, const wire::Add
   s.broker = broker;
   s.family = uint8_t(family);
   s.count = uint8_t(n);
-  for (int i = 0; i < n; ++i) s.addrs[i] = addrs[i];
+  for (int i = 0; i < n; ++i) std::memcpy(s.addrs[i], &addrs[i], sizeof(wire::Addr));
   std::memcpy(s.name, name, len + 1);
   pthread_mutex_unlock(&g_mu);
 }

@@ -1,6 +1,6 @@
 // The shim's view of its process: read from the environment once, on first need, so that a
 // program that never opens a socket pays nothing beyond loading the library.
-#include <pthread.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <cstdarg>
@@ -17,7 +17,9 @@ namespace via::shim {
 namespace {
 
 Settings g_settings;
-pthread_once_t g_once = PTHREAD_ONCE_INIT;
+// 0: not read yet, 1: being read, 2: ready. Not pthread_once: its first call always ends in a
+// futex wake, a system call in every process at load time.
+int g_state = 0;
 bool g_passthrough = false;  // accessed with __atomic builtins
 
 void Copy(const char* v, char* dst, size_t cap) {
@@ -63,10 +65,23 @@ void Init() {
 
 // The environment is read at load time: a program may clear it (env -i, clearenv) before it
 // execs, and exec must still know what to give back. A few getenv calls, no I/O.
-__attribute__((constructor)) void SnapshotEnvironment() { pthread_once(&g_once, Init); }
+void InitOnce() {
+  if (__atomic_load_n(&g_state, __ATOMIC_ACQUIRE) == 2) return;
+  int expected = 0;
+  if (__atomic_compare_exchange_n(&g_state, &expected, 1, false, __ATOMIC_ACQUIRE,
+                                  __ATOMIC_ACQUIRE)) {
+    Init();
+    __atomic_store_n(&g_state, 2, __ATOMIC_RELEASE);
+    return;
+  }
+  // Another thread is reading the environment (a few microseconds, no locks inside).
+  while (__atomic_load_n(&g_state, __ATOMIC_ACQUIRE) != 2) sched_yield();
+}
+
+__attribute__((constructor)) void SnapshotEnvironment() { InitOnce(); }
 
 const Settings& GetSettings() {
-  pthread_once(&g_once, Init);
+  InitOnce();
   return g_settings;
 }
 
