@@ -21,9 +21,9 @@ ConnectOp::~ConnectOp() {
 }
 
 bool ConnectOp::PickEndpoint(sockaddr_storage* addr, socklen_t* len, std::string* why) {
-  int domain = 0, v6only = 0;
+  int domain = domain_, v6only = 0;
   socklen_t optlen = sizeof domain;
-  getsockopt(fd_.get(), SOL_SOCKET, SO_DOMAIN, &domain, &optlen);
+  if (domain == 0) getsockopt(fd_.get(), SOL_SOCKET, SO_DOMAIN, &domain, &optlen);
   if (domain == AF_INET6) {
     optlen = sizeof v6only;
     getsockopt(fd_.get(), IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &optlen);

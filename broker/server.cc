@@ -465,20 +465,23 @@ Status Server::ParseTarget(const wire::Message& m, overlays::Target* target) {
   return Status::Ok();
 }
 
-// Whether the program's socket is something the broker can connect through a TCP overlay.
-static Status CheckTcpSocket(int fd) {
-  int type = 0, domain = 0, protocol = 0;
+// Whether the program's socket is something the broker can connect through a TCP overlay; its
+// family goes to *domain (the ConnectOp needs it too). SO_TYPE as well as SO_PROTOCOL: a raw
+// socket can have protocol IPPROTO_TCP.
+static Status CheckTcpSocket(int fd, int* domain) {
+  int type = 0, protocol = 0;
   socklen_t len = sizeof type;
   if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0) {
     if (errno == ENOTSOCK)
       return Status::Error(ENOTSOCK, "the attached descriptor is not a socket");
     return Status::FromErrno("getsockopt(SO_TYPE) on the attached socket");
   }
-  len = sizeof domain;
-  getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len);
+  len = sizeof *domain;
+  getsockopt(fd, SOL_SOCKET, SO_DOMAIN, domain, &len);
   len = sizeof protocol;
   getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &protocol, &len);
-  if (type != SOCK_STREAM || (domain != AF_INET && domain != AF_INET6) || protocol != IPPROTO_TCP) {
+  if (type != SOCK_STREAM || (*domain != AF_INET && *domain != AF_INET6) ||
+      protocol != IPPROTO_TCP) {
     return Status::Error(EPROTOTYPE, "the attached socket is not a TCP socket");
   }
   return Status::Ok();
@@ -503,7 +506,8 @@ void Server::HandleConnect(Client& c, const wire::Message& m, std::vector<Unique
     std::string what = m.Find(wire::kTagAddr, &f) && f.addr(&a) ? AddrText(a, true) : "?";
     return ConnectFailed(c, m.id(), c.overlay, what, s.code(), s.message());
   }
-  if (Status s = CheckTcpSocket(fds[0].get()); !s.ok()) {
+  int domain = 0;
+  if (Status s = CheckTcpSocket(fds[0].get(), &domain); !s.ok()) {
     return ConnectFailed(c, m.id(), c.overlay, target.ToString(), s.code(), s.message());
   }
   auto hs = c.overlay->driver->NewHandshake(target);
@@ -519,6 +523,7 @@ void Server::HandleConnect(Client& c, const wire::Message& m, std::vector<Unique
   p.target = std::move(target);
   p.op = std::make_unique<ConnectOp>(loop_, c.overlay->driver.get(), std::move(fds[0]),
                                      std::move(*hs));
+  p.op->set_domain(domain);
   c.ops.push_back(op_id);
   // May finish (and erase `p`) before it returns.
   p.op->Start([this, op_id](int err, const std::string& msg) { OnConnectDone(op_id, err, msg); });

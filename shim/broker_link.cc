@@ -342,6 +342,13 @@ int Request(wire::Writer& w, int pass_fd, uint8_t* reply, size_t cap, wire::Mess
 }  // namespace
 
 int BrokerHello(HelloInfo* info, char* msg, size_t msgcap) {
+  // The flags are the broker's configuration, not a property of our descriptor: once this
+  // thread has them (or has inherited them across fork), no system call is needed. A broker
+  // that restarted is noticed by the request that follows, as before.
+  if (t_link.hello_done && t_link.hello_err == 0) {
+    info->flags = t_link.flags;
+    return 0;
+  }
   Link* l = nullptr;
   int err = GetLink(&l, msg, msgcap);
   if (err != 0) return err;
