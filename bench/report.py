@@ -121,7 +121,7 @@ def plot(out):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("(no PNG: matplotlib is not installed; pip install matplotlib)")
+        print("(no PNG: matplotlib is not installed; scripts/install-deps.sh --bench installs it)")
         return
     figs = [f for f in ("2", "3") if glob.glob(os.path.join(out, f"samples-{f}-*.txt"))]
     if not figs:
