@@ -88,7 +88,11 @@ const char* UnroutedReason(const char* path, int depth, char* interp, size_t int
     if (errno == ENOENT || errno == ENOTDIR) return nullptr;
     struct stat st;
     if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) return nullptr;
-    return ModeReason(st);
+    if (const char* reason = ModeReason(st); reason != nullptr) return reason;
+    if (geteuid() != 0 && getxattr(path, "security.capability", nullptr, 0) > 0) {
+      return "it has file capabilities";
+    }
+    return nullptr;
   }
   struct stat st;
   const char* reason = nullptr;
