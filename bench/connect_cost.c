@@ -10,6 +10,9 @@
  *   connect_cost bulk socks5 PROXY_PORT HOST PORT MIB
  *                                           one connection to `echo_server PORT 1 bulk`: uploads
  *                                           MIB MiB, then downloads MIB MiB; prints MiB/s
+ *   connect_cost hold HOST PORT N           opens N connections (each checked with a 1-byte
+ *                                           echo) and keeps them all open; prints "held=N" and
+ *                                           waits until stdin reaches end-of-file
  *
  * HOST is an IPv4 literal or a name (plain: resolved with getaddrinfo each time; socks5: sent
  * to the proxy with ATYP 3). Prints p50/p99/mean in microseconds. Environment:
@@ -145,7 +148,28 @@ static int bulk(int fd, long long total) {
   return 0;
 }
 
+/* N open connections at once, for the broker's memory with many routed connections alive. */
+static int hold(const char* host, const char* port, int n) {
+  int* fds = calloc((size_t)n, sizeof(int));
+  for (int i = 0; i < n; ++i) {
+    fds[i] = open_plain(host, port);
+    unsigned char c = 'h';
+    if (fds[i] < 0 || write(fds[i], &c, 1) != 1 || read_n(fds[i], &c, 1) != 0) {
+      fprintf(stderr, "hold: connection %d failed\n", i);
+      return 1;
+    }
+  }
+  printf("held=%d\n", n);
+  fflush(stdout);
+  char buf[64];
+  while (read(0, buf, sizeof buf) > 0) {
+  }
+  for (int i = 0; i < n; ++i) close(fds[i]);
+  return 0;
+}
+
 int main(int argc, char** argv) {
+  if (argc == 5 && strcmp(argv[1], "hold") == 0) return hold(argv[2], argv[3], atoi(argv[4]));
   if (argc >= 2 && strcmp(argv[1], "bulk") == 0) {
     int bs = argc == 7 && strcmp(argv[2], "socks5") == 0;
     int bp = argc == 6 && strcmp(argv[2], "plain") == 0;

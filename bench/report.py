@@ -16,8 +16,11 @@ FIGURES = {
     "2": ("connect + 1-byte echo to 127.0.0.1 through microsocks", "floor"),
     "3": ("connect by name (bench.test, resolved by the proxy) + 1-byte echo", "floor"),
     "4": ("bulk: upload then download through microsocks, one connection", "floor"),
-    "5": ("getaddrinfo of a remote name", None),
-    "6": ("broker capacity and memory (via only)", None),
+    "5": ("getaddrinfo of a remote name (via: repeat lookups from the shim's cache; "
+          "via-uncached: a new name each call)", None),
+    "6": ("broker capacity: CAP_PROCS clients connecting as fast as they can (via only)", None),
+    "7": ("broker memory: RSS after each step, SESSIONS sessions, NAMES names, HOLD open "
+          "routed connections (via only)", None),
 }
 # (figure, tool, metric, baseline tool or None for an absolute bound, bound, "<=" or ">=")
 TARGETS = [
@@ -27,6 +30,8 @@ TARGETS = [
     ("3", "via", "p50_us", "floor", 1.15, "<="),
     ("4", "via", "MiBps", "floor", 0.95, ">="),
     ("5", "via", "p50_us", None, 30.0, "<="),
+    ("6", "via", "broker_cpu_us_per_connect", None, 25.0, "<="),
+    ("7", "via", "rss_kib_all", None, 65536.0, "<="),
 ]
 
 
@@ -116,7 +121,7 @@ def plot(out):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("(no PNG: matplotlib is not installed; pip install matplotlib)")
+        print("(no PNG: matplotlib is not installed; scripts/install-deps.sh --bench installs it)")
         return
     figs = [f for f in ("2", "3") if glob.glob(os.path.join(out, f"samples-{f}-*.txt"))]
     if not figs:

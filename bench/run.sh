@@ -3,12 +3,14 @@
 # against the same servers on loopback (microsocks as the SOCKS5 proxy, bench/echo_server.c).
 # Prints a table of medians and ratios and writes a PNG of the latency distributions.
 #
-#   bench/run.sh [BUILD_DIR]            (default: build; results in BUILD_DIR/bench-results)
+#   bench/run.sh [--quick] [BUILD_DIR]   (default: build; results in BUILD_DIR/bench-results)
 #
-# Environment (defaults in brackets): RUNS [5] repetitions of figures 1-5; EXEC_N [2000] execs
-# per exec-cost sample; N [3000] connects per sample; BULK_MIB [2048] MiB each way per bulk
-# sample; GAI_N [20000] lookups per sample; CAP_PROCS [64], CAP_SECONDS [20], CAP_RUNS [1] for
-# broker capacity; NAMES [100000] distinct names for broker memory; FIGURES ["1 2 3 4 5 6"].
+# Environment (defaults in brackets, --quick's in braces): RUNS [5] {3} repetitions of figures
+# 1-5; EXEC_N [2000] {500} execs per exec-cost sample; N [3000] {1000} connects per sample;
+# BULK_MIB [2048] {256} MiB each way per bulk sample; GAI_N [20000] {5000} lookups per sample;
+# CAP_PROCS [64], CAP_SECONDS [20] {5}, CAP_RUNS [1] for broker capacity; SESSIONS [1000],
+# NAMES [100000], HOLD [10000] for broker memory (figure 7: the full case, also in --quick);
+# FIGURES ["1 2 3 4 5 6 7"].
 #
 # Needs root (or an unprivileged user namespace) for `unshare --mount`: microsocks runs with an
 # /etc/hosts of its own mapping bench.test and bench.onion to 127.0.0.1. Nothing leaves
@@ -16,10 +18,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
+quick=0
+if [ "${1:-}" = --quick ]; then
+  quick=1
+  shift
+fi
 build=$(cd "${1:-build}" && pwd)
+if [ "$quick" = 1 ]; then
+  RUNS=${RUNS:-3} EXEC_N=${EXEC_N:-500} N=${N:-1000} BULK_MIB=${BULK_MIB:-256}
+  GAI_N=${GAI_N:-5000} CAP_SECONDS=${CAP_SECONDS:-5}
+fi
 RUNS=${RUNS:-5} EXEC_N=${EXEC_N:-2000} N=${N:-3000} BULK_MIB=${BULK_MIB:-2048}
 GAI_N=${GAI_N:-20000} CAP_PROCS=${CAP_PROCS:-64} CAP_SECONDS=${CAP_SECONDS:-20}
-CAP_RUNS=${CAP_RUNS:-1} NAMES=${NAMES:-100000} FIGURES=${FIGURES:-"1 2 3 4 5 6"}
+CAP_RUNS=${CAP_RUNS:-1} NAMES=${NAMES:-100000} SESSIONS=${SESSIONS:-1000} HOLD=${HOLD:-10000}
+FIGURES=${FIGURES:-"1 2 3 4 5 6 7"}
 out=${OUT:-$build/bench-results}
 
 die() { echo "bench/run.sh: $*" >&2; exit 1; }
@@ -62,6 +74,12 @@ wait_port() {
 }
 
 setup() {
+  # Figure 7 holds HOLD connections open: the client, microsocks (two descriptors each) and the
+  # echo server need descriptors to match.
+  # A process may be capped below that (a container's hard limit): figure 7 then splits the
+  # connections over two microsocks instances, each of which needs two descriptors per
+  # connection, behind two overlays of the same broker.
+  ulimit -n $((2 * HOLD + 1024)) 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
   tmp=$(mktemp -d)
   mkdir -p "$out"
   : > "$out/results.tsv"
@@ -71,13 +89,18 @@ setup() {
   cc -O2 -pthread -o "$tmp/echo_server" bench/echo_server.c
   echo 'int via_bench_empty;' > "$tmp/empty.c"
   cc -O2 -shared -fPIC -o "$tmp/empty.so" "$tmp/empty.c"
-  pport=$(free_port); eport=$(free_port); bport=$(free_port)
+  pport=$(free_port); pport2=$(free_port); eport=$(free_port); bport=$(free_port)
   printf '127.0.0.1 localhost\n127.0.0.1 bench.test\n127.0.0.1 bench.onion\n' > "$tmp/proxy-hosts"
-  unshare --mount -- sh -c 'mount --bind "$0" /etc/hosts && exec "$@"' "$tmp/proxy-hosts" \
-    microsocks -i 127.0.0.1 -p "$pport" >/dev/null 2>"$tmp/microsocks.log" &
+  local p
+  for p in "$pport" "$pport2"; do
+    unshare --mount -- sh -c 'mount --bind "$0" /etc/hosts && exec "$@"' "$tmp/proxy-hosts" \
+      microsocks -i 127.0.0.1 -p "$p" >/dev/null 2>"$tmp/microsocks-$p.log" &
+    [ "$p" = "$pport" ] && ms_pid=$!  # unshare and sh exec: this is microsocks' pid
+  done
   "$tmp/echo_server" "$eport" 2 >/dev/null &
+  echo_pid=$!
   "$tmp/echo_server" "$bport" 1 bulk >/dev/null &
-  wait_port "$pport" microsocks; wait_port "$eport" echo_server; wait_port "$bport" "echo_server bulk"
+  wait_port "$pport" microsocks; wait_port "$pport2" microsocks; wait_port "$eport" echo_server; wait_port "$bport" "echo_server bulk"
   cat > "$tmp/via.yaml" <<YAML
 version: "1.0"
 namespace: app
@@ -86,6 +109,10 @@ entries:
     kind: network.socks5
     host: 127.0.0.1
     port: $pport
+  - name: bench2
+    kind: network.socks5
+    host: 127.0.0.1
+    port: $pport2
 network_service:
   loopback: overlay
 YAML
@@ -98,12 +125,13 @@ YAML
 
 # The three tools, each running "$@" with its preload.
 under_via() { "$build/via" run -q -c "$tmp/via.yaml" --network app:bench -- "$@"; }
+under_via2() { "$build/via" run -q -c "$tmp/via.yaml" --network app:bench2 -- "$@"; }
 under_pc() { proxychains4 -q -f "$tmp/proxychains.conf" "$@"; }
 under_ts() { torsocks "$@"; }
 
 # record FIGURE TOOL RUN METRIC VALUE
 record() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >> "$out/results.tsv"; }
-field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p"; }
+field() { sed -n "s/.*\\b$1=\([0-9.]*\).*/\1/p"; }  # \b: "n=" must not match "mean="
 # lat FIGURE TOOL RUN COMMAND...: a connect_cost/gai_cost latency sample, p50 and p99
 lat() {
   local fig=$1 tool=$2 run=$3 res
@@ -187,8 +215,11 @@ fig4_bulk() {
 fig5_getaddrinfo() {
   echo "figure 5: getaddrinfo x $GAI_N under each tool, $RUNS runs" >&2
   local r g=$tmp/gai_cost
+  # via answers a repeat lookup from the shim's cache (see docs/benchmarks.md);
+  # "via-uncached" looks up a new name each time, a round trip to the broker every call.
   for r in $(seq "$RUNS"); do
     lat 5 via "$r" under_via "$g" bench.test "$GAI_N"
+    lat 5 via-uncached "$r" under_via "$g" -u "r$r.bench.test" "$GAI_N"
     lat 5 proxychains4 "$r" under_pc "$g" bench.test "$GAI_N"
     lat 5 torsocks-onion "$r" under_ts "$g" bench.onion "$GAI_N"
   done
@@ -198,37 +229,95 @@ fig5_getaddrinfo() {
 broker_pid() { "$build/via" status -c "$tmp/via.yaml" 2>/dev/null | sed -n 's/^broker pid \([0-9]*\).*/\1/p'; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+# "TOTAL IDLE" jiffies of all cores together, from /proc/stat.
+machine_ticks() { awk '/^cpu / {t = 0; for (i = 2; i <= NF; i++) t += $i; print t, $5 + $6; exit}' /proc/stat; }
+
+# A session that keeps the broker up while we read it: its program is a sleep we kill later.
+start_holder() {
+  rm -f "$tmp/holder.pid"
+  under_via sh -c 'echo $$ > "$0"; exec sleep 600' "$tmp/holder.pid" &
+  holder_job=$!
+  for _ in $(seq 100); do [ -s "$tmp/holder.pid" ] && break; sleep 0.05; done
+  holder=$(cat "$tmp/holder.pid" 2>/dev/null) || die "via run did not start"
+  bpid=$(broker_pid)
+  [ -n "$bpid" ] || die "no broker pid from via status"
+}
+stop_holder() {
+  kill "$holder" 2>/dev/null || true
+  wait "$holder_job" 2>/dev/null || true
+}
 
 fig6_capacity() {
-  echo "figure 6: $CAP_PROCS concurrent clients for $CAP_SECONDS s ($CAP_RUNS runs); RSS after $NAMES names" >&2
-  local r pid t0 t1 total hz holder
+  echo "figure 6: $CAP_PROCS concurrent clients for $CAP_SECONDS s ($CAP_RUNS runs)" >&2
+  local r t0 t1 total hz
   hz=$(getconf CLK_TCK)
-  # A session that keeps the broker up while we read it: its program is a sleep we kill later.
-  under_via sh -c 'echo $$ > "$0"; exec sleep 600' "$tmp/holder.pid" &
-  local holder_job=$!
-  for _ in $(seq 100); do [ -s "$tmp/holder.pid" ] && break; sleep 0.05; done
-  holder=$(cat "$tmp/holder.pid" 2>/dev/null) || die "fig 6: via run did not start"
-  pid=$(broker_pid)
-  [ -n "$pid" ] || die "fig 6: no broker pid from via status"
+  start_holder
   for r in $(seq "$CAP_RUNS"); do
-    t0=$(cpu_ticks "$pid")
+    local m0 e0 m1 e1 s0 s1
+    m0=$(cpu_ticks "$ms_pid"); e0=$(cpu_ticks "$echo_pid"); s0=$(machine_ticks)
+    t0=$(cpu_ticks "$bpid")
     under_via sh -c 'for i in $(seq "$1"); do
         CONNECT_COST_SECONDS=$2 "$3" plain 127.0.0.1 "$4" 100000000 > "$5.$i" 2>&1 & done; wait' \
       sh "$CAP_PROCS" "$CAP_SECONDS" "$tmp/connect_cost" "$eport" "$tmp/cap" ||
       echo "  fig 6: some clients failed: $(grep -h failed "$tmp"/cap.* | head -1)" >&2
-    t1=$(cpu_ticks "$pid")
+    t1=$(cpu_ticks "$bpid")
+    m1=$(cpu_ticks "$ms_pid"); e1=$(cpu_ticks "$echo_pid"); s1=$(machine_ticks)
     total=$(cat "$tmp"/cap.* | field n | awk '{s += $1} END {print s + 0}')
+    # What limited the rate: shares of one core for microsocks and the echo server, and how
+    # busy the whole machine was (1 = every core busy).
+    record 6 via "$r" microsocks_cpu_share "$(awk -v d=$((m1 - m0)) -v hz="$hz" -v s="$CAP_SECONDS" 'BEGIN {printf "%.2f", d / hz / s}')"
+    record 6 via "$r" echo_cpu_share "$(awk -v d=$((e1 - e0)) -v hz="$hz" -v s="$CAP_SECONDS" 'BEGIN {printf "%.2f", d / hz / s}')"
+    record 6 via "$r" machine_busy "$(awk -v a="$s0" -v b="$s1" 'BEGIN {split(a, x); split(b, y); printf "%.2f", 1 - (y[2] - x[2]) / (y[1] - x[1])}')"
     record 6 via "$r" connects_per_s "$(awk -v n="$total" -v s="$CAP_SECONDS" 'BEGIN {printf "%.0f", n / s}')"
     record 6 via "$r" broker_cpu_us_per_connect \
       "$(awk -v d=$((t1 - t0)) -v hz="$hz" -v n="$total" 'BEGIN {printf "%.2f", n ? d * 1e6 / hz / n : 0}')"
+    record 6 via "$r" broker_cpu_share "$(awk -v d=$((t1 - t0)) -v hz="$hz" -v s="$CAP_SECONDS" 'BEGIN {printf "%.2f", d / hz / s}')"
     rm -f "$tmp"/cap.*
   done
-  record 6 via 1 broker_rss_kib_before_names "$(rss_kib "$pid")"
-  under_via "$tmp/gai_cost" -u bench.test "$NAMES" >/dev/null || echo "  fig 6: name lookups failed" >&2
-  record 6 via 1 broker_rss_kib_after_names "$(rss_kib "$pid")"
-  kill "$holder" 2>/dev/null || true
-  wait "$holder_job" 2>/dev/null || true
+  stop_holder
 }
+
+# wait_line FILE PATTERN: until a background helper has printed its "ready" line.
+wait_line() {
+  local i
+  for i in $(seq 1200); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
+  return 1
+}
+
+fig7_memory() {
+  echo "figure 7: broker RSS with $SESSIONS sessions, $NAMES names, $HOLD open routed connections" >&2
+  local sock
+  via_stop
+  start_holder
+  sock=$("$build/via" status -c "$tmp/via.yaml" | sed -n 's/.*, socket \([^,]*\),.*/\1/p')
+  record 7 via 1 rss_kib_idle "$(rss_kib "$bpid")"
+  # Sessions as `via run` opens them; the pipes keep the helpers alive until we close them.
+  mkfifo "$tmp/mem.in" "$tmp/hold.in"
+  python3 bench/mem_load.py "$sock" app:bench "$SESSIONS" < "$tmp/mem.in" > "$tmp/mem.out" 2>&1 &
+  local mem_job=$!
+  exec 7> "$tmp/mem.in"
+  wait_line "$tmp/mem.out" sessions= || die "fig 7: sessions did not open: $(cat "$tmp/mem.out")"
+  record 7 via 1 rss_kib_sessions "$(rss_kib "$bpid")"
+  under_via "$tmp/gai_cost" -u bench.test "$NAMES" >/dev/null || echo "  fig 7: name lookups failed" >&2
+  record 7 via 1 rss_kib_sessions_names "$(rss_kib "$bpid")"
+  # Half through each proxy (see setup), all through this one broker.
+  under_via "$tmp/connect_cost" hold 127.0.0.1 "$eport" $((HOLD / 2)) < "$tmp/hold.in" > "$tmp/hold.out" 2>&1 &
+  local hold_job=$!
+  under_via2 "$tmp/connect_cost" hold 127.0.0.1 "$eport" $((HOLD - HOLD / 2)) < "$tmp/hold.in" > "$tmp/hold2.out" 2>&1 &
+  local hold_job2=$!
+  exec 8> "$tmp/hold.in"
+  wait_line "$tmp/hold.out" held= || echo "  fig 7: holding connections failed: $(tail -1 "$tmp/hold.out")" >&2
+  wait_line "$tmp/hold2.out" held= || echo "  fig 7: holding connections failed: $(tail -1 "$tmp/hold2.out")" >&2
+  record 7 via 1 routed_connections_open "$(($(field held < "$tmp/hold.out") + $(field held < "$tmp/hold2.out")))"
+  record 7 via 1 rss_kib_all "$(rss_kib "$bpid")"
+  record 7 via 1 broker_fds_all "$(ls "/proc/$bpid/fd" | wc -l)"
+  exec 7>&- 8>&-
+  wait "$mem_job" "$hold_job" "$hold_job2" 2>/dev/null || true
+  stop_holder
+}
+
+# Stops the broker, so that a figure starts from a fresh one.
+via_stop() { "$build/via" stop -c "$tmp/via.yaml" >/dev/null 2>&1 || true; sleep 0.2; }
 
 main() {
   need_tools
@@ -238,13 +327,14 @@ main() {
     echo "machine: nproc=$(nproc), $(uname -r), $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)"
     echo "via: $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?'); proxychains4 $(dpkg-query -W -f '${Version}' proxychains4 2>/dev/null);" \
       "torsocks $(dpkg-query -W -f '${Version}' torsocks 2>/dev/null); microsocks $(dpkg-query -W -f '${Version}' microsocks 2>/dev/null)"
-    echo "RUNS=$RUNS EXEC_N=$EXEC_N N=$N BULK_MIB=$BULK_MIB GAI_N=$GAI_N CAP_PROCS=$CAP_PROCS CAP_SECONDS=$CAP_SECONDS NAMES=$NAMES"
+    echo "command: bench/run.sh$([ "$quick" = 1 ] && echo ' --quick')"
+    echo "RUNS=$RUNS EXEC_N=$EXEC_N N=$N BULK_MIB=$BULK_MIB GAI_N=$GAI_N CAP_PROCS=$CAP_PROCS CAP_SECONDS=$CAP_SECONDS SESSIONS=$SESSIONS NAMES=$NAMES HOLD=$HOLD"
   } > "$out/machine.txt"
   local f
   for f in $FIGURES; do
     case $f in
       1) fig1_exec_cost ;; 2) fig2_connect ;; 3) fig3_connect_name ;; 4) fig4_bulk ;;
-      5) fig5_getaddrinfo ;; 6) fig6_capacity ;; *) die "unknown figure $f" ;;
+      5) fig5_getaddrinfo ;; 6) fig6_capacity ;; 7) fig7_memory ;; *) die "unknown figure $f" ;;
     esac
   done
   python3 bench/report.py "$out" | tee "$out/report.md"

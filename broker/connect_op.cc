@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 
@@ -20,9 +21,9 @@ ConnectOp::~ConnectOp() {
 }
 
 bool ConnectOp::PickEndpoint(sockaddr_storage* addr, socklen_t* len, std::string* why) {
-  int domain = 0, v6only = 0;
+  int domain = domain_, v6only = 0;
   socklen_t optlen = sizeof domain;
-  getsockopt(fd_.get(), SOL_SOCKET, SO_DOMAIN, &domain, &optlen);
+  if (domain == 0) getsockopt(fd_.get(), SOL_SOCKET, SO_DOMAIN, &domain, &optlen);
   if (domain == AF_INET6) {
     optlen = sizeof v6only;
     getsockopt(fd_.get(), IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &optlen);
@@ -92,6 +93,15 @@ void ConnectOp::Start(DoneFn done) {
     int err = errno;
     return Finish(err, "cannot connect to proxy " + endpoint_ + ": " + std::strerror(err));
   }
+  // A proxy on this host (the usual case: tor, i2pd, tailscaled) has completed the TCP handshake
+  // by the time connect() returns, so skip the wait for writability (an epoll round trip).
+  tcp_info ti{};
+  socklen_t tlen = sizeof ti;
+  if (getsockopt(fd_.get(), IPPROTO_TCP, TCP_INFO, &ti, &tlen) == 0 &&
+      ti.tcpi_state == TCP_ESTABLISHED) {
+    phase_ = Phase::kHandshake;
+    return Pump();
+  }
   WaitFor(EPOLLOUT);
 }
 
@@ -138,6 +148,11 @@ void ConnectOp::Pump() {
         return Finish(err, "sending to proxy " + endpoint_ + ": " + std::strerror(err));
       }
       handshake_->Consumed(size_t(r));
+      // The proxy cannot have answered what we just sent before it ran: wait for its reply
+      // rather than try a read that would fail with EAGAIN.
+      if (handshake_->Output().empty() && !handshake_->Done() && handshake_->WantRead() > 0) {
+        return WaitFor(EPOLLIN);
+      }
       continue;
     }
     if (handshake_->Done()) return Finish(0, "");

@@ -38,6 +38,8 @@ class ConnectOp {
 
   // Starts connecting. `done` may run before Start returns (e.g. no usable endpoint).
   void Start(DoneFn done);
+  // The socket's family (SO_DOMAIN) when the caller already asked the kernel; saves asking again.
+  void set_domain(int domain) { domain_ = domain; }
 
  private:
   enum class Phase { kIdle, kConnecting, kHandshake, kFinished };
@@ -58,6 +60,7 @@ class ConnectOp {
   std::unique_ptr<overlays::Handshake> handshake_;
   DoneFn done_;
   Phase phase_ = Phase::kIdle;
+  int domain_ = 0;        // 0: not known yet
   std::string endpoint_;  // for messages
   int saved_flags_ = -1;  // -1 until changed
   bool watched_ = false;

@@ -167,6 +167,22 @@ FakeAddressPool::Pair FakeAddressPool::Lookup(const std::string& name) {
   return AddressesOf(index);
 }
 
+Result<FakeAddressPool::Pair> FakeAddressPool::LookupHeld(const std::string& name, int64_t now_ms,
+                                                          int64_t hold_ms) {
+  auto it = by_name_.find(name);
+  if (it == by_name_.end() && by_name_.size() >= capacity_ && lru_.back().held_until_ms > now_ms) {
+    // The least recently used name is still promised, so every name is.
+    return Status::Error(EAGAIN, "the fake address pool is exhausted: all " +
+                                     std::to_string(capacity_) + " addresses were handed out " +
+                                     "within the last " + std::to_string(hold_ms) +
+                                     " ms; widen fake_ipv4/fake_ipv6 in the configuration");
+  }
+  Pair p = Lookup(name);  // moves the name to the front
+  Entry& e = lru_.front();
+  e.held_until_ms = std::max(e.held_until_ms, now_ms + hold_ms);
+  return p;
+}
+
 std::optional<std::string> FakeAddressPool::Reverse(const wire::Addr& addr) {
   uint32_t index;
   if (!IndexOf(addr, &index)) return std::nullopt;

@@ -34,6 +34,10 @@ class FakeAddressPool {
   // The addresses of `name` (already normalized, see NormalizeName), allocating them if the name
   // is new (recycling the least recently used name when full). Marks the name recently used.
   Pair Lookup(const std::string& name);
+  // As Lookup, and promises that the name keeps these addresses until now_ms + hold_ms: a full
+  // table recycles only names whose promise has run out, else fails with EAGAIN (every name was
+  // handed out within the last hold_ms). The shim caches answers for that long (kTagHoldMs).
+  Result<Pair> LookupHeld(const std::string& name, int64_t now_ms, int64_t hold_ms);
   // The name behind a fake address (IPv4, IPv6 or IPv4-mapped IPv6; the port is ignored), or
   // nullopt if nothing is mapped there. Marks the name recently used.
   std::optional<std::string> Reverse(const wire::Addr& addr);
@@ -49,6 +53,7 @@ class FakeAddressPool {
   struct Entry {
     std::string name;
     uint32_t index;
+    int64_t held_until_ms = 0;  // LookupHeld's promise
   };
   using Lru = std::list<Entry>;  // front = most recently used
 

@@ -20,7 +20,8 @@ namespace {
 
 constexpr uint32_t kClientEvents = EPOLLIN | EPOLLRDHUP;
 constexpr size_t kMaxFds = 4;             // descriptors accepted per datagram
-constexpr int kReadsPerEvent = 64;        // fairness between clients; epoll is level-triggered
+constexpr int kReadsPerEvent = 1;         // epoll is level-triggered: a second read would mostly
+                                          // find EAGAIN (a shim has one request in flight per link)
 constexpr size_t kMaxMessageText = 3000;  // MESSAGE fields are cut to this
 
 std::string Exe(pid_t pid) {
@@ -469,20 +470,23 @@ Status Server::ParseTarget(const wire::Message& m, overlays::Target* target) {
   return Status::Ok();
 }
 
-// Whether the program's socket is something the broker can connect through a TCP overlay.
-static Status CheckTcpSocket(int fd) {
-  int type = 0, domain = 0, protocol = 0;
+// Whether the program's socket is something the broker can connect through a TCP overlay; its
+// family goes to *domain (the ConnectOp needs it too). SO_TYPE as well as SO_PROTOCOL: a raw
+// socket can have protocol IPPROTO_TCP.
+static Status CheckTcpSocket(int fd, int* domain) {
+  int type = 0, protocol = 0;
   socklen_t len = sizeof type;
   if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0) {
     if (errno == ENOTSOCK)
       return Status::Error(ENOTSOCK, "the attached descriptor is not a socket");
     return Status::FromErrno("getsockopt(SO_TYPE) on the attached socket");
   }
-  len = sizeof domain;
-  getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len);
+  len = sizeof *domain;
+  getsockopt(fd, SOL_SOCKET, SO_DOMAIN, domain, &len);
   len = sizeof protocol;
   getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &protocol, &len);
-  if (type != SOCK_STREAM || (domain != AF_INET && domain != AF_INET6) || protocol != IPPROTO_TCP) {
+  if (type != SOCK_STREAM || (*domain != AF_INET && *domain != AF_INET6) ||
+      protocol != IPPROTO_TCP) {
     return Status::Error(EPROTOTYPE, "the attached socket is not a TCP socket");
   }
   return Status::Ok();
@@ -507,7 +511,8 @@ void Server::HandleConnect(Client& c, const wire::Message& m, std::vector<Unique
     std::string what = m.Find(wire::kTagAddr, &f) && f.addr(&a) ? AddrText(a, true) : "?";
     return ConnectFailed(c, m.id(), c.overlay, what, s.code(), s.message());
   }
-  if (Status s = CheckTcpSocket(fds[0].get()); !s.ok()) {
+  int domain = 0;
+  if (Status s = CheckTcpSocket(fds[0].get(), &domain); !s.ok()) {
     return ConnectFailed(c, m.id(), c.overlay, target.ToString(), s.code(), s.message());
   }
   auto hs = c.overlay->driver->NewHandshake(target);
@@ -523,6 +528,7 @@ void Server::HandleConnect(Client& c, const wire::Message& m, std::vector<Unique
   p.target = std::move(target);
   p.op = std::make_unique<ConnectOp>(loop_, c.overlay->driver.get(), std::move(fds[0]),
                                      std::move(*hs));
+  p.op->set_domain(domain);
   c.ops.push_back(op_id);
   // May finish (and erase `p`) before it returns.
   p.op->Start([this, op_id](int err, const std::string& msg) { OnConnectDone(op_id, err, msg); });
@@ -540,8 +546,10 @@ void Server::OnConnectDone(uint64_t op_id, int err, const std::string& msg) {
   if (p.resolve) return RemoteResolveDone(p, c, err, msg);
   if (err != 0) return ConnectFailed(c, p.request_id, p.overlay, p.target.ToString(), err, msg);
   p.overlay->ok++;
-  log_->debug("connect {} via {} ok ({})", p.target.ToString(), p.overlay->overlay->id,
-              PeerText(c));
+  if (log_->should_log(spdlog::level::debug)) {  // PeerText reads /proc: not per connect
+    log_->debug("connect {} via {} ok ({})", p.target.ToString(), p.overlay->overlay->id,
+                PeerText(c));
+  }
   ReplyOk(c, wire::kConnect | wire::kReplyBit, p.request_id);
 }
 
@@ -569,12 +577,24 @@ void Server::HandleResolve(Client& c, const wire::Message& m) {
   overlays::Target remote;
   remote.name = *name;
   if (StartRemoteResolve(c, m, remote, family)) return;
-  FakeAddressPool::Pair p = pool_->Lookup(*name);
+  // A pool large enough that a second's worth of new names cannot cycle it promises each answer
+  // for kNameHoldMs, and the shim answers repeat lookups from its cache meanwhile (saves a round
+  // trip per getaddrinfo). A small pool recycles freely and promises nothing.
+  constexpr int64_t kNameHoldMs = 2000;
+  constexpr size_t kMinPoolForHold = 65536;
+  const int64_t hold = pool_->capacity() >= kMinPoolForHold ? kNameHoldMs : 0;
+  auto p = pool_->LookupHeld(*name, hold > 0 ? NowMs() : 0, hold);
+  if (!p.ok()) return ReplyError(c, reply, m.id(), p.status().code(), p.status().message());
   uint8_t buf[256];
   wire::Writer w(buf, sizeof buf, reply, m.id());
   w.PutU32(wire::kTagErrno, 0);
-  if (family != 6) w.PutAddr(wire::kTagAddr, p.v4);
-  if (family != 4) w.PutAddr(wire::kTagAddr, p.v6);
+  if (family != 6) w.PutAddr(wire::kTagAddr, p->v4);
+  if (family != 4) w.PutAddr(wire::kTagAddr, p->v6);
+  if (hold > 0) w.PutU32(wire::kTagHoldMs, uint32_t(hold));
+  if (log_->should_log(spdlog::level::debug)) {
+    log_->debug("resolve {} -> {} hold {} ms ({})", *name, AddrText(p->v4, false), hold,
+                PeerText(c));
+  }
   Reply(c, w);
 }
 

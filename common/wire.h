@@ -55,6 +55,10 @@ enum Tag : uint16_t {
   kTagVersion = 12,  // u16, protocol version (HELLO)
   // 0x10-0x1F: Tor/DNS (issue 3).
   kTagDnsPacket = 0x10,  // bytes, one DNS message (DNS_QUERY request and reply)
+  // u32 (RESOLVE reply): the broker will not give these addresses to another name for at least
+  // this many milliseconds, so the shim may answer repeat lookups of the name from its own cache
+  // for that long. Absent or 0: do not cache.
+  kTagHoldMs = 0x50,
 };
 
 // Reply flags (kTagFlags in a HELLO reply).

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Installs what via needs to build and to run its tests on Debian 12 (run as root).
+# With --bench, also what the benchmark suite needs (bench/run.sh): the tools it compares via
+# with (proxychains4, torsocks) and matplotlib for its plot. CI does not run the benchmarks.
 # Idempotent and quiet: only missing packages are installed (apt-get update runs only then).
 # Also creates the test fixtures that need root: the `viatest` user (danted's username
 # authentication) and the PAM service `via-test-sockd` (accepts any credentials, so that
@@ -20,6 +22,12 @@ packages=(
   curl wget git python3 openssl iproute2 util-linux procps ca-certificates tcpdump
   bind9-dnsutils
 )
+if [ "${1:-}" = --bench ]; then
+  packages+=(proxychains4 libproxychains4 torsocks python3-matplotlib)
+elif [ -n "${1:-}" ]; then
+  echo "install-deps.sh: unknown option $1 (--bench adds the benchmark suite's tools)" >&2
+  exit 2
+fi
 
 missing=()
 for p in "${packages[@]}"; do

@@ -35,6 +35,7 @@ struct Link {
   int hello_err = 0;
   uint32_t flags = 0;
   uint32_t next_id = 1;
+  uint32_t broker_pid = 0;  // SO_PEERCRED of the broker: whose fake addresses we were given
   char hello_msg[256] = {};
 };
 
@@ -52,6 +53,15 @@ bool StillOurs(const Link& l) {
   struct stat st;
   return l.fd >= 0 && fstat(l.fd, &st) == 0 && S_ISSOCK(st.st_mode) && st.st_dev == l.dev &&
          st.st_ino == l.ino;
+}
+
+// Whether the link is still this process's and the broker at its other end still there (a
+// broker that exited leaves our end readable with POLLRDHUP). Two system calls, no round trip.
+bool LinkUp(const Link& l) {
+  if (l.fd < 0 || l.pid != getpid() || l.hello_err != 0 || !StillOurs(l)) return false;
+  pollfd p{l.fd, POLLRDHUP, 0};
+  int r = poll(&p, 1, 0);
+  return r == 0 || (r == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) == 0);
 }
 
 void Drop(Link* l, bool close_fd) {
@@ -279,6 +289,11 @@ int GetLink(Link** out, char* msg, size_t msgcap) {
     }
     struct stat st;
     fstat(fd, &st);
+    ucred cred{};
+    socklen_t credlen = sizeof cred;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &credlen) == 0) {
+      l->broker_pid = static_cast<uint32_t>(cred.pid);
+    }
     l->fd = fd;
     l->pid = getpid();
     l->dev = st.st_dev;
@@ -327,6 +342,13 @@ int Request(wire::Writer& w, int pass_fd, uint8_t* reply, size_t cap, wire::Mess
 }  // namespace
 
 int BrokerHello(HelloInfo* info, char* msg, size_t msgcap) {
+  // The flags are the broker's configuration, not a property of our descriptor: once this
+  // thread has them (or has inherited them across fork), no system call is needed. A broker
+  // that restarted is noticed by the request that follows, as before.
+  if (t_link.hello_done && t_link.hello_err == 0) {
+    info->flags = t_link.flags;
+    return 0;
+  }
   Link* l = nullptr;
   int err = GetLink(&l, msg, msgcap);
   if (err != 0) return err;
@@ -348,6 +370,12 @@ int BrokerConnect(int fd, const wire::Addr& dest, char* msg, size_t msgcap) {
 int BrokerResolve(const char* name, int family, wire::Addr* out, int cap, int* count, char* msg,
                   size_t msgcap) {
   *count = 0;
+  // A repeat lookup within the broker's promise: answered here if the broker that gave it is
+  // still the one at the end of our link.
+  if (t_link.broker_pid != 0 && NameCacheGet(name, family, t_link.broker_pid, out, cap, count)) {
+    if (LinkUp(t_link)) return 0;
+    *count = 0;
+  }
   uint8_t buf[512];
   wire::Writer w(buf, sizeof buf, wire::kResolve, t_link.next_id++);
   w.PutString(wire::kTagName, name);
@@ -362,10 +390,13 @@ int BrokerResolve(const char* name, int family, wire::Addr* out, int cap, int* c
   if (err != 0) return err;
   err = ReplyErrno(m, msg, msgcap);
   if (err != 0) return err;
+  uint32_t hold_ms = 0;
   m.ForEach([&](const wire::Field& f) {
     wire::Addr a;
     if (f.tag == wire::kTagAddr && *count < cap && f.addr(&a)) out[(*count)++] = a;
+    if (f.tag == wire::kTagHoldMs) f.u32(&hold_ms);
   });
+  NameCachePut(name, family, t_link.broker_pid, out, *count, hold_ms);
   return 0;
 }
 

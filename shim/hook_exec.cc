@@ -38,6 +38,7 @@ bool IsLoader(const char* path) {
 }
 
 // Whether the ELF file behind `fd` has a PT_INTERP program header (is dynamically linked).
+// `head` holds the first `n` bytes of the file; program headers beyond it are read with pread.
 // Returns -1 when it is not an ELF file we can read.
 int HasInterpreter(int fd, const unsigned char* head, ssize_t n) {
   if (n < EI_NIDENT || std::memcmp(head, ELFMAG, SELFMAG) != 0) return -1;
@@ -57,9 +58,11 @@ int HasInterpreter(int fd, const unsigned char* head, ssize_t n) {
   if (type != ET_EXEC && type != ET_DYN) return -1;
   if (phentsize < sizeof(uint32_t) || phnum > 4096) return -1;
   for (uint16_t i = 0; i < phnum; ++i) {
+    uint64_t at = phoff + uint64_t(i) * phentsize;
     uint32_t p_type;
-    if (pread(fd, &p_type, sizeof p_type, off_t(phoff + uint64_t(i) * phentsize)) !=
-        ssize_t(sizeof p_type)) {
+    if (at + sizeof p_type <= uint64_t(n)) {
+      std::memcpy(&p_type, head + at, sizeof p_type);  // usual case: already read
+    } else if (pread(fd, &p_type, sizeof p_type, off_t(at)) != ssize_t(sizeof p_type)) {
       return -1;
     }
     if (p_type == PT_INTERP) return 1;
@@ -67,9 +70,20 @@ int HasInterpreter(int fd, const unsigned char* head, ssize_t n) {
   return 0;
 }
 
+// Copies `len` bytes at file offset `at` into `out`: from `head` (the file's first `n` bytes)
+// when they are there, else with one pread. Stack only (vfork children).
+bool ReadAt(int fd, const unsigned char* head, ssize_t n, uint64_t at, void* out, size_t len) {
+  if (at + len <= uint64_t(n)) {
+    std::memcpy(out, head + at, len);
+    return true;
+  }
+  return pread(fd, out, len, off_t(at)) == ssize_t(len);
+}
+
 // Whether the ELF file behind `fd` carries Go's build-ID note (owner "Go", type 4) in a PT_NOTE
 // segment: a Go program. Go makes its socket system calls itself (even when dynamically linked
-// for cgo), so the shim would see none of its connects. Stack only (vfork children).
+// for cgo), so the shim would see none of its connects. Program headers and notes usually lie
+// within `head` (the file's first `n` bytes): no extra system call then. Stack only.
 bool IsGoProgram(int fd, const unsigned char* head, ssize_t n) {
   if (n < ssize_t(sizeof(Elf64_Ehdr)) || head[EI_CLASS] != ELFCLASS64) return false;
   Elf64_Ehdr eh;
@@ -77,14 +91,13 @@ bool IsGoProgram(int fd, const unsigned char* head, ssize_t n) {
   if (eh.e_phentsize < sizeof(Elf64_Phdr) || eh.e_phnum > 4096) return false;
   for (uint16_t i = 0; i < eh.e_phnum; ++i) {
     Elf64_Phdr ph;
-    if (pread(fd, &ph, sizeof ph, off_t(eh.e_phoff + uint64_t(i) * eh.e_phentsize)) !=
-        ssize_t(sizeof ph)) {
+    if (!ReadAt(fd, head, n, eh.e_phoff + uint64_t(i) * eh.e_phentsize, &ph, sizeof ph)) {
       return false;
     }
     if (ph.p_type != PT_NOTE) continue;
     unsigned char notes[1024];
     size_t len = ph.p_filesz < sizeof notes ? size_t(ph.p_filesz) : sizeof notes;
-    if (pread(fd, notes, len, off_t(ph.p_offset)) != ssize_t(len)) continue;
+    if (!ReadAt(fd, head, n, ph.p_offset, notes, len)) continue;
     size_t off = 0;
     while (off + 12 <= len) {
       uint32_t namesz, descsz, type;
@@ -105,23 +118,47 @@ bool IsGoProgram(int fd, const unsigned char* head, ssize_t n) {
   return false;
 }
 
-// Why exec of `path` would run without the shim, or nullptr. `interp` names a script's
-// interpreter when that is the reason.
-const char* UnroutedReason(const char* path, int depth, char* interp, size_t interp_cap) {
-  struct stat st;
-  if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) return nullptr;  // the kernel will say
+// The setuid/setgid part of the check, from the file's metadata.
+const char* ModeReason(const struct stat& st) {
   if ((st.st_mode & S_ISUID) != 0 && st.st_uid != geteuid()) return "it is setuid";
   if ((st.st_mode & S_ISGID) != 0 && (st.st_mode & S_IXGRP) != 0 && st.st_gid != getegid()) {
     return "it is setgid";
   }
-  if (geteuid() != 0 && getxattr(path, "security.capability", nullptr, 0) > 0) {
-    return "it has file capabilities";
-  }
+  return nullptr;
+}
+
+// Why exec of `path` would run without the shim, or nullptr. `interp` names a script's
+// interpreter when that is the reason. Four system calls for a readable binary (open, fstat, one
+// pread that also covers the program headers and usually the notes, close): this runs before
+// every exec of a session.
+const char* UnroutedReason(const char* path, int depth, char* interp, size_t interp_cap) {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return nullptr;
-  unsigned char head[256];
-  ssize_t n = pread(fd, head, sizeof head - 1, 0);
+  if (fd < 0) {
+    // Missing (a PATH search tries many): the kernel will say. Unreadable but perhaps executable
+    // (mode 4711): the metadata still tells setuid.
+    if (errno == ENOENT || errno == ENOTDIR) return nullptr;
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) return nullptr;
+    if (const char* reason = ModeReason(st); reason != nullptr) return reason;
+    if (geteuid() != 0 && getxattr(path, "security.capability", nullptr, 0) > 0) {
+      return "it has file capabilities";
+    }
+    return nullptr;
+  }
+  struct stat st;
   const char* reason = nullptr;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    close(fd);
+    return nullptr;  // the kernel will say
+  }
+  if ((reason = ModeReason(st)) != nullptr ||
+      (geteuid() != 0 && fgetxattr(fd, "security.capability", nullptr, 0) > 0 &&
+       (reason = "it has file capabilities") != nullptr)) {
+    close(fd);
+    return reason;
+  }
+  unsigned char head[1024];
+  ssize_t n = pread(fd, head, sizeof head - 1, 0);
   if (n >= 2 && head[0] == '#' && head[1] == '!' && depth == 0) {
     head[n] = 0;
     char* p = reinterpret_cast<char*>(head) + 2;
@@ -148,7 +185,8 @@ const char* UnroutedReason(const char* path, int depth, char* interp, size_t int
 int CheckExec(const char* path) {
   const Settings& s = GetSettings();
   if (path == nullptr || Passthrough() || s.unrouted_exec_allowed) return 0;
-  char interp[kPathMax] = {};
+  char interp[kPathMax];
+  interp[0] = 0;
   const char* reason = UnroutedReason(path, 0, interp, sizeof interp);
   if (reason == nullptr) return 0;
   Complain(

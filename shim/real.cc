@@ -1,27 +1,56 @@
-// Resolution of the real libc functions behind the hooks.
+// Resolution of the real libc functions behind the hooks, one symbol at a time on first use.
 #include <dlfcn.h>
-#include <pthread.h>
+#include <elf.h>
+#include <link.h>
 #include <unistd.h>
 
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 
 #include "shim/shim.h"
 
+// The ELF header of libvia.so itself, as mapped (defined by the linker).
+extern "C" const ElfW(Ehdr) __ehdr_start __attribute__((visibility("hidden")));
+
 namespace via::shim {
 
 namespace {
 
-RealFns g_real;
-pthread_once_t g_once = PTHREAD_ONCE_INIT;
+// Constant-initialized: no constructor runs at load time.
+RealFns g_real = {
+    {"connect", nullptr},         {"sendto", nullptr},           {"sendmsg", nullptr},
+    {"sendmmsg", nullptr},        {"getpeername", nullptr},      {"getaddrinfo", nullptr},
+    {"freeaddrinfo", nullptr},    {"gethostbyname", nullptr},    {"gethostbyname2", nullptr},
+    {"gethostbyname_r", nullptr}, {"gethostbyname2_r", nullptr}, {"gethostbyaddr", nullptr},
+    {"gethostbyaddr_r", nullptr}, {"getnameinfo", nullptr},      {"execve", nullptr},
+    {"fexecve", nullptr},         {"posix_spawn", nullptr},      {"posix_spawnp", nullptr},
+};
 
-void* Load(const char* name) {
-  void* self = dlsym(RTLD_DEFAULT, name);
+// Whether `p` lies inside libvia.so's own mapping. Read from our program headers in memory: no
+// dladdr (which walks every loaded object under the loader's lock).
+bool InsideSelf(const void* p) {
+  const auto* eh = &__ehdr_start;
+  const auto* ph =
+      reinterpret_cast<const ElfW(Phdr)*>(reinterpret_cast<const char*>(eh) + eh->e_phoff);
+  uintptr_t base = reinterpret_cast<uintptr_t>(eh);
+  uintptr_t lo = UINTPTR_MAX, hi = 0;
+  for (int i = 0; i < eh->e_phnum; ++i) {
+    if (ph[i].p_type != PT_LOAD) continue;
+    if (ph[i].p_vaddr < lo) lo = ph[i].p_vaddr;
+    if (ph[i].p_vaddr + ph[i].p_memsz > hi) hi = ph[i].p_vaddr + ph[i].p_memsz;
+  }
+  uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  // A shared object's ELF header is at virtual address 0 of its first PT_LOAD.
+  return lo <= hi && a >= base + lo && a < base + hi;
+}
+
+}  // namespace
+
+void* ResolveNext(const char* name) {
   void* next = dlsym(RTLD_NEXT, name);
-  Dl_info mine{}, found{};
   // A "next" symbol that lives in libvia.so itself would make the hook call itself forever.
-  if (next == nullptr || (dladdr(reinterpret_cast<void*>(&Load), &mine) != 0 &&
-                          dladdr(next, &found) != 0 && mine.dli_fbase == found.dli_fbase)) {
+  if (next == nullptr || InsideSelf(next)) {
     const char head[] = "via: libvia.so cannot find the real ";
     const char tail[] = " in libc; aborting\n";
     (void)!write(2, head, sizeof(head) - 1);
@@ -29,41 +58,9 @@ void* Load(const char* name) {
     (void)!write(2, tail, sizeof(tail) - 1);
     abort();
   }
-  (void)self;
   return next;
 }
 
-template <typename F>
-void Set(F*& slot, const char* name) {
-  slot = reinterpret_cast<F*>(Load(name));
-}
-
-void Init() {
-  Set(g_real.connect, "connect");
-  Set(g_real.sendto, "sendto");
-  Set(g_real.sendmsg, "sendmsg");
-  Set(g_real.sendmmsg, "sendmmsg");
-  Set(g_real.getpeername, "getpeername");
-  Set(g_real.getaddrinfo, "getaddrinfo");
-  Set(g_real.freeaddrinfo, "freeaddrinfo");
-  Set(g_real.gethostbyname, "gethostbyname");
-  Set(g_real.gethostbyname2, "gethostbyname2");
-  Set(g_real.gethostbyname_r, "gethostbyname_r");
-  Set(g_real.gethostbyname2_r, "gethostbyname2_r");
-  Set(g_real.gethostbyaddr, "gethostbyaddr");
-  Set(g_real.gethostbyaddr_r, "gethostbyaddr_r");
-  Set(g_real.getnameinfo, "getnameinfo");
-  Set(g_real.execve, "execve");
-  Set(g_real.fexecve, "fexecve");
-  Set(g_real.posix_spawn, "posix_spawn");
-  Set(g_real.posix_spawnp, "posix_spawnp");
-}
-
-}  // namespace
-
-const RealFns& Real() {
-  pthread_once(&g_once, Init);
-  return g_real;
-}
+const RealFns& Real() { return g_real; }
 
 }  // namespace via::shim

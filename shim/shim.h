@@ -20,29 +20,51 @@
 namespace via::shim {
 
 // ---- real libc functions (real.cc) --------------------------------------------------------
-// Each is resolved with dlsym(RTLD_NEXT) on first use; a symbol that resolves to the hook itself
-// aborts with a message (it would recurse forever).
+// Each is resolved with dlsym(RTLD_NEXT) on its own first call, not all at once: a process that
+// only ever execs (a shell's child) looks up execve and nothing else. A symbol that resolves to
+// libvia.so itself aborts with a message (it would recurse forever).
+void* ResolveNext(const char* name);
+
+template <typename F>
+struct LazyFn;
+template <typename R, typename... A>
+struct LazyFn<R(A...)> {
+  const char* name;
+  mutable void* fn;  // read and written with __atomic builtins; racing resolvers agree
+  R operator()(A... a) const {
+    void* f = __atomic_load_n(&fn, __ATOMIC_ACQUIRE);
+    if (f == nullptr) {
+      f = ResolveNext(name);
+      __atomic_store_n(&fn, f, __ATOMIC_RELEASE);
+    }
+    return reinterpret_cast<R (*)(A...)>(f)(a...);
+  }
+};
+
 struct RealFns {
-  int (*connect)(int, const sockaddr*, socklen_t);
-  ssize_t (*sendto)(int, const void*, size_t, int, const sockaddr*, socklen_t);
-  ssize_t (*sendmsg)(int, const msghdr*, int);
-  int (*sendmmsg)(int, mmsghdr*, unsigned int, int);
-  int (*getpeername)(int, sockaddr*, socklen_t*);
-  int (*getaddrinfo)(const char*, const char*, const addrinfo*, addrinfo**);
-  void (*freeaddrinfo)(addrinfo*);
-  hostent* (*gethostbyname)(const char*);
-  hostent* (*gethostbyname2)(const char*, int);
-  int (*gethostbyname_r)(const char*, hostent*, char*, size_t, hostent**, int*);
-  int (*gethostbyname2_r)(const char*, int, hostent*, char*, size_t, hostent**, int*);
-  hostent* (*gethostbyaddr)(const void*, socklen_t, int);
-  int (*gethostbyaddr_r)(const void*, socklen_t, int, hostent*, char*, size_t, hostent**, int*);
-  int (*getnameinfo)(const sockaddr*, socklen_t, char*, socklen_t, char*, socklen_t, int);
-  int (*execve)(const char*, char* const[], char* const[]);
-  int (*fexecve)(int, char* const[], char* const[]);
-  int (*posix_spawn)(pid_t*, const char*, const posix_spawn_file_actions_t*,
-                     const posix_spawnattr_t*, char* const[], char* const[]);
-  int (*posix_spawnp)(pid_t*, const char*, const posix_spawn_file_actions_t*,
-                      const posix_spawnattr_t*, char* const[], char* const[]);
+  LazyFn<int(int, const sockaddr*, socklen_t)> connect;
+  LazyFn<ssize_t(int, const void*, size_t, int, const sockaddr*, socklen_t)> sendto;
+  LazyFn<ssize_t(int, const msghdr*, int)> sendmsg;
+  LazyFn<int(int, mmsghdr*, unsigned int, int)> sendmmsg;
+  LazyFn<int(int, sockaddr*, socklen_t*)> getpeername;
+  LazyFn<int(const char*, const char*, const addrinfo*, addrinfo**)> getaddrinfo;
+  LazyFn<void(addrinfo*)> freeaddrinfo;
+  LazyFn<hostent*(const char*)> gethostbyname;
+  LazyFn<hostent*(const char*, int)> gethostbyname2;
+  LazyFn<int(const char*, hostent*, char*, size_t, hostent**, int*)> gethostbyname_r;
+  LazyFn<int(const char*, int, hostent*, char*, size_t, hostent**, int*)> gethostbyname2_r;
+  LazyFn<hostent*(const void*, socklen_t, int)> gethostbyaddr;
+  LazyFn<int(const void*, socklen_t, int, hostent*, char*, size_t, hostent**, int*)>
+      gethostbyaddr_r;
+  LazyFn<int(const sockaddr*, socklen_t, char*, socklen_t, char*, socklen_t, int)> getnameinfo;
+  LazyFn<int(const char*, char* const[], char* const[])> execve;
+  LazyFn<int(int, char* const[], char* const[])> fexecve;
+  LazyFn<int(pid_t*, const char*, const posix_spawn_file_actions_t*, const posix_spawnattr_t*,
+             char* const[], char* const[])>
+      posix_spawn;
+  LazyFn<int(pid_t*, const char*, const posix_spawn_file_actions_t*, const posix_spawnattr_t*,
+             char* const[], char* const[])>
+      posix_spawnp;
 };
 const RealFns& Real();
 
@@ -110,6 +132,13 @@ void DnsRewriteSource(int fd, sockaddr* addr, socklen_t* len);
 bool DnsPeer(int fd, wire::Addr* resolver);
 // A UDP (datagram, IPPROTO_UDP) socket?
 bool IsUdpSocket(int fd);
+// ---- cached RESOLVE answers (name_cache.cc) -------------------------------------------------
+// `broker` identifies the broker that answered (its pid, never 0). Get copies up to `cap`
+// addresses and returns true on a live hit; Put keeps an answer for half of `hold_ms`.
+bool NameCacheGet(const char* name, int family, uint32_t broker, wire::Addr* out, int cap,
+                  int* count);
+void NameCachePut(const char* name, int family, uint32_t broker, const wire::Addr* addrs, int n,
+                  uint32_t hold_ms);
 
 // ---- local names (hosts.cc) -----------------------------------------------------------------
 // Answers `name` locally if it is "localhost" (and friends) or listed in /etc/hosts: fills up to

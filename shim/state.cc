@@ -1,6 +1,6 @@
 // The shim's view of its process: read from the environment once, on first need, so that a
 // program that never opens a socket pays nothing beyond loading the library.
-#include <pthread.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <cstdarg>
@@ -10,34 +10,53 @@
 
 #include "shim/shim.h"
 
+extern char** environ;
+
 namespace via::shim {
 
 namespace {
 
 Settings g_settings;
-pthread_once_t g_once = PTHREAD_ONCE_INIT;
+// 0: not read yet, 1: being read, 2: ready. Not pthread_once: its first call always ends in a
+// futex wake, a system call in every process at load time.
+int g_state = 0;
 bool g_passthrough = false;  // accessed with __atomic builtins
 
-void CopyEnv(const char* var, char* dst, size_t cap) {
-  const char* v = getenv(var);
-  if (v == nullptr) return;
+void Copy(const char* v, char* dst, size_t cap) {
   size_t n = std::strlen(v);
   if (n >= cap) n = cap - 1;
   std::memcpy(dst, v, n);
   dst[n] = 0;
 }
 
+// One pass over the environment (not seven getenv calls, each a pass of its own), backwards so
+// that the first of duplicate entries wins, as with getenv.
 void Init() {
   Settings& s = g_settings;
-  CopyEnv("VIA_NETWORK", s.network, sizeof s.network);
-  CopyEnv("VIA_SESSION", s.session, sizeof s.session);
-  CopyEnv("VIA_SOCKET", s.socket_path, sizeof s.socket_path);
-  CopyEnv("VIA_CONFIG", s.config, sizeof s.config);
-  CopyEnv("LD_PRELOAD", s.preload, sizeof s.preload);
-  const char* unrouted = getenv("VIA_UNROUTED_EXEC");
-  s.unrouted_exec_allowed = unrouted != nullptr && std::strcmp(unrouted, "allow") == 0;
-  const char* quiet = getenv("VIA_QUIET");
-  s.quiet = quiet != nullptr && quiet[0] == '1';
+  size_t count = 0;
+  while (environ != nullptr && environ[count] != nullptr) ++count;
+  for (size_t i = count; i-- > 0;) {
+    const char* v = environ[i];
+    if (v[0] == 'L') {
+      if (std::strncmp(v, "LD_PRELOAD=", 11) == 0) Copy(v + 11, s.preload, sizeof s.preload);
+      continue;
+    }
+    if (v[0] != 'V' || std::strncmp(v, "VIA_", 4) != 0) continue;
+    v += 4;
+    if (std::strncmp(v, "NETWORK=", 8) == 0) {
+      Copy(v + 8, s.network, sizeof s.network);
+    } else if (std::strncmp(v, "SESSION=", 8) == 0) {
+      Copy(v + 8, s.session, sizeof s.session);
+    } else if (std::strncmp(v, "SOCKET=", 7) == 0) {
+      Copy(v + 7, s.socket_path, sizeof s.socket_path);
+    } else if (std::strncmp(v, "CONFIG=", 7) == 0) {
+      Copy(v + 7, s.config, sizeof s.config);
+    } else if (std::strncmp(v, "UNROUTED_EXEC=", 14) == 0) {
+      s.unrouted_exec_allowed = std::strcmp(v + 14, "allow") == 0;
+    } else if (std::strncmp(v, "QUIET=", 6) == 0) {
+      s.quiet = v[6] == '1';
+    }
+  }
   // No VIA_NETWORK: the shim is loaded but nothing selected an overlay for this process.
   s.active = s.network[0] != 0 && std::strcmp(s.network, "direct") != 0;
 }
@@ -46,10 +65,23 @@ void Init() {
 
 // The environment is read at load time: a program may clear it (env -i, clearenv) before it
 // execs, and exec must still know what to give back. A few getenv calls, no I/O.
-__attribute__((constructor)) void SnapshotEnvironment() { pthread_once(&g_once, Init); }
+void InitOnce() {
+  if (__atomic_load_n(&g_state, __ATOMIC_ACQUIRE) == 2) return;
+  int expected = 0;
+  if (__atomic_compare_exchange_n(&g_state, &expected, 1, false, __ATOMIC_ACQUIRE,
+                                  __ATOMIC_ACQUIRE)) {
+    Init();
+    __atomic_store_n(&g_state, 2, __ATOMIC_RELEASE);
+    return;
+  }
+  // Another thread is reading the environment (a few microseconds, no locks inside).
+  while (__atomic_load_n(&g_state, __ATOMIC_ACQUIRE) != 2) sched_yield();
+}
+
+__attribute__((constructor)) void SnapshotEnvironment() { InitOnce(); }
 
 const Settings& GetSettings() {
-  pthread_once(&g_once, Init);
+  InitOnce();
   return g_settings;
 }
 

@@ -88,6 +88,29 @@ class ExecGuard(harness.ViaCase):
         self.assertIn("PermissionError", proc.stderr)
         self.assertEqual(self.records(self.record), [])
 
+    def test_unreadable_setuid_binary_is_refused_for_an_ordinary_user(self):
+        # Mode 4711: an ordinary user can exec it but not open it, so the check must read the
+        # setuid bit from the file's metadata (it opens the binary first; see hook_exec.cc).
+        if subprocess.run(["id", "viatest"], capture_output=True).returncode != 0:
+            self.skipTest("no viatest user (scripts/install-deps.sh creates it)")
+        curl = shutil.which("curl")
+        suid = os.path.join(self.dir, "curl-suid-unreadable")
+        shutil.copy(curl, suid)
+        os.chmod(self.dir, 0o755)
+        shutil.chown(suid, user="nobody")
+        os.chmod(suid, 0o4711)
+        url = f"http://127.0.0.1:{self.port}/unreadable"
+        as_user = ["setpriv", "--reuid=viatest", "--regid=viatest", "--clear-groups"]
+        control = subprocess.run(as_user + [suid, "-sS", url + "-control"], env=self.env,
+                                 capture_output=True, text=True)
+        self.assertEqual(control.returncode, 0, control.stderr)  # outside via it runs, direct
+        self.assertEqual([r["path"] for r in self.records(self.record)], ["/unreadable-control"])
+        os.remove(self.record)
+        proc = self.run_via("app:tor", *as_user, "sh", "-c", f"{suid} -sS {url}; echo status=$?")
+        self.assertIn("status=126", proc.stdout, proc.stderr)
+        self.assertIn("it is setuid", proc.stderr)
+        self.assertEqual(self.records(self.record), [])
+
     def test_scrubbed_environment_gets_the_shim_back(self):
         curl = shutil.which("curl")
         proc = self.run_via("app:tor", "env", "-i", "/usr/bin/printenv", "VIA_NETWORK")

@@ -111,6 +111,43 @@ TEST_F(FakeAddressPoolTest, ReverseCountsAsUse) {
   EXPECT_EQ(pool.Reverse(a.v4).value_or(""), "a.test");
 }
 
+TEST_F(FakeAddressPoolTest, HeldNameIsNotRecycledUntilItsPromiseRunsOut) {
+  FakeAddressPool pool = Make("198.18.0.0/30", "fd76:6961:ff00::/64");  // two usable addresses
+  auto a = pool.LookupHeld("a.test", 1000, 2000);
+  ASSERT_TRUE(a.ok());
+  ASSERT_TRUE(pool.LookupHeld("b.test", 1500, 2000).ok());
+  auto c = pool.LookupHeld("c.test", 2999, 2000);  // a is held until 3000
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), EAGAIN);
+  EXPECT_EQ(c.status().message(),
+            "the fake address pool is exhausted: all 2 addresses were handed out within the last "
+            "2000 ms; widen fake_ipv4/fake_ipv6 in the configuration");
+  EXPECT_EQ(pool.Reverse(a->v4).value_or(""), "a.test");  // untouched by the refusal
+  pool.LookupHeld("b.test", 2999, 2000);                  // a is the least recently used now
+  auto d = pool.LookupHeld("d.test", 3000, 2000);         // a's promise has run out
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->v4, a->v4);
+  EXPECT_EQ(pool.Reverse(d->v4).value_or(""), "d.test");
+}
+
+TEST_F(FakeAddressPoolTest, KnownNameIsAnsweredEvenWhenEveryNameIsHeld) {
+  FakeAddressPool pool = Make("198.18.0.0/30", "fd76:6961:ff00::/64");
+  auto a = pool.LookupHeld("a.test", 0, 2000);
+  pool.LookupHeld("b.test", 0, 2000);
+  auto again = pool.LookupHeld("a.test", 10, 2000);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->v4, a->v4);
+}
+
+TEST_F(FakeAddressPoolTest, ZeroHoldRecyclesAsLookupDoes) {
+  FakeAddressPool pool = Make("198.18.0.0/30", "fd76:6961:ff00::/64");
+  auto a = pool.LookupHeld("a.test", 0, 0);
+  pool.LookupHeld("b.test", 0, 0);
+  auto c = pool.LookupHeld("c.test", 0, 0);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->v4, a->v4);
+}
+
 TEST_F(FakeAddressPoolTest, ContainsCoversBothRangesMappedOrNot) {
   FakeAddressPool pool = Make();
   EXPECT_TRUE(pool.Contains(Ip("198.18.0.9")));
