@@ -41,6 +41,20 @@ const SessionTable::Session* SessionTable::Find(std::string_view token) const {
   return it == sessions_.end() ? nullptr : &it->second;
 }
 
+SessionTable::Session* SessionTable::FindMutable(std::string_view token) {
+  auto it = sessions_.find(token);
+  return it == sessions_.end() ? nullptr : &it->second;
+}
+
+const SessionTable::Session* SessionTable::FindByRoot(pid_t root, uint64_t start) const {
+  const Session* best = nullptr;
+  for (const auto& [token, s] : sessions_) {
+    if (s.root != root || s.root_start != start || root == 0) continue;
+    if (best == nullptr || s.opened_ms >= best->opened_ms) best = &s;
+  }
+  return best;
+}
+
 std::vector<SessionTable::Session> SessionTable::EndOwnedBy(uint64_t owner) {
   std::vector<Session> ended;
   for (auto it = sessions_.begin(); it != sessions_.end();) {

@@ -3,6 +3,8 @@
 // of the session's processes present its token in HELLO to get the session's network.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstdint>
 #include <map>
 #include <string>
@@ -20,6 +22,11 @@ class SessionTable {
     std::string network;  // overlay id or "direct"
     uint64_t owner = 0;   // client connection id
     int64_t opened_ms = 0;
+    bool explicit_sel = false;  // opened with an explicit selection (--network/--direct)
+    pid_t root = 0;             // the process that opened it, with its start time
+    uint64_t root_start = 0;
+    pid_t child = 0;  // the command it started (SESSION_CHILD), with its start time
+    uint64_t child_start = 0;
   };
 
   // Opens a session for `network` owned by client `owner`. Fails only if the kernel has no
@@ -27,6 +34,9 @@ class SessionTable {
   Result<const Session*> Open(const std::string& network, uint64_t owner, int64_t now_ms);
   // The session with `token`, or nullptr. The pointer is valid until the session ends.
   const Session* Find(std::string_view token) const;
+  Session* FindMutable(std::string_view token);
+  // The newest session opened by process (root, start), or nullptr.
+  const Session* FindByRoot(pid_t root, uint64_t start) const;
   // Ends every session owned by `owner` and returns them (for the log).
   std::vector<Session> EndOwnedBy(uint64_t owner);
 

@@ -34,6 +34,9 @@ enum Type : uint16_t {
   kOpenSession = 5,  // `via run` opens a session; reply carries its token
   kStatus = 6,       // human-readable status text
   kShutdown = 7,     // ask the broker to exit
+  // 0x40-0x4F: program rules, policy, reload (docs/protocol.md).
+  kSessionChild = 0x40,  // `via run` names the command it started for its session
+  kReload = 0x41,        // re-read the configuration (as SIGHUP does); reply says how it went
 };
 
 // Field tags.
@@ -50,12 +53,20 @@ enum Tag : uint16_t {
   kTagPid = 10,      // u32 (informational; the broker trusts SO_PEERCRED)
   kTagText = 11,     // string, multi-line text (status)
   kTagVersion = 12,  // u16, protocol version (HELLO)
+  // 0x40-0x4F: program rules, policy, reload.
+  kTagExe = 0x40,          // string, the executable a session's command will run (OPEN_SESSION)
+  kTagArgv = 0x41,         // string, one per argument, in order (OPEN_SESSION)
+  kTagFingerprint = 0x42,  // string, fingerprint of the config the broker runs (HELLO, RELOAD)
+  kTagOrigin = 0x43,       // string, why the effective network is what it is (HELLO, OPEN_SESSION)
 };
 
 // Reply flags (kTagFlags in a HELLO reply).
 constexpr uint32_t kFlagDirect = 1u << 0;          // effective network is direct
 constexpr uint32_t kFlagLoopbackRoute = 1u << 1;   // route loopback destinations via the overlay
 constexpr uint32_t kFlagLoopbackRefuse = 1u << 2;  // refuse loopback destinations
+// Request flags (kTagFlags), bits 20-23.
+constexpr uint32_t kFlagSessionExplicit = 1u << 20;  // OPEN_SESSION: --network/--direct was given
+constexpr uint32_t kFlagControl = 1u << 21;  // HELLO: a CLI control connection, no network needed
 
 // An IPv4 or IPv6 endpoint, port in host order.
 struct Addr {

@@ -47,6 +47,7 @@ pthread_mutex_t g_path_mu = PTHREAD_MUTEX_INITIALIZER;
 char g_ensured_path[108];
 int g_ensure_err = 0;
 char g_ensure_msg[256];
+bool g_no_config = false;  // `via broker --ensure` exited 3: no configuration anywhere
 
 bool StillOurs(const Link& l) {
   struct stat st;
@@ -147,6 +148,13 @@ void EnsureBroker() {
   }
   char* nl = std::strchr(buf, '\n');
   if (nl != nullptr) *nl = 0;
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 3) {
+    g_no_config = true;
+    g_ensure_err = EHOSTUNREACH;
+    std::snprintf(g_ensure_msg, sizeof g_ensure_msg,
+                  "no via configuration was found (VIA_SOCKET and VIA_CONFIG are not set)");
+    return;
+  }
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || buf[0] != '/' ||
       std::strlen(buf) >= sizeof g_ensured_path) {
     g_ensure_err = EHOSTUNREACH;
@@ -325,6 +333,13 @@ int Request(wire::Writer& w, int pass_fd, uint8_t* reply, size_t cap, wire::Mess
 }
 
 }  // namespace
+
+bool NoConfigAnywhere() {
+  pthread_mutex_lock(&g_path_mu);
+  bool none = g_no_config;
+  pthread_mutex_unlock(&g_path_mu);
+  return none;
+}
 
 int BrokerHello(HelloInfo* info, char* msg, size_t msgcap) {
   Link* l = nullptr;

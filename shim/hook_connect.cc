@@ -41,7 +41,7 @@ bool DatagramAllowed(const wire::Addr& dest) {
 int Decide(int fd, const sockaddr* sa, socklen_t len, wire::Addr* dest, Route* route, char* msg,
            size_t msgcap) {
   *route = Route::kDirect;
-  if (sa == nullptr || (sa->sa_family != AF_INET && sa->sa_family != AF_INET6) || Passthrough()) {
+  if (sa == nullptr || (sa->sa_family != AF_INET && sa->sa_family != AF_INET6) || NetworkDirect()) {
     return 0;
   }
   if (!wire::AddrFromSockaddr(sa, len, dest)) return 0;  // the kernel reports EINVAL
@@ -145,8 +145,8 @@ int MaybeRoute(int fd, const sockaddr* sa, socklen_t len, int* result) {
 int CheckSend(int fd, const void* name, socklen_t len) {
   const auto* sa = static_cast<const sockaddr*>(name);
   wire::Addr dest;
-  if (sa == nullptr || Passthrough() || (sa->sa_family != AF_INET && sa->sa_family != AF_INET6) ||
-      !wire::AddrFromSockaddr(sa, len, &dest)) {
+  if (sa == nullptr || (sa->sa_family != AF_INET && sa->sa_family != AF_INET6) ||
+      !wire::AddrFromSockaddr(sa, len, &dest) || NetworkDirect()) {
     return 0;
   }
   int type = 0;

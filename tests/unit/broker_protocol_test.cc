@@ -388,10 +388,10 @@ TEST_F(BrokerProtocolTest, HelloWithUnknownOverlayFailsEveryLaterRequest) {
   UniqueFd fd = Connect();
   Reply r = Hello(fd.get(), "app:nope");
   EXPECT_EQ(r.err, uint32_t(ENOENT));
-  EXPECT_EQ(r.message, "unknown overlay \"app:nope\"");
+  EXPECT_EQ(r.message, "unknown overlay \"app:nope\" (known: app:refused, app:silent, app:i2p)");
   Reply later = Resolve(fd.get(), "example.test");
   EXPECT_EQ(later.err, uint32_t(ENOENT));
-  EXPECT_EQ(later.message, "unknown overlay \"app:nope\"");
+  EXPECT_EQ(later.message, r.message);
 }
 
 TEST_F(BrokerProtocolTest, HelloWithOverlayWithoutDriverGivesItsError) {
@@ -412,8 +412,11 @@ TEST_F(BrokerProtocolTest, HelloWithSessionTakesTheSessionsNetwork) {
 
   UniqueFd shim = Connect();
   EXPECT_EQ(Hello(shim.get(), "", token).Str(wire::kTagNetwork), "app:silent");
+  // A token of no session is refused, not ignored (it could be an ended or forged session).
   UniqueFd stranger = Connect();
-  EXPECT_EQ(Hello(stranger.get(), "", std::string(32, 'f')).Str(wire::kTagNetwork), "direct");
+  Reply forged = Hello(stranger.get(), "", std::string(32, 'f'));
+  EXPECT_EQ(forged.err, uint32_t(EACCES));
+  EXPECT_NE(forged.message.find("names no open session"), std::string::npos) << forged.message;
   EXPECT_NE(StatusText().find("network app:silent clients=1\n"), std::string::npos);
 }
 
@@ -435,7 +438,7 @@ TEST_F(BrokerProtocolTest, OpenSessionForUnknownOverlayIsEnoent) {
   Reply r = Request(fd.get(), wire::kOpenSession,
                     [](wire::Writer& w) { w.PutString(wire::kTagNetwork, "app:nope"); });
   EXPECT_EQ(r.err, uint32_t(ENOENT));
-  EXPECT_EQ(r.message, "unknown overlay \"app:nope\"");
+  EXPECT_EQ(r.message, "unknown overlay \"app:nope\" (known: app:refused, app:silent, app:i2p)");
 }
 
 TEST_F(BrokerProtocolTest, SessionEndsWithItsConnection) {
@@ -511,8 +514,10 @@ TEST_F(BrokerProtocolTest, ReverseOfOtherAddressIsEnoent) {
 TEST_F(BrokerProtocolTest, StatusDescribesTheBroker) {
   StartBroker();
   std::string text = StatusText();
-  EXPECT_TRUE(std::regex_search(text, std::regex("^broker pid [0-9]+, config " + config_.source +
-                                                 ", socket " + socket_path_ + ", up [0-9]+s\n")))
+  EXPECT_TRUE(std::regex_search(
+      text, std::regex("^broker pid [0-9]+, config " + config_.source + " \\(fingerprint " +
+                       config_.fingerprint + ", 0 program rules, 0 network.select policies\\), " +
+                       "socket " + socket_path_ + ", up [0-9]+s\n")))
       << text;
   EXPECT_NE(
       text.find("overlay app:refused network.socks5 127.0.0.1:" + std::to_string(refused_port_) +
