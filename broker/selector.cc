@@ -128,8 +128,18 @@ Selection Select(const config::Config& cfg, const SelectRequest& req) {
   }
 
   // 1a. The command an explicit `via run` started: selected (and checked) at that edge.
-  if (const SessionInfo* s = rooted(1);
-      s != nullptr && s->explicit_sel && Is(chain[0], s->child, s->child_start)) {
+  const SessionInfo* launched_by = rooted(1);
+  if (launched_by != nullptr &&
+      (!launched_by->explicit_sel || !Is(chain[0], launched_by->child, launched_by->child_start))) {
+    launched_by = nullptr;
+  }
+  std::string claim_id = req.claim;
+  if (req.has_claim && claim_id != "direct") {
+    if (const config::Overlay* o = cfg.Find(claim_id)) claim_id = o->id;
+  }
+  // (unless the process changed VIA_NETWORK before it exec'd: its own explicit selection)
+  if (const SessionInfo* s = launched_by;
+      s != nullptr && (!req.has_claim || claim_id == s->network)) {
     sel.network = s->network;
     sel.explicit_sel = true;
     sel.origin = "explicit: selected for this command by via run (" + Describe(chain[1]) +

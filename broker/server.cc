@@ -534,6 +534,7 @@ void Server::OnConnectDone(uint64_t op_id, int err, const std::string& msg) {
   log_->debug("connect {} via {} ok ({})", p.target.ToString(), p.overlay->overlay->id,
               PeerText(c));
   ReplyOk(c, wire::kConnect | wire::kReplyBit, p.request_id);
+  if (c.close_when_idle && c.ops.empty() && c.outbox.empty()) CloseClient(c.id);
 }
 
 void Server::ConnectFailed(Client& c, uint32_t request_id, OverlayState* overlay,
@@ -697,6 +698,29 @@ Status Server::Reload(const std::string& why) {
   config_ = std::move(cfg);
   ++generation_;
   logged_network_errors_.clear();
+  // Every client's network is selected again now. A shim whose network is direct never asks the
+  // broker again, and one routed through an overlay would keep sending CONNECTs: where the
+  // reload flips a client between the two, its link is closed (once no connect is in flight),
+  // and the shim's next call opens a new one and greets again. Programs' own connections are
+  // untouched.
+  std::vector<uint64_t> flipped;
+  for (auto& [id, cl] : clients_) {
+    if (!cl->greeted || cl->control) continue;
+    bool was_direct = cl->hello_error.ok() && cl->overlay == nullptr;
+    ApplyHello(*cl);
+    bool now_direct = cl->hello_error.ok() && cl->overlay == nullptr;
+    if (was_direct == now_direct) continue;
+    if (cl->ops.empty()) {
+      flipped.push_back(id);
+    } else {
+      cl->close_when_idle = true;
+    }
+  }
+  for (uint64_t id : flipped) {
+    log_->info("reload: closing the link of {} (now {}), so that it greets again",
+               PeerText(*clients_[id]), clients_[id]->network);
+    CloseClient(id);
+  }
   log_->info(
       "reloaded {} ({}): fingerprint {}; overlays: {}; {} program rule(s), {} "
       "network.select policy entr(y/ies); connects in flight finish as they started",

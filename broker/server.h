@@ -71,6 +71,7 @@ class Server {
     std::string claim;                      // ... this one
     std::string token;                      // HELLO SESSION
     uint64_t generation = 0;                // config generation the selection was made under
+    bool close_when_idle = false;           // a reload flipped it between direct and an overlay
     std::deque<std::vector<uint8_t>> outbox;  // replies waiting for EPOLLOUT
     std::vector<uint64_t> ops;                // connect operations in flight
   };

@@ -250,6 +250,13 @@ int GetLink(Link** out, char* msg, size_t msgcap) {
       Drop(l, StillOurs(*l));
     } else if (!StillOurs(*l)) {
       Drop(l, false);  // the program closed or replaced it; that descriptor is not ours now
+    } else {
+      // The broker closes a link to make the shim greet again (a reload changed this process's
+      // network between direct and an overlay). One poll, no wait.
+      pollfd p{l->fd, POLLRDHUP, 0};
+      if (poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0) {
+        Drop(l, true);
+      }
     }
   }
   if (l->fd < 0) {

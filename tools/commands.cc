@@ -1,5 +1,6 @@
 // via run, broker, check, status, stop.
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -563,11 +564,45 @@ int CmdReload(int argc, char** argv) {
   }
   if (WantsHelp(*args, kHelpReload)) return kExitOk;
   if (HasOperands(*args, "reload")) return kExitUsage;
-  std::string where;
-  auto c = ConnectExisting(*args, &where);
+  // The configuration is not loaded here: a broken one must still reach the broker, which
+  // rejects it with its error and keeps running the previous one.
+  std::string socket, where;
+  if (args->Has("--socket")) {
+    socket = args->Get("--socket");
+  } else if (!args->Has("--config") && std::getenv("VIA_SOCKET") != nullptr) {
+    socket = std::getenv("VIA_SOCKET");
+  } else {
+    std::string path = args->Get("--config");
+    if (path.empty()) {
+      auto found = config::FindConfig();
+      if (!found.ok()) {
+        Error(found.status().message());
+        return kExitUsage;
+      }
+      path = *found;
+    }
+    char real[PATH_MAX];
+    if (::realpath(path.c_str(), real) == nullptr) {
+      Error(path + ": " + std::strerror(errno));
+      return kExitUsage;
+    }
+    auto s = BrokerSocketPath(real);
+    if (!s.ok()) {
+      Error(s.status().message());
+      return kExitFailure;
+    }
+    socket = *s;
+    where = std::string(" for ") + real;
+  }
+  where += " (socket " + socket + ")";
+  auto c = BrokerClient::Connect(socket);
   if (!c.ok()) {
-    if (!c.status().message().empty()) Error(c.status().message());
-    return c.status().code() == EINVAL ? kExitUsage : kExitFailure;
+    Error("no broker running" + where);
+    return kExitFailure;
+  }
+  if (Status h = c->HelloControl(); !h.ok()) {
+    Error(h.message());
+    return kExitFailure;
   }
   if (Status s = c->Reload(); !s.ok()) {
     Error("reload rejected, the broker" + where +
