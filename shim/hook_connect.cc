@@ -77,7 +77,7 @@ void ComplainDatagram(const wire::Addr& dest) {
   Complain(
       "UDP/non-TCP traffic to %s refused with EPERM: %s carries TCP only, and it would "
       "leave directly (further refusals are not reported)",
-      wire::FormatAddr(dest, where, sizeof where), GetSettings().network);
+      wire::FormatAddr(dest, where, sizeof where), NetworkLabel());
 }
 
 // Routes `fd` to `dest` through the broker. Returns 0 or -1 with errno set.
@@ -90,7 +90,7 @@ int RoutedConnect(int fd, const wire::Addr& dest) {
   }
   char where[80];
   Complain("connect to %s through %s failed: %s", wire::FormatAddr(dest, where, sizeof where),
-           GetSettings().network, msg);
+           NetworkLabel(), msg);
   errno = err;
   return -1;
 }
@@ -116,7 +116,7 @@ int MaybeRoute(int fd, const sockaddr* sa, socklen_t len, int* result) {
       Complain(
           "connect to %s refused: loopback destinations are refused under %s "
           "(network_service.loopback: refuse)",
-          wire::FormatAddr(dest, where, sizeof where), GetSettings().network);
+          wire::FormatAddr(dest, where, sizeof where), NetworkLabel());
       errno = ECONNREFUSED;
       *result = -1;
       return 0;
@@ -132,7 +132,7 @@ int MaybeRoute(int fd, const sockaddr* sa, socklen_t len, int* result) {
     case Route::kRefuseDns: {
       char where[80];
       Complain("connect to %s refused: DNS to the local resolver would leak names under %s",
-               wire::FormatAddr(dest, where, sizeof where), GetSettings().network);
+               wire::FormatAddr(dest, where, sizeof where), NetworkLabel());
       errno = EPERM;
       *result = -1;
       return 0;

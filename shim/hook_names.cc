@@ -30,7 +30,7 @@ bool AnsweredLocally(const char* name) {
 int Resolve(const char* name, int af, wire::Addr* out, int* n) {
   char msg[512] = {};
   int err = BrokerResolve(name, WireFamily(af), out, kMaxAddrs, n, msg, sizeof msg);
-  if (err != 0) Complain("cannot resolve %s through %s: %s", name, GetSettings().network, msg);
+  if (err != 0) Complain("cannot resolve %s through %s: %s", name, NetworkLabel(), msg);
   return err;
 }
 

@@ -68,6 +68,8 @@ bool Passthrough();  // from the environment only (the exec hooks: no broker rou
 // (fail closed). True without asking when the shim is turned off, and when nothing asked for an
 // overlay (no VIA_NETWORK, no VIA_SESSION) and no configuration exists anywhere.
 bool NetworkDirect();
+// For messages: VIA_NETWORK, or a phrase when the broker chose the network (a program rule).
+const char* NetworkLabel();
 
 // Writes "via: <msg>\n" to stderr unless quiet.
 void Complain(const char* fmt, ...) __attribute__((format(printf, 1, 2)));

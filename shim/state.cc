@@ -67,6 +67,11 @@ bool NetworkDirect() {
   return NoConfigAnywhere() && s.network[0] == 0 && s.session[0] == 0;
 }
 
+const char* NetworkLabel() {
+  const char* n = GetSettings().network;
+  return n[0] != 0 ? n : "the network the broker selected";
+}
+
 void Complain(const char* fmt, ...) {
   if (GetSettings().quiet) return;
   char buf[1024];

@@ -375,7 +375,9 @@ int ExplainCommand(const Args& args, const config::Config& cfg) {
   }
   req.selected_by_parent = true;  // as `via run` from this shell would select
   broker::Selection sel = broker::Select(cfg, req);
-  std::printf("command: %s\n", args.rest[0].c_str());
+  std::string line;
+  for (const auto& a : args.rest) line += (line.empty() ? "" : " ") + a;
+  std::printf("command: %s\n", line.c_str());
   std::printf("  executable: %s\n", predicted->exe.c_str());
   if (!predicted->note.empty()) std::printf("  (%s)\n", predicted->note.c_str());
   std::string groups;
