@@ -47,6 +47,9 @@ pthread_mutex_t g_path_mu = PTHREAD_MUTEX_INITIALIZER;
 char g_ensured_path[108];
 int g_ensure_err = 0;
 char g_ensure_msg[256];
+// A HELLO in this program said "overlay" or refused it (not direct). Kept across fork: a forked
+// child is the same program under the same rules (it would get the same answer).
+bool g_routed = false;
 bool g_no_config = false;  // `via broker --ensure` exited 3: no configuration anywhere
 
 bool StillOurs(const Link& l) {
@@ -237,6 +240,9 @@ int DoHello(Link* l) {
   l->hello_err = ReplyErrno(m, l->hello_msg, sizeof l->hello_msg);
   wire::Field f;
   if (m.Find(wire::kTagFlags, &f)) f.u32(&l->flags);
+  if (l->hello_err != 0 || (l->flags & wire::kFlagDirect) == 0) {
+    __atomic_store_n(&g_routed, true, __ATOMIC_RELAXED);
+  }
   return 0;
 }
 
@@ -340,6 +346,8 @@ int Request(wire::Writer& w, int pass_fd, uint8_t* reply, size_t cap, wire::Mess
 }
 
 }  // namespace
+
+bool BrokerRoutedThisProcess() { return __atomic_load_n(&g_routed, __ATOMIC_RELAXED); }
 
 bool NoConfigAnywhere() {
   pthread_mutex_lock(&g_path_mu);

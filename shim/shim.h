@@ -68,6 +68,10 @@ bool Passthrough();  // from the environment only (the exec hooks: no broker rou
 // (fail closed). True without asking when the shim is turned off, and when nothing asked for an
 // overlay (no VIA_NETWORK, no VIA_SESSION) and no configuration exists anywhere.
 bool NetworkDirect();
+// Whether exec needs no guard (the unrouted-binary check, the environment restore): the shim is
+// off, or nothing routes this process: no VIA_NETWORK overlay and no broker answer in this
+// process that said "an overlay" or refused it. No broker round trip.
+bool ExecUnguarded();
 // For messages: VIA_NETWORK, or a phrase when the broker chose the network (a program rule).
 const char* NetworkLabel();
 
@@ -82,6 +86,8 @@ struct HelloInfo {
   uint32_t flags = 0;
 };
 int BrokerHello(HelloInfo* info, char* msg, size_t msgcap);
+// Whether a HELLO in this process was answered with an overlay or an error (not "direct").
+bool BrokerRoutedThisProcess();
 // `via broker --ensure` found no configuration at all (exit status 3).
 bool NoConfigAnywhere();
 int BrokerConnect(int fd, const wire::Addr& dest, char* msg, size_t msgcap);

@@ -67,6 +67,11 @@ bool NetworkDirect() {
   return NoConfigAnywhere() && s.network[0] == 0 && s.session[0] == 0;
 }
 
+bool ExecUnguarded() {
+  if (__atomic_load_n(&g_passthrough, __ATOMIC_RELAXED)) return true;
+  return !GetSettings().active && !BrokerRoutedThisProcess();
+}
+
 const char* NetworkLabel() {
   const char* n = GetSettings().network;
   return n[0] != 0 ? n : "the network the broker selected";

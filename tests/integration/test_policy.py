@@ -134,6 +134,18 @@ class Precedence(PolicyCase):
         self.assertOk(proc)
         self.assertSaw((TOR, "/child"))
 
+    def test_a_rule_routed_program_keeps_the_shim_in_children(self):
+        # No via run, no VIA_NETWORK: the rule routes python; once the broker has said so, exec
+        # puts a dropped LD_PRELOAD back, and the child inherits the rule's network.
+        script = os.path.join(self.scripts, "spawn.py")
+        with open(script, "w") as f:
+            f.write("import os, subprocess, sys, urllib.request as u\n"
+                    f"u.urlopen('{self.url}/parent').read()\n"
+                    "env = {k: v for k, v in os.environ.items() if k != 'LD_PRELOAD'}\n"
+                    f"sys.exit(subprocess.call(['curl', '-sSf', '{self.url}/child'], env=env))\n")
+        self.assertOk(self.call([self.python, script], env=self.bare_env()))
+        self.assertSaw((TOR, "/parent"), (TOR, "/child"))
+
     def test_inherited_session_beats_default_network(self):
         self.configure(service={"default_network": "app:other"})
         self.assertOk(self.run_via("app:tor", "sh", "-c", f"curl -sSf {self.url}/inherited"))
