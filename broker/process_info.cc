@@ -1,5 +1,6 @@
 #include "broker/process_info.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -105,6 +106,26 @@ std::vector<ProcessInfo> Ancestry(pid_t pid, size_t max, const std::string& proc
     chain.push_back(std::move(p));
   }
   return chain;
+}
+
+std::vector<pid_t> ChildrenOf(pid_t pid, const std::string& proc_root) {
+  std::vector<pid_t> out;
+  DIR* d = opendir(proc_root.c_str());
+  if (d == nullptr) return out;
+  while (dirent* de = readdir(d)) {
+    char* end = nullptr;
+    long n = std::strtol(de->d_name, &end, 10);
+    if (n <= 0 || *end != 0) continue;
+    std::string stat;
+    pid_t ppid = 0;
+    uint64_t start = 0;
+    if (ReadSmallFile(proc_root + "/" + de->d_name + "/stat", &stat) &&
+        ParseStat(stat, &ppid, &start) && ppid == pid) {
+      out.push_back(pid_t(n));
+    }
+  }
+  closedir(d);
+  return out;
 }
 
 }  // namespace via::broker

@@ -27,6 +27,9 @@ ProcessInfo ReadProcess(pid_t pid, const std::string& proc_root = "/proc");
 std::vector<ProcessInfo> Ancestry(pid_t pid, size_t max = 128,
                                   const std::string& proc_root = "/proc");
 
+// The pids whose parent is `pid` now (a scan of /proc/*/stat).
+std::vector<pid_t> ChildrenOf(pid_t pid, const std::string& proc_root = "/proc");
+
 // Parses the text of /proc/PID/stat (the comm field may hold spaces and parentheses).
 bool ParseStat(const std::string& text, pid_t* ppid, uint64_t* start);
 

@@ -22,6 +22,15 @@ std::string Short(const std::string& token) { return token.substr(0, 8); }
 
 }  // namespace
 
+bool SessionInfo::IsRoot(const ProcessInfo& p) const { return Is(p, root, root_start); }
+
+bool SessionInfo::IsHeir(const ProcessInfo& p) const {
+  for (const auto& [pid, start] : heirs) {
+    if (Is(p, pid, start)) return true;
+  }
+  return false;
+}
+
 Selection Select(const config::Config& cfg, const SelectRequest& req) {
   Selection sel;
   const auto& chain = req.chain;
@@ -53,18 +62,42 @@ Selection Select(const config::Config& cfg, const SelectRequest& req) {
       sel.group_reasons.push_back(gs + ": rule " + r.id + " (" + r.where() + ") matches " +
                                   Describe(p));
     }
+    // A session carries the groups its opener had, so they survive re-parenting.
+    if (const SessionInfo* s = rooted(i); s != nullptr && !s->groups.empty()) {
+      std::string gs;
+      for (const std::string& g : s->groups) {
+        gs += (gs.empty() ? "" : ", ") + g;
+        if (std::find(sel.groups.begin(), sel.groups.end(), g) == sel.groups.end()) {
+          sel.groups.push_back(g);
+        }
+        if ((i > 0 || !req.selected_by_parent) &&
+            std::find(selector_groups.begin(), selector_groups.end(), g) == selector_groups.end()) {
+          selector_groups.push_back(g);
+        }
+      }
+      sel.group_reasons.push_back(gs + ": the session " + Short(s->token) + " carried by " +
+                                  Describe(p) + " was opened by a process in them");
+    }
   }
   std::sort(sel.groups.begin(), sel.groups.end());
+  sel.selector_groups = selector_groups;
 
   // A process adopted by a session's root (its own parent died: a double fork) has lost the
   // ancestors between it and the root, and with them maybe groups: it may not select explicitly.
+  // The same holds for a session's heirs other than its command (they were such processes when
+  // the opener exited).
   std::string adopted;
-  for (size_t i = 0; i + 1 < chain.size(); ++i) {
-    const SessionInfo* s = rooted(i + 1);
-    if (s != nullptr && s->child != 0 && !Is(chain[i], s->child, s->child_start)) {
+  for (size_t i = 0; i < chain.size() && adopted.empty(); ++i) {
+    if (const SessionInfo* s = rooted(i + 1); s != nullptr && s->IsRoot(chain[i + 1]) &&
+                                              s->child != 0 &&
+                                              !Is(chain[i], s->child, s->child_start)) {
       adopted = Describe(chain[i]) + " was re-parented to " + Describe(chain[i + 1]) +
                 " (its own parent exited), so its lineage is unknown";
-      break;
+    } else if (const SessionInfo* h = rooted(i);
+               h != nullptr && h->IsHeir(chain[i]) && !Is(chain[i], h->child, h->child_start)) {
+      adopted = Describe(chain[i]) +
+                " outlived the via run of its session after its own parent "
+                "exited, so its lineage is unknown";
     }
   }
 
@@ -78,7 +111,8 @@ Selection Select(const config::Config& cfg, const SelectRequest& req) {
       return sel;
     }
     bool ours = false;
-    for (size_t i = 0; i < chain.size(); ++i) ours = ours || Is(chain[i], s->root, s->root_start);
+    for (size_t i = 0; i < chain.size(); ++i)
+      ours = ours || s->IsRoot(chain[i]) || s->IsHeir(chain[i]);
     if (!ours) {
       sel.error = Status::Error(
           EACCES, "VIA_SESSION " + Short(s->token) + "... belongs to the process tree of pid " +

@@ -32,6 +32,11 @@ struct SessionInfo {
   uint64_t root_start = 0;
   pid_t child = 0;  // the command it started (0: not registered)
   uint64_t child_start = 0;
+  std::vector<std::string> groups;  // of the opener's ancestry: given to every member
+  // After the opener exited: its children then, which carry the session (and its groups) on.
+  std::vector<std::pair<pid_t, uint64_t>> heirs;
+  bool IsRoot(const ProcessInfo& p) const;
+  bool IsHeir(const ProcessInfo& p) const;
 };
 
 struct SelectRequest {
@@ -43,6 +48,7 @@ struct SelectRequest {
   // the selection is chain[1]'s, so it is checked against the groups of chain[1] and above.
   bool selected_by_parent = false;
   std::string token;  // HELLO SESSION ("" none)
+  // The session `p` opened, or carries on as an heir; nullptr if none.
   std::function<const SessionInfo*(const ProcessInfo&)> session_rooted_at;
   std::function<const SessionInfo*(std::string_view)> session_by_token;
 };
@@ -52,9 +58,10 @@ struct Selection {
   std::string network = "direct";  // overlay id or "direct"
   std::string origin;              // why, for logs and `via check`
   bool explicit_sel = false;
-  bool checked = false;                    // an explicit selection was checked against policy
-  std::vector<std::string> groups;         // sorted, unique
-  std::vector<std::string> group_reasons;  // one line per rule that gave groups
+  bool checked = false;                      // an explicit selection was checked against policy
+  std::vector<std::string> groups;           // sorted, unique
+  std::vector<std::string> selector_groups;  // those an explicit selection was checked with
+  std::vector<std::string> group_reasons;    // one line per rule that gave groups
   const config::SecurityPolicy* policy = nullptr;  // the entry that decided the check
   std::string inherited;                           // what the process would inherit ("" none)
   std::string inherited_origin;

@@ -57,6 +57,7 @@ Server::Server(std::shared_ptr<const config::Config> config, const BrokerOptions
 Server::~Server() {
   while (!clients_.empty()) CloseClient(clients_.begin()->first);
   if (idle_timer_ != 0) loop_->CancelTimer(idle_timer_);
+  if (prune_timer_ != 0) loop_->CancelTimer(prune_timer_);
   if (listen_fd_) loop_->Unwatch(listen_fd_.get());
   // Only our own socket file: never one a later broker bound after we stopped answering.
   struct stat now;
@@ -360,6 +361,8 @@ void Server::Handle(Client& c, const uint8_t* data, size_t n, std::vector<Unique
       return HandleSessionChild(c, m);
     case wire::kReload:
       return HandleReload(c, m);
+    case wire::kSessionDetach:
+      return HandleSessionDetach(c, m);
     default:
       return ReplyError(c, reply, m.id(), EPROTO, "unknown message type " + std::to_string(type));
   }
@@ -630,6 +633,7 @@ void Server::HandleOpenSession(Client& c, const wire::Message& m) {
   s->explicit_sel = sel.explicit_sel;
   s->root = opener[0].pid;
   s->root_start = opener[0].start;
+  s->groups = sel.selector_groups;
   log_->info("session {} opened for {} by {}: {}", s->token.substr(0, 8), id, PeerText(c),
              sel.origin);
   uint8_t buf[4096];
@@ -665,6 +669,50 @@ void Server::HandleSessionChild(Client& c, const wire::Message& m) {
   s->child = p.pid;
   s->child_start = p.start;
   ReplyOk(c, reply, m.id());
+}
+
+void Server::HandleSessionDetach(Client& c, const wire::Message& m) {
+  const uint16_t reply = wire::kSessionDetach | wire::kReplyBit;
+  wire::Field f;
+  if (!m.Find(wire::kTagSession, &f)) {
+    return ReplyError(c, reply, m.id(), EINVAL, "SESSION_DETACH needs SESSION");
+  }
+  SessionTable::Session* s = sessions_.FindMutable(f.str());
+  if (s == nullptr || s->owner != c.id) {
+    return ReplyError(c, reply, m.id(), EPERM, "SESSION_DETACH: not a session of this connection");
+  }
+  // Only the opener's own children, as /proc says now.
+  std::vector<std::pair<pid_t, uint64_t>> heirs;
+  m.ForEach([&](const wire::Field& pf) {
+    uint32_t pid = 0;
+    if (pf.tag != wire::kTagPid || !pf.u32(&pid) || pid == 0 || heirs.size() >= 4096) return;
+    ProcessInfo p = ReadProcess(pid_t(pid));
+    if (p.ok && p.ppid == s->root) heirs.emplace_back(p.pid, p.start);
+  });
+  if (heirs.empty())
+    return ReplyError(c, reply, m.id(), ESRCH, "none of them is the opener's child");
+  log_->info("session {} carried on by {} process(es) after {} exits", s->token.substr(0, 8),
+             heirs.size(), PeerText(c));
+  sessions_.Detach(s, std::move(heirs));
+  ReplyOk(c, reply, m.id());
+  PruneDetached();
+}
+
+void Server::PruneDetached() {
+  if (prune_timer_ != 0) loop_->CancelTimer(prune_timer_);
+  prune_timer_ = 0;
+  size_t ended = sessions_.PruneDetached([](pid_t pid, uint64_t start) {
+    ProcessInfo p = ReadProcess(pid);
+    return p.ok && p.start == start;
+  });
+  if (ended > 0) log_->info("{} detached session(s) ended: their processes are gone", ended);
+  if (sessions_.detached_count() > 0) {
+    prune_timer_ = loop_->AddTimer(2000, [this] {
+      prune_timer_ = 0;
+      PruneDetached();
+    });
+  }
+  UpdateIdle();
 }
 
 void Server::HandleReload(Client& c, const wire::Message& m) {
@@ -761,6 +809,8 @@ SelectRequest Server::MakeRequest(std::vector<ProcessInfo> chain) const {
     v.root_start = s.root_start;
     v.child = s.child;
     v.child_start = s.child_start;
+    v.groups = s.groups;
+    v.heirs = s.heirs;
     return v;
   };
   auto holder = std::make_shared<std::vector<SessionInfo>>();
@@ -769,7 +819,7 @@ SelectRequest Server::MakeRequest(std::vector<ProcessInfo> chain) const {
   req.session_rooted_at = [holder](const ProcessInfo& p) -> const SessionInfo* {
     const SessionInfo* best = nullptr;
     for (const SessionInfo& s : *holder) {
-      if (s.root == p.pid && s.root_start == p.start && p.pid != 0) best = &s;
+      if (p.pid != 0 && (s.IsRoot(p) || s.IsHeir(p))) best = &s;
     }
     return best;
   };
@@ -841,8 +891,9 @@ void Server::HandleStatus(Client& c, const wire::Message& m) {
   for (const auto& [token, s] : sessions_.sessions()) {
     size_t clients = 0;
     for (const auto& [cid, cl] : clients_) clients += cl->session == token;
-    out << "session " << token.substr(0, 8) << " network " << s.network << " clients=" << clients
-        << "\n";
+    out << "session " << token.substr(0, 8) << " network " << s.network << " clients=" << clients;
+    if (s.detached()) out << " detached heirs=" << s.heirs.size();
+    out << "\n";
   }
   out << "clients: " << clients_.size() << ", connects in flight: " << ops_.size() << "\n";
   out << "fake addresses: " << pool_->size() << " names (pool " << pool_->v4_cidr() << ", "

@@ -106,6 +106,9 @@ class Server {
   void HandleShutdown(Client& c, const wire::Message& m);
   void HandleSessionChild(Client& c, const wire::Message& m);
   void HandleReload(Client& c, const wire::Message& m);
+  void HandleSessionDetach(Client& c, const wire::Message& m);
+  // Ends detached sessions whose heirs are all gone; re-arms itself while any remain.
+  void PruneDetached();
 
   // Selects the client's network from its HELLO (kept in the Client) under the current config.
   void ApplyHello(Client& c);
@@ -146,6 +149,7 @@ class Server {
   uint64_t next_client_ = 1;
   uint64_t next_op_ = 1;
   uint64_t idle_timer_ = 0;
+  uint64_t prune_timer_ = 0;
   int idle_timeout_s_ = 30;
   int64_t started_ms_ = 0;
 };

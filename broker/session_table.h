@@ -6,9 +6,11 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "common/status.h"
@@ -27,6 +29,10 @@ class SessionTable {
     uint64_t root_start = 0;
     pid_t child = 0;  // the command it started (SESSION_CHILD), with its start time
     uint64_t child_start = 0;
+    std::vector<std::string> groups;  // of the opener and its ancestors, when it was opened
+    // After the opener exited (SESSION_DETACH): its children then, which carry the session on.
+    std::vector<std::pair<pid_t, uint64_t>> heirs;
+    bool detached() const { return owner == 0; }
   };
 
   // Opens a session for `network` owned by client `owner`. Fails only if the kernel has no
@@ -37,8 +43,15 @@ class SessionTable {
   Session* FindMutable(std::string_view token);
   // The newest session opened by process (root, start), or nullptr.
   const Session* FindByRoot(pid_t root, uint64_t start) const;
-  // Ends every session owned by `owner` and returns them (for the log).
+  // Ends every session owned by `owner` and returns them (for the log). Detached sessions have
+  // no owner.
   std::vector<Session> EndOwnedBy(uint64_t owner);
+  // Hands the session to `heirs`: it outlives its owner's connection until Prune finds none of
+  // them alive.
+  void Detach(Session* s, std::vector<std::pair<pid_t, uint64_t>> heirs);
+  // Ends detached sessions none of whose heirs `alive` reports alive; returns how many ended.
+  size_t PruneDetached(const std::function<bool(pid_t, uint64_t)>& alive);
+  size_t detached_count() const;
 
   size_t size() const { return sessions_.size(); }
   // Sorted by token, for stable status output.

@@ -37,6 +37,7 @@ enum Type : uint16_t {
   // 0x40-0x4F: program rules, policy, reload (docs/protocol.md).
   kSessionChild = 0x40,  // `via run` names the command it started for its session
   kReload = 0x41,        // re-read the configuration (as SIGHUP does); reply says how it went
+  kSessionDetach = 0x42,  // `via run` exits: its children (PID...) carry the session on
 };
 
 // Field tags.

@@ -115,6 +115,16 @@ Status BrokerClient::SessionChild(const std::string& token, pid_t pid) {
   return ReplyStatus(*m);
 }
 
+Status BrokerClient::SessionDetach(const std::string& token, const std::vector<pid_t>& pids) {
+  std::vector<uint8_t> buf(wire::kMaxMessage);
+  wire::Writer w(buf.data(), buf.size(), wire::kSessionDetach, next_id_++);
+  w.PutString(wire::kTagSession, token);
+  for (size_t i = 0; i < pids.size() && i < 4096; ++i) w.PutU32(wire::kTagPid, uint32_t(pids[i]));
+  auto m = Exchange(w);
+  if (!m.ok()) return m.status();
+  return ReplyStatus(*m);
+}
+
 Status BrokerClient::Reload() {
   uint8_t buf[64];
   wire::Writer w(buf, sizeof buf, wire::kReload, next_id_++);

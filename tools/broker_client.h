@@ -33,6 +33,8 @@ class BrokerClient {
                                   std::string* effective = nullptr);
   // SESSION_CHILD: `pid` (our child) is the session's command.
   Status SessionChild(const std::string& token, pid_t pid);
+  // SESSION_DETACH: we exit; `pids` (our children now) carry the session on.
+  Status SessionDetach(const std::string& token, const std::vector<pid_t>& pids);
   // RELOAD: the broker re-reads its config; the error is the config's error if it was rejected.
   Status Reload();
   // The broker's config fingerprint from the last HELLO or RELOAD reply.

@@ -14,6 +14,7 @@
 #include <iostream>
 
 #include "broker/broker.h"
+#include "broker/process_info.h"
 #include "broker/selector.h"
 #include "common/paths.h"
 #include "overlays/driver.h"
@@ -261,6 +262,12 @@ int CmdRun(int argc, char** argv) {
     }
   }
   while (waitpid(-1, nullptr, WNOHANG) > 0) {
+  }
+  // Processes of the session still running (re-parented to us) carry it on after we exit: the
+  // broker keeps the session for them until they are gone. A failure here only means they get
+  // EACCES later (fail closed), so it is not reported.
+  if (std::vector<pid_t> left = broker::ChildrenOf(getpid()); !left.empty()) {
+    (void)client->SessionDetach(*token, left);
   }
   // `client` (the session) closes when we return: the broker may now go idle.
   if (WIFEXITED(status)) return WEXITSTATUS(status);

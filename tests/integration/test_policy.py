@@ -146,6 +146,14 @@ class Precedence(PolicyCase):
         self.assertOk(self.call([self.python, script], env=self.bare_env()))
         self.assertSaw((TOR, "/parent"), (TOR, "/child"))
 
+    def test_a_background_job_outliving_via_run_keeps_its_session(self):
+        # via run exits at once; the job is re-parented to it first, so it carries the session on.
+        cmd = f"(sleep 1; curl -sSf {self.url}/late) >/dev/null 2>&1 & exit 0"
+        self.assertOk(self.run_via("app:tor", "sh", "-c", cmd))
+        self.assertTrue(harness.wait_for(lambda: self.seen(), timeout=10))
+        self.assertSaw((TOR, "/late"))
+        self.assertIn("carried on by 1 process(es)", "\n".join(self.broker_log()))
+
     def test_inherited_session_beats_default_network(self):
         self.configure(service={"default_network": "app:other"})
         self.assertOk(self.run_via("app:tor", "sh", "-c", f"curl -sSf {self.url}/inherited"))
@@ -301,6 +309,21 @@ class Escape(PolicyCase):
             self.assertEqual(f.read().strip(), "7")
         self.assertIn("(its own parent exited), so its lineage is unknown",
                       "\n".join(self.broker_log()))
+
+
+    def test_outliving_via_run_does_not_shed_the_group(self):
+        # As above, but the detached job lives on after via run has exited.
+        rc = os.path.join(self.dir, "rc")
+        inner = (f"/bin/sh -c '(sleep 1; VIA_NETWORK=direct VIA_SESSION= curl -sS {self.url}/e;"
+                 f" echo $? > {rc}) >/dev/null 2>&1 &'")
+        proc = self.run_via("app:tor", f"{self.untrusted}/sh", "-c", inner)
+        self.assertOk(proc)
+        self.assertTrue(harness.wait_for(lambda: os.path.exists(rc), timeout=10))
+        time.sleep(0.1)
+        with open(rc) as f:
+            self.assertEqual(f.read().strip(), "7")
+        self.assertTargetSawNothing(self.record)
+        self.assertIn("outlived the via run of its session", "\n".join(self.broker_log()))
 
 
 class Check(PolicyCase):

@@ -84,7 +84,7 @@ class SelectorTest : public ::testing::Test {
     req.token = token;
     req.session_rooted_at = [this](const ProcessInfo& p) -> const SessionInfo* {
       for (const SessionInfo& s : sessions_) {
-        if (s.root == p.pid && s.root_start == p.start) return &s;
+        if (s.IsRoot(p) || s.IsHeir(p)) return &s;
       }
       return nullptr;
     };
@@ -267,6 +267,26 @@ TEST_F(SelectorTest, LaunchedCommandThatChangedItsOwnNetworkIsExplicit) {
   Session("t1", "app:tor", 20, 30, true);
   Selection s = Run({P(30, 20, "/home/me/untrusted/tool"), via_, shell_}, "direct", "t1");
   EXPECT_EQ(s.error.code(), EACCES);
+}
+
+TEST_F(SelectorTest, HeirsCarryTheSessionAndItsGroups) {
+  SessionInfo& s = Session("t1", "app:tor", 20, 30, true);
+  s.groups = {"untrusted"};
+  s.heirs = {{45, 1045}, {30, 1030}};
+  // via run (20) has exited; 45 (not its command) and 30 (its command) were re-parented to init.
+  Selection heir =
+      Run({P(46, 45, "/usr/bin/curl"), P(45, 1, "/bin/sh"), P(1, 0, "/sbin/init")}, nullptr, "t1");
+  EXPECT_TRUE(heir.error.ok()) << heir.error.message();
+  EXPECT_EQ(heir.network, "app:tor");
+  EXPECT_EQ(heir.groups, std::vector<std::string>{"untrusted"});
+  Selection esc =
+      Run({P(46, 45, "/usr/bin/curl"), P(45, 1, "/bin/sh"), P(1, 0, "/sbin/init")}, "direct");
+  EXPECT_EQ(esc.error.code(), EACCES);
+  // The command itself keeps its lineage, but its groups (from the session) still apply.
+  Selection cmd =
+      Run({P(31, 30, "/usr/bin/curl"), P(30, 1, "/bin/sh"), P(1, 0, "/sbin/init")}, "direct");
+  EXPECT_EQ(cmd.error.code(), EACCES);
+  EXPECT_NE(cmd.error.message().find("app:deny_network"), std::string::npos);
 }
 
 // ---- /proc ----------------------------------------------------------------------------------
