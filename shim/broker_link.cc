@@ -95,6 +95,9 @@ bool FindViaExe(char* out, size_t cap) {
 void EnsureBroker() {
   char exe[4200];
   if (!FindViaExe(exe, sizeof exe)) {
+    // Without VIA_CONFIG nothing points at a configuration either: as "no configuration".
+    const char* cfg = getenv("VIA_CONFIG");
+    g_no_config = cfg == nullptr || cfg[0] == 0;
     g_ensure_err = EHOSTUNREACH;
     std::snprintf(g_ensure_msg, sizeof g_ensure_msg,
                   "VIA_SOCKET is not set and no `via` executable was found next to libvia.so to "

@@ -169,6 +169,17 @@ class Precedence(PolicyCase):
         self.assertSaw((DIRECT, "/none"))
         self.assertEqual(harness.microsocks_destinations(self.tor_log), [])
 
+    def test_preloaded_without_any_configuration_is_direct(self):
+        if os.path.exists("/etc/via"):
+            self.skipTest("/etc/via exists on this machine: a configuration would be found")
+        empty = os.path.join(self.dir, "empty")
+        os.mkdir(empty)
+        env = dict(self.env, LD_PRELOAD=harness.SHIM)
+        proc = subprocess.run(["curl", "-sSf", self.url + "/noconfig"], env=env, cwd=empty,
+                              capture_output=True, text=True, timeout=60)
+        self.assertOk(proc)
+        self.assertSaw((DIRECT, "/noconfig"))
+
     def test_the_session_is_found_by_the_process_tree_not_the_environment(self):
         # VIA_NETWORK and VIA_SESSION emptied (exec restores only missing ones): the broker still
         # knows the session from curl's ancestry.
@@ -222,6 +233,19 @@ class Policy(PolicyCase):
         self.assertOk(proc)
         self.assertSaw((OTHER, "/allowed"))
         self.assertDeniedInLog()
+
+    def test_a_policy_without_groups_applies_to_everyone(self):
+        self.configure(extra=[["name: nobody_direct", "kind: security.policy",
+                               "policy: {actions: network.select, resources: direct, "
+                               "effect: deny}"]])
+        proc = self.via("run", "--direct", "--", "curl", "-sS", self.url + "/x")
+        self.assertFailed(proc, codes=[1])
+        self.assertIn("denied by security.policy app:nobody_direct", proc.stderr)
+        self.assertIn("(it applies to every process)", proc.stderr)
+        self.assertTargetSawNothing(self.record)
+        # Overlays are still free to choose.
+        self.assertOk(self.run_via("app:other", "curl", "-sSf", self.url + "/o"))
+        self.assertSaw((OTHER, "/o"))
 
     def test_trusted_programs_may_select_explicitly(self):
         cmd = f"VIA_NETWORK=direct curl -sSf {self.url}/trusted"
@@ -351,6 +375,11 @@ class Check(PolicyCase):
         self.assertOk(proc)
         self.assertIn(f"executable: {self.python}", proc.stdout)
         self.assertIn("program rule app:py_tor", proc.stdout)
+
+    def test_explicit_selection_from_a_trusted_shell_is_explained_as_allowed(self):
+        proc = self.via("check", "--network", "app:other", "--", f"{self.untrusted}/curl")
+        self.assertOk(proc)
+        self.assertIn("network: app:other\n  because: explicit selection", proc.stdout)
 
     def test_explicit_selection_from_an_untrusted_program_is_explained_as_denied(self):
         proc = self.call([f"{self.untrusted}/sh", "-c",
