@@ -896,6 +896,16 @@ void Server::HandleStatus(Client& c, const wire::Message& m) {
     out << "\n";
   }
   out << "clients: " << clients_.size() << ", connects in flight: " << ops_.size() << "\n";
+  // One line per program (not per thread), with its network and why: what policy decided.
+  std::set<std::string> programs;
+  for (const auto& [cid, cl] : clients_) {
+    if (!cl->greeted || cl->control) continue;
+    std::string line =
+        "program " + PeerText(*cl) + " network " + cl->network +
+        (cl->hello_error.ok() ? " (" + cl->origin + ")" : " REFUSED: " + cl->hello_error.message());
+    if (programs.size() < 200) programs.insert(line);
+  }
+  for (const std::string& line : programs) out << line << "\n";
   out << "fake addresses: " << pool_->size() << " names (pool " << pool_->v4_cidr() << ", "
       << pool_->v6_cidr() << ")\n";
   std::string text = out.str();

@@ -190,8 +190,9 @@ Examples:
 const char* const kHelpStatus = R"HELP(Usage: via status [-c CONFIG] [--socket PATH]
 
 Shows the running broker for a configuration (or for $VIA_SOCKET inside a via session): its
-overlays with connect counts, sessions, clients, and the size of the fake-address table. It
-does not start a broker.
+overlays with connect counts, sessions, clients, each connected program with its network and
+why (or why it was refused), and the size of the fake-address table. It does not start a
+broker.
 
 Options:
   -c, --config PATH   configuration whose broker to ask (default: the usual search)

@@ -426,6 +426,10 @@ print(new.recv(100).split(b' ')[1].decode(), flush=True)
 
     def test_good_reload_keeps_the_open_connection_and_applies_to_new_ones(self):
         p = self.start_holder()
+        status = self.via("status")
+        self.assertOk(status)
+        self.assertRegex(status.stdout, r"program pid \d+ \S*python\S* network app:tor "
+                                        r"\(explicit: selected for this command by via run")
         # app:tor now points at the other proxy.
         self.configure(tor_port=self.other_port)
         proc = self.call([harness.VIA, "reload", "-c", self.config])
