@@ -126,6 +126,14 @@ class Precedence(PolicyCase):
         self.assertOk(self.call([self.python, plain, "/norule"], env=self.bare_env()))
         self.assertSaw((TOR, "/rule"), (DIRECT, "/norule"))
 
+    def test_a_rule_routed_program_resolves_names_through_the_overlay(self):
+        self.start_dns()
+        url = f"http://example.test:{self.port}/named"
+        self.assertOk(self.call([f"{self.bin}/curl-tor", "-sSf", url], env=self.bare_env()))
+        self.assertReachedThroughProxy(self.record, "example.test", path="/named")
+        self.assertMicrosocksConnected(self.tor_log, f"example.test:{self.port}")
+        self.assertEqual(self.dns_queries("example.test"), [])
+
     def test_a_rules_network_is_inherited_by_the_programs_children(self):
         # Without via run: the shim is preloaded, sh-tor's rule sends it and its children to
         # app:tor (as every git and its helpers would go through tor).
