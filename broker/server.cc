@@ -408,15 +408,16 @@ void Server::HandleHello(Client& c, const wire::Message& m) {
   c.control = (req_flags & wire::kFlagControl) != 0;
   c.greeted = true;
   ApplyHello(c);
-  uint8_t buf[4096];
-  wire::Writer w(buf, sizeof buf, reply, m.id());
+  std::vector<uint8_t> buf(16384);  // MESSAGE and ORIGIN are capped well below this
+  wire::Writer w(buf.data(), buf.size(), reply, m.id());
   w.PutU32(wire::kTagErrno, uint32_t(c.hello_error.code()));
   if (!c.hello_error.ok()) {
-    w.PutString(wire::kTagMessage,
-                std::string_view(c.hello_error.message()).substr(0, kMaxMessageText));
+    w.PutString(wire::kTagMessage, std::string_view(c.hello_error.message()).substr(0, 2500));
   }
   w.PutString(wire::kTagNetwork, std::string_view(c.network).substr(0, 512));
-  w.PutString(wire::kTagOrigin, std::string_view(c.origin).substr(0, kMaxMessageText));
+  // The shim reads HELLO replies into 4 KiB (its stack): MESSAGE (2500) + ORIGIN (500) + the
+  // rest fit.
+  w.PutString(wire::kTagOrigin, std::string_view(c.origin).substr(0, 500));
   w.PutString(wire::kTagFingerprint, config_->fingerprint);
   uint32_t flags = 0;
   if (c.hello_error.ok() && c.overlay == nullptr) flags |= wire::kFlagDirect;
@@ -636,8 +637,8 @@ void Server::HandleOpenSession(Client& c, const wire::Message& m) {
   s->groups = sel.selector_groups;
   log_->info("session {} opened for {} by {}: {}", s->token.substr(0, 8), id, PeerText(c),
              sel.origin);
-  uint8_t buf[4096];
-  wire::Writer w(buf, sizeof buf, reply, m.id());
+  std::vector<uint8_t> buf(8192);
+  wire::Writer w(buf.data(), buf.size(), reply, m.id());
   w.PutU32(wire::kTagErrno, 0);
   w.PutString(wire::kTagSession, s->token);
   w.PutString(wire::kTagNetwork, id);

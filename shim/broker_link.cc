@@ -233,7 +233,7 @@ int DoHello(Link* l) {
   if (s.network[0] != 0) w.PutString(wire::kTagNetwork, s.network);
   if (s.session[0] != 0) w.PutString(wire::kTagSession, s.session);
   w.PutU32(wire::kTagPid, static_cast<uint32_t>(getpid()));
-  uint8_t reply[2048];
+  uint8_t reply[4096];  // MESSAGE (at most 2500 bytes) and ORIGIN (500) may both be there
   size_t n = 0;
   int err = Exchange(l, w, -1, reply, sizeof reply, &n);
   if (err != 0) return err;
@@ -371,7 +371,7 @@ int BrokerConnect(int fd, const wire::Addr& dest, char* msg, size_t msgcap) {
   uint8_t buf[256];
   wire::Writer w(buf, sizeof buf, wire::kConnect, t_link.next_id++);
   w.PutAddr(wire::kTagAddr, dest);
-  uint8_t reply[2048];
+  uint8_t reply[4096];  // an error MESSAGE is at most 3000 bytes
   wire::Message m;
   int err = Request(w, fd, reply, sizeof reply, &m, msg, msgcap);
   if (err != 0) return err;
@@ -389,7 +389,7 @@ int BrokerResolve(const char* name, int family, wire::Addr* out, int cap, int* c
     std::snprintf(msg, msgcap, "host name too long");
     return EINVAL;
   }
-  uint8_t reply[2048];
+  uint8_t reply[4096];
   wire::Message m;
   int err = Request(w, -1, reply, sizeof reply, &m, msg, msgcap);
   if (err != 0) return err;
@@ -406,7 +406,7 @@ int BrokerReverse(const wire::Addr& addr, char* name, size_t namecap) {
   uint8_t buf[256];
   wire::Writer w(buf, sizeof buf, wire::kReverse, t_link.next_id++);
   w.PutAddr(wire::kTagAddr, addr);
-  uint8_t reply[2048];
+  uint8_t reply[4096];
   wire::Message m;
   char msg[256];
   int err = Request(w, -1, reply, sizeof reply, &m, msg, sizeof msg);
