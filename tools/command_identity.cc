@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <cstring>
 
 namespace via::tools {
 
@@ -52,8 +53,10 @@ Result<PredictedCommand> PredictCommand(const std::vector<std::string>& argv) {
   std::string path;
   if (argv[0].find('/') != std::string::npos) {
     path = argv[0];
-    if (!Executable(path))
-      return Status::FromErrno("cannot run " + argv[0], errno ? errno : EACCES);
+    if (!Executable(path)) {
+      int err = access(path.c_str(), F_OK) == 0 ? EACCES : ENOENT;
+      return Status::Error(err, std::strerror(err));
+    }
   } else {
     const char* env = std::getenv("PATH");
     std::string dirs = env != nullptr ? env : "/usr/local/bin:/usr/bin:/bin";
@@ -69,7 +72,7 @@ Result<PredictedCommand> PredictCommand(const std::vector<std::string>& argv) {
       }
       start = end + 1;
     }
-    if (path.empty()) return Status::Error(ENOENT, argv[0] + ": command not found in PATH");
+    if (path.empty()) return Status::Error(ENOENT, "command not found in PATH");
   }
   PredictedCommand out;
   std::string interp, arg;

@@ -15,7 +15,8 @@ struct PredictedCommand {
   std::string note;               // e.g. "a #! script run by /usr/bin/python3"
 };
 
-// Fails (ENOENT/EACCES) when `argv[0]` cannot be found or executed, as execvp would.
+// Fails (ENOENT/EACCES, with just the reason as message) when `argv[0]` cannot be found or
+// executed, as execvp would.
 Result<PredictedCommand> PredictCommand(const std::vector<std::string>& argv);
 
 }  // namespace via::tools

@@ -351,7 +351,7 @@ namespace {
 int ExplainCommand(const Args& args, const config::Config& cfg) {
   auto predicted = PredictCommand(args.rest);
   if (!predicted.ok()) {
-    Error(predicted.status().message());
+    Error("cannot run " + args.rest[0] + ": " + predicted.status().message());
     return kExitUsage;
   }
   broker::ProcessInfo command;

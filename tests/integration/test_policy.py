@@ -397,6 +397,14 @@ class Check(PolicyCase):
         self.assertIn("security.policy app:deny_network", proc.stdout)
 
 
+    def test_a_command_that_cannot_run_is_reported_before_anything_starts(self):
+        proc = self.via("run", "--", "no-such-command-here")
+        self.assertEqual(proc.returncode, 127, proc.stderr)
+        self.assertEqual(proc.stderr, "via: cannot run no-such-command-here: command not found "
+                                      "in PATH\n")
+        self.assertEqual(self.broker_pids(), [])  # no broker was started for it
+
+
 class Reload(PolicyCase):
     """SIGHUP / via reload while a connection is open: it is not cut; new connects follow the
     new config; a broken config is rejected and the old one keeps running."""
