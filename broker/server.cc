@@ -687,6 +687,7 @@ void Server::HandleSessionDetach(Client& c, const wire::Message& m) {
   m.ForEach([&](const wire::Field& pf) {
     uint32_t pid = 0;
     if (pf.tag != wire::kTagPid || !pf.u32(&pid) || pid == 0 || heirs.size() >= 4096) return;
+    if (pid_t(pid) == getpid()) return;  // a broker daemonized inside the session: not an heir
     ProcessInfo p = ReadProcess(pid_t(pid));
     if (p.ok && p.ppid == s->root) heirs.emplace_back(p.pid, p.start);
   });
