@@ -77,7 +77,7 @@ int RunBroker(const config::Config& config, const BrokerOptions& options, int re
     log->error("cannot start: {}", s.message());
     return 1;
   }
-  Server server(config, options, &loop, log);
+  Server server(std::make_shared<const config::Config>(config), options, &loop, log);
   if (Status s = server.Start(); !s.ok()) {
     log->error("cannot start: {}", s.message());
     return 1;
@@ -86,7 +86,7 @@ int RunBroker(const config::Config& config, const BrokerOptions& options, int re
     signalfd_siginfo si;
     while (read(sfd.get(), &si, sizeof si) == ssize_t(sizeof si)) {
       if (si.ssi_signo == SIGHUP) {
-        log->warn("reload not supported yet, restart the broker");
+        (void)server.Reload("SIGHUP");
       } else {
         log->info("{}: exiting", strsignal(int(si.ssi_signo)));
         loop.Quit();

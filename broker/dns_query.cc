@@ -58,7 +58,7 @@ static bool OverlayOnlyName(const std::string& name) {
 
 bool Server::StartRemoteResolve(Client& c, const wire::Message& m, const overlays::Target& target,
                                 uint8_t family) {
-  OverlayState* overlay = c.overlay;
+  std::shared_ptr<OverlayState> overlay = c.overlay;
   if (overlay == nullptr || !overlay->driver || !overlay->driver->remote_resolve() ||
       (!target.name.empty() && OverlayOnlyName(target.name))) {
     return false;

@@ -12,6 +12,8 @@
 #include <cstring>
 #include <sstream>
 
+#include "broker/process_info.h"
+#include "broker/selector.h"
 #include "overlays/handshake.h"
 
 namespace via::broker {
@@ -41,21 +43,22 @@ std::string AddrText(const wire::Addr& a, bool with_port) {
 
 }  // namespace
 
-Server::Server(const config::Config& config, const BrokerOptions& options, EventLoop* loop,
-               std::shared_ptr<spdlog::logger> log)
-    : config_(config),
+Server::Server(std::shared_ptr<const config::Config> config, const BrokerOptions& options,
+               EventLoop* loop, std::shared_ptr<spdlog::logger> log)
+    : config_(std::move(config)),
       options_(options),
       loop_(loop),
       log_(std::move(log)),
       recv_buf_(wire::kMaxMessage + 1) {
   idle_timeout_s_ =
-      options.idle_timeout_s >= 0 ? options.idle_timeout_s : config.service.idle_timeout_s;
+      options.idle_timeout_s >= 0 ? options.idle_timeout_s : config_->service.idle_timeout_s;
   started_ms_ = NowMs();
 }
 
 Server::~Server() {
   while (!clients_.empty()) CloseClient(clients_.begin()->first);
   if (idle_timer_ != 0) loop_->CancelTimer(idle_timer_);
+  if (prune_timer_ != 0) loop_->CancelTimer(prune_timer_);
   if (listen_fd_) loop_->Unwatch(listen_fd_.get());
   // Only our own socket file: never one a later broker bound after we stopped answering.
   struct stat now;
@@ -68,26 +71,20 @@ Server::~Server() {
 // ---- start-up ---------------------------------------------------------------------------------
 
 Status Server::Start() {
-  auto pool = FakeAddressPool::Create(config_.service.fake_ipv4, config_.service.fake_ipv6);
+  auto pool = FakeAddressPool::Create(config_->service.fake_ipv4, config_->service.fake_ipv6);
   if (!pool.ok()) return pool.status().WithContext("network_service");
   pool_ = std::make_unique<FakeAddressPool>(std::move(*pool));
 
   // Drivers resolve their proxy hosts here, before the loop runs: never on the loop thread.
-  for (const config::Overlay& o : config_.overlays) {
-    OverlayState& st = overlays_[o.id];
-    st.overlay = &o;
-    auto driver = overlays::CreateDriver(o);
-    if (driver.ok()) {
-      st.driver = std::move(*driver);
-    } else {
-      st.error = driver.status();
-      log_->warn("overlay {} is unavailable: {}", o.id, st.error.message());
-    }
-  }
+  overlays_ = BuildOverlays(config_);
   if (Status s = CheckSocketDir(); !s.ok()) return s;
   if (Status s = Listen(); !s.ok()) return s;
   log_->info("broker pid {} listening on {} (config {}); overlays: {}", getpid(),
-             options_.socket_path, config_.source, OverlaySummary());
+             options_.socket_path, config_->source, OverlaySummary());
+  if (!config_->programs.empty() || !config_->policies.empty()) {
+    log_->info("{} program rule(s), {} network.select policy entr(y/ies)", config_->programs.size(),
+               config_->policies.size());
+  }
   UpdateIdle();
   return Status::Ok();
 }
@@ -141,9 +138,9 @@ std::string Server::OverlaySummary() const {
   std::string out;
   for (const auto& [id, st] : overlays_) {
     out += out.empty() ? "" : ", ";
-    out += id + " (" + st.overlay->kind_name;
-    if (st.driver) {
-      for (const auto& e : st.driver->endpoints()) out += " " + e.text;
+    out += id + " (" + st->overlay->kind_name;
+    if (st->driver) {
+      for (const auto& e : st->driver->endpoints()) out += " " + e.text;
     } else {
       out += " unavailable";
     }
@@ -341,6 +338,8 @@ void Server::Handle(Client& c, const uint8_t* data, size_t n, std::vector<Unique
       return ReplyError(c, reply, m.id(), EPROTO,
                         "HELLO must be the first message on a connection");
     }
+    // After a reload, the network is selected again under the new rules and policies.
+    if (c.generation != generation_) ApplyHello(c);
     if (!c.hello_error.ok()) {
       return ReplyError(c, reply, m.id(), c.hello_error.code(), c.hello_error.message());
     }
@@ -364,25 +363,35 @@ void Server::Handle(Client& c, const uint8_t* data, size_t n, std::vector<Unique
       return HandleDnsQuery(c, m);
     case wire::kDnsSocket:
       return HandleDnsSocket(c, m);
+    case wire::kSessionChild:
+      return HandleSessionChild(c, m);
+    case wire::kReload:
+      return HandleReload(c, m);
+    case wire::kSessionDetach:
+      return HandleSessionDetach(c, m);
     default:
       return ReplyError(c, reply, m.id(), EPROTO, "unknown message type " + std::to_string(type));
   }
 }
 
-Status Server::SelectNetwork(const std::string& ref, OverlayState** out, std::string* id) {
-  *out = nullptr;
+Status Server::SelectNetwork(const std::string& ref, std::shared_ptr<OverlayState>* out,
+                             std::string* id) {
+  out->reset();
   if (ref == "direct") {
     *id = "direct";
     return Status::Ok();
   }
-  const config::Overlay* o = config_.Find(ref);
+  const config::Overlay* o = config_->Find(ref);
   if (o == nullptr) return Status::Error(ENOENT, "unknown overlay \"" + ref + "\"");
-  OverlayState& st = overlays_[o->id];
+  auto it = overlays_.find(o->id);
+  if (it == overlays_.end()) return Status::Error(ENOENT, "unknown overlay \"" + ref + "\"");
+  const std::shared_ptr<OverlayState>& st = it->second;
   *id = o->id;
-  if (!st.driver) {
-    return Status::Error(st.error.code() != 0 ? st.error.code() : ENETUNREACH, st.error.message());
+  if (!st->driver) {
+    return Status::Error(st->error.code() != 0 ? st->error.code() : ENETUNREACH,
+                         st->error.message());
   }
-  *out = &st;
+  *out = st;
   return Status::Ok();
 }
 
@@ -397,41 +406,31 @@ void Server::HandleHello(Client& c, const wire::Message& m) {
                           " is not supported (this broker speaks version " +
                           std::to_string(wire::kVersion) + ")");
   }
-  // NETWORK wins; else a known SESSION's network; else the configured default; else direct.
-  std::string ref;
-  c.session.clear();
-  if (m.Find(wire::kTagSession, &f)) {
-    if (const SessionTable::Session* s = sessions_.Find(f.str()); s != nullptr) {
-      c.session = s->token;
-      ref = s->network;
-    }
-  }
-  if (m.Find(wire::kTagNetwork, &f) && f.len > 0) ref = std::string(f.str());
-  if (ref.empty()) ref = config_.service.default_network;
-  if (ref.empty()) ref = "direct";
-
+  c.has_claim = m.Find(wire::kTagNetwork, &f) && f.len > 0;
+  c.claim = c.has_claim ? std::string(f.str()) : std::string();
+  c.token = m.Find(wire::kTagSession, &f) ? std::string(f.str()) : std::string();
+  uint32_t req_flags = 0;
+  if (m.Find(wire::kTagFlags, &f)) f.u32(&req_flags);
+  c.control = (req_flags & wire::kFlagControl) != 0;
   c.greeted = true;
-  c.hello_error = SelectNetwork(ref, &c.overlay, &c.network);
-  if (!c.hello_error.ok()) {
-    c.network = ref;
-    if (logged_network_errors_.insert(ref).second) {
-      log_->warn("HELLO from {}: {}", PeerText(c), c.hello_error.message());
-    }
-  }
-  uint8_t buf[4096];
-  wire::Writer w(buf, sizeof buf, reply, m.id());
+  ApplyHello(c);
+  std::vector<uint8_t> buf(16384);  // MESSAGE and ORIGIN are capped well below this
+  wire::Writer w(buf.data(), buf.size(), reply, m.id());
   w.PutU32(wire::kTagErrno, uint32_t(c.hello_error.code()));
   if (!c.hello_error.ok()) {
-    w.PutString(wire::kTagMessage,
-                std::string_view(c.hello_error.message()).substr(0, kMaxMessageText));
+    w.PutString(wire::kTagMessage, std::string_view(c.hello_error.message()).substr(0, 2500));
   }
   w.PutString(wire::kTagNetwork, std::string_view(c.network).substr(0, 512));
+  // The shim reads HELLO replies into 4 KiB (its stack): MESSAGE (2500) + ORIGIN (500) + the
+  // rest fit.
+  w.PutString(wire::kTagOrigin, std::string_view(c.origin).substr(0, 500));
+  w.PutString(wire::kTagFingerprint, config_->fingerprint);
   uint32_t flags = 0;
   if (c.hello_error.ok() && c.overlay == nullptr) flags |= wire::kFlagDirect;
-  if (config_.service.loopback == config::LoopbackPolicy::kOverlay) {
+  if (config_->service.loopback == config::LoopbackPolicy::kOverlay) {
     flags |= wire::kFlagLoopbackRoute;
   }
-  if (config_.service.loopback == config::LoopbackPolicy::kRefuse) {
+  if (config_->service.loopback == config::LoopbackPolicy::kRefuse) {
     flags |= wire::kFlagLoopbackRefuse;
   }
   w.PutU32(wire::kTagFlags, flags);
@@ -509,15 +508,15 @@ void Server::HandleConnect(Client& c, const wire::Message& m, std::vector<Unique
     wire::Field f;
     wire::Addr a;
     std::string what = m.Find(wire::kTagAddr, &f) && f.addr(&a) ? AddrText(a, true) : "?";
-    return ConnectFailed(c, m.id(), c.overlay, what, s.code(), s.message());
+    return ConnectFailed(c, m.id(), c.overlay.get(), what, s.code(), s.message());
   }
   int domain = 0;
   if (Status s = CheckTcpSocket(fds[0].get(), &domain); !s.ok()) {
-    return ConnectFailed(c, m.id(), c.overlay, target.ToString(), s.code(), s.message());
+    return ConnectFailed(c, m.id(), c.overlay.get(), target.ToString(), s.code(), s.message());
   }
   auto hs = c.overlay->driver->NewHandshake(target);
   if (!hs.ok()) {
-    return ConnectFailed(c, m.id(), c.overlay, target.ToString(), hs.status().code(),
+    return ConnectFailed(c, m.id(), c.overlay.get(), target.ToString(), hs.status().code(),
                          hs.status().message());
   }
   uint64_t op_id = next_op_++;
@@ -544,13 +543,16 @@ void Server::OnConnectDone(uint64_t op_id, int err, const std::string& msg) {
   Client& c = *cit->second;
   std::erase(c.ops, op_id);
   if (p.resolve) return RemoteResolveDone(p, c, err, msg);
-  if (err != 0) return ConnectFailed(c, p.request_id, p.overlay, p.target.ToString(), err, msg);
+  if (err != 0) {
+    return ConnectFailed(c, p.request_id, p.overlay.get(), p.target.ToString(), err, msg);
+  }
   p.overlay->ok++;
   if (log_->should_log(spdlog::level::debug)) {  // PeerText reads /proc: not per connect
     log_->debug("connect {} via {} ok ({})", p.target.ToString(), p.overlay->overlay->id,
                 PeerText(c));
   }
   ReplyOk(c, wire::kConnect | wire::kReplyBit, p.request_id);
+  if (c.close_when_idle && c.ops.empty() && c.outbox.empty()) CloseClient(c.id);
 }
 
 void Server::ConnectFailed(Client& c, uint32_t request_id, OverlayState* overlay,
@@ -625,33 +627,288 @@ void Server::HandleReverse(Client& c, const wire::Message& m) {
 void Server::HandleOpenSession(Client& c, const wire::Message& m) {
   const uint16_t reply = wire::kOpenSession | wire::kReplyBit;
   wire::Field f;
-  if (!m.Find(wire::kTagNetwork, &f) || f.len == 0) {
-    return ReplyError(c, reply, m.id(), EINVAL, "OPEN_SESSION needs NETWORK");
+  // The selection is made for the command the session will start, as a child of the opener:
+  // its groups are those of the command and of the opener's whole ancestry.
+  std::vector<ProcessInfo> opener = Ancestry(c.pid);
+  if (opener.empty()) {
+    return ReplyError(c, reply, m.id(), ESRCH,
+                      "cannot read /proc for pid " + std::to_string(c.pid));
   }
-  std::string ref(f.str());
-  OverlayState* st = nullptr;
+  ProcessInfo command;
+  if (m.Find(wire::kTagExe, &f)) command.exe = std::string(f.str());
+  m.ForEach([&](const wire::Field& af) {
+    if (af.tag == wire::kTagArgv) command.argv.emplace_back(af.str());
+  });
+  command.ok = true;
+  std::vector<ProcessInfo> chain{command};
+  chain.insert(chain.end(), opener.begin(), opener.end());
+  SelectRequest req = MakeRequest(std::move(chain));
+  req.has_claim = m.Find(wire::kTagNetwork, &f) && f.len > 0;
+  if (req.has_claim) req.claim = std::string(f.str());
+  uint32_t flags = 0;
+  if (m.Find(wire::kTagFlags, &f)) f.u32(&flags);
+  req.force_explicit = req.has_claim && (flags & wire::kFlagSessionExplicit) != 0;
+  req.selected_by_parent = true;  // the opener selects for the command it starts
+  Selection sel = Select(*config_, req);
+  if (!sel.error.ok()) {
+    log_->warn("session refused for {} (command {}): {}", PeerText(c), Describe(command),
+               sel.error.message());
+    return ReplyError(c, reply, m.id(), sel.error.code(), sel.error.message());
+  }
+  std::shared_ptr<OverlayState> st;
   std::string id;
-  if (Status s = SelectNetwork(ref, &st, &id); !s.ok()) {
+  if (Status s = SelectNetwork(sel.network, &st, &id); !s.ok()) {
     return ReplyError(c, reply, m.id(), s.code(), s.message());
   }
   auto session = sessions_.Open(id, c.id, NowMs());
   if (!session.ok()) {
     return ReplyError(c, reply, m.id(), session.status().code(), session.status().message());
   }
-  log_->info("session {} opened for {} by {}", (*session)->token.substr(0, 8), id, PeerText(c));
-  uint8_t buf[256];
-  wire::Writer w(buf, sizeof buf, reply, m.id());
+  SessionTable::Session* s = sessions_.FindMutable((*session)->token);
+  s->explicit_sel = sel.explicit_sel;
+  s->root = opener[0].pid;
+  s->root_start = opener[0].start;
+  s->groups = sel.selector_groups;
+  log_->info("session {} opened for {} by {}: {}", s->token.substr(0, 8), id, PeerText(c),
+             sel.origin);
+  std::vector<uint8_t> buf(8192);
+  wire::Writer w(buf.data(), buf.size(), reply, m.id());
   w.PutU32(wire::kTagErrno, 0);
-  w.PutString(wire::kTagSession, (*session)->token);
+  w.PutString(wire::kTagSession, s->token);
+  w.PutString(wire::kTagNetwork, id);
+  w.PutString(wire::kTagOrigin, std::string_view(sel.origin).substr(0, kMaxMessageText));
   Reply(c, w);
   UpdateIdle();
 }
 
+void Server::HandleSessionChild(Client& c, const wire::Message& m) {
+  const uint16_t reply = wire::kSessionChild | wire::kReplyBit;
+  wire::Field f;
+  uint32_t pid = 0;
+  if (!m.Find(wire::kTagSession, &f)) {
+    return ReplyError(c, reply, m.id(), EINVAL, "SESSION_CHILD needs SESSION and PID");
+  }
+  SessionTable::Session* s = sessions_.FindMutable(f.str());
+  if (s == nullptr || s->owner != c.id) {
+    return ReplyError(c, reply, m.id(), EPERM, "SESSION_CHILD: not a session of this connection");
+  }
+  if (!m.Find(wire::kTagPid, &f) || !f.u32(&pid) || pid == 0) {
+    return ReplyError(c, reply, m.id(), EINVAL, "SESSION_CHILD needs SESSION and PID");
+  }
+  if (s->child != 0) return ReplyError(c, reply, m.id(), EEXIST, "the session has its command");
+  ProcessInfo p = ReadProcess(pid_t(pid));
+  if (!p.ok || p.ppid != s->root) {
+    return ReplyError(c, reply, m.id(), EPERM,
+                      "pid " + std::to_string(pid) + " is not a child of the session's opener");
+  }
+  s->child = p.pid;
+  s->child_start = p.start;
+  ReplyOk(c, reply, m.id());
+}
+
+void Server::HandleSessionDetach(Client& c, const wire::Message& m) {
+  const uint16_t reply = wire::kSessionDetach | wire::kReplyBit;
+  wire::Field f;
+  if (!m.Find(wire::kTagSession, &f)) {
+    return ReplyError(c, reply, m.id(), EINVAL, "SESSION_DETACH needs SESSION");
+  }
+  SessionTable::Session* s = sessions_.FindMutable(f.str());
+  if (s == nullptr || s->owner != c.id) {
+    return ReplyError(c, reply, m.id(), EPERM, "SESSION_DETACH: not a session of this connection");
+  }
+  // Only the opener's own children, as /proc says now.
+  std::vector<std::pair<pid_t, uint64_t>> heirs;
+  m.ForEach([&](const wire::Field& pf) {
+    uint32_t pid = 0;
+    if (pf.tag != wire::kTagPid || !pf.u32(&pid) || pid == 0 || heirs.size() >= 4096) return;
+    if (pid_t(pid) == getpid()) return;  // a broker daemonized inside the session: not an heir
+    ProcessInfo p = ReadProcess(pid_t(pid));
+    if (p.ok && p.ppid == s->root) heirs.emplace_back(p.pid, p.start);
+  });
+  if (heirs.empty())
+    return ReplyError(c, reply, m.id(), ESRCH, "none of them is the opener's child");
+  log_->info("session {} carried on by {} process(es) after {} exits", s->token.substr(0, 8),
+             heirs.size(), PeerText(c));
+  sessions_.Detach(s, std::move(heirs));
+  ReplyOk(c, reply, m.id());
+  PruneDetached();
+}
+
+void Server::PruneDetached() {
+  if (prune_timer_ != 0) loop_->CancelTimer(prune_timer_);
+  prune_timer_ = 0;
+  size_t ended = sessions_.PruneDetached([](pid_t pid, uint64_t start) {
+    ProcessInfo p = ReadProcess(pid);
+    return p.ok && p.start == start;
+  });
+  if (ended > 0) log_->info("{} detached session(s) ended: their processes are gone", ended);
+  if (sessions_.detached_count() > 0) {
+    prune_timer_ = loop_->AddTimer(2000, [this] {
+      prune_timer_ = 0;
+      PruneDetached();
+    });
+  }
+  UpdateIdle();
+}
+
+void Server::HandleReload(Client& c, const wire::Message& m) {
+  const uint16_t reply = wire::kReload | wire::kReplyBit;
+  Status s = Reload("requested by " + PeerText(c));
+  uint8_t buf[8192];
+  wire::Writer w(buf, sizeof buf, reply, m.id());
+  w.PutU32(wire::kTagErrno, uint32_t(s.code()));
+  if (!s.ok()) w.PutString(wire::kTagMessage, std::string_view(s.message()).substr(0, 6000));
+  w.PutString(wire::kTagFingerprint, config_->fingerprint);
+  Reply(c, w);
+}
+
+Status Server::Reload(const std::string& why) {
+  auto loaded = config::LoadConfig(options_.config_path);
+  if (!loaded.ok()) {
+    log_->error("reload ({}) rejected, still running the previous configuration: {}", why,
+                loaded.status().message());
+    return loaded.status();
+  }
+  auto cfg = std::make_shared<const config::Config>(std::move(*loaded));
+  if (cfg->service.fake_ipv4 != config_->service.fake_ipv4 ||
+      cfg->service.fake_ipv6 != config_->service.fake_ipv6) {
+    log_->warn(
+        "reload: the fake-address pools changed; they apply after a restart (names handed "
+        "out must keep working)");
+  }
+  // Drivers resolve proxy host names; the loop is blocked for that (a config uses addresses
+  // or names from /etc/hosts in practice).
+  overlays_ = BuildOverlays(cfg);
+  config_ = std::move(cfg);
+  ++generation_;
+  logged_network_errors_.clear();
+  // Every client's network is selected again now. A shim whose network is direct never asks the
+  // broker again, and one routed through an overlay would keep sending CONNECTs: where the
+  // reload flips a client between the two, its link is closed (once no connect is in flight),
+  // and the shim's next call opens a new one and greets again. Programs' own connections are
+  // untouched.
+  std::vector<uint64_t> flipped;
+  for (auto& [id, cl] : clients_) {
+    if (!cl->greeted || cl->control) continue;
+    bool was_direct = cl->hello_error.ok() && cl->overlay == nullptr;
+    ApplyHello(*cl);
+    bool now_direct = cl->hello_error.ok() && cl->overlay == nullptr;
+    if (was_direct == now_direct) continue;
+    if (cl->ops.empty()) {
+      flipped.push_back(id);
+    } else {
+      cl->close_when_idle = true;
+    }
+  }
+  for (uint64_t id : flipped) {
+    log_->info("reload: closing the link of {} (now {}), so that it greets again",
+               PeerText(*clients_[id]), clients_[id]->network);
+    CloseClient(id);
+  }
+  log_->info(
+      "reloaded {} ({}): fingerprint {}; overlays: {}; {} program rule(s), {} "
+      "network.select policy entr(y/ies); connects in flight finish as they started",
+      config_->source, why, config_->fingerprint, OverlaySummary(), config_->programs.size(),
+      config_->policies.size());
+  return Status::Ok();
+}
+
+std::map<std::string, std::shared_ptr<Server::OverlayState>> Server::BuildOverlays(
+    const std::shared_ptr<const config::Config>& cfg) {
+  std::map<std::string, std::shared_ptr<OverlayState>> out;
+  for (const config::Overlay& o : cfg->overlays) {
+    auto st = std::make_shared<OverlayState>();
+    st->config = cfg;
+    st->overlay = &o;
+    auto driver = overlays::CreateDriver(o);
+    if (driver.ok()) {
+      st->driver = std::move(*driver);
+    } else {
+      st->error = driver.status();
+      log_->warn("overlay {} is unavailable: {}", o.id, st->error.message());
+    }
+    out[o.id] = std::move(st);
+  }
+  return out;
+}
+
+SelectRequest Server::MakeRequest(std::vector<ProcessInfo> chain) const {
+  SelectRequest req;
+  req.chain = std::move(chain);
+  // Copies: the selector must not hold pointers into the table past this call.
+  auto view = [](const SessionTable::Session& s) {
+    SessionInfo v;
+    v.token = s.token;
+    v.network = s.network;
+    v.explicit_sel = s.explicit_sel;
+    v.root = s.root;
+    v.root_start = s.root_start;
+    v.child = s.child;
+    v.child_start = s.child_start;
+    v.groups = s.groups;
+    v.heirs = s.heirs;
+    return v;
+  };
+  auto holder = std::make_shared<std::vector<SessionInfo>>();
+  holder->reserve(sessions_.size());
+  for (const auto& [token, s] : sessions_.sessions()) holder->push_back(view(s));
+  req.session_rooted_at = [holder](const ProcessInfo& p) -> const SessionInfo* {
+    const SessionInfo* best = nullptr;
+    for (const SessionInfo& s : *holder) {
+      if (p.pid != 0 && (s.IsRoot(p) || s.IsHeir(p))) best = &s;
+    }
+    return best;
+  };
+  req.session_by_token = [holder](std::string_view token) -> const SessionInfo* {
+    for (const SessionInfo& s : *holder) {
+      if (s.token == token) return &s;
+    }
+    return nullptr;
+  };
+  return req;
+}
+
+void Server::ApplyHello(Client& c) {
+  c.generation = generation_;
+  c.overlay.reset();
+  c.session.clear();
+  c.hello_error = Status::Ok();
+  if (c.control) {
+    c.network = "direct";
+    c.origin = "control connection";
+    return;
+  }
+  SelectRequest req = MakeRequest(Ancestry(c.pid));
+  req.has_claim = c.has_claim;
+  req.claim = c.claim;
+  req.token = c.token;
+  Selection sel = Select(*config_, req);
+  c.origin = sel.origin;
+  if (sel.error.ok()) {
+    c.hello_error = SelectNetwork(sel.network, &c.overlay, &c.network);
+    if (!c.token.empty()) c.session = c.token;
+  } else {
+    c.hello_error = sel.error;
+    c.network = sel.network;
+  }
+  if (!c.hello_error.ok()) {
+    std::string key = std::to_string(c.pid) + " " + c.hello_error.message();
+    if (logged_network_errors_.size() < 10000 && logged_network_errors_.insert(key).second) {
+      log_->warn("HELLO from {}: {}", PeerText(c), c.hello_error.message());
+    }
+  } else {
+    log_->debug("HELLO from {}: network {} ({})", PeerText(c), c.network, c.origin);
+  }
+}
+
 void Server::HandleStatus(Client& c, const wire::Message& m) {
   std::ostringstream out;
-  out << "broker pid " << getpid() << ", config " << config_.source << ", socket "
-      << options_.socket_path << ", up " << (NowMs() - started_ms_) / 1000 << "s\n";
-  for (const auto& [id, st] : overlays_) {
+  out << "broker pid " << getpid() << ", config " << config_->source << " (fingerprint "
+      << config_->fingerprint << ", " << config_->programs.size() << " program rules, "
+      << config_->policies.size() << " network.select policies), socket " << options_.socket_path
+      << ", up " << (NowMs() - started_ms_) / 1000 << "s\n";
+  for (const auto& [id, stp] : overlays_) {
+    const OverlayState& st = *stp;
     const config::Overlay& o = *st.overlay;
     out << "overlay " << id << " " << o.kind_name;
     if (o.kind == config::OverlayKind::kSocks5) {
@@ -670,10 +927,21 @@ void Server::HandleStatus(Client& c, const wire::Message& m) {
   for (const auto& [token, s] : sessions_.sessions()) {
     size_t clients = 0;
     for (const auto& [cid, cl] : clients_) clients += cl->session == token;
-    out << "session " << token.substr(0, 8) << " network " << s.network << " clients=" << clients
-        << "\n";
+    out << "session " << token.substr(0, 8) << " network " << s.network << " clients=" << clients;
+    if (s.detached()) out << " detached heirs=" << s.heirs.size();
+    out << "\n";
   }
   out << "clients: " << clients_.size() << ", connects in flight: " << ops_.size() << "\n";
+  // One line per program (not per thread), with its network and why: what policy decided.
+  std::set<std::string> programs;
+  for (const auto& [cid, cl] : clients_) {
+    if (!cl->greeted || cl->control) continue;
+    std::string line =
+        "program " + PeerText(*cl) + " network " + cl->network +
+        (cl->hello_error.ok() ? " (" + cl->origin + ")" : " REFUSED: " + cl->hello_error.message());
+    if (programs.size() < 200) programs.insert(line);
+  }
+  for (const std::string& line : programs) out << line << "\n";
   out << "fake addresses: " << pool_->size() << " names (pool " << pool_->v4_cidr() << ", "
       << pool_->v6_cidr() << ")\n";
   std::string text = out.str();

@@ -19,6 +19,7 @@
 #include "broker/connect_op.h"
 #include "broker/event_loop.h"
 #include "broker/fake_address_pool.h"
+#include "broker/selector.h"
 #include "broker/session_table.h"
 #include "common/unique_fd.h"
 #include "common/wire.h"
@@ -29,9 +30,9 @@ namespace via::broker {
 
 class Server {
  public:
-  // `config`, *loop and `log` must outlive the Server.
-  Server(const config::Config& config, const BrokerOptions& options, EventLoop* loop,
-         std::shared_ptr<spdlog::logger> log);
+  // *loop must outlive the Server.
+  Server(std::shared_ptr<const config::Config> config, const BrokerOptions& options,
+         EventLoop* loop, std::shared_ptr<spdlog::logger> log);
   // Closes every client (cancelling their connects) and removes the socket file if it is ours.
   ~Server();
   Server(const Server&) = delete;
@@ -41,8 +42,15 @@ class Server {
   // not private, or another broker answers on the socket.
   Status Start();
 
+  // Re-reads the configuration from options.config_path. A config that does not load is
+  // rejected (logged, returned) and the running one stays. Otherwise new drivers are built and
+  // swapped in; connects in flight finish on the old ones, and every client's network is
+  // selected again (under the new rules and policies) at its next request. `why` is for the log.
+  Status Reload(const std::string& why);
+
  private:
   struct OverlayState {
+    std::shared_ptr<const config::Config> config;  // keeps `overlay` alive across a reload
     const config::Overlay* overlay = nullptr;
     std::unique_ptr<overlays::Driver> driver;  // null if it could not be created
     Status error;                              // why not
@@ -53,17 +61,24 @@ class Server {
     UniqueFd fd;
     pid_t pid = 0;
     bool greeted = false;
-    Status hello_error;               // repeated for every later request until the next HELLO
-    OverlayState* overlay = nullptr;  // nullptr = direct
-    std::string network;              // effective network: overlay id or "direct"
-    std::string session;              // token of a known session presented in HELLO
+    Status hello_error;                     // repeated for every later request until the next HELLO
+    std::shared_ptr<OverlayState> overlay;  // nullptr = direct
+    std::string network;                    // effective network: overlay id or "direct"
+    std::string origin;                     // why (Selection::origin)
+    std::string session;                    // token of a known session presented in HELLO
+    bool control = false;                   // a CLI control connection (kFlagControl)
+    bool has_claim = false;                 // HELLO named a network
+    std::string claim;                      // ... this one
+    std::string token;                      // HELLO SESSION
+    uint64_t generation = 0;                // config generation the selection was made under
+    bool close_when_idle = false;           // a reload flipped it between direct and an overlay
     std::deque<std::vector<uint8_t>> outbox;  // replies waiting for EPOLLOUT
     std::vector<uint64_t> ops;                // connect operations in flight
   };
   struct PendingConnect {
     uint64_t client = 0;
     uint32_t request_id = 0;
-    OverlayState* overlay = nullptr;
+    std::shared_ptr<OverlayState> overlay;
     overlays::Target target;
     std::unique_ptr<ConnectOp> op;
     // A remote resolve (Tor's RESOLVE/RESOLVE_PTR on a socket of the broker's own) instead of
@@ -102,10 +117,23 @@ class Server {
   void HandleOpenSession(Client& c, const wire::Message& m);
   void HandleStatus(Client& c, const wire::Message& m);
   void HandleShutdown(Client& c, const wire::Message& m);
+  void HandleSessionChild(Client& c, const wire::Message& m);
+  void HandleReload(Client& c, const wire::Message& m);
+  void HandleSessionDetach(Client& c, const wire::Message& m);
+  // Ends detached sessions whose heirs are all gone; re-arms itself while any remain.
+  void PruneDetached();
+
+  // Selects the client's network from its HELLO (kept in the Client) under the current config.
+  void ApplyHello(Client& c);
+  // The selector's view of the sessions.
+  SelectRequest MakeRequest(std::vector<ProcessInfo> chain) const;
+  // Builds the drivers of `cfg` (resolving proxy hosts: call before the loop runs or on reload).
+  std::map<std::string, std::shared_ptr<OverlayState>> BuildOverlays(
+      const std::shared_ptr<const config::Config>& cfg);
 
   // Resolves a network reference: "direct" gives *out = nullptr; an overlay gives its state.
   // Unknown → ENOENT; an overlay whose driver failed → that failure.
-  Status SelectNetwork(const std::string& ref, OverlayState** out, std::string* id);
+  Status SelectNetwork(const std::string& ref, std::shared_ptr<OverlayState>* out, std::string* id);
   // The destination of a CONNECT request, with fake addresses mapped back to names.
   Status ParseTarget(const wire::Message& m, overlays::Target* target);
   void OnConnectDone(uint64_t op_id, int err, const std::string& msg);
@@ -116,7 +144,8 @@ class Server {
   void UpdateIdle();
   std::string PeerText(const Client& c) const;  // "pid 123 /usr/bin/curl"
 
-  const config::Config& config_;
+  std::shared_ptr<const config::Config> config_;
+  uint64_t generation_ = 1;  // bumped by every successful reload
   BrokerOptions options_;
   EventLoop* loop_;
   std::shared_ptr<spdlog::logger> log_;
@@ -124,7 +153,7 @@ class Server {
   struct stat socket_stat_ {};  // to unlink only our own socket file at exit
   bool bound_ = false;
   std::unique_ptr<FakeAddressPool> pool_;
-  std::map<std::string, OverlayState> overlays_;  // by id
+  std::map<std::string, std::shared_ptr<OverlayState>> overlays_;  // by id
   std::unordered_map<uint64_t, std::unique_ptr<Client>> clients_;
   std::unordered_map<uint64_t, PendingConnect> ops_;
   SessionTable sessions_;
@@ -140,10 +169,11 @@ class Server {
   uint64_t next_responder_ = 1;
   std::map<int, DnsResponder> dns_responders_;   // by fd
   std::vector<uint8_t> recv_buf_;                // one datagram (plus a byte to detect oversize)
-  std::set<std::string> logged_network_errors_;  // HELLO failures are logged once per network
+  std::set<std::string> logged_network_errors_;  // HELLO failures are logged once per pid+text
   uint64_t next_client_ = 1;
   uint64_t next_op_ = 1;
   uint64_t idle_timer_ = 0;
+  uint64_t prune_timer_ = 0;
   int idle_timeout_s_ = 30;
   int64_t started_ms_ = 0;
 };

@@ -41,6 +41,46 @@ const SessionTable::Session* SessionTable::Find(std::string_view token) const {
   return it == sessions_.end() ? nullptr : &it->second;
 }
 
+SessionTable::Session* SessionTable::FindMutable(std::string_view token) {
+  auto it = sessions_.find(token);
+  return it == sessions_.end() ? nullptr : &it->second;
+}
+
+const SessionTable::Session* SessionTable::FindByRoot(pid_t root, uint64_t start) const {
+  const Session* best = nullptr;
+  for (const auto& [token, s] : sessions_) {
+    if (s.root != root || s.root_start != start || root == 0) continue;
+    if (best == nullptr || s.opened_ms >= best->opened_ms) best = &s;
+  }
+  return best;
+}
+
+void SessionTable::Detach(Session* s, std::vector<std::pair<pid_t, uint64_t>> heirs) {
+  s->heirs = std::move(heirs);
+  s->owner = 0;
+}
+
+size_t SessionTable::PruneDetached(const std::function<bool(pid_t, uint64_t)>& alive) {
+  size_t ended = 0;
+  for (auto it = sessions_.begin(); it != sessions_.end();) {
+    bool keep = !it->second.detached();
+    for (const auto& [pid, start] : it->second.heirs) keep = keep || alive(pid, start);
+    if (keep) {
+      ++it;
+    } else {
+      it = sessions_.erase(it);
+      ++ended;
+    }
+  }
+  return ended;
+}
+
+size_t SessionTable::detached_count() const {
+  size_t n = 0;
+  for (const auto& [token, s] : sessions_) n += s.detached();
+  return n;
+}
+
 std::vector<SessionTable::Session> SessionTable::EndOwnedBy(uint64_t owner) {
   std::vector<Session> ended;
   for (auto it = sessions_.begin(); it != sessions_.end();) {

@@ -3,10 +3,14 @@
 // of the session's processes present its token in HELLO to get the session's network.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "common/status.h"
@@ -20,6 +24,15 @@ class SessionTable {
     std::string network;  // overlay id or "direct"
     uint64_t owner = 0;   // client connection id
     int64_t opened_ms = 0;
+    bool explicit_sel = false;  // opened with an explicit selection (--network/--direct)
+    pid_t root = 0;             // the process that opened it, with its start time
+    uint64_t root_start = 0;
+    pid_t child = 0;  // the command it started (SESSION_CHILD), with its start time
+    uint64_t child_start = 0;
+    std::vector<std::string> groups;  // of the opener and its ancestors, when it was opened
+    // After the opener exited (SESSION_DETACH): its children then, which carry the session on.
+    std::vector<std::pair<pid_t, uint64_t>> heirs;
+    bool detached() const { return owner == 0; }
   };
 
   // Opens a session for `network` owned by client `owner`. Fails only if the kernel has no
@@ -27,8 +40,18 @@ class SessionTable {
   Result<const Session*> Open(const std::string& network, uint64_t owner, int64_t now_ms);
   // The session with `token`, or nullptr. The pointer is valid until the session ends.
   const Session* Find(std::string_view token) const;
-  // Ends every session owned by `owner` and returns them (for the log).
+  Session* FindMutable(std::string_view token);
+  // The newest session opened by process (root, start), or nullptr.
+  const Session* FindByRoot(pid_t root, uint64_t start) const;
+  // Ends every session owned by `owner` and returns them (for the log). Detached sessions have
+  // no owner.
   std::vector<Session> EndOwnedBy(uint64_t owner);
+  // Hands the session to `heirs`: it outlives its owner's connection until Prune finds none of
+  // them alive.
+  void Detach(Session* s, std::vector<std::pair<pid_t, uint64_t>> heirs);
+  // Ends detached sessions none of whose heirs `alive` reports alive; returns how many ended.
+  size_t PruneDetached(const std::function<bool(pid_t, uint64_t)>& alive);
+  size_t detached_count() const;
 
   size_t size() const { return sessions_.size(); }
   // Sorted by token, for stable status output.

@@ -37,6 +37,10 @@ enum Type : uint16_t {
   // 0x10-0x1F: Tor/DNS (issue 3).
   kDnsQuery = 0x10,   // a DNS query a program sent itself: answered from the fake-address table
   kDnsSocket = 0x11,  // a loopback UDP responder answering DNS queries from one program socket
+  // 0x40-0x4F: program rules, policy, reload (docs/protocol.md).
+  kSessionChild = 0x40,  // `via run` names the command it started for its session
+  kReload = 0x41,        // re-read the configuration (as SIGHUP does); reply says how it went
+  kSessionDetach = 0x42,  // `via run` exits: its children (PID...) carry the session on
 };
 
 // Field tags.
@@ -59,12 +63,20 @@ enum Tag : uint16_t {
   // this many milliseconds, so the shim may answer repeat lookups of the name from its own cache
   // for that long. Absent or 0: do not cache.
   kTagHoldMs = 0x50,
+  // 0x40-0x4F: program rules, policy, reload.
+  kTagExe = 0x40,          // string, the executable a session's command will run (OPEN_SESSION)
+  kTagArgv = 0x41,         // string, one per argument, in order (OPEN_SESSION)
+  kTagFingerprint = 0x42,  // string, fingerprint of the config the broker runs (HELLO, RELOAD)
+  kTagOrigin = 0x43,       // string, why the effective network is what it is (HELLO, OPEN_SESSION)
 };
 
 // Reply flags (kTagFlags in a HELLO reply).
 constexpr uint32_t kFlagDirect = 1u << 0;          // effective network is direct
 constexpr uint32_t kFlagLoopbackRoute = 1u << 1;   // route loopback destinations via the overlay
 constexpr uint32_t kFlagLoopbackRefuse = 1u << 2;  // refuse loopback destinations
+// Request flags (kTagFlags), bits 20-23.
+constexpr uint32_t kFlagSessionExplicit = 1u << 20;  // OPEN_SESSION: --network/--direct was given
+constexpr uint32_t kFlagControl = 1u << 21;  // HELLO: a CLI control connection, no network needed
 
 // An IPv4 or IPv6 endpoint, port in host order.
 struct Addr {

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "config/program_rules.h"
 
 namespace via::config {
 
@@ -88,8 +89,10 @@ struct Config {
   std::vector<std::string> files;  // every file read, in order
   std::vector<Overlay> overlays;   // network.* entries, in file order
   NetworkService service;
-  int skipped_entries = 0;  // entries of kinds via does not use
-  std::string fingerprint;  // hash of the text of every file read (16 hex chars)
+  std::vector<ProgramRule> programs;     // via.program entries, in file order
+  std::vector<SecurityPolicy> policies;  // security.policy entries for network.select
+  int skipped_entries = 0;               // entries of kinds via does not use
+  std::string fingerprint;               // hash of the text of every file read (16 hex chars)
 
   // Finds an overlay by "ns:name", or by bare "name" when exactly one overlay has that name.
   const Overlay* Find(std::string_view ref) const;

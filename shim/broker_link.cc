@@ -48,6 +48,10 @@ pthread_mutex_t g_path_mu = PTHREAD_MUTEX_INITIALIZER;
 char g_ensured_path[108];
 int g_ensure_err = 0;
 char g_ensure_msg[256];
+// A HELLO in this program said "overlay" or refused it (not direct). Kept across fork: a forked
+// child is the same program under the same rules (it would get the same answer).
+bool g_routed = false;
+bool g_no_config = false;  // `via broker --ensure` exited 3: no configuration anywhere
 
 bool StillOurs(const Link& l) {
   struct stat st;
@@ -101,6 +105,9 @@ bool FindViaExe(char* out, size_t cap) {
 void EnsureBroker() {
   char exe[4200];
   if (!FindViaExe(exe, sizeof exe)) {
+    // Without VIA_CONFIG nothing points at a configuration either: as "no configuration".
+    const char* cfg = getenv("VIA_CONFIG");
+    g_no_config = cfg == nullptr || cfg[0] == 0;
     g_ensure_err = EHOSTUNREACH;
     std::snprintf(g_ensure_msg, sizeof g_ensure_msg,
                   "VIA_SOCKET is not set and no `via` executable was found next to libvia.so to "
@@ -157,6 +164,13 @@ void EnsureBroker() {
   }
   char* nl = std::strchr(buf, '\n');
   if (nl != nullptr) *nl = 0;
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 3) {
+    g_no_config = true;
+    g_ensure_err = EHOSTUNREACH;
+    std::snprintf(g_ensure_msg, sizeof g_ensure_msg,
+                  "no via configuration was found (VIA_SOCKET and VIA_CONFIG are not set)");
+    return;
+  }
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || buf[0] != '/' ||
       std::strlen(buf) >= sizeof g_ensured_path) {
     g_ensure_err = EHOSTUNREACH;
@@ -229,7 +243,7 @@ int DoHello(Link* l) {
   if (s.network[0] != 0) w.PutString(wire::kTagNetwork, s.network);
   if (s.session[0] != 0) w.PutString(wire::kTagSession, s.session);
   w.PutU32(wire::kTagPid, static_cast<uint32_t>(getpid()));
-  uint8_t reply[2048];
+  uint8_t reply[4096];  // MESSAGE (at most 2500 bytes) and ORIGIN (500) may both be there
   size_t n = 0;
   int err = Exchange(l, w, -1, reply, sizeof reply, &n);
   if (err != 0) return err;
@@ -239,6 +253,9 @@ int DoHello(Link* l) {
   l->hello_err = ReplyErrno(m, l->hello_msg, sizeof l->hello_msg);
   wire::Field f;
   if (m.Find(wire::kTagFlags, &f)) f.u32(&l->flags);
+  if (l->hello_err != 0 || (l->flags & wire::kFlagDirect) == 0) {
+    __atomic_store_n(&g_routed, true, __ATOMIC_RELAXED);
+  }
   return 0;
 }
 
@@ -252,6 +269,13 @@ int GetLink(Link** out, char* msg, size_t msgcap) {
       Drop(l, StillOurs(*l));
     } else if (!StillOurs(*l)) {
       Drop(l, false);  // the program closed or replaced it; that descriptor is not ours now
+    } else {
+      // The broker closes a link to make the shim greet again (a reload changed this process's
+      // network between direct and an overlay). One poll, no wait.
+      pollfd p{l->fd, POLLRDHUP, 0};
+      if (poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0) {
+        Drop(l, true);
+      }
     }
   }
   if (l->fd < 0) {
@@ -341,6 +365,15 @@ int Request(wire::Writer& w, int pass_fd, uint8_t* reply, size_t cap, wire::Mess
 
 }  // namespace
 
+bool BrokerRoutedThisProcess() { return __atomic_load_n(&g_routed, __ATOMIC_RELAXED); }
+
+bool NoConfigAnywhere() {
+  pthread_mutex_lock(&g_path_mu);
+  bool none = g_no_config;
+  pthread_mutex_unlock(&g_path_mu);
+  return none;
+}
+
 int BrokerHello(HelloInfo* info, char* msg, size_t msgcap) {
   // The flags are the broker's configuration, not a property of our descriptor: once this
   // thread has them (or has inherited them across fork), no system call is needed. A broker
@@ -360,7 +393,7 @@ int BrokerConnect(int fd, const wire::Addr& dest, char* msg, size_t msgcap) {
   uint8_t buf[256];
   wire::Writer w(buf, sizeof buf, wire::kConnect, t_link.next_id++);
   w.PutAddr(wire::kTagAddr, dest);
-  uint8_t reply[2048];
+  uint8_t reply[4096];  // an error MESSAGE is at most 3000 bytes
   wire::Message m;
   int err = Request(w, fd, reply, sizeof reply, &m, msg, msgcap);
   if (err != 0) return err;
@@ -384,7 +417,7 @@ int BrokerResolve(const char* name, int family, wire::Addr* out, int cap, int* c
     std::snprintf(msg, msgcap, "host name too long");
     return EINVAL;
   }
-  uint8_t reply[2048];
+  uint8_t reply[4096];
   wire::Message m;
   int err = Request(w, -1, reply, sizeof reply, &m, msg, msgcap);
   if (err != 0) return err;
@@ -404,7 +437,7 @@ int BrokerReverse(const wire::Addr& addr, char* name, size_t namecap) {
   uint8_t buf[256];
   wire::Writer w(buf, sizeof buf, wire::kReverse, t_link.next_id++);
   w.PutAddr(wire::kTagAddr, addr);
-  uint8_t reply[2048];
+  uint8_t reply[4096];
   wire::Message m;
   char msg[256];
   int err = Request(w, -1, reply, sizeof reply, &m, msg, sizeof msg);

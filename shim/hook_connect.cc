@@ -42,7 +42,7 @@ bool DatagramAllowed(const wire::Addr& dest) {
 int Decide(int fd, const sockaddr* sa, socklen_t len, wire::Addr* dest, Route* route, char* msg,
            size_t msgcap) {
   *route = Route::kDirect;
-  if (sa == nullptr || (sa->sa_family != AF_INET && sa->sa_family != AF_INET6) || Passthrough()) {
+  if (sa == nullptr || (sa->sa_family != AF_INET && sa->sa_family != AF_INET6) || NetworkDirect()) {
     return 0;
   }
   if (!wire::AddrFromSockaddr(sa, len, dest)) return 0;  // the kernel reports EINVAL
@@ -82,7 +82,7 @@ void ComplainDatagram(const wire::Addr& dest) {
   Complain(
       "UDP/non-TCP traffic to %s refused with EPERM: %s carries TCP only, and it would "
       "leave directly (further refusals are not reported)",
-      wire::FormatAddr(dest, where, sizeof where), GetSettings().network);
+      wire::FormatAddr(dest, where, sizeof where), NetworkLabel());
 }
 
 // Routes `fd` to `dest` through the broker. Returns 0 or -1 with errno set.
@@ -95,7 +95,7 @@ int RoutedConnect(int fd, const wire::Addr& dest) {
   }
   char where[80];
   Complain("connect to %s through %s failed: %s", wire::FormatAddr(dest, where, sizeof where),
-           GetSettings().network, msg);
+           NetworkLabel(), msg);
   errno = err;
   return -1;
 }
@@ -121,7 +121,7 @@ int MaybeRoute(int fd, const sockaddr* sa, socklen_t len, int* result) {
       Complain(
           "connect to %s refused: loopback destinations are refused under %s "
           "(network_service.loopback: refuse)",
-          wire::FormatAddr(dest, where, sizeof where), GetSettings().network);
+          wire::FormatAddr(dest, where, sizeof where), NetworkLabel());
       errno = ECONNREFUSED;
       *result = -1;
       return 0;
@@ -140,7 +140,7 @@ int MaybeRoute(int fd, const sockaddr* sa, socklen_t len, int* result) {
     case Route::kRefuseDns: {
       char where[80];
       Complain("connect to %s refused: DNS to the local resolver would leak names under %s",
-               wire::FormatAddr(dest, where, sizeof where), GetSettings().network);
+               wire::FormatAddr(dest, where, sizeof where), NetworkLabel());
       errno = EPERM;
       *result = -1;
       return 0;
@@ -153,8 +153,8 @@ int MaybeRoute(int fd, const sockaddr* sa, socklen_t len, int* result) {
 int CheckSend(int fd, const void* name, socklen_t len) {
   const auto* sa = static_cast<const sockaddr*>(name);
   wire::Addr dest;
-  if (sa == nullptr || Passthrough() || (sa->sa_family != AF_INET && sa->sa_family != AF_INET6) ||
-      !wire::AddrFromSockaddr(sa, len, &dest)) {
+  if (sa == nullptr || (sa->sa_family != AF_INET && sa->sa_family != AF_INET6) ||
+      !wire::AddrFromSockaddr(sa, len, &dest) || NetworkDirect()) {
     return 0;
   }
   int type = 0;

@@ -184,15 +184,14 @@ const char* UnroutedReason(const char* path, int depth, char* interp, size_t int
 // 0 if `path` may be executed, else EPERM (after one line on stderr).
 int CheckExec(const char* path) {
   const Settings& s = GetSettings();
-  if (path == nullptr || Passthrough() || s.unrouted_exec_allowed) return 0;
-  char interp[kPathMax];
-  interp[0] = 0;
+  if (path == nullptr || ExecUnguarded() || s.unrouted_exec_allowed) return 0;
+  char interp[kPathMax] = {};
   const char* reason = UnroutedReason(path, 0, interp, sizeof interp);
   if (reason == nullptr) return 0;
   Complain(
       "exec of %s refused under %s: %s%s%s, so its traffic would not go through the overlay "
       "(network_service.unrouted_exec: allow permits it)",
-      path, s.network, reason, interp[0] != 0 ? ": " : "", interp);
+      path, NetworkLabel(), reason, interp[0] != 0 ? ": " : "", interp);
   return EPERM;
 }
 
@@ -226,7 +225,7 @@ bool ShimEntry(char* out, size_t cap) {
 // `cap`), new strings in `store`. Returns `envp` itself when nothing was missing.
 char* const* FixEnv(char* const* envp, char** out, size_t cap, char* store, size_t store_cap) {
   const Settings& s = GetSettings();
-  if (!s.active || Passthrough() || envp == nullptr) return envp;
+  if (ExecUnguarded() || envp == nullptr) return envp;
   size_t n = 0;
   while (envp[n] != nullptr) ++n;
   if (n + 8 > cap) return envp;

@@ -30,7 +30,7 @@ bool AnsweredLocally(const char* name) {
 int Resolve(const char* name, int af, wire::Addr* out, int* n) {
   char msg[512] = {};
   int err = BrokerResolve(name, WireFamily(af), out, kMaxAddrs, n, msg, sizeof msg);
-  if (err != 0) Complain("cannot resolve %s through %s: %s", name, GetSettings().network, msg);
+  if (err != 0) Complain("cannot resolve %s through %s: %s", name, NetworkLabel(), msg);
   return err;
 }
 
@@ -125,7 +125,7 @@ namespace wire = via::wire;
 VIA_EXPORT int getaddrinfo(const char* node, const char* service, const addrinfo* hints,
                            addrinfo** res) {
   const RealFns& real = Real();
-  if (node == nullptr || Passthrough()) return real.getaddrinfo(node, service, hints, res);
+  if (node == nullptr || NetworkDirect()) return real.getaddrinfo(node, service, hints, res);
   int flags = hints != nullptr ? hints->ai_flags : (AI_V4MAPPED | AI_ADDRCONFIG);
   int family = hints != nullptr ? hints->ai_family : AF_UNSPEC;
   if ((flags & AI_NUMERICHOST) != 0 || AnsweredLocally(node) ||
@@ -170,7 +170,7 @@ VIA_EXPORT int getaddrinfo(const char* node, const char* service, const addrinfo
 VIA_EXPORT void freeaddrinfo(addrinfo* ai) noexcept { Real().freeaddrinfo(ai); }
 
 VIA_EXPORT hostent* gethostbyname2(const char* name, int af) {
-  if (name == nullptr || Passthrough() || AnsweredLocally(name) ||
+  if (name == nullptr || NetworkDirect() || AnsweredLocally(name) ||
       (af != AF_INET && af != AF_INET6)) {
     return Real().gethostbyname2(name, af);
   }
@@ -178,7 +178,7 @@ VIA_EXPORT hostent* gethostbyname2(const char* name, int af) {
 }
 
 VIA_EXPORT hostent* gethostbyname(const char* name) {
-  if (name == nullptr || Passthrough() || AnsweredLocally(name)) {
+  if (name == nullptr || NetworkDirect() || AnsweredLocally(name)) {
     return Real().gethostbyname(name);
   }
   return RemoteHostentStatic(name, AF_INET);
@@ -186,7 +186,7 @@ VIA_EXPORT hostent* gethostbyname(const char* name) {
 
 VIA_EXPORT int gethostbyname2_r(const char* name, int af, hostent* ret, char* buf, size_t buflen,
                                 hostent** result, int* h_errnop) {
-  if (name == nullptr || Passthrough() || AnsweredLocally(name) ||
+  if (name == nullptr || NetworkDirect() || AnsweredLocally(name) ||
       (af != AF_INET && af != AF_INET6)) {
     return Real().gethostbyname2_r(name, af, ret, buf, buflen, result, h_errnop);
   }
@@ -195,7 +195,7 @@ VIA_EXPORT int gethostbyname2_r(const char* name, int af, hostent* ret, char* bu
 
 VIA_EXPORT int gethostbyname_r(const char* name, hostent* ret, char* buf, size_t buflen,
                                hostent** result, int* h_errnop) {
-  if (name == nullptr || Passthrough() || AnsweredLocally(name)) {
+  if (name == nullptr || NetworkDirect() || AnsweredLocally(name)) {
     return Real().gethostbyname_r(name, ret, buf, buflen, result, h_errnop);
   }
   return RemoteHostent(name, AF_INET, ret, buf, buflen, result, h_errnop);
@@ -230,7 +230,7 @@ int ReverseHostent(const void* addr, socklen_t len, int type, hostent* ret, char
 }
 
 bool ReverseApplies(const void* addr, socklen_t len, int type) {
-  return addr != nullptr && !Passthrough() && (type == AF_INET || type == AF_INET6) &&
+  return addr != nullptr && !NetworkDirect() && (type == AF_INET || type == AF_INET6) &&
          len == (type == AF_INET ? 4u : 16u);
 }
 
@@ -262,7 +262,7 @@ VIA_EXPORT int getnameinfo(const sockaddr* sa, socklen_t salen, char* host, sock
                            char* serv, socklen_t servlen, int flags) {
   const RealFns& real = Real();
   wire::Addr a;
-  if (host == nullptr || hostlen == 0 || (flags & NI_NUMERICHOST) != 0 || Passthrough() ||
+  if (host == nullptr || hostlen == 0 || (flags & NI_NUMERICHOST) != 0 || NetworkDirect() ||
       !wire::AddrFromSockaddr(sa, salen, &a)) {
     return real.getnameinfo(sa, salen, host, hostlen, serv, servlen, flags);
   }

@@ -84,7 +84,18 @@ struct Settings {
 const Settings& GetSettings();
 // Turns the shim off in this process (the `via` binary calls it: its own sockets are its own).
 VIA_EXPORT void via_shim_set_passthrough(void);
-bool Passthrough();
+bool Passthrough();  // from the environment only (the exec hooks: no broker round trip)
+// Whether this thread's traffic goes direct, as the broker decided for this process (HELLO
+// reply flag). False when the broker cannot be asked: the routed path then reports the error
+// (fail closed). True without asking when the shim is turned off, and when nothing asked for an
+// overlay (no VIA_NETWORK, no VIA_SESSION) and no configuration exists anywhere.
+bool NetworkDirect();
+// Whether exec needs no guard (the unrouted-binary check, the environment restore): the shim is
+// off, or nothing routes this process: no VIA_NETWORK overlay and no broker answer in this
+// process that said "an overlay" or refused it. No broker round trip.
+bool ExecUnguarded();
+// For messages: VIA_NETWORK, or a phrase when the broker chose the network (a program rule).
+const char* NetworkLabel();
 
 // Writes "via: <msg>\n" to stderr unless quiet.
 void Complain(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -97,6 +108,10 @@ struct HelloInfo {
   uint32_t flags = 0;
 };
 int BrokerHello(HelloInfo* info, char* msg, size_t msgcap);
+// Whether a HELLO in this process was answered with an overlay or an error (not "direct").
+bool BrokerRoutedThisProcess();
+// `via broker --ensure` found no configuration at all (exit status 3).
+bool NoConfigAnywhere();
 int BrokerConnect(int fd, const wire::Addr& dest, char* msg, size_t msgcap);
 // Fills up to `cap` fake addresses for `name` (family 0 any, 4, 6); *count gets how many.
 int BrokerResolve(const char* name, int family, wire::Addr* out, int cap, int* count, char* msg,

@@ -89,6 +89,26 @@ bool Passthrough() {
   return __atomic_load_n(&g_passthrough, __ATOMIC_RELAXED) || !GetSettings().active;
 }
 
+bool NetworkDirect() {
+  if (__atomic_load_n(&g_passthrough, __ATOMIC_RELAXED)) return true;
+  HelloInfo info;
+  char msg[256];
+  int err = BrokerHello(&info, msg, sizeof msg);
+  if (err == 0) return (info.flags & wire::kFlagDirect) != 0;
+  const Settings& s = GetSettings();
+  return NoConfigAnywhere() && s.network[0] == 0 && s.session[0] == 0;
+}
+
+bool ExecUnguarded() {
+  if (__atomic_load_n(&g_passthrough, __ATOMIC_RELAXED)) return true;
+  return !GetSettings().active && !BrokerRoutedThisProcess();
+}
+
+const char* NetworkLabel() {
+  const char* n = GetSettings().network;
+  return n[0] != 0 ? n : "the network the broker selected";
+}
+
 void Complain(const char* fmt, ...) {
   if (GetSettings().quiet) return;
   char buf[1024];

@@ -2,6 +2,7 @@
 
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -62,21 +63,76 @@ Result<std::string> BrokerClient::Hello(const std::string& network, const std::s
   w.PutU32(wire::kTagPid, uint32_t(getpid()));
   auto m = Exchange(w);
   if (!m.ok()) return m.status();
-  if (Status s = ReplyStatus(*m); !s.ok()) return s;
   wire::Field f;
+  if (m->Find(wire::kTagFingerprint, &f)) fingerprint_ = std::string(f.str());
+  if (Status s = ReplyStatus(*m); !s.ok()) return s;
   return m->Find(wire::kTagNetwork, &f) ? std::string(f.str()) : std::string();
 }
 
-Result<std::string> BrokerClient::OpenSession(const std::string& network) {
-  uint8_t buf[1024];
-  wire::Writer w(buf, sizeof buf, wire::kOpenSession, next_id_++);
-  w.PutString(wire::kTagNetwork, network);
+Status BrokerClient::HelloControl() {
+  uint8_t buf[256];
+  wire::Writer w(buf, sizeof buf, wire::kHello, next_id_++);
+  w.PutU16(wire::kTagVersion, wire::kVersion);
+  w.PutU32(wire::kTagFlags, wire::kFlagControl);
+  w.PutU32(wire::kTagPid, uint32_t(getpid()));
+  auto m = Exchange(w);
+  if (!m.ok()) return m.status();
+  wire::Field f;
+  if (m->Find(wire::kTagFingerprint, &f)) fingerprint_ = std::string(f.str());
+  return ReplyStatus(*m);
+}
+
+Result<std::string> BrokerClient::OpenSession(const std::string& network, bool explicit_sel,
+                                              const SessionCommand& command,
+                                              std::string* effective) {
+  std::vector<uint8_t> buf(wire::kMaxMessage);
+  wire::Writer w(buf.data(), buf.size(), wire::kOpenSession, next_id_++);
+  if (!network.empty()) w.PutString(wire::kTagNetwork, network);
+  w.PutU32(wire::kTagFlags, explicit_sel ? wire::kFlagSessionExplicit : 0);
+  if (!command.exe.empty()) w.PutString(wire::kTagExe, command.exe);
+  size_t room = 60000;  // the command line is for matching rules; a long one is cut
+  for (const std::string& a : command.argv) {
+    if (a.size() + 4 > room) break;
+    room -= a.size() + 4;
+    w.PutString(wire::kTagArgv, a);
+  }
   auto m = Exchange(w);
   if (!m.ok()) return m.status();
   if (Status s = ReplyStatus(*m); !s.ok()) return s;
   wire::Field f;
+  if (effective != nullptr && m->Find(wire::kTagNetwork, &f)) *effective = std::string(f.str());
   if (!m->Find(wire::kTagSession, &f)) return Status::Error(EPROTO, "no session token in reply");
   return std::string(f.str());
+}
+
+Status BrokerClient::SessionChild(const std::string& token, pid_t pid) {
+  uint8_t buf[256];
+  wire::Writer w(buf, sizeof buf, wire::kSessionChild, next_id_++);
+  w.PutString(wire::kTagSession, token);
+  w.PutU32(wire::kTagPid, uint32_t(pid));
+  auto m = Exchange(w);
+  if (!m.ok()) return m.status();
+  return ReplyStatus(*m);
+}
+
+Status BrokerClient::SessionDetach(const std::string& token, const std::vector<pid_t>& pids) {
+  std::vector<uint8_t> buf(wire::kMaxMessage);
+  wire::Writer w(buf.data(), buf.size(), wire::kSessionDetach, next_id_++);
+  w.PutString(wire::kTagSession, token);
+  for (size_t i = 0; i < pids.size() && i < 4096; ++i) w.PutU32(wire::kTagPid, uint32_t(pids[i]));
+  auto m = Exchange(w);
+  if (!m.ok()) return m.status();
+  return ReplyStatus(*m);
+}
+
+Status BrokerClient::Reload() {
+  uint8_t buf[64];
+  wire::Writer w(buf, sizeof buf, wire::kReload, next_id_++);
+  auto m = Exchange(w);
+  if (!m.ok()) return m.status();
+  wire::Field f;
+  if (m->Find(wire::kTagFingerprint, &f)) fingerprint_ = std::string(f.str());
+  return ReplyStatus(*m);
 }
 
 Status BrokerClient::ConnectByName(int fd, const std::string& name, uint16_t port) {

@@ -15,6 +15,7 @@ namespace via::tools {
 constexpr int kExitOk = 0;
 constexpr int kExitFailure = 1;
 constexpr int kExitUsage = 2;
+constexpr int kExitNoConfig = 3;  // `via broker --ensure`: no configuration exists anywhere
 
 // A parsed command line: flags (with or without values) and the remaining operands.
 struct Args {
@@ -44,6 +45,10 @@ std::optional<config::Config> LoadConfigOrComplain(const Args& args);
 
 // The broker socket for a config: --socket, else the one for its path and fingerprint.
 Result<std::string> SocketFor(const Args& args, const config::Config& config);
+
+// Makes the broker on `socket` run `config`: if its fingerprint differs (the file was edited
+// since it started), asks it to reload. A config the broker rejects is an error.
+Status SyncBrokerConfig(const config::Config& config, const std::string& socket);
 
 // How a daemonized broker is started (the options of `via broker --daemon`).
 struct DaemonOptions {
@@ -75,6 +80,7 @@ int CmdCheck(int argc, char** argv);
 int CmdProbe(int argc, char** argv);
 int CmdStatus(int argc, char** argv);
 int CmdStop(int argc, char** argv);
+int CmdReload(int argc, char** argv);
 
 // Help texts (full, for `via CMD --help` and `via help CMD`).
 extern const char* const kHelpMain;
@@ -84,5 +90,6 @@ extern const char* const kHelpCheck;
 extern const char* const kHelpProbe;
 extern const char* const kHelpStatus;
 extern const char* const kHelpStop;
+extern const char* const kHelpReload;
 
 }  // namespace via::tools

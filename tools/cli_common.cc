@@ -48,9 +48,22 @@ std::optional<config::Config> LoadConfigOrComplain(const Args& args) {
 
 Result<std::string> SocketFor(const Args& args, const config::Config& config) {
   if (args.Has("--socket")) return args.Get("--socket");
-  // The text of the config is part of the name: an edited config gets a broker of its own,
-  // while sessions started earlier keep the broker (and config) they started with.
-  return BrokerSocketPath(config.source + "#" + config.fingerprint);
+  // One broker per config path: an edited config is applied by reloading that broker
+  // (SyncBrokerConfig), so that programs started earlier get the new rules and policies too.
+  return BrokerSocketPath(config.source);
+}
+
+Status SyncBrokerConfig(const config::Config& config, const std::string& socket) {
+  auto c = BrokerClient::Connect(socket);
+  if (!c.ok()) return c.status();
+  if (Status s = c->HelloControl(); !s.ok()) return s;
+  if (c->fingerprint() == config.fingerprint) return Status::Ok();
+  if (Status s = c->Reload(); !s.ok()) {
+    return Status::Error(s.code(),
+                         "the running broker for " + config.source +
+                             " could not reload the edited configuration: " + s.message());
+  }
+  return Status::Ok();
 }
 
 namespace {

@@ -1,6 +1,9 @@
 // via run, broker, check, status, stop.
+#include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -11,10 +14,13 @@
 #include <iostream>
 
 #include "broker/broker.h"
+#include "broker/process_info.h"
+#include "broker/selector.h"
 #include "common/paths.h"
 #include "overlays/driver.h"
 #include "tools/broker_client.h"
 #include "tools/cli.h"
+#include "tools/command_identity.h"
 
 extern char** environ;
 
@@ -95,29 +101,26 @@ int CmdRun(int argc, char** argv) {
   auto cfg = LoadConfigOrComplain(*args);
   if (!cfg) return kExitUsage;
 
-  // Selection: explicit, then inherited from an enclosing via session, then the default.
+  // --network/--direct is an explicit selection, checked by the broker against security.policy.
+  // Without them the broker decides (program rules, the enclosing session, default_network),
+  // taking an inherited VIA_NETWORK into account.
   std::string network;
-  std::string origin;
+  bool explicit_sel = false;
   if (args->Has("--direct")) {
     network = "direct";
+    explicit_sel = true;
   } else if (args->Has("--network")) {
     network = args->Get("--network");
-    origin = "--network";
+    explicit_sel = true;
   } else if (const char* inherited = std::getenv("VIA_NETWORK"); inherited && *inherited) {
     network = inherited;
-    origin = "VIA_NETWORK (inherited)";
-  } else if (!cfg->service.default_network.empty()) {
-    network = cfg->service.default_network;
-    origin = "network_service.default_network";
-  } else {
-    network = "direct";
   }
-  if (network != "direct") {
+  if (!network.empty() && network != "direct") {
     const config::Overlay* o = cfg->Find(network);
     if (o == nullptr) {
       Error("unknown overlay \"" + network + "\" in " + cfg->source +
             " (known: " + KnownOverlays(*cfg) + ")" +
-            (origin == "--network" ? "" : "; it was selected by " + origin));
+            (explicit_sel ? "" : "; it was selected by VIA_NETWORK (inherited)"));
       return kExitUsage;
     }
     if (o->kind != config::OverlayKind::kSocks5) {
@@ -126,6 +129,11 @@ int CmdRun(int argc, char** argv) {
       return kExitUsage;
     }
     network = o->id;
+  }
+  auto predicted = PredictCommand(args->rest);
+  if (!predicted.ok()) {
+    Error("cannot run " + args->rest[0] + ": " + predicted.status().message());
+    return predicted.status().code() == ENOENT ? 127 : 126;
   }
 
   auto socket = SocketFor(*args, *cfg);
@@ -137,25 +145,28 @@ int CmdRun(int argc, char** argv) {
     Error(s.message() + " (nothing was run)");
     return kExitFailure;
   }
+  if (Status s = SyncBrokerConfig(*cfg, *socket); !s.ok()) {
+    Error(s.message() + " (nothing was run)");
+    return kExitFailure;
+  }
   auto client = BrokerClient::Connect(*socket);
   if (!client.ok()) {
     Error(client.status().message());
     return kExitFailure;
   }
-  if (auto h = client->Hello("direct"); !h.ok()) {
-    Error("broker: " + h.status().message());
+  if (Status h = client->HelloControl(); !h.ok()) {
+    Error("broker: " + h.message());
     return kExitFailure;
   }
-  auto token = client->OpenSession(network);
+  std::string effective;
+  auto token =
+      client->OpenSession(network, explicit_sel, {predicted->exe, predicted->argv}, &effective);
   if (!token.ok()) {
-    // ENOENT: the running broker was started from an older version of the config.
-    Error("broker: " + token.status().message() +
-          (token.status().code() == ENOENT
-               ? "; the running broker may predate a change to " + cfg->source +
-                     " (restart it with: via stop -c " + cfg->source + ")"
-               : ""));
+    // EACCES: security.policy denies the selection (the message names the entry).
+    Error(token.status().message() + " (nothing was run)");
     return token.status().code() == ENOENT ? kExitUsage : kExitFailure;
   }
+  network = effective.empty() ? network : effective;
 
   std::map<std::string, std::string> vars = {{"VIA_SOCKET", *socket},
                                              {"VIA_SESSION", *token},
@@ -193,6 +204,15 @@ int CmdRun(int argc, char** argv) {
   sigaddset(&forwarded, SIGTERM);
   sigaddset(&forwarded, SIGHUP);
   sigprocmask(SIG_BLOCK, &forwarded, &old_mask);
+  // Orphans of the command's tree are re-parented to us, not to init: they stay inside the
+  // session's tree, where the broker can see where they came from.
+  prctl(PR_SET_CHILD_SUBREAPER, 1);
+  // The child waits at the gate until the broker knows it as the session's command.
+  int gate[2];
+  if (pipe2(gate, O_CLOEXEC) != 0) {
+    Error(std::string("pipe: ") + std::strerror(errno));
+    return kExitFailure;
+  }
   std::fflush(nullptr);
   pid_t pid = fork();
   if (pid < 0) {
@@ -200,6 +220,14 @@ int CmdRun(int argc, char** argv) {
     return kExitFailure;
   }
   if (pid == 0) {
+    close(gate[1]);
+    char go = 0;
+    ssize_t got;
+    do {
+      got = read(gate[0], &go, 1);
+    } while (got < 0 && errno == EINTR);
+    if (got != 1) _exit(126);  // via run failed to register us: never run unregistered
+    close(gate[0]);
     sigaction(SIGINT, &old_int, nullptr);
     sigaction(SIGQUIT, &old_quit, nullptr);
     sigprocmask(SIG_SETMASK, &old_mask, nullptr);
@@ -209,6 +237,17 @@ int CmdRun(int argc, char** argv) {
     std::fprintf(stderr, "via: cannot run %s: %s\n", child_argv[0], std::strerror(err));
     _exit(err == ENOENT ? 127 : 126);
   }
+  close(gate[0]);
+  if (Status reg = client->SessionChild(*token, pid); !reg.ok()) {
+    close(gate[1]);
+    kill(pid, SIGKILL);
+    while (waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
+    }
+    Error("broker: " + reg.message() + " (nothing was run)");
+    return kExitFailure;
+  }
+  (void)!write(gate[1], "1", 1);
+  close(gate[1]);
   g_child = pid;
   struct sigaction forward {};
   forward.sa_handler = ForwardSignal;
@@ -217,8 +256,25 @@ int CmdRun(int argc, char** argv) {
   sigaction(SIGTERM, &forward, nullptr);
   sigaction(SIGHUP, &forward, nullptr);
   sigprocmask(SIG_SETMASK, &old_mask, nullptr);
+  // Reap adopted orphans as they exit; return when the command itself has.
   int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  for (;;) {
+    int st = 0;
+    pid_t r = waitpid(-1, &st, 0);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) break;  // ECHILD: cannot happen before the command exited
+    if (r == pid) {
+      status = st;
+      break;
+    }
+  }
+  while (waitpid(-1, nullptr, WNOHANG) > 0) {
+  }
+  // Processes of the session still running (re-parented to us) carry it on after we exit: the
+  // broker keeps the session for them until they are gone. A failure here only means they get
+  // EACCES later (fail closed), so it is not reported.
+  if (std::vector<pid_t> left = broker::ChildrenOf(getpid()); !left.empty()) {
+    (void)client->SessionDetach(*token, left);
   }
   // `client` (the session) closes when we return: the broker may now go idle.
   if (WIFEXITED(status)) return WEXITSTATUS(status);
@@ -242,6 +298,14 @@ int CmdBroker(int argc, char** argv) {
   }
   if (WantsHelp(*args, kHelpBroker)) return kExitOk;
   if (HasOperands(*args, "broker")) return kExitUsage;
+  if (args->Has("--ensure") && !args->Has("--config")) {
+    const char* env = std::getenv("VIA_CONFIG");
+    if ((env == nullptr || *env == 0) && !config::FindConfig().ok()) {
+      // The shim treats this as "nothing to enforce" when nothing asked for an overlay.
+      Error(config::FindConfig().status().message());
+      return kExitNoConfig;
+    }
+  }
   auto cfg = LoadConfigOrComplain(*args);
   if (!cfg) return kExitUsage;
   auto socket = SocketFor(*args, *cfg);
@@ -269,6 +333,10 @@ int CmdBroker(int argc, char** argv) {
       Error(s.message());
       return kExitFailure;
     }
+    if (Status s = SyncBrokerConfig(*cfg, *socket); !s.ok()) {
+      Error(s.message());
+      return kExitFailure;
+    }
     if (args->Has("--ensure")) std::printf("%s\n", socket->c_str());
     return kExitOk;
   }
@@ -282,17 +350,99 @@ int CmdBroker(int argc, char** argv) {
   return broker::RunBroker(*cfg, opts);
 }
 
+namespace {
+
+// `via check -- CMD ARGS...`: which network and groups CMD would get if started from here, and
+// why. Offline: the process tree is this shell's; an enclosing session is taken from
+// VIA_NETWORK.
+int ExplainCommand(const Args& args, const config::Config& cfg) {
+  auto predicted = PredictCommand(args.rest);
+  if (!predicted.ok()) {
+    Error("cannot run " + args.rest[0] + ": " + predicted.status().message());
+    return kExitUsage;
+  }
+  broker::ProcessInfo command;
+  command.exe = predicted->exe;
+  command.argv = predicted->argv;
+  command.ok = true;
+  std::vector<broker::ProcessInfo> chain{command};
+  for (auto& p : broker::Ancestry(getppid())) chain.push_back(std::move(p));
+  broker::SelectRequest req;
+  req.chain = chain;
+  // Inside a via session the broker knows the session; offline, VIA_NETWORK stands for it.
+  broker::SessionInfo session;
+  const char* env_network = std::getenv("VIA_NETWORK");
+  if (env_network != nullptr && *env_network != 0 && chain.size() > 1) {
+    const config::Overlay* o = cfg.Find(env_network);
+    session.network = o != nullptr ? o->id : std::string(env_network);
+    session.token = "VIA_NETWORK";
+    session.root = chain[1].pid;
+    session.root_start = chain[1].start;
+    req.session_rooted_at = [&](const broker::ProcessInfo& p) -> const broker::SessionInfo* {
+      return p.pid == session.root && p.start == session.root_start ? &session : nullptr;
+    };
+  }
+  if (args.Has("--direct") || args.Has("--network")) {
+    req.has_claim = true;
+    req.claim = args.Has("--direct") ? "direct" : args.Get("--network");
+    req.force_explicit = true;
+  }
+  req.selected_by_parent = true;  // as `via run` from this shell would select
+  broker::Selection sel = broker::Select(cfg, req);
+  std::string line;
+  for (const auto& a : args.rest) line += (line.empty() ? "" : " ") + a;
+  std::printf("command: %s\n", line.c_str());
+  std::printf("  executable: %s\n", predicted->exe.c_str());
+  if (!predicted->note.empty()) std::printf("  (%s)\n", predicted->note.c_str());
+  std::string groups;
+  for (const auto& g : sel.groups) groups += (groups.empty() ? "" : ", ") + g;
+  std::printf("groups: %s\n", groups.empty() ? "none" : groups.c_str());
+  for (const auto& r : sel.group_reasons) std::printf("  %s\n", r.c_str());
+  if (!sel.error.ok()) {
+    std::printf("network: DENIED\n  %s\n", sel.error.message().c_str());
+    return kExitFailure;
+  }
+  std::printf("network: %s\n  because: %s\n", sel.network.c_str(), sel.origin.c_str());
+  if (!sel.inherited.empty() && sel.origin != sel.inherited_origin) {
+    std::printf("  (it would otherwise inherit %s: %s)\n", sel.inherited.c_str(),
+                sel.inherited_origin.c_str());
+  }
+  // What an explicit selection would meet, for every network.
+  if (!req.has_claim) {
+    std::vector<std::string> all{"direct"};
+    for (const auto& o : cfg.overlays) all.push_back(o.id);
+    std::printf("explicit selection by this command for its children (VIA_NETWORK, via run):\n");
+    for (const auto& n : all) {
+      config::PolicyVerdict v = config::CheckSelect(cfg.policies, sel.groups, n);
+      std::printf(
+          "  %-16s %s%s\n", n.c_str(), v.allowed ? "allowed" : "denied",
+          v.policy != nullptr
+              ? (" by security.policy " + v.policy->id + " (" + v.policy->where() + ")").c_str()
+              : "");
+    }
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
 int CmdCheck(int argc, char** argv) {
   auto args =
-      ParseArgs("check", argc, argv, {{"--config", true}, {"--help", false}}, kConfigAlias, false);
+      ParseArgs("check", argc, argv,
+                {{"--config", true}, {"--network", true}, {"--direct", false}, {"--help", false}},
+                {{"-c", "--config"}, {"-n", "--network"}, {"-h", "--help"}}, false);
   if (!args.ok()) {
     Error(args.status().message());
     return kExitUsage;
   }
   if (WantsHelp(*args, kHelpCheck)) return kExitOk;
-  if (HasOperands(*args, "check")) return kExitUsage;
+  if (args->rest.empty() && (args->Has("--network") || args->Has("--direct"))) {
+    Error("check: --network/--direct need a command: via check --network ID -- COMMAND [ARGS...]");
+    return kExitUsage;
+  }
   auto cfg = LoadConfigOrComplain(*args);
   if (!cfg) return kExitUsage;
+  if (!args->rest.empty()) return ExplainCommand(*args, *cfg);
   std::printf("config %s: OK\n", cfg->source.c_str());
   for (const auto& f : cfg->files) std::printf("  read %s\n", f.c_str());
   std::printf("overlays (%zu):\n", cfg->overlays.size());
@@ -327,6 +477,27 @@ int CmdCheck(int argc, char** argv) {
   std::printf("fake address pools: %s, %s\n", cfg->service.fake_ipv4.c_str(),
               cfg->service.fake_ipv6.c_str());
   std::printf("state dir: %s\n", cfg->service.state_dir.c_str());
+  std::printf("program rules (%zu):\n", cfg->programs.size());
+  for (const auto& r : cfg->programs) {
+    std::string argv_text;
+    for (const auto& a : r.argv) argv_text += (argv_text.empty() ? "" : " ") + a;
+    std::string groups;
+    for (const auto& g : r.groups) groups += (groups.empty() ? "" : ",") + g;
+    std::printf("  %s  exe=%s%s%s  network=%s  groups=%s  (%s)\n", r.id.c_str(),
+                r.exe.empty() ? "*" : r.exe.c_str(),
+                argv_text.empty() ? "" : "  argv=", argv_text.c_str(),
+                r.network.empty() ? "-" : r.network.c_str(), groups.empty() ? "-" : groups.c_str(),
+                r.where().c_str());
+  }
+  std::printf("network.select policies (%zu):\n", cfg->policies.size());
+  for (const auto& p : cfg->policies) {
+    std::string res, groups;
+    for (const auto& r : p.resources) res += (res.empty() ? "" : ",") + r;
+    for (const auto& g : p.groups) groups += (groups.empty() ? "" : ",") + g;
+    std::printf("  %s  %s  resources=%s  groups=%s  (%s)\n", p.id.c_str(),
+                p.effect == config::PolicyEffect::kDeny ? "deny" : "allow", res.c_str(),
+                groups.empty() ? "(all)" : groups.c_str(), p.where().c_str());
+  }
   std::printf("entries of other kinds skipped: %d\n", cfg->skipped_entries);
   return kExitOk;
 }
@@ -351,7 +522,7 @@ Result<BrokerClient> ConnectExisting(const Args& args, std::string* where) {
   *where += " (socket " + socket + ")";
   auto c = BrokerClient::Connect(socket);
   if (!c.ok()) return Status::Error(ECONNREFUSED, "no broker running" + *where);
-  if (auto h = c->Hello("direct"); !h.ok()) return h.status();
+  if (Status h = c->HelloControl(); !h.ok()) return h;
   return c;
 }
 
@@ -398,6 +569,66 @@ int StatusOrStop(int argc, char** argv, bool stop) {
 }
 
 }  // namespace
+
+int CmdReload(int argc, char** argv) {
+  auto args =
+      ParseArgs("reload", argc, argv, {{"--config", true}, {"--socket", true}, {"--help", false}},
+                kConfigAlias, false);
+  if (!args.ok()) {
+    Error(args.status().message());
+    return kExitUsage;
+  }
+  if (WantsHelp(*args, kHelpReload)) return kExitOk;
+  if (HasOperands(*args, "reload")) return kExitUsage;
+  // The configuration is not loaded here: a broken one must still reach the broker, which
+  // rejects it with its error and keeps running the previous one.
+  std::string socket, where;
+  if (args->Has("--socket")) {
+    socket = args->Get("--socket");
+  } else if (!args->Has("--config") && std::getenv("VIA_SOCKET") != nullptr) {
+    socket = std::getenv("VIA_SOCKET");
+  } else {
+    std::string path = args->Get("--config");
+    if (path.empty()) {
+      auto found = config::FindConfig();
+      if (!found.ok()) {
+        Error(found.status().message());
+        return kExitUsage;
+      }
+      path = *found;
+    }
+    char real[PATH_MAX];
+    if (::realpath(path.c_str(), real) == nullptr) {
+      Error(path + ": " + std::strerror(errno));
+      return kExitUsage;
+    }
+    auto s = BrokerSocketPath(real);
+    if (!s.ok()) {
+      Error(s.status().message());
+      return kExitFailure;
+    }
+    socket = *s;
+    where = std::string(" for ") + real;
+  }
+  where += " (socket " + socket + ")";
+  auto c = BrokerClient::Connect(socket);
+  if (!c.ok()) {
+    Error("no broker running" + where);
+    return kExitFailure;
+  }
+  if (Status h = c->HelloControl(); !h.ok()) {
+    Error(h.message());
+    return kExitFailure;
+  }
+  if (Status s = c->Reload(); !s.ok()) {
+    Error("reload rejected, the broker" + where +
+          " keeps its previous configuration: " + s.message());
+    return kExitFailure;
+  }
+  std::printf("broker%s reloaded its configuration (fingerprint %s)\n", where.c_str(),
+              c->fingerprint().c_str());
+  return kExitOk;
+}
 
 int CmdStatus(int argc, char** argv) { return StatusOrStop(argc, argv, false); }
 int CmdStop(int argc, char** argv) { return StatusOrStop(argc, argv, true); }

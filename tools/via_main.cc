@@ -17,9 +17,10 @@ Usage: via COMMAND [OPTIONS]
 
 Commands:
   run      run a program with its TCP connections and name lookups routed through an overlay
-  check    validate a configuration and list its overlays
+  check    validate a configuration; with -- COMMAND, explain its overlay and groups
   probe    fetch an IP-echo URL directly and through an overlay, and print both addresses
   status   show the running broker: overlays, sessions, fake addresses
+  reload   make the running broker re-read its configuration
   stop     stop the running broker
   broker   run the broker (normally started for you by `via run`)
   help     show help for a command: via help run
@@ -52,13 +53,18 @@ Options:
   -q, --quiet          the shim prints nothing (default: one line per failed connect)
   -h, --help           show this help
 
-Selection when neither --network nor --direct is given: the enclosing via session's
-network (VIA_NETWORK, when via run is nested), else network_service.default_network, else
-direct. A broker for the configuration is started if none is running.
+--network and --direct are explicit selections: the broker checks them against the
+security.policy entries (network.select) for the groups of COMMAND and of every process above
+this one, and refuses a denied one, naming the entry. Without them the broker decides, in this
+order: a via.program rule matching COMMAND, the enclosing session (inherited), then
+network_service.default_network, then direct (docs/configuration.md, "Program rules, policy and
+precedence"). A broker for the configuration is started if none is running, and reloaded if
+the configuration changed since it started.
 
 Exit status: the command's own status (128+N if it died of signal N); 2 for a usage or
 configuration error, including an unknown overlay (nothing is run); 1 if the broker cannot be
-started (nothing is run); 126/127 if COMMAND cannot be executed / is not found.
+started or security.policy denies the selection (nothing is run); 126/127 if COMMAND cannot be
+executed / is not found.
 
 Examples:
   via run --network app:tor -- curl http://example.test:8080/
@@ -89,7 +95,7 @@ Options:
                          program was started with LD_PRELOAD but without VIA_SOCKET)
   -h, --help             show this help
 
-Signals: SIGTERM/SIGINT stop it. Exit status: 0 after a clean stop (--daemon, --ensure: once
+Signals: SIGTERM/SIGINT stop it; SIGHUP makes it re-read its configuration (via reload). Exit status: 0 after a clean stop (--daemon, --ensure: once
 it listens, or if one was already running), 1 if it cannot start (the reason, with the last
 lines of its log), 2 for a usage or configuration error.
 
@@ -100,24 +106,58 @@ Examples:
 )HELP";
 
 const char* const kHelpCheck = R"HELP(Usage: via check [-c CONFIG]
+       via check [-c CONFIG] [--network NS:NAME | --direct] -- COMMAND [ARGS...]
 
 Loads and validates a configuration, then lists the files read, each overlay (kind, endpoint,
 options, where it is defined), the default network, the loopback policy, the fake-address
-pools and how many entries of other kinds were skipped.
+pools, the program rules, the network.select policies and how many entries of other kinds were
+skipped.
+
+With a COMMAND: explains which network and groups COMMAND would get if started from this
+shell (e.g. by via run), and why: the executable the kernel would run (PATH, #! scripts), the
+rules that give it groups, the rule, session or default that gives it its network, and for
+each network whether an explicit selection would be allowed, naming the policy entry. With
+--network/--direct: whether that explicit selection would be allowed.
 
 Options:
-  -c, --config PATH   configuration file or directory (default: the usual search)
-  -h, --help          show this help
+  -c, --config PATH    configuration file or directory (default: the usual search)
+  -n, --network ID     explain an explicit selection of ID for COMMAND
+      --direct         explain an explicit selection of direct for COMMAND
+  -h, --help           show this help
 
 Output (one line per overlay):
   app:tor  network.socks5  127.0.0.1:9050  isolate_streams=on  (/path/_index.yaml:12)
 
-Exit status: 0 if the configuration is valid; 2 otherwise, with the error as
+Exit status: 0 if the configuration is valid (and, with COMMAND, the selection allowed); 1 if
+the explained selection is denied; 2 otherwise, with the error as
 file:line:col: entry NS:NAME (KIND): FIELD: problem.
 
 Examples:
   via check
   via check -c ./src/_index.yaml
+  via check -- git fetch
+  via check --direct -- ~/untrusted/tool --flag
+)HELP";
+
+const char* const kHelpReload = R"HELP(Usage: via reload [-c CONFIG] [--socket PATH]
+
+Makes the running broker for a configuration (or for $VIA_SOCKET inside a via session) read
+its configuration file again, as SIGHUP does. A configuration that does not load is rejected:
+the broker keeps running the previous one, and this command prints the error. Connections
+already made, and connects in flight, are not cut; every program's network is selected again
+under the new rules and policies at its next request to the broker. (`via run` reloads the
+broker by itself when the configuration changed since the broker started.)
+
+Options:
+  -c, --config PATH   configuration whose broker to reload (default: the usual search)
+      --socket PATH   reload the broker on this socket
+  -h, --help          show this help
+
+Exit status: 0 once reloaded; 1 if no broker is running or the configuration was rejected.
+
+Examples:
+  via reload
+  kill -HUP <broker pid>      # the same, from the log's "broker pid N listening" line
 )HELP";
 
 const char* const kHelpProbe =
@@ -150,8 +190,9 @@ Examples:
 const char* const kHelpStatus = R"HELP(Usage: via status [-c CONFIG] [--socket PATH]
 
 Shows the running broker for a configuration (or for $VIA_SOCKET inside a via session): its
-overlays with connect counts, sessions, clients, and the size of the fake-address table. It
-does not start a broker.
+overlays with connect counts, sessions, clients, each connected program with its network and
+why (or why it was refused), and the size of the fake-address table. It does not start a
+broker.
 
 Options:
   -c, --config PATH   configuration whose broker to ask (default: the usual search)
@@ -220,6 +261,7 @@ int Dispatch(int argc, char** argv) {
                        : cmd == "probe"  ? kHelpProbe
                        : cmd == "status" ? kHelpStatus
                        : cmd == "stop"   ? kHelpStop
+                       : cmd == "reload" ? kHelpReload
                                          : nullptr;
     if (text == nullptr) {
       Error("no such command: " + cmd + "; try 'via --help'");
@@ -236,6 +278,7 @@ int Dispatch(int argc, char** argv) {
   if (cmd == "probe") return CmdProbe(sub_argc, sub_argv);
   if (cmd == "status") return CmdStatus(sub_argc, sub_argv);
   if (cmd == "stop") return CmdStop(sub_argc, sub_argv);
+  if (cmd == "reload") return CmdReload(sub_argc, sub_argv);
   Error("unknown command '" + cmd + "'; try 'via --help'");
   return kExitUsage;
 }

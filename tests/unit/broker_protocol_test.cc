@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -388,10 +389,10 @@ TEST_F(BrokerProtocolTest, HelloWithUnknownOverlayFailsEveryLaterRequest) {
   UniqueFd fd = Connect();
   Reply r = Hello(fd.get(), "app:nope");
   EXPECT_EQ(r.err, uint32_t(ENOENT));
-  EXPECT_EQ(r.message, "unknown overlay \"app:nope\"");
+  EXPECT_EQ(r.message, "unknown overlay \"app:nope\" (known: app:refused, app:silent, app:i2p)");
   Reply later = Resolve(fd.get(), "example.test");
   EXPECT_EQ(later.err, uint32_t(ENOENT));
-  EXPECT_EQ(later.message, "unknown overlay \"app:nope\"");
+  EXPECT_EQ(later.message, r.message);
 }
 
 TEST_F(BrokerProtocolTest, HelloWithOverlayWithoutDriverGivesItsError) {
@@ -412,8 +413,11 @@ TEST_F(BrokerProtocolTest, HelloWithSessionTakesTheSessionsNetwork) {
 
   UniqueFd shim = Connect();
   EXPECT_EQ(Hello(shim.get(), "", token).Str(wire::kTagNetwork), "app:silent");
+  // A token of no session is refused, not ignored (it could be an ended or forged session).
   UniqueFd stranger = Connect();
-  EXPECT_EQ(Hello(stranger.get(), "", std::string(32, 'f')).Str(wire::kTagNetwork), "direct");
+  Reply forged = Hello(stranger.get(), "", std::string(32, 'f'));
+  EXPECT_EQ(forged.err, uint32_t(EACCES));
+  EXPECT_NE(forged.message.find("names no open session"), std::string::npos) << forged.message;
   EXPECT_NE(StatusText().find("network app:silent clients=1\n"), std::string::npos);
 }
 
@@ -435,7 +439,7 @@ TEST_F(BrokerProtocolTest, OpenSessionForUnknownOverlayIsEnoent) {
   Reply r = Request(fd.get(), wire::kOpenSession,
                     [](wire::Writer& w) { w.PutString(wire::kTagNetwork, "app:nope"); });
   EXPECT_EQ(r.err, uint32_t(ENOENT));
-  EXPECT_EQ(r.message, "unknown overlay \"app:nope\"");
+  EXPECT_EQ(r.message, "unknown overlay \"app:nope\" (known: app:refused, app:silent, app:i2p)");
 }
 
 TEST_F(BrokerProtocolTest, SessionEndsWithItsConnection) {
@@ -618,8 +622,10 @@ TEST_F(BrokerProtocolTest, ReverseOfOtherAddressIsEnoent) {
 TEST_F(BrokerProtocolTest, StatusDescribesTheBroker) {
   StartBroker();
   std::string text = StatusText();
-  EXPECT_TRUE(std::regex_search(text, std::regex("^broker pid [0-9]+, config " + config_.source +
-                                                 ", socket " + socket_path_ + ", up [0-9]+s\n")))
+  EXPECT_TRUE(std::regex_search(
+      text, std::regex("^broker pid [0-9]+, config " + config_.source + " \\(fingerprint " +
+                       config_.fingerprint + ", 0 program rules, 0 network.select policies\\), " +
+                       "socket " + socket_path_ + ", up [0-9]+s\n")))
       << text;
   EXPECT_NE(
       text.find("overlay app:refused network.socks5 127.0.0.1:" + std::to_string(refused_port_) +
@@ -631,6 +637,133 @@ TEST_F(BrokerProtocolTest, StatusDescribesTheBroker) {
   EXPECT_NE(text.find("fake addresses: 0 names (pool 198.18.0.0/15, fd76:6961:ff00::/64)\n"),
             std::string::npos)
       << text;
+}
+
+// ---- program rules, policy, SESSION_CHILD, RELOAD (0x40-0x4F) ---------------------------------
+
+TEST_F(BrokerProtocolTest, ControlHelloNeedsNoNetworkAndCarriesTheFingerprint) {
+  config_.service.default_network = "app:i2p";  // unavailable: a shim's HELLO would fail
+  StartBroker();
+  UniqueFd fd = Connect();
+  Reply r = Request(fd.get(), wire::kHello, [](wire::Writer& w) {
+    w.PutU16(wire::kTagVersion, wire::kVersion);
+    w.PutU32(wire::kTagFlags, wire::kFlagControl);
+  });
+  EXPECT_EQ(r.err, 0u) << r.message;
+  EXPECT_EQ(r.Str(wire::kTagFingerprint), config_.fingerprint);
+  EXPECT_EQ(Hello(Connect().get()).err, uint32_t(ENOTSUP));
+}
+
+TEST_F(BrokerProtocolTest, OpenSessionDeniedByPolicyNamesTheEntry) {
+  // This test binary is "untrusted"; it opens a session for a command with --direct.
+  char self[4096];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  ASSERT_GT(n, 0);
+  config::ProgramRule rule;
+  rule.id = "app:me";
+  rule.file = "via.yaml";
+  rule.line = 3;
+  rule.exe = std::string(self, size_t(n));
+  rule.groups = {"untrusted"};
+  config_.programs.push_back(rule);
+  config::SecurityPolicy p;
+  p.id = "app:deny_network";
+  p.file = "via.yaml";
+  p.line = 9;
+  p.actions = {"network.select"};
+  p.resources = {"direct"};
+  p.groups = {"untrusted"};
+  config_.policies.push_back(p);
+  StartBroker();
+  UniqueFd fd = Greeted("direct");
+  Reply r = Request(fd.get(), wire::kOpenSession, [](wire::Writer& w) {
+    w.PutString(wire::kTagNetwork, "direct");
+    w.PutU32(wire::kTagFlags, wire::kFlagSessionExplicit);
+    w.PutString(wire::kTagExe, "/usr/bin/true");
+    w.PutString(wire::kTagArgv, "true");
+  });
+  EXPECT_EQ(r.err, uint32_t(EACCES));
+  EXPECT_NE(r.message.find("network.select of direct is denied by security.policy "
+                           "app:deny_network (via.yaml:9) for group untrusted"),
+            std::string::npos)
+      << r.message;
+  // An overlay is not covered by that entry.
+  Reply ok = Request(fd.get(), wire::kOpenSession, [](wire::Writer& w) {
+    w.PutString(wire::kTagNetwork, "silent");
+    w.PutU32(wire::kTagFlags, wire::kFlagSessionExplicit);
+  });
+  EXPECT_EQ(ok.err, 0u) << ok.message;
+  EXPECT_EQ(ok.Str(wire::kTagNetwork), "app:silent");
+  EXPECT_NE(Log().find("session refused for"), std::string::npos);
+}
+
+TEST_F(BrokerProtocolTest, SessionChildMustBeTheOpenersChild) {
+  StartBroker();
+  UniqueFd owner = Greeted("direct");
+  Reply s = Request(owner.get(), wire::kOpenSession,
+                    [](wire::Writer& w) { w.PutString(wire::kTagNetwork, "app:silent"); });
+  ASSERT_EQ(s.err, 0u);
+  std::string token = s.Str(wire::kTagSession);
+  auto child = [&](int fd, const std::string& t, uint32_t pid) {
+    return Request(fd, wire::kSessionChild, [&](wire::Writer& w) {
+      if (!t.empty()) w.PutString(wire::kTagSession, t);
+      if (pid != 0) w.PutU32(wire::kTagPid, pid);
+    });
+  };
+  EXPECT_EQ(child(owner.get(), "", 1).err, uint32_t(EINVAL));
+  EXPECT_EQ(child(owner.get(), token, 0).err, uint32_t(EINVAL));
+  UniqueFd other = Greeted("direct");
+  EXPECT_EQ(child(other.get(), token, uint32_t(getpid())).err, uint32_t(EPERM));  // not owner
+  Reply not_child = child(owner.get(), token, 1);
+  EXPECT_EQ(not_child.err, uint32_t(EPERM));
+  EXPECT_EQ(not_child.message, "pid 1 is not a child of the session's opener");
+  pid_t pid = fork();
+  if (pid == 0) {
+    pause();
+    _exit(0);
+  }
+  EXPECT_EQ(child(owner.get(), token, uint32_t(pid)).err, 0u);
+  EXPECT_EQ(child(owner.get(), token, uint32_t(pid)).err, uint32_t(EEXIST));
+  kill(pid, SIGKILL);
+  waitpid(pid, nullptr, 0);
+}
+
+TEST_F(BrokerProtocolTest, ReloadRejectsABrokenConfigAndAppliesAGoodOne) {
+  StartBroker();
+  UniqueFd fd = Greeted("direct");
+  {
+    FILE* f = fopen(config_.source.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    fputs("namespace: app\nentries:\n  - name: x\n    kind: network.socks5\n", f);
+    fclose(f);
+  }
+  Reply bad = Request(fd.get(), wire::kReload);
+  EXPECT_EQ(bad.err, uint32_t(EINVAL));
+  EXPECT_EQ(bad.message,
+            config_.source + ":3:5: entry app:x (network.socks5): host: network: host is required");
+  EXPECT_EQ(bad.Str(wire::kTagFingerprint), config_.fingerprint);  // still the old one
+  EXPECT_NE(StatusText().find("overlay app:silent"), std::string::npos);
+  EXPECT_NE(Log().find("rejected, still running the previous configuration"), std::string::npos);
+  UniqueFd silent = Greeted("app:silent");
+  {
+    FILE* f = fopen(config_.source.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    fputs(
+        "namespace: app\nentries:\n  - name: fresh\n    kind: network.socks5\n"
+        "    host: 127.0.0.1\n    port: 9\n",
+        f);
+    fclose(f);
+  }
+  Reply good = Request(fd.get(), wire::kReload);
+  EXPECT_EQ(good.err, 0u) << good.message;
+  EXPECT_NE(good.Str(wire::kTagFingerprint), config_.fingerprint);
+  std::string text = StatusText();
+  EXPECT_NE(text.find("overlay app:fresh"), std::string::npos) << text;
+  EXPECT_EQ(text.find("overlay app:silent"), std::string::npos) << text;
+  // A connection greeted for an overlay that is gone fails closed at its next request.
+  Reply gone = Resolve(silent.get(), "example.test");
+  EXPECT_EQ(gone.err, uint32_t(ENOENT));
+  EXPECT_EQ(gone.message, "unknown overlay \"app:silent\" (known: app:fresh)");
 }
 
 // ---- CONNECT ----------------------------------------------------------------------------------

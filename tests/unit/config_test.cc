@@ -96,7 +96,9 @@ TEST_F(ConfigTest, SeedLoadsUnchanged) {
   ASSERT_EQ(cfg->overlays.size(), 2u);
   EXPECT_EQ(cfg->overlays[0].id, "app:tor");
   EXPECT_EQ(cfg->overlays[1].id, "app:tailnet");
-  EXPECT_EQ(cfg->skipped_entries, 5);
+  EXPECT_EQ(cfg->skipped_entries, 4);  // deny_network (security.policy) is read, not skipped
+  ASSERT_EQ(cfg->policies.size(), 1u);
+  EXPECT_EQ(cfg->policies[0].id, "app:deny_network");
 }
 
 TEST_F(ConfigTest, SeedTorIsAnIsolatingSocks5Proxy) {
