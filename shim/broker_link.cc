@@ -375,12 +375,16 @@ bool NoConfigAnywhere() {
 }
 
 int BrokerHello(HelloInfo* info, char* msg, size_t msgcap) {
-  // The flags are the broker's configuration, not a property of our descriptor: once this
-  // thread has them (or has inherited them across fork), no system call is needed. A broker
-  // that restarted is noticed by the request that follows, as before.
-  if (t_link.hello_done && t_link.hello_err == 0) {
-    info->flags = t_link.flags;
-    return 0;
+  // Once this thread has the flags (or has inherited them across fork) they hold until the
+  // broker hangs up the link: it does so when a reload changes what this process gets (direct
+  // or an overlay, the loopback policy). One poll, no wait; a hang-up goes the long way and
+  // greets again. A broker that restarted is noticed the same way.
+  if (t_link.hello_done && t_link.hello_err == 0 && t_link.fd >= 0) {
+    pollfd p{t_link.fd, POLLRDHUP, 0};
+    if (poll(&p, 1, 0) == 0) {
+      info->flags = t_link.flags;
+      return 0;
+    }
   }
   Link* l = nullptr;
   int err = GetLink(&l, msg, msgcap);
