@@ -4,7 +4,7 @@
 # Also creates the test fixtures that need root: the `viatest` user (danted's username
 # authentication) and the PAM service `via-test-sockd` (accepts any credentials, so that
 # isolate_streams' random usernames can be observed in danted's log). The packages' own
-# services (danted, dnsmasq) are never left running: the tests start their own servers.
+# services (danted, dnsmasq, i2pd) are never left running: the tests start their own servers.
 set -euo pipefail
 
 if [ "$(id -u)" != 0 ]; then
@@ -15,7 +15,7 @@ fi
 packages=(
   build-essential cmake ninja-build pkg-config
   libyaml-cpp-dev libspdlog-dev libc-ares-dev libssl-dev libgtest-dev googletest clang-format
-  dante-server microsocks dnsmasq
+  dante-server microsocks dnsmasq i2pd
   curl wget git python3 openssl iproute2 util-linux procps ca-certificates tcpdump
 )
 
@@ -66,7 +66,7 @@ fi
 
 # If systemd runs the packages' services anyway, stop and disable them.
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-  for svc in danted dnsmasq; do
+  for svc in danted dnsmasq i2pd; do
     if systemctl is-enabled --quiet "$svc" 2>/dev/null || systemctl is-active --quiet "$svc" 2>/dev/null; then
       systemctl disable --now --quiet "$svc" 2>/dev/null || true
     fi
