@@ -145,7 +145,16 @@ void ConnectOp::Pump() {
     if (want == 0) return Finish(EPROTO, "the overlay handshake stalled (nothing to send or read)");
     // Exactly what the handshake asks for: the bytes after it belong to the program.
     uint8_t buf[512];
-    ssize_t r = recv(fd_.get(), buf, std::min(want, sizeof buf), MSG_DONTWAIT);
+    size_t take = std::min(want, sizeof buf);
+    if (handshake_->LineMode()) {
+      // Peek, then take through the first '\n' only: what follows is the program's.
+      ssize_t p = recv(fd_.get(), buf, take, MSG_DONTWAIT | MSG_PEEK);
+      if (p > 0) {
+        const void* nl = std::memchr(buf, '\n', size_t(p));
+        take = nl == nullptr ? size_t(p) : size_t(static_cast<const uint8_t*>(nl) - buf) + 1;
+      }
+    }
+    ssize_t r = recv(fd_.get(), buf, take, MSG_DONTWAIT);
     if (r < 0 && errno == EINTR) continue;
     if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return WaitFor(EPOLLIN);
     if (r < 0) {
