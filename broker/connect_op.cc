@@ -78,7 +78,7 @@ void ConnectOp::Start(DoneFn done) {
   if ((flags & O_NONBLOCK) == 0 && fcntl(fd_.get(), F_SETFL, flags | O_NONBLOCK) != 0) {
     return Finish(errno, std::string("fcntl(F_SETFL): ") + std::strerror(errno));
   }
-  timer_ = loop_->AddTimer(driver_->connect_timeout_ms(), [this] {
+  timer_ = loop_->AddTimer(timeout_ms_ > 0 ? timeout_ms_ : driver_->connect_timeout_ms(), [this] {
     timer_ = 0;
     OnTimeout();
   });
@@ -119,7 +119,8 @@ void ConnectOp::OnEvent(uint32_t events) {
 }
 
 void ConnectOp::OnTimeout() {
-  const std::string ms = std::to_string(driver_->connect_timeout_ms());
+  const std::string ms =
+      std::to_string(timeout_ms_ > 0 ? timeout_ms_ : driver_->connect_timeout_ms());
   if (phase_ == Phase::kConnecting) {
     return Finish(ETIMEDOUT, "no connection to proxy " + endpoint_ + " within " + ms + " ms");
   }

@@ -38,6 +38,9 @@ class ConnectOp {
 
   // Starts connecting. `done` may run before Start returns (e.g. no usable endpoint).
   void Start(DoneFn done);
+  // Replaces the driver's connect_timeout for this op (before Start), e.g. for I2P's SESSION
+  // CREATE, which takes 20 s on i2pd.
+  void set_timeout_ms(int ms) { timeout_ms_ = ms; }
 
  private:
   enum class Phase { kIdle, kConnecting, kHandshake, kFinished };
@@ -63,6 +66,7 @@ class ConnectOp {
   bool watched_ = false;
   uint32_t watched_events_ = 0;
   uint64_t timer_ = 0;
+  int timeout_ms_ = 0;  // 0: the driver's connect_timeout
 };
 
 }  // namespace via::broker

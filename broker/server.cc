@@ -53,6 +53,7 @@ Server::Server(const config::Config& config, const BrokerOptions& options, Event
 }
 
 Server::~Server() {
+  listeners_.clear();
   while (!clients_.empty()) CloseClient(clients_.begin()->first);
   if (idle_timer_ != 0) loop_->CancelTimer(idle_timer_);
   if (listen_fd_) loop_->Unwatch(listen_fd_.get());
@@ -78,6 +79,7 @@ Status Server::Start() {
     auto driver = overlays::CreateDriver(o);
     if (driver.ok()) {
       st.driver = std::move(*driver);
+      st.runtime = CreateOverlayRuntime(o, config_.service, st.driver.get(), loop_, log_);
     } else {
       st.error = driver.status();
       log_->warn("overlay {} is unavailable: {}", o.id, st.error.message());
@@ -87,6 +89,10 @@ Status Server::Start() {
   if (Status s = Listen(); !s.ok()) return s;
   log_->info("broker pid {} listening on {} (config {}); overlays: {}", getpid(),
              options_.socket_path, config_.source, OverlaySummary());
+  // Work an overlay needs before its first connect (I2P's SAM session takes 20 s to create).
+  for (auto& [id, st] : overlays_) {
+    if (st.runtime) st.runtime->Start();
+  }
   UpdateIdle();
   return Status::Ok();
 }
@@ -258,7 +264,14 @@ void Server::CloseClient(uint64_t client_id) {
   std::unique_ptr<Client> c = std::move(it->second);
   clients_.erase(it);
   // Destroying a ConnectOp cancels it: flags restored, duplicate closed, no reply.
-  for (uint64_t op : c->ops) ops_.erase(op);
+  for (uint64_t op : c->ops) {
+    auto p = ops_.find(op);
+    if (p == ops_.end()) continue;
+    if (p->second.wait != 0 && p->second.overlay->runtime) {
+      p->second.overlay->runtime->CancelWait(p->second.wait);
+    }
+    ops_.erase(p);
+  }
   for (const SessionTable::Session& s : sessions_.EndOwnedBy(client_id)) {
     log_->info("session {} ({}) ended", s.token.substr(0, 8), s.network);
   }
@@ -267,7 +280,7 @@ void Server::CloseClient(uint64_t client_id) {
 }
 
 void Server::UpdateIdle() {
-  if (!clients_.empty() || sessions_.size() != 0 || options_.stay) {
+  if (!clients_.empty() || sessions_.size() != 0 || !listeners_.empty() || options_.stay) {
     if (idle_timer_ != 0) loop_->CancelTimer(idle_timer_);
     idle_timer_ = 0;
     return;
@@ -333,7 +346,7 @@ void Server::Handle(Client& c, const uint8_t* data, size_t n, std::vector<Unique
   }
   const uint16_t type = m.type();
   const uint16_t reply = type | wire::kReplyBit;
-  if (type != wire::kConnect) fds.clear();  // descriptors belong to CONNECT only
+  if (type != wire::kConnect && type != wire::kListen) fds.clear();  // CONNECT/LISTEN only
   if (type != wire::kHello) {
     if (!c.greeted) {
       return ReplyError(c, reply, m.id(), EPROTO,
@@ -358,6 +371,8 @@ void Server::Handle(Client& c, const uint8_t* data, size_t n, std::vector<Unique
       return HandleStatus(c, m);
     case wire::kShutdown:
       return HandleShutdown(c, m);
+    case wire::kListen:
+      return HandleListen(c, m, fds);
     default:
       return ReplyError(c, reply, m.id(), EPROTO, "unknown message type " + std::to_string(type));
   }
@@ -505,20 +520,31 @@ void Server::HandleConnect(Client& c, const wire::Message& m, std::vector<Unique
   if (Status s = CheckTcpSocket(fds[0].get()); !s.ok()) {
     return ConnectFailed(c, m.id(), c.overlay, target.ToString(), s.code(), s.message());
   }
-  auto hs = c.overlay->driver->NewHandshake(target);
-  if (!hs.ok()) {
-    return ConnectFailed(c, m.id(), c.overlay, target.ToString(), hs.status().code(),
-                         hs.status().message());
-  }
   uint64_t op_id = next_op_++;
   PendingConnect& p = ops_[op_id];
   p.client = c.id;
   p.request_id = m.id();
   p.overlay = c.overlay;
   p.target = std::move(target);
-  p.op = std::make_unique<ConnectOp>(loop_, c.overlay->driver.get(), std::move(fds[0]),
-                                     std::move(*hs));
+  p.waiting_fd = std::move(fds[0]);
   c.ops.push_back(op_id);
+  if (!c.overlay->runtime) return StartConnectOp(op_id, Status::Ok());
+  // E.g. I2P: STREAM CONNECT needs the SAM session, created ahead; wait for it if it is not up.
+  uint64_t wait = c.overlay->runtime->WhenReady(
+      [this, op_id](const Status& ready) { StartConnectOp(op_id, ready); });
+  if (auto it = ops_.find(op_id); it != ops_.end() && !it->second.op) it->second.wait = wait;
+}
+
+void Server::StartConnectOp(uint64_t op_id, const Status& ready) {
+  auto it = ops_.find(op_id);
+  if (it == ops_.end() || it->second.op) return;
+  PendingConnect& p = it->second;
+  p.wait = 0;
+  if (!ready.ok()) return OnConnectDone(op_id, ready.code(), ready.message());
+  auto hs = p.overlay->driver->NewHandshake(p.target);
+  if (!hs.ok()) return OnConnectDone(op_id, hs.status().code(), hs.status().message());
+  p.op = std::make_unique<ConnectOp>(loop_, p.overlay->driver.get(), std::move(p.waiting_fd),
+                                     std::move(*hs));
   // May finish (and erase `p`) before it returns.
   p.op->Start([this, op_id](int err, const std::string& msg) { OnConnectDone(op_id, err, msg); });
 }
@@ -639,6 +665,16 @@ void Server::HandleStatus(Client& c, const wire::Message& m) {
     out << "session " << token.substr(0, 8) << " network " << s.network << " clients=" << clients
         << "\n";
   }
+  for (const auto& [id, st] : overlays_) {
+    if (st.runtime) st.runtime->AppendStatus(out);
+  }
+  out << "listeners: " << listeners_.size() << "\n";
+  for (const auto& [lid, e] : listeners_) {
+    std::string address = e.listener ? e.listener->address() : "";
+    out << "listener " << e.overlay->overlay->id << " " << AddrText(e.bound, true) << " "
+        << (address.empty() ? "(not ready)" : address) << " accepted=" << e.accepted << " "
+        << e.owner << "\n";
+  }
   out << "clients: " << clients_.size() << ", connects in flight: " << ops_.size() << "\n";
   out << "fake addresses: " << pool_->size() << " names (pool " << pool_->v4_cidr() << ", "
       << pool_->v6_cidr() << ")\n";
@@ -654,6 +690,163 @@ void Server::HandleShutdown(Client& c, const wire::Message& m) {
   ReplyOk(c, wire::kShutdown | wire::kReplyBit, m.id());
   log_->info("shutdown requested by {}", PeerText(c));
   loop_->Quit();
+}
+
+// ---- inbound listeners ------------------------------------------------------------------------
+
+void Server::HandleListen(Client& c, const wire::Message& m, std::vector<UniqueFd>& fds) {
+  const uint16_t reply = wire::kListen | wire::kReplyBit;
+  if (fds.size() != 1) {
+    return ReplyError(c, reply, m.id(), fds.empty() ? EBADF : EINVAL,
+                      "LISTEN must carry exactly one socket (the broker's end of a socketpair)");
+  }
+  int type = 0, domain = 0;
+  socklen_t len = sizeof type;
+  getsockopt(fds[0].get(), SOL_SOCKET, SO_TYPE, &type, &len);
+  len = sizeof domain;
+  getsockopt(fds[0].get(), SOL_SOCKET, SO_DOMAIN, &domain, &len);
+  if (type != SOCK_SEQPACKET || domain != AF_UNIX) {
+    return ReplyError(c, reply, m.id(), EPROTOTYPE,
+                      "LISTEN's socket must be an AF_UNIX SOCK_SEQPACKET socket");
+  }
+  wire::Field f;
+  wire::Addr bound;
+  if (!m.Find(wire::kTagAddr, &f) || !f.addr(&bound)) {
+    return ReplyError(c, reply, m.id(), EINVAL, "LISTEN needs a well-formed ADDR");
+  }
+  const std::string where = AddrText(bound, true);
+  if (c.overlay == nullptr) {
+    return ReplyError(c, reply, m.id(), EINVAL,
+                      "the connection's network is direct: listen without the broker");
+  }
+  const std::string& id = c.overlay->overlay->id;
+  switch (config_.service.listen) {
+    case config::ListenPolicy::kLocal: {
+      log_->info(
+          "listen on {} under {} stays on the host's interfaces (network_service.listen: "
+          "local) ({})",
+          where, id, PeerText(c));
+      uint8_t buf[64];
+      wire::Writer w(buf, sizeof buf, reply, m.id());
+      w.PutU32(wire::kTagErrno, 0);
+      w.PutU32(wire::kTagFlags, wire::kFlagListenLocal);
+      return Reply(c, w);
+    }
+    case config::ListenPolicy::kRefuse: {
+      std::string msg = "listen on " + where + " refused under " + id +
+                        ": network_service.listen is refuse (use overlay or local to allow it)";
+      log_->warn("{} ({})", msg, PeerText(c));
+      return ReplyError(c, reply, m.id(), EOPNOTSUPP, msg);
+    }
+    case config::ListenPolicy::kOverlay:
+      break;
+  }
+  const std::string owner = PeerText(c);
+  uint64_t lid = next_listener_++;
+  ListenerEntry& e = listeners_[lid];
+  e.client = c.id;
+  e.request_id = m.id();
+  e.overlay = c.overlay;
+  e.sock = std::move(fds[0]);
+  // Never block the loop on a program that does not accept: a full socket drops the stream.
+  fcntl(e.sock.get(), F_SETFL, fcntl(e.sock.get(), F_GETFL) | O_NONBLOCK);
+  e.bound = bound;
+  e.owner = owner;
+  Result<std::unique_ptr<InboundListener>> l =
+      Status::Error(ENOTSUP, "no inbound support in this overlay");
+  if (c.overlay->runtime) {
+    InboundListener::Events ev;
+    ev.ready = [this, lid](const Status& s) { OnListenerReady(lid, s); };
+    ev.accepted = [this, lid](AcceptedStream a) { OnListenerAccepted(lid, std::move(a)); };
+    ev.failed = [this, lid](const Status& s) { CloseListener(lid, s.message()); };
+    l = c.overlay->runtime->Listen(bound.port, owner, std::move(ev));
+  }
+  if (!l.ok()) {
+    std::string msg = l.status().code() == ENOTSUP
+                          ? "listen on " + where + " refused: " + id + " (" +
+                                c.overlay->overlay->kind_name +
+                                ") cannot carry inbound connections; set "
+                                "network_service.listen: local to listen on the host's own "
+                                "interfaces instead"
+                          : "listen on " + where + " via " + id + ": " + l.status().message();
+    int err = l.status().code() == ENOTSUP ? EOPNOTSUPP : l.status().code();
+    log_->warn("{} ({})", msg, owner);
+    listeners_.erase(lid);
+    return ReplyError(c, reply, m.id(), err, msg);
+  }
+  auto it = listeners_.find(lid);
+  if (it == listeners_.end()) return;  // failed at once and was closed
+  it->second.listener = std::move(*l);
+  // The program closing its listening socket (or exiting) hangs up the socketpair.
+  loop_->Watch(it->second.sock.get(), EPOLLRDHUP,
+               [this, lid](uint32_t) { CloseListener(lid, "closed by the program"); });
+  UpdateIdle();
+}
+
+void Server::OnListenerReady(uint64_t id, const Status& s) {
+  auto it = listeners_.find(id);
+  if (it == listeners_.end()) return;
+  ListenerEntry& e = it->second;
+  if (e.replied) return;
+  e.replied = true;
+  const uint16_t reply = wire::kListen | wire::kReplyBit;
+  auto cit = clients_.find(e.client);
+  const std::string where = AddrText(e.bound, true);
+  const std::string& oid = e.overlay->overlay->id;
+  if (!s.ok()) {
+    std::string msg = "listen on " + where + " via " + oid + ": " + s.message();
+    log_->warn("{} ({})", msg, e.owner);
+    if (cit != clients_.end()) ReplyError(*cit->second, reply, e.request_id, s.code(), msg);
+    return CloseListener(id, "");
+  }
+  // `listener` is unset while Listen() has not returned yet.
+  std::string address = e.listener ? e.listener->address() : "";
+  if (cit == clients_.end()) return CloseListener(id, "the requester went away");
+  uint8_t buf[512];
+  wire::Writer w(buf, sizeof buf, reply, e.request_id);
+  w.PutU32(wire::kTagErrno, 0);
+  if (!address.empty()) w.PutString(wire::kTagListenAddress, address);
+  Reply(*cit->second, w);
+}
+
+void Server::OnListenerAccepted(uint64_t id, AcceptedStream stream) {
+  auto it = listeners_.find(id);
+  if (it == listeners_.end()) return;
+  ListenerEntry& e = it->second;
+  // The peer gets a fake address (getnameinfo maps it back to its .b32.i2p), in the family of
+  // the program's listening socket.
+  FakeAddressPool::Pair pair = pool_->Lookup(stream.peer_name);
+  wire::Addr peer = e.bound.family == 4 ? pair.v4 : pair.v6;
+  peer.port = 0;
+  uint8_t buf[1024];
+  wire::Writer w(buf, sizeof buf, wire::kAccepted, uint32_t(e.accepted + 1));
+  w.PutU32(wire::kTagErrno, 0);
+  w.PutAddr(wire::kTagAddr, peer);
+  w.PutString(wire::kTagPeerName, stream.peer_name);
+  ssize_t r = wire::SendDatagram(e.sock.get(), w.data(), w.size(), stream.fd.get());
+  if (r < 0) {
+    log_->warn("listener {} of {}: cannot hand over a connection from {}: {}",
+               AddrText(e.bound, true), e.owner, stream.peer_name, std::strerror(errno));
+    return;
+  }
+  e.accepted++;
+  log_->info("listener {} via {}: accepted a connection from {} ({})", AddrText(e.bound, true),
+             e.overlay->overlay->id, stream.peer_name, e.owner);
+}
+
+void Server::CloseListener(uint64_t id, const std::string& why) {
+  auto it = listeners_.find(id);
+  if (it == listeners_.end()) return;
+  if (it->second.sock) loop_->Unwatch(it->second.sock.get());
+  if (!why.empty()) {
+    log_->info("listener {} via {} ({}): {}", AddrText(it->second.bound, true),
+               it->second.overlay->overlay->id, it->second.owner, why);
+  }
+  // Destroyed after the current handlers: this may run inside the listener's own callback.
+  auto entry = std::make_shared<ListenerEntry>(std::move(it->second));
+  listeners_.erase(it);
+  loop_->Post([entry] {});
+  UpdateIdle();
 }
 
 }  // namespace via::broker

@@ -19,6 +19,7 @@
 #include "broker/connect_op.h"
 #include "broker/event_loop.h"
 #include "broker/fake_address_pool.h"
+#include "broker/overlay_runtime.h"
 #include "broker/session_table.h"
 #include "common/unique_fd.h"
 #include "common/wire.h"
@@ -47,6 +48,7 @@ class Server {
     std::unique_ptr<overlays::Driver> driver;  // null if it could not be created
     Status error;                              // why not
     uint64_t ok = 0, failed = 0;               // connects
+    std::unique_ptr<OverlayRuntime> runtime;   // sessions and listeners (I2P); may be null
   };
   struct Client {
     uint64_t id = 0;
@@ -66,6 +68,21 @@ class Server {
     OverlayState* overlay = nullptr;
     overlays::Target target;
     std::unique_ptr<ConnectOp> op;
+    UniqueFd waiting_fd;  // the program's socket while the overlay's runtime gets ready
+    uint64_t wait = 0;    // OverlayRuntime wait id
+  };
+  // An inbound listener (docs/protocol.md "LISTEN"): the program's listening fd was replaced by
+  // the peer of `sock`; accepted streams are sent over `sock` (ACCEPTED with SCM_RIGHTS).
+  struct ListenerEntry {
+    uint64_t client = 0;  // who asked; the reply waits for the overlay to be ready
+    uint32_t request_id = 0;
+    bool replied = false;
+    OverlayState* overlay = nullptr;
+    UniqueFd sock;      // the broker's end of the socketpair
+    wire::Addr bound;   // what the program bound (its family and port)
+    std::string owner;  // "pid 123 /usr/bin/python3"
+    std::unique_ptr<InboundListener> listener;
+    uint64_t accepted = 0;
   };
 
   Status CheckSocketDir() const;
@@ -89,6 +106,14 @@ class Server {
   void HandleOpenSession(Client& c, const wire::Message& m);
   void HandleStatus(Client& c, const wire::Message& m);
   void HandleShutdown(Client& c, const wire::Message& m);
+  void HandleListen(Client& c, const wire::Message& m, std::vector<UniqueFd>& fds);
+
+  // Creates the handshake and the ConnectOp of a pending connect whose overlay is ready.
+  void StartConnectOp(uint64_t op_id, const Status& ready);
+  void OnListenerReady(uint64_t id, const Status& s);
+  void OnListenerAccepted(uint64_t id, AcceptedStream stream);
+  // Destroys a listener (its overlay side goes down) after the current handlers have run.
+  void CloseListener(uint64_t id, const std::string& why);
 
   // Resolves a network reference: "direct" gives *out = nullptr; an overlay gives its state.
   // Unknown → ENOENT; an overlay whose driver failed → that failure.
@@ -115,6 +140,8 @@ class Server {
   std::unordered_map<uint64_t, std::unique_ptr<Client>> clients_;
   std::unordered_map<uint64_t, PendingConnect> ops_;
   SessionTable sessions_;
+  std::map<uint64_t, ListenerEntry> listeners_;
+  uint64_t next_listener_ = 1;
   std::vector<uint8_t> recv_buf_;                // one datagram (plus a byte to detect oversize)
   std::set<std::string> logged_network_errors_;  // HELLO failures are logged once per network
   uint64_t next_client_ = 1;

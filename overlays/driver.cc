@@ -4,6 +4,7 @@
 #include <string>
 
 #include "common/wire.h"
+#include "overlays/i2p.h"
 #include "overlays/socks5.h"
 
 namespace via::overlays {
@@ -20,8 +21,12 @@ Result<std::unique_ptr<Driver>> CreateDriver(const config::Overlay& overlay) {
   switch (overlay.kind) {
     case config::OverlayKind::kSocks5:
       return Socks5Driver::Create(overlay);
+    case config::OverlayKind::kI2p: {
+      auto d = I2pDriver::Create(overlay);
+      if (!d.ok()) return d.status();
+      return std::unique_ptr<Driver>(std::move(*d));
+    }
     case config::OverlayKind::kTailscale:
-    case config::OverlayKind::kI2p:
       break;
   }
   std::string kind = overlay.kind_name;

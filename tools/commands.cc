@@ -120,9 +120,9 @@ int CmdRun(int argc, char** argv) {
             (origin == "--network" ? "" : "; it was selected by " + origin));
       return kExitUsage;
     }
-    if (o->kind != config::OverlayKind::kSocks5) {
+    if (o->kind == config::OverlayKind::kTailscale) {
       Error("overlay " + o->id + " (" + o->kind_name +
-            ") is not supported by this build of via yet; only network.socks5 is");
+            ") is not supported by this build of via yet; network.socks5 and network.i2p are");
       return kExitUsage;
     }
     network = o->id;

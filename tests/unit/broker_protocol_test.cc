@@ -89,13 +89,13 @@ class BrokerProtocolTest : public ::testing::Test {
     config_.source = dir_ + "/via.yaml";
     AddSocks5("app:refused", refused_port_);
     AddSocks5("app:silent", silent_port_);
-    config::Overlay i2p;
-    i2p.id = "app:i2p";
-    i2p.ns = "app";
-    i2p.name = "i2p";
-    i2p.kind = config::OverlayKind::kI2p;
-    i2p.kind_name = "network.i2p";
-    config_.overlays.push_back(i2p);
+    config::Overlay ts;  // a kind without a driver in this build
+    ts.id = "app:ts";
+    ts.ns = "app";
+    ts.name = "ts";
+    ts.kind = config::OverlayKind::kTailscale;
+    ts.kind_name = "network.tailscale";
+    config_.overlays.push_back(ts);
     config_.service.loopback = config::LoopbackPolicy::kRefuse;
   }
 
@@ -397,9 +397,9 @@ TEST_F(BrokerProtocolTest, HelloWithUnknownOverlayFailsEveryLaterRequest) {
 TEST_F(BrokerProtocolTest, HelloWithOverlayWithoutDriverGivesItsError) {
   StartBroker();
   UniqueFd fd = Connect();
-  Reply r = Hello(fd.get(), "app:i2p");
+  Reply r = Hello(fd.get(), "app:ts");
   EXPECT_EQ(r.err, uint32_t(ENOTSUP));
-  EXPECT_NE(r.message.find("network.i2p"), std::string::npos) << r.message;
+  EXPECT_NE(r.message.find("network.tailscale"), std::string::npos) << r.message;
 }
 
 TEST_F(BrokerProtocolTest, HelloWithSessionTakesTheSessionsNetwork) {
@@ -519,7 +519,7 @@ TEST_F(BrokerProtocolTest, StatusDescribesTheBroker) {
                 " isolate_streams=false connects ok=0 failed=0\n"),
       std::string::npos)
       << text;
-  EXPECT_NE(text.find("overlay app:i2p network.i2p unavailable: "), std::string::npos) << text;
+  EXPECT_NE(text.find("overlay app:ts network.tailscale unavailable: "), std::string::npos) << text;
   EXPECT_NE(text.find("sessions: 0\n"), std::string::npos) << text;
   EXPECT_NE(text.find("fake addresses: 0 names (pool 198.18.0.0/15, fd76:6961:ff00::/64)\n"),
             std::string::npos)

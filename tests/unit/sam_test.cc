@@ -10,6 +10,9 @@
 #include <sstream>
 #include <string>
 
+#include "overlays/driver.h"
+#include "overlays/i2p.h"
+
 namespace via::overlays::sam {
 namespace {
 
@@ -406,3 +409,63 @@ TEST(SamFuzzCorpus, EveryEntryParsesOrFailsCleanly) {
 
 }  // namespace
 }  // namespace via::overlays::sam
+
+namespace via::overlays {
+namespace {
+
+config::Overlay I2pOverlay(const std::string& host) {
+  config::Overlay o;
+  o.id = "app:i2p";
+  o.ns = "app";
+  o.name = "i2p";
+  o.kind = config::OverlayKind::kI2p;
+  o.kind_name = "network.i2p";
+  o.i2p.host = host;
+  o.i2p.port = 7656;
+  return o;
+}
+
+TEST(I2pDriver, CreatesWithTheSamEndpoint) {
+  config::Overlay o = I2pOverlay("127.0.0.1");
+  auto d = CreateDriver(o);
+  ASSERT_TRUE(d.ok()) << d.status().message();
+  ASSERT_EQ((*d)->endpoints().size(), 1u);
+  EXPECT_EQ((*d)->endpoints()[0].text, "127.0.0.1:7656");
+  EXPECT_EQ((*d)->connect_timeout_ms(), 60000);
+}
+
+TEST(I2pDriver, UnresolvableHost) {
+  config::Overlay o = I2pOverlay("no-such-host.invalid");
+  auto d = CreateDriver(o);
+  EXPECT_EQ(d.status().code(), EHOSTUNREACH);
+  EXPECT_EQ(d.status().message().rfind("overlay app:i2p: cannot resolve SAM host "
+                                       "\"no-such-host.invalid\": ",
+                                       0),
+            0u)
+      << d.status().message();
+}
+
+TEST(I2pDriver, OnlyI2pNamesWithASession) {
+  config::Overlay o = I2pOverlay("127.0.0.1");
+  auto d = I2pDriver::Create(o);
+  ASSERT_TRUE(d.ok());
+  Target t;
+  t.name = "example.com";
+  t.port = 80;
+  auto hs = (*d)->NewHandshake(t);
+  EXPECT_EQ(hs.status().code(), ENETUNREACH);
+  EXPECT_EQ(hs.status().message(),
+            "I2P reaches only .i2p names (example.com:80 is not one; SAM has no outproxy)");
+  t.name = "";
+  t.addr.family = 4;
+  EXPECT_EQ((*d)->NewHandshake(t).status().code(), ENETUNREACH);
+  t.name = "site.i2p";
+  EXPECT_EQ((*d)->NewHandshake(t).status().message(), "no SAM session is up");
+  (*d)->set_session("via-1");
+  hs = (*d)->NewHandshake(t);
+  ASSERT_TRUE(hs.ok());
+  EXPECT_EQ((*hs)->Output(), "HELLO VERSION MIN=3.1 MAX=3.3\n");
+}
+
+}  // namespace
+}  // namespace via::overlays

@@ -455,9 +455,6 @@ TEST_F(Socks5Test, UnsupportedKinds) {
   EXPECT_EQ(
       CreateDriver(o).status().message(),
       "overlay app:tailnet: kind network.tailscale is not supported by this build of via yet");
-  o.kind = config::OverlayKind::kI2p;
-  o.kind_name = "network.i2p";
-  EXPECT_EQ(CreateDriver(o).status().code(), ENOTSUP);
 }
 
 }  // namespace
