@@ -207,6 +207,10 @@ VIA_EXPORT int sendmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags) {
 
 VIA_EXPORT int getpeername(int fd, sockaddr* addr, socklen_t* len) noexcept {
   wire::Addr dest;
+  if (!Passthrough() && ViaListener(fd, &dest)) {
+    errno = ENOTCONN;  // a listening socket has no peer
+    return -1;
+  }
   if (addr != nullptr && len != nullptr && LookupRouted(fd, &dest)) {
     sockaddr_storage ss;
     socklen_t actual = wire::AddrToSockaddr(dest, &ss);

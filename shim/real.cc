@@ -44,6 +44,10 @@ void Init() {
   Set(g_real.sendmsg, "sendmsg");
   Set(g_real.sendmmsg, "sendmmsg");
   Set(g_real.getpeername, "getpeername");
+  Set(g_real.getsockname, "getsockname");
+  Set(g_real.listen, "listen");
+  Set(g_real.accept, "accept");
+  Set(g_real.accept4, "accept4");
   Set(g_real.getaddrinfo, "getaddrinfo");
   Set(g_real.freeaddrinfo, "freeaddrinfo");
   Set(g_real.gethostbyname, "gethostbyname");

@@ -28,6 +28,10 @@ struct RealFns {
   ssize_t (*sendmsg)(int, const msghdr*, int);
   int (*sendmmsg)(int, mmsghdr*, unsigned int, int);
   int (*getpeername)(int, sockaddr*, socklen_t*);
+  int (*getsockname)(int, sockaddr*, socklen_t*);
+  int (*listen)(int, int);
+  int (*accept)(int, sockaddr*, socklen_t*);
+  int (*accept4)(int, sockaddr*, socklen_t*, int);
   int (*getaddrinfo)(const char*, const char*, const addrinfo*, addrinfo**);
   void (*freeaddrinfo)(addrinfo*);
   hostent* (*gethostbyname)(const char*);
@@ -81,6 +85,15 @@ int BrokerResolve(const char* name, int family, wire::Addr* out, int cap, int* c
                   size_t msgcap);
 // Name of a fake address; ENOENT if `addr` is not one.
 int BrokerReverse(const wire::Addr& addr, char* name, size_t namecap);
+// LISTEN (docs/protocol.md): `pass_fd` is the broker's end of the listener's socketpair, `bound`
+// what the program bound. *flags gets the reply's FLAGS, `address` the overlay address (or "").
+int BrokerListen(int pass_fd, const wire::Addr& bound, uint32_t* flags, char* address,
+                 size_t addrcap, char* msg, size_t msgcap);
+
+// ---- inbound listeners (hook_listen.cc) -------------------------------------------------------
+// Whether `fd` is a listener the shim put in place of a program's socket; *bound gets the
+// address the program bound (stateless: read from the socket's abstract name).
+bool ViaListener(int fd, wire::Addr* bound);
 
 // ---- local names (hosts.cc) -----------------------------------------------------------------
 // Answers `name` locally if it is "localhost" (and friends) or listed in /etc/hosts: fills up to
