@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "broker/tailscale_runtime.h"
 #include "overlays/sam.h"
 
 namespace via::broker {
@@ -454,8 +455,10 @@ std::unique_ptr<OverlayRuntime> CreateOverlayRuntime(const config::Overlay& over
     case config::OverlayKind::kI2p:
       return std::make_unique<I2pRuntime>(
           overlay, service, static_cast<overlays::I2pDriver*>(driver), loop, std::move(log));
-    case config::OverlayKind::kSocks5:
     case config::OverlayKind::kTailscale:
+      return std::make_unique<TailscaleRuntime>(
+          overlay, service, static_cast<overlays::TailscaleDriver*>(driver), loop, std::move(log));
+    case config::OverlayKind::kSocks5:
       break;
   }
   return nullptr;

@@ -417,8 +417,8 @@ Status ParseSocks5(const EntryReader& r, Socks5Settings* s) {
 }
 
 Status ParseTailscale(const EntryReader& r, TailscaleSettings* s) {
-  if (Status st = r.CheckKnown(
-          {"hostname", "auth_key", "auth_key_env", "state_dir", "control_url", "ephemeral"});
+  if (Status st = r.CheckKnown({"hostname", "auth_key", "auth_key_env", "state_dir", "control_url",
+                                "ephemeral", "localapi_socket", "helper", "connect_timeout"});
       !st.ok()) {
     return st;
   }
@@ -426,11 +426,15 @@ Status ParseTailscale(const EntryReader& r, TailscaleSettings* s) {
                             {"auth_key", &s->auth_key},
                             {"auth_key_env", &s->auth_key_env},
                             {"state_dir", &s->state_dir},
-                            {"control_url", &s->control_url}}) {
+                            {"control_url", &s->control_url},
+                            {"localapi_socket", &s->localapi_socket},
+                            {"helper", &s->helper}}) {
     if (Status st = r.String(field, out); !st.ok()) return st;
   }
   if (Status st = r.Bool("ephemeral", &s->ephemeral); !st.ok()) return st;
-  if (s->auth_key.empty() && s->auth_key_env.empty()) {
+  if (Status st = r.Duration("connect_timeout", &s->connect_timeout_ms); !st.ok()) return st;
+  // An entry attached to a running tailscaled uses that daemon's login: no key of its own.
+  if (s->auth_key.empty() && s->auth_key_env.empty() && s->localapi_socket.empty()) {
     return r.Error("auth_key", "network: tailscale auth_key or auth_key_env is required");
   }
   return Status::Ok();

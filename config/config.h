@@ -43,6 +43,10 @@ struct TailscaleSettings {
   std::string state_dir;
   std::string control_url;
   bool ephemeral = false;
+  // via extensions (docs/tailscale.md):
+  std::string localapi_socket;     // attach to this tailscaled's LocalAPI instead of running a node
+  std::string helper;              // path of via-tsnet; default: next to the via binary
+  int connect_timeout_ms = 30000;  // waiting for the node to be Running, plus the dial
 };
 
 // `kind: network.i2p`: an I2P router's SAM v3 bridge (fields as in Wippy, plus via's

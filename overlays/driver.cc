@@ -6,6 +6,7 @@
 #include "common/wire.h"
 #include "overlays/i2p.h"
 #include "overlays/socks5.h"
+#include "overlays/tailscale.h"
 
 namespace via::overlays {
 
@@ -26,8 +27,11 @@ Result<std::unique_ptr<Driver>> CreateDriver(const config::Overlay& overlay) {
       if (!d.ok()) return d.status();
       return std::unique_ptr<Driver>(std::move(*d));
     }
-    case config::OverlayKind::kTailscale:
-      break;
+    case config::OverlayKind::kTailscale: {
+      auto d = TailscaleDriver::Create(overlay);
+      if (!d.ok()) return d.status();
+      return std::unique_ptr<Driver>(std::move(*d));
+    }
   }
   std::string kind = overlay.kind_name;
   if (kind.empty()) {

@@ -120,11 +120,6 @@ int CmdRun(int argc, char** argv) {
             (origin == "--network" ? "" : "; it was selected by " + origin));
       return kExitUsage;
     }
-    if (o->kind == config::OverlayKind::kTailscale) {
-      Error("overlay " + o->id + " (" + o->kind_name +
-            ") is not supported by this build of via yet; network.socks5 and network.i2p are");
-      return kExitUsage;
-    }
     network = o->id;
   }
 
@@ -301,8 +296,14 @@ int CmdCheck(int argc, char** argv) {
         }
         break;
       case config::OverlayKind::kTailscale:
-        detail = "hostname=" + (o.tailscale.hostname.empty() ? "wippy" : o.tailscale.hostname) +
-                 "  (not supported by this build yet)";
+        if (!o.tailscale.localapi_socket.empty()) {
+          detail = "attached to tailscaled at " + o.tailscale.localapi_socket;
+        } else {
+          detail =
+              "hostname=" + (o.tailscale.hostname.empty() ? "wippy" : o.tailscale.hostname) +
+              (o.tailscale.ephemeral ? "  ephemeral" : "") +
+              (o.tailscale.control_url.empty() ? "" : "  control_url=" + o.tailscale.control_url);
+        }
         break;
       case config::OverlayKind::kI2p:
         detail =

@@ -41,6 +41,7 @@ import (
 	"tailscale.com/client/local"
 	"tailscale.com/ipn"
 	"tailscale.com/ipn/ipnstate"
+	"tailscale.com/ipn/store/mem"
 	"tailscale.com/net/tsaddr"
 	"tailscale.com/tsnet"
 )
@@ -158,8 +159,15 @@ func (h *helper) start() error {
 		if h.cfg["verbose"] == "1" {
 			h.srv.Logf = log.Printf
 		}
-		if err := os.MkdirAll(h.srv.Dir, 0o700); err != nil {
-			return fmt.Errorf("cannot create the node's state directory %s: %v", h.srv.Dir, err)
+		if h.srv.Dir != "" {
+			if err := os.MkdirAll(h.srv.Dir, 0o700); err != nil {
+				return fmt.Errorf("cannot create the node's state directory %s: %v", h.srv.Dir, err)
+			}
+		}
+		if h.srv.Ephemeral {
+			// Like tailscaled --state=mem:: no node key is kept, so the node never comes back
+			// under the same identity after the broker stops.
+			h.srv.Store = new(mem.Store)
 		}
 		if err := h.srv.Start(); err != nil {
 			return fmt.Errorf("tsnet start: %v", err)
@@ -375,6 +383,8 @@ func (h *helper) shutdown() {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			if err := h.lc.Logout(ctx); err != nil {
 				log.Printf("logout of ephemeral node: %v", err)
+			} else {
+				log.Printf("ephemeral node logged out")
 			}
 			cancel()
 		}

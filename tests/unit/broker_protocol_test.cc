@@ -89,12 +89,14 @@ class BrokerProtocolTest : public ::testing::Test {
     config_.source = dir_ + "/via.yaml";
     AddSocks5("app:refused", refused_port_);
     AddSocks5("app:silent", silent_port_);
-    config::Overlay ts;  // a kind without a driver in this build
+    config::Overlay ts;  // a driver that cannot be created: its auth key variable is unset
     ts.id = "app:ts";
     ts.ns = "app";
     ts.name = "ts";
     ts.kind = config::OverlayKind::kTailscale;
     ts.kind_name = "network.tailscale";
+    ts.tailscale.auth_key_env = "VIA_UNIT_TEST_UNSET_TS_KEY";
+    unsetenv("VIA_UNIT_TEST_UNSET_TS_KEY");
     config_.overlays.push_back(ts);
     config_.service.loopback = config::LoopbackPolicy::kRefuse;
   }
@@ -398,8 +400,9 @@ TEST_F(BrokerProtocolTest, HelloWithOverlayWithoutDriverGivesItsError) {
   StartBroker();
   UniqueFd fd = Connect();
   Reply r = Hello(fd.get(), "app:ts");
-  EXPECT_EQ(r.err, uint32_t(ENOTSUP));
-  EXPECT_NE(r.message.find("network.tailscale"), std::string::npos) << r.message;
+  EXPECT_EQ(r.err, uint32_t(EINVAL));
+  EXPECT_NE(r.message.find("auth_key_env VIA_UNIT_TEST_UNSET_TS_KEY is not set"), std::string::npos)
+      << r.message;
 }
 
 TEST_F(BrokerProtocolTest, HelloWithSessionTakesTheSessionsNetwork) {

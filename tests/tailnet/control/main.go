@@ -1,10 +1,11 @@
 // tailnet-control: a complete local tailnet control plane for via's tests, on 127.0.0.1 only:
 // tailscale.com's testcontrol (the coordination server Tailscale's own integration tests use),
 // a DERP relay (TLS, self-signed, InsecureForTests) and a STUN server. It prints one JSON line
-// with its URLs on stdout and runs until stdin closes or SIGTERM.
+// with its URLs on stdout and runs until SIGTERM.
 //
 // Admin endpoints (plain HTTP on the same port, for the tests' assertions):
-//   GET /via/nodes  -> [{"name","hostname","ips","online","key"}]  online = a map poll is open
+//
+//	GET /via/nodes  -> [{"name","hostname","ips","online","key"}]  online = a map poll is open
 package main
 
 import (
@@ -12,7 +13,6 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"io"
 	"log"
 	"net"
 	"net/http"
@@ -147,10 +147,5 @@ func main() {
 
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	stdinDone := make(chan struct{})
-	go func() { io.Copy(io.Discard, os.Stdin); close(stdinDone) }()
-	select {
-	case <-sig:
-	case <-stdinDone:
-	}
+	<-sig
 }

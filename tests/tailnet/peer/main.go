@@ -16,8 +16,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"strings"
 	"sync"
+	"syscall"
 	"tailscale.com/envknob"
 	"tailscale.com/logtail"
 	"time"
@@ -32,6 +34,7 @@ func main() {
 	authKey := flag.String("authkey", "", "")
 	ports := flag.String("listen", "", "comma-separated tailnet ports to listen on")
 	record := flag.String("record", "", "file that gets one JSON line per accepted connection")
+	verbose := flag.Bool("v", false, "log tsnet's backend chatter")
 	flag.Parse()
 	// No log uploads (and so no DNS or DERP bootstrap lookups for the log host): everything
 	// this node says stays in its own stderr.
@@ -39,6 +42,9 @@ func main() {
 	logtail.Disable()
 	srv := &tsnet.Server{Hostname: *hostname, Dir: *dir, ControlURL: *control, AuthKey: *authKey,
 		Logf: func(string, ...any) {}}
+	if *verbose {
+		srv.Logf = log.Printf
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	st, err := srv.Up(ctx)
 	cancel()
@@ -118,6 +124,8 @@ func main() {
 	j, _ := json.Marshal(map[string]any{"ips": ips, "name": st.Self.DNSName, "admin": admin.Addr().String()})
 	fmt.Println(string(j))
 	os.Stdout.Sync()
-	io.Copy(io.Discard, os.Stdin)
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	<-sig
 	srv.Close()
 }

@@ -1,0 +1,343 @@
+"""network.tailscale on a real local tailnet: tailscale.com's testcontrol with a DERP relay and a
+STUN server (tests/tailnet/control), plain tsnet peer nodes (tests/tailnet/peer), via's own node
+helper (via-tsnet) and, for attach mode, a real tailscaled. Everything listens on 127.0.0.1 inside
+the test's network namespace; tsnet also needs one non-loopback interface to consider the network
+up, so the namespace gets a veth pair with 192.0.2.1/24 (TEST-NET-1, inside the namespace only).
+
+The far side records every connection (peer's JSON record file: remote tailnet address, line);
+the DNS log shows that no name was looked up locally.
+"""
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+
+import harness
+
+TAILNET = os.path.join(harness.BUILD, "tailnet")
+HELPER = os.path.join(harness.BUILD, "via-tsnet")
+CONTROL = os.path.join(TAILNET, "control")
+PEER = os.path.join(TAILNET, "peer")
+TAILSCALED = os.path.join(TAILNET, "tailscaled")
+AUTH_KEY = "tskey-via-test-0123456789"
+DOMAIN = "tailnet.test"
+
+CLIENT = r"""
+import errno, socket, sys
+host, port, msg = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+try:
+    s = socket.create_connection((host, port), timeout=30)
+    s.sendall(msg.encode() + b"\n")
+    s.shutdown(socket.SHUT_WR)
+    print(s.makefile().read(), end="")
+except OSError as e:
+    print("ERRNO", errno.errorcode.get(e.errno, e.errno), e)
+    sys.exit(3)
+"""
+
+SERVER = r"""
+import socket, sys
+port, ready = int(sys.argv[1]), sys.argv[2]
+s = socket.socket()
+s.bind(("0.0.0.0", port))
+s.listen(4)
+open(ready, "w").close()
+c, a = s.accept()
+line = c.makefile().readline().strip()
+c.sendall(f"server got {line}\n".encode())
+c.close()
+"""
+
+
+def _ensure_link():
+    """tsnet waits for a non-loopback interface before it talks to control."""
+    if subprocess.run(["ip", "link", "show", "via-ts0"], capture_output=True).returncode == 0:
+        return
+    subprocess.run(["ip", "link", "add", "via-ts0", "type", "veth", "peer", "name", "via-ts1"],
+                   check=True)
+    subprocess.run(["ip", "addr", "add", "192.0.2.1/24", "dev", "via-ts0"], check=True)
+    for dev in ("via-ts0", "via-ts1"):
+        subprocess.run(["ip", "link", "set", dev, "up"], check=True)
+
+
+class Tailnet(harness.ViaCase):
+    def setUp(self):
+        super().setUp()
+        self.require_namespace()
+        for path in (HELPER, CONTROL, PEER):
+            if not os.access(path, os.X_OK):
+                self.skipTest(f"{path} was not built (needs Go and the tailscale.com module: "
+                              "scripts/install-deps.sh, then cmake --build build)")
+        _ensure_link()
+        self.control_url = self.start_control()
+
+    # ---- the tailnet -------------------------------------------------------------------------
+    def _json_line(self, proc, log, key, timeout=60):
+        found = {}
+
+        def ready():
+            for line in harness.read_lines(log):
+                if line.startswith("{") and key in line:
+                    found.update(json.loads(line))
+                    return True
+            return proc.poll() is not None
+        harness.wait_for(ready, timeout=timeout, interval=0.1)
+        if not found:
+            self.fail(f"{os.path.basename(log)} did not start:\n{harness.read_text(log)[-3000:]}")
+        return found
+
+    def start_control(self, auth_key=AUTH_KEY):
+        p, log = self.spawn([CONTROL, "-authkey", auth_key, "-magicdns", DOMAIN], "control.log")
+        info = self._json_line(p, log, "control_url")
+        self.control_admin = info["control_url"]
+        return info["control_url"]
+
+    def start_peer(self, hostname, ports=(7000,)):
+        """A tsnet node that listens on `ports` and records every connection."""
+        record = os.path.join(self.dir, f"{hostname}.jsonl")
+        open(record, "w").close()
+        p, log = self.spawn([PEER, "-hostname", hostname, "-dir", os.path.join(self.dir, hostname),
+                             "-control", self.control_url, "-authkey", AUTH_KEY,
+                             "-listen", ",".join(map(str, ports)), "-record", record],
+                            f"{hostname}.log")
+        info = self._json_line(p, log, "admin", timeout=90)
+        info["record"] = record
+        return info
+
+    def control_nodes(self):
+        with urllib.request.urlopen(self.control_admin + "/via/nodes", timeout=10) as r:
+            return json.load(r)
+
+    def peer_dial(self, peer, addr, msg):
+        q = urllib.parse.urlencode({"addr": addr, "msg": msg})
+        try:
+            with urllib.request.urlopen(f"http://{peer['admin']}/dial?{q}", timeout=40) as r:
+                return r.read().decode()
+        except urllib.error.HTTPError as e:
+            return "HTTP %d %s" % (e.code, e.read().decode())
+
+    # ---- via ---------------------------------------------------------------------------------
+    def ts_entry(self, name, hostname, *extra, auth_key=AUTH_KEY, control_url=None,
+                 timeout="60s"):
+        lines = [f"name: {name}", "kind: network.tailscale", f"hostname: {hostname}",
+                 f"control_url: {control_url or self.control_url}", f"helper: {HELPER}",
+                 f"connect_timeout: {timeout}"]
+        if auth_key is not None:
+            lines.append(f"auth_key: {auth_key}")
+        return lines + list(extra)
+
+    def write_ts_config(self, entries):
+        self.write_config(entries, service={"idle_timeout": "600"})
+
+    def dial(self, network, host, port, msg, timeout=90):
+        return self.run_via(network, harness.PYTHON, "-c", CLIENT, host, str(port), msg,
+                            timeout=timeout)
+
+    def status(self):
+        st = self.via("status")
+        self.assertOk(st)
+        return st.stdout
+
+    def node_line(self, overlay_id):
+        for line in self.status().splitlines():
+            if line.startswith(f"tailscale {overlay_id} ") and "state=" in line:
+                return line
+        return ""
+
+    def node_ips(self, overlay_id):
+        line = self.node_line(overlay_id)
+        for part in line.split():
+            if part.startswith("ips="):
+                return part[4:].split(",")
+        return []
+
+    def wait_running(self, overlay_id, timeout=90):
+        ok = harness.wait_for(lambda: "state=Running" in self.node_line(overlay_id),
+                              timeout=timeout, interval=0.5)
+        self.assertTrue(ok, f"{overlay_id} never Running:\n{self.status()}\n" +
+                        "\n".join(self.broker_log()[-20:]))
+
+    def start_broker(self):
+        self.assertOk(self.run_via("app:ts", "true"))
+
+    # ---- outbound ----------------------------------------------------------------------------
+    def test_dial_peer_by_short_name_fqdn_and_address(self):
+        dns = self.start_dns()
+        alpha = self.start_peer("alpha")
+        self.write_ts_config([self.ts_entry("ts", "via-a")])
+        out = []
+        for host in ("alpha", f"alpha.{DOMAIN}", alpha["ips"][0]):
+            p = self.dial("app:ts", host, 7000, f"hello {host}")
+            self.assertOk(p, f"dial {host}")
+            out.append(p.stdout)
+        via_ip = self.node_ips("app:ts")[0]
+        self.assertTrue(via_ip.startswith("100.64."), self.status())
+        for host, reply in zip(("alpha", f"alpha.{DOMAIN}", alpha["ips"][0]), out):
+            self.assertRegex(reply, rf"^peer alpha saw {via_ip}:\d+: hello {host}\n$")
+        recs = self.records(alpha["record"])
+        self.assertEqual([r["line"] for r in recs],
+                         ["hello alpha", f"hello alpha.{DOMAIN}", f"hello {alpha['ips'][0]}"])
+        self.assertTrue(all(r["remote"].startswith(via_ip + ":") for r in recs), recs)
+        self.assertEqual(self.dns_queries("alpha"), [])
+        self.assertEqual(harness.read_text(dns).count("tailnet"), 0)
+
+    def test_status_shows_state_addresses_and_name(self):
+        self.write_ts_config([self.ts_entry("ts", "via-a")])
+        self.start_broker()
+        self.wait_running("app:ts")
+        line = self.node_line("app:ts")
+        self.assertRegex(line, rf"^tailscale app:ts node hostname=via-a state=Running "
+                               rf"name=via-a\.{DOMAIN}\. ips=100\.64\.\d+\.\d+,fd7a:115c:a1e0:")
+        names = [n["hostname"] for n in self.control_nodes()]
+        self.assertIn("via-a", names)
+
+    def test_two_entries_are_two_independent_nodes(self):
+        alpha = self.start_peer("alpha")
+        self.write_ts_config([self.ts_entry("tsa", "via-a"), self.ts_entry("tsb", "via-b")])
+        self.assertOk(self.dial("app:tsa", "alpha", 7000, "from a"))
+        self.assertOk(self.dial("app:tsb", "alpha", 7000, "from b"))
+        ip_a, ip_b = self.node_ips("app:tsa")[0], self.node_ips("app:tsb")[0]
+        self.assertNotEqual(ip_a, ip_b)
+        recs = {r["line"]: r["remote"].rsplit(":", 1)[0] for r in self.records(alpha["record"])}
+        self.assertEqual(recs, {"from a": ip_a, "from b": ip_b})
+        nodes = {n["hostname"]: n for n in self.control_nodes()}
+        self.assertEqual(nodes["via-a"]["ips"][0], ip_a)
+        self.assertEqual(nodes["via-b"]["ips"][0], ip_b)
+        self.assertNotEqual(nodes["via-a"]["key"], nodes["via-b"]["key"])
+
+    def test_destination_off_the_tailnet_is_refused_never_dialed(self):
+        self.start_dns()
+        port, record = self.start_target()
+        self.start_peer("alpha")
+        self.write_ts_config([self.ts_entry("ts", "via-a")])
+        # 192.0.2.1 is this namespace's own address: a direct connect would reach the target.
+        for host in ("192.0.2.1", "example.test"):
+            p = self.dial("app:ts", host, port, "leak?")
+            self.assertEqual(p.returncode, 3, p.stdout + p.stderr)
+            self.assertIn("ERRNO", p.stdout)
+        self.assertTargetSawNothing(record)
+        self.assertEqual(self.dns_queries("example.test"), [])
+        log = "\n".join(harness.read_lines(os.path.join(self.dir, "state", "tailscale", "via-a",
+                                                        "via-tsnet.log")))
+        self.assertIn("refused 192.0.2.1", log)
+        self.assertIn("refused example.test", log)
+
+    # ---- inbound -----------------------------------------------------------------------------
+    def start_server(self, network, port):
+        ready = os.path.join(self.dir, f"ready-{port}")
+        p = subprocess.Popen([harness.VIA, "run", "-c", self.config, "--network", network, "--",
+                              harness.PYTHON, "-c", SERVER, str(port), ready],
+                             env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+        self.addCleanup(lambda: p.poll() is None and p.kill())
+        self.assertTrue(harness.wait_for(lambda: os.path.exists(ready) or p.poll() is not None,
+                                         timeout=90))
+        return p
+
+    def test_listener_reached_from_a_peer(self):
+        alpha = self.start_peer("alpha")
+        self.write_ts_config([self.ts_entry("ts", "via-a")])
+        self.start_broker()
+        self.wait_running("app:ts")
+        server = self.start_server("app:ts", 8080)
+        via_ip = self.node_ips("app:ts")[0]
+        self.assertTrue(harness.wait_for(
+            lambda: f"tailscale app:ts listener port 8080 {via_ip}:8080" in self.status(),
+            timeout=60), self.status())
+        reply = self.peer_dial(alpha, f"via-a.{DOMAIN}:8080", "hi from alpha")
+        self.assertEqual(reply, "server got hi from alpha\n")
+        server.wait(20)
+        self.assertEqual(server.returncode, 0, server.stdout.read())
+
+    def test_undeclared_host_loopback_port_is_not_reachable_through_the_node(self):
+        alpha = self.start_peer("alpha")
+        port, record = self.start_target()  # on the host's 127.0.0.1, not declared to via
+        self.write_ts_config([self.ts_entry("ts", "via-a")])
+        self.start_broker()
+        self.wait_running("app:ts")
+        via_ip = self.node_ips("app:ts")[0]
+        reply = self.peer_dial(alpha, f"{via_ip}:{port}", "GET / HTTP/1.0\r\n")
+        self.assertTrue(reply.startswith("HTTP 502 dial:") or reply == "", reply)
+        self.assertTargetSawNothing(record)
+
+    # ---- lifecycle and errors ------------------------------------------------------------------
+    def test_ephemeral_node_leaves_when_the_broker_stops(self):
+        self.write_ts_config([self.ts_entry("ts", "via-e", "ephemeral: true")])
+        self.start_broker()
+        self.wait_running("app:ts")
+        first_ip = self.node_ips("app:ts")[0]
+        node = {n["hostname"]: n for n in self.control_nodes()}["via-e"]
+        self.assertTrue(node["online"])
+        self.assertOk(self.via("stop"))
+        self.assertTrue(harness.wait_for(
+            lambda: not {n["key"]: n for n in self.control_nodes()}[node["key"]]["online"],
+            timeout=20), self.control_nodes())
+        self.assertIn("logged out", "\n".join(self.broker_log()) + self.helper_log("via-e"))
+        # No identity was kept: the next broker registers a brand-new node.
+        self.start_broker()
+        self.wait_running("app:ts")
+        self.assertNotEqual(self.node_ips("app:ts")[0], first_ip)
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "state", "tailscale", "via-e",
+                                                     "tailscaled.state")))
+
+    def helper_log(self, hostname):
+        return harness.read_text(os.path.join(self.dir, "state", "tailscale", hostname,
+                                              "via-tsnet.log"))
+
+    def test_bad_auth_key_fails_the_call_with_a_clear_error(self):
+        alpha = self.start_peer("alpha")
+        self.write_ts_config([self.ts_entry("ts", "via-x", auth_key="tskey-wrong")])
+        p = self.dial("app:ts", "alpha", 7000, "should not arrive")
+        self.assertEqual(p.returncode, 3, p.stdout + p.stderr)
+        self.assertIn("EACCES", p.stdout)
+        log = "\n".join(self.broker_log())
+        self.assertIn("invalid authkey", log)
+        self.assertIn("check auth_key/auth_key_env", log)
+        self.assertEqual(self.records(alpha["record"]), [])
+        self.assertIn("state=NeedsLogin", self.node_line("app:ts"))
+
+    def test_control_down_fails_the_call_after_connect_timeout(self):
+        dead = f"http://127.0.0.1:{harness.closed_port()}"
+        self.write_ts_config([self.ts_entry("ts", "via-y", control_url=dead, timeout="4s")])
+        t0 = time.monotonic()
+        p = self.dial("app:ts", "alpha", 7000, "nothing")
+        self.assertEqual(p.returncode, 3, p.stdout + p.stderr)
+        self.assertIn("ETIMEDOUT", p.stdout)
+        self.assertLess(time.monotonic() - t0, 30)
+        log = "\n".join(self.broker_log())
+        self.assertIn(f"is not Running yet", log)
+        self.assertIn(f"is control server {dead} reachable?", log)
+        self.assertIn("connection refused", log)  # the node's own last error, passed on
+        self.assertNotIn("state=Running", self.node_line("app:ts"))
+
+    # ---- attach mode: a real tailscaled's LocalAPI -------------------------------------------------
+    def test_attach_to_a_running_tailscaled(self):
+        if not os.access(TAILSCALED, os.X_OK):
+            self.skipTest(f"{TAILSCALED} was not built")
+        alpha = self.start_peer("alpha")
+        sock = os.path.join(self.dir, "tsd.sock")
+        conf = os.path.join(self.dir, "tsd.json")
+        with open(conf, "w") as f:
+            json.dump({"Version": "alpha0", "Locked": False, "Enabled": True,
+                       "AuthKey": AUTH_KEY, "Hostname": "daemon", "ServerURL": self.control_url},
+                      f)
+        env = dict(self.env, TS_LOGS_DIR=os.path.join(self.dir, "tsd"))
+        env.pop("PORT", None)
+        self.spawn([TAILSCALED, "--tun=userspace-networking", f"--socket={sock}",
+                    f"--statedir={os.path.join(self.dir, 'tsd')}", "--port=0",
+                    f"--config={conf}", "--no-logs-no-support"], "tailscaled.log", env=env)
+        self.write_ts_config([self.ts_entry("ts", "ignored", f"localapi_socket: {sock}",
+                                            auth_key=None)])
+        p = self.dial("app:ts", "alpha", 7000, "via tailscaled")
+        self.assertOk(p)
+        daemon_ip = {n["hostname"]: n for n in self.control_nodes()}["daemon"]["ips"][0]
+        self.assertRegex(p.stdout, rf"^peer alpha saw {daemon_ip}:\d+: via tailscaled\n$")
+        self.assertIn("attached", self.node_line("app:ts"))
+        self.assertIn(f"localapi={sock}", self.node_line("app:ts"))
+
+
+if __name__ == "__main__":
+    harness.main()
