@@ -207,8 +207,8 @@ class I2pListener : public InboundListener {
               "{}: listener on port {} is {} (SAM session {}, {} destination) for {}",
               rt_->driver()->id(), port_, *b32, session_->id(),
               persistent ? (fresh_keys_ ? "new persistent" : "persistent") : "ephemeral", owner_);
-          Ready(Status::Ok());
-          if (!alive.expired()) NextAccept();
+          // Ready once the first STREAM ACCEPT is pending: a peer may connect at once.
+          NextAccept();
         },
         [this, alive](const Status& s) {
           if (alive.expired()) return;
@@ -247,6 +247,7 @@ class I2pListener : public InboundListener {
         rt_->log()->warn("{}: STREAM ACCEPT for port {} failed: {}", rt_->driver()->id(), port_,
                          msg);
         peer_fd_.reset();
+        if (events_.ready) return Ready(Status::Error(err, msg));
         if (!session_ || !session_->ready()) return;
         // Try again in a second; the session's own hang-up ends the listener if it is gone.
         retry_timer_ = rt_->loop()->AddTimer(1000, [this, alive] {
@@ -255,6 +256,8 @@ class I2pListener : public InboundListener {
         });
         return;
       }
+      Ready(Status::Ok());  // the first time only
+      if (alive.expired()) return;
       // Waiting for a peer: its destination line comes first (SILENT=false).
       fcntl(peer_fd_.get(), F_SETFL, fcntl(peer_fd_.get(), F_GETFL) | O_NONBLOCK);
       Status w = rt_->loop()->Watch(peer_fd_.get(), EPOLLIN | EPOLLRDHUP,

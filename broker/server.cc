@@ -733,9 +733,9 @@ void Server::HandleListen(Client& c, const wire::Message& m, std::vector<UniqueF
       return Reply(c, w);
     }
     case config::ListenPolicy::kRefuse: {
-      std::string msg = "listen on " + where + " refused under " + id +
-                        ": network_service.listen is refuse (use overlay or local to allow it)";
-      log_->warn("{} ({})", msg, PeerText(c));
+      std::string msg = "network_service.listen is refuse under " + id +
+                        " (use overlay or local to allow listening)";
+      log_->warn("listen on {} refused: {} ({})", where, msg, PeerText(c));
       return ReplyError(c, reply, m.id(), EOPNOTSUPP, msg);
     }
     case config::ListenPolicy::kOverlay:
@@ -763,14 +763,13 @@ void Server::HandleListen(Client& c, const wire::Message& m, std::vector<UniqueF
   }
   if (!l.ok()) {
     std::string msg = l.status().code() == ENOTSUP
-                          ? "listen on " + where + " refused: " + id + " (" +
-                                c.overlay->overlay->kind_name +
+                          ? id + " (" + c.overlay->overlay->kind_name +
                                 ") cannot carry inbound connections; set "
                                 "network_service.listen: local to listen on the host's own "
                                 "interfaces instead"
-                          : "listen on " + where + " via " + id + ": " + l.status().message();
+                          : id + ": " + l.status().message();
     int err = l.status().code() == ENOTSUP ? EOPNOTSUPP : l.status().code();
-    log_->warn("{} ({})", msg, owner);
+    log_->warn("listen on {} failed: {} ({})", where, msg, owner);
     listeners_.erase(lid);
     return ReplyError(c, reply, m.id(), err, msg);
   }
@@ -794,8 +793,8 @@ void Server::OnListenerReady(uint64_t id, const Status& s) {
   const std::string where = AddrText(e.bound, true);
   const std::string& oid = e.overlay->overlay->id;
   if (!s.ok()) {
-    std::string msg = "listen on " + where + " via " + oid + ": " + s.message();
-    log_->warn("{} ({})", msg, e.owner);
+    std::string msg = oid + ": " + s.message();
+    log_->warn("listen on {} failed: {} ({})", where, msg, e.owner);
     if (cit != clients_.end()) ReplyError(*cit->second, reply, e.request_id, s.code(), msg);
     return CloseListener(id, "");
   }

@@ -226,7 +226,7 @@ VIA_EXPORT int listen(int fd, int backlog) noexcept {
   if (sv[1] >= 0) close(sv[1]);
   if (err != 0) {
     if (sv[0] >= 0) close(sv[0]);
-    Complain("listen on %s refused: %s", where, msg);
+    Complain("listen on %s %s: %s", where, err == EOPNOTSUPP ? "refused" : "failed", msg);
     errno = err;
     return -1;
   }

@@ -141,13 +141,14 @@ outbound.length = 0
             time.sleep(0.1)
         raise RuntimeError(f"i2pd's SAM bridge did not answer within {timeout}s")
 
-    def stop(self):
-        """SIGTERM (SIGINT would start i2pd's 10-minute graceful shutdown), then SIGKILL."""
+    def stop(self, grace=2):
+        """SIGTERM (SIGINT would start i2pd's 10-minute graceful shutdown), then SIGKILL: i2pd
+        2.45 often takes more than 10 s to stop on SIGTERM."""
         if self.proc is None or self.proc.poll() is not None:
             return
         try:
             os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(10)
+            self.proc.wait(grace)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
@@ -161,6 +162,16 @@ outbound.length = 0
                                                                                 timeout=5) as r:
             page = r.read().decode("utf-8", "replace")
         return sorted(set(re.findall(r"sam_id=([^\"&'<>]+)", page)))
+
+
+    def dest_generate(self):
+        """(public, private) base64 of a new destination (DEST GENERATE, EdDSA)."""
+        s = SamLine(self.sam_port).hello()
+        try:
+            p = pairs(s.command("DEST GENERATE SIGNATURE_TYPE=7"))
+            return p["PUB"], p["PRIV"]
+        finally:
+            s.close()
 
 
 class SamError(Exception):
@@ -207,7 +218,11 @@ class SamHttpServer:
     `records` gets {"peer": <b32 of the connecting destination>, "request": <request line>} for
     every request. Create with start_session() (20 s; run several in threads), then serve()."""
 
-    def __init__(self, sam_port, name, body=b"hello from i2p\n", priv="TRANSIENT"):
+    def __init__(self, sam_port, name, body=b"hello from i2p\n", priv="TRANSIENT", mode="http"):
+        """mode: "http" answers one HTTP/1.0 request; "banner" speaks first ("220 <id>\\n"),
+        then answers one line with "echo: <line>"; "stream" sends a line every 0.1 s for
+        two minutes."""
+        self.mode = mode
         self.sam_port = sam_port
         self.id = f"{name}-{os.getpid()}-{free_port()}"
         self.body = body
@@ -250,6 +265,10 @@ class SamHttpServer:
                 time.sleep(0.5)
 
     def _handle(self, s, peer):
+        if self.mode == "banner":
+            return self._banner(s, peer)
+        if self.mode == "stream":
+            return self._stream(s, peer)
         try:
             s.sock.settimeout(10)
             request = s.readline()
@@ -258,6 +277,29 @@ class SamHttpServer:
             self.records.append({"peer": b32_of(peer.split()[0]), "request": request.strip()})
             s.sock.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: " +
                            str(len(self.body)).encode() + b"\r\n\r\n" + self.body)
+        except Exception:
+            pass
+        finally:
+            s.close()
+
+    def _banner(self, s, peer):
+        try:
+            s.sock.settimeout(10)
+            s.sock.sendall(f"220 {self.id}\n".encode())
+            line = s.readline()
+            self.records.append({"peer": b32_of(peer.split()[0]), "request": line})
+            s.sock.sendall(f"echo: {line}\n".encode())
+        except Exception:
+            pass
+        finally:
+            s.close()
+
+    def _stream(self, s, peer):
+        self.records.append({"peer": b32_of(peer.split()[0]), "request": "stream"})
+        try:
+            for i in range(1200):
+                s.sock.sendall(f"line {i}\n".encode())
+                time.sleep(0.1)
         except Exception:
             pass
         finally:
