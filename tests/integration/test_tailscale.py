@@ -47,7 +47,8 @@ s.listen(4)
 open(ready, "w").close()
 c, a = s.accept()
 line = c.makefile().readline().strip()
-c.sendall(f"server got {line}\n".encode())
+name = socket.getnameinfo((a[0], 0), socket.NI_NAMEREQD)[0]
+c.sendall(f"server got {line} from {name}\n".encode())
 c.close()
 """
 
@@ -232,6 +233,7 @@ class Tailnet(harness.ViaCase):
                               harness.PYTHON, "-c", SERVER, str(port), ready],
                              env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True)
+        self.addCleanup(p.stdout.close)
         self.addCleanup(lambda: p.poll() is None and p.kill())
         self.assertTrue(harness.wait_for(lambda: os.path.exists(ready) or p.poll() is not None,
                                          timeout=90))
@@ -248,7 +250,8 @@ class Tailnet(harness.ViaCase):
             lambda: f"tailscale app:ts listener port 8080 {via_ip}:8080" in self.status(),
             timeout=60), self.status())
         reply = self.peer_dial(alpha, f"via-a.{DOMAIN}:8080", "hi from alpha")
-        self.assertEqual(reply, "server got hi from alpha\n")
+        # The peer's address, as accept() gave it, maps back to the peer's MagicDNS name.
+        self.assertEqual(reply, f"server got hi from alpha from alpha.{DOMAIN}\n")
         server.wait(20)
         self.assertEqual(server.returncode, 0, server.stdout.read())
 
