@@ -150,8 +150,10 @@ Examples:
 const char* const kHelpStatus = R"HELP(Usage: via status [-c CONFIG] [--socket PATH]
 
 Shows the running broker for a configuration (or for $VIA_SOCKET inside a via session): its
-overlays with connect counts, sessions, clients, and the size of the fake-address table. It
-does not start a broker.
+overlays with connect counts, sessions, clients, and the size of the fake-address table; for
+each Tailscale entry its node's state (Starting, NeedsLogin, Running...), tailnet addresses,
+MagicDNS name, last error, login URL and listeners; I2P sessions and listeners. It does not
+start a broker.
 
 Options:
   -c, --config PATH   configuration whose broker to ask (default: the usual search)
