@@ -96,13 +96,15 @@ class Tailnet(harness.ViaCase):
         self.control_admin = info["control_url"]
         return info["control_url"]
 
-    def start_peer(self, hostname, ports=(7000,)):
-        """A tsnet node that listens on `ports` and records every connection."""
+    def start_peer(self, hostname, ports=(7000,), http=(8000,)):
+        """A tsnet node that listens on `ports` (line protocol) and `http` (HTTP) and records
+        every connection."""
         record = os.path.join(self.dir, f"{hostname}.jsonl")
         open(record, "w").close()
         p, log = self.spawn([PEER, "-hostname", hostname, "-dir", os.path.join(self.dir, hostname),
                              "-control", self.control_url, "-authkey", AUTH_KEY,
-                             "-listen", ",".join(map(str, ports)), "-record", record],
+                             "-listen", ",".join(map(str, ports)),
+                             "-http", ",".join(map(str, http)), "-record", record],
                             f"{hostname}.log")
         info = self._json_line(p, log, "admin", timeout=90)
         info["record"] = record
@@ -184,6 +186,28 @@ class Tailnet(harness.ViaCase):
         self.assertTrue(all(r["remote"].startswith(via_ip + ":") for r in recs), recs)
         self.assertEqual(self.dns_queries("alpha"), [])
         self.assertEqual(harness.read_text(dns).count("tailnet"), 0)
+
+    def test_curl_and_wget_reach_a_peer_by_magicdns_name(self):
+        self.start_dns()
+        alpha = self.start_peer("alpha")
+        self.write_ts_config([self.ts_entry("ts", "via-a")])
+        curl = self.run_via("app:ts", "curl", "-sSf", "http://alpha:8000/curl")
+        self.assertOk(curl)
+        via_ip = self.node_ips("app:ts")[0]
+        self.assertRegex(curl.stdout, rf"^hello from alpha, you are {via_ip}:\d+\n$")
+        cmds = [("curl", "/curl")]
+        if shutil.which("wget"):
+            wget = self.run_via("app:ts", "wget", "-q", "-O", "-",
+                                f"http://alpha.{DOMAIN}:8000/wget")
+            self.assertOk(wget)
+            self.assertIn(f"you are {via_ip}:", wget.stdout)
+            cmds.append(("Wget", "/wget"))
+        recs = self.records(alpha["record"])
+        self.assertEqual([r["line"] for r in recs], [f"GET {path}" for _, path in cmds])
+        for r, (agent, _) in zip(recs, cmds):
+            self.assertTrue(r["agent"].startswith(agent), r)
+            self.assertTrue(r["remote"].startswith(via_ip + ":"), r)
+        self.assertEqual(self.dns_queries("alpha"), [])
 
     def test_status_shows_state_addresses_and_name(self):
         self.write_ts_config([self.ts_entry("ts", "via-a")])
@@ -285,6 +309,35 @@ class Tailnet(harness.ViaCase):
         self.assertNotEqual(self.node_ips("app:ts")[0], first_ip)
         self.assertFalse(os.path.exists(os.path.join(self.dir, "state", "tailscale", "via-e",
                                                      "tailscaled.state")))
+
+    def helper_pid(self, overlay_id):
+        line = self.node_line(overlay_id)
+        return int(line.split("helper=pid ")[1].split()[0]) if "helper=pid " in line else None
+
+    def test_a_crashed_helper_is_restarted(self):
+        alpha = self.start_peer("alpha")
+        self.write_ts_config([self.ts_entry("ts", "via-a")])
+        self.assertOk(self.dial("app:ts", "alpha", 7000, "before"))
+        pid = self.helper_pid("app:ts")
+        os.kill(pid, 9)
+        self.assertTrue(harness.wait_for(lambda: "restarts=1" in self.node_line("app:ts"),
+                                         timeout=20), self.status())
+        self.wait_running("app:ts")
+        self.assertNotEqual(self.helper_pid("app:ts"), pid)
+        self.assertOk(self.dial("app:ts", "alpha", 7000, "after"))
+        self.assertEqual([r["line"] for r in self.records(alpha["record"])], ["before", "after"])
+        self.assertIn("Tailscale helper stopped", "\n".join(self.broker_log()))
+
+    def test_helper_leaves_when_the_broker_is_killed(self):
+        self.write_ts_config([self.ts_entry("ts", "via-e", "ephemeral: true")])
+        self.start_broker()
+        self.wait_running("app:ts")
+        pid = self.helper_pid("app:ts")
+        for broker in self.broker_pids():
+            os.kill(broker, 9)
+        self.assertTrue(harness.wait_for(lambda: not harness.alive(pid), timeout=20),
+                        "via-tsnet outlived its broker")
+        self.assertIn("ephemeral node logged out", self.helper_log("via-e"))
 
     def helper_log(self, hostname):
         return harness.read_text(os.path.join(self.dir, "state", "tailscale", hostname,

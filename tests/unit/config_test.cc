@@ -328,6 +328,32 @@ TEST_F(ConfigTest, TailscaleFields) {
   EXPECT_FALSE(o.tailscale.ephemeral);
 }
 
+TEST_F(ConfigTest, TailscaleViaExtensions) {
+  Overlay o = Only(
+      Parse(Doc("  - name: ts\n    kind: network.tailscale\n    auth_key_env: TS_KEY\n"
+                "    connect_timeout: 5s\n    helper: /opt/via-tsnet\n    ephemeral: true\n")));
+  EXPECT_EQ(o.tailscale.connect_timeout_ms, 5000);
+  EXPECT_EQ(o.tailscale.helper, "/opt/via-tsnet");
+  EXPECT_TRUE(o.tailscale.ephemeral);
+  Overlay d = Only(Parse(Doc("  - name: ts\n    kind: network.tailscale\n    auth_key: k\n")));
+  EXPECT_EQ(d.tailscale.connect_timeout_ms, 30000);
+}
+
+TEST_F(ConfigTest, TailscaleAttachedToTailscaledNeedsNoKey) {
+  Overlay o =
+      Only(Parse(Doc("  - name: ts\n    kind: network.tailscale\n"
+                     "    localapi_socket: /run/tailscale/tailscaled.sock\n")));
+  EXPECT_EQ(o.tailscale.localapi_socket, "/run/tailscale/tailscaled.sock");
+  EXPECT_TRUE(o.tailscale.auth_key.empty());
+}
+
+TEST_F(ConfigTest, TailscaleConnectTimeoutMustBeADuration) {
+  EXPECT_EQ(Error(Doc("  - name: ts\n    kind: network.tailscale\n    auth_key: k\n"
+                      "    connect_timeout: soon\n")),
+            "via.yaml:7:22: entry app:ts (network.tailscale): connect_timeout: \"soon\" is not a "
+            "duration (use seconds, or e.g. 500ms, 15s, 2m)");
+}
+
 TEST_F(ConfigTest, I2pNeedsHostAndPort) {
   EXPECT_EQ(Error(Doc("  - name: g\n    kind: network.i2p\n    host: 127.0.0.1\n")),
             "via.yaml:4:5: entry app:g (network.i2p): port: network: invalid port (port is "

@@ -35,6 +35,7 @@ func main() {
 	ports := flag.String("listen", "", "comma-separated tailnet ports to listen on")
 	record := flag.String("record", "", "file that gets one JSON line per accepted connection")
 	verbose := flag.Bool("v", false, "log tsnet's backend chatter")
+	httpPorts := flag.String("http", "", "comma-separated tailnet ports to serve HTTP on")
 	flag.Parse()
 	// No log uploads (and so no DNS or DERP bootstrap lookups for the log host): everything
 	// this node says stays in its own stderr.
@@ -90,6 +91,21 @@ func main() {
 				}(c)
 			}
 		}(p)
+	}
+	for _, p := range strings.Split(*httpPorts, ",") {
+		if p == "" {
+			continue
+		}
+		ln, err := srv.Listen("tcp", ":"+p)
+		if err != nil {
+			log.Fatalf("listen %s: %v", p, err)
+		}
+		port := p
+		go http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			rec(map[string]string{"port": port, "remote": r.RemoteAddr, "line": r.Method + " " + r.URL.Path,
+				"host": r.Host, "agent": r.UserAgent()})
+			fmt.Fprintf(w, "hello from %s, you are %s\n", *hostname, r.RemoteAddr)
+		}))
 	}
 	admin, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
