@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -56,7 +57,9 @@ TailscaleRuntime::~TailscaleRuntime() {
   for (auto& [id, w] : waiters_) {
     if (w.timer != 0) loop_->CancelTimer(w.timer);
   }
-  for (auto& [port, l] : listeners_) l->rt_ = nullptr;
+  for (auto& [port, p] : ports_) {
+    for (TailscaleListener* l : p.listeners) l->rt_ = nullptr;
+  }
   if (ctl_) {
     loop_->Unwatch(ctl_.get());
     ctl_.reset();  // EOF: the helper logs out an ephemeral node and stops
@@ -202,27 +205,18 @@ void TailscaleRuntime::OnControl() {
     if (m->verb == "STATUS") {
       OnStatus(*m);
     } else if (m->verb == "LISTENING" || m->verb == "LISTEN_FAILED") {
-      auto it = listeners_.find(uint16_t(atoi(m->Get("port").c_str())));
-      if (it == listeners_.end() || it->second->ready_) continue;
-      TailscaleListener* l = it->second;
-      l->ready_ = true;
-      if (m->verb == "LISTENING") {
-        l->address_ = m->Get("addr");
-        log_->info("overlay {}: node listens on {}", overlay_.id, l->address_);
-        if (l->events_.ready) l->events_.ready(Status::Ok());
-      } else if (l->events_.ready) {
-        l->events_.ready(Status::Error(EADDRNOTAVAIL, "the node cannot listen on port " +
-                                                          m->Get("port") + ": " + m->Get("error")));
-      }
+      OnListenReply(*m);
     } else if (m->verb == "ACCEPTED") {
-      auto it = listeners_.find(uint16_t(atoi(m->Get("port").c_str())));
-      if (it == listeners_.end() || !passed) continue;
+      auto it = ports_.find(uint16_t(atoi(m->Get("port").c_str())));
+      if (it == ports_.end() || it->second.listeners.empty() || !passed) continue;
+      Port& p = it->second;
+      TailscaleListener* l = p.listeners[p.next++ % p.listeners.size()];
       AcceptedStream a;
       a.fd = std::move(passed);
       a.peer_name = m->Get("name").empty() ? m->Get("peer") : m->Get("name");
       log_->info("overlay {}: port {} accepted a connection from {} ({})", overlay_.id, it->first,
                  m->Get("peer"), a.peer_name);
-      if (it->second->events_.accepted) it->second->events_.accepted(std::move(a));
+      if (l->events_.accepted) l->events_.accepted(std::move(a));
     }
     if (!ctl_) return;  // a callback may have led to the helper's end
   }
@@ -253,8 +247,8 @@ void TailscaleRuntime::OnStatus(const overlays::HelperMessage& m) {
                running ? " as " + name_ + " " + ips_ : "", error_.empty() ? "" : ": " + error_);
   }
   if (running) {
-    for (auto& [port, l] : listeners_) {
-      if (!l->sent_) SendListen(port);
+    for (auto& [port, p] : ports_) {
+      if (!p.sent) SendListen(port);
     }
     return FinishWaiters(Status::Ok());
   }
@@ -348,12 +342,17 @@ void TailscaleRuntime::OnHelperGone(const std::string& why) {
              backoff_ms_);
   FinishWaiters(NotReadyStatus());
   // Listeners of the old node are gone; their programs see accept() fail.
-  std::map<uint16_t, TailscaleListener*> ls;
-  ls.swap(listeners_);
-  for (auto& [port, l] : ls) {
-    l->rt_ = nullptr;
-    auto failed = l->events_.failed;
-    if (failed) failed(Status::Error(ENETDOWN, "the Tailscale helper stopped: " + why));
+  std::map<uint16_t, Port> ps;
+  ps.swap(ports_);
+  for (auto& [port, p] : ps) {
+    for (TailscaleListener* l : p.listeners) l->rt_ = nullptr;
+  }
+  for (auto& [port, p] : ps) {
+    for (TailscaleListener* l : p.listeners) {
+      // Not yet ready: the program's listen() fails; ready: its accept() fails.
+      auto fn = l->ready_ ? l->events_.failed : l->events_.ready;
+      if (fn) fn(Status::Error(ENETDOWN, "the Tailscale helper stopped: " + why));
+    }
   }
   ++restarts_;
   restart_timer_ = loop_->AddTimer(backoff_ms_, [this] { Spawn(); });
@@ -377,10 +376,35 @@ void TailscaleRuntime::Reap(bool wait) {
 }
 
 void TailscaleRuntime::SendListen(uint16_t port) {
-  auto it = listeners_.find(port);
-  if (it == listeners_.end()) return;
-  it->second->sent_ = true;
+  auto it = ports_.find(port);
+  if (it == ports_.end()) return;
+  it->second.sent = true;
   Send("LISTEN", {{"port", std::to_string(port)}});
+}
+
+void TailscaleRuntime::OnListenReply(const overlays::HelperMessage& m) {
+  auto it = ports_.find(uint16_t(atoi(m.Get("port").c_str())));
+  if (it == ports_.end()) return;
+  Port& p = it->second;
+  Status st = Status::Ok();
+  if (m.verb == "LISTENING") {
+    p.address = m.Get("addr");
+    log_->info("overlay {}: node listens on {}", overlay_.id, p.address);
+  } else {
+    st = Status::Error(EADDRNOTAVAIL,
+                       "the node cannot listen on port " + m.Get("port") + ": " + m.Get("error"));
+    p.sent = false;
+  }
+  // Copied: a ready() callback may destroy a listener (and so change the vector).
+  // (`p` itself may go when the last of them is destroyed.)
+  std::vector<TailscaleListener*> ls = p.listeners;
+  const std::string address = p.address;
+  for (TailscaleListener* l : ls) {
+    if (l->ready_) continue;
+    l->ready_ = true;
+    l->address_ = address;
+    if (l->events_.ready) l->events_.ready(st);
+  }
 }
 
 Result<std::unique_ptr<InboundListener>> TailscaleRuntime::Listen(uint16_t port,
@@ -391,21 +415,35 @@ Result<std::unique_ptr<InboundListener>> TailscaleRuntime::Listen(uint16_t port,
                          "an entry attached to tailscaled (localapi_socket) only dials "
                          "out; inbound needs a node run by via");
   }
-  if (listeners_.count(port) != 0) {
-    return Status::Error(EADDRINUSE, "port " + std::to_string(port) +
-                                         " already has a listener on this tailnet node");
-  }
   auto l = std::make_unique<TailscaleListener>(this, port, std::move(events));
-  listeners_[port] = l.get();
+  Port& p = ports_[port];
+  p.listeners.push_back(l.get());
   log_->info("overlay {}: {} listens on tailnet port {}", overlay_.id, owner, port);
-  if (!driver_->endpoints().empty()) SendListen(port);
+  if (!p.address.empty()) {
+    // The node already listens on this port (another socket of a program): ready once the
+    // Server has the listener.
+    TailscaleListener* raw = l.get();
+    raw->address_ = p.address;
+    raw->ready_ = true;
+    auto ready = raw->events_.ready;
+    loop_->Post([ready] {
+      if (ready) ready(Status::Ok());
+    });
+  } else if (!p.sent && !driver_->endpoints().empty()) {
+    SendListen(port);
+  }
   return std::unique_ptr<InboundListener>(std::move(l));
 }
 
 TailscaleListener::~TailscaleListener() {
   if (rt_ == nullptr) return;
-  rt_->listeners_.erase(port_);
-  if (sent_) rt_->Send("UNLISTEN", {{"port", std::to_string(port_)}});
+  auto it = rt_->ports_.find(port_);
+  if (it == rt_->ports_.end()) return;
+  auto& v = it->second.listeners;
+  v.erase(std::remove(v.begin(), v.end(), this), v.end());
+  if (!v.empty()) return;
+  if (it->second.sent) rt_->Send("UNLISTEN", {{"port", std::to_string(port_)}});
+  rt_->ports_.erase(it);
 }
 
 void TailscaleRuntime::AppendStatus(std::ostream& out) const {
@@ -421,9 +459,10 @@ void TailscaleRuntime::AppendStatus(std::ostream& out) const {
   if (!error_.empty()) out << "tailscale " << overlay_.id << " error: " << error_ << "\n";
   if (!health_.empty()) out << "tailscale " << overlay_.id << " health: " << health_ << "\n";
   if (!auth_url_.empty()) out << "tailscale " << overlay_.id << " login URL: " << auth_url_ << "\n";
-  for (const auto& [port, l] : listeners_) {
+  for (const auto& [port, p] : ports_) {
     out << "tailscale " << overlay_.id << " listener port " << port << " "
-        << (l->address_.empty() ? "(pending)" : l->address_) << "\n";
+        << (p.address.empty() ? "(pending)" : p.address) << " sockets=" << p.listeners.size()
+        << "\n";
   }
   out << "tailscale " << overlay_.id << " log: " << log_path_ << "\n";
 }

@@ -25,6 +25,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "broker/event_loop.h"
 #include "broker/overlay_runtime.h"
@@ -76,6 +77,7 @@ class TailscaleRuntime : public OverlayRuntime {
   void Send(const std::string& verb,
             const std::vector<std::pair<std::string, std::string>>& fields);
   void SendListen(uint16_t port);
+  void OnListenReply(const overlays::HelperMessage& m);
   void Reap(bool wait);
 
   const config::Overlay& overlay_;
@@ -102,7 +104,15 @@ class TailscaleRuntime : public OverlayRuntime {
 
   std::map<uint64_t, Waiter> waiters_;
   uint64_t next_wait_ = 1;
-  std::map<uint16_t, TailscaleListener*> listeners_;  // not owned (the Server owns them)
+  // A port the node listens on, shared by every listen() of programs on that port (e.g. one
+  // socket for 0.0.0.0 and one for ::): accepted connections go to them in turn.
+  struct Port {
+    std::vector<TailscaleListener*> listeners;  // not owned (the Server owns them)
+    bool sent = false;                          // LISTEN went to the current helper
+    std::string address;                        // from LISTENING; "" until then
+    size_t next = 0;                            // round robin
+  };
+  std::map<uint16_t, Port> ports_;
 };
 
 // One port the node listens on for a program. Destroying it stops the node's listener.
@@ -119,7 +129,6 @@ class TailscaleListener : public InboundListener {
   uint16_t port_;
   Events events_;
   std::string address_;
-  bool sent_ = false;   // LISTEN went to the current helper
   bool ready_ = false;  // ready() was called
 };
 

@@ -279,6 +279,52 @@ class Tailnet(harness.ViaCase):
         server.wait(20)
         self.assertEqual(server.returncode, 0, server.stdout.read())
 
+    def test_two_sockets_on_one_port_share_the_node_listener(self):
+        alpha = self.start_peer("alpha")
+        self.write_ts_config([self.ts_entry("ts", "via-a")])
+        self.start_broker()
+        self.wait_running("app:ts")
+        ready = os.path.join(self.dir, "ready2")
+        code = r"""
+import select, socket, sys
+v4 = socket.socket(socket.AF_INET)
+v4.bind(("0.0.0.0", 8081)); v4.listen(4)
+v6 = socket.socket(socket.AF_INET6)
+v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+v6.bind(("::", 8081)); v6.listen(4)
+open(sys.argv[1], "w").close()
+seen = []
+while len(seen) < 2:
+    r, _, _ = select.select([v4, v6], [], [], 30)
+    for s in r:
+        c, a = s.accept()
+        line = c.makefile().readline().strip()
+        fam = "v4" if s is v4 else "v6"
+        seen.append(fam)
+        c.sendall(f"{line} on {fam}\n".encode())
+        c.close()
+print(sorted(seen))
+"""
+        p = subprocess.Popen([harness.VIA, "run", "-c", self.config, "--network", "app:ts", "--",
+                              harness.PYTHON, "-c", code, ready], env=self.env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.addCleanup(p.stdout.close)
+        self.addCleanup(lambda: p.poll() is None and p.kill())
+        self.assertTrue(harness.wait_for(
+            lambda: "listener port 8081 " in self.status() and "sockets=2" in self.status()
+            and "(pending)" not in self.status(), timeout=60), self.status())
+        via_ip = self.node_ips("app:ts")[0]
+        r1 = self.peer_dial(alpha, f"{via_ip}:8081", "one")
+        r2 = self.peer_dial(alpha, f"{via_ip}:8081", "two")
+        # One connection to each socket, in turn.
+        self.assertIn(r1, ("one on v4\n", "one on v6\n"))
+        self.assertEqual(r2, "two on " + ("v6" if r1.endswith("v4\n") else "v4") + "\n")
+        p.wait(30)
+        out = p.stdout.read()
+        self.assertEqual(out.strip().splitlines()[-1], "['v4', 'v6']", out)
+        self.assertIn(f"via: listening on [::]:8081 through app:ts: reachable at {via_ip}:8081",
+                      out)
+
     def test_undeclared_host_loopback_port_is_not_reachable_through_the_node(self):
         alpha = self.start_peer("alpha")
         port, record = self.start_target()  # on the host's 127.0.0.1, not declared to via
