@@ -507,6 +507,12 @@ func (h *helper) socksConn(c net.Conn) {
 	}
 	reply(c, repOK)
 	c.SetDeadline(time.Time{})
+	if h.srv == nil {
+		// tailscaled's /dial stream has no half-close: a CloseWrite on it makes the daemon close
+		// both directions, and the peer's answer would be lost. Keep it open instead.
+		relayNoHalfClose(c, out)
+		return
+	}
 	relay(c, out)
 }
 
@@ -600,4 +606,21 @@ func relay(a, b net.Conn) {
 	wg.Wait()
 	a.Close()
 	b.Close()
+}
+
+// relayNoHalfClose is relay for a stream that cannot carry a half-close (tailscaled's /dial):
+// the program's half-close is not passed on; the stream ends when the daemon's side does.
+func relayNoHalfClose(prog, daemon net.Conn) {
+	done := make(chan struct{})
+	go func() {
+		io.Copy(daemon, prog)
+		close(done)
+	}()
+	io.Copy(prog, daemon)
+	if cw, ok := prog.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	daemon.Close()
+	prog.Close()
+	<-done
 }
