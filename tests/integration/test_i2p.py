@@ -325,6 +325,36 @@ srv.close()
         self.assertIn(f"getpeername {peer}", text)
         self.assertIn(f"name {self.lab.client.b32}", text)
 
+    def test_accepted_streams_outlive_the_closed_listener(self):
+        port = harness.free_port()
+        code = f"""
+import socket, time
+srv = socket.socket()
+srv.bind(("0.0.0.0", {port}))
+srv.listen(5)
+conn, peer = srv.accept()
+srv.close()
+print("listener closed", flush=True)
+time.sleep(6)
+conn.sendall(b"still here\\n")
+time.sleep(1)
+conn.close()
+print("done", flush=True)
+"""
+        server, address, log = self.start_server(port, [harness.PYTHON, "-c", code])
+        s = self.lab.client.connect(address.split(":")[0])
+        s.sock.settimeout(30)
+        s.sock.sendall(b"x")
+        self.assertTrue(harness.wait_for(lambda: "listener closed" in harness.read_text(log),
+                                         30), harness.read_text(log))
+        self.assertIn("(and 1 closed, draining)", self.via("status").stdout)
+        self.assertEqual(s.readline(), "still here")
+        s.close()
+        self.assertTrue(harness.wait_for(
+            lambda: not [i for i in self.lab.router.sam_session_ids()
+                         if i.startswith(f"wippy-l{port}-")], 20),
+            self.lab.router.sam_session_ids())
+
     def test_nonblocking_accept_and_poll(self):
         port = harness.free_port()
         code = f"""
