@@ -421,6 +421,46 @@ srv.accept()
         self.assertEqual(len(re.findall(r"persistent destination",
                                         "\n".join(self.broker_log()))), 2)
 
+    def test_ephemeral_destinations_on_ipv6(self):
+        port = harness.free_port()
+        self.env = dict(self.own_env)
+        self.write_config([i2p_entry("i2p", self.lab.router.sam_port, "destination: ephemeral")])
+        code = f"""
+import socket
+srv = socket.socket(socket.AF_INET6)
+srv.bind(("::", {port}))
+srv.listen(5)
+print("sockname", srv.getsockname()[:2], flush=True)
+conn, peer = srv.accept()
+print("peer", peer[0], socket.getnameinfo((peer[0], 0), socket.NI_NAMEREQD)[0], flush=True)
+conn.sendall(b"bye\\n")
+conn.close()
+"""
+        addresses = []
+        for run in range(2):
+            out = os.path.join(self.dir, f"run{run}.out")
+            with open(out, "w") as f:
+                p = subprocess.Popen([VIA, "run", "-c", self.config, "--network", "app:i2p", "--",
+                                      harness.PYTHON, "-c", code], stdout=f,
+                                     stderr=subprocess.STDOUT, env=self.env)
+            m = harness.wait_for(lambda: re.search(r"reachable at (\S+)", harness.read_text(out)),
+                                 90, 0.2)
+            self.assertIsNotNone(m, harness.read_text(out))
+            addresses.append(m.group(1))
+            s = self.lab.client.connect(m.group(1).split(":")[0])
+            s.sock.settimeout(30)
+            self.assertEqual(s.readline(), "bye")
+            s.close()
+            p.wait(30)
+            text = harness.read_text(out)
+            self.assertIn(f"sockname ('::', {port})", text)
+            self.assertRegex(text, rf"peer fd76:6961:ff00:\S+ {re.escape(self.lab.client.b32)}")
+            # The next listen on this port waits for the drain of this one (EADDRINUSE before).
+            self.assertTrue(harness.wait_for(
+                lambda: "listeners: 0\n" in self.via("status").stdout, 20))
+        self.assertNotEqual(addresses[0], addresses[1])
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "state", "i2p")))
+
     def test_unusable_keys_fail_the_listen_with_the_sam_reply(self):
         port = harness.free_port()
         state = os.path.join(self.dir, "state")  # write_config's state_dir  # write_config's state_dir
