@@ -6,8 +6,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
+#include <vector>
 
 #include "broker/tailscale_runtime.h"
 #include "overlays/sam.h"
@@ -169,6 +172,19 @@ class I2pListener : public InboundListener {
 
   std::string address() const override { return address_; }
 
+  void Drain(std::function<void()> done) override {
+    events_ = Events{};
+    accept_op_.reset();
+    if (peer_watched_) rt_->loop()->Unwatch(peer_fd_.get());
+    peer_watched_ = false;
+    peer_fd_.reset();
+    if (retry_timer_ != 0) rt_->loop()->CancelTimer(retry_timer_);
+    retry_timer_ = 0;
+    drained_ = std::move(done);
+    if (!session_ || !session_->ready()) return FinishDrain();
+    CheckDrain();
+  }
+
   void Start() {
     std::string keys = "TRANSIENT";
     const bool persistent = rt_->settings().destination == config::I2pDestination::kPersistent;
@@ -214,6 +230,7 @@ class I2pListener : public InboundListener {
           if (alive.expired()) return;
           rt_->log()->warn("{}: listener on port {} ({}) lost its SAM session: {}",
                            rt_->driver()->id(), port_, address_, s.message());
+          if (drained_) return FinishDrain();
           Fail(s);
         });
   }
@@ -228,6 +245,45 @@ class I2pListener : public InboundListener {
     auto failed = std::move(events_.failed);
     events_.failed = nullptr;
     if (failed) failed(s);
+  }
+
+  // Accepted sockets the program still holds: their inodes are listed in /proc/net/tcp{,6}
+  // (an orphaned socket, closed by the program, shows inode 0).
+  void PruneStreams() {
+    std::vector<unsigned long> live;
+    for (const char* path : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+      FILE* f = std::fopen(path, "re");
+      if (f == nullptr) continue;
+      char line[512];
+      while (std::fgets(line, sizeof line, f) != nullptr) {
+        unsigned long inode = 0;
+        // sl local rem st queues tr retrnsmt uid timeout inode
+        if (std::sscanf(line, "%*s %*s %*s %*s %*s %*s %*s %*s %*s %lu", &inode) == 1 &&
+            inode != 0) {
+          live.push_back(inode);
+        }
+      }
+      std::fclose(f);
+    }
+    std::erase_if(streams_, [&](unsigned long ino) {
+      return std::find(live.begin(), live.end(), ino) == live.end();
+    });
+  }
+
+  void CheckDrain() {
+    PruneStreams();
+    // Once the program holds none, give the router a moment to send what they carried.
+    const bool idle = streams_.empty();
+    retry_timer_ = rt_->loop()->AddTimer(idle ? 3000 : 1000, [this, idle] {
+      retry_timer_ = 0;
+      idle ? FinishDrain() : CheckDrain();
+    });
+  }
+
+  void FinishDrain() {
+    auto done = std::move(drained_);
+    drained_ = nullptr;
+    if (done) done();
   }
 
   void NextAccept() {
@@ -301,6 +357,11 @@ class I2pListener : public InboundListener {
       return NextAccept();
     }
     fcntl(fd.get(), F_SETFL, fcntl(fd.get(), F_GETFL) & ~O_NONBLOCK);
+    struct stat st;
+    if (fstat(fd.get(), &st) == 0) {
+      if (streams_.size() >= 256) PruneStreams();
+      streams_.push_back(static_cast<unsigned long>(st.st_ino));
+    }
     std::weak_ptr<int> alive = alive_;
     NextAccept();  // keep one STREAM ACCEPT pending
     if (alive.expired()) return;
@@ -318,7 +379,9 @@ class I2pListener : public InboundListener {
   std::unique_ptr<ConnectOp> accept_op_;
   UniqueFd peer_fd_;
   bool peer_watched_ = false;
-  std::string line_;  // the peer's destination line, as far as it came
+  std::string line_;                    // the peer's destination line, as far as it came
+  std::vector<unsigned long> streams_;  // inodes of accepted sockets handed to the program
+  std::function<void()> drained_;       // set while draining
   uint64_t retry_timer_ = 0;
 };
 

@@ -48,6 +48,10 @@ class InboundListener {
   virtual ~InboundListener() = default;
   // Where peers reach it, e.g. "<52 chars>.b32.i2p:8080"; "" until ready.
   virtual std::string address() const = 0;
+  // The program closed its listening socket: stop accepting, and call `done` once the overlay
+  // side may go (I2P: accepted streams belong to the listener's session, so it stays until the
+  // program has closed them and the router has flushed them). No event fires after this.
+  virtual void Drain(std::function<void()> done) { done(); }
 };
 
 class OverlayRuntime {

@@ -53,16 +53,20 @@ Server::Server(const config::Config& config, const BrokerOptions& options, Event
 }
 
 Server::~Server() {
-  listeners_.clear();
-  while (!clients_.empty()) CloseClient(clients_.begin()->first);
-  if (idle_timer_ != 0) loop_->CancelTimer(idle_timer_);
+  // Stop answering first, so that a client closed below (`via stop` waits for that) never finds
+  // the old socket again and a new broker can take its place at once.
   if (listen_fd_) loop_->Unwatch(listen_fd_.get());
+  listen_fd_.reset();
   // Only our own socket file: never one a later broker bound after we stopped answering.
   struct stat now;
   if (bound_ && stat(options_.socket_path.c_str(), &now) == 0 &&
       now.st_dev == socket_stat_.st_dev && now.st_ino == socket_stat_.st_ino) {
     unlink(options_.socket_path.c_str());
   }
+  listeners_.clear();
+  draining_.clear();
+  while (!clients_.empty()) CloseClient(clients_.begin()->first);
+  if (idle_timer_ != 0) loop_->CancelTimer(idle_timer_);
 }
 
 // ---- start-up ---------------------------------------------------------------------------------
@@ -280,7 +284,8 @@ void Server::CloseClient(uint64_t client_id) {
 }
 
 void Server::UpdateIdle() {
-  if (!clients_.empty() || sessions_.size() != 0 || !listeners_.empty() || options_.stay) {
+  if (!clients_.empty() || sessions_.size() != 0 || !listeners_.empty() || !draining_.empty() ||
+      options_.stay) {
     if (idle_timer_ != 0) loop_->CancelTimer(idle_timer_);
     idle_timer_ = 0;
     return;
@@ -668,7 +673,9 @@ void Server::HandleStatus(Client& c, const wire::Message& m) {
   for (const auto& [id, st] : overlays_) {
     if (st.runtime) st.runtime->AppendStatus(out);
   }
-  out << "listeners: " << listeners_.size() << "\n";
+  out << "listeners: " << listeners_.size();
+  if (!draining_.empty()) out << " (and " << draining_.size() << " closed, draining)";
+  out << "\n";
   for (const auto& [lid, e] : listeners_) {
     std::string address = e.listener ? e.listener->address() : "";
     out << "listener " << e.overlay->overlay->id << " " << AddrText(e.bound, true) << " "
@@ -758,7 +765,7 @@ void Server::HandleListen(Client& c, const wire::Message& m, std::vector<UniqueF
     InboundListener::Events ev;
     ev.ready = [this, lid](const Status& s) { OnListenerReady(lid, s); };
     ev.accepted = [this, lid](AcceptedStream a) { OnListenerAccepted(lid, std::move(a)); };
-    ev.failed = [this, lid](const Status& s) { CloseListener(lid, s.message()); };
+    ev.failed = [this, lid](const Status& s) { CloseListener(lid, s.message(), false); };
     l = c.overlay->runtime->Listen(bound.port, owner, std::move(ev));
   }
   if (!l.ok()) {
@@ -833,7 +840,7 @@ void Server::OnListenerAccepted(uint64_t id, AcceptedStream stream) {
              e.overlay->overlay->id, stream.peer_name, e.owner);
 }
 
-void Server::CloseListener(uint64_t id, const std::string& why) {
+void Server::CloseListener(uint64_t id, const std::string& why, bool drain) {
   auto it = listeners_.find(id);
   if (it == listeners_.end()) return;
   if (it->second.sock) loop_->Unwatch(it->second.sock.get());
@@ -844,6 +851,17 @@ void Server::CloseListener(uint64_t id, const std::string& why) {
   // Destroyed after the current handlers: this may run inside the listener's own callback.
   auto entry = std::make_shared<ListenerEntry>(std::move(it->second));
   listeners_.erase(it);
+  if (entry->listener && drain) {
+    // Accepted streams may still need the overlay side (I2P: the listener's session).
+    InboundListener* l = entry->listener.get();
+    draining_[id] = std::move(entry->listener);
+    l->Drain([this, id] {
+      loop_->Post([this, id] {
+        draining_.erase(id);
+        UpdateIdle();
+      });
+    });
+  }
   loop_->Post([entry] {});
   UpdateIdle();
 }

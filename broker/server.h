@@ -113,7 +113,8 @@ class Server {
   void OnListenerReady(uint64_t id, const Status& s);
   void OnListenerAccepted(uint64_t id, AcceptedStream stream);
   // Destroys a listener (its overlay side goes down) after the current handlers have run.
-  void CloseListener(uint64_t id, const std::string& why);
+  // With `drain`, the overlay side stays until accepted streams are done (InboundListener::Drain).
+  void CloseListener(uint64_t id, const std::string& why, bool drain = true);
 
   // Resolves a network reference: "direct" gives *out = nullptr; an overlay gives its state.
   // Unknown → ENOENT; an overlay whose driver failed → that failure.
@@ -141,6 +142,8 @@ class Server {
   std::unordered_map<uint64_t, PendingConnect> ops_;
   SessionTable sessions_;
   std::map<uint64_t, ListenerEntry> listeners_;
+  // Listeners the program closed whose overlay side still serves accepted streams.
+  std::map<uint64_t, std::unique_ptr<InboundListener>> draining_;
   uint64_t next_listener_ = 1;
   std::vector<uint8_t> recv_buf_;                // one datagram (plus a byte to detect oversize)
   std::set<std::string> logged_network_errors_;  // HELLO failures are logged once per network

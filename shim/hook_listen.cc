@@ -261,12 +261,16 @@ VIA_EXPORT int accept4(int fd, sockaddr* addr, socklen_t* len, int flags) noexce
 }
 
 VIA_EXPORT int getsockname(int fd, sockaddr* addr, socklen_t* len) noexcept {
+  socklen_t cap = len != nullptr ? *len : 0;  // the caller's buffer size
+  int r = Real().getsockname(fd, addr, len);
+  // Only an AF_UNIX answer can be a listener of ours (one more call for those only).
   wire::Addr bound;
-  if (addr != nullptr && len != nullptr && !Passthrough() && ViaListener(fd, &bound)) {
-    FillAddr(bound, bound.family, addr, len);
-    return 0;
+  if (r == 0 && addr != nullptr && len != nullptr && cap >= sizeof(sa_family_t) &&
+      addr->sa_family == AF_UNIX && !Passthrough() && ViaListener(fd, &bound)) {
+    FillAddr(bound, bound.family, addr, &cap);
+    *len = cap;
   }
-  return Real().getsockname(fd, addr, len);
+  return r;
 }
 
 }  // namespace via::shim

@@ -325,6 +325,36 @@ srv.close()
         self.assertIn(f"getpeername {peer}", text)
         self.assertIn(f"name {self.lab.client.b32}", text)
 
+    def test_accepted_streams_outlive_the_closed_listener(self):
+        port = harness.free_port()
+        code = f"""
+import socket, time
+srv = socket.socket()
+srv.bind(("0.0.0.0", {port}))
+srv.listen(5)
+conn, peer = srv.accept()
+srv.close()
+print("listener closed", flush=True)
+time.sleep(6)
+conn.sendall(b"still here\\n")
+time.sleep(1)
+conn.close()
+print("done", flush=True)
+"""
+        server, address, log = self.start_server(port, [harness.PYTHON, "-c", code])
+        s = self.lab.client.connect(address.split(":")[0])
+        s.sock.settimeout(30)
+        s.sock.sendall(b"x")
+        self.assertTrue(harness.wait_for(lambda: "listener closed" in harness.read_text(log),
+                                         30), harness.read_text(log))
+        self.assertIn("(and 1 closed, draining)", self.via("status").stdout)
+        self.assertEqual(s.readline(), "still here")
+        s.close()
+        self.assertTrue(harness.wait_for(
+            lambda: not [i for i in self.lab.router.sam_session_ids()
+                         if i.startswith(f"wippy-l{port}-")], 20),
+            self.lab.router.sam_session_ids())
+
     def test_nonblocking_accept_and_poll(self):
         port = harness.free_port()
         code = f"""
@@ -390,6 +420,46 @@ srv.accept()
         self.assertEqual(i2p_lab.b32_of(open(keys).read().strip()) + f":{port}", addresses[0])
         self.assertEqual(len(re.findall(r"persistent destination",
                                         "\n".join(self.broker_log()))), 2)
+
+    def test_ephemeral_destinations_on_ipv6(self):
+        port = harness.free_port()
+        self.env = dict(self.own_env)
+        self.write_config([i2p_entry("i2p", self.lab.router.sam_port, "destination: ephemeral")])
+        code = f"""
+import socket
+srv = socket.socket(socket.AF_INET6)
+srv.bind(("::", {port}))
+srv.listen(5)
+print("sockname", srv.getsockname()[:2], flush=True)
+conn, peer = srv.accept()
+print("peer", peer[0], socket.getnameinfo((peer[0], 0), socket.NI_NAMEREQD)[0], flush=True)
+conn.sendall(b"bye\\n")
+conn.close()
+"""
+        addresses = []
+        for run in range(2):
+            out = os.path.join(self.dir, f"run{run}.out")
+            with open(out, "w") as f:
+                p = subprocess.Popen([VIA, "run", "-c", self.config, "--network", "app:i2p", "--",
+                                      harness.PYTHON, "-c", code], stdout=f,
+                                     stderr=subprocess.STDOUT, env=self.env)
+            m = harness.wait_for(lambda: re.search(r"reachable at (\S+)", harness.read_text(out)),
+                                 90, 0.2)
+            self.assertIsNotNone(m, harness.read_text(out))
+            addresses.append(m.group(1))
+            s = self.lab.client.connect(m.group(1).split(":")[0])
+            s.sock.settimeout(30)
+            self.assertEqual(s.readline(), "bye")
+            s.close()
+            p.wait(30)
+            text = harness.read_text(out)
+            self.assertIn(f"sockname ('::', {port})", text)
+            self.assertRegex(text, rf"peer fd76:6961:ff00:\S+ {re.escape(self.lab.client.b32)}")
+            # The next listen on this port waits for the drain of this one (EADDRINUSE before).
+            self.assertTrue(harness.wait_for(
+                lambda: "listeners: 0\n" in self.via("status").stdout, 20))
+        self.assertNotEqual(addresses[0], addresses[1])
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "state", "i2p")))
 
     def test_unusable_keys_fail_the_listen_with_the_sam_reply(self):
         port = harness.free_port()

@@ -709,5 +709,100 @@ TEST_F(BrokerProtocolTest, ShutdownStopsTheBroker) {
   EXPECT_NE(access(socket_path_.c_str(), F_OK), 0);
 }
 
+// ---- LISTEN (inbound listeners) ----------------------------------------------------------------
+
+class ListenProtocolTest : public BrokerProtocolTest {
+ protected:
+  // LISTEN for 0.0.0.0:8080 with `attach` (or a fresh socketpair end when -2).
+  Reply Listen(int fd, int attach = -2, bool with_addr = true) {
+    UniqueFd mine, theirs;
+    if (attach == -2) {
+      int sv[2];
+      EXPECT_EQ(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+      mine.reset(sv[0]);
+      theirs.reset(sv[1]);
+      attach = theirs.get();
+    }
+    return Request(
+        fd, wire::kListen,
+        [&](wire::Writer& w) {
+          if (!with_addr) return;
+          wire::Addr a;
+          a.family = 4;
+          a.port = 8080;
+          w.PutAddr(wire::kTagAddr, a);
+        },
+        attach);
+  }
+};
+
+TEST_F(ListenProtocolTest, WithoutSocketIsEbadf) {
+  StartBroker();
+  UniqueFd fd = Greeted("app:refused");
+  EXPECT_EQ(Listen(fd.get(), -1).err, uint32_t(EBADF));
+}
+
+TEST_F(ListenProtocolTest, WithTcpSocketIsEprototype) {
+  StartBroker();
+  UniqueFd fd = Greeted("app:refused");
+  UniqueFd tcp(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  EXPECT_EQ(Listen(fd.get(), tcp.get()).err, uint32_t(EPROTOTYPE));
+}
+
+TEST_F(ListenProtocolTest, WithoutAddrIsEinval) {
+  StartBroker();
+  UniqueFd fd = Greeted("app:refused");
+  Reply r = Listen(fd.get(), -2, false);
+  EXPECT_EQ(r.err, uint32_t(EINVAL));
+  EXPECT_EQ(r.message, "LISTEN needs a well-formed ADDR");
+}
+
+TEST_F(ListenProtocolTest, OnDirectIsEinval) {
+  StartBroker();
+  UniqueFd fd = Greeted("direct");
+  EXPECT_EQ(Listen(fd.get()).err, uint32_t(EINVAL));
+}
+
+TEST_F(ListenProtocolTest, Socks5CannotCarryInbound) {
+  StartBroker();
+  UniqueFd fd = Greeted("app:refused");
+  Reply r = Listen(fd.get());
+  EXPECT_EQ(r.err, uint32_t(EOPNOTSUPP));
+  EXPECT_EQ(r.message,
+            "app:refused (network.socks5) cannot carry inbound connections; set "
+            "network_service.listen: local to listen on the host's own interfaces instead");
+  EXPECT_NE(Log().find("listen on 0.0.0.0:8080 failed: app:refused (network.socks5) cannot "
+                       "carry inbound connections"),
+            std::string::npos)
+      << Log();
+}
+
+TEST_F(ListenProtocolTest, LocalPolicyAnswersWithTheFlag) {
+  config_.service.listen = config::ListenPolicy::kLocal;
+  StartBroker();
+  UniqueFd fd = Greeted("app:refused");
+  Reply r = Listen(fd.get());
+  EXPECT_EQ(r.err, 0u);
+  EXPECT_EQ(r.U32(wire::kTagFlags), wire::kFlagListenLocal);
+}
+
+TEST_F(ListenProtocolTest, RefusePolicy) {
+  config_.service.listen = config::ListenPolicy::kRefuse;
+  StartBroker();
+  UniqueFd fd = Greeted("app:refused");
+  Reply r = Listen(fd.get());
+  EXPECT_EQ(r.err, uint32_t(EOPNOTSUPP));
+  EXPECT_EQ(r.message,
+            "network_service.listen is refuse under app:refused (use overlay or local to allow "
+            "listening)");
+}
+
+TEST_F(ListenProtocolTest, StatusListsNoListenersByDefault) {
+  StartBroker();
+  UniqueFd fd = Greeted("direct");
+  Reply r = Request(fd.get(), wire::kStatus);
+  EXPECT_NE(r.Str(wire::kTagText).find("listeners: 0\n"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace via::broker
