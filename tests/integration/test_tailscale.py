@@ -235,15 +235,22 @@ class Tailnet(harness.ViaCase):
 
     def test_destination_off_the_tailnet_is_refused_never_dialed(self):
         self.start_dns()
-        port, record = self.start_target()
+        # A target on 192.0.2.1, this namespace's own address (not loopback, so the shim routes
+        # it): a direct connect reaches it, as the first request proves.
+        port = harness.free_port()
+        record = os.path.join(self.dir, "target-off.jsonl")
+        tp, _ = self.spawn([harness.PYTHON, os.path.join(harness.HERE, "target_server.py"),
+                            str(port), record, "--bind", "192.0.2.1"], "target-off.log")
+        harness.wait_port(port, host="192.0.2.1", proc=tp)
+        urllib.request.urlopen(f"http://192.0.2.1:{port}/direct", timeout=10).read()
+        self.assertEqual(len(self.records(record)), 1)
         self.start_peer("alpha")
         self.write_ts_config([self.ts_entry("ts", "via-a")])
-        # 192.0.2.1 is this namespace's own address: a direct connect would reach the target.
-        for host in ("192.0.2.1", "example.test"):
+        for host, err in (("192.0.2.1", "EACCES"), ("example.test", "EHOSTUNREACH")):
             p = self.dial("app:ts", host, port, "leak?")
             self.assertEqual(p.returncode, 3, p.stdout + p.stderr)
-            self.assertIn("ERRNO", p.stdout)
-        self.assertTargetSawNothing(record)
+            self.assertIn(f"ERRNO {err}", p.stdout)
+        self.assertEqual(len(self.records(record)), 1, "a connect under the overlay went direct")
         self.assertEqual(self.dns_queries("example.test"), [])
         log = "\n".join(harness.read_lines(os.path.join(self.dir, "state", "tailscale", "via-a",
                                                         "via-tsnet.log")))
