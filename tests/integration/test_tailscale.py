@@ -186,6 +186,11 @@ class Tailnet(harness.ViaCase):
         self.assertTrue(all(r["remote"].startswith(via_ip + ":") for r in recs), recs)
         self.assertEqual(self.dns_queries("alpha"), [])
         self.assertEqual(harness.read_text(dns).count("tailnet"), 0)
+        # The peer's IPv6 tailnet address, from an IPv6 socket: it arrives from ours.
+        v6 = self.dial("app:ts", alpha["ips"][1], 7000, "over v6")
+        self.assertOk(v6)
+        via_ip6 = self.node_ips("app:ts")[1]
+        self.assertRegex(v6.stdout, rf"^peer alpha saw \[{via_ip6}\]:\d+: over v6\n$")
 
     def test_curl_and_wget_reach_a_peer_by_magicdns_name(self):
         self.start_dns()
