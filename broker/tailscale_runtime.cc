@@ -243,7 +243,8 @@ void TailscaleRuntime::OnStatus(const overlays::HelperMessage& m) {
     driver_->ClearEndpoint();
   }
   if (state_ != old) {
-    log_->info("overlay {}: node {} is {}{}{}", overlay_.id, driver_->hostname(), state_,
+    log_->info("overlay {}: {} is {}{}{}", overlay_.id,
+               driver_->attached() ? "tailscaled" : "node " + driver_->hostname(), state_,
                running ? " as " + name_ + " " + ips_ : "", error_.empty() ? "" : ": " + error_);
   }
   if (running) {
@@ -257,7 +258,10 @@ void TailscaleRuntime::OnStatus(const overlays::HelperMessage& m) {
 }
 
 Status TailscaleRuntime::NotReadyStatus() const {
-  std::string what = "tailscale node " + driver_->hostname() + " of " + overlay_.id;
+  std::string what =
+      driver_->attached()
+          ? "tailscaled at " + overlay_.tailscale.localapi_socket + " for " + overlay_.id
+          : "tailscale node " + driver_->hostname() + " of " + overlay_.id;
   if (!ctl_) {
     return Status::Error(ENETUNREACH, what + " is not running: " +
                                           (error_.empty() ? "the helper is not running" : error_));
@@ -447,8 +451,9 @@ TailscaleListener::~TailscaleListener() {
 }
 
 void TailscaleRuntime::AppendStatus(std::ostream& out) const {
-  out << "tailscale " << overlay_.id << " " << (driver_->attached() ? "attached" : "node")
-      << " hostname=" << driver_->hostname() << " state=" << state_;
+  out << "tailscale " << overlay_.id << " " << (driver_->attached() ? "attached" : "node");
+  if (!driver_->attached()) out << " hostname=" << driver_->hostname();
+  out << " state=" << state_;
   if (!name_.empty()) out << " name=" << name_;
   if (!ips_.empty()) out << " ips=" << ips_;
   out << " helper=" << (pid_ > 0 ? "pid " + std::to_string(pid_) : "not running")

@@ -454,6 +454,22 @@ print(sorted(seen))
         self.assertRegex(p.stdout, rf"^peer alpha saw {daemon_ip}:\d+: via tailscaled\n$")
         self.assertIn("attached", self.node_line("app:ts"))
         self.assertIn(f"localapi={sock}", self.node_line("app:ts"))
+        # Outbound only: a listen() under an attached entry fails instead of listening anywhere.
+        code = r"""
+import errno, socket
+s = socket.socket()
+s.bind(("0.0.0.0", 8082))
+try:
+    s.listen(1)
+    print("listening")
+except OSError as e:
+    print("ERRNO", errno.errorcode[e.errno])
+"""
+        lp = self.run_via("app:ts", harness.PYTHON, "-c", code)
+        self.assertOk(lp)
+        # EOPNOTSUPP (Python names errno 95 ENOTSUP: the same value on Linux)
+        self.assertEqual(lp.stdout.strip(), "ERRNO ENOTSUP", lp.stderr)
+        self.assertIn("app:ts (network.tailscale) cannot carry inbound connections", lp.stderr)
 
 
 if __name__ == "__main__":
