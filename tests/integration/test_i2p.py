@@ -299,6 +299,17 @@ class Inbound(I2pCase):
             self.lab.router.sam_session_ids())
         self.assertNotIn(f"0.0.0.0:{port}", self.via("status").stdout)
 
+    def test_node_server_behind_epoll(self):
+        if shutil.which("node") is None:
+            self.skipTest("node is not installed")
+        port = harness.free_port()
+        code = ("require('http').createServer((q, s) => s.end('node saw ' + q.url + ' from ' + "
+                f"q.socket.remoteAddress + '\\n')).listen({port}, '0.0.0.0')")
+        server, address, log = self.start_server(port, ["node", "-e", code])
+        proc = self.run_i2p("curl", "-sS", "-m", "60", f"http://{address.split(':')[0]}/n")
+        self.assertOk(proc)
+        self.assertRegex(proc.stdout, r"^node saw /n from 198\.18\.\d+\.\d+\n$")
+
     def test_peer_is_a_fake_address_that_names_its_b32(self):
         port = harness.free_port()
         code = f"""
