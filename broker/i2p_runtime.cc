@@ -410,7 +410,10 @@ std::string I2pRuntime::NewSessionId(const std::string& what) {
          std::to_string(next_session_++);
 }
 
-void I2pRuntime::Start() { CreateOutbound(); }
+void I2pRuntime::Start() {
+  // Once per broker unless the session is lost or failed: then the next program retries.
+  if (!outbound_ && (last_error_.ok() || NowMs() - failed_ms_ > 1000)) CreateOutbound();
+}
 
 void I2pRuntime::CreateOutbound() {
   if (outbound_) return;
@@ -425,6 +428,7 @@ void I2pRuntime::CreateOutbound() {
 void I2pRuntime::OnOutboundCreated(const Status& s) {
   if (!s.ok()) {
     last_error_ = s;
+    failed_ms_ = NowMs();
     log_->warn("{}: SAM session {} could not be created: {}", driver_->id(),
                outbound_ ? outbound_->id() : "?", s.message());
     // Destroyed later: this callback runs inside the session's ConnectOp.

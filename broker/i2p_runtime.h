@@ -1,9 +1,9 @@
 // The broker side of `kind: network.i2p`: SAM sessions kept open on the event loop.
 //
-//  - The outbound session (TRANSIENT destination) is created when the broker starts and reused
-//    by every STREAM CONNECT; a connect that arrives while it is being created waits for it
-//    (bounded by connect_timeout). If the router drops it (the control socket closes), the next
-//    connect creates a new one.
+//  - The outbound session (TRANSIENT destination) is created when the first program selects the
+//    overlay (`via run` opening its session, or a HELLO) and reused by every STREAM CONNECT; a
+//    connect that arrives while it is being created waits for it (bounded by connect_timeout). If
+//    the router drops it (the control socket closes), the next connect creates a new one.
 //  - Each listener (a program's listen() on a port) has a session of its own, with a destination
 //    that is persistent (keys under <state_dir>/i2p/<ns>.<name>/listen-<port>.keys) or ephemeral,
 //    and one STREAM ACCEPT pending at a time. Destroying the listener closes its control socket,
@@ -106,6 +106,7 @@ class I2pRuntime : public OverlayRuntime {
   std::unique_ptr<SamSession> outbound_;
   Status last_error_;
   int64_t created_ms_ = 0;
+  int64_t failed_ms_ = 0;  // when creating the session last failed
   std::map<uint64_t, Waiter> waiters_;
   uint64_t next_wait_ = 1;
   uint64_t next_session_ = 1;

@@ -58,7 +58,8 @@ class OverlayRuntime {
  public:
   virtual ~OverlayRuntime() = default;
 
-  // Starts work that should happen ahead of the first connect (I2P: SESSION CREATE).
+  // Starts work that should happen ahead of the first connect (I2P: SESSION CREATE). Called
+  // whenever a program selects the overlay; cheap and idempotent.
   virtual void Start() {}
 
   // Calls `done` once the overlay can take a connect, or with why not; possibly before this

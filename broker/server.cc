@@ -93,10 +93,6 @@ Status Server::Start() {
   if (Status s = Listen(); !s.ok()) return s;
   log_->info("broker pid {} listening on {} (config {}); overlays: {}", getpid(),
              options_.socket_path, config_.source, OverlaySummary());
-  // Work an overlay needs before its first connect (I2P's SAM session takes 20 s to create).
-  for (auto& [id, st] : overlays_) {
-    if (st.runtime) st.runtime->Start();
-  }
   UpdateIdle();
   return Status::Ok();
 }
@@ -426,6 +422,9 @@ void Server::HandleHello(Client& c, const wire::Message& m) {
 
   c.greeted = true;
   c.hello_error = SelectNetwork(ref, &c.overlay, &c.network);
+  // The first program selecting an overlay starts what it needs before its first connect (I2P:
+  // the SAM session, 20 s on i2pd); overlays nobody selects never contact their router.
+  if (c.hello_error.ok() && c.overlay != nullptr && c.overlay->runtime) c.overlay->runtime->Start();
   if (!c.hello_error.ok()) {
     c.network = ref;
     if (logged_network_errors_.insert(ref).second) {
@@ -631,6 +630,7 @@ void Server::HandleOpenSession(Client& c, const wire::Message& m) {
   if (Status s = SelectNetwork(ref, &st, &id); !s.ok()) {
     return ReplyError(c, reply, m.id(), s.code(), s.message());
   }
+  if (st != nullptr && st->runtime) st->runtime->Start();  // `via run`: ahead of its program
   auto session = sessions_.Open(id, c.id, NowMs());
   if (!session.ok()) {
     return ReplyError(c, reply, m.id(), session.status().code(), session.status().message());

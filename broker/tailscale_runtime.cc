@@ -86,7 +86,12 @@ std::string TailscaleRuntime::HelperPath() const {
   return VIA_TSNET_INSTALL_PATH;
 }
 
-void TailscaleRuntime::Start() { Spawn(); }
+void TailscaleRuntime::Start() {
+  // Called whenever a program selects the overlay: the node starts with the first of them.
+  if (started_) return;
+  started_ = true;
+  Spawn();
+}
 
 void TailscaleRuntime::Spawn() {
   restart_timer_ = 0;
@@ -295,6 +300,7 @@ bool TailscaleRuntime::LoginRefused() const {
 }
 
 uint64_t TailscaleRuntime::WhenReady(std::function<void(const Status&)> done) {
+  Start();
   if (!driver_->endpoints().empty()) {
     done(Status::Ok());
     return 0;

@@ -1,7 +1,8 @@
 // The broker side of `kind: network.tailscale`: one via-tsnet helper process per entry
 // (docs/tailscale.md), supervised on the event loop.
 //
-//  - Start() spawns the helper with fd 3 = a SOCK_SEQPACKET control channel and sends CONFIG
+//  - Start() (the first program selecting the overlay) spawns the helper with fd 3 = a
+//  SOCK_SEQPACKET control channel and sends CONFIG
 //    (mode node|attach, hostname, state dir, control URL, auth key, ephemeral, the SOCKS secret).
 //    The auth key travels on this channel only: never argv, never the environment.
 //  - The helper reports STATUS (state, error, health, auth URL, tailnet IPs, MagicDNS name, its
@@ -93,9 +94,10 @@ class TailscaleRuntime : public OverlayRuntime {
   int backoff_ms_ = 1000;
   uint64_t restart_timer_ = 0;
   bool stopping_ = false;
+  bool started_ = false;  // Start() ran: the helper runs or is being restarted
 
   // From the helper's last STATUS.
-  std::string state_ = "Starting";
+  std::string state_ = "Idle";  // until a program selects the overlay
   std::string error_;
   std::string health_;
   std::string auth_url_;

@@ -135,6 +135,10 @@ int AcceptFrom(int fd, const wire::Addr& bound, sockaddr* addr, socklen_t* len, 
     errno = EINVAL;  // as accept() on a socket that no longer listens
     return -1;
   }
+  if (got < 0 && (mh.msg_flags & MSG_CTRUNC)) {
+    errno = EMFILE;  // the descriptor did not fit (RLIMIT_NOFILE); this connection is lost
+    return -1;
+  }
   wire::Message m;
   wire::Addr peer;
   wire::Field f;

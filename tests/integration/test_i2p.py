@@ -77,6 +77,11 @@ class Lab:
                                        stdout=out, stderr=subprocess.STDOUT, env=self.env,
                                        start_new_session=True)
         out.close()
+        if not harness.wait_for(lambda: "listening on" in harness.read_text(self.log), 10):
+            raise RuntimeError("the broker did not start: " + harness.read_text(self.log))
+        # The first program selecting the overlay makes the broker create its SAM session.
+        subprocess.run([VIA, "run", "-c", self.config, "--network", "app:i2p", "--", "true"],
+                       env=self.env, check=True, timeout=30)
         # Every SESSION CREATE at once: they all return after about 20 s.
         threads = [threading.Thread(target=p.start_session) for p in self.peers]
         for t in threads:
@@ -294,6 +299,17 @@ class Inbound(I2pCase):
             self.lab.router.sam_session_ids())
         self.assertNotIn(f"0.0.0.0:{port}", self.via("status").stdout)
 
+    def test_node_server_behind_epoll(self):
+        if shutil.which("node") is None:
+            self.skipTest("node is not installed")
+        port = harness.free_port()
+        code = ("require('http').createServer((q, s) => s.end('node saw ' + q.url + ' from ' + "
+                f"q.socket.remoteAddress + '\\n')).listen({port}, '0.0.0.0')")
+        server, address, log = self.start_server(port, ["node", "-e", code])
+        proc = self.run_i2p("curl", "-sS", "-m", "60", f"http://{address.split(':')[0]}/n")
+        self.assertOk(proc)
+        self.assertRegex(proc.stdout, r"^node saw /n from 198\.18\.\d+\.\d+\n$")
+
     def test_peer_is_a_fake_address_that_names_its_b32(self):
         port = harness.free_port()
         code = f"""
@@ -509,6 +525,25 @@ class RouterFailures(harness.ViaCase):
         self.assertIn("could not be created", log)
         self.assertIn("Connection refused", log)
 
+    def test_an_overlay_nobody_selects_never_contacts_its_router(self):
+        sam = socket.socket()
+        sam.bind(("127.0.0.1", 0))
+        sam.listen(5)
+        sam.settimeout(2)
+        self.addCleanup(sam.close)
+        proxy_port, _ = self.start_microsocks()
+        self.write_config([self.socks5_entry("tor", proxy_port),
+                           i2p_entry("i2p", sam.getsockname()[1])])
+        self.assertOk(self.run_via("app:tor", "true"))
+        with self.assertRaises(socket.timeout):
+            sam.accept()
+        # Selecting it does contact it (the check above can fail).
+        self.assertOk(self.run_via("app:i2p", "true"))
+        conn, _ = sam.accept()
+        conn.settimeout(5)
+        self.assertEqual(conn.recv(100), b"HELLO VERSION MIN=3.1 MAX=3.3\n")
+        conn.close()
+
     def test_router_stopped_mid_stream(self):
         router = i2p_lab.I2pRouter(os.path.join(self.dir, "router"))
         router.start()
@@ -518,7 +553,7 @@ class RouterFailures(harness.ViaCase):
         # The broker's session and the peer's, created together.
         t = threading.Thread(target=peer.start_session)
         t.start()
-        self.assertOk(self.via("broker", "--daemon"))
+        self.assertOk(self.run_via("app:i2p", "true"))  # starts the broker and its SAM session
         t.join()
         self.assertIsNone(peer.error)
         peer.serve()
