@@ -79,7 +79,7 @@ void ConnectOp::Start(DoneFn done) {
   if ((flags & O_NONBLOCK) == 0 && fcntl(fd_.get(), F_SETFL, flags | O_NONBLOCK) != 0) {
     return Finish(errno, std::string("fcntl(F_SETFL): ") + std::strerror(errno));
   }
-  timer_ = loop_->AddTimer(driver_->connect_timeout_ms(), [this] {
+  timer_ = loop_->AddTimer(timeout_ms_ > 0 ? timeout_ms_ : driver_->connect_timeout_ms(), [this] {
     timer_ = 0;
     OnTimeout();
   });
@@ -129,7 +129,8 @@ void ConnectOp::OnEvent(uint32_t events) {
 }
 
 void ConnectOp::OnTimeout() {
-  const std::string ms = std::to_string(driver_->connect_timeout_ms());
+  const std::string ms =
+      std::to_string(timeout_ms_ > 0 ? timeout_ms_ : driver_->connect_timeout_ms());
   if (phase_ == Phase::kConnecting) {
     return Finish(ETIMEDOUT, "no connection to proxy " + endpoint_ + " within " + ms + " ms");
   }
@@ -160,7 +161,16 @@ void ConnectOp::Pump() {
     if (want == 0) return Finish(EPROTO, "the overlay handshake stalled (nothing to send or read)");
     // Exactly what the handshake asks for: the bytes after it belong to the program.
     uint8_t buf[512];
-    ssize_t r = recv(fd_.get(), buf, std::min(want, sizeof buf), MSG_DONTWAIT);
+    size_t take = std::min(want, sizeof buf);
+    if (handshake_->LineMode()) {
+      // Peek, then take through the first '\n' only: what follows is the program's.
+      ssize_t p = recv(fd_.get(), buf, take, MSG_DONTWAIT | MSG_PEEK);
+      if (p > 0) {
+        const void* nl = std::memchr(buf, '\n', size_t(p));
+        take = nl == nullptr ? size_t(p) : size_t(static_cast<const uint8_t*>(nl) - buf) + 1;
+      }
+    }
+    ssize_t r = recv(fd_.get(), buf, take, MSG_DONTWAIT);
     if (r < 0 && errno == EINTR) continue;
     if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return WaitFor(EPOLLIN);
     if (r < 0) {

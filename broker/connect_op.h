@@ -40,6 +40,9 @@ class ConnectOp {
   void Start(DoneFn done);
   // The socket's family (SO_DOMAIN) when the caller already asked the kernel; saves asking again.
   void set_domain(int domain) { domain_ = domain; }
+  // Replaces the driver's connect_timeout for this op (before Start), e.g. for I2P's SESSION
+  // CREATE, which takes 20 s on i2pd.
+  void set_timeout_ms(int ms) { timeout_ms_ = ms; }
 
  private:
   enum class Phase { kIdle, kConnecting, kHandshake, kFinished };
@@ -66,6 +69,7 @@ class ConnectOp {
   bool watched_ = false;
   uint32_t watched_events_ = 0;
   uint64_t timer_ = 0;
+  int timeout_ms_ = 0;  // 0: the driver's connect_timeout
 };
 
 }  // namespace via::broker

@@ -56,16 +56,21 @@ Server::Server(std::shared_ptr<const config::Config> config, const BrokerOptions
 }
 
 Server::~Server() {
-  while (!clients_.empty()) CloseClient(clients_.begin()->first);
-  if (idle_timer_ != 0) loop_->CancelTimer(idle_timer_);
-  if (prune_timer_ != 0) loop_->CancelTimer(prune_timer_);
+  // Stop answering first, so that a client closed below (`via stop` waits for that) never finds
+  // the old socket again and a new broker can take its place at once.
   if (listen_fd_) loop_->Unwatch(listen_fd_.get());
+  listen_fd_.reset();
   // Only our own socket file: never one a later broker bound after we stopped answering.
   struct stat now;
   if (bound_ && stat(options_.socket_path.c_str(), &now) == 0 &&
       now.st_dev == socket_stat_.st_dev && now.st_ino == socket_stat_.st_ino) {
     unlink(options_.socket_path.c_str());
   }
+  listeners_.clear();
+  draining_.clear();
+  while (!clients_.empty()) CloseClient(clients_.begin()->first);
+  if (idle_timer_ != 0) loop_->CancelTimer(idle_timer_);
+  if (prune_timer_ != 0) loop_->CancelTimer(prune_timer_);
 }
 
 // ---- start-up ---------------------------------------------------------------------------------
@@ -76,7 +81,7 @@ Status Server::Start() {
   pool_ = std::make_unique<FakeAddressPool>(std::move(*pool));
 
   // Drivers resolve their proxy hosts here, before the loop runs: never on the loop thread.
-  overlays_ = BuildOverlays(config_);
+  overlays_ = BuildOverlays(config_, {});
   if (Status s = CheckSocketDir(); !s.ok()) return s;
   if (Status s = Listen(); !s.ok()) return s;
   log_->info("broker pid {} listening on {} (config {}); overlays: {}", getpid(),
@@ -256,7 +261,14 @@ void Server::CloseClient(uint64_t client_id) {
   std::unique_ptr<Client> c = std::move(it->second);
   clients_.erase(it);
   // Destroying a ConnectOp cancels it: flags restored, duplicate closed, no reply.
-  for (uint64_t op : c->ops) ops_.erase(op);
+  for (uint64_t op : c->ops) {
+    auto p = ops_.find(op);
+    if (p == ops_.end()) continue;
+    if (p->second.wait != 0 && p->second.overlay->runtime) {
+      p->second.overlay->runtime->CancelWait(p->second.wait);
+    }
+    ops_.erase(p);
+  }
   CloseDnsResponders(client_id);
   for (const SessionTable::Session& s : sessions_.EndOwnedBy(client_id)) {
     log_->info("session {} ({}) ended", s.token.substr(0, 8), s.network);
@@ -266,7 +278,8 @@ void Server::CloseClient(uint64_t client_id) {
 }
 
 void Server::UpdateIdle() {
-  if (!clients_.empty() || sessions_.size() != 0 || options_.stay) {
+  if (!clients_.empty() || sessions_.size() != 0 || !listeners_.empty() || !draining_.empty() ||
+      options_.stay) {
     if (idle_timer_ != 0) loop_->CancelTimer(idle_timer_);
     idle_timer_ = 0;
     return;
@@ -332,7 +345,7 @@ void Server::Handle(Client& c, const uint8_t* data, size_t n, std::vector<Unique
   }
   const uint16_t type = m.type();
   const uint16_t reply = type | wire::kReplyBit;
-  if (type != wire::kConnect) fds.clear();  // descriptors belong to CONNECT only
+  if (type != wire::kConnect && type != wire::kListen) fds.clear();  // CONNECT/LISTEN only
   if (type != wire::kHello) {
     if (!c.greeted) {
       return ReplyError(c, reply, m.id(), EPROTO,
@@ -369,6 +382,8 @@ void Server::Handle(Client& c, const uint8_t* data, size_t n, std::vector<Unique
       return HandleReload(c, m);
     case wire::kSessionDetach:
       return HandleSessionDetach(c, m);
+    case wire::kListen:
+      return HandleListen(c, m, fds);
     default:
       return ReplyError(c, reply, m.id(), EPROTO, "unknown message type " + std::to_string(type));
   }
@@ -514,21 +529,33 @@ void Server::HandleConnect(Client& c, const wire::Message& m, std::vector<Unique
   if (Status s = CheckTcpSocket(fds[0].get(), &domain); !s.ok()) {
     return ConnectFailed(c, m.id(), c.overlay.get(), target.ToString(), s.code(), s.message());
   }
-  auto hs = c.overlay->driver->NewHandshake(target);
-  if (!hs.ok()) {
-    return ConnectFailed(c, m.id(), c.overlay.get(), target.ToString(), hs.status().code(),
-                         hs.status().message());
-  }
   uint64_t op_id = next_op_++;
   PendingConnect& p = ops_[op_id];
   p.client = c.id;
   p.request_id = m.id();
   p.overlay = c.overlay;
   p.target = std::move(target);
-  p.op = std::make_unique<ConnectOp>(loop_, c.overlay->driver.get(), std::move(fds[0]),
-                                     std::move(*hs));
-  p.op->set_domain(domain);
+  p.waiting_fd = std::move(fds[0]);
+  p.domain = domain;
   c.ops.push_back(op_id);
+  if (!c.overlay->runtime) return StartConnectOp(op_id, Status::Ok());
+  // E.g. I2P: STREAM CONNECT needs the SAM session, created ahead; wait for it if it is not up.
+  uint64_t wait = c.overlay->runtime->WhenReady(
+      [this, op_id](const Status& ready) { StartConnectOp(op_id, ready); });
+  if (auto it = ops_.find(op_id); it != ops_.end() && !it->second.op) it->second.wait = wait;
+}
+
+void Server::StartConnectOp(uint64_t op_id, const Status& ready) {
+  auto it = ops_.find(op_id);
+  if (it == ops_.end() || it->second.op) return;
+  PendingConnect& p = it->second;
+  p.wait = 0;
+  if (!ready.ok()) return OnConnectDone(op_id, ready.code(), ready.message());
+  auto hs = p.overlay->driver->NewHandshake(p.target);
+  if (!hs.ok()) return OnConnectDone(op_id, hs.status().code(), hs.status().message());
+  p.op = std::make_unique<ConnectOp>(loop_, p.overlay->driver.get(), std::move(p.waiting_fd),
+                                     std::move(*hs));
+  p.op->set_domain(p.domain);
   // May finish (and erase `p`) before it returns.
   p.op->Start([this, op_id](int err, const std::string& msg) { OnConnectDone(op_id, err, msg); });
 }
@@ -660,6 +687,7 @@ void Server::HandleOpenSession(Client& c, const wire::Message& m) {
   if (Status s = SelectNetwork(sel.network, &st, &id); !s.ok()) {
     return ReplyError(c, reply, m.id(), s.code(), s.message());
   }
+  if (st != nullptr && st->runtime) st->runtime->Start();  // `via run`: ahead of its program
   auto session = sessions_.Open(id, c.id, NowMs());
   if (!session.ok()) {
     return ReplyError(c, reply, m.id(), session.status().code(), session.status().message());
@@ -778,7 +806,7 @@ Status Server::Reload(const std::string& why) {
   }
   // Drivers resolve proxy host names; the loop is blocked for that (a config uses addresses
   // or names from /etc/hosts in practice).
-  overlays_ = BuildOverlays(cfg);
+  overlays_ = BuildOverlays(cfg, overlays_);
   config_ = std::move(cfg);
   ++generation_;
   logged_network_errors_.clear();
@@ -814,15 +842,27 @@ Status Server::Reload(const std::string& why) {
 }
 
 std::map<std::string, std::shared_ptr<Server::OverlayState>> Server::BuildOverlays(
-    const std::shared_ptr<const config::Config>& cfg) {
+    const std::shared_ptr<const config::Config>& cfg,
+    const std::map<std::string, std::shared_ptr<OverlayState>>& previous) {
   std::map<std::string, std::shared_ptr<OverlayState>> out;
   for (const config::Overlay& o : cfg->overlays) {
+    // An overlay with a runtime (an I2P session, a Tailscale node) keeps it across a reload when
+    // its entry is still there with the same kind: rebuilding would drop listeners and restart
+    // the node. Changes to such an entry take effect after a restart (logged).
+    if (auto it = previous.find(o.id); it != previous.end() && it->second->runtime &&
+                                       it->second->overlay->kind == o.kind) {
+      log_->info("reload: {} keeps its running {} (changes to its entry apply after a restart)",
+                 o.id, o.kind_name);
+      out[o.id] = it->second;
+      continue;
+    }
     auto st = std::make_shared<OverlayState>();
     st->config = cfg;
     st->overlay = &o;
     auto driver = overlays::CreateDriver(o);
     if (driver.ok()) {
       st->driver = std::move(*driver);
+      st->runtime = CreateOverlayRuntime(o, cfg->service, st->driver.get(), loop_, log_);
     } else {
       st->error = driver.status();
       log_->warn("overlay {} is unavailable: {}", o.id, st->error.message());
@@ -887,6 +927,11 @@ void Server::ApplyHello(Client& c) {
   if (sel.error.ok()) {
     c.hello_error = SelectNetwork(sel.network, &c.overlay, &c.network);
     if (!c.token.empty()) c.session = c.token;
+    // The first program selecting an overlay starts what it needs before its first connect
+    // (I2P: the SAM session, 20 s on i2pd); overlays nobody selects never contact their router.
+    if (c.hello_error.ok() && c.overlay != nullptr && c.overlay->runtime) {
+      c.overlay->runtime->Start();
+    }
   } else {
     c.hello_error = sel.error;
     c.network = sel.network;
@@ -931,6 +976,18 @@ void Server::HandleStatus(Client& c, const wire::Message& m) {
     if (s.detached()) out << " detached heirs=" << s.heirs.size();
     out << "\n";
   }
+  for (const auto& [id, st] : overlays_) {
+    if (st->runtime) st->runtime->AppendStatus(out);
+  }
+  out << "listeners: " << listeners_.size();
+  if (!draining_.empty()) out << " (and " << draining_.size() << " closed, draining)";
+  out << "\n";
+  for (const auto& [lid, e] : listeners_) {
+    std::string address = e.listener ? e.listener->address() : "";
+    out << "listener " << e.overlay->overlay->id << " " << AddrText(e.bound, true) << " "
+        << (address.empty() ? "(not ready)" : address) << " accepted=" << e.accepted << " "
+        << e.owner << "\n";
+  }
   out << "clients: " << clients_.size() << ", connects in flight: " << ops_.size() << "\n";
   // One line per program (not per thread), with its network and why: what policy decided.
   std::set<std::string> programs;
@@ -956,6 +1013,173 @@ void Server::HandleShutdown(Client& c, const wire::Message& m) {
   ReplyOk(c, wire::kShutdown | wire::kReplyBit, m.id());
   log_->info("shutdown requested by {}", PeerText(c));
   loop_->Quit();
+}
+
+// ---- inbound listeners ------------------------------------------------------------------------
+
+void Server::HandleListen(Client& c, const wire::Message& m, std::vector<UniqueFd>& fds) {
+  const uint16_t reply = wire::kListen | wire::kReplyBit;
+  if (fds.size() != 1) {
+    return ReplyError(c, reply, m.id(), fds.empty() ? EBADF : EINVAL,
+                      "LISTEN must carry exactly one socket (the broker's end of a socketpair)");
+  }
+  int type = 0, domain = 0;
+  socklen_t len = sizeof type;
+  getsockopt(fds[0].get(), SOL_SOCKET, SO_TYPE, &type, &len);
+  len = sizeof domain;
+  getsockopt(fds[0].get(), SOL_SOCKET, SO_DOMAIN, &domain, &len);
+  if (type != SOCK_SEQPACKET || domain != AF_UNIX) {
+    return ReplyError(c, reply, m.id(), EPROTOTYPE,
+                      "LISTEN's socket must be an AF_UNIX SOCK_SEQPACKET socket");
+  }
+  wire::Field f;
+  wire::Addr bound;
+  if (!m.Find(wire::kTagAddr, &f) || !f.addr(&bound)) {
+    return ReplyError(c, reply, m.id(), EINVAL, "LISTEN needs a well-formed ADDR");
+  }
+  const std::string where = AddrText(bound, true);
+  if (c.overlay == nullptr) {
+    return ReplyError(c, reply, m.id(), EINVAL,
+                      "the connection's network is direct: listen without the broker");
+  }
+  const std::string& id = c.overlay->overlay->id;
+  switch (config_->service.listen) {
+    case config::ListenPolicy::kLocal: {
+      log_->info(
+          "listen on {} under {} stays on the host's interfaces (network_service.listen: "
+          "local) ({})",
+          where, id, PeerText(c));
+      uint8_t buf[64];
+      wire::Writer w(buf, sizeof buf, reply, m.id());
+      w.PutU32(wire::kTagErrno, 0);
+      w.PutU32(wire::kTagFlags, wire::kFlagListenLocal);
+      return Reply(c, w);
+    }
+    case config::ListenPolicy::kRefuse: {
+      std::string msg = "network_service.listen is refuse under " + id +
+                        " (use overlay or local to allow listening)";
+      log_->warn("listen on {} refused: {} ({})", where, msg, PeerText(c));
+      return ReplyError(c, reply, m.id(), EOPNOTSUPP, msg);
+    }
+    case config::ListenPolicy::kOverlay:
+      break;
+  }
+  const std::string owner = PeerText(c);
+  uint64_t lid = next_listener_++;
+  ListenerEntry& e = listeners_[lid];
+  e.client = c.id;
+  e.request_id = m.id();
+  e.overlay = c.overlay;
+  e.sock = std::move(fds[0]);
+  // Never block the loop on a program that does not accept: a full socket drops the stream.
+  fcntl(e.sock.get(), F_SETFL, fcntl(e.sock.get(), F_GETFL) | O_NONBLOCK);
+  e.bound = bound;
+  e.owner = owner;
+  Result<std::unique_ptr<InboundListener>> l =
+      Status::Error(ENOTSUP, "no inbound support in this overlay");
+  if (c.overlay->runtime) {
+    InboundListener::Events ev;
+    ev.ready = [this, lid](const Status& s) { OnListenerReady(lid, s); };
+    ev.accepted = [this, lid](AcceptedStream a) { OnListenerAccepted(lid, std::move(a)); };
+    ev.failed = [this, lid](const Status& s) { CloseListener(lid, s.message(), false); };
+    l = c.overlay->runtime->Listen(bound.port, owner, std::move(ev));
+  }
+  if (!l.ok()) {
+    std::string msg = l.status().code() == ENOTSUP
+                          ? id + " (" + c.overlay->overlay->kind_name +
+                                ") cannot carry inbound connections; set "
+                                "network_service.listen: local to listen on the host's own "
+                                "interfaces instead"
+                          : id + ": " + l.status().message();
+    int err = l.status().code() == ENOTSUP ? EOPNOTSUPP : l.status().code();
+    log_->warn("listen on {} failed: {} ({})", where, msg, owner);
+    listeners_.erase(lid);
+    return ReplyError(c, reply, m.id(), err, msg);
+  }
+  auto it = listeners_.find(lid);
+  if (it == listeners_.end()) return;  // failed at once and was closed
+  it->second.listener = std::move(*l);
+  // The program closing its listening socket (or exiting) hangs up the socketpair.
+  loop_->Watch(it->second.sock.get(), EPOLLRDHUP,
+               [this, lid](uint32_t) { CloseListener(lid, "closed by the program"); });
+  UpdateIdle();
+}
+
+void Server::OnListenerReady(uint64_t id, const Status& s) {
+  auto it = listeners_.find(id);
+  if (it == listeners_.end()) return;
+  ListenerEntry& e = it->second;
+  if (e.replied) return;
+  e.replied = true;
+  const uint16_t reply = wire::kListen | wire::kReplyBit;
+  auto cit = clients_.find(e.client);
+  const std::string where = AddrText(e.bound, true);
+  const std::string& oid = e.overlay->overlay->id;
+  if (!s.ok()) {
+    std::string msg = oid + ": " + s.message();
+    log_->warn("listen on {} failed: {} ({})", where, msg, e.owner);
+    if (cit != clients_.end()) ReplyError(*cit->second, reply, e.request_id, s.code(), msg);
+    return CloseListener(id, "");
+  }
+  // `listener` is unset while Listen() has not returned yet.
+  std::string address = e.listener ? e.listener->address() : "";
+  if (cit == clients_.end()) return CloseListener(id, "the requester went away");
+  uint8_t buf[512];
+  wire::Writer w(buf, sizeof buf, reply, e.request_id);
+  w.PutU32(wire::kTagErrno, 0);
+  if (!address.empty()) w.PutString(wire::kTagListenAddress, address);
+  Reply(*cit->second, w);
+}
+
+void Server::OnListenerAccepted(uint64_t id, AcceptedStream stream) {
+  auto it = listeners_.find(id);
+  if (it == listeners_.end()) return;
+  ListenerEntry& e = it->second;
+  // The peer gets a fake address (getnameinfo maps it back to its .b32.i2p), in the family of
+  // the program's listening socket.
+  FakeAddressPool::Pair pair = pool_->Lookup(stream.peer_name);
+  wire::Addr peer = e.bound.family == 4 ? pair.v4 : pair.v6;
+  peer.port = 0;
+  uint8_t buf[1024];
+  wire::Writer w(buf, sizeof buf, wire::kAccepted, uint32_t(e.accepted + 1));
+  w.PutU32(wire::kTagErrno, 0);
+  w.PutAddr(wire::kTagAddr, peer);
+  w.PutString(wire::kTagPeerName, stream.peer_name);
+  ssize_t r = wire::SendDatagram(e.sock.get(), w.data(), w.size(), stream.fd.get());
+  if (r < 0) {
+    log_->warn("listener {} of {}: cannot hand over a connection from {}: {}",
+               AddrText(e.bound, true), e.owner, stream.peer_name, std::strerror(errno));
+    return;
+  }
+  e.accepted++;
+  log_->info("listener {} via {}: accepted a connection from {} ({})", AddrText(e.bound, true),
+             e.overlay->overlay->id, stream.peer_name, e.owner);
+}
+
+void Server::CloseListener(uint64_t id, const std::string& why, bool drain) {
+  auto it = listeners_.find(id);
+  if (it == listeners_.end()) return;
+  if (it->second.sock) loop_->Unwatch(it->second.sock.get());
+  if (!why.empty()) {
+    log_->info("listener {} via {} ({}): {}", AddrText(it->second.bound, true),
+               it->second.overlay->overlay->id, it->second.owner, why);
+  }
+  // Destroyed after the current handlers: this may run inside the listener's own callback.
+  auto entry = std::make_shared<ListenerEntry>(std::move(it->second));
+  listeners_.erase(it);
+  if (entry->listener && drain) {
+    // Accepted streams may still need the overlay side (I2P: the listener's session).
+    InboundListener* l = entry->listener.get();
+    draining_[id] = std::move(entry->listener);
+    l->Drain([this, id] {
+      loop_->Post([this, id] {
+        draining_.erase(id);
+        UpdateIdle();
+      });
+    });
+  }
+  loop_->Post([entry] {});
+  UpdateIdle();
 }
 
 }  // namespace via::broker

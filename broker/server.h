@@ -20,6 +20,7 @@
 #include "broker/event_loop.h"
 #include "broker/fake_address_pool.h"
 #include "broker/selector.h"
+#include "broker/overlay_runtime.h"
 #include "broker/session_table.h"
 #include "common/unique_fd.h"
 #include "common/wire.h"
@@ -55,6 +56,7 @@ class Server {
     std::unique_ptr<overlays::Driver> driver;  // null if it could not be created
     Status error;                              // why not
     uint64_t ok = 0, failed = 0;               // connects
+    std::unique_ptr<OverlayRuntime> runtime;   // sessions and listeners (I2P); may be null
   };
   struct Client {
     uint64_t id = 0;
@@ -86,6 +88,22 @@ class Server {
     bool resolve = false;
     uint8_t family = 0;  // RESOLVE's FAMILY
     const overlays::Handshake* handshake = nullptr;
+    UniqueFd waiting_fd;  // the program's socket while the overlay's runtime gets ready
+    int domain = 0;       // its family (SO_DOMAIN), already asked
+    uint64_t wait = 0;    // OverlayRuntime wait id
+  };
+  // An inbound listener (docs/protocol.md "LISTEN"): the program's listening fd was replaced by
+  // the peer of `sock`; accepted streams are sent over `sock` (ACCEPTED with SCM_RIGHTS).
+  struct ListenerEntry {
+    uint64_t client = 0;  // who asked; the reply waits for the overlay to be ready
+    uint32_t request_id = 0;
+    bool replied = false;
+    std::shared_ptr<OverlayState> overlay;  // kept alive across a reload
+    UniqueFd sock;      // the broker's end of the socketpair
+    wire::Addr bound;   // what the program bound (its family and port)
+    std::string owner;  // "pid 123 /usr/bin/python3"
+    std::unique_ptr<InboundListener> listener;
+    uint64_t accepted = 0;
   };
 
   Status CheckSocketDir() const;
@@ -128,8 +146,19 @@ class Server {
   // The selector's view of the sessions.
   SelectRequest MakeRequest(std::vector<ProcessInfo> chain) const;
   // Builds the drivers of `cfg` (resolving proxy hosts: call before the loop runs or on reload).
+  // Overlays of `previous` that have a runtime are kept when their entry is still there.
   std::map<std::string, std::shared_ptr<OverlayState>> BuildOverlays(
-      const std::shared_ptr<const config::Config>& cfg);
+      const std::shared_ptr<const config::Config>& cfg,
+      const std::map<std::string, std::shared_ptr<OverlayState>>& previous);
+  void HandleListen(Client& c, const wire::Message& m, std::vector<UniqueFd>& fds);
+
+  // Creates the handshake and the ConnectOp of a pending connect whose overlay is ready.
+  void StartConnectOp(uint64_t op_id, const Status& ready);
+  void OnListenerReady(uint64_t id, const Status& s);
+  void OnListenerAccepted(uint64_t id, AcceptedStream stream);
+  // Destroys a listener (its overlay side goes down) after the current handlers have run.
+  // With `drain`, the overlay side stays until accepted streams are done (InboundListener::Drain).
+  void CloseListener(uint64_t id, const std::string& why, bool drain = true);
 
   // Resolves a network reference: "direct" gives *out = nullptr; an overlay gives its state.
   // Unknown → ENOENT; an overlay whose driver failed → that failure.
@@ -168,6 +197,10 @@ class Server {
   };
   uint64_t next_responder_ = 1;
   std::map<int, DnsResponder> dns_responders_;   // by fd
+  std::map<uint64_t, ListenerEntry> listeners_;
+  // Listeners the program closed whose overlay side still serves accepted streams.
+  std::map<uint64_t, std::unique_ptr<InboundListener>> draining_;
+  uint64_t next_listener_ = 1;
   std::vector<uint8_t> recv_buf_;                // one datagram (plus a byte to detect oversize)
   std::set<std::string> logged_network_errors_;  // HELLO failures are logged once per pid+text
   uint64_t next_client_ = 1;

@@ -78,6 +78,20 @@ constexpr uint32_t kFlagLoopbackRefuse = 1u << 2;  // refuse loopback destinatio
 constexpr uint32_t kFlagSessionExplicit = 1u << 20;  // OPEN_SESSION: --network/--direct was given
 constexpr uint32_t kFlagControl = 1u << 21;  // HELLO: a CLI control connection, no network needed
 
+// ---- inbound listeners (docs/protocol.md "LISTEN"; types, tags 0x20-0x2F, flag bits 12-15) ----
+// LISTEN: the shim asks the broker to serve a listen() through the overlay; the request carries
+// the broker's end of a SOCK_SEQPACKET socketpair whose other end replaces the program's socket.
+constexpr uint16_t kListen = 0x20;
+// ACCEPTED: broker -> shim on that socketpair (never a reply): one accepted stream, attached.
+constexpr uint16_t kAccepted = 0x21;
+constexpr uint16_t kTagListenAddress = 0x20;  // string: the overlay address, "<b32>.b32.i2p:8080"
+constexpr uint16_t kTagPeerName = 0x21;       // string: the peer's overlay name ("<b32>.b32.i2p")
+constexpr uint16_t kTagBacklog = 0x22;        // u32: listen()'s backlog (informational)
+// LISTEN reply flag: listen on the host's real interfaces (network_service.listen: local).
+constexpr uint32_t kFlagListenLocal = 1u << 12;
+// Abstract-namespace prefix of the shim's end of a listener socketpair (see hook_listen.cc).
+constexpr char kListenerPrefix[] = "via-listen/";
+
 // An IPv4 or IPv6 endpoint, port in host order.
 struct Addr {
   uint8_t family = 0;  // 4 or 6

@@ -17,6 +17,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -59,7 +60,7 @@ constexpr int kMaxIdleTimeoutS = 24 * 60 * 60;
 constexpr const char* kCommonEntryKeys[] = {"name", "kind", "meta", "lifecycle", "description"};
 constexpr const char* kServiceKeys[] = {"state_dir",       "fake_ipv4", "fake_ipv6",
                                         "default_network", "loopback",  "idle_timeout",
-                                        "unrouted_exec"};
+                                        "unrouted_exec",   "listen"};
 
 // ---- small helpers ---------------------------------------------------------------------------
 
@@ -343,6 +344,37 @@ class EntryReader {
     return Status::Ok();
   }
 
+  bool Has(const std::string& field) const {
+    const Field* f = Get(field);
+    return f != nullptr && !f->value.IsNull();
+  }
+
+  // A mapping of scalar keys to scalar values (numbers and booleans are kept as written), in
+  // file order; absent or null leaves `out` unchanged.
+  Status StringMap(const std::string& field, std::vector<std::pair<std::string, std::string>>* out,
+                   std::vector<SourcePos>* key_pos, std::vector<SourcePos>* value_pos) const {
+    const Field* f = Get(field);
+    if (f == nullptr || f->value.IsNull()) return Status::Ok();
+    if (!f->value.IsMap()) return Error(field, "must be a mapping, not " + Shown(*f));
+    std::vector<Field> items;
+    if (Status st = Fields(file_, f->value, Prefix() + field + ".", &items); !st.ok()) return st;
+    out->clear();
+    for (const Field& item : items) {
+      SourcePos pos = PosOf(file_, item.value.IsNull() ? item.key_node : item.value);
+      if (!item.value.IsScalar()) {
+        return ErrorAt(pos, Prefix() + field + "." + item.key + ": must be a single value");
+      }
+      if (HasControlChar(item.value.Scalar())) {
+        return ErrorAt(pos,
+                       Prefix() + field + "." + item.key + ": must not contain control characters");
+      }
+      out->emplace_back(item.key, item.value.Scalar());
+      key_pos->push_back(PosOf(file_, item.key_node));
+      value_pos->push_back(pos);
+    }
+    return Status::Ok();
+  }
+
   SourcePos pos() const { return PosOf(file_, node_); }
   const std::string& file() const { return file_; }
   // The value of `field`, or nullptr when absent.
@@ -398,8 +430,8 @@ Status ParseSocks5(const EntryReader& r, Socks5Settings* s) {
 }
 
 Status ParseTailscale(const EntryReader& r, TailscaleSettings* s) {
-  if (Status st = r.CheckKnown(
-          {"hostname", "auth_key", "auth_key_env", "state_dir", "control_url", "ephemeral"});
+  if (Status st = r.CheckKnown({"hostname", "auth_key", "auth_key_env", "state_dir", "control_url",
+                                "ephemeral", "localapi_socket", "helper", "connect_timeout"});
       !st.ok()) {
     return st;
   }
@@ -407,20 +439,82 @@ Status ParseTailscale(const EntryReader& r, TailscaleSettings* s) {
                             {"auth_key", &s->auth_key},
                             {"auth_key_env", &s->auth_key_env},
                             {"state_dir", &s->state_dir},
-                            {"control_url", &s->control_url}}) {
+                            {"control_url", &s->control_url},
+                            {"localapi_socket", &s->localapi_socket},
+                            {"helper", &s->helper}}) {
     if (Status st = r.String(field, out); !st.ok()) return st;
   }
   if (Status st = r.Bool("ephemeral", &s->ephemeral); !st.ok()) return st;
-  if (s->auth_key.empty() && s->auth_key_env.empty()) {
+  if (Status st = r.Duration("connect_timeout", &s->connect_timeout_ms); !st.ok()) return st;
+  // An entry attached to a running tailscaled uses that daemon's login: no key of its own.
+  if (s->auth_key.empty() && s->auth_key_env.empty() && s->localapi_socket.empty()) {
     return r.Error("auth_key", "network: tailscale auth_key or auth_key_env is required");
   }
   return Status::Ok();
 }
 
+// SAM splits command lines at spaces and `=`; a character that could end a token or start a
+// quoted value must not appear in an option, or one option could smuggle in another.
+bool SamTokenChar(char c, bool value) {
+  if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')) return true;
+  if (c == '.' || c == '_' || c == '-') return true;
+  return value && std::strchr(",:/+~@", c) != nullptr;
+}
+
 Status ParseI2p(const EntryReader& r, I2pSettings* s) {
-  if (Status st = r.CheckKnown({"host", "port", "session_name"}); !st.ok()) return st;
+  if (Status st = r.CheckKnown(
+          {"host", "port", "session_name", "destination", "options", "connect_timeout"});
+      !st.ok()) {
+    return st;
+  }
   if (Status st = r.HostPort(&s->host, &s->port); !st.ok()) return st;
-  return r.String("session_name", &s->session_name);
+  std::string name;
+  if (Status st = r.String("session_name", &name, 64); !st.ok()) return st;
+  if (r.Has("session_name")) {
+    if (name.empty()) return r.Error("session_name", "must not be empty");
+    for (char c : name) {
+      if (!SamTokenChar(c, false)) {
+        return r.Error("session_name", Quote(name) +
+                                           " may hold only letters, digits, '.', '_' and '-' "
+                                           "(it becomes part of SAM session IDs)");
+      }
+    }
+    s->session_name = name;
+  }
+  std::string dest;
+  if (Status st = r.String("destination", &dest); !st.ok()) return st;
+  if (dest == "ephemeral") {
+    s->destination = I2pDestination::kEphemeral;
+  } else if (dest.empty() || dest == "persistent") {
+    s->destination = I2pDestination::kPersistent;
+  } else {
+    return r.Error("destination", "must be persistent or ephemeral, not " + Quote(dest));
+  }
+  std::vector<SourcePos> key_pos, value_pos;
+  if (Status st = r.StringMap("options", &s->options, &key_pos, &value_pos); !st.ok()) return st;
+  for (size_t i = 0; i < s->options.size(); ++i) {
+    const auto& [key, value] = s->options[i];
+    const std::string where = r.Prefix() + "options." + key + ": ";
+    for (char c : key) {
+      if (!SamTokenChar(c, false)) {
+        return ErrorAt(key_pos[i],
+                       where + "the key may hold only letters, digits, '.', '_' and '-'");
+      }
+    }
+    std::string upper;
+    for (char c : key) upper += char(std::toupper(static_cast<unsigned char>(c)));
+    if (upper == "STYLE" || upper == "ID" || upper == "DESTINATION") {
+      return ErrorAt(key_pos[i], where + "set by via itself (use session_name and destination)");
+    }
+    if (value.empty()) return ErrorAt(value_pos[i], where + "must not be empty");
+    for (char c : value) {
+      if (!SamTokenChar(c, true)) {
+        return ErrorAt(value_pos[i], where + Quote(value) +
+                                         " may hold only letters, digits and . _ - , : / + ~ @");
+      }
+    }
+  }
+  return r.Duration("connect_timeout", &s->connect_timeout_ms);
 }
 
 // ---- via.program and security.policy -------------------------------------------------------
@@ -703,6 +797,16 @@ Status ParseService(const std::string& file, const YAML::Node& node, const std::
         svc->loopback = LoopbackPolicy::kRefuse;
       } else {
         return ErrorAt(pos, where + "must be direct, overlay or refuse, not " + Quote(s));
+      }
+    } else if (f.key == "listen") {
+      if (s == "overlay") {
+        svc->listen = ListenPolicy::kOverlay;
+      } else if (s == "local") {
+        svc->listen = ListenPolicy::kLocal;
+      } else if (s == "refuse") {
+        svc->listen = ListenPolicy::kRefuse;
+      } else {
+        return ErrorAt(pos, where + "must be overlay, local or refuse, not " + Quote(s));
       }
     } else if (f.key == "unrouted_exec") {
       if (s != "refuse" && s != "allow") {

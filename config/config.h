@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "common/status.h"
@@ -46,13 +47,26 @@ struct TailscaleSettings {
   std::string state_dir;
   std::string control_url;
   bool ephemeral = false;
+  // via extensions (docs/tailscale.md):
+  std::string localapi_socket;     // attach to this tailscaled's LocalAPI instead of running a node
+  std::string helper;              // path of via-tsnet; default: next to the via binary
+  int connect_timeout_ms = 30000;  // waiting for the node to be Running, plus the dial
 };
 
-// `kind: network.i2p` (parsed and validated; no driver in this build yet).
+// `kind: network.i2p`: an I2P router's SAM v3 bridge (fields as in Wippy, plus via's
+// destination, options and connect_timeout; docs/configuration.md).
+enum class I2pDestination { kPersistent, kEphemeral };
 struct I2pSettings {
-  std::string host;
-  int port = 0;
-  std::string session_name;  // default "wippy" applied by the driver
+  std::string host;                    // required
+  int port = 0;                        // required, 1..65535
+  std::string session_name = "wippy";  // prefix of SAM session IDs: [A-Za-z0-9._-], 1..64 chars
+  // Listeners' destinations: kept under <state_dir>/i2p/<ns>.<name>/ (persistent) or new each
+  // time (ephemeral). Outbound sessions are always TRANSIENT.
+  I2pDestination destination = I2pDestination::kPersistent;
+  // Extra SESSION CREATE options, in file order, passed as KEY=VALUE (keys such as
+  // inbound.length, i2cp.leaseSetType); STYLE, ID and DESTINATION are refused.
+  std::vector<std::pair<std::string, std::string>> options;
+  int connect_timeout_ms = 60000;  // waiting for the session plus STREAM CONNECT
 };
 
 struct Overlay {
@@ -70,6 +84,14 @@ struct Overlay {
 // What to do with loopback destinations (127.0.0.0/8, ::1) under an overlay.
 enum class LoopbackPolicy { kDirect, kOverlay, kRefuse };
 
+// What a non-loopback listen() under an overlay does (`network_service.listen`).
+//  kOverlay: served by the overlay when its driver can carry inbound connections (I2P);
+//            refused with EOPNOTSUPP when it cannot (SOCKS5).
+//  kLocal:   the program listens on the host's real interfaces, as without via (explicit opt-in).
+//  kRefuse:  always refused with EOPNOTSUPP.
+// Loopback listens are always local.
+enum class ListenPolicy { kOverlay, kLocal, kRefuse };
+
 // `network_service:` (from .wippy.yaml or a top-level key in any config file).
 struct NetworkService {
   std::string state_dir;        // absolute; default "<config dir>/.wippy/net"
@@ -78,6 +100,7 @@ struct NetworkService {
   std::string fake_ipv4 = "198.18.0.0/15";        // pool for fake addresses
   std::string fake_ipv6 = "fd76:6961:ff00::/64";  // pool for fake addresses
   LoopbackPolicy loopback = LoopbackPolicy::kDirect;
+  ListenPolicy listen = ListenPolicy::kOverlay;
   // Whether programs under an overlay may exec binaries that would run without the shim
   // (setuid/setgid, file capabilities, statically linked): `unrouted_exec: refuse|allow`.
   bool unrouted_exec_allowed = false;

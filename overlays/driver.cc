@@ -4,7 +4,9 @@
 #include <string>
 
 #include "common/wire.h"
+#include "overlays/i2p.h"
 #include "overlays/socks5.h"
+#include "overlays/tailscale.h"
 
 namespace via::overlays {
 
@@ -20,9 +22,16 @@ Result<std::unique_ptr<Driver>> CreateDriver(const config::Overlay& overlay) {
   switch (overlay.kind) {
     case config::OverlayKind::kSocks5:
       return Socks5Driver::Create(overlay);
-    case config::OverlayKind::kTailscale:
-    case config::OverlayKind::kI2p:
-      break;
+    case config::OverlayKind::kI2p: {
+      auto d = I2pDriver::Create(overlay);
+      if (!d.ok()) return d.status();
+      return std::unique_ptr<Driver>(std::move(*d));
+    }
+    case config::OverlayKind::kTailscale: {
+      auto d = TailscaleDriver::Create(overlay);
+      if (!d.ok()) return d.status();
+      return std::unique_ptr<Driver>(std::move(*d));
+    }
   }
   std::string kind = overlay.kind_name;
   if (kind.empty()) {

@@ -8,6 +8,9 @@
 //  - Feed(p, n) with n <= WantRead() bytes. Returns an error Status (errno + message) on a
 //    refusal or a malformed reply; the machine is then finished.
 //  - Done() is true after success.
+//  - LineMode(): a line-based protocol (SAM). WantRead() is then the most the current line may
+//    still take, and the reader passes bytes only up to and including the first '\n' (it peeks
+//    first), so bytes after the last reply line stay in the socket for the program.
 #pragma once
 
 #include <cstddef>
@@ -38,6 +41,7 @@ class Handshake {
   virtual size_t WantRead() const = 0;
   virtual Status Feed(const uint8_t* data, size_t n) = 0;
   virtual bool Done() const = 0;
+  virtual bool LineMode() const { return false; }
 };
 
 }  // namespace via::overlays

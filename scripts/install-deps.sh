@@ -6,7 +6,7 @@
 # Also creates the test fixtures that need root: the `viatest` user (danted's username
 # authentication) and the PAM service `via-test-sockd` (accepts any credentials, so that
 # isolate_streams' random usernames can be observed in danted's log). The packages' own
-# services (danted, dnsmasq, tor) are never left running: the tests start their own servers
+# services (danted, dnsmasq, tor, i2pd) are never left running: the tests start their own servers
 # (tests/tor/tor_network.py runs a private Tor network; Debian's tor on 9050 is not used).
 set -euo pipefail
 
@@ -18,7 +18,7 @@ fi
 packages=(
   build-essential cmake ninja-build pkg-config
   libyaml-cpp-dev libspdlog-dev libc-ares-dev libssl-dev libgtest-dev googletest clang-format
-  dante-server microsocks dnsmasq tor
+  dante-server microsocks dnsmasq tor i2pd
   curl wget git python3 openssl iproute2 util-linux procps ca-certificates tcpdump
   bind9-dnsutils
 )
@@ -81,7 +81,7 @@ fi
 
 # If systemd runs the packages' services anyway, stop and disable them.
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-  for svc in danted dnsmasq tor tor@default; do
+  for svc in danted dnsmasq tor tor@default i2pd; do
     if systemctl is-enabled --quiet "$svc" 2>/dev/null || systemctl is-active --quiet "$svc" 2>/dev/null; then
       systemctl disable --now --quiet "$svc" 2>/dev/null || true
     fi
@@ -110,4 +110,23 @@ auth    sufficient pam_permit.so
 account sufficient pam_permit.so'
 if [ "$(cat "$pam_file" 2>/dev/null)" != "$pam_text" ]; then
   printf '%s\n' "$pam_text" > "$pam_file"
+fi
+
+# Go modules for network.tailscale's helper (overlays/tsnet, built by cmake as via-tsnet) and for
+# the tests' local tailnet (tests/tailnet: testcontrol + DERP + STUN, a tsnet peer, tailscaled).
+# tailscale.com v1.102.5 needs Go >= 1.26.6 (this machine kind ships Go in /usr/local/go; Debian
+# 12's golang-go is 1.19, too old). `go list -deps` fetches exactly the modules the builds need
+# from the Go module proxy, into the module cache; it compiles nothing.
+go_bin=$(command -v go || true)
+[ -z "$go_bin" ] && [ -x /usr/local/go/bin/go ] && go_bin=/usr/local/go/bin/go
+if [ -z "$go_bin" ]; then
+  echo "install-deps.sh: no Go toolchain: network.tailscale is unavailable and its tests skip" >&2
+elif ! GOTOOLCHAIN=local "$go_bin" version | grep -Eq 'go1\.(2[7-9]|[3-9][0-9])|go1\.26\.([6-9]|[1-9][0-9])'; then
+  echo "install-deps.sh: $("$go_bin" version) is older than go1.26.6: network.tailscale is" \
+       "unavailable and its tests skip" >&2
+else
+  root=$(cd "$(dirname "$0")/.." && pwd)
+  (cd "$root/overlays/tsnet" && GOTOOLCHAIN=local "$go_bin" list -deps . >/dev/null)
+  (cd "$root/tests/tailnet" &&
+     GOTOOLCHAIN=local "$go_bin" list -deps ./control ./peer tailscale.com/cmd/tailscaled >/dev/null)
 fi

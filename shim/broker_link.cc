@@ -455,6 +455,28 @@ int BrokerReverse(const wire::Addr& addr, char* name, size_t namecap) {
   return 0;
 }
 
+int BrokerListen(int pass_fd, const wire::Addr& bound, uint32_t* flags, char* address,
+                 size_t addrcap, char* msg, size_t msgcap) {
+  *flags = 0;
+  if (addrcap > 0) address[0] = 0;
+  uint8_t buf[256];
+  wire::Writer w(buf, sizeof buf, wire::kListen, t_link.next_id++);
+  w.PutAddr(wire::kTagAddr, bound);
+  uint8_t reply[4096];
+  wire::Message m;
+  int err = Request(w, pass_fd, reply, sizeof reply, &m, msg, msgcap);
+  if (err != 0) return err;
+  err = ReplyErrno(m, msg, msgcap);
+  if (err != 0) return err;
+  wire::Field f;
+  if (m.Find(wire::kTagFlags, &f)) f.u32(flags);
+  if (m.Find(wire::kTagListenAddress, &f) && f.len < addrcap) {
+    std::memcpy(address, f.data, f.len);
+    address[f.len] = 0;
+  }
+  return 0;
+}
+
 int BrokerDnsSocket(const wire::Addr& local, wire::Addr* responder, char* msg, size_t msgcap) {
   uint8_t buf[128];
   wire::Writer w(buf, sizeof buf, wire::kDnsSocket, t_link.next_id++);

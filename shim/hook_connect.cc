@@ -255,5 +255,13 @@ VIA_EXPORT int getpeername(int fd, sockaddr* addr, socklen_t* len) noexcept {
     *len = actual;
     return 0;
   }
-  return Real().getpeername(fd, addr, len);
+  int r = Real().getpeername(fd, addr, len);
+  // A listener put in place by hook_listen.cc is a connected AF_UNIX socket underneath; a
+  // listening socket has no peer.
+  if (r == 0 && addr != nullptr && len != nullptr && *len >= sizeof(sa_family_t) &&
+      addr->sa_family == AF_UNIX && !Passthrough() && ViaListener(fd, &dest)) {
+    errno = ENOTCONN;
+    return -1;
+  }
+  return r;
 }

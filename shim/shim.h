@@ -47,6 +47,10 @@ struct RealFns {
   LazyFn<ssize_t(int, const msghdr*, int)> sendmsg;
   LazyFn<int(int, mmsghdr*, unsigned int, int)> sendmmsg;
   LazyFn<int(int, sockaddr*, socklen_t*)> getpeername;
+  LazyFn<int(int, sockaddr*, socklen_t*)> getsockname;
+  LazyFn<int(int, int)> listen;
+  LazyFn<int(int, sockaddr*, socklen_t*)> accept;
+  LazyFn<int(int, sockaddr*, socklen_t*, int)> accept4;
   LazyFn<int(const char*, const char*, const addrinfo*, addrinfo**)> getaddrinfo;
   LazyFn<void(addrinfo*)> freeaddrinfo;
   LazyFn<hostent*(const char*)> gethostbyname;
@@ -118,6 +122,15 @@ int BrokerResolve(const char* name, int family, wire::Addr* out, int cap, int* c
                   size_t msgcap);
 // Name of a fake address; ENOENT if `addr` is not one.
 int BrokerReverse(const wire::Addr& addr, char* name, size_t namecap);
+// LISTEN (docs/protocol.md): `pass_fd` is the broker's end of the listener's socketpair, `bound`
+// what the program bound. *flags gets the reply's FLAGS, `address` the overlay address (or "").
+int BrokerListen(int pass_fd, const wire::Addr& bound, uint32_t* flags, char* address,
+                 size_t addrcap, char* msg, size_t msgcap);
+
+// ---- inbound listeners (hook_listen.cc) -------------------------------------------------------
+// Whether `fd` is a listener the shim put in place of a program's socket; *bound gets the
+// address the program bound (stateless: read from the socket's abstract name).
+bool ViaListener(int fd, wire::Addr* bound);
 
 // A DNS query the program sent itself, answered by the broker from its fake-address table.
 // *answer_len = 0 when the broker sends no answer (a malformed packet it drops).

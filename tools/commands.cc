@@ -123,11 +123,6 @@ int CmdRun(int argc, char** argv) {
             (explicit_sel ? "" : "; it was selected by VIA_NETWORK (inherited)"));
       return kExitUsage;
     }
-    if (o->kind != config::OverlayKind::kSocks5) {
-      Error("overlay " + o->id + " (" + o->kind_name +
-            ") is not supported by this build of via yet; only network.socks5 is");
-      return kExitUsage;
-    }
     network = o->id;
   }
   auto predicted = PredictCommand(args->rest);
@@ -458,12 +453,21 @@ int CmdCheck(int argc, char** argv) {
         }
         break;
       case config::OverlayKind::kTailscale:
-        detail = "hostname=" + (o.tailscale.hostname.empty() ? "wippy" : o.tailscale.hostname) +
-                 "  (not supported by this build yet)";
+        if (!o.tailscale.localapi_socket.empty()) {
+          detail = "attached to tailscaled at " + o.tailscale.localapi_socket;
+        } else {
+          detail =
+              "hostname=" + (o.tailscale.hostname.empty() ? "wippy" : o.tailscale.hostname) +
+              (o.tailscale.ephemeral ? "  ephemeral" : "") +
+              (o.tailscale.control_url.empty() ? "" : "  control_url=" + o.tailscale.control_url);
+        }
         break;
       case config::OverlayKind::kI2p:
         detail =
-            o.i2p.host + ":" + std::to_string(o.i2p.port) + "  (not supported by this build yet)";
+            o.i2p.host + ":" + std::to_string(o.i2p.port) + "  session_name=" + o.i2p.session_name +
+            "  destination=" +
+            (o.i2p.destination == config::I2pDestination::kPersistent ? "persistent" : "ephemeral");
+        for (const auto& [k, v] : o.i2p.options) detail += "  " + k + "=" + v;
         break;
     }
     std::printf("  %s  %s  %s  (%s:%d)\n", o.id.c_str(), o.kind_name.c_str(), detail.c_str(),
@@ -474,6 +478,8 @@ int CmdCheck(int argc, char** argv) {
                                            : cfg->service.default_network.c_str());
   const char* lp[] = {"direct", "overlay", "refuse"};
   std::printf("loopback destinations: %s\n", lp[int(cfg->service.loopback)]);
+  const char* lsp[] = {"overlay", "local", "refuse"};
+  std::printf("non-loopback listen(): %s\n", lsp[int(cfg->service.listen)]);
   std::printf("fake address pools: %s, %s\n", cfg->service.fake_ipv4.c_str(),
               cfg->service.fake_ipv6.c_str());
   std::printf("state dir: %s\n", cfg->service.state_dir.c_str());

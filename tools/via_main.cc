@@ -46,6 +46,11 @@ every child it starts) go through the selected overlay. Names are never looked u
 program sees a fake address and the overlay receives the name. Nothing ever falls back to a
 direct connection: if the overlay cannot be used, the connect fails.
 
+A listen() on a non-loopback address is served by the overlay when it can carry inbound
+connections (I2P: the program is reachable at a .b32.i2p address, printed once on stderr and
+shown by `via status`) and fails with EOPNOTSUPP otherwise (SOCKS5), unless
+network_service.listen says local. Loopback listens stay local.
+
 Options:
   -c, --config PATH    configuration file or directory (default: the usual search)
   -n, --network ID     the overlay, as namespace:name (e.g. app:tor) or a unique name
@@ -70,6 +75,8 @@ Examples:
   via run --network app:tor -- curl http://example.test:8080/
   via run -c ./_index.yaml -- python3 -c "import urllib.request as u; print(u.urlopen('http://example.test/').read())"
   via run --direct -- make
+  via run --network app:i2p -- curl http://<52 chars>.b32.i2p/
+  via run --network app:i2p -- python3 -m http.server 8080   # reachable from I2P only
 )HELP";
 
 const char* const kHelpBroker =
@@ -191,8 +198,10 @@ const char* const kHelpStatus = R"HELP(Usage: via status [-c CONFIG] [--socket P
 
 Shows the running broker for a configuration (or for $VIA_SOCKET inside a via session): its
 overlays with connect counts, sessions, clients, each connected program with its network and
-why (or why it was refused), and the size of the fake-address table. It does not start a
-broker.
+why (or why it was refused), SAM sessions (I2P), for each Tailscale entry its node's state
+(Starting, NeedsLogin, Running...), tailnet addresses, MagicDNS name, last error and login URL,
+listeners with the overlay address each one is reachable at, and the size of the fake-address
+table. It does not start a broker.
 
 Options:
   -c, --config PATH   configuration whose broker to ask (default: the usual search)

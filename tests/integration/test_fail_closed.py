@@ -161,13 +161,16 @@ asyncio.run(main())
         self.assertTrue(harness.read_lines(hung_log), "the hung proxy was never contacted")
         self.assertNothingLeaked()
 
-    def test_overlay_without_a_driver_is_refused_before_running(self):
+    def test_overlay_whose_driver_cannot_start_is_refused_before_running(self):
         self.write_config([["name: tailnet", "kind: network.tailscale",
-                            "auth_key_env: TS_AUTHKEY"]])
+                            "auth_key_env: VIA_TEST_UNSET_TS_KEY"]])
+        env = dict(self.env)
+        env.pop("VIA_TEST_UNSET_TS_KEY", None)
         marker = os.path.join(self.dir, "ran")
-        proc = self.run_via("app:tailnet", "touch", marker)
-        self.assertEqual(proc.returncode, 2)
-        self.assertIn("not supported by this build", proc.stderr)
+        proc = self.run_via("app:tailnet", "touch", marker, env=env)
+        self.assertEqual(proc.returncode, 1, proc.stderr)
+        self.assertIn("overlay app:tailnet: auth_key_env VIA_TEST_UNSET_TS_KEY is not set in the "
+                      "broker's environment", proc.stderr)
         self.assertFalse(os.path.exists(marker))
 
     def test_bare_preload_with_an_unknown_overlay_fails_the_connect(self):

@@ -90,13 +90,15 @@ class BrokerProtocolTest : public ::testing::Test {
     config_.source = dir_ + "/via.yaml";
     AddSocks5("app:refused", refused_port_);
     AddSocks5("app:silent", silent_port_);
-    config::Overlay i2p;
-    i2p.id = "app:i2p";
-    i2p.ns = "app";
-    i2p.name = "i2p";
-    i2p.kind = config::OverlayKind::kI2p;
-    i2p.kind_name = "network.i2p";
-    config_.overlays.push_back(i2p);
+    config::Overlay ts;  // a driver that cannot be created: its auth key variable is unset
+    ts.id = "app:ts";
+    ts.ns = "app";
+    ts.name = "ts";
+    ts.kind = config::OverlayKind::kTailscale;
+    ts.kind_name = "network.tailscale";
+    ts.tailscale.auth_key_env = "VIA_UNIT_TEST_UNSET_TS_KEY";
+    unsetenv("VIA_UNIT_TEST_UNSET_TS_KEY");
+    config_.overlays.push_back(ts);
     config_.service.loopback = config::LoopbackPolicy::kRefuse;
   }
 
@@ -398,9 +400,10 @@ TEST_F(BrokerProtocolTest, HelloWithUnknownOverlayFailsEveryLaterRequest) {
 TEST_F(BrokerProtocolTest, HelloWithOverlayWithoutDriverGivesItsError) {
   StartBroker();
   UniqueFd fd = Connect();
-  Reply r = Hello(fd.get(), "app:i2p");
-  EXPECT_EQ(r.err, uint32_t(ENOTSUP));
-  EXPECT_NE(r.message.find("network.i2p"), std::string::npos) << r.message;
+  Reply r = Hello(fd.get(), "app:ts");
+  EXPECT_EQ(r.err, uint32_t(EINVAL));
+  EXPECT_NE(r.message.find("auth_key_env VIA_UNIT_TEST_UNSET_TS_KEY is not set"), std::string::npos)
+      << r.message;
 }
 
 TEST_F(BrokerProtocolTest, HelloWithSessionTakesTheSessionsNetwork) {
@@ -632,7 +635,7 @@ TEST_F(BrokerProtocolTest, StatusDescribesTheBroker) {
                 " isolate_streams=false connects ok=0 failed=0\n"),
       std::string::npos)
       << text;
-  EXPECT_NE(text.find("overlay app:i2p network.i2p unavailable: "), std::string::npos) << text;
+  EXPECT_NE(text.find("overlay app:ts network.tailscale unavailable: "), std::string::npos) << text;
   EXPECT_NE(text.find("sessions: 0\n"), std::string::npos) << text;
   EXPECT_NE(text.find("fake addresses: 0 names (pool 198.18.0.0/15, fd76:6961:ff00::/64)\n"),
             std::string::npos)
@@ -944,6 +947,101 @@ TEST_F(BrokerProtocolTest, ShutdownStopsTheBroker) {
   broker_.join();
   EXPECT_EQ(broker_status_, 0);
   EXPECT_NE(access(socket_path_.c_str(), F_OK), 0);
+}
+
+// ---- LISTEN (inbound listeners) ----------------------------------------------------------------
+
+class ListenProtocolTest : public BrokerProtocolTest {
+ protected:
+  // LISTEN for 0.0.0.0:8080 with `attach` (or a fresh socketpair end when -2).
+  Reply Listen(int fd, int attach = -2, bool with_addr = true) {
+    UniqueFd mine, theirs;
+    if (attach == -2) {
+      int sv[2];
+      EXPECT_EQ(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+      mine.reset(sv[0]);
+      theirs.reset(sv[1]);
+      attach = theirs.get();
+    }
+    return Request(
+        fd, wire::kListen,
+        [&](wire::Writer& w) {
+          if (!with_addr) return;
+          wire::Addr a;
+          a.family = 4;
+          a.port = 8080;
+          w.PutAddr(wire::kTagAddr, a);
+        },
+        attach);
+  }
+};
+
+TEST_F(ListenProtocolTest, WithoutSocketIsEbadf) {
+  StartBroker();
+  UniqueFd fd = Greeted("app:refused");
+  EXPECT_EQ(Listen(fd.get(), -1).err, uint32_t(EBADF));
+}
+
+TEST_F(ListenProtocolTest, WithTcpSocketIsEprototype) {
+  StartBroker();
+  UniqueFd fd = Greeted("app:refused");
+  UniqueFd tcp(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  EXPECT_EQ(Listen(fd.get(), tcp.get()).err, uint32_t(EPROTOTYPE));
+}
+
+TEST_F(ListenProtocolTest, WithoutAddrIsEinval) {
+  StartBroker();
+  UniqueFd fd = Greeted("app:refused");
+  Reply r = Listen(fd.get(), -2, false);
+  EXPECT_EQ(r.err, uint32_t(EINVAL));
+  EXPECT_EQ(r.message, "LISTEN needs a well-formed ADDR");
+}
+
+TEST_F(ListenProtocolTest, OnDirectIsEinval) {
+  StartBroker();
+  UniqueFd fd = Greeted("direct");
+  EXPECT_EQ(Listen(fd.get()).err, uint32_t(EINVAL));
+}
+
+TEST_F(ListenProtocolTest, Socks5CannotCarryInbound) {
+  StartBroker();
+  UniqueFd fd = Greeted("app:refused");
+  Reply r = Listen(fd.get());
+  EXPECT_EQ(r.err, uint32_t(EOPNOTSUPP));
+  EXPECT_EQ(r.message,
+            "app:refused (network.socks5) cannot carry inbound connections; set "
+            "network_service.listen: local to listen on the host's own interfaces instead");
+  EXPECT_NE(Log().find("listen on 0.0.0.0:8080 failed: app:refused (network.socks5) cannot "
+                       "carry inbound connections"),
+            std::string::npos)
+      << Log();
+}
+
+TEST_F(ListenProtocolTest, LocalPolicyAnswersWithTheFlag) {
+  config_.service.listen = config::ListenPolicy::kLocal;
+  StartBroker();
+  UniqueFd fd = Greeted("app:refused");
+  Reply r = Listen(fd.get());
+  EXPECT_EQ(r.err, 0u);
+  EXPECT_EQ(r.U32(wire::kTagFlags), wire::kFlagListenLocal);
+}
+
+TEST_F(ListenProtocolTest, RefusePolicy) {
+  config_.service.listen = config::ListenPolicy::kRefuse;
+  StartBroker();
+  UniqueFd fd = Greeted("app:refused");
+  Reply r = Listen(fd.get());
+  EXPECT_EQ(r.err, uint32_t(EOPNOTSUPP));
+  EXPECT_EQ(r.message,
+            "network_service.listen is refuse under app:refused (use overlay or local to allow "
+            "listening)");
+}
+
+TEST_F(ListenProtocolTest, StatusListsNoListenersByDefault) {
+  StartBroker();
+  UniqueFd fd = Greeted("direct");
+  Reply r = Request(fd.get(), wire::kStatus);
+  EXPECT_NE(r.Str(wire::kTagText).find("listeners: 0\n"), std::string::npos);
 }
 
 }  // namespace

@@ -342,10 +342,195 @@ TEST_F(ConfigTest, TailscaleFields) {
   EXPECT_FALSE(o.tailscale.ephemeral);
 }
 
+TEST_F(ConfigTest, TailscaleViaExtensions) {
+  Overlay o = Only(
+      Parse(Doc("  - name: ts\n    kind: network.tailscale\n    auth_key_env: TS_KEY\n"
+                "    connect_timeout: 5s\n    helper: /opt/via-tsnet\n    ephemeral: true\n")));
+  EXPECT_EQ(o.tailscale.connect_timeout_ms, 5000);
+  EXPECT_EQ(o.tailscale.helper, "/opt/via-tsnet");
+  EXPECT_TRUE(o.tailscale.ephemeral);
+  Overlay d = Only(Parse(Doc("  - name: ts\n    kind: network.tailscale\n    auth_key: k\n")));
+  EXPECT_EQ(d.tailscale.connect_timeout_ms, 30000);
+}
+
+TEST_F(ConfigTest, TailscaleAttachedToTailscaledNeedsNoKey) {
+  Overlay o =
+      Only(Parse(Doc("  - name: ts\n    kind: network.tailscale\n"
+                     "    localapi_socket: /run/tailscale/tailscaled.sock\n")));
+  EXPECT_EQ(o.tailscale.localapi_socket, "/run/tailscale/tailscaled.sock");
+  EXPECT_TRUE(o.tailscale.auth_key.empty());
+}
+
+TEST_F(ConfigTest, TailscaleConnectTimeoutMustBeADuration) {
+  EXPECT_EQ(Error(Doc("  - name: ts\n    kind: network.tailscale\n    auth_key: k\n"
+                      "    connect_timeout: soon\n")),
+            "via.yaml:7:22: entry app:ts (network.tailscale): connect_timeout: \"soon\" is not a "
+            "duration (use seconds, or e.g. 500ms, 15s, 2m)");
+}
+
 TEST_F(ConfigTest, I2pNeedsHostAndPort) {
   EXPECT_EQ(Error(Doc("  - name: g\n    kind: network.i2p\n    host: 127.0.0.1\n")),
             "via.yaml:4:5: entry app:g (network.i2p): port: network: invalid port (port is "
             "required)");
+}
+
+// ---- network.i2p: every field ----------------------------------------------------------------
+
+class I2pConfigTest : public ConfigTest {
+ protected:
+  // One i2p entry "i2p" (line 4, `fields` from line 8) with host and port plus `fields`.
+  static std::string I2p(const std::string& fields) {
+    return Doc("  - name: i2p\n    kind: network.i2p\n    host: 127.0.0.1\n    port: 7656\n" +
+               Indent(fields));
+  }
+};
+
+TEST_F(I2pConfigTest, Defaults) {
+  Overlay o = Only(ParseConfigText(I2p(""), "via.yaml", "/"));
+  EXPECT_EQ(o.kind, OverlayKind::kI2p);
+  EXPECT_EQ(o.i2p.host, "127.0.0.1");
+  EXPECT_EQ(o.i2p.port, 7656);
+  EXPECT_EQ(o.i2p.session_name, "wippy");
+  EXPECT_EQ(o.i2p.destination, I2pDestination::kPersistent);
+  EXPECT_TRUE(o.i2p.options.empty());
+  EXPECT_EQ(o.i2p.connect_timeout_ms, 60000);
+}
+
+TEST_F(I2pConfigTest, AllFields) {
+  Overlay o = Only(ParseConfigText(
+      I2p("session_name: my-app.1\ndestination: ephemeral\nconnect_timeout: 90s\noptions:\n"
+          "  inbound.length: 0\n  outbound.length: 0\n  i2cp.leaseSetType: 1\n"
+          "  i2cp.dontPublishLeaseSet: false\n"),
+      "via.yaml", "/"));
+  EXPECT_EQ(o.i2p.session_name, "my-app.1");
+  EXPECT_EQ(o.i2p.destination, I2pDestination::kEphemeral);
+  EXPECT_EQ(o.i2p.connect_timeout_ms, 90000);
+  std::vector<std::pair<std::string, std::string>> want = {{"inbound.length", "0"},
+                                                           {"outbound.length", "0"},
+                                                           {"i2cp.leaseSetType", "1"},
+                                                           {"i2cp.dontPublishLeaseSet", "false"}};
+  EXPECT_EQ(o.i2p.options, want);
+}
+
+TEST_F(I2pConfigTest, PersistentIsAccepted) {
+  EXPECT_EQ(Only(ParseConfigText(I2p("destination: persistent"), "via.yaml", "/")).i2p.destination,
+            I2pDestination::kPersistent);
+}
+
+TEST_F(I2pConfigTest, HostIsRequired) {
+  EXPECT_EQ(Error(Doc("  - name: g\n    kind: network.i2p\n    port: 7656\n")),
+            "via.yaml:4:5: entry app:g (network.i2p): host: network: host is required");
+}
+
+TEST_F(I2pConfigTest, PortOutOfRange) {
+  EXPECT_EQ(Error(Doc("  - name: g\n    kind: network.i2p\n    host: h\n    port: 70000\n")),
+            "via.yaml:7:11: entry app:g (network.i2p): port: network: invalid port (70000 is not "
+            "in 1..65535)");
+}
+
+TEST_F(I2pConfigTest, UnknownField) {
+  EXPECT_EQ(Error(I2p("sesion_name: x")),
+            "via.yaml:8:5: entry app:i2p (network.i2p): sesion_name: unknown field (known: host, "
+            "port, session_name, destination, options, connect_timeout; did you mean "
+            "session_name?)");
+}
+
+TEST_F(I2pConfigTest, SessionNameWithSpace) {
+  EXPECT_EQ(Error(I2p("session_name: \"a b\"")),
+            "via.yaml:8:19: entry app:i2p (network.i2p): session_name: \"a b\" may hold only "
+            "letters, digits, '.', '_' and '-' (it becomes part of SAM session IDs)");
+}
+
+TEST_F(I2pConfigTest, SessionNameEmpty) {
+  EXPECT_EQ(Error(I2p("session_name: \"\"")),
+            "via.yaml:8:19: entry app:i2p (network.i2p): session_name: must not be empty");
+}
+
+TEST_F(I2pConfigTest, SessionNameTooLong) {
+  EXPECT_EQ(Error(I2p("session_name: " + std::string(65, 'a'))),
+            "via.yaml:8:19: entry app:i2p (network.i2p): session_name: too long (65 bytes, at "
+            "most 64)");
+}
+
+TEST_F(I2pConfigTest, SessionNameNotAString) {
+  EXPECT_EQ(Error(I2p("session_name: [a]")),
+            "via.yaml:8:19: entry app:i2p (network.i2p): session_name: must be a string, not a "
+            "list");
+}
+
+TEST_F(I2pConfigTest, DestinationUnknown) {
+  EXPECT_EQ(Error(I2p("destination: transient")),
+            "via.yaml:8:18: entry app:i2p (network.i2p): destination: must be persistent or "
+            "ephemeral, not \"transient\"");
+}
+
+TEST_F(I2pConfigTest, OptionsNotAMapping) {
+  EXPECT_EQ(Error(I2p("options: inbound.length=0")),
+            "via.yaml:8:14: entry app:i2p (network.i2p): options: must be a mapping, not "
+            "\"inbound.length=0\"");
+}
+
+TEST_F(I2pConfigTest, OptionValueNotScalar) {
+  EXPECT_EQ(Error(I2p("options:\n  inbound.length: [0]")),
+            "via.yaml:9:23: entry app:i2p (network.i2p): options.inbound.length: must be a single "
+            "value");
+}
+
+TEST_F(I2pConfigTest, OptionKeyGivenTwice) {
+  EXPECT_EQ(Error(I2p("options:\n  a: 1\n  a: 2")),
+            "via.yaml:10:7: entry app:i2p (network.i2p): options.a: given twice (first at "
+            "via.yaml:9:7)");
+}
+
+TEST_F(I2pConfigTest, OptionKeyWithEquals) {
+  EXPECT_EQ(Error(I2p("options:\n  \"a=b\": 1")),
+            "via.yaml:9:7: entry app:i2p (network.i2p): options.a=b: the key may hold only "
+            "letters, digits, '.', '_' and '-'");
+}
+
+TEST_F(I2pConfigTest, OptionKeyReserved) {
+  EXPECT_EQ(Error(I2p("options:\n  destination: TRANSIENT")),
+            "via.yaml:9:7: entry app:i2p (network.i2p): options.destination: set by via itself "
+            "(use session_name and destination)");
+  EXPECT_EQ(Error(I2p("options:\n  STYLE: RAW")),
+            "via.yaml:9:7: entry app:i2p (network.i2p): options.STYLE: set by via itself (use "
+            "session_name and destination)");
+  EXPECT_EQ(Error(I2p("options:\n  ID: x")),
+            "via.yaml:9:7: entry app:i2p (network.i2p): options.ID: set by via itself (use "
+            "session_name and destination)");
+}
+
+TEST_F(I2pConfigTest, OptionValueWithSpace) {
+  EXPECT_EQ(Error(I2p("options:\n  inbound.length: \"0 ID=evil\"")),
+            "via.yaml:9:23: entry app:i2p (network.i2p): options.inbound.length: \"0 ID=evil\" "
+            "may hold only letters, digits and . _ - , : / + ~ @");
+}
+
+TEST_F(I2pConfigTest, OptionValueEmpty) {
+  EXPECT_EQ(Error(I2p("options:\n  inbound.length: \"\"")),
+            "via.yaml:9:23: entry app:i2p (network.i2p): options.inbound.length: must not be "
+            "empty");
+}
+
+TEST_F(I2pConfigTest, OptionValueControlChar) {
+  EXPECT_EQ(Error(I2p("options:\n  a: \"x\\ty\"")),
+            "via.yaml:9:10: entry app:i2p (network.i2p): options.a: must not contain control "
+            "characters");
+}
+
+TEST_F(I2pConfigTest, ConnectTimeoutBad) {
+  EXPECT_EQ(Error(I2p("connect_timeout: soon")),
+            "via.yaml:8:22: entry app:i2p (network.i2p): connect_timeout: \"soon\" is not a "
+            "duration (use seconds, or e.g. 500ms, 15s, 2m)");
+}
+
+TEST_F(ConfigTest, ServiceListen) {
+  EXPECT_EQ(Parse("# x\n")->service.listen, ListenPolicy::kOverlay);
+  EXPECT_EQ(Parse("network_service:\n  listen: local\n")->service.listen, ListenPolicy::kLocal);
+  EXPECT_EQ(Parse("network_service:\n  listen: refuse\n")->service.listen, ListenPolicy::kRefuse);
+  EXPECT_EQ(Parse("network_service:\n  listen: overlay\n")->service.listen, ListenPolicy::kOverlay);
+  EXPECT_EQ(Error("network_service:\n  listen: yes\n"),
+            "via.yaml:2:11: network_service.listen: must be overlay, local or refuse, not \"yes\"");
 }
 
 // ---- network_service ------------------------------------------------------------------------
@@ -385,10 +570,11 @@ TEST_F(ConfigTest, BadLoopbackValue) {
 }
 
 TEST_F(ConfigTest, UnknownServiceKey) {
-  EXPECT_EQ(Error("network_service:\n  default_netwrok: app:tor\n"),
-            "via.yaml:2:3: network_service.default_netwrok: unknown setting (known: state_dir, "
-            "fake_ipv4, fake_ipv6, default_network, loopback, idle_timeout, unrouted_exec; did "
-            "you mean default_network?)");
+  EXPECT_EQ(
+      Error("network_service:\n  default_netwrok: app:tor\n"),
+      "via.yaml:2:3: network_service.default_netwrok: unknown setting (known: state_dir, "
+      "fake_ipv4, fake_ipv6, default_network, loopback, idle_timeout, unrouted_exec, listen; did "
+      "you mean default_network?)");
 }
 
 TEST_F(ConfigTest, UnroutedExec) {

@@ -455,18 +455,17 @@ TEST_F(Socks5Test, IsolationCredentialSurvivesShortReads) {
   EXPECT_EQ(*cred, "abababababababab");
 }
 
-TEST_F(Socks5Test, UnsupportedKinds) {
+TEST_F(Socks5Test, TailscaleDriverNeedsItsAuthKeyVariable) {
   config::Overlay o = Overlay("");
   o.id = "app:tailnet";
   o.kind = config::OverlayKind::kTailscale;
   o.kind_name = "network.tailscale";
-  EXPECT_EQ(CreateDriver(o).status().code(), ENOTSUP);
-  EXPECT_EQ(
-      CreateDriver(o).status().message(),
-      "overlay app:tailnet: kind network.tailscale is not supported by this build of via yet");
-  o.kind = config::OverlayKind::kI2p;
-  o.kind_name = "network.i2p";
-  EXPECT_EQ(CreateDriver(o).status().code(), ENOTSUP);
+  o.tailscale.auth_key_env = "VIA_UNIT_TEST_UNSET_KEY";
+  unsetenv("VIA_UNIT_TEST_UNSET_KEY");
+  EXPECT_EQ(CreateDriver(o).status().code(), EINVAL);
+  EXPECT_EQ(CreateDriver(o).status().message(),
+            "overlay app:tailnet: auth_key_env VIA_UNIT_TEST_UNSET_KEY is not set in the broker's "
+            "environment; export it before `via broker` starts, or set auth_key");
 }
 
 }  // namespace

@@ -1,0 +1,116 @@
+// The broker side of `kind: network.i2p`: SAM sessions kept open on the event loop.
+//
+//  - The outbound session (TRANSIENT destination) is created when the first program selects the
+//    overlay (`via run` opening its session, or a HELLO) and reused by every STREAM CONNECT; a
+//    connect that arrives while it is being created waits for it (bounded by connect_timeout). If
+//    the router drops it (the control socket closes), the next connect creates a new one.
+//  - Each listener (a program's listen() on a port) has a session of its own, with a destination
+//    that is persistent (keys under <state_dir>/i2p/<ns>.<name>/listen-<port>.keys) or ephemeral,
+//    and one STREAM ACCEPT pending at a time. Destroying the listener closes its control socket,
+//    so the router deletes the destination.
+#pragma once
+
+#include <spdlog/logger.h>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "broker/connect_op.h"
+#include "broker/event_loop.h"
+#include "broker/overlay_runtime.h"
+#include "common/unique_fd.h"
+#include "config/config.h"
+#include "overlays/i2p.h"
+
+namespace via::broker {
+
+// One SAM session: a control socket that ran HELLO + SESSION CREATE and stays open.
+class SamSession {
+ public:
+  using DoneFn = std::function<void(const Status&)>;
+  // *loop, *driver must outlive it. `destination` is "TRANSIENT" or base64 private keys.
+  SamSession(EventLoop* loop, overlays::I2pDriver* driver, std::string id, std::string destination);
+  ~SamSession();  // closes the control socket: the router deletes the session
+  SamSession(const SamSession&) = delete;
+  SamSession& operator=(const SamSession&) = delete;
+
+  // `created` runs once with the result of SESSION CREATE; `lost` once if the router closes an
+  // established session. Either may destroy this object.
+  void Start(DoneFn created, DoneFn lost);
+
+  const std::string& id() const { return id_; }
+  bool ready() const { return ready_; }
+  // The session's private keys as SESSION STATUS returned them (valid once ready).
+  const std::string& private_keys() const { return private_keys_; }
+
+ private:
+  void OnControlEvent();
+
+  EventLoop* loop_;
+  overlays::I2pDriver* driver_;
+  std::string id_;
+  std::string destination_;
+  UniqueFd ctl_;
+  std::unique_ptr<ConnectOp> op_;
+  bool watched_ = false;
+  bool ready_ = false;
+  std::string private_keys_;
+  DoneFn lost_;
+};
+
+class I2pRuntime : public OverlayRuntime {
+ public:
+  I2pRuntime(const config::Overlay& overlay, const config::NetworkService& service,
+             overlays::I2pDriver* driver, EventLoop* loop, std::shared_ptr<spdlog::logger> log);
+  ~I2pRuntime() override;
+
+  void Start() override;
+  uint64_t WhenReady(std::function<void(const Status&)> done) override;
+  void CancelWait(uint64_t id) override;
+  Result<std::unique_ptr<InboundListener>> Listen(uint16_t port, const std::string& owner,
+                                                  InboundListener::Events events) override;
+  void AppendStatus(std::ostream& out) const override;
+
+  // SESSION CREATE may take 20 s (i2pd) or 40 s with 3-hop tunnels.
+  static constexpr int kSessionTimeoutMs = 120000;
+
+  // Where a persistent listener keeps its keys.
+  std::string KeyPath(uint16_t port) const;
+  // A fresh SAM session ID: <session_name>-<what><broker pid>-<n>.
+  std::string NewSessionId(const std::string& what);
+  overlays::I2pDriver* driver() const { return driver_; }
+  EventLoop* loop() const { return loop_; }
+  const std::shared_ptr<spdlog::logger>& log() const { return log_; }
+  const config::I2pSettings& settings() const { return overlay_.i2p; }
+  const std::string& state_dir() const { return service_.state_dir; }
+  std::map<uint16_t, int>& listening_ports() { return ports_; }
+
+ private:
+  struct Waiter {
+    std::function<void(const Status&)> done;
+    uint64_t timer = 0;
+  };
+  void CreateOutbound();
+  void OnOutboundCreated(const Status& s);
+  void OnOutboundLost(const Status& s);
+  void FinishWaiters(const Status& s);
+
+  const config::Overlay& overlay_;
+  const config::NetworkService& service_;
+  overlays::I2pDriver* driver_;
+  EventLoop* loop_;
+  std::shared_ptr<spdlog::logger> log_;
+  std::unique_ptr<SamSession> outbound_;
+  Status last_error_;
+  int64_t created_ms_ = 0;
+  int64_t failed_ms_ = 0;  // when creating the session last failed
+  std::map<uint64_t, Waiter> waiters_;
+  uint64_t next_wait_ = 1;
+  uint64_t next_session_ = 1;
+  std::map<uint16_t, int> ports_;  // ports with a live listener (refcount)
+};
+
+}  // namespace via::broker

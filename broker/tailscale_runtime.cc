@@ -1,0 +1,481 @@
+#include "broker/tailscale_runtime.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <ostream>
+
+#include "common/wire.h"
+
+extern char** environ;
+
+namespace via::broker {
+
+namespace {
+
+std::string SelfDir() {
+  char buf[4096];
+  ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+  if (n <= 0) return "";
+  std::string p(buf, size_t(n));
+  return p.substr(0, p.rfind('/'));
+}
+
+bool Executable(const std::string& p) { return !p.empty() && access(p.c_str(), X_OK) == 0; }
+
+// tsnet reports a control server it cannot reach the same way as a refused login (NeedsLogin
+// plus an error); only the text tells them apart. Unreachable control is worth waiting for.
+bool IsConnectivityError(const std::string& e) {
+  for (const char* s : {"fetch control key", "dial tcp", "connection refused", "i/o timeout",
+                        "no such host", "network is unreachable", "context deadline exceeded"}) {
+    if (e.find(s) != std::string::npos) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+TailscaleRuntime::TailscaleRuntime(const config::Overlay& overlay,
+                                   const config::NetworkService& service,
+                                   overlays::TailscaleDriver* driver, EventLoop* loop,
+                                   std::shared_ptr<spdlog::logger> log)
+    : overlay_(overlay), service_(service), driver_(driver), loop_(loop), log_(std::move(log)) {}
+
+TailscaleRuntime::~TailscaleRuntime() {
+  stopping_ = true;
+  if (restart_timer_ != 0) loop_->CancelTimer(restart_timer_);
+  for (auto& [id, w] : waiters_) {
+    if (w.timer != 0) loop_->CancelTimer(w.timer);
+  }
+  for (auto& [port, p] : ports_) {
+    for (TailscaleListener* l : p.listeners) l->rt_ = nullptr;
+  }
+  if (ctl_) {
+    loop_->Unwatch(ctl_.get());
+    ctl_.reset();  // EOF: the helper logs out an ephemeral node and stops
+  }
+  Reap(true);
+}
+
+std::string TailscaleRuntime::StateDir() const {
+  const config::TailscaleSettings& s = overlay_.tailscale;
+  if (!s.state_dir.empty()) return s.state_dir;
+  if (service_.state_dir.empty()) return "";
+  return service_.state_dir + "/tailscale/" + (s.hostname.empty() ? overlay_.name : s.hostname);
+}
+
+std::string TailscaleRuntime::HelperPath() const {
+  if (!overlay_.tailscale.helper.empty()) return overlay_.tailscale.helper;
+  if (const char* e = getenv("VIA_TSNET"); e != nullptr && *e != '\0') return e;
+  std::string dir = SelfDir();
+  for (const std::string& p :
+       {dir + "/via-tsnet", dir + "/go/via-tsnet", dir + "/../lib/via/via-tsnet",
+        std::string(VIA_TSNET_INSTALL_PATH)}) {
+    if (Executable(p)) return p;
+  }
+  return VIA_TSNET_INSTALL_PATH;
+}
+
+void TailscaleRuntime::Start() {
+  // Called whenever a program selects the overlay: the node starts with the first of them.
+  if (started_) return;
+  started_ = true;
+  Spawn();
+}
+
+void TailscaleRuntime::Spawn() {
+  restart_timer_ = 0;
+  const std::string helper = HelperPath();
+  std::string dir = StateDir();
+  if (!dir.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    if (ec) {
+      return OnHelperGone("cannot create the node's state directory " + dir + ": " + ec.message());
+    }
+    chmod(dir.c_str(), 0700);
+    log_path_ = dir + "/via-tsnet.log";
+  } else {
+    log_path_ = "/dev/null";
+  }
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+    return OnHelperGone(std::string("socketpair: ") + std::strerror(errno));
+  }
+  UniqueFd mine(sv[0]), theirs(sv[1]);
+  if (theirs.get() <= 3) {  // dup2(x, 3) must not be a no-op that keeps FD_CLOEXEC
+    theirs = UniqueFd(fcntl(theirs.get(), F_DUPFD_CLOEXEC, 10));
+  }
+  UniqueFd logfd(open(log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
+  UniqueFd nullfd(open("/dev/null", O_RDONLY | O_CLOEXEC));
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, nullfd.get(), 0);
+  if (logfd) {
+    posix_spawn_file_actions_adddup2(&fa, logfd.get(), 1);
+    posix_spawn_file_actions_adddup2(&fa, logfd.get(), 2);
+  }
+  posix_spawn_file_actions_adddup2(&fa, theirs.get(), 3);
+  // The helper must never run under the shim: it is the overlay.
+  std::vector<std::string> env_store;
+  std::vector<char*> env;
+  for (char** e = environ; *e != nullptr; ++e) {
+    if (strncmp(*e, "LD_PRELOAD=", 11) == 0) continue;
+    env.push_back(*e);
+  }
+  env.push_back(nullptr);
+  char* argv[] = {const_cast<char*>(helper.c_str()), nullptr};
+  pid_t pid = -1;
+  int rc = posix_spawn(&pid, helper.c_str(), &fa, nullptr, argv, env.data());
+  posix_spawn_file_actions_destroy(&fa);
+  if (rc != 0) {
+    return OnHelperGone("cannot start the Tailscale helper " + helper + ": " + std::strerror(rc) +
+                        " (build it with cmake, or set `helper:` or $VIA_TSNET)");
+  }
+  pid_ = pid;
+  ctl_ = std::move(mine);
+  const config::TailscaleSettings& s = overlay_.tailscale;
+  std::vector<std::pair<std::string, std::string>> cfg = {
+      {"id", overlay_.id},
+      {"mode", driver_->attached() ? "attach" : "node"},
+      {"secret", driver_->secret()},
+  };
+  if (driver_->attached()) {
+    cfg.push_back({"socket", s.localapi_socket});
+  } else {
+    cfg.push_back({"hostname", driver_->hostname()});
+    cfg.push_back({"dir", dir});
+    cfg.push_back({"auth_key", driver_->auth_key()});
+    cfg.push_back({"control_url", s.control_url});
+    cfg.push_back({"ephemeral", s.ephemeral ? "1" : "0"});
+  }
+  if (getenv("VIA_TSNET_VERBOSE") != nullptr) cfg.push_back({"verbose", "1"});
+  Send("CONFIG", cfg);
+  state_ = "Starting";
+  error_.clear();
+  loop_->Watch(ctl_.get(), EPOLLIN, [this](uint32_t) { OnControl(); });
+  log_->info("overlay {}: started the Tailscale helper {} (pid {}, {} mode, log {})", overlay_.id,
+             helper, pid_, driver_->attached() ? "attach" : "node", log_path_);
+}
+
+void TailscaleRuntime::Send(const std::string& verb,
+                            const std::vector<std::pair<std::string, std::string>>& fields) {
+  if (!ctl_) return;
+  std::string m = overlays::FormatHelperMessage(verb, fields);
+  if (send(ctl_.get(), m.data(), m.size(), MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
+    log_->warn("overlay {}: cannot send {} to the Tailscale helper: {}", overlay_.id, verb,
+               std::strerror(errno));
+  }
+}
+
+void TailscaleRuntime::OnControl() {
+  for (;;) {
+    char buf[65536];
+    char cbuf[CMSG_SPACE(sizeof(int))];
+    iovec iov{buf, sizeof buf};
+    msghdr mh{};
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = cbuf;
+    mh.msg_controllen = sizeof cbuf;
+    ssize_t n = recvmsg(ctl_.get(), &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+    UniqueFd passed;
+    for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c != nullptr; c = CMSG_NXTHDR(&mh, c)) {
+      if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+        int fd;
+        std::memcpy(&fd, CMSG_DATA(c), sizeof fd);
+        passed = UniqueFd(fd);
+      }
+    }
+    if (n <= 0) {
+      return OnHelperGone(n == 0 ? "the helper exited" : std::string(std::strerror(errno)));
+    }
+    auto m = overlays::ParseHelperMessage(std::string_view(buf, size_t(n)));
+    if (!m.ok()) {
+      log_->warn("overlay {}: {}", overlay_.id, m.status().message());
+      continue;
+    }
+    if (m->verb == "STATUS") {
+      OnStatus(*m);
+    } else if (m->verb == "LISTENING" || m->verb == "LISTEN_FAILED") {
+      OnListenReply(*m);
+    } else if (m->verb == "ACCEPTED") {
+      auto it = ports_.find(uint16_t(atoi(m->Get("port").c_str())));
+      if (it == ports_.end() || it->second.listeners.empty() || !passed) continue;
+      Port& p = it->second;
+      TailscaleListener* l = p.listeners[p.next++ % p.listeners.size()];
+      AcceptedStream a;
+      a.fd = std::move(passed);
+      a.peer_name = m->Get("name").empty() ? m->Get("peer") : m->Get("name");
+      log_->info("overlay {}: port {} accepted a connection from {} ({})", overlay_.id, it->first,
+                 m->Get("peer"), a.peer_name);
+      if (l->events_.accepted) l->events_.accepted(std::move(a));
+    }
+    if (!ctl_) return;  // a callback may have led to the helper's end
+  }
+}
+
+void TailscaleRuntime::OnStatus(const overlays::HelperMessage& m) {
+  std::string old = state_;
+  state_ = m.Get("state");
+  error_ = m.Get("error");
+  health_ = m.Get("health");
+  auth_url_ = m.Get("auth_url");
+  ips_ = m.Get("ips");
+  name_ = m.Get("name");
+  const bool running = state_ == "Running" && !ips_.empty();
+  if (running) {
+    if (!driver_->SetEndpoint(m.Get("socks"))) {
+      log_->error("overlay {}: the helper reported a bad SOCKS address {:?}", overlay_.id,
+                  m.Get("socks"));
+      driver_->ClearEndpoint();
+      return;
+    }
+    backoff_ms_ = 1000;
+  } else {
+    driver_->ClearEndpoint();
+  }
+  if (state_ != old) {
+    log_->info("overlay {}: {} is {}{}{}", overlay_.id,
+               driver_->attached() ? "tailscaled" : "node " + driver_->hostname(), state_,
+               running ? " as " + name_ + " " + ips_ : "", error_.empty() ? "" : ": " + error_);
+  }
+  if (running) {
+    for (auto& [port, p] : ports_) {
+      if (!p.sent) SendListen(port);
+    }
+    return FinishWaiters(Status::Ok());
+  }
+  // Waiting is pointless when the node needs a person (or a new key) to log in.
+  if (LoginRefused()) FinishWaiters(NotReadyStatus());
+}
+
+Status TailscaleRuntime::NotReadyStatus() const {
+  std::string what =
+      driver_->attached()
+          ? "tailscaled at " + overlay_.tailscale.localapi_socket + " for " + overlay_.id
+          : "tailscale node " + driver_->hostname() + " of " + overlay_.id;
+  if (!ctl_) {
+    return Status::Error(ENETUNREACH, what + " is not running: " +
+                                          (error_.empty() ? "the helper is not running" : error_));
+  }
+  std::string detail = error_;
+  if (detail.empty()) detail = health_;
+  if (LoginRefused() || (state_ == "NeedsLogin" && !auth_url_.empty()) ||
+      state_ == "NeedsMachineAuth") {
+    std::string hint = driver_->attached()
+                           ? " (log that tailscaled in: `tailscale up`)"
+                           : " (check auth_key/auth_key_env: the key must be valid, "
+                             "pre-authorized and, for a reused node, not expired)";
+    if (!auth_url_.empty()) hint += "; login URL: " + auth_url_;
+    return Status::Error(EACCES,
+                         what + " is " + state_ + (detail.empty() ? "" : ": " + detail) + hint);
+  }
+  if (state_ == "Unreachable") {
+    return Status::Error(ENETUNREACH, what + ": " + detail);
+  }
+  std::string where = overlay_.tailscale.control_url.empty()
+                          ? std::string("Tailscale's control server")
+                          : "control server " + overlay_.tailscale.control_url;
+  return Status::Error(ETIMEDOUT, what + " is not Running yet (state " + state_ +
+                                      (detail.empty() ? "" : ": " + detail) + "); is " + where +
+                                      " reachable? helper log: " + log_path_);
+}
+
+bool TailscaleRuntime::LoginRefused() const {
+  return (state_ == "NeedsLogin" || state_ == "NeedsMachineAuth") && !error_.empty() &&
+         !IsConnectivityError(error_);
+}
+
+uint64_t TailscaleRuntime::WhenReady(std::function<void(const Status&)> done) {
+  Start();
+  if (!driver_->endpoints().empty()) {
+    done(Status::Ok());
+    return 0;
+  }
+  if (!ctl_ || LoginRefused()) {
+    done(NotReadyStatus());
+    return 0;
+  }
+  uint64_t id = next_wait_++;
+  Waiter& w = waiters_[id];
+  w.done = std::move(done);
+  w.timer = loop_->AddTimer(overlay_.tailscale.connect_timeout_ms, [this, id] {
+    auto it = waiters_.find(id);
+    if (it == waiters_.end()) return;
+    auto fn = std::move(it->second.done);
+    waiters_.erase(it);
+    fn(NotReadyStatus());
+  });
+  return id;
+}
+
+void TailscaleRuntime::CancelWait(uint64_t id) {
+  auto it = waiters_.find(id);
+  if (it == waiters_.end()) return;
+  if (it->second.timer != 0) loop_->CancelTimer(it->second.timer);
+  waiters_.erase(it);
+}
+
+void TailscaleRuntime::FinishWaiters(const Status& s) {
+  std::map<uint64_t, Waiter> ws;
+  ws.swap(waiters_);
+  for (auto& [id, w] : ws) {
+    if (w.timer != 0) loop_->CancelTimer(w.timer);
+    w.done(s);
+  }
+}
+
+void TailscaleRuntime::OnHelperGone(const std::string& why) {
+  if (ctl_) {
+    loop_->Unwatch(ctl_.get());
+    ctl_.reset();
+  }
+  Reap(false);
+  driver_->ClearEndpoint();
+  if (stopping_) return;
+  error_ = why;
+  state_ = "Stopped";
+  log_->warn("overlay {}: Tailscale helper stopped ({}); restarting in {} ms", overlay_.id, why,
+             backoff_ms_);
+  FinishWaiters(NotReadyStatus());
+  // Listeners of the old node are gone; their programs see accept() fail.
+  std::map<uint16_t, Port> ps;
+  ps.swap(ports_);
+  for (auto& [port, p] : ps) {
+    for (TailscaleListener* l : p.listeners) l->rt_ = nullptr;
+  }
+  for (auto& [port, p] : ps) {
+    for (TailscaleListener* l : p.listeners) {
+      // Not yet ready: the program's listen() fails; ready: its accept() fails.
+      auto fn = l->ready_ ? l->events_.failed : l->events_.ready;
+      if (fn) fn(Status::Error(ENETDOWN, "the Tailscale helper stopped: " + why));
+    }
+  }
+  ++restarts_;
+  restart_timer_ = loop_->AddTimer(backoff_ms_, [this] { Spawn(); });
+  backoff_ms_ = std::min(backoff_ms_ * 2, 30000);
+}
+
+void TailscaleRuntime::Reap(bool wait) {
+  if (pid_ <= 0) return;
+  int st = 0;
+  for (int i = 0; i < (wait ? 200 : 20); ++i) {  // 10 s when stopping (logout), else 1 s
+    pid_t r = waitpid(pid_, &st, WNOHANG);
+    if (r == pid_ || (r < 0 && errno == ECHILD)) {
+      pid_ = -1;
+      return;
+    }
+    usleep(50000);
+  }
+  kill(pid_, SIGKILL);
+  waitpid(pid_, &st, 0);
+  pid_ = -1;
+}
+
+void TailscaleRuntime::SendListen(uint16_t port) {
+  auto it = ports_.find(port);
+  if (it == ports_.end()) return;
+  it->second.sent = true;
+  Send("LISTEN", {{"port", std::to_string(port)}});
+}
+
+void TailscaleRuntime::OnListenReply(const overlays::HelperMessage& m) {
+  auto it = ports_.find(uint16_t(atoi(m.Get("port").c_str())));
+  if (it == ports_.end()) return;
+  Port& p = it->second;
+  Status st = Status::Ok();
+  if (m.verb == "LISTENING") {
+    p.address = m.Get("addr");
+    log_->info("overlay {}: node listens on {}", overlay_.id, p.address);
+  } else {
+    st = Status::Error(EADDRNOTAVAIL,
+                       "the node cannot listen on port " + m.Get("port") + ": " + m.Get("error"));
+    p.sent = false;
+  }
+  // Copied: a ready() callback may destroy a listener (and so change the vector).
+  // (`p` itself may go when the last of them is destroyed.)
+  std::vector<TailscaleListener*> ls = p.listeners;
+  const std::string address = p.address;
+  for (TailscaleListener* l : ls) {
+    if (l->ready_) continue;
+    l->ready_ = true;
+    l->address_ = address;
+    if (l->events_.ready) l->events_.ready(st);
+  }
+}
+
+Result<std::unique_ptr<InboundListener>> TailscaleRuntime::Listen(uint16_t port,
+                                                                  const std::string& owner,
+                                                                  InboundListener::Events events) {
+  if (driver_->attached()) {
+    return Status::Error(ENOTSUP,
+                         "an entry attached to tailscaled (localapi_socket) only dials "
+                         "out; inbound needs a node run by via");
+  }
+  auto l = std::make_unique<TailscaleListener>(this, port, std::move(events));
+  Port& p = ports_[port];
+  p.listeners.push_back(l.get());
+  log_->info("overlay {}: {} listens on tailnet port {}", overlay_.id, owner, port);
+  if (!p.address.empty()) {
+    // The node already listens on this port (another socket of a program): ready once the
+    // Server has the listener.
+    TailscaleListener* raw = l.get();
+    raw->address_ = p.address;
+    raw->ready_ = true;
+    auto ready = raw->events_.ready;
+    loop_->Post([ready] {
+      if (ready) ready(Status::Ok());
+    });
+  } else if (!p.sent && !driver_->endpoints().empty()) {
+    SendListen(port);
+  }
+  return std::unique_ptr<InboundListener>(std::move(l));
+}
+
+TailscaleListener::~TailscaleListener() {
+  if (rt_ == nullptr) return;
+  auto it = rt_->ports_.find(port_);
+  if (it == rt_->ports_.end()) return;
+  auto& v = it->second.listeners;
+  v.erase(std::remove(v.begin(), v.end(), this), v.end());
+  if (!v.empty()) return;
+  if (it->second.sent) rt_->Send("UNLISTEN", {{"port", std::to_string(port_)}});
+  rt_->ports_.erase(it);
+}
+
+void TailscaleRuntime::AppendStatus(std::ostream& out) const {
+  out << "tailscale " << overlay_.id << " " << (driver_->attached() ? "attached" : "node");
+  if (!driver_->attached()) out << " hostname=" << driver_->hostname();
+  out << " state=" << state_;
+  if (!name_.empty()) out << " name=" << name_;
+  if (!ips_.empty()) out << " ips=" << ips_;
+  out << " helper=" << (pid_ > 0 ? "pid " + std::to_string(pid_) : "not running")
+      << " restarts=" << restarts_;
+  if (overlay_.tailscale.ephemeral) out << " ephemeral";
+  if (driver_->attached()) out << " localapi=" << overlay_.tailscale.localapi_socket;
+  out << "\n";
+  if (!error_.empty()) out << "tailscale " << overlay_.id << " error: " << error_ << "\n";
+  if (!health_.empty()) out << "tailscale " << overlay_.id << " health: " << health_ << "\n";
+  if (!auth_url_.empty()) out << "tailscale " << overlay_.id << " login URL: " << auth_url_ << "\n";
+  for (const auto& [port, p] : ports_) {
+    out << "tailscale " << overlay_.id << " listener port " << port << " "
+        << (p.address.empty() ? "(pending)" : p.address) << " sockets=" << p.listeners.size()
+        << "\n";
+  }
+  out << "tailscale " << overlay_.id << " log: " << log_path_ << "\n";
+}
+
+}  // namespace via::broker

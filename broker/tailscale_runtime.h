@@ -1,0 +1,137 @@
+// The broker side of `kind: network.tailscale`: one via-tsnet helper process per entry
+// (docs/tailscale.md), supervised on the event loop.
+//
+//  - Start() (the first program selecting the overlay) spawns the helper with fd 3 = a
+//  SOCK_SEQPACKET control channel and sends CONFIG
+//    (mode node|attach, hostname, state dir, control URL, auth key, ephemeral, the SOCKS secret).
+//    The auth key travels on this channel only: never argv, never the environment.
+//  - The helper reports STATUS (state, error, health, auth URL, tailnet IPs, MagicDNS name, its
+//    loopback SOCKS5 address) on every change. Connects wait (WhenReady) until the state is
+//    Running; NeedsLogin with an error fails them at once; otherwise they time out after
+//    connect_timeout with the node's last state and error. They never go anywhere else.
+//  - Listen(port) asks the helper to listen on the node's tailnet addresses, that port only
+//    (LISTEN, deferred until Running); the helper answers LISTENING/LISTEN_FAILED and hands
+//    over each accepted connection as ACCEPTED with an fd (a socketpair end it relays for).
+//  - The helper dying is logged and it is restarted after a back-off (1 s doubling to 30 s);
+//    waiting connects fail, listeners die (their programs see accept() fail).
+//  - The destructor closes the channel: the helper logs out an ephemeral node, stops the node
+//    and exits; the broker waits for it (bounded) so an ephemeral node is gone when it exits.
+#pragma once
+
+#include <spdlog/logger.h>
+#include <sys/types.h>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "broker/event_loop.h"
+#include "broker/overlay_runtime.h"
+#include "common/unique_fd.h"
+#include "config/config.h"
+#include "overlays/tailscale.h"
+
+namespace via::broker {
+
+class TailscaleListener;
+
+class TailscaleRuntime : public OverlayRuntime {
+ public:
+  // *driver, *loop, `overlay` and `service` must outlive it.
+  TailscaleRuntime(const config::Overlay& overlay, const config::NetworkService& service,
+                   overlays::TailscaleDriver* driver, EventLoop* loop,
+                   std::shared_ptr<spdlog::logger> log);
+  ~TailscaleRuntime() override;
+
+  void Start() override;
+  uint64_t WhenReady(std::function<void(const Status&)> done) override;
+  void CancelWait(uint64_t id) override;
+  Result<std::unique_ptr<InboundListener>> Listen(uint16_t port, const std::string& owner,
+                                                  InboundListener::Events events) override;
+  void AppendStatus(std::ostream& out) const override;
+
+  // The node's state directory: state_dir, else <network_service.state_dir>/tailscale/<hostname
+  // or entry name>, else "" (tsnet's own default).
+  std::string StateDir() const;
+  // The helper binary: `helper`, else $VIA_TSNET, else via-tsnet next to the running via binary,
+  // else <prefix>/lib/via/via-tsnet.
+  std::string HelperPath() const;
+
+ private:
+  friend class TailscaleListener;
+  struct Waiter {
+    std::function<void(const Status&)> done;
+    uint64_t timer = 0;
+  };
+
+  void Spawn();
+  void OnControl();
+  void OnHelperGone(const std::string& why);
+  void OnStatus(const overlays::HelperMessage& m);
+  void FinishWaiters(const Status& s);
+  Status NotReadyStatus() const;
+  // The node needs a login that control refused (bad or expired key): waiting cannot help.
+  bool LoginRefused() const;
+  void Send(const std::string& verb,
+            const std::vector<std::pair<std::string, std::string>>& fields);
+  void SendListen(uint16_t port);
+  void OnListenReply(const overlays::HelperMessage& m);
+  void Reap(bool wait);
+
+  const config::Overlay& overlay_;
+  const config::NetworkService& service_;
+  overlays::TailscaleDriver* driver_;
+  EventLoop* loop_;
+  std::shared_ptr<spdlog::logger> log_;
+
+  UniqueFd ctl_;
+  pid_t pid_ = -1;
+  std::string log_path_;
+  int restarts_ = 0;
+  int backoff_ms_ = 1000;
+  uint64_t restart_timer_ = 0;
+  bool stopping_ = false;
+  bool started_ = false;  // Start() ran: the helper runs or is being restarted
+
+  // From the helper's last STATUS.
+  std::string state_ = "Idle";  // until a program selects the overlay
+  std::string error_;
+  std::string health_;
+  std::string auth_url_;
+  std::string ips_;
+  std::string name_;
+
+  std::map<uint64_t, Waiter> waiters_;
+  uint64_t next_wait_ = 1;
+  // A port the node listens on, shared by every listen() of programs on that port (e.g. one
+  // socket for 0.0.0.0 and one for ::): accepted connections go to them in turn.
+  struct Port {
+    std::vector<TailscaleListener*> listeners;  // not owned (the Server owns them)
+    bool sent = false;                          // LISTEN went to the current helper
+    std::string address;                        // from LISTENING; "" until then
+    size_t next = 0;                            // round robin
+  };
+  std::map<uint16_t, Port> ports_;
+};
+
+// One port the node listens on for a program. Destroying it stops the node's listener.
+class TailscaleListener : public InboundListener {
+ public:
+  TailscaleListener(TailscaleRuntime* rt, uint16_t port, Events events)
+      : rt_(rt), port_(port), events_(std::move(events)) {}
+  ~TailscaleListener() override;
+  std::string address() const override { return address_; }
+
+ private:
+  friend class TailscaleRuntime;
+  TailscaleRuntime* rt_;
+  uint16_t port_;
+  Events events_;
+  std::string address_;
+  bool ready_ = false;  // ready() was called
+};
+
+}  // namespace via::broker

@@ -1,0 +1,476 @@
+"""network.tailscale on a real local tailnet: tailscale.com's testcontrol with a DERP relay and a
+STUN server (tests/tailnet/control), plain tsnet peer nodes (tests/tailnet/peer), via's own node
+helper (via-tsnet) and, for attach mode, a real tailscaled. Everything listens on 127.0.0.1 inside
+the test's network namespace; tsnet also needs one non-loopback interface to consider the network
+up, so the namespace gets a veth pair with 192.0.2.1/24 (TEST-NET-1, inside the namespace only).
+
+The far side records every connection (peer's JSON record file: remote tailnet address, line);
+the DNS log shows that no name was looked up locally.
+"""
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+
+import harness
+
+TAILNET = os.path.join(harness.BUILD, "tailnet")
+HELPER = os.path.join(harness.BUILD, "via-tsnet")
+CONTROL = os.path.join(TAILNET, "control")
+PEER = os.path.join(TAILNET, "peer")
+TAILSCALED = os.path.join(TAILNET, "tailscaled")
+AUTH_KEY = "tskey-via-test-0123456789"
+DOMAIN = "tailnet.test"
+
+CLIENT = r"""
+import errno, socket, sys
+host, port, msg = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+try:
+    s = socket.create_connection((host, port), timeout=30)
+    s.sendall(msg.encode() + b"\n")
+    s.shutdown(socket.SHUT_WR)
+    print(s.makefile().read(), end="")
+except OSError as e:
+    print("ERRNO", errno.errorcode.get(e.errno, e.errno), e)
+    sys.exit(3)
+"""
+
+SERVER = r"""
+import socket, sys
+port, ready = int(sys.argv[1]), sys.argv[2]
+s = socket.socket()
+s.bind(("0.0.0.0", port))
+s.listen(4)
+open(ready, "w").close()
+c, a = s.accept()
+line = c.makefile().readline().strip()
+name = socket.getnameinfo((a[0], 0), socket.NI_NAMEREQD)[0]
+c.sendall(f"server got {line} from {name}\n".encode())
+c.close()
+"""
+
+
+def _ensure_link():
+    """tsnet waits for a non-loopback interface before it talks to control."""
+    if subprocess.run(["ip", "link", "show", "via-ts0"], capture_output=True).returncode == 0:
+        return
+    subprocess.run(["ip", "link", "add", "via-ts0", "type", "veth", "peer", "name", "via-ts1"],
+                   check=True)
+    subprocess.run(["ip", "addr", "add", "192.0.2.1/24", "dev", "via-ts0"], check=True)
+    for dev in ("via-ts0", "via-ts1"):
+        subprocess.run(["ip", "link", "set", dev, "up"], check=True)
+
+
+class Tailnet(harness.ViaCase):
+    def setUp(self):
+        super().setUp()
+        self.require_namespace()
+        for path in (HELPER, CONTROL, PEER):
+            if not os.access(path, os.X_OK):
+                self.skipTest(f"{path} was not built (needs Go and the tailscale.com module: "
+                              "scripts/install-deps.sh, then cmake --build build)")
+        _ensure_link()
+        self.control_url = self.start_control()
+
+    # ---- the tailnet -------------------------------------------------------------------------
+    def _json_line(self, proc, log, key, timeout=60):
+        found = {}
+
+        def ready():
+            for line in harness.read_lines(log):
+                if line.startswith("{") and key in line:
+                    found.update(json.loads(line))
+                    return True
+            return proc.poll() is not None
+        harness.wait_for(ready, timeout=timeout, interval=0.1)
+        if not found:
+            self.fail(f"{os.path.basename(log)} did not start:\n{harness.read_text(log)[-3000:]}")
+        return found
+
+    def start_control(self, auth_key=AUTH_KEY):
+        p, log = self.spawn([CONTROL, "-authkey", auth_key, "-magicdns", DOMAIN], "control.log")
+        info = self._json_line(p, log, "control_url")
+        self.control_admin = info["control_url"]
+        return info["control_url"]
+
+    def start_peer(self, hostname, ports=(7000,), http=(8000,)):
+        """A tsnet node that listens on `ports` (line protocol) and `http` (HTTP) and records
+        every connection."""
+        record = os.path.join(self.dir, f"{hostname}.jsonl")
+        open(record, "w").close()
+        p, log = self.spawn([PEER, "-hostname", hostname, "-dir", os.path.join(self.dir, hostname),
+                             "-control", self.control_url, "-authkey", AUTH_KEY,
+                             "-listen", ",".join(map(str, ports)),
+                             "-http", ",".join(map(str, http)), "-record", record],
+                            f"{hostname}.log")
+        info = self._json_line(p, log, "admin", timeout=90)
+        info["record"] = record
+        return info
+
+    def control_nodes(self):
+        with urllib.request.urlopen(self.control_admin + "/via/nodes", timeout=10) as r:
+            return json.load(r)
+
+    def peer_dial(self, peer, addr, msg):
+        q = urllib.parse.urlencode({"addr": addr, "msg": msg})
+        try:
+            with urllib.request.urlopen(f"http://{peer['admin']}/dial?{q}", timeout=40) as r:
+                return r.read().decode()
+        except urllib.error.HTTPError as e:
+            return "HTTP %d %s" % (e.code, e.read().decode())
+
+    # ---- via ---------------------------------------------------------------------------------
+    def ts_entry(self, name, hostname, *extra, auth_key=AUTH_KEY, control_url=None,
+                 timeout="60s"):
+        lines = [f"name: {name}", "kind: network.tailscale", f"hostname: {hostname}",
+                 f"control_url: {control_url or self.control_url}", f"helper: {HELPER}",
+                 f"connect_timeout: {timeout}"]
+        if auth_key is not None:
+            lines.append(f"auth_key: {auth_key}")
+        return lines + list(extra)
+
+    def write_ts_config(self, entries):
+        self.write_config(entries, service={"idle_timeout": "600"})
+
+    def dial(self, network, host, port, msg, timeout=90):
+        return self.run_via(network, harness.PYTHON, "-c", CLIENT, host, str(port), msg,
+                            timeout=timeout)
+
+    def status(self):
+        st = self.via("status")
+        self.assertOk(st)
+        return st.stdout
+
+    def node_line(self, overlay_id):
+        for line in self.status().splitlines():
+            if line.startswith(f"tailscale {overlay_id} ") and "state=" in line:
+                return line
+        return ""
+
+    def node_ips(self, overlay_id):
+        line = self.node_line(overlay_id)
+        for part in line.split():
+            if part.startswith("ips="):
+                return part[4:].split(",")
+        return []
+
+    def wait_running(self, overlay_id, timeout=90):
+        ok = harness.wait_for(lambda: "state=Running" in self.node_line(overlay_id),
+                              timeout=timeout, interval=0.5)
+        self.assertTrue(ok, f"{overlay_id} never Running:\n{self.status()}\n" +
+                        "\n".join(self.broker_log()[-20:]))
+
+    def start_broker(self):
+        self.assertOk(self.run_via("app:ts", "true"))
+
+    # ---- outbound ----------------------------------------------------------------------------
+    def test_dial_peer_by_short_name_fqdn_and_address(self):
+        dns = self.start_dns()
+        alpha = self.start_peer("alpha")
+        self.write_ts_config([self.ts_entry("ts", "via-a")])
+        out = []
+        for host in ("alpha", f"alpha.{DOMAIN}", alpha["ips"][0]):
+            p = self.dial("app:ts", host, 7000, f"hello {host}")
+            self.assertOk(p, f"dial {host}")
+            out.append(p.stdout)
+        via_ip = self.node_ips("app:ts")[0]
+        self.assertTrue(via_ip.startswith("100.64."), self.status())
+        for host, reply in zip(("alpha", f"alpha.{DOMAIN}", alpha["ips"][0]), out):
+            self.assertRegex(reply, rf"^peer alpha saw {via_ip}:\d+: hello {host}\n$")
+        recs = self.records(alpha["record"])
+        self.assertEqual([r["line"] for r in recs],
+                         ["hello alpha", f"hello alpha.{DOMAIN}", f"hello {alpha['ips'][0]}"])
+        self.assertTrue(all(r["remote"].startswith(via_ip + ":") for r in recs), recs)
+        self.assertEqual(self.dns_queries("alpha"), [])
+        self.assertEqual(harness.read_text(dns).count("tailnet"), 0)
+        # The peer's IPv6 tailnet address, from an IPv6 socket: it arrives from ours.
+        v6 = self.dial("app:ts", alpha["ips"][1], 7000, "over v6")
+        self.assertOk(v6)
+        via_ip6 = self.node_ips("app:ts")[1]
+        self.assertRegex(v6.stdout, rf"^peer alpha saw \[{via_ip6}\]:\d+: over v6\n$")
+
+    def test_curl_and_wget_reach_a_peer_by_magicdns_name(self):
+        self.start_dns()
+        alpha = self.start_peer("alpha")
+        self.write_ts_config([self.ts_entry("ts", "via-a")])
+        curl = self.run_via("app:ts", "curl", "-sSf", "http://alpha:8000/curl")
+        self.assertOk(curl)
+        via_ip = self.node_ips("app:ts")[0]
+        self.assertRegex(curl.stdout, rf"^hello from alpha, you are {via_ip}:\d+\n$")
+        cmds = [("curl", "/curl")]
+        if shutil.which("wget"):
+            wget = self.run_via("app:ts", "wget", "-q", "-O", "-",
+                                f"http://alpha.{DOMAIN}:8000/wget")
+            self.assertOk(wget)
+            self.assertIn(f"you are {via_ip}:", wget.stdout)
+            cmds.append(("Wget", "/wget"))
+        recs = self.records(alpha["record"])
+        self.assertEqual([r["line"] for r in recs], [f"GET {path}" for _, path in cmds])
+        for r, (agent, _) in zip(recs, cmds):
+            self.assertTrue(r["agent"].startswith(agent), r)
+            self.assertTrue(r["remote"].startswith(via_ip + ":"), r)
+        self.assertEqual(self.dns_queries("alpha"), [])
+
+    def test_status_shows_state_addresses_and_name(self):
+        self.write_ts_config([self.ts_entry("ts", "via-a")])
+        self.start_broker()
+        self.wait_running("app:ts")
+        line = self.node_line("app:ts")
+        self.assertRegex(line, rf"^tailscale app:ts node hostname=via-a state=Running "
+                               rf"name=via-a\.{DOMAIN}\. ips=100\.64\.\d+\.\d+,fd7a:115c:a1e0:")
+        names = [n["hostname"] for n in self.control_nodes()]
+        self.assertIn("via-a", names)
+
+    def test_two_entries_are_two_independent_nodes(self):
+        alpha = self.start_peer("alpha")
+        self.write_ts_config([self.ts_entry("tsa", "via-a"), self.ts_entry("tsb", "via-b")])
+        self.assertOk(self.dial("app:tsa", "alpha", 7000, "from a"))
+        self.assertOk(self.dial("app:tsb", "alpha", 7000, "from b"))
+        ip_a, ip_b = self.node_ips("app:tsa")[0], self.node_ips("app:tsb")[0]
+        self.assertNotEqual(ip_a, ip_b)
+        recs = {r["line"]: r["remote"].rsplit(":", 1)[0] for r in self.records(alpha["record"])}
+        self.assertEqual(recs, {"from a": ip_a, "from b": ip_b})
+        nodes = {n["hostname"]: n for n in self.control_nodes()}
+        self.assertEqual(nodes["via-a"]["ips"][0], ip_a)
+        self.assertEqual(nodes["via-b"]["ips"][0], ip_b)
+        self.assertNotEqual(nodes["via-a"]["key"], nodes["via-b"]["key"])
+
+    def test_destination_off_the_tailnet_is_refused_never_dialed(self):
+        self.start_dns()
+        # A target on 192.0.2.1, this namespace's own address (not loopback, so the shim routes
+        # it): a direct connect reaches it, as the first request proves.
+        port = harness.free_port()
+        record = os.path.join(self.dir, "target-off.jsonl")
+        tp, _ = self.spawn([harness.PYTHON, os.path.join(harness.HERE, "target_server.py"),
+                            str(port), record, "--bind", "192.0.2.1"], "target-off.log")
+        harness.wait_port(port, host="192.0.2.1", proc=tp)
+        urllib.request.urlopen(f"http://192.0.2.1:{port}/direct", timeout=10).read()
+        self.assertEqual(len(self.records(record)), 1)
+        self.start_peer("alpha")
+        self.write_ts_config([self.ts_entry("ts", "via-a")])
+        for host, err in (("192.0.2.1", "EACCES"), ("example.test", "EHOSTUNREACH")):
+            p = self.dial("app:ts", host, port, "leak?")
+            self.assertEqual(p.returncode, 3, p.stdout + p.stderr)
+            self.assertIn(f"ERRNO {err}", p.stdout)
+        self.assertEqual(len(self.records(record)), 1, "a connect under the overlay went direct")
+        self.assertEqual(self.dns_queries("example.test"), [])
+        log = "\n".join(harness.read_lines(os.path.join(self.dir, "state", "tailscale", "via-a",
+                                                        "via-tsnet.log")))
+        self.assertIn("refused 192.0.2.1", log)
+        self.assertIn("refused example.test", log)
+
+    # ---- inbound -----------------------------------------------------------------------------
+    def start_server(self, network, port):
+        ready = os.path.join(self.dir, f"ready-{port}")
+        p = subprocess.Popen([harness.VIA, "run", "-c", self.config, "--network", network, "--",
+                              harness.PYTHON, "-c", SERVER, str(port), ready],
+                             env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+        self.addCleanup(p.stdout.close)
+        self.addCleanup(lambda: p.poll() is None and p.kill())
+        self.assertTrue(harness.wait_for(lambda: os.path.exists(ready) or p.poll() is not None,
+                                         timeout=90))
+        return p
+
+    def test_listener_reached_from_a_peer(self):
+        alpha = self.start_peer("alpha")
+        self.write_ts_config([self.ts_entry("ts", "via-a")])
+        self.start_broker()
+        self.wait_running("app:ts")
+        server = self.start_server("app:ts", 8080)
+        via_ip = self.node_ips("app:ts")[0]
+        self.assertTrue(harness.wait_for(
+            lambda: f"tailscale app:ts listener port 8080 {via_ip}:8080" in self.status(),
+            timeout=60), self.status())
+        reply = self.peer_dial(alpha, f"via-a.{DOMAIN}:8080", "hi from alpha")
+        # The peer's address, as accept() gave it, maps back to the peer's MagicDNS name.
+        self.assertEqual(reply, f"server got hi from alpha from alpha.{DOMAIN}\n")
+        server.wait(20)
+        self.assertEqual(server.returncode, 0, server.stdout.read())
+
+    def test_two_sockets_on_one_port_share_the_node_listener(self):
+        alpha = self.start_peer("alpha")
+        self.write_ts_config([self.ts_entry("ts", "via-a")])
+        self.start_broker()
+        self.wait_running("app:ts")
+        ready = os.path.join(self.dir, "ready2")
+        code = r"""
+import select, socket, sys
+v4 = socket.socket(socket.AF_INET)
+v4.bind(("0.0.0.0", 8081)); v4.listen(4)
+v6 = socket.socket(socket.AF_INET6)
+v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+v6.bind(("::", 8081)); v6.listen(4)
+open(sys.argv[1], "w").close()
+seen = []
+while len(seen) < 2:
+    r, _, _ = select.select([v4, v6], [], [], 30)
+    for s in r:
+        c, a = s.accept()
+        line = c.makefile().readline().strip()
+        fam = "v4" if s is v4 else "v6"
+        seen.append(fam)
+        c.sendall(f"{line} on {fam}\n".encode())
+        c.close()
+print(sorted(seen))
+"""
+        p = subprocess.Popen([harness.VIA, "run", "-c", self.config, "--network", "app:ts", "--",
+                              harness.PYTHON, "-c", code, ready], env=self.env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.addCleanup(p.stdout.close)
+        self.addCleanup(lambda: p.poll() is None and p.kill())
+        self.assertTrue(harness.wait_for(
+            lambda: "listener port 8081 " in self.status() and "sockets=2" in self.status()
+            and "(pending)" not in self.status(), timeout=60), self.status())
+        via_ip = self.node_ips("app:ts")[0]
+        r1 = self.peer_dial(alpha, f"{via_ip}:8081", "one")
+        r2 = self.peer_dial(alpha, f"{via_ip}:8081", "two")
+        # One connection to each socket, in turn.
+        self.assertIn(r1, ("one on v4\n", "one on v6\n"))
+        self.assertEqual(r2, "two on " + ("v6" if r1.endswith("v4\n") else "v4") + "\n")
+        p.wait(30)
+        out = p.stdout.read()
+        self.assertEqual(out.strip().splitlines()[-1], "['v4', 'v6']", out)
+        self.assertIn(f"via: listening on [::]:8081 through app:ts: reachable at {via_ip}:8081",
+                      out)
+
+    def test_undeclared_host_loopback_port_is_not_reachable_through_the_node(self):
+        alpha = self.start_peer("alpha")
+        port, record = self.start_target()  # on the host's 127.0.0.1, not declared to via
+        self.write_ts_config([self.ts_entry("ts", "via-a")])
+        self.start_broker()
+        self.wait_running("app:ts")
+        via_ip = self.node_ips("app:ts")[0]
+        reply = self.peer_dial(alpha, f"{via_ip}:{port}", "GET / HTTP/1.0\r\n")
+        self.assertTrue(reply.startswith("HTTP 502 dial:") or reply == "", reply)
+        self.assertTargetSawNothing(record)
+
+    # ---- lifecycle and errors ------------------------------------------------------------------
+    def test_ephemeral_node_leaves_when_the_broker_stops(self):
+        self.write_ts_config([self.ts_entry("ts", "via-e", "ephemeral: true")])
+        self.start_broker()
+        self.wait_running("app:ts")
+        first_ip = self.node_ips("app:ts")[0]
+        node = {n["hostname"]: n for n in self.control_nodes()}["via-e"]
+        self.assertTrue(node["online"])
+        self.assertOk(self.via("stop"))
+        self.assertTrue(harness.wait_for(
+            lambda: not {n["key"]: n for n in self.control_nodes()}[node["key"]]["online"],
+            timeout=20), self.control_nodes())
+        self.assertIn("logged out", "\n".join(self.broker_log()) + self.helper_log("via-e"))
+        # No identity was kept: the next broker registers a brand-new node.
+        self.start_broker()
+        self.wait_running("app:ts")
+        self.assertNotEqual(self.node_ips("app:ts")[0], first_ip)
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "state", "tailscale", "via-e",
+                                                     "tailscaled.state")))
+
+    def helper_pid(self, overlay_id):
+        line = self.node_line(overlay_id)
+        return int(line.split("helper=pid ")[1].split()[0]) if "helper=pid " in line else None
+
+    def test_a_crashed_helper_is_restarted(self):
+        alpha = self.start_peer("alpha")
+        self.write_ts_config([self.ts_entry("ts", "via-a")])
+        self.assertOk(self.dial("app:ts", "alpha", 7000, "before"))
+        pid = self.helper_pid("app:ts")
+        os.kill(pid, 9)
+        self.assertTrue(harness.wait_for(lambda: "restarts=1" in self.node_line("app:ts"),
+                                         timeout=20), self.status())
+        self.wait_running("app:ts")
+        self.assertNotEqual(self.helper_pid("app:ts"), pid)
+        self.assertOk(self.dial("app:ts", "alpha", 7000, "after"))
+        self.assertEqual([r["line"] for r in self.records(alpha["record"])], ["before", "after"])
+        self.assertIn("Tailscale helper stopped", "\n".join(self.broker_log()))
+
+    def test_helper_leaves_when_the_broker_is_killed(self):
+        self.write_ts_config([self.ts_entry("ts", "via-e", "ephemeral: true")])
+        self.start_broker()
+        self.wait_running("app:ts")
+        pid = self.helper_pid("app:ts")
+        for broker in self.broker_pids():
+            os.kill(broker, 9)
+        self.assertTrue(harness.wait_for(lambda: not harness.alive(pid), timeout=20),
+                        "via-tsnet outlived its broker")
+        self.assertIn("ephemeral node logged out", self.helper_log("via-e"))
+
+    def helper_log(self, hostname):
+        return harness.read_text(os.path.join(self.dir, "state", "tailscale", hostname,
+                                              "via-tsnet.log"))
+
+    def test_bad_auth_key_fails_the_call_with_a_clear_error(self):
+        alpha = self.start_peer("alpha")
+        self.write_ts_config([self.ts_entry("ts", "via-x", auth_key="tskey-wrong")])
+        p = self.dial("app:ts", "alpha", 7000, "should not arrive")
+        self.assertEqual(p.returncode, 3, p.stdout + p.stderr)
+        self.assertIn("EACCES", p.stdout)
+        # The program's user is told why, on its stderr (the shim passes the broker's message).
+        self.assertIn("via-x of app:ts is NeedsLogin: invalid authkey", p.stderr)
+        log = "\n".join(self.broker_log())
+        self.assertIn("invalid authkey", log)
+        self.assertIn("check auth_key/auth_key_env", log)
+        self.assertEqual(self.records(alpha["record"]), [])
+        self.assertIn("state=NeedsLogin", self.node_line("app:ts"))
+
+    def test_control_down_fails_the_call_after_connect_timeout(self):
+        dead = f"http://127.0.0.1:{harness.closed_port()}"
+        self.write_ts_config([self.ts_entry("ts", "via-y", control_url=dead, timeout="4s")])
+        t0 = time.monotonic()
+        p = self.dial("app:ts", "alpha", 7000, "nothing")
+        self.assertEqual(p.returncode, 3, p.stdout + p.stderr)
+        self.assertIn("ETIMEDOUT", p.stdout)
+        self.assertIn("is not Running yet", p.stderr)
+        self.assertLess(time.monotonic() - t0, 30)
+        log = "\n".join(self.broker_log())
+        self.assertIn(f"is not Running yet", log)
+        self.assertIn(f"is control server {dead} reachable?", log)
+        self.assertIn("connection refused", log)  # the node's own last error, passed on
+        self.assertNotIn("state=Running", self.node_line("app:ts"))
+
+    # ---- attach mode: a real tailscaled's LocalAPI -------------------------------------------------
+    def test_attach_to_a_running_tailscaled(self):
+        if not os.access(TAILSCALED, os.X_OK):
+            self.skipTest(f"{TAILSCALED} was not built")
+        alpha = self.start_peer("alpha")
+        sock = os.path.join(self.dir, "tsd.sock")
+        conf = os.path.join(self.dir, "tsd.json")
+        with open(conf, "w") as f:
+            json.dump({"Version": "alpha0", "Locked": False, "Enabled": True,
+                       "AuthKey": AUTH_KEY, "Hostname": "daemon", "ServerURL": self.control_url},
+                      f)
+        env = dict(self.env, TS_LOGS_DIR=os.path.join(self.dir, "tsd"))
+        env.pop("PORT", None)
+        self.spawn([TAILSCALED, "--tun=userspace-networking", f"--socket={sock}",
+                    f"--statedir={os.path.join(self.dir, 'tsd')}", "--port=0",
+                    f"--config={conf}", "--no-logs-no-support"], "tailscaled.log", env=env)
+        self.write_ts_config([self.ts_entry("ts", "ignored", f"localapi_socket: {sock}",
+                                            auth_key=None)])
+        p = self.dial("app:ts", "alpha", 7000, "via tailscaled")
+        self.assertOk(p)
+        daemon_ip = {n["hostname"]: n for n in self.control_nodes()}["daemon"]["ips"][0]
+        self.assertRegex(p.stdout, rf"^peer alpha saw {daemon_ip}:\d+: via tailscaled\n$")
+        self.assertIn("attached", self.node_line("app:ts"))
+        self.assertIn(f"localapi={sock}", self.node_line("app:ts"))
+        # Outbound only: a listen() under an attached entry fails instead of listening anywhere.
+        code = r"""
+import errno, socket
+s = socket.socket()
+s.bind(("0.0.0.0", 8082))
+try:
+    s.listen(1)
+    print("listening")
+except OSError as e:
+    print("ERRNO", errno.errorcode[e.errno])
+"""
+        lp = self.run_via("app:ts", harness.PYTHON, "-c", code)
+        self.assertOk(lp)
+        # EOPNOTSUPP (Python names errno 95 ENOTSUP: the same value on Linux)
+        self.assertEqual(lp.stdout.strip(), "ERRNO ENOTSUP", lp.stderr)
+        self.assertIn("app:ts (network.tailscale) cannot carry inbound connections", lp.stderr)
+
+
+if __name__ == "__main__":
+    harness.main()
