@@ -391,7 +391,7 @@ TEST_F(BrokerProtocolTest, HelloWithUnknownOverlayFailsEveryLaterRequest) {
   UniqueFd fd = Connect();
   Reply r = Hello(fd.get(), "app:nope");
   EXPECT_EQ(r.err, uint32_t(ENOENT));
-  EXPECT_EQ(r.message, "unknown overlay \"app:nope\" (known: app:refused, app:silent, app:i2p)");
+  EXPECT_EQ(r.message, "unknown overlay \"app:nope\" (known: app:refused, app:silent, app:ts)");
   Reply later = Resolve(fd.get(), "example.test");
   EXPECT_EQ(later.err, uint32_t(ENOENT));
   EXPECT_EQ(later.message, r.message);
@@ -442,7 +442,7 @@ TEST_F(BrokerProtocolTest, OpenSessionForUnknownOverlayIsEnoent) {
   Reply r = Request(fd.get(), wire::kOpenSession,
                     [](wire::Writer& w) { w.PutString(wire::kTagNetwork, "app:nope"); });
   EXPECT_EQ(r.err, uint32_t(ENOENT));
-  EXPECT_EQ(r.message, "unknown overlay \"app:nope\" (known: app:refused, app:silent, app:i2p)");
+  EXPECT_EQ(r.message, "unknown overlay \"app:nope\" (known: app:refused, app:silent, app:ts)");
 }
 
 TEST_F(BrokerProtocolTest, SessionEndsWithItsConnection) {
@@ -645,7 +645,7 @@ TEST_F(BrokerProtocolTest, StatusDescribesTheBroker) {
 // ---- program rules, policy, SESSION_CHILD, RELOAD (0x40-0x4F) ---------------------------------
 
 TEST_F(BrokerProtocolTest, ControlHelloNeedsNoNetworkAndCarriesTheFingerprint) {
-  config_.service.default_network = "app:i2p";  // unavailable: a shim's HELLO would fail
+  config_.service.default_network = "app:ts";  // unavailable: a shim's HELLO would fail
   StartBroker();
   UniqueFd fd = Connect();
   Reply r = Request(fd.get(), wire::kHello, [](wire::Writer& w) {
@@ -654,7 +654,7 @@ TEST_F(BrokerProtocolTest, ControlHelloNeedsNoNetworkAndCarriesTheFingerprint) {
   });
   EXPECT_EQ(r.err, 0u) << r.message;
   EXPECT_EQ(r.Str(wire::kTagFingerprint), config_.fingerprint);
-  EXPECT_EQ(Hello(Connect().get()).err, uint32_t(ENOTSUP));
+  EXPECT_EQ(Hello(Connect().get()).err, uint32_t(EINVAL));  // app:ts has no auth key
 }
 
 TEST_F(BrokerProtocolTest, OpenSessionDeniedByPolicyNamesTheEntry) {
