@@ -68,6 +68,10 @@ Server::~Server() {
   }
   listeners_.clear();
   draining_.clear();
+  // Runtimes go down before the clients are closed: `via stop` returns when its connection
+  // closes, and by then an ephemeral Tailscale node has logged out and I2P sessions are closed.
+  // (Clients may still share an OverlayState; its runtime is gone, which they check.)
+  for (auto& [id, st] : overlays_) st->runtime.reset();
   while (!clients_.empty()) CloseClient(clients_.begin()->first);
   if (idle_timer_ != 0) loop_->CancelTimer(idle_timer_);
   if (prune_timer_ != 0) loop_->CancelTimer(prune_timer_);
@@ -849,8 +853,8 @@ std::map<std::string, std::shared_ptr<Server::OverlayState>> Server::BuildOverla
     // An overlay with a runtime (an I2P session, a Tailscale node) keeps it across a reload when
     // its entry is still there with the same kind: rebuilding would drop listeners and restart
     // the node. Changes to such an entry take effect after a restart (logged).
-    if (auto it = previous.find(o.id); it != previous.end() && it->second->runtime &&
-                                       it->second->overlay->kind == o.kind) {
+    if (auto it = previous.find(o.id);
+        it != previous.end() && it->second->runtime && it->second->overlay->kind == o.kind) {
       log_->info("reload: {} keeps its running {} (changes to its entry apply after a restart)",
                  o.id, o.kind_name);
       out[o.id] = it->second;

@@ -554,10 +554,11 @@ int StatusOrStop(int argc, char** argv, bool stop) {
       Error(s.message());
       return kExitFailure;
     }
-    // Wait until it is gone (it closes every connection on exit), so that a `via run` right
+    // Wait until it is gone (it closes every connection on exit, after its overlays' runtimes
+    // are down: an ephemeral Tailscale node logs out, up to 10 s), so that a `via run` right
     // after this starts a new broker instead of reaching the old one.
     pollfd p{c->fd(), POLLIN, 0};
-    for (int waited = 0; waited < 5000; waited += 50) {
+    for (int waited = 0; waited < 15000; waited += 50) {
       char byte;
       if (poll(&p, 1, 50) == 1 && recv(c->fd(), &byte, 1, MSG_DONTWAIT) <= 0) break;
     }
