@@ -291,6 +291,31 @@ class Tailnet(harness.ViaCase):
         server.wait(20)
         self.assertEqual(server.returncode, 0, server.stdout.read())
 
+    def test_a_reload_keeps_the_node_and_its_listener(self):
+        """`via reload` with an edited config (another entry added) keeps the running node:
+        same helper process, same tailnet address, and the listener still answers peers."""
+        alpha = self.start_peer("alpha")
+        self.write_ts_config([self.ts_entry("ts", "via-a")])
+        self.start_broker()
+        self.wait_running("app:ts")
+        server = self.start_server("app:ts", 8080)
+        via_ip = self.node_ips("app:ts")[0]
+        self.assertTrue(harness.wait_for(
+            lambda: f"tailscale app:ts listener port 8080 {via_ip}:8080" in self.status(),
+            timeout=60), self.status())
+        pid = self.helper_pid("app:ts")
+        self.write_ts_config([self.ts_entry("ts", "via-a"),
+                              self.socks5_entry("other", harness.closed_port())])
+        self.assertOk(self.via("reload"))
+        self.assertIn("overlay app:other", self.status())
+        self.assertEqual(self.helper_pid("app:ts"), pid, self.status())
+        self.assertEqual(self.node_ips("app:ts")[0], via_ip)
+        self.assertIn("app:ts keeps its running network.tailscale", "\n".join(self.broker_log()))
+        reply = self.peer_dial(alpha, f"via-a.{DOMAIN}:8080", "hi after reload")
+        self.assertEqual(reply, f"server got hi after reload from alpha.{DOMAIN}\n")
+        server.wait(20)
+        self.assertEqual(server.returncode, 0, server.stdout.read())
+
     def test_two_sockets_on_one_port_share_the_node_listener(self):
         alpha = self.start_peer("alpha")
         self.write_ts_config([self.ts_entry("ts", "via-a")])
