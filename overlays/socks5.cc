@@ -381,55 +381,14 @@ Result<std::string> RandomIsolationCredential(RandomFill fill) {
 
 // ---- Socks5Driver ------------------------------------------------------------------------------
 
-namespace {
-
-// getaddrinfo for a stream socket to `host`:`port`; numeric first so an address never touches
-// /etc/hosts or the resolver.
-int Lookup(const std::string& host, const std::string& port, addrinfo** res) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_NUMERICSERV | AI_NUMERICHOST;
-  int rc = getaddrinfo(host.c_str(), port.c_str(), &hints, res);
-  if (rc != EAI_NONAME) return rc;
-  hints.ai_flags = AI_NUMERICSERV;
-  return getaddrinfo(host.c_str(), port.c_str(), &hints, res);
-}
-
-}  // namespace
-
 Result<std::unique_ptr<Driver>> Socks5Driver::Create(const config::Overlay& overlay) {
   std::unique_ptr<Socks5Driver> d(new Socks5Driver());
   d->id_ = overlay.id;
   d->settings_ = overlay.socks5;
-  // Wippy dials "host:port", so an IPv6 host there is written in brackets.
-  std::string host = overlay.socks5.host;
-  if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);
-  }
-  addrinfo* res = nullptr;
-  int rc = Lookup(host, std::to_string(overlay.socks5.port), &res);
-  if (rc != 0) {
-    std::string why = rc == EAI_SYSTEM ? std::strerror(errno) : gai_strerror(rc);
-    return Status::Error(EHOSTUNREACH, "overlay " + overlay.id + ": cannot resolve proxy host \"" +
-                                           overlay.socks5.host + "\": " + why);
-  }
-  for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
-    wire::Addr a;
-    if (!wire::AddrFromSockaddr(ai->ai_addr, ai->ai_addrlen, &a)) continue;
-    Endpoint e;
-    e.len = wire::AddrToSockaddr(a, &e.addr);
-    char buf[80];
-    e.text = wire::FormatAddr(a, buf, sizeof buf);
-    bool seen = false;  // /etc/hosts may list an address twice
-    for (const Endpoint& o : d->endpoints_) seen = seen || o.text == e.text;
-    if (!seen) d->endpoints_.push_back(std::move(e));
-  }
-  freeaddrinfo(res);
-  if (d->endpoints_.empty()) {
-    return Status::Error(EHOSTUNREACH, "overlay " + overlay.id + ": proxy host \"" +
-                                           overlay.socks5.host + "\" has no IPv4 or IPv6 address");
-  }
+  auto endpoints =
+      ResolveEndpoints(overlay.id, "proxy host", overlay.socks5.host, overlay.socks5.port);
+  if (!endpoints.ok()) return endpoints.status();
+  d->endpoints_ = std::move(*endpoints);
   return std::unique_ptr<Driver>(std::move(d));
 }
 
