@@ -10,129 +10,40 @@
 // The socket is bound to loopback (port chosen by the kernel) before the first answer, unless
 // the program bound it already. Sockets are remembered by fd, validated by inode (a closed and
 // reused fd number is never mistaken for a DNS socket).
-#include <dlfcn.h>
 #include <errno.h>
 #include <netinet/in.h>
-#include <pthread.h>
-#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include <cstdlib>
 #include <cstring>
 
+#include "shim/fd_table.h"
 #include "shim/shim.h"
 
 namespace via::shim {
-
 namespace {
 
 constexpr uint16_t kDnsPort = 53;
 
-// ---- the real functions this file needs (kept here: other files own RealFns) ----------------
-struct DnsReal {
-  ssize_t (*recvfrom)(int, void*, size_t, int, sockaddr*, socklen_t*);
-  ssize_t (*recvmsg)(int, msghdr*, int);
-  int (*recvmmsg)(int, mmsghdr*, unsigned int, int, struct timespec*);
-};
-DnsReal g_dns_real;
-pthread_once_t g_dns_real_once = PTHREAD_ONCE_INIT;
-
-template <typename Fn>
-void Resolve(Fn& slot, const char* name, void* self) {
-  void* p = dlsym(RTLD_NEXT, name);
-  if (p == nullptr || p == self) {
-    static const char kMsg[] = "via: cannot resolve the real libc function for a hook\n";
-    (void)!write(2, kMsg, sizeof kMsg - 1);
-    abort();
-  }
-  slot = reinterpret_cast<Fn>(p);
-}
-
-}  // namespace
-}  // namespace via::shim
-
-extern "C" ssize_t recvfrom(int, void*, size_t, int, sockaddr*, socklen_t*);
-extern "C" ssize_t recvmsg(int, msghdr*, int);
-extern "C" int recvmmsg(int, mmsghdr*, unsigned int, int, struct timespec*);
-
-namespace via::shim {
-namespace {
-
-void InitDnsReal() {
-  Resolve(g_dns_real.recvfrom, "recvfrom", reinterpret_cast<void*>(&::recvfrom));
-  Resolve(g_dns_real.recvmsg, "recvmsg", reinterpret_cast<void*>(&::recvmsg));
-  Resolve(g_dns_real.recvmmsg, "recvmmsg", reinterpret_cast<void*>(&::recvmmsg));
-}
-
-const DnsReal& RealDns() {
-  pthread_once(&g_dns_real_once, InitDnsReal);
-  return g_dns_real;
-}
-
 // ---- the table of DNS sockets -------------------------------------------------------------------
 struct Entry {
-  dev_t dev = 0;
-  ino_t ino = 0;  // 0 = empty
   wire::Addr resolver;
   bool connected = false;
 };
 
-pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
-Entry* g_table = nullptr;  // indexed by fd
-int g_size = 0;
-int g_count = 0;  // entries ever made: 0 keeps every hook on its fast path
-
-bool Identity(int fd, dev_t* dev, ino_t* ino) {
-  struct stat st;
-  if (fstat(fd, &st) != 0) return false;
-  *dev = st.st_dev;
-  *ino = st.st_ino;
-  return true;
-}
+// Entries ever made: none keeps every hook on its fast path (FdTable::Get takes no lock then).
+constinit FdTable<Entry> g_dns(64);
 
 void Remember(int fd, const wire::Addr& resolver, bool connected) {
-  dev_t dev;
-  ino_t ino;
-  if (fd < 0 || fd > (1 << 22) || !Identity(fd, &dev, &ino)) return;
-  pthread_mutex_lock(&g_mu);
-  if (fd >= g_size) {
-    int size = g_size == 0 ? 64 : g_size;
-    while (size <= fd) size *= 2;
-    auto* grown = static_cast<Entry*>(realloc(g_table, sizeof(Entry) * size));
-    if (grown == nullptr) {
-      pthread_mutex_unlock(&g_mu);
-      return;
-    }
-    for (int i = g_size; i < size; ++i) grown[i] = Entry{};
-    g_table = grown;
-    g_size = size;
-  }
-  Entry& e = g_table[fd];
   // A connected socket stays connected to its resolver; sendto another one changes nothing.
-  bool keep = e.ino == ino && e.dev == dev && e.connected && !connected;
-  if (!keep) e = Entry{dev, ino, resolver, connected};
-  __atomic_store_n(&g_count, 1, __ATOMIC_RELEASE);
-  pthread_mutex_unlock(&g_mu);
+  g_dns.Put(fd, Entry{resolver, connected},
+            [](const Entry& old, const Entry& now) { return old.connected && !now.connected; });
 }
 
-bool Lookup(int fd, Entry* out) {
-  if (fd < 0 || __atomic_load_n(&g_count, __ATOMIC_ACQUIRE) == 0) return false;
-  pthread_mutex_lock(&g_mu);
-  bool in_table = fd < g_size && g_table[fd].ino != 0;
-  Entry e = in_table ? g_table[fd] : Entry{};
-  pthread_mutex_unlock(&g_mu);
-  if (!in_table) return false;
-  dev_t dev;
-  ino_t ino;
-  if (!Identity(fd, &dev, &ino) || dev != e.dev || ino != e.ino) return false;
-  *out = e;
-  return true;
-}
+bool Lookup(int fd, Entry* out) { return g_dns.Get(fd, out); }
 
-// ---- delivering answers
-// ---------------------------------------------------------------------------
+// ---- delivering answers ------------------------------------------------------------------------
 bool Loopback(int family, sockaddr_storage* ss, socklen_t* len, uint16_t port_be) {
   std::memset(ss, 0, sizeof *ss);
   if (family == AF_INET) {
@@ -349,13 +260,13 @@ using namespace via::shim;
 
 VIA_EXPORT ssize_t recvfrom(int fd, void* buf, size_t n, int flags, sockaddr* addr,
                             socklen_t* len) {
-  ssize_t r = RealDns().recvfrom(fd, buf, n, flags, addr, len);
+  ssize_t r = Real().recvfrom(fd, buf, n, flags, addr, len);
   if (r >= 0) DnsRewriteSource(fd, addr, len);
   return r;
 }
 
 VIA_EXPORT ssize_t recvmsg(int fd, msghdr* msg, int flags) {
-  ssize_t r = RealDns().recvmsg(fd, msg, flags);
+  ssize_t r = Real().recvmsg(fd, msg, flags);
   if (r >= 0 && msg != nullptr) {
     DnsRewriteSource(fd, static_cast<sockaddr*>(msg->msg_name), &msg->msg_namelen);
   }
@@ -364,7 +275,7 @@ VIA_EXPORT ssize_t recvmsg(int fd, msghdr* msg, int flags) {
 
 VIA_EXPORT int recvmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags,
                         struct timespec* timeout) {
-  int r = RealDns().recvmmsg(fd, vec, vlen, flags, timeout);
+  int r = Real().recvmmsg(fd, vec, vlen, flags, timeout);
   for (int i = 0; i < r; ++i) {
     DnsRewriteSource(fd, static_cast<sockaddr*>(vec[i].msg_hdr.msg_name),
                      &vec[i].msg_hdr.msg_namelen);

@@ -22,6 +22,7 @@ RealFns g_real = {
     {"connect", nullptr},        {"sendto", nullptr},          {"sendmsg", nullptr},
     {"sendmmsg", nullptr},       {"getpeername", nullptr},     {"getsockname", nullptr},
     {"listen", nullptr},         {"accept", nullptr},          {"accept4", nullptr},
+    {"recvfrom", nullptr},       {"recvmsg", nullptr},         {"recvmmsg", nullptr},
     {"getaddrinfo", nullptr},    {"freeaddrinfo", nullptr},    {"gethostbyname", nullptr},
     {"gethostbyname2", nullptr}, {"gethostbyname_r", nullptr}, {"gethostbyname2_r", nullptr},
     {"gethostbyaddr", nullptr},  {"gethostbyaddr_r", nullptr}, {"getnameinfo", nullptr},

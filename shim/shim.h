@@ -51,6 +51,9 @@ struct RealFns {
   LazyFn<int(int, int)> listen;
   LazyFn<int(int, sockaddr*, socklen_t*)> accept;
   LazyFn<int(int, sockaddr*, socklen_t*, int)> accept4;
+  LazyFn<ssize_t(int, void*, size_t, int, sockaddr*, socklen_t*)> recvfrom;
+  LazyFn<ssize_t(int, msghdr*, int)> recvmsg;
+  LazyFn<int(int, mmsghdr*, unsigned int, int, struct timespec*)> recvmmsg;
   LazyFn<int(const char*, const char*, const addrinfo*, addrinfo**)> getaddrinfo;
   LazyFn<void(addrinfo*)> freeaddrinfo;
   LazyFn<hostent*(const char*)> gethostbyname;
