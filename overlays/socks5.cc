@@ -394,18 +394,8 @@ Result<std::unique_ptr<Driver>> Socks5Driver::Create(const config::Overlay& over
 
 Result<std::unique_ptr<Handshake>> Socks5Driver::NewResolveHandshake(const Target& target) {
   if (!settings_.remote_resolve) return Driver::NewResolveHandshake(target);
-  std::string username = settings_.username;
-  std::string password = settings_.password;
-  if (settings_.isolate_streams) {
-    Result<std::string> cred = RandomIsolationCredential();
-    if (!cred.ok()) return cred.status();
-    username = password = *cred;
-  }
-  if (Status st = Socks5Handshake::Validate(target, username, password); !st.ok()) return st;
-  const uint8_t cmd =
-      target.name.empty() ? Socks5Handshake::kCmdResolvePtr : Socks5Handshake::kCmdResolve;
-  return std::unique_ptr<Handshake>(
-      new Socks5Handshake(target, std::move(username), std::move(password), cmd));
+  return MakeHandshake(
+      target, target.name.empty() ? Socks5Handshake::kCmdResolvePtr : Socks5Handshake::kCmdResolve);
 }
 
 wire::Addr Socks5Driver::ResolvedAddr(const Handshake& hs) const {
@@ -417,6 +407,11 @@ std::string Socks5Driver::ResolvedName(const Handshake& hs) const {
 }
 
 Result<std::unique_ptr<Handshake>> Socks5Driver::NewHandshake(const Target& target) {
+  return MakeHandshake(target, Socks5Handshake::kCmdConnect);
+}
+
+Result<std::unique_ptr<Handshake>> Socks5Driver::MakeHandshake(const Target& target,
+                                                               uint8_t command) const {
   std::string username = settings_.username;
   std::string password = settings_.password;
   if (settings_.isolate_streams) {
@@ -426,7 +421,7 @@ Result<std::unique_ptr<Handshake>> Socks5Driver::NewHandshake(const Target& targ
   }
   if (Status st = Socks5Handshake::Validate(target, username, password); !st.ok()) return st;
   return std::unique_ptr<Handshake>(
-      new Socks5Handshake(target, std::move(username), std::move(password)));
+      new Socks5Handshake(target, std::move(username), std::move(password), command));
 }
 
 }  // namespace via::overlays

@@ -112,6 +112,8 @@ class Socks5Driver : public Driver {
 
  private:
   Socks5Driver() = default;
+  // A handshake for `command` with the configured (or, with isolate_streams, fresh) credentials.
+  Result<std::unique_ptr<Handshake>> MakeHandshake(const Target& target, uint8_t command) const;
 
   std::string id_;
   config::Socks5Settings settings_;
