@@ -505,6 +505,115 @@ except OSError as e:
                          self.broker_log())
 
 
+class SamErrors(I2pCase):
+    """SAM error classes that need another SAM client in the way, against the real router: the
+    program gets the errno, the broker logs the router's reply, nothing goes direct.
+
+    Of the other classes i2pd 2.45 produces none for what via sends: TIMEOUT is not in its SAM
+    bridge at all, DUPLICATED_DEST is not answered for a key in use (see the test below), and
+    I2P_ERROR only for requests via never makes. docs/configuration.md ("network.i2p") gives
+    the details; tests/unit/sam_test.cc covers their mapping to errnos."""
+
+    def squat_session(self, session_id, dest="TRANSIENT"):
+        """Another SAM client: SESSION CREATE with this ID (and destination). i2pd registers the
+        ID and the destination at once and answers only when the tunnels are up (~20 s), so
+        the reply is not awaited; the socket stays open (the session lives) until cleanup."""
+        sam = i2p_lab.SamLine(self.lab.router.sam_port, timeout=90).hello()
+        self.addCleanup(sam.close)
+        opts = " ".join(f"{k}={v}" for k, v in i2p_lab.SAM_OPTIONS.items())
+        sam.sock.sendall(f"SESSION CREATE STYLE=STREAM ID={session_id} DESTINATION={dest} "
+                         f"SIGNATURE_TYPE=7 {opts}\n".encode())
+        self.assertTrue(harness.wait_for(
+            lambda: session_id in self.lab.router.sam_session_ids(), 15),
+            self.lab.router.sam_session_ids())
+        return sam
+
+    def assertNothingDirect(self, lines):
+        """The program's session was on app:i2p and every connect went to the broker on it (a
+        direct connect would be the shim's own, without a broker line, and fail otherwise)."""
+        opened = [l for l in lines if " opened for " in l]
+        self.assertTrue(opened, lines)
+        self.assertFalse([l for l in opened if " opened for app:i2p " not in l], lines)
+        self.assertFalse([l for l in lines if "network is direct" in l], lines)
+        self.assertFalse([l for l in lines if re.search(r" connect \S+ via (?!app:i2p )", l)],
+                         lines)
+
+    def test_duplicated_id_fails_the_connect_with_eaddrinuse(self):
+        self.env = dict(self.own_env)
+        self.write_config([i2p_entry("i2p", self.lab.router.sam_port, "session_name: dupid")])
+        self.assertOk(self.via("broker", "--daemon"))
+        pids = self.broker_pids()
+        self.assertEqual(len(pids), 1, self.broker_log())
+        # The IDs via will use for its outbound session: <session_name>-<broker pid>-<n>. The
+        # program's start asks for the session (n=1) and its connect, finding none, asks again
+        # (n=2): both are taken by another client.
+        taken = [f"dupid-{pids[0]}-1", f"dupid-{pids[0]}-2"]
+        for session_id in taken:
+            self.squat_session(session_id)
+        before = len(self.broker_log())
+        target = self.lab.site.b32
+        site_before = len(self.lab.site.records)
+        proc = self.python_connect(target, 80)
+        self.assertEqual(proc.stdout.strip(), "error EADDRINUSE", proc.stderr)
+        self.assertIn("DUPLICATED_ID", proc.stderr)  # the shim's line names the SAM reply
+        lines = self.broker_log()[before:]
+        created = [l for l in lines if "could not be created" in l]
+        self.assertTrue(created, lines)
+        for l in created:
+            self.assertRegex(l, rf"SAM session dupid-{pids[0]}-[12] could not be created: .*"
+                                r'"SESSION STATUS RESULT=DUPLICATED_ID"')
+        failed = [l for l in lines if "failed" in l and "connect" in l]
+        self.assertEqual(len(failed), 1, lines)
+        self.assertIn(f"connect {target}:80 via app:i2p failed", failed[0])
+        self.assertIn('"SESSION STATUS RESULT=DUPLICATED_ID"', failed[0])
+        self.assertNothingDirect(lines)
+        # Nothing reached the site; the router has the other client's sessions only.
+        self.assertEqual(len(self.lab.site.records), site_before)
+        self.assertEqual([i for i in self.lab.router.sam_session_ids()
+                          if i.startswith("dupid-")], taken)
+        # The broker stays healthy: the next program gets a session under a free ID.
+        time.sleep(1.1)  # a failed session is retried at most once a second
+        proc = self.run_i2p("curl", "-sS", "-m", "60", f"http://{target}/after-dup")
+        self.assertOk(proc)
+        self.assertEqual(proc.stdout, "hello from i2p\n")
+        self.assertIn(f"dupid-{pids[0]}-3", self.lab.router.sam_session_ids())
+
+    def test_a_key_in_use_elsewhere_is_shared_not_duplicated_dest(self):
+        """i2pd 2.45 does not answer DUPLICATED_DEST to a key another session holds: its
+        client context hands the new session the destination already running for that key
+        (logging "Clients: Local destination ... exists"), so SESSION CREATE succeeds and both
+        sessions share the .b32.i2p address. docs/configuration.md says so; this test keeps
+        that statement true against the real router."""
+        port = harness.free_port()
+        keys = os.path.join(self.dir, "state", "i2p", "app.i2p", f"listen-{port}.keys")
+        os.makedirs(os.path.dirname(keys))
+        _, priv = self.lab.router.dest_generate()
+        with open(keys, "w") as f:
+            f.write(priv + "\n")
+        os.chmod(keys, 0o600)
+        other = f"other-{os.getpid()}-{port}"
+        self.squat_session(other, priv)  # another SAM client holds the same private key
+        self.env = dict(self.own_env)
+        self.write_config([i2p_entry("i2p", self.lab.router.sam_port)])
+        code = f"""
+import socket, errno
+srv = socket.socket()
+srv.bind(("0.0.0.0", {port}))
+try:
+    srv.listen(5)
+    print("listening")
+except OSError as e:
+    print("error", errno.errorcode[e.errno])
+"""
+        proc = self.run_via("app:i2p", harness.PYTHON, "-c", code, timeout=90)
+        self.assertOk(proc)
+        self.assertEqual(proc.stdout.strip(), "listening", proc.stderr)
+        self.assertIn(f"reachable at {i2p_lab.b32_of(priv)}:{port}", proc.stderr)
+        log = self.broker_log()
+        self.assertFalse([l for l in log if "DUPLICATED_DEST" in l], log)
+        self.assertNothingDirect(log)
+
+
 class RouterFailures(harness.ViaCase):
     """A router of its own, so that stopping it does not disturb the other tests."""
 
