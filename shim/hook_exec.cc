@@ -280,8 +280,10 @@ char* const* FixEnv(char* const* envp, char** out, size_t cap, char* store, size
   return changed ? out : envp;
 }
 
-// execve with both checks. Never returns on success.
-int CheckedExecve(const char* path, char* const argv[], char* const envp[]) {
+// Checks the binary at `path`, then calls exec(environment) with envp repaired by FixEnv (on the
+// stack: exec either replaces the process or fails).
+template <typename Exec>
+int CheckedExec(const char* path, char* const envp[], Exec exec) {
   if (int err = CheckExec(path); err != 0) {
     errno = err;
     return -1;
@@ -290,8 +292,12 @@ int CheckedExecve(const char* path, char* const argv[], char* const envp[]) {
   while (envp != nullptr && envp[n] != nullptr) ++n;
   char* fixed[n + 9];
   char store[8192];
-  return Real().execve(path, argv,
-                       const_cast<char**>(FixEnv(envp, fixed, n + 9, store, sizeof store)));
+  return exec(const_cast<char**>(FixEnv(envp, fixed, n + 9, store, sizeof store)));
+}
+
+// execve with both checks. Never returns on success.
+int CheckedExecve(const char* path, char* const argv[], char* const envp[]) {
+  return CheckedExec(path, envp, [&](char** env) { return Real().execve(path, argv, env); });
 }
 
 // execvpe as glibc does it (PATH search, /bin/sh for ENOEXEC), with every candidate checked.
@@ -441,16 +447,7 @@ VIA_EXPORT int execle(const char* path, const char* arg, ...) {
 VIA_EXPORT int fexecve(int fd, char* const argv[], char* const envp[]) {
   char path[64];
   std::snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-  if (int err = CheckExec(path); err != 0) {
-    errno = err;
-    return -1;
-  }
-  size_t n = 0;
-  while (envp != nullptr && envp[n] != nullptr) ++n;
-  char* fixed[n + 9];
-  char store[8192];
-  return Real().fexecve(fd, argv,
-                        const_cast<char**>(FixEnv(envp, fixed, n + 9, store, sizeof store)));
+  return CheckedExec(path, envp, [&](char** env) { return Real().fexecve(fd, argv, env); });
 }
 
 VIA_EXPORT int posix_spawn(pid_t* pid, const char* path, const posix_spawn_file_actions_t* fa,
