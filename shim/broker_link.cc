@@ -363,6 +363,13 @@ int Request(wire::Writer& w, int pass_fd, uint8_t* reply, size_t cap, wire::Mess
   }
 }
 
+// Request, then the reply's ERRNO (and MESSAGE into msg): 0 when the broker said yes.
+int Call(wire::Writer& w, int pass_fd, uint8_t* reply, size_t cap, wire::Message* m, char* msg,
+         size_t msgcap) {
+  int err = Request(w, pass_fd, reply, cap, m, msg, msgcap);
+  return err != 0 ? err : ReplyErrno(*m, msg, msgcap);
+}
+
 }  // namespace
 
 bool BrokerRoutedThisProcess() { return __atomic_load_n(&g_routed, __ATOMIC_RELAXED); }
@@ -399,9 +406,7 @@ int BrokerConnect(int fd, const wire::Addr& dest, char* msg, size_t msgcap) {
   w.PutAddr(wire::kTagAddr, dest);
   uint8_t reply[4096];  // an error MESSAGE is at most 3000 bytes
   wire::Message m;
-  int err = Request(w, fd, reply, sizeof reply, &m, msg, msgcap);
-  if (err != 0) return err;
-  return ReplyErrno(m, msg, msgcap);
+  return Call(w, fd, reply, sizeof reply, &m, msg, msgcap);
 }
 
 int BrokerResolve(const char* name, int family, wire::Addr* out, int cap, int* count, char* msg,
@@ -423,10 +428,9 @@ int BrokerResolve(const char* name, int family, wire::Addr* out, int cap, int* c
   }
   uint8_t reply[4096];
   wire::Message m;
-  int err = Request(w, -1, reply, sizeof reply, &m, msg, msgcap);
-  if (err != 0) return err;
-  err = ReplyErrno(m, msg, msgcap);
-  if (err != 0) return err;
+  if (int err = Call(w, -1, reply, sizeof reply, &m, msg, msgcap); err != 0) {
+    return err;
+  }
   uint32_t hold_ms = 0;
   m.ForEach([&](const wire::Field& f) {
     wire::Addr a;
@@ -444,10 +448,9 @@ int BrokerReverse(const wire::Addr& addr, char* name, size_t namecap) {
   uint8_t reply[4096];
   wire::Message m;
   char msg[256];
-  int err = Request(w, -1, reply, sizeof reply, &m, msg, sizeof msg);
-  if (err != 0) return err;
-  err = ReplyErrno(m, msg, sizeof msg);
-  if (err != 0) return err;
+  if (int err = Call(w, -1, reply, sizeof reply, &m, msg, sizeof msg); err != 0) {
+    return err;
+  }
   wire::Field f;
   if (!m.Find(wire::kTagName, &f) || f.len == 0 || f.len >= namecap) return ENOENT;
   std::memcpy(name, f.data, f.len);
@@ -464,10 +467,9 @@ int BrokerListen(int pass_fd, const wire::Addr& bound, uint32_t* flags, char* ad
   w.PutAddr(wire::kTagAddr, bound);
   uint8_t reply[4096];
   wire::Message m;
-  int err = Request(w, pass_fd, reply, sizeof reply, &m, msg, msgcap);
-  if (err != 0) return err;
-  err = ReplyErrno(m, msg, msgcap);
-  if (err != 0) return err;
+  if (int err = Call(w, pass_fd, reply, sizeof reply, &m, msg, msgcap); err != 0) {
+    return err;
+  }
   wire::Field f;
   if (m.Find(wire::kTagFlags, &f)) f.u32(flags);
   if (m.Find(wire::kTagListenAddress, &f) && f.len < addrcap) {
@@ -483,10 +485,9 @@ int BrokerDnsSocket(const wire::Addr& local, wire::Addr* responder, char* msg, s
   w.PutAddr(wire::kTagAddr, local);
   uint8_t reply[1024];
   wire::Message m;
-  int err = Request(w, -1, reply, sizeof reply, &m, msg, msgcap);
-  if (err != 0) return err;
-  err = ReplyErrno(m, msg, msgcap);
-  if (err != 0) return err;
+  if (int err = Call(w, -1, reply, sizeof reply, &m, msg, msgcap); err != 0) {
+    return err;
+  }
   wire::Field f;
   if (!m.Find(wire::kTagAddr, &f) || !f.addr(responder)) {
     std::snprintf(msg, msgcap, "DNS_SOCKET reply without an address");
@@ -507,10 +508,9 @@ int BrokerDnsQuery(const void* query, size_t n, uint8_t* answer, size_t cap, siz
   w.PutBytes(wire::kTagDnsPacket, query, n);
   uint8_t reply[kMaxDnsQuery + 1024];
   wire::Message m;
-  int err = Request(w, -1, reply, sizeof reply, &m, msg, msgcap);
-  if (err != 0) return err;
-  err = ReplyErrno(m, msg, msgcap);
-  if (err != 0) return err;
+  if (int err = Call(w, -1, reply, sizeof reply, &m, msg, msgcap); err != 0) {
+    return err;
+  }
   wire::Field f;
   if (m.Find(wire::kTagMessage, &f)) {
     std::snprintf(msg, msgcap, "%.*s", int(f.len), reinterpret_cast<const char*>(f.data));
