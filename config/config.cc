@@ -652,7 +652,7 @@ bool IsNetworkSelectPolicy(const YAML::Node& entry) {
     const std::string key = it->first.Scalar();
     // A misspelt `actions` key would silently disable a deny: treat close spellings as ours.
     if (key != "actions" && EditDistance(key, "actions") > 2) continue;
-    const YAML::Node& v = it->second;
+    const YAML::Node v = it->second;  // a copy: it->second lives in a temporary
     std::vector<YAML::Node> items;
     if (v.IsScalar()) items.push_back(v);
     if (v.IsSequence()) {
