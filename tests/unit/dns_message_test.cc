@@ -5,6 +5,9 @@
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 
+#include <cctype>
+#include <optional>
+#include <random>
 #include <string>
 
 namespace via::broker {
@@ -215,6 +218,67 @@ TEST_F(DnsTest, FormErrKeepsIdAndHasNoQuestion) {
   std::string q = Query("example.test", kDnsA) + "x";
   ASSERT_EQ(Answer(q), kDnsFormErr);
   EXPECT_EQ(answer_.size(), 12u);
+}
+
+// Queries with random edits (bytes, counts and lengths changed, cut, inserted, repeated), as a
+// buggy or hostile program could send them. Each is answered with the query's id, QR set and a
+// known rcode, or dropped only when it cannot be answered (shorter than an id, or a response);
+// the fake-address table is only ever asked about well-formed host names. Deterministic.
+TEST_F(DnsTest, MutatedQueriesAreAnsweredCleanlyOrDropped) {
+  const std::string templates[] = {
+      Query("example.test", kDnsA),           Query("example.test", kDnsAaaa, true),
+      Query("7.0.18.198.in-addr.arpa", 12),   Query("a-b_c.d.e.f", 16),
+      Query("example.test", kDnsA, false, 3),
+  };
+  std::mt19937 rng(1035);
+  int answered = 0, dropped = 0, with_records = 0;
+  for (int i = 0; i < 20000; ++i) {
+    std::string q = templates[rng() % std::size(templates)];
+    for (int e = 0, edits = 1 + int(rng() % 3); e < edits; ++e) {
+      size_t pos = rng() % (q.size() + 1);
+      switch (rng() % 4) {
+        case 0:
+          if (pos < q.size()) q[pos] = char(rng() % 2 ? rng() : rng() % 4);
+          break;
+        case 1:
+          q.resize(pos);
+          break;
+        case 2:
+          q.insert(pos, 1, char(rng() % 2 ? rng() : 0xc0));  // 0xc0: a compression pointer
+          break;
+        default:
+          q += q.substr(pos, rng() % 64);
+      }
+    }
+    looked_up_.clear();
+    std::optional<std::string> a = AnswerDnsQuery(q, policy_, &summary_);
+    if (!a) {
+      ASSERT_TRUE(q.size() < 12 || (uint8_t(q[2]) & 0x80) != 0) << i << ": " << summary_;
+      ++dropped;
+      continue;
+    }
+    ++answered;
+    ASSERT_GE(a->size(), 12u) << i;
+    ASSERT_EQ(a->substr(0, 2), q.substr(0, 2)) << i;
+    ASSERT_TRUE(uint8_t((*a)[2]) & 0x80) << i;
+    ASSERT_LE(uint8_t((*a)[3]) & 0x0f, kDnsRefused) << i;
+    ASSERT_LE(a->size(), 12 + q.size() + 64) << i;  // a question and at most one record
+    if (((uint8_t((*a)[6]) << 8) | uint8_t((*a)[7])) > 0) ++with_records;
+    for (size_t start = 0; start < looked_up_.size();) {
+      size_t end = looked_up_.find(';', start);
+      std::string name = looked_up_.substr(start, end - start);
+      ASSERT_FALSE(name.empty()) << i;
+      ASSERT_LE(name.size(), 253u) << i;
+      for (char c : name) {
+        ASSERT_TRUE(std::isalnum(uint8_t(c)) || c == '-' || c == '_' || c == '.')
+            << i << ": looked up " << name;
+      }
+      start = end + 1;
+    }
+  }
+  EXPECT_GT(answered, 10000);
+  EXPECT_GT(dropped, 0);
+  EXPECT_GT(with_records, 100);
 }
 
 TEST(DnsReverseName, Ipv4AndIpv6) {

@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <initializer_list>
 #include <memory>
+#include <random>
 #include <set>
 #include <string>
 #include <vector>
@@ -323,6 +324,77 @@ TEST_F(Socks5Test, ConnectReplyWithEmptyDomain) {
   Status s = Reply(B({5, 0, 0, 3, 0, 0, 80}));
   EXPECT_EQ(s.code(), EPROTO);
   EXPECT_EQ(s.message(), "SOCKS5 proxy reply has an empty bound domain name");
+}
+
+// A hostile or broken proxy, many times over: well-formed reply sequences with random edits
+// (bytes changed, cut, inserted, repeated), fed in random pieces of at most WantRead() bytes.
+// Each run ends in an error with an errno and a message, or in success having read exactly one
+// well-formed reply (VER 5, REP 0, RSV 0, a known ATYP and the address length it implies), or
+// still waiting for more; never anything in between. Deterministic (fixed seed).
+TEST_F(Socks5Test, MutatedProxyRepliesFailCleanlyOrAreReadExactly) {
+  const Bytes scripts[] = {
+      B({5, 0}) + ReplyCode(0),
+      B({5, 0, 5, 0, 0, 4}) + Bytes(16, '\x01') + B({0, 80}),
+      B({5, 0, 5, 0, 0, 3, 9}) + "bound.tld" + B({0, 80}),
+      B({5, 2, 1, 0}) + ReplyCode(0),
+      B({5, 0}) + ReplyCode(5),
+  };
+  std::mt19937 rng(1928);
+  int done = 0, failed = 0, waiting = 0;
+  for (int i = 0; i < 20000; ++i) {
+    size_t k = rng() % std::size(scripts);
+    Bytes in = scripts[k];
+    for (int e = 0, edits = int(rng() % 4); e < edits; ++e) {
+      size_t pos = rng() % (in.size() + 1);
+      switch (rng() % 4) {
+        case 0:
+          if (pos < in.size()) in[pos] = char(rng() % 3 == 0 ? rng() : rng() % 6);
+          break;
+        case 1:
+          in.resize(pos);
+          break;
+        case 2:
+          in.insert(pos, 1, char(rng() % 3 == 0 ? rng() : rng() % 6));
+          break;
+        default:
+          in += in.substr(pos);
+      }
+    }
+    const bool creds = k == 3 || rng() % 4 == 0;
+    Start(rng() % 2 ? Ip("192.0.2.1") : Name("example.test"), creds ? "u" : "", creds ? "p" : "");
+    size_t pos = 0;
+    Status st;
+    while (st.ok() && !h_->Done() && h_->WantRead() > 0 && pos < in.size()) {
+      size_t n = std::min({h_->WantRead(), in.size() - pos, size_t(1 + rng() % 8)});
+      st = h_->Feed(reinterpret_cast<const uint8_t*>(in.data()) + pos, n);
+      pos += n;
+      Sent();
+    }
+    if (!st.ok()) {
+      ASSERT_NE(st.code(), 0) << i;
+      ASSERT_FALSE(st.message().empty()) << i;
+      ASSERT_FALSE(h_->Done()) << i;
+      ASSERT_EQ(h_->Output(), "") << i;  // nothing more is sent after a failure
+      ++failed;
+    } else if (h_->Done()) {
+      // Method reply, the RFC 1929 status if the proxy chose 0x02, then the CONNECT reply.
+      const size_t off = 2 + (uint8_t(in[1]) == 2 ? 2 : 0);
+      ASSERT_GE(pos, off + 4) << i;
+      const uint8_t atyp = uint8_t(in[off + 3]);
+      ASSERT_EQ(in.substr(off, 3), B({5, 0, 0})) << i;
+      ASSERT_TRUE(atyp == 1 || atyp == 3 || atyp == 4) << i;
+      const size_t addr = atyp == 1 ? 4 : atyp == 4 ? 16 : 1 + uint8_t(in[off + 4]);
+      ASSERT_EQ(pos, off + 4 + addr + 2) << i;  // not a byte more: the rest is the program's
+      ASSERT_EQ(h_->WantRead(), 0u) << i;
+      ++done;
+    } else {
+      ASSERT_EQ(pos, in.size()) << i;  // out of input, still waiting for more
+      ++waiting;
+    }
+  }
+  EXPECT_GT(done, 1000);
+  EXPECT_GT(failed, 1000);
+  EXPECT_GT(waiting, 100);
 }
 
 TEST_F(Socks5Test, NothingAfterFailure) {
