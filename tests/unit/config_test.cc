@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include <optional>
+#include <random>
+#include <regex>
 #include <string>
 
 namespace via::config {
@@ -87,6 +89,119 @@ class ConfigTest : public ::testing::Test {
   const std::string seed_ = TestdataDir() + "/seed";
   const std::string project_ = TestdataDir() + "/project";
 };
+
+// ---- broken configurations, many times over -----------------------------------------------
+
+// A config with every kind and most fields, edited at random the way a hand-edited file goes
+// wrong (a line lost or repeated, indentation off by two, a character replaced by YAML syntax,
+// two lines swapped, the file cut short). Each edit either still parses or fails with an error
+// that starts with file:line:col; nothing throws or crashes. Deterministic.
+TEST_F(ConfigTest, MutatedConfigsParseOrNameTheirError) {
+  const std::string base =
+      "version: \"1.0\"\n"
+      "namespace: app\n"
+      "entries:\n"
+      "  - name: tor\n"
+      "    kind: network.socks5\n"
+      "    host: 127.0.0.1\n"
+      "    port: 9050\n"
+      "    isolate_streams: true\n"
+      "    connect_timeout: 10s\n"
+      "    remote_resolve: true\n"
+      "  - name: proxy\n"
+      "    kind: network.socks5\n"
+      "    host: \"[::1]\"\n"
+      "    port: 1080\n"
+      "    username: user\n"
+      "    password: secret\n"
+      "  - name: i2p\n"
+      "    kind: network.i2p\n"
+      "    host: 127.0.0.1\n"
+      "    port: 7656\n"
+      "    destination: ephemeral\n"
+      "    options:\n"
+      "      inbound.length: 0\n"
+      "      outbound.length: 0\n"
+      "  - name: tailnet\n"
+      "    kind: network.tailscale\n"
+      "    hostname: via-node\n"
+      "    auth_key_env: TS_AUTHKEY\n"
+      "    ephemeral: true\n"
+      "  - name: git\n"
+      "    kind: via.program\n"
+      "    match:\n"
+      "      exe: /usr/bin/git\n"
+      "      argv: [\"*\", fetch]\n"
+      "    network: app:tor\n"
+      "    groups: [vcs]\n"
+      "  - name: deny_untrusted\n"
+      "    kind: security.policy\n"
+      "    policy:\n"
+      "      actions: network.select\n"
+      "      resources: \"*\"\n"
+      "      effect: deny\n"
+      "    groups: [untrusted]\n"
+      "  - name: host\n"
+      "    kind: process.host\n"
+      "    workers: 4\n"
+      "network_service:\n"
+      "  state_dir: /tmp/via-state\n"
+      "  default_network: app:tor\n"
+      "  fake_ipv4: 198.18.0.0/15\n"
+      "  fake_ipv6: fd76:6961:ff00::/64\n"
+      "  loopback: direct\n"
+      "  listen: overlay\n";
+  ASSERT_TRUE(Parse(base).ok()) << Error(base);
+
+  std::vector<std::string> lines;
+  for (size_t start = 0; start < base.size();) {
+    size_t end = base.find('\n', start);
+    lines.push_back(base.substr(start, end - start));
+    start = end + 1;
+  }
+  const std::string syntax = ":-[]{}\"'#&*!|>%@`, \t0123456789";
+  const std::regex where("^via\\.yaml:[0-9]+:[0-9]+: ");  // file:line:col, then the error
+  std::mt19937 rng(1929);
+  int ok = 0, failed = 0;
+  for (int i = 0; i < 3000; ++i) {
+    std::vector<std::string> l = lines;
+    for (int e = 0, edits = 1 + int(rng() % 2); e < edits && !l.empty(); ++e) {
+      size_t at = rng() % l.size();
+      switch (rng() % 6) {
+        case 0:
+          l.erase(l.begin() + long(at));
+          break;
+        case 1:
+          l.insert(l.begin() + long(at), l[at]);
+          break;
+        case 2:
+          l[at] = rng() % 2 ? "  " + l[at] : l[at].substr(std::min<size_t>(2, l[at].size()));
+          break;
+        case 3:
+          if (!l[at].empty()) l[at][rng() % l[at].size()] = syntax[rng() % syntax.size()];
+          break;
+        case 4:
+          std::swap(l[at], l[rng() % l.size()]);
+          break;
+        default:
+          l.resize(at);
+      }
+    }
+    std::string text;
+    for (const std::string& line : l) text += line + "\n";
+    Result<Config> r = Parse(text);
+    if (r.ok()) {
+      ++ok;
+      continue;
+    }
+    ++failed;
+    const std::string& msg = r.status().message();
+    ASSERT_NE(r.status().code(), 0) << i;
+    ASSERT_TRUE(std::regex_search(msg, where)) << i << ": " << msg << "\n" << text;
+  }
+  EXPECT_GT(ok, 100);
+  EXPECT_GT(failed, 1000);
+}
 
 // ---- the seed configuration -----------------------------------------------------------------
 
