@@ -10,6 +10,8 @@
 #include <random>
 #include <string>
 
+#include "tests/unit/mutate.h"
+
 namespace via::broker {
 namespace {
 
@@ -226,30 +228,21 @@ TEST_F(DnsTest, FormErrKeepsIdAndHasNoQuestion) {
 // the fake-address table is only ever asked about well-formed host names. Deterministic.
 TEST_F(DnsTest, MutatedQueriesAreAnsweredCleanlyOrDropped) {
   const std::string templates[] = {
-      Query("example.test", kDnsA),           Query("example.test", kDnsAaaa, true),
-      Query("7.0.18.198.in-addr.arpa", 12),   Query("a-b_c.d.e.f", 16),
+      Query("example.test", kDnsA),
+      Query("example.test", kDnsAaaa, true),
+      Query("7.0.18.198.in-addr.arpa", kDnsPtr),
+      Query("a-b_c.d.e.f", 16 /* TXT */),
       Query("example.test", kDnsA, false, 3),
   };
   std::mt19937 rng(1035);
   int answered = 0, dropped = 0, with_records = 0;
   for (int i = 0; i < 20000; ++i) {
     std::string q = templates[rng() % std::size(templates)];
-    for (int e = 0, edits = 1 + int(rng() % 3); e < edits; ++e) {
-      size_t pos = rng() % (q.size() + 1);
-      switch (rng() % 4) {
-        case 0:
-          if (pos < q.size()) q[pos] = char(rng() % 2 ? rng() : rng() % 4);
-          break;
-        case 1:
-          q.resize(pos);
-          break;
-        case 2:
-          q.insert(pos, 1, char(rng() % 2 ? rng() : 0xc0));  // 0xc0: a compression pointer
-          break;
-        default:
-          q += q.substr(pos, rng() % 64);
-      }
-    }
+    // New bytes: random, small (counts, lengths), or 0xc0 (a compression pointer).
+    via::test::EditBytes(q, rng, 1 + int(rng() % 3), [&] {
+      uint32_t pick = rng() % 4;
+      return char(pick < 2 ? rng() : pick == 2 ? rng() % 4 : 0xc0);
+    });
     looked_up_.clear();
     std::optional<std::string> a = AnswerDnsQuery(q, policy_, &summary_);
     if (!a) {

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "overlays/driver.h"
+#include "tests/unit/mutate.h"
 
 namespace via::overlays {
 namespace {
@@ -344,22 +345,9 @@ TEST_F(Socks5Test, MutatedProxyRepliesFailCleanlyOrAreReadExactly) {
   for (int i = 0; i < 20000; ++i) {
     size_t k = rng() % std::size(scripts);
     Bytes in = scripts[k];
-    for (int e = 0, edits = int(rng() % 4); e < edits; ++e) {
-      size_t pos = rng() % (in.size() + 1);
-      switch (rng() % 4) {
-        case 0:
-          if (pos < in.size()) in[pos] = char(rng() % 3 == 0 ? rng() : rng() % 6);
-          break;
-        case 1:
-          in.resize(pos);
-          break;
-        case 2:
-          in.insert(pos, 1, char(rng() % 3 == 0 ? rng() : rng() % 6));
-          break;
-        default:
-          in += in.substr(pos);
-      }
-    }
+    // New bytes: mostly the small values SOCKS5 fields take (versions, codes, ATYPs).
+    via::test::EditBytes(in, rng, int(rng() % 4),
+                         [&] { return char(rng() % 3 == 0 ? rng() : rng() % 6); });
     const bool creds = k == 3 || rng() % 4 == 0;
     Start(rng() % 2 ? Ip("192.0.2.1") : Name("example.test"), creds ? "u" : "", creds ? "p" : "");
     size_t pos = 0;
