@@ -11,6 +11,7 @@
 #include <string_view>
 #include <vector>
 
+#include "common/socks5_client.h"
 #include "config/config.h"
 #include "overlays/driver.h"
 #include "overlays/handshake.h"
@@ -23,17 +24,15 @@ namespace via::overlays {
 // WantRead() never asks for a byte past the reply: those belong to the program.
 class Socks5Handshake : public Handshake {
  public:
-  // Without credentials (both empty) the greeting offers method 0x00 only; otherwise 0x02 only
-  // (a proxy that picks 0x00 anyway is accepted). Names are sent as ATYP 3, IPv4 and
-  // IPv4-mapped IPv6 addresses as ATYP 1, other IPv6 addresses as ATYP 4.
   // Inputs that Validate() rejects do not desynchronize the stream: nothing but the greeting is
   // ever sent, and the first Feed() returns Validate()'s error.
   // `command`: kCmdConnect, or Tor's extensions kCmdResolve (a name -> one address, read with
   // bound_addr()) and kCmdResolvePtr (an address -> a name, bound_name()); see
   // https://spec.torproject.org/socks-extensions. The port of a RESOLVE request is ignored.
-  static constexpr uint8_t kCmdConnect = 0x01;
-  static constexpr uint8_t kCmdResolve = 0xf0;
-  static constexpr uint8_t kCmdResolvePtr = 0xf1;
+  // The protocol itself is socks5::Client (common/socks5_client.h), shared with the shim.
+  static constexpr uint8_t kCmdConnect = socks5::kCmdConnect;
+  static constexpr uint8_t kCmdResolve = socks5::kCmdResolve;
+  static constexpr uint8_t kCmdResolvePtr = socks5::kCmdResolvePtr;
   Socks5Handshake(Target target, std::string username, std::string password,
                   uint8_t command = kCmdConnect);
 
@@ -47,47 +46,27 @@ class Socks5Handshake : public Handshake {
   static Status Validate(const Target& target, const std::string& username,
                          const std::string& password);
 
-  std::string_view Output() const override { return std::string_view(out_).substr(out_pos_); }
-  void Consumed(size_t n) override;
-  size_t WantRead() const override;
+  std::string_view Output() const override {
+    return {reinterpret_cast<const char*>(client_.output()), client_.output_len()};
+  }
+  void Consumed(size_t n) override { client_.Consumed(n); }
+  size_t WantRead() const override { return client_.WantRead(); }
   Status Feed(const uint8_t* data, size_t n) override;
-  bool Done() const override { return state_ == State::kDone; }
+  bool Done() const override { return client_.Done() && !failed_; }
 
   // The errno for a CONNECT reply code (0x01..0x08 and Tor's 0xf0..0xf7 as in
   // docs/configuration.md, EPROTO for any other), and the code's meaning in words.
-  static int ReplyCodeToErrno(uint8_t code);
-  static const char* ReplyCodeText(uint8_t code);
+  static int ReplyCodeToErrno(uint8_t code) { return socks5::ReplyCodeToErrno(code); }
+  static const char* ReplyCodeText(uint8_t code) { return socks5::ReplyCodeText(code); }
   // Which hop failed, in words, for the log ("at the destination: it refused the connection").
-  static const char* ReplyCodeHop(uint8_t code);
+  static const char* ReplyCodeHop(uint8_t code) { return socks5::ReplyCodeHop(code); }
 
  private:
-  enum class State { kMethod, kAuth, kReplyHead, kReplyTail, kDone, kFailed };
-
-  bool uses_auth() const { return !username_.empty() || !password_.empty(); }
-  Status OnMethodReply();
-  Status OnAuthReply();
-  Status OnReplyHead();
-  // Replaces the (fully consumed) output with `bytes` and waits for `want` bytes in `next`.
-  void Send(std::string bytes, State next, size_t want);
-  void QueueConnect();
-  void KeepBound();  // BND.ADDR of the reply (head byte + tail) into bound_addr_/bound_name_
-  Status Fail(int code, std::string message);
-
-  Target target_;
-  std::string username_;
-  std::string password_;
   uint8_t command_ = kCmdConnect;
-  Status invalid_;  // Validate()'s verdict on the constructor's arguments
-  uint8_t bound_atyp_ = 0, bound_first_ = 0;
+  bool failed_ = false;
+  socks5::Client client_;
   wire::Addr bound_addr_;
   std::string bound_name_;
-  State state_ = State::kMethod;
-  std::string out_;
-  size_t out_pos_ = 0;
-  // The piece being read; its longest is the reply tail of a domain: 255 + 2 bytes.
-  uint8_t in_[5 + 255 + 2] = {};
-  size_t in_len_ = 0;
-  size_t want_ = 2;  // size of the piece being read
 };
 
 class Socks5Driver : public Driver {
