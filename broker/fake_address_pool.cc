@@ -138,6 +138,22 @@ bool FakeAddressPool::IndexOf(const wire::Addr& addr, uint32_t* index) const {
   return true;
 }
 
+wire::Addr FakeAddressPool::V4Range() const {
+  wire::Addr a;
+  a.family = 4;
+  for (int i = 0; i < 4; ++i) a.bytes[i] = uint8_t(v4_base_ >> (24 - 8 * i));
+  a.port = uint16_t(v4_prefix_);
+  return a;
+}
+
+wire::Addr FakeAddressPool::V6Range() const {
+  wire::Addr a;
+  a.family = 6;
+  std::memcpy(a.bytes, v6_base_, 16);
+  a.port = uint16_t(v6_prefix_);
+  return a;
+}
+
 bool FakeAddressPool::Contains(const wire::Addr& addr) const {
   wire::Addr a = wire::Unmapped(addr);
   return InV4(a) || InV6(a);

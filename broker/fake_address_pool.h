@@ -44,6 +44,11 @@ class FakeAddressPool {
   // Is `addr` inside either range, mapped or not? IPv4-mapped IPv6 addresses count as IPv4.
   bool Contains(const wire::Addr& addr) const;
 
+  // The two ranges as network address + prefix length (in the port field), for the shim
+  // (kTagFakeNet): it must tell a fake address from a real one without asking.
+  wire::Addr V4Range() const;
+  wire::Addr V6Range() const;
+
   size_t size() const { return by_name_.size(); }
   size_t capacity() const { return capacity_; }
   const std::string& v4_cidr() const { return v4_cidr_; }

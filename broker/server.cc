@@ -388,6 +388,8 @@ void Server::Handle(Client& c, const uint8_t* data, size_t n, std::vector<Unique
       return HandleSessionDetach(c, m);
     case wire::kListen:
       return HandleListen(c, m, fds);
+    case wire::kReport:
+      return HandleReport(c, m);
     default:
       return ReplyError(c, reply, m.id(), EPROTO, "unknown message type " + std::to_string(type));
   }
@@ -452,8 +454,82 @@ void Server::HandleHello(Client& c, const wire::Message& m) {
   if (config_->service.loopback == config::LoopbackPolicy::kRefuse) {
     flags |= wire::kFlagLoopbackRefuse;
   }
+  c.shim_plan = ShimPlan(c, &w);
+  if (!c.shim_plan.empty()) flags |= wire::kFlagShimSocks5;
+  if (!c.shim_plan.empty() && c.overlay->overlay->socks5.isolate_streams) {
+    flags |= wire::kFlagIsolate;
+  }
   w.PutU32(wire::kTagFlags, flags);
   Reply(c, w);
+}
+
+std::string Server::ShimPlan(const Client& c, wire::Writer* w) const {
+  if (!c.hello_error.ok() || c.overlay == nullptr || !c.overlay->driver || c.overlay->runtime ||
+      c.overlay->overlay->kind != config::OverlayKind::kSocks5 ||
+      !config_->service.handshake_in_program || c.control) {
+    return "";
+  }
+  const config::Socks5Settings& s = c.overlay->overlay->socks5;
+  std::string key = c.overlay->overlay->id;
+  for (const overlays::Endpoint& e : c.overlay->driver->endpoints()) {
+    wire::Addr a;
+    if (!wire::AddrFromSockaddr(reinterpret_cast<const sockaddr*>(&e.addr), e.len, &a)) continue;
+    if (w != nullptr) w->PutAddr(wire::kTagProxy, a);
+    key += " " + e.text;
+  }
+  if (!s.isolate_streams && (!s.username.empty() || !s.password.empty())) {
+    if (w != nullptr) {
+      w->PutString(wire::kTagUsername, s.username);
+      w->PutString(wire::kTagPassword, s.password);
+    }
+    key += " user " + s.username + " " + s.password;
+  }
+  if (s.isolate_streams) key += " isolate";
+  const uint32_t timeout = uint32_t(c.overlay->driver->connect_timeout_ms());
+  key += " " + std::to_string(timeout);
+  if (w != nullptr) {
+    w->PutU32(wire::kTagTimeoutMs, timeout);
+    w->PutAddr(wire::kTagFakeNet, pool_->V4Range());
+    w->PutAddr(wire::kTagFakeNet, pool_->V6Range());
+  }
+  return key;
+}
+
+// The shim connected (or failed to connect) a socket through a SOCKS5 overlay itself: the same
+// count and log line as a CONNECT the broker ran. A success gets no reply.
+void Server::HandleReport(Client& c, const wire::Message& m) {
+  const uint16_t reply = wire::kReport | wire::kReplyBit;
+  wire::Field f;
+  uint32_t err = 0;
+  if (m.Find(wire::kTagErrno, &f) && !f.u32(&err)) {
+    return ReplyError(c, reply, m.id(), EINVAL, "REPORT: malformed ERRNO field");
+  }
+  if (c.overlay == nullptr) {
+    return ReplyError(c, reply, m.id(), EINVAL,
+                      "REPORT on a connection whose network is direct: nothing was routed");
+  }
+  std::string target = "?";
+  wire::Addr a;
+  if (m.Find(wire::kTagAddr, &f) && f.addr(&a)) {
+    target = AddrText(a, true);
+  } else if (m.Find(wire::kTagName, &f)) {
+    uint16_t port = 0;
+    wire::Field pf;
+    if (m.Find(wire::kTagPort, &pf)) pf.u16(&port);
+    target = std::string(f.str().substr(0, 255)) + ":" + std::to_string(port);
+  }
+  if (err == 0) {
+    c.overlay->ok++;
+    if (log_->should_log(spdlog::level::debug)) {
+      log_->debug("connect {} via {} ok, by the program ({})", target, c.overlay->overlay->id,
+                  PeerText(c));
+    }
+    return;
+  }
+  c.overlay->failed++;
+  std::string msg = m.Find(wire::kTagMessage, &f) ? std::string(f.str().substr(0, 2000)) : "";
+  log_->warn("connect {} via {} failed: {} ({})", target, c.overlay->overlay->id, msg, PeerText(c));
+  ReplyOk(c, reply, m.id());
 }
 
 Status Server::ParseTarget(const wire::Message& m, overlays::Target* target) {
@@ -825,7 +901,9 @@ Status Server::Reload(const std::string& why) {
     bool was_direct = cl->hello_error.ok() && cl->overlay == nullptr;
     ApplyHello(*cl);
     bool now_direct = cl->hello_error.ok() && cl->overlay == nullptr;
-    if (was_direct == now_direct) continue;
+    // A shim that runs SOCKS5 itself holds the proxy and credentials it was given: when those
+    // change (or go away), it must greet again too.
+    if (was_direct == now_direct && cl->shim_plan == ShimPlan(*cl, nullptr)) continue;
     if (cl->ops.empty()) {
       flipped.push_back(id);
     } else {

@@ -19,8 +19,8 @@
 #include "broker/connect_op.h"
 #include "broker/event_loop.h"
 #include "broker/fake_address_pool.h"
-#include "broker/selector.h"
 #include "broker/overlay_runtime.h"
+#include "broker/selector.h"
 #include "broker/session_table.h"
 #include "common/unique_fd.h"
 #include "common/wire.h"
@@ -74,6 +74,7 @@ class Server {
     std::string token;                      // HELLO SESSION
     uint64_t generation = 0;                // config generation the selection was made under
     bool close_when_idle = false;           // a reload flipped it between direct and an overlay
+    std::string shim_plan;                  // what the last HELLO reply let the shim do itself
     std::deque<std::vector<uint8_t>> outbox;  // replies waiting for EPOLLOUT
     std::vector<uint64_t> ops;                // connect operations in flight
   };
@@ -99,9 +100,9 @@ class Server {
     uint32_t request_id = 0;
     bool replied = false;
     std::shared_ptr<OverlayState> overlay;  // kept alive across a reload
-    UniqueFd sock;      // the broker's end of the socketpair
-    wire::Addr bound;   // what the program bound (its family and port)
-    std::string owner;  // "pid 123 /usr/bin/python3"
+    UniqueFd sock;                          // the broker's end of the socketpair
+    wire::Addr bound;                       // what the program bound (its family and port)
+    std::string owner;                      // "pid 123 /usr/bin/python3"
     std::unique_ptr<InboundListener> listener;
     uint64_t accepted = 0;
   };
@@ -121,6 +122,11 @@ class Server {
   void ReplyOk(Client& c, uint16_t type, uint32_t id);
 
   void HandleHello(Client& c, const wire::Message& m);
+  // The SOCKS5 fields of a HELLO reply that let the shim run CONNECT itself (kFlagShimSocks5),
+  // put into *w when given; returns them as a key ("" when the shim must hand sockets over), so
+  // a reload can tell whether what a shim holds is still right.
+  std::string ShimPlan(const Client& c, wire::Writer* w) const;
+  void HandleReport(Client& c, const wire::Message& m);
   void HandleConnect(Client& c, const wire::Message& m, std::vector<UniqueFd>& fds);
   void HandleResolve(Client& c, const wire::Message& m);
   void HandleReverse(Client& c, const wire::Message& m);
@@ -196,7 +202,7 @@ class Server {
     uint64_t seq = 0;     // creation order
   };
   uint64_t next_responder_ = 1;
-  std::map<int, DnsResponder> dns_responders_;   // by fd
+  std::map<int, DnsResponder> dns_responders_;  // by fd
   std::map<uint64_t, ListenerEntry> listeners_;
   // Listeners the program closed whose overlay side still serves accepted streams.
   std::map<uint64_t, std::unique_ptr<InboundListener>> draining_;

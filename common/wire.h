@@ -38,9 +38,13 @@ enum Type : uint16_t {
   kDnsQuery = 0x10,   // a DNS query a program sent itself: answered from the fake-address table
   kDnsSocket = 0x11,  // a loopback UDP responder answering DNS queries from one program socket
   // 0x40-0x4F: program rules, policy, reload (docs/protocol.md).
-  kSessionChild = 0x40,  // `via run` names the command it started for its session
-  kReload = 0x41,        // re-read the configuration (as SIGHUP does); reply says how it went
+  kSessionChild = 0x40,   // `via run` names the command it started for its session
+  kReload = 0x41,         // re-read the configuration (as SIGHUP does); reply says how it went
   kSessionDetach = 0x42,  // `via run` exits: its children (PID...) carry the session on
+  // The shim ran a SOCKS5 CONNECT itself (kFlagShimSocks5): ADDR (as the program gave it) or
+  // NAME and PORT, ERRNO, MESSAGE. A success gets no reply (counted and logged, nothing to say);
+  // a failure gets one (ERRNO 0) once the broker has logged it.
+  kReport = 0x08,
 };
 
 // Field tags.
@@ -68,12 +72,23 @@ enum Tag : uint16_t {
   kTagArgv = 0x41,         // string, one per argument, in order (OPEN_SESSION)
   kTagFingerprint = 0x42,  // string, fingerprint of the config the broker runs (HELLO, RELOAD)
   kTagOrigin = 0x43,       // string, why the effective network is what it is (HELLO, OPEN_SESSION)
+  // 0x60-0x6F: HELLO reply with kFlagShimSocks5: how the shim runs SOCKS5 itself.
+  kTagProxy = 0x60,      // Addr, repeated: the proxy's endpoints, in order of preference
+  kTagUsername = 0x61,   // string: RFC 1929 username (absent: no credentials)
+  kTagPassword = 0x62,   // string: RFC 1929 password
+  kTagTimeoutMs = 0x63,  // u32: the overlay's connect_timeout, proxy connect + handshake
+  kTagFakeNet = 0x64,    // Addr, one per family: a fake-address range, the port its prefix length
 };
 
 // Reply flags (kTagFlags in a HELLO reply).
 constexpr uint32_t kFlagDirect = 1u << 0;          // effective network is direct
 constexpr uint32_t kFlagLoopbackRoute = 1u << 1;   // route loopback destinations via the overlay
 constexpr uint32_t kFlagLoopbackRefuse = 1u << 2;  // refuse loopback destinations
+// The overlay is a SOCKS5 proxy the shim may speak to itself: CONNECT on the program's socket,
+// with the kTagProxy/Username/Password/TimeoutMs/FakeNet fields of the same reply. A connect to a
+// fake address whose name the shim does not know still goes to the broker (CONNECT).
+constexpr uint32_t kFlagShimSocks5 = 1u << 3;
+constexpr uint32_t kFlagIsolate = 1u << 4;  // with kFlagShimSocks5: a fresh credential per connect
 // Request flags (kTagFlags), bits 20-23.
 constexpr uint32_t kFlagSessionExplicit = 1u << 20;  // OPEN_SESSION: --network/--direct was given
 constexpr uint32_t kFlagControl = 1u << 21;  // HELLO: a CLI control connection, no network needed

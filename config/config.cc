@@ -60,7 +60,7 @@ constexpr int kMaxIdleTimeoutS = 24 * 60 * 60;
 constexpr const char* kCommonEntryKeys[] = {"name", "kind", "meta", "lifecycle", "description"};
 constexpr const char* kServiceKeys[] = {"state_dir",       "fake_ipv4", "fake_ipv6",
                                         "default_network", "loopback",  "idle_timeout",
-                                        "unrouted_exec",   "listen"};
+                                        "unrouted_exec",   "listen",    "handshake"};
 
 // ---- small helpers ---------------------------------------------------------------------------
 
@@ -808,6 +808,11 @@ Status ParseService(const std::string& file, const YAML::Node& node, const std::
       } else {
         return ErrorAt(pos, where + "must be overlay, local or refuse, not " + Quote(s));
       }
+    } else if (f.key == "handshake") {
+      if (s != "program" && s != "broker") {
+        return ErrorAt(pos, where + "must be program or broker, not " + Quote(s));
+      }
+      svc->handshake_in_program = s == "program";
     } else if (f.key == "unrouted_exec") {
       if (s != "refuse" && s != "allow") {
         return ErrorAt(pos, where + "must be refuse or allow, not " + Quote(s));

@@ -105,6 +105,10 @@ struct NetworkService {
   // (setuid/setgid, file capabilities, statically linked): `unrouted_exec: refuse|allow`.
   bool unrouted_exec_allowed = false;
   int idle_timeout_s = 30;  // broker exits this long after its last session/client is gone
+  // `handshake: program|broker`: whether the shim runs SOCKS5 CONNECT on the program's socket
+  // itself, with what the broker tells it (proxy, credentials), or hands every socket to the
+  // broker. Only SOCKS5 overlays; I2P and Tailscale always go through the broker.
+  bool handshake_in_program = true;
 };
 
 struct Config {

@@ -684,12 +684,19 @@ TEST_F(ConfigTest, BadLoopbackValue) {
             "\"allow\"");
 }
 
+TEST_F(ConfigTest, Handshake) {
+  EXPECT_TRUE(Parse("network_service:\n  idle_timeout: 5\n")->service.handshake_in_program);
+  EXPECT_TRUE(Parse("network_service:\n  handshake: program\n")->service.handshake_in_program);
+  EXPECT_FALSE(Parse("network_service:\n  handshake: broker\n")->service.handshake_in_program);
+  EXPECT_EQ(Error("network_service:\n  handshake: shim\n"),
+            "via.yaml:2:14: network_service.handshake: must be program or broker, not \"shim\"");
+}
+
 TEST_F(ConfigTest, UnknownServiceKey) {
-  EXPECT_EQ(
-      Error("network_service:\n  default_netwrok: app:tor\n"),
-      "via.yaml:2:3: network_service.default_netwrok: unknown setting (known: state_dir, "
-      "fake_ipv4, fake_ipv6, default_network, loopback, idle_timeout, unrouted_exec, listen; did "
-      "you mean default_network?)");
+  EXPECT_EQ(Error("network_service:\n  default_netwrok: app:tor\n"),
+            "via.yaml:2:3: network_service.default_netwrok: unknown setting (known: state_dir, "
+            "fake_ipv4, fake_ipv6, default_network, loopback, idle_timeout, unrouted_exec, listen, "
+            "handshake; did you mean default_network?)");
 }
 
 TEST_F(ConfigTest, UnroutedExec) {
