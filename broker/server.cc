@@ -459,6 +459,9 @@ void Server::HandleHello(Client& c, const wire::Message& m) {
   if (!c.shim_plan.empty() && c.overlay->overlay->socks5.isolate_streams) {
     flags |= wire::kFlagIsolate;
   }
+  if (!c.shim_plan.empty() && log_->should_log(spdlog::level::debug)) {
+    flags |= wire::kFlagReportEach;
+  }
   w.PutU32(wire::kTagFlags, flags);
   Reply(c, w);
 }
@@ -507,6 +510,15 @@ void Server::HandleReport(Client& c, const wire::Message& m) {
   if (c.overlay == nullptr) {
     return ReplyError(c, reply, m.id(), EINVAL,
                       "REPORT on a connection whose network is direct: nothing was routed");
+  }
+  uint32_t count = 0;
+  if (m.Find(wire::kTagCount, &f)) {
+    if (!f.u32(&count) || count > (1u << 20) || err != 0) {
+      return ReplyError(c, reply, m.id(), EINVAL,
+                        "REPORT: COUNT must be a u32 of at most 1048576, without an ERRNO");
+    }
+    c.overlay->ok += count;
+    return;
   }
   std::string target = "?";
   wire::Addr a;

@@ -42,8 +42,8 @@ enum Type : uint16_t {
   kReload = 0x41,         // re-read the configuration (as SIGHUP does); reply says how it went
   kSessionDetach = 0x42,  // `via run` exits: its children (PID...) carry the session on
   // The shim ran a SOCKS5 CONNECT itself (kFlagShimSocks5): ADDR (as the program gave it) or
-  // NAME and PORT, ERRNO, MESSAGE. A success gets no reply (counted and logged, nothing to say);
-  // a failure gets one (ERRNO 0) once the broker has logged it.
+  // NAME and PORT, ERRNO, MESSAGE; or only COUNT, a number of successes. A success gets no reply
+  // (counted, and logged at debug level); a failure gets one (ERRNO 0) once it is logged.
   kReport = 0x08,
 };
 
@@ -78,6 +78,7 @@ enum Tag : uint16_t {
   kTagPassword = 0x62,   // string: RFC 1929 password
   kTagTimeoutMs = 0x63,  // u32: the overlay's connect_timeout, proxy connect + handshake
   kTagFakeNet = 0x64,    // Addr, one per family: a fake-address range, the port its prefix length
+  kTagCount = 0x65,      // u32 (REPORT): this many successful connects, not reported one by one
 };
 
 // Reply flags (kTagFlags in a HELLO reply).
@@ -89,6 +90,9 @@ constexpr uint32_t kFlagLoopbackRefuse = 1u << 2;  // refuse loopback destinatio
 // fake address whose name the shim does not know still goes to the broker (CONNECT).
 constexpr uint32_t kFlagShimSocks5 = 1u << 3;
 constexpr uint32_t kFlagIsolate = 1u << 4;  // with kFlagShimSocks5: a fresh credential per connect
+// With kFlagShimSocks5: the broker logs every connect (debug level), so report each success with
+// its destination; otherwise successes are reported as counts, in batches.
+constexpr uint32_t kFlagReportEach = 1u << 5;
 // Request flags (kTagFlags), bits 20-23.
 constexpr uint32_t kFlagSessionExplicit = 1u << 20;  // OPEN_SESSION: --network/--direct was given
 constexpr uint32_t kFlagControl = 1u << 21;  // HELLO: a CLI control connection, no network needed

@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -37,6 +38,10 @@ struct Link {
   uint32_t next_id = 1;
   uint32_t broker_pid = 0;  // SO_PEERCRED of the broker: whose fake addresses we were given
   char hello_msg[256] = {};
+  Socks5Plan plan = {};  // valid when flags has kFlagShimSocks5
+  // Connects the shim ran itself that the broker has not been told about yet (REPORT COUNT).
+  uint32_t unreported = 0;
+  int64_t reported_ns = 0;  // when the last count went out
 };
 
 __thread Link t_link;
@@ -73,8 +78,13 @@ void Drop(Link* l, bool close_fd) {
   *l = Link{};
 }
 
+void FlushReports(Link* l);
+
 void ThreadExit(void*) {
-  if (t_link.pid == getpid() && StillOurs(t_link)) close(t_link.fd);
+  if (t_link.pid == getpid() && StillOurs(t_link)) {
+    FlushReports(&t_link);
+    close(t_link.fd);
+  }
   t_link = Link{};
 }
 
@@ -235,6 +245,67 @@ int ReplyErrno(const wire::Message& m, char* msg, size_t msgcap) {
   return static_cast<int>(err);
 }
 
+// The SOCKS5 fields of a HELLO reply with kFlagShimSocks5. False when one is missing or does not
+// fit: the shim then hands its sockets to the broker as without the flag.
+bool ReadPlan(const wire::Message& m, Link* l) {
+  Socks5Plan& p = l->plan;
+  p = Socks5Plan{};
+  p.broker = l->broker_pid;
+  p.isolate = (l->flags & wire::kFlagIsolate) != 0;
+  bool ok = true;
+  auto copy = [&](const wire::Field& f, char* out, size_t cap, size_t* len) {
+    if (f.len >= cap) return false;
+    std::memcpy(out, f.data, f.len);
+    out[f.len] = 0;
+    if (len != nullptr) *len = f.len;
+    return true;
+  };
+  m.ForEach([&](const wire::Field& f) {
+    wire::Addr a;
+    switch (f.tag) {
+      case wire::kTagNetwork:
+        ok = ok && copy(f, p.overlay, sizeof p.overlay, nullptr);
+        break;
+      case wire::kTagProxy:
+        if (f.addr(&a) && p.nproxies < 4) p.proxies[p.nproxies++] = a;
+        break;
+      case wire::kTagUsername:
+        ok = ok && copy(f, p.username, sizeof p.username, &p.username_len);
+        break;
+      case wire::kTagPassword:
+        ok = ok && copy(f, p.password, sizeof p.password, &p.password_len);
+        break;
+      case wire::kTagTimeoutMs:
+        ok = ok && f.u32(&p.timeout_ms);
+        break;
+      case wire::kTagFakeNet:
+        if (f.addr(&a) && p.nfake < 2) p.fake[p.nfake++] = a;
+        break;
+      default:
+        break;
+    }
+  });
+  return ok && p.nproxies > 0 && p.nfake == 2 && p.timeout_ms > 0 && p.broker != 0;
+}
+
+int64_t MonoNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+// Sends the count of connects the broker has not heard of (REPORT COUNT, no reply), without
+// waiting: a full link drops it (the count is for `via status`, nothing depends on it).
+void FlushReports(Link* l) {
+  if (l->unreported == 0 || l->fd < 0 || l->pid != getpid()) return;
+  uint8_t buf[64];
+  wire::Writer w(buf, sizeof buf, wire::kReport, l->next_id++);
+  w.PutU32(wire::kTagCount, l->unreported);
+  send(l->fd, w.data(), w.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+  l->unreported = 0;
+  l->reported_ns = MonoNs();
+}
+
 int DoHello(Link* l) {
   const Settings& s = GetSettings();
   uint8_t buf[1024];
@@ -253,6 +324,9 @@ int DoHello(Link* l) {
   l->hello_err = ReplyErrno(m, l->hello_msg, sizeof l->hello_msg);
   wire::Field f;
   if (m.Find(wire::kTagFlags, &f)) f.u32(&l->flags);
+  if (l->hello_err == 0 && (l->flags & wire::kFlagShimSocks5) != 0 && !ReadPlan(m, l)) {
+    l->flags &= ~wire::kFlagShimSocks5;  // incomplete: hand sockets to the broker instead
+  }
   if (l->hello_err != 0 || (l->flags & wire::kFlagDirect) == 0) {
     __atomic_store_n(&g_routed, true, __ATOMIC_RELAXED);
   }
@@ -345,6 +419,7 @@ int Request(wire::Writer& w, int pass_fd, uint8_t* reply, size_t cap, wire::Mess
     Link* l = nullptr;
     int err = GetLink(&l, msg, msgcap);
     if (err != 0) return err;
+    FlushReports(l);
     size_t n = 0;
     err = Exchange(l, w, pass_fd, reply, cap, &n);
     if (err == 0) {
@@ -369,6 +444,9 @@ int Call(wire::Writer& w, int pass_fd, uint8_t* reply, size_t cap, wire::Message
   int err = Request(w, pass_fd, reply, cap, m, msg, msgcap);
   return err != 0 ? err : ReplyErrno(*m, msg, msgcap);
 }
+
+// At exit, the exiting thread's count (other threads flush at their own exit).
+__attribute__((destructor)) void FlushAtExit() { FlushReports(&t_link); }
 
 }  // namespace
 
@@ -407,6 +485,48 @@ int BrokerConnect(int fd, const wire::Addr& dest, char* msg, size_t msgcap) {
   uint8_t reply[4096];  // an error MESSAGE is at most 3000 bytes
   wire::Message m;
   return Call(w, fd, reply, sizeof reply, &m, msg, msgcap);
+}
+
+int BrokerSocks5Plan(const Socks5Plan** plan, char* msg, size_t msgcap) {
+  *plan = nullptr;
+  Link* l = nullptr;
+  int err = GetLink(&l, msg, msgcap);
+  if (err != 0) return err;
+  if ((l->flags & wire::kFlagShimSocks5) != 0) *plan = &l->plan;
+  return 0;
+}
+
+void BrokerReport(const wire::Addr& dest, const char* name, int err, const char* msg) {
+  Link* l = &t_link;
+  if (err == 0 && (l->flags & wire::kFlagReportEach) == 0) {
+    // Counted, and told in batches: a message per connect would wake the broker each time (a
+    // cost on the program's latency the design is here to avoid).
+    ++l->unreported;
+    if (l->unreported >= 256 || MonoNs() - l->reported_ns > 1000000000) FlushReports(l);
+    return;
+  }
+  uint8_t buf[1024];
+  wire::Writer w(buf, sizeof buf, wire::kReport, l->next_id++);
+  if (name != nullptr) {
+    w.PutString(wire::kTagName, name);
+    w.PutU16(wire::kTagPort, dest.port);
+  } else {
+    w.PutAddr(wire::kTagAddr, dest);
+  }
+  w.PutU32(wire::kTagErrno, static_cast<uint32_t>(err));
+  if (err == 0) {
+    // The broker logs each connect (debug): one message, no reply, never a wait.
+    if (l->fd >= 0 && l->pid == getpid() && w.ok()) {
+      send(l->fd, w.data(), w.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    }
+    return;
+  }
+  w.PutString(wire::kTagMessage, msg);
+  if (!w.ok()) return;
+  uint8_t reply[1024];
+  wire::Message m;
+  char ignored[64];
+  Call(w, -1, reply, sizeof reply, &m, ignored, sizeof ignored);
 }
 
 int BrokerResolve(const char* name, int family, wire::Addr* out, int cap, int* count, char* msg,

@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <cstdio>
 #include <cstring>
 
 #include "shim/shim.h"
@@ -85,10 +86,34 @@ void ComplainDatagram(const wire::Addr& dest) {
       wire::FormatAddr(dest, where, sizeof where), NetworkLabel());
 }
 
-// Routes `fd` to `dest` through the broker. Returns 0 or -1 with errno set.
+// Routes `fd` to `dest` through the overlay: SOCKS5 in this thread when the broker allowed it and
+// the destination is an address or a fake address whose name this process resolved, else through
+// the broker (CONNECT). Returns 0 or -1 with errno set.
 int RoutedConnect(int fd, const wire::Addr& dest) {
   char msg[512] = {};
-  int err = BrokerConnect(fd, dest, msg, sizeof msg);
+  const Socks5Plan* plan = nullptr;
+  int err = BrokerSocks5Plan(&plan, msg, sizeof msg);
+  bool done = err != 0;
+  if (!done && plan != nullptr) {
+    char name[256];
+    const bool fake = InFakeRange(*plan, dest);
+    if (!fake || NameCacheReverse(dest, plan->broker, name, sizeof name)) {
+      char why[400] = {};
+      err = ShimSocks5Connect(fd, *plan, fake ? name : nullptr, dest, why, sizeof why);
+      BrokerReport(dest, fake ? name : nullptr, err, why);
+      if (err != 0) {  // as the broker words a failed CONNECT
+        char target[300];
+        if (fake) {
+          std::snprintf(target, sizeof target, "%s:%u", name, unsigned(dest.port));
+        } else {
+          wire::FormatAddr(wire::Unmapped(dest), target, sizeof target);
+        }
+        std::snprintf(msg, sizeof msg, "%s via %s: %s", target, plan->overlay, why);
+      }
+      done = true;
+    }
+  }
+  if (!done) err = BrokerConnect(fd, dest, msg, sizeof msg);
   if (err == 0) {
     RememberRouted(fd, dest);
     return 0;

@@ -34,6 +34,19 @@ struct Slot {
 
 pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 Slot g_slots[kSlots];
+// Fake address -> 1 + the slot that holds it (0: none), direct-mapped; verified on use.
+constexpr int kRevSlots = 1024;
+uint16_t g_rev[kRevSlots];
+
+uint32_t AddrHash(const wire::Addr& a) {
+  uint32_t h = 2166136261u ^ a.family;
+  for (size_t i = 0; i < a.addr_len(); ++i) h = (h ^ a.bytes[i]) * 16777619u;
+  return h;
+}
+
+bool SameHost(const wire::Addr& a, const wire::Addr& b) {
+  return a.family == b.family && std::memcmp(a.bytes, b.bytes, a.addr_len()) == 0;
+}
 
 int64_t NowNs() {
   timespec ts;
@@ -80,9 +93,38 @@ void NameCachePut(const char* name, int family, uint32_t broker, const wire::Add
   s.broker = broker;
   s.family = uint8_t(family);
   s.count = uint8_t(n);
-  for (int i = 0; i < n; ++i) std::memcpy(s.addrs[i], &addrs[i], sizeof(wire::Addr));
+  for (int i = 0; i < n; ++i) {
+    std::memcpy(s.addrs[i], &addrs[i], sizeof(wire::Addr));
+    g_rev[AddrHash(wire::Unmapped(addrs[i])) % kRevSlots] = uint16_t(&s - g_slots + 1);
+  }
   std::memcpy(s.name, name, len + 1);
   pthread_mutex_unlock(&g_mu);
+}
+
+bool NameCacheReverse(const wire::Addr& addr, uint32_t broker, char* name, size_t cap) {
+  const wire::Addr a = wire::Unmapped(addr);
+  if (broker == 0 || pthread_mutex_trylock(&g_mu) != 0) return false;
+  bool hit = false;
+  int slot = g_rev[AddrHash(a) % kRevSlots];
+  if (slot != 0) {
+    const Slot& s = g_slots[slot - 1];
+    for (int i = 0; i < s.count && !hit; ++i) {
+      wire::Addr cached;
+      std::memcpy(&cached, s.addrs[i], sizeof cached);
+      hit = SameHost(wire::Unmapped(cached), a);
+    }
+    hit = hit && s.expires_ns != 0 && s.broker == broker && NowNs() < s.expires_ns;
+    size_t len = hit ? std::strlen(s.name) : 0;
+    if (len > 0 && s.name[len - 1] == '.') --len;  // as the broker's NormalizeName
+    hit = hit && len > 0 && len < cap;
+    for (size_t i = 0; hit && i < len; ++i) {
+      char c = s.name[i];
+      name[i] = c >= 'A' && c <= 'Z' ? char(c - 'A' + 'a') : c;
+    }
+    if (hit) name[len] = 0;
+  }
+  pthread_mutex_unlock(&g_mu);
+  return hit;
 }
 
 }  // namespace via::shim

@@ -120,6 +120,34 @@ bool BrokerRoutedThisProcess();
 // `via broker --ensure` found no configuration at all (exit status 3).
 bool NoConfigAnywhere();
 int BrokerConnect(int fd, const wire::Addr& dest, char* msg, size_t msgcap);
+// What the broker's HELLO reply said about running SOCKS5 in the program (kFlagShimSocks5).
+struct Socks5Plan {
+  char overlay[256];  // the overlay's id, for messages
+  wire::Addr proxies[4];
+  int nproxies;
+  char username[256], password[256];
+  size_t username_len, password_len;
+  bool isolate;  // a fresh random credential per connect
+  uint32_t timeout_ms;
+  wire::Addr fake[2];  // the fake-address ranges, the port field their prefix length
+  int nfake;
+  uint32_t broker;  // the broker's pid (whose fake addresses and name cache entries)
+};
+// The calling thread's link, greeted: *plan points at its Socks5Plan when the shim may run SOCKS5
+// itself, nullptr when sockets go to the broker (CONNECT). 0 or an errno (the link failed).
+int BrokerSocks5Plan(const Socks5Plan** plan, char* msg, size_t msgcap);
+// Tells the broker how a connect the shim ran itself went (REPORT): `name` (or nullptr: `dest`
+// as the program gave it), the errno and message. A success is sent without waiting (and dropped
+// if the link is congested); a failure waits until the broker has logged it.
+void BrokerReport(const wire::Addr& dest, const char* name, int err, const char* msg);
+
+// ---- SOCKS5 in the program (socks5_connect.cc) --------------------------------------------
+// Connects `fd` through the proxy of `plan` to `name` (or `dest` when nullptr), port dest.port:
+// 0, or an errno with why in msg. The socket's file status flags are restored.
+int ShimSocks5Connect(int fd, const Socks5Plan& plan, const char* name, const wire::Addr& dest,
+                      char* msg, size_t msgcap);
+// Whether `addr` lies in one of the broker's fake-address ranges.
+bool InFakeRange(const Socks5Plan& plan, const wire::Addr& addr);
 // Fills up to `cap` fake addresses for `name` (family 0 any, 4, 6); *count gets how many.
 int BrokerResolve(const char* name, int family, wire::Addr* out, int cap, int* count, char* msg,
                   size_t msgcap);
@@ -170,6 +198,9 @@ bool NameCacheGet(const char* name, int family, uint32_t broker, wire::Addr* out
                   int* count);
 void NameCachePut(const char* name, int family, uint32_t broker, const wire::Addr* addrs, int n,
                   uint32_t hold_ms);
+// The name of a fake address from a live entry of `broker`, normalized as the broker does
+// (lower case, no trailing dot). False when not cached here (ask the broker).
+bool NameCacheReverse(const wire::Addr& addr, uint32_t broker, char* name, size_t cap);
 
 // ---- local names (hosts.cc) -----------------------------------------------------------------
 // Answers `name` locally if it is "localhost" (and friends) or listed in /etc/hosts: fills up to

@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cstring>
 #include <functional>
+#include <optional>
 #include <random>
 #include <regex>
 #include <string>
@@ -46,6 +47,21 @@ struct Reply {
     for (const auto& [t, v] : fields)
       if (t == tag) return std::string(v.begin(), v.end());
     return "";
+  }
+  bool Has(uint16_t tag) const {
+    for (const auto& [t, v] : fields)
+      if (t == tag) return true;
+    return false;
+  }
+  // Every Addr field with `tag`.
+  std::vector<wire::Addr> AddrsOf(uint16_t tag) const {
+    std::vector<wire::Addr> out;
+    for (const auto& [t, v] : fields) {
+      wire::Field f{t, v.data(), uint16_t(v.size())};
+      wire::Addr a;
+      if (t == tag && f.addr(&a)) out.push_back(a);
+    }
+    return out;
   }
   uint32_t U32(uint16_t tag) const {
     for (const auto& [t, v] : fields)
@@ -386,6 +402,85 @@ TEST_F(BrokerProtocolTest, HelloFallsBackToDefaultNetwork) {
   EXPECT_EQ(r.Str(wire::kTagNetwork), "app:refused");
   // A SOCKS5 overlay: the shim may run CONNECT itself (handshake: program, the default).
   EXPECT_EQ(r.U32(wire::kTagFlags), wire::kFlagLoopbackRoute | wire::kFlagShimSocks5);
+}
+
+TEST_F(BrokerProtocolTest, HelloTellsTheShimHowToRunSocks5) {
+  config_.overlays[1].socks5.username = "alice";
+  config_.overlays[1].socks5.password = "secret";
+  StartBroker();
+  UniqueFd fd = Connect();
+  Reply r = Hello(fd.get(), "app:silent");
+  ASSERT_EQ(r.err, 0u) << r.message;
+  EXPECT_EQ(r.U32(wire::kTagFlags), wire::kFlagLoopbackRefuse | wire::kFlagShimSocks5);
+  std::vector<wire::Addr> proxies = r.AddrsOf(wire::kTagProxy);
+  std::vector<wire::Addr> nets = r.AddrsOf(wire::kTagFakeNet);
+  ASSERT_EQ(proxies.size(), 1u);
+  EXPECT_EQ(Text(proxies[0]), "127.0.0.1");
+  EXPECT_EQ(proxies[0].port, silent_port_);
+  ASSERT_EQ(nets.size(), 2u);
+  EXPECT_EQ(Text(nets[0]) + "/" + std::to_string(nets[0].port), "198.18.0.0/15");
+  EXPECT_EQ(Text(nets[1]) + "/" + std::to_string(nets[1].port), "fd76:6961:ff00::/64");
+  EXPECT_EQ(r.Str(wire::kTagUsername), "alice");
+  EXPECT_EQ(r.Str(wire::kTagPassword), "secret");
+  EXPECT_EQ(r.U32(wire::kTagTimeoutMs), 300u);
+}
+
+TEST_F(BrokerProtocolTest, IsolatedOverlayGivesNoCredentialsAndHandshakeBrokerGivesNothing) {
+  config_.overlays[0].socks5.isolate_streams = true;
+  config_.overlays[0].socks5.username = "configured";
+  StartBroker();
+  UniqueFd fd = Connect();
+  Reply r = Hello(fd.get(), "app:refused");
+  EXPECT_EQ(r.U32(wire::kTagFlags),
+            wire::kFlagLoopbackRefuse | wire::kFlagShimSocks5 | wire::kFlagIsolate);
+  EXPECT_FALSE(r.Has(wire::kTagUsername));
+  EXPECT_FALSE(r.Has(wire::kTagPassword));
+  StopBroker();
+  config_.service.handshake_in_program = false;
+  StartBroker();
+  UniqueFd fd2 = Connect();
+  Reply r2 = Hello(fd2.get(), "app:refused");
+  EXPECT_EQ(r2.U32(wire::kTagFlags), wire::kFlagLoopbackRefuse);
+  EXPECT_FALSE(r2.Has(wire::kTagProxy));
+}
+
+TEST_F(BrokerProtocolTest, ReportsAreCountedAndFailuresLogged) {
+  StartBroker();
+  UniqueFd fd = Greeted("app:refused");
+  auto send = [&](const Fill& fill) {
+    uint8_t buf[512];
+    wire::Writer w(buf, sizeof buf, wire::kReport, 77);
+    fill(w);
+    ASSERT_EQ(wire::SendDatagram(fd.get(), w.data(), w.size(), -1), ssize_t(w.size()));
+  };
+  send([](wire::Writer& w) {
+    w.PutString(wire::kTagName, "ok.test");
+    w.PutU16(wire::kTagPort, 80);
+    w.PutU32(wire::kTagErrno, 0);
+  });
+  send([](wire::Writer& w) { w.PutU32(wire::kTagCount, 41); });
+  send([](wire::Writer& w) {
+    w.PutString(wire::kTagName, "down.test");
+    w.PutU16(wire::kTagPort, 8080);
+    w.PutU32(wire::kTagErrno, ECONNREFUSED);
+    w.PutString(wire::kTagMessage, "down.test:8080 via app:refused: cannot connect to proxy");
+  });
+  // Only the failure is answered: successes and counts are not.
+  Reply r = Receive(fd.get());
+  EXPECT_EQ(r.type, wire::kReport | wire::kReplyBit);
+  EXPECT_EQ(r.id, 77u);
+  EXPECT_EQ(r.err, 0u);
+  EXPECT_NE(Log().find("connect down.test:8080 via app:refused failed: down.test:8080 via "
+                       "app:refused: cannot connect to proxy (pid "),
+            std::string::npos)
+      << Log();
+  std::string text = StatusText();
+  EXPECT_NE(text.find("connects ok=42 failed=1"), std::string::npos) << text;
+  // A count with an errno, or beyond reason, is an error with a message.
+  send([](wire::Writer& w) { w.PutU32(wire::kTagCount, 5u << 20); });
+  Reply bad = Receive(fd.get());
+  EXPECT_EQ(bad.err, uint32_t(EINVAL));
+  EXPECT_NE(bad.message.find("COUNT"), std::string::npos);
 }
 
 TEST_F(BrokerProtocolTest, HelloWithUnknownOverlayFailsEveryLaterRequest) {
@@ -1105,19 +1200,31 @@ TEST_F(BrokerProtocolTest, MutatedRequestsGetAnAnswerAndBreakNothing) {
     // success (ERRNO absent or 0) on a greeted connection: counted, not answered.
     wire::Message sent;
     const bool parsed = sent.Parse(m.data(), m.size()) == wire::ParseError::kOk;
+    std::optional<Reply> early;
+    bool status_behind = false;
     if (parsed && sent.type() == wire::kReport) {
-      pollfd pfd{c.get(), POLLIN, 0};
-      if (poll(&pfd, 1, 300) == 0) {
-        wire::Field f;
-        uint32_t err = 0;
-        ASSERT_TRUE(!sent.Find(wire::kTagErrno, &f) || (f.u32(&err) && err == 0))
-            << "request " << i << ": a failure REPORT was not answered";
-        ++answered;
-        ++unanswered_reports;
-        continue;
+      // A STATUS right behind it: its reply comes first if the REPORT was not answered.
+      uint8_t sb[64];
+      wire::Writer sw(sb, sizeof sb, wire::kStatus, 0x5eed);
+      ASSERT_EQ(wire::SendDatagram(c.get(), sw.data(), sw.size(), -1), ssize_t(sw.size()));
+      {
+        Reply first = Receive(c.get());
+        ASSERT_FALSE(first.closed) << "request " << i << ": no reply; log:\n" << Log();
+        if (first.id == 0x5eed && first.type == (wire::kStatus | wire::kReplyBit)) {
+          wire::Field f;
+          uint32_t err = 0;
+          ASSERT_TRUE(!sent.Find(wire::kTagErrno, &f) || (f.u32(&err) && err == 0))
+              << "request " << i << ": a failure REPORT was not answered";
+          ++answered;
+          ++unanswered_reports;
+          continue;
+        }
+        // Answered: that reply is checked below, and the STATUS reply behind it read.
+        early = std::move(first);
+        status_behind = true;
       }
     }
-    Reply r = Receive(c.get());
+    Reply r = early ? std::move(*early) : Receive(c.get());
     ASSERT_FALSE(r.closed) << "request " << i << ": no reply; log:\n" << Log();
     ASSERT_NE(r.type & wire::kReplyBit, 0) << "request " << i;
     ASSERT_NE(r.err, 0xffffffffu) << "reply to request " << i << " without ERRNO";
@@ -1136,6 +1243,9 @@ TEST_F(BrokerProtocolTest, MutatedRequestsGetAnAnswerAndBreakNothing) {
     } else {
       ASSERT_EQ(r.type, sent.type() | wire::kReplyBit) << "request " << i;
       ASSERT_EQ(r.id, sent.id()) << "request " << i;
+      if (status_behind) {
+        ASSERT_EQ(Receive(c.get()).id, 0x5eedu) << "request " << i;
+      }
     }
   }
   EXPECT_EQ(answered, count);
