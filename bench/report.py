@@ -18,7 +18,8 @@ FIGURES = {
     "4": ("bulk: upload then download through microsocks, one connection", "floor"),
     "5": ("getaddrinfo of a remote name (via: repeat lookups from the shim's cache; "
           "via-uncached: a new name each call)", None),
-    "6": ("broker capacity: CAP_PROCS clients connecting as fast as they can (via only)", None),
+    "6": ("broker capacity: CAP_PROCS clients connecting as fast as they can (via: the programs "
+          "run the handshakes; via-broker: `handshake: broker`, the broker runs them)", None),
     "7": ("broker memory: RSS after each step, SESSIONS sessions, NAMES names, HOLD open "
           "routed connections (via only)", None),
 }
@@ -35,7 +36,12 @@ TARGETS = [
 ]
 
 
-COLOR_ORDER = ["direct", "floor", "via", "proxychains4", "torsocks"]
+COLOR_ORDER = ["direct", "floor", "via", "proxychains4", "torsocks", "via-broker"]
+
+
+def color_key(tool):
+    """A tool's entry in COLOR_ORDER: its own name, else its base (torsocks-onion: torsocks)."""
+    return tool if tool in COLOR_ORDER else tool.split("-")[0]
 
 
 def fmt(v):
@@ -133,11 +139,11 @@ def plot(out):
             tool = os.path.basename(path)[len(f"samples-{f}-"):-4].rsplit("-", 1)[0]
             with open(path) as fh:
                 by_tool[tool] += [float(x) for x in fh if x.strip()]
-        for tool, xs in sorted(by_tool.items(), key=lambda kv: COLOR_ORDER.index(kv[0].split("-")[0])
-                               if kv[0].split("-")[0] in COLOR_ORDER else 99):
+        for tool, xs in sorted(by_tool.items(), key=lambda kv: COLOR_ORDER.index(color_key(kv[0]))
+                               if color_key(kv[0]) in COLOR_ORDER else 99):
             xs.sort()
             n = len(xs)
-            base = tool.split("-")[0]
+            base = color_key(tool)
             color = f"C{COLOR_ORDER.index(base)}" if base in COLOR_ORDER else None
             ax.plot(xs, [(i + 1) / n for i in range(n)], color=color,
                     label=f"{tool} (p50 {xs[n // 2]:.0f} µs)")

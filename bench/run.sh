@@ -56,6 +56,8 @@ cleanup() {
   pids=$(jobs -p)
   [ -n "$pids" ] && kill $pids 2>/dev/null
   [ -n "$tmp" ] && [ -f "$tmp/via.yaml" ] && "$build/via" stop -c "$tmp/via.yaml" >/dev/null 2>&1
+  [ -n "$tmp" ] && [ -f "$tmp/via-broker.yaml" ] &&
+    "$build/via" stop -c "$tmp/via-broker.yaml" >/dev/null 2>&1
   wait 2>/dev/null
   [ -n "$tmp" ] && rm -rf "$tmp"
   return 0
@@ -116,6 +118,8 @@ entries:
 network_service:
   loopback: overlay
 YAML
+  # "via-broker": the same, with the broker running every handshake (`handshake: broker`).
+  sed 's/^  loopback: overlay$/  loopback: overlay\n  handshake: broker/' "$tmp/via.yaml" > "$tmp/via-broker.yaml"
   printf 'strict_chain\nproxy_dns\nremote_dns_subnet 224\n[ProxyList]\nsocks5 127.0.0.1 %s\n' "$pport" > "$tmp/proxychains.conf"
   printf 'TorAddress 127.0.0.1\nTorPort %s\nAllowOutboundLocalhost 1\n' "$pport" > "$tmp/torsocks.conf"
   export XDG_RUNTIME_DIR=$tmp/run
@@ -126,6 +130,7 @@ YAML
 # The three tools, each running "$@" with its preload.
 under_via() { "$build/via" run -q -c "$tmp/via.yaml" --network app:bench -- "$@"; }
 under_via2() { "$build/via" run -q -c "$tmp/via.yaml" --network app:bench2 -- "$@"; }
+under_via_broker() { "$build/via" run -q -c "$tmp/via-broker.yaml" --network app:bench -- "$@"; }
 under_pc() { proxychains4 -q -f "$tmp/proxychains.conf" "$@"; }
 under_ts() { torsocks "$@"; }
 
@@ -170,6 +175,7 @@ fig2_connect() {
     lat 2 direct "$r" "$c" plain 127.0.0.1 "$eport" "$N"
     lat 2 floor "$r" "$c" socks5 "$pport" 127.0.0.1 "$eport" "$N"
     lat 2 via "$r" under_via "$c" plain 127.0.0.1 "$eport" "$N"
+    lat 2 via-broker "$r" under_via_broker "$c" plain 127.0.0.1 "$eport" "$N"
     lat 2 proxychains4 "$r" under_pc "$c" plain 127.0.0.1 "$eport" "$N"
     # torsocks never proxies a loopback destination: AllowOutboundLocalhost 1 connects it
     # directly (without it, it refuses). Measured for completeness, not comparable.
@@ -183,6 +189,7 @@ fig3_connect_name() {
   for r in $(seq "$RUNS"); do
     lat 3 floor "$r" "$c" socks5 "$pport" bench.test "$eport" "$N"
     lat 3 via "$r" under_via "$c" plain bench.test "$eport" "$N"
+    lat 3 via-broker "$r" under_via_broker "$c" plain bench.test "$eport" "$N"
     lat 3 proxychains4 "$r" under_pc "$c" plain bench.test "$eport" "$N"
     # torsocks resolves ordinary names with Tor's RESOLVE command (microsocks refuses it);
     # only .onion names get a local cookie address and go to the proxy as ATYP 3.
@@ -226,20 +233,22 @@ fig5_getaddrinfo() {
 }
 
 # Reads the broker's pid from `via status`, its CPU ticks and RSS from /proc.
-broker_pid() { "$build/via" status -c "$tmp/via.yaml" 2>/dev/null | sed -n 's/^broker pid \([0-9]*\).*/\1/p'; }
+broker_pid() { "$build/via" status -c "${1:-$tmp/via.yaml}" 2>/dev/null | sed -n 's/^broker pid \([0-9]*\).*/\1/p'; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 # "TOTAL IDLE" jiffies of all cores together, from /proc/stat.
 machine_ticks() { awk '/^cpu / {t = 0; for (i = 2; i <= NF; i++) t += $i; print t, $5 + $6; exit}' /proc/stat; }
 
 # A session that keeps the broker up while we read it: its program is a sleep we kill later.
+# start_holder [RUNNER CONFIG] (default: under_via, via.yaml).
 start_holder() {
+  local runner=${1:-under_via} config=${2:-$tmp/via.yaml}
   rm -f "$tmp/holder.pid"
-  under_via sh -c 'echo $$ > "$0"; exec sleep 600' "$tmp/holder.pid" &
+  "$runner" sh -c 'echo $$ > "$0"; exec sleep 600' "$tmp/holder.pid" &
   holder_job=$!
   for _ in $(seq 100); do [ -s "$tmp/holder.pid" ] && break; sleep 0.05; done
   holder=$(cat "$tmp/holder.pid" 2>/dev/null) || die "via run did not start"
-  bpid=$(broker_pid)
+  bpid=$(broker_pid "$config")
   [ -n "$bpid" ] || die "no broker pid from via status"
 }
 stop_holder() {
@@ -249,32 +258,41 @@ stop_holder() {
 
 fig6_capacity() {
   echo "figure 6: $CAP_PROCS concurrent clients for $CAP_SECONDS s ($CAP_RUNS runs)" >&2
-  local r t0 t1 total hz
+  local r t0 t1 total hz tool runner config
   hz=$(getconf CLK_TCK)
-  start_holder
-  for r in $(seq "$CAP_RUNS"); do
-    local m0 e0 m1 e1 s0 s1
-    m0=$(cpu_ticks "$ms_pid"); e0=$(cpu_ticks "$echo_pid"); s0=$(machine_ticks)
-    t0=$(cpu_ticks "$bpid")
-    under_via sh -c 'for i in $(seq "$1"); do
-        CONNECT_COST_SECONDS=$2 "$3" plain 127.0.0.1 "$4" 100000000 > "$5.$i" 2>&1 & done; wait' \
-      sh "$CAP_PROCS" "$CAP_SECONDS" "$tmp/connect_cost" "$eport" "$tmp/cap" ||
-      echo "  fig 6: some clients failed: $(grep -h failed "$tmp"/cap.* | head -1)" >&2
-    t1=$(cpu_ticks "$bpid")
-    m1=$(cpu_ticks "$ms_pid"); e1=$(cpu_ticks "$echo_pid"); s1=$(machine_ticks)
-    total=$(cat "$tmp"/cap.* | field n | awk '{s += $1} END {print s + 0}')
-    # What limited the rate: shares of one core for microsocks and the echo server, and how
-    # busy the whole machine was (1 = every core busy).
-    record 6 via "$r" microsocks_cpu_share "$(awk -v d=$((m1 - m0)) -v hz="$hz" -v s="$CAP_SECONDS" 'BEGIN {printf "%.2f", d / hz / s}')"
-    record 6 via "$r" echo_cpu_share "$(awk -v d=$((e1 - e0)) -v hz="$hz" -v s="$CAP_SECONDS" 'BEGIN {printf "%.2f", d / hz / s}')"
-    record 6 via "$r" machine_busy "$(awk -v a="$s0" -v b="$s1" 'BEGIN {split(a, x); split(b, y); printf "%.2f", 1 - (y[2] - x[2]) / (y[1] - x[1])}')"
-    record 6 via "$r" connects_per_s "$(awk -v n="$total" -v s="$CAP_SECONDS" 'BEGIN {printf "%.0f", n / s}')"
-    record 6 via "$r" broker_cpu_us_per_connect \
-      "$(awk -v d=$((t1 - t0)) -v hz="$hz" -v n="$total" 'BEGIN {printf "%.2f", n ? d * 1e6 / hz / n : 0}')"
-    record 6 via "$r" broker_cpu_share "$(awk -v d=$((t1 - t0)) -v hz="$hz" -v s="$CAP_SECONDS" 'BEGIN {printf "%.2f", d / hz / s}')"
-    rm -f "$tmp"/cap.*
+  # via: the programs run the SOCKS5 handshakes (the broker only counts them); via-broker:
+  # `handshake: broker`, every connect handed to the broker and back.
+  for tool in via via-broker; do
+    if [ "$tool" = via ]; then
+      runner=under_via config=$tmp/via.yaml
+    else
+      runner=under_via_broker config=$tmp/via-broker.yaml
+    fi
+    start_holder "$runner" "$config"
+    for r in $(seq "$CAP_RUNS"); do
+      local m0 e0 m1 e1 s0 s1
+      m0=$(cpu_ticks "$ms_pid"); e0=$(cpu_ticks "$echo_pid"); s0=$(machine_ticks)
+      t0=$(cpu_ticks "$bpid")
+      "$runner" sh -c 'for i in $(seq "$1"); do
+          CONNECT_COST_SECONDS=$2 "$3" plain 127.0.0.1 "$4" 100000000 > "$5.$i" 2>&1 & done; wait' \
+        sh "$CAP_PROCS" "$CAP_SECONDS" "$tmp/connect_cost" "$eport" "$tmp/cap" ||
+        echo "  fig 6: some clients failed: $(grep -h failed "$tmp"/cap.* | head -1)" >&2
+      t1=$(cpu_ticks "$bpid")
+      m1=$(cpu_ticks "$ms_pid"); e1=$(cpu_ticks "$echo_pid"); s1=$(machine_ticks)
+      total=$(cat "$tmp"/cap.* | field n | awk '{s += $1} END {print s + 0}')
+      # What limited the rate: shares of one core for microsocks and the echo server, and how
+      # busy the whole machine was (1 = every core busy).
+      record 6 "$tool" "$r" microsocks_cpu_share "$(awk -v d=$((m1 - m0)) -v hz="$hz" -v s="$CAP_SECONDS" 'BEGIN {printf "%.2f", d / hz / s}')"
+      record 6 "$tool" "$r" echo_cpu_share "$(awk -v d=$((e1 - e0)) -v hz="$hz" -v s="$CAP_SECONDS" 'BEGIN {printf "%.2f", d / hz / s}')"
+      record 6 "$tool" "$r" machine_busy "$(awk -v a="$s0" -v b="$s1" 'BEGIN {split(a, x); split(b, y); printf "%.2f", 1 - (y[2] - x[2]) / (y[1] - x[1])}')"
+      record 6 "$tool" "$r" connects_per_s "$(awk -v n="$total" -v s="$CAP_SECONDS" 'BEGIN {printf "%.0f", n / s}')"
+      record 6 "$tool" "$r" broker_cpu_us_per_connect \
+        "$(awk -v d=$((t1 - t0)) -v hz="$hz" -v n="$total" 'BEGIN {printf "%.2f", n ? d * 1e6 / hz / n : 0}')"
+      record 6 "$tool" "$r" broker_cpu_share "$(awk -v d=$((t1 - t0)) -v hz="$hz" -v s="$CAP_SECONDS" 'BEGIN {printf "%.2f", d / hz / s}')"
+      rm -f "$tmp"/cap.*
+    done
+    stop_holder
   done
-  stop_holder
 }
 
 # wait_line FILE PATTERN: until a background helper has printed its "ready" line.

@@ -1,8 +1,9 @@
 // Internal declarations of libvia.so, the preload library.
 //
 // The shim is loaded into every program of a via session, so it links libc only: no libstdc++
-// at run time, no exceptions, no RTTI, no static objects with constructors. It never speaks an
-// overlay protocol; it asks the broker (broker_link.cc). See docs/architecture.md.
+// at run time, no exceptions, no RTTI, no static objects with constructors. It asks the broker
+// (broker_link.cc), and runs SOCKS5 itself only when the broker said so (socks5_connect.cc, with
+// the broker's own state machine). See docs/architecture.md.
 #pragma once
 
 #include <netdb.h>
