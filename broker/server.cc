@@ -1053,7 +1053,8 @@ void Server::HandleStatus(Client& c, const wire::Message& m) {
     if (o.kind == config::OverlayKind::kSocks5) {
       bool v6 = o.socks5.host.find(':') != std::string::npos;
       out << " " << (v6 ? "[" : "") << o.socks5.host << (v6 ? "]" : "") << ":" << o.socks5.port
-          << " isolate_streams=" << (o.socks5.isolate_streams ? "true" : "false");
+          << " isolate_streams=" << (o.socks5.isolate_streams ? "true" : "false")
+          << " handshake=" << (config_->service.handshake_in_program ? "program" : "broker");
     }
     if (st.driver) {
       out << " connects ok=" << st.ok << " failed=" << st.failed;

@@ -38,13 +38,16 @@ struct Link {
   uint32_t next_id = 1;
   uint32_t broker_pid = 0;  // SO_PEERCRED of the broker: whose fake addresses we were given
   char hello_msg[256] = {};
-  Socks5Plan plan = {};  // valid when flags has kFlagShimSocks5
   // Connects the shim ran itself that the broker has not been told about yet (REPORT COUNT).
   uint32_t unreported = 0;
   int64_t reported_ns = 0;  // when the last count went out
 };
 
 __thread Link t_link;
+// What the thread's HELLO reply said about running SOCKS5 here; valid while t_link.flags has
+// kFlagShimSocks5. Apart from Link so that it stays in .tbss (zero-filled, not copied per
+// thread from an initialization image as Link's fields with initializers are).
+constinit __thread Socks5Plan t_plan = {};
 pthread_key_t g_key;
 pthread_once_t g_key_once = PTHREAD_ONCE_INIT;
 
@@ -248,7 +251,7 @@ int ReplyErrno(const wire::Message& m, char* msg, size_t msgcap) {
 // The SOCKS5 fields of a HELLO reply with kFlagShimSocks5. False when one is missing or does not
 // fit: the shim then hands its sockets to the broker as without the flag.
 bool ReadPlan(const wire::Message& m, Link* l) {
-  Socks5Plan& p = l->plan;
+  Socks5Plan& p = t_plan;
   p = Socks5Plan{};
   p.broker = l->broker_pid;
   p.isolate = (l->flags & wire::kFlagIsolate) != 0;
@@ -492,7 +495,7 @@ int BrokerSocks5Plan(const Socks5Plan** plan, char* msg, size_t msgcap) {
   Link* l = nullptr;
   int err = GetLink(&l, msg, msgcap);
   if (err != 0) return err;
-  if ((l->flags & wire::kFlagShimSocks5) != 0) *plan = &l->plan;
+  if ((l->flags & wire::kFlagShimSocks5) != 0) *plan = &t_plan;
   return 0;
 }
 

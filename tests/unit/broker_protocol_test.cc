@@ -729,7 +729,7 @@ TEST_F(BrokerProtocolTest, StatusDescribesTheBroker) {
       << text;
   EXPECT_NE(
       text.find("overlay app:refused network.socks5 127.0.0.1:" + std::to_string(refused_port_) +
-                " isolate_streams=false connects ok=0 failed=0\n"),
+                " isolate_streams=false handshake=program connects ok=0 failed=0\n"),
       std::string::npos)
       << text;
   EXPECT_NE(text.find("overlay app:ts network.tailscale unavailable: "), std::string::npos) << text;
@@ -970,7 +970,7 @@ TEST_F(BrokerProtocolTest, ConnectToSilentProxyTimesOutAndKeepsFlags) {
   EXPECT_EQ(fcntl(tcp.get(), F_GETFL), before);
   EXPECT_NE(StatusText().find(
                 "overlay app:silent network.socks5 127.0.0.1:" + std::to_string(silent_port_) +
-                " isolate_streams=false connects ok=0 failed=1\n"),
+                " isolate_streams=false handshake=program connects ok=0 failed=1\n"),
             std::string::npos);
 }
 
