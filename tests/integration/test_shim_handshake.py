@@ -55,6 +55,39 @@ class ShimHandshake(harness.ViaCase):
             self.assertIn(f"connect {name}:{self.port} via app:tor ok, by the program", line)
         self.assertEqual(self.dns_queries(".test"), [])
 
+    def test_a_server_that_speaks_first_keeps_its_first_bytes(self):
+        # The banner may reach the proxy right behind its CONNECT reply: the shim must read the
+        # reply and not a byte more. Twenty connects, each banner intact.
+        port = harness.free_port()
+        code = ("import socket\n"
+                "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+                f"s.bind(('127.0.0.1', {port})); s.listen(64); n = 0\n"
+                "while True:\n"
+                "    c, a = s.accept(); n += 1\n"
+                "    c.sendall(b'220 banner %d from %s\\r\\n' % (n, a[0].encode())); c.close()\n")
+        p, _ = self.spawn([harness.PYTHON, "-c", code], f"banner-{port}.log")
+        harness.wait_port(port, proc=p)
+        self.write_config([self.socks5_entry("tor", self.proxy_port)])
+        client = f"""
+import socket
+for i in range(20):
+    s = socket.create_connection(('target.test', {port}))
+    data = b''
+    while not data.endswith(b'\\r\\n'):
+        chunk = s.recv(100)
+        if not chunk:
+            break
+        data += chunk
+    print(data.decode().strip(), flush=True)
+"""
+        proc = self.run_via("app:tor", harness.PYTHON, "-c", client)
+        self.assertOk(proc)
+        lines = proc.stdout.splitlines()
+        self.assertEqual(len(lines), 20, proc.stdout)
+        for line in lines:
+            self.assertRegex(line, rf"^220 banner \d+ from {harness.PROXY_OUT}$")
+        self.assertMicrosocksConnected(self.proxy_log, f"target.test:{port}")
+
     def test_handshake_broker_hands_every_socket_to_the_broker(self):
         self.write_config([self.socks5_entry("tor", self.proxy_port)],
                           service={"handshake": "broker"})
