@@ -300,7 +300,9 @@ int64_t MonoNs() {
 // Sends the count of connects the broker has not heard of (REPORT COUNT, no reply), without
 // waiting: a full link drops it (the count is for `via status`, nothing depends on it).
 void FlushReports(Link* l) {
-  if (l->unreported == 0 || l->fd < 0 || l->pid != getpid()) return;
+  // StillOurs: at exit or thread exit the program may have closed our descriptor and reused the
+  // number; a REPORT must never land in the program's own file.
+  if (l->unreported == 0 || l->fd < 0 || l->pid != getpid() || !StillOurs(*l)) return;
   uint8_t buf[64];
   wire::Writer w(buf, sizeof buf, wire::kReport, l->next_id++);
   w.PutU32(wire::kTagCount, l->unreported);
@@ -519,7 +521,7 @@ void BrokerReport(const wire::Addr& dest, const char* name, int err, const char*
   w.PutU32(wire::kTagErrno, static_cast<uint32_t>(err));
   if (err == 0) {
     // The broker logs each connect (debug): one message, no reply, never a wait.
-    if (l->fd >= 0 && l->pid == getpid() && w.ok()) {
+    if (l->fd >= 0 && l->pid == getpid() && StillOurs(*l) && w.ok()) {
       send(l->fd, w.data(), w.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
     }
     return;

@@ -134,6 +134,51 @@ subprocess.run([sys.executable, '-c', child], check=True)
                                     self.via("status").stdout)
         self.assertTrue(harness.wait_for(counted, timeout=5), self.via("status").stdout)
 
+    def test_the_last_count_never_lands_in_a_reused_descriptor(self):
+        # The program closes every descriptor (our broker link among them) and puts a TCP
+        # connection of its own on the link's number before it exits: the count the shim sends
+        # at exit must not go into that connection.
+        sink_port = harness.free_port()
+        sink_log = os.path.join(self.dir, "sink.bin")
+        code = ("import socket, sys\n"
+                "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+                f"s.bind(('127.0.0.1', {sink_port})); s.listen(8)\n"
+                "while True:\n"
+                "    c, a = s.accept(); data = b''\n"
+                "    while True:\n"
+                "        b = c.recv(4096)\n"
+                "        if not b: break\n"
+                "        data += b\n"
+                f"    open({sink_log!r}, 'ab').write(data); print('closed', len(data), flush=True)\n")
+        p, sink_out = self.spawn([harness.PYTHON, "-c", code], f"sink-{sink_port}.log")
+        harness.wait_port(sink_port, proc=p)
+        self.write_config([self.socks5_entry("tor", self.proxy_port)])
+        client = f"""
+import os, socket
+for i in range(3):
+    s = socket.create_connection(('example.test', {self.port}))
+    s.sendall(b'GET /reuse HTTP/1.0\\r\\nHost: example.test\\r\\n\\r\\n'); s.recv(100); s.close()
+link = [int(n) for n in os.listdir('/proc/self/fd') if int(n) >= 400 and
+        os.readlink('/proc/self/fd/' + n).startswith('socket:')]
+assert len(link) == 1, link
+own = socket.create_connection(('127.0.0.1', {sink_port}))  # loopback: direct
+own.sendall(b'mine')
+keep = own.detach()
+os.dup2(keep, link[0])  # our connection now has the link's number; the link is gone
+for n in os.listdir('/proc/self/fd'):
+    if int(n) > 2 and int(n) != link[0]:
+        try:
+            os.close(int(n))
+        except OSError:
+            pass
+"""
+        proc = self.run_via("app:tor", harness.PYTHON, "-c", client)
+        self.assertOk(proc)
+        self.assertTrue(harness.wait_for(lambda: harness.read_lines(sink_out), timeout=5))
+        with open(sink_log, "rb") as f:
+            self.assertEqual(f.read(), b"mine")
+        self.assertEqual(len(self.records(self.record)), 3)
+
     def test_a_hung_proxy_times_out_and_nothing_goes_direct(self):
         hung, hung_log = self.start_hung_proxy()
         self.write_config([self.socks5_entry("tor", hung, "connect_timeout: 1")])
