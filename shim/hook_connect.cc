@@ -100,8 +100,7 @@ int RoutedConnect(int fd, const wire::Addr& dest) {
     if (!fake || NameCacheReverse(dest, plan->broker, name, sizeof name)) {
       char why[400] = {};
       err = ShimSocks5Connect(fd, *plan, fake ? name : nullptr, dest, why, sizeof why);
-      BrokerReport(dest, fake ? name : nullptr, err, why);
-      if (err != 0) {  // as the broker words a failed CONNECT
+      if (err != 0) {  // as the broker words a failed CONNECT (before REPORT may greet again)
         char target[300];
         if (fake) {
           std::snprintf(target, sizeof target, "%s:%u", name, unsigned(dest.port));
@@ -110,6 +109,7 @@ int RoutedConnect(int fd, const wire::Addr& dest) {
         }
         std::snprintf(msg, sizeof msg, "%s via %s: %s", target, plan->overlay, why);
       }
+      BrokerReport(dest, fake ? name : nullptr, err, why);
       done = true;
     }
   }
