@@ -367,18 +367,27 @@ socks pass {{
         # wait_port's probe connection is not an HTTP request: nothing is recorded for it.
         return port, record
 
+    def start_tcp_server(self, name, on_accept):
+        """A small TCP server on 127.0.0.1:<free port>: a destination, or something that is not
+        the proxy it is configured as. `on_accept` is Python code run for each accepted
+        connection `c` from address `a` (`n` counts them, `held` keeps sockets open).
+        Returns (port, log)."""
+        port = free_port()
+        body = "\n".join("    " + l for l in on_accept.strip("\n").split("\n"))
+        code = ("import socket\n"
+                "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+                f"s.bind(('127.0.0.1', {port})); s.listen(64); n = 0; held = []\n"
+                "while True:\n"
+                "    c, a = s.accept(); n += 1\n"
+                f"{body}\n")
+        p, log = self.spawn([PYTHON, "-c", code], f"{name}-{port}.log")
+        wait_port(port, proc=p)
+        return port, log
+
     def start_hung_proxy(self):
         """A "SOCKS5 proxy" that accepts TCP connections and never answers (a hung or hostile
         server). Returns (port, log); the log has one line per accepted connection."""
-        port = free_port()
-        code = ("import socket, sys, time\n"
-                "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-                f"s.bind(('127.0.0.1', {port})); s.listen(64); held = []\n"
-                "while True:\n"
-                "    c, a = s.accept(); held.append(c); print('accepted', a, flush=True)\n")
-        p, log = self.spawn([PYTHON, "-c", code], f"hung-{port}.log")
-        wait_port(port, proc=p)
-        return port, log
+        return self.start_tcp_server("hung", "held.append(c); print('accepted', a, flush=True)")
 
     def start_dns(self):
         """dnsmasq on 127.0.0.1:53 (namespace only) logging every query; answers the test names

@@ -58,15 +58,8 @@ class ShimHandshake(harness.ViaCase):
     def test_a_server_that_speaks_first_keeps_its_first_bytes(self):
         # The banner may reach the proxy right behind its CONNECT reply: the shim must read the
         # reply and not a byte more. Twenty connects, each banner intact.
-        port = harness.free_port()
-        code = ("import socket\n"
-                "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-                f"s.bind(('127.0.0.1', {port})); s.listen(64); n = 0\n"
-                "while True:\n"
-                "    c, a = s.accept(); n += 1\n"
-                "    c.sendall(b'220 banner %d from %s\\r\\n' % (n, a[0].encode())); c.close()\n")
-        p, _ = self.spawn([harness.PYTHON, "-c", code], f"banner-{port}.log")
-        harness.wait_port(port, proc=p)
+        port, _ = self.start_tcp_server(
+            "banner", "c.sendall(b'220 banner %d from %s\\r\\n' % (n, a[0].encode())); c.close()")
         self.write_config([self.socks5_entry("tor", self.proxy_port)])
         client = f"""
 import socket
@@ -138,20 +131,12 @@ subprocess.run([sys.executable, '-c', child], check=True)
         # The program closes every descriptor (our broker link among them) and puts a TCP
         # connection of its own on the link's number before it exits: the count the shim sends
         # at exit must not go into that connection.
-        sink_port = harness.free_port()
         sink_log = os.path.join(self.dir, "sink.bin")
-        code = ("import socket, sys\n"
-                "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-                f"s.bind(('127.0.0.1', {sink_port})); s.listen(8)\n"
-                "while True:\n"
-                "    c, a = s.accept(); data = b''\n"
-                "    while True:\n"
-                "        b = c.recv(4096)\n"
-                "        if not b: break\n"
-                "        data += b\n"
-                f"    open({sink_log!r}, 'ab').write(data); print('closed', len(data), flush=True)\n")
-        p, sink_out = self.spawn([harness.PYTHON, "-c", code], f"sink-{sink_port}.log")
-        harness.wait_port(sink_port, proc=p)
+        sink_port, sink_out = self.start_tcp_server("sink", f"""
+data = b''.join(iter(lambda: c.recv(4096), b''))  # until the program's side closes
+open({sink_log!r}, 'ab').write(data)
+print('closed', len(data), flush=True)
+""")
         self.write_config([self.socks5_entry("tor", self.proxy_port)])
         client = f"""
 import os, socket
@@ -195,15 +180,11 @@ for n in os.listdir('/proc/self/fd'):
 
     def test_a_proxy_port_that_is_not_socks5_fails_with_its_reply_named(self):
         # A misconfiguration: the overlay's port is an SSH server's, which speaks first.
-        port = harness.free_port()
-        code = ("import socket\n"
-                "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-                f"s.bind(('127.0.0.1', {port})); s.listen(8); held = []\n"
-                "while True:\n"
-                "    c, a = s.accept(); held.append(c); c.sendall(b'SSH-2.0-OpenSSH_9.2\\r\\n')\n"
-                "    print('accepted', a, flush=True)\n")
-        p, ssh_log = self.spawn([harness.PYTHON, "-c", code], f"ssh-{port}.log")
-        harness.wait_port(port, proc=p)
+        port, ssh_log = self.start_tcp_server("ssh", """
+held.append(c)
+c.sendall(b'SSH-2.0-OpenSSH_9.2\\r\\n')
+print('accepted', a, flush=True)
+""")
         self.write_config([self.socks5_entry("tor", port)])
         proc = self.connect("example.test")
         self.assertFailed(proc)
