@@ -44,7 +44,9 @@ const char* const kHelpRun =
 Runs COMMAND with libvia.so preloaded, so that its TCP connects and name lookups (and those of
 every child it starts) go through the selected overlay. Names are never looked up locally: the
 program sees a fake address and the overlay receives the name. Nothing ever falls back to a
-direct connection: if the overlay cannot be used, the connect fails.
+direct connection: if the overlay cannot be used, the connect fails. Under a SOCKS5
+overlay the program's own thread runs the SOCKS5 handshake, with the proxy and credentials the
+broker gives it (network_service.handshake: broker hands every socket to the broker instead).
 
 A listen() on a non-loopback address is served by the overlay when it can carry inbound
 connections (I2P: the program is reachable at a .b32.i2p address, printed once on stderr and
@@ -197,7 +199,9 @@ Examples:
 const char* const kHelpStatus = R"HELP(Usage: via status [-c CONFIG] [--socket PATH]
 
 Shows the running broker for a configuration (or for $VIA_SOCKET inside a via session): its
-overlays with connect counts, sessions, clients, each connected program with its network and
+overlays with connect counts (and, for SOCKS5, who runs the handshake: handshake=program or
+broker; connects a program made itself are counted in batches, so an idle program's last ones
+show once it connects again or exits), sessions, clients, each connected program with its network and
 why (or why it was refused), SAM sessions (I2P), for each Tailscale entry its node's state
 (Starting, NeedsLogin, Running...), tailnet addresses, MagicDNS name, last error and login URL,
 listeners with the overlay address each one is reachable at, and the size of the fake-address
