@@ -455,12 +455,10 @@ void Server::HandleHello(Client& c, const wire::Message& m) {
     flags |= wire::kFlagLoopbackRefuse;
   }
   c.shim_plan = ShimPlan(c, &w);
-  if (!c.shim_plan.empty()) flags |= wire::kFlagShimSocks5;
-  if (!c.shim_plan.empty() && c.overlay->overlay->socks5.isolate_streams) {
-    flags |= wire::kFlagIsolate;
-  }
-  if (!c.shim_plan.empty() && log_->should_log(spdlog::level::debug)) {
-    flags |= wire::kFlagReportEach;
+  if (!c.shim_plan.empty()) {
+    flags |= wire::kFlagShimSocks5;
+    if (c.overlay->overlay->socks5.isolate_streams) flags |= wire::kFlagIsolate;
+    if (log_->should_log(spdlog::level::debug)) flags |= wire::kFlagReportEach;
   }
   w.PutU32(wire::kTagFlags, flags);
   Reply(c, w);
@@ -520,16 +518,9 @@ void Server::HandleReport(Client& c, const wire::Message& m) {
     c.overlay->ok += count;
     return;
   }
-  std::string target = "?";
-  wire::Addr a;
-  if (m.Find(wire::kTagAddr, &f) && f.addr(&a)) {
-    target = AddrText(a, true);
-  } else if (m.Find(wire::kTagName, &f)) {
-    uint16_t port = 0;
-    wire::Field pf;
-    if (m.Find(wire::kTagPort, &pf)) pf.u16(&port);
-    target = std::string(f.str().substr(0, 255)) + ":" + std::to_string(port);
-  }
+  // The destination as CONNECT names it (ADDR, or NAME and PORT).
+  overlays::Target parsed;
+  const std::string target = ParseTarget(m, &parsed).ok() ? parsed.ToString() : "?";
   if (err == 0) {
     c.overlay->ok++;
     if (log_->should_log(spdlog::level::debug)) {

@@ -11,6 +11,9 @@
 // the reply: those belong to the program.
 #pragma once
 
+#include <sys/types.h>
+
+#include <cerrno>
 #include <cstdarg>
 #include <cstddef>
 #include <cstdint>
@@ -143,6 +146,27 @@ inline const char* ReplyCodeHop(uint8_t code) {
   }
 }
 
+// Wippy's isolation credential: 8 random bytes as 16 lowercase hex characters and a NUL, into
+// `out`. `fill` has getrandom(2)'s signature and contract. Returns 0, or the errno of the failed
+// fill (EIO when it returned 0).
+inline int IsolationCredential(char out[17], ssize_t (*fill)(void*, size_t, unsigned)) {
+  uint8_t b[8];
+  size_t got = 0;
+  while (got < sizeof b) {
+    ssize_t r = fill(b + got, sizeof b - got, 0);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return r < 0 ? errno : EIO;
+    got += size_t(r);
+  }
+  static const char kDigits[] = "0123456789abcdef";
+  for (size_t i = 0; i < sizeof b; ++i) {
+    out[2 * i] = kDigits[b[i] >> 4];
+    out[2 * i + 1] = kDigits[b[i] & 0xf];
+  }
+  out[16] = 0;
+  return 0;
+}
+
 class Client {
  public:
   // One request for `name` (1..255 bytes; null or empty: connect to `addr`, family 4 or 6) and
@@ -198,7 +222,6 @@ class Client {
   // then finished.
   int Feed(const uint8_t* data, size_t n) {
     if (state_ == State::kDone || state_ == State::kFailed) {
-      state_ = State::kFailed;
       return Fail(EPROTO, "SOCKS5 handshake fed after it finished");
     }
     if (n > WantRead()) {
@@ -216,7 +239,6 @@ class Client {
       case State::kReplyHead:
         return OnReplyHead();
       case State::kReplyTail:
-        tail_len_ = in_len_;
         state_ = State::kDone;
         want_ = 0;
         return 0;
@@ -403,7 +425,6 @@ class Client {
   size_t in_len_ = 0;
   size_t want_ = 2;  // size of the piece being read
   uint8_t bound_atyp_ = 0, bound_first_ = 0;
-  size_t tail_len_ = 0;
   char error_[160 + 2 * kMaxField] = {};
 };
 

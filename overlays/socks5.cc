@@ -73,25 +73,12 @@ Status Socks5Handshake::Feed(const uint8_t* data, size_t n) {
 Result<std::string> RandomIsolationCredential(RandomFill fill) {
   if (fill == nullptr)
     fill = [](void* buf, size_t n, unsigned flags) { return getrandom(buf, n, flags); };
-  uint8_t b[8];
-  size_t got = 0;
-  while (got < sizeof b) {
-    ssize_t r = fill(b + got, sizeof b - got, 0);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) {
-      int err = r < 0 ? errno : EIO;
-      return Status::Error(EIO, std::string("socks5: failed to generate isolation credential: ") +
-                                    std::strerror(err));
-    }
-    got += size_t(r);
+  char hex[17];
+  if (int err = socks5::IsolationCredential(hex, fill); err != 0) {
+    return Status::Error(
+        EIO, std::string("socks5: failed to generate isolation credential: ") + std::strerror(err));
   }
-  static const char kDigits[] = "0123456789abcdef";
-  std::string hex;
-  for (uint8_t v : b) {
-    hex += kDigits[v >> 4];
-    hex += kDigits[v & 0xf];
-  }
-  return hex;
+  return std::string(hex);
 }
 
 // ---- Socks5Driver ------------------------------------------------------------------------------

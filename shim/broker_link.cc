@@ -11,7 +11,6 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -291,12 +290,6 @@ bool ReadPlan(const wire::Message& m, Link* l) {
   return ok && p.nproxies > 0 && p.nfake == 2 && p.timeout_ms > 0 && p.broker != 0;
 }
 
-int64_t MonoNs() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return int64_t(ts.tv_sec) * 1000000000 + ts.tv_nsec;
-}
-
 // Sends the count of connects the broker has not heard of (REPORT COUNT, no reply), without
 // waiting: a full link drops it (the count is for `via status`, nothing depends on it).
 void FlushReports(Link* l) {
@@ -308,7 +301,7 @@ void FlushReports(Link* l) {
   w.PutU32(wire::kTagCount, l->unreported);
   send(l->fd, w.data(), w.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
   l->unreported = 0;
-  l->reported_ns = MonoNs();
+  l->reported_ns = MonotonicNs();
 }
 
 int DoHello(Link* l) {
@@ -507,7 +500,7 @@ void BrokerReport(const wire::Addr& dest, const char* name, int err, const char*
     // Counted, and told in batches: a message per connect would wake the broker each time (a
     // cost on the program's latency the design is here to avoid).
     ++l->unreported;
-    if (l->unreported >= 256 || MonoNs() - l->reported_ns > 1000000000) FlushReports(l);
+    if (l->unreported >= 256 || MonotonicNs() - l->reported_ns > 1000000000) FlushReports(l);
     return;
   }
   uint8_t buf[1024];

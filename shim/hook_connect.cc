@@ -7,7 +7,6 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
-#include <cstdio>
 #include <cstring>
 
 #include "shim/shim.h"
@@ -99,16 +98,9 @@ int RoutedConnect(int fd, const wire::Addr& dest) {
     const bool fake = InFakeRange(*plan, dest);
     if (!fake || NameCacheReverse(dest, plan->broker, name, sizeof name)) {
       char why[400] = {};
-      err = ShimSocks5Connect(fd, *plan, fake ? name : nullptr, dest, why, sizeof why);
-      if (err != 0) {  // as the broker words a failed CONNECT (before REPORT may greet again)
-        char target[300];
-        if (fake) {
-          std::snprintf(target, sizeof target, "%s:%u", name, unsigned(dest.port));
-        } else {
-          wire::FormatAddr(wire::Unmapped(dest), target, sizeof target);
-        }
-        std::snprintf(msg, sizeof msg, "%s via %s: %s", target, plan->overlay, why);
-      }
+      // msg is complete before REPORT (which may greet the broker again and replace *plan).
+      err = ShimSocks5Connect(fd, *plan, fake ? name : nullptr, dest, why, sizeof why, msg,
+                              sizeof msg);
       BrokerReport(dest, fake ? name : nullptr, err, why);
       done = true;
     }

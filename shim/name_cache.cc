@@ -8,7 +8,6 @@
 // a lock that is only ever tried, so a fork while another thread held it (or contention) means a
 // miss, never a wait.
 #include <pthread.h>
-#include <time.h>
 
 #include <cstring>
 
@@ -48,12 +47,6 @@ bool SameHost(const wire::Addr& a, const wire::Addr& b) {
   return a.family == b.family && std::memcmp(a.bytes, b.bytes, a.addr_len()) == 0;
 }
 
-int64_t NowNs() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return int64_t(ts.tv_sec) * 1000000000 + ts.tv_nsec;
-}
-
 uint32_t Hash(const char* name, size_t len, int family) {
   uint32_t h = 2166136261u ^ uint32_t(family);
   for (size_t i = 0; i < len; ++i) h = (h ^ uint8_t(name[i])) * 16777619u;
@@ -69,7 +62,7 @@ bool NameCacheGet(const char* name, int family, uint32_t broker, wire::Addr* out
   Slot& s = g_slots[Hash(name, len, family) % kSlots];
   if (pthread_mutex_trylock(&g_mu) != 0) return false;
   bool hit = s.expires_ns != 0 && s.broker == broker && s.family == family &&
-             std::memcmp(s.name, name, len + 1) == 0 && NowNs() < s.expires_ns;
+             std::memcmp(s.name, name, len + 1) == 0 && MonotonicNs() < s.expires_ns;
   if (hit) {
     int n = s.count < cap ? s.count : cap;
     for (int i = 0; i < n; ++i) std::memcpy(&out[i], s.addrs[i], sizeof(wire::Addr));
@@ -86,7 +79,7 @@ void NameCachePut(const char* name, int family, uint32_t broker, const wire::Add
     return;
   }
   // Half the promise: the broker's clock started before our request went out.
-  int64_t expires = NowNs() + int64_t(hold_ms) * 500000;
+  int64_t expires = MonotonicNs() + int64_t(hold_ms) * 500000;
   Slot& s = g_slots[Hash(name, len, family) % kSlots];
   if (pthread_mutex_trylock(&g_mu) != 0) return;
   s.expires_ns = expires;
@@ -113,7 +106,7 @@ bool NameCacheReverse(const wire::Addr& addr, uint32_t broker, char* name, size_
       std::memcpy(&cached, s.addrs[i], sizeof cached);
       hit = SameHost(wire::Unmapped(cached), a);
     }
-    hit = hit && s.expires_ns != 0 && s.broker == broker && NowNs() < s.expires_ns;
+    hit = hit && s.expires_ns != 0 && s.broker == broker && MonotonicNs() < s.expires_ns;
     size_t len = hit ? std::strlen(s.name) : 0;
     if (len > 0 && s.name[len - 1] == '.') --len;  // as the broker's NormalizeName
     hit = hit && len > 0 && len < cap;

@@ -105,6 +105,9 @@ bool ExecUnguarded();
 // For messages: VIA_NETWORK, or a phrase when the broker chose the network (a program rule).
 const char* NetworkLabel();
 
+// CLOCK_MONOTONIC in nanoseconds (vDSO: no system call).
+int64_t MonotonicNs();
+
 // Writes "via: <msg>\n" to stderr unless quiet.
 void Complain(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 
@@ -144,9 +147,10 @@ void BrokerReport(const wire::Addr& dest, const char* name, int err, const char*
 
 // ---- SOCKS5 in the program (socks5_connect.cc) --------------------------------------------
 // Connects `fd` through the proxy of `plan` to `name` (or `dest` when nullptr), port dest.port:
-// 0, or an errno with why in msg. The socket's file status flags are restored.
+// 0, or an errno with the cause in `why` (for REPORT) and "<target> via <overlay>: <why>" in
+// `msg` (as the broker words a failed CONNECT). The socket's file status flags are restored.
 int ShimSocks5Connect(int fd, const Socks5Plan& plan, const char* name, const wire::Addr& dest,
-                      char* msg, size_t msgcap);
+                      char* why, size_t whycap, char* msg, size_t msgcap);
 // Whether `addr` lies in one of the broker's fake-address ranges.
 bool InFakeRange(const Socks5Plan& plan, const wire::Addr& addr);
 // Fills up to `cap` fake addresses for `name` (family 0 any, 4, 6); *count gets how many.

@@ -20,11 +20,7 @@ namespace via::shim {
 
 namespace {
 
-int64_t NowMs() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
-}
+int64_t NowMs() { return MonotonicNs() / 1000000; }
 
 // The proxy endpoint this socket can reach (as ConnectOp::PickEndpoint): one of its own family,
 // or an IPv4 one through its mapped address from an IPv6 socket that is not IPV6_V6ONLY.
@@ -76,25 +72,6 @@ int Wait(int fd, short events, int64_t deadline) {
     if (r > 0) return 0;
     if (r < 0 && errno != EINTR) return errno;
   }
-}
-
-// Wippy's isolation credential: 8 random bytes as 16 lowercase hex characters.
-bool IsolationCredential(char out[17]) {
-  uint8_t b[8];
-  size_t got = 0;
-  while (got < sizeof b) {
-    ssize_t r = getrandom(b + got, sizeof b - got, 0);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) return false;
-    got += size_t(r);
-  }
-  static const char kDigits[] = "0123456789abcdef";
-  for (int i = 0; i < 8; ++i) {
-    out[2 * i] = kDigits[b[i] >> 4];
-    out[2 * i + 1] = kDigits[b[i] & 0xf];
-  }
-  out[16] = 0;
-  return true;
 }
 
 // Connects `fd` to the proxy and runs the handshake; the socket is non-blocking meanwhile.
@@ -173,36 +150,46 @@ int Run(int fd, const Socks5Plan& plan, socks5::Client* hs, char* msg, size_t ms
   }
 }
 
-}  // namespace
-
-int ShimSocks5Connect(int fd, const Socks5Plan& plan, const char* name, const wire::Addr& dest,
-                      char* msg, size_t msgcap) {
-  socks5::Client hs;
-  char cred[17];
+// Runs the handshake with the socket non-blocking meanwhile (flags restored): 0 or an errno.
+int RunNonBlocking(int fd, const Socks5Plan& plan, const char* name, const wire::Addr& dest,
+                   socks5::Client* hs, char* why, size_t whycap) {
+  char cred[17] = {};
+  const int cred_err = plan.isolate ? socks5::IsolationCredential(cred, getrandom) : 0;
   if (plan.isolate) {
-    if (!IsolationCredential(cred)) {
-      std::snprintf(msg, msgcap, "socks5: failed to generate isolation credential: %s",
-                    std::strerror(errno));
-      return EIO;
-    }
-    hs.Start(name, dest, dest.port, cred, 16, cred, 16);
+    hs->Start(name, dest, dest.port, cred, 16, cred, 16);
   } else {
-    hs.Start(name, dest, dest.port, plan.username, plan.username_len, plan.password,
-             plan.password_len);
+    hs->Start(name, dest, dest.port, plan.username, plan.username_len, plan.password,
+              plan.password_len);
+  }
+  if (cred_err != 0) {  // nothing was sent; hs names the target for the message
+    std::snprintf(why, whycap, "socks5: failed to generate isolation credential: %s",
+                  std::strerror(cred_err));
+    return EIO;
   }
   int flags = fcntl(fd, F_GETFL);
   if (flags < 0) {
     int err = errno;
-    std::snprintf(msg, msgcap, "fcntl(F_GETFL): %s", std::strerror(err));
+    std::snprintf(why, whycap, "fcntl(F_GETFL): %s", std::strerror(err));
     return err;
   }
   if ((flags & O_NONBLOCK) == 0 && fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) {
     int err = errno;
-    std::snprintf(msg, msgcap, "fcntl(F_SETFL): %s", std::strerror(err));
+    std::snprintf(why, whycap, "fcntl(F_SETFL): %s", std::strerror(err));
     return err;
   }
-  int err = Run(fd, plan, &hs, msg, msgcap);
+  int err = Run(fd, plan, hs, why, whycap);
   if ((flags & O_NONBLOCK) == 0) fcntl(fd, F_SETFL, flags);
+  return err;
+}
+
+}  // namespace
+
+int ShimSocks5Connect(int fd, const Socks5Plan& plan, const char* name, const wire::Addr& dest,
+                      char* why, size_t whycap, char* msg, size_t msgcap) {
+  socks5::Client hs;
+  int err = RunNonBlocking(fd, plan, name, dest, &hs, why, whycap);
+  // As the broker words a failed CONNECT.
+  if (err != 0) std::snprintf(msg, msgcap, "%s via %s: %s", hs.target(), plan.overlay, why);
   return err;
 }
 

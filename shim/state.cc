@@ -1,6 +1,7 @@
 // The shim's view of its process: read from the environment once, on first need, so that a
 // program that never opens a socket pays nothing beyond loading the library.
 #include <sched.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cstdarg>
@@ -79,6 +80,12 @@ void InitOnce() {
 }
 
 __attribute__((constructor)) void SnapshotEnvironment() { InitOnce(); }
+
+int64_t MonotonicNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
 
 const Settings& GetSettings() {
   InitOnce();
