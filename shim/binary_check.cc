@@ -4,6 +4,8 @@
 #include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <link.h>
+#include <sys/auxv.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
 #include <unistd.h>
@@ -15,73 +17,221 @@ namespace via::shim {
 
 namespace {
 
-bool IsLoader(const char* path) {
-  const char* base = std::strrchr(path, '/');
-  base = base == nullptr ? path : base + 1;
-  return std::strncmp(base, "ld-linux", 8) == 0 || std::strncmp(base, "ld.so", 5) == 0;
-}
+// The kernel's exec_binprm: the file and at most 5 interpreters (a 6th level is ELOOP).
+constexpr int kMaxInterpreters = 5;
+// BINPRM_BUF_SIZE: the kernel reads the `#!` line from the first 256 bytes.
+constexpr size_t kShebangBuf = 256;
 
-// Whether the ELF file behind `fd` has a PT_INTERP program header (is dynamically linked).
-// `head` holds the first `n` bytes of the file; program headers beyond it are read with pread.
-// Returns -1 when it is not an ELF file we can read.
-int HasInterpreter(int fd, const unsigned char* head, ssize_t n) {
-  if (n < EI_NIDENT || std::memcmp(head, ELFMAG, SELFMAG) != 0) return -1;
-  uint64_t phoff;
-  uint16_t phentsize, phnum, type;
-  if (head[EI_CLASS] == ELFCLASS64 && n >= ssize_t(sizeof(Elf64_Ehdr))) {
-    Elf64_Ehdr eh;
-    std::memcpy(&eh, head, sizeof eh);
-    phoff = eh.e_phoff, phentsize = eh.e_phentsize, phnum = eh.e_phnum, type = eh.e_type;
-  } else if (head[EI_CLASS] == ELFCLASS32 && n >= ssize_t(sizeof(Elf32_Ehdr))) {
-    Elf32_Ehdr eh;
-    std::memcpy(&eh, head, sizeof eh);
-    phoff = eh.e_phoff, phentsize = eh.e_phentsize, phnum = eh.e_phnum, type = eh.e_type;
+// ---- this process's dynamic loader ------------------------------------------------------------
+// Found once: the kernel ran it as the program's PT_INTERP (AT_BASE != 0; the path is in the
+// program's headers, mapped in memory), or ran it as the program itself (`ld.so prog`:
+// AT_BASE is 0 and /proc/self/exe is the loader). No malloc, no locks.
+struct LoaderId {
+  int state;  // 0 not looked up, 1 known, 2 unknown
+  dev_t dev;
+  ino_t ino;
+  char path[256];  // the PT_INTERP string ("" when unknown): binaries naming it are cacheable
+};
+LoaderId g_loader;
+
+const LoaderId& Loader() {
+  if (__atomic_load_n(&g_loader.state, __ATOMIC_ACQUIRE) != 0) return g_loader;
+  struct stat st;
+  bool ok = false;
+  char path[256] = {};
+  if (getauxval(AT_BASE) == 0) {
+    ok = stat("/proc/self/exe", &st) == 0;
   } else {
-    return -1;
-  }
-  if (type != ET_EXEC && type != ET_DYN) return -1;
-  if (phentsize < sizeof(uint32_t) || phnum > 4096) return -1;
-  for (uint16_t i = 0; i < phnum; ++i) {
-    uint64_t at = phoff + uint64_t(i) * phentsize;
-    uint32_t p_type;
-    if (at + sizeof p_type <= uint64_t(n)) {
-      std::memcpy(&p_type, head + at, sizeof p_type);  // usual case: already read
-    } else if (pread(fd, &p_type, sizeof p_type, off_t(at)) != ssize_t(sizeof p_type)) {
-      return -1;
+    auto* ph = reinterpret_cast<const ElfW(Phdr)*>(getauxval(AT_PHDR));
+    size_t n = getauxval(AT_PHNUM);
+    uintptr_t bias = 0;
+    const char* interp = nullptr;
+    for (size_t i = 0; ph != nullptr && i < n; ++i) {
+      if (ph[i].p_type == PT_PHDR) bias = reinterpret_cast<uintptr_t>(ph) - ph[i].p_vaddr;
     }
-    if (p_type == PT_INTERP) return 1;
+    for (size_t i = 0; ph != nullptr && i < n; ++i) {
+      if (ph[i].p_type == PT_INTERP) interp = reinterpret_cast<const char*>(bias + ph[i].p_vaddr);
+    }
+    if (interp != nullptr && std::strlen(interp) < sizeof path && interp[0] == '/') {
+      std::memcpy(path, interp, std::strlen(interp) + 1);
+      ok = stat(path, &st) == 0;
+    }
   }
-  return 0;
+  if (ok) {
+    g_loader.dev = st.st_dev;
+    g_loader.ino = st.st_ino;
+    std::memcpy(g_loader.path, path, sizeof path);
+  }
+  __atomic_store_n(&g_loader.state, ok ? 1 : 2, __ATOMIC_RELEASE);
+  return g_loader;
 }
 
-// Copies `len` bytes at file offset `at` into `out`: from `head` (the file's first `n` bytes)
-// when they are there, else with one pread. Stack only (vfork children).
-bool ReadAt(int fd, const unsigned char* head, ssize_t n, uint64_t at, void* out, size_t len) {
-  if (at + len <= uint64_t(n)) {
-    std::memcpy(out, head + at, len);
-    return true;
-  }
-  return pread(fd, out, len, off_t(at)) == ssize_t(len);
+bool IsOurLoader(const struct stat& st) {
+  const LoaderId& l = Loader();
+  return l.state == 1 && st.st_dev == l.dev && st.st_ino == l.ino;
 }
 
-// Whether the ELF file behind `fd` carries Go's build-ID note (owner "Go", type 4) in a PT_NOTE
-// segment: a Go program. Go makes its socket system calls itself (even when dynamically linked
-// for cgo), so the shim would see none of its connects. Program headers and notes usually lie
-// within `head` (the file's first `n` bytes): no extra system call then. Stack only.
-bool IsGoProgram(int fd, const unsigned char* head, ssize_t n) {
-  if (n < ssize_t(sizeof(Elf64_Ehdr)) || head[EI_CLASS] != ELFCLASS64) return false;
+// ---- the verdict cache --------------------------------------------------------------------------
+// Files that passed, by identity. Each slot is a seqlock written with a try-lock: a writer that
+// finds the slot busy skips caching, a reader that sees it change misses; nobody waits.
+struct CacheKey {
+  dev_t dev;
+  ino_t ino;
+  off_t size;
+  struct timespec mtime, ctime;
+};
+enum Verdict : uint8_t { kPassElf = 1, kPassScript = 2, kGoObject = 3, kNotGo = 4 };
+struct CacheSlot {
+  unsigned seq;  // odd while written
+  CacheKey key;
+  uint8_t verdict;
+  char interp[126];  // kPassScript: "name\0arg\0" of its `#!` line
+};
+constexpr size_t kCacheSlots = 64;
+CacheSlot g_cache[kCacheSlots];
+
+CacheKey KeyOf(const struct stat& st) {
+  return CacheKey{st.st_dev, st.st_ino, st.st_size, st.st_mtim, st.st_ctim};
+}
+
+bool SameKey(const CacheKey& a, const CacheKey& b) {
+  return a.dev == b.dev && a.ino == b.ino && a.size == b.size && a.mtime.tv_sec == b.mtime.tv_sec &&
+         a.mtime.tv_nsec == b.mtime.tv_nsec && a.ctime.tv_sec == b.ctime.tv_sec &&
+         a.ctime.tv_nsec == b.ctime.tv_nsec;
+}
+
+size_t SlotOf(const CacheKey& k) {
+  uint64_t h = uint64_t(k.ino) * 0x9e3779b97f4a7c15ull ^ uint64_t(k.dev);
+  return size_t(h >> 58) % kCacheSlots;
+}
+
+// Copies the slot's verdict (and script line) if it holds `k`.
+bool CacheGet(const CacheKey& k, uint8_t* verdict, char* interp, size_t cap) {
+  CacheSlot& s = g_cache[SlotOf(k)];
+  unsigned seq = __atomic_load_n(&s.seq, __ATOMIC_ACQUIRE);
+  if ((seq & 1) != 0 || seq == 0) return false;
+  CacheSlot copy;
+  __atomic_thread_fence(__ATOMIC_ACQUIRE);
+  std::memcpy(static_cast<void*>(&copy), static_cast<const void*>(&s), sizeof copy);
+  __atomic_thread_fence(__ATOMIC_ACQUIRE);
+  if (__atomic_load_n(&s.seq, __ATOMIC_RELAXED) != seq || !SameKey(copy.key, k)) return false;
+  *verdict = copy.verdict;
+  if (interp != nullptr && cap >= sizeof copy.interp) {
+    std::memcpy(interp, copy.interp, sizeof copy.interp);
+  }
+  return true;
+}
+
+void CachePut(const CacheKey& k, uint8_t verdict, const char* name = nullptr,
+              const char* arg = nullptr) {
+  CacheSlot& s = g_cache[SlotOf(k)];
+  char line[sizeof s.interp] = {};
+  if (name != nullptr) {
+    size_t a = std::strlen(name), b = std::strlen(arg);
+    if (a + b + 2 > sizeof line) return;  // too long to cache: checked every time
+    std::memcpy(line, name, a + 1);
+    std::memcpy(line + a + 1, arg, b + 1);
+  }
+  unsigned seq = __atomic_load_n(&s.seq, __ATOMIC_RELAXED);
+  if ((seq & 1) != 0 || !__atomic_compare_exchange_n(&s.seq, &seq, seq + 1, false, __ATOMIC_ACQUIRE,
+                                                     __ATOMIC_RELAXED)) {
+    return;
+  }
+  __atomic_thread_fence(__ATOMIC_RELEASE);
+  s.key = k;
+  s.verdict = verdict;
+  std::memcpy(s.interp, line, sizeof line);
+  __atomic_store_n(&s.seq, seq + 2, __ATOMIC_RELEASE);
+}
+
+// ---- reading the file ---------------------------------------------------------------------------
+// The file's first bytes (and a second window, e.g. around the section headers), so that most
+// reads cost no system call.
+struct FileView {
+  int fd;
+  const unsigned char* head;
+  size_t head_len;
+  const unsigned char* tail = nullptr;
+  uint64_t tail_off = 0;
+  size_t tail_len = 0;
+
+  bool Read(uint64_t at, void* out, size_t len) const {
+    if (at + len >= at && at + len <= head_len) {
+      std::memcpy(out, head + at, len);
+      return true;
+    }
+    if (tail != nullptr && at >= tail_off && at + len >= at && at + len <= tail_off + tail_len) {
+      std::memcpy(out, tail + (at - tail_off), len);
+      return true;
+    }
+    if (at > uint64_t(INT64_MAX)) return false;
+    return pread(fd, out, len, off_t(at)) == ssize_t(len);
+  }
+};
+
+bool ReadEhdr(const FileView& f, Elf64_Ehdr* eh) {
+  unsigned char ident[EI_NIDENT];
+  if (!f.Read(0, ident, sizeof ident) || std::memcmp(ident, ELFMAG, SELFMAG) != 0) return false;
+  if (ident[EI_CLASS] == ELFCLASS64) return f.Read(0, eh, sizeof *eh);
+  if (ident[EI_CLASS] != ELFCLASS32) return false;
+  Elf32_Ehdr e;
+  if (!f.Read(0, &e, sizeof e)) return false;
+  std::memcpy(eh->e_ident, e.e_ident, EI_NIDENT);
+  eh->e_type = e.e_type, eh->e_machine = e.e_machine, eh->e_phoff = e.e_phoff;
+  eh->e_shoff = e.e_shoff, eh->e_phentsize = e.e_phentsize, eh->e_phnum = e.e_phnum;
+  eh->e_shentsize = e.e_shentsize, eh->e_shnum = e.e_shnum, eh->e_shstrndx = e.e_shstrndx;
+  return true;
+}
+
+bool Is64(const Elf64_Ehdr& eh) { return eh.e_ident[EI_CLASS] == ELFCLASS64; }
+
+bool ReadPhdr(const FileView& f, const Elf64_Ehdr& eh, unsigned i, Elf64_Phdr* ph) {
+  uint64_t at = eh.e_phoff + uint64_t(i) * eh.e_phentsize;
+  if (Is64(eh)) return eh.e_phentsize >= sizeof *ph && f.Read(at, ph, sizeof *ph);
+  Elf32_Phdr p;
+  if (eh.e_phentsize < sizeof p || !f.Read(at, &p, sizeof p)) return false;
+  ph->p_type = p.p_type, ph->p_flags = p.p_flags, ph->p_offset = p.p_offset;
+  ph->p_vaddr = p.p_vaddr, ph->p_filesz = p.p_filesz, ph->p_memsz = p.p_memsz;
+  return true;
+}
+
+bool ReadShdr(const FileView& f, const Elf64_Ehdr& eh, uint64_t i, Elf64_Shdr* sh) {
+  uint64_t at = eh.e_shoff + i * eh.e_shentsize;
+  if (Is64(eh)) return eh.e_shentsize >= sizeof *sh && f.Read(at, sh, sizeof *sh);
+  Elf32_Shdr s;
+  if (eh.e_shentsize < sizeof s || !f.Read(at, &s, sizeof s)) return false;
+  sh->sh_name = s.sh_name, sh->sh_type = s.sh_type, sh->sh_flags = s.sh_flags;
+  sh->sh_offset = s.sh_offset, sh->sh_size = s.sh_size, sh->sh_link = s.sh_link;
+  return true;
+}
+
+ElfKind Classify(const FileView& f, char* interp, size_t cap) {
   Elf64_Ehdr eh;
-  std::memcpy(&eh, head, sizeof eh);
-  if (eh.e_phentsize < sizeof(Elf64_Phdr) || eh.e_phnum > 4096) return false;
-  for (uint16_t i = 0; i < eh.e_phnum; ++i) {
+  if (!ReadEhdr(f, &eh)) return ElfKind::kNotElf;
+  if (eh.e_type != ET_EXEC && eh.e_type != ET_DYN) return ElfKind::kBad;
+  if (eh.e_phnum > 4096) return ElfKind::kBad;
+  for (unsigned i = 0; i < eh.e_phnum; ++i) {
     Elf64_Phdr ph;
-    if (!ReadAt(fd, head, n, eh.e_phoff + uint64_t(i) * eh.e_phentsize, &ph, sizeof ph)) {
-      return false;
-    }
+    if (!ReadPhdr(f, eh, i, &ph)) return ElfKind::kBad;
+    if (ph.p_type != PT_INTERP) continue;
+    // The kernel (binfmt_elf): 2 <= p_filesz <= PATH_MAX, NUL-terminated at its last byte.
+    if (ph.p_filesz < 2 || ph.p_filesz > 4096 || ph.p_filesz > cap) return ElfKind::kBad;
+    if (!f.Read(ph.p_offset, interp, size_t(ph.p_filesz))) return ElfKind::kBad;
+    if (interp[ph.p_filesz - 1] != 0) return ElfKind::kBad;
+    return ElfKind::kDynamic;
+  }
+  return ElfKind::kStatic;
+}
+
+// Go's build-ID note (owner "Go", type 4) in a PT_NOTE segment.
+bool HasGoNote(const FileView& f, const Elf64_Ehdr& eh) {
+  for (unsigned i = 0; i < eh.e_phnum && i < 4096; ++i) {
+    Elf64_Phdr ph;
+    if (!ReadPhdr(f, eh, i, &ph)) return false;
     if (ph.p_type != PT_NOTE) continue;
     unsigned char notes[1024];
     size_t len = ph.p_filesz < sizeof notes ? size_t(ph.p_filesz) : sizeof notes;
-    if (!ReadAt(fd, head, n, ph.p_offset, notes, len)) continue;
+    if (!f.Read(ph.p_offset, notes, len)) continue;
     size_t off = 0;
     while (off + 12 <= len) {
       uint32_t namesz, descsz, type;
@@ -93,13 +243,99 @@ bool IsGoProgram(int fd, const unsigned char* head, ssize_t n) {
           std::memcmp(notes + name_off, "Go\0\0", 4) == 0) {
         return true;
       }
+      if (namesz > len || descsz > len) break;
       size_t next =
           name_off + ((size_t(namesz) + 3) & ~size_t(3)) + ((size_t(descsz) + 3) & ~size_t(3));
-      if (next <= off || namesz > len || descsz > len) break;
+      if (next <= off) break;
       off = next;
     }
   }
   return false;
+}
+
+// Section names only Go's linker writes (internal or external linking, stripped or not):
+// .go.buildinfo (its build information), .gopclntab (the runtime's function table), .go.module,
+// .go.fipsinfo, .note.go.buildid.
+bool IsGoSectionName(const char* s, size_t n) {
+  static const char* const kNames[] = {".go.buildinfo",    ".gopclntab",
+                                       ".go.module",       ".go.fipsinfo",
+                                       ".note.go.buildid", ".data.rel.ro.gopclntab"};
+  for (const char* name : kNames) {
+    size_t len = std::strlen(name);
+    if (n > len && std::memcmp(s, name, len + 1) == 0) return true;
+  }
+  return false;
+}
+
+// -1: no section headers to tell; 0/1: whether a Go section is there.
+int HasGoSection(FileView& f, const Elf64_Ehdr& eh, unsigned char* win, size_t wincap) {
+  if (eh.e_shoff == 0) return -1;
+  uint64_t shnum = eh.e_shnum;
+  uint32_t strndx = eh.e_shstrndx;
+  Elf64_Shdr sh0;
+  if (shnum == 0 || strndx == SHN_XINDEX) {  // large counts live in section 0
+    if (!ReadShdr(f, eh, 0, &sh0)) return -1;
+    if (shnum == 0) shnum = sh0.sh_size;
+    if (strndx == SHN_XINDEX) strndx = sh0.sh_link;
+  }
+  if (shnum == 0 || shnum > 65536 || strndx >= shnum) return -1;
+  uint64_t entsize = Is64(eh) ? sizeof(Elf64_Shdr) : sizeof(Elf32_Shdr);
+  if (eh.e_shentsize < entsize) return -1;
+  // One read for the table and (usually just before it) the names.
+  uint64_t end = eh.e_shoff + shnum * eh.e_shentsize;
+  if (end < eh.e_shoff) return -1;
+  uint64_t start = end > wincap ? end - wincap : 0;
+  ssize_t got = pread(f.fd, win, size_t(end - start), off_t(start));
+  if (got > 0) {
+    f.tail = win, f.tail_off = start, f.tail_len = size_t(got);
+  }
+  Elf64_Shdr strtab;
+  if (!ReadShdr(f, eh, strndx, &strtab)) return -1;
+  for (uint64_t i = 1; i < shnum; ++i) {
+    Elf64_Shdr sh;
+    if (!ReadShdr(f, eh, i, &sh)) return -1;
+    if (sh.sh_name >= strtab.sh_size) continue;
+    char name[24];
+    size_t n = sizeof name;
+    if (strtab.sh_size - sh.sh_name < n) n = size_t(strtab.sh_size - sh.sh_name);
+    if (!f.Read(strtab.sh_offset + sh.sh_name, name, n)) continue;
+    if (IsGoSectionName(name, n)) return 1;
+  }
+  return 0;
+}
+
+// Without section headers: Go's build-information magic, 16-byte aligned, in a writable
+// PT_LOAD segment (where .go.buildinfo lives). Read in 4 KiB steps, at most 64 MiB.
+bool HasBuildInfoMagic(const FileView& f, const Elf64_Ehdr& eh) {
+  static const char kMagic[] = "\xff Go buildinf:";
+  uint64_t budget = uint64_t(64) << 20;
+  for (unsigned i = 0; i < eh.e_phnum && i < 4096; ++i) {
+    Elf64_Phdr ph;
+    if (!ReadPhdr(f, eh, i, &ph)) return false;
+    if (ph.p_type != PT_LOAD || (ph.p_flags & PF_W) == 0) continue;
+    unsigned char buf[4096];
+    uint64_t first = (ph.p_offset + 15) & ~uint64_t(15);
+    for (uint64_t at = first; at < ph.p_offset + ph.p_filesz && budget > 0; at += sizeof buf) {
+      ssize_t got = pread(f.fd, buf, sizeof buf, off_t(at));
+      if (got <= 0) break;
+      budget -= uint64_t(got) < budget ? uint64_t(got) : budget;
+      for (ssize_t k = 0; k + 14 <= got; k += 16) {
+        if (std::memcmp(buf + k, kMagic, 14) == 0) return true;
+      }
+    }
+  }
+  return false;
+}
+
+bool IsGo(FileView& f) {
+  Elf64_Ehdr eh;
+  if (!ReadEhdr(f, &eh) || eh.e_phnum > 4096) return false;
+  if (HasGoNote(f, eh)) return true;
+  unsigned char win[4096];
+  int sections = HasGoSection(f, eh, win, sizeof win);
+  f.tail = nullptr;
+  if (sections >= 0) return sections == 1;
+  return HasBuildInfoMagic(f, eh);
 }
 
 // The setuid/setgid part of the check, from the file's metadata.
@@ -111,60 +347,356 @@ const char* ModeReason(const struct stat& st) {
   return nullptr;
 }
 
-}  // namespace
+void Copy(char* out, size_t cap, const char* s) {
+  size_t n = std::strlen(s);
+  if (n >= cap) n = cap - 1;
+  std::memcpy(out, s, n);
+  out[n] = 0;
+}
 
-// Why exec of `path` would run without the shim, or nullptr. `interp` names a script's
-// interpreter when that is the reason. Four system calls for a readable binary (open, fstat, one
-// pread that also covers the program headers and usually the notes, close): this runs before
-// every exec of a session.
-const char* UnroutedReason(const char* path, int depth, char* interp, size_t interp_cap) {
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    // Missing (a PATH search tries many): the kernel will say. Unreadable but perhaps executable
-    // (mode 4711): the metadata still tells setuid.
-    if (errno == ENOENT || errno == ENOTDIR) return nullptr;
+constexpr const char* kGoReason =
+    "it is a Go program, which makes its network system calls itself, past the shim";
+
+// The program the loader runs: `args` are the loader's arguments after its name (the prefix
+// `pre[0..npre)` from `#!` lines, then `argv`).
+struct ArgList {
+  const char* pre[2 * kMaxInterpreters + 2];
+  int npre = 0;
+  char* const* argv = nullptr;  // the exec's argv[1..] (may be nullptr)
+
+  int Size() const {
+    int n = npre;
+    while (argv != nullptr && argv[n - npre] != nullptr && n < 1 << 20) ++n;
+    return n;
+  }
+  const char* At(int i) const { return i < npre ? pre[i] : argv[i - npre]; }
+};
+
+// Follows what the kernel does with `path` (or, when `via_loader`, what the dynamic loader does
+// with it as its program). Iterative: the buffers are reused level by level.
+const char* Check(const char* path, ArgList args, bool via_loader, char* detail, size_t cap) {
+  char lines[kMaxInterpreters + 1][2][kShebangBuf];  // each level's interpreter and argument
+  char interp[kCheckPathMax];
+  const char* current = path;
+  int level = 0;        // binfmt handlers run so far (the kernel allows kMaxInterpreters + 1)
+  int loader_runs = 0;  // ld.so running ld.so ...
+  for (;;) {
     struct stat st;
-    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) return nullptr;
-    if (const char* reason = ModeReason(st); reason != nullptr) return reason;
-    if (geteuid() != 0 && getxattr(path, "security.capability", nullptr, 0) > 0) {
-      return "it has file capabilities";
+    int fd = open(current, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      // Missing (a PATH search tries many): the kernel will say. Unreadable but perhaps
+      // executable (mode 4711): the metadata still tells setuid.
+      if (via_loader || errno == ENOENT || errno == ENOTDIR) return nullptr;
+      if (stat(current, &st) != 0 || !S_ISREG(st.st_mode)) return nullptr;
+      if (current != path) Copy(detail, cap, current);
+      if (const char* reason = ModeReason(st); reason != nullptr) return reason;
+      if (geteuid() != 0 && getxattr(current, "security.capability", nullptr, 0) > 0) {
+        return "it has file capabilities";
+      }
+      return nullptr;  // unreadable and not privileged: the kernel reads it, we cannot
+    }
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+      close(fd);
+      return nullptr;  // the kernel will say
+    }
+    const char* reason = nullptr;
+    if (!via_loader && ((reason = ModeReason(st)) != nullptr ||
+                        (geteuid() != 0 && fgetxattr(fd, "security.capability", nullptr, 0) > 0 &&
+                         (reason = "it has file capabilities") != nullptr))) {
+      close(fd);
+      if (current != path) Copy(detail, cap, current);
+      return reason;
+    }
+    CacheKey key = KeyOf(st);
+    uint8_t verdict = 0;
+    char cached[sizeof CacheSlot::interp];
+    bool hit = CacheGet(key, &verdict, cached, sizeof cached) &&
+               (verdict == kPassElf || verdict == kPassScript);
+    unsigned char head[1024];
+    ssize_t n = 0;
+    if (!hit) {
+      n = pread(fd, head, sizeof head, 0);
+      if (n < 0) n = 0;
+    }
+    bool script = hit ? verdict == kPassScript : (n >= 2 && head[0] == '#' && head[1] == '!');
+    if (script && !via_loader) {
+      // binfmt_script: runs `name [arg] current args...`.
+      char* name = lines[level][0];
+      char* arg = lines[level][1];
+      if (hit) {
+        Copy(name, kShebangBuf, cached);
+        Copy(arg, kShebangBuf, cached + std::strlen(cached) + 1);
+      } else if (ParseShebang(head, size_t(n), name, kShebangBuf, arg, kShebangBuf) != 1) {
+        close(fd);
+        return nullptr;  // ENOEXEC from the kernel
+      } else {
+        CachePut(key, kPassScript, name, arg);
+      }
+      close(fd);
+      if (level >= kMaxInterpreters) {
+        Copy(detail, cap, name);
+        return "it nests more interpreters than the check follows";
+      }
+      // New argument prefix: name's args are [arg] current <old args>.
+      ArgList next;
+      next.argv = args.argv;
+      int k = 0;
+      if (arg[0] != 0) next.pre[k++] = arg;
+      next.pre[k++] = current;
+      for (int i = 0; i < args.npre && k < int(sizeof next.pre / sizeof next.pre[0]); ++i) {
+        next.pre[k++] = args.pre[i];
+      }
+      next.npre = k;
+      args = next;
+      current = name;
+      ++level;
+      continue;
+    }
+    if (script || (hit && verdict == kPassElf)) {  // via the loader a script does not run
+      close(fd);
+      return nullptr;
+    }
+    FileView f{fd, head, size_t(n)};
+    ElfKind kind = Classify(f, interp, sizeof interp);
+    if (kind == ElfKind::kNotElf || kind == ElfKind::kBad) {
+      close(fd);
+      return nullptr;  // the kernel (or loader) refuses it
+    }
+    if (kind == ElfKind::kStatic) {
+      close(fd);
+      if (!IsOurLoader(st)) {
+        if (current != path) Copy(detail, cap, current);
+        return via_loader ? "the dynamic loader would run it, and it is statically linked"
+                          : "it is statically linked";
+      }
+      // This process's ld.so: it runs the program named after its options.
+      int total = args.Size();
+      const char* list[64];
+      int nlist = total < 64 ? total : 64;
+      for (int i = 0; i < nlist; ++i) list[i] = args.At(i);
+      int at = LoaderProgramIndex(list, nlist);
+      if (at == -1 && total > nlist)
+        return "the dynamic loader's command line is too long to check";
+      if (at == -1) return nullptr;  // usage or --version: nothing runs
+      if (at == -2) {
+        Copy(detail, cap, current);
+        return "the dynamic loader's command line has an option the check does not know";
+      }
+      if (at == -3) {
+        Copy(detail, cap, current);
+        return "the dynamic loader would load an audit library, outside the shim's namespace";
+      }
+      const char* prog = list[at];
+      if (std::strchr(prog, '/') == nullptr) {
+        Copy(detail, cap, prog);
+        return "the dynamic loader would search for the program it runs";
+      }
+      if (++loader_runs > 4) return "the dynamic loader runs itself too many times";
+      ArgList next;  // the program's own arguments (they matter if it is the loader again)
+      if (at + 1 >= args.npre) {
+        next.npre = 0;
+        next.argv = args.argv != nullptr ? args.argv + (at + 1 - args.npre) : nullptr;
+      } else {
+        next.npre = args.npre - (at + 1);
+        for (int i = 0; i < next.npre; ++i) next.pre[i] = args.pre[at + 1 + i];
+        next.argv = args.argv;
+      }
+      args = next;
+      current = prog;
+      via_loader = true;
+      continue;
+    }
+    // Dynamic: the kernel maps PT_INTERP and runs it. Only this process's loader preloads the
+    // shim; another (a static program, a 32-bit or foreign loader) runs without it.
+    if (!via_loader) {
+      struct stat ist;
+      bool ours = Loader().state == 1 && std::strcmp(interp, Loader().path) == 0;
+      if (!ours && stat(interp, &ist) == 0 && !IsOurLoader(ist)) {
+        close(fd);
+        Copy(detail, cap, interp);
+        return "its program interpreter is not this process's dynamic loader (which loads the "
+               "shim)";
+      }
+    }
+    bool go = IsGo(f);
+    close(fd);
+    if (go) {
+      if (current != path) Copy(detail, cap, current);
+      return kGoReason;
+    }
+    // Cacheable when the PT_INTERP is the very path of our loader (a path only root controls);
+    // any other interpreter path is resolved again at each exec.
+    if (!via_loader && Loader().state == 1 && std::strcmp(interp, Loader().path) == 0) {
+      CachePut(key, kPassElf);
     }
     return nullptr;
   }
+}
+
+bool g_scan_done;
+unsigned long long g_scan_adds;
+
+struct ScanState {
+  char* name;
+  size_t cap;
+  bool found;
+};
+
+}  // namespace
+
+int ParseShebang(const unsigned char* buf, size_t n, char* name, size_t namecap, char* arg,
+                 size_t argcap) {
+  if (n < 2 || buf[0] != '#' || buf[1] != '!') return 0;
+  if (n > kShebangBuf) n = kShebangBuf;
+  // As fs/binfmt_script.c: the line ends at '\n' or at the end of the buffer; the name ends at
+  // a space, tab or NUL; trailing spaces/tabs are trimmed; the rest is one argument.
+  char b[kShebangBuf + 1];
+  std::memcpy(b, buf, n);
+  b[n] = 0;
+  auto spacetab = [](char c) { return c == ' ' || c == '\t'; };
+  auto terminator = [](char c) { return c == ' ' || c == '\t' || c == 0; };
+  char* buf_end = b + n;  // the kernel: one past the last byte it may use
+  char* i_end = static_cast<char*>(std::memchr(b, '\n', n));
+  if (i_end == nullptr) {
+    char* p = b + 2;
+    while (p < buf_end && spacetab(*p)) ++p;
+    if (p >= buf_end) return -1;  // entire buffer is spaces/tabs
+    char* q = p;
+    while (q < buf_end && !terminator(*q)) ++q;
+    if (q >= buf_end) return -1;  // the interpreter name is truncated
+    i_end = buf_end;
+  }
+  while (i_end > b + 2 && spacetab(i_end[-1])) --i_end;
+  *i_end = 0;
+  char* i_name = b + 2;
+  while (i_name < i_end && spacetab(*i_name)) ++i_name;
+  if (i_name >= i_end || *i_name == 0) return -1;  // no interpreter name
+  char* i_sep = i_name;
+  while (i_sep < i_end && !terminator(*i_sep)) ++i_sep;
+  const char* i_arg = "";
+  if (i_sep < i_end && *i_sep != 0) {
+    char* p = i_sep;
+    while (p < i_end && spacetab(*p)) ++p;
+    if (p < i_end) i_arg = p;
+  }
+  size_t name_len = size_t(i_sep - i_name);
+  if (name_len + 1 > namecap || std::strlen(i_arg) + 1 > argcap) return -1;
+  std::memcpy(name, i_name, name_len);
+  name[name_len] = 0;
+  std::memcpy(arg, i_arg, std::strlen(i_arg) + 1);
+  return 1;
+}
+
+ElfKind ClassifyElf(int fd, char* interp, size_t cap) {
+  unsigned char head[1024];
+  ssize_t n = pread(fd, head, sizeof head, 0);
+  FileView f{fd, head, n > 0 ? size_t(n) : 0};
+  return Classify(f, interp, cap);
+}
+
+bool IsGoFile(int fd) {
+  unsigned char head[1024];
+  ssize_t n = pread(fd, head, sizeof head, 0);
+  FileView f{fd, head, n > 0 ? size_t(n) : 0};
+  return IsGo(f);
+}
+
+int LoaderProgramIndex(const char* const* args, int n) {
+  // glibc 2.36 rtld.c, dl_main: options are consumed while they match; an option that takes a
+  // value needs one after it (else it is unknown: usage error).
+  static const char* const kFlags[] = {"--list",          "--verify", "--inhibit-cache",
+                                       "--list-tunables", "--help",   "--list-diagnostics"};
+  static const char* const kWithValue[] = {
+      "--library-path", "--inhibit-rpath",        "--preload",
+      "--argv0",        "--glibc-hwcaps-prepend", "--glibc-hwcaps-mask"};
+  bool audit = false;
+  int i = 0;
+  while (i < n) {
+    const char* a = args[i];
+    bool matched = false;
+    for (const char* f : kFlags) {
+      if (std::strcmp(a, f) == 0) matched = true;
+    }
+    if (matched) {
+      ++i;
+      continue;
+    }
+    for (const char* f : kWithValue) {
+      if (std::strcmp(a, f) == 0 && i + 1 < n) matched = true;
+    }
+    if (std::strcmp(a, "--audit") == 0 && i + 1 < n) matched = audit = true;
+    if (matched) {
+      i += 2;
+      continue;
+    }
+    if (std::strcmp(a, "--version") == 0) return -1;
+    if (a[0] == '-' && a[1] == '-') return -2;  // glibc: "unrecognized option" (also "--")
+    break;
+  }
+  if (audit) return -3;
+  return i < n ? i : -1;
+}
+
+const char* UnroutedReason(const char* path, char* const argv[], char* detail, size_t cap) {
+  detail[0] = 0;
+  ArgList args;
+  args.argv = argv != nullptr && argv[0] != nullptr ? argv + 1 : nullptr;
+  return Check(path, args, false, detail, cap);
+}
+
+const char* SharedObjectReason(const char* path) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return nullptr;
   struct stat st;
-  const char* reason = nullptr;
   if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     close(fd);
-    return nullptr;  // the kernel will say
+    return nullptr;
   }
-  if ((reason = ModeReason(st)) != nullptr ||
-      (geteuid() != 0 && fgetxattr(fd, "security.capability", nullptr, 0) > 0 &&
-       (reason = "it has file capabilities") != nullptr)) {
-    close(fd);
-    return reason;
-  }
-  unsigned char head[1024];
-  ssize_t n = pread(fd, head, sizeof head - 1, 0);
-  if (n >= 2 && head[0] == '#' && head[1] == '!' && depth == 0) {
-    head[n] = 0;
-    char* p = reinterpret_cast<char*>(head) + 2;
-    while (*p == ' ' || *p == '\t') ++p;
-    size_t len = std::strcspn(p, " \t\r\n");
-    if (len > 0 && len < interp_cap) {
-      std::memcpy(interp, p, len);
-      interp[len] = 0;
-      char unused[8];
-      if (UnroutedReason(interp, 1, unused, sizeof unused) != nullptr) {
-        reason = "its interpreter would run without the shim";
-      }
-    }
-  } else if (int dynamic = HasInterpreter(fd, head, n); dynamic == 0 && !IsLoader(path)) {
-    reason = "it is statically linked";
-  } else if (dynamic == 1 && IsGoProgram(fd, head, n)) {
-    reason = "it is a Go program, which makes its network system calls itself, past the shim";
+  CacheKey key = KeyOf(st);
+  uint8_t verdict = 0;
+  bool go;
+  if (CacheGet(key, &verdict, nullptr, 0) && (verdict == kGoObject || verdict == kNotGo)) {
+    go = verdict == kGoObject;
+  } else {
+    go = IsGoFile(fd);
+    CachePut(key, go ? kGoObject : kNotGo);
   }
   close(fd);
-  return reason;
+  return go ? "it holds Go code, which makes its network system calls itself, past the shim"
+            : nullptr;
+}
+
+bool LoadedGoObject(char* name, size_t cap) {
+  unsigned long long adds = 0;
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, size_t, void* data) {
+        *static_cast<unsigned long long*>(data) = info->dlpi_adds;
+        return 1;
+      },
+      &adds);
+  if (__atomic_load_n(&g_scan_done, __ATOMIC_ACQUIRE) &&
+      __atomic_load_n(&g_scan_adds, __ATOMIC_RELAXED) == adds) {
+    return false;
+  }
+  ScanState state{name, cap, false};
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, size_t, void* data) {
+        auto* s = static_cast<ScanState*>(data);
+        // The main program was checked at its exec; "" is it (and the vDSO has no file).
+        if (info->dlpi_name == nullptr || info->dlpi_name[0] == 0) return 0;
+        if (SharedObjectReason(info->dlpi_name) != nullptr) {
+          Copy(s->name, s->cap, info->dlpi_name);
+          s->found = true;
+          return 1;
+        }
+        return 0;
+      },
+      &state);
+  if (!state.found) {
+    __atomic_store_n(&g_scan_adds, adds, __ATOMIC_RELAXED);
+    __atomic_store_n(&g_scan_done, true, __ATOMIC_RELEASE);
+  }
+  return state.found;
 }
 
 }  // namespace via::shim

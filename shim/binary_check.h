@@ -1,13 +1,55 @@
-// The exec guard's check of a binary: would exec of this file run a program without the shim
-// (or whose traffic the shim would not see)? Stack only: it runs in vfork children too.
+// The exec guard's check of a binary: would exec of this file run code without the shim, or code
+// whose traffic the shim would not see? It decides from what the kernel and the dynamic loader
+// will do with the file, never from its name:
+//  - a `#!` script: the kernel runs its interpreter (with the optional argument), which may be a
+//    script again; the chain is followed as binfmt_script does, to the ELF file that runs;
+//  - an ELF file without a program interpreter runs without the loader (statically linked),
+//    unless it IS this process's dynamic loader (same device and inode), which then runs the
+//    program named on its command line (after its options): that program is checked;
+//  - an ELF file whose PT_INTERP is not this process's dynamic loader: that interpreter runs
+//    instead of the loader that would preload the shim;
+//  - Go code (recognised by its sections, build-ID note and build-info magic), which makes its
+//    socket system calls itself;
+//  - setuid/setgid or file capabilities (the loader drops LD_PRELOAD).
+// Verdicts for files that pass are cached per (device, inode, size, mtime, ctime): a repeated
+// exec of the same binary costs one stat.
+//
+// Stack only, no malloc, no locks: this runs in vfork children too.
 #pragma once
 
 #include <cstddef>
 
 namespace via::shim {
 
-// Why exec of `path` would run without the shim, or nullptr. `interp` names a script's
-// interpreter when that is the reason.
-const char* UnroutedReason(const char* path, int depth, char* interp, size_t interp_cap);
+constexpr size_t kCheckPathMax = 4096;
+
+// Why exec of `path` with arguments `argv` (may be nullptr) would run code without the shim, or
+// nullptr. `detail` (capacity `cap`, at least 1) gets the file the reason is about when that is
+// not `path` itself (an interpreter, the program the loader would run), else "".
+const char* UnroutedReason(const char* path, char* const argv[], char* detail, size_t cap);
+
+// Why loading the shared object at `path` (dlopen) would bring in code whose traffic the shim
+// would not see (Go), or nullptr (also when the file cannot be read: the loader will say).
+const char* SharedObjectReason(const char* path);
+
+// Whether an object loaded in this process (at start or by dlopen since) holds Go code: fills
+// `name` with its path and returns true. Scans only when the set of loaded objects grew since
+// the last call (dl_iterate_phdr's add counter); cached per file. Not for vfork children.
+bool LoadedGoObject(char* name, size_t cap);
+
+// ---- exposed for the unit tests ----
+// Parses a `#!` line as the kernel's binfmt_script does: `buf` holds the file's first `n` bytes
+// (n <= 256 are used). On success (1) `name` gets the interpreter, `arg` the optional argument
+// ("" when none). 0: not a script. -1: a script the kernel refuses (ENOEXEC).
+int ParseShebang(const unsigned char* buf, size_t n, char* name, size_t namecap, char* arg,
+                 size_t argcap);
+// What the ELF file behind `fd` is. Fills `interp` with its PT_INTERP (when kDynamic).
+enum class ElfKind { kNotElf, kBad, kStatic, kDynamic };
+ElfKind ClassifyElf(int fd, char* interp, size_t cap);
+// Whether the ELF file behind `fd` holds Go code.
+bool IsGoFile(int fd);
+// The program glibc's ld.so would run given its arguments `args[0..n)` (after the loader's own
+// name): its index, or -1 when none runs (usage, --version), -2 for an option it does not know.
+int LoaderProgramIndex(const char* const* args, int n);
 
 }  // namespace via::shim

@@ -30,12 +30,12 @@ namespace {
 
 constexpr size_t kPathMax = 4096;
 
-// 0 if `path` may be executed, else EPERM (after one line on stderr).
-int CheckExec(const char* path) {
+// 0 if `path` may be executed with `argv`, else EPERM (after one line on stderr).
+int CheckExec(const char* path, char* const argv[]) {
   const Settings& s = GetSettings();
   if (path == nullptr || ExecUnguarded() || s.unrouted_exec_allowed) return 0;
   char interp[kPathMax] = {};
-  const char* reason = UnroutedReason(path, 0, interp, sizeof interp);
+  const char* reason = UnroutedReason(path, argv, interp, sizeof interp);
   if (reason == nullptr) return 0;
   Complain(
       "exec of %s refused under %s: %s%s%s, so its traffic would not go through the overlay "
@@ -132,8 +132,8 @@ char* const* FixEnv(char* const* envp, char** out, size_t cap, char* store, size
 // Checks the binary at `path`, then calls exec(environment) with envp repaired by FixEnv (on the
 // stack: exec either replaces the process or fails).
 template <typename Exec>
-int CheckedExec(const char* path, char* const envp[], Exec exec) {
-  if (int err = CheckExec(path); err != 0) {
+int CheckedExec(const char* path, char* const argv[], char* const envp[], Exec exec) {
+  if (int err = CheckExec(path, argv); err != 0) {
     errno = err;
     return -1;
   }
@@ -146,7 +146,7 @@ int CheckedExec(const char* path, char* const envp[], Exec exec) {
 
 // execve with both checks. Never returns on success.
 int CheckedExecve(const char* path, char* const argv[], char* const envp[]) {
-  return CheckedExec(path, envp, [&](char** env) { return Real().execve(path, argv, env); });
+  return CheckedExec(path, argv, envp, [&](char** env) { return Real().execve(path, argv, env); });
 }
 
 // execvpe as glibc does it (PATH search, /bin/sh for ENOEXEC), with every candidate checked.
@@ -296,12 +296,12 @@ VIA_EXPORT int execle(const char* path, const char* arg, ...) {
 VIA_EXPORT int fexecve(int fd, char* const argv[], char* const envp[]) {
   char path[64];
   std::snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-  return CheckedExec(path, envp, [&](char** env) { return Real().fexecve(fd, argv, env); });
+  return CheckedExec(path, argv, envp, [&](char** env) { return Real().fexecve(fd, argv, env); });
 }
 
 VIA_EXPORT int posix_spawn(pid_t* pid, const char* path, const posix_spawn_file_actions_t* fa,
                            const posix_spawnattr_t* attr, char* const argv[], char* const envp[]) {
-  if (int err = CheckExec(path); err != 0) return err;
+  if (int err = CheckExec(path, argv); err != 0) return err;
   size_t n = 0;
   while (envp != nullptr && envp[n] != nullptr) ++n;
   char* fixed[n + 9];
@@ -314,7 +314,7 @@ VIA_EXPORT int posix_spawnp(pid_t* pid, const char* file, const posix_spawn_file
                             const posix_spawnattr_t* attr, char* const argv[], char* const envp[]) {
   char found[kPathMax];
   if (SearchPath(file, found, sizeof found)) {
-    if (int err = CheckExec(found); err != 0) return err;
+    if (int err = CheckExec(found, argv); err != 0) return err;
   }
   size_t n = 0;
   while (envp != nullptr && envp[n] != nullptr) ++n;
