@@ -37,6 +37,11 @@ const char* SharedObjectReason(const char* path);
 // the last call (dl_iterate_phdr's add counter); cached per file. Not for vfork children.
 bool LoadedGoObject(char* name, size_t cap);
 
+// Under an overlay: if an object loaded in this process holds Go code (LoadedGoObject), says so
+// and ends the process (exit status 126): its traffic would bypass the overlay. For the first
+// routed call of a process (and after dlopen added objects). hook_dlopen.cc.
+void CheckLoadedObjects();
+
 // ---- exposed for the unit tests ----
 // Parses a `#!` line as the kernel's binfmt_script does: `buf` holds the file's first `n` bytes
 // (n <= 256 are used). On success (1) `name` gets the interpreter, `arg` the optional argument

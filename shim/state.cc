@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "shim/binary_check.h"
 #include "shim/shim.h"
 
 extern char** environ;
@@ -101,7 +102,9 @@ bool NetworkDirect() {
   HelloInfo info;
   char msg[256];
   int err = BrokerHello(&info, msg, sizeof msg);
-  if (err == 0) return (info.flags & wire::kFlagDirect) != 0;
+  if (err == 0 && (info.flags & wire::kFlagDirect) != 0) return true;
+  CheckLoadedObjects();  // routed: no Go code may be loaded (binary_check.h)
+  if (err == 0) return false;
   const Settings& s = GetSettings();
   return NoConfigAnywhere() && s.network[0] == 0 && s.session[0] == 0;
 }
