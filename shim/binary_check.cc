@@ -27,20 +27,20 @@ constexpr size_t kShebangBuf = 256;
 // program's headers, mapped in memory), or ran it as the program itself (`ld.so prog`:
 // AT_BASE is 0 and /proc/self/exe is the loader). No malloc, no locks.
 struct LoaderId {
-  int state;  // 0 not looked up, 1 known, 2 unknown
+  int state;     // 0 not looked up, 1 looked up
+  int id_state;  // 0 not stat'ed, 1 dev/ino known, 2 unknown
+  bool self;     // the loader is the program itself (AT_BASE 0)
   dev_t dev;
   ino_t ino;
   char path[256];  // the PT_INTERP string ("" when unknown): binaries naming it are cacheable
 };
 LoaderId g_loader;
 
+// The loader's path, from memory (no system call).
 const LoaderId& Loader() {
   if (__atomic_load_n(&g_loader.state, __ATOMIC_ACQUIRE) != 0) return g_loader;
-  struct stat st;
-  bool ok = false;
-  char path[256] = {};
   if (getauxval(AT_BASE) == 0) {
-    ok = stat("/proc/self/exe", &st) == 0;
+    g_loader.self = true;
   } else {
     auto* ph = reinterpret_cast<const ElfW(Phdr)*>(getauxval(AT_PHDR));
     size_t n = getauxval(AT_PHNUM);
@@ -52,23 +52,30 @@ const LoaderId& Loader() {
     for (size_t i = 0; ph != nullptr && i < n; ++i) {
       if (ph[i].p_type == PT_INTERP) interp = reinterpret_cast<const char*>(bias + ph[i].p_vaddr);
     }
-    if (interp != nullptr && std::strlen(interp) < sizeof path && interp[0] == '/') {
-      std::memcpy(path, interp, std::strlen(interp) + 1);
-      ok = stat(path, &st) == 0;
+    if (interp != nullptr && interp[0] == '/' && std::strlen(interp) < sizeof g_loader.path) {
+      std::memcpy(g_loader.path, interp, std::strlen(interp) + 1);
     }
   }
-  if (ok) {
-    g_loader.dev = st.st_dev;
-    g_loader.ino = st.st_ino;
-    std::memcpy(g_loader.path, path, sizeof path);
-  }
-  __atomic_store_n(&g_loader.state, ok ? 1 : 2, __ATOMIC_RELEASE);
+  __atomic_store_n(&g_loader.state, 1, __ATOMIC_RELEASE);
   return g_loader;
 }
 
+// Whether `st` is this process's loader (its device and inode, stat'ed once when needed).
 bool IsOurLoader(const struct stat& st) {
   const LoaderId& l = Loader();
-  return l.state == 1 && st.st_dev == l.dev && st.st_ino == l.ino;
+  if (__atomic_load_n(&g_loader.id_state, __ATOMIC_ACQUIRE) == 0) {
+    struct stat ls;
+    bool ok = l.self ? stat("/proc/self/exe", &ls) == 0 : l.path[0] != 0 && stat(l.path, &ls) == 0;
+    if (ok) g_loader.dev = ls.st_dev, g_loader.ino = ls.st_ino;
+    __atomic_store_n(&g_loader.id_state, ok ? 1 : 2, __ATOMIC_RELEASE);
+  }
+  return g_loader.id_state == 1 && st.st_dev == l.dev && st.st_ino == l.ino;
+}
+
+// Whether PT_INTERP `interp` names this process's loader by its very path.
+bool NamesOurLoader(const char* interp) {
+  const LoaderId& l = Loader();
+  return l.path[0] != 0 && std::strcmp(interp, l.path) == 0;
 }
 
 // ---- the verdict cache --------------------------------------------------------------------------
@@ -79,6 +86,7 @@ struct CacheKey {
   ino_t ino;
   off_t size;
   struct timespec mtime, ctime;
+  uid_t euid;  // the capability check is skipped for root
 };
 enum Verdict : uint8_t { kPassElf = 1, kPassScript = 2, kGoObject = 3, kNotGo = 4 };
 struct CacheSlot {
@@ -89,13 +97,14 @@ struct CacheSlot {
 };
 constexpr size_t kCacheSlots = 64;
 CacheSlot g_cache[kCacheSlots];
+bool g_cache_used;  // a verdict was ever stored (else a lookup cannot hit: skip its stat)
 
-CacheKey KeyOf(const struct stat& st) {
-  return CacheKey{st.st_dev, st.st_ino, st.st_size, st.st_mtim, st.st_ctim};
+CacheKey KeyOf(const struct stat& st, uid_t euid) {
+  return CacheKey{st.st_dev, st.st_ino, st.st_size, st.st_mtim, st.st_ctim, euid};
 }
 
 bool SameKey(const CacheKey& a, const CacheKey& b) {
-  return a.dev == b.dev && a.ino == b.ino && a.size == b.size && a.mtime.tv_sec == b.mtime.tv_sec &&
+  return a.dev == b.dev && a.ino == b.ino && a.size == b.size && a.euid == b.euid && a.mtime.tv_sec == b.mtime.tv_sec &&
          a.mtime.tv_nsec == b.mtime.tv_nsec && a.ctime.tv_sec == b.ctime.tv_sec &&
          a.ctime.tv_nsec == b.ctime.tv_nsec;
 }
@@ -142,6 +151,7 @@ void CachePut(const CacheKey& k, uint8_t verdict, const char* name = nullptr,
   s.verdict = verdict;
   std::memcpy(s.interp, line, sizeof line);
   __atomic_store_n(&s.seq, seq + 2, __ATOMIC_RELEASE);
+  __atomic_store_n(&g_cache_used, true, __ATOMIC_RELAXED);
 }
 
 // ---- reading the file ---------------------------------------------------------------------------
@@ -372,6 +382,10 @@ struct ArgList {
   const char* At(int i) const { return i < npre ? pre[i] : argv[i - npre]; }
 };
 
+void CloseFd(int fd) {
+  if (fd >= 0) close(fd);
+}
+
 // Follows what the kernel does with `path` (or, when `via_loader`, what the dynamic loader does
 // with it as its program). Iterative: the buffers are reused level by level.
 const char* Check(const char* path, ArgList args, bool via_loader, char* detail, size_t cap) {
@@ -380,38 +394,54 @@ const char* Check(const char* path, ArgList args, bool via_loader, char* detail,
   const char* current = path;
   int level = 0;        // binfmt handlers run so far (the kernel allows kMaxInterpreters + 1)
   int loader_runs = 0;  // ld.so running ld.so ...
+  uid_t euid = geteuid();
   for (;;) {
     struct stat st;
-    int fd = open(current, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-      // Missing (a PATH search tries many): the kernel will say. Unreadable but perhaps
-      // executable (mode 4711): the metadata still tells setuid.
-      if (via_loader || errno == ENOENT || errno == ENOTDIR) return nullptr;
-      if (stat(current, &st) != 0 || !S_ISREG(st.st_mode)) return nullptr;
-      if (current != path) Copy(detail, cap, current);
-      if (const char* reason = ModeReason(st); reason != nullptr) return reason;
-      if (geteuid() != 0 && getxattr(current, "security.capability", nullptr, 0) > 0) {
-        return "it has file capabilities";
-      }
-      return nullptr;  // unreadable and not privileged: the kernel reads it, we cannot
-    }
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-      close(fd);
-      return nullptr;  // the kernel will say
-    }
-    const char* reason = nullptr;
-    if (!via_loader && ((reason = ModeReason(st)) != nullptr ||
-                        (geteuid() != 0 && fgetxattr(fd, "security.capability", nullptr, 0) > 0 &&
-                         (reason = "it has file capabilities") != nullptr))) {
-      close(fd);
-      if (current != path) Copy(detail, cap, current);
-      return reason;
-    }
-    CacheKey key = KeyOf(st);
+    int fd = -1;
     uint8_t verdict = 0;
     char cached[sizeof CacheSlot::interp];
-    bool hit = CacheGet(key, &verdict, cached, sizeof cached) &&
-               (verdict == kPassElf || verdict == kPassScript);
+    bool hit = false;
+    // A process that has cached verdicts tries them first: one stat. (A forked child whose
+    // parent never checked anything goes straight to reading the file.)
+    if (__atomic_load_n(&g_cache_used, __ATOMIC_RELAXED) && stat(current, &st) == 0 &&
+        S_ISREG(st.st_mode)) {
+      hit = CacheGet(KeyOf(st, euid), &verdict, cached, sizeof cached) &&
+            (verdict == kPassElf || verdict == kPassScript);
+      const char* reason = hit && !via_loader ? ModeReason(st) : nullptr;
+      if (reason != nullptr) {
+        if (current != path) Copy(detail, cap, current);
+        return reason;
+      }
+    }
+    if (!hit) {
+      fd = open(current, O_RDONLY | O_CLOEXEC);
+      if (fd < 0) {
+        // Missing (a PATH search tries many): the kernel will say. Unreadable but perhaps
+        // executable (mode 4711): the metadata still tells setuid.
+        if (via_loader || errno == ENOENT || errno == ENOTDIR) return nullptr;
+        if (stat(current, &st) != 0 || !S_ISREG(st.st_mode)) return nullptr;
+        if (current != path) Copy(detail, cap, current);
+        if (const char* reason = ModeReason(st); reason != nullptr) return reason;
+        if (euid != 0 && getxattr(current, "security.capability", nullptr, 0) > 0) {
+          return "it has file capabilities";
+        }
+        return nullptr;  // unreadable and not privileged: the kernel reads it, we cannot
+      }
+      if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        CloseFd(fd);
+        return nullptr;  // the kernel will say
+      }
+      const char* reason = nullptr;
+      if (!via_loader &&
+          ((reason = ModeReason(st)) != nullptr ||
+           (euid != 0 && fgetxattr(fd, "security.capability", nullptr, 0) > 0 &&
+            (reason = "it has file capabilities") != nullptr))) {
+        CloseFd(fd);
+        if (current != path) Copy(detail, cap, current);
+        return reason;
+      }
+    }
+    CacheKey key = KeyOf(st, euid);
     unsigned char head[1024];
     ssize_t n = 0;
     if (!hit) {
@@ -427,12 +457,12 @@ const char* Check(const char* path, ArgList args, bool via_loader, char* detail,
         Copy(name, kShebangBuf, cached);
         Copy(arg, kShebangBuf, cached + std::strlen(cached) + 1);
       } else if (ParseShebang(head, size_t(n), name, kShebangBuf, arg, kShebangBuf) != 1) {
-        close(fd);
+        CloseFd(fd);
         return nullptr;  // ENOEXEC from the kernel
       } else {
         CachePut(key, kPassScript, name, arg);
       }
-      close(fd);
+      CloseFd(fd);
       if (level >= kMaxInterpreters) {
         Copy(detail, cap, name);
         return "it nests more interpreters than the check follows";
@@ -453,17 +483,17 @@ const char* Check(const char* path, ArgList args, bool via_loader, char* detail,
       continue;
     }
     if (script || (hit && verdict == kPassElf)) {  // via the loader a script does not run
-      close(fd);
+      CloseFd(fd);
       return nullptr;
     }
     FileView f{fd, head, size_t(n)};
     ElfKind kind = Classify(f, interp, sizeof interp);
     if (kind == ElfKind::kNotElf || kind == ElfKind::kBad) {
-      close(fd);
+      CloseFd(fd);
       return nullptr;  // the kernel (or loader) refuses it
     }
     if (kind == ElfKind::kStatic) {
-      close(fd);
+      CloseFd(fd);
       if (!IsOurLoader(st)) {
         if (current != path) Copy(detail, cap, current);
         return via_loader ? "the dynamic loader would run it, and it is statically linked"
@@ -510,23 +540,23 @@ const char* Check(const char* path, ArgList args, bool via_loader, char* detail,
     // shim; another (a static program, a 32-bit or foreign loader) runs without it.
     if (!via_loader) {
       struct stat ist;
-      bool ours = Loader().state == 1 && std::strcmp(interp, Loader().path) == 0;
+      bool ours = NamesOurLoader(interp);
       if (!ours && stat(interp, &ist) == 0 && !IsOurLoader(ist)) {
-        close(fd);
+        CloseFd(fd);
         Copy(detail, cap, interp);
         return "its program interpreter is not this process's dynamic loader (which loads the "
                "shim)";
       }
     }
     bool go = IsGo(f);
-    close(fd);
+    CloseFd(fd);
     if (go) {
       if (current != path) Copy(detail, cap, current);
       return kGoReason;
     }
     // Cacheable when the PT_INTERP is the very path of our loader (a path only root controls);
     // any other interpreter path is resolved again at each exec.
-    if (!via_loader && Loader().state == 1 && std::strcmp(interp, Loader().path) == 0) {
+    if (!via_loader && NamesOurLoader(interp)) {
       CachePut(key, kPassElf);
     }
     return nullptr;
@@ -652,7 +682,7 @@ const char* SharedObjectReason(const char* path) {
     close(fd);
     return nullptr;
   }
-  CacheKey key = KeyOf(st);
+  CacheKey key = KeyOf(st, 0);  // no capability check here: any euid
   uint8_t verdict = 0;
   bool go;
   if (CacheGet(key, &verdict, nullptr, 0) && (verdict == kGoObject || verdict == kNotGo)) {
