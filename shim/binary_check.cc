@@ -674,6 +674,16 @@ const char* UnroutedReason(const char* path, char* const argv[], char* detail, s
   return Check(path, args, false, detail, cap);
 }
 
+const char* EnvironmentReason(char* const envp[], char* detail, size_t cap) {
+  for (size_t i = 0; envp != nullptr && envp[i] != nullptr; ++i) {
+    if (std::strncmp(envp[i], "LD_AUDIT=", 9) == 0 && envp[i][9] != 0) {
+      Copy(detail, cap, envp[i]);
+      return "the dynamic loader would load an audit library, outside the shim's namespace";
+    }
+  }
+  return nullptr;
+}
+
 const char* SharedObjectReason(const char* path) {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return nullptr;

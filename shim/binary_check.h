@@ -28,6 +28,11 @@ constexpr size_t kCheckPathMax = 4096;
 // not `path` itself (an interpreter, the program the loader would run), else "".
 const char* UnroutedReason(const char* path, char* const argv[], char* detail, size_t cap);
 
+// Why the dynamic loader, given environment `envp`, would load code outside the shim's reach,
+// or nullptr: LD_AUDIT (audit libraries run in their own link-map namespace, with a libc the
+// shim is not preloaded into). `detail` gets the value.
+const char* EnvironmentReason(char* const envp[], char* detail, size_t cap);
+
 // Why loading the shared object at `path` (dlopen) would bring in code whose traffic the shim
 // would not see (Go), or nullptr (also when the file cannot be read: the loader will say).
 const char* SharedObjectReason(const char* path);

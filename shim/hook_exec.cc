@@ -30,12 +30,13 @@ namespace {
 
 constexpr size_t kPathMax = 4096;
 
-// 0 if `path` may be executed with `argv`, else EPERM (after one line on stderr).
-int CheckExec(const char* path, char* const argv[]) {
+// 0 if `path` may be executed with `argv` and `envp`, else EPERM (after one line on stderr).
+int CheckExec(const char* path, char* const argv[], char* const envp[]) {
   const Settings& s = GetSettings();
   if (path == nullptr || ExecUnguarded() || s.unrouted_exec_allowed) return 0;
   char interp[kPathMax] = {};
-  const char* reason = UnroutedReason(path, argv, interp, sizeof interp);
+  const char* reason = EnvironmentReason(envp, interp, sizeof interp);
+  if (reason == nullptr) reason = UnroutedReason(path, argv, interp, sizeof interp);
   if (reason == nullptr) return 0;
   Complain(
       "exec of %s refused under %s: %s%s%s, so its traffic would not go through the overlay "
@@ -133,7 +134,7 @@ char* const* FixEnv(char* const* envp, char** out, size_t cap, char* store, size
 // stack: exec either replaces the process or fails).
 template <typename Exec>
 int CheckedExec(const char* path, char* const argv[], char* const envp[], Exec exec) {
-  if (int err = CheckExec(path, argv); err != 0) {
+  if (int err = CheckExec(path, argv, envp); err != 0) {
     errno = err;
     return -1;
   }
@@ -301,7 +302,7 @@ VIA_EXPORT int fexecve(int fd, char* const argv[], char* const envp[]) {
 
 VIA_EXPORT int posix_spawn(pid_t* pid, const char* path, const posix_spawn_file_actions_t* fa,
                            const posix_spawnattr_t* attr, char* const argv[], char* const envp[]) {
-  if (int err = CheckExec(path, argv); err != 0) return err;
+  if (int err = CheckExec(path, argv, envp); err != 0) return err;
   size_t n = 0;
   while (envp != nullptr && envp[n] != nullptr) ++n;
   char* fixed[n + 9];
@@ -314,7 +315,7 @@ VIA_EXPORT int posix_spawnp(pid_t* pid, const char* file, const posix_spawn_file
                             const posix_spawnattr_t* attr, char* const argv[], char* const envp[]) {
   char found[kPathMax];
   if (SearchPath(file, found, sizeof found)) {
-    if (int err = CheckExec(found, argv); err != 0) return err;
+    if (int err = CheckExec(found, argv, envp); err != 0) return err;
   }
   size_t n = 0;
   while (envp != nullptr && envp[n] != nullptr) ++n;

@@ -64,6 +64,35 @@ __asm__(".globl _start\n_start:\n mov %rsp, %rdi\n and $-16, %rsp\n call entry\n
 
 HELLO = "int main(void) { return 0; }\n"
 
+# An audit library (LD_AUDIT) that sends GET /audit to 127.0.0.1:$AUDIT_PORT when loaded.
+AUDIT_LIB = r"""
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <link.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+unsigned int la_version(unsigned int v) {
+  const char* p = getenv("AUDIT_PORT");
+  if (p != NULL) {
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(atoi(p));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    static const char req[] = "GET /audit HTTP/1.0\r\nHost: audit\r\n\r\n";
+    char buf[16];
+    if (connect(fd, (struct sockaddr*)&a, sizeof a) == 0) {
+      write(fd, req, sizeof req - 1);
+      read(fd, buf, sizeof buf);
+    }
+    close(fd);
+  }
+  return LAV_CURRENT;
+}
+"""
+
 GO_CLIENT = """package main
 
 import (
@@ -237,6 +266,26 @@ class ExecBinary(harness.ViaCase):
                             raw)
         self.use_config(allow=True)
         self.assert_direct(self.run_via("app:tor", prog, str(self.port)), "/interp")
+
+    def test_audit_library_is_refused(self):
+        lib = self.cc("audit.so", AUDIT_LIB, "-shared", "-fPIC")
+        code = ("import os, subprocess, sys\n"
+                f"env = dict(os.environ, LD_AUDIT={lib!r}, AUDIT_PORT='{self.port}')\n"
+                "try:\n"
+                "    sys.exit(subprocess.call(['/bin/true'], env=env))\n"
+                "except PermissionError as e:\n"
+                "    print('refused:', e); sys.exit(3)\n")
+        proc = self.run_via("app:tor", harness.PYTHON, "-c", code)
+        self.assertEqual(proc.returncode, 3, proc.stdout + proc.stderr)
+        self.assert_refused(proc, "audit library", "LD_AUDIT=")
+        # The loader's --audit option too.
+        proc = self.run_via("app:tor", self.loader, "--audit", lib, "/bin/true",
+                            env=dict(self.env, AUDIT_PORT=str(self.port)))
+        self.assert_refused(proc, "audit library")
+        self.use_config(allow=True)
+        self.run_via("app:tor", harness.PYTHON, "-c", code)  # the shim may then fail to load
+        self.assertEqual([(r["peer"], r["path"]) for r in self.records(self.record)],
+                         [(harness.DIRECT_PEER, "/audit")])
 
     def test_go_without_build_id_is_refused(self):
         exe = self.go_build("go-client", GO_CLIENT, "-ldflags=-buildid=")
