@@ -10,6 +10,8 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <time.h>
+
 #include <cstdint>
 #include <cstring>
 
@@ -133,6 +135,11 @@ bool CacheGet(const CacheKey& k, uint8_t* verdict, char* interp, size_t cap) {
 
 void CachePut(const CacheKey& k, uint8_t verdict, const char* name = nullptr,
               const char* arg = nullptr) {
+  // A file changed within the last seconds may change again within the same timestamp tick
+  // (ctime is coarse) with the same size: its key would not tell. Checked again next time.
+  struct timespec now;
+  clock_gettime(CLOCK_REALTIME, &now);
+  if (k.ctime.tv_sec >= now.tv_sec - 2 || k.mtime.tv_sec >= now.tv_sec - 2) return;
   CacheSlot& s = g_cache[SlotOf(k)];
   char line[sizeof s.interp] = {};
   if (name != nullptr) {
@@ -572,6 +579,95 @@ struct ScanState {
   bool found;
 };
 
+uint32_t GnuHash(const char* s) {
+  uint32_t h = 5381;
+  for (; *s != 0; ++s) h = h * 33 + uint8_t(*s);
+  return h;
+}
+
+uint32_t SysvHash(const char* s) {
+  uint32_t h = 0;
+  for (; *s != 0; ++s) {
+    h = (h << 4) + uint8_t(*s);
+    uint32_t g = h & 0xf0000000u;
+    if (g != 0) h ^= g >> 24;
+    h &= ~g;
+  }
+  return h;
+}
+
+bool Defined(const ElfW(Sym) & sym, const char* strtab, const char* name) {
+  return sym.st_shndx != SHN_UNDEF && std::strcmp(strtab + sym.st_name, name) == 0;
+}
+
+// Whether a loaded object defines `name` in its dynamic symbol table: a lookup in its hash
+// table, in memory (no system call).
+bool DefinesSymbol(const ElfW(Sym) * symtab, const char* strtab, const uint32_t* gnu,
+                   const uint32_t* sysv, const char* name) {
+  if (gnu != nullptr) {
+    uint32_t nbuckets = gnu[0], symoffset = gnu[1], bloom_size = gnu[2], shift = gnu[3];
+    if (nbuckets == 0 || bloom_size == 0) return false;
+    auto* bloom = reinterpret_cast<const ElfW(Addr)*>(gnu + 4);
+    const uint32_t* buckets = reinterpret_cast<const uint32_t*>(bloom + bloom_size);
+    const uint32_t* chain = buckets + nbuckets;
+    constexpr uint32_t kBits = sizeof(ElfW(Addr)) * 8;
+    uint32_t h = GnuHash(name);
+    ElfW(Addr) word = bloom[(h / kBits) % bloom_size];
+    ElfW(Addr) mask = (ElfW(Addr)(1) << (h % kBits)) | (ElfW(Addr)(1) << ((h >> shift) % kBits));
+    if ((word & mask) != mask) return false;
+    uint32_t i = buckets[h % nbuckets];
+    if (i < symoffset) return false;
+    for (;; ++i) {
+      uint32_t h2 = chain[i - symoffset];
+      if ((h | 1) == (h2 | 1) && Defined(symtab[i], strtab, name)) return true;
+      if ((h2 & 1) != 0) return false;
+    }
+  }
+  if (sysv != nullptr) {
+    uint32_t nbucket = sysv[0];
+    if (nbucket == 0) return false;
+    const uint32_t* bucket = sysv + 2;
+    const uint32_t* chain = bucket + nbucket;
+    for (uint32_t i = bucket[SysvHash(name) % nbucket], n = 0; i != STN_UNDEF && n < sysv[1];
+         i = chain[i], ++n) {
+      if (Defined(symtab[i], strtab, name)) return true;
+    }
+  }
+  return false;
+}
+
+// Whether a loaded object holds Go code: it defines cgo's entry points, which every Go object
+// that can be loaded into a C program has (-buildmode=c-shared needs cgo; a cgo program too).
+bool LoadedObjectIsGo(const dl_phdr_info* info) {
+  const ElfW(Dyn)* dyn = nullptr;
+  for (int i = 0; i < info->dlpi_phnum; ++i) {
+    if (info->dlpi_phdr[i].p_type == PT_DYNAMIC) {
+      dyn = reinterpret_cast<const ElfW(Dyn)*>(info->dlpi_addr + info->dlpi_phdr[i].p_vaddr);
+    }
+  }
+  if (dyn == nullptr) return false;
+  // The loader relocates these entries in place (not in the vDSO): below the load address
+  // they are still offsets.
+  auto at = [info](ElfW(Addr) v) { return v < info->dlpi_addr ? v + info->dlpi_addr : v; };
+  const ElfW(Sym)* symtab = nullptr;
+  const char* strtab = nullptr;
+  const uint32_t* gnu = nullptr;
+  const uint32_t* sysv = nullptr;
+  for (const ElfW(Dyn)* d = dyn; d->d_tag != DT_NULL; ++d) {
+    if (d->d_tag == DT_SYMTAB) symtab = reinterpret_cast<const ElfW(Sym)*>(at(d->d_un.d_ptr));
+    if (d->d_tag == DT_STRTAB) strtab = reinterpret_cast<const char*>(at(d->d_un.d_ptr));
+    if (d->d_tag == DT_GNU_HASH) gnu = reinterpret_cast<const uint32_t*>(at(d->d_un.d_ptr));
+    if (d->d_tag == DT_HASH) sysv = reinterpret_cast<const uint32_t*>(at(d->d_un.d_ptr));
+  }
+  if (symtab == nullptr || strtab == nullptr) return false;
+  static const char* const kCgoSymbols[] = {"crosscall2", "_cgo_panic", "_cgo_topofstack",
+                                            "x_cgo_init"};
+  for (const char* name : kCgoSymbols) {
+    if (DefinesSymbol(symtab, strtab, gnu, sysv, name)) return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 int ParseShebang(const unsigned char* buf, size_t n, char* name, size_t namecap, char* arg,
@@ -722,10 +818,9 @@ bool LoadedGoObject(char* name, size_t cap) {
   dl_iterate_phdr(
       [](dl_phdr_info* info, size_t, void* data) {
         auto* s = static_cast<ScanState*>(data);
-        // The main program was checked at its exec; "" is it (and the vDSO has no file).
-        if (info->dlpi_name == nullptr || info->dlpi_name[0] == 0) return 0;
-        if (SharedObjectReason(info->dlpi_name) != nullptr) {
-          Copy(s->name, s->cap, info->dlpi_name);
+        if (LoadedObjectIsGo(info)) {
+          const char* n = info->dlpi_name;
+          Copy(s->name, s->cap, n != nullptr && n[0] != 0 ? n : "the program");
           s->found = true;
           return 1;
         }

@@ -92,9 +92,8 @@ void CheckLoadedObjects() {
   char name[kCheckPathMax];
   if (!LoadedGoObject(name, sizeof name)) return;
   Complain(
-      "%s is loaded in this program and holds Go code, which makes its network system calls "
-      "itself, past the shim: stopping the program under %s (network_service.unrouted_exec: "
-      "allow permits it)",
+      "Go code is loaded in this process (%s), which makes its network system calls itself, "
+      "past the shim: stopping it under %s (network_service.unrouted_exec: allow permits it)",
       name, NetworkLabel());
   _exit(126);
 }

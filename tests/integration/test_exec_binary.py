@@ -316,7 +316,7 @@ class ExecBinary(harness.ViaCase):
                             f"import socket; socket.create_connection(('example.test', "
                             f"{self.port}))", env=env)
         self.assertEqual(proc.returncode, 126, proc.stderr)
-        self.assertIn("is loaded in this program and holds Go code", proc.stderr)
+        self.assertIn(f"Go code is loaded in this process ({lib})", proc.stderr)
         self.assertTargetSawNothing(self.record)
         self.use_config(allow=True)
         self.assert_direct(self.run_via("app:tor", harness.PYTHON, "-c", code), "/cshared")
