@@ -470,8 +470,8 @@ const char* Check(const char* path, ArgList args, bool via_loader, char* detail,
         CachePut(key, kPassScript, name, arg);
       }
       CloseFd(fd);
-      if (level >= kMaxInterpreters) {
-        Copy(detail, cap, name);
+      if (level >= kMaxInterpreters) {  // the kernel: ELOOP
+        Copy(detail, cap, current);
         return "it nests more interpreters than the check follows";
       }
       // New argument prefix: name's args are [arg] current <old args>.

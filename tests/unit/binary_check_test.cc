@@ -126,6 +126,13 @@ class ElfFile {
     if (data_.size() < offset + bytes.size()) data_.resize(offset + bytes.size());
     std::memcpy(data_.data() + offset, bytes.data(), bytes.size());
   }
+  // Writes the file at `path`.
+  void Save(const std::string& path) const {
+    int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0755);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(write(fd, data_.data(), data_.size()), ssize_t(data_.size()));
+    close(fd);
+  }
   // Writes the file; returns an open descriptor (the file is already unlinked).
   int Open() const {
     char path[] = "/tmp/via-elf-XXXXXX";
@@ -214,6 +221,95 @@ TEST(ElfTest, RealBinaries) {
   EXPECT_EQ(ClassifyElf(fd, interp, sizeof interp), ElfKind::kDynamic);
   EXPECT_FALSE(IsGoFile(fd));
   close(fd);
+}
+
+// The whole check on files in a temporary directory: what the kernel would run.
+class UnroutedReasonTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/via-check-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    ElfFile stat;
+    stat.AddSegment(PT_LOAD, PF_R | PF_X, 0, "");
+    stat.Save(dir_ + "/static");
+  }
+  void TearDown() override { (void)!system(("rm -rf " + dir_).c_str()); }
+  void Script(const std::string& name, const std::string& text) {
+    int fd = open((dir_ + "/" + name).c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0755);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(write(fd, text.data(), text.size()), ssize_t(text.size()));
+    close(fd);
+  }
+  std::string Reason(const std::string& path, std::vector<const char*> argv = {}) {
+    argv.insert(argv.begin(), path.c_str());
+    argv.push_back(nullptr);
+    char detail[4096];
+    const char* r = UnroutedReason(path.c_str(), const_cast<char* const*>(argv.data()), detail,
+                                   sizeof detail);
+    if (r == nullptr) return "";
+    return std::string(r) + (detail[0] != 0 ? std::string(" | ") + detail : "");
+  }
+  std::string dir_;
+};
+
+TEST_F(UnroutedReasonTest, FollowsInterpreterChainsToTheElfFile) {
+  EXPECT_EQ(Reason("/bin/true"), "");
+  EXPECT_EQ(Reason(dir_ + "/static"), "it is statically linked");
+  Script("s1", "#!" + dir_ + "/static -x\n");
+  Script("s2", "#!" + dir_ + "/s1\n");
+  Script("s3", "#! " + dir_ + "/s2\n");
+  EXPECT_EQ(Reason(dir_ + "/s3"), "it is statically linked | " + dir_ + "/static");
+  Script("ok", "#!/bin/sh\necho\n");
+  Script("ok2", "#!" + dir_ + "/ok\n");
+  EXPECT_EQ(Reason(dir_ + "/ok2"), "");
+  // The kernel runs c4 (five scripts, then /bin/sh) but not c5 or c6 (ELOOP); the check agrees.
+  Script("c0", "#!/bin/sh\n");
+  for (int i = 1; i <= 6; ++i) {
+    Script("c" + std::to_string(i), "#!" + dir_ + "/c" + std::to_string(i - 1) + "\n");
+  }
+  EXPECT_EQ(Reason(dir_ + "/c4"), "");
+  EXPECT_EQ(Reason(dir_ + "/c5"), "it nests more interpreters than the check follows | " + dir_ +
+                                      "/c0");
+  EXPECT_NE(Reason(dir_ + "/c6").find("nests more interpreters"), std::string::npos);
+  EXPECT_EQ(Reason(dir_ + "/missing"), "");  // the kernel says ENOENT
+}
+
+TEST_F(UnroutedReasonTest, ForeignProgramInterpreterIsRefused) {
+  ElfFile odd;
+  odd.AddSegment(PT_INTERP, PF_R, 1024, dir_ + "/static" + '\0');
+  odd.Save(dir_ + "/odd");
+  EXPECT_EQ(Reason(dir_ + "/odd"),
+            "its program interpreter is not this process's dynamic loader (which loads the shim) "
+            "| " + dir_ + "/static");
+}
+
+TEST_F(UnroutedReasonTest, TheLoaderAsACommandIsJudgedByItsProgram) {
+  // This test program's own loader (its PT_INTERP), by whatever name.
+  int fd = open("/proc/self/exe", O_RDONLY);
+  ASSERT_GE(fd, 0);
+  char loader[4096];
+  ASSERT_EQ(ClassifyElf(fd, loader, sizeof loader), ElfKind::kDynamic);
+  close(fd);
+  std::string link = dir_ + "/innocent-name";
+  ASSERT_EQ(symlink(loader, link.c_str()), 0);
+  std::string stat = dir_ + "/static";
+  EXPECT_EQ(Reason(link, {stat.c_str()}),
+            "the dynamic loader would run it, and it is statically linked | " + stat);
+  EXPECT_EQ(Reason(loader, {"--argv0", "x", "--inhibit-cache", stat.c_str()}),
+            "the dynamic loader would run it, and it is statically linked | " + stat);
+  EXPECT_EQ(Reason(loader, {"/bin/true"}), "");
+  EXPECT_EQ(Reason(loader, {"--version"}), "");
+  EXPECT_EQ(Reason(loader, {"true"}),
+            "the dynamic loader would search for the program it runs | true");
+  EXPECT_NE(Reason(loader, {"--audit", "/x.so", "/bin/true"}).find("audit"), std::string::npos);
+  // Through a #! line: the script's path and argument become the loader's arguments.
+  Script("via-ld", "#!" + std::string(loader) + " " + stat + "\n");
+  EXPECT_EQ(Reason(dir_ + "/via-ld"),
+            "the dynamic loader would run it, and it is statically linked | " + stat);
+  // A copy of the loader is another file: it has no PT_INTERP, so it is a static program.
+  ASSERT_EQ(system(("cp " + std::string(loader) + " " + dir_ + "/ld-copy").c_str()), 0);
+  EXPECT_EQ(Reason(dir_ + "/ld-copy", {"/bin/true"}), "it is statically linked");
 }
 
 }  // namespace
