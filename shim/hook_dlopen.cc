@@ -25,7 +25,7 @@ namespace via::shim {
 namespace {
 
 // dlerror() after a refusal: this thread's message, once.
-thread_local char t_error[768];
+thread_local char t_error[512];
 thread_local bool t_error_pending;
 
 void* g_real_dlopen;
