@@ -423,16 +423,24 @@ const char* Check(const char* path, ArgList args, bool via_loader, char* detail,
     if (!hit) {
       fd = open(current, O_RDONLY | O_CLOEXEC);
       if (fd < 0) {
+        int open_errno = errno;
         // Missing (a PATH search tries many): the kernel will say. Unreadable but perhaps
         // executable (mode 4711): the metadata still tells setuid.
-        if (via_loader || errno == ENOENT || errno == ENOTDIR) return nullptr;
+        if (via_loader || open_errno == ENOENT || open_errno == ENOTDIR) return nullptr;
         if (stat(current, &st) != 0 || !S_ISREG(st.st_mode)) return nullptr;
         if (current != path) Copy(detail, cap, current);
         if (const char* reason = ModeReason(st); reason != nullptr) return reason;
         if (euid != 0 && getxattr(current, "security.capability", nullptr, 0) > 0) {
           return "it has file capabilities";
         }
-        return nullptr;  // unreadable and not privileged: the kernel reads it, we cannot
+        // Executable but unreadable (mode 0111): the kernel runs it, and the check cannot tell
+        // whether it is static or Go. An interpreter must read a script, so only an ELF file
+        // could run: refuse (fail closed). Not executable: the kernel refuses it.
+        if (open_errno == EACCES && access(current, X_OK) == 0) {
+          return "it cannot be read, so the check cannot tell whether it would run without the "
+                 "shim";
+        }
+        return nullptr;
       }
       if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         CloseFd(fd);

@@ -267,6 +267,23 @@ class ExecBinary(harness.ViaCase):
         self.use_config(allow=True)
         self.assert_direct(self.run_via("app:tor", prog, str(self.port)), "/interp")
 
+    def test_execute_only_binary_is_refused_for_an_ordinary_user(self):
+        # Mode 0111: the kernel runs it, the check cannot read it to tell static from dynamic.
+        if subprocess.run(["id", "viatest"], capture_output=True).returncode != 0:
+            self.skipTest("no viatest user (scripts/install-deps.sh creates it)")
+        exe = self.cc("static-client", CLIENT, "-static")
+        hidden = os.path.join(self.dir, "exec-only")
+        shutil.copy(exe, hidden)
+        os.chmod(self.dir, 0o755)
+        shutil.chown(hidden, user="viatest")
+        os.chmod(hidden, 0o111)
+        as_user = ["setpriv", "--reuid=viatest", "--regid=viatest", "--clear-groups"]
+        cmd = as_user + ["sh", "-c", '"$@"', "sh", hidden, "example.test", str(self.port),
+                         "/exec-only"]
+        self.assert_refused(self.run_via("app:tor", *cmd), "it cannot be read", hidden)
+        self.use_config(allow=True)
+        self.assert_direct(self.run_via("app:tor", *cmd), "/exec-only")
+
     def test_audit_library_is_refused(self):
         lib = self.cc("audit.so", AUDIT_LIB, "-shared", "-fPIC")
         code = ("import os, subprocess, sys\n"
