@@ -146,7 +146,8 @@ void EnsureBroker() {
   char arg0[] = "via", arg1[] = "broker", arg2[] = "--ensure";
   char* argv[] = {arg0, arg1, arg2, nullptr};
   pid_t pid = -1;
-  int rc = posix_spawn(&pid, exe, &fa, nullptr, argv, env != nullptr ? env : environ);
+  // The real posix_spawn: the hook's exec guard may itself be asking for this broker.
+  int rc = Real().posix_spawn(&pid, exe, &fa, nullptr, argv, env != nullptr ? env : environ);
   posix_spawn_file_actions_destroy(&fa);
   free(env);
   close(pipefd[1]);
