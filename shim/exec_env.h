@@ -48,4 +48,9 @@ size_t FixEnvSize(char* const* envp);
 // nothing was missing, nullptr when `cap` is too small.
 char* const* FixEnv(char* const* envp, void* buf, size_t cap);
 
+// The exec guard's check of `path` (hook_exec.cc) for libc functions that start a program
+// themselves (hook_shell.cc): called in the process itself, never in a vfork child. 0, or EPERM
+// after one line on stderr.
+int CheckExecHere(const char* path);
+
 }  // namespace via::shim

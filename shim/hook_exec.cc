@@ -203,6 +203,12 @@ int CheckExec(const char* path, bool in_parent = false) {
   return EPERM;
 }
 
+}  // namespace
+
+int CheckExecHere(const char* path) { return CheckExec(path, true); }
+
+namespace {
+
 // Calls exec(environment) with `envp` repaired by FixEnv: in memory from the stack, or mapped
 // when larger (exec either replaces the process or fails, and the memory goes with it).
 template <typename Exec>
@@ -309,16 +315,16 @@ shell:
 // Finds `file` on PATH the way posix_spawnp will, for the check.
 bool SearchPath(const char* file, char* out, size_t cap) {
   if (std::strchr(file, '/') != nullptr) {
-    std::snprintf(out, cap, "%s", file);
-    return true;
+    return size_t(std::snprintf(out, cap, "%s", file)) < cap;
   }
   const char* path = getenv("PATH");
   if (path == nullptr) path = "/bin:/usr/bin";
   for (const char* p = path;; ++p) {
     const char* end = std::strchr(p, ':');
     size_t dlen = end == nullptr ? std::strlen(p) : size_t(end - p);
-    std::snprintf(out, cap, "%.*s%s%s", int(dlen), p, dlen ? "/" : "", file);
-    if (access(out, X_OK) == 0) return true;
+    // A candidate longer than a path may be is one the kernel refuses: never check a cut one.
+    int w = std::snprintf(out, cap, "%.*s%s%s", int(dlen), p, dlen ? "/" : "", file);
+    if (w > 0 && size_t(w) < cap && access(out, X_OK) == 0) return true;
     if (end == nullptr) return false;
     p = end;
   }
