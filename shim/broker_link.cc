@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "shim/exec_env.h"
 #include "shim/shim.h"
 
 extern char** environ;
@@ -650,13 +651,16 @@ int BrokerHelloDetached(uint32_t* flags, char* msg, size_t msgcap) {
   char path[108];
   if (s.socket_path[0] != 0) {
     std::snprintf(path, sizeof path, "%s", s.socket_path);
-  } else if (pthread_mutex_trylock(&g_path_mu) == 0) {  // never wait in a vfork child
-    bool known = g_ensure_err == 0 && g_ensured_path[0] != 0;
-    if (known) std::snprintf(path, sizeof path, "%s", g_ensured_path);
-    pthread_mutex_unlock(&g_path_mu);
-    if (!known) return ENOENT;
   } else {
-    return ENOENT;
+    bool known = false;
+    if (pthread_mutex_trylock(&g_path_mu) == 0) {  // never wait in a vfork child
+      known = g_ensure_err == 0 && g_ensured_path[0] != 0;
+      if (known) std::snprintf(path, sizeof path, "%s", g_ensured_path);
+      pthread_mutex_unlock(&g_path_mu);
+    }
+    if (!known) {
+      if (int err = EnsureBrokerDetached(path, sizeof path, msg, msgcap); err != 0) return err;
+    }
   }
   int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
   if (fd < 0) return errno;

@@ -8,8 +8,11 @@
 #include <elf.h>
 #include <fcntl.h>
 #include <link.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -18,6 +21,8 @@
 #include <cstring>
 
 #include "shim/shim.h"
+
+extern char** environ;
 
 // The ELF header of libvia.so itself, as mapped (defined by the linker).
 extern "C" const ElfW(Ehdr) __ehdr_start __attribute__((visibility("hidden")));
@@ -249,6 +254,77 @@ char* Put(char** at, const char* name, const char* a, size_t alen, const char* b
 }
 
 }  // namespace
+
+int EnsureBrokerDetached(char* path, size_t cap, char* msg, size_t msgcap) {
+  SelfFile scratch;
+  const SelfFile* self = Self(&scratch);
+  if (self == nullptr) {
+    std::snprintf(msg, msgcap, "cannot tell where libvia.so is, to find `via`");
+    return EHOSTUNREACH;
+  }
+  // The `via` next to the library, as broker_link.cc's EnsureBroker looks for it.
+  char exe[kPathMax + 16];
+  const char* slash = std::strrchr(self->path, '/');
+  int dlen = int(slash - self->path);
+  bool found = false;
+  for (const char* pattern : {"%.*s/via", "%.*s/../../bin/via"}) {
+    int w = std::snprintf(exe, sizeof exe, pattern, dlen, self->path);
+    if (w > 0 && size_t(w) < sizeof exe && access(exe, X_OK) == 0) {
+      found = true;
+      break;
+    }
+  }
+  if (!found) {
+    std::snprintf(msg, msgcap, "no `via` executable next to libvia.so to start a broker");
+    return EHOSTUNREACH;
+  }
+  // The environment minus LD_PRELOAD (the broker never routes its own sockets).
+  size_t n = 0;
+  while (environ != nullptr && environ[n] != nullptr) ++n;
+  size_t need = (n + 1) * sizeof(char*);
+  void* stack[need <= kExecStackBytes ? need / sizeof(void*) + 1 : 1];
+  ExecScratch mem(need, stack, sizeof stack);
+  if (mem.get() == nullptr) return ENOMEM;
+  char** env = static_cast<char**>(mem.get());
+  size_t k = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (!IsPreload(environ[i])) env[k++] = environ[i];
+  }
+  env[k] = nullptr;
+  int pipefd[2];
+  if (pipe2(pipefd, O_CLOEXEC) != 0) return errno;
+  char arg0[] = "via", arg1[] = "broker", arg2[] = "--ensure";
+  char* argv[] = {arg0, arg1, arg2, nullptr};
+  // A plain fork by system call: no atfork handlers, no libc locks; the new process has a
+  // private copy of memory and only makes system calls before it execs.
+  long pid = syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);
+  if (pid == 0) {
+    if (dup2(pipefd[1], 1) == 1) syscall(SYS_execve, exe, argv, env);
+    syscall(SYS_exit_group, 127);
+  }
+  int err = pid < 0 ? errno : 0;
+  close(pipefd[1]);
+  size_t got = 0;
+  while (pid > 0) {
+    ssize_t r = read(pipefd[0], path + got, cap - 1 - got);
+    if (r > 0 && (got += size_t(r)) < cap - 1) continue;
+    if (r < 0 && errno == EINTR) continue;
+    break;
+  }
+  close(pipefd[0]);
+  path[got] = 0;
+  if (err != 0) return err;
+  int status = 0;
+  while (waitpid(pid_t(pid), &status, 0) < 0 && errno == EINTR) {
+  }
+  if (char* nl = std::strchr(path, '\n'); nl != nullptr) *nl = 0;
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 3) return ESRCH;  // no configuration anywhere
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || path[0] != '/') {
+    std::snprintf(msg, msgcap, "`%s broker --ensure` could not start a broker", exe);
+    return EHOSTUNREACH;
+  }
+  return 0;
+}
 
 ExecScratch::ExecScratch(size_t need, void* stack, size_t stack_cap) {
   if (need <= stack_cap) {

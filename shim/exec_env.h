@@ -48,6 +48,12 @@ size_t FixEnvSize(char* const* envp);
 // nothing was missing, nullptr when `cap` is too small.
 char* const* FixEnv(char* const* envp, void* buf, size_t cap);
 
+// `via broker --ensure` (the `via` next to this library) run without malloc, locks or libc's
+// fork: for the exec guard in a vfork child of a process that has no broker socket yet. Its
+// socket path into `path`; ESRCH when no configuration exists anywhere (exit status 3), else
+// an errno with the reason in `msg`. Nothing is remembered.
+int EnsureBrokerDetached(char* path, size_t cap, char* msg, size_t msgcap);
+
 // The exec guard's check of `path` (hook_exec.cc) for libc functions that start a program
 // themselves (hook_shell.cc): called in the process itself, never in a vfork child. 0, or EPERM
 // after one line on stderr.

@@ -135,9 +135,10 @@ int BrokerHello(HelloInfo* info, char* msg, size_t msgcap);
 // Whether a HELLO in this process was answered with an overlay or an error (not "direct").
 bool BrokerRoutedThisProcess();
 // One HELLO on a connection of its own, closed before returning: touches no state of the shim's
-// links, takes no lock and allocates nothing (for exec in a vfork child). Uses VIA_SOCKET or the
-// socket path `via broker --ensure` gave this process; ENOENT when neither is known. 0 with
-// *flags, the broker's ERRNO (with its message in `msg`), or an errno of the link. Bounded wait.
+// links, waits for no lock and allocates nothing (for exec in a vfork child). Uses VIA_SOCKET,
+// the socket path `via broker --ensure` gave this process, or runs it (EnsureBrokerDetached:
+// ESRCH when no configuration exists anywhere). 0 with *flags, the broker's ERRNO (with its
+// message in `msg`), or an errno of the link. Bounded wait.
 int BrokerHelloDetached(uint32_t* flags, char* msg, size_t msgcap);
 // `via broker --ensure` found no configuration at all (exit status 3).
 bool NoConfigAnywhere();

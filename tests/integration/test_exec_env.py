@@ -258,6 +258,29 @@ class ExecEnv(harness.ViaCase):
         self.assertOk(proc)
         self.assertEqual(self.peers(), [("/direct", harness.DIRECT_PEER)])
 
+    def test_preloaded_deployment_asks_the_broker_before_a_static_binary(self):
+        # No via run, no VIA_NETWORK, no VIA_SOCKET: LD_PRELOAD and VIA_CONFIG, as the README's
+        # preloaded deployment. A via.program rule routes sh-tor (a copy of dash); its child
+        # has not asked the broker yet when it execs, and must not be taken for unrouted.
+        static = self.build("static-client", STATIC_CLIENT, "-static")
+        sh_tor = os.path.join(self.dir, "bin", "sh-tor")
+        os.makedirs(os.path.dirname(sh_tor))
+        shutil.copy2(os.path.realpath(shutil.which("dash") or "/bin/sh"), sh_tor)
+        self.write_config([self.socks5_entry("tor", self.proxy_port),
+                           ["name: sh_tor", "kind: via.program", f"match: {{exe: {sh_tor}}}",
+                            "network: app:tor"]], service={"loopback": "overlay"})
+        env = dict(self.env, LD_PRELOAD=harness.SHIM, VIA_CONFIG=self.config)
+        proc = subprocess.run([sh_tor, "-c", f"{static} {self.port} preloaded; echo status=$?"],
+                              env=env, capture_output=True, text=True, timeout=60)
+        self.assertIn("status=126", proc.stdout, proc.stderr)
+        self.assertIn("it is statically linked", proc.stderr)
+        self.assertEqual(self.peers(), [])
+        # The control: a shell no rule routes gets "direct" from the broker and runs it.
+        proc = subprocess.run(["/bin/sh", "-c", f"{static} {self.port} unrouted; echo status=$?"],
+                              env=env, capture_output=True, text=True, timeout=60)
+        self.assertIn("status=0", proc.stdout, proc.stderr)
+        self.assertEqual(self.peers(), [("/unrouted", harness.DIRECT_PEER)])
+
     # ---- cause 3: libc's own shell spawns after clearenv() -----------------------------------
     def test_system_popen_wordexp_after_clearenv_are_routed(self):
         prog = self.build("shell-user", SHELL_USER)
