@@ -447,3 +447,29 @@ VIA_EXPORT int execveat(int dirfd, const char* path, char* const argv[], char* c
     return int(syscall(SYS_execveat, dirfd, path, argv, env, flags));
   });
 }
+
+// glibc 2.39's pidfd_spawn and pidfd_spawnp (posix_spawn answering with a pidfd): guarded as
+// posix_spawn is. Resolved on first call only, so a libc without them is never asked.
+namespace {
+using PidfdSpawnFn = int(int*, const char*, const posix_spawn_file_actions_t*,
+                         const posix_spawnattr_t*, char* const[], char* const[]);
+constinit LazyFn<PidfdSpawnFn> g_pidfd_spawn = {"pidfd_spawn", nullptr};
+constinit LazyFn<PidfdSpawnFn> g_pidfd_spawnp = {"pidfd_spawnp", nullptr};
+}  // namespace
+
+VIA_EXPORT int pidfd_spawn(int* pidfd, const char* path, const posix_spawn_file_actions_t* fa,
+                           const posix_spawnattr_t* attr, char* const argv[], char* const envp[]) {
+  if (int err = CheckExec(path, true); err != 0) return err;
+  return SpawnWithFixedEnv(
+      envp, [&](char** env) { return g_pidfd_spawn(pidfd, path, fa, attr, argv, env); });
+}
+
+VIA_EXPORT int pidfd_spawnp(int* pidfd, const char* file, const posix_spawn_file_actions_t* fa,
+                            const posix_spawnattr_t* attr, char* const argv[], char* const envp[]) {
+  char found[kPathMax];
+  if (SearchPath(file, found, sizeof found)) {
+    if (int err = CheckExec(found, true); err != 0) return err;
+  }
+  return SpawnWithFixedEnv(
+      envp, [&](char** env) { return g_pidfd_spawnp(pidfd, file, fa, attr, argv, env); });
+}
