@@ -398,6 +398,83 @@ VIA_EXPORT int fexecve(int fd, char* const argv[], char* const envp[]) {
   return CheckedExec(path, envp, [&](char** env) { return Real().fexecve(fd, argv, env); });
 }
 
+namespace {
+
+// glibc's file action list behind posix_spawn_file_actions_t (spawn_int.h; this layout since
+// glibc 2.29, which added chdir/fchdir).
+struct GlibcSpawnAction {
+  int tag;  // 0 close, 1 dup2, 2 open, 3 chdir, 4 fchdir, 5 closefrom, 6 tcsetpgrp
+  union {
+    struct {
+      int fd, newfd;
+    } dup2;
+    struct {
+      int fd;
+      char* path;
+      int oflag;
+      mode_t mode;
+    } open;
+    struct {
+      char* path;
+    } chdir;
+    struct {
+      int fd;
+    } fchdir;
+  } a;
+};
+
+// The file a posix_spawn child will execute for `path`: a relative path is resolved in the
+// directory the file actions leave the child in (addchdir_np, addfchdir_np), not ours. False
+// when that cannot be told (fchdir to a descriptor the actions themselves set up): the caller
+// refuses, as it cannot check the binary.
+bool SpawnTarget(const char* path, const posix_spawn_file_actions_t* fa, char* out, size_t cap) {
+  size_t len = std::strlen(path);
+  if (path[0] == '/' || fa == nullptr || fa->__used <= 0) {
+    return size_t(std::snprintf(out, cap, "%s", path)) < cap;
+  }
+  const auto* acts = reinterpret_cast<const GlibcSpawnAction*>(fa->__actions);
+  char dir[kPathMax] = "";  // "": the caller's working directory
+  for (int i = 0; i < fa->__used; ++i) {
+    const GlibcSpawnAction& act = acts[i];
+    if (act.tag == 3) {
+      const char* d = act.a.chdir.path;
+      char joined[kPathMax];
+      int w = d[0] == '/' || dir[0] == 0 ? std::snprintf(joined, sizeof joined, "%s", d)
+                                         : std::snprintf(joined, sizeof joined, "%s/%s", dir, d);
+      if (w < 0 || size_t(w) >= sizeof joined) return false;
+      std::memcpy(dir, joined, size_t(w) + 1);
+    } else if (act.tag == 4) {
+      int fd = act.a.fchdir.fd;
+      for (int j = 0; j < i; ++j) {  // a descriptor the child opens or dup2s itself
+        if ((acts[j].tag == 2 && acts[j].a.open.fd == fd) ||
+            (acts[j].tag == 1 && acts[j].a.dup2.newfd == fd)) {
+          return false;
+        }
+      }
+      std::snprintf(dir, sizeof dir, "/proc/self/fd/%d", fd);
+    }
+  }
+  int w = dir[0] == 0 ? std::snprintf(out, cap, "%s", path)
+                      : std::snprintf(out, cap, "%s/%.*s", dir, int(len), path);
+  return w >= 0 && size_t(w) < cap;
+}
+
+// CheckExec for what a posix_spawn child will run (0 or an errno).
+int CheckSpawn(const char* path, const posix_spawn_file_actions_t* fa) {
+  if (path == nullptr || ExecUnguarded() || GetSettings().unrouted_exec_allowed) return 0;
+  char target[2 * kPathMax];
+  if (!SpawnTarget(path, fa, target, sizeof target)) {
+    Complain(
+        "spawn of %s refused under %s: the directory its file actions change to cannot be "
+        "checked",
+        path, NetworkLabel());
+    return EPERM;
+  }
+  return CheckExec(target, true);
+}
+
+}  // namespace
+
 // posix_spawn returns its error (errno is not its contract).
 template <typename Spawn>
 int SpawnWithFixedEnv(char* const envp[], Spawn spawn) {
@@ -407,7 +484,7 @@ int SpawnWithFixedEnv(char* const envp[], Spawn spawn) {
 
 VIA_EXPORT int posix_spawn(pid_t* pid, const char* path, const posix_spawn_file_actions_t* fa,
                            const posix_spawnattr_t* attr, char* const argv[], char* const envp[]) {
-  if (int err = CheckExec(path, true); err != 0) return err;
+  if (int err = CheckSpawn(path, fa); err != 0) return err;
   return SpawnWithFixedEnv(
       envp, [&](char** env) { return Real().posix_spawn(pid, path, fa, attr, argv, env); });
 }
@@ -416,7 +493,7 @@ VIA_EXPORT int posix_spawnp(pid_t* pid, const char* file, const posix_spawn_file
                             const posix_spawnattr_t* attr, char* const argv[], char* const envp[]) {
   char found[kPathMax];
   if (SearchPath(file, found, sizeof found)) {
-    if (int err = CheckExec(found, true); err != 0) return err;
+    if (int err = CheckSpawn(found, fa); err != 0) return err;
   }
   return SpawnWithFixedEnv(
       envp, [&](char** env) { return Real().posix_spawnp(pid, file, fa, attr, argv, env); });
@@ -459,7 +536,7 @@ constinit LazyFn<PidfdSpawnFn> g_pidfd_spawnp = {"pidfd_spawnp", nullptr};
 
 VIA_EXPORT int pidfd_spawn(int* pidfd, const char* path, const posix_spawn_file_actions_t* fa,
                            const posix_spawnattr_t* attr, char* const argv[], char* const envp[]) {
-  if (int err = CheckExec(path, true); err != 0) return err;
+  if (int err = CheckSpawn(path, fa); err != 0) return err;
   return SpawnWithFixedEnv(
       envp, [&](char** env) { return g_pidfd_spawn(pidfd, path, fa, attr, argv, env); });
 }
@@ -468,7 +545,7 @@ VIA_EXPORT int pidfd_spawnp(int* pidfd, const char* file, const posix_spawn_file
                             const posix_spawnattr_t* attr, char* const argv[], char* const envp[]) {
   char found[kPathMax];
   if (SearchPath(file, found, sizeof found)) {
-    if (int err = CheckExec(found, true); err != 0) return err;
+    if (int err = CheckSpawn(found, fa); err != 0) return err;
   }
   return SpawnWithFixedEnv(
       envp, [&](char** env) { return g_pidfd_spawnp(pidfd, file, fa, attr, argv, env); });

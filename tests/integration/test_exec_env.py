@@ -111,6 +111,37 @@ int main(int argc, char** argv) {
 }
 """
 
+SPAWN_CHDIR = r"""
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+extern char** environ;
+/* spawn-chdir MODE DIR NAME ARGS...: posix_spawn("NAME") after addchdir_np(DIR) (MODE chdir) or
+   addfchdir_np(open(DIR)) (MODE fchdir), from the root directory. */
+int main(int argc, char** argv) {
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addclose(&fa, 1000);
+  if (strcmp(argv[1], "chdir") == 0) {
+    posix_spawn_file_actions_addchdir_np(&fa, argv[2]);
+  } else {
+    posix_spawn_file_actions_addfchdir_np(&fa, open(argv[2], O_RDONLY | O_DIRECTORY));
+  }
+  if (chdir("/") != 0) return 4;
+  pid_t pid;
+  int err = posix_spawn(&pid, argv[3], &fa, NULL, argv + 3, environ);
+  if (err != 0) { printf("posix_spawn=%s\n", strerror(err)); return 3; }
+  int st;
+  waitpid(pid, &st, 0);
+  printf("status=%d\n", WEXITSTATUS(st));
+  return 0;
+}
+"""
+
 STATIC_CLIENT = r"""
 #include <arpa/inet.h>
 #include <stdio.h>
@@ -280,6 +311,24 @@ class ExecEnv(harness.ViaCase):
                               env=env, capture_output=True, text=True, timeout=60)
         self.assertIn("status=0", proc.stdout, proc.stderr)
         self.assertEqual(self.peers(), [("/unrouted", harness.DIRECT_PEER)])
+
+    def test_posix_spawn_of_a_relative_path_is_checked_where_the_child_runs_it(self):
+        # posix_spawn_file_actions_addchdir_np / addfchdir_np: "static-client" is resolved in
+        # the directory the child changes to, not in the caller's (the root, where no such file
+        # exists).
+        static = self.build("static-client", STATIC_CLIENT, "-static")
+        prog = self.build("spawn-chdir", SPAWN_CHDIR)
+        for mode in ("chdir", "fchdir"):
+            proc = self.run_via("app:tor", prog, mode, self.dir, "./static-client",
+                                str(self.port), mode)
+            self.assertIn("posix_spawn=Operation not permitted", proc.stdout, (mode, proc.stderr))
+            self.assertIn("it is statically linked", proc.stderr)
+        self.assertEqual(self.peers(), [])
+        # The control: outside via the same spawn runs it (and it connects directly).
+        proc = subprocess.run([prog, "chdir", self.dir, "./static-client", str(self.port),
+                               "control"], env=self.env, capture_output=True, text=True)
+        self.assertIn("status=0", proc.stdout, proc.stderr)
+        self.assertEqual(self.peers(), [("/control", harness.DIRECT_PEER)])
 
     # ---- cause 3: libc's own shell spawns after clearenv() -----------------------------------
     def test_system_popen_wordexp_after_clearenv_are_routed(self):
