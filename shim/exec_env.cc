@@ -185,6 +185,11 @@ bool IsPreload(const char* entry) { return std::strncmp(entry, "LD_PRELOAD=", 11
 struct Var {
   const char* name;
   const char* value;
+  // An empty value counts as missing: VIA_SOCKET, VIA_CONFIG and VIA_SESSION only say where
+  // the broker and the session are, and a child with all of them emptied would think no broker
+  // could route it. (An empty VIA_NETWORK is a program's way to select nothing explicitly: the
+  // broker then gives the session's network; it is left as it is.)
+  bool empty_is_missing;
 };
 
 // The VIA_* variables this process started with, to restore where missing.
@@ -193,12 +198,12 @@ size_t SnapshotVars(Var* out) {
   struct {
     Var var;
     unsigned too_long;
-  } all[] = {{{"VIA_NETWORK", s.network}, kTooLongNetwork},
-             {{"VIA_SESSION", s.session}, kTooLongSession},
-             {{"VIA_SOCKET", s.socket_path}, kTooLongSocket},
-             {{"VIA_CONFIG", s.config}, kTooLongConfig},
-             {{"VIA_QUIET", s.quiet ? "1" : ""}, 0},
-             {{"VIA_UNROUTED_EXEC", s.unrouted_exec_allowed ? "allow" : ""}, 0}};
+  } all[] = {{{"VIA_NETWORK", s.network, false}, kTooLongNetwork},
+             {{"VIA_SESSION", s.session, true}, kTooLongSession},
+             {{"VIA_SOCKET", s.socket_path, true}, kTooLongSocket},
+             {{"VIA_CONFIG", s.config, true}, kTooLongConfig},
+             {{"VIA_QUIET", s.quiet ? "1" : "", false}, 0},
+             {{"VIA_UNROUTED_EXEC", s.unrouted_exec_allowed ? "allow" : "", false}, 0}};
   size_t n = 0;
   for (const auto& v : all) {
     // A value that did not fit its field is not restored cut short (it would name something else).
@@ -217,6 +222,18 @@ struct Repair {
   bool needed = false;
 };
 
+// Where `v` stands in `envp`: -1 when it must be added, the index of the entry (the first, which
+// getenv in the child reads) to replace, or -2 when it is there already.
+long VarSlot(char* const* envp, const Var& v) {
+  size_t len = std::strlen(v.name);
+  for (size_t i = 0; envp != nullptr && envp[i] != nullptr; ++i) {
+    if (std::strncmp(envp[i], v.name, len) == 0 && envp[i][len] == '=') {
+      return v.empty_is_missing && envp[i][len + 1] == 0 ? long(i) : -2;
+    }
+  }
+  return -1;
+}
+
 Repair Plan(char* const* envp, const SelfFile* self, const Var* vars, size_t nvars) {
   Repair r;
   for (; envp != nullptr && envp[r.count] != nullptr; ++r.count) {
@@ -233,8 +250,7 @@ Repair Plan(char* const* envp, const SelfFile* self, const Var* vars, size_t nva
     r.bytes += 11 + self->len + 1;
   }
   for (size_t i = 0; i < nvars; ++i) {
-    const char* current;
-    if (HasVar(envp, vars[i].name, std::strlen(vars[i].name), &current)) continue;
+    if (VarSlot(envp, vars[i]) == -2) continue;
     r.needed = true;
     r.bytes += std::strlen(vars[i].name) + 1 + std::strlen(vars[i].value) + 1;
   }
@@ -377,9 +393,17 @@ char* const* FixEnv(char* const* envp, void* buf, size_t cap) {
   if (cap < array + r.bytes) return nullptr;
   char** out = static_cast<char**>(buf);
   char* store = static_cast<char*>(buf) + array;
+  long slots[kMaxVars];
+  for (size_t v = 0; v < nvars; ++v) slots[v] = VarSlot(envp, vars[v]);
   size_t k = 0;
   for (size_t i = 0; i < r.count; ++i) {
     const char* e = envp[i];
+    size_t v = 0;
+    while (v < nvars && slots[v] != long(i)) ++v;
+    if (v < nvars) {  // an emptied location: ours in its place
+      out[k++] = Put(&store, vars[v].name, vars[v].value, std::strlen(vars[v].value), "");
+      continue;
+    }
     if (self != nullptr && IsPreload(e) && !NamesSelf(e + 11, *self)) {
       // Ours first, then the program's own list, whole.
       out[k++] = Put(&store, "LD_PRELOAD", self->path, self->len, e[11] != 0 ? ":" : "");
@@ -395,8 +419,7 @@ char* const* FixEnv(char* const* envp, void* buf, size_t cap) {
     out[k++] = Put(&store, "LD_PRELOAD", self->path, self->len, "");
   }
   for (size_t i = 0; i < nvars; ++i) {
-    const char* current;
-    if (HasVar(envp, vars[i].name, std::strlen(vars[i].name), &current)) continue;
+    if (slots[i] != -1) continue;
     out[k++] = Put(&store, vars[i].name, vars[i].value, std::strlen(vars[i].value), "");
   }
   out[k] = nullptr;

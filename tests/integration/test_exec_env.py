@@ -273,6 +273,12 @@ class ExecEnv(harness.ViaCase):
                             "echo status=$?'")
         self.assertIn("status=126", proc.stdout, proc.stderr)
         self.assertIn("it is statically linked", proc.stderr)
+        # Every variable that says where the broker and the session are, emptied: exec puts
+        # them back, and the shell's child still asks the broker.
+        proc = self.run_via("app:tor", "env", "VIA_NETWORK=", "VIA_SESSION=", "VIA_SOCKET=",
+                            "VIA_CONFIG=", "sh", "-c", f"{static} {self.port} all; echo status=$?")
+        self.assertIn("status=126", proc.stdout, proc.stderr)
+        self.assertIn("it is statically linked", proc.stderr)
         code = ("import subprocess, sys\n"
                 f"sys.exit(subprocess.call([{static!r}, '{self.port}', 'vfork']))\n")
         proc = self.run_via("app:tor", "env", "VIA_NETWORK=", harness.PYTHON, "-c", code)
