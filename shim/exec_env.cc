@@ -362,16 +362,6 @@ ExecScratch::~ExecScratch() {
   }
 }
 
-bool HasVar(char* const* envp, const char* name, size_t len, const char** value) {
-  for (size_t i = 0; envp != nullptr && envp[i] != nullptr; ++i) {
-    if (std::strncmp(envp[i], name, len) == 0 && envp[i][len] == '=') {
-      *value = envp[i] + len + 1;
-      return true;
-    }
-  }
-  return false;
-}
-
 size_t FixEnvSize(char* const* envp) {
   Var vars[kMaxVars];
   size_t nvars = SnapshotVars(vars);

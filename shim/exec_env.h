@@ -34,10 +34,6 @@ class ExecScratch {
   size_t mapped_ = 0;
 };
 
-// Whether `envp` has `name` (of `len` bytes) set; *value gets the first entry's value (the one
-// getenv in the child would see).
-bool HasVar(char* const* envp, const char* name, size_t len, const char** value);
-
 // How many bytes FixEnv needs for `envp` (which may be nullptr: an empty environment, as the
 // kernel takes it, e.g. after clearenv()); 0 when `envp` needs no repair.
 size_t FixEnvSize(char* const* envp);
