@@ -33,12 +33,10 @@ namespace {
 
 constexpr size_t kPathMax = 4096;
 
-// This library's file as the kernel has it mapped.
+// This library's file as the kernel has it mapped (device and inode are read when needed).
 struct SelfFile {
   char path[kPathMax];
   size_t len;
-  dev_t dev;
-  ino_t ino;
 };
 
 SelfFile g_self;
@@ -135,13 +133,6 @@ const SelfFile* Self(SelfFile* scratch) {
     f.len -= kDeletedLen;
     f.path[f.len] = 0;
   }
-  struct stat st;
-  if (stat(f.path, &st) != 0) {
-    __atomic_store_n(&g_self_state, 3, __ATOMIC_RELEASE);
-    return nullptr;
-  }
-  f.dev = st.st_dev;
-  f.ino = st.st_ino;
   // Publish unless another thread is doing so (a fork child may even inherit state 1 from a
   // thread that no longer exists there): never wait for it.
   int expected = 0;
@@ -165,14 +156,21 @@ bool NamesSelf(const char* list, const SelfFile& self) {
     p += len;
     if (*p != 0) ++p;
   }
+  // Our device and inode, read only now: the usual list names the library by its own path.
+  struct stat ours;
+  bool have_ours = false;
   for (const char* p = list; *p != 0;) {
     size_t len = std::strcspn(p, ": ");
     if (len > 0 && len < kPathMax && std::memchr(p, '/', len) != nullptr) {
+      if (!have_ours && stat(self.path, &ours) != 0) return false;
+      have_ours = true;
       char path[kPathMax];
       std::memcpy(path, p, len);
       path[len] = 0;
       struct stat st;
-      if (stat(path, &st) == 0 && st.st_dev == self.dev && st.st_ino == self.ino) return true;
+      if (stat(path, &st) == 0 && st.st_dev == ours.st_dev && st.st_ino == ours.st_ino) {
+        return true;
+      }
     }
     p += len;
     if (*p != 0) ++p;
