@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "shim/exec_env.h"
 #include "shim/shim.h"
 
 extern char** environ;
@@ -146,7 +147,8 @@ void EnsureBroker() {
   char arg0[] = "via", arg1[] = "broker", arg2[] = "--ensure";
   char* argv[] = {arg0, arg1, arg2, nullptr};
   pid_t pid = -1;
-  int rc = posix_spawn(&pid, exe, &fa, nullptr, argv, env != nullptr ? env : environ);
+  // The real posix_spawn: the hook's exec guard may itself be asking for this broker.
+  int rc = Real().posix_spawn(&pid, exe, &fa, nullptr, argv, env != nullptr ? env : environ);
   posix_spawn_file_actions_destroy(&fa);
   free(env);
   close(pipefd[1]);
@@ -638,6 +640,75 @@ int BrokerDnsQuery(const void* query, size_t n, uint8_t* answer, size_t cap, siz
     std::memcpy(answer, f.data, f.len);
     *answer_len = f.len;
   }
+  return 0;
+}
+
+// For the exec guard in a vfork child (state.cc, ExecRouted): greets the broker on a connection
+// of its own, so that the thread's link (shared with the suspended parent) stays untouched.
+int BrokerHelloDetached(uint32_t* flags, char* msg, size_t msgcap) {
+  *flags = 0;
+  const Settings& s = GetSettings();
+  char path[108];
+  if (s.socket_path[0] != 0) {
+    std::snprintf(path, sizeof path, "%s", s.socket_path);
+  } else {
+    bool known = false;
+    if (pthread_mutex_trylock(&g_path_mu) == 0) {  // never wait in a vfork child
+      known = g_ensure_err == 0 && g_ensured_path[0] != 0;
+      if (known) std::snprintf(path, sizeof path, "%s", g_ensured_path);
+      pthread_mutex_unlock(&g_path_mu);
+    }
+    if (!known) {
+      if (int err = EnsureBrokerDetached(path, sizeof path, msg, msgcap); err != 0) return err;
+    }
+  }
+  int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  if (fd < 0) return errno;
+  sockaddr_un sun{};
+  sun.sun_family = AF_UNIX;
+  std::snprintf(sun.sun_path, sizeof sun.sun_path, "%s", path);
+  int err = 0;
+  int rc;
+  do {
+    rc = Real().connect(fd, reinterpret_cast<sockaddr*>(&sun), sizeof sun);
+  } while (rc < 0 && errno == EINTR);
+  uint8_t buf[1024];
+  wire::Writer w(buf, sizeof buf, wire::kHello, 1);
+  w.PutU16(wire::kTagVersion, wire::kVersion);
+  if (s.network[0] != 0) w.PutString(wire::kTagNetwork, s.network);
+  if (s.session[0] != 0) w.PutString(wire::kTagSession, s.session);
+  w.PutU32(wire::kTagPid, static_cast<uint32_t>(getpid()));
+  uint8_t reply[4096];
+  ssize_t n = -1;
+  if (rc < 0) {
+    err = errno;
+    std::snprintf(msg, msgcap, "the via broker at %s is not reachable (%s)", path,
+                  std::strerror(err));
+  } else if (wire::SendDatagram(fd, w.data(), w.size(), -1) < 0) {
+    err = errno;
+  } else {
+    pollfd p{fd, POLLIN, 0};
+    int ready;
+    do {
+      ready = poll(&p, 1, 10000);
+    } while (ready < 0 && errno == EINTR);
+    if (ready == 0) {
+      err = ETIMEDOUT;
+      std::snprintf(msg, msgcap, "the via broker at %s did not answer within 10 s", path);
+    } else {
+      do {
+        n = recv(fd, reply, sizeof reply, MSG_DONTWAIT);
+      } while (n < 0 && errno == EINTR);
+      if (n <= 0) err = n == 0 ? ECONNRESET : errno;
+    }
+  }
+  close(fd);
+  if (err != 0) return err;
+  wire::Message m;
+  if (m.Parse(reply, size_t(n)) != wire::ParseError::kOk) return EPROTO;
+  if (int refused = ReplyErrno(m, msg, msgcap); refused != 0) return refused;
+  wire::Field f;
+  if (m.Find(wire::kTagFlags, &f)) f.u32(flags);
   return 0;
 }
 

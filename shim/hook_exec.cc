@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cstdarg>
@@ -20,6 +21,7 @@
 #include <cstring>
 
 #include "shim/binary_check.h"
+#include "shim/exec_env.h"
 #include "shim/shim.h"
 
 extern char** environ;
@@ -30,124 +32,87 @@ namespace {
 
 constexpr size_t kPathMax = 4096;
 
-// 0 if `path` may be executed with `argv` and `envp`, else EPERM (after one line on stderr).
-int CheckExec(const char* path, char* const argv[], char* const envp[]) {
+// 0 if `path` may be executed, else EPERM (after one line on stderr). The binary is judged first
+// (no broker round trip for the usual dynamic binary); only a binary that would run without the
+// shim makes the guard ask whether this process is routed (ExecRouted). `in_parent`: called in
+// the process itself (posix_spawn), never in a vfork child.
+int CheckExec(const char* path, char* const argv[], char* const envp[], bool in_parent = false) {
   const Settings& s = GetSettings();
   if (path == nullptr || ExecUnguarded() || s.unrouted_exec_allowed) return 0;
   char interp[kPathMax] = {};
   const char* reason = EnvironmentReason(envp, interp, sizeof interp);
   if (reason == nullptr) reason = UnroutedReason(path, argv, interp, sizeof interp);
   if (reason == nullptr) return 0;
+  char why[512];
+  if (!ExecRouted(in_parent, why, sizeof why)) return 0;
   Complain(
       "exec of %s refused under %s: %s%s%s, so its traffic would not go through the overlay "
-      "(network_service.unrouted_exec: allow permits it)",
-      path, NetworkLabel(), reason, interp[0] != 0 ? ": " : "", interp);
+      "(network_service.unrouted_exec: allow permits it)%s%s",
+      path, NetworkLabel(), reason, interp[0] != 0 ? ": " : "", interp, why[0] != 0 ? "; " : "",
+      why);
   return EPERM;
 }
 
-bool HasVar(char* const* envp, const char* name, size_t len, const char** value) {
-  for (size_t i = 0; envp != nullptr && envp[i] != nullptr; ++i) {
-    if (std::strncmp(envp[i], name, len) == 0 && envp[i][len] == '=') {
-      *value = envp[i] + len + 1;
-      return true;
-    }
+}  // namespace
+
+int CheckExecHere(const char* path) { return CheckExec(path, nullptr, environ, true); }
+
+namespace {
+
+// Calls exec(environment) with `envp` repaired by FixEnv: in memory from the stack, or mapped
+// when larger (exec either replaces the process or fails, and the memory goes with it).
+template <typename Exec>
+int WithFixedEnv(char* const envp[], Exec exec) {
+  if (ExecUnguarded()) return exec(const_cast<char**>(envp));
+  size_t need = FixEnvSize(envp);
+  if (need == 0) return exec(const_cast<char**>(envp));
+  void* stack[need <= kExecStackBytes ? need / sizeof(void*) + 1 : 1];
+  ExecScratch mem(need, stack, sizeof stack);
+  char* const* fixed = mem.get() != nullptr ? FixEnv(envp, mem.get(), need) : nullptr;
+  if (fixed == nullptr) {
+    // Never an exec with the shim's variables missing.
+    Complain("cannot restore the shim's environment for exec (%zu bytes): %s", need,
+             std::strerror(ENOMEM));
+    errno = ENOMEM;
+    return -1;
   }
-  return false;
+  return exec(const_cast<char**>(fixed));
 }
 
-// Our own entry of LD_PRELOAD (the one naming libvia.so), into `out`.
-bool ShimEntry(char* out, size_t cap) {
-  const char* p = GetSettings().preload;
-  while (*p != 0) {
-    size_t len = std::strcspn(p, ": ");
-    if (len >= 9 && std::strncmp(p + len - 9, "libvia.so", 9) == 0 && len < cap) {
-      std::memcpy(out, p, len);
-      out[len] = 0;
-      return true;
-    }
-    p += len;
-    if (*p != 0) ++p;
-  }
-  return false;
-}
-
-// Environment with the shim's variables restored where missing: pointers in `out` (capacity
-// `cap`), new strings in `store`. Returns `envp` itself when nothing was missing.
-char* const* FixEnv(char* const* envp, char** out, size_t cap, char* store, size_t store_cap) {
-  const Settings& s = GetSettings();
-  if (ExecUnguarded() || envp == nullptr) return envp;
-  size_t n = 0;
-  while (envp[n] != nullptr) ++n;
-  if (n + 8 > cap) return envp;
-  size_t used = 0;
-  size_t k = 0;
-  auto add = [&](const char* name, const char* v1, const char* v2) {
-    int w = std::snprintf(store + used, store_cap - used, "%s=%s%s", name, v1, v2);
-    if (w < 0 || size_t(w) >= store_cap - used) return;
-    out[k++] = store + used;
-    used += size_t(w) + 1;
-  };
-  char shim[kPathMax];
-  bool have_shim = ShimEntry(shim, sizeof shim);
-  const char* preload = nullptr;
-  bool changed = false;
-  for (size_t i = 0; i < n; ++i) {
-    if (std::strncmp(envp[i], "LD_PRELOAD=", 11) == 0) {
-      preload = envp[i] + 11;
-      if (have_shim && std::strstr(preload, "libvia.so") == nullptr) {
-        add("LD_PRELOAD", shim, preload[0] != 0 ? ":" : "");
-        if (preload[0] != 0) {  // append the program's own list after ours
-          size_t len = std::strlen(out[k - 1]);
-          int w = std::snprintf(out[k - 1] + len, store_cap - used, "%s", preload);
-          if (w > 0) used += size_t(w);
-        }
-        changed = true;
-        continue;
-      }
-    }
-    out[k++] = envp[i];
-  }
-  if (preload == nullptr && have_shim) {
-    add("LD_PRELOAD", shim, "");
-    changed = true;
-  }
-  struct {
-    const char* name;
-    const char* value;
-  } vars[] = {{"VIA_NETWORK", s.network},
-              {"VIA_SESSION", s.session},
-              {"VIA_SOCKET", s.socket_path},
-              {"VIA_CONFIG", s.config},
-              {"VIA_QUIET", s.quiet ? "1" : ""},
-              {"VIA_UNROUTED_EXEC", s.unrouted_exec_allowed ? "allow" : ""}};
-  for (const auto& v : vars) {
-    const char* current;
-    if (v.value[0] == 0 || HasVar(envp, v.name, std::strlen(v.name), &current)) continue;
-    add(v.name, v.value, "");
-    changed = true;
-  }
-  out[k] = nullptr;
-  return changed ? out : envp;
-}
-
-// Checks the binary at `path`, then calls exec(environment) with envp repaired by FixEnv (on the
-// stack: exec either replaces the process or fails).
+// Checks the binary at `path`, then calls exec(environment) with envp repaired.
 template <typename Exec>
 int CheckedExec(const char* path, char* const argv[], char* const envp[], Exec exec) {
   if (int err = CheckExec(path, argv, envp); err != 0) {
     errno = err;
     return -1;
   }
-  size_t n = 0;
-  while (envp != nullptr && envp[n] != nullptr) ++n;
-  char* fixed[n + 9];
-  char store[8192];
-  return exec(const_cast<char**>(FixEnv(envp, fixed, n + 9, store, sizeof store)));
+  return WithFixedEnv(envp, exec);
 }
 
 // execve with both checks. Never returns on success.
 int CheckedExecve(const char* path, char* const argv[], char* const envp[]) {
   return CheckedExec(path, argv, envp, [&](char** env) { return Real().execve(path, argv, env); });
+}
+
+// A file the kernel would not run (ENOEXEC) as a /bin/sh script, as glibc's execvpe does:
+// "/bin/sh file argv[1]...". The argument array is as long as the program's (stack or mapped).
+int ExecWithShell(const char* file, char* const argv[], char* const envp[]) {
+  size_t argc = 0;
+  while (argv != nullptr && argv[argc] != nullptr) ++argc;
+  size_t need = (argc + 3) * sizeof(char*);
+  void* stack[need <= kExecStackBytes ? need / sizeof(void*) + 1 : 1];
+  ExecScratch mem(need, stack, sizeof stack);
+  if (mem.get() == nullptr) {
+    errno = ENOMEM;
+    return -1;
+  }
+  char** sh_argv = static_cast<char**>(mem.get());
+  sh_argv[0] = const_cast<char*>("/bin/sh");
+  sh_argv[1] = const_cast<char*>(file);
+  size_t k = 2;
+  for (size_t i = 1; i < argc; ++i) sh_argv[k++] = argv[i];
+  sh_argv[k] = nullptr;
+  return CheckedExecve("/bin/sh", sh_argv, envp);
 }
 
 // execvpe as glibc does it (PATH search, /bin/sh for ENOEXEC), with every candidate checked.
@@ -179,16 +144,7 @@ int CheckedExecvpe(const char* file, char* const argv[], char* const envp[]) {
           std::memcpy(candidate + dlen + 1, file, flen + 1);
         }
         CheckedExecve(candidate, argv, envp);
-        if (errno == ENOEXEC) {
-          size_t argc = 0;
-          while (argv[argc] != nullptr) ++argc;
-          char* sh_argv[argc + 2];
-          sh_argv[0] = const_cast<char*>("/bin/sh");
-          sh_argv[1] = candidate;
-          for (size_t i = 1; i <= argc; ++i) sh_argv[i + 1] = argv[i];
-          CheckedExecve("/bin/sh", sh_argv, envp);
-          return -1;
-        }
+        if (errno == ENOEXEC) return ExecWithShell(candidate, argv, envp);
         if (errno == EACCES) {
           got_eacces = true;
         } else if (errno != ENOENT && errno != ENOTDIR && errno != ESTALE && errno != ENODEV &&
@@ -202,31 +158,23 @@ int CheckedExecvpe(const char* file, char* const argv[], char* const envp[]) {
     errno = got_eacces ? EACCES : ENOENT;
     return -1;
   }
-shell : {
-  size_t argc = 0;
-  while (argv[argc] != nullptr) ++argc;
-  char* sh_argv[argc + 2];
-  sh_argv[0] = const_cast<char*>("/bin/sh");
-  sh_argv[1] = const_cast<char*>(file);
-  for (size_t i = 1; i <= argc; ++i) sh_argv[i + 1] = argv[i];
-  CheckedExecve("/bin/sh", sh_argv, envp);
-  return -1;
-}
+shell:
+  return ExecWithShell(file, argv, envp);
 }
 
 // Finds `file` on PATH the way posix_spawnp will, for the check.
 bool SearchPath(const char* file, char* out, size_t cap) {
   if (std::strchr(file, '/') != nullptr) {
-    std::snprintf(out, cap, "%s", file);
-    return true;
+    return size_t(std::snprintf(out, cap, "%s", file)) < cap;
   }
   const char* path = getenv("PATH");
   if (path == nullptr) path = "/bin:/usr/bin";
   for (const char* p = path;; ++p) {
     const char* end = std::strchr(p, ':');
     size_t dlen = end == nullptr ? std::strlen(p) : size_t(end - p);
-    std::snprintf(out, cap, "%.*s%s%s", int(dlen), p, dlen ? "/" : "", file);
-    if (access(out, X_OK) == 0) return true;
+    // A candidate longer than a path may be is one the kernel refuses: never check a cut one.
+    int w = std::snprintf(out, cap, "%.*s%s%s", int(dlen), p, dlen ? "/" : "", file);
+    if (w > 0 && size_t(w) < cap && access(out, X_OK) == 0) return true;
     if (end == nullptr) return false;
     p = end;
   }
@@ -300,27 +248,156 @@ VIA_EXPORT int fexecve(int fd, char* const argv[], char* const envp[]) {
   return CheckedExec(path, argv, envp, [&](char** env) { return Real().fexecve(fd, argv, env); });
 }
 
+namespace {
+
+// glibc's file action list behind posix_spawn_file_actions_t (spawn_int.h; this layout since
+// glibc 2.29, which added chdir/fchdir).
+struct GlibcSpawnAction {
+  int tag;  // 0 close, 1 dup2, 2 open, 3 chdir, 4 fchdir, 5 closefrom, 6 tcsetpgrp
+  union {
+    struct {
+      int fd, newfd;
+    } dup2;
+    struct {
+      int fd;
+      char* path;
+      int oflag;
+      mode_t mode;
+    } open;
+    struct {
+      char* path;
+    } chdir;
+    struct {
+      int fd;
+    } fchdir;
+  } a;
+};
+
+// The file a posix_spawn child will execute for `path`: a relative path is resolved in the
+// directory the file actions leave the child in (addchdir_np, addfchdir_np), not ours. False
+// when that cannot be told (fchdir to a descriptor the actions themselves set up): the caller
+// refuses, as it cannot check the binary.
+bool SpawnTarget(const char* path, const posix_spawn_file_actions_t* fa, char* out, size_t cap) {
+  size_t len = std::strlen(path);
+  if (path[0] == '/' || fa == nullptr || fa->__used <= 0) {
+    return size_t(std::snprintf(out, cap, "%s", path)) < cap;
+  }
+  const auto* acts = reinterpret_cast<const GlibcSpawnAction*>(fa->__actions);
+  char dir[kPathMax] = "";  // "": the caller's working directory
+  for (int i = 0; i < fa->__used; ++i) {
+    const GlibcSpawnAction& act = acts[i];
+    if (act.tag == 3) {
+      const char* d = act.a.chdir.path;
+      char joined[kPathMax];
+      int w = d[0] == '/' || dir[0] == 0 ? std::snprintf(joined, sizeof joined, "%s", d)
+                                         : std::snprintf(joined, sizeof joined, "%s/%s", dir, d);
+      if (w < 0 || size_t(w) >= sizeof joined) return false;
+      std::memcpy(dir, joined, size_t(w) + 1);
+    } else if (act.tag == 4) {
+      int fd = act.a.fchdir.fd;
+      for (int j = 0; j < i; ++j) {  // a descriptor the child opens or dup2s itself
+        if ((acts[j].tag == 2 && acts[j].a.open.fd == fd) ||
+            (acts[j].tag == 1 && acts[j].a.dup2.newfd == fd)) {
+          return false;
+        }
+      }
+      std::snprintf(dir, sizeof dir, "/proc/self/fd/%d", fd);
+    }
+  }
+  int w = dir[0] == 0 ? std::snprintf(out, cap, "%s", path)
+                      : std::snprintf(out, cap, "%s/%.*s", dir, int(len), path);
+  return w >= 0 && size_t(w) < cap;
+}
+
+// CheckExec for what a posix_spawn child will run (0 or an errno).
+int CheckSpawn(const char* path, const posix_spawn_file_actions_t* fa, char* const argv[],
+               char* const envp[]) {
+  if (path == nullptr || ExecUnguarded() || GetSettings().unrouted_exec_allowed) return 0;
+  char target[2 * kPathMax];
+  if (!SpawnTarget(path, fa, target, sizeof target)) {
+    Complain(
+        "spawn of %s refused under %s: the directory its file actions change to cannot be "
+        "checked",
+        path, NetworkLabel());
+    return EPERM;
+  }
+  return CheckExec(target, argv, envp, true);
+}
+
+}  // namespace
+
+// posix_spawn returns its error (errno is not its contract).
+template <typename Spawn>
+int SpawnWithFixedEnv(char* const envp[], Spawn spawn) {
+  int rc = WithFixedEnv(envp, spawn);
+  return rc == -1 && errno == ENOMEM ? ENOMEM : rc;
+}
+
 VIA_EXPORT int posix_spawn(pid_t* pid, const char* path, const posix_spawn_file_actions_t* fa,
                            const posix_spawnattr_t* attr, char* const argv[], char* const envp[]) {
-  if (int err = CheckExec(path, argv, envp); err != 0) return err;
-  size_t n = 0;
-  while (envp != nullptr && envp[n] != nullptr) ++n;
-  char* fixed[n + 9];
-  char store[8192];
-  return Real().posix_spawn(pid, path, fa, attr, argv,
-                            const_cast<char**>(FixEnv(envp, fixed, n + 9, store, sizeof store)));
+  if (int err = CheckSpawn(path, fa, argv, envp); err != 0) return err;
+  return SpawnWithFixedEnv(
+      envp, [&](char** env) { return Real().posix_spawn(pid, path, fa, attr, argv, env); });
 }
 
 VIA_EXPORT int posix_spawnp(pid_t* pid, const char* file, const posix_spawn_file_actions_t* fa,
                             const posix_spawnattr_t* attr, char* const argv[], char* const envp[]) {
   char found[kPathMax];
   if (SearchPath(file, found, sizeof found)) {
-    if (int err = CheckExec(found, argv, envp); err != 0) return err;
+    if (int err = CheckSpawn(found, fa, argv, envp); err != 0) return err;
   }
-  size_t n = 0;
-  while (envp != nullptr && envp[n] != nullptr) ++n;
-  char* fixed[n + 9];
-  char store[8192];
-  return Real().posix_spawnp(pid, file, fa, attr, argv,
-                             const_cast<char**>(FixEnv(envp, fixed, n + 9, store, sizeof store)));
+  return SpawnWithFixedEnv(
+      envp, [&](char** env) { return Real().posix_spawnp(pid, file, fa, attr, argv, env); });
+}
+
+// execveat(2): the file is `path` relative to `dirfd` (or the descriptor itself with
+// AT_EMPTY_PATH and an empty path); the check reads it through /proc/self/fd as fexecve's does.
+VIA_EXPORT int execveat(int dirfd, const char* path, char* const argv[], char* const envp[],
+                        int flags) {
+  if (path == nullptr) {
+    errno = EFAULT;
+    return -1;
+  }
+  size_t len = std::strlen(path);
+  if (len >= kPathMax) {
+    errno = ENAMETOOLONG;  // what the kernel says of such a path
+    return -1;
+  }
+  char target[kPathMax + 32];
+  if (path[0] == '/' || (dirfd == AT_FDCWD && path[0] != 0)) {
+    std::memcpy(target, path, len + 1);
+  } else if (path[0] == 0 && (flags & AT_EMPTY_PATH) != 0) {
+    std::snprintf(target, sizeof target, "/proc/self/fd/%d", dirfd);
+  } else {
+    std::snprintf(target, sizeof target, "/proc/self/fd/%d/%s", dirfd, path);
+  }
+  return CheckedExec(target, argv, envp, [&](char** env) {
+    return int(syscall(SYS_execveat, dirfd, path, argv, env, flags));
+  });
+}
+
+// glibc 2.39's pidfd_spawn and pidfd_spawnp (posix_spawn answering with a pidfd): guarded as
+// posix_spawn is. Resolved on first call only, so a libc without them is never asked.
+namespace {
+using PidfdSpawnFn = int(int*, const char*, const posix_spawn_file_actions_t*,
+                         const posix_spawnattr_t*, char* const[], char* const[]);
+constinit LazyFn<PidfdSpawnFn> g_pidfd_spawn = {"pidfd_spawn", nullptr};
+constinit LazyFn<PidfdSpawnFn> g_pidfd_spawnp = {"pidfd_spawnp", nullptr};
+}  // namespace
+
+VIA_EXPORT int pidfd_spawn(int* pidfd, const char* path, const posix_spawn_file_actions_t* fa,
+                           const posix_spawnattr_t* attr, char* const argv[], char* const envp[]) {
+  if (int err = CheckSpawn(path, fa, argv, envp); err != 0) return err;
+  return SpawnWithFixedEnv(
+      envp, [&](char** env) { return g_pidfd_spawn(pidfd, path, fa, attr, argv, env); });
+}
+
+VIA_EXPORT int pidfd_spawnp(int* pidfd, const char* file, const posix_spawn_file_actions_t* fa,
+                            const posix_spawnattr_t* attr, char* const argv[], char* const envp[]) {
+  char found[kPathMax];
+  if (SearchPath(file, found, sizeof found)) {
+    if (int err = CheckSpawn(found, fa, argv, envp); err != 0) return err;
+  }
+  return SpawnWithFixedEnv(
+      envp, [&](char** env) { return g_pidfd_spawnp(pidfd, file, fa, attr, argv, env); });
 }

@@ -84,11 +84,16 @@ struct Settings {
   char network[256] = {};
   char session[96] = {};
   char socket_path[108] = {};  // VIA_SOCKET, or filled by EnsureSocketPath()
-  // Snapshots for exec (hook_exec.cc): a child whose environment was scrubbed gets these back.
+  // Snapshots for exec (exec_env.cc): a child whose environment was scrubbed gets these back.
   bool unrouted_exec_allowed = false;  // VIA_UNROUTED_EXEC=allow
-  char config[1024] = {};              // VIA_CONFIG
-  char preload[2048] = {};             // this process's LD_PRELOAD
+  // VIA_CONFIG: a path, as long as the kernel lets one variable be (MAX_ARG_STRLEN). In .bss:
+  // only the pages a value touches cost memory.
+  char config[32 * 4096] = {};
+  // Values that did not fit their field (kTooLong* bits): never restored into a child, where a
+  // truncated value would mean something else.
+  unsigned too_long = 0;
 };
+constexpr unsigned kTooLongNetwork = 1, kTooLongSession = 2, kTooLongSocket = 4, kTooLongConfig = 8;
 const Settings& GetSettings();
 // Turns the shim off in this process (the `via` binary calls it: its own sockets are its own).
 VIA_EXPORT void via_shim_set_passthrough(void);
@@ -99,9 +104,17 @@ bool Passthrough();  // from the environment only (the exec hooks: no broker rou
 // overlay (no VIA_NETWORK, no VIA_SESSION) and no configuration exists anywhere.
 bool NetworkDirect();
 // Whether exec needs no guard (the unrouted-binary check, the environment restore): the shim is
-// off, or nothing routes this process: no VIA_NETWORK overlay and no broker answer in this
-// process that said "an overlay" or refused it. No broker round trip.
+// off, or no broker can route this process: no VIA_NETWORK overlay, no VIA_SESSION, VIA_SOCKET
+// or VIA_CONFIG, and no broker answer in this process that said "an overlay" or refused it.
+// No system call.
 bool ExecUnguarded();
+// Once the exec guard found a binary that would run without the shim: whether this process is
+// routed, as the broker says (ExecUnguarded() was false). True without asking under a
+// VIA_NETWORK overlay or after a routed answer. `in_parent`: the caller runs in the process
+// itself (posix_spawn), not in a child that may share its memory (vfork), where the thread's
+// broker link must not be touched: a separate one-shot HELLO is used there. True (fail closed)
+// with the reason in `why` when the broker cannot be asked.
+bool ExecRouted(bool in_parent, char* why, size_t whycap);
 // For messages: VIA_NETWORK, or a phrase when the broker chose the network (a program rule).
 const char* NetworkLabel();
 
@@ -121,6 +134,12 @@ struct HelloInfo {
 int BrokerHello(HelloInfo* info, char* msg, size_t msgcap);
 // Whether a HELLO in this process was answered with an overlay or an error (not "direct").
 bool BrokerRoutedThisProcess();
+// One HELLO on a connection of its own, closed before returning: touches no state of the shim's
+// links, waits for no lock and allocates nothing (for exec in a vfork child). Uses VIA_SOCKET,
+// the socket path `via broker --ensure` gave this process, or runs it (EnsureBrokerDetached:
+// ESRCH when no configuration exists anywhere). 0 with *flags, the broker's ERRNO (with its
+// message in `msg`), or an errno of the link. Bounded wait.
+int BrokerHelloDetached(uint32_t* flags, char* msg, size_t msgcap);
 // `via broker --ensure` found no configuration at all (exit status 3).
 bool NoConfigAnywhere();
 int BrokerConnect(int fd, const wire::Addr& dest, char* msg, size_t msgcap);

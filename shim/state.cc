@@ -1,9 +1,12 @@
 // The shim's view of its process: read from the environment once, on first need, so that a
 // program that never opens a socket pays nothing beyond loading the library.
+#include <linux/kcmp.h>
 #include <sched.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
@@ -24,9 +27,16 @@ Settings g_settings;
 int g_state = 0;
 bool g_passthrough = false;  // accessed with __atomic builtins
 
-void Copy(const char* v, char* dst, size_t cap) {
+// Copies `v` whole, or sets `flag` in s.too_long (the field keeps the truncated value, which the
+// broker refuses as it refuses any unknown name, and which exec never restores into a child).
+void Copy(const char* v, char* dst, size_t cap, unsigned flag) {
   size_t n = std::strlen(v);
-  if (n >= cap) n = cap - 1;
+  if (n >= cap) {
+    n = cap - 1;
+    g_settings.too_long |= flag;
+  } else {
+    g_settings.too_long &= ~flag;
+  }
   std::memcpy(dst, v, n);
   dst[n] = 0;
 }
@@ -39,20 +49,16 @@ void Init() {
   while (environ != nullptr && environ[count] != nullptr) ++count;
   for (size_t i = count; i-- > 0;) {
     const char* v = environ[i];
-    if (v[0] == 'L') {
-      if (std::strncmp(v, "LD_PRELOAD=", 11) == 0) Copy(v + 11, s.preload, sizeof s.preload);
-      continue;
-    }
     if (v[0] != 'V' || std::strncmp(v, "VIA_", 4) != 0) continue;
     v += 4;
     if (std::strncmp(v, "NETWORK=", 8) == 0) {
-      Copy(v + 8, s.network, sizeof s.network);
+      Copy(v + 8, s.network, sizeof s.network, kTooLongNetwork);
     } else if (std::strncmp(v, "SESSION=", 8) == 0) {
-      Copy(v + 8, s.session, sizeof s.session);
+      Copy(v + 8, s.session, sizeof s.session, kTooLongSession);
     } else if (std::strncmp(v, "SOCKET=", 7) == 0) {
-      Copy(v + 7, s.socket_path, sizeof s.socket_path);
+      Copy(v + 7, s.socket_path, sizeof s.socket_path, kTooLongSocket);
     } else if (std::strncmp(v, "CONFIG=", 7) == 0) {
-      Copy(v + 7, s.config, sizeof s.config);
+      Copy(v + 7, s.config, sizeof s.config, kTooLongConfig);
     } else if (std::strncmp(v, "UNROUTED_EXEC=", 14) == 0) {
       s.unrouted_exec_allowed = std::strcmp(v + 14, "allow") == 0;
     } else if (std::strncmp(v, "QUIET=", 6) == 0) {
@@ -111,7 +117,54 @@ bool NetworkDirect() {
 
 bool ExecUnguarded() {
   if (__atomic_load_n(&g_passthrough, __ATOMIC_RELAXED)) return true;
-  return !GetSettings().active && !BrokerRoutedThisProcess();
+  const Settings& s = GetSettings();
+  // An empty VIA_NETWORK proves nothing: the broker still routes a session's processes (it finds
+  // the session from the process tree) and those a program rule matches. Only a process that no
+  // broker can be reached from is left alone (and pays nothing).
+  return !s.active && s.session[0] == 0 && s.socket_path[0] == 0 && s.config[0] == 0 &&
+         !BrokerRoutedThisProcess();
+}
+
+namespace {
+
+// Whether this task shares its memory with its parent: a vfork child (or a clone(CLONE_VM)
+// one). True when the kernel cannot say (kcmp unavailable): the careful answer.
+bool SharesParentMemory() {
+  long r = syscall(SYS_kcmp, getpid(), getppid(), KCMP_VM, 0, 0);
+  return r != 1 && r != 2 && r != 3;
+}
+
+}  // namespace
+
+bool ExecRouted(bool in_parent, char* why, size_t whycap) {
+  if (whycap > 0) why[0] = 0;
+  if (__atomic_load_n(&g_passthrough, __ATOMIC_RELAXED)) return false;
+  const Settings& s = GetSettings();
+  if (s.active || BrokerRoutedThisProcess()) return true;
+  uint32_t flags = 0;
+  int err;
+  if (in_parent || !SharesParentMemory()) {
+    // The process itself, or a fork child with memory of its own: the ordinary greeting (which
+    // may start a broker, and is remembered for later connects).
+    HelloInfo info;
+    err = BrokerHello(&info, why, whycap);
+    flags = info.flags;
+    if (err != 0 && NoConfigAnywhere() && s.network[0] == 0 && s.session[0] == 0) {
+      return false;  // no configuration anywhere and nothing asked for one: nothing routes it
+    }
+  } else {
+    err = BrokerHelloDetached(&flags, why, whycap);
+    if (err == ESRCH && s.network[0] == 0 && s.session[0] == 0) {
+      return false;  // as above: no configuration anywhere, nothing asked for one
+    }
+  }
+  if (err != 0) {
+    // A refusal from the broker (its policy) is an answer: routed. A broker that cannot be
+    // asked: routed too, since only the broker could have said otherwise.
+    if (why[0] == 0) std::snprintf(why, whycap, "the via broker did not answer: %s", strerror(err));
+    return true;
+  }
+  return (flags & wire::kFlagDirect) == 0;
 }
 
 const char* NetworkLabel() {
