@@ -140,21 +140,44 @@ bool IsLocalhostName(const char* name, size_t n) {
 
 }  // namespace
 
-bool IsNumericHost(const char* name) {
-  in_addr v4;
-  if (inet_aton(name, &v4) != 0) return true;  // libc accepts "127.1", "0x7f.1" without lookup
-  char tmp[64];
+bool ParseNumericHost(const char* name, wire::Addr* out) {
+  // As getaddrinfo parses a numeric host (__inet_aton_exact, inet_pton before a '%' scope):
+  // inet_aton alone also accepts "1.2.3.4 anything", which libc's resolvers take for a name.
   size_t n = std::strlen(name);
+  bool v4chars = n > 0;
+  for (size_t i = 0; i < n && v4chars; ++i) {
+    const char c = name[i];
+    v4chars = c == '.' || c == 'x' || c == 'X' || std::isxdigit(static_cast<unsigned char>(c));
+  }
+  in_addr v4;
+  if (v4chars && inet_aton(name, &v4) != 0) {  // libc accepts "127.1", "0x7f.1" without lookup
+    *out = wire::Addr{};
+    out->family = 4;
+    std::memcpy(out->bytes, &v4, 4);
+    return true;
+  }
+  char tmp[64];
   if (n == 0 || n >= sizeof tmp) return false;
   std::memcpy(tmp, name, n + 1);
   char* pct = std::strchr(tmp, '%');
   if (pct != nullptr) *pct = 0;
   in6_addr v6;
-  return inet_pton(AF_INET6, tmp, &v6) == 1;
+  if (inet_pton(AF_INET6, tmp, &v6) != 1) return false;
+  *out = wire::Addr{};
+  out->family = 6;
+  std::memcpy(out->bytes, &v6, 16);
+  return true;
+}
+
+bool IsNumericHost(const char* name) {
+  wire::Addr a;
+  return ParseNumericHost(name, &a);
 }
 
 int LocalLookup(const char* name, int family, wire::Addr* out, int cap) {
   size_t name_len = std::strlen(name);
+  // "name." is the absolute form of "name": the same entry (case is ignored, as by libc).
+  if (name_len > 1 && name[name_len - 1] == '.') --name_len;
   int count = 0;
   if (IsLocalhostName(name, name_len)) {
     if ((family == 0 || family == AF_INET) && count < cap) {
