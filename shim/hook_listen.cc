@@ -283,10 +283,13 @@ VIA_EXPORT int accept4(int fd, sockaddr* addr, socklen_t* len, int flags) noexce
 VIA_EXPORT int getsockname(int fd, sockaddr* addr, socklen_t* len) noexcept {
   socklen_t cap = len != nullptr ? *len : 0;  // the caller's buffer size
   int r = Real().getsockname(fd, addr, len);
-  // Only an AF_UNIX answer can be a listener of ours (one more call for those only).
+  // Only an abstract AF_UNIX name can be a listener of ours (one more call for those only).
   wire::Addr bound;
+  const size_t head = offsetof(sockaddr_un, sun_path);
   if (r == 0 && addr != nullptr && len != nullptr && cap >= sizeof(sa_family_t) &&
-      addr->sa_family == AF_UNIX && ViaListener(fd, &bound)) {
+      addr->sa_family == AF_UNIX && *len > head &&
+      (cap <= head || reinterpret_cast<const sockaddr_un*>(addr)->sun_path[0] == 0) &&
+      ViaListener(fd, &bound)) {
     FillAddr(bound, bound.family, addr, &cap);
     *len = cap;
   }

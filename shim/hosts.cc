@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 
 #include <cctype>
@@ -138,6 +139,18 @@ bool IsLocalhostName(const char* name, size_t n) {
   return n > 10 && strncasecmp(name + n - 10, ".localhost", 10) == 0;
 }
 
+// The kernel's host name (uname), or its first label.
+bool IsOwnHostname(const char* name, size_t n) {
+  utsname u;
+  if (n == 0 || uname(&u) != 0) return false;
+  const char* host = u.nodename;
+  size_t len = strnlen(host, sizeof u.nodename);
+  if (len == 0) return false;
+  if (len == n && strncasecmp(host, name, n) == 0) return true;
+  const char* dot = static_cast<const char*>(std::memchr(host, '.', len));
+  return dot != nullptr && size_t(dot - host) == n && strncasecmp(host, name, n) == 0;
+}
+
 }  // namespace
 
 bool ParseNumericHost(const char* name, wire::Addr* out) {
@@ -179,7 +192,7 @@ int LocalLookup(const char* name, int family, wire::Addr* out, int cap) {
   // "name." is the absolute form of "name": the same entry (case is ignored, as by libc).
   if (name_len > 1 && name[name_len - 1] == '.') --name_len;
   int count = 0;
-  if (IsLocalhostName(name, name_len)) {
+  auto loopback = [&] {
     if ((family == 0 || family == AF_INET) && count < cap) {
       out[count] = wire::Addr{};
       out[count].family = 4;
@@ -194,7 +207,8 @@ int LocalLookup(const char* name, int family, wire::Addr* out, int cap) {
       ++count;
     }
     return count;
-  }
+  };
+  if (IsLocalhostName(name, name_len)) return loopback();
   bool listed = false;
   pthread_mutex_lock(&g_mu);
   Refresh();
@@ -210,7 +224,11 @@ int LocalLookup(const char* name, int family, wire::Addr* out, int cap) {
   pthread_mutex_unlock(&g_mu);
   // A name listed only with the other family is still local: answer "no address" rather than
   // asking the broker (which would route it remotely).
-  return listed ? count : -1;
+  if (listed) return count;
+  // The machine's own name, when /etc/hosts lacks it (libc would ask nss-myhostname or DNS):
+  // loopback, rather than telling the overlay's far end what this host is called.
+  if (IsOwnHostname(name, name_len)) return loopback();
+  return -1;
 }
 
 bool HostsReverse(const wire::Addr& addr, char* name, size_t namecap) {

@@ -16,6 +16,7 @@ so "no query" can fail.
 """
 import ipaddress
 import os
+import re
 import socket
 import subprocess
 
@@ -115,6 +116,7 @@ try:
     print(socket.getnameinfo(("127.0.0.5", 80), 0)[0])
 except OSError:
     print("no name")
+print(gai(socket.gethostname(), socket.AF_INET))  # not in the namespace's /etc/hosts
 """
 
 LISTENER = r"""
@@ -251,6 +253,14 @@ class ResolverRouting(harness.ViaCase):
         self.assertTrue(self.dns_queries("hosts-only.test"))  # asked for AAAA
         self.assertTrue(self.dns_queries("v6only.test"))  # asked for A
         self.assertTrue(self.dns_queries("5.0.0.127.in-addr.arpa"))
+        if socket.gethostname().lower() not in harness.CLIENT_HOSTS.lower().split():
+            self.assertTrue(self.hostname_queries())
+
+    def hostname_queries(self):
+        """dnsmasq's log lines of queries for this machine's host name (exactly)."""
+        name = socket.gethostname()
+        pattern = re.compile(r"query\[\w+\] " + re.escape(name) + r"\.? from", re.I)
+        return [l for l in self.dns_queries(name) if pattern.search(l)]
 
     def test_local_looking_names_are_answered_locally(self):
         for mode in ("routed", "session", "preload"):
@@ -260,6 +270,7 @@ class ResolverRouting(harness.ViaCase):
                 self.assertEqual(self.dns_queries("localhost"), [], proc.stdout)
                 self.assertEqual(self.dns_queries(".test"), [], proc.stdout)
                 self.assertEqual(self.dns_queries("in-addr.arpa"), [], proc.stdout)
+                self.assertEqual(self.hostname_queries(), [], proc.stdout)
                 self.assertOk(proc)
                 self.assertEqual(proc.stdout.splitlines(), [
                     "['127.0.0.1', '::1']",
@@ -270,6 +281,7 @@ class ResolverRouting(harness.ViaCase):
                     "['fd00::5']",
                     "127.0.0.1",
                     "127.0.0.5",
+                    "['127.0.0.1']",
                 ], proc.stderr)
                 self.assertEqual(harness.read_lines(self.proxy_log), [])
 
