@@ -71,6 +71,22 @@ status = libc._nss_dns_gethostbyname2_r(NAME, socket.AF_INET, ctypes.byref(he), 
 print("_nss_dns_gethostbyname2_r",
       ".".join(str(b) for b in he.h_addr_list[0].contents) if status == 1 else status)
 
+# getaddrinfo's entry into the module: a list of address tuples laid out in the buffer.
+class gaih_addrtuple(ctypes.Structure):
+    pass
+gaih_addrtuple._fields_ = [("next", ctypes.POINTER(gaih_addrtuple)), ("name", ctypes.c_char_p),
+                           ("family", ctypes.c_int), ("addr", ctypes.c_ubyte * 16),
+                           ("scopeid", ctypes.c_uint32)]
+pat = ctypes.POINTER(gaih_addrtuple)()
+status = libc._nss_dns_gethostbyname4_r(NAME, ctypes.byref(pat), buf, 2048, ctypes.byref(err),
+                                        ctypes.byref(herr), None)
+v4 = []
+while status == 1 and pat:
+    if pat.contents.family == socket.AF_INET:
+        v4.append(".".join(str(b) for b in pat.contents.addr[:4]))
+    pat = pat.contents.next
+print("_nss_dns_gethostbyname4_r", v4[0] if v4 else status)
+
 class addrinfo(ctypes.Structure):
     pass
 addrinfo._fields_ = [("flags", ctypes.c_int), ("family", ctypes.c_int),
@@ -177,7 +193,8 @@ class ResolverRouting(harness.ViaCase):
 
     # ---- res_*, internal names, getaddrinfo_a, ruserok ----------------------------------------
     FUNCTIONS = ["res_query", "res_search", "__res_query", "__res_search", "res_nquery",
-                 "__res_context_query", "_nss_dns_gethostbyname2_r", "getaddrinfo_a"]
+                 "__res_context_query", "_nss_dns_gethostbyname2_r", "_nss_dns_gethostbyname4_r",
+                 "getaddrinfo_a"]
 
     def test_control_plain_resolver_calls_reach_the_dns_server(self):
         proc = self.run_mode("plain", RESOLVER, "other.test")
