@@ -209,13 +209,15 @@ class ResolverRouting(harness.ViaCase):
         self.assertTrue(self.dns_queries("demo.test"))  # ruserok's own getaddrinfo
 
     def test_resolver_calls_of_routed_programs_ask_no_dns(self):
-        for mode in ("session", "preload"):
+        # "routed" (plainly under via run) isolates the internal names (cause 9) from cause 5.
+        expected_network = {"routed": "'app:tor'", "session": "''", "preload": "None"}
+        for mode in ("routed", "session", "preload"):
             with self.subTest(mode=mode):
                 proc = self.run_mode(mode, RESOLVER, "example.test")
                 self.assertEqual(self.dns_queries(".test"), [], proc.stdout)  # the far side first
                 self.assertOk(proc)
                 lines = dict(l.split(" ", 1) for l in proc.stdout.splitlines())
-                self.assertEqual(lines["VIA_NETWORK"], "''" if mode == "session" else "None")
+                self.assertEqual(lines["VIA_NETWORK"], expected_network[mode])
                 for fn in self.FUNCTIONS:
                     self.assertIn(ipaddress.ip_address(lines[fn]), FAKE4,
                                   f"{fn}: {proc.stdout}\n{proc.stderr}")
