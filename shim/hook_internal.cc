@@ -302,3 +302,66 @@ VIA_EXPORT int iruserok(uint32_t raddr, int superuser, const char* ruser, const 
   if (!NetworkDirect()) VIA_REFUSE("iruserok");
   VIA_FORWARD(iruserok, IruserokFn, -1, raddr, superuser, ruser, luser);
 }
+
+// ---- SunRPC (compatibility symbols) ----------------------------------------------------------
+// glibc keeps clnt_create, callrpc and getrpcport for old binaries only (no header, no default
+// version): they resolve the host with libc's own gethostbyname_r and talk to it with libc's
+// own socket calls. An old binary's versioned reference binds to these definitions too. Under
+// an overlay they are refused; a direct process gets glibc's, found by version.
+namespace via::shim {
+namespace {
+
+void* NextCompat(void** slot, const char* name) {
+  void* f = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+  if (f == nullptr) {
+    f = dlvsym(RTLD_NEXT, name, "GLIBC_2.2.5");
+    __atomic_store_n(slot, f, __ATOMIC_RELEASE);
+  }
+  return f;
+}
+
+#define VIA_FORWARD_COMPAT(name, type, missing, ...)            \
+  do {                                                          \
+    static void* slot = nullptr;                                \
+    auto fn = reinterpret_cast<type>(NextCompat(&slot, #name)); \
+    return fn != nullptr ? fn(__VA_ARGS__) : (missing);         \
+  } while (0)
+
+}  // namespace
+}  // namespace via::shim
+
+using XdrProc = int (*)(void*, void*, ...);
+using ClntCreateFn = void* (*)(const char*, unsigned long, unsigned long, const char*);
+using CallRpcFn = int (*)(const char*, unsigned long, unsigned long, unsigned long, XdrProc,
+                          const char*, XdrProc, char*);
+using GetRpcPortFn = unsigned short (*)(const char*, unsigned long, unsigned long, unsigned int);
+
+VIA_EXPORT void* clnt_create(const char* host, unsigned long prog, unsigned long vers,
+                             const char* proto) {
+  if (!NetworkDirect()) {
+    SayRefused("clnt_create");
+    errno = EPERM;
+    return nullptr;
+  }
+  VIA_FORWARD_COMPAT(clnt_create, ClntCreateFn, nullptr, host, prog, vers, proto);
+}
+
+VIA_EXPORT int callrpc(const char* host, unsigned long prog, unsigned long vers, unsigned long proc,
+                       XdrProc inproc, const char* in, XdrProc outproc, char* out) {
+  constexpr int kRpcUnknownHost = 13;  // enum clnt_stat RPC_UNKNOWNHOST
+  if (!NetworkDirect()) {
+    SayRefused("callrpc");
+    return kRpcUnknownHost;
+  }
+  VIA_FORWARD_COMPAT(callrpc, CallRpcFn, kRpcUnknownHost, host, prog, vers, proc, inproc, in,
+                     outproc, out);
+}
+
+VIA_EXPORT unsigned short getrpcport(const char* host, unsigned long prog, unsigned long vers,
+                                     unsigned int proto) {
+  if (!NetworkDirect()) {
+    SayRefused("getrpcport");
+    return 0;
+  }
+  VIA_FORWARD_COMPAT(getrpcport, GetRpcPortFn, 0, host, prog, vers, proto);
+}

@@ -17,6 +17,7 @@ so "no query" can fail.
 import ipaddress
 import os
 import re
+import shutil
 import socket
 import subprocess
 
@@ -151,6 +152,23 @@ sys.stdin.readline()
 """
 
 
+# An "old binary": SunRPC's getrpcport and clnt_create are compatibility symbols (no header, no
+# default version), bound by version as a program built against an old glibc binds them.
+OLD_RPC = r"""
+#include <stdio.h>
+#include <netinet/in.h>
+unsigned short getrpcport(const char*, unsigned long, unsigned long, unsigned int);
+void* clnt_create(const char*, unsigned long, unsigned long, const char*);
+__asm__(".symver getrpcport,getrpcport@GLIBC_2.2.5");
+__asm__(".symver clnt_create,clnt_create@GLIBC_2.2.5");
+int main(int argc, char** argv) {
+  printf("getrpcport %u\n", getrpcport(argv[1], 100000, 2, IPPROTO_UDP));
+  printf("clnt_create %s\n", clnt_create(argv[1], 100000, 2, "tcp") ? "client" : "null");
+  return 0;
+}
+"""
+
+
 class ResolverRouting(harness.ViaCase):
     def setUp(self):
         super().setUp()
@@ -224,6 +242,42 @@ class ResolverRouting(harness.ViaCase):
                 self.assertEqual(lines["ruserok"], "-1")
                 self.assertIn("ruserok refused", proc.stderr)
                 self.assertEqual(self.dns_queries(".test"), [])
+
+    # ---- SunRPC compatibility symbols (old binaries) ------------------------------------------
+    def old_rpc_binary(self):
+        if shutil.which("cc") is None:
+            self.skipTest("cc is not installed")
+        src = os.path.join(self.dir, "oldrpc.c")
+        exe = os.path.join(self.dir, "oldrpc")
+        with open(src, "w") as f:
+            f.write(OLD_RPC)
+        built = subprocess.run(["cc", "-O1", "-o", exe, src], capture_output=True, text=True)
+        if built.returncode != 0:
+            self.skipTest("this libc has no SunRPC compatibility symbols: " + built.stderr)
+        return exe
+
+    def run_exe(self, mode, argv):
+        py, env = self.argv_env(mode, "")
+        # argv_env builds "python -c CODE"; swap that for the program.
+        argv = py[:py.index(harness.PYTHON)] + argv
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+
+    def test_control_plain_old_rpc_binary_reaches_the_dns_server(self):
+        exe = self.old_rpc_binary()
+        proc = self.run_exe("plain", [exe, "git.test"])
+        self.assertOk(proc)
+        self.assertTrue(self.dns_queries("git.test"))
+
+    def test_old_rpc_binary_is_refused_and_asks_no_dns(self):
+        exe = self.old_rpc_binary()
+        for mode in ("routed", "session"):
+            with self.subTest(mode=mode):
+                proc = self.run_exe(mode, [exe, "git.test"])
+                self.assertEqual(self.dns_queries("git.test"), [], proc.stdout)
+                self.assertOk(proc)
+                self.assertEqual(proc.stdout.splitlines(), ["getrpcport 0", "clnt_create null"])
+                self.assertIn("getrpcport refused", proc.stderr)
+                self.assertIn("clnt_create refused", proc.stderr)
 
     # ---- listen -----------------------------------------------------------------------------
     def test_listen_of_routed_programs_opens_nothing_on_the_host(self):
