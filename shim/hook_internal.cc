@@ -365,3 +365,74 @@ VIA_EXPORT unsigned short getrpcport(const char* host, unsigned long prog, unsig
   }
   VIA_FORWARD_COMPAT(getrpcport, GetRpcPortFn, 0, host, prog, vers, proto);
 }
+
+// ---- the NSS machinery, driven by hand ---------------------------------------------------------
+// __nss_hosts_lookup2, __nss_lookup, __nss_next2 and __nss_lookup_function (GLIBC_PRIVATE) hand
+// out pointers to the modules' functions: the DNS module's are libc's own, which no hook sees.
+// Under an overlay a pointer to one of them is replaced by the shim's function of that name.
+namespace via::shim {
+namespace {
+
+struct DnsFn {
+  const char* name;
+  void* ours;
+  void* slot;  // glibc's, looked up once
+};
+
+DnsFn g_dns_fns[] = {
+    {"_nss_dns_gethostbyname_r", reinterpret_cast<void*>(&_nss_dns_gethostbyname_r), nullptr},
+    {"_nss_dns_gethostbyname2_r", reinterpret_cast<void*>(&_nss_dns_gethostbyname2_r), nullptr},
+    {"_nss_dns_gethostbyname3_r", reinterpret_cast<void*>(&_nss_dns_gethostbyname3_r), nullptr},
+    {"_nss_dns_gethostbyname4_r", reinterpret_cast<void*>(&_nss_dns_gethostbyname4_r), nullptr},
+    {"_nss_dns_gethostbyaddr_r", reinterpret_cast<void*>(&_nss_dns_gethostbyaddr_r), nullptr},
+    {"_nss_dns_gethostbyaddr2_r", reinterpret_cast<void*>(&_nss_dns_gethostbyaddr2_r), nullptr},
+    {"_nss_dns_getcanonname_r", reinterpret_cast<void*>(&_nss_dns_getcanonname_r), nullptr},
+    {"_nss_dns_getnetbyname_r", reinterpret_cast<void*>(&_nss_dns_getnetbyname_r), nullptr},
+    {"_nss_dns_getnetbyaddr_r", reinterpret_cast<void*>(&_nss_dns_getnetbyaddr_r), nullptr},
+};
+
+// `f`, or the shim's function in place of glibc's DNS module function `f` (routed processes).
+void* RouteModuleFn(void* f) {
+  if (f == nullptr || NetworkDirect()) return f;
+  for (DnsFn& d : g_dns_fns) {
+    if (Next(&d.slot, d.name) == f) return d.ours;
+  }
+  return f;
+}
+
+}  // namespace
+}  // namespace via::shim
+
+using NssLookupFunctionFn = void* (*)(void*, const char*);
+using NssLookupFn = int (*)(void**, const char*, const char*, void**);
+using NssNext2Fn = int (*)(void**, const char*, const char*, void**, int, int);
+
+VIA_EXPORT void* __nss_lookup_function(void* ni, const char* fct_name) {
+  static void* slot = nullptr;
+  auto real = reinterpret_cast<NssLookupFunctionFn>(Next(&slot, "__nss_lookup_function"));
+  return real != nullptr ? RouteModuleFn(real(ni, fct_name)) : nullptr;
+}
+
+#define VIA_NSS_LOOKUP(name, type, ...)                           \
+  do {                                                            \
+    static void* slot = nullptr;                                  \
+    auto real = reinterpret_cast<type>(Next(&slot, #name));       \
+    if (real == nullptr) return -1;                               \
+    int rc = real(__VA_ARGS__);                                   \
+    if (rc == 0 && fctp != nullptr) *fctp = RouteModuleFn(*fctp); \
+    return rc;                                                    \
+  } while (0)
+
+VIA_EXPORT int __nss_lookup(void** ni, const char* fct_name, const char* fct2_name, void** fctp) {
+  VIA_NSS_LOOKUP(__nss_lookup, NssLookupFn, ni, fct_name, fct2_name, fctp);
+}
+
+VIA_EXPORT int __nss_hosts_lookup2(void** ni, const char* fct_name, const char* fct2_name,
+                                   void** fctp) {
+  VIA_NSS_LOOKUP(__nss_hosts_lookup2, NssLookupFn, ni, fct_name, fct2_name, fctp);
+}
+
+VIA_EXPORT int __nss_next2(void** ni, const char* fct_name, const char* fct2_name, void** fctp,
+                           int status, int all_values) {
+  VIA_NSS_LOOKUP(__nss_next2, NssNext2Fn, ni, fct_name, fct2_name, fctp, status, all_values);
+}

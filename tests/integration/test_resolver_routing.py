@@ -72,6 +72,18 @@ status = libc._nss_dns_gethostbyname2_r(NAME, socket.AF_INET, ctypes.byref(he), 
 print("_nss_dns_gethostbyname2_r",
       ".".join(str(b) for b in he.h_addr_list[0].contents) if status == 1 else status)
 
+# The NSS machinery driven by hand: the hosts database's first service (files), then the next
+# one (dns) as libc steps on after NOTFOUND, and its gethostbyname2_r called.
+ni, fct = ctypes.c_void_p(), ctypes.c_void_p()
+libc.__nss_hosts_lookup2(ctypes.byref(ni), b"gethostbyname2_r", None, ctypes.byref(fct))
+libc.__nss_next2(ctypes.byref(ni), b"gethostbyname2_r", None, ctypes.byref(fct), 0, 0)
+fn = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p,
+                      ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p)(fct.value)
+he = hostent()
+status = fn(NAME, socket.AF_INET, ctypes.addressof(he), buf, 2048, ctypes.addressof(err),
+            ctypes.addressof(herr))
+print("__nss_next2", ".".join(str(b) for b in he.h_addr_list[0].contents) if status == 1 else status)
+
 # getaddrinfo's entry into the module: a list of address tuples laid out in the buffer.
 class gaih_addrtuple(ctypes.Structure):
     pass
@@ -212,7 +224,7 @@ class ResolverRouting(harness.ViaCase):
     # ---- res_*, internal names, getaddrinfo_a, ruserok ----------------------------------------
     FUNCTIONS = ["res_query", "res_search", "__res_query", "__res_search", "res_nquery",
                  "__res_context_query", "_nss_dns_gethostbyname2_r", "_nss_dns_gethostbyname4_r",
-                 "getaddrinfo_a"]
+                 "__nss_next2", "getaddrinfo_a"]
 
     def test_control_plain_resolver_calls_reach_the_dns_server(self):
         proc = self.run_mode("plain", RESOLVER, "other.test")
