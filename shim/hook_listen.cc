@@ -197,6 +197,8 @@ VIA_EXPORT int listen(int fd, int backlog) noexcept {
     if (domain == AF_UNIX && type == SOCK_SEQPACKET && ViaListener(fd, &bound)) return 0;
     return Real().listen(fd, backlog);
   }
+  // Only stream and SCTP sockets listen; the kernel refuses the others.
+  if (type != SOCK_STREAM && type != SOCK_SEQPACKET) return Real().listen(fd, backlog);
   sockaddr_storage ss{};
   socklen_t sslen = sizeof ss;
   if (Real().getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &sslen) != 0 ||
