@@ -392,10 +392,12 @@ DnsFn g_dns_fns[] = {
 };
 
 // `f`, or the shim's function in place of glibc's DNS module function `f` (routed processes).
+// The broker is asked only for a DNS module function (libnss_compat's passwd lookups, say,
+// never make a process greet it).
 void* RouteModuleFn(void* f) {
-  if (f == nullptr || NetworkDirect()) return f;
+  if (f == nullptr) return f;
   for (DnsFn& d : g_dns_fns) {
-    if (Next(&d.slot, d.name) == f) return d.ours;
+    if (Next(&d.slot, d.name) == f) return NetworkDirect() ? f : d.ours;
   }
   return f;
 }
