@@ -212,6 +212,8 @@ class ResolverRouting(harness.ViaCase):
                      "--", "env", "VIA_NETWORK=", *py], self.env)
         if mode == "preload":
             return py, dict(self.env, LD_PRELOAD=harness.SHIM, VIA_CONFIG=self.preload_config)
+        if mode == "preload-direct":  # preloaded, and nothing routes it
+            return py, dict(self.env, LD_PRELOAD=harness.SHIM, VIA_CONFIG=self.session_config)
         if mode == "routed":  # plainly under via run
             return ([harness.VIA, "run", "-c", self.session_config, "--network", "app:tor",
                      "--", *py], self.env)
@@ -292,6 +294,26 @@ class ResolverRouting(harness.ViaCase):
                 self.assertIn("clnt_create refused", proc.stderr)
 
     # ---- listen -----------------------------------------------------------------------------
+    def test_preloaded_direct_program_resolves_and_listens_itself(self):
+        # The broker's answer is "direct": libc's own resolver and a real listener, as asked.
+        proc = self.run_mode("preload-direct", RESOLVER, "other.test")
+        self.assertOk(proc)
+        lines = dict(l.split(" ", 1) for l in proc.stdout.splitlines())
+        self.assertEqual(lines["res_query"], "127.0.0.1", proc.stdout)
+        self.assertEqual(lines["getaddrinfo_a"], "127.0.0.1", proc.stdout)
+        self.assertTrue(self.dns_queries("other.test"))
+        port = harness.free_port()
+        argv, env = self.argv_env("preload-direct", LISTENER, str(port))
+        p = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        try:
+            p.stdout.readline()
+            self.assertEqual(p.stdout.readline().strip(), "listening")
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        finally:
+            p.kill()
+            p.communicate()
+
     def test_listen_of_routed_programs_opens_nothing_on_the_host(self):
         for mode in ("session", "preload"):
             with self.subTest(mode=mode):
@@ -314,7 +336,7 @@ class ResolverRouting(harness.ViaCase):
                 finally:
                     if p.poll() is None:
                         p.kill()
-                    p.wait()
+                    p.communicate()
 
     def test_control_plain_listen_is_reachable(self):
         port = harness.free_port()
@@ -327,7 +349,7 @@ class ResolverRouting(harness.ViaCase):
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
         finally:
             p.kill()
-            p.wait()
+            p.communicate()
 
     # ---- names that only look local ---------------------------------------------------------------
     def test_control_plain_local_looking_names_reach_the_dns_server(self):
