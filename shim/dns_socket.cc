@@ -200,13 +200,14 @@ int DnsConnect(int fd, const wire::Addr& resolver) {
 
 int DnsInterceptSend(int fd, const sockaddr* name, socklen_t namelen, const iovec* iov,
                      size_t iovcnt, ssize_t* result) {
-  if (Passthrough()) return 0;
   // A connected DNS socket sends to the broker's responder as it is (no address needed).
   if (name == nullptr) return 0;
   wire::Addr resolver;
+  // Whether the process is routed is the broker's answer, asked only for a datagram to port 53
+  // (not the environment's: VIA_NETWORK may have been emptied in a routed program).
   if ((name->sa_family != AF_INET && name->sa_family != AF_INET6) ||
       !wire::AddrFromSockaddr(name, namelen, &resolver) || resolver.port != kDnsPort ||
-      !IsUdpSocket(fd)) {
+      !IsUdpSocket(fd) || NetworkDirect()) {
     return 0;
   }
   Entry e;

@@ -130,7 +130,7 @@ int AcceptFrom(int fd, const wire::Addr& bound, sockaddr* addr, socklen_t* len, 
     static bool said = false;
     if (!__atomic_exchange_n(&said, true, __ATOMIC_RELAXED)) {
       Complain("the listener through %s was closed by the via broker (see its log)",
-               GetSettings().network);
+               NetworkLabel());
     }
     errno = EINVAL;  // as accept() on a socket that no longer listens
     return -1;
@@ -155,10 +155,16 @@ int AcceptFrom(int fd, const wire::Addr& bound, sockaddr* addr, socklen_t* len, 
   return got;
 }
 
+// The kernel's accept first: on one of our listeners (a connected AF_UNIX socket, not listening)
+// it fails at once with EINVAL, and only then is the socket's name read. Whatever the
+// environment says: a listener inherited by a child whose VIA_NETWORK was emptied still works.
 int Accept(int fd, sockaddr* addr, socklen_t* len, int flags, bool four) {
+  int r = four ? Real().accept4(fd, addr, len, flags) : Real().accept(fd, addr, len);
+  if (r >= 0 || errno != EINVAL) return r;
   wire::Addr bound;
-  if (!Passthrough() && ViaListener(fd, &bound)) return AcceptFrom(fd, bound, addr, len, flags);
-  return four ? Real().accept4(fd, addr, len, flags) : Real().accept(fd, addr, len);
+  if (ViaListener(fd, &bound)) return AcceptFrom(fd, bound, addr, len, flags);
+  errno = EINVAL;
+  return -1;
 }
 
 }  // namespace
@@ -177,18 +183,22 @@ bool ViaListener(int fd, wire::Addr* bound) {
 }
 
 VIA_EXPORT int listen(int fd, int backlog) noexcept {
-  const Settings& s = GetSettings();
-  if (Passthrough() || !s.active) return Real().listen(fd, backlog);
+  // Decided from the socket (the kernel's view) and the broker's answer for this process, never
+  // from the environment: a routed program whose VIA_NETWORK was emptied, or a preloaded one a
+  // via.program rule routes, must not open a listener on the host's interfaces either.
   wire::Addr bound;
-  if (ViaListener(fd, &bound)) return 0;  // listening already (backlog is the broker's)
   int type = 0, domain = 0;
   socklen_t olen = sizeof type;
   if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &olen) != 0) return Real().listen(fd, backlog);
   olen = sizeof domain;
   getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &olen);
-  if (type != SOCK_STREAM || (domain != AF_INET && domain != AF_INET6)) {
+  if (domain != AF_INET && domain != AF_INET6) {
+    // Our listener is an AF_UNIX socketpair: listening already (backlog is the broker's).
+    if (domain == AF_UNIX && type == SOCK_SEQPACKET && ViaListener(fd, &bound)) return 0;
     return Real().listen(fd, backlog);
   }
+  // Only stream and SCTP sockets listen; the kernel refuses the others.
+  if (type != SOCK_STREAM && type != SOCK_SEQPACKET) return Real().listen(fd, backlog);
   sockaddr_storage ss{};
   socklen_t sslen = sizeof ss;
   if (Real().getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &sslen) != 0 ||
@@ -196,7 +206,15 @@ VIA_EXPORT int listen(int fd, int backlog) noexcept {
     return Real().listen(fd, backlog);
   }
   // Loopback listens stay local: nothing outside the host can reach them.
-  if (wire::IsLoopback(bound)) return Real().listen(fd, backlog);
+  if (wire::IsLoopback(bound) || NetworkDirect()) return Real().listen(fd, backlog);
+  if (type != SOCK_STREAM) {
+    // SCTP one-to-one sockets (SOCK_SEQPACKET): no overlay carries them.
+    char where[80];
+    Complain("listen on %s refused: only TCP listeners can be served through %s",
+             wire::FormatAddr(bound, where, sizeof where), NetworkLabel());
+    errno = EOPNOTSUPP;
+    return -1;
+  }
   if (bound.port == 0) {
     // listen() without bind() picks a port on every interface; pick it now to report it.
     sockaddr_storage any{};
@@ -251,7 +269,7 @@ VIA_EXPORT int listen(int fd, int backlog) noexcept {
   }
   close(sv[0]);
   if (address[0] != 0) {
-    Complain("listening on %s through %s: reachable at %s", where, s.network, address);
+    Complain("listening on %s through %s: reachable at %s", where, NetworkLabel(), address);
   }
   return 0;
 }
@@ -267,10 +285,13 @@ VIA_EXPORT int accept4(int fd, sockaddr* addr, socklen_t* len, int flags) noexce
 VIA_EXPORT int getsockname(int fd, sockaddr* addr, socklen_t* len) noexcept {
   socklen_t cap = len != nullptr ? *len : 0;  // the caller's buffer size
   int r = Real().getsockname(fd, addr, len);
-  // Only an AF_UNIX answer can be a listener of ours (one more call for those only).
+  // Only an abstract AF_UNIX name can be a listener of ours (one more call for those only).
   wire::Addr bound;
+  const size_t head = offsetof(sockaddr_un, sun_path);
   if (r == 0 && addr != nullptr && len != nullptr && cap >= sizeof(sa_family_t) &&
-      addr->sa_family == AF_UNIX && !Passthrough() && ViaListener(fd, &bound)) {
+      addr->sa_family == AF_UNIX && *len > head &&
+      (cap <= head || reinterpret_cast<const sockaddr_un*>(addr)->sun_path[0] == 0) &&
+      ViaListener(fd, &bound)) {
     FillAddr(bound, bound.family, addr, &cap);
     *len = cap;
   }

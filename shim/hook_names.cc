@@ -1,6 +1,9 @@
-// Name lookups: getaddrinfo and friends. Under an overlay a remote name never reaches the
-// system resolver: the broker maps it to a fake address, and a connect to that address sends the
-// name to the overlay. localhost, numeric hosts and /etc/hosts are answered by libc as usual.
+// Name lookups: getaddrinfo and friends. Under an overlay no name ever reaches the system
+// resolver (not even one that only looks local: libc sends "x.localhost", and a name that
+// /etc/hosts lists for the other family only, to DNS): numeric hosts, localhost, *.localhost
+// and /etc/hosts are answered here, from the shim's own reading of them; every other name gets
+// fake addresses from the broker, and a connect to one sends the name to the overlay. Whether
+// the process is routed is the broker's answer (NetworkDirect), not the environment's.
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
@@ -8,53 +11,63 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "shim/names.h"
 #include "shim/shim.h"
 
 namespace via::shim {
 
-namespace {
-
-constexpr int kMaxAddrs = 8;
-
-int WireFamily(int af) { return af == AF_INET ? 4 : af == AF_INET6 ? 6 : 0; }
-int SysFamily(const wire::Addr& a) { return a.family == 4 ? AF_INET : AF_INET6; }
-
-// Does libc answer `name` without asking DNS (numeric, localhost, /etc/hosts)?
-bool AnsweredLocally(const char* name) {
-  if (IsNumericHost(name)) return true;
-  wire::Addr dummy[1];
-  return LocalLookup(name, 0, dummy, 1) >= 0;
-}
-
-// Asks the broker for fake addresses; on failure complains and returns the errno.
-int Resolve(const char* name, int af, wire::Addr* out, int* n) {
+int RoutedLookup(const char* name, int af, wire::Addr* out, int cap, int* n) {
+  *n = 0;
+  if (name[0] == 0 || cap <= 0) return 0;
+  wire::Addr a;
+  if (ParseNumericHost(name, &a)) {
+    if (af == AF_UNSPEC || SysFamily(a) == af) {
+      out[0] = a;
+      *n = 1;
+    }
+    return 0;
+  }
+  int local = LocalLookup(name, af, out, cap);
+  if (local >= 0) {
+    *n = local;
+    return 0;
+  }
   char msg[512] = {};
-  int err = BrokerResolve(name, WireFamily(af), out, kMaxAddrs, n, msg, sizeof msg);
+  int err = BrokerResolve(name, WireFamily(af), out, cap, n, msg, sizeof msg);
   if (err != 0) Complain("cannot resolve %s through %s: %s", name, NetworkLabel(), msg);
   return err;
 }
 
-// Lays out a hostent for `name` with `addrs` in `buf`. Returns 0 or ERANGE.
-int FillHostent(const char* name, int af, const wire::Addr* addrs, int n, hostent* he, char* buf,
-                size_t buflen) {
-  size_t alen = af == AF_INET ? 4 : 16;
+bool RoutedReverse(const wire::Addr& addr, char* name, size_t cap) {
+  wire::Addr a = wire::Unmapped(addr);
+  return BrokerReverse(a, name, cap) == 0 || HostsReverse(a, name, cap);
+}
+
+int FillHostent(const char* name, int af, const wire::Addr* addrs, int count, hostent* he,
+                char* buf, size_t buflen) {
+  const size_t alen = af == AF_INET ? 4 : 16;
+  int n = 0;
+  for (int i = 0; i < count; ++i) n += SysFamily(addrs[i]) == af;
   size_t name_len = std::strlen(name) + 1;
   // Pointer arrays first (aligned), then address bytes, then the name.
   uintptr_t base = reinterpret_cast<uintptr_t>(buf);
   uintptr_t aligned = (base + alignof(char*) - 1) & ~(uintptr_t)(alignof(char*) - 1);
   size_t pad = aligned - base;
-  size_t need = pad + sizeof(char*) * (1 + n + 1) + alen * n + name_len;
-  if (need > buflen) return ERANGE;
+  size_t need = pad + sizeof(char*) * (1 + size_t(n) + 1) + alen * size_t(n) + name_len;
+  if (buf == nullptr || need > buflen) return ERANGE;
   char** aliases = reinterpret_cast<char**>(buf + pad);
   char** list = aliases + 1;
   char* data = reinterpret_cast<char*>(list + n + 1);
   aliases[0] = nullptr;
-  for (int i = 0; i < n; ++i) {
-    std::memcpy(data + alen * i, addrs[i].bytes, alen);
-    list[i] = data + alen * i;
+  int k = 0;
+  for (int i = 0; i < count; ++i) {
+    if (SysFamily(addrs[i]) != af) continue;
+    std::memcpy(data + alen * size_t(k), addrs[i].bytes, alen);
+    list[k] = data + alen * size_t(k);
+    ++k;
   }
   list[n] = nullptr;
-  char* name_copy = data + alen * n;
+  char* name_copy = data + alen * size_t(n);
   std::memcpy(name_copy, name, name_len);
   he->h_name = name_copy;
   he->h_aliases = aliases;
@@ -64,33 +77,30 @@ int FillHostent(const char* name, int af, const wire::Addr* addrs, int n, hosten
   return 0;
 }
 
-struct HostentStore {
-  hostent he;
-  char buf[1024];
-};
-__thread HostentStore t_store;
-
-// The body of gethostbyname2_r under an overlay, for a remote name.
-int RemoteHostent(const char* name, int af, hostent* ret, char* buf, size_t buflen,
+int RoutedHostent(const char* name, int af, hostent* ret, char* buf, size_t buflen,
                   hostent** result, int* h_errnop) {
   *result = nullptr;
+  if (af != AF_INET && af != AF_INET6) {
+    *h_errnop = NETDB_INTERNAL;
+    errno = EAFNOSUPPORT;
+    return EAFNOSUPPORT;
+  }
   wire::Addr addrs[kMaxAddrs];
   int n = 0;
-  if (Resolve(name, af, addrs, &n) != 0) {
+  if (RoutedLookup(name, af, addrs, kMaxAddrs, &n) != 0) {
     *h_errnop = TRY_AGAIN;
     return EAGAIN;
   }
   int k = 0;
-  for (int i = 0; i < n; ++i) {
-    if (SysFamily(addrs[i]) == af) addrs[k++] = addrs[i];
-  }
+  for (int i = 0; i < n; ++i) k += SysFamily(addrs[i]) == af;
   if (k == 0) {
     *h_errnop = HOST_NOT_FOUND;
     return ENOENT;
   }
-  int err = FillHostent(name, af, addrs, k, ret, buf, buflen);
+  int err = FillHostent(name, af, addrs, n, ret, buf, buflen);
   if (err != 0) {
     *h_errnop = NETDB_INTERNAL;
+    errno = err;
     return err;
   }
   *result = ret;
@@ -98,10 +108,45 @@ int RemoteHostent(const char* name, int af, hostent* ret, char* buf, size_t bufl
   return 0;
 }
 
-hostent* RemoteHostentStatic(const char* name, int af) {
+int RoutedHostentByAddr(const void* addr, socklen_t len, int af, hostent* ret, char* buf,
+                        size_t buflen, hostent** result, int* h_errnop) {
+  *result = nullptr;
+  wire::Addr a;
+  if (addr == nullptr || (af != AF_INET && af != AF_INET6) || len != (af == AF_INET ? 4u : 16u)) {
+    *h_errnop = NETDB_INTERNAL;
+    errno = EINVAL;
+    return EINVAL;
+  }
+  a.family = af == AF_INET ? 4 : 6;
+  std::memcpy(a.bytes, addr, len);
+  char name[256];
+  if (!RoutedReverse(a, name, sizeof name)) {
+    *h_errnop = HOST_NOT_FOUND;
+    return ENOENT;
+  }
+  int err = FillHostent(name, af, &a, 1, ret, buf, buflen);
+  if (err != 0) {
+    *h_errnop = NETDB_INTERNAL;
+    errno = err;
+    return err;
+  }
+  *result = ret;
+  *h_errnop = 0;
+  return 0;
+}
+
+namespace {
+
+struct HostentStore {
+  hostent he;
+  char buf[1024];
+};
+__thread HostentStore t_store;
+
+hostent* RoutedHostentStatic(const char* name, int af) {
   hostent* result = nullptr;
   int herr = 0;
-  RemoteHostent(name, af, &t_store.he, t_store.buf, sizeof t_store.buf, &result, &herr);
+  RoutedHostent(name, af, &t_store.he, t_store.buf, sizeof t_store.buf, &result, &herr);
   if (result == nullptr) h_errno = herr;
   return result;
 }
@@ -125,19 +170,41 @@ namespace wire = via::wire;
 VIA_EXPORT int getaddrinfo(const char* node, const char* service, const addrinfo* hints,
                            addrinfo** res) {
   const RealFns& real = Real();
-  if (node == nullptr || NetworkDirect()) return real.getaddrinfo(node, service, hints, res);
+  if (node == nullptr) return real.getaddrinfo(node, service, hints, res);
   int flags = hints != nullptr ? hints->ai_flags : (AI_V4MAPPED | AI_ADDRCONFIG);
-  int family = hints != nullptr ? hints->ai_family : AF_UNSPEC;
-  if ((flags & AI_NUMERICHOST) != 0 || AnsweredLocally(node) ||
-      (family != AF_UNSPEC && family != AF_INET && family != AF_INET6)) {
+  const int family = hints != nullptr ? hints->ai_family : AF_UNSPEC;
+  if ((flags & AI_NUMERICHOST) == 0 && IsNumericHost(node)) {
+    // libc parses it and asks no one: no broker round trip either. AI_NUMERICHOST makes sure
+    // (libc would send "::1" asked for with AF_INET to its resolvers).
+    addrinfo h{};
+    if (hints != nullptr) h = *hints;
+    h.ai_flags = flags | AI_NUMERICHOST;
+    return real.getaddrinfo(node, service, &h, res);
+  }
+  if ((flags & AI_NUMERICHOST) != 0 || NetworkDirect()) {
     return real.getaddrinfo(node, service, hints, res);
   }
+  if (family != AF_UNSPEC && family != AF_INET && family != AF_INET6) return EAI_FAMILY;
+  // AF_INET6 with AI_V4MAPPED: IPv4 addresses are shown mapped when there is no IPv6 one (or
+  // always, with AI_ALL); libc maps them when it builds the result below.
+  const bool mapped = family == AF_INET6 && (flags & AI_V4MAPPED) != 0;
   wire::Addr addrs[kMaxAddrs];
   int n = 0;
-  if (Resolve(node, family, addrs, &n) != 0) return EAI_AGAIN;
+  if (RoutedLookup(node, mapped ? AF_UNSPEC : family, addrs, kMaxAddrs, &n) != 0) return EAI_AGAIN;
+  if (mapped && (flags & AI_ALL) == 0) {
+    int v6 = 0;
+    for (int i = 0; i < n; ++i) v6 += addrs[i].family == 6;
+    if (v6 > 0) {
+      int k = 0;
+      for (int i = 0; i < n; ++i) {
+        if (addrs[i].family == 6) addrs[k++] = addrs[i];
+      }
+      n = k;
+    }
+  }
   if (n == 0) return EAI_NONAME;
-  // Let libc build the result from the numeric fake addresses: it is libc-shaped (services,
-  // socket types, flags) and libc's own freeaddrinfo frees it.
+  // Let libc build the result from the numeric addresses: it is libc-shaped (services, socket
+  // types, flags) and libc's own freeaddrinfo frees it.
   addrinfo h{};
   if (hints != nullptr) h = *hints;
   h.ai_flags = (flags & ~(AI_CANONNAME | AI_ADDRCONFIG)) | AI_NUMERICHOST;
@@ -170,114 +237,81 @@ VIA_EXPORT int getaddrinfo(const char* node, const char* service, const addrinfo
 VIA_EXPORT void freeaddrinfo(addrinfo* ai) noexcept { Real().freeaddrinfo(ai); }
 
 VIA_EXPORT hostent* gethostbyname2(const char* name, int af) {
-  if (name == nullptr || NetworkDirect() || AnsweredLocally(name) ||
-      (af != AF_INET && af != AF_INET6)) {
-    return Real().gethostbyname2(name, af);
-  }
-  return RemoteHostentStatic(name, af);
+  if (name == nullptr || NetworkDirect()) return Real().gethostbyname2(name, af);
+  return RoutedHostentStatic(name, af);
 }
 
 VIA_EXPORT hostent* gethostbyname(const char* name) {
-  if (name == nullptr || NetworkDirect() || AnsweredLocally(name)) {
-    return Real().gethostbyname(name);
-  }
-  return RemoteHostentStatic(name, AF_INET);
+  if (name == nullptr || NetworkDirect()) return Real().gethostbyname(name);
+  return RoutedHostentStatic(name, AF_INET);
 }
 
 VIA_EXPORT int gethostbyname2_r(const char* name, int af, hostent* ret, char* buf, size_t buflen,
                                 hostent** result, int* h_errnop) {
-  if (name == nullptr || NetworkDirect() || AnsweredLocally(name) ||
-      (af != AF_INET && af != AF_INET6)) {
+  if (name == nullptr || NetworkDirect()) {
     return Real().gethostbyname2_r(name, af, ret, buf, buflen, result, h_errnop);
   }
-  return RemoteHostent(name, af, ret, buf, buflen, result, h_errnop);
+  return RoutedHostent(name, af, ret, buf, buflen, result, h_errnop);
 }
 
 VIA_EXPORT int gethostbyname_r(const char* name, hostent* ret, char* buf, size_t buflen,
                                hostent** result, int* h_errnop) {
-  if (name == nullptr || NetworkDirect() || AnsweredLocally(name)) {
+  if (name == nullptr || NetworkDirect()) {
     return Real().gethostbyname_r(name, ret, buf, buflen, result, h_errnop);
   }
-  return RemoteHostent(name, AF_INET, ret, buf, buflen, result, h_errnop);
+  return RoutedHostent(name, AF_INET, ret, buf, buflen, result, h_errnop);
 }
 
-namespace via::shim {
-namespace {
-
-// Under an overlay: the name of a fake address; libc for loopback and /etc/hosts addresses;
-// "not found" for anything else, because a PTR query would tell the local resolver which
-// address the program talks to. Returns 1 to ask libc, else 0 with *result set or not.
-int ReverseHostent(const void* addr, socklen_t len, int type, hostent* ret, char* buf,
-                   size_t buflen, hostent** result, int* h_errnop) {
-  *result = nullptr;
-  wire::Addr a;
-  a.family = type == AF_INET ? 4 : 6;
-  std::memcpy(a.bytes, addr, len);
-  char name[256];
-  if (BrokerReverse(a, name, sizeof name) == 0) {
-    int err = FillHostent(name, type, &a, 1, ret, buf, buflen);
-    if (err != 0) {
-      *h_errnop = NETDB_INTERNAL;
-      return -err;
-    }
-    *result = ret;
-    *h_errnop = 0;
-    return 0;
-  }
-  if (wire::IsLoopback(a) || HostsReverse(a, name, sizeof name)) return 1;
-  *h_errnop = HOST_NOT_FOUND;
-  return 0;
-}
-
-bool ReverseApplies(const void* addr, socklen_t len, int type) {
-  return addr != nullptr && !NetworkDirect() && (type == AF_INET || type == AF_INET6) &&
-         len == (type == AF_INET ? 4u : 16u);
-}
-
-}  // namespace
-}  // namespace via::shim
-
+// Reverse lookups under an overlay: the name of a fake address, the /etc/hosts name of a listed
+// address, "not found" for anything else (a PTR query would tell the local resolver which
+// address the program talks to; libc would send one for a loopback address /etc/hosts lacks).
 VIA_EXPORT hostent* gethostbyaddr(const void* addr, socklen_t len, int type) {
-  if (!ReverseApplies(addr, len, type)) return Real().gethostbyaddr(addr, len, type);
+  if (addr == nullptr || NetworkDirect()) return Real().gethostbyaddr(addr, len, type);
   hostent* result = nullptr;
   int herr = 0;
-  int rc =
-      ReverseHostent(addr, len, type, &t_store.he, t_store.buf, sizeof t_store.buf, &result, &herr);
-  if (rc == 1) return Real().gethostbyaddr(addr, len, type);
+  RoutedHostentByAddr(addr, len, type, &t_store.he, t_store.buf, sizeof t_store.buf, &result,
+                      &herr);
   if (result == nullptr) h_errno = herr;
   return result;
 }
 
 VIA_EXPORT int gethostbyaddr_r(const void* addr, socklen_t len, int type, hostent* ret, char* buf,
                                size_t buflen, hostent** result, int* h_errnop) {
-  if (!ReverseApplies(addr, len, type)) {
+  if (addr == nullptr || NetworkDirect()) {
     return Real().gethostbyaddr_r(addr, len, type, ret, buf, buflen, result, h_errnop);
   }
-  int rc = ReverseHostent(addr, len, type, ret, buf, buflen, result, h_errnop);
-  if (rc == 1) return Real().gethostbyaddr_r(addr, len, type, ret, buf, buflen, result, h_errnop);
-  return rc < 0 ? -rc : (*result == nullptr ? ENOENT : 0);
+  return RoutedHostentByAddr(addr, len, type, ret, buf, buflen, result, h_errnop);
 }
 
 VIA_EXPORT int getnameinfo(const sockaddr* sa, socklen_t salen, char* host, socklen_t hostlen,
                            char* serv, socklen_t servlen, int flags) {
   const RealFns& real = Real();
-  wire::Addr a;
-  if (host == nullptr || hostlen == 0 || (flags & NI_NUMERICHOST) != 0 || NetworkDirect() ||
-      !wire::AddrFromSockaddr(sa, salen, &a)) {
+  // Only a host name can need a lookup (services come from /etc/services), only of an Internet
+  // address, and libc refuses the short ones itself (as it does, before any lookup).
+  if (host == nullptr || hostlen == 0 || (flags & NI_NUMERICHOST) != 0 || sa == nullptr ||
+      salen < sizeof(sa_family_t) || (sa->sa_family != AF_INET && sa->sa_family != AF_INET6) ||
+      salen < (sa->sa_family == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6)) ||
+      NetworkDirect()) {
     return real.getnameinfo(sa, salen, host, hostlen, serv, servlen, flags);
+  }
+  wire::Addr a;
+  if (sa->sa_family == AF_INET) {
+    a.family = 4;
+    std::memcpy(a.bytes, &reinterpret_cast<const sockaddr_in*>(sa)->sin_addr, 4);
+  } else {
+    a.family = 6;
+    std::memcpy(a.bytes, &reinterpret_cast<const sockaddr_in6*>(sa)->sin6_addr, 16);
   }
   char name[256];
-  if (BrokerReverse(wire::Unmapped(a), name, sizeof name) == 0) {
-    if (std::strlen(name) >= hostlen) return EAI_OVERFLOW;
-    std::memcpy(host, name, std::strlen(name) + 1);
-    if (serv != nullptr && servlen > 0) {
-      return real.getnameinfo(sa, salen, nullptr, 0, serv, servlen, flags);
-    }
-    return 0;
+  if (!RoutedReverse(a, name, sizeof name)) {
+    if ((flags & NI_NAMEREQD) != 0) return EAI_NONAME;
+    return real.getnameinfo(sa, salen, host, hostlen, serv, servlen, flags | NI_NUMERICHOST);
   }
-  if (wire::IsLoopback(a) || HostsReverse(wire::Unmapped(a), name, sizeof name)) {
-    return real.getnameinfo(sa, salen, host, hostlen, serv, servlen, flags);
+  size_t len = std::strlen(name);
+  if (len >= hostlen) return EAI_OVERFLOW;
+  std::memcpy(host, name, len + 1);
+  if (serv != nullptr && servlen > 0) {
+    return real.getnameinfo(sa, salen, nullptr, 0, serv, servlen, flags);
   }
-  if ((flags & NI_NAMEREQD) != 0) return EAI_NONAME;
-  return real.getnameinfo(sa, salen, host, hostlen, serv, servlen, flags | NI_NUMERICHOST);
+  return 0;
 }

@@ -6,6 +6,10 @@
 // its own UDP socket. A/AAAA get fake addresses, PTR of a fake address its name, other types no
 // records (see broker/dns_message.h). The search list is not applied: a name is asked for as
 // given (appending local domains would tell the overlay's far end about them).
+//
+// Whether the process is routed is the broker's answer (NetworkDirect: one HELLO per thread,
+// on the first call), never the environment's: a program started with VIA_NETWORK emptied in
+// a session, or preloaded with a via.program rule that routes it, is routed all the same.
 #include <arpa/nameser.h>
 #include <dlfcn.h>
 #include <netdb.h>
@@ -131,7 +135,7 @@ using namespace via::shim;
 
 #define VIA_RES_HOOK(ret, name, params, args, real_call, routed_call) \
   VIA_EXPORT ret name params {                                        \
-    if (!Passthrough()) return routed_call;                           \
+    if (!NetworkDirect()) return routed_call;                         \
     auto fn = RealRes().real_call;                                    \
     return fn != nullptr ? fn args : NotAvailable(nullptr);           \
   }
@@ -176,6 +180,79 @@ VIA_RES_HOOK(int, __res_nsend,
              (res_state s, const unsigned char* q, int ql, unsigned char* a, int l),
              (s, q, ql, a, l), nsend, Ask(s, q, ql, a, l, false))
 
+// libc's internal entry points behind the functions above (GLIBC_PRIVATE, exported for
+// libresolv: its compatibility res_gethostbyname* call them from outside libc, where the shim
+// sees the call, and so can any program that looks them up). Under an overlay they are answered
+// as the public ones; `ctx` is glibc's struct resolv_context, whose first member is the
+// res_state. The second query (A and AAAA in parallel) is not sent: *resplen2 = 0.
+namespace {
+
+struct ResolvContextHead {
+  res_state resp;
+};
+
+res_state StateOf(void* ctx) {
+  return ctx != nullptr ? static_cast<ResolvContextHead*>(ctx)->resp : nullptr;
+}
+
+void NoSecondAnswer(unsigned char** answerp2, int* nanswerp2, int* resplen2, int* malloced2) {
+  if (answerp2 != nullptr) *answerp2 = nullptr;
+  if (nanswerp2 != nullptr) *nanswerp2 = 0;
+  if (resplen2 != nullptr) *resplen2 = 0;
+  if (malloced2 != nullptr) *malloced2 = 0;
+}
+
+// glibc's own, looked up once (racing threads find the same pointer).
+template <typename Fn>
+Fn NextPrivate(void** slot, const char* name) {
+  void* f = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+  if (f == nullptr) {
+    f = dlsym(RTLD_NEXT, name);
+    __atomic_store_n(slot, f, __ATOMIC_RELEASE);
+  }
+  return reinterpret_cast<Fn>(f);
+}
+
+}  // namespace
+
+using ContextQueryFn = int (*)(void*, const char*, int, int, unsigned char*, int, unsigned char**,
+                               unsigned char**, int*, int*, int*);
+using ContextSendFn = int (*)(void*, const unsigned char*, int, const unsigned char*, int,
+                              unsigned char*, int, unsigned char**, unsigned char**, int*, int*,
+                              int*);
+
+#define VIA_RES_CONTEXT_QUERY(name)                                                            \
+  VIA_EXPORT int name(void* ctx, const char* n, int c, int t, unsigned char* a, int l,         \
+                      unsigned char** ap, unsigned char** ap2, int* nap2, int* rl2, int* m2) { \
+    if (NetworkDirect()) {                                                                     \
+      static void* slot = nullptr;                                                             \
+      ContextQueryFn real = NextPrivate<ContextQueryFn>(&slot, #name);                         \
+      if (real == nullptr) return NotAvailable(StateOf(ctx));                                  \
+      return real(ctx, n, c, t, a, l, ap, ap2, nap2, rl2, m2);                                 \
+    }                                                                                          \
+    NoSecondAnswer(ap2, nap2, rl2, m2);                                                        \
+    if (ap != nullptr && *ap != nullptr) a = *ap;                                              \
+    return Query(StateOf(ctx), n, c, t, a, l);                                                 \
+  }
+
+VIA_RES_CONTEXT_QUERY(__res_context_query)
+VIA_RES_CONTEXT_QUERY(__res_context_search)
+
+VIA_EXPORT int __res_context_send(void* ctx, const unsigned char* q, int ql,
+                                  const unsigned char* q2, int ql2, unsigned char* a, int l,
+                                  unsigned char** ap, unsigned char** ap2, int* nap2, int* rl2,
+                                  int* m2) {
+  if (NetworkDirect()) {
+    static void* slot = nullptr;
+    ContextSendFn real = NextPrivate<ContextSendFn>(&slot, "__res_context_send");
+    if (real == nullptr) return NotAvailable(StateOf(ctx));
+    return real(ctx, q, ql, q2, ql2, a, l, ap, ap2, nap2, rl2, m2);
+  }
+  NoSecondAnswer(ap2, nap2, rl2, m2);
+  if (ap != nullptr && *ap != nullptr) a = *ap;
+  return Ask(StateOf(ctx), q, ql, a, l, false);
+}
+
 // getaddrinfo_a: glibc runs its requests on a thread of its own that calls getaddrinfo inside
 // libc, where the shim would not see it. Under an overlay the shim answers each request at
 // once with its own getaddrinfo (fake addresses from the broker: no waiting on the network)
@@ -198,7 +275,7 @@ void* RunNotify(void* arg) {
 }  // namespace
 
 VIA_EXPORT int getaddrinfo_a(int mode, gaicb* list[], int nitems, sigevent* sevp) {
-  if (Passthrough()) {
+  if (NetworkDirect()) {
     using Fn = int (*)(int, gaicb*[], int, sigevent*);
     static Fn real = nullptr;
     if (real == nullptr) real = reinterpret_cast<Fn>(dlsym(RTLD_NEXT, "getaddrinfo_a"));

@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 
 #include <cctype>
@@ -138,25 +139,60 @@ bool IsLocalhostName(const char* name, size_t n) {
   return n > 10 && strncasecmp(name + n - 10, ".localhost", 10) == 0;
 }
 
+// The kernel's host name (uname), or its first label.
+bool IsOwnHostname(const char* name, size_t n) {
+  utsname u;
+  if (n == 0 || uname(&u) != 0) return false;
+  const char* host = u.nodename;
+  size_t len = strnlen(host, sizeof u.nodename);
+  if (len == 0) return false;
+  if (len == n && strncasecmp(host, name, n) == 0) return true;
+  const char* dot = static_cast<const char*>(std::memchr(host, '.', len));
+  return dot != nullptr && size_t(dot - host) == n && strncasecmp(host, name, n) == 0;
+}
+
 }  // namespace
 
-bool IsNumericHost(const char* name) {
-  in_addr v4;
-  if (inet_aton(name, &v4) != 0) return true;  // libc accepts "127.1", "0x7f.1" without lookup
-  char tmp[64];
+bool ParseNumericHost(const char* name, wire::Addr* out) {
+  // As getaddrinfo parses a numeric host (__inet_aton_exact, inet_pton before a '%' scope):
+  // inet_aton alone also accepts "1.2.3.4 anything", which libc's resolvers take for a name.
   size_t n = std::strlen(name);
+  bool v4chars = n > 0;
+  for (size_t i = 0; i < n && v4chars; ++i) {
+    const char c = name[i];
+    v4chars = c == '.' || c == 'x' || c == 'X' || std::isxdigit(static_cast<unsigned char>(c));
+  }
+  in_addr v4;
+  if (v4chars && inet_aton(name, &v4) != 0) {  // libc accepts "127.1", "0x7f.1" without lookup
+    *out = wire::Addr{};
+    out->family = 4;
+    std::memcpy(out->bytes, &v4, 4);
+    return true;
+  }
+  char tmp[64];
   if (n == 0 || n >= sizeof tmp) return false;
   std::memcpy(tmp, name, n + 1);
   char* pct = std::strchr(tmp, '%');
   if (pct != nullptr) *pct = 0;
   in6_addr v6;
-  return inet_pton(AF_INET6, tmp, &v6) == 1;
+  if (inet_pton(AF_INET6, tmp, &v6) != 1) return false;
+  *out = wire::Addr{};
+  out->family = 6;
+  std::memcpy(out->bytes, &v6, 16);
+  return true;
+}
+
+bool IsNumericHost(const char* name) {
+  wire::Addr a;
+  return ParseNumericHost(name, &a);
 }
 
 int LocalLookup(const char* name, int family, wire::Addr* out, int cap) {
   size_t name_len = std::strlen(name);
+  // "name." is the absolute form of "name": the same entry (case is ignored, as by libc).
+  if (name_len > 1 && name[name_len - 1] == '.') --name_len;
   int count = 0;
-  if (IsLocalhostName(name, name_len)) {
+  auto loopback = [&] {
     if ((family == 0 || family == AF_INET) && count < cap) {
       out[count] = wire::Addr{};
       out[count].family = 4;
@@ -171,7 +207,8 @@ int LocalLookup(const char* name, int family, wire::Addr* out, int cap) {
       ++count;
     }
     return count;
-  }
+  };
+  if (IsLocalhostName(name, name_len)) return loopback();
   bool listed = false;
   pthread_mutex_lock(&g_mu);
   Refresh();
@@ -187,7 +224,11 @@ int LocalLookup(const char* name, int family, wire::Addr* out, int cap) {
   pthread_mutex_unlock(&g_mu);
   // A name listed only with the other family is still local: answer "no address" rather than
   // asking the broker (which would route it remotely).
-  return listed ? count : -1;
+  if (listed) return count;
+  // The machine's own name, when /etc/hosts lacks it (libc would ask nss-myhostname or DNS):
+  // loopback, rather than telling the overlay's far end what this host is called.
+  if (IsOwnHostname(name, name_len)) return loopback();
+  return -1;
 }
 
 bool HostsReverse(const wire::Addr& addr, char* name, size_t namecap) {
