@@ -1,11 +1,13 @@
 #include "broker/tailscale_runtime.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -52,26 +54,154 @@ TailscaleRuntime::TailscaleRuntime(const config::Overlay& overlay,
     : overlay_(overlay), service_(service), driver_(driver), loop_(loop), log_(std::move(log)) {}
 
 TailscaleRuntime::~TailscaleRuntime() {
-  stopping_ = true;
-  if (restart_timer_ != 0) loop_->CancelTimer(restart_timer_);
+  Stop();
   for (auto& [id, w] : waiters_) {
     if (w.timer != 0) loop_->CancelTimer(w.timer);
   }
   for (auto& [port, p] : ports_) {
     for (TailscaleListener* l : p.listeners) l->rt_ = nullptr;
   }
+  WaitChildren(stop_deadline_ms_);
+}
+
+void TailscaleRuntime::Stop() {
+  if (stop_deadline_ms_ != 0) return;
+  stopping_ = true;
+  stop_deadline_ms_ = NowMs() + kStopBoundMs;
+  if (restart_timer_ != 0) loop_->CancelTimer(restart_timer_);
+  restart_timer_ = 0;
   if (ctl_) {
     loop_->Unwatch(ctl_.get());
     ctl_.reset();  // EOF: the helper logs out an ephemeral node and stops
   }
-  Reap(true);
+  for (auto& [pid, c] : children_) {
+    if (!c.retired) kill(pid, SIGTERM);  // the same, for a helper not reading its channel
+    c.retired = true;
+  }
+  pid_ = -1;
+}
+
+namespace {
+
+int PidfdOpen(pid_t pid) { return int(syscall(SYS_pidfd_open, pid, 0)); }
+
+std::string ExitText(int st) {
+  if (WIFEXITED(st)) return "exited with status " + std::to_string(WEXITSTATUS(st));
+  if (WIFSIGNALED(st)) return std::string("was killed by ") + strsignal(WTERMSIG(st));
+  return "stopped";
+}
+
+}  // namespace
+
+void TailscaleRuntime::Track(pid_t pid) {
+  Child& c = children_[pid];
+  c.pidfd = UniqueFd(PidfdOpen(pid));
+  if (c.pidfd) {
+    loop_->Watch(c.pidfd.get(), EPOLLIN, [this, pid](uint32_t) { OnChildExit(pid); });
+  } else {
+    c.poll_timer = loop_->AddTimer(100, [this, pid] { PollChild(pid); });
+  }
+}
+
+void TailscaleRuntime::PollChild(pid_t pid) {
+  // No pidfd (a kernel before 5.3): look every 100 ms.
+  auto it = children_.find(pid);
+  if (it == children_.end()) return;
+  it->second.poll_timer = 0;
+  OnChildExit(pid);
+  it = children_.find(pid);
+  if (it != children_.end()) {
+    it->second.poll_timer = loop_->AddTimer(100, [this, pid] { PollChild(pid); });
+  }
+}
+
+void TailscaleRuntime::Untrack(pid_t pid) {
+  auto it = children_.find(pid);
+  if (it == children_.end()) return;
+  if (it->second.pidfd) loop_->Unwatch(it->second.pidfd.get());
+  if (it->second.poll_timer != 0) loop_->CancelTimer(it->second.poll_timer);
+  if (it->second.kill_timer != 0) loop_->CancelTimer(it->second.kill_timer);
+  children_.erase(it);
+}
+
+void TailscaleRuntime::OnChildExit(pid_t pid) {
+  int st = 0;
+  pid_t r = waitpid(pid, &st, WNOHANG);
+  if (r == 0) return;  // still running
+  Untrack(pid);
+  std::string how = r == pid ? ExitText(st) : "is gone";
+  if (pid != pid_) {
+    log_->info("overlay {}: the Tailscale helper (pid {}) {}", overlay_.id, pid, how);
+    return;
+  }
+  pid_ = -1;
+  if (ctl_) OnHelperGone("the helper " + how);
+}
+
+void TailscaleRuntime::Retire(pid_t pid) {
+  auto it = children_.find(pid);
+  if (it == children_.end() || it->second.retired) return;
+  it->second.retired = true;
+  kill(pid, SIGTERM);
+  it->second.kill_timer = loop_->AddTimer(kStopBoundMs, [this, pid] {
+    auto c = children_.find(pid);
+    if (c == children_.end()) return;
+    c->second.kill_timer = 0;
+    log_->warn(
+        "overlay {}: the Tailscale helper (pid {}) did not exit within {} ms of SIGTERM; "
+        "killing it",
+        overlay_.id, pid, kStopBoundMs);
+    kill(pid, SIGKILL);
+  });
+}
+
+void TailscaleRuntime::WaitChildren(int64_t deadline_ms) {
+  bool killed = false;
+  for (;;) {
+    for (auto it = children_.begin(); it != children_.end();) {
+      pid_t pid = it->first;
+      ++it;  // Untrack erases `pid` only
+      int st = 0;
+      pid_t r = waitpid(pid, &st, WNOHANG);
+      if (r == 0) continue;
+      if (r == pid) {
+        log_->info("overlay {}: the Tailscale helper (pid {}) {}", overlay_.id, pid, ExitText(st));
+      }
+      Untrack(pid);
+    }
+    if (children_.empty()) return;
+    int64_t left = deadline_ms - NowMs();
+    if (left <= 0 && !killed) {
+      for (auto& [pid, c] : children_) {
+        log_->warn(
+            "overlay {}: the Tailscale helper (pid {}) did not exit within {} ms of "
+            "SIGTERM; killing it",
+            overlay_.id, pid, kStopBoundMs);
+        kill(pid, SIGKILL);
+      }
+      killed = true;
+    }
+    if (killed && left < -5000) {  // not even SIGKILL ended it (stuck in the kernel)
+      log_->error("overlay {}: the Tailscale helper did not end after SIGKILL; not waiting",
+                  overlay_.id);
+      while (!children_.empty()) Untrack(children_.begin()->first);
+      return;
+    }
+    std::vector<pollfd> fds;
+    int ms = killed ? 100 : int(std::min<int64_t>(left, 1000));
+    for (auto& [pid, c] : children_) {
+      if (c.pidfd) {
+        fds.push_back(pollfd{c.pidfd.get(), POLLIN, 0});
+      } else {
+        ms = std::min(ms, 20);  // polled
+      }
+    }
+    poll(fds.data(), nfds_t(fds.size()), ms);
+  }
 }
 
 std::string TailscaleRuntime::StateDir() const {
-  const config::TailscaleSettings& s = overlay_.tailscale;
-  if (!s.state_dir.empty()) return s.state_dir;
-  if (service_.state_dir.empty()) return "";
-  return service_.state_dir + "/tailscale/" + (s.hostname.empty() ? overlay_.name : s.hostname);
+  return config::TailscaleStateDir(overlay_, service_);
 }
 
 std::string TailscaleRuntime::HelperPath() const {
@@ -143,6 +273,7 @@ void TailscaleRuntime::Spawn() {
                         " (build it with cmake, or set `helper:` or $VIA_TSNET)");
   }
   pid_ = pid;
+  Track(pid);
   ctl_ = std::move(mine);
   const config::TailscaleSettings& s = overlay_.tailscale;
   std::vector<std::pair<std::string, std::string>> cfg = {
@@ -343,7 +474,9 @@ void TailscaleRuntime::OnHelperGone(const std::string& why) {
     loop_->Unwatch(ctl_.get());
     ctl_.reset();
   }
-  Reap(false);
+  // Its channel is closed: it exits (reaped when it does), or is made to.
+  if (pid_ > 0) Retire(pid_);
+  pid_ = -1;
   driver_->ClearEndpoint();
   if (stopping_) return;
   error_ = why;
@@ -367,22 +500,6 @@ void TailscaleRuntime::OnHelperGone(const std::string& why) {
   ++restarts_;
   restart_timer_ = loop_->AddTimer(backoff_ms_, [this] { Spawn(); });
   backoff_ms_ = std::min(backoff_ms_ * 2, 30000);
-}
-
-void TailscaleRuntime::Reap(bool wait) {
-  if (pid_ <= 0) return;
-  int st = 0;
-  for (int i = 0; i < (wait ? 200 : 20); ++i) {  // 10 s when stopping (logout), else 1 s
-    pid_t r = waitpid(pid_, &st, WNOHANG);
-    if (r == pid_ || (r < 0 && errno == ECHILD)) {
-      pid_ = -1;
-      return;
-    }
-    usleep(50000);
-  }
-  kill(pid_, SIGKILL);
-  waitpid(pid_, &st, 0);
-  pid_ = -1;
 }
 
 void TailscaleRuntime::SendListen(uint16_t port) {
