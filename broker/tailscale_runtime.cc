@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <spawn.h>
 #include <sys/epoll.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -235,6 +236,7 @@ void TailscaleRuntime::Spawn() {
     }
     chmod(dir.c_str(), 0700);
     log_path_ = dir + "/via-tsnet.log";
+    if (Status st = LockStateDir(dir); !st.ok()) return OnHelperGone(st.message());
   } else {
     log_path_ = "/dev/null";
   }
@@ -256,6 +258,9 @@ void TailscaleRuntime::Spawn() {
     posix_spawn_file_actions_adddup2(&fa, logfd.get(), 2);
   }
   posix_spawn_file_actions_adddup2(&fa, theirs.get(), 3);
+  // The helper holds the directory's lock too: a helper still logging out after its broker was
+  // killed keeps the next broker's node out of the directory until it is done.
+  if (lock_) posix_spawn_file_actions_adddup2(&fa, lock_.get(), 4);
   // The helper must never run under the shim: it is the overlay.
   std::vector<std::string> env_store;
   std::vector<char*> env;
@@ -297,6 +302,27 @@ void TailscaleRuntime::Spawn() {
   loop_->Watch(ctl_.get(), EPOLLIN, [this](uint32_t) { OnControl(); });
   log_->info("overlay {}: started the Tailscale helper {} (pid {}, {} mode, log {})", overlay_.id,
              helper, pid_, driver_->attached() ? "attach" : "node", log_path_);
+}
+
+Status TailscaleRuntime::LockStateDir(const std::string& dir) {
+  if (lock_) return Status::Ok();  // ours for the runtime's life, across helper restarts
+  const std::string path = dir + "/via-tsnet.lock";
+  UniqueFd fd(open(path.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600));
+  if (!fd) return Status::FromErrno("cannot open the state directory's lock " + path);
+  if (flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+    if (errno != EWOULDBLOCK) return Status::FromErrno("cannot lock " + path);
+    // The config check sees only this config's entries and paths as written; this also
+    // catches another broker's entry, and the same directory reached through a symlink.
+    return Status::Error(EBUSY, "the state directory " + dir +
+                                    " is in use by another Tailscale node (of another broker, "
+                                    "or the same directory by another path); two nodes in one "
+                                    "directory would share one node key: give this entry its "
+                                    "own state_dir");
+  }
+  // Above the fds the helper gets (0-4), so that dup2 to 4 always makes an inheritable copy.
+  lock_ = UniqueFd(fcntl(fd.get(), F_DUPFD_CLOEXEC, 10));
+  if (!lock_) return Status::FromErrno("cannot lock " + path);
+  return Status::Ok();
 }
 
 void TailscaleRuntime::Send(const std::string& verb,

@@ -76,6 +76,9 @@ class TailscaleRuntime : public OverlayRuntime {
   };
 
   void Spawn();
+  // flock() on <dir>/via-tsnet.lock, held from the first spawn to the runtime's end (and by its
+  // helpers): one node per state directory, whatever config or path names it. EBUSY if taken.
+  Status LockStateDir(const std::string& dir);
   void OnControl();
   void OnHelperGone(const std::string& why);
   void OnStatus(const overlays::HelperMessage& m);
@@ -104,6 +107,7 @@ class TailscaleRuntime : public OverlayRuntime {
   std::shared_ptr<spdlog::logger> log_;
 
   UniqueFd ctl_;
+  UniqueFd lock_;   // see LockStateDir
   pid_t pid_ = -1;  // the current helper
   struct Child {
     UniqueFd pidfd;           // readable once it exited; empty without pidfd_open (then polled)

@@ -276,6 +276,30 @@ class Tailnet(harness.ViaCase):
         self.assertEqual(self.broker_pids(), [])
         self.assertFalse(os.path.exists(shared))
 
+    def test_a_state_dir_in_use_by_another_broker_is_refused(self):
+        """Two configs (two brokers) whose entries name one directory (here by two spellings
+        through a symlink): the config check cannot see it, the directory's lock does. The
+        second node never starts; the first keeps running."""
+        shared = os.path.join(self.dir, "shared")
+        os.makedirs(shared)
+        os.symlink(shared, os.path.join(self.dir, "alias"))
+        self.write_config([self.ts_entry("ts", "via-a", f"state_dir: {shared}")],
+                          service={"idle_timeout": "600"}, name="one.yaml")
+        first = self.config
+        self.start_broker()
+        self.wait_running("app:ts")
+        self.write_config([self.ts_entry("ts", "via-b",
+                                         f"state_dir: {os.path.join(self.dir, 'alias')}")],
+                          service={"idle_timeout": "600"}, name="two.yaml")
+        p = self.dial("app:ts", "via-a", 7000, "should not start")
+        self.assertEqual(p.returncode, 3, p.stdout + p.stderr)
+        self.assertIn("ERRNO ENETUNREACH", p.stdout)
+        self.assertIn("is in use by another Tailscale node", p.stderr)
+        self.assertIn("is in use by another Tailscale node", self.status())
+        self.assertEqual([n["hostname"] for n in self.control_nodes()], ["via-a"])
+        self.config = first
+        self.assertIn("state=Running", self.node_line("app:ts"))
+
     def test_destination_off_the_tailnet_is_refused_never_dialed(self):
         self.start_dns()
         # A target on 192.0.2.1, this namespace's own address (not loopback, so the shim routes
