@@ -480,7 +480,10 @@ print(sorted(seen))
         self.assertNotIn("killing it", log)
         self.assertRegex(log, r"app:tse: the Tailscale helper \(pid \d+\) exited with status 0")
 
-    def test_a_helper_that_ignores_sigterm_is_killed_at_the_bound(self):
+    def stubborn_helper(self, close_channel=False):
+        """A config whose helper is deaf to SIGTERM (and to its channel's end); with
+        close_channel, it closes its channel at once but does not exit. Returns the file its
+        first instance writes its pid to."""
         ready = os.path.join(self.dir, "stubborn.pid")
         stub = os.path.join(self.dir, "stubborn-helper")
         with open(stub, "w") as f:
@@ -490,18 +493,25 @@ signal.signal(signal.SIGTERM, signal.SIG_IGN)
 ctl = socket.socket(fileno=3)
 ctl.recv(65536)  # CONFIG
 ctl.send(b"STATUS\\nstate=Starting")
-with open({ready!r}, "w") as f:
-    f.write(str(os.getpid()))
-while True:  # deaf to SIGTERM and to the channel's end
+if {close_channel!r}:
+    ctl.close()
+if not os.path.exists({ready!r}):
+    with open({ready!r} + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.rename({ready!r} + ".tmp", {ready!r})
+while True:
     time.sleep(60)
 """)
         os.chmod(stub, 0o755)
         self.write_ts_config([["name: ts", "kind: network.tailscale", "hostname: via-s",
                                f"control_url: {self.control_url}", f"helper: {stub}",
                                "auth_key: k"]])
+        return ready
+
+    def test_a_helper_that_ignores_sigterm_is_killed_at_the_bound(self):
+        ready = self.stubborn_helper()
         self.start_broker()
-        self.assertTrue(harness.wait_for(lambda: os.path.exists(ready) and
-                                         harness.read_text(ready), timeout=30))
+        self.assertTrue(harness.wait_for(lambda: os.path.exists(ready), timeout=30))
         pid = int(harness.read_text(ready))
         self.assertTrue(harness.alive(pid))
         t0 = time.monotonic()
@@ -513,6 +523,24 @@ while True:  # deaf to SIGTERM and to the channel's end
         self.assertLess(took, 40)
         self.assertIn(f"the Tailscale helper (pid {pid}) did not exit within 10000 ms of "
                       "SIGTERM; killing it", "\n".join(self.broker_log()))
+
+    def test_a_helper_given_up_on_is_killed_and_reaped_while_the_broker_runs(self):
+        """A helper that closes its channel but does not exit (and ignores SIGTERM) is killed
+        10 s after the SIGTERM, and reaped, while the broker goes on (restarting the node)."""
+        ready = self.stubborn_helper(close_channel=True)
+        self.start_broker()
+        self.assertTrue(harness.wait_for(lambda: os.path.exists(ready), timeout=30))
+        pid = int(harness.read_text(ready))
+        line = (f"the Tailscale helper (pid {pid}) did not exit within 10000 ms of SIGTERM; "
+                "killing it")
+        self.assertTrue(harness.wait_for(lambda: line in "\n".join(self.broker_log()),
+                                         timeout=40), "\n".join(self.broker_log()))
+        # Reaped by the broker (no zombie left), while the broker still serves.
+        self.assertTrue(harness.wait_for(lambda: not os.path.exists(f"/proc/{pid}"),
+                                         timeout=10), f"helper {pid} was not reaped")
+        self.assertIn(f"the Tailscale helper (pid {pid}) was killed by Killed",
+                      "\n".join(self.broker_log()))
+        self.assertRegex(self.node_line("app:ts"), r"restarts=[1-9]")
 
     def helper_pid(self, overlay_id):
         line = self.node_line(overlay_id)
@@ -526,6 +554,8 @@ while True:  # deaf to SIGTERM and to the channel's end
         os.kill(pid, 9)
         self.assertTrue(harness.wait_for(lambda: "restarts=1" in self.node_line("app:ts"),
                                          timeout=20), self.status())
+        self.assertTrue(harness.wait_for(lambda: not os.path.exists(f"/proc/{pid}"),
+                                         timeout=10), "the dead helper was not reaped")
         self.wait_running("app:ts")
         self.assertNotEqual(self.helper_pid("app:ts"), pid)
         self.assertOk(self.dial("app:ts", "alpha", 7000, "after"))
