@@ -75,6 +75,11 @@ class OverlayRuntime {
 
   // Lines for `via status` (each ending in '\n').
   virtual void AppendStatus(std::ostream& out) const = 0;
+
+  // The broker is stopping: begin tearing down (e.g. ask helper processes to exit) without
+  // waiting; the destructor, called next, finishes. Lets the Server stop every runtime at once,
+  // so that their waits overlap.
+  virtual void Stop() {}
 };
 
 // The runtime for an overlay whose driver needs one, else nullptr. *loop, *driver, `overlay` and

@@ -71,6 +71,9 @@ Server::~Server() {
   // Runtimes go down before the clients are closed: `via stop` returns when its connection
   // closes, and by then an ephemeral Tailscale node has logged out and I2P sessions are closed.
   // (Clients may still share an OverlayState; its runtime is gone, which they check.)
+  for (auto& [id, st] : overlays_) {
+    if (st->runtime) st->runtime->Stop();
+  }
   for (auto& [id, st] : overlays_) st->runtime.reset();
   while (!clients_.empty()) CloseClient(clients_.begin()->first);
   if (idle_timer_ != 0) loop_->CancelTimer(idle_timer_);

@@ -1,11 +1,14 @@
 #include "broker/tailscale_runtime.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/epoll.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -52,26 +55,154 @@ TailscaleRuntime::TailscaleRuntime(const config::Overlay& overlay,
     : overlay_(overlay), service_(service), driver_(driver), loop_(loop), log_(std::move(log)) {}
 
 TailscaleRuntime::~TailscaleRuntime() {
-  stopping_ = true;
-  if (restart_timer_ != 0) loop_->CancelTimer(restart_timer_);
+  Stop();
   for (auto& [id, w] : waiters_) {
     if (w.timer != 0) loop_->CancelTimer(w.timer);
   }
   for (auto& [port, p] : ports_) {
     for (TailscaleListener* l : p.listeners) l->rt_ = nullptr;
   }
+  WaitChildren(stop_deadline_ms_);
+}
+
+void TailscaleRuntime::Stop() {
+  if (stop_deadline_ms_ != 0) return;
+  stopping_ = true;
+  stop_deadline_ms_ = NowMs() + kStopBoundMs;
+  if (restart_timer_ != 0) loop_->CancelTimer(restart_timer_);
+  restart_timer_ = 0;
   if (ctl_) {
     loop_->Unwatch(ctl_.get());
     ctl_.reset();  // EOF: the helper logs out an ephemeral node and stops
   }
-  Reap(true);
+  for (auto& [pid, c] : children_) {
+    if (!c.retired) kill(pid, SIGTERM);  // the same, for a helper not reading its channel
+    c.retired = true;
+  }
+  pid_ = -1;
+}
+
+namespace {
+
+int PidfdOpen(pid_t pid) { return int(syscall(SYS_pidfd_open, pid, 0)); }
+
+std::string ExitText(int st) {
+  if (WIFEXITED(st)) return "exited with status " + std::to_string(WEXITSTATUS(st));
+  if (WIFSIGNALED(st)) return std::string("was killed by ") + strsignal(WTERMSIG(st));
+  return "stopped";
+}
+
+}  // namespace
+
+void TailscaleRuntime::Track(pid_t pid) {
+  Child& c = children_[pid];
+  c.pidfd = UniqueFd(PidfdOpen(pid));
+  if (c.pidfd) {
+    loop_->Watch(c.pidfd.get(), EPOLLIN, [this, pid](uint32_t) { OnChildExit(pid); });
+  } else {
+    c.poll_timer = loop_->AddTimer(100, [this, pid] { PollChild(pid); });
+  }
+}
+
+void TailscaleRuntime::PollChild(pid_t pid) {
+  // No pidfd (a kernel before 5.3): look every 100 ms.
+  auto it = children_.find(pid);
+  if (it == children_.end()) return;
+  it->second.poll_timer = 0;
+  OnChildExit(pid);
+  it = children_.find(pid);
+  if (it != children_.end()) {
+    it->second.poll_timer = loop_->AddTimer(100, [this, pid] { PollChild(pid); });
+  }
+}
+
+void TailscaleRuntime::Untrack(pid_t pid) {
+  auto it = children_.find(pid);
+  if (it == children_.end()) return;
+  if (it->second.pidfd) loop_->Unwatch(it->second.pidfd.get());
+  if (it->second.poll_timer != 0) loop_->CancelTimer(it->second.poll_timer);
+  if (it->second.kill_timer != 0) loop_->CancelTimer(it->second.kill_timer);
+  children_.erase(it);
+}
+
+void TailscaleRuntime::OnChildExit(pid_t pid) {
+  int st = 0;
+  pid_t r = waitpid(pid, &st, WNOHANG);
+  if (r == 0) return;  // still running
+  Untrack(pid);
+  std::string how = r == pid ? ExitText(st) : "is gone";
+  if (pid != pid_) {
+    log_->info("overlay {}: the Tailscale helper (pid {}) {}", overlay_.id, pid, how);
+    return;
+  }
+  pid_ = -1;
+  if (ctl_) OnHelperGone("the helper " + how);
+}
+
+void TailscaleRuntime::Retire(pid_t pid) {
+  auto it = children_.find(pid);
+  if (it == children_.end() || it->second.retired) return;
+  it->second.retired = true;
+  kill(pid, SIGTERM);
+  it->second.kill_timer = loop_->AddTimer(kStopBoundMs, [this, pid] {
+    auto c = children_.find(pid);
+    if (c == children_.end()) return;
+    c->second.kill_timer = 0;
+    log_->warn(
+        "overlay {}: the Tailscale helper (pid {}) did not exit within {} ms of SIGTERM; "
+        "killing it",
+        overlay_.id, pid, kStopBoundMs);
+    kill(pid, SIGKILL);
+  });
+}
+
+void TailscaleRuntime::WaitChildren(int64_t deadline_ms) {
+  bool killed = false;
+  for (;;) {
+    for (auto it = children_.begin(); it != children_.end();) {
+      pid_t pid = it->first;
+      ++it;  // Untrack erases `pid` only
+      int st = 0;
+      pid_t r = waitpid(pid, &st, WNOHANG);
+      if (r == 0) continue;
+      if (r == pid) {
+        log_->info("overlay {}: the Tailscale helper (pid {}) {}", overlay_.id, pid, ExitText(st));
+      }
+      Untrack(pid);
+    }
+    if (children_.empty()) return;
+    int64_t left = deadline_ms - NowMs();
+    if (left <= 0 && !killed) {
+      for (auto& [pid, c] : children_) {
+        log_->warn(
+            "overlay {}: the Tailscale helper (pid {}) did not exit within {} ms of "
+            "SIGTERM; killing it",
+            overlay_.id, pid, kStopBoundMs);
+        kill(pid, SIGKILL);
+      }
+      killed = true;
+    }
+    if (killed && left < -5000) {  // not even SIGKILL ended it (stuck in the kernel)
+      log_->error("overlay {}: the Tailscale helper did not end after SIGKILL; not waiting",
+                  overlay_.id);
+      while (!children_.empty()) Untrack(children_.begin()->first);
+      return;
+    }
+    std::vector<pollfd> fds;
+    int ms = killed ? 100 : int(std::min<int64_t>(left, 1000));
+    for (auto& [pid, c] : children_) {
+      if (c.pidfd) {
+        fds.push_back(pollfd{c.pidfd.get(), POLLIN, 0});
+      } else {
+        ms = std::min(ms, 20);  // polled
+      }
+    }
+    poll(fds.data(), nfds_t(fds.size()), ms);
+  }
 }
 
 std::string TailscaleRuntime::StateDir() const {
-  const config::TailscaleSettings& s = overlay_.tailscale;
-  if (!s.state_dir.empty()) return s.state_dir;
-  if (service_.state_dir.empty()) return "";
-  return service_.state_dir + "/tailscale/" + (s.hostname.empty() ? overlay_.name : s.hostname);
+  return config::TailscaleStateDir(overlay_, service_);
 }
 
 std::string TailscaleRuntime::HelperPath() const {
@@ -105,6 +236,7 @@ void TailscaleRuntime::Spawn() {
     }
     chmod(dir.c_str(), 0700);
     log_path_ = dir + "/via-tsnet.log";
+    if (Status st = LockStateDir(dir); !st.ok()) return OnHelperGone(st.message());
   } else {
     log_path_ = "/dev/null";
   }
@@ -126,6 +258,9 @@ void TailscaleRuntime::Spawn() {
     posix_spawn_file_actions_adddup2(&fa, logfd.get(), 2);
   }
   posix_spawn_file_actions_adddup2(&fa, theirs.get(), 3);
+  // The helper holds the directory's lock too: a helper still logging out after its broker was
+  // killed keeps the next broker's node out of the directory until it is done.
+  if (lock_) posix_spawn_file_actions_adddup2(&fa, lock_.get(), 4);
   // The helper must never run under the shim: it is the overlay.
   std::vector<std::string> env_store;
   std::vector<char*> env;
@@ -143,6 +278,7 @@ void TailscaleRuntime::Spawn() {
                         " (build it with cmake, or set `helper:` or $VIA_TSNET)");
   }
   pid_ = pid;
+  Track(pid);
   ctl_ = std::move(mine);
   const config::TailscaleSettings& s = overlay_.tailscale;
   std::vector<std::pair<std::string, std::string>> cfg = {
@@ -166,6 +302,27 @@ void TailscaleRuntime::Spawn() {
   loop_->Watch(ctl_.get(), EPOLLIN, [this](uint32_t) { OnControl(); });
   log_->info("overlay {}: started the Tailscale helper {} (pid {}, {} mode, log {})", overlay_.id,
              helper, pid_, driver_->attached() ? "attach" : "node", log_path_);
+}
+
+Status TailscaleRuntime::LockStateDir(const std::string& dir) {
+  if (lock_) return Status::Ok();  // ours for the runtime's life, across helper restarts
+  const std::string path = dir + "/via-tsnet.lock";
+  UniqueFd fd(open(path.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600));
+  if (!fd) return Status::FromErrno("cannot open the state directory's lock " + path);
+  if (flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+    if (errno != EWOULDBLOCK) return Status::FromErrno("cannot lock " + path);
+    // The config check sees only this config's entries and paths as written; this also
+    // catches another broker's entry, and the same directory reached through a symlink.
+    return Status::Error(EBUSY, "the state directory " + dir +
+                                    " is in use by another Tailscale node (of another broker, "
+                                    "or the same directory by another path); two nodes in one "
+                                    "directory would share one node key: give this entry its "
+                                    "own state_dir");
+  }
+  // Above the fds the helper gets (0-4), so that dup2 to 4 always makes an inheritable copy.
+  lock_ = UniqueFd(fcntl(fd.get(), F_DUPFD_CLOEXEC, 10));
+  if (!lock_) return Status::FromErrno("cannot lock " + path);
+  return Status::Ok();
 }
 
 void TailscaleRuntime::Send(const std::string& verb,
@@ -343,7 +500,9 @@ void TailscaleRuntime::OnHelperGone(const std::string& why) {
     loop_->Unwatch(ctl_.get());
     ctl_.reset();
   }
-  Reap(false);
+  // Its channel is closed: it exits (reaped when it does), or is made to.
+  if (pid_ > 0) Retire(pid_);
+  pid_ = -1;
   driver_->ClearEndpoint();
   if (stopping_) return;
   error_ = why;
@@ -367,22 +526,6 @@ void TailscaleRuntime::OnHelperGone(const std::string& why) {
   ++restarts_;
   restart_timer_ = loop_->AddTimer(backoff_ms_, [this] { Spawn(); });
   backoff_ms_ = std::min(backoff_ms_ * 2, 30000);
-}
-
-void TailscaleRuntime::Reap(bool wait) {
-  if (pid_ <= 0) return;
-  int st = 0;
-  for (int i = 0; i < (wait ? 200 : 20); ++i) {  // 10 s when stopping (logout), else 1 s
-    pid_t r = waitpid(pid_, &st, WNOHANG);
-    if (r == pid_ || (r < 0 && errno == ECHILD)) {
-      pid_ = -1;
-      return;
-    }
-    usleep(50000);
-  }
-  kill(pid_, SIGKILL);
-  waitpid(pid_, &st, 0);
-  pid_ = -1;
 }
 
 void TailscaleRuntime::SendListen(uint16_t port) {

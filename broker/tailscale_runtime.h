@@ -14,8 +14,12 @@
 //    over each accepted connection as ACCEPTED with an fd (a socketpair end it relays for).
 //  - The helper dying is logged and it is restarted after a back-off (1 s doubling to 30 s);
 //    waiting connects fail, listeners die (their programs see accept() fail).
-//  - The destructor closes the channel: the helper logs out an ephemeral node, stops the node
-//    and exits; the broker waits for it (bounded) so an ephemeral node is gone when it exits.
+//  - Stop() (the broker stops) closes the channel and sends SIGTERM: the helper logs out an
+//    ephemeral node, stops the node and exits. The destructor waits for it only until it exits
+//    (a pidfd), at most kStopBoundMs after Stop(), then SIGKILLs it: an ephemeral node is gone
+//    when the broker exits, and a prompt helper lets `via stop` return at once.
+//  - Every helper process is reaped as soon as it exits (its pidfd is watched on the loop); one
+//    given up on (its channel closed) gets SIGTERM, and SIGKILL kStopBoundMs later.
 #pragma once
 
 #include <spdlog/logger.h>
@@ -46,15 +50,19 @@ class TailscaleRuntime : public OverlayRuntime {
                    std::shared_ptr<spdlog::logger> log);
   ~TailscaleRuntime() override;
 
+  // How long a helper has to exit after SIGTERM before it is killed.
+  static constexpr int kStopBoundMs = 10000;
+
   void Start() override;
+  void Stop() override;
   uint64_t WhenReady(std::function<void(const Status&)> done) override;
   void CancelWait(uint64_t id) override;
   Result<std::unique_ptr<InboundListener>> Listen(uint16_t port, const std::string& owner,
                                                   InboundListener::Events events) override;
   void AppendStatus(std::ostream& out) const override;
 
-  // The node's state directory: state_dir, else <network_service.state_dir>/tailscale/<hostname
-  // or entry name>, else "" (tsnet's own default).
+  // The node's state directory: config::TailscaleStateDir (state_dir, else
+  // <network_service.state_dir>/tailscale/<ns:name escaped>, else "": tsnet's own default).
   std::string StateDir() const;
   // The helper binary: `helper`, else $VIA_TSNET, else via-tsnet next to the running via binary,
   // else <prefix>/lib/via/via-tsnet.
@@ -68,6 +76,9 @@ class TailscaleRuntime : public OverlayRuntime {
   };
 
   void Spawn();
+  // flock() on <dir>/via-tsnet.lock, held from the first spawn to the runtime's end (and by its
+  // helpers): one node per state directory, whatever config or path names it. EBUSY if taken.
+  Status LockStateDir(const std::string& dir);
   void OnControl();
   void OnHelperGone(const std::string& why);
   void OnStatus(const overlays::HelperMessage& m);
@@ -79,7 +90,15 @@ class TailscaleRuntime : public OverlayRuntime {
             const std::vector<std::pair<std::string, std::string>>& fields);
   void SendListen(uint16_t port);
   void OnListenReply(const overlays::HelperMessage& m);
-  void Reap(bool wait);
+  // Child processes: watched (pidfd) from Spawn until reaped.
+  void Track(pid_t pid);
+  void OnChildExit(pid_t pid);
+  void PollChild(pid_t pid);
+  void Untrack(pid_t pid);
+  // SIGTERM now, SIGKILL after kStopBoundMs unless it exited; does not wait.
+  void Retire(pid_t pid);
+  // Blocks until every child has exited, SIGKILLs what is left at `deadline_ms` (NowMs()).
+  void WaitChildren(int64_t deadline_ms);
 
   const config::Overlay& overlay_;
   const config::NetworkService& service_;
@@ -88,7 +107,16 @@ class TailscaleRuntime : public OverlayRuntime {
   std::shared_ptr<spdlog::logger> log_;
 
   UniqueFd ctl_;
-  pid_t pid_ = -1;
+  UniqueFd lock_;   // see LockStateDir
+  pid_t pid_ = -1;  // the current helper
+  struct Child {
+    UniqueFd pidfd;           // readable once it exited; empty without pidfd_open (then polled)
+    uint64_t poll_timer = 0;  // without a pidfd
+    uint64_t kill_timer = 0;  // SIGKILL, once retired
+    bool retired = false;     // SIGTERM sent
+  };
+  std::map<pid_t, Child> children_;  // spawned and not yet reaped
+  int64_t stop_deadline_ms_ = 0;     // set by Stop()
   std::string log_path_;
   int restarts_ = 0;
   int backoff_ms_ = 1000;

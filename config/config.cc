@@ -376,6 +376,11 @@ class EntryReader {
   }
 
   SourcePos pos() const { return PosOf(file_, node_); }
+  // Where `field`'s value is, or the entry's position when the field is absent.
+  SourcePos FieldPos(const std::string& field) const {
+    const Field* f = Get(field);
+    return f == nullptr ? pos() : ValuePos(*f);
+  }
   const std::string& file() const { return file_; }
   // The value of `field`, or nullptr when absent.
   const YAML::Node* Value(const std::string& field) const {
@@ -429,7 +434,8 @@ Status ParseSocks5(const EntryReader& r, Socks5Settings* s) {
   return r.Duration("connect_timeout", &s->connect_timeout_ms);
 }
 
-Status ParseTailscale(const EntryReader& r, TailscaleSettings* s) {
+// `base_dir` resolves a relative state_dir (the directory of the file the entry is in).
+Status ParseTailscale(const EntryReader& r, const std::string& base_dir, TailscaleSettings* s) {
   if (Status st = r.CheckKnown({"hostname", "auth_key", "auth_key_env", "state_dir", "control_url",
                                 "ephemeral", "localapi_socket", "helper", "connect_timeout"});
       !st.ok()) {
@@ -443,6 +449,10 @@ Status ParseTailscale(const EntryReader& r, TailscaleSettings* s) {
                             {"localapi_socket", &s->localapi_socket},
                             {"helper", &s->helper}}) {
     if (Status st = r.String(field, out); !st.ok()) return st;
+  }
+  if (!s->state_dir.empty()) {
+    s->state_dir = Resolve(base_dir, s->state_dir);
+    s->state_dir_pos = r.FieldPos("state_dir");
   }
   if (Status st = r.Bool("ephemeral", &s->ephemeral); !st.ok()) return st;
   if (Status st = r.Duration("connect_timeout", &s->connect_timeout_ms); !st.ok()) return st;
@@ -837,6 +847,7 @@ struct Loader {
   Config cfg;
   SourcePos service_pos;  // where network_service was found (file empty: not yet)
   bool state_dir_set = false;
+  std::string base_dir;  // of the document being parsed: resolves relative paths in entries
   uint64_t hash = 1469598103934665603ull;  // FNV-1a over the text of every file read
 
   void AddText(std::string_view text) {
@@ -1015,7 +1026,7 @@ Status ParseEntry(const std::string& file, const std::string& ns, const YAML::No
     st = ParseSocks5(r, &o.socks5);
   } else if (k == "network.tailscale") {
     o.kind = OverlayKind::kTailscale;
-    st = ParseTailscale(r, &o.tailscale);
+    st = ParseTailscale(r, ld->base_dir, &o.tailscale);
   } else if (k == "network.i2p") {
     o.kind = OverlayKind::kI2p;
     st = ParseI2p(r, &o.i2p);
@@ -1052,6 +1063,7 @@ Status ParseDocument(std::string_view text, const std::string& file, const std::
     YAML::Node entries = root["entries"];
     if (!entries || entries.IsNull()) return Status::Ok();
     if (!entries.IsSequence()) return ErrorAt(PosOf(file, entries), "entries: must be a list");
+    ld->base_dir = base_dir;
     if (entries.size() == 0) return Status::Ok();
     YAML::Node nsn = root["namespace"];
     if (!nsn || nsn.IsNull() || !nsn.IsScalar() || nsn.Scalar().empty()) {
@@ -1085,6 +1097,38 @@ Status ParseWippyYaml(std::string_view text, const std::string& file, Loader* ld
   } catch (const std::exception& e) {
     return Status::Invalid(file + ": " + e.what());
   }
+}
+
+// Two network.tailscale entries in one state directory would be one node: the same node key
+// registered on both control servers (or a node's state overwritten by another's). Refused,
+// whether the directories are given or derived.
+Status CheckTailscaleStateDirs(const Config& cfg) {
+  std::vector<std::pair<const Overlay*, std::string>> seen;
+  for (const Overlay& o : cfg.overlays) {
+    if (o.kind != OverlayKind::kTailscale) continue;
+    std::string dir = TailscaleStateDir(o, cfg.service);
+    if (o.tailscale.state_dir.empty() && !dir.empty() && TailscaleDirName(o.id).size() > NAME_MAX) {
+      return ErrorAt(o.pos, "entry " + o.id + " (" + o.kind_name +
+                                "): state_dir: the default directory name (from the entry's "
+                                "namespace and name) is longer than " +
+                                std::to_string(NAME_MAX) + " bytes: set state_dir");
+    }
+    if (!dir.empty()) dir = Resolve("/", dir);
+    for (const auto& [other, other_dir] : seen) {
+      if (other_dir != dir) continue;
+      const TailscaleSettings& s = o.tailscale;
+      SourcePos pos = s.state_dir_pos.file.empty() ? o.pos : s.state_dir_pos;
+      std::string shared =
+          dir.empty() ? "tsnet's default directory (network_service.state_dir is \"\")" : dir;
+      return ErrorAt(pos, "entry " + o.id + " (" + o.kind_name + "): state_dir: " + shared +
+                              " is also the state directory of entry " + other->id + " (" +
+                              other->pos.ToString() +
+                              "); two nodes in one directory would register one node key "
+                              "twice: give each entry its own state_dir");
+    }
+    seen.emplace_back(&o, dir);
+  }
+  return Status::Ok();
 }
 
 // Checks that span files, once everything is loaded.
@@ -1132,6 +1176,7 @@ Status Finish(const std::string& config_dir, Loader* ld) {
       res = o->id;
     }
   }
+  if (Status st = CheckTailscaleStateDirs(ld->cfg); !st.ok()) return st;
   char buf[17];
   std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(ld->hash));
   ld->cfg.fingerprint = buf;
@@ -1169,6 +1214,29 @@ Result<std::vector<std::string>> YamlFilesIn(const std::string& dir) {
 }
 
 }  // namespace
+
+std::string TailscaleDirName(std::string_view id) {
+  std::string out;
+  for (size_t i = 0; i < id.size(); ++i) {
+    unsigned char c = static_cast<unsigned char>(id[i]);
+    bool keep = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                c == '_' || c == '-' || c == ':' || (c == '.' && i > 0);
+    if (keep) {
+      out += char(c);
+    } else {
+      char buf[4];
+      std::snprintf(buf, sizeof buf, "%%%02X", c);
+      out += buf;
+    }
+  }
+  return out;
+}
+
+std::string TailscaleStateDir(const Overlay& overlay, const NetworkService& service) {
+  if (!overlay.tailscale.state_dir.empty()) return overlay.tailscale.state_dir;
+  if (service.state_dir.empty()) return "";
+  return service.state_dir + "/tailscale/" + TailscaleDirName(overlay.id);
+}
 
 Result<Config> ParseConfigText(std::string_view text, const std::string& filename,
                                const std::string& base_dir) {

@@ -44,7 +44,10 @@ struct TailscaleSettings {
   std::string hostname;  // default "wippy" applied by the driver
   std::string auth_key;
   std::string auth_key_env;
+  // As given, but a relative path is joined to the directory of the file it was found in, and
+  // normalised; "" when not given (see TailscaleStateDir for the default).
   std::string state_dir;
+  SourcePos state_dir_pos;  // where state_dir was given (file "": not given)
   std::string control_url;
   bool ephemeral = false;
   // via extensions (docs/tailscale.md):
@@ -124,6 +127,16 @@ struct Config {
   // Finds an overlay by "ns:name", or by bare "name" when exactly one overlay has that name.
   const Overlay* Find(std::string_view ref) const;
 };
+
+// The directory a `network.tailscale` entry keeps its node in (keys, netmap cache, the helper's
+// log): its state_dir, else <network_service.state_dir>/tailscale/<TailscaleDirName(id)>, else
+// "" when network_service.state_dir is "" (tsnet's own default). Derived from the entry's full
+// name, never its hostname: two entries are two nodes with two keys. The loader refuses a
+// config where two entries would get the same directory.
+std::string TailscaleStateDir(const Overlay& overlay, const NetworkService& service);
+// "ns:name" as one path component: bytes other than [A-Za-z0-9_.:-] (and a leading '.') become
+// %XX, so the result is never "." or "..", has no '/', and differs for different names.
+std::string TailscaleDirName(std::string_view id);
 
 // Loads a file, or every `*.yaml` file (sorted by name, dotfiles excluded) of a directory.
 // `network_service:` is read from a top-level key of any loaded file, else from `.wippy.yaml` in

@@ -60,6 +60,11 @@ type helper struct {
 	authURL   string
 	listeners map[uint16]net.Listener
 	socksAddr string
+
+	// Ends the IPN bus watch at shutdown: tsnet's Close waits (up to 5 s) for the LocalAPI
+	// server's open requests, and the watch is one that never ends by itself.
+	ctx    context.Context
+	cancel context.CancelFunc
 }
 
 func main() {
@@ -69,6 +74,15 @@ func main() {
 	// this node says stays in its own stderr.
 	envknob.SetNoLogsNoSupport()
 	logtail.Disable()
+	// SIGTERM is the broker's "stop now", whenever it comes (even before CONFIG): caught from the
+	// start, so that it always ends in shutdown (an ephemeral node logs out) and never in Go's
+	// default exit, nor is lost.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		<-sig
+		stopping <- struct{}{}
+	}()
 	f := os.NewFile(3, "control")
 	c, err := net.FileConn(f)
 	if err != nil {
@@ -82,26 +96,56 @@ func main() {
 		os.Exit(2)
 	}
 	h := &helper{ctl: uc, listeners: map[uint16]net.Listener{}, state: "Starting"}
-	verb, kv, err := h.read()
-	if err != nil || verb != "CONFIG" {
-		log.Fatalf("expected CONFIG from the broker, got %q (%v)", verb, err)
-	}
-	h.cfg = kv
-	h.mode = kv["mode"]
-	if err := h.start(); err != nil {
-		h.send("STATUS", "state", "Failed", "error", err.Error())
-		log.Fatalf("%v", err)
-	}
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	done := make(chan struct{})
-	go func() { h.controlLoop(); close(done) }()
+	h.ctx, h.cancel = context.WithCancel(context.Background())
+	started := make(chan error, 1)
+	go func() {
+		verb, kv, err := h.read()
+		if err != nil || verb != "CONFIG" {
+			started <- fmt.Errorf("expected CONFIG from the broker, got %q (%v)", verb, err)
+			return
+		}
+		h.cfg = kv
+		h.mode = kv["mode"]
+		err = h.start()
+		if err != nil {
+			h.send("STATUS", "state", "Failed", "error", err.Error())
+		}
+		started <- err
+	}()
 	select {
-	case <-sig:
-	case <-done:
+	case err := <-started:
+		if err != nil {
+			log.Fatalf("%v", err)
+		}
+	case <-stopping:
+		// Stopped while starting (tsnet's Start returns before the node is up, so this is
+		// short): let the start finish, briefly, then shut down what it made.
+		select {
+		case err := <-started:
+			if err == nil {
+				h.shutdown()
+			}
+		case <-time.After(logoutTimeout):
+			log.Printf("stopped while starting the node; exiting")
+		}
+		os.Exit(0)
 	}
+	go func() { h.controlLoop(); stopping <- struct{}{} }()
+	<-stopping
 	h.shutdown()
+	os.Exit(0)
 }
+
+// stopping receives when the broker asks the helper to stop: SIGTERM, or the control channel's end.
+var stopping = make(chan struct{}, 2)
+
+// The whole shutdown (listeners closed, an ephemeral node's logout, the node stopped) is bounded:
+// the broker waits for the helper (and SIGKILLs it after 10 s), and `via stop` waits for the
+// broker.
+const (
+	logoutTimeout   = 3 * time.Second
+	shutdownTimeout = 6 * time.Second
+)
 
 // read returns one control message.
 func (h *helper) read() (string, map[string]string, error) {
@@ -194,11 +238,14 @@ func (h *helper) start() error {
 
 // watch follows the node's IPN bus and reports every change of state, error and addresses.
 func (h *helper) watch() {
-	for {
-		ctx, cancel := context.WithCancel(context.Background())
+	for h.ctx.Err() == nil {
+		ctx, cancel := context.WithCancel(h.ctx)
 		w, err := h.lc.WatchIPNBus(ctx, ipn.NotifyInitialState)
 		if err != nil {
 			cancel()
+			if h.ctx.Err() != nil {
+				return
+			}
 			h.setState("Unreachable", fmt.Sprintf("LocalAPI %s: %v", h.cfg["socket"], err), "")
 			time.Sleep(time.Second)
 			continue
@@ -226,7 +273,7 @@ func (h *helper) watch() {
 		}
 		w.Close()
 		cancel()
-		if h.mode == "node" {
+		if h.mode == "node" || h.ctx.Err() != nil {
 			return
 		}
 		h.setState("Unreachable", "the attached tailscaled closed its IPN bus", "")
@@ -372,15 +419,22 @@ func (h *helper) handOff(port uint16, c net.Conn) {
 }
 
 func (h *helper) shutdown() {
+	t0 := time.Now()
+	timer := time.AfterFunc(shutdownTimeout, func() {
+		log.Printf("shutdown still not done after %v; exiting", shutdownTimeout)
+		os.Exit(1)
+	})
+	defer timer.Stop()
+	h.cancel() // the IPN bus watch
 	h.mu.Lock()
 	for _, ln := range h.listeners {
 		ln.Close()
 	}
 	h.mu.Unlock()
 	if h.srv != nil {
-		if h.srv.Ephemeral {
+		if h.srv.Ephemeral && h.lc != nil {
 			// Leave the tailnet now rather than when control notices the node is gone.
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), logoutTimeout)
 			if err := h.lc.Logout(ctx); err != nil {
 				log.Printf("logout of ephemeral node: %v", err)
 			} else {
@@ -390,6 +444,7 @@ func (h *helper) shutdown() {
 		}
 		h.srv.Close()
 	}
+	log.Printf("stopped in %v", time.Since(t0).Round(time.Millisecond))
 }
 
 // ---- SOCKS5 (RFC 1928 CONNECT + RFC 1929) for the broker's connects ----

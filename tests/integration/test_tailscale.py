@@ -90,10 +90,12 @@ class Tailnet(harness.ViaCase):
             self.fail(f"{os.path.basename(log)} did not start:\n{harness.read_text(log)[-3000:]}")
         return found
 
-    def start_control(self, auth_key=AUTH_KEY):
-        p, log = self.spawn([CONTROL, "-authkey", auth_key, "-magicdns", DOMAIN], "control.log")
+    def start_control(self, auth_key=AUTH_KEY, log_name="control.log"):
+        """A control server; the first one started is self.control_admin's."""
+        p, log = self.spawn([CONTROL, "-authkey", auth_key, "-magicdns", DOMAIN], log_name)
         info = self._json_line(p, log, "control_url")
-        self.control_admin = info["control_url"]
+        if not hasattr(self, "control_admin"):
+            self.control_admin = info["control_url"]
         return info["control_url"]
 
     def start_peer(self, hostname, ports=(7000,), http=(8000,)):
@@ -110,8 +112,9 @@ class Tailnet(harness.ViaCase):
         info["record"] = record
         return info
 
-    def control_nodes(self):
-        with urllib.request.urlopen(self.control_admin + "/via/nodes", timeout=10) as r:
+    def control_nodes(self, admin=None):
+        with urllib.request.urlopen((admin or self.control_admin) + "/via/nodes",
+                                    timeout=10) as r:
             return json.load(r)
 
     def peer_dial(self, peer, addr, msg):
@@ -238,6 +241,65 @@ class Tailnet(harness.ViaCase):
         self.assertEqual(nodes["via-b"]["ips"][0], ip_b)
         self.assertNotEqual(nodes["via-a"]["key"], nodes["via-b"]["key"])
 
+    def test_one_hostname_on_two_tailnets_is_two_nodes_with_two_keys(self):
+        """Two entries with the same hostname and no state_dir, on two control servers: two
+        state directories (named after the entries), so two node keys. The second node starts
+        after the first has written its state, as it would on any later start."""
+        second = self.start_control(log_name="control2.log")
+        self.write_ts_config([self.ts_entry("tsa", "same"),
+                              self.ts_entry("tsb", "same", control_url=second)])
+        self.assertOk(self.run_via("app:tsa", "true"))
+        self.wait_running("app:tsa")
+        self.assertOk(self.run_via("app:tsb", "true"))
+        self.wait_running("app:tsb")
+        first = [n for n in self.control_nodes() if n["hostname"] == "same"]
+        other = [n for n in self.control_nodes(second) if n["hostname"] == "same"]
+        self.assertEqual((len(first), len(other)), (1, 1), (first, other))
+        self.assertNotEqual(first[0]["key"], other[0]["key"],
+                            "one node key registered on both tailnets")
+        # Each node's own state, in a directory named after its entry.
+        base = os.path.join(self.dir, "state", "tailscale")
+        states = [os.path.join(base, d, "tailscaled.state") for d in ("app:tsa", "app:tsb")]
+        for path in states:
+            self.assertTrue(os.path.exists(path), sorted(os.listdir(base)))
+        self.assertNotEqual(harness.read_text(states[0]), harness.read_text(states[1]))
+        self.assertFalse(os.path.exists(os.path.join(base, "same")), sorted(os.listdir(base)))
+
+    def test_a_shared_state_dir_is_refused(self):
+        shared = os.path.join(self.dir, "one-dir")
+        self.write_ts_config([self.ts_entry("tsa", "a", f"state_dir: {shared}"),
+                              self.ts_entry("tsb", "b", f"state_dir: {shared}/")])
+        p = self.run_via("app:tsa", "true")
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn(f"entry app:tsb (network.tailscale): state_dir: {shared} is also the "
+                      "state directory of entry app:tsa", p.stderr)
+        self.assertEqual(self.broker_pids(), [])
+        self.assertFalse(os.path.exists(shared))
+
+    def test_a_state_dir_in_use_by_another_broker_is_refused(self):
+        """Two configs (two brokers) whose entries name one directory (here by two spellings
+        through a symlink): the config check cannot see it, the directory's lock does. The
+        second node never starts; the first keeps running."""
+        shared = os.path.join(self.dir, "shared")
+        os.makedirs(shared)
+        os.symlink(shared, os.path.join(self.dir, "alias"))
+        self.write_config([self.ts_entry("ts", "via-a", f"state_dir: {shared}")],
+                          service={"idle_timeout": "600"}, name="one.yaml")
+        first = self.config
+        self.start_broker()
+        self.wait_running("app:ts")
+        self.write_config([self.ts_entry("ts", "via-b",
+                                         f"state_dir: {os.path.join(self.dir, 'alias')}")],
+                          service={"idle_timeout": "600"}, name="two.yaml")
+        p = self.dial("app:ts", "via-a", 7000, "should not start")
+        self.assertEqual(p.returncode, 3, p.stdout + p.stderr)
+        self.assertIn("ERRNO ENETUNREACH", p.stdout)
+        self.assertIn("is in use by another Tailscale node", p.stderr)
+        self.assertIn("is in use by another Tailscale node", self.status())
+        self.assertEqual([n["hostname"] for n in self.control_nodes()], ["via-a"])
+        self.config = first
+        self.assertIn("state=Running", self.node_line("app:ts"))
+
     def test_destination_off_the_tailnet_is_refused_never_dialed(self):
         self.start_dns()
         # A target on 192.0.2.1, this namespace's own address (not loopback, so the shim routes
@@ -257,7 +319,7 @@ class Tailnet(harness.ViaCase):
             self.assertIn(f"ERRNO {err}", p.stdout)
         self.assertEqual(len(self.records(record)), 1, "a connect under the overlay went direct")
         self.assertEqual(self.dns_queries("example.test"), [])
-        log = "\n".join(harness.read_lines(os.path.join(self.dir, "state", "tailscale", "via-a",
+        log = "\n".join(harness.read_lines(os.path.join(self.dir, "state", "tailscale", "app:ts",
                                                         "via-tsnet.log")))
         self.assertIn("refused 192.0.2.1", log)
         self.assertIn("refused example.test", log)
@@ -385,13 +447,100 @@ print(sorted(seen))
         self.assertTrue(harness.wait_for(
             lambda: not {n["key"]: n for n in self.control_nodes()}[node["key"]]["online"],
             timeout=20), self.control_nodes())
-        self.assertIn("logged out", "\n".join(self.broker_log()) + self.helper_log("via-e"))
+        self.assertIn("logged out", "\n".join(self.broker_log()) + self.helper_log("app:ts"))
         # No identity was kept: the next broker registers a brand-new node.
         self.start_broker()
         self.wait_running("app:ts")
         self.assertNotEqual(self.node_ips("app:ts")[0], first_ip)
-        self.assertFalse(os.path.exists(os.path.join(self.dir, "state", "tailscale", "via-e",
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "state", "tailscale", "app:ts",
                                                      "tailscaled.state")))
+
+    def test_stop_returns_as_soon_as_the_helpers_have_exited(self):
+        """`via stop` waits for each helper only until it exits: a node that stops promptly (an
+        ephemeral one logs out first) lets it return well before the 10 s bound."""
+        self.write_ts_config([self.ts_entry("ts", "via-a"),
+                              self.ts_entry("tse", "via-e", "ephemeral: true")])
+        self.assertOk(self.run_via("app:ts", "true"))
+        self.assertOk(self.run_via("app:tse", "true"))
+        self.wait_running("app:ts")
+        self.wait_running("app:tse")
+        pids = [self.helper_pid("app:ts"), self.helper_pid("app:tse")]
+        node = {n["hostname"]: n for n in self.control_nodes()}["via-e"]
+        t0 = time.monotonic()
+        st = self.via("stop")
+        took = time.monotonic() - t0
+        self.assertOk(st)
+        self.assertLess(took, 5, "\n".join(self.broker_log()[-20:]))
+        for pid in pids:
+            self.assertFalse(harness.alive(pid), f"helper {pid} outlived `via stop`")
+        self.assertFalse(any(harness.alive(b) for b in self.broker_pids()))
+        self.assertIn("ephemeral node logged out", self.helper_log("app:tse"))
+        self.assertFalse({n["key"]: n for n in self.control_nodes()}[node["key"]]["online"])
+        log = "\n".join(self.broker_log())
+        self.assertNotIn("killing it", log)
+        self.assertRegex(log, r"app:tse: the Tailscale helper \(pid \d+\) exited with status 0")
+
+    def stubborn_helper(self, close_channel=False):
+        """A config whose helper is deaf to SIGTERM (and to its channel's end); with
+        close_channel, it closes its channel at once but does not exit. Returns the file its
+        first instance writes its pid to."""
+        ready = os.path.join(self.dir, "stubborn.pid")
+        stub = os.path.join(self.dir, "stubborn-helper")
+        with open(stub, "w") as f:
+            f.write(f"""#!{harness.PYTHON}
+import os, signal, socket, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+ctl = socket.socket(fileno=3)
+ctl.recv(65536)  # CONFIG
+ctl.send(b"STATUS\\nstate=Starting")
+if {close_channel!r}:
+    ctl.close()
+if not os.path.exists({ready!r}):
+    with open({ready!r} + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.rename({ready!r} + ".tmp", {ready!r})
+while True:
+    time.sleep(60)
+""")
+        os.chmod(stub, 0o755)
+        self.write_ts_config([["name: ts", "kind: network.tailscale", "hostname: via-s",
+                               f"control_url: {self.control_url}", f"helper: {stub}",
+                               "auth_key: k"]])
+        return ready
+
+    def test_a_helper_that_ignores_sigterm_is_killed_at_the_bound(self):
+        ready = self.stubborn_helper()
+        self.start_broker()
+        self.assertTrue(harness.wait_for(lambda: os.path.exists(ready), timeout=30))
+        pid = int(harness.read_text(ready))
+        self.assertTrue(harness.alive(pid))
+        t0 = time.monotonic()
+        st = self.via("stop", timeout=60)
+        took = time.monotonic() - t0
+        self.assertOk(st)
+        self.assertFalse(harness.alive(pid), "a helper deaf to SIGTERM outlived `via stop`")
+        self.assertGreater(took, 9)  # it had its 10 s to exit
+        self.assertLess(took, 40)
+        self.assertIn(f"the Tailscale helper (pid {pid}) did not exit within 10000 ms of "
+                      "SIGTERM; killing it", "\n".join(self.broker_log()))
+
+    def test_a_helper_given_up_on_is_killed_and_reaped_while_the_broker_runs(self):
+        """A helper that closes its channel but does not exit (and ignores SIGTERM) is killed
+        10 s after the SIGTERM, and reaped, while the broker goes on (restarting the node)."""
+        ready = self.stubborn_helper(close_channel=True)
+        self.start_broker()
+        self.assertTrue(harness.wait_for(lambda: os.path.exists(ready), timeout=30))
+        pid = int(harness.read_text(ready))
+        line = (f"the Tailscale helper (pid {pid}) did not exit within 10000 ms of SIGTERM; "
+                "killing it")
+        self.assertTrue(harness.wait_for(lambda: line in "\n".join(self.broker_log()),
+                                         timeout=40), "\n".join(self.broker_log()))
+        # Reaped by the broker (no zombie left), while the broker still serves.
+        self.assertTrue(harness.wait_for(lambda: not os.path.exists(f"/proc/{pid}"),
+                                         timeout=10), f"helper {pid} was not reaped")
+        self.assertIn(f"the Tailscale helper (pid {pid}) was killed by Killed",
+                      "\n".join(self.broker_log()))
+        self.assertRegex(self.node_line("app:ts"), r"restarts=[1-9]")
 
     def helper_pid(self, overlay_id):
         line = self.node_line(overlay_id)
@@ -405,6 +554,8 @@ print(sorted(seen))
         os.kill(pid, 9)
         self.assertTrue(harness.wait_for(lambda: "restarts=1" in self.node_line("app:ts"),
                                          timeout=20), self.status())
+        self.assertTrue(harness.wait_for(lambda: not os.path.exists(f"/proc/{pid}"),
+                                         timeout=10), "the dead helper was not reaped")
         self.wait_running("app:ts")
         self.assertNotEqual(self.helper_pid("app:ts"), pid)
         self.assertOk(self.dial("app:ts", "alpha", 7000, "after"))
@@ -420,10 +571,10 @@ print(sorted(seen))
             os.kill(broker, 9)
         self.assertTrue(harness.wait_for(lambda: not harness.alive(pid), timeout=20),
                         "via-tsnet outlived its broker")
-        self.assertIn("ephemeral node logged out", self.helper_log("via-e"))
+        self.assertIn("ephemeral node logged out", self.helper_log("app:ts"))
 
-    def helper_log(self, hostname):
-        return harness.read_text(os.path.join(self.dir, "state", "tailscale", hostname,
+    def helper_log(self, overlay_id):
+        return harness.read_text(os.path.join(self.dir, "state", "tailscale", overlay_id,
                                               "via-tsnet.log"))
 
     def test_bad_auth_key_fails_the_call_with_a_clear_error(self):

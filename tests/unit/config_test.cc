@@ -476,6 +476,103 @@ TEST_F(ConfigTest, TailscaleAttachedToTailscaledNeedsNoKey) {
   EXPECT_TRUE(o.tailscale.auth_key.empty());
 }
 
+// Four lines (the entry at column 5 of the first), then `extra` (already indented).
+static std::string TsEntry(const std::string& name, const std::string& extra = "") {
+  return "  - name: " + name + "\n    kind: network.tailscale\n    hostname: same\n" +
+         "    auth_key: k\n" + extra;
+}
+
+TEST_F(ConfigTest, TailscaleStateDirIsDerivedFromTheFullNameNotTheHostname) {
+  // Same hostname, no state_dir: two directories (so two node keys), named after ns:name.
+  auto cfg = Parse(Doc(TsEntry("a") + TsEntry("b")));
+  ASSERT_TRUE(cfg.ok()) << cfg.status().message();
+  ASSERT_EQ(cfg->overlays.size(), 2u);
+  EXPECT_EQ(TailscaleStateDir(cfg->overlays[0], cfg->service),
+            "/srv/app/.wippy/net/tailscale/app:a");
+  EXPECT_EQ(TailscaleStateDir(cfg->overlays[1], cfg->service),
+            "/srv/app/.wippy/net/tailscale/app:b");
+  // A given state_dir is used as given; a relative one is joined to the file's directory.
+  auto given = Parse(Doc(TsEntry("a", "    state_dir: /var/lib/ts/\n") +
+                         TsEntry("b", "    state_dir: nodes/../b\n")));
+  ASSERT_TRUE(given.ok()) << given.status().message();
+  EXPECT_EQ(TailscaleStateDir(given->overlays[0], given->service), "/var/lib/ts");
+  EXPECT_EQ(TailscaleStateDir(given->overlays[1], given->service), "/srv/app/b");
+}
+
+TEST_F(ConfigTest, TailscaleDirNameIsOnePathComponentAndOneToOne) {
+  EXPECT_EQ(TailscaleDirName("app:ts"), "app:ts");
+  EXPECT_EQ(TailscaleDirName("app:a.b-c_d"), "app:a.b-c_d");
+  EXPECT_EQ(TailscaleDirName("ns/x:../y"), "ns%2Fx:..%2Fy");
+  EXPECT_EQ(TailscaleDirName(".:.."), "%2E:..");
+  EXPECT_EQ(TailscaleDirName("a%2F:b"), "a%252F:b");  // '%' itself is escaped: no collisions
+  EXPECT_EQ(TailscaleDirName("n:\xc3\xbc *"), "n:%C3%BC%20%2A");
+  // A name that looks like a path stays one directory under tailscale/.
+  Overlay o = Only(Parse(Doc(TsEntry("../../etc"))));
+  EXPECT_EQ(o.id, "app:../../etc");
+  Result<Config> cfg = Parse(Doc(TsEntry("../../etc")));
+  ASSERT_TRUE(cfg.ok());
+  EXPECT_EQ(TailscaleStateDir(o, cfg->service), "/srv/app/.wippy/net/tailscale/app:..%2F..%2Fetc");
+}
+
+TEST_F(ConfigTest, TwoTailscaleEntriesInOneStateDirAreRefused) {
+  // b's state_dir (spelt differently) is a's derived directory.
+  EXPECT_EQ(
+      Error(Doc(TsEntry("a") + TsEntry("b", "    state_dir: .wippy/net//tailscale/x/../app:a/\n"))),
+      "via.yaml:12:16: entry app:b (network.tailscale): state_dir: "
+      "/srv/app/.wippy/net/tailscale/app:a is also the state directory of entry app:a "
+      "(via.yaml:4:5); two nodes in one directory would register one node key twice: "
+      "give each entry its own state_dir");
+  // Both given: the same directory, written two ways.
+  EXPECT_EQ(Error(Doc(TsEntry("a", "    state_dir: /var/lib/ts\n") +
+                      TsEntry("b", "    state_dir: /var/lib/./ts/\n"))),
+            "via.yaml:13:16: entry app:b (network.tailscale): state_dir: /var/lib/ts is also the "
+            "state directory of entry app:a (via.yaml:4:5); two nodes in one directory would "
+            "register one node key twice: give each entry its own state_dir");
+  // No base directory: both would be tsnet's default directory. The error is at the entry.
+  EXPECT_EQ(Error(Doc(TsEntry("a") + TsEntry("b"), "network_service:\n  state_dir: \"\"\n")),
+            "via.yaml:8:5: entry app:b (network.tailscale): state_dir: tsnet's default directory "
+            "(network_service.state_dir is \"\") is also the state directory of entry app:a "
+            "(via.yaml:4:5); two nodes in one directory would register one node key twice: give "
+            "each entry its own state_dir");
+  // One entry with no base directory is fine, and so are two with their own state_dir.
+  EXPECT_TRUE(Parse(Doc(TsEntry("a"), "network_service:\n  state_dir: \"\"\n")).ok());
+  EXPECT_TRUE(Parse(Doc(TsEntry("a", "    state_dir: /x/a\n") + TsEntry("b"),
+                        "network_service:\n  state_dir: \"\"\n"))
+                  .ok());
+}
+
+TEST_F(ConfigTest, TailscaleEntriesInTwoFilesCannotShareAStateDir) {
+  char tmpl[] = "/tmp/via-config-test-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl;
+  auto write = [&](const std::string& name, const std::string& text) {
+    FILE* f = fopen((dir + "/" + name).c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    fputs(text.c_str(), f);
+    fclose(f);
+  };
+  write("a.yaml", Doc(TsEntry("a", "    state_dir: shared\n")));
+  write("b.yaml", "version: \"1.0\"\nnamespace: other\nentries:\n" +
+                      TsEntry("b", "    state_dir: ./shared\n"));
+  EXPECT_EQ(LoadError(dir),
+            dir + "/b.yaml:8:16: entry other:b (network.tailscale): state_dir: " + dir +
+                "/shared is also the state directory of entry app:a (" + dir +
+                "/a.yaml:4:5); two nodes in one directory would register one node key twice: "
+                "give each entry its own state_dir");
+  unlink((dir + "/a.yaml").c_str());
+  unlink((dir + "/b.yaml").c_str());
+  rmdir(dir.c_str());
+}
+
+TEST_F(ConfigTest, TailscaleEntryNameTooLongForADirectory) {
+  std::string name(300, 'n');
+  EXPECT_EQ(Error(Doc(TsEntry(name))),
+            "via.yaml:4:5: entry app:" + name +
+                " (network.tailscale): state_dir: the default directory name (from the entry's "
+                "namespace and name) is longer than 255 bytes: set state_dir");
+  EXPECT_TRUE(Parse(Doc(TsEntry(name, "    state_dir: /x\n"))).ok());
+}
+
 TEST_F(ConfigTest, TailscaleConnectTimeoutMustBeADuration) {
   EXPECT_EQ(Error(Doc("  - name: ts\n    kind: network.tailscale\n    auth_key: k\n"
                       "    connect_timeout: soon\n")),
