@@ -32,8 +32,9 @@ enum class SockKind : uint8_t {
   kStream,       // AF_INET/AF_INET6 SOCK_STREAM, TCP or MPTCP
   kUdp,          // AF_INET/AF_INET6 SOCK_DGRAM, UDP or UDP-Lite
   kPing,         // AF_INET SOCK_DGRAM IPPROTO_ICMP, AF_INET6 SOCK_DGRAM IPPROTO_ICMPV6
-  kRaw,          // AF_INET/AF_INET6 SOCK_RAW: the kernel writes the IP header
-  kRawHeader,    // SOCK_RAW IPPROTO_RAW (or IP_HDRINCL/IPV6_HDRINCL set): the program writes it
+  kRaw,          // AF_INET SOCK_RAW IPPROTO_ICMP, AF_INET6 SOCK_RAW IPPROTO_ICMPV6
+  kRawOpaque,    // any other SOCK_RAW: the program writes a transport header (ports the address
+                 // does not show) or the IP header itself (IPPROTO_RAW, IP_HDRINCL/IPV6_HDRINCL)
   kOtherInet,    // AF_INET/AF_INET6 of another kind (SCTP, L2TP, SMC, DCCP...): not judged
   kOtherFamily,  // AF_PACKET, AF_VSOCK, AF_TIPC, AF_RDS, AF_BLUETOOTH...: not judged
 };
@@ -68,7 +69,11 @@ inline SockKind ClassifySocket(int domain, int type, int protocol) {
       }
       return SockKind::kOtherInet;
     case SOCK_RAW:
-      return protocol == kProtoRaw ? SockKind::kRawHeader : SockKind::kRaw;
+      if ((domain == AF_INET && protocol == IPPROTO_ICMP) ||
+          (domain == AF_INET6 && protocol == IPPROTO_ICMPV6)) {
+        return SockKind::kRaw;
+      }
+      return SockKind::kRawOpaque;
     default:
       return SockKind::kOtherInet;
   }
@@ -148,7 +153,7 @@ inline KernelDest V6(const sockaddr* sa, long len, long min_len, bool unspec_ok,
 }  // namespace kernel_detail
 
 // The destination the kernel takes from `sa`/`len` in `call` on an inet socket of `domain`
-// (AF_INET or AF_INET6) and `kind` (kStream, kUdp, kPing, kRaw or kRawHeader; anything else is
+// (AF_INET or AF_INET6) and `kind` (kStream, kUdp, kPing, kRaw or kRawOpaque; anything else is
 // rejected with EAFNOSUPPORT: the caller decides about those sockets without an address).
 // `fastopen`: flags carry MSG_FASTOPEN (a stream socket then connects as connect() does).
 // `len` is the program's value, unchanged; reads stay within min(len, 128) bytes of `sa`.
@@ -224,7 +229,7 @@ inline KernelDest KernelDestination(int domain, SockKind kind, AddrCall call, bo
       }
       break;
     case SockKind::kRaw:
-    case SockKind::kRawHeader:
+    case SockKind::kRawOpaque:
       if (connects) {  // ip4_datagram_connect; ip6_datagram_connect_v6_only
         d = v4 ? V4(sa, len, false, EAFNOSUPPORT)
                : V6(sa, len, kSin6LenRfc2133, false, EAFNOSUPPORT);

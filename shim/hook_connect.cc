@@ -9,8 +9,8 @@
 // anything to port 53 on loopback that would reach the local resolver (a raw DNS query would leak
 // the name); UDP to port 53 is answered by the broker (dns_socket.cc). Sockets the shim cannot
 // judge (packet sockets and other non-inet families, SCTP and other inet protocols, raw sockets
-// that write their own IP header) are refused when created and on every connect or addressed
-// send. See docs/architecture.md, "One decision for every destination".
+// other than ICMP, which write headers the address does not show) are refused when created and on
+// every connect or addressed send. See docs/architecture.md, "One decision for every destination".
 #include <errno.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -106,9 +106,9 @@ bool SocketKindOf(int fd, int* domain, SockKind* kind) {
     bool v4 = dom == AF_INET;
     if (getsockopt(fd, v4 ? IPPROTO_IP : IPPROTO_IPV6, v4 ? IP_HDRINCL : kIpv6Hdrincl, &on, &l) ==
         0) {
-      if (on != 0) *kind = SockKind::kRawHeader;
+      if (on != 0) *kind = SockKind::kRawOpaque;
     } else if (v4 || errno != ENOPROTOOPT) {  // kernels before 4.5 have no IPV6_HDRINCL
-      *kind = SockKind::kRawHeader;
+      *kind = SockKind::kRawOpaque;
     }
   }
   return true;
@@ -126,7 +126,7 @@ bool JudgeSocket(int fd, AddrCall call, bool fastopen, Decision* d) {
   switch (d->kind) {
     case SockKind::kOtherFamily:
     case SockKind::kOtherInet:
-    case SockKind::kRawHeader:
+    case SockKind::kRawOpaque:
       d->route = Route::kRefuseSocket;
       return false;
     default:
@@ -234,8 +234,8 @@ int RoutedConnect(int fd, const wire::Addr& dest) {
 
 const char* KindText(SockKind kind, int domain) {
   switch (kind) {
-    case SockKind::kRawHeader:
-      return "a raw socket that writes its own IP header";
+    case SockKind::kRawOpaque:
+      return "a raw socket that writes its own transport or IP header";
     case SockKind::kOtherInet:
       return domain == AF_INET6 ? "an IPv6 socket of a protocol other than TCP, UDP or ICMP"
                                 : "an IPv4 socket of a protocol other than TCP, UDP or ICMP";
@@ -404,7 +404,7 @@ int DoSendmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags) {
 int DoSocket(int domain, int type, int protocol) {
   SockKind kind = wire::ClassifySocket(domain, type, protocol);
   if ((kind == SockKind::kOtherFamily || kind == SockKind::kOtherInet ||
-       kind == SockKind::kRawHeader) &&
+       kind == SockKind::kRawOpaque) &&
       !NetworkDirect()) {
     ComplainSocket(kind, (type & wire::kSockTypeMask) == wire::kSockPacket ? AF_PACKET : domain);
     errno = EPERM;

@@ -74,8 +74,12 @@ TEST(ClassifySocket, KindsByDomainTypeAndProtocol) {
   EXPECT_EQ(ClassifySocket(AF_INET6, SOCK_DGRAM, IPPROTO_ICMP), SockKind::kOtherInet);
   EXPECT_EQ(ClassifySocket(AF_INET, SOCK_DGRAM, 115 /* L2TP */), SockKind::kOtherInet);
   EXPECT_EQ(ClassifySocket(AF_INET, SOCK_RAW, IPPROTO_ICMP), SockKind::kRaw);
-  EXPECT_EQ(ClassifySocket(AF_INET, SOCK_RAW, IPPROTO_RAW), SockKind::kRawHeader);
-  EXPECT_EQ(ClassifySocket(AF_INET6, SOCK_RAW, IPPROTO_RAW), SockKind::kRawHeader);
+  EXPECT_EQ(ClassifySocket(AF_INET6, SOCK_RAW, IPPROTO_ICMPV6), SockKind::kRaw);
+  // A raw UDP or TCP socket writes its own ports: the address does not show them.
+  EXPECT_EQ(ClassifySocket(AF_INET, SOCK_RAW, IPPROTO_UDP), SockKind::kRawOpaque);
+  EXPECT_EQ(ClassifySocket(AF_INET6, SOCK_RAW, IPPROTO_ICMP), SockKind::kRawOpaque);
+  EXPECT_EQ(ClassifySocket(AF_INET, SOCK_RAW, IPPROTO_RAW), SockKind::kRawOpaque);
+  EXPECT_EQ(ClassifySocket(AF_INET6, SOCK_RAW, IPPROTO_RAW), SockKind::kRawOpaque);
   EXPECT_EQ(ClassifySocket(AF_INET, kSockPacket, 0), SockKind::kOtherFamily);
   EXPECT_EQ(ClassifySocket(AF_PACKET, SOCK_RAW, 0), SockKind::kOtherFamily);
   EXPECT_EQ(ClassifySocket(AF_VSOCK, SOCK_STREAM, 0), SockKind::kOtherFamily);
