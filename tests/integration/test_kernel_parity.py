@@ -29,7 +29,8 @@ FAR4 = "10.217.0.1"
 IFACE = "via-k1"  # the packet cases send on the peer end, to via-k0's MAC
 
 UDP_CASES = ["udp6_24_sendto", "udp6_24_sendmsg", "udp6_24_sendmmsg", "udp_unspec_sendto",
-             "udp_unspec_sendmsg", "udp_unspec_sendmmsg", "udp_sendmsg_oversize",
+             "udp_unspec_sendmsg", "udp_unspec_sendmmsg", "udp6_in4_sendto", "udp6_in4_sendmsg",
+             "udp_sendmsg_oversize",
              "udp_alias___sendmmsg"]
 TCP_CASES = ["tcp6_24_connect", "tcp_connect_128", "tcp_alias___connect", "tfo_sendto",
              "tfo_sendmsg", "tfo_sendmmsg", "tfo6_24_sendmsg"]

@@ -208,6 +208,10 @@ int main(int argc, char **argv) {
     in4(&s4, AF_UNSPEC, udp_port);
     return udp_send(c + 11, AF_INET, (struct sockaddr *)&s4, sizeof s4, c);
   }
+  if (!strncmp(c, "udp6_in4_", 9)) { /* a sockaddr_in on an IPv6 socket: IPv4 to the kernel */
+    in4(&s4, AF_INET, udp_port);
+    return udp_send(c + 9, AF_INET6, (struct sockaddr *)&s4, sizeof s4, c);
+  }
   if (!strcmp(c, "udp_sendmsg_oversize")) { /* msg_namelen 300: the kernel takes 128 */
     in4((struct sockaddr_in *)big, AF_INET, udp_port);
     return udp_send("sendmsg", AF_INET, (struct sockaddr *)big, sizeof big, c);
