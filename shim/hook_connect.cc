@@ -349,16 +349,18 @@ ssize_t DoSendto(int fd, const void* buf, size_t n, int flags, const sockaddr* a
 
 ssize_t DoSendmsg(int fd, const msghdr* msg, int flags) {
   const bool fastopen = (flags & MSG_FASTOPEN) != 0;
-  if (msg == nullptr || ((msg->msg_name == nullptr || msg->msg_namelen == 0) && !fastopen)) {
-    return Real().sendmsg(fd, msg, flags);
-  }
+  if (msg == nullptr) return Real().sendmsg(fd, msg, flags);
+  // The header is read once: the kernel gets the copy the decision saw.
   msghdr m = *msg;
+  if ((m.msg_name == nullptr || m.msg_namelen == 0) && !fastopen) {
+    return Real().sendmsg(fd, &m, flags);
+  }
   Decision d;
   Decide(fd, AddrCall::kSendmsg, fastopen, static_cast<const sockaddr*>(m.msg_name), m.msg_namelen,
          &d);
   switch (d.route) {
     case Route::kDirect:
-      return Real().sendmsg(fd, msg, flags);
+      return Real().sendmsg(fd, &m, flags);
     case Route::kPass:
       m.msg_name = const_cast<sockaddr*>(d.name());
       m.msg_namelen = d.len;
