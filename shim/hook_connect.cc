@@ -1,4 +1,5 @@
-// connect, sendto/sendmsg/sendmmsg (and libc's exported aliases of them), socket, getpeername.
+// connect, sendto/sendmsg/sendmmsg (and libc's exported aliases of them), socket, setsockopt,
+// getpeername.
 //
 // Every call that can carry a destination or open a connection goes through one decision
 // (Decide): what kind of socket it is, as the kernel says (SO_DOMAIN, SO_TYPE, SO_PROTOCOL), and
@@ -10,7 +11,9 @@
 // the name); UDP to port 53 is answered by the broker (dns_socket.cc). Sockets the shim cannot
 // judge (packet sockets and other non-inet families, SCTP and other inet protocols, raw sockets
 // other than ICMP, which write headers the address does not show) are refused when created and on
-// every connect or addressed send. See docs/architecture.md, "One decision for every destination".
+// every connect or addressed send. So are options that send packets to another host than their
+// destination address (IPv4 source routes, IPv6 routing headers), set with setsockopt or in a
+// sendmsg's control messages. See docs/architecture.md, "One decision for every destination".
 #include <errno.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -48,6 +51,7 @@ enum class Route {
   kRefuseDatagram,  // non-TCP traffic that would leave the host
   kRefuseDns,       // TCP to the local resolver's port 53
   kRefuseSocket,    // a socket the shim cannot judge (Decision::kind)
+  kRefuseRedirect,  // a source route or routing header: the kernel would send elsewhere
   kDnsSocket,       // connect of a UDP socket to port 53: a DNS socket the broker answers
   kDnsQuery,        // a UDP datagram to port 53: a DNS query the broker answers
 };
@@ -114,13 +118,65 @@ bool SocketKindOf(int fd, int* domain, SockKind* kind) {
   return true;
 }
 
-// The part of the decision that depends on the socket alone. Returns true when the address must
-// be judged (JudgeAddress); otherwise d->route is kDirect or kRefuseSocket.
-bool JudgeSocket(int fd, AddrCall call, bool fastopen, Decision* d) {
+// Options that make the kernel send somewhere other than the destination address: an IPv4 source
+// route (IP_OPTIONS: the first hop becomes the packet's destination, so a datagram "to 127.0.0.1"
+// leaves the host), an IPv6 routing header or next hop, and the raw sockets' header-included
+// switch. Any IPv4 option counts: the shim does not parse them.
+bool RedirectingOption(int level, int name, const void* val, socklen_t len) {
+  if (level == IPPROTO_IP && name == IP_OPTIONS) return val != nullptr && len > 0;
+  if (level == IPPROTO_IPV6 &&
+      (name == IPV6_RTHDR || name == IPV6_2292RTHDR || name == IPV6_NEXTHOP)) {
+    return val != nullptr && len > 0;
+  }
+  if ((level == IPPROTO_IP && name == IP_HDRINCL) ||
+      (level == IPPROTO_IPV6 && name == kIpv6Hdrincl)) {
+    int on = 1;  // unreadable: as the kernel would fail, but never let it through unjudged
+    if (val != nullptr && len >= socklen_t(sizeof on)) {
+      std::memcpy(&on, val, sizeof on);
+    } else if (val != nullptr && len > 0) {
+      on = *static_cast<const unsigned char*>(val);
+    }
+    return on != 0;
+  }
+  return false;
+}
+
+// The same, set on the socket already (by a system call the shim did not see, or before).
+bool HasRedirectingOption(int fd, int domain) {
+  unsigned char buf[256];
+  socklen_t l = sizeof buf;
+  if (getsockopt(fd, IPPROTO_IP, IP_OPTIONS, buf, &l) == 0 && l > 0) return true;
+  if (domain != AF_INET6) return false;
+  l = sizeof buf;
+  if (getsockopt(fd, IPPROTO_IPV6, IPV6_RTHDR, buf, &l) == 0 && l > 0) return true;
+  return false;
+}
+
+// The same as control messages of one sendmsg (ip_cmsg_send, ip6_datagram_send_ctl).
+bool RedirectingControl(const msghdr& m) {
+  if (m.msg_control == nullptr || m.msg_controllen < sizeof(cmsghdr)) return false;
+  msghdr h = m;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&h); c != nullptr; c = CMSG_NXTHDR(&h, c)) {
+    if ((c->cmsg_level == IPPROTO_IP &&
+         (c->cmsg_type == IP_RETOPTS || c->cmsg_type == IP_OPTIONS)) ||
+        (c->cmsg_level == IPPROTO_IPV6 &&
+         (c->cmsg_type == IPV6_RTHDR || c->cmsg_type == IPV6_2292RTHDR ||
+          c->cmsg_type == IPV6_NEXTHOP))) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// The part of the decision that depends on the socket alone (and a sendmsg's control messages,
+// `control`, when given). Returns true when the address must be judged (JudgeAddress);
+// otherwise d->route is kDirect, kRefuseSocket or kRefuseRedirect.
+bool JudgeSocket(int fd, AddrCall call, bool fastopen, const msghdr* control, Decision* d) {
   d->route = Route::kDirect;
   if (!SocketKindOf(fd, &d->domain, &d->kind)) return false;
   if (d->kind == SockKind::kLocal) return false;
-  // A send on a stream socket without MSG_FASTOPEN: the kernel ignores the address.
+  // A send on a stream socket without MSG_FASTOPEN: the kernel ignores the address (and IP
+  // control messages).
   if (d->kind == SockKind::kStream && call != AddrCall::kConnect && !fastopen) return false;
   if (NetworkDirect()) return false;
   switch (d->kind) {
@@ -130,8 +186,14 @@ bool JudgeSocket(int fd, AddrCall call, bool fastopen, Decision* d) {
       d->route = Route::kRefuseSocket;
       return false;
     default:
-      return true;
+      break;
   }
+  if (HasRedirectingOption(fd, d->domain) ||
+      (control != nullptr && d->kind != SockKind::kStream && RedirectingControl(*control))) {
+    d->route = Route::kRefuseRedirect;
+    return false;
+  }
+  return true;
 }
 
 // The part of the decision that depends on the address, for a socket JudgeSocket let through.
@@ -185,8 +247,9 @@ void JudgeAddress(AddrCall call, bool fastopen, const sockaddr* sa, socklen_t le
 }
 
 // The one decision: every connect, and every send with a destination or MSG_FASTOPEN.
-void Decide(int fd, AddrCall call, bool fastopen, const sockaddr* sa, socklen_t len, Decision* d) {
-  if (JudgeSocket(fd, call, fastopen, d)) JudgeAddress(call, fastopen, sa, len, d);
+void Decide(int fd, AddrCall call, bool fastopen, const sockaddr* sa, socklen_t len, Decision* d,
+            const msghdr* control = nullptr) {
+  if (JudgeSocket(fd, call, fastopen, control, d)) JudgeAddress(call, fastopen, sa, len, d);
 }
 
 // One line per process: a program that retries UDP in a loop must not flood stderr.
@@ -255,6 +318,16 @@ void ComplainSocket(SockKind kind, int domain) {
       KindText(kind, domain), NetworkLabel());
 }
 
+void ComplainRedirect() {
+  static bool said = false;
+  if (__atomic_exchange_n(&said, true, __ATOMIC_RELAXED)) return;
+  Complain(
+      "a source route or routing header (IP_OPTIONS, IPV6_RTHDR, IPV6_NEXTHOP) refused with "
+      "EPERM under %s: it sends packets to another host than their destination address "
+      "(further refusals are not reported)",
+      NetworkLabel());
+}
+
 // Ends a call the decision refused: the message and errno. Returns -1.
 int Refuse(const Decision& d) {
   char where[80];
@@ -286,6 +359,10 @@ int Refuse(const Decision& d) {
     case Route::kDnsQuery:  // the broker's DNS path did not take it
       Complain("DNS query to %s refused: it would reach a resolver directly under %s", where,
                NetworkLabel());
+      errno = EPERM;
+      return -1;
+    case Route::kRefuseRedirect:
+      ComplainRedirect();
       errno = EPERM;
       return -1;
     case Route::kRefuseSocket:
@@ -352,12 +429,12 @@ ssize_t DoSendmsg(int fd, const msghdr* msg, int flags) {
   if (msg == nullptr) return Real().sendmsg(fd, msg, flags);
   // The header is read once: the kernel gets the copy the decision saw.
   msghdr m = *msg;
-  if ((m.msg_name == nullptr || m.msg_namelen == 0) && !fastopen) {
+  if ((m.msg_name == nullptr || m.msg_namelen == 0) && !fastopen && m.msg_controllen == 0) {
     return Real().sendmsg(fd, &m, flags);
   }
   Decision d;
   Decide(fd, AddrCall::kSendmsg, fastopen, static_cast<const sockaddr*>(m.msg_name), m.msg_namelen,
-         &d);
+         &d, &m);
   switch (d.route) {
     case Route::kDirect:
       return Real().sendmsg(fd, &m, flags);
@@ -383,11 +460,12 @@ int DoSendmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags) {
   if (vlen > UIO_MAXIOV) vlen = UIO_MAXIOV;  // as the kernel does
   bool named = false;
   for (unsigned int i = 0; i < vlen && !named; ++i) {
-    named = vec[i].msg_hdr.msg_name != nullptr && vec[i].msg_hdr.msg_namelen != 0;
+    const msghdr& m = vec[i].msg_hdr;
+    named = (m.msg_name != nullptr && m.msg_namelen != 0) || m.msg_controllen != 0;
   }
   if (!named && !fastopen) return Real().sendmmsg(fd, vec, vlen, flags);
   Decision d;
-  if (!JudgeSocket(fd, AddrCall::kSendmsg, fastopen, &d)) {
+  if (!JudgeSocket(fd, AddrCall::kSendmsg, fastopen, nullptr, &d)) {
     if (d.route == Route::kDirect) return Real().sendmmsg(fd, vec, vlen, flags);
     return Refuse(d);
   }
@@ -401,6 +479,22 @@ int DoSendmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags) {
     vec[i].msg_len = unsigned(r);
   }
   return int(vlen);
+}
+
+constinit LazyFn<int(int, int, int, const void*, socklen_t)> g_real_setsockopt = {"setsockopt",
+                                                                                  nullptr};
+
+int DoSetsockopt(int fd, int level, int name, const void* val, socklen_t len) {
+  if (RedirectingOption(level, name, val, len) && !NetworkDirect()) {
+    if (name == IP_HDRINCL || name == kIpv6Hdrincl) {
+      ComplainSocket(SockKind::kRawOpaque, AF_INET);
+    } else {
+      ComplainRedirect();
+    }
+    errno = EPERM;
+    return -1;
+  }
+  return g_real_setsockopt(fd, level, name, val, len);
 }
 
 int DoSocket(int domain, int type, int protocol) {
@@ -437,6 +531,10 @@ VIA_EXPORT ssize_t sendmsg(int fd, const msghdr* msg, int flags) {
 
 VIA_EXPORT int sendmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags) {
   return DoSendmmsg(fd, vec, vlen, flags);
+}
+
+VIA_EXPORT int setsockopt(int fd, int level, int name, const void* val, socklen_t len) noexcept {
+  return DoSetsockopt(fd, level, name, val, len);
 }
 
 VIA_EXPORT int socket(int domain, int type, int protocol) noexcept {

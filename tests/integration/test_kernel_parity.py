@@ -7,7 +7,8 @@ careless parser misses: an IPv6 socket address of 24 bytes (SIN6_LEN_RFC2133) ho
 than the struct, TCP Fast Open through sendto/sendmsg/sendmmsg, `__connect`/`__sendmmsg`/
 `__socket` called by name, packet sockets (AF_PACKET, and the obsolete AF_INET SOCK_PACKET)
 that reach the wire without any inet address, and a raw UDP socket whose ports the address does
-not show (a DNS query to the local resolver sent to "127.0.0.1 port 9").
+not show (a DNS query to the local resolver sent to "127.0.0.1 port 9"), and IPv4 source routes
+(IP_OPTIONS, or IP_RETOPTS in a sendmsg) that send a datagram "to 127.0.0.1" to another host.
 
 The namespace gets a veth pair `via-k0`/`via-k1` with 10.217.0.1 on via-k0: "off the host" for
 the program. There a UDP listener records every datagram (the payload names the case) and the
@@ -36,6 +37,9 @@ TCP_CASES = ["tcp6_24_connect", "tcp_connect_128", "tcp_alias___connect", "tfo_s
              "tfo_sendmsg", "tfo_sendmmsg", "tfo6_24_sendmsg"]
 DNS_CASES = ["dns_tfo_sendto", "dns_tfo_sendmsg", "dns_tfo_sendmmsg"]
 PACKET_CASES = ["packet_socket", "packet___socket", "packet_sock_packet"]
+# An IPv4 source route via FIRST_HOP: the datagram "to 127.0.0.1" leaves for FIRST_HOP.
+FIRST_HOP = "10.217.0.2"
+LSRR_CASES = ["udp_lsrr_setsockopt", "udp_lsrr_syscall", "udp_lsrr_cmsg"]
 
 
 class KernelParity(harness.ViaCase):
@@ -55,6 +59,9 @@ class KernelParity(harness.ViaCase):
             subprocess.run(["ip", "addr", "add", f"{FAR4}/24", "dev", "via-k0"], check=True)
             subprocess.run(["ip", "link", "set", "via-k0", "up"], check=True)
             subprocess.run(["ip", "link", "set", IFACE, "up"], check=True)
+            # A first hop that answers no ARP: its frames leave via-k0 and arrive at via-k1.
+            subprocess.run(["ip", "neigh", "replace", FIRST_HOP, "lladdr", "02:00:00:00:02:17",
+                            "dev", "via-k0", "nud", "permanent"], check=True)
         # (/sys still shows the outer namespace's devices: ask ip.)
         link = subprocess.run(["ip", "-o", "link", "show", "via-k0"], capture_output=True,
                               text=True, check=True).stdout.split()
@@ -71,6 +78,8 @@ class KernelParity(harness.ViaCase):
             KernelParity.exe = exe
         self.received = []
         self.udp_port = self._udp_listener()
+        self.wire = []
+        self._wire_watcher()
         self.tcp_port = harness.free_port(FAR4)
         self.record = os.path.join(self.dir, "far.jsonl")
         p, _ = self.spawn([harness.PYTHON, os.path.join(harness.HERE, "target_server.py"),
@@ -93,6 +102,28 @@ class KernelParity(harness.ViaCase):
         t.start()
         self.addCleanup(lambda: (stop.set(), t.join(), s.close()))
         return s.getsockname()[1]
+
+    def _wire_watcher(self):
+        """Records every frame that arrives at via-k1 (what left the namespace's host side)."""
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+        s.bind((IFACE, 0))
+        s.settimeout(0.2)
+        stop = threading.Event()
+
+        def watch():
+            while not stop.is_set():
+                try:
+                    self.wire.append(s.recv(65536))
+                except OSError:
+                    pass
+        t = threading.Thread(target=watch, daemon=True)
+        t.start()
+        self.addCleanup(lambda: (stop.set(), t.join(), s.close()))
+
+    def on_wire(self, cases):
+        """Which of `cases` (each a payload) were seen on the wire."""
+        time.sleep(0.5)
+        return [c for c in cases if any(c.encode() in f for f in list(self.wire))]
 
     def use_proxy(self):
         port, log = self.start_microsocks(bind_out=harness.PROXY_OUT)
@@ -135,6 +166,10 @@ class KernelParity(harness.ViaCase):
         self.assertEqual(len(self.dns_queries("dns-tfo-")), len(DNS_CASES))
         self.assertEqual(self.run_case("dns_raw_udp", via=False), "sent")
         self.assertEqual(len(self.dns_queries("dns-raw-udp")), 1)
+        for case in LSRR_CASES:
+            with self.subTest(case=case):
+                self.assertEqual(self.run_case(case, via=False), "sent")
+        self.assertEqual(self.on_wire(LSRR_CASES), LSRR_CASES)
 
     # ---- under via -------------------------------------------------------------------------
     def test_udp_in_every_form_the_kernel_accepts_is_refused(self):
@@ -164,6 +199,13 @@ class KernelParity(harness.ViaCase):
                 self.assertEqual(self.run_case(case), "EPERM")
         self.assertEqual(self.dns_queries("dns-tfo-"), [])
         self.assertEqual(self.dns_queries("dns-raw-udp"), [])
+
+    def test_source_routes_to_loopback_are_refused(self):
+        self.use_proxy()
+        for case in LSRR_CASES:
+            with self.subTest(case=case):
+                self.assertEqual(self.run_case(case), "EPERM")
+        self.assertEqual(self.on_wire(LSRR_CASES), [])
 
     def test_packet_sockets_are_refused(self):
         self.use_proxy()

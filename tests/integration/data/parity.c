@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #ifndef MSG_FASTOPEN
@@ -288,6 +289,46 @@ int main(int argc, char **argv) {
     struct sockaddr_in lo = {.sin_family = AF_INET, .sin_port = htons(9)};
     lo.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (sendto(fd, pkt, 8 + n, 0, (struct sockaddr *)&lo, sizeof lo) < 0) return fail();
+    printf("sent\n");
+    return 0;
+  }
+
+  /* ---- an IPv4 source route: a datagram "to 127.0.0.1" goes to the first hop (HOST4 + 1) ---- */
+  if (!strncmp(c, "udp_lsrr_", 9)) { /* udp_lsrr_setsockopt, _syscall, _cmsg */
+    uint8_t lsrr[8] = {1 /* NOP */, 0x83 /* LSRR */, 7, 4};
+    inet_pton(AF_INET, host4, lsrr + 4);
+    lsrr[7] += 1;
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in lo = {.sin_family = AF_INET, .sin_port = htons(9)};
+    lo.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    const char *how = c + 9;
+    if (!strcmp(how, "setsockopt") || !strcmp(how, "syscall")) {
+      /* syscall: the option set where the shim cannot see it; the sendto is still judged */
+      int r = !strcmp(how, "syscall")
+                  ? (int)syscall(SYS_setsockopt, fd, IPPROTO_IP, IP_OPTIONS, lsrr, sizeof lsrr)
+                  : setsockopt(fd, IPPROTO_IP, IP_OPTIONS, lsrr, sizeof lsrr);
+      if (r != 0) return fail();
+      if (sendto(fd, c, strlen(c), 0, (struct sockaddr *)&lo, sizeof lo) < 0) return fail();
+    } else {
+      union {
+        char buf[CMSG_SPACE(sizeof lsrr)];
+        struct cmsghdr align;
+      } ctl;
+      memset(&ctl, 0, sizeof ctl);
+      struct iovec iov = {(void *)c, strlen(c)};
+      struct msghdr mh = {.msg_name = &lo,
+                          .msg_namelen = sizeof lo,
+                          .msg_iov = &iov,
+                          .msg_iovlen = 1,
+                          .msg_control = ctl.buf,
+                          .msg_controllen = sizeof ctl.buf};
+      struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+      cm->cmsg_level = IPPROTO_IP;
+      cm->cmsg_type = IP_RETOPTS;
+      cm->cmsg_len = CMSG_LEN(sizeof lsrr);
+      memcpy(CMSG_DATA(cm), lsrr, sizeof lsrr);
+      if (sendmsg(fd, &mh, 0) < 0) return fail();
+    }
     printf("sent\n");
     return 0;
   }
