@@ -124,9 +124,12 @@ struct Addr {
   size_t addr_len() const { return family == 4 ? 4 : 16; }
 };
 
-// sockaddr -> Addr. Returns false for anything but AF_INET/AF_INET6 of sufficient length.
+// sockaddr -> Addr. Returns false for anything but AF_INET/AF_INET6 of sufficient length: 16
+// bytes for IPv4, 24 for IPv6 (SIN6_LEN_RFC2133, a sockaddr_in6 without sin6_scope_id, which the
+// kernel accepts). This reads the sockaddr's own family; to judge what a call will do, use
+// KernelDestination (common/kernel_sockaddr.h), which reads it as the kernel does.
 inline bool AddrFromSockaddr(const sockaddr* sa, socklen_t len, Addr* out) {
-  if (sa == nullptr) return false;
+  if (sa == nullptr || len < (socklen_t)sizeof(sa_family_t)) return false;
   if (sa->sa_family == AF_INET && len >= (socklen_t)sizeof(sockaddr_in)) {
     const auto* in = reinterpret_cast<const sockaddr_in*>(sa);
     *out = Addr{};
@@ -135,7 +138,7 @@ inline bool AddrFromSockaddr(const sockaddr* sa, socklen_t len, Addr* out) {
     std::memcpy(out->bytes, &in->sin_addr, 4);
     return true;
   }
-  if (sa->sa_family == AF_INET6 && len >= (socklen_t)sizeof(sockaddr_in6)) {
+  if (sa->sa_family == AF_INET6 && len >= socklen_t(offsetof(sockaddr_in6, sin6_scope_id))) {
     const auto* in6 = reinterpret_cast<const sockaddr_in6*>(sa);
     *out = Addr{};
     out->family = 6;
