@@ -17,9 +17,11 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/uio.h>
 
 #include <climits>
+#include <cstddef>
 #include <cstring>
 
 #include "common/kernel_sockaddr.h"
@@ -565,11 +567,17 @@ VIA_EXPORT int getpeername(int fd, sockaddr* addr, socklen_t* len) noexcept {
     *len = actual;
     return 0;
   }
+  socklen_t cap = len != nullptr ? *len : 0;  // the caller's buffer size
   int r = Real().getpeername(fd, addr, len);
   // A listener put in place by hook_listen.cc is a connected AF_UNIX socket underneath; a
-  // listening socket has no peer.
-  if (r == 0 && addr != nullptr && len != nullptr && *len >= sizeof(sa_family_t) &&
-      addr->sa_family == AF_UNIX && !Passthrough() && ViaListener(fd, &dest)) {
+  // listening socket has no peer. Decided from the socket, not the environment (an inherited
+  // listener stays one after VIA_NETWORK is emptied); only an unnamed or abstract peer costs
+  // the extra call.
+  const size_t head = offsetof(sockaddr_un, sun_path);
+  if (r == 0 && addr != nullptr && len != nullptr && cap >= sizeof(sa_family_t) &&
+      addr->sa_family == AF_UNIX &&
+      (*len <= head || cap <= head || reinterpret_cast<const sockaddr_un*>(addr)->sun_path[0] == 0) &&
+      ViaListener(fd, &dest)) {
     errno = ENOTCONN;
     return -1;
   }
