@@ -88,8 +88,16 @@ Status Server::Start() {
   overlays_ = BuildOverlays(config_, {});
   if (Status s = CheckSocketDir(); !s.ok()) return s;
   if (Status s = Listen(); !s.ok()) return s;
+  // Only now, as the one broker of this socket: the name table of the brokers before it, so
+  // that an address a program still holds keeps its name (docs/architecture.md, "Names").
+  size_t restored = 0;
+  if (Status s = pool_->OpenJournal(options_.socket_path + ".names", &restored); !s.ok()) {
+    return s.WithContext("network_service fake addresses");
+  }
   log_->info("broker pid {} listening on {} (config {}); overlays: {}", getpid(),
              options_.socket_path, config_->source, OverlaySummary());
+  log_->info("fake-address table {}: {} name(s) kept from earlier brokers", pool_->table_id(),
+             restored);
   if (!config_->programs.empty() || !config_->policies.empty()) {
     log_->info("{} program rule(s), {} network.select policy entr(y/ies)", config_->programs.size(),
                config_->policies.size());
@@ -696,7 +704,10 @@ void Server::HandleResolve(Client& c, const wire::Message& m) {
   constexpr size_t kMinPoolForHold = 65536;
   const int64_t hold = pool_->capacity() >= kMinPoolForHold ? kNameHoldMs : 0;
   auto p = pool_->LookupHeld(*name, hold > 0 ? NowMs() : 0, hold);
-  if (!p.ok()) return ReplyError(c, reply, m.id(), p.status().code(), p.status().message());
+  if (!p.ok()) {
+    if (p.status().code() != EAGAIN) log_->error("resolve {}: {}", *name, p.status().message());
+    return ReplyError(c, reply, m.id(), p.status().code(), p.status().message());
+  }
   uint8_t buf[256];
   wire::Writer w(buf, sizeof buf, reply, m.id());
   w.PutU32(wire::kTagErrno, 0);

@@ -567,8 +567,10 @@ TEST_F(BrokerProtocolTest, ResolveAndReverseRoundTrip) {
   ASSERT_EQ(r.err, 0u);
   auto addrs = r.Addrs();
   ASSERT_EQ(addrs.size(), 2u);
-  EXPECT_EQ(Text(addrs[0]), "198.18.0.1");
-  EXPECT_EQ(Text(addrs[1]), "fd76:6961:ff00::1");
+  // A new table starts at a random number (FakeAddressPool::OpenJournal), the same in both.
+  EXPECT_EQ(Text(addrs[0]).rfind("198.1", 0), 0u) << Text(addrs[0]);
+  EXPECT_EQ(Text(addrs[1]).rfind("fd76:6961:ff00::", 0), 0u) << Text(addrs[1]);
+  EXPECT_EQ(std::memcmp(addrs[0].bytes + 2, addrs[1].bytes + 14, 2), 0);
   EXPECT_EQ(addrs[0].port, 0);
   for (const wire::Addr& a : addrs) {
     Reply rev =
@@ -618,10 +620,10 @@ TEST_F(BrokerProtocolTest, DnsQueryIsAnsweredFromTheFakeAddressTable) {
   const std::string a = r.Str(wire::kTagDnsPacket);
   ASSERT_EQ(a.size(), 30u + 16u);
   EXPECT_EQ(a.substr(0, 2), "\x01\x02");
-  EXPECT_EQ(a.substr(a.size() - 4), std::string("\xc6\x12\x00\x01", 4));
-  EXPECT_EQ(r.message, "A example.test -> 198.18.0.1");
   // The same table as RESOLVE.
-  EXPECT_EQ(Text(Resolve(fd.get(), "example.test").Addrs()[0]), "198.18.0.1");
+  const wire::Addr v4 = Resolve(fd.get(), "example.test").Addrs()[0];
+  EXPECT_EQ(a.substr(a.size() - 4), std::string(reinterpret_cast<const char*>(v4.bytes), 4));
+  EXPECT_EQ(r.message, "A example.test -> " + Text(v4));
 }
 
 TEST_F(BrokerProtocolTest, DnsQueryErrors) {
@@ -681,7 +683,8 @@ TEST_F(BrokerProtocolTest, DnsSocketAnswersOnlyTheSocketItWasMadeFor) {
   ASSERT_EQ(send(program.get(), q.data(), q.size(), 0), ssize_t(q.size()));
   ssize_t n = recv(program.get(), buf, sizeof buf, 0);
   ASSERT_EQ(n, 46);
-  EXPECT_EQ(std::string(buf + 42, 4), std::string("\xc6\x12\x00\x01", 4));
+  const wire::Addr v4 = Resolve(fd.get(), "example.test").Addrs()[0];
+  EXPECT_EQ(std::string(buf + 42, 4), std::string(reinterpret_cast<const char*>(v4.bytes), 4));
 }
 
 TEST_F(BrokerProtocolTest, DnsSocketErrors) {
