@@ -34,6 +34,42 @@ std::string Exe(pid_t pid) {
   return std::string(buf, size_t(n));
 }
 
+// `<socket>.exec-hello` (and `exec-hello` in its directory, which tells the shims to look for
+// such markers) while the config has rules that give groups: shims then greet the broker before
+// an exec in place (kFlagExecHello); without such rules they do not, at no cost.
+void MarkExecHello(const std::string& socket_path, const config::Config& cfg) {
+  bool groups = false;
+  for (const config::ProgramRule& r : cfg.programs) groups = groups || !r.groups.empty();
+  const std::string marker = socket_path + ".exec-hello";
+  if (!groups) {
+    unlink(marker.c_str());
+    return;
+  }
+  size_t slash = socket_path.rfind('/');
+  std::string dir = slash == std::string::npos ? "." : socket_path.substr(0, slash);
+  for (const std::string& path : {marker, dir + "/exec-hello"}) {
+    int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd >= 0) close(fd);
+  }
+}
+
+bool Alive(pid_t pid, uint64_t start) {
+  ProcessInfo p = ReadProcess(pid);
+  return p.ok && p.start == start;
+}
+
+// Records, for every process of the chain, the groups it has now (docs/configuration.md,
+// "Program rules, policy and precedence"): they stay with it across exec and argv changes.
+void RecordChainGroups(SessionTable& table, const std::vector<ProcessInfo>& chain,
+                       const Selection& sel) {
+  for (size_t i = 0; i < chain.size() && i < sel.chain_groups.size(); ++i) {
+    const RecordedGroups& g = sel.chain_groups[i];
+    if (chain[i].pid > 0 && !g.groups.empty()) {
+      table.RecordGroups(chain[i].pid, chain[i].start, g.groups, g.reasons, Alive);
+    }
+  }
+}
+
 std::string AddrText(const wire::Addr& a, bool with_port) {
   char buf[80];
   if (with_port) return wire::FormatAddr(a, buf, sizeof buf);
@@ -90,6 +126,7 @@ Status Server::Start() {
   if (Status s = Listen(); !s.ok()) return s;
   // Only now, as the one broker of this socket: the name table of the brokers before it, so
   // that an address a program still holds keeps its name (docs/architecture.md, "Names").
+  MarkExecHello(options_.socket_path, *config_);
   size_t restored = 0;
   if (Status s = pool_->OpenJournal(options_.socket_path + ".names", &restored); !s.ok()) {
     return s.WithContext("network_service fake addresses");
@@ -435,6 +472,15 @@ void Server::HandleHello(Client& c, const wire::Message& m) {
                           " is not supported (this broker speaks version " +
                           std::to_string(wire::kVersion) + ")");
   }
+  uint32_t hello_flags = 0;
+  if (m.Find(wire::kTagFlags, &f)) f.u32(&hello_flags);
+  if ((hello_flags & wire::kFlagExecHello) != 0) {
+    // A process about to exec in place: record the groups it has now, and nothing else.
+    c.greeted = false;
+    SelectRequest req = MakeRequest(Ancestry(c.pid));
+    RecordChainGroups(sessions_, req.chain, Select(*config_, req));
+    return ReplyOk(c, reply, m.id());
+  }
   c.has_claim = m.Find(wire::kTagNetwork, &f) && f.len > 0;
   c.claim = c.has_claim ? std::string(f.str()) : std::string();
   c.token = m.Find(wire::kTagSession, &f) ? std::string(f.str()) : std::string();
@@ -771,6 +817,7 @@ void Server::HandleOpenSession(Client& c, const wire::Message& m) {
   req.force_explicit = req.has_claim && (flags & wire::kFlagSessionExplicit) != 0;
   req.selected_by_parent = true;  // the opener selects for the command it starts
   Selection sel = Select(*config_, req);
+  RecordChainGroups(sessions_, req.chain, sel);
   if (!sel.error.ok()) {
     log_->warn("session refused for {} (command {}): {}", PeerText(c), Describe(command),
                sel.error.message());
@@ -791,6 +838,10 @@ void Server::HandleOpenSession(Client& c, const wire::Message& m) {
   s->root = opener[0].pid;
   s->root_start = opener[0].start;
   s->groups = sel.selector_groups;
+  if (!sel.chain_groups.empty()) {
+    s->command_groups = sel.chain_groups[0].groups;
+    s->command_reasons = sel.chain_groups[0].reasons;
+  }
   log_->info("session {} opened for {} by {}: {}", s->token.substr(0, 8), id, PeerText(c),
              sel.origin);
   std::vector<uint8_t> buf(8192);
@@ -825,6 +876,8 @@ void Server::HandleSessionChild(Client& c, const wire::Message& m) {
   }
   s->child = p.pid;
   s->child_start = p.start;
+  // It waits for this reply before it execs: its groups are recorded before it can shed them.
+  sessions_.RecordGroups(p.pid, p.start, s->command_groups, s->command_reasons, Alive);
   ReplyOk(c, reply, m.id());
 }
 
@@ -902,6 +955,7 @@ Status Server::Reload(const std::string& why) {
   // or names from /etc/hosts in practice).
   overlays_ = BuildOverlays(cfg, overlays_);
   config_ = std::move(cfg);
+  MarkExecHello(options_.socket_path, *config_);
   ++generation_;
   logged_network_errors_.clear();
   // Every client's network is selected again now. A shim whose network is direct never asks the
@@ -1001,6 +1055,16 @@ SelectRequest Server::MakeRequest(std::vector<ProcessInfo> chain) const {
     }
     return nullptr;
   };
+  auto recorded = std::make_shared<std::map<std::pair<pid_t, uint64_t>, RecordedGroups>>();
+  for (const ProcessInfo& p : req.chain) {
+    if (const auto* r = sessions_.FindGroups(p.pid, p.start)) {
+      (*recorded)[{p.pid, p.start}] = RecordedGroups{r->first, r->second};
+    }
+  }
+  req.recorded_groups = [recorded](const ProcessInfo& p) -> const RecordedGroups* {
+    auto it = recorded->find({p.pid, p.start});
+    return it == recorded->end() ? nullptr : &it->second;
+  };
   return req;
 }
 
@@ -1019,6 +1083,7 @@ void Server::ApplyHello(Client& c) {
   req.claim = c.claim;
   req.token = c.token;
   Selection sel = Select(*config_, req);
+  RecordChainGroups(sessions_, req.chain, sel);
   c.origin = sel.origin;
   if (sel.error.ok()) {
     c.hello_error = SelectNetwork(sel.network, &c.overlay, &c.network);
