@@ -86,20 +86,24 @@ struct LinuxDirent64 {
 
 }  // namespace
 
-void GreetBrokerBeforeExec() {
+void GreetBrokerBeforeExec(const char* file) {
   // Whether or not this process is routed: a group also denies choosing an overlay.
   char path[4200];
   const char* socket = GetSettings().socket_path;
+  // Shells try execve along PATH: greet only for a file that can run.
+  auto runnable = [file] {
+    return file != nullptr && Sys(SYS_faccessat, AT_FDCWD, long(file), X_OK, 0) == 0;
+  };
   if (socket[0] != 0) {
     int n = std::snprintf(path, sizeof path, "%s%s", socket, kMarkerSuffix);
-    if (n > 0 && size_t(n) < sizeof path && Exists(path)) Greet(socket);
+    if (n > 0 && size_t(n) < sizeof path && Exists(path) && runnable()) Greet(socket);
     return;
   }
   // No VIA_SOCKET (the shim preloaded without `via run`): every broker here that asks for it.
   char dir[4096];
   if (!RuntimeDir(dir, sizeof dir)) return;
   int n = std::snprintf(path, sizeof path, "%s/exec-hello", dir);
-  if (n <= 0 || size_t(n) >= sizeof path || !Exists(path)) return;
+  if (n <= 0 || size_t(n) >= sizeof path || !Exists(path) || !runnable()) return;
   int dfd = Sys(SYS_openat, AT_FDCWD, long(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd < 0) return;
   alignas(8) char buf[4096];

@@ -288,7 +288,7 @@ int CheckedExec(const char* path, char* const envp[], Exec exec) {
     errno = err;
     return -1;
   }
-  GreetBrokerBeforeExec();
+  GreetBrokerBeforeExec(path);
   size_t n = 0;
   while (envp != nullptr && envp[n] != nullptr) ++n;
   char* fixed[n + 9];

@@ -119,9 +119,9 @@ struct HelloInfo {
   uint32_t flags = 0;
 };
 int BrokerHello(HelloInfo* info, char* msg, size_t msgcap);
-// Before an exec in place: lets a broker that asks for it record this process's groups
+// Before an exec in place of `file`: lets a broker that asks for it record this process's groups
 // (exec_identity.cc). Stack and system calls only (vfork children).
-void GreetBrokerBeforeExec();
+void GreetBrokerBeforeExec(const char* file);
 // Whether a HELLO in this process was answered with an overlay or an error (not "direct").
 bool BrokerRoutedThisProcess();
 // `via broker --ensure` found no configuration at all (exit status 3).

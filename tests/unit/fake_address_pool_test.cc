@@ -285,7 +285,6 @@ TEST_F(FakeAddressJournalTest, ALineCutShortIsIgnored) {
     std::ofstream f(path_, std::ios::app);
     f << "12 cut.sh";  // no newline: a write that did not finish
   }
-  { std::ofstream f(path_, std::ios::app); }
   size_t restored = 0;
   FakeAddressPool pool = Restart(&restored);
   EXPECT_EQ(restored, 1u);
