@@ -10,6 +10,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <sstream>
 
 #include "broker/process_info.h"
@@ -51,6 +52,19 @@ void MarkExecHello(const std::string& socket_path, const config::Config& cfg) {
     int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd >= 0) close(fd);
   }
+}
+
+// A broker that stops takes its marker away, and the directory's when no other broker has one.
+void UnmarkExecHello(const std::string& socket_path) {
+  unlink((socket_path + ".exec-hello").c_str());
+  size_t slash = socket_path.rfind('/');
+  std::string dir = slash == std::string::npos ? "." : socket_path.substr(0, slash);
+  std::error_code ec;
+  std::filesystem::directory_iterator it(dir, ec), end;
+  for (; !ec && it != end; it.increment(ec)) {
+    if (it->path().string().ends_with(".exec-hello")) return;
+  }
+  if (!ec) unlink((dir + "/exec-hello").c_str());
 }
 
 bool Alive(pid_t pid, uint64_t start) {
@@ -101,6 +115,7 @@ Server::~Server() {
   if (bound_ && stat(options_.socket_path.c_str(), &now) == 0 &&
       now.st_dev == socket_stat_.st_dev && now.st_ino == socket_stat_.st_ino) {
     unlink(options_.socket_path.c_str());
+    UnmarkExecHello(options_.socket_path);
   }
   listeners_.clear();
   draining_.clear();
