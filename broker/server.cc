@@ -493,8 +493,13 @@ void Server::HandleHello(Client& c, const wire::Message& m) {
     // A process about to exec in place: record the groups it has now, and nothing else.
     c.greeted = false;
     SelectRequest req = MakeRequest(Ancestry(c.pid));
-    RecordChainGroups(sessions_, req.chain, Select(*config_, req));
-    return ReplyOk(c, reply, m.id());
+    Selection sel = Select(*config_, req);
+    RecordChainGroups(sessions_, req.chain, sel);
+    uint8_t buf[64];
+    wire::Writer w(buf, sizeof buf, reply, m.id());
+    w.PutU32(wire::kTagErrno, 0);
+    w.PutU32(wire::kTagFlags, sel.groups.empty() ? 0 : wire::kFlagHasGroups);
+    return Reply(c, w);
   }
   c.has_claim = m.Find(wire::kTagNetwork, &f) && f.len > 0;
   c.claim = c.has_claim ? std::string(f.str()) : std::string();

@@ -100,6 +100,9 @@ constexpr uint32_t kFlagControl = 1u << 21;  // HELLO: a CLI control connection,
 // with the `<socket>.exec-hello` marker): the broker records the process's groups and replies;
 // nothing else may follow on the connection.
 constexpr uint32_t kFlagExecHello = 1u << 23;
+// Its reply: the process has groups (from a rule, a session or a record); without it, neither
+// the process nor a fork of it needs to greet again before an exec.
+constexpr uint32_t kFlagHasGroups = 1u << 6;
 
 // ---- inbound listeners (docs/protocol.md "LISTEN"; types, tags 0x20-0x2F, flag bits 12-15) ----
 // LISTEN: the shim asks the broker to serve a listen() through the overlay; the request carries

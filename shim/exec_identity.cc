@@ -42,6 +42,12 @@ int Sys(long nr, long a = 0, long b = 0, long c = 0, long d = 0, long e = 0, lon
 
 bool Exists(const char* path) { return Sys(SYS_faccessat, AT_FDCWD, long(path), F_OK, 0) == 0; }
 
+// What the broker said about this program's groups: -1 not asked (or no answer), 0 none (no
+// need to greet again: a fork of this process is the same program under the same rules), 1 some
+// (greet before every exec: a fork that execs and outlives this process must keep them). Reset
+// by exec (a new image); written in vfork children too, where it lands in the parent (fine).
+int g_has_groups = -1;
+
 // One HELLO with kFlagExecHello to the broker at `path`, and its reply (or the timeout).
 void Greet(const char* path) {
   sockaddr_un sun{};
@@ -61,7 +67,16 @@ void Greet(const char* path) {
       pollfd p{fd, POLLIN, 0};
       if (poll(&p, 1, kReplyWaitMs) == 1) {
         uint8_t reply[512];
-        Sys(SYS_recvfrom, fd, long(reply), sizeof reply, MSG_DONTWAIT, 0, 0);
+        int n = Sys(SYS_recvfrom, fd, long(reply), sizeof reply, MSG_DONTWAIT, 0, 0);
+        wire::Message m;
+        wire::Field f;
+        uint32_t err = 1, flags = 0;
+        if (n > 0 && m.Parse(reply, size_t(n)) == wire::ParseError::kOk &&
+            m.Find(wire::kTagErrno, &f) && f.u32(&err) && err == 0 && m.Find(wire::kTagFlags, &f) &&
+            f.u32(&flags)) {
+          // Several brokers: groups in any of them count.
+          if (g_has_groups != 1) g_has_groups = (flags & wire::kFlagHasGroups) != 0 ? 1 : 0;
+        }
       }
     }
   }
@@ -88,6 +103,7 @@ struct LinuxDirent64 {
 
 void GreetBrokerBeforeExec(const char* file) {
   // Whether or not this process is routed: a group also denies choosing an overlay.
+  if (g_has_groups == 0) return;
   char path[4200];
   const char* socket = GetSettings().socket_path;
   // Shells try execve along PATH: greet only for a file that can run.
