@@ -905,6 +905,61 @@ TEST_F(BrokerProtocolTest, ConnectOnDirectConnectionIsEinval) {
   EXPECT_NE(r.message.find("connection's network is direct"), std::string::npos) << r.message;
 }
 
+TEST_F(BrokerProtocolTest, AnAddressKeepsItsNameWhenTheBrokerRestarts) {
+  StartBroker();
+  wire::Addr held;
+  {
+    UniqueFd fd = Greeted("app:refused");
+    held = Resolve(fd.get(), "first.test").Addrs().at(0);
+  }
+  StopBroker();
+  StartBroker();  // the next broker of the same socket
+  UniqueFd fd = Greeted("app:refused");
+  for (const char* other : {"second.test", "third.test"}) {
+    EXPECT_NE(Resolve(fd.get(), other).Addrs().at(0), held) << other;
+  }
+  Reply rev =
+      Request(fd.get(), wire::kReverse, [&](wire::Writer& w) { w.PutAddr(wire::kTagAddr, held); });
+  EXPECT_EQ(rev.err, 0u) << rev.message;
+  EXPECT_EQ(rev.Str(wire::kTagName), "first.test");
+  EXPECT_NE(Log().find("1 name(s) kept from earlier brokers"), std::string::npos) << Log();
+}
+
+TEST_F(BrokerProtocolTest, ExecGreetingIsAskedForOnlyWithGroupRulesAndSaysIfThereAreGroups) {
+  auto exec_hello = [&] {
+    UniqueFd fd = Connect();
+    return Request(fd.get(), wire::kHello, [](wire::Writer& w) {
+      w.PutU16(wire::kTagVersion, wire::kVersion);
+      w.PutU32(wire::kTagFlags, wire::kFlagExecHello);
+    });
+  };
+  const std::string marker = socket_path_ + ".exec-hello";
+  StartBroker();
+  EXPECT_NE(access(marker.c_str(), F_OK), 0);  // no rule gives groups
+  Reply none = exec_hello();
+  EXPECT_EQ(none.err, 0u);
+  EXPECT_EQ(none.U32(wire::kTagFlags) & wire::kFlagHasGroups, 0u);
+  StopBroker();
+  // A rule that gives this very program a group.
+  char self[4096];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  ASSERT_GT(n, 0);
+  config::ProgramRule r;
+  r.id = "app:me";
+  r.exe = std::string(self, size_t(n));
+  r.groups = {"untrusted"};
+  config_.programs.push_back(r);
+  StartBroker();
+  EXPECT_EQ(access(marker.c_str(), F_OK), 0);
+  EXPECT_EQ(access((dir_ + "/exec-hello").c_str(), F_OK), 0);
+  Reply some = exec_hello();
+  EXPECT_EQ(some.err, 0u);
+  EXPECT_NE(some.U32(wire::kTagFlags) & wire::kFlagHasGroups, 0u);
+  StopBroker();
+  EXPECT_NE(access(marker.c_str(), F_OK), 0);  // a stopped broker takes its marker away
+  EXPECT_NE(access((dir_ + "/exec-hello").c_str(), F_OK), 0);
+}
+
 TEST_F(BrokerProtocolTest, ConnectToUnknownFakeAddressIsEhostunreach) {
   StartBroker();
   UniqueFd fd = Greeted("app:refused");
