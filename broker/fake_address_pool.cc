@@ -1,10 +1,15 @@
 #include "broker/fake_address_pool.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -159,28 +164,62 @@ bool FakeAddressPool::Contains(const wire::Addr& addr) const {
   return InV4(a) || InV6(a);
 }
 
-FakeAddressPool::Pair FakeAddressPool::Lookup(const std::string& name) {
+uint32_t FakeAddressPool::NextFree(uint32_t index) const {
+  uint64_t i = index;
+  for (uint64_t steps = 0; steps < max_index_; ++steps) {
+    i = i >= max_index_ ? 1 : i + 1;
+    if (Usable(i) && by_index_.find(uint32_t(i)) == by_index_.end()) return uint32_t(i);
+  }
+  return 0;  // full: not reached while size() < capacity()
+}
+
+void FakeAddressPool::StartAt(uint32_t index) {
+  next_index_ = Usable(index) && by_index_.find(index) == by_index_.end() ? index : NextFree(index);
+}
+
+void FakeAddressPool::Assign(const std::string& name, uint32_t index) {
+  if (auto it = by_name_.find(name); it != by_name_.end()) {
+    by_index_.erase(it->second->index);
+    lru_.erase(it->second);
+    by_name_.erase(it);
+  }
+  if (auto it = by_index_.find(index); it != by_index_.end()) {
+    by_name_.erase(it->second->name);
+    lru_.erase(it->second);
+    by_index_.erase(it);
+  }
+  lru_.push_front(Entry{name, index});
+  by_name_.emplace(name, lru_.begin());
+  by_index_.emplace(index, lru_.begin());
+}
+
+uint32_t FakeAddressPool::Candidate() const {
+  // Full: the least recently used name gives up its number.
+  return by_name_.size() < capacity_ ? next_index_ : lru_.back().index;
+}
+
+Result<FakeAddressPool::Pair> FakeAddressPool::Allocate(const std::string& name,
+                                                        bool must_journal) {
   auto it = by_name_.find(name);
   if (it != by_name_.end()) {
     lru_.splice(lru_.begin(), lru_, it->second);
     return AddressesOf(it->second->index);
   }
-  uint32_t index;
-  if (by_name_.size() < capacity_) {
-    index = next_index_;
-    next_index_ = NextUsable(next_index_);
-  } else {
-    // Full: the least recently used name gives up its number.
-    Entry& victim = lru_.back();
-    index = victim.index;
-    by_name_.erase(victim.name);
-    by_index_.erase(index);
-    lru_.pop_back();
+  const uint32_t index = Candidate();
+  // Written before it is handed out: a broker killed right after still restarts with it.
+  if (journal_fd_) {
+    if (Status s = Append(name, index); !s.ok()) {
+      if (must_journal) return s;
+      journal_error_ = s;
+    }
   }
-  lru_.push_front(Entry{name, index});
-  by_name_.emplace(name, lru_.begin());
-  by_index_.emplace(index, lru_.begin());
+  Assign(name, index);
+  if (by_name_.size() < capacity_) next_index_ = NextFree(index);
   return AddressesOf(index);
+}
+
+FakeAddressPool::Pair FakeAddressPool::Lookup(const std::string& name) {
+  return *Allocate(name, false);
 }
 
 Result<FakeAddressPool::Pair> FakeAddressPool::LookupHeld(const std::string& name, int64_t now_ms,
@@ -193,10 +232,160 @@ Result<FakeAddressPool::Pair> FakeAddressPool::LookupHeld(const std::string& nam
                                      "within the last " + std::to_string(hold_ms) +
                                      " ms; widen fake_ipv4/fake_ipv6 in the configuration");
   }
-  Pair p = Lookup(name);  // moves the name to the front
+  auto p = Allocate(name, true);  // moves the name to the front
+  if (!p.ok()) return p.status();
   Entry& e = lru_.front();
   e.held_until_ms = std::max(e.held_until_ms, now_ms + hold_ms);
-  return p;
+  return *p;
+}
+
+// ---- the journal ------------------------------------------------------------------------------
+
+namespace {
+
+constexpr const char kJournalMagic[] = "via-fake-addresses 1";
+
+bool JournalName(std::string_view name) {
+  if (name.empty() || name.size() > 253) return false;
+  for (char c : name) {
+    if (c <= ' ' || c > '~') return false;
+  }
+  return true;
+}
+
+Status WriteAll(int fd, const std::string& text, const std::string& path) {
+  size_t off = 0;
+  while (off < text.size()) {
+    ssize_t n = write(fd, text.data() + off, text.size() - off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return Status::FromErrno("cannot write the fake-address table " + path);
+    off += size_t(n);
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+std::string FakeAddressPool::Header() const {
+  return std::string(kJournalMagic) + " " + table_id_ + " " + v4_cidr_ + " " + v6_cidr_ + " " +
+         std::to_string(capacity_) + "\n";
+}
+
+Status FakeAddressPool::Append(const std::string& name, uint32_t index) {
+  if (!JournalName(name)) {
+    return Status::Error(EINVAL, "the name \"" + name.substr(0, 64) +
+                                     "\" cannot be recorded in the fake-address table");
+  }
+  if (Status s =
+          WriteAll(journal_fd_.get(), std::to_string(index) + " " + name + "\n", journal_path_);
+      !s.ok()) {
+    return Status::Error(s.code() != 0 ? s.code() : EIO, s.message());
+  }
+  // Recycled numbers leave stale lines behind: rewrite the file when they dominate.
+  if (++journal_lines_ > 2 * by_name_.size() + 4096) Compact();
+  return Status::Ok();
+}
+
+Status FakeAddressPool::Compact() {
+  const std::string tmp = journal_path_ + ".tmp";
+  UniqueFd fd(open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600));
+  if (!fd) return Status::FromErrno("cannot create " + tmp);
+  std::string text = Header();
+  // Oldest first: loading replays the lines in order, so the order of use survives.
+  for (auto it = lru_.rbegin(); it != lru_.rend(); ++it) {
+    if (JournalName(it->name)) text += std::to_string(it->index) + " " + it->name + "\n";
+  }
+  if (Status s = WriteAll(fd.get(), text, tmp); !s.ok()) {
+    unlink(tmp.c_str());
+    return s;
+  }
+  if (rename(tmp.c_str(), journal_path_.c_str()) != 0) {
+    Status s = Status::FromErrno("cannot rename " + tmp + " to " + journal_path_);
+    unlink(tmp.c_str());
+    return s;
+  }
+  journal_fd_ = std::move(fd);  // at the end of the file it now is
+  journal_lines_ = by_name_.size();
+  return Status::Ok();
+}
+
+Status FakeAddressPool::OpenJournal(const std::string& path, size_t* restored) {
+  journal_path_ = path;
+  size_t loaded = 0;
+  std::string text;
+  if (UniqueFd fd(open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC)); fd) {
+    struct stat st;
+    // Only a regular file of ours; anything else is replaced below.
+    if (fstat(fd.get(), &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == geteuid()) {
+      char buf[65536];
+      for (;;) {
+        ssize_t n = read(fd.get(), buf, sizeof buf);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        text.append(buf, size_t(n));
+      }
+    }
+  } else if (errno != ENOENT) {
+    return Status::FromErrno("cannot open the fake-address table " + path);
+  }
+  // Header: magic, table id, the two ranges and the capacity; a table made for other ranges
+  // means nothing here.
+  size_t eol = text.find('\n');
+  std::string header = eol == std::string::npos ? "" : text.substr(0, eol + 1);
+  const std::string magic = std::string(kJournalMagic) + " ";
+  if (header.rfind(magic, 0) == 0) {
+    size_t id_end = header.find(' ', magic.size());
+    if (id_end != std::string::npos) {
+      table_id_ = header.substr(magic.size(), id_end - magic.size());
+      if (Header() != header) table_id_.clear();
+    }
+  }
+  uint32_t last = 0;
+  if (!table_id_.empty()) {
+    size_t pos = eol + 1;
+    // Complete lines only; a line that does not parse is skipped.
+    for (size_t end; (end = text.find('\n', pos)) != std::string::npos; pos = end + 1) {
+      std::string_view line(text.data() + pos, end - pos);
+      size_t sp = line.find(' ');
+      if (sp == std::string_view::npos || sp == 0 || sp > 10) continue;
+      uint64_t index = 0;
+      bool digits = true;
+      for (char c : line.substr(0, sp)) {
+        digits = digits && c >= '0' && c <= '9';
+        index = index * 10 + uint64_t(c - '0');
+      }
+      std::string_view name = line.substr(sp + 1);
+      if (!digits || !Usable(index) || !JournalName(name)) continue;
+      Assign(std::string(name), uint32_t(index));
+      last = uint32_t(index);
+    }
+    while (by_name_.size() > capacity_) {
+      by_name_.erase(lru_.back().name);
+      by_index_.erase(lru_.back().index);
+      lru_.pop_back();
+    }
+    loaded = by_name_.size();
+  }
+  if (table_id_.empty()) {
+    // A new table: a random id, and a random first number.
+    uint8_t r[12];
+    size_t got = 0;
+    while (got < sizeof r) {
+      ssize_t n = getrandom(r + got, sizeof r - got, GRND_NONBLOCK);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return Status::FromErrno("getrandom");
+      got += size_t(n);
+    }
+    char hex[17];
+    for (int i = 0; i < 8; ++i) std::snprintf(hex + 2 * i, 3, "%02x", r[i]);
+    table_id_.assign(hex, 16);
+    uint32_t start = uint32_t(r[8]) << 24 | uint32_t(r[9]) << 16 | uint32_t(r[10]) << 8 | r[11];
+    StartAt(uint32_t(1 + start % max_index_));
+  } else if (by_name_.size() < capacity_) {
+    next_index_ = NextFree(last);
+  }
+  if (restored != nullptr) *restored = loaded;
+  return Compact();
 }
 
 std::optional<std::string> FakeAddressPool::Reverse(const wire::Addr& addr) {

@@ -31,6 +31,21 @@ bool SessionInfo::IsHeir(const ProcessInfo& p) const {
   return false;
 }
 
+bool RecordedGroups::Merge(const RecordedGroups& other) {
+  bool added = false;
+  for (const std::string& g : other.groups) {
+    if (std::find(groups.begin(), groups.end(), g) == groups.end()) {
+      groups.push_back(g);
+      added = true;
+    }
+  }
+  std::sort(groups.begin(), groups.end());
+  for (const std::string& r : other.reasons) {
+    if (std::find(reasons.begin(), reasons.end(), r) == reasons.end()) reasons.push_back(r);
+  }
+  return added;
+}
+
 Selection Select(const config::Config& cfg, const SelectRequest& req) {
   Selection sel;
   const auto& chain = req.chain;
@@ -42,45 +57,89 @@ Selection Select(const config::Config& cfg, const SelectRequest& req) {
     return i < chain.size() && req.session_rooted_at ? req.session_rooted_at(chain[i]) : nullptr;
   };
 
-  // Groups: every rule matching the process or an ancestor.
+  // Groups: every rule matching the process or an ancestor, every session they carry, and what
+  // was recorded for them before (an exec or a rewritten argv does not shed a group).
   std::vector<std::string> selector_groups;  // of whoever makes an explicit selection
+  std::vector<RecordedGroups> own(chain.size());
+  auto give = [&](size_t i, const std::vector<std::string>& groups, const std::string& why) {
+    std::string gs;
+    for (const std::string& g : groups) {
+      gs += (gs.empty() ? "" : ", ") + g;
+      if (std::find(sel.groups.begin(), sel.groups.end(), g) == sel.groups.end()) {
+        sel.groups.push_back(g);
+      }
+      if ((i > 0 || !req.selected_by_parent) &&
+          std::find(selector_groups.begin(), selector_groups.end(), g) == selector_groups.end()) {
+        selector_groups.push_back(g);
+      }
+    }
+    sel.group_reasons.push_back(gs + ": " + why);
+    RecordedGroups r;
+    r.groups = groups;
+    r.reasons.push_back(gs + ": " + why);
+    own[i].Merge(r);
+  };
   for (size_t i = 0; i < chain.size(); ++i) {
     const ProcessInfo& p = chain[i];
     for (const config::ProgramRule& r : cfg.programs) {
       if (r.groups.empty() || !config::RuleMatches(r, Identity(p))) continue;
-      std::string gs;
-      for (const std::string& g : r.groups) {
-        gs += (gs.empty() ? "" : ", ") + g;
-        if (std::find(sel.groups.begin(), sel.groups.end(), g) == sel.groups.end()) {
-          sel.groups.push_back(g);
-        }
-        if ((i > 0 || !req.selected_by_parent) &&
-            std::find(selector_groups.begin(), selector_groups.end(), g) == selector_groups.end()) {
-          selector_groups.push_back(g);
-        }
-      }
-      sel.group_reasons.push_back(gs + ": rule " + r.id + " (" + r.where() + ") matches " +
-                                  Describe(p));
+      give(i, r.groups, "rule " + r.id + " (" + r.where() + ") matches " + Describe(p));
     }
     // A session carries the groups its opener had, so they survive re-parenting.
     if (const SessionInfo* s = rooted(i); s != nullptr && !s->groups.empty()) {
-      std::string gs;
-      for (const std::string& g : s->groups) {
-        gs += (gs.empty() ? "" : ", ") + g;
-        if (std::find(sel.groups.begin(), sel.groups.end(), g) == sel.groups.end()) {
-          sel.groups.push_back(g);
-        }
-        if ((i > 0 || !req.selected_by_parent) &&
-            std::find(selector_groups.begin(), selector_groups.end(), g) == selector_groups.end()) {
-          selector_groups.push_back(g);
-        }
+      give(i, s->groups,
+           "the session " + Short(s->token) + " carried by " + Describe(p) +
+               " was opened by a process in them");
+    }
+  }
+  // Then what was recorded when a process first met the broker (after what rules give now, so
+  // that a group both give is explained by the rule). A record's reasons name who gave the
+  // group then.
+  for (size_t i = 0; i < chain.size(); ++i) {
+    const ProcessInfo& p = chain[i];
+    const RecordedGroups* rec =
+        p.pid != 0 && req.recorded_groups ? req.recorded_groups(p) : nullptr;
+    if (rec == nullptr) continue;
+    auto is_new = [&](const std::string& g) {
+      return std::find(sel.groups.begin(), sel.groups.end(), g) == sel.groups.end() ||
+             ((i > 0 || !req.selected_by_parent) &&
+              std::find(selector_groups.begin(), selector_groups.end(), g) ==
+                  selector_groups.end());
+    };
+    std::vector<std::string> explained;
+    for (const std::string& why : rec->reasons) {
+      size_t colon = why.find(": ");
+      if (colon == std::string::npos) continue;
+      std::vector<std::string> gs;
+      for (size_t a = 0; a <= colon;) {
+        size_t b = std::min(why.find(", ", a), colon);
+        gs.push_back(why.substr(a, b - a));
+        a = b + 2;
       }
-      sel.group_reasons.push_back(gs + ": the session " + Short(s->token) + " carried by " +
-                                  Describe(p) + " was opened by a process in them");
+      explained.insert(explained.end(), gs.begin(), gs.end());
+      if (std::none_of(gs.begin(), gs.end(), is_new)) continue;
+      // Keep the first process's reason: "recorded for P since it started: rule R matches P as
+      // it was".
+      std::string first = why.substr(colon + 2);
+      give(i, gs,
+           first.rfind("recorded for ", 0) == 0
+               ? first
+               : "recorded for " + Describe(p) + " since it started: " + first);
+    }
+    for (const std::string& g : rec->groups) {
+      if (std::find(explained.begin(), explained.end(), g) == explained.end() && is_new(g)) {
+        give(i, {g}, "recorded for " + Describe(p) + " since it started");
+      }
     }
   }
   std::sort(sel.groups.begin(), sel.groups.end());
   sel.selector_groups = selector_groups;
+  // What each member has: its own and its ancestors' (the chain runs child to ancestor).
+  sel.chain_groups.resize(chain.size());
+  for (size_t i = chain.size(); i-- > 0;) {
+    if (i + 1 < chain.size()) sel.chain_groups[i] = sel.chain_groups[i + 1];
+    sel.chain_groups[i].Merge(own[i]);
+  }
 
   // A process adopted by a session's root (its own parent died: a double fork) has lost the
   // ancestors between it and the root, and with them maybe groups: it may not select explicitly.

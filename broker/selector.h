@@ -9,7 +9,10 @@
 //      started by an explicit `via run`, or matches a rule with a network;
 //   4. network_service.default_network;
 //   5. direct.
-// A process's groups are those of every rule matching it or any ancestor.
+// A process's groups are those of every rule matching it or any ancestor, and those the broker
+// recorded for it or an ancestor: groups are a property of the process (pid + start time) from
+// the moment a rule gave them, kept across exec and argv changes (Selection::chain_groups says
+// what to record).
 #pragma once
 
 #include <functional>
@@ -39,6 +42,15 @@ struct SessionInfo {
   bool IsHeir(const ProcessInfo& p) const;
 };
 
+// The groups recorded for one process (pid + start time), with one reason line per rule or
+// session that gave them.
+struct RecordedGroups {
+  std::vector<std::string> groups;
+  std::vector<std::string> reasons;
+  // Adds `other`'s groups and reasons not already here; true if a group was new.
+  bool Merge(const RecordedGroups& other);
+};
+
 struct SelectRequest {
   std::vector<ProcessInfo> chain;  // [0] the process, then its ancestors
   bool has_claim = false;          // the process names a network (HELLO NETWORK)
@@ -51,6 +63,8 @@ struct SelectRequest {
   // The session `p` opened, or carries on as an heir; nullptr if none.
   std::function<const SessionInfo*(const ProcessInfo&)> session_rooted_at;
   std::function<const SessionInfo*(std::string_view)> session_by_token;
+  // The groups recorded for `p` earlier, or nullptr.
+  std::function<const RecordedGroups*(const ProcessInfo&)> recorded_groups;
 };
 
 struct Selection {
@@ -65,6 +79,9 @@ struct Selection {
   const config::SecurityPolicy* policy = nullptr;  // the entry that decided the check
   std::string inherited;                           // what the process would inherit ("" none)
   std::string inherited_origin;
+  // For each member of the chain, the groups it has now (its own rules, its recorded groups and
+  // those of its ancestors in the chain): what the broker records for it.
+  std::vector<RecordedGroups> chain_groups;
 };
 
 Selection Select(const config::Config& config, const SelectRequest& req);

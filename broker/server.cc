@@ -10,6 +10,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <sstream>
 
 #include "broker/process_info.h"
@@ -32,6 +33,55 @@ std::string Exe(pid_t pid) {
   ssize_t n = readlink(path, buf, sizeof buf - 1);
   if (n <= 0) return "?";
   return std::string(buf, size_t(n));
+}
+
+// `<socket>.exec-hello` (and `exec-hello` in its directory, which tells the shims to look for
+// such markers) while the config has rules that give groups: shims then greet the broker before
+// an exec in place (kFlagExecHello); without such rules they do not, at no cost.
+void MarkExecHello(const std::string& socket_path, const config::Config& cfg) {
+  bool groups = false;
+  for (const config::ProgramRule& r : cfg.programs) groups = groups || !r.groups.empty();
+  const std::string marker = socket_path + ".exec-hello";
+  if (!groups) {
+    unlink(marker.c_str());
+    return;
+  }
+  size_t slash = socket_path.rfind('/');
+  std::string dir = slash == std::string::npos ? "." : socket_path.substr(0, slash);
+  for (const std::string& path : {marker, dir + "/exec-hello"}) {
+    int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd >= 0) close(fd);
+  }
+}
+
+// A broker that stops takes its marker away, and the directory's when no other broker has one.
+void UnmarkExecHello(const std::string& socket_path) {
+  unlink((socket_path + ".exec-hello").c_str());
+  size_t slash = socket_path.rfind('/');
+  std::string dir = slash == std::string::npos ? "." : socket_path.substr(0, slash);
+  std::error_code ec;
+  std::filesystem::directory_iterator it(dir, ec), end;
+  for (; !ec && it != end; it.increment(ec)) {
+    if (it->path().string().ends_with(".exec-hello")) return;
+  }
+  if (!ec) unlink((dir + "/exec-hello").c_str());
+}
+
+bool Alive(pid_t pid, uint64_t start) {
+  ProcessInfo p = ReadProcess(pid);
+  return p.ok && p.start == start;
+}
+
+// Records, for every process of the chain, the groups it has now (docs/configuration.md,
+// "Program rules, policy and precedence"): they stay with it across exec and argv changes.
+void RecordChainGroups(SessionTable& table, const std::vector<ProcessInfo>& chain,
+                       const Selection& sel) {
+  for (size_t i = 0; i < chain.size() && i < sel.chain_groups.size(); ++i) {
+    const RecordedGroups& g = sel.chain_groups[i];
+    if (chain[i].pid > 0 && !g.groups.empty()) {
+      table.RecordGroups(chain[i].pid, chain[i].start, g.groups, g.reasons, Alive);
+    }
+  }
 }
 
 std::string AddrText(const wire::Addr& a, bool with_port) {
@@ -65,6 +115,7 @@ Server::~Server() {
   if (bound_ && stat(options_.socket_path.c_str(), &now) == 0 &&
       now.st_dev == socket_stat_.st_dev && now.st_ino == socket_stat_.st_ino) {
     unlink(options_.socket_path.c_str());
+    UnmarkExecHello(options_.socket_path);
   }
   listeners_.clear();
   draining_.clear();
@@ -91,8 +142,17 @@ Status Server::Start() {
   overlays_ = BuildOverlays(config_, {});
   if (Status s = CheckSocketDir(); !s.ok()) return s;
   if (Status s = Listen(); !s.ok()) return s;
+  // Only now, as the one broker of this socket: the name table of the brokers before it, so
+  // that an address a program still holds keeps its name (docs/architecture.md, "Names").
+  MarkExecHello(options_.socket_path, *config_);
+  size_t restored = 0;
+  if (Status s = pool_->OpenJournal(options_.socket_path + ".names", &restored); !s.ok()) {
+    return s.WithContext("network_service fake addresses");
+  }
   log_->info("broker pid {} listening on {} (config {}); overlays: {}", getpid(),
              options_.socket_path, config_->source, OverlaySummary());
+  log_->info("fake-address table {}: {} name(s) kept from earlier brokers", pool_->table_id(),
+             restored);
   if (!config_->programs.empty() || !config_->policies.empty()) {
     log_->info("{} program rule(s), {} network.select policy entr(y/ies)", config_->programs.size(),
                config_->policies.size());
@@ -430,6 +490,20 @@ void Server::HandleHello(Client& c, const wire::Message& m) {
                           " is not supported (this broker speaks version " +
                           std::to_string(wire::kVersion) + ")");
   }
+  uint32_t hello_flags = 0;
+  if (m.Find(wire::kTagFlags, &f)) f.u32(&hello_flags);
+  if ((hello_flags & wire::kFlagExecHello) != 0) {
+    // A process about to exec in place: record the groups it has now, and nothing else.
+    c.greeted = false;
+    SelectRequest req = MakeRequest(Ancestry(c.pid));
+    Selection sel = Select(*config_, req);
+    RecordChainGroups(sessions_, req.chain, sel);
+    uint8_t buf[64];
+    wire::Writer w(buf, sizeof buf, reply, m.id());
+    w.PutU32(wire::kTagErrno, 0);
+    w.PutU32(wire::kTagFlags, sel.groups.empty() ? 0 : wire::kFlagHasGroups);
+    return Reply(c, w);
+  }
   c.has_claim = m.Find(wire::kTagNetwork, &f) && f.len > 0;
   c.claim = c.has_claim ? std::string(f.str()) : std::string();
   c.token = m.Find(wire::kTagSession, &f) ? std::string(f.str()) : std::string();
@@ -699,7 +773,10 @@ void Server::HandleResolve(Client& c, const wire::Message& m) {
   constexpr size_t kMinPoolForHold = 65536;
   const int64_t hold = pool_->capacity() >= kMinPoolForHold ? kNameHoldMs : 0;
   auto p = pool_->LookupHeld(*name, hold > 0 ? NowMs() : 0, hold);
-  if (!p.ok()) return ReplyError(c, reply, m.id(), p.status().code(), p.status().message());
+  if (!p.ok()) {
+    if (p.status().code() != EAGAIN) log_->error("resolve {}: {}", *name, p.status().message());
+    return ReplyError(c, reply, m.id(), p.status().code(), p.status().message());
+  }
   uint8_t buf[256];
   wire::Writer w(buf, sizeof buf, reply, m.id());
   w.PutU32(wire::kTagErrno, 0);
@@ -763,6 +840,7 @@ void Server::HandleOpenSession(Client& c, const wire::Message& m) {
   req.force_explicit = req.has_claim && (flags & wire::kFlagSessionExplicit) != 0;
   req.selected_by_parent = true;  // the opener selects for the command it starts
   Selection sel = Select(*config_, req);
+  RecordChainGroups(sessions_, req.chain, sel);
   if (!sel.error.ok()) {
     log_->warn("session refused for {} (command {}): {}", PeerText(c), Describe(command),
                sel.error.message());
@@ -783,6 +861,10 @@ void Server::HandleOpenSession(Client& c, const wire::Message& m) {
   s->root = opener[0].pid;
   s->root_start = opener[0].start;
   s->groups = sel.selector_groups;
+  if (!sel.chain_groups.empty()) {
+    s->command_groups = sel.chain_groups[0].groups;
+    s->command_reasons = sel.chain_groups[0].reasons;
+  }
   log_->info("session {} opened for {} by {}: {}", s->token.substr(0, 8), id, PeerText(c),
              sel.origin);
   std::vector<uint8_t> buf(8192);
@@ -817,6 +899,8 @@ void Server::HandleSessionChild(Client& c, const wire::Message& m) {
   }
   s->child = p.pid;
   s->child_start = p.start;
+  // It waits for this reply before it execs: its groups are recorded before it can shed them.
+  sessions_.RecordGroups(p.pid, p.start, s->command_groups, s->command_reasons, Alive);
   ReplyOk(c, reply, m.id());
 }
 
@@ -894,6 +978,7 @@ Status Server::Reload(const std::string& why) {
   // or names from /etc/hosts in practice).
   overlays_ = BuildOverlays(cfg, overlays_);
   config_ = std::move(cfg);
+  MarkExecHello(options_.socket_path, *config_);
   ++generation_;
   logged_network_errors_.clear();
   // Every client's network is selected again now. A shim whose network is direct never asks the
@@ -993,6 +1078,16 @@ SelectRequest Server::MakeRequest(std::vector<ProcessInfo> chain) const {
     }
     return nullptr;
   };
+  auto recorded = std::make_shared<std::map<std::pair<pid_t, uint64_t>, RecordedGroups>>();
+  for (const ProcessInfo& p : req.chain) {
+    if (const auto* r = sessions_.FindGroups(p.pid, p.start)) {
+      (*recorded)[{p.pid, p.start}] = RecordedGroups{r->first, r->second};
+    }
+  }
+  req.recorded_groups = [recorded](const ProcessInfo& p) -> const RecordedGroups* {
+    auto it = recorded->find({p.pid, p.start});
+    return it == recorded->end() ? nullptr : &it->second;
+  };
   return req;
 }
 
@@ -1011,6 +1106,7 @@ void Server::ApplyHello(Client& c) {
   req.claim = c.claim;
   req.token = c.token;
   Selection sel = Select(*config_, req);
+  RecordChainGroups(sessions_, req.chain, sel);
   c.origin = sel.origin;
   if (sel.error.ok()) {
     c.hello_error = SelectNetwork(sel.network, &c.overlay, &c.network);

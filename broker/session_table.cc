@@ -2,6 +2,7 @@
 
 #include <sys/random.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 
@@ -92,6 +93,35 @@ std::vector<SessionTable::Session> SessionTable::EndOwnedBy(uint64_t owner) {
     }
   }
   return ended;
+}
+
+bool SessionTable::RecordGroups(pid_t pid, uint64_t start, const std::vector<std::string>& groups,
+                                const std::vector<std::string>& reasons,
+                                const std::function<bool(pid_t, uint64_t)>& alive) {
+  if (pid <= 0 || groups.empty()) return false;
+  if (recorded_.size() >= prune_recorded_at_ && alive) {
+    std::erase_if(recorded_, [&](const auto& e) { return !alive(e.first.first, e.first.second); });
+    prune_recorded_at_ = std::max<size_t>(1024, 2 * recorded_.size());
+  }
+  auto& [have, why] = recorded_[{pid, start}];
+  bool added = false;
+  for (const std::string& g : groups) {
+    if (std::find(have.begin(), have.end(), g) == have.end()) {
+      have.push_back(g);
+      added = true;
+    }
+  }
+  std::sort(have.begin(), have.end());
+  for (const std::string& r : reasons) {
+    if (why.size() < 64 && std::find(why.begin(), why.end(), r) == why.end()) why.push_back(r);
+  }
+  return added;
+}
+
+const std::pair<std::vector<std::string>, std::vector<std::string>>* SessionTable::FindGroups(
+    pid_t pid, uint64_t start) const {
+  auto it = recorded_.find({pid, start});
+  return it == recorded_.end() ? nullptr : &it->second;
 }
 
 }  // namespace via::broker

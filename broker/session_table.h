@@ -30,6 +30,10 @@ class SessionTable {
     pid_t child = 0;  // the command it started (SESSION_CHILD), with its start time
     uint64_t child_start = 0;
     std::vector<std::string> groups;  // of the opener and its ancestors, when it was opened
+    // The groups (with reasons) of the command it starts, predicted when it was opened: recorded
+    // for the command's process when it is registered (SESSION_CHILD), so that an exec in place
+    // before it ever asks the broker does not shed them.
+    std::vector<std::string> command_groups, command_reasons;
     // After the opener exited (SESSION_DETACH): its children then, which carry the session on.
     std::vector<std::pair<pid_t, uint64_t>> heirs;
     bool detached() const { return owner == 0; }
@@ -53,12 +57,30 @@ class SessionTable {
   size_t PruneDetached(const std::function<bool(pid_t, uint64_t)>& alive);
   size_t detached_count() const;
 
+  // ---- groups recorded per process ----
+  // Groups are a property of a process from the moment a rule (or session) gave them: the broker
+  // records them per (pid, start time) and keeps them for the life of the process, whatever it
+  // execs or writes into its argv later. Records only grow. Dead processes' records are pruned
+  // (by `alive`) when the table has doubled since the last pruning.
+  // Returns true if something was new.
+  bool RecordGroups(pid_t pid, uint64_t start, const std::vector<std::string>& groups,
+                    const std::vector<std::string>& reasons,
+                    const std::function<bool(pid_t, uint64_t)>& alive);
+  // The recorded groups of (pid, start), or nullptr. Valid until the next RecordGroups.
+  const std::pair<std::vector<std::string>, std::vector<std::string>>* FindGroups(
+      pid_t pid, uint64_t start) const;
+  size_t recorded_count() const { return recorded_.size(); }
+
   size_t size() const { return sessions_.size(); }
   // Sorted by token, for stable status output.
   const std::map<std::string, Session, std::less<>>& sessions() const { return sessions_; }
 
  private:
   std::map<std::string, Session, std::less<>> sessions_;
+  std::map<std::pair<pid_t, uint64_t>,
+           std::pair<std::vector<std::string>, std::vector<std::string>>>
+      recorded_;
+  size_t prune_recorded_at_ = 1024;
 };
 
 // 16 bytes from getrandom(2) as 32 lowercase hex characters.

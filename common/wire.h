@@ -96,6 +96,13 @@ constexpr uint32_t kFlagReportEach = 1u << 5;
 // Request flags (kTagFlags), bits 20-23.
 constexpr uint32_t kFlagSessionExplicit = 1u << 20;  // OPEN_SESSION: --network/--direct was given
 constexpr uint32_t kFlagControl = 1u << 21;  // HELLO: a CLI control connection, no network needed
+// HELLO: sent by the shim of a process about to exec in place (only when the broker asked for it
+// with the `<socket>.exec-hello` marker): the broker records the process's groups and replies;
+// nothing else may follow on the connection.
+constexpr uint32_t kFlagExecHello = 1u << 23;
+// Its reply: the process has groups (from a rule, a session or a record); without it, neither
+// the process nor a fork of it needs to greet again before an exec.
+constexpr uint32_t kFlagHasGroups = 1u << 6;
 
 // ---- inbound listeners (docs/protocol.md "LISTEN"; types, tags 0x20-0x2F, flag bits 12-15) ----
 // LISTEN: the shim asks the broker to serve a listen() through the overlay; the request carries

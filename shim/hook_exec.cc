@@ -86,6 +86,7 @@ int CheckedExec(const char* path, char* const argv[], char* const envp[], Exec e
     errno = err;
     return -1;
   }
+  GreetBrokerBeforeExec(path);
   return WithFixedEnv(envp, exec);
 }
 

@@ -132,6 +132,9 @@ struct HelloInfo {
   uint32_t flags = 0;
 };
 int BrokerHello(HelloInfo* info, char* msg, size_t msgcap);
+// Before an exec in place of `file`: lets a broker that asks for it record this process's groups
+// (exec_identity.cc). Stack and system calls only (vfork children).
+void GreetBrokerBeforeExec(const char* file);
 // Whether a HELLO in this process was answered with an overlay or an error (not "direct").
 bool BrokerRoutedThisProcess();
 // One HELLO on a connection of its own, closed before returning: touches no state of the shim's

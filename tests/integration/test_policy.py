@@ -358,6 +358,84 @@ class Escape(PolicyCase):
         self.assertIn("outlived the via run of its session", "\n".join(self.broker_log()))
 
 
+class KeptGroups(PolicyCase):
+    """Groups are a property of the process from the moment a rule matched it: an untrusted
+    program that execs something else in place (same pid), or writes over its own argv, keeps
+    its group, and so do its children. Each case ends with a child that selects a network
+    itself: refused (EACCES, the broker log names the policy entry and the rule that matched
+    the program as it was), and the target saw nothing direct."""
+
+    RECORDED = "recorded for pid "
+
+    def assertRefusedAndUnseen(self, rc_file, what="direct"):
+        self.assertTrue(harness.wait_for(lambda: harness.read_lines(rc_file), timeout=20))
+        self.assertEqual(harness.read_lines(rc_file)[0], "7")  # curl: couldn't connect
+        self.assertTargetSawNothing(self.record)
+        self.assertEqual(harness.microsocks_destinations(self.other_log), [])
+        log = "\n".join(self.broker_log())
+        self.assertIn(f"network.select of {what} is denied by security.policy app:deny_network",
+                      log)
+        self.assertIn(self.RECORDED, log)
+        self.assertIn("rule app:untrusted", log)
+
+    def test_the_command_of_via_run_execs_a_shell_in_place(self):
+        rc = os.path.join(self.dir, "rc")
+        inner = f"exec /bin/sh -c 'VIA_NETWORK=direct curl -sS {self.url}/e; echo $? > {rc}'"
+        self.run_via("app:tor", f"{self.untrusted}/sh", "-c", inner)
+        self.assertRefusedAndUnseen(rc)
+
+    def test_a_grandchild_of_via_run_execs_a_shell_in_place(self):
+        # Below a trusted shell: the untrusted program is not the session's command, and it
+        # never asked the broker anything before its exec (its shim greets the broker first).
+        rc = os.path.join(self.dir, "rc")
+        inner = (f"exec /bin/sh -c 'VIA_NETWORK=direct curl -sS {self.url}/e; echo \\$? > {rc}'")
+        self.run_via("app:tor", "/bin/sh", "-c",
+                     f"{self.untrusted}/sh -c \"{inner}\"; true")
+        self.assertRefusedAndUnseen(rc)
+
+    def test_preloaded_without_via_run_execs_a_shell_in_place(self):
+        # No session and no VIA_SOCKET: the shim finds the broker's marker in the runtime
+        # directory. (The broker runs already: one that is not running cannot record.)
+        self.assertOk(self.via("broker", "--ensure"))
+        rc = os.path.join(self.dir, "rc")
+        inner = (f"exec /bin/sh -c 'VIA_NETWORK=app:other curl -sS {self.url}/e; "
+                 f"echo $? > {rc}'")
+        self.call([f"{self.untrusted}/sh", "-c", inner], env=self.bare_env())
+        self.assertRefusedAndUnseen(rc, what="app:other")
+
+    def test_a_program_that_writes_over_its_argv(self):
+        # A rule matching argv gives the group; the program asks the broker (a name lookup),
+        # then overwrites the argument the rule matched and runs a command.
+        if shutil.which("cc") is None:
+            self.skipTest("no C compiler to build the test program")
+        src, exe = os.path.join(self.dir, "argv.c"), os.path.join(self.dir, "argvprog")
+        with open(src, "w") as f:
+            f.write("#include <netdb.h>\n#include <stdlib.h>\n#include <string.h>\n"
+                    "int main(int argc, char** argv) {\n"
+                    "  struct addrinfo* ai = 0;\n"
+                    "  if (argc < 3 || getaddrinfo(\"example.test\", \"80\", 0, &ai) != 0) "
+                    "return 2;\n"
+                    "  memset(argv[1], 'x', strlen(argv[1]));\n"
+                    "  return system(argv[2]) == 0 ? 0 : 1;\n}\n")
+        built = subprocess.run(["cc", "-O1", "-o", exe, src], capture_output=True, text=True)
+        self.assertEqual(built.returncode, 0, built.stderr)
+        self.configure(extra=[["name: argv_untrusted", "kind: via.program",
+                               f'match: {{exe: "{exe}", argv: ["*", "untrusted-mode"]}}',
+                               "groups: [untrusted]"]])
+        rc = os.path.join(self.dir, "rc")
+        cmd = (f"tr '\\\\0' ' ' < /proc/\\$PPID/cmdline > {rc}.cmdline; "
+               f"VIA_NETWORK=direct curl -sS {self.url}/e; echo \\$? > {rc}")
+        self.run_via("app:tor", "/bin/sh", "-c", f"{exe} untrusted-mode \"{cmd}\"; true")
+        self.assertNotIn("untrusted-mode", harness.read_text(rc + ".cmdline"))
+        self.assertTrue(harness.wait_for(lambda: harness.read_lines(rc), timeout=20))
+        self.assertEqual(harness.read_lines(rc)[0], "7")
+        self.assertTargetSawNothing(self.record)
+        log = "\n".join(self.broker_log())
+        self.assertIn("network.select of direct is denied by security.policy app:deny_network",
+                      log)
+        self.assertIn("rule app:argv_untrusted", log)
+
+
 class Check(PolicyCase):
     """`via check -- CMD` explains the overlay and groups CMD would get."""
 

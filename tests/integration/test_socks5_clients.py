@@ -68,7 +68,7 @@ asyncio.run(main())
 """
         proc = self.run_via("app:tor", harness.PYTHON, "-c", code)
         self.assertOk(proc)
-        self.assertIn("198.18.", proc.stdout)  # getpeername answers with the fake address
+        self.assertRegex(proc.stdout, r"198\.1[89]\.")  # getpeername: the fake address
         self.assertReachedThroughProxy(self.record, "example.test", path="/async")
         self.assertProxySawName()
 

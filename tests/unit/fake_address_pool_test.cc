@@ -3,8 +3,15 @@
 
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
 #include <set>
 #include <string>
 
@@ -184,6 +191,126 @@ TEST_F(FakeAddressPoolTest, HundredThousandNamesAreCheap) {
   EXPECT_EQ(seen.size(), 100000u);
   EXPECT_EQ(pool.size(), 100000u);
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(3));
+}
+
+// ---- the journal: a table outlives its broker -------------------------------------------------
+
+class FakeAddressJournalTest : public FakeAddressPoolTest {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/via-pool-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    path_ = dir_ + "/broker.sock.names";
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+  // A broker starting: a new pool that loads the table.
+  FakeAddressPool Restart(size_t* restored = nullptr, const char* v4 = "198.18.0.0/15",
+                          size_t max_names = 0) {
+    FakeAddressPool pool = Make(v4, "fd76:6961:ff00::/64", max_names);
+    Status s = pool.OpenJournal(path_, restored);
+    EXPECT_TRUE(s.ok()) << s.message();
+    return pool;
+  }
+  std::string dir_, path_;
+};
+
+TEST_F(FakeAddressJournalTest, AnAddressKeepsItsNameAcrossRestarts) {
+  std::map<std::string, std::string> meant;  // address -> the name it was handed out for
+  for (int restart = 0; restart < 20; ++restart) {
+    size_t restored = 0;
+    FakeAddressPool pool = Restart(&restored);
+    EXPECT_EQ(restored, meant.size() / 2);
+    // Every address handed out by an earlier broker still means its name.
+    for (const auto& [addr, name] : meant) {
+      EXPECT_EQ(pool.Reverse(Ip(addr.c_str())).value_or("(none)"), name)
+          << "restart " << restart << ": " << addr;
+    }
+    for (int i = 0; i < 25; ++i) {
+      std::string name = "r" + std::to_string(restart) + "n" + std::to_string(i) + ".test";
+      auto p = pool.LookupHeld(name, 0, 0);
+      ASSERT_TRUE(p.ok()) << p.status().message();
+      for (const wire::Addr& a : {p->v4, p->v6}) {
+        auto [it, fresh] = meant.emplace(Text(a), name);
+        EXPECT_TRUE(fresh) << Text(a) << " was " << it->second << ", now " << name;
+      }
+    }
+  }
+  struct stat st;
+  ASSERT_EQ(stat(path_.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+}
+
+TEST_F(FakeAddressJournalTest, RecycledNumbersKeepTheirNewName) {
+  std::string a_addr;
+  {
+    FakeAddressPool pool = Restart(nullptr, "198.18.0.0/15", 3);
+    a_addr = Text(pool.Lookup("a.test").v4);
+    pool.Lookup("b.test");
+    pool.Lookup("c.test");
+    EXPECT_EQ(Text(pool.Lookup("d.test").v4), a_addr);  // a was least recently used
+  }
+  size_t restored = 0;
+  FakeAddressPool pool = Restart(&restored, "198.18.0.0/15", 3);
+  EXPECT_EQ(restored, 3u);
+  EXPECT_EQ(pool.Reverse(Ip(a_addr.c_str())).value_or(""), "d.test");
+  // And the order of use survived: b is the next to go.
+  pool.Lookup("e.test");
+  EXPECT_EQ(pool.size(), 3u);
+  EXPECT_EQ(pool.Reverse(pool.Lookup("c.test").v4).value_or(""), "c.test");
+  EXPECT_NE(Text(pool.Lookup("e.test").v4), a_addr);
+}
+
+TEST_F(FakeAddressJournalTest, ATableForOtherRangesIsNotLoaded) {
+  std::string id;
+  {
+    FakeAddressPool pool = Restart();
+    pool.Lookup("a.test");
+    id = pool.table_id();
+  }
+  size_t restored = 7;
+  FakeAddressPool other = Restart(&restored, "10.64.0.0/16");
+  EXPECT_EQ(restored, 0u);
+  EXPECT_NE(other.table_id(), id);
+  EXPECT_EQ(other.size(), 0u);
+}
+
+TEST_F(FakeAddressJournalTest, ALineCutShortIsIgnored) {
+  std::string a;
+  {
+    FakeAddressPool pool = Restart();
+    a = Text(pool.Lookup("a.test").v4);
+  }
+  {
+    std::ofstream f(path_, std::ios::app);
+    f << "12 cut.sh";  // no newline: a write that did not finish
+  }
+  size_t restored = 0;
+  FakeAddressPool pool = Restart(&restored);
+  EXPECT_EQ(restored, 1u);
+  EXPECT_EQ(pool.Reverse(Ip(a.c_str())).value_or(""), "a.test");
+}
+
+TEST_F(FakeAddressJournalTest, ANewTableStartsAtARandomNumber) {
+  // With its file lost, a new broker most likely hands out addresses no program holds: the old
+  // ones are then refused as unknown rather than taken for another name.
+  std::set<std::string> first;
+  for (int i = 0; i < 4; ++i) {
+    std::filesystem::remove(path_);
+    FakeAddressPool pool = Restart();
+    first.insert(Text(pool.Lookup("a.test").v4));
+  }
+  EXPECT_GT(first.size(), 1u);
+}
+
+TEST_F(FakeAddressJournalTest, CompactsWhenStaleLinesDominate) {
+  FakeAddressPool pool = Restart(nullptr, "198.18.0.0/15", 10);
+  for (int i = 0; i < 20000; ++i) pool.Lookup("n" + std::to_string(i) + ".test");
+  EXPECT_LT(std::filesystem::file_size(path_), 200000u);
+  size_t restored = 0;
+  FakeAddressPool again = Restart(&restored, "198.18.0.0/15", 10);
+  EXPECT_EQ(restored, 10u);
+  EXPECT_EQ(again.Reverse(pool.Lookup("n19999.test").v4).value_or(""), "n19999.test");
 }
 
 TEST(NormalizeNameTest, LowercasesAndStripsOneTrailingDot) {

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <map>
 
 #include "broker/process_info.h"
 
@@ -94,11 +95,26 @@ class SelectorTest : public ::testing::Test {
       }
       return nullptr;
     };
-    return Select(cfg_, req);
+    req.recorded_groups = [this](const ProcessInfo& p) -> const RecordedGroups* {
+      auto it = recorded_.find({p.pid, p.start});
+      return it == recorded_.end() ? nullptr : &it->second;
+    };
+    Selection sel = Select(cfg_, req);
+    // As the broker does: what each process has now is kept for its life.
+    if (record_) {
+      for (size_t i = 0; i < req.chain.size() && i < sel.chain_groups.size(); ++i) {
+        if (!sel.chain_groups[i].groups.empty()) {
+          recorded_[{req.chain[i].pid, req.chain[i].start}].Merge(sel.chain_groups[i]);
+        }
+      }
+    }
+    return sel;
   }
 
   config::Config cfg_;
   std::vector<SessionInfo> sessions_;
+  std::map<std::pair<pid_t, uint64_t>, RecordedGroups> recorded_;
+  bool record_ = true;  // false: as the broker before groups were recorded
   const ProcessInfo shell_ = P(10, 1, "/bin/bash");
   const ProcessInfo via_ = P(20, 10, "/usr/bin/via");
 };
@@ -287,6 +303,68 @@ TEST_F(SelectorTest, HeirsCarryTheSessionAndItsGroups) {
       Run({P(31, 30, "/usr/bin/curl"), P(30, 1, "/bin/sh"), P(1, 0, "/sbin/init")}, "direct");
   EXPECT_EQ(cmd.error.code(), EACCES);
   EXPECT_NE(cmd.error.message().find("app:deny_network"), std::string::npos);
+}
+
+// ---- groups are kept for the life of a process --------------------------------------------
+
+// An untrusted program (matched by its executable) asks the broker once, execs /bin/sh in place
+// (same pid and start time), and that shell's child selects direct.
+TEST_F(SelectorTest, ExecInPlaceDoesNotShedTheGroup) {
+  Session("t1", "app:tor", 20, 30, true);  // via run --network app:tor -- untrusted/tool
+  ASSERT_TRUE(Run({P(30, 20, "/home/me/untrusted/tool"), via_, shell_}).error.ok());
+  Selection esc = Run({P(40, 30, "/usr/bin/curl"), P(30, 20, "/bin/sh"), via_, shell_}, "direct");
+  EXPECT_EQ(esc.error.code(), EACCES);
+  EXPECT_EQ(esc.error.message(),
+            "network.select of direct is denied by security.policy app:deny_network (via.yaml:30) "
+            "for group untrusted (untrusted: recorded for pid 30 /bin/sh since it started: rule "
+            "app:untrusted (via.yaml:12) matches pid 30 /home/me/untrusted/tool)");
+  EXPECT_EQ(esc.groups, std::vector<std::string>{"untrusted"});
+}
+
+TEST_F(SelectorTest, WithoutTheRecordTheExecShedsTheGroup) {
+  // What the test above guards against: the chain as /proc shows it after the exec.
+  record_ = false;
+  Session("t1", "app:tor", 20, 30, true);
+  ASSERT_TRUE(Run({P(30, 20, "/home/me/untrusted/tool"), via_, shell_}).error.ok());
+  EXPECT_TRUE(
+      Run({P(40, 30, "/usr/bin/curl"), P(30, 20, "/bin/sh"), via_, shell_}, "direct").error.ok());
+}
+
+TEST_F(SelectorTest, RewrittenArgvDoesNotShedTheGroup) {
+  Rule("app:py_untrusted", "/usr/bin/python3", "", {"untrusted"});
+  cfg_.programs.back().argv = {"*", "*/untrusted/*"};
+  ProcessInfo py = P(30, 10, "/usr/bin/python3");
+  py.argv = {"python3", "/home/me/untrusted/x.py"};
+  ASSERT_EQ(Run({py, shell_}).groups, std::vector<std::string>{"untrusted"});
+  py.argv = {"innocent"};  // written over its own argv (/proc/30/cmdline changes)
+  Selection esc = Run({P(40, 30, "/usr/bin/curl"), py, shell_}, "app:other");
+  EXPECT_EQ(esc.error.code(), EACCES);
+  EXPECT_NE(esc.error.message().find("rule app:py_untrusted"), std::string::npos)
+      << esc.error.message();
+}
+
+TEST_F(SelectorTest, RecordedGroupsOutliveTheAncestorThatGaveThem) {
+  // 40 asked the broker while its untrusted parent lived; then the parent exited and 40 was
+  // re-parented to init. Its children still have the group.
+  ASSERT_TRUE(Run({P(40, 30, "/bin/sh"), P(30, 10, "/home/me/untrusted/tool"), shell_}).error.ok());
+  Selection esc =
+      Run({P(50, 40, "/usr/bin/curl"), P(40, 1, "/bin/sh"), P(1, 0, "/sbin/init")}, "app:tor");
+  EXPECT_EQ(esc.error.code(), EACCES);
+  EXPECT_NE(esc.error.message().find("matches pid 30 /home/me/untrusted/tool"), std::string::npos)
+      << esc.error.message();
+}
+
+TEST_F(SelectorTest, ARecordBelongsToOneProcessNotToItsPidOrItsParent) {
+  ASSERT_TRUE(Run({P(30, 10, "/home/me/untrusted/tool"), shell_}).error.ok());
+  // The shell that started it keeps its own choice.
+  EXPECT_TRUE(Run({shell_}, "app:tor").error.ok());
+  // Another process that got pid 30 later (another start time) is not in the group.
+  ProcessInfo reused = P(30, 10, "/bin/sh");
+  reused.start = 99999;
+  EXPECT_TRUE(Run({P(41, 30, "/usr/bin/curl"), reused, shell_}, "app:tor").error.ok());
+  // The same process is.
+  EXPECT_EQ(Run({P(41, 30, "/usr/bin/curl"), P(30, 10, "/bin/sh"), shell_}, "app:tor").error.code(),
+            EACCES);
 }
 
 // ---- /proc ----------------------------------------------------------------------------------
