@@ -26,6 +26,7 @@ ClientCaps ClientCaps::ForDescriptorLimit(uint64_t nofile) {
   uint64_t total = usable > keep ? usable - keep : 0;
   c.total = size_t(std::max<uint64_t>(total, 4));
   c.per_pid = std::max<size_t>(8, c.total / 4);
+  c.ops = size_t(std::max<uint64_t>(8, keep - keep / 4));
   if (c.per_pid > c.total) c.per_pid = c.total;
   return c;
 }

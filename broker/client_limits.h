@@ -44,11 +44,14 @@ constexpr size_t kMaxOpsPerClient = 64;
 // How many client connections the broker keeps, derived from its descriptor limit: every client
 // holds one descriptor, and a quarter of them (at least 32) stay for what clients ask for
 // (CONNECT's duplicate of the program's socket, DNS responders, listeners, the overlays' own
-// sockets). One process (SO_PEERCRED pid) may hold a quarter of the clients (at least 8): a
-// shim opens one connection per thread.
+// sockets), most of them for connects in flight. One process (SO_PEERCRED pid) may hold a
+// quarter of the clients (at least 8): a shim opens one connection per thread.
 struct ClientCaps {
   size_t total = 0;
   size_t per_pid = 0;
+  // CONNECTs (and remote resolves) in flight over all clients: each holds a descriptor. Past it
+  // a CONNECT is answered EAGAIN at once.
+  size_t ops = 0;
   static ClientCaps ForDescriptorLimit(uint64_t nofile);
 };
 

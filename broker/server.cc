@@ -104,15 +104,23 @@ Status Server::Start() {
   // One descriptor kept in reserve: past the descriptor limit it is given up for a moment to
   // accept, answer and close the client at the head of the backlog (RefusePending).
   reserve_fd_.reset(open("/dev/null", O_RDONLY | O_CLOEXEC));
+  // The soft descriptor limit is raised to the hard one (at most 65536): the broker holds a
+  // descriptor per client connection and per connect in flight, and uses epoll, not select.
   rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max && rl.rlim_cur < 65536) {
+    rlimit raised = rl;
+    raised.rlim_cur = rl.rlim_max < 65536 ? rl.rlim_max : 65536;
+    if (setrlimit(RLIMIT_NOFILE, &raised) == 0) rl = raised;
+  }
   nofile_limit_ = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? uint64_t(rl.rlim_cur) : 1024;
   if (nofile_limit_ > (uint64_t(1) << 20)) nofile_limit_ = uint64_t(1) << 20;
   caps_ = ClientCaps::ForDescriptorLimit(nofile_limit_);
   if (Status s = Listen(); !s.ok()) return s;
   log_->info("broker pid {} listening on {} (config {}); overlays: {}", getpid(),
              options_.socket_path, config_->source, OverlaySummary());
-  log_->info("descriptor limit {}: up to {} client connections, {} per process", nofile_limit_,
-             caps_.total, caps_.per_pid);
+  log_->info(
+      "descriptor limit {}: up to {} client connections, {} per process, {} connects in flight",
+      nofile_limit_, caps_.total, caps_.per_pid, caps_.ops);
   if (!config_->programs.empty() || !config_->policies.empty()) {
     log_->info("{} program rule(s), {} network.select policy entr(y/ies)", config_->programs.size(),
                config_->policies.size());
@@ -517,6 +525,19 @@ void Server::Handle(Client& c, const uint8_t* data, size_t n, std::vector<Unique
   const uint16_t type = m.type();
   const uint16_t reply = type | wire::kReplyBit;
   if (type != wire::kConnect && type != wire::kListen) fds.clear();  // CONNECT/LISTEN only
+  if (type == wire::kConnect && ops_.size() >= caps_.ops) {
+    // Each connect in flight holds a descriptor: past the budget, an answer at once.
+    fds.clear();
+    uint64_t suppressed = 0;
+    if (LogAllowed(Noisy::kRefused, &suppressed)) {
+      log_->warn("CONNECT from {} refused: {} connects in flight (the limit){}", PeerText(c),
+                 ops_.size(), SuppressedText(suppressed));
+    }
+    return ReplyError(c, reply, m.id(), EAGAIN,
+                      "the via broker has " + std::to_string(ops_.size()) +
+                          " connects in flight, its limit for descriptor limit " +
+                          std::to_string(nofile_limit_) + "; try again");
+  }
   if (type != wire::kHello) {
     if (!c.greeted) {
       return ReplyError(c, reply, m.id(), EPROTO,
@@ -1286,11 +1307,13 @@ void Server::HandleStatus(Client& c, const wire::Message& m) {
 
 void Server::AppendLoadStatus(std::ostream& out) const {
   int open_fds = OpenDescriptors();
-  out << "descriptors: " << open_fds << " of " << nofile_limit_ << " in use (RLIMIT_NOFILE); "
+  rlimit rl{};
+  uint64_t limit = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? uint64_t(rl.rlim_cur) : nofile_limit_;
+  out << "descriptors: " << open_fds << " of " << limit << " in use (RLIMIT_NOFILE); "
       << "clients at most " << caps_.total << ", " << caps_.per_pid << " per process\n";
-  if (open_fds >= 0 && nofile_limit_ > 0 && uint64_t(open_fds) * 10 >= nofile_limit_ * 8) {
-    out << "WARNING: the broker is near its descriptor limit (" << open_fds << " of "
-        << nofile_limit_ << "): new clients may be refused; raise `ulimit -n` for the broker, or "
+  if (open_fds >= 0 && limit > 0 && uint64_t(open_fds) * 10 >= limit * 8) {
+    out << "WARNING: the broker is near its descriptor limit (" << open_fds << " of " << limit
+        << "): new clients may be refused; raise `ulimit -n` for the broker, or "
         << "find the program holding many connections (the program lines below)\n";
   }
   uint64_t refused = refused_fd_limit_ + refused_cap_ + refused_pid_cap_ + refused_other_uid_;
