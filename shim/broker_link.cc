@@ -269,6 +269,17 @@ int Exchange(Link* l, const wire::Writer& w, int pass_fd, uint8_t* reply, size_t
   for (;;) {
     ssize_t sent = wire::SendDatagram(l->fd, w.data(), w.size(), pass_fd);
     if (sent >= 0) break;
+    if (errno == EPIPE || errno == ECONNRESET) {
+      // A broker that refused the connection (a cap; docs/protocol.md, "Limits and deadlines")
+      // said why before closing it: that is the answer.
+      int err = errno;
+      ssize_t r = recv(l->fd, reply, cap, MSG_DONTWAIT);
+      if (r >= static_cast<ssize_t>(wire::kHeaderSize) && wire::GetLE32(reply + 8) == 0) {
+        *reply_len = static_cast<size_t>(r);
+        return 0;
+      }
+      return err;
+    }
     if (errno != EAGAIN && errno != EWOULDBLOCK) return errno;
     pollfd p{l->fd, POLLOUT, 0};
     int ready = poll(&p, 1, RemainingMs(deadline));

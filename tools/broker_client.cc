@@ -75,6 +75,21 @@ Result<wire::Message> BrokerClient::Exchange(const wire::Writer& w, int pass_fd,
   for (;;) {
     r = wire::SendDatagram(fd_.get(), w.data(), w.size(), pass_fd);
     if (r >= 0) break;
+    if (errno == EPIPE || errno == ECONNRESET) {
+      // A broker that refused the connection (a cap) said why before closing it.
+      Status failed = Status::FromErrno("sending to the broker");
+      reply_.resize(wire::kMaxMessage);
+      r = recv(fd_.get(), reply_.data(), reply_.size(), MSG_DONTWAIT);
+      wire::Message m;
+      if (r >= ssize_t(wire::kHeaderSize) &&
+          m.Parse(reinterpret_cast<const uint8_t*>(reply_.data()), size_t(r)) ==
+              wire::ParseError::kOk &&
+          m.id() == 0) {
+        reply_.resize(size_t(r));
+        return ReplyStatus(m).ok() ? failed : ReplyStatus(m);
+      }
+      return failed;
+    }
     if (errno != EAGAIN && errno != EWOULDBLOCK) {
       return Status::FromErrno("sending to the broker");
     }

@@ -37,6 +37,24 @@ while time.monotonic() < end:
             s.close()
     time.sleep(0.001)
 print("open", len(held), flush=True)
+# One more, blocking: when the broker refuses it, it says why (a reply of type 0x8000, id 0).
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+s.settimeout(5)
+try:
+    s.connect(path)
+    try:
+        s.send(b"VIA1" + bytes([1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]))
+    except OSError:
+        pass
+    reply = s.recv(65536)
+    i = 16
+    while i + 4 <= len(reply):
+        tag, n = int.from_bytes(reply[i:i + 2], "little"), int.from_bytes(reply[i + 2:i + 4], "little")
+        if tag == 8:
+            print("refusal:", reply[i + 4:i + 4 + n].decode(), flush=True)
+        i += 4 + n
+except OSError as e:
+    print("extra:", e, flush=True)
 time.sleep(3600)
 """
 
@@ -173,6 +191,11 @@ class BrokerLoad(harness.ViaCase):
                       r"(\d+), per-process cap (\d+)", proc.stdout)
         self.assertTrue(m, proc.stdout)
         self.assertGreater(int(m.group(3)), 0, proc.stdout)
+        self.assertTrue(harness.wait_for(lambda: "refusal:" in harness.read_text(flood_log), 10),
+                        harness.read_text(flood_log))
+        self.assertRegex(harness.read_text(flood_log),
+                         r"refusal: this process has \d+ connections to the via broker already "
+                         r"\(at most \d+ per process\)")
         os.killpg(flood.pid, signal.SIGKILL)
 
     def test_near_the_limit_is_reported(self):
