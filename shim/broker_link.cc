@@ -215,7 +215,7 @@ void EnsureBroker() {
     g_ensure_err = ETIMEDOUT;
     std::snprintf(g_ensure_msg, sizeof g_ensure_msg,
                   "`%s broker --ensure` did not finish within %d s (a stopped or stuck broker?); "
-                  "see `via status`, or stop it with `via stop`",
+                  "see `via status`",
                   exe, static_cast<int>(kEnsureMs / 1000));
     return;
   }
@@ -463,8 +463,8 @@ int GetLink(Link** out, char* msg, size_t msgcap) {
       if (err == EAGAIN) {
         std::snprintf(msg, msgcap,
                       "the via broker at %s accepted no connection within %d s (stopped, stuck "
-                      "or overloaded?); nothing was sent. Check it with `via status`, or restart "
-                      "it with `via stop`",
+                      "or overloaded?); nothing was sent. See `via status`; if it stays so, end "
+                      "the broker",
                       path, static_cast<int>(kQuickMs / 1000));
         return ETIMEDOUT;
       }
@@ -497,9 +497,9 @@ int GetLink(Link** out, char* msg, size_t msgcap) {
     if (err == ETIMEDOUT) {
       std::snprintf(msg, msgcap,
                     "the via broker at %s (pid %u) did not answer within %d s (stopped, stuck or "
-                    "overloaded?); nothing was sent. Check it with `via status`, or restart it "
-                    "with `via stop`",
-                    path, l->broker_pid, static_cast<int>(kQuickMs / 1000));
+                    "overloaded?); nothing was sent. See `via status`; if it stays so, end it: "
+                    "kill %u",
+                    path, l->broker_pid, static_cast<int>(kQuickMs / 1000), l->broker_pid);
       Drop(l, true);
       return err;
     }
@@ -538,8 +538,8 @@ int Request(wire::Writer& w, int pass_fd, uint8_t* reply, size_t cap, wire::Mess
       Drop(l, true);
       std::snprintf(msg, msgcap,
                     "the via broker at %s (pid %u) did not answer within %d s (stopped, stuck or "
-                    "overloaded?). Check it with `via status`, or restart it with `via stop`",
-                    BrokerPathText(), broker, static_cast<int>(timeout_ms / 1000));
+                    "overloaded?). See `via status`; if it stays so, end it: kill %u",
+                    BrokerPathText(), broker, static_cast<int>(timeout_ms / 1000), broker);
       return err;
     }
     if (err == 0) {

@@ -248,7 +248,7 @@ class BrokerLoad(harness.ViaCase):
         self.assertLess(took, 40, f"curl took {took:.1f} s")
         self.assertIn(f"the via broker at {self.socket} (pid {pid}) did not answer within 10 s",
                       proc.stderr)
-        self.assertIn("via status", proc.stderr)
+        self.assertIn(f"See `via status`; if it stays so, end it: kill {pid}", proc.stderr)
         # The command line: a clear error, not a hang.
         t0 = time.monotonic()
         st = self.status(timeout=120)
