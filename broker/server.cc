@@ -64,6 +64,8 @@ Server::Server(std::shared_ptr<const config::Config> config, const BrokerOptions
       recv_buf_(wire::kMaxMessage + 1) {
   idle_timeout_s_ =
       options.idle_timeout_s >= 0 ? options.idle_timeout_s : config_->service.idle_timeout_s;
+  // DNS lines are an audit of what programs looked up: a larger allowance (200, then 10 a second).
+  log_limits_[size_t(Noisy::kDns)] = LogLimiter(200, 600);
   started_ms_ = NowMs();
 }
 
@@ -970,8 +972,10 @@ void Server::HandleOpenSession(Client& c, const wire::Message& m) {
   req.selected_by_parent = true;  // the opener selects for the command it starts
   Selection sel = Select(*config_, req);
   if (!sel.error.ok()) {
-    log_->warn("session refused for {} (command {}): {}", PeerText(c), Describe(command),
-               sel.error.message());
+    if (uint64_t suppressed = 0; LogAllowed(Noisy::kSession, &suppressed)) {
+      log_->warn("session refused for {} (command {}): {}{}", PeerText(c), Describe(command),
+                 sel.error.message(), SuppressedText(suppressed));
+    }
     return ReplyError(c, reply, m.id(), sel.error.code(), sel.error.message());
   }
   std::shared_ptr<OverlayState> st;
@@ -989,8 +993,10 @@ void Server::HandleOpenSession(Client& c, const wire::Message& m) {
   s->root = opener[0].pid;
   s->root_start = opener[0].start;
   s->groups = sel.selector_groups;
-  log_->info("session {} opened for {} by {}: {}", s->token.substr(0, 8), id, PeerText(c),
-             sel.origin);
+  if (uint64_t suppressed = 0; LogAllowed(Noisy::kSession, &suppressed)) {
+    log_->info("session {} opened for {} by {}: {}{}", s->token.substr(0, 8), id, PeerText(c),
+               sel.origin, SuppressedText(suppressed));
+  }
   std::vector<uint8_t> buf(8192);
   wire::Writer w(buf.data(), buf.size(), reply, m.id());
   w.PutU32(wire::kTagErrno, 0);

@@ -124,7 +124,16 @@ class Server {
   // wait. Pauses or resumes reading per the client's queue and connects in flight.
   void UpdateInterest(Client& c);
   // Rate limit for log lines a client can trigger repeatedly; *suppressed as LogLimiter.
-  enum class Noisy { kAccept, kRefused, kMalformed, kConnectFailed, kOther, kCount };
+  enum class Noisy {
+    kAccept,
+    kRefused,
+    kMalformed,
+    kConnectFailed,
+    kDns,
+    kSession,
+    kOther,
+    kCount
+  };
   bool LogAllowed(Noisy kind, uint64_t* suppressed = nullptr);
   void OnClientEvent(uint64_t client_id, uint32_t events);
   // Reads every queued datagram; false if the client was closed meanwhile.

@@ -210,6 +210,35 @@ class BrokerLoad(harness.ViaCase):
         self.assertIn("WARNING: the broker is near its descriptor limit", proc.stdout)
         os.killpg(flood.pid, signal.SIGKILL)
 
+    # ---- what a client can make the broker log ----------------------------------------------
+    def test_a_flood_of_malformed_requests_writes_little_log(self):
+        self.start_broker(1024)
+        code = r"""
+import socket, sys
+for i in range(int(sys.argv[2])):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.connect(sys.argv[1])
+    s.send(b"not a via message")
+    s.recv(65536)  # the framing reply; then the broker closes the connection
+    s.close()
+print("done", flush=True)
+"""
+        size0 = os.path.getsize(self.log)
+        flood, flood_log = self.client(code, 3000)
+        self.assertTrue(harness.wait_for(lambda: "done" in harness.read_text(flood_log), 120),
+                        harness.read_text(flood_log))
+        grew = os.path.getsize(self.log) - size0
+        # The old broker wrote a line per request: ~400 KB here.
+        self.assertLess(grew, 32 * 1024, harness.read_text(self.log)[-2000:])
+        # 20 at once, then one a second.
+        lines = len([l for l in harness.read_lines(self.log) if "malformed message" in l])
+        self.assertGreaterEqual(lines, 20)
+        self.assertLess(lines, 150)
+        self.assertServedThroughProxy(1)
+        proc = self.status()
+        m = re.search(r"(\d+) log line\(s\) suppressed", proc.stdout)
+        self.assertTrue(m and int(m.group(1)) >= 2900, proc.stdout)
+
     # ---- replies nobody reads --------------------------------------------------------------
     def test_unread_replies_do_not_grow_the_broker(self):
         pid = self.start_broker(1024)
