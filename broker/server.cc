@@ -44,6 +44,27 @@ void SendRefusal(int fd, const std::string& why) {
   w.PutU32(wire::kTagErrno, EAGAIN);
   w.PutString(wire::kTagMessage, why);
   if (w.ok()) send(fd, w.data(), w.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+  // What the client sent already (its HELLO) is read and dropped: closing a socket with unread
+  // data resets the connection, and the client would get ECONNRESET instead of the reason.
+  for (int i = 0; i < 4; ++i) {
+    char sink[256];
+    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * kMaxFds)];
+    iovec iov{sink, sizeof sink};
+    msghdr mh{};
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = cbuf;
+    mh.msg_controllen = sizeof cbuf;
+    if (recvmsg(fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC) <= 0) break;
+    for (cmsghdr* cm = CMSG_FIRSTHDR(&mh); cm != nullptr; cm = CMSG_NXTHDR(&mh, cm)) {
+      if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
+      for (size_t k = 0; k < (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int); ++k) {
+        int passed;
+        std::memcpy(&passed, CMSG_DATA(cm) + k * sizeof(int), sizeof passed);
+        close(passed);
+      }
+    }
+  }
 }
 
 std::string AddrText(const wire::Addr& a, bool with_port) {

@@ -503,6 +503,16 @@ int GetLink(Link** out, char* msg, size_t msgcap) {
       Drop(l, true);
       return err;
     }
+    if (err == ECONNRESET || err == EPIPE) {
+      // Closed at once: a broker refusing clients (at its descriptor limit or a connection cap)
+      // whose reason did not arrive.
+      std::snprintf(msg, msgcap,
+                    "the via broker at %s (pid %u) closed the connection at once (%s): it may be "
+                    "refusing clients at its descriptor limit; see `via status`",
+                    path, l->broker_pid, std::strerror(err));
+      Drop(l, true);
+      return err;
+    }
     if (err != 0) {
       std::snprintf(msg, msgcap, "the via broker did not answer: %s", std::strerror(err));
       Drop(l, true);
