@@ -32,7 +32,10 @@ void Server::HandleDnsQuery(Client& c, const wire::Message& m) {
   policy.reverse = [this](const wire::Addr& a) { return pool_->Reverse(a); };
   std::string summary;
   std::optional<std::string> answer = AnswerDnsQuery(f.str(), policy, &summary);
-  log_->info("dns query via {}: {} ({})", c.overlay->overlay->id, summary, PeerText(c));
+  if (uint64_t suppressed = 0; LogAllowed(Noisy::kDns, &suppressed)) {
+    log_->info("dns query via {}: {} ({}){}", c.overlay->overlay->id, summary, PeerText(c),
+               SuppressedText(suppressed));
+  }
   uint8_t buf[kMaxDnsPacket + 1024];
   wire::Writer w(buf, sizeof buf, reply, m.id());
   w.PutU32(wire::kTagErrno, 0);
@@ -66,8 +69,10 @@ bool Server::StartRemoteResolve(Client& c, const wire::Message& m, const overlay
   const uint16_t reply = m.type() | wire::kReplyBit;
   const std::string what = target.ToString();
   auto fail = [&](int err, const std::string& msg) {
-    log_->warn("remote resolve of {} via {} failed: {} ({})", what, overlay->overlay->id, msg,
-               PeerText(c));
+    if (uint64_t suppressed = 0; LogAllowed(Noisy::kDns, &suppressed)) {
+      log_->warn("remote resolve of {} via {} failed: {} ({}){}", what, overlay->overlay->id, msg,
+                 PeerText(c), SuppressedText(suppressed));
+    }
     ReplyError(c, reply, m.id(), err, what + " via " + overlay->overlay->id + ": " + msg);
     return true;
   };
@@ -99,7 +104,10 @@ void Server::RemoteResolveDone(PendingConnect& p, Client& c, int err, const std:
   const uint16_t reply = (reverse ? wire::kReverse : wire::kResolve) | wire::kReplyBit;
   const std::string what = p.target.ToString();
   if (err != 0) {
-    log_->warn("remote resolve of {} via {} failed: {} ({})", what, id, msg, PeerText(c));
+    if (uint64_t suppressed = 0; LogAllowed(Noisy::kDns, &suppressed)) {
+      log_->warn("remote resolve of {} via {} failed: {} ({}){}", what, id, msg, PeerText(c),
+                 SuppressedText(suppressed));
+    }
     // A name the exit cannot resolve is "no such name" for the program (EAI_NONAME).
     return ReplyError(c, reply, p.request_id, reverse ? ENOENT : err,
                       what + " via " + id + ": " + msg);
@@ -109,13 +117,18 @@ void Server::RemoteResolveDone(PendingConnect& p, Client& c, int err, const std:
   w.PutU32(wire::kTagErrno, 0);
   if (reverse) {
     std::string name = p.overlay->driver->ResolvedName(*p.handshake);
-    log_->info("remote resolve of {} via {}: {} ({})", what, id, name, PeerText(c));
+    if (uint64_t suppressed = 0; LogAllowed(Noisy::kDns, &suppressed)) {
+      log_->info("remote resolve of {} via {}: {} ({}){}", what, id, name, PeerText(c),
+                 SuppressedText(suppressed));
+    }
     w.PutString(wire::kTagName, name);
   } else {
     wire::Addr a = p.overlay->driver->ResolvedAddr(*p.handshake);
     char text[80];
-    log_->info("remote resolve of {} via {}: {} ({})", p.target.name, id,
-               wire::FormatAddr(a, text, sizeof text), PeerText(c));
+    if (uint64_t suppressed = 0; LogAllowed(Noisy::kDns, &suppressed)) {
+      log_->info("remote resolve of {} via {}: {} ({}){}", p.target.name, id,
+                 wire::FormatAddr(a, text, sizeof text), PeerText(c), SuppressedText(suppressed));
+    }
     a.port = 0;
     // RESOLVE gives one address; a request for the other family gets none.
     if (p.family == 0 || p.family == a.family) w.PutAddr(wire::kTagAddr, a);
@@ -230,7 +243,10 @@ void Server::OnDnsResponder(int fd) {
     std::string summary;
     std::optional<std::string> answer = AnswerDnsQuery(
         std::string_view(reinterpret_cast<const char*>(query), size_t(n)), policy, &summary);
-    log_->info("dns query via {}: {} ({})", it->second.overlay, summary, it->second.peer);
+    if (uint64_t suppressed = 0; LogAllowed(Noisy::kDns, &suppressed)) {
+      log_->info("dns query via {}: {} ({}){}", it->second.overlay, summary, it->second.peer,
+                 SuppressedText(suppressed));
+    }
     if (answer) (void)!send(fd, answer->data(), answer->size(), MSG_DONTWAIT);
   }
 }

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -13,6 +14,7 @@
 #include <filesystem>
 #include <sstream>
 
+#include "broker/i2p_runtime.h"
 #include "broker/process_info.h"
 #include "broker/selector.h"
 #include "overlays/handshake.h"
@@ -84,6 +86,37 @@ void RecordChainGroups(SessionTable& table, const std::vector<ProcessInfo>& chai
   }
 }
 
+// Answers a connection the broker will not serve (type 0x8000, id 0, like a framing error: the
+// shim takes it as the reply to whatever it sent first) and closes it. Never waits.
+void SendRefusal(int fd, const std::string& why) {
+  uint8_t buf[1024];
+  wire::Writer w(buf, sizeof buf, wire::kReplyBit, 0);
+  w.PutU32(wire::kTagErrno, EAGAIN);
+  w.PutString(wire::kTagMessage, why);
+  if (w.ok()) send(fd, w.data(), w.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+  // What the client sent already (its HELLO) is read and dropped: closing a socket with unread
+  // data resets the connection, and the client would get ECONNRESET instead of the reason.
+  for (int i = 0; i < 4; ++i) {
+    char sink[256];
+    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * kMaxFds)];
+    iovec iov{sink, sizeof sink};
+    msghdr mh{};
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = cbuf;
+    mh.msg_controllen = sizeof cbuf;
+    if (recvmsg(fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC) <= 0) break;
+    for (cmsghdr* cm = CMSG_FIRSTHDR(&mh); cm != nullptr; cm = CMSG_NXTHDR(&mh, cm)) {
+      if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
+      for (size_t k = 0; k < (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int); ++k) {
+        int passed;
+        std::memcpy(&passed, CMSG_DATA(cm) + k * sizeof(int), sizeof passed);
+        close(passed);
+      }
+    }
+  }
+}
+
 std::string AddrText(const wire::Addr& a, bool with_port) {
   char buf[80];
   if (with_port) return wire::FormatAddr(a, buf, sizeof buf);
@@ -102,6 +135,8 @@ Server::Server(std::shared_ptr<const config::Config> config, const BrokerOptions
       recv_buf_(wire::kMaxMessage + 1) {
   idle_timeout_s_ =
       options.idle_timeout_s >= 0 ? options.idle_timeout_s : config_->service.idle_timeout_s;
+  // DNS lines are an audit of what programs looked up: a larger allowance (200, then 10 a second).
+  log_limits_[size_t(Noisy::kDns)] = LogLimiter(200, 600);
   started_ms_ = NowMs();
 }
 
@@ -110,6 +145,8 @@ Server::~Server() {
   // the old socket again and a new broker can take its place at once.
   if (listen_fd_) loop_->Unwatch(listen_fd_.get());
   listen_fd_.reset();
+  if (accept_timer_ != 0) loop_->CancelTimer(accept_timer_);
+  accept_timer_ = 0;
   // Only our own socket file: never one a later broker bound after we stopped answering.
   struct stat now;
   if (bound_ && stat(options_.socket_path.c_str(), &now) == 0 &&
@@ -141,6 +178,20 @@ Status Server::Start() {
   // Drivers resolve their proxy hosts here, before the loop runs: never on the loop thread.
   overlays_ = BuildOverlays(config_, {});
   if (Status s = CheckSocketDir(); !s.ok()) return s;
+  // One descriptor kept in reserve: past the descriptor limit it is given up for a moment to
+  // accept, answer and close the client at the head of the backlog (RefusePending).
+  reserve_fd_.reset(open("/dev/null", O_RDONLY | O_CLOEXEC));
+  // The soft descriptor limit is raised to the hard one (at most 65536): the broker holds a
+  // descriptor per client connection and per connect in flight, and uses epoll, not select.
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max && rl.rlim_cur < 65536) {
+    rlimit raised = rl;
+    raised.rlim_cur = rl.rlim_max < 65536 ? rl.rlim_max : 65536;
+    if (setrlimit(RLIMIT_NOFILE, &raised) == 0) rl = raised;
+  }
+  nofile_limit_ = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? uint64_t(rl.rlim_cur) : 1024;
+  if (nofile_limit_ > (uint64_t(1) << 20)) nofile_limit_ = uint64_t(1) << 20;
+  caps_ = ClientCaps::ForDescriptorLimit(nofile_limit_);
   if (Status s = Listen(); !s.ok()) return s;
   // Only now, as the one broker of this socket: the name table of the brokers before it, so
   // that an address a program still holds keeps its name (docs/architecture.md, "Names").
@@ -153,6 +204,9 @@ Status Server::Start() {
              options_.socket_path, config_->source, OverlaySummary());
   log_->info("fake-address table {}: {} name(s) kept from earlier brokers", pool_->table_id(),
              restored);
+  log_->info(
+      "descriptor limit {}: up to {} client connections, {} per process, {} connects in flight",
+      nofile_limit_, caps_.total, caps_.per_pid, caps_.ops);
   if (!config_->programs.empty() || !config_->policies.empty()) {
     log_->info("{} program rule(s), {} network.select policy entr(y/ies)", config_->programs.size(),
                config_->policies.size());
@@ -224,22 +278,68 @@ std::string Server::OverlaySummary() const {
 // ---- clients ----------------------------------------------------------------------------------
 
 void Server::OnAccept() {
-  for (;;) {
+  // A bounded number per wake-up: the clients already connected get their turn in between.
+  for (int round = 0; round < 64 && !accept_paused_; ++round) {
     UniqueFd fd(accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
     if (!fd) {
-      if (errno == EINTR || errno == ECONNABORTED) continue;
-      if (errno != EAGAIN && errno != EWOULDBLOCK) log_->warn("accept: {}", std::strerror(errno));
+      int err = errno;
+      if (err == EINTR || err == ECONNABORTED) continue;
+      if (err == EAGAIN || err == EWOULDBLOCK) break;
+      if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+        RefusePending(err);
+        break;
+      }
+      uint64_t suppressed = 0;
+      if (LogAllowed(Noisy::kAccept, &suppressed)) {
+        log_->warn("accept: {}{}", std::strerror(err), SuppressedText(suppressed));
+      }
+      PauseAccepting();
       break;
     }
     ucred cred{};
     socklen_t len = sizeof cred;
     if (getsockopt(fd.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
-      log_->warn("SO_PEERCRED: {}; connection closed", std::strerror(errno));
+      uint64_t suppressed = 0;
+      if (LogAllowed(Noisy::kAccept, &suppressed)) {
+        log_->warn("SO_PEERCRED: {}; connection closed{}", std::strerror(errno),
+                   SuppressedText(suppressed));
+      }
       continue;
     }
     if (cred.uid != geteuid()) {
-      log_->warn("refused connection from uid {} pid {} (this broker serves uid {} only)", cred.uid,
-                 cred.pid, geteuid());
+      ++refused_other_uid_;
+      uint64_t suppressed = 0;
+      if (LogAllowed(Noisy::kRefused, &suppressed)) {
+        log_->warn("refused connection from uid {} pid {} (this broker serves uid {} only){}",
+                   cred.uid, cred.pid, geteuid(), SuppressedText(suppressed));
+      }
+      continue;
+    }
+    if (clients_.size() >= caps_.total) {
+      ++refused_cap_;
+      std::string why = "the via broker serves at most " + std::to_string(caps_.total) +
+                        " connections (its descriptor limit is " + std::to_string(nofile_limit_) +
+                        "); try again later, or see `via status`";
+      SendRefusal(fd.get(), why);
+      uint64_t suppressed = 0;
+      if (LogAllowed(Noisy::kRefused, &suppressed)) {
+        log_->warn("refused a connection from pid {}: at the client cap ({} connections){}",
+                   cred.pid, caps_.total, SuppressedText(suppressed));
+      }
+      PauseAccepting();
+      break;
+    }
+    size_t& mine = clients_per_pid_[cred.pid];
+    if (mine >= caps_.per_pid) {
+      ++refused_pid_cap_;
+      SendRefusal(fd.get(), "this process has " + std::to_string(mine) +
+                                " connections to the via broker already (at most " +
+                                std::to_string(caps_.per_pid) + " per process)");
+      uint64_t suppressed = 0;
+      if (LogAllowed(Noisy::kRefused, &suppressed)) {
+        log_->warn("refused a connection from pid {}: it has {} already (the cap per process){}",
+                   cred.pid, mine, SuppressedText(suppressed));
+      }
       continue;
     }
     auto c = std::make_unique<Client>();
@@ -249,13 +349,86 @@ void Server::OnAccept() {
     Status s =
         loop_->Watch(fd.get(), kClientEvents, [this, id](uint32_t ev) { OnClientEvent(id, ev); });
     if (!s.ok()) {
-      log_->warn("cannot watch a client: {}", s.message());
+      uint64_t suppressed = 0;
+      if (LogAllowed(Noisy::kAccept, &suppressed)) {
+        log_->warn("cannot watch a client: {}{}", s.message(), SuppressedText(suppressed));
+      }
+      if (mine == 0) clients_per_pid_.erase(cred.pid);
       continue;
     }
+    ++mine;
+    c->events = kClientEvents;
     c->fd = std::move(fd);
     clients_[id] = std::move(c);
+    accept_backoff_ms_ = 0;
   }
   UpdateIdle();
+}
+
+void Server::RefusePending(int accept_errno) {
+  // The classic: give up the reserve descriptor, accept the client at the head of the backlog,
+  // answer and close it, take the reserve again. Without it the listening socket would stay
+  // readable and the loop spin on EMFILE.
+  bool refused = false;
+  if (reserve_fd_) {
+    reserve_fd_.reset();
+    UniqueFd fd(accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+    if (fd) {
+      refused = true;
+      SendRefusal(fd.get(), "the via broker is at its descriptor limit (" +
+                                std::to_string(nofile_limit_) +
+                                "); try again later, or see `via status`");
+    }
+    fd.reset();
+    reserve_fd_.reset(open("/dev/null", O_RDONLY | O_CLOEXEC));
+  }
+  if (refused) ++refused_fd_limit_;
+  uint64_t suppressed = 0;
+  if (LogAllowed(Noisy::kAccept, &suppressed)) {
+    int open_fds = OpenDescriptors();
+    log_->warn("accept: {} ({} of {} descriptors open, {} clients): {}{}",
+               std::strerror(accept_errno), open_fds, nofile_limit_, clients_.size(),
+               refused ? "refused the next client" : "clients wait in the backlog",
+               SuppressedText(suppressed));
+  }
+  PauseAccepting();
+}
+
+void Server::PauseAccepting() {
+  if (accept_paused_ || !listen_fd_) return;
+  accept_paused_ = true;
+  loop_->Modify(listen_fd_.get(), 0);
+  accept_backoff_ms_ =
+      accept_backoff_ms_ == 0 ? 50 : std::min<int64_t>(accept_backoff_ms_ * 2, 500);
+  accept_timer_ = loop_->AddTimer(accept_backoff_ms_, [this] {
+    accept_timer_ = 0;
+    accept_paused_ = false;
+    if (listen_fd_) loop_->Modify(listen_fd_.get(), EPOLLIN);
+  });
+}
+
+bool Server::LogAllowed(Noisy kind, uint64_t* suppressed) {
+  uint64_t ignored = 0;
+  return log_limits_[size_t(kind)].Allow(NowMs(), suppressed != nullptr ? suppressed : &ignored);
+}
+
+void Server::UpdateInterest(Client& c) {
+  bool over = c.outbox.Full() || c.ops.size() >= kMaxOpsPerClient;
+  if (over && !c.paused) {
+    c.paused = true;
+    ++backpressure_events_;
+    uint64_t suppressed = 0;
+    if (LogAllowed(Noisy::kOther, &suppressed)) {
+      log_->info(
+          "not reading requests from {} for now: {} replies ({} bytes) it has not read, {} "
+          "connects in flight{}",
+          PeerText(c), c.outbox.size(), c.outbox.bytes(), c.ops.size(), SuppressedText(suppressed));
+    }
+  } else if (c.paused && c.outbox.empty() && c.ops.size() < kMaxOpsPerClient) {
+    c.paused = false;
+  }
+  uint32_t want = (c.paused ? 0 : kClientEvents) | (c.outbox.empty() ? 0 : uint32_t(EPOLLOUT));
+  if (want != c.events && loop_->Modify(c.fd.get(), want).ok()) c.events = want;
 }
 
 void Server::OnClientEvent(uint64_t client_id, uint32_t events) {
@@ -269,9 +442,15 @@ void Server::OnClientEvent(uint64_t client_id, uint32_t events) {
       if (r < 0 && errno == EINTR) continue;
       if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
       if (r < 0) return CloseClient(client_id);
-      c.outbox.pop_front();
+      c.outbox.Pop();
     }
-    if (c.outbox.empty()) loop_->Modify(c.fd.get(), kClientEvents);
+    UpdateInterest(c);
+    if (c.close_when_idle && c.ops.empty() && c.outbox.empty()) return CloseClient(client_id);
+  }
+  if (c.paused) {
+    // Its requests wait in the socket until it reads its replies; a hang-up still closes it.
+    if (events & (EPOLLHUP | EPOLLERR)) CloseClient(client_id);
+    return;
   }
   // A hang-up or error shows up as end-of-file or an error from recvmsg, after the queued
   // requests have been read.
@@ -311,13 +490,22 @@ bool Server::ReadRequests(uint64_t client_id) {
     if ((mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0) {
       std::string why = (mh.msg_flags & MSG_TRUNC)
                             ? wire::ParseErrorText(wire::ParseError::kTooLarge)
-                            : "more than 4 descriptors attached to one message";
-      log_->warn("closing connection from {}: {}", PeerText(c), why);
+                            : "the descriptors attached to the message did not fit (more than 4, "
+                              "or the broker is at its descriptor limit)";
+      uint64_t suppressed = 0;
+      if (LogAllowed(Noisy::kMalformed, &suppressed)) {
+        log_->warn("closing connection from {}: {}{}", PeerText(c), why,
+                   SuppressedText(suppressed));
+      }
       ReplyError(c, wire::kReplyBit, 0, EPROTO, why);
       CloseClient(client_id);
       return false;
     }
     Handle(c, recv_buf_.data(), size_t(n), fds);
+    auto again = clients_.find(client_id);
+    if (again == clients_.end()) return false;
+    UpdateInterest(*again->second);
+    if (again->second->paused) break;
   }
   return clients_.count(client_id) != 0;
 }
@@ -327,6 +515,9 @@ void Server::CloseClient(uint64_t client_id) {
   if (it == clients_.end()) return;
   std::unique_ptr<Client> c = std::move(it->second);
   clients_.erase(it);
+  if (auto per = clients_per_pid_.find(c->pid); per != clients_per_pid_.end()) {
+    if (--per->second == 0) clients_per_pid_.erase(per);
+  }
   // Destroying a ConnectOp cancels it: flags restored, duplicate closed, no reply.
   for (uint64_t op : c->ops) {
     auto p = ops_.find(op);
@@ -375,12 +566,16 @@ void Server::Reply(Client& c, const wire::Writer& w) {
     do {
       r = send(c.fd.get(), w.data(), w.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
     } while (r < 0 && errno == EINTR);
-    if (r >= 0) return;
-    // Any other error: the client is gone, and its end-of-file closes it.
-    if (errno != EAGAIN && errno != EWOULDBLOCK) return;
+    // Any other error than EAGAIN: the client is gone, and its end-of-file closes it.
+    if (r >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
+      if (c.paused) UpdateInterest(c);  // a connect finished: it may read requests again
+      return;
+    }
   }
-  c.outbox.emplace_back(w.data(), w.data() + w.size());
-  loop_->Modify(c.fd.get(), kClientEvents | EPOLLOUT);
+  // Queued: a request already read is always answered. Past the bound, UpdateInterest stops
+  // reading this client's requests until it has read its replies.
+  c.outbox.Push(w.data(), w.size());
+  UpdateInterest(c);
 }
 
 void Server::ReplyError(Client& c, uint16_t type, uint32_t id, int err, const std::string& msg) {
@@ -404,8 +599,11 @@ void Server::Handle(Client& c, const uint8_t* data, size_t n, std::vector<Unique
   wire::Message m;
   wire::ParseError pe = m.Parse(data, n);
   if (pe != wire::ParseError::kOk) {
-    log_->warn("closing connection from {}: malformed message: {}", PeerText(c),
-               wire::ParseErrorText(pe));
+    uint64_t suppressed = 0;
+    if (LogAllowed(Noisy::kMalformed, &suppressed)) {
+      log_->warn("closing connection from {}: malformed message: {}{}", PeerText(c),
+                 wire::ParseErrorText(pe), SuppressedText(suppressed));
+    }
     ReplyError(c, wire::kReplyBit, 0, EPROTO, wire::ParseErrorText(pe));
     CloseClient(c.id);
     return;
@@ -413,6 +611,19 @@ void Server::Handle(Client& c, const uint8_t* data, size_t n, std::vector<Unique
   const uint16_t type = m.type();
   const uint16_t reply = type | wire::kReplyBit;
   if (type != wire::kConnect && type != wire::kListen) fds.clear();  // CONNECT/LISTEN only
+  if (type == wire::kConnect && ops_.size() >= caps_.ops) {
+    // Each connect in flight holds a descriptor: past the budget, an answer at once.
+    fds.clear();
+    uint64_t suppressed = 0;
+    if (LogAllowed(Noisy::kRefused, &suppressed)) {
+      log_->warn("CONNECT from {} refused: {} connects in flight (the limit){}", PeerText(c),
+                 ops_.size(), SuppressedText(suppressed));
+    }
+    return ReplyError(c, reply, m.id(), EAGAIN,
+                      "the via broker has " + std::to_string(ops_.size()) +
+                          " connects in flight, its limit for descriptor limit " +
+                          std::to_string(nofile_limit_) + "; try again");
+  }
   if (type != wire::kHello) {
     if (!c.greeted) {
       return ReplyError(c, reply, m.id(), EPROTO,
@@ -538,7 +749,20 @@ void Server::HandleHello(Client& c, const wire::Message& m) {
     if (log_->should_log(spdlog::level::debug)) flags |= wire::kFlagReportEach;
   }
   w.PutU32(wire::kTagFlags, flags);
+  w.PutU32(wire::kTagWaitMs, OverlayWaitMs(c));
   Reply(c, w);
+}
+
+uint32_t Server::OverlayWaitMs(const Client& c) const {
+  if (c.overlay == nullptr || !c.overlay->driver) return 0;
+  // The overlay's runtime getting ready (bounded by connect_timeout), then the connect (again
+  // connect_timeout); an I2P listener waits for its own SAM session (I2pRuntime's bound).
+  int64_t timeout = c.overlay->driver->connect_timeout_ms();
+  int64_t ms = 2 * timeout;
+  if (c.overlay->overlay->kind == config::OverlayKind::kI2p) {
+    ms = std::max<int64_t>(ms, I2pRuntime::kSessionTimeoutMs + timeout);
+  }
+  return uint32_t(std::min<int64_t>(ms + 1000, 24 * 3600 * 1000));
 }
 
 std::string Server::ShimPlan(const Client& c, wire::Writer* w) const {
@@ -608,7 +832,11 @@ void Server::HandleReport(Client& c, const wire::Message& m) {
   }
   c.overlay->failed++;
   std::string msg = m.Find(wire::kTagMessage, &f) ? std::string(f.str().substr(0, 2000)) : "";
-  log_->warn("connect {} via {} failed: {} ({})", target, c.overlay->overlay->id, msg, PeerText(c));
+  uint64_t suppressed = 0;
+  if (LogAllowed(Noisy::kConnectFailed, &suppressed)) {
+    log_->warn("connect {} via {} failed: {} ({}){}", target, c.overlay->overlay->id, msg,
+               PeerText(c), SuppressedText(suppressed));
+  }
   ReplyOk(c, reply, m.id());
 }
 
@@ -746,7 +974,11 @@ void Server::ConnectFailed(Client& c, uint32_t request_id, OverlayState* overlay
                            const std::string& target, int err, const std::string& msg) {
   overlay->failed++;
   const std::string& id = overlay->overlay->id;
-  log_->warn("connect {} via {} failed: {} ({})", target, id, msg, PeerText(c));
+  uint64_t suppressed = 0;
+  if (LogAllowed(Noisy::kConnectFailed, &suppressed)) {
+    log_->warn("connect {} via {} failed: {} ({}){}", target, id, msg, PeerText(c),
+               SuppressedText(suppressed));
+  }
   ReplyError(c, wire::kConnect | wire::kReplyBit, request_id, err,
              target + " via " + id + ": " + msg);
 }
@@ -842,8 +1074,10 @@ void Server::HandleOpenSession(Client& c, const wire::Message& m) {
   Selection sel = Select(*config_, req);
   RecordChainGroups(sessions_, req.chain, sel);
   if (!sel.error.ok()) {
-    log_->warn("session refused for {} (command {}): {}", PeerText(c), Describe(command),
-               sel.error.message());
+    if (uint64_t suppressed = 0; LogAllowed(Noisy::kSession, &suppressed)) {
+      log_->warn("session refused for {} (command {}): {}{}", PeerText(c), Describe(command),
+                 sel.error.message(), SuppressedText(suppressed));
+    }
     return ReplyError(c, reply, m.id(), sel.error.code(), sel.error.message());
   }
   std::shared_ptr<OverlayState> st;
@@ -865,8 +1099,10 @@ void Server::HandleOpenSession(Client& c, const wire::Message& m) {
     s->command_groups = sel.chain_groups[0].groups;
     s->command_reasons = sel.chain_groups[0].reasons;
   }
-  log_->info("session {} opened for {} by {}: {}", s->token.substr(0, 8), id, PeerText(c),
-             sel.origin);
+  if (uint64_t suppressed = 0; LogAllowed(Noisy::kSession, &suppressed)) {
+    log_->info("session {} opened for {} by {}: {}{}", s->token.substr(0, 8), id, PeerText(c),
+               sel.origin, SuppressedText(suppressed));
+  }
   std::vector<uint8_t> buf(8192);
   wire::Writer w(buf.data(), buf.size(), reply, m.id());
   w.PutU32(wire::kTagErrno, 0);
@@ -1174,6 +1410,7 @@ void Server::HandleStatus(Client& c, const wire::Message& m) {
         << e.owner << "\n";
   }
   out << "clients: " << clients_.size() << ", connects in flight: " << ops_.size() << "\n";
+  AppendLoadStatus(out);
   // One line per program (not per thread), with its network and why: what policy decided.
   std::set<std::string> programs;
   for (const auto& [cid, cl] : clients_) {
@@ -1192,6 +1429,31 @@ void Server::HandleStatus(Client& c, const wire::Message& m) {
   w.PutU32(wire::kTagErrno, 0);
   w.PutString(wire::kTagText, std::string_view(text).substr(0, 60000));
   Reply(c, w);
+}
+
+void Server::AppendLoadStatus(std::ostream& out) const {
+  int open_fds = OpenDescriptors();
+  rlimit rl{};
+  uint64_t limit = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? uint64_t(rl.rlim_cur) : nofile_limit_;
+  out << "descriptors: " << open_fds << " of " << limit << " in use (RLIMIT_NOFILE); "
+      << "clients at most " << caps_.total << ", " << caps_.per_pid << " per process\n";
+  if (open_fds >= 0 && limit > 0 && uint64_t(open_fds) * 10 >= limit * 8) {
+    out << "WARNING: the broker is near its descriptor limit (" << open_fds << " of " << limit
+        << "): new clients may be refused; raise `ulimit -n` for the broker, or "
+        << "find the program holding many connections (the program lines below)\n";
+  }
+  uint64_t refused = refused_fd_limit_ + refused_cap_ + refused_pid_cap_ + refused_other_uid_;
+  out << "refused clients: " << refused << " since start (descriptor limit " << refused_fd_limit_
+      << ", client cap " << refused_cap_ << ", per-process cap " << refused_pid_cap_
+      << ", other uid " << refused_other_uid_ << ")\n";
+  size_t paused = 0;
+  for (const auto& [cid, cl] : clients_) paused += cl->paused;
+  uint64_t dropped = 0;
+  for (const LogLimiter& l : log_limits_) dropped += l.dropped();
+  out << "backpressure: " << backpressure_events_
+      << " time(s) a client's unread replies or connects stopped the broker reading its "
+         "requests; "
+      << paused << " client(s) paused now; " << dropped << " log line(s) suppressed\n";
 }
 
 void Server::HandleShutdown(Client& c, const wire::Message& m) {
@@ -1230,10 +1492,12 @@ void Server::HandleListen(Client& c, const wire::Message& m, std::vector<UniqueF
   const std::string& id = c.overlay->overlay->id;
   switch (config_->service.listen) {
     case config::ListenPolicy::kLocal: {
-      log_->info(
-          "listen on {} under {} stays on the host's interfaces (network_service.listen: "
-          "local) ({})",
-          where, id, PeerText(c));
+      if (uint64_t suppressed = 0; LogAllowed(Noisy::kOther, &suppressed)) {
+        log_->info(
+            "listen on {} under {} stays on the host's interfaces (network_service.listen: "
+            "local) ({}){}",
+            where, id, PeerText(c), SuppressedText(suppressed));
+      }
       uint8_t buf[64];
       wire::Writer w(buf, sizeof buf, reply, m.id());
       w.PutU32(wire::kTagErrno, 0);
@@ -1243,7 +1507,10 @@ void Server::HandleListen(Client& c, const wire::Message& m, std::vector<UniqueF
     case config::ListenPolicy::kRefuse: {
       std::string msg = "network_service.listen is refuse under " + id +
                         " (use overlay or local to allow listening)";
-      log_->warn("listen on {} refused: {} ({})", where, msg, PeerText(c));
+      if (uint64_t suppressed = 0; LogAllowed(Noisy::kOther, &suppressed)) {
+        log_->warn("listen on {} refused: {} ({}){}", where, msg, PeerText(c),
+                   SuppressedText(suppressed));
+      }
       return ReplyError(c, reply, m.id(), EOPNOTSUPP, msg);
     }
     case config::ListenPolicy::kOverlay:
@@ -1277,7 +1544,9 @@ void Server::HandleListen(Client& c, const wire::Message& m, std::vector<UniqueF
                                 "interfaces instead"
                           : id + ": " + l.status().message();
     int err = l.status().code() == ENOTSUP ? EOPNOTSUPP : l.status().code();
-    log_->warn("listen on {} failed: {} ({})", where, msg, owner);
+    if (uint64_t suppressed = 0; LogAllowed(Noisy::kOther, &suppressed)) {
+      log_->warn("listen on {} failed: {} ({}){}", where, msg, owner, SuppressedText(suppressed));
+    }
     listeners_.erase(lid);
     return ReplyError(c, reply, m.id(), err, msg);
   }

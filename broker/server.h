@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "broker/broker.h"
+#include "broker/client_limits.h"
 #include "broker/connect_op.h"
 #include "broker/event_loop.h"
 #include "broker/fake_address_pool.h"
@@ -75,7 +76,9 @@ class Server {
     uint64_t generation = 0;                // config generation the selection was made under
     bool close_when_idle = false;           // a reload flipped it between direct and an overlay
     std::string shim_plan;                  // what the last HELLO reply let the shim do itself
-    std::deque<std::vector<uint8_t>> outbox;  // replies waiting for EPOLLOUT
+    Outbox outbox;                          // replies waiting for EPOLLOUT
+    bool paused = false;                    // not reading requests (client_limits.h)
+    uint32_t events = 0;                    // what the loop watches for (UpdateInterest)
     std::vector<uint64_t> ops;                // connect operations in flight
   };
   struct PendingConnect {
@@ -112,6 +115,26 @@ class Server {
   std::string OverlaySummary() const;
 
   void OnAccept();
+  // Out of descriptors (or at the client cap): the head of the backlog is refused (closed at
+  // once, through the reserve descriptor when none is left) and the listening socket is not
+  // polled for a moment, so that a full backlog costs no CPU.
+  void RefusePending(int accept_errno);
+  void PauseAccepting();
+  // What the loop watches for on a client: its requests unless paused, EPOLLOUT while replies
+  // wait. Pauses or resumes reading per the client's queue and connects in flight.
+  void UpdateInterest(Client& c);
+  // Rate limit for log lines a client can trigger repeatedly; *suppressed as LogLimiter.
+  enum class Noisy {
+    kAccept,
+    kRefused,
+    kMalformed,
+    kConnectFailed,
+    kDns,
+    kSession,
+    kOther,
+    kCount
+  };
+  bool LogAllowed(Noisy kind, uint64_t* suppressed = nullptr);
   void OnClientEvent(uint64_t client_id, uint32_t events);
   // Reads every queued datagram; false if the client was closed meanwhile.
   bool ReadRequests(uint64_t client_id);
@@ -126,6 +149,8 @@ class Server {
   // put into *w when given; returns them as a key ("" when the shim must hand sockets over), so
   // a reload can tell whether what a shim holds is still right.
   std::string ShimPlan(const Client& c, wire::Writer* w) const;
+  // HELLO's WAIT_MS: how long a request of `c` that waits on its overlay may take.
+  uint32_t OverlayWaitMs(const Client& c) const;
   void HandleReport(Client& c, const wire::Message& m);
   void HandleConnect(Client& c, const wire::Message& m, std::vector<UniqueFd>& fds);
   void HandleResolve(Client& c, const wire::Message& m);
@@ -140,6 +165,8 @@ class Server {
   void CloseDnsResponders(uint64_t client_id);
   void HandleOpenSession(Client& c, const wire::Message& m);
   void HandleStatus(Client& c, const wire::Message& m);
+  // The lines of `via status` about descriptors, refused clients and backpressure.
+  void AppendLoadStatus(std::ostream& out) const;
   void HandleShutdown(Client& c, const wire::Message& m);
   void HandleSessionChild(Client& c, const wire::Message& m);
   void HandleReload(Client& c, const wire::Message& m);
@@ -185,6 +212,20 @@ class Server {
   EventLoop* loop_;
   std::shared_ptr<spdlog::logger> log_;
   UniqueFd listen_fd_;
+  // Client connections and their limits (client_limits.h).
+  UniqueFd reserve_fd_;         // /dev/null, given up to refuse a client past EMFILE
+  ClientCaps caps_;             // from RLIMIT_NOFILE at start
+  uint64_t nofile_limit_ = 0;   // RLIMIT_NOFILE's soft limit at start
+  bool accept_paused_ = false;  // the listening socket is not polled (backoff)
+  uint64_t accept_timer_ = 0;
+  int64_t accept_backoff_ms_ = 0;
+  uint64_t refused_fd_limit_ = 0;     // clients refused at the descriptor limit (EMFILE/ENFILE)
+  uint64_t refused_cap_ = 0;          // ... at the client cap
+  uint64_t refused_pid_cap_ = 0;      // ... at the per-process cap
+  uint64_t refused_other_uid_ = 0;    // ... from another uid
+  uint64_t backpressure_events_ = 0;  // clients paused for not reading their replies
+  std::unordered_map<pid_t, size_t> clients_per_pid_;
+  LogLimiter log_limits_[size_t(Noisy::kCount)];
   struct stat socket_stat_ {};  // to unlink only our own socket file at exit
   bool bound_ = false;
   std::unique_ptr<FakeAddressPool> pool_;

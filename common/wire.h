@@ -79,6 +79,10 @@ enum Tag : uint16_t {
   kTagTimeoutMs = 0x63,  // u32: the overlay's connect_timeout, proxy connect + handshake
   kTagFakeNet = 0x64,    // Addr, one per family: a fake-address range, the port its prefix length
   kTagCount = 0x65,      // u32 (REPORT): this many successful connects, not reported one by one
+  // 0x70-0x7F: limits. u32 (HELLO reply): the longest the broker may take to answer a request
+  // on this connection that waits on the overlay (CONNECT, LISTEN, RESOLVE, REVERSE, DNS_QUERY),
+  // beyond the few seconds any request may take; the shim's deadline for those requests.
+  kTagWaitMs = 0x70,
 };
 
 // Reply flags (kTagFlags in a HELLO reply).

@@ -6,11 +6,13 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <spawn.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -37,6 +39,7 @@ struct Link {
   uint32_t flags = 0;
   uint32_t next_id = 1;
   uint32_t broker_pid = 0;  // SO_PEERCRED of the broker: whose fake addresses we were given
+  uint32_t wait_ms = 0;     // HELLO's WAIT_MS: how long requests that wait on the overlay may take
   char hello_msg[256] = {};
   // Connects the shim ran itself that the broker has not been told about yet (REPORT COUNT).
   uint32_t unreported = 0;
@@ -50,6 +53,30 @@ __thread Link t_link;
 constinit __thread Socks5Plan t_plan = {};
 pthread_key_t g_key;
 pthread_once_t g_key_once = PTHREAD_ONCE_INIT;
+
+// Deadlines on the broker link (docs/protocol.md, "Deadlines"): every request ends, at the
+// latest, with ETIMEDOUT and a message naming the broker, so that a stopped or stuck broker
+// fails programs instead of hanging them. Any request (and the connect to the socket) gets
+// kQuickMs; requests that wait on the overlay get the broker's WAIT_MS on top.
+constexpr int64_t kQuickMs = 10000;
+// Without WAIT_MS in the HELLO reply: the longest wait the protocol allows (I2P's session, 120 s,
+// plus a connect).
+constexpr int64_t kDefaultWaitMs = 180000;
+// `via broker --ensure` (which may start a broker and wait for it to listen).
+constexpr int64_t kEnsureMs = 60000;
+
+// Sleeps `ms` (or less), restarting after signals.
+void SleepMs(int64_t ms) {
+  timespec ts{static_cast<time_t>(ms / 1000), static_cast<long>((ms % 1000) * 1000000)};
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+  }
+}
+
+// Milliseconds left until `deadline_ns` (MonotonicNs), at least 0.
+int RemainingMs(int64_t deadline_ns) {
+  int64_t left = (deadline_ns - MonotonicNs()) / 1000000;
+  return left < 0 ? 0 : left > 0x7fffffff ? 0x7fffffff : static_cast<int>(left);
+}
 
 // Socket path discovered by `via broker --ensure` when VIA_SOCKET was not set.
 pthread_mutex_t g_path_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -160,7 +187,16 @@ void EnsureBroker() {
   }
   char buf[512];
   size_t got = 0;
+  bool timed_out = false;
+  const int64_t deadline = MonotonicNs() + kEnsureMs * 1000000;
   for (;;) {
+    pollfd p{pipefd[0], POLLIN, 0};
+    int ready = poll(&p, 1, RemainingMs(deadline));
+    if (ready < 0 && errno == EINTR) continue;
+    if (ready == 0) {
+      timed_out = true;
+      break;
+    }
     ssize_t r = read(pipefd[0], buf + got, sizeof buf - 1 - got);
     if (r > 0) {
       got += static_cast<size_t>(r);
@@ -173,8 +209,17 @@ void EnsureBroker() {
   }
   close(pipefd[0]);
   buf[got] = 0;
+  if (timed_out) kill(pid, SIGKILL);  // it prints the path and exits; this one is stuck
   int status = 0;
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (timed_out) {
+    g_ensure_err = ETIMEDOUT;
+    std::snprintf(g_ensure_msg, sizeof g_ensure_msg,
+                  "`%s broker --ensure` did not finish within %d s (a stopped or stuck broker?); "
+                  "see `via status`",
+                  exe, static_cast<int>(kEnsureMs / 1000));
+    return;
   }
   char* nl = std::strchr(buf, '\n');
   if (nl != nullptr) *nl = 0;
@@ -211,17 +256,49 @@ int SocketPath(char* out, size_t cap, char* msg, size_t msgcap) {
   return err;
 }
 
-// Sends one request (with an optional descriptor) and waits for its reply.
+// The broker's socket path for messages ("" if not known yet).
+const char* BrokerPathText() {
+  const Settings& s = GetSettings();
+  return s.socket_path[0] != 0 ? s.socket_path : g_ensured_path;
+}
+
+// Sends one request (with an optional descriptor) and waits for its reply, until `timeout_ms`:
+// ETIMEDOUT then. (The link is non-blocking: a broker that does not read its socket cannot
+// block the send either.)
 int Exchange(Link* l, const wire::Writer& w, int pass_fd, uint8_t* reply, size_t cap,
-             size_t* reply_len) {
-  ssize_t sent = wire::SendDatagram(l->fd, w.data(), w.size(), pass_fd);
-  if (sent < 0) return errno;
+             size_t* reply_len, int64_t timeout_ms) {
+  const int64_t deadline = MonotonicNs() + timeout_ms * 1000000;
+  for (;;) {
+    ssize_t sent = wire::SendDatagram(l->fd, w.data(), w.size(), pass_fd);
+    if (sent >= 0) break;
+    if (errno == EPIPE || errno == ECONNRESET) {
+      // A broker that refused the connection (a cap; docs/protocol.md, "Limits and deadlines")
+      // said why before closing it: that is the answer.
+      int err = errno;
+      ssize_t r = recv(l->fd, reply, cap, MSG_DONTWAIT);
+      if (r >= static_cast<ssize_t>(wire::kHeaderSize) && wire::GetLE32(reply + 8) == 0) {
+        *reply_len = static_cast<size_t>(r);
+        return 0;
+      }
+      return err;
+    }
+    if (errno != EAGAIN && errno != EWOULDBLOCK) return errno;
+    pollfd p{l->fd, POLLOUT, 0};
+    int ready = poll(&p, 1, RemainingMs(deadline));
+    if (ready == 0) return ETIMEDOUT;
+    if (ready < 0 && errno != EINTR) return errno;
+  }
   uint32_t want_id = wire::GetLE32(w.data() + 8);
   for (;;) {
-    ssize_t r;
-    do {
-      r = recv(l->fd, reply, cap, 0);
-    } while (r < 0 && errno == EINTR);
+    pollfd p{l->fd, POLLIN, 0};
+    int ready = poll(&p, 1, RemainingMs(deadline));
+    if (ready == 0) return ETIMEDOUT;
+    if (ready < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    ssize_t r = recv(l->fd, reply, cap, MSG_DONTWAIT);
+    if (r < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) continue;
     if (r < 0) return errno;
     if (r == 0) return ECONNRESET;
     if (static_cast<size_t>(r) >= wire::kHeaderSize && wire::GetLE32(reply + 8) != want_id &&
@@ -316,7 +393,7 @@ int DoHello(Link* l) {
   w.PutU32(wire::kTagPid, static_cast<uint32_t>(getpid()));
   uint8_t reply[4096];  // MESSAGE (at most 2500 bytes) and ORIGIN (500) may both be there
   size_t n = 0;
-  int err = Exchange(l, w, -1, reply, sizeof reply, &n);
+  int err = Exchange(l, w, -1, reply, sizeof reply, &n, kQuickMs);
   if (err != 0) return err;
   wire::Message m;
   if (m.Parse(reply, n) != wire::ParseError::kOk) return EPROTO;
@@ -324,6 +401,8 @@ int DoHello(Link* l) {
   l->hello_err = ReplyErrno(m, l->hello_msg, sizeof l->hello_msg);
   wire::Field f;
   if (m.Find(wire::kTagFlags, &f)) f.u32(&l->flags);
+  l->wait_ms = static_cast<uint32_t>(kDefaultWaitMs);
+  if (m.Find(wire::kTagWaitMs, &f)) f.u32(&l->wait_ms);
   if (l->hello_err == 0 && (l->flags & wire::kFlagShimSocks5) != 0 && !ReadPlan(m, l)) {
     l->flags &= ~wire::kFlagShimSocks5;  // incomplete: hand sockets to the broker instead
   }
@@ -356,7 +435,9 @@ int GetLink(Link** out, char* msg, size_t msgcap) {
     char path[108];
     int err = SocketPath(path, sizeof path, msg, msgcap);
     if (err != 0) return err;
-    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    // Non-blocking: a broker whose backlog is full (stopped, or flooded) makes connect fail
+    // with EAGAIN at once instead of blocking; it is tried again until the deadline.
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0) {
       err = errno;
       std::snprintf(msg, msgcap, "cannot create a socket for the broker: %s", std::strerror(err));
@@ -365,13 +446,30 @@ int GetLink(Link** out, char* msg, size_t msgcap) {
     sockaddr_un sun{};
     sun.sun_family = AF_UNIX;
     std::snprintf(sun.sun_path, sizeof sun.sun_path, "%s", path);
+    const int64_t deadline = MonotonicNs() + kQuickMs * 1000000;
+    int64_t pause_ms = 1;
     int rc;
-    do {
+    for (;;) {
       rc = Real().connect(fd, reinterpret_cast<sockaddr*>(&sun), sizeof sun);
-    } while (rc < 0 && errno == EINTR);
+      if (rc == 0 || errno == EINTR) {
+        if (rc == 0) break;
+        continue;
+      }
+      if (errno != EAGAIN || RemainingMs(deadline) == 0) break;
+      SleepMs(pause_ms < RemainingMs(deadline) ? pause_ms : RemainingMs(deadline));
+      pause_ms = pause_ms * 2 > 100 ? 100 : pause_ms * 2;
+    }
     if (rc < 0) {
       err = errno;
       close(fd);
+      if (err == EAGAIN) {
+        std::snprintf(msg, msgcap,
+                      "the via broker at %s accepted no connection within %d s (stopped, stuck "
+                      "or overloaded?); nothing was sent. See `via status`; if it stays so, end "
+                      "the broker",
+                      path, static_cast<int>(kQuickMs / 1000));
+        return ETIMEDOUT;
+      }
       std::snprintf(msg, msgcap, "the via broker at %s is not reachable (%s); nothing was sent",
                     path, std::strerror(err));
       return err == ENOENT ? ECONNREFUSED : err;
@@ -398,6 +496,25 @@ int GetLink(Link** out, char* msg, size_t msgcap) {
     l->ino = st.st_ino;
     pthread_setspecific(g_key, l);
     err = DoHello(l);
+    if (err == ETIMEDOUT) {
+      std::snprintf(msg, msgcap,
+                    "the via broker at %s (pid %u) did not answer within %d s (stopped, stuck or "
+                    "overloaded?); nothing was sent. See `via status`; if it stays so, end it: "
+                    "kill %u",
+                    path, l->broker_pid, static_cast<int>(kQuickMs / 1000), l->broker_pid);
+      Drop(l, true);
+      return err;
+    }
+    if (err == ECONNRESET || err == EPIPE) {
+      // Closed at once: a broker refusing clients (at its descriptor limit or a connection cap)
+      // whose reason did not arrive.
+      std::snprintf(msg, msgcap,
+                    "the via broker at %s (pid %u) closed the connection at once (%s): it may be "
+                    "refusing clients at its descriptor limit; see `via status`",
+                    path, l->broker_pid, std::strerror(err));
+      Drop(l, true);
+      return err;
+    }
     if (err != 0) {
       std::snprintf(msg, msgcap, "the via broker did not answer: %s", std::strerror(err));
       Drop(l, true);
@@ -421,7 +538,22 @@ int Request(wire::Writer& w, int pass_fd, uint8_t* reply, size_t cap, wire::Mess
     if (err != 0) return err;
     FlushReports(l);
     size_t n = 0;
-    err = Exchange(l, w, pass_fd, reply, cap, &n);
+    const uint16_t type = wire::GetLE16(w.data() + 4);
+    const bool waits_on_overlay = type == wire::kConnect || type == wire::kListen ||
+                                  type == wire::kResolve || type == wire::kReverse ||
+                                  type == wire::kDnsQuery;
+    const int64_t timeout_ms = kQuickMs + (waits_on_overlay ? int64_t(l->wait_ms) : 0);
+    err = Exchange(l, w, pass_fd, reply, cap, &n, timeout_ms);
+    if (err == ETIMEDOUT) {
+      // The reply may still come; this link is dropped so that it never answers a later request.
+      uint32_t broker = l->broker_pid;
+      Drop(l, true);
+      std::snprintf(msg, msgcap,
+                    "the via broker at %s (pid %u) did not answer within %d s (stopped, stuck or "
+                    "overloaded?). See `via status`; if it stays so, end it: kill %u",
+                    BrokerPathText(), broker, static_cast<int>(timeout_ms / 1000), broker);
+      return err;
+    }
     if (err == 0) {
       if (m->Parse(reply, n) != wire::ParseError::kOk) {
         std::snprintf(msg, msgcap, "malformed reply from the via broker");

@@ -1,18 +1,36 @@
 #include "tools/broker_client.h"
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <vector>
 
 namespace via::tools {
 
-Result<BrokerClient> BrokerClient::Connect(const std::string& path) {
+namespace {
+
+int64_t NowMs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+int LeftMs(int64_t deadline) { return int(std::clamp<int64_t>(deadline - NowMs(), 0, 0x7fffffff)); }
+
+}  // namespace
+
+Result<BrokerClient> BrokerClient::Connect(const std::string& path, int timeout_ms) {
   BrokerClient c;
-  c.fd_.reset(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  c.path_ = path;
+  // Non-blocking: a full backlog (a stopped or flooded broker) gives EAGAIN at once instead of
+  // blocking in connect; tried again until the deadline.
+  c.fd_.reset(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (!c.fd_) return Status::FromErrno("socket");
   sockaddr_un sun{};
   sun.sun_family = AF_UNIX;
@@ -20,21 +38,85 @@ Result<BrokerClient> BrokerClient::Connect(const std::string& path) {
     return Status::Error(ENAMETOOLONG, "socket path too long: " + path);
   }
   std::memcpy(sun.sun_path, path.c_str(), path.size() + 1);
-  if (connect(c.fd_.get(), reinterpret_cast<sockaddr*>(&sun), sizeof sun) != 0) {
-    return Status::FromErrno("cannot reach the broker at " + path);
+  const int64_t deadline = NowMs() + timeout_ms;
+  int pause_ms = 1;
+  while (connect(c.fd_.get(), reinterpret_cast<sockaddr*>(&sun), sizeof sun) != 0) {
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN) return Status::FromErrno("cannot reach the broker at " + path);
+    if (LeftMs(deadline) == 0) {
+      return Status::Error(ETIMEDOUT,
+                           "the broker at " + path + " accepted no connection within " +
+                               std::to_string(timeout_ms / 1000) +
+                               " s (its backlog is full: stopped, stuck or overloaded?)");
+    }
+    poll(nullptr, 0, std::min(pause_ms, LeftMs(deadline)));
+    pause_ms = std::min(pause_ms * 2, 100);
   }
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  if (getsockopt(c.fd_.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) c.broker_pid_ = cred.pid;
   return c;
 }
 
-Result<wire::Message> BrokerClient::Exchange(const wire::Writer& w, int pass_fd) {
-  ssize_t r = wire::SendDatagram(fd_.get(), w.data(), w.size(), pass_fd);
-  if (r < 0) return Status::FromErrno("sending to the broker");
-  reply_.resize(wire::kMaxMessage);
-  do {
-    r = recv(fd_.get(), reply_.data(), reply_.size(), 0);
-  } while (r < 0 && errno == EINTR);
-  if (r < 0) return Status::FromErrno("reading from the broker");
-  if (r == 0) return Status::Error(ECONNRESET, "the broker closed the connection");
+Status BrokerClient::NoAnswer(int64_t ms) const {
+  std::string pid = std::to_string(broker_pid_);
+  return Status::Error(ETIMEDOUT, "the broker at " + path_ + " (pid " + pid +
+                                      ") did not answer within " + std::to_string(ms / 1000) +
+                                      " s: it is stopped, stuck or overloaded. If it does not "
+                                      "recover, end it (kill " +
+                                      pid + ") and run the command again");
+}
+
+Result<wire::Message> BrokerClient::Exchange(const wire::Writer& w, int pass_fd,
+                                             int64_t timeout_ms) {
+  if (timeout_ms < 0) timeout_ms = kQuickMs;
+  const int64_t deadline = NowMs() + timeout_ms;
+  ssize_t r;
+  for (;;) {
+    r = wire::SendDatagram(fd_.get(), w.data(), w.size(), pass_fd);
+    if (r >= 0) break;
+    if (errno == EPIPE || errno == ECONNRESET) {
+      // A broker that refused the connection (a cap) said why before closing it.
+      Status failed = Status::FromErrno("sending to the broker");
+      reply_.resize(wire::kMaxMessage);
+      r = recv(fd_.get(), reply_.data(), reply_.size(), MSG_DONTWAIT);
+      wire::Message m;
+      if (r >= ssize_t(wire::kHeaderSize) &&
+          m.Parse(reinterpret_cast<const uint8_t*>(reply_.data()), size_t(r)) ==
+              wire::ParseError::kOk &&
+          m.id() == 0) {
+        reply_.resize(size_t(r));
+        return ReplyStatus(m).ok() ? failed : ReplyStatus(m);
+      }
+      return failed;
+    }
+    if (errno != EAGAIN && errno != EWOULDBLOCK) {
+      return Status::FromErrno("sending to the broker");
+    }
+    pollfd p{fd_.get(), POLLOUT, 0};
+    int ready = poll(&p, 1, LeftMs(deadline));
+    if (ready == 0) return NoAnswer(timeout_ms);
+  }
+  const uint32_t want_id = wire::GetLE32(w.data() + 8);
+  for (;;) {
+    pollfd p{fd_.get(), POLLIN, 0};
+    int ready = poll(&p, 1, LeftMs(deadline));
+    if (ready == 0) return NoAnswer(timeout_ms);
+    if (ready < 0 && errno != EINTR) return Status::FromErrno("waiting for the broker");
+    if (ready < 0) continue;
+    reply_.resize(wire::kMaxMessage);
+    r = recv(fd_.get(), reply_.data(), reply_.size(), MSG_DONTWAIT);
+    if (r < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) continue;
+    if (r < 0) return Status::FromErrno("reading from the broker");
+    if (r == 0) return Status::Error(ECONNRESET, "the broker closed the connection");
+    // A reply to an earlier request that timed out here: not this one's.
+    if (size_t(r) >= wire::kHeaderSize &&
+        wire::GetLE32(reinterpret_cast<uint8_t*>(reply_.data()) + 8) != want_id &&
+        wire::GetLE32(reinterpret_cast<uint8_t*>(reply_.data()) + 8) != 0) {
+      continue;
+    }
+    break;
+  }
   reply_.resize(size_t(r));
   wire::Message m;
   wire::ParseError pe = m.Parse(reinterpret_cast<const uint8_t*>(reply_.data()), reply_.size());
@@ -65,6 +147,8 @@ Result<std::string> BrokerClient::Hello(const std::string& network, const std::s
   if (!m.ok()) return m.status();
   wire::Field f;
   if (m->Find(wire::kTagFingerprint, &f)) fingerprint_ = std::string(f.str());
+  uint32_t wait = 0;
+  if (m->Find(wire::kTagWaitMs, &f) && f.u32(&wait)) wait_ms_ = wait;
   if (Status s = ReplyStatus(*m); !s.ok()) return s;
   return m->Find(wire::kTagNetwork, &f) ? std::string(f.str()) : std::string();
 }
@@ -140,7 +224,7 @@ Status BrokerClient::ConnectByName(int fd, const std::string& name, uint16_t por
   wire::Writer w(buf, sizeof buf, wire::kConnect, next_id_++);
   w.PutString(wire::kTagName, name);
   w.PutU16(wire::kTagPort, port);
-  auto m = Exchange(w, fd);
+  auto m = Exchange(w, fd, kQuickMs + wait_ms_);
   if (!m.ok()) return m.status();
   return ReplyStatus(*m);
 }

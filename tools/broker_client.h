@@ -14,8 +14,13 @@ namespace via::tools {
 
 class BrokerClient {
  public:
-  // Connects to the broker socket at `path`.
-  static Result<BrokerClient> Connect(const std::string& path);
+  // Deadlines (docs/protocol.md, "Deadlines"): the connect and every request end within
+  // kQuickMs (ETIMEDOUT and a message naming the broker), CONNECT within kQuickMs plus the
+  // WAIT_MS of the HELLO reply. A stopped or stuck broker gives an error, never a hang.
+  static constexpr int kQuickMs = 10000;
+
+  // Connects to the broker socket at `path`; a full backlog is retried until `timeout_ms`.
+  static Result<BrokerClient> Connect(const std::string& path, int timeout_ms = kQuickMs);
 
   // HELLO selecting `network` ("" = the session's or the default). Returns the effective network.
   Result<std::string> Hello(const std::string& network, const std::string& session = "");
@@ -47,11 +52,17 @@ class BrokerClient {
   int fd() const { return fd_.get(); }
 
  private:
-  // Sends `w` (with `pass_fd` attached if >= 0) and waits for the reply into `reply_`.
-  Result<wire::Message> Exchange(const wire::Writer& w, int pass_fd = -1);
+  // Sends `w` (with `pass_fd` attached if >= 0) and waits for the reply into `reply_`, at most
+  // `timeout_ms` (kQuickMs when < 0).
+  Result<wire::Message> Exchange(const wire::Writer& w, int pass_fd = -1, int64_t timeout_ms = -1);
   static Status ReplyStatus(const wire::Message& m);
+  // The error for a broker that did not answer within `ms`.
+  Status NoAnswer(int64_t ms) const;
 
   UniqueFd fd_;
+  std::string path_;
+  pid_t broker_pid_ = 0;      // SO_PEERCRED
+  int64_t wait_ms_ = 180000;  // HELLO's WAIT_MS
   uint32_t next_id_ = 1;
   std::string reply_;
   std::string fingerprint_;

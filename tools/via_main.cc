@@ -204,15 +204,19 @@ broker; connects a program made itself are counted in batches, so an idle progra
 show once it connects again or exits), sessions, clients, each connected program with its network and
 why (or why it was refused), SAM sessions (I2P), for each Tailscale entry its node's state
 (Starting, NeedsLogin, Running...), tailnet addresses, MagicDNS name, last error and login URL,
-listeners with the overlay address each one is reachable at, and the size of the fake-address
-table. It does not start a broker.
+listeners with the overlay address each one is reachable at, the size of the fake-address
+table, and its load: descriptors in use against its limit (with a WARNING line above 80 %),
+the clients it refused since start and why (descriptor limit, client cap, per-process cap,
+other uid), and how often a client that did not read its replies was paused. It does not start
+a broker.
 
 Options:
   -c, --config PATH   configuration whose broker to ask (default: the usual search)
       --socket PATH   ask the broker on this socket
   -h, --help          show this help
 
-Exit status: 0, or 1 if no broker is running.
+Exit status: 0, or 1 if no broker is running or it did not answer within 10 s (a stopped or
+stuck broker).
 
 Examples:
   via status

@@ -1114,6 +1114,51 @@ TEST_F(BrokerProtocolTest, ShutdownStopsTheBroker) {
 // greeted and on fresh connections. Every one must get a well-formed reply (an error carries a
 // MESSAGE) or, for broken framing, an EPROTO reply and a closed connection; the broker must stay
 // up and keep serving a bystander that asked for nothing unusual. Deterministic (fixed seed).
+// A client that sends requests and never reads the replies: past the reply queue's bound the
+// broker stops reading its requests (they wait in the socket: its sends fail with EAGAIN), others
+// are served meanwhile, and once it reads, every request it sent gets its reply, in order.
+TEST_F(BrokerProtocolTest, UnreadRepliesStopReadingThatClientOnly) {
+  StartBroker();
+  UniqueFd greedy = Greeted("app:refused");
+  fcntl(greedy.get(), F_SETFL, fcntl(greedy.get(), F_GETFL) | O_NONBLOCK);
+  wire::Addr addr{};
+  addr.family = 4;
+  addr.bytes[0] = 198;
+  addr.bytes[1] = 18;
+  addr.bytes[3] = 1;
+  const uint32_t first = next_id_ + 1;
+  uint32_t sent = 0;
+  auto deadline = steady_clock::now() + milliseconds(3000);
+  while (sent < 200000 && steady_clock::now() < deadline) {
+    uint8_t buf[64];
+    wire::Writer w(buf, sizeof buf, wire::kReverse, first + sent);
+    w.PutAddr(wire::kTagAddr, addr);
+    if (send(greedy.get(), w.data(), w.size(), MSG_NOSIGNAL) == ssize_t(w.size())) {
+      ++sent;
+    } else {
+      ASSERT_EQ(errno, EAGAIN) << std::strerror(errno);
+      std::this_thread::sleep_for(milliseconds(1));
+    }
+  }
+  // Held back: the old broker read (and queued the replies of) every request at once.
+  EXPECT_LT(sent, 200000u);
+  // Another client is served while the greedy one is paused.
+  std::string status = StatusText();
+  EXPECT_NE(status.find("1 client(s) paused now"), std::string::npos) << status;
+  EXPECT_NE(status.find("backpressure: 1 time(s)"), std::string::npos) << status;
+  // Reading drains the queue and resumes it: every request is answered, in order.
+  fcntl(greedy.get(), F_SETFL, fcntl(greedy.get(), F_GETFL) & ~O_NONBLOCK);
+  for (uint32_t i = 0; i < sent; ++i) {
+    Reply r = Receive(greedy.get());
+    ASSERT_FALSE(r.closed) << i;
+    ASSERT_EQ(r.id, first + i);
+    ASSERT_EQ(r.type, wire::kReverse | wire::kReplyBit);
+  }
+  next_id_ = first + sent;
+  EXPECT_EQ(Resolve(greedy.get(), "after.test").err, 0u);
+  EXPECT_NE(StatusText().find("0 client(s) paused now"), std::string::npos);
+}
+
 TEST_F(BrokerProtocolTest, MutatedRequestsGetAnAnswerAndBreakNothing) {
   StartBroker();
   UniqueFd bystander = Greeted("app:refused");
