@@ -183,6 +183,24 @@ def dns():
         write("dns_query", name, data)
 
 
+# ---- SAM: replies that carry destinations (the other SAM seeds are hand-written) -------------
+def sam():
+    import base64
+    keys = bytes((i * 37 + 11) % 256 for i in range(384))
+    dest = keys + b"\x05\x00\x04\x00\x07\x00\x00"  # key certificate: Ed25519, ElGamal
+    priv = dest + bytes(256) + bytes(range(32))
+
+    def b64(b):
+        return base64.b64encode(b, altchars=b"-~").decode()
+
+    hello = "HELLO REPLY RESULT=OK VERSION=3.1\n"
+    write("sam", "session_status_dest",
+          hello + "SESSION STATUS RESULT=OK DESTINATION=" + b64(priv) + "\n")
+    write("sam", "peer_line", b64(dest) + " FROM_PORT=0 TO_PORT=0\n")
+    write("sam", "naming_reply_ok", "NAMING REPLY RESULT=OK NAME=x.i2p VALUE=" + b64(dest) + "\n")
+    write("sam", "stream_status_ok", hello + "STREAM STATUS RESULT=OK\n")
+
+
 # ---- configs ---------------------------------------------------------------------------------
 def config():
     n = 0
@@ -222,4 +240,5 @@ if __name__ == "__main__":
     socks5()
     broker_request()
     dns()
+    sam()
     print("config seeds:", config(), file=sys.stderr)
