@@ -16,6 +16,7 @@
 //
 // With clang (-DVIA_FUZZ=ON, CXX=clang++) a libFuzzer target, else a standalone driver that
 // replays the corpus and deterministic mutations (standalone_main.h); docs/fuzzing.md.
+#include <cerrno>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -189,6 +190,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   } else {
     // Neither: the input ended first.
     Check(i == n && ref == 0 && !ref_failed);
+    // Offered more than it asked for, it takes none of it and fails.
+    static socks5::Client copy;
+    copy = c;
+    static const uint8_t kMore[5 + 255 + 2 + 1] = {};
+    const size_t want = copy.WantRead();
+    if (want > 0) Check(copy.Feed(kMore, want + 1) == EPROTO && copy.WantRead() == 0);
   }
   return 0;
 }
