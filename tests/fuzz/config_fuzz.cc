@@ -63,7 +63,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
   }
   Check(c.service.idle_timeout_s >= 0);
-  Check(!c.service.state_dir.empty() && c.service.state_dir[0] == '/');
+  // An explicit `state_dir: ""` means none (docs/configuration.md); otherwise absolute.
+  Check(c.service.state_dir.empty() || c.service.state_dir[0] == '/');
   Check(via::broker::FakeAddressPool::Create(c.service.fake_ipv4, c.service.fake_ipv6, 1).ok());
   // The loaded rules and policies matched against processes, as the broker does for every
   // HELLO: a few fixed ones, and one made of the input's own lines (exe, then argv).

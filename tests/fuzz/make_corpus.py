@@ -199,6 +199,9 @@ def sam():
     write("sam", "peer_line", b64(dest) + " FROM_PORT=0 TO_PORT=0\n")
     write("sam", "naming_reply_ok", "NAMING REPLY RESULT=OK NAME=x.i2p VALUE=" + b64(dest) + "\n")
     write("sam", "stream_status_ok", hello + "STREAM STATUS RESULT=OK\n")
+    # Around the 8192-byte line limit (kMaxLine): one byte under it, and past it.
+    write("sam", "line_8191", "STREAM STATUS RESULT=OK MESSAGE=" + "m" * (8191 - 32) + "\n")
+    write("sam", "line_too_long", hello + "STREAM STATUS RESULT=OK MESSAGE=" + "m" * 8300 + "\n")
 
 
 # ---- configs ---------------------------------------------------------------------------------
