@@ -742,6 +742,7 @@ void Server::HandleHello(Client& c, const wire::Message& m) {
   if (config_->service.loopback == config::LoopbackPolicy::kRefuse) {
     flags |= wire::kFlagLoopbackRefuse;
   }
+  if (config_->service.unrouted_exec_allowed) flags |= wire::kFlagUnroutedExecAllow;
   c.shim_plan = ShimPlan(c, &w);
   if (!c.shim_plan.empty()) {
     flags |= wire::kFlagShimSocks5;

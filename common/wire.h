@@ -97,6 +97,9 @@ constexpr uint32_t kFlagIsolate = 1u << 4;  // with kFlagShimSocks5: a fresh cre
 // With kFlagShimSocks5: the broker logs every connect (debug level), so report each success with
 // its destination; otherwise successes are reported as counts, in batches.
 constexpr uint32_t kFlagReportEach = 1u << 5;
+// network_service.unrouted_exec is "allow": the exec guard lets binaries the shim cannot cover
+// run (unrouted). The shim learns it from the broker only, never from its environment.
+constexpr uint32_t kFlagUnroutedExecAllow = 1u << 7;
 // Request flags (kTagFlags), bits 20-23.
 constexpr uint32_t kFlagSessionExplicit = 1u << 20;  // OPEN_SESSION: --network/--direct was given
 constexpr uint32_t kFlagControl = 1u << 21;  // HELLO: a CLI control connection, no network needed

@@ -41,7 +41,9 @@ void* RealFn(void** slot, const char* name) {
   return f;
 }
 
-bool Guarded() { return !ExecUnguarded() && !GetSettings().unrouted_exec_allowed; }
+// Whether the gate applies; network_service.unrouted_exec comes from the broker (asked only once
+// Go code was found), never from the environment.
+bool Guarded() { return !ExecUnguarded(); }
 
 // The file dlopen(`file`) would load, as far as the gate can tell without loading it: `file`
 // itself when it has a '/', else the first match on LD_LIBRARY_PATH and in the system
@@ -90,7 +92,7 @@ void Refuse(const char* what, const char* reason) {
 void CheckLoadedObjects() {
   if (!Guarded()) return;
   char name[kCheckPathMax];
-  if (!LoadedGoObject(name, sizeof name)) return;
+  if (!LoadedGoObject(name, sizeof name) || BrokerAllowsUnrouted()) return;
   Complain(
       "Go code is loaded in this process (%s), which makes its network system calls itself, "
       "past the shim: stopping it under %s (network_service.unrouted_exec: allow permits it)",
@@ -108,7 +110,8 @@ extern "C" __attribute__((visibility("hidden"))) void* via_dlopen_gate(const cha
   if (file == nullptr || (mode & RTLD_NOLOAD) != 0 || !Guarded()) return real;
   char path[kCheckPathMax];
   if (!FindLibrary(file, path, sizeof path)) return real;
-  if (const char* reason = SharedObjectReason(path); reason != nullptr) {
+  if (const char* reason = SharedObjectReason(path);
+      reason != nullptr && !BrokerAllowsUnrouted()) {
     Refuse(path, reason);
     return nullptr;
   }
@@ -119,7 +122,7 @@ extern "C" __attribute__((visibility("hidden"))) void* via_dlmopen_gate(Lmid_t l
                                                                         const char* file,
                                                                         int mode) {
   void* real = RealFn(&g_real_dlmopen, "dlmopen");
-  if (lmid != LM_ID_BASE && Guarded()) {
+  if (lmid != LM_ID_BASE && Guarded() && !BrokerAllowsUnrouted()) {
     Refuse(file != nullptr ? file : "an object",
            "dlmopen into another namespace loads a libc the shim is not preloaded into");
     return nullptr;

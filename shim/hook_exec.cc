@@ -37,14 +37,14 @@ constexpr size_t kPathMax = 4096;
 // shim makes the guard ask whether this process is routed (ExecRouted). `in_parent`: called in
 // the process itself (posix_spawn), never in a vfork child.
 int CheckExec(const char* path, char* const argv[], char* const envp[], bool in_parent = false) {
-  const Settings& s = GetSettings();
-  if (path == nullptr || ExecUnguarded() || s.unrouted_exec_allowed) return 0;
+  if (path == nullptr || ExecUnguarded()) return 0;
   char interp[kPathMax] = {};
   const char* reason = EnvironmentReason(envp, interp, sizeof interp);
   if (reason == nullptr) reason = UnroutedReason(path, argv, interp, sizeof interp);
   if (reason == nullptr) return 0;
   char why[512];
-  if (!ExecRouted(in_parent, why, sizeof why)) return 0;
+  bool allow_unrouted = false;
+  if (!ExecRouted(in_parent, why, sizeof why, &allow_unrouted) || allow_unrouted) return 0;
   Complain(
       "exec of %s refused under %s: %s%s%s, so its traffic would not go through the overlay "
       "(network_service.unrouted_exec: allow permits it)%s%s",
@@ -313,7 +313,7 @@ bool SpawnTarget(const char* path, const posix_spawn_file_actions_t* fa, char* o
 // CheckExec for what a posix_spawn child will run (0 or an errno).
 int CheckSpawn(const char* path, const posix_spawn_file_actions_t* fa, char* const argv[],
                char* const envp[]) {
-  if (path == nullptr || ExecUnguarded() || GetSettings().unrouted_exec_allowed) return 0;
+  if (path == nullptr || ExecUnguarded()) return 0;
   char target[2 * kPathMax];
   if (!SpawnTarget(path, fa, target, sizeof target)) {
     Complain(

@@ -85,13 +85,16 @@ struct Settings {
   char session[96] = {};
   char socket_path[108] = {};  // VIA_SOCKET, or filled by EnsureSocketPath()
   // Snapshots for exec (exec_env.cc): a child whose environment was scrubbed gets these back.
-  bool unrouted_exec_allowed = false;  // VIA_UNROUTED_EXEC=allow
+  // VIA_UNROUTED_EXEC=allow: only restored into children (via run sets it from the config). The
+  // guard itself asks the broker (kFlagUnroutedExecAllow): the program controls its environment.
+  bool unrouted_exec_allowed = false;
+  // Values that did not fit their field (kTooLong* bits): never restored into a child, where a
+  // truncated value would mean something else. Before `config`: on the page the other fields
+  // share, so that reading the environment touches one page of .bss, not two.
+  unsigned too_long = 0;
   // VIA_CONFIG: a path, as long as the kernel lets one variable be (MAX_ARG_STRLEN). In .bss:
   // only the pages a value touches cost memory.
   char config[32 * 4096] = {};
-  // Values that did not fit their field (kTooLong* bits): never restored into a child, where a
-  // truncated value would mean something else.
-  unsigned too_long = 0;
 };
 constexpr unsigned kTooLongNetwork = 1, kTooLongSession = 2, kTooLongSocket = 4, kTooLongConfig = 8;
 const Settings& GetSettings();
@@ -114,7 +117,11 @@ bool ExecUnguarded();
 // itself (posix_spawn), not in a child that may share its memory (vfork), where the thread's
 // broker link must not be touched: a separate one-shot HELLO is used there. True (fail closed)
 // with the reason in `why` when the broker cannot be asked.
-bool ExecRouted(bool in_parent, char* why, size_t whycap);
+bool ExecRouted(bool in_parent, char* why, size_t whycap, bool* allow_unrouted);
+// Whether the broker says network_service.unrouted_exec is "allow" (one HELLO, cached): the
+// dlopen gate and the loaded-objects check ask it only once they found Go code. Not for vfork
+// children.
+bool BrokerAllowsUnrouted();
 // For messages: VIA_NETWORK, or a phrase when the broker chose the network (a program rule).
 const char* NetworkLabel();
 

@@ -136,11 +136,15 @@ bool SharesParentMemory() {
 
 }  // namespace
 
-bool ExecRouted(bool in_parent, char* why, size_t whycap) {
+bool ExecRouted(bool in_parent, char* why, size_t whycap, bool* allow_unrouted) {
+  *allow_unrouted = false;
   if (whycap > 0) why[0] = 0;
   if (__atomic_load_n(&g_passthrough, __ATOMIC_RELAXED)) return false;
   const Settings& s = GetSettings();
-  if (s.active || BrokerRoutedThisProcess()) return true;
+  // Known to be routed (an overlay in VIA_NETWORK, or a broker answer in this process): the
+  // broker is still asked, for network_service.unrouted_exec (never read from the environment,
+  // which the program controls). This runs only for a binary that would be refused.
+  const bool known_routed = s.active || BrokerRoutedThisProcess();
   uint32_t flags = 0;
   int err;
   if (in_parent || !SharesParentMemory()) {
@@ -149,12 +153,13 @@ bool ExecRouted(bool in_parent, char* why, size_t whycap) {
     HelloInfo info;
     err = BrokerHello(&info, why, whycap);
     flags = info.flags;
-    if (err != 0 && NoConfigAnywhere() && s.network[0] == 0 && s.session[0] == 0) {
+    if (err != 0 && !known_routed && NoConfigAnywhere() && s.network[0] == 0 &&
+        s.session[0] == 0) {
       return false;  // no configuration anywhere and nothing asked for one: nothing routes it
     }
   } else {
     err = BrokerHelloDetached(&flags, why, whycap);
-    if (err == ESRCH && s.network[0] == 0 && s.session[0] == 0) {
+    if (err == ESRCH && !known_routed && s.network[0] == 0 && s.session[0] == 0) {
       return false;  // as above: no configuration anywhere, nothing asked for one
     }
   }
@@ -164,7 +169,16 @@ bool ExecRouted(bool in_parent, char* why, size_t whycap) {
     if (why[0] == 0) std::snprintf(why, whycap, "the via broker did not answer: %s", strerror(err));
     return true;
   }
-  return (flags & wire::kFlagDirect) == 0;
+  *allow_unrouted = (flags & wire::kFlagUnroutedExecAllow) != 0;
+  return known_routed || (flags & wire::kFlagDirect) == 0;
+}
+
+bool BrokerAllowsUnrouted() {
+  if (__atomic_load_n(&g_passthrough, __ATOMIC_RELAXED)) return true;
+  HelloInfo info;
+  char msg[256];
+  return BrokerHello(&info, msg, sizeof msg) == 0 &&
+         (info.flags & wire::kFlagUnroutedExecAllow) != 0;
 }
 
 const char* NetworkLabel() {

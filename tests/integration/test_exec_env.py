@@ -287,6 +287,25 @@ class ExecEnv(harness.ViaCase):
         self.assertIn("it is statically linked", proc.stderr)
         self.assertEqual(self.peers(), [])
 
+    # ---- cause 3: VIA_UNROUTED_EXEC is the broker's to say -------------------------------------
+    def test_a_program_cannot_allow_unrouted_exec_for_itself(self):
+        # The config does not allow unrouted exec; the program sets the variable via run sets
+        # when it does. The shim asks the broker, which says no: refused, nothing direct.
+        static = self.build("static-client", STATIC_CLIENT, "-static")
+        proc = self.run_via("app:tor", "env", "VIA_UNROUTED_EXEC=allow", "sh", "-c",
+                            f"{static} {self.port} self-allowed; echo status=$?")
+        self.assertIn("status=126", proc.stdout, proc.stderr)
+        self.assertIn("it is statically linked", proc.stderr)
+        self.assertEqual(self.peers(), [])
+        # The control: the config allows it, and the broker tells the shim so (the program
+        # then connects directly, as documented for unrouted_exec: allow).
+        self.write_config([self.socks5_entry("tor", self.proxy_port)],
+                          service={"loopback": "overlay", "unrouted_exec": "allow"})
+        proc = self.run_via("app:tor", "env", "-u", "VIA_UNROUTED_EXEC", "sh", "-c",
+                            f"{static} {self.port} config-allowed; echo status=$?")
+        self.assertIn("status=0", proc.stdout, proc.stderr)
+        self.assertEqual(self.peers(), [("/config-allowed", harness.DIRECT_PEER)])
+
     def test_emptied_network_in_a_direct_session_still_runs_a_static_binary(self):
         # The control: the broker's answer decides, and for a direct session it says direct.
         static = self.build("static-client", STATIC_CLIENT, "-static")
