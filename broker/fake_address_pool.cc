@@ -1,3 +1,4 @@
+#include "common/random.h"
 #include "broker/fake_address_pool.h"
 
 #include <arpa/inet.h>
@@ -369,13 +370,7 @@ Status FakeAddressPool::OpenJournal(const std::string& path, size_t* restored) {
   if (table_id_.empty()) {
     // A new table: a random id, and a random first number.
     uint8_t r[12];
-    size_t got = 0;
-    while (got < sizeof r) {
-      ssize_t n = getrandom(r + got, sizeof r - got, GRND_NONBLOCK);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) return Status::FromErrno("getrandom");
-      got += size_t(n);
-    }
+    if (Status s = FillRandom(r, sizeof r); !s.ok()) return s;
     char hex[17];
     for (int i = 0; i < 8; ++i) std::snprintf(hex + 2 * i, 3, "%02x", r[i]);
     table_id_.assign(hex, 16);

@@ -1,3 +1,4 @@
+#include "common/random.h"
 #include "broker/session_table.h"
 
 #include <sys/random.h>
@@ -10,14 +11,7 @@ namespace via::broker {
 
 Result<std::string> NewSessionToken() {
   uint8_t b[16];
-  size_t got = 0;
-  while (got < sizeof b) {
-    // GRND_NONBLOCK: never stall the loop waiting for the entropy pool at early boot.
-    ssize_t r = getrandom(b + got, sizeof b - got, GRND_NONBLOCK);
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) return Status::FromErrno("getrandom");
-    got += size_t(r);
-  }
+  if (Status s = FillRandom(b, sizeof b); !s.ok()) return s;
   char hex[33];
   for (size_t i = 0; i < sizeof b; ++i) std::snprintf(hex + 2 * i, 3, "%02x", b[i]);
   return std::string(hex, 32);

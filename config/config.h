@@ -39,7 +39,7 @@ struct Socks5Settings {
   int connect_timeout_ms = 15000;  // via extension: `connect_timeout: 15s` (or a number of seconds)
 };
 
-// `kind: network.tailscale` (parsed and validated; no driver in this build yet).
+// `kind: network.tailscale`: a node of its own, run by the via-tsnet helper (docs/tailscale.md).
 struct TailscaleSettings {
   std::string hostname;  // default "wippy" applied by the driver
   std::string auth_key;

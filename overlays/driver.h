@@ -56,8 +56,7 @@ class Driver {
   virtual std::string ResolvedName(const Handshake& /*hs*/) const { return ""; }
 };
 
-// Creates the driver for an overlay entry. Kinds without a driver in this build give ENOTSUP
-// with a message naming the kind. The proxy host is resolved here (numeric or /etc/hosts or the
+// Creates the driver for an overlay entry (every kind has one). The proxy host is resolved here (numeric or /etc/hosts or the
 // system resolver: it is the proxy's own address, not a destination).
 Result<std::unique_ptr<Driver>> CreateDriver(const config::Overlay& overlay);
 
