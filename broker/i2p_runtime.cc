@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -400,8 +401,25 @@ I2pRuntime::~I2pRuntime() {
   }
 }
 
+namespace {
+
+bool PlainWord(const std::string& s) {
+  if (s.empty()) return false;
+  for (char c : s) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_' && c != '-') return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+std::string I2pKeyDirName(const config::Overlay& overlay) {
+  if (PlainWord(overlay.ns) && PlainWord(overlay.name)) return overlay.ns + "." + overlay.name;
+  return config::TailscaleDirName(overlay.id);
+}
+
 std::string I2pRuntime::KeyPath(uint16_t port) const {
-  return service_.state_dir + "/i2p/" + overlay_.ns + "." + overlay_.name + "/listen-" +
+  return service_.state_dir + "/i2p/" + I2pKeyDirName(overlay_) + "/listen-" +
          std::to_string(port) + ".keys";
 }
 

@@ -61,6 +61,12 @@ class SamSession {
   DoneFn lost_;
 };
 
+// The directory that holds an I2P entry's listener keys, below <state_dir>/i2p/: "ns.name" (as
+// it has always been) when both are plain words ([A-Za-z0-9_-]), else the entry's full name as
+// one escaped path component (config::TailscaleDirName): never "." or "..", never a '/', and
+// never one directory for two entries (a.b + c and a + b.c differ).
+std::string I2pKeyDirName(const config::Overlay& overlay);
+
 class I2pRuntime : public OverlayRuntime {
  public:
   I2pRuntime(const config::Overlay& overlay, const config::NetworkService& service,
