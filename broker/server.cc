@@ -558,7 +558,12 @@ std::string Server::PeerText(const Client& c) const {
 
 void Server::Reply(Client& c, const wire::Writer& w) {
   if (!w.ok()) {
-    log_->error("a reply to {} did not fit in a message", PeerText(c));
+    // Answered all the same (an error with the request's type and id), so that the shim fails
+    // the call at once instead of waiting for its deadline.
+    const uint16_t type = w.size() >= wire::kHeaderSize ? wire::GetLE16(w.data() + 4) : 0;
+    const uint32_t id = w.size() >= wire::kHeaderSize ? wire::GetLE32(w.data() + 8) : 0;
+    log_->error("a reply to {} (type 0x{:04x}) did not fit in a message", PeerText(c), type);
+    if (type != 0) ReplyError(c, type, id, EMSGSIZE, "the broker's reply did not fit in a message");
     return;
   }
   if (c.outbox.empty()) {
