@@ -1054,6 +1054,15 @@ void Server::HandleReverse(Client& c, const wire::Message& m) {
 
 void Server::HandleOpenSession(Client& c, const wire::Message& m) {
   const uint16_t reply = wire::kOpenSession | wire::kReplyBit;
+  // `via run` opens one session per connection; a client that opens more and more would grow
+  // the table without bound (its sessions end only with its connection).
+  constexpr size_t kMaxSessionsPerClient = 16;
+  if (c.sessions_opened >= kMaxSessionsPerClient) {
+    return ReplyError(c, reply, m.id(), EAGAIN,
+                      "this connection already opened " + std::to_string(c.sessions_opened) +
+                          " sessions (at most " + std::to_string(kMaxSessionsPerClient) +
+                          " per connection; `via run` opens one)");
+  }
   wire::Field f;
   // The selection is made for the command the session will start, as a child of the opener:
   // its groups are those of the command and of the opener's whole ancestry.
@@ -1096,6 +1105,7 @@ void Server::HandleOpenSession(Client& c, const wire::Message& m) {
   if (!session.ok()) {
     return ReplyError(c, reply, m.id(), session.status().code(), session.status().message());
   }
+  ++c.sessions_opened;
   SessionTable::Session* s = sessions_.FindMutable((*session)->token);
   s->explicit_sel = sel.explicit_sel;
   s->root = opener[0].pid;

@@ -70,6 +70,7 @@ class Server {
     std::string origin;                     // why (Selection::origin)
     std::string session;                    // token of a known session presented in HELLO
     bool control = false;                   // a CLI control connection (kFlagControl)
+    size_t sessions_opened = 0;             // OPEN_SESSIONs granted (kMaxSessionsPerClient)
     bool has_claim = false;                 // HELLO named a network
     std::string claim;                      // ... this one
     std::string token;                      // HELLO SESSION

@@ -533,6 +533,27 @@ TEST_F(BrokerProtocolTest, OpenSessionGivesA32HexToken) {
       << r.Str(wire::kTagSession);
 }
 
+TEST_F(BrokerProtocolTest, OneConnectionCannotOpenSessionsWithoutBound) {
+  StartBroker();
+  UniqueFd fd = Greeted("direct");
+  auto open = [&] {
+    return Request(fd.get(), wire::kOpenSession,
+                   [](wire::Writer& w) { w.PutString(wire::kTagNetwork, "app:refused"); });
+  };
+  for (int i = 0; i < 16; ++i) ASSERT_EQ(open().err, 0u) << i;
+  Reply r = open();
+  EXPECT_EQ(r.err, uint32_t(EAGAIN));
+  EXPECT_EQ(r.message,
+            "this connection already opened 16 sessions (at most 16 per connection; `via run` "
+            "opens one)");
+  // Another connection is not affected.
+  UniqueFd other = Greeted("direct");
+  EXPECT_EQ(Request(other.get(), wire::kOpenSession, [](wire::Writer& w) {
+              w.PutString(wire::kTagNetwork, "app:refused");
+            }).err,
+            0u);
+}
+
 TEST_F(BrokerProtocolTest, OpenSessionForUnknownOverlayIsEnoent) {
   StartBroker();
   UniqueFd fd = Greeted("direct");
