@@ -21,6 +21,7 @@
 #include "tools/broker_client.h"
 #include "tools/cli.h"
 #include "tools/command_identity.h"
+#include "tools/command_table.h"
 
 extern char** environ;
 
@@ -29,12 +30,6 @@ namespace via::tools {
 namespace {
 
 const std::map<std::string, std::string> kConfigAlias = {{"-c", "--config"}, {"-h", "--help"}};
-
-bool WantsHelp(const Args& a, const char* text) {
-  if (!a.Has("--help")) return false;
-  std::fputs(text, stdout);
-  return true;
-}
 
 // The list of overlay ids, for messages.
 std::string KnownOverlays(const config::Config& cfg) {
@@ -87,7 +82,7 @@ int CmdRun(int argc, char** argv) {
     Error(args.status().message());
     return kExitUsage;
   }
-  if (WantsHelp(*args, kHelpRun)) return kExitOk;
+  if (PrintHelpIfAsked(*args, "run")) return kExitOk;
   if (args->rest.empty()) {
     Error(
         "run: no command given; usage: via run [-c CONFIG] [--network NS:NAME | --direct] -- "
@@ -291,7 +286,7 @@ int CmdBroker(int argc, char** argv) {
     Error(args.status().message());
     return kExitUsage;
   }
-  if (WantsHelp(*args, kHelpBroker)) return kExitOk;
+  if (PrintHelpIfAsked(*args, "broker")) return kExitOk;
   if (HasOperands(*args, "broker")) return kExitUsage;
   if (args->Has("--ensure") && !args->Has("--config")) {
     const char* env = std::getenv("VIA_CONFIG");
@@ -430,7 +425,7 @@ int CmdCheck(int argc, char** argv) {
     Error(args.status().message());
     return kExitUsage;
   }
-  if (WantsHelp(*args, kHelpCheck)) return kExitOk;
+  if (PrintHelpIfAsked(*args, "check")) return kExitOk;
   if (args->rest.empty() && (args->Has("--network") || args->Has("--direct"))) {
     Error("check: --network/--direct need a command: via check --network ID -- COMMAND [ARGS...]");
     return kExitUsage;
@@ -541,7 +536,7 @@ int StatusOrStop(int argc, char** argv, bool stop) {
     Error(args.status().message());
     return kExitUsage;
   }
-  if (WantsHelp(*args, stop ? kHelpStop : kHelpStatus)) return kExitOk;
+  if (PrintHelpIfAsked(*args, name)) return kExitOk;
   if (HasOperands(*args, name)) return kExitUsage;
   std::string where;
   auto c = ConnectExisting(*args, &where);
@@ -585,7 +580,7 @@ int CmdReload(int argc, char** argv) {
     Error(args.status().message());
     return kExitUsage;
   }
-  if (WantsHelp(*args, kHelpReload)) return kExitOk;
+  if (PrintHelpIfAsked(*args, "reload")) return kExitOk;
   if (HasOperands(*args, "reload")) return kExitUsage;
   // The configuration is not loaded here: a broken one must still reach the broker, which
   // rejects it with its error and keeps running the previous one.
