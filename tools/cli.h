@@ -82,14 +82,4 @@ int CmdStatus(int argc, char** argv);
 int CmdStop(int argc, char** argv);
 int CmdReload(int argc, char** argv);
 
-// Help texts (full, for `via CMD --help` and `via help CMD`).
-extern const char* const kHelpMain;
-extern const char* const kHelpRun;
-extern const char* const kHelpBroker;
-extern const char* const kHelpCheck;
-extern const char* const kHelpProbe;
-extern const char* const kHelpStatus;
-extern const char* const kHelpStop;
-extern const char* const kHelpReload;
-
 }  // namespace via::tools

@@ -1,11 +1,7 @@
-// via run, broker, check, status, stop.
-#include <fcntl.h>
+// via broker, check, status, stop, reload.
 #include <limits.h>
 #include <poll.h>
-#include <signal.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -21,8 +17,7 @@
 #include "tools/broker_client.h"
 #include "tools/cli.h"
 #include "tools/command_identity.h"
-
-extern char** environ;
+#include "tools/command_table.h"
 
 namespace via::tools {
 
@@ -30,252 +25,7 @@ namespace {
 
 const std::map<std::string, std::string> kConfigAlias = {{"-c", "--config"}, {"-h", "--help"}};
 
-bool WantsHelp(const Args& a, const char* text) {
-  if (!a.Has("--help")) return false;
-  std::fputs(text, stdout);
-  return true;
-}
-
-// The list of overlay ids, for messages.
-std::string KnownOverlays(const config::Config& cfg) {
-  std::string s;
-  for (const auto& o : cfg.overlays) s += (s.empty() ? "" : ", ") + o.id;
-  return s.empty() ? "none" : s;
-}
-
-// Builds the child's environment: `vars` replace existing entries; LD_PRELOAD gets the shim
-// prepended once.
-std::vector<std::string> ChildEnv(const std::map<std::string, std::string>& vars,
-                                  const std::string& shim) {
-  std::vector<std::string> env;
-  std::string preload;
-  for (char** e = environ; *e != nullptr; ++e) {
-    std::string kv = *e;
-    size_t eq = kv.find('=');
-    std::string key = kv.substr(0, eq);
-    if (key == "LD_PRELOAD") {
-      preload = eq == std::string::npos ? "" : kv.substr(eq + 1);
-      continue;
-    }
-    if (vars.count(key)) continue;
-    env.push_back(kv);
-  }
-  env.push_back("LD_PRELOAD=" + PreloadWithShim(preload, shim));
-  for (const auto& [k, v] : vars) env.push_back(k + "=" + v);
-  return env;
-}
-
-// The pid `via run` forwards SIGTERM/SIGHUP to.
-volatile sig_atomic_t g_child = 0;
-
-void ForwardSignal(int sig) {
-  if (g_child > 0) kill(pid_t(g_child), sig);
-}
-
 }  // namespace
-
-int CmdRun(int argc, char** argv) {
-  auto args = ParseArgs(
-      "run", argc, argv,
-      {{"--config", true},
-       {"--network", true},
-       {"--direct", false},
-       {"--quiet", false},
-       {"--help", false}},
-      {{"-c", "--config"}, {"-n", "--network"}, {"-q", "--quiet"}, {"-h", "--help"}}, true);
-  if (!args.ok()) {
-    Error(args.status().message());
-    return kExitUsage;
-  }
-  if (WantsHelp(*args, kHelpRun)) return kExitOk;
-  if (args->rest.empty()) {
-    Error(
-        "run: no command given; usage: via run [-c CONFIG] [--network NS:NAME | --direct] -- "
-        "COMMAND [ARGS...]");
-    return kExitUsage;
-  }
-  if (args->Has("--network") && args->Has("--direct")) {
-    Error("run: --network and --direct exclude each other");
-    return kExitUsage;
-  }
-  auto cfg = LoadConfigOrComplain(*args);
-  if (!cfg) return kExitUsage;
-
-  // --network/--direct is an explicit selection, checked by the broker against security.policy.
-  // Without them the broker decides (program rules, the enclosing session, default_network),
-  // taking an inherited VIA_NETWORK into account.
-  std::string network;
-  bool explicit_sel = false;
-  if (args->Has("--direct")) {
-    network = "direct";
-    explicit_sel = true;
-  } else if (args->Has("--network")) {
-    network = args->Get("--network");
-    explicit_sel = true;
-  } else if (const char* inherited = std::getenv("VIA_NETWORK"); inherited && *inherited) {
-    network = inherited;
-  }
-  if (!network.empty() && network != "direct") {
-    const config::Overlay* o = cfg->Find(network);
-    if (o == nullptr) {
-      Error("unknown overlay \"" + network + "\" in " + cfg->source +
-            " (known: " + KnownOverlays(*cfg) + ")" +
-            (explicit_sel ? "" : "; it was selected by VIA_NETWORK (inherited)"));
-      return kExitUsage;
-    }
-    network = o->id;
-  }
-  auto predicted = PredictCommand(args->rest);
-  if (!predicted.ok()) {
-    Error("cannot run " + args->rest[0] + ": " + predicted.status().message());
-    return predicted.status().code() == ENOENT ? 127 : 126;
-  }
-
-  auto socket = SocketFor(*args, *cfg);
-  if (!socket.ok()) {
-    Error(socket.status().message());
-    return kExitFailure;
-  }
-  if (Status s = EnsureBroker(*cfg, *socket); !s.ok()) {
-    Error(s.message() + " (nothing was run)");
-    return kExitFailure;
-  }
-  if (Status s = SyncBrokerConfig(*cfg, *socket); !s.ok()) {
-    Error(s.message() + " (nothing was run)");
-    return kExitFailure;
-  }
-  auto client = BrokerClient::Connect(*socket);
-  if (!client.ok()) {
-    Error(client.status().message());
-    return kExitFailure;
-  }
-  if (Status h = client->HelloControl(); !h.ok()) {
-    Error("broker: " + h.message());
-    return kExitFailure;
-  }
-  std::string effective;
-  auto token =
-      client->OpenSession(network, explicit_sel, {predicted->exe, predicted->argv}, &effective);
-  if (!token.ok()) {
-    // EACCES: security.policy denies the selection (the message names the entry).
-    Error(token.status().message() + " (nothing was run)");
-    return token.status().code() == ENOENT ? kExitUsage : kExitFailure;
-  }
-  network = effective.empty() ? network : effective;
-
-  std::map<std::string, std::string> vars = {{"VIA_SOCKET", *socket},
-                                             {"VIA_SESSION", *token},
-                                             {"VIA_NETWORK", network},
-                                             {"VIA_CONFIG", cfg->source}};
-  if (args->Has("--quiet")) vars["VIA_QUIET"] = "1";
-  if (cfg->service.unrouted_exec_allowed) vars["VIA_UNROUTED_EXEC"] = "allow";
-  std::vector<std::string> env = ChildEnv(vars, ShimPath());
-  std::vector<char*> envp;
-  for (auto& e : env) envp.push_back(e.data());
-  envp.push_back(nullptr);
-  std::vector<char*> child_argv;
-  // Under an overlay the command starts through /bin/sh's `exec`, so that the shim's exec guard
-  // (shim/hook_exec.cc) judges it as it judges every exec below it: a static, setuid or Go
-  // binary run directly by `via run` would otherwise escape the overlay.
-  static char kSh[] = "/bin/sh", kDashC[] = "-c", kExec[] = "exec \"$@\"", kName[] = "via";
-  if (network != "direct" && access(kSh, X_OK) == 0) {
-    child_argv = {kSh, kDashC, kExec, kName};
-  }
-  for (auto& a : args->rest) child_argv.push_back(a.data());
-  child_argv.push_back(nullptr);
-
-  // The terminal's SIGINT/SIGQUIT reach the child directly (same process group); we only wait
-  // for it. SIGTERM/SIGHUP sent to us are passed on. They stay blocked across fork so that the
-  // handler never runs before the child's pid is known.
-  struct sigaction ignore {};
-  ignore.sa_handler = SIG_IGN;
-  sigemptyset(&ignore.sa_mask);
-  struct sigaction old_int {
-  }, old_quit{};
-  sigaction(SIGINT, &ignore, &old_int);
-  sigaction(SIGQUIT, &ignore, &old_quit);
-  sigset_t forwarded, old_mask;
-  sigemptyset(&forwarded);
-  sigaddset(&forwarded, SIGTERM);
-  sigaddset(&forwarded, SIGHUP);
-  sigprocmask(SIG_BLOCK, &forwarded, &old_mask);
-  // Orphans of the command's tree are re-parented to us, not to init: they stay inside the
-  // session's tree, where the broker can see where they came from.
-  prctl(PR_SET_CHILD_SUBREAPER, 1);
-  // The child waits at the gate until the broker knows it as the session's command.
-  int gate[2];
-  if (pipe2(gate, O_CLOEXEC) != 0) {
-    Error(std::string("pipe: ") + std::strerror(errno));
-    return kExitFailure;
-  }
-  std::fflush(nullptr);
-  pid_t pid = fork();
-  if (pid < 0) {
-    Error(std::string("fork: ") + std::strerror(errno));
-    return kExitFailure;
-  }
-  if (pid == 0) {
-    close(gate[1]);
-    char go = 0;
-    ssize_t got;
-    do {
-      got = read(gate[0], &go, 1);
-    } while (got < 0 && errno == EINTR);
-    if (got != 1) _exit(126);  // via run failed to register us: never run unregistered
-    close(gate[0]);
-    sigaction(SIGINT, &old_int, nullptr);
-    sigaction(SIGQUIT, &old_quit, nullptr);
-    sigprocmask(SIG_SETMASK, &old_mask, nullptr);
-    environ = envp.data();
-    execvp(child_argv[0], child_argv.data());
-    int err = errno;
-    std::fprintf(stderr, "via: cannot run %s: %s\n", child_argv[0], std::strerror(err));
-    _exit(err == ENOENT ? 127 : 126);
-  }
-  close(gate[0]);
-  if (Status reg = client->SessionChild(*token, pid); !reg.ok()) {
-    close(gate[1]);
-    kill(pid, SIGKILL);
-    while (waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
-    }
-    Error("broker: " + reg.message() + " (nothing was run)");
-    return kExitFailure;
-  }
-  (void)!write(gate[1], "1", 1);
-  close(gate[1]);
-  g_child = pid;
-  struct sigaction forward {};
-  forward.sa_handler = ForwardSignal;
-  forward.sa_flags = SA_RESTART;
-  sigemptyset(&forward.sa_mask);
-  sigaction(SIGTERM, &forward, nullptr);
-  sigaction(SIGHUP, &forward, nullptr);
-  sigprocmask(SIG_SETMASK, &old_mask, nullptr);
-  // Reap adopted orphans as they exit; return when the command itself has.
-  int status = 0;
-  for (;;) {
-    int st = 0;
-    pid_t r = waitpid(-1, &st, 0);
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) break;  // ECHILD: cannot happen before the command exited
-    if (r == pid) {
-      status = st;
-      break;
-    }
-  }
-  while (waitpid(-1, nullptr, WNOHANG) > 0) {
-  }
-  // Processes of the session still running (re-parented to us) carry it on after we exit: the
-  // broker keeps the session for them until they are gone. A failure here only means they get
-  // EACCES later (fail closed), so it is not reported.
-  if (std::vector<pid_t> left = broker::ChildrenOf(getpid()); !left.empty()) {
-    (void)client->SessionDetach(*token, left);
-  }
-  // `client` (the session) closes when we return: the broker may now go idle.
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-  return kExitFailure;
-}
 
 int CmdBroker(int argc, char** argv) {
   auto args = ParseArgs("broker", argc, argv,
@@ -291,7 +41,7 @@ int CmdBroker(int argc, char** argv) {
     Error(args.status().message());
     return kExitUsage;
   }
-  if (WantsHelp(*args, kHelpBroker)) return kExitOk;
+  if (PrintHelpIfAsked(*args, "broker")) return kExitOk;
   if (HasOperands(*args, "broker")) return kExitUsage;
   if (args->Has("--ensure") && !args->Has("--config")) {
     const char* env = std::getenv("VIA_CONFIG");
@@ -430,7 +180,7 @@ int CmdCheck(int argc, char** argv) {
     Error(args.status().message());
     return kExitUsage;
   }
-  if (WantsHelp(*args, kHelpCheck)) return kExitOk;
+  if (PrintHelpIfAsked(*args, "check")) return kExitOk;
   if (args->rest.empty() && (args->Has("--network") || args->Has("--direct"))) {
     Error("check: --network/--direct need a command: via check --network ID -- COMMAND [ARGS...]");
     return kExitUsage;
@@ -541,7 +291,7 @@ int StatusOrStop(int argc, char** argv, bool stop) {
     Error(args.status().message());
     return kExitUsage;
   }
-  if (WantsHelp(*args, stop ? kHelpStop : kHelpStatus)) return kExitOk;
+  if (PrintHelpIfAsked(*args, name)) return kExitOk;
   if (HasOperands(*args, name)) return kExitUsage;
   std::string where;
   auto c = ConnectExisting(*args, &where);
@@ -585,7 +335,7 @@ int CmdReload(int argc, char** argv) {
     Error(args.status().message());
     return kExitUsage;
   }
-  if (WantsHelp(*args, kHelpReload)) return kExitOk;
+  if (PrintHelpIfAsked(*args, "reload")) return kExitOk;
   if (HasOperands(*args, "reload")) return kExitUsage;
   // The configuration is not loaded here: a broken one must still reach the broker, which
   // rejects it with its error and keeps running the previous one.

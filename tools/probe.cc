@@ -23,6 +23,7 @@
 #include "common/unique_fd.h"
 #include "tools/broker_client.h"
 #include "tools/cli.h"
+#include "tools/command_table.h"
 
 namespace via::tools {
 
@@ -286,10 +287,7 @@ int CmdProbe(int argc, char** argv) {
     Error(args.status().message());
     return kExitUsage;
   }
-  if (args->Has("--help")) {
-    std::fputs(kHelpProbe, stdout);
-    return kExitOk;
-  }
+  if (PrintHelpIfAsked(*args, "probe")) return kExitOk;
   if (HasOperands(*args, "probe")) return kExitUsage;
   auto url = ParseUrl(args->Get("--url", "https://api.ipify.org?format=json"));
   if (!url.ok()) {
