@@ -49,6 +49,8 @@ const Overlay* Config::Find(std::string_view ref) const {
 
 namespace {
 
+constexpr size_t kMaxFileBytes = 1 << 20;
+
 std::string Absolute(const std::string& path) {
   char buf[PATH_MAX];
   if (::realpath(path.c_str(), buf) != nullptr) return buf;
@@ -100,6 +102,13 @@ Result<std::string> ReadFile(const std::string& path) {
   return text;
 }
 
+// The ids of the configured overlays for a message, or "none".
+std::string KnownOverlays(const Config& cfg) {
+  std::vector<std::string> known;
+  for (const Overlay& o : cfg.overlays) known.push_back(o.id);
+  return known.empty() ? std::string("none") : Join(known);
+}
+
 // Checks that span files, once everything is loaded.
 Status Finish(const std::string& config_dir, Loader* ld) {
   NetworkService& svc = ld->cfg.service;
@@ -107,27 +116,19 @@ Status Finish(const std::string& config_dir, Loader* ld) {
   if (!svc.default_network.empty() && svc.default_network != "direct") {
     const Overlay* o = ld->cfg.Find(svc.default_network);
     if (o == nullptr) {
-      std::vector<std::string> known;
-      for (const Overlay& ov : ld->cfg.overlays) known.push_back(ov.id);
       return ErrorAt(svc.default_network_pos, "network_service.default_network: unknown overlay " +
-                                                  Quote(svc.default_network) + " (known: " +
-                                                  (known.empty() ? "none" : Join(known)) + ")");
+                                                  Quote(svc.default_network) +
+                                                  " (known: " + KnownOverlays(ld->cfg) + ")");
     }
     svc.default_network = o->id;  // a bare unique name becomes "ns:name"
   }
-  auto known_overlays = [&] {
-    std::vector<std::string> known;
-    for (const Overlay& ov : ld->cfg.overlays) known.push_back(ov.id);
-    return known.empty() ? std::string("none") : Join(known);
-  };
-  auto pos_of = [](const std::string& where) { return where; };
   for (ProgramRule& rule : ld->cfg.programs) {
     if (rule.network.empty() || rule.network == "direct") continue;
     const Overlay* o = ld->cfg.Find(rule.network);
     if (o == nullptr) {
-      return Status::Invalid(pos_of(rule.network_pos) + ": entry " + rule.id +
+      return Status::Invalid(rule.network_pos + ": entry " + rule.id +
                              " (via.program): network: unknown overlay " + Quote(rule.network) +
-                             " (known: " + known_overlays() + "; or direct)");
+                             " (known: " + KnownOverlays(ld->cfg) + "; or direct)");
     }
     rule.network = o->id;
   }
@@ -139,7 +140,7 @@ Status Finish(const std::string& config_dir, Loader* ld) {
       if (o == nullptr) {
         return Status::Invalid(p.resource_pos[i] + ": entry " + p.id +
                                " (security.policy): policy.resources: unknown overlay " +
-                               Quote(res) + " (known: " + known_overlays() +
+                               Quote(res) + " (known: " + KnownOverlays(ld->cfg) +
                                "; or direct, \"*\", a glob such as app:*)");
       }
       res = o->id;

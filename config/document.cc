@@ -99,10 +99,7 @@ Status ParseEntry(const std::string& file, const std::string& ns, const YAML::No
     return Status::Ok();
   }
   EntryReader r(file, e, id, k);
-  if (Status st = r.Init(); !st.ok()) return st;
-  if (name.Scalar().find_first_of(": \t") != std::string::npos) {
-    return ErrorAt(PosOf(file, name), r.Prefix() + "name: must not contain ':' or spaces");
-  }
+  if (Status st = InitEntry(name, &r); !st.ok()) return st;
   Overlay o;
   o.id = id;
   o.name = name.Scalar();

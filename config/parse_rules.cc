@@ -180,6 +180,30 @@ Status ParsePolicy(const EntryReader& r, SecurityPolicy* p) {
   return Status::Ok();
 }
 
+// Where entry `id` is in `list` ("file:line:col"), or "" when it is not there.
+template <typename T>
+std::string FirstDefinition(const std::vector<T>& list, const std::string& id) {
+  for (const T& o : list) {
+    if (o.id == id) return o.file + ":" + std::to_string(o.line) + ":" + std::to_string(o.column);
+  }
+  return "";
+}
+
+// A rule or policy read by `parse`, with the entry's id and position, appended to `list`.
+template <typename T>
+Status ParseInto(const EntryReader& r, Status (*parse)(const EntryReader&, T*),
+                 std::vector<T>* list) {
+  T item;
+  SourcePos pos = r.pos();
+  item.id = r.id();
+  item.file = pos.file;
+  item.line = pos.line;
+  item.column = pos.column;
+  if (Status st = parse(r, &item); !st.ok()) return st;
+  list->push_back(std::move(item));
+  return Status::Ok();
+}
+
 }  // namespace
 
 // Whether a security.policy entry concerns network.select (else it is Wippy's business only).
@@ -208,48 +232,17 @@ bool IsNetworkSelectPolicy(const YAML::Node& entry) {
 Status ParseRuleEntry(const std::string& file, const YAML::Node& name, const std::string& id,
                       const std::string& k, const YAML::Node& e, Loader* ld) {
   EntryReader r(file, e, id, k);
-  if (Status st = r.Init(); !st.ok()) return st;
-  if (name.Scalar().find_first_of(": \t") != std::string::npos) {
-    return ErrorAt(PosOf(file, name), r.Prefix() + "name: must not contain ':' or spaces");
-  }
-  SourcePos pos = r.pos();
-  auto duplicate = [&](const std::string& other_id, const std::string& other_where) -> Status {
-    if (other_id != id) return Status::Ok();
+  if (Status st = InitEntry(name, &r); !st.ok()) return st;
+  std::string first = FirstDefinition(ld->cfg.programs, id);
+  if (first.empty()) first = FirstDefinition(ld->cfg.policies, id);
+  if (!first.empty()) {
     return ErrorAt(PosOf(file, name), r.Prefix() + "name: duplicate entry " + id +
-                                          " (first defined at " + other_where + ")");
-  };
-  for (const ProgramRule& o : ld->cfg.programs) {
-    if (Status st =
-            duplicate(o.id, o.file + ":" + std::to_string(o.line) + ":" + std::to_string(o.column));
-        !st.ok()) {
-      return st;
-    }
-  }
-  for (const SecurityPolicy& o : ld->cfg.policies) {
-    if (Status st =
-            duplicate(o.id, o.file + ":" + std::to_string(o.line) + ":" + std::to_string(o.column));
-        !st.ok()) {
-      return st;
-    }
+                                          " (first defined at " + first + ")");
   }
   if (k == "via.program") {
-    ProgramRule rule;
-    rule.id = id;
-    rule.file = pos.file;
-    rule.line = pos.line;
-    rule.column = pos.column;
-    if (Status st = ParseProgram(r, &rule); !st.ok()) return st;
-    ld->cfg.programs.push_back(std::move(rule));
-  } else {
-    SecurityPolicy p;
-    p.id = id;
-    p.file = pos.file;
-    p.line = pos.line;
-    p.column = pos.column;
-    if (Status st = ParsePolicy(r, &p); !st.ok()) return st;
-    ld->cfg.policies.push_back(std::move(p));
+    return ParseInto(r, ParseProgram, &ld->cfg.programs);
   }
-  return Status::Ok();
+  return ParseInto(r, ParsePolicy, &ld->cfg.policies);
 }
 
 }  // namespace via::config::detail

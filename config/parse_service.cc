@@ -9,6 +9,11 @@ namespace via::config::detail {
 
 namespace {
 
+constexpr int kMaxIdleTimeoutS = 24 * 60 * 60;
+constexpr const char* kServiceKeys[] = {"state_dir",       "fake_ipv4", "fake_ipv6",
+                                        "default_network", "loopback",  "idle_timeout",
+                                        "unrouted_exec",   "listen",    "handshake"};
+
 // Checks a fake-address pool: "a.b.c.d/n" (n in 8..24) or "x::/n" (n in 48..112), host bits
 // zero, and not a loopback, multicast or otherwise reserved range. Returns the problem, or "".
 std::string PoolProblem(const std::string& cidr, int family) {
@@ -52,6 +57,66 @@ std::string PoolProblem(const std::string& cidr, int family) {
   return "";
 }
 
+// `s` as the value of the first of `choices` it names; else "must be a, b or c, not s".
+template <typename T>
+Status OneOf(const SourcePos& pos, const std::string& where, const std::string& s,
+             std::initializer_list<std::pair<const char*, T>> choices, T* out) {
+  std::string names;
+  size_t i = 0;
+  for (const auto& [name, value] : choices) {
+    if (s == name) {
+      *out = value;
+      return Status::Ok();
+    }
+    if (i > 0) names += i + 1 == choices.size() ? " or " : ", ";
+    names += name;
+    ++i;
+  }
+  return ErrorAt(pos, where + "must be " + names + ", not " + Quote(s));
+}
+
+// One setting, `key: s` (a single value without control characters) at `pos`.
+Status ApplySetting(const std::string& key, const std::string& s, const SourcePos& pos,
+                    const std::string& base_dir, NetworkService* svc, bool* state_dir_set) {
+  const std::string where = "network_service." + key + ": ";
+  if (key == "state_dir") {
+    // Wippy: an explicit "" means no base directory (each driver uses its own default).
+    svc->state_dir = s.empty() ? "" : Resolve(base_dir, s);
+    *state_dir_set = true;
+  } else if (key == "default_network") {
+    svc->default_network = s;
+    svc->default_network_pos = pos;
+  } else if (key == "fake_ipv4" || key == "fake_ipv6") {
+    std::string problem = PoolProblem(s, key == "fake_ipv4" ? AF_INET : AF_INET6);
+    if (!problem.empty()) return ErrorAt(pos, where + problem);
+    (key == "fake_ipv4" ? svc->fake_ipv4 : svc->fake_ipv6) = s;
+  } else if (key == "loopback") {
+    return OneOf(pos, where, s,
+                 {{"direct", LoopbackPolicy::kDirect},
+                  {"overlay", LoopbackPolicy::kOverlay},
+                  {"refuse", LoopbackPolicy::kRefuse}},
+                 &svc->loopback);
+  } else if (key == "listen") {
+    return OneOf(pos, where, s,
+                 {{"overlay", ListenPolicy::kOverlay},
+                  {"local", ListenPolicy::kLocal},
+                  {"refuse", ListenPolicy::kRefuse}},
+                 &svc->listen);
+  } else if (key == "handshake") {
+    return OneOf(pos, where, s, {{"program", true}, {"broker", false}}, &svc->handshake_in_program);
+  } else if (key == "unrouted_exec") {
+    return OneOf(pos, where, s, {{"refuse", false}, {"allow", true}}, &svc->unrouted_exec_allowed);
+  } else if (key == "idle_timeout") {
+    long long n = -1;
+    if (!ParseDecimal(s, &n) || n < 0 || n > kMaxIdleTimeoutS) {
+      return ErrorAt(pos, where + "must be a whole number of seconds from 0 to " +
+                              std::to_string(kMaxIdleTimeoutS) + ", not " + Quote(s));
+    }
+    svc->idle_timeout_s = int(n);
+  }
+  return Status::Ok();
+}
+
 // Reads a `network_service:` mapping found in `file`; relative paths are joined to `base_dir`.
 Status ParseService(const std::string& file, const YAML::Node& node, const std::string& base_dir,
                     NetworkService* svc, bool* state_dir_set) {
@@ -72,54 +137,8 @@ Status ParseService(const std::string& file, const YAML::Node& node, const std::
     if (!f.value.IsScalar()) return ErrorAt(pos, where + "must be a single value");
     const std::string& s = f.value.Scalar();
     if (HasControlChar(s)) return ErrorAt(pos, where + "must not contain control characters");
-    if (f.key == "state_dir") {
-      // Wippy: an explicit "" means no base directory (each driver uses its own default).
-      svc->state_dir = s.empty() ? "" : Resolve(base_dir, s);
-      *state_dir_set = true;
-    } else if (f.key == "default_network") {
-      svc->default_network = s;
-      svc->default_network_pos = pos;
-    } else if (f.key == "fake_ipv4" || f.key == "fake_ipv6") {
-      std::string problem = PoolProblem(s, f.key == "fake_ipv4" ? AF_INET : AF_INET6);
-      if (!problem.empty()) return ErrorAt(pos, where + problem);
-      (f.key == "fake_ipv4" ? svc->fake_ipv4 : svc->fake_ipv6) = s;
-    } else if (f.key == "loopback") {
-      if (s == "direct") {
-        svc->loopback = LoopbackPolicy::kDirect;
-      } else if (s == "overlay") {
-        svc->loopback = LoopbackPolicy::kOverlay;
-      } else if (s == "refuse") {
-        svc->loopback = LoopbackPolicy::kRefuse;
-      } else {
-        return ErrorAt(pos, where + "must be direct, overlay or refuse, not " + Quote(s));
-      }
-    } else if (f.key == "listen") {
-      if (s == "overlay") {
-        svc->listen = ListenPolicy::kOverlay;
-      } else if (s == "local") {
-        svc->listen = ListenPolicy::kLocal;
-      } else if (s == "refuse") {
-        svc->listen = ListenPolicy::kRefuse;
-      } else {
-        return ErrorAt(pos, where + "must be overlay, local or refuse, not " + Quote(s));
-      }
-    } else if (f.key == "handshake") {
-      if (s != "program" && s != "broker") {
-        return ErrorAt(pos, where + "must be program or broker, not " + Quote(s));
-      }
-      svc->handshake_in_program = s == "program";
-    } else if (f.key == "unrouted_exec") {
-      if (s != "refuse" && s != "allow") {
-        return ErrorAt(pos, where + "must be refuse or allow, not " + Quote(s));
-      }
-      svc->unrouted_exec_allowed = s == "allow";
-    } else if (f.key == "idle_timeout") {
-      long long n = -1;
-      if (!ParseDecimal(s, &n) || n < 0 || n > kMaxIdleTimeoutS) {
-        return ErrorAt(pos, where + "must be a whole number of seconds from 0 to " +
-                                std::to_string(kMaxIdleTimeoutS) + ", not " + Quote(s));
-      }
-      svc->idle_timeout_s = int(n);
+    if (Status st = ApplySetting(f.key, s, pos, base_dir, svc, state_dir_set); !st.ok()) {
+      return st;
     }
   }
   return Status::Ok();

@@ -17,15 +17,8 @@
 
 namespace via::config::detail {
 
-constexpr size_t kMaxFileBytes = 1 << 20;
 constexpr size_t kMaxCredentialBytes = 255;  // RFC 1929: one length byte each
 constexpr size_t kMaxStringBytes = 4096;
-constexpr int kMaxConnectTimeoutMs = 10 * 60 * 1000;
-constexpr int kMaxIdleTimeoutS = 24 * 60 * 60;
-constexpr const char* kCommonEntryKeys[] = {"name", "kind", "meta", "lifecycle", "description"};
-constexpr const char* kServiceKeys[] = {"state_dir",       "fake_ipv4", "fake_ipv6",
-                                        "default_network", "loopback",  "idle_timeout",
-                                        "unrouted_exec",   "listen",    "handshake"};
 
 SourcePos PosOf(const std::string& file, const YAML::Node& n);
 Status ErrorAt(const SourcePos& pos, const std::string& problem);
@@ -66,95 +59,23 @@ class EntryReader {
 
   // An error at the field's value, or at the entry when the field is absent.
   Status Error(const std::string& field, const std::string& problem) const {
-    const Field* f = Get(field);
-    SourcePos pos = f == nullptr ? PosOf(file_, node_) : ValuePos(*f);
-    return ErrorAt(pos, Prefix() + field + ": " + problem);
+    return ErrorAt(FieldPos(field), Prefix() + field + ": " + problem);
   }
 
   // Rejects keys other than the common entry keys and `allowed`.
-  Status CheckKnown(std::initializer_list<const char*> allowed) const {
-    std::vector<std::string> known(allowed.begin(), allowed.end());
-    for (const Field& f : fields_) {
-      bool ok = std::find(known.begin(), known.end(), f.key) != known.end() ||
-                std::any_of(std::begin(kCommonEntryKeys), std::end(kCommonEntryKeys),
-                            [&](const char* k) { return f.key == k; });
-      if (!ok) {
-        return ErrorAt(PosOf(file_, f.key_node), Prefix() + f.key + ": unknown field (known: " +
-                                                     Join(known) + Suggestion(f.key, known) + ")");
-      }
-    }
-    return Status::Ok();
-  }
+  Status CheckKnown(std::initializer_list<const char*> allowed) const;
 
   // A string field; absent or null leaves `out` unchanged.
-  Status String(const std::string& field, std::string* out,
-                size_t max_len = kMaxStringBytes) const {
-    const Field* f = Get(field);
-    if (f == nullptr || f->value.IsNull()) return Status::Ok();
-    if (!f->value.IsScalar()) return Error(field, "must be a string, not a " + TypeName(*f));
-    const std::string& s = f->value.Scalar();
-    if (s.size() > max_len) {
-      return Error(field, "too long (" + std::to_string(s.size()) + " bytes, at most " +
-                              std::to_string(max_len) +
-                              (max_len == kMaxCredentialBytes ? " as in RFC 1929)" : ")"));
-    }
-    if (HasControlChar(s)) return Error(field, "must not contain control characters");
-    *out = s;
-    return Status::Ok();
-  }
+  Status String(const std::string& field, std::string* out, size_t max_len = kMaxStringBytes) const;
 
-  Status Bool(const std::string& field, bool* out) const {
-    const Field* f = Get(field);
-    if (f == nullptr || f->value.IsNull()) return Status::Ok();
-    bool b = false;
-    if (!f->value.IsScalar() || !YAML::convert<bool>::decode(f->value, b)) {
-      return Error(field, "must be true or false, not " + Shown(*f));
-    }
-    *out = b;
-    return Status::Ok();
-  }
+  Status Bool(const std::string& field, bool* out) const;
 
   // host + port, with Wippy's messages ("network: host is required", "network: invalid port").
-  Status HostPort(std::string* host, int* port) const {
-    if (Status st = String("host", host, 255); !st.ok()) return st;
-    if (host->empty()) return Error("host", "network: host is required");
-    const Field* f = Get("port");
-    if (f == nullptr || f->value.IsNull()) {
-      return Error("port", "network: invalid port (port is required)");
-    }
-    long long p = 0;
-    if (!f->value.IsScalar() || !ParseDecimal(f->value.Scalar(), &p)) {
-      return Error("port", "network: invalid port (" + Shown(*f) + " is not a number)");
-    }
-    if (p < 1 || p > 65535) {
-      return Error("port", "network: invalid port (" + f->value.Scalar() + " is not in 1..65535)");
-    }
-    *port = int(p);
-    return Status::Ok();
-  }
+  Status HostPort(std::string* host, int* port) const;
 
   // A duration: a number of seconds ("15", "1.5"), or a number with a unit: "500ms", "15s",
   // "2m". Must be more than 0 and at most 10 minutes.
-  Status Duration(const std::string& field, int* out_ms) const {
-    const Field* f = Get(field);
-    if (f == nullptr || f->value.IsNull()) return Status::Ok();
-    const char* kHint = " is not a duration (use seconds, or e.g. 500ms, 15s, 2m)";
-    if (!f->value.IsScalar()) return Error(field, Shown(*f) + kHint);
-    const std::string& s = f->value.Scalar();
-    size_t digits = 0, dots = 0, i = 0;
-    for (; i < s.size() && ((s[i] >= '0' && s[i] <= '9') || s[i] == '.'); ++i) {
-      (s[i] == '.' ? dots : digits)++;
-    }
-    std::string number = s.substr(0, i), unit = s.substr(i);
-    double scale = unit.empty() || unit == "s" ? 1000 : unit == "ms" ? 1 : unit == "m" ? 60000 : 0;
-    if (digits == 0 || dots > 1 || scale == 0) return Error(field, Quote(s) + kHint);
-    double ms = std::strtod(number.c_str(), nullptr) * scale;
-    if (ms < 1 || ms > kMaxConnectTimeoutMs) {
-      return Error(field, s + " is out of range (more than 0, at most 10m)");
-    }
-    *out_ms = int(ms + 0.5);
-    return Status::Ok();
-  }
+  Status Duration(const std::string& field, int* out_ms) const;
 
   bool Has(const std::string& field) const {
     const Field* f = Get(field);
@@ -164,28 +85,7 @@ class EntryReader {
   // A mapping of scalar keys to scalar values (numbers and booleans are kept as written), in
   // file order; absent or null leaves `out` unchanged.
   Status StringMap(const std::string& field, std::vector<std::pair<std::string, std::string>>* out,
-                   std::vector<SourcePos>* key_pos, std::vector<SourcePos>* value_pos) const {
-    const Field* f = Get(field);
-    if (f == nullptr || f->value.IsNull()) return Status::Ok();
-    if (!f->value.IsMap()) return Error(field, "must be a mapping, not " + Shown(*f));
-    std::vector<Field> items;
-    if (Status st = Fields(file_, f->value, Prefix() + field + ".", &items); !st.ok()) return st;
-    out->clear();
-    for (const Field& item : items) {
-      SourcePos pos = PosOf(file_, item.value.IsNull() ? item.key_node : item.value);
-      if (!item.value.IsScalar()) {
-        return ErrorAt(pos, Prefix() + field + "." + item.key + ": must be a single value");
-      }
-      if (HasControlChar(item.value.Scalar())) {
-        return ErrorAt(pos,
-                       Prefix() + field + "." + item.key + ": must not contain control characters");
-      }
-      out->emplace_back(item.key, item.value.Scalar());
-      key_pos->push_back(PosOf(file_, item.key_node));
-      value_pos->push_back(pos);
-    }
-    return Status::Ok();
-  }
+                   std::vector<SourcePos>* key_pos, std::vector<SourcePos>* value_pos) const;
 
   SourcePos pos() const { return PosOf(file_, node_); }
   // Where `field`'s value is, or the entry's position when the field is absent.
@@ -194,6 +94,7 @@ class EntryReader {
     return f == nullptr ? pos() : ValuePos(*f);
   }
   const std::string& file() const { return file_; }
+  const std::string& id() const { return id_; }
   // The value of `field`, or nullptr when absent.
   const YAML::Node* Value(const std::string& field) const {
     const Field* f = Get(field);
@@ -249,6 +150,9 @@ struct Loader {
     hash *= 1099511628211ull;
   }
 };
+
+// Reads an entry's fields (`r.Init()`) and checks its name, the `name` node of the entry.
+Status InitEntry(const YAML::Node& name, EntryReader* r);
 
 // ---- the parts -------------------------------------------------------------------------------
 
