@@ -88,7 +88,7 @@ struct Overlay {
 enum class LoopbackPolicy { kDirect, kOverlay, kRefuse };
 
 // What a non-loopback listen() under an overlay does (`network_service.listen`).
-//  kOverlay: served by the overlay when its driver can carry inbound connections (I2P);
+//  kOverlay: served by the overlay when it can carry inbound connections (I2P, Tailscale);
 //            refused with EOPNOTSUPP when it cannot (SOCKS5).
 //  kLocal:   the program listens on the host's real interfaces, as without via (explicit opt-in).
 //  kRefuse:  always refused with EOPNOTSUPP.

@@ -1,6 +1,6 @@
-// Fuzz target for the config loader (config/config.cc): arbitrary bytes as one configuration
-// file, through ParseConfigText (the text path of LoadConfig: YAML, the Wippy registry entries,
-// network_service:, program rules and policies, then the whole-config checks).
+// Fuzz target for the config loader (config/config.cc and the parts it uses): arbitrary bytes as
+// one configuration file, through ParseConfigText (the text path of LoadConfig: YAML, the Wippy
+// registry entries, network_service:, program rules and policies, then the whole-config checks).
 //
 // Invariants (abort on a break): an error has a message naming the file; a config that loads is
 // one the broker can start from: every overlay's id is ns:name and Find() returns it, ports are
@@ -10,7 +10,7 @@
 // (config/program_rules.cc): a denial names the deny policy that decided it.
 //
 // yaml-cpp itself is a system library built without the sanitizers' coverage: the fuzzer
-// steers by config.cc's branches. With clang (-DVIA_FUZZ=ON, CXX=clang++) a libFuzzer target,
+// steers by config/'s branches. With clang (-DVIA_FUZZ=ON, CXX=clang++) a libFuzzer target,
 // else a standalone driver that replays the corpus and deterministic mutations
 // (standalone_main.h); docs/fuzzing.md.
 #include <algorithm>

@@ -20,9 +20,8 @@ case $t in
     src="tests/fuzz/dns_query_fuzz.cc broker/dns_message.cc broker/fake_address_pool.cc"
     files="broker/dns_message.cc" libs= ;;
   config)
-    src="tests/fuzz/config_fuzz.cc config/config.cc config/program_rules.cc \
-         broker/fake_address_pool.cc"
-    files="config/config.cc config/program_rules.cc" libs=-lyaml-cpp ;;
+    src="tests/fuzz/config_fuzz.cc config/*.cc broker/fake_address_pool.cc"
+    files="config/*.cc" libs=-lyaml-cpp ;;
   *) echo "unknown target $t" >&2; exit 2 ;;
 esac
 cd "$root"

@@ -1,5 +1,6 @@
-// Tests for via.program and security.policy entries (config/config.cc, config/program_rules.h):
-// every field error with its file:line:col, rule matching, and the network.select verdict.
+// Tests for via.program and security.policy entries (config/parse_rules.cc,
+// config/program_rules.h): every field error with its file:line:col, rule matching, and the
+// network.select verdict.
 #include "config/program_rules.h"
 
 #include <gtest/gtest.h>
