@@ -24,6 +24,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -383,6 +384,25 @@ socks pass {{
         p, log = self.spawn([PYTHON, "-c", code], f"{name}-{port}.log")
         wait_port(port, proc=p)
         return port, log
+
+    def start_udp_listener(self, host, received):
+        """A UDP socket bound to (host, <free port>) whose datagrams are appended (as bytes) to
+        the list `received` by a thread until cleanup. Returns the port."""
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((host, 0))
+        s.settimeout(0.2)
+        stop = threading.Event()
+
+        def serve():
+            while not stop.is_set():
+                try:
+                    received.append(s.recvfrom(2048)[0])
+                except OSError:
+                    pass
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        self.addCleanup(lambda: (stop.set(), t.join(), s.close()))
+        return s.getsockname()[1]
 
     def start_hung_proxy(self):
         """A "SOCKS5 proxy" that accepts TCP connections and never answers (a hung or hostile

@@ -7,26 +7,7 @@ import subprocess
 
 import harness
 
-STATIC_CLIENT = r"""
-#include <arpa/inet.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
-int main(int argc, char** argv) {  /* GET / from 127.0.0.1:PORT */
-  struct sockaddr_in a = {0};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(atoi(argv[1]));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (connect(fd, (struct sockaddr*)&a, sizeof a) != 0) { perror("connect"); return 1; }
-  const char* req = "GET /static HTTP/1.0\r\nHost: static\r\n\r\n";
-  write(fd, req, strlen(req));
-  char buf[64];
-  return read(fd, buf, sizeof buf) > 0 ? 0 : 1;
-}
-"""
+STATIC_CLIENT = harness.read_text(os.path.join(harness.HERE, "data", "static_client.c"))
 
 
 class ExecGuard(harness.ViaCase):

@@ -77,7 +77,7 @@ class KernelParity(harness.ViaCase):
                 self.skipTest("cannot build data/parity.c: " + built.stderr[-500:])
             KernelParity.exe = exe
         self.received = []
-        self.udp_port = self._udp_listener()
+        self.udp_port = self.start_udp_listener(FAR4, self.received)
         self.wire = []
         self._wire_watcher()
         self.tcp_port = harness.free_port(FAR4)
@@ -85,23 +85,6 @@ class KernelParity(harness.ViaCase):
         p, _ = self.spawn([harness.PYTHON, os.path.join(harness.HERE, "target_server.py"),
                            str(self.tcp_port), self.record, "--bind", FAR4], "far.log")
         harness.wait_port(self.tcp_port, host=FAR4, proc=p)
-
-    def _udp_listener(self):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind((FAR4, 0))
-        s.settimeout(0.2)
-        stop = threading.Event()
-
-        def serve():
-            while not stop.is_set():
-                try:
-                    self.received.append(s.recvfrom(2048)[0].decode(errors="replace"))
-                except OSError:
-                    pass
-        t = threading.Thread(target=serve, daemon=True)
-        t.start()
-        self.addCleanup(lambda: (stop.set(), t.join(), s.close()))
-        return s.getsockname()[1]
 
     def _wire_watcher(self):
         """Records every frame that arrives at via-k1 (what left the namespace's host side)."""
@@ -142,7 +125,7 @@ class KernelParity(harness.ViaCase):
     def settled(self):
         """What the UDP listener received, once every datagram sent has had time to arrive."""
         time.sleep(0.5)
-        return sorted(self.received)
+        return sorted(r.decode(errors="replace") for r in self.received)
 
     # ---- the control: every case reaches its target without via --------------------------
     def test_control_without_via_every_case_reaches_its_target(self):

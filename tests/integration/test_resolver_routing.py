@@ -302,17 +302,7 @@ class ResolverRouting(harness.ViaCase):
         self.assertEqual(lines["res_query"], "127.0.0.1", proc.stdout)
         self.assertEqual(lines["getaddrinfo_a"], "127.0.0.1", proc.stdout)
         self.assertTrue(self.dns_queries("other.test"))
-        port = harness.free_port()
-        argv, env = self.argv_env("preload-direct", LISTENER, str(port))
-        p = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-        try:
-            p.stdout.readline()
-            self.assertEqual(p.stdout.readline().strip(), "listening")
-            socket.create_connection(("127.0.0.1", port), timeout=5).close()
-        finally:
-            p.kill()
-            p.communicate()
+        self.assertListenerReachable("preload-direct")
 
     def test_listen_of_routed_programs_opens_nothing_on_the_host(self):
         for mode in ("session", "preload"):
@@ -338,9 +328,10 @@ class ResolverRouting(harness.ViaCase):
                         p.kill()
                     p.communicate()
 
-    def test_control_plain_listen_is_reachable(self):
+    def assertListenerReachable(self, mode):
+        """LISTENER run in `mode` listens on the host: a connection to it is accepted."""
         port = harness.free_port()
-        argv, env = self.argv_env("plain", LISTENER, str(port))
+        argv, env = self.argv_env(mode, LISTENER, str(port))
         p = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
         try:
@@ -350,6 +341,9 @@ class ResolverRouting(harness.ViaCase):
         finally:
             p.kill()
             p.communicate()
+
+    def test_control_plain_listen_is_reachable(self):
+        self.assertListenerReachable("plain")
 
     # ---- names that only look local ---------------------------------------------------------------
     def test_control_plain_local_looking_names_reach_the_dns_server(self):

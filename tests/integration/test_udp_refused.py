@@ -9,7 +9,6 @@ import os
 import shutil
 import socket
 import subprocess
-import threading
 import time
 
 import harness
@@ -32,7 +31,7 @@ class UdpRefused(harness.ViaCase):
             subprocess.run(["ip", "link", "set", "via0", "up"], check=True)
             subprocess.run(["ip", "link", "set", "via1", "up"], check=True)
         self.received = []
-        self.udp_port = self._udp_listener(FAR)
+        self.udp_port = self.start_udp_listener(FAR, self.received)
         self.pcap = os.path.join(self.dir, "udp.pcap")
         # -Z root: Debian's tcpdump drops to its own user, which cannot write into our 0700 dir.
         cap, log = self.spawn(["tcpdump", "-Z", "root", "--immediate-mode", "-i", "any", "-n", "-U",
@@ -43,23 +42,6 @@ class UdpRefused(harness.ViaCase):
         self.capture = cap
         proxy_port, _ = self.start_microsocks()
         self.write_config([self.socks5_entry("tor", proxy_port)])
-
-    def _udp_listener(self, host):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind((host, 0))
-        s.settimeout(0.2)
-        stop = threading.Event()
-
-        def serve():
-            while not stop.is_set():
-                try:
-                    self.received.append(s.recvfrom(2048)[0])
-                except OSError:
-                    pass
-        t = threading.Thread(target=serve, daemon=True)
-        t.start()
-        self.addCleanup(lambda: (stop.set(), t.join(), s.close()))
-        return s.getsockname()[1]
 
     def captured(self):
         """Stops the capture (tcpdump flushes on SIGINT) and returns the lines naming FAR."""
@@ -98,7 +80,7 @@ print(attempt(lambda: m.sendto(b'leak', ('::ffff:{FAR}', {self.udp_port}))))
         self.assertEqual(len(captured), 1, captured)  # only the control datagram
 
     def test_udp_to_loopback_still_works(self):
-        port = self._udp_listener("127.0.0.1")
+        port = self.start_udp_listener("127.0.0.1", self.received)
         code = f"import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'local', ('127.0.0.1', {port}))"
         self.assertOk(self.run_via("app:tor", harness.PYTHON, "-c", code))
         self.assertTrue(harness.wait_for(lambda: b"local" in self.received, timeout=5))
