@@ -2,6 +2,7 @@
 #include <limits.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -300,7 +301,16 @@ int StatusOrStop(int argc, char** argv, bool stop) {
     return c.status().code() == EINVAL ? kExitUsage : kExitFailure;
   }
   if (stop) {
+    // The broker's process, held by a pidfd from before it is asked to stop (its pid cannot be
+    // reused while we hold it): "stopped" means the process is gone, not only its socket.
+    ucred cred{};
+    socklen_t credlen = sizeof cred;
+    int pidfd = -1;
+    if (getsockopt(c->fd(), SOL_SOCKET, SO_PEERCRED, &cred, &credlen) == 0 && cred.pid > 0) {
+      pidfd = int(syscall(SYS_pidfd_open, cred.pid, 0));
+    }
     if (Status s = c->Shutdown(); !s.ok()) {
+      if (pidfd >= 0) close(pidfd);
       Error(s.message());
       return kExitFailure;
     }
@@ -308,9 +318,16 @@ int StatusOrStop(int argc, char** argv, bool stop) {
     // are down: an ephemeral Tailscale node logs out, up to 10 s), so that a `via run` right
     // after this starts a new broker instead of reaching the old one.
     pollfd p{c->fd(), POLLIN, 0};
-    for (int waited = 0; waited < 15000; waited += 50) {
+    int waited = 0;
+    for (; waited < 15000; waited += 50) {
       char byte;
       if (poll(&p, 1, 50) == 1 && recv(c->fd(), &byte, 1, MSG_DONTWAIT) <= 0) break;
+    }
+    if (pidfd >= 0) {
+      // Its connections are closed just before it exits; the exit itself follows.
+      pollfd q{pidfd, POLLIN, 0};
+      poll(&q, 1, waited < 15000 ? 15000 - waited : 0);
+      close(pidfd);
     }
     std::printf("broker%s stopped\n", where.c_str());
     return kExitOk;
