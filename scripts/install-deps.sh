@@ -19,7 +19,7 @@ packages=(
   build-essential cmake ninja-build pkg-config
   libyaml-cpp-dev libspdlog-dev libc-ares-dev libssl-dev libgtest-dev googletest clang-format
   dante-server microsocks dnsmasq tor i2pd
-  curl wget git python3 openssl iproute2 util-linux procps ca-certificates tcpdump
+  curl wget git python3 openssl iproute2 util-linux procps ca-certificates tcpdump strace
   bind9-dnsutils
 )
 if [ "${1:-}" = --bench ]; then

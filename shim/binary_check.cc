@@ -6,11 +6,11 @@
 #include <fcntl.h>
 #include <link.h>
 #include <sys/auxv.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
-#include <unistd.h>
-
 #include <time.h>
+#include <unistd.h>
 
 #include <cstdint>
 #include <cstring>
@@ -98,8 +98,20 @@ struct CacheSlot {
   char interp[126];  // kPassScript: "name\0arg\0" of its `#!` line
 };
 constexpr size_t kCacheSlots = 64;
-CacheSlot g_cache[kCacheSlots];
-bool g_cache_used;  // a verdict was ever stored (else a lookup cannot hit: skip its stat)
+struct CacheTable {
+  bool used;  // a verdict was ever stored (else a lookup cannot hit: skip its stat)
+  CacheSlot slots[kCacheSlots];
+};
+// This process's table, until it first forks (ShareVerdictCache): from then on one table in a
+// shared anonymous mapping, which the forked children inherit. A verdict a child works out
+// before its exec then serves the parent and every later child, instead of going with the
+// child's memory at exec: the usual fork-and-exec loop checks each binary once. The children
+// are the same program until they exec (and the key holds the euid), so sharing with them
+// trusts nobody new.
+CacheTable g_local_cache;
+CacheTable* g_cache = &g_local_cache;
+
+CacheTable& Table() { return *__atomic_load_n(&g_cache, __ATOMIC_ACQUIRE); }
 
 CacheKey KeyOf(const struct stat& st, uid_t euid) {
   return CacheKey{st.st_dev, st.st_ino, st.st_size, st.st_mtim, st.st_ctim, euid};
@@ -118,7 +130,7 @@ size_t SlotOf(const CacheKey& k) {
 
 // Copies the slot's verdict (and script line) if it holds `k`.
 bool CacheGet(const CacheKey& k, uint8_t* verdict, char* interp, size_t cap) {
-  CacheSlot& s = g_cache[SlotOf(k)];
+  CacheSlot& s = Table().slots[SlotOf(k)];
   unsigned seq = __atomic_load_n(&s.seq, __ATOMIC_ACQUIRE);
   if ((seq & 1) != 0 || seq == 0) return false;
   CacheSlot copy;
@@ -140,7 +152,8 @@ void CachePut(const CacheKey& k, uint8_t verdict, const char* name = nullptr,
   struct timespec now;
   clock_gettime(CLOCK_REALTIME, &now);
   if (k.ctime.tv_sec >= now.tv_sec - 2 || k.mtime.tv_sec >= now.tv_sec - 2) return;
-  CacheSlot& s = g_cache[SlotOf(k)];
+  CacheTable& table = Table();
+  CacheSlot& s = table.slots[SlotOf(k)];
   char line[sizeof s.interp] = {};
   if (name != nullptr) {
     size_t a = std::strlen(name), b = std::strlen(arg);
@@ -158,7 +171,7 @@ void CachePut(const CacheKey& k, uint8_t verdict, const char* name = nullptr,
   s.verdict = verdict;
   std::memcpy(s.interp, line, sizeof line);
   __atomic_store_n(&s.seq, seq + 2, __ATOMIC_RELEASE);
-  __atomic_store_n(&g_cache_used, true, __ATOMIC_RELAXED);
+  __atomic_store_n(&table.used, true, __ATOMIC_RELAXED);
 }
 
 // ---- reading the file ---------------------------------------------------------------------------
@@ -410,7 +423,7 @@ const char* Check(const char* path, ArgList args, bool via_loader, char* detail,
     bool hit = false;
     // A process that has cached verdicts tries them first: one stat. (A forked child whose
     // parent never checked anything goes straight to reading the file.)
-    if (__atomic_load_n(&g_cache_used, __ATOMIC_RELAXED) && stat(current, &st) == 0 &&
+    if (__atomic_load_n(&Table().used, __ATOMIC_RELAXED) && stat(current, &st) == 0 &&
         S_ISREG(st.st_mode)) {
       hit = CacheGet(KeyOf(st, euid), &verdict, cached, sizeof cached) &&
             (verdict == kPassElf || verdict == kPassScript);
@@ -769,6 +782,20 @@ int LoaderProgramIndex(const char* const* args, int n) {
   }
   if (audit) return -3;
   return i < n ? i : -1;
+}
+
+void ShareVerdictCache() {
+  Loader();  // from memory: found here once rather than in every child
+  if (__atomic_load_n(&g_cache, __ATOMIC_ACQUIRE) != &g_local_cache) return;
+  void* p =
+      mmap(nullptr, sizeof(CacheTable), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return;  // the children check as before, each for itself
+  // Empty (zero pages): the few verdicts of the local table are worked out again once.
+  CacheTable* expected = &g_local_cache;
+  if (!__atomic_compare_exchange_n(&g_cache, &expected, static_cast<CacheTable*>(p), false,
+                                   __ATOMIC_RELEASE, __ATOMIC_RELAXED)) {
+    munmap(p, sizeof(CacheTable));
+  }
 }
 
 const char* UnroutedReason(const char* path, char* const argv[], char* detail, size_t cap) {

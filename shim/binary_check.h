@@ -11,8 +11,9 @@
 //  - Go code (recognised by its sections, build-ID note and build-info magic), which makes its
 //    socket system calls itself;
 //  - setuid/setgid or file capabilities (the loader drops LD_PRELOAD).
-// Verdicts for files that pass are cached per (device, inode, size, mtime, ctime): a repeated
-// exec of the same binary costs one stat.
+// Verdicts for files that pass are cached per (device, inode, size, mtime, ctime, euid): a
+// repeated exec of the same binary costs one stat, also from the children of a forking process
+// (ShareVerdictCache).
 //
 // Stack only, no malloc, no locks: this runs in vfork children too.
 #pragma once
@@ -46,6 +47,11 @@ bool LoadedGoObject(char* name, size_t cap);
 // and ends the process (exit status 126): its traffic would bypass the overlay. For the first
 // routed call of a process (and after dlopen added objects). hook_dlopen.cc.
 void CheckLoadedObjects();
+
+// Before this process first forks (the fork hook): its verdicts go to a table shared with the
+// children it forks from then on, so a verdict one child works out before its exec is not lost
+// with the child's memory. Once per process; harmless to call again.
+void ShareVerdictCache();
 
 // ---- exposed for the unit tests ----
 // Parses a `#!` line as the kernel's binfmt_script does: `buf` holds the file's first `n` bytes

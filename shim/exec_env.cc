@@ -144,6 +144,15 @@ const SelfFile* Self(SelfFile* scratch) {
   return scratch;
 }
 
+}  // namespace
+
+void FindSelf() {
+  SelfFile scratch;
+  Self(&scratch);
+}
+
+namespace {
+
 // Whether the LD_PRELOAD list `list` (entries separated by ':' or ' ', as the loader splits it)
 // names this library: by the kernel's path first (no system call), then by device and inode for
 // entries that are paths. An entry without '/' is looked up by the loader in its library

@@ -50,6 +50,10 @@ char* const* FixEnv(char* const* envp, void* buf, size_t cap);
 // an errno with the reason in `msg`. Nothing is remembered.
 int EnsureBrokerDetached(char* path, size_t cap, char* msg, size_t msgcap);
 
+// Finds this library's file (Self) now, once per process: the fork hook calls it so that the
+// children inherit the answer instead of each asking the kernel before its exec.
+void FindSelf();
+
 // The exec guard's check of `path` (hook_exec.cc) for libc functions that start a program
 // themselves (hook_shell.cc): called in the process itself, never in a vfork child. 0, or EPERM
 // after one line on stderr.

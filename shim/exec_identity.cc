@@ -99,7 +99,45 @@ struct LinuxDirent64 {
   char d_name[];
 };
 
+// The marker's path: `<socket>.exec-hello` for a process that knows its broker's socket, else
+// `exec-hello` in the runtime directory. Into `out`; false when it does not fit.
+bool MarkerPath(const char* socket, char* out, size_t cap) {
+  int n;
+  if (socket[0] != 0) {
+    n = std::snprintf(out, cap, "%s%s", socket, kMarkerSuffix);
+  } else {
+    char dir[4096];
+    if (!RuntimeDir(dir, sizeof dir)) return false;
+    n = std::snprintf(out, cap, "%s/exec-hello", dir);
+  }
+  return n > 0 && size_t(n) < cap;
+}
+
+// The marker path worked out before the first fork (PrepareExecGreeting), for the children to
+// use instead of working it out again each (formatting touches pages a forked child would have
+// to fault in). Valid while the process's socket path is still the one it was made for: a path
+// given later by `via broker --ensure` makes the children compute it themselves.
+char g_marker[4200];
+bool g_marker_ready = false;
+bool g_marker_with_socket = false;
+
+const char* Marker(const char* socket, char* scratch, size_t cap) {
+  if (__atomic_load_n(&g_marker_ready, __ATOMIC_ACQUIRE) &&
+      g_marker_with_socket == (socket[0] != 0)) {
+    return g_marker;
+  }
+  return MarkerPath(socket, scratch, cap) ? scratch : nullptr;
+}
+
 }  // namespace
+
+void PrepareExecGreeting() {
+  if (__atomic_load_n(&g_marker_ready, __ATOMIC_ACQUIRE)) return;
+  const char* socket = GetSettings().socket_path;
+  if (!MarkerPath(socket, g_marker, sizeof g_marker)) return;
+  g_marker_with_socket = socket[0] != 0;
+  __atomic_store_n(&g_marker_ready, true, __ATOMIC_RELEASE);
+}
 
 void GreetBrokerBeforeExec(const char* file) {
   // Whether or not this process is routed: a group also denies choosing an overlay.
@@ -110,16 +148,15 @@ void GreetBrokerBeforeExec(const char* file) {
   auto runnable = [file] {
     return file != nullptr && Sys(SYS_faccessat, AT_FDCWD, long(file), X_OK, 0) == 0;
   };
+  const char* marker = Marker(socket, path, sizeof path);
+  if (marker == nullptr || !Exists(marker)) return;
   if (socket[0] != 0) {
-    int n = std::snprintf(path, sizeof path, "%s%s", socket, kMarkerSuffix);
-    if (n > 0 && size_t(n) < sizeof path && Exists(path) && runnable()) Greet(socket);
+    if (runnable()) Greet(socket);
     return;
   }
   // No VIA_SOCKET (the shim preloaded without `via run`): every broker here that asks for it.
   char dir[4096];
-  if (!RuntimeDir(dir, sizeof dir)) return;
-  int n = std::snprintf(path, sizeof path, "%s/exec-hello", dir);
-  if (n <= 0 || size_t(n) >= sizeof path || !Exists(path) || !runnable()) return;
+  if (!RuntimeDir(dir, sizeof dir) || !runnable()) return;
   int dfd = Sys(SYS_openat, AT_FDCWD, long(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd < 0) return;
   alignas(8) char buf[4096];
@@ -134,7 +171,7 @@ void GreetBrokerBeforeExec(const char* file) {
       const size_t suffix = sizeof kMarkerSuffix - 1;
       if (len <= suffix || std::strcmp(d->d_name + len - suffix, kMarkerSuffix) != 0) continue;
       // <dir>/<name without the suffix>: the socket.
-      n = std::snprintf(path, sizeof path, "%s/%.*s", dir, int(len - suffix), d->d_name);
+      int n = std::snprintf(path, sizeof path, "%s/%.*s", dir, int(len - suffix), d->d_name);
       if (n > 0 && size_t(n) < sizeof path && greeted++ < 16) Greet(path);
     }
   }

@@ -38,7 +38,8 @@ constexpr size_t kPathMax = 4096;
 // the process itself (posix_spawn), never in a vfork child.
 int CheckExec(const char* path, char* const argv[], char* const envp[], bool in_parent = false) {
   if (path == nullptr || ExecUnguarded()) return 0;
-  char interp[kPathMax] = {};
+  char interp[kPathMax];  // not cleared: 4 KiB of stores, and a page fault in a forked child
+  interp[0] = 0;
   const char* reason = EnvironmentReason(envp, interp, sizeof interp);
   if (reason == nullptr) reason = UnroutedReason(path, argv, interp, sizeof interp);
   if (reason == nullptr) return 0;
@@ -198,6 +199,25 @@ size_t CountArgs(const char* first, va_list ap) {
 }  // namespace via::shim
 
 using namespace via::shim;
+
+// fork: the new process is what libc makes it. Before the first fork of a guarded process, the
+// parent gets ready, once, for children that will exec: the real execve and fexecve looked up,
+// this library's file found (FindSelf), the binary check's verdicts shared with the children
+// (ShareVerdictCache), the exec greeting's marker path formatted (PrepareExecGreeting).
+// Otherwise each child would work these out again in memory its exec throws away, and a
+// fork-and-exec loop would pay for them every time.
+VIA_EXPORT pid_t fork(void) {
+  static int prepared;  // a child inherits it (and the shared verdicts)
+  if (__atomic_load_n(&prepared, __ATOMIC_ACQUIRE) == 0 && !ExecUnguarded()) {
+    Real().execve.Resolve();
+    Real().fexecve.Resolve();
+    FindSelf();
+    ShareVerdictCache();
+    PrepareExecGreeting();
+    __atomic_store_n(&prepared, 1, __ATOMIC_RELEASE);
+  }
+  return Real().fork();
+}
 
 VIA_EXPORT int execve(const char* path, char* const argv[], char* const envp[]) {
   return CheckedExecve(path, argv, envp);

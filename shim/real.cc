@@ -19,15 +19,19 @@ namespace {
 
 // Constant-initialized: no constructor runs at load time.
 RealFns g_real = {
-    {"connect", nullptr},        {"sendto", nullptr},          {"sendmsg", nullptr},
-    {"sendmmsg", nullptr},       {"getpeername", nullptr},     {"getsockname", nullptr},
-    {"listen", nullptr},         {"accept", nullptr},          {"accept4", nullptr},
-    {"recvfrom", nullptr},       {"recvmsg", nullptr},         {"recvmmsg", nullptr},
-    {"getaddrinfo", nullptr},    {"freeaddrinfo", nullptr},    {"gethostbyname", nullptr},
-    {"gethostbyname2", nullptr}, {"gethostbyname_r", nullptr}, {"gethostbyname2_r", nullptr},
-    {"gethostbyaddr", nullptr},  {"gethostbyaddr_r", nullptr}, {"getnameinfo", nullptr},
-    {"execve", nullptr},         {"fexecve", nullptr},         {"posix_spawn", nullptr},
-    {"posix_spawnp", nullptr},
+    {"connect", nullptr},         {"sendto", nullptr},
+    {"sendmsg", nullptr},         {"sendmmsg", nullptr},
+    {"getpeername", nullptr},     {"getsockname", nullptr},
+    {"listen", nullptr},          {"accept", nullptr},
+    {"accept4", nullptr},         {"recvfrom", nullptr},
+    {"recvmsg", nullptr},         {"recvmmsg", nullptr},
+    {"getaddrinfo", nullptr},     {"freeaddrinfo", nullptr},
+    {"gethostbyname", nullptr},   {"gethostbyname2", nullptr},
+    {"gethostbyname_r", nullptr}, {"gethostbyname2_r", nullptr},
+    {"gethostbyaddr", nullptr},   {"gethostbyaddr_r", nullptr},
+    {"getnameinfo", nullptr},     {"execve", nullptr},
+    {"fexecve", nullptr},         {"posix_spawn", nullptr},
+    {"posix_spawnp", nullptr},    {"fork", nullptr},
 };
 
 // Whether `p` lies inside libvia.so's own mapping. Read from our program headers in memory: no

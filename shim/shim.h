@@ -40,6 +40,13 @@ struct LazyFn<R(A...)> {
     }
     return reinterpret_cast<R (*)(A...)>(f)(a...);
   }
+  // Resolves now (a process about to fork resolves what its children will call: a lookup in
+  // each child would fault in the loader's pages and be lost at exec).
+  void Resolve() const {
+    if (__atomic_load_n(&fn, __ATOMIC_ACQUIRE) == nullptr) {
+      __atomic_store_n(&fn, ResolveNext(name), __ATOMIC_RELEASE);
+    }
+  }
 };
 
 struct RealFns {
@@ -73,6 +80,7 @@ struct RealFns {
   LazyFn<int(pid_t*, const char*, const posix_spawn_file_actions_t*, const posix_spawnattr_t*,
              char* const[], char* const[])>
       posix_spawnp;
+  LazyFn<pid_t()> fork;
 };
 const RealFns& Real();
 
@@ -142,6 +150,9 @@ int BrokerHello(HelloInfo* info, char* msg, size_t msgcap);
 // Before an exec in place of `file`: lets a broker that asks for it record this process's groups
 // (exec_identity.cc). Stack and system calls only (vfork children).
 void GreetBrokerBeforeExec(const char* file);
+// Works out the path of the marker GreetBrokerBeforeExec looks for, once, before the first fork
+// (the fork hook): the children then test it without formatting it again each.
+void PrepareExecGreeting();
 // Whether a HELLO in this process was answered with an overlay or an error (not "direct").
 bool BrokerRoutedThisProcess();
 // One HELLO on a connection of its own, closed before returning: touches no state of the shim's

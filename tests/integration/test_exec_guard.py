@@ -4,10 +4,32 @@ program outside via (or with unrouted_exec: allow) does reach the target directl
 import os
 import shutil
 import subprocess
+import time
 
 import harness
 
 STATIC_CLIENT = harness.read_text(os.path.join(harness.HERE, "data", "static_client.c"))
+
+# A program that forks and execs in the child, as shells and servers do: prints each child's exit
+# status (100 + errno when its exec failed). argv: port, then "path:request-path" per child; a
+# "rename:SRC:DST" argument renames between children instead.
+FORK_EXEC = r"""
+import os, sys
+port = sys.argv[1]
+for arg in sys.argv[2:]:
+    if arg.startswith("rename:"):
+        _, src, dst = arg.split(":")
+        os.rename(src, dst)
+        continue
+    path, what = arg.rsplit(":", 1)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.execv(path, [path, port, what])
+        except OSError as e:
+            os._exit(100 + e.errno)
+    print(what, os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+"""
 
 
 class ExecGuard(harness.ViaCase):
@@ -31,6 +53,45 @@ class ExecGuard(harness.ViaCase):
         if built.returncode != 0:
             self.skipTest("cannot link statically (libc.a missing?): " + built.stderr[-200:])
         return exe
+
+    def client(self, static):
+        """The test client, linked statically or dynamically, 3 s old: the binary check caches
+        verdicts only for files unchanged for 2 s (binary_check.cc, CachePut)."""
+        exe = os.path.join(self.dir, "static-client" if static else "dynamic-client")
+        if static:
+            os.rename(self.static_client(), exe)
+        else:
+            src = os.path.join(self.dir, "dynamic.c")
+            with open(src, "w") as f:
+                f.write(STATIC_CLIENT)
+            subprocess.run(["cc", "-O1", "-o", exe, src], check=True)
+        old = time.time() - 3600
+        os.utime(exe, (old, old))
+        return exe
+
+    def test_forked_children_share_verdicts_but_not_for_a_replaced_binary(self):
+        # The children of a forking process share the binary check's verdicts (hook_exec.cc,
+        # fork), so the second child finds the first one's. A verdict holds for its file only:
+        # the same path replaced by a static binary is checked again, and refused.
+        if shutil.which("strace") is None:
+            self.skipTest("no strace (scripts/install-deps.sh installs it)")
+        static, dynamic = self.client(True), self.client(False)
+        path = os.path.join(self.dir, "client")
+        shutil.copy2(dynamic, path)
+        time.sleep(3.2)  # past the 2 s (whole seconds) in which a changed file is not cached
+        trace = os.path.join(self.dir, "trace")
+        proc = self.run_via("app:tor", "strace", "-f", "-qq", "-e", "trace=openat", "-o", trace,
+                            harness.PYTHON, "-c", FORK_EXEC, str(self.port), f"{path}:one",
+                            f"{path}:two", f"{path}:three", f"rename:{static}:{path}",
+                            f"{path}:four")
+        self.assertEqual(proc.stdout.split("\n")[:4], ["one 0", "two 0", "three 0", "four 101"],
+                         proc.stderr)  # 101: EPERM
+        self.assertIn("it is statically linked", proc.stderr)
+        self.assertReachedThroughProxy(self.record, "static", count=3)
+        self.assertEqual([r["path"] for r in self.records(self.record)], ["/one", "/two", "/three"])
+        # The dynamic binary was read once, by the first child; the other two used its verdict.
+        opens = [l for l in harness.read_lines(trace) if f'"{path}"' in l]
+        self.assertEqual(len(opens), 2, "\n".join(opens))  # the dynamic one, then the static one
 
     def test_static_binary_is_refused(self):
         exe = self.static_client()
