@@ -118,11 +118,11 @@ bool MarkerPath(const char* socket, char* out, size_t cap) {
 // to fault in). Valid while the process's socket path is still the one it was made for: a path
 // given later by `via broker --ensure` makes the children compute it themselves.
 char g_marker[4200];
-bool g_marker_ready = false;
+int g_marker_state = 0;  // 0 not made, 1 being written (by one thread), 2 ready
 bool g_marker_with_socket = false;
 
 const char* Marker(const char* socket, char* scratch, size_t cap) {
-  if (__atomic_load_n(&g_marker_ready, __ATOMIC_ACQUIRE) &&
+  if (__atomic_load_n(&g_marker_state, __ATOMIC_ACQUIRE) == 2 &&
       g_marker_with_socket == (socket[0] != 0)) {
     return g_marker;
   }
@@ -132,11 +132,18 @@ const char* Marker(const char* socket, char* scratch, size_t cap) {
 }  // namespace
 
 void PrepareExecGreeting() {
-  if (__atomic_load_n(&g_marker_ready, __ATOMIC_ACQUIRE)) return;
+  int expected = 0;
+  if (!__atomic_compare_exchange_n(&g_marker_state, &expected, 1, false, __ATOMIC_ACQUIRE,
+                                   __ATOMIC_RELAXED)) {
+    return;  // made, or being made by another thread (whose children then work it out)
+  }
   const char* socket = GetSettings().socket_path;
-  if (!MarkerPath(socket, g_marker, sizeof g_marker)) return;
+  if (!MarkerPath(socket, g_marker, sizeof g_marker)) {
+    __atomic_store_n(&g_marker_state, 0, __ATOMIC_RELEASE);
+    return;
+  }
   g_marker_with_socket = socket[0] != 0;
-  __atomic_store_n(&g_marker_ready, true, __ATOMIC_RELEASE);
+  __atomic_store_n(&g_marker_state, 2, __ATOMIC_RELEASE);
 }
 
 void GreetBrokerBeforeExec(const char* file) {
