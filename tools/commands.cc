@@ -172,6 +172,86 @@ int ExplainCommand(const Args& args, const config::Config& cfg) {
 
 }  // namespace
 
+namespace {
+
+// One line of `via check` about overlay `o`: its settings as configured.
+std::string OverlayDetail(const config::Overlay& o) {
+  std::string detail;
+  switch (o.kind) {
+    case config::OverlayKind::kSocks5:
+      detail = o.socks5.host + ":" + std::to_string(o.socks5.port) +
+               "  isolate_streams=" + (o.socks5.isolate_streams ? "on" : "off");
+      if (!o.socks5.username.empty()) detail += "  auth=username/password";
+      if (o.socks5.connect_timeout_ms != config::Socks5Settings{}.connect_timeout_ms) {
+        detail += "  connect_timeout=" + std::to_string(o.socks5.connect_timeout_ms) + "ms";
+      }
+      break;
+    case config::OverlayKind::kTailscale:
+      if (!o.tailscale.localapi_socket.empty()) {
+        detail = "attached to tailscaled at " + o.tailscale.localapi_socket;
+      } else {
+        detail =
+            "hostname=" + (o.tailscale.hostname.empty() ? "wippy" : o.tailscale.hostname) +
+            (o.tailscale.ephemeral ? "  ephemeral" : "") +
+            (o.tailscale.control_url.empty() ? "" : "  control_url=" + o.tailscale.control_url);
+      }
+      break;
+    case config::OverlayKind::kI2p:
+      detail =
+          o.i2p.host + ":" + std::to_string(o.i2p.port) + "  session_name=" + o.i2p.session_name +
+          "  destination=" +
+          (o.i2p.destination == config::I2pDestination::kPersistent ? "persistent" : "ephemeral");
+      for (const auto& [k, v] : o.i2p.options) detail += "  " + k + "=" + v;
+      break;
+  }
+  return detail;
+}
+
+// `via check` without a command: what the config says, entry by entry.
+void PrintConfig(const config::Config& cfg) {
+  std::printf("config %s: OK\n", cfg.source.c_str());
+  for (const auto& f : cfg.files) std::printf("  read %s\n", f.c_str());
+  std::printf("overlays (%zu):\n", cfg.overlays.size());
+  for (const auto& o : cfg.overlays) {
+    std::printf("  %s  %s  %s  (%s:%d)\n", o.id.c_str(), o.kind_name.c_str(), OverlayDetail(o).c_str(),
+                o.pos.file.c_str(), o.pos.line);
+  }
+  std::printf("default network: %s\n", cfg.service.default_network.empty()
+                                           ? "direct (none set)"
+                                           : cfg.service.default_network.c_str());
+  const char* lp[] = {"direct", "overlay", "refuse"};
+  std::printf("loopback destinations: %s\n", lp[int(cfg.service.loopback)]);
+  const char* lsp[] = {"overlay", "local", "refuse"};
+  std::printf("non-loopback listen(): %s\n", lsp[int(cfg.service.listen)]);
+  std::printf("fake address pools: %s, %s\n", cfg.service.fake_ipv4.c_str(),
+              cfg.service.fake_ipv6.c_str());
+  std::printf("state dir: %s\n", cfg.service.state_dir.c_str());
+  std::printf("program rules (%zu):\n", cfg.programs.size());
+  for (const auto& r : cfg.programs) {
+    std::string argv_text;
+    for (const auto& a : r.argv) argv_text += (argv_text.empty() ? "" : " ") + a;
+    std::string groups;
+    for (const auto& g : r.groups) groups += (groups.empty() ? "" : ",") + g;
+    std::printf("  %s  exe=%s%s%s  network=%s  groups=%s  (%s)\n", r.id.c_str(),
+                r.exe.empty() ? "*" : r.exe.c_str(),
+                argv_text.empty() ? "" : "  argv=", argv_text.c_str(),
+                r.network.empty() ? "-" : r.network.c_str(), groups.empty() ? "-" : groups.c_str(),
+                r.where().c_str());
+  }
+  std::printf("network.select policies (%zu):\n", cfg.policies.size());
+  for (const auto& p : cfg.policies) {
+    std::string res, groups;
+    for (const auto& r : p.resources) res += (res.empty() ? "" : ",") + r;
+    for (const auto& g : p.groups) groups += (groups.empty() ? "" : ",") + g;
+    std::printf("  %s  %s  resources=%s  groups=%s  (%s)\n", p.id.c_str(),
+                p.effect == config::PolicyEffect::kDeny ? "deny" : "allow", res.c_str(),
+                groups.empty() ? "(all)" : groups.c_str(), p.where().c_str());
+  }
+  std::printf("entries of other kinds skipped: %d\n", cfg.skipped_entries);
+}
+
+}  // namespace
+
 int CmdCheck(int argc, char** argv) {
   auto args =
       ParseArgs("check", argc, argv,
@@ -189,73 +269,7 @@ int CmdCheck(int argc, char** argv) {
   auto cfg = LoadConfigOrComplain(*args);
   if (!cfg) return kExitUsage;
   if (!args->rest.empty()) return ExplainCommand(*args, *cfg);
-  std::printf("config %s: OK\n", cfg->source.c_str());
-  for (const auto& f : cfg->files) std::printf("  read %s\n", f.c_str());
-  std::printf("overlays (%zu):\n", cfg->overlays.size());
-  for (const auto& o : cfg->overlays) {
-    std::string detail;
-    switch (o.kind) {
-      case config::OverlayKind::kSocks5:
-        detail = o.socks5.host + ":" + std::to_string(o.socks5.port) +
-                 "  isolate_streams=" + (o.socks5.isolate_streams ? "on" : "off");
-        if (!o.socks5.username.empty()) detail += "  auth=username/password";
-        if (o.socks5.connect_timeout_ms != config::Socks5Settings{}.connect_timeout_ms) {
-          detail += "  connect_timeout=" + std::to_string(o.socks5.connect_timeout_ms) + "ms";
-        }
-        break;
-      case config::OverlayKind::kTailscale:
-        if (!o.tailscale.localapi_socket.empty()) {
-          detail = "attached to tailscaled at " + o.tailscale.localapi_socket;
-        } else {
-          detail =
-              "hostname=" + (o.tailscale.hostname.empty() ? "wippy" : o.tailscale.hostname) +
-              (o.tailscale.ephemeral ? "  ephemeral" : "") +
-              (o.tailscale.control_url.empty() ? "" : "  control_url=" + o.tailscale.control_url);
-        }
-        break;
-      case config::OverlayKind::kI2p:
-        detail =
-            o.i2p.host + ":" + std::to_string(o.i2p.port) + "  session_name=" + o.i2p.session_name +
-            "  destination=" +
-            (o.i2p.destination == config::I2pDestination::kPersistent ? "persistent" : "ephemeral");
-        for (const auto& [k, v] : o.i2p.options) detail += "  " + k + "=" + v;
-        break;
-    }
-    std::printf("  %s  %s  %s  (%s:%d)\n", o.id.c_str(), o.kind_name.c_str(), detail.c_str(),
-                o.pos.file.c_str(), o.pos.line);
-  }
-  std::printf("default network: %s\n", cfg->service.default_network.empty()
-                                           ? "direct (none set)"
-                                           : cfg->service.default_network.c_str());
-  const char* lp[] = {"direct", "overlay", "refuse"};
-  std::printf("loopback destinations: %s\n", lp[int(cfg->service.loopback)]);
-  const char* lsp[] = {"overlay", "local", "refuse"};
-  std::printf("non-loopback listen(): %s\n", lsp[int(cfg->service.listen)]);
-  std::printf("fake address pools: %s, %s\n", cfg->service.fake_ipv4.c_str(),
-              cfg->service.fake_ipv6.c_str());
-  std::printf("state dir: %s\n", cfg->service.state_dir.c_str());
-  std::printf("program rules (%zu):\n", cfg->programs.size());
-  for (const auto& r : cfg->programs) {
-    std::string argv_text;
-    for (const auto& a : r.argv) argv_text += (argv_text.empty() ? "" : " ") + a;
-    std::string groups;
-    for (const auto& g : r.groups) groups += (groups.empty() ? "" : ",") + g;
-    std::printf("  %s  exe=%s%s%s  network=%s  groups=%s  (%s)\n", r.id.c_str(),
-                r.exe.empty() ? "*" : r.exe.c_str(),
-                argv_text.empty() ? "" : "  argv=", argv_text.c_str(),
-                r.network.empty() ? "-" : r.network.c_str(), groups.empty() ? "-" : groups.c_str(),
-                r.where().c_str());
-  }
-  std::printf("network.select policies (%zu):\n", cfg->policies.size());
-  for (const auto& p : cfg->policies) {
-    std::string res, groups;
-    for (const auto& r : p.resources) res += (res.empty() ? "" : ",") + r;
-    for (const auto& g : p.groups) groups += (groups.empty() ? "" : ",") + g;
-    std::printf("  %s  %s  resources=%s  groups=%s  (%s)\n", p.id.c_str(),
-                p.effect == config::PolicyEffect::kDeny ? "deny" : "allow", res.c_str(),
-                groups.empty() ? "(all)" : groups.c_str(), p.where().c_str());
-  }
-  std::printf("entries of other kinds skipped: %d\n", cfg->skipped_entries);
+  PrintConfig(*cfg);
   return kExitOk;
 }
 

@@ -274,6 +274,88 @@ Result<std::string> FetchThroughOverlay(const config::Config& cfg, const config:
   return FetchIp(fd->get(), url, cafile, std::max<int>(1, timeout_ms - int(spent)));
 }
 
+namespace {
+
+// --timeout: positive seconds ("15" or "15s", as in the seed's options), in milliseconds; -1
+// after an error.
+int ParseTimeoutMs(const Args& args) {
+  if (!args.Has("--timeout")) return 15000;
+  const std::string v = args.Get("--timeout");
+  char* end = nullptr;
+  double t = std::strtod(v.c_str(), &end);
+  if (end != v.c_str() && *end == 's') ++end;
+  if (v.empty() || *end != 0 || !(t > 0) || t > 86400) {
+    Error("probe: --timeout takes a positive number of seconds, not \"" + v +
+          "\"; try 'via probe --help'");
+    return -1;
+  }
+  return std::max(1, int(t * 1000));
+}
+
+// The overlay to probe: --network, else network_service.default_network, else the only SOCKS5
+// overlay. nullptr after an error.
+const config::Overlay* ProbedOverlay(const Args& args, const config::Config& cfg) {
+  auto known = [&] {
+    std::string k;
+    for (const auto& o : cfg.overlays) k += (k.empty() ? "" : ", ") + o.id;
+    return k.empty() ? std::string("none") : k;
+  };
+  std::string wanted = args.Has("--network") ? args.Get("--network") : cfg.service.default_network;
+  if (!wanted.empty()) {
+    const config::Overlay* overlay = cfg.Find(wanted);
+    if (overlay == nullptr) {
+      Error("unknown overlay \"" + wanted + "\" in " + cfg.source + " (known: " + known() + ")");
+    }
+    return overlay;
+  }
+  const config::Overlay* overlay = nullptr;
+  int socks5 = 0;
+  for (const auto& o : cfg.overlays) {
+    if (o.kind != config::OverlayKind::kSocks5) continue;
+    ++socks5;
+    overlay = &o;
+  }
+  if (socks5 != 1) {
+    Error(std::string(socks5 == 0 ? "no network.socks5 overlay" : "several overlays") + " in " +
+          cfg.source + " and no network_service.default_network; choose one with --network " +
+          "(known: " + known() + ")");
+    return nullptr;
+  }
+  return overlay;
+}
+
+// One line per fetch, direct then through the overlay; true if both gave an address.
+// --timeout covers each fetch as a whole: connecting, TLS, request and response.
+bool ProbeBoth(const config::Config& cfg, const config::Overlay& overlay, const Url& url,
+               const std::string& cafile, int timeout_ms) {
+  bool all_ok = true;
+  auto start = std::chrono::steady_clock::now();
+  auto direct = DirectConnect(url, timeout_ms);
+  auto spent = std::chrono::duration_cast<std::chrono::milliseconds>(
+                   std::chrono::steady_clock::now() - start)
+                   .count();
+  Result<std::string> dip =
+      direct.ok() ? FetchIp(direct->get(), url, cafile, std::max<int>(1, timeout_ms - int(spent)))
+                  : Result<std::string>(direct.status());
+  if (dip.ok()) {
+    std::printf("direct IP: %s\n", dip->c_str());
+  } else {
+    std::printf("direct failed: %s\n", dip.status().message().c_str());
+    all_ok = false;
+  }
+  std::fflush(stdout);
+  Result<std::string> oip = FetchThroughOverlay(cfg, overlay, url, cafile, timeout_ms);
+  if (oip.ok()) {
+    std::printf("%s IP: %s\n", overlay.name.c_str(), oip->c_str());
+  } else {
+    std::printf("%s failed: %s\n", overlay.name.c_str(), oip.status().message().c_str());
+    all_ok = false;
+  }
+  return all_ok;
+}
+
+}  // namespace
+
 int CmdProbe(int argc, char** argv) {
   auto args = ParseArgs("probe", argc, argv,
                         {{"--config", true},
@@ -294,80 +376,14 @@ int CmdProbe(int argc, char** argv) {
     Error(url.status().message());
     return kExitUsage;
   }
-  int timeout_ms = 15000;
-  if (args->Has("--timeout")) {
-    const std::string v = args->Get("--timeout");
-    char* end = nullptr;
-    double t = std::strtod(v.c_str(), &end);
-    if (end != v.c_str() && *end == 's') ++end;  // "15s" as in the seed's options
-    if (v.empty() || *end != 0 || !(t > 0) || t > 86400) {
-      Error("probe: --timeout takes a positive number of seconds, not \"" + v +
-            "\"; try 'via probe --help'");
-      return kExitUsage;
-    }
-    timeout_ms = std::max(1, int(t * 1000));
-  }
+  int timeout_ms = ParseTimeoutMs(*args);
+  if (timeout_ms < 0) return kExitUsage;
   auto cfg = LoadConfigOrComplain(*args);
   if (!cfg) return kExitUsage;
-  auto known = [&] {
-    std::string k;
-    for (const auto& o : cfg->overlays) k += (k.empty() ? "" : ", ") + o.id;
-    return k.empty() ? std::string("none") : k;
-  };
-  const config::Overlay* overlay = nullptr;
-  std::string wanted =
-      args->Has("--network") ? args->Get("--network") : cfg->service.default_network;
-  if (!wanted.empty()) {
-    overlay = cfg->Find(wanted);
-    if (overlay == nullptr) {
-      Error("unknown overlay \"" + wanted + "\" in " + cfg->source + " (known: " + known() + ")");
-      return kExitUsage;
-    }
-  } else {
-    int socks5 = 0;
-    for (const auto& o : cfg->overlays) {
-      if (o.kind != config::OverlayKind::kSocks5) continue;
-      ++socks5;
-      overlay = &o;
-    }
-    if (socks5 != 1) {
-      Error(std::string(socks5 == 0 ? "no network.socks5 overlay" : "several overlays") + " in " +
-            cfg->source + " and no network_service.default_network; choose one with --network " +
-            "(known: " + known() + ")");
-      return kExitUsage;
-    }
-  }
-  std::string cafile = args->Get("--cafile");
-  bool all_ok = true;
-
-  // --timeout covers each fetch as a whole: connecting, TLS, request and response.
-  auto left_ms = [timeout_ms](std::chrono::steady_clock::time_point start) {
-    auto spent = std::chrono::duration_cast<std::chrono::milliseconds>(
-                     std::chrono::steady_clock::now() - start)
-                     .count();
-    return std::max<int>(1, timeout_ms - int(spent));
-  };
-  auto direct_start = std::chrono::steady_clock::now();
-  auto direct = DirectConnect(*url, timeout_ms);
-  Result<std::string> dip = direct.ok()
-                                ? FetchIp(direct->get(), *url, cafile, left_ms(direct_start))
-                                : Result<std::string>(direct.status());
-  if (dip.ok()) {
-    std::printf("direct IP: %s\n", dip->c_str());
-  } else {
-    std::printf("direct failed: %s\n", dip.status().message().c_str());
-    all_ok = false;
-  }
-  std::fflush(stdout);
-
-  Result<std::string> oip = FetchThroughOverlay(*cfg, *overlay, *url, cafile, timeout_ms);
-  if (oip.ok()) {
-    std::printf("%s IP: %s\n", overlay->name.c_str(), oip->c_str());
-  } else {
-    std::printf("%s failed: %s\n", overlay->name.c_str(), oip.status().message().c_str());
-    all_ok = false;
-  }
-  return all_ok ? kExitOk : kExitFailure;
+  const config::Overlay* overlay = ProbedOverlay(*args, *cfg);
+  if (overlay == nullptr) return kExitUsage;
+  return ProbeBoth(*cfg, *overlay, *url, args->Get("--cafile"), timeout_ms) ? kExitOk
+                                                                              : kExitFailure;
 }
 
 }  // namespace via::tools
