@@ -2,6 +2,8 @@
 # Installs what via needs to build and to run its tests on Debian 12 (run as root).
 # With --bench, also what the benchmark suite needs (bench/run.sh): the tools it compares via
 # with (proxychains4, torsocks) and matplotlib for its plot. CI does not run the benchmarks.
+# With --demo, only what the quick start needs (scripts/demo.sh: build via and libvia.so, run
+# microsocks, curl and a small Python web server): no test servers, users or Go modules.
 # Idempotent and quiet: only missing packages are installed (apt-get update runs only then).
 # Also creates the test fixtures that need root: the `viatest` user (danted's username
 # authentication) and the PAM service `via-test-sockd` (accepts any credentials, so that
@@ -22,10 +24,19 @@ packages=(
   curl wget git python3 openssl iproute2 util-linux procps ca-certificates tcpdump strace
   bind9-dnsutils
 )
+demo=0
 if [ "${1:-}" = --bench ]; then
   packages+=(proxychains4 libproxychains4 torsocks python3-matplotlib)
+elif [ "${1:-}" = --demo ]; then
+  demo=1
+  packages=(
+    build-essential cmake ninja-build pkg-config
+    libyaml-cpp-dev libspdlog-dev libc-ares-dev libssl-dev
+    microsocks curl python3 util-linux ca-certificates
+  )
 elif [ -n "${1:-}" ]; then
-  echo "install-deps.sh: unknown option $1 (--bench adds the benchmark suite's tools)" >&2
+  echo "install-deps.sh: unknown option $1 (--bench adds the benchmark suite's tools, --demo" \
+       "installs only what scripts/demo.sh needs)" >&2
   exit 2
 fi
 
@@ -44,12 +55,12 @@ apt_update() {
 }
 
 # Go is optional (the test that a Go program is refused skips without it).
-if ! command -v go >/dev/null 2>&1 && [ ! -x /usr/local/go/bin/go ]; then
+if [ "$demo" = 0 ] && ! command -v go >/dev/null 2>&1 && [ ! -x /usr/local/go/bin/go ]; then
   missing+=(golang-go)
 fi
 
 # Node is optional (its test skips without it); use Debian's when none is installed yet.
-if ! command -v node >/dev/null 2>&1; then
+if [ "$demo" = 0 ] && ! command -v node >/dev/null 2>&1; then
   apt_update
   if apt-cache show nodejs >/dev/null 2>&1; then
     missing+=(nodejs)
@@ -78,6 +89,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit "$status"
   fi
 fi
+[ "$demo" = 1 ] && exit 0
 
 # If systemd runs the packages' services anyway, stop and disable them.
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
