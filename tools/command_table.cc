@@ -109,7 +109,7 @@ Examples:
   via broker --ensure                              # prints the socket path
 )HELP";
 
-const char* const kHelpCheck = R"HELP(Usage: via check [-c CONFIG]
+const char* const kHelpCheck = R"HELP(Usage: via check [-c CONFIG] [--json]
        via check [-c CONFIG] [--network NS:NAME | --direct] -- COMMAND [ARGS...]
 
 Loads and validates a configuration, then lists the files read, each overlay (kind, endpoint,
@@ -127,6 +127,8 @@ Options:
   -c, --config PATH    configuration file or directory (default: the usual search)
   -n, --network ID     explain an explicit selection of ID for COMMAND
       --direct         explain an explicit selection of direct for COMMAND
+      --json           list the configuration as one JSON object (docs/json.md); not with
+                       a COMMAND
   -h, --help           show this help
 
 Output (one line per overlay):

@@ -19,6 +19,7 @@
 #include "tools/cli.h"
 #include "tools/command_identity.h"
 #include "tools/command_table.h"
+#include "tools/json.h"
 
 namespace via::tools {
 
@@ -174,6 +175,16 @@ int ExplainCommand(const Args& args, const config::Config& cfg) {
 
 namespace {
 
+const char* LoopbackName(config::LoopbackPolicy p) {
+  const char* names[] = {"direct", "overlay", "refuse"};
+  return names[int(p)];
+}
+
+const char* ListenName(config::ListenPolicy p) {
+  const char* names[] = {"overlay", "local", "refuse"};
+  return names[int(p)];
+}
+
 // One line of `via check` about overlay `o`: its settings as configured.
 std::string OverlayDetail(const config::Overlay& o) {
   std::string detail;
@@ -219,10 +230,8 @@ void PrintConfig(const config::Config& cfg) {
   std::printf("default network: %s\n", cfg.service.default_network.empty()
                                            ? "direct (none set)"
                                            : cfg.service.default_network.c_str());
-  const char* lp[] = {"direct", "overlay", "refuse"};
-  std::printf("loopback destinations: %s\n", lp[int(cfg.service.loopback)]);
-  const char* lsp[] = {"overlay", "local", "refuse"};
-  std::printf("non-loopback listen(): %s\n", lsp[int(cfg.service.listen)]);
+  std::printf("loopback destinations: %s\n", LoopbackName(cfg.service.loopback));
+  std::printf("non-loopback listen(): %s\n", ListenName(cfg.service.listen));
   std::printf("fake address pools: %s, %s\n", cfg.service.fake_ipv4.c_str(),
               cfg.service.fake_ipv6.c_str());
   std::printf("state dir: %s\n", cfg.service.state_dir.c_str());
@@ -250,13 +259,83 @@ void PrintConfig(const config::Config& cfg) {
   std::printf("entries of other kinds skipped: %d\n", cfg.skipped_entries);
 }
 
+// An overlay's settings as JSON members (docs/json.md).
+void OverlaySettingsJson(const config::Overlay& o, Json& j) {
+  switch (o.kind) {
+    case config::OverlayKind::kSocks5:
+      j.Key("host").String(o.socks5.host).Key("port").Int(o.socks5.port);
+      j.Key("isolate_streams").Bool(o.socks5.isolate_streams);
+      j.Key("auth").Bool(!o.socks5.username.empty());
+      j.Key("connect_timeout_ms").Int(o.socks5.connect_timeout_ms);
+      break;
+    case config::OverlayKind::kTailscale:
+      j.Key("localapi_socket").StringOrNull(o.tailscale.localapi_socket);
+      j.Key("hostname").String(o.tailscale.hostname.empty() ? "wippy" : o.tailscale.hostname);
+      j.Key("ephemeral").Bool(o.tailscale.ephemeral);
+      j.Key("control_url").StringOrNull(o.tailscale.control_url);
+      break;
+    case config::OverlayKind::kI2p:
+      j.Key("host").String(o.i2p.host).Key("port").Int(o.i2p.port);
+      j.Key("session_name").String(o.i2p.session_name);
+      j.Key("destination")
+          .String(o.i2p.destination == config::I2pDestination::kPersistent ? "persistent"
+                                                                           : "ephemeral");
+      j.Key("options").BeginObject();
+      for (const auto& [k, v] : o.i2p.options) j.Key(k).String(v);
+      j.EndObject();
+      break;
+  }
+}
+
+// `via check --json`: what PrintConfig lists, as one JSON object (docs/json.md).
+void PrintConfigJson(const config::Config& cfg) {
+  Json j;
+  j.BeginObject();
+  j.Key("config").String(cfg.source).Key("files").Strings(cfg.files);
+  j.Key("overlays").BeginArray();
+  for (const auto& o : cfg.overlays) {
+    j.BeginObject().Key("id").String(o.id).Key("kind").String(o.kind_name);
+    j.Key("where").String(o.pos.file + ":" + std::to_string(o.pos.line));
+    j.Key("settings").BeginObject();
+    OverlaySettingsJson(o, j);
+    j.EndObject().EndObject();
+  }
+  j.EndArray();
+  j.Key("default_network").StringOrNull(cfg.service.default_network);
+  j.Key("loopback").String(LoopbackName(cfg.service.loopback));
+  j.Key("listen").String(ListenName(cfg.service.listen));
+  j.Key("fake_ipv4").String(cfg.service.fake_ipv4).Key("fake_ipv6").String(cfg.service.fake_ipv6);
+  j.Key("state_dir").String(cfg.service.state_dir);
+  j.Key("programs").BeginArray();
+  for (const auto& r : cfg.programs) {
+    j.BeginObject().Key("id").String(r.id).Key("exe").StringOrNull(r.exe);
+    j.Key("argv").Strings(r.argv).Key("network").StringOrNull(r.network);
+    j.Key("groups").Strings(r.groups).Key("where").String(r.where()).EndObject();
+  }
+  j.EndArray();
+  j.Key("policies").BeginArray();
+  for (const auto& p : cfg.policies) {
+    j.BeginObject().Key("id").String(p.id);
+    j.Key("effect").String(p.effect == config::PolicyEffect::kDeny ? "deny" : "allow");
+    j.Key("resources").Strings(p.resources).Key("groups").Strings(p.groups);
+    j.Key("where").String(p.where()).EndObject();
+  }
+  j.EndArray();
+  j.Key("skipped_entries").Int(cfg.skipped_entries);
+  j.EndObject();
+  std::printf("%s\n", j.str().c_str());
+}
+
 }  // namespace
 
 int CmdCheck(int argc, char** argv) {
-  auto args =
-      ParseArgs("check", argc, argv,
-                {{"--config", true}, {"--network", true}, {"--direct", false}, {"--help", false}},
-                {{"-c", "--config"}, {"-n", "--network"}, {"-h", "--help"}}, false);
+  auto args = ParseArgs("check", argc, argv,
+                        {{"--config", true},
+                         {"--network", true},
+                         {"--direct", false},
+                         {"--json", false},
+                         {"--help", false}},
+                        {{"-c", "--config"}, {"-n", "--network"}, {"-h", "--help"}}, false);
   if (!args.ok()) {
     Error(args.status().message());
     return kExitUsage;
@@ -266,9 +345,19 @@ int CmdCheck(int argc, char** argv) {
     Error("check: --network/--direct need a command: via check --network ID -- COMMAND [ARGS...]");
     return kExitUsage;
   }
+  if (!args->rest.empty() && args->Has("--json")) {
+    Error(
+        "check: --json lists the configuration; explaining a COMMAND has no JSON form yet "
+        "(drop --json, or the COMMAND)");
+    return kExitUsage;
+  }
   auto cfg = LoadConfigOrComplain(*args);
   if (!cfg) return kExitUsage;
   if (!args->rest.empty()) return ExplainCommand(*args, *cfg);
+  if (args->Has("--json")) {
+    PrintConfigJson(*cfg);
+    return kExitOk;
+  }
   PrintConfig(*cfg);
   return kExitOk;
 }

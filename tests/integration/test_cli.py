@@ -1,4 +1,5 @@
 """The command line as a user meets it: help, check, probe, status, install."""
+import json
 import os
 import pwd
 import re
@@ -58,6 +59,47 @@ class Cli(harness.ViaCase):
                          f"via: {self.config}:7:11: entry app:tor (network.socks5): port: "
                          "network: invalid port (70000 is not in 1..65535)")
 
+
+    def test_check_json_lists_the_config_and_escapes_what_it_quotes(self):
+        # An argv pattern with a quote, a backslash and non-ASCII, and a config file whose name
+        # has a tab and a newline: json.loads must give them back exactly.
+        odd = 'a "b" \\ c é 🧅'
+        self.write_config([
+            self.socks5_entry("tor", 9050, "username: u", "password: p"),
+            ["name: i2p", "kind: network.i2p", "host: 127.0.0.1", "port: 7656",
+             "options:", "  inbound.length: 1"],
+            ["name: tailnet", "kind: network.tailscale", "hostname: box", "ephemeral: true",
+             "auth_key_env: VIA_TEST_TS_KEY"],
+            ["name: odd", "kind: via.program", f'match: {{exe: /usr/bin/curl, argv: ["*", {json.dumps(odd, ensure_ascii=False)}]}}',
+             "network: app:tor", "groups: [g1, g2]"],
+            ["name: deny", "kind: security.policy", "policy:", '  actions: "network.select"',
+             '  resources: "app:i2p"', "  effect: deny", "groups:", "  - g1"],
+        ], service={"default_network": "app:tor", "loopback": "refuse"}, name="via\tconf\n.yaml")
+        proc = self.via("check", "--json")
+        self.assertOk(proc)
+        doc = json.loads(proc.stdout)
+        self.assertEqual(doc["config"], self.config)
+        self.assertEqual([(o["id"], o["kind"]) for o in doc["overlays"]],
+                         [("app:tor", "network.socks5"), ("app:i2p", "network.i2p"),
+                          ("app:tailnet", "network.tailscale")])
+        tor, i2p, tailnet = (o["settings"] for o in doc["overlays"])
+        self.assertEqual((tor["host"], tor["port"], tor["auth"]), ("127.0.0.1", 9050, True))
+        self.assertEqual((i2p["port"], i2p["options"]["inbound.length"]), (7656, "1"))
+        self.assertEqual((tailnet["hostname"], tailnet["ephemeral"]), ("box", True))
+        self.assertTrue(doc["overlays"][0]["where"].startswith(self.config + ":"))
+        self.assertEqual((doc["default_network"], doc["loopback"]), ("app:tor", "refuse"))
+        rule = doc["programs"][0]
+        self.assertEqual((rule["id"], rule["exe"], rule["argv"], rule["network"], rule["groups"]),
+                         ("app:odd", "/usr/bin/curl", ["*", odd], "app:tor",
+                          ["g1", "g2"]))
+        policy = doc["policies"][0]
+        self.assertEqual((policy["id"], policy["effect"], policy["resources"], policy["groups"]),
+                         ("app:deny", "deny", ["app:i2p"], ["g1"]))
+        self.assertIsInstance(doc["skipped_entries"], int)
+        # Explaining a command has no JSON form: said, not half done.
+        proc = self.via("check", "--json", "--", "true")
+        self.assertEqual(proc.returncode, 2)
+        self.assertIn("--json", proc.stderr)
 
     def test_check_reports_yaml_syntax_errors_with_position(self):
         path = os.path.join(self.dir, "broken.yaml")
