@@ -149,6 +149,7 @@ Result<std::string> BrokerClient::Hello(const std::string& network, const std::s
   if (m->Find(wire::kTagFingerprint, &f)) fingerprint_ = std::string(f.str());
   uint32_t wait = 0;
   if (m->Find(wire::kTagWaitMs, &f) && f.u32(&wait)) wait_ms_ = wait;
+  if (!m->Find(wire::kTagFlags, &f) || !f.u32(&hello_flags_)) hello_flags_ = 0;
   if (Status s = ReplyStatus(*m); !s.ok()) return s;
   return m->Find(wire::kTagNetwork, &f) ? std::string(f.str()) : std::string();
 }
@@ -227,6 +228,26 @@ Status BrokerClient::ConnectByName(int fd, const std::string& name, uint16_t por
   auto m = Exchange(w, fd, kQuickMs + wait_ms_);
   if (!m.ok()) return m.status();
   return ReplyStatus(*m);
+}
+
+Status BrokerClient::ConnectAddr(int fd, const wire::Addr& addr) {
+  uint8_t buf[256];
+  wire::Writer w(buf, sizeof buf, wire::kConnect, next_id_++);
+  w.PutAddr(wire::kTagAddr, addr);
+  auto m = Exchange(w, fd, kQuickMs + wait_ms_);
+  if (!m.ok()) return m.status();
+  return ReplyStatus(*m);
+}
+
+Result<std::string> BrokerClient::DnsQuery(const void* packet, size_t len) {
+  std::vector<uint8_t> buf(wire::kMaxMessage);
+  wire::Writer w(buf.data(), buf.size(), wire::kDnsQuery, next_id_++);
+  w.PutBytes(wire::kTagDnsPacket, packet, len);
+  auto m = Exchange(w, -1, kQuickMs + wait_ms_);
+  if (!m.ok()) return m.status();
+  if (Status s = ReplyStatus(*m); !s.ok()) return s;
+  wire::Field f;
+  return m->Find(wire::kTagDnsPacket, &f) ? std::string(f.str()) : std::string();
 }
 
 Result<std::string> BrokerClient::StatusText() {

@@ -46,6 +46,12 @@ class BrokerClient {
   const std::string& fingerprint() const { return fingerprint_; }
   // CONNECT `fd` (our own socket) to name:port through the connection's network.
   Status ConnectByName(int fd, const std::string& name, uint16_t port);
+  // CONNECT `fd` to `addr` (a fake address stands for its name).
+  Status ConnectAddr(int fd, const wire::Addr& addr);
+  // DNS_QUERY: the broker's answer to one DNS query ("" when it gives none).
+  Result<std::string> DnsQuery(const void* packet, size_t len);
+  // FLAGS of the last HELLO reply (wire::kFlag*).
+  uint32_t hello_flags() const { return hello_flags_; }
   Result<std::string> StatusText();
   Status Shutdown();
 
@@ -66,6 +72,7 @@ class BrokerClient {
   uint32_t next_id_ = 1;
   std::string reply_;
   std::string fingerprint_;
+  uint32_t hello_flags_ = 0;
 };
 
 }  // namespace via::tools

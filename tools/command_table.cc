@@ -35,6 +35,7 @@ Examples:
 
 const char* const kHelpRun =
     R"HELP(Usage: via run [-c CONFIG] [--network NS:NAME | --direct] [-q] [--] COMMAND [ARGS...]
+       via run [-c CONFIG] [--network NS:NAME] --strict [--] COMMAND [ARGS...]
 
 Runs COMMAND with libvia.so preloaded, so that its TCP connects and name lookups (and those of
 every child it starts) go through the selected overlay. Names are never looked up locally: the
@@ -48,11 +49,21 @@ connections (I2P: the program is reachable at a .b32.i2p address, printed once o
 shown by `via status`) and fails with EOPNOTSUPP otherwise (SOCKS5), unless
 network_service.listen says local. Loopback listens stay local.
 
+--strict runs COMMAND without the shim, in a network namespace of its own that has only lo
+(inside a user namespace when not root), so that programs the shim cannot cover are routed
+too: Go, static and raw-system-call programs. Each TCP connect is handed to via run (seccomp
+user notification), which has the broker connect a socket through the overlay and puts it on
+the program's descriptor; names get fake addresses from a resolver via run answers in the
+namespace. Whatever is not routed (UDP, ICMP, TCP Fast Open, io_uring) has no route out and
+fails. Needs Linux 5.9 and, when not root, unprivileged user namespaces; if the kernel refuses,
+nothing is run. docs/architecture.md, "Strict mode", says what it does not do yet.
+
 Options:
   -c, --config PATH    configuration file or directory (default: the usual search)
   -n, --network ID     the overlay, as namespace:name (e.g. app:tor) or a unique name
       --direct         no overlay for this command and its children
   -q, --quiet          the shim prints nothing (default: one line per failed connect)
+      --strict         run COMMAND in its own network namespace, every connect placed by via
   -h, --help           show this help
 
 --network and --direct are explicit selections: the broker checks them against the
@@ -72,6 +83,7 @@ Examples:
   via run --network app:tor -- curl http://example.test:8080/
   via run -c ./_index.yaml -- python3 -c "import urllib.request as u; print(u.urlopen('http://example.test/').read())"
   via run --direct -- make
+  via run --strict --network app:tor -- ./static-go-tool https://example.test/
   via run --network app:i2p -- curl http://<52 chars>.b32.i2p/
   via run --network app:i2p -- python3 -m http.server 8080   # reachable from I2P only
 )HELP";

@@ -3,6 +3,8 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -17,6 +19,7 @@
 #include "tools/cli.h"
 #include "tools/command_identity.h"
 #include "tools/command_table.h"
+#include "tools/strict.h"
 
 extern char** environ;
 
@@ -34,6 +37,7 @@ Exit ParseRunArgs(int argc, char** argv, Args* out) {
        {"--network", true},
        {"--direct", false},
        {"--quiet", false},
+       {"--strict", false},
        {"--help", false}},
       {{"-c", "--config"}, {"-n", "--network"}, {"-q", "--quiet"}, {"-h", "--help"}}, true);
   if (!args.ok()) {
@@ -49,6 +53,10 @@ Exit ParseRunArgs(int argc, char** argv, Args* out) {
   }
   if (args->Has("--network") && args->Has("--direct")) {
     Error("run: --network and --direct exclude each other");
+    return kExitUsage;
+  }
+  if (args->Has("--strict") && args->Has("--direct")) {
+    Error("run: --strict routes through an overlay; it cannot be --direct");
     return kExitUsage;
   }
   *out = std::move(*args);
@@ -169,7 +177,44 @@ struct ChildLaunch {
   std::vector<std::string> env;
   std::vector<char*> envp;
   std::vector<char*> argv;
+  // --strict: the child enters its sandbox (tools/strict.h) over `channel`, mounting `resolv`.
+  bool strict = false;
+  bool quiet = false;
+  int channel = -1;
+  std::string resolv;
 };
+
+bool SameFile(const std::string& a, const std::string& b) {
+  struct stat sa, sb;
+  return stat(a.c_str(), &sa) == 0 && stat(b.c_str(), &sb) == 0 && sa.st_dev == sb.st_dev &&
+         sa.st_ino == sb.st_ino;
+}
+
+// --strict: the child's environment without the shim (it could not route from inside the
+// namespace, and the filter does its work) and without the VIA_* variables.
+std::vector<std::string> StrictChildEnv() {
+  std::vector<std::string> env;
+  const std::string shim = ShimPath();
+  for (char** e = environ; *e != nullptr; ++e) {
+    std::string kv = *e;
+    if (kv.rfind("VIA_", 0) == 0) continue;
+    if (kv.rfind("LD_PRELOAD=", 0) == 0) {
+      std::string kept;
+      std::string list = kv.substr(11);
+      for (size_t a = 0; a <= list.size();) {
+        size_t b = list.find_first_of(": ", a);
+        if (b == std::string::npos) b = list.size();
+        std::string entry = list.substr(a, b - a);
+        if (!entry.empty() && !SameFile(entry, shim)) kept += (kept.empty() ? "" : ":") + entry;
+        a = b + 1;
+      }
+      if (!kept.empty()) env.push_back("LD_PRELOAD=" + kept);
+      continue;
+    }
+    env.push_back(kv);
+  }
+  return env;
+}
 
 void BuildChild(const Args& args, const config::Config& cfg, const RunSession& session,
                 const std::string& network, ChildLaunch* child) {
@@ -179,14 +224,16 @@ void BuildChild(const Args& args, const config::Config& cfg, const RunSession& s
                                              {"VIA_CONFIG", cfg.source}};
   if (args.Has("--quiet")) vars["VIA_QUIET"] = "1";
   if (cfg.service.unrouted_exec_allowed) vars["VIA_UNROUTED_EXEC"] = "allow";
-  child->env = ChildEnv(vars, ShimPath());
+  child->strict = args.Has("--strict");
+  child->quiet = args.Has("--quiet");
+  child->env = child->strict ? StrictChildEnv() : ChildEnv(vars, ShimPath());
   for (auto& e : child->env) child->envp.push_back(e.data());
   child->envp.push_back(nullptr);
   // Under an overlay the command starts through /bin/sh's `exec`, so that the shim's exec guard
   // (shim/hook_exec.cc) judges it as it judges every exec below it: a static, setuid or Go
   // binary run directly by `via run` would otherwise escape the overlay.
   static char kSh[] = "/bin/sh", kDashC[] = "-c", kExec[] = "exec \"$@\"", kName[] = "via";
-  if (network != "direct" && access(kSh, X_OK) == 0) {
+  if (network != "direct" && !child->strict && access(kSh, X_OK) == 0) {
     child->argv = {kSh, kDashC, kExec, kName};
   }
   for (const auto& a : args.rest) child->argv.push_back(const_cast<char*>(a.data()));
@@ -248,6 +295,9 @@ void ForwardSignalsTo(pid_t pid, const SavedSignals& saved) {
   } while (got < 0 && errno == EINTR);
   if (got != 1) _exit(126);  // via run failed to register us: never run unregistered
   close(gate_read);
+  if (child.strict && !strict::EnterSandbox(child.channel, child.resolv)) {
+    _exit(126);  // via run says why; never run unprotected
+  }
   sigaction(SIGINT, &saved.old_int, nullptr);
   sigaction(SIGQUIT, &saved.old_quit, nullptr);
   sigprocmask(SIG_SETMASK, &saved.old_mask, nullptr);
@@ -317,6 +367,38 @@ void HandOverSession(RunSession* session) {
   }
 }
 
+// --strict: the channel to the child (its end in child->channel) and the resolv.conf it mounts.
+Exit PrepareStrict(ChildLaunch* child, UniqueFd* channel) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+    Error(std::string("socketpair: ") + std::strerror(errno));
+    return kExitFailure;
+  }
+  channel->reset(sv[0]);
+  child->channel = sv[1];
+  auto dir = RuntimeDir();
+  if (!dir.ok()) {
+    Error(dir.status().message());
+    return kExitFailure;
+  }
+  child->resolv = strict::WriteResolvConf(*dir);
+  if (child->resolv.empty()) return kExitFailure;
+  return std::nullopt;
+}
+
+// --strict: serves the command's sandbox until it exits; its wait status, or -1 when the
+// sandbox could not be set up (the command is then ended before it ran).
+int SuperviseStrict(int channel, pid_t pid, const ChildLaunch& child, const RunSession& session) {
+  int status = strict::Supervise(channel, pid, session.socket, session.token, child.quiet);
+  unlink(child.resolv.c_str());
+  if (status < 0) {
+    kill(pid, SIGKILL);
+    while (waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
+    }
+  }
+  return status;
+}
+
 // The command's own status (128+N if it died of signal N).
 int ExitStatusOf(int status) {
   if (WIFEXITED(status)) return WEXITSTATUS(status);
@@ -344,12 +426,20 @@ int CmdRun(int argc, char** argv) {
   if (Exit e = OpenRunSession(*predicted, explicit_sel, &network, &session)) return *e;
   ChildLaunch child;
   BuildChild(args, *cfg, session, network, &child);
+  UniqueFd channel;
+  if (child.strict) {
+    if (Exit e = PrepareStrict(&child, &channel)) return *e;
+  }
   SavedSignals saved;
   PrepareSignalsAndSubreaper(&saved);
   pid_t pid = -1;
-  if (Exit e = SpawnRegistered(child, saved, &session, &pid)) return *e;
+  Exit spawned = SpawnRegistered(child, saved, &session, &pid);
+  if (child.strict) close(child.channel);
+  if (spawned) return *spawned;
   ForwardSignalsTo(pid, saved);
-  int status = WaitAsSubreaper(pid);
+  int status =
+      child.strict ? SuperviseStrict(channel.get(), pid, child, session) : WaitAsSubreaper(pid);
+  if (child.strict && status < 0) return kExitFailure;
   HandOverSession(&session);
   // `session.client` (the session) closes when we return: the broker may now go idle.
   return ExitStatusOf(status);

@@ -1,0 +1,238 @@
+"""via run --strict: the command in a network namespace of its own (only lo), its connects placed
+by via run through the broker (seccomp user notification), its names answered with fake
+addresses. Programs the shim cannot cover - static, Go, raw system calls - are routed, and what
+is not routed has no way out. Each case asserts what the proxy, the target or a listener on the
+host saw."""
+import os
+import shutil
+import subprocess
+
+import harness
+
+GO = shutil.which("go") or "/usr/local/go/bin/go"
+
+# getaddrinfo + connect + GET /ARGV3 from ARGV1:ARGV2; prints the answer's body.
+GAI_CLIENT = r"""
+#include <netdb.h>
+#include <stdlib.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int main(int argc, char** argv) {
+  struct addrinfo hints = {0}, *res;
+  hints.ai_socktype = SOCK_STREAM;
+  int e = getaddrinfo(argv[1], argv[2], &hints, &res);
+  if (e) { fprintf(stderr, "getaddrinfo: %s\n", gai_strerror(e)); return 2; }
+  int fd = socket(res->ai_family, SOCK_STREAM, 0);
+  char req[256];
+  snprintf(req, sizeof req, "GET /%s HTTP/1.0\r\nHost: %s\r\n\r\n", argv[3], argv[1]);
+  if (getenv("TFO")) {  /* TCP Fast Open: the connect rides on the first send */
+    if (sendto(fd, req, strlen(req), MSG_FASTOPEN, res->ai_addr, res->ai_addrlen) < 0) {
+      perror("sendto");
+      return 1;
+    }
+  } else {
+    /* RAW=1: the system call itself, as Go and io-heavy runtimes make it */
+    int r = getenv("RAW") ? (int)syscall(SYS_connect, fd, res->ai_addr, res->ai_addrlen)
+                          : connect(fd, res->ai_addr, res->ai_addrlen);
+    if (r) { perror("connect"); return 1; }
+    write(fd, req, strlen(req));
+  }
+  char buf[1024];
+  int n = read(fd, buf, sizeof buf - 1);
+  if (n <= 0) return 1;
+  buf[n] = 0;
+  char* body = strstr(buf, "\r\n\r\n");
+  printf("%s\n", body ? body + 4 : buf);
+  return 0;
+}
+"""
+
+GO_CLIENT = """package main
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+)
+
+func main() {
+	resp, err := http.Get(os.Args[1])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	fmt.Println(string(body))
+}
+"""
+
+# Sends one UDP datagram to ARGV1:ARGV2 (the host's listener, as seen from the namespace).
+UDP_SEND = "import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); " \
+           "print(s.sendto(b'leak', (sys.argv[1], int(sys.argv[2]))))"
+
+
+class Strict(harness.ViaCase):
+    def setUp(self):
+        super().setUp()
+        self.require_namespace()  # names only the proxy knows
+        self.proxy_port, self.proxy_log = self.start_microsocks()
+        self.port, self.record = self.start_target()
+
+    def configure(self, loopback="overlay"):
+        self.write_config([self.socks5_entry("tor", self.proxy_port)],
+                          service={"loopback": loopback})
+
+    def cc(self, source, *flags):
+        if shutil.which("cc") is None:
+            self.skipTest("no C compiler")
+        src = os.path.join(self.dir, "client.c")
+        exe = os.path.join(self.dir, "client" + "".join(flags).replace("-", "_"))
+        with open(src, "w") as f:
+            f.write(source)
+        built = subprocess.run(["cc", "-O1", *flags, "-o", exe, src], capture_output=True,
+                               text=True)
+        if built.returncode != 0:
+            self.skipTest("cannot build the test client " + " ".join(flags) + ": " +
+                          built.stderr[-200:])
+        return exe
+
+    def strict(self, *cmd, env=None):
+        return self.via("run", "--strict", "--network", "app:tor", "--", *cmd, env=env)
+
+    def assertProxied(self, path, host="example.test"):
+        self.assertMicrosocksConnected(self.proxy_log, f"{host}:{self.port}")
+        self.assertReachedThroughProxy(self.record, host, path=path)
+
+    def test_curl_by_name_is_routed_and_nothing_resolves_locally(self):
+        self.configure()
+        proc = self.strict("curl", "-sS", f"http://example.test:{self.port}/curl")
+        self.assertOk(proc)
+        self.assertIn(harness.PROXY_OUT, proc.stdout)  # the IP-echo body: the proxy's address
+        self.assertProxied("/curl")
+
+    def test_static_program_is_routed(self):
+        self.configure()
+        exe = self.cc(GAI_CLIENT, "-static")
+        self.assertOk(self.strict(exe, "example.test", str(self.port), "static"))
+        self.assertProxied("/static")
+
+    def test_raw_connect_system_call_is_routed(self):
+        self.configure()
+        exe = self.cc(GAI_CLIENT)
+        env = dict(self.env, RAW="1")
+        self.assertOk(self.strict(exe, "example.test", str(self.port), "raw", env=env))
+        self.assertProxied("/raw")
+
+    def test_fast_open_has_no_way_out(self):
+        # sendto with MSG_FASTOPEN connects without connect(2): not placed by via run, so it
+        # meets the namespace, which has no route to the proxy or the target.
+        self.configure()
+        exe = self.cc(GAI_CLIENT)
+        proc = self.strict(exe, "127.0.0.1", str(self.port), "tfo", env=dict(self.env, TFO="1"))
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn("sendto", proc.stderr)
+        self.assertTargetSawNothing(self.record)
+        self.assertEqual(harness.microsocks_destinations(self.proxy_log), [])
+        # The control: outside via the same call reaches the target.
+        control = subprocess.run([exe, "127.0.0.1", str(self.port), "tfo"], capture_output=True,
+                                 text=True, env=dict(self.env, TFO="1"))
+        self.assertEqual(control.returncode, 0, control.stderr)
+        self.assertEqual([r["path"] for r in self.records(self.record)], ["/tfo"])
+
+    def test_static_go_program_is_routed(self):
+        if not os.access(GO, os.X_OK):
+            self.skipTest("Go is not installed")
+        self.configure()
+        work = os.path.join(self.dir, "go")
+        os.makedirs(work)
+        with open(os.path.join(work, "main.go"), "w") as f:
+            f.write(GO_CLIENT)
+        exe = os.path.join(self.dir, "goclient")
+        cache = os.environ.get("GOCACHE") or os.path.join(harness.BUILD, "go-test-cache")
+        env = dict(self.env, GOTOOLCHAIN="local", GOCACHE=cache, CGO_ENABLED="0", GOFLAGS="",
+                   GOPATH=os.path.join(self.dir, "gopath"), GO111MODULE="off")
+        built = subprocess.run([GO, "build", "-o", exe, "main.go"], cwd=work, env=env,
+                               capture_output=True, text=True, timeout=600)
+        if built.returncode != 0:
+            self.skipTest("go build failed: " + built.stderr[-300:])
+        proc = self.strict(exe, f"http://example.test:{self.port}/go")
+        self.assertOk(proc)
+        self.assertProxied("/go")
+
+    def test_udp_has_no_way_out(self):
+        # A UDP listener on the host's loopback: from inside the namespace, 127.0.0.1 is the
+        # namespace's own lo, so the datagram never reaches it.
+        self.configure()
+        got = []
+        port = self.start_udp_listener("127.0.0.1", got)
+        proc = self.strict(harness.PYTHON, "-c", UDP_SEND, "127.0.0.1", str(port))
+        self.assertOk(proc)  # sent (into the namespace's lo)
+        proc = self.strict(harness.PYTHON, "-c", UDP_SEND, "192.0.2.1", str(port))
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn("Network is unreachable", proc.stderr)
+        # The control: the same program outside via reaches the listener.
+        subprocess.run([harness.PYTHON, "-c", UDP_SEND, "127.0.0.1", str(port)], check=True,
+                       capture_output=True)
+        self.assertEqual(got, [b"leak"])
+
+    def test_loopback_direct_reaches_the_hosts_service(self):
+        # network_service.loopback: direct - a service on the host's loopback stays reachable,
+        # over a socket via run connects in the host's namespace; the proxy sees nothing.
+        self.configure(loopback="direct")
+        proc = self.strict("curl", "-sS", f"http://127.0.0.1:{self.port}/local")
+        self.assertOk(proc)
+        self.assertEqual([(r["peer"], r["path"]) for r in self.records(self.record)],
+                         [(harness.DIRECT_PEER, "/local")])
+        self.assertEqual(harness.microsocks_destinations(self.proxy_log), [])
+
+    def test_loopback_refused_is_refused(self):
+        self.configure(loopback="refuse")
+        proc = self.strict("curl", "-sS", f"http://127.0.0.1:{self.port}/refused")
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertTargetSawNothing(self.record)
+
+    def test_as_an_ordinary_user(self):
+        # Not root: a user namespace first (uid and gid map to themselves).
+        if subprocess.run(["id", "viatest"], capture_output=True).returncode != 0:
+            self.skipTest("no viatest user (scripts/install-deps.sh creates it)")
+        self.configure()
+        os.chmod(self.dir, 0o755)
+        os.chmod(self.config, 0o644)
+        runtime = os.path.join(self.dir, "run-viatest")
+        os.mkdir(runtime, 0o700)
+        shutil.chown(runtime, user="viatest", group="viatest")
+        state = os.path.join(self.dir, "state")
+        os.makedirs(state, exist_ok=True)
+        shutil.chown(state, user="viatest", group="viatest")
+        env = dict(self.env, XDG_RUNTIME_DIR=runtime, HOME=runtime)
+        as_user = ["setpriv", "--reuid=viatest", "--regid=viatest", "--clear-groups"]
+        proc = subprocess.run(as_user + [harness.VIA, "run", "-c", self.config, "--strict",
+                                         "--network", "app:tor", "--", "sh", "-c",
+                                         f"id -u; curl -sS http://example.test:{self.port}/user"],
+                              env=env, capture_output=True, text=True, timeout=60)
+        subprocess.run(as_user + [harness.VIA, "stop", "-c", self.config], env=env,
+                       capture_output=True)
+        self.assertOk(proc)
+        uid = subprocess.run(["id", "-u", "viatest"], capture_output=True, text=True).stdout
+        self.assertEqual(proc.stdout.splitlines()[0], uid.strip())  # the same user inside
+        self.assertProxied("/user")
+
+    def test_a_session_without_an_overlay_runs_nothing(self):
+        # Strict mode needs an overlay: a direct session is refused after the sandbox was made,
+        # and the command never runs.
+        self.write_config([self.socks5_entry("tor", self.proxy_port)])
+        marker = os.path.join(self.dir, "ran")
+        proc = self.via("run", "--strict", "--", "touch", marker)
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn("strict mode", proc.stderr)
+        self.assertIn("nothing was run", proc.stderr)
+        self.assertFalse(os.path.exists(marker))
+        self.assertEqual(self.via("run", "--strict", "--direct", "--", "true").returncode, 2)
+
+
+if __name__ == "__main__":
+    harness.main()

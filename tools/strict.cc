@@ -1,0 +1,571 @@
+// Strict mode: see strict.h.
+#include "tools/strict.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sched.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstddef>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include "common/kernel_sockaddr.h"
+#include "common/unique_fd.h"
+#include "common/wire.h"
+#include "tools/broker_client.h"
+#include "tools/cli.h"
+
+namespace via::tools::strict {
+
+namespace {
+
+constexpr int kSetupWaitMs = 10000;      // for the command's process to enter the sandbox
+constexpr int kDirectConnectMs = 10000;  // a loopback connect made directly (loopback: direct)
+
+#if defined(__x86_64__)
+constexpr uint32_t kAuditArch = AUDIT_ARCH_X86_64;
+constexpr uint32_t kX32Bit = 0x40000000;  // __X32_SYSCALL_BIT
+#elif defined(__aarch64__)
+constexpr uint32_t kAuditArch = AUDIT_ARCH_AARCH64;
+constexpr uint32_t kX32Bit = 0;
+#else
+#error "strict mode: add this architecture's AUDIT_ARCH"
+#endif
+
+long Seccomp(unsigned op, unsigned flags, void* args) {
+  return syscall(SYS_seccomp, op, flags, args);
+}
+
+bool WriteFile(const char* path, const std::string& text) {
+  UniqueFd fd(open(path, O_WRONLY | O_CLOEXEC));
+  return fd && write(fd.get(), text.data(), text.size()) == ssize_t(text.size());
+}
+
+std::string Errno(const char* what) { return std::string(what) + ": " + std::strerror(errno); }
+
+using wire::AddrCall;
+using wire::ClassifySocket;
+using wire::KernelDest;
+using wire::KernelDestination;
+using wire::SockKind;
+
+// "1.2.3.4:80", "[::1]:80".
+std::string AddrText(const wire::Addr& a) {
+  char ip[INET6_ADDRSTRLEN] = "?";
+  inet_ntop(a.family == 4 ? AF_INET : AF_INET6, a.bytes, ip, sizeof ip);
+  return (a.family == 6 ? "[" + std::string(ip) + "]" : std::string(ip)) + ":" +
+         std::to_string(a.port);
+}
+
+// ---- the command's side ---------------------------------------------------------------------
+
+// The namespaces: network and mount, inside a user namespace of our own when not root (the
+// uid and gid map to themselves, so the program runs as the same user, without capabilities).
+bool EnterNamespaces(std::string* why) {
+  uid_t uid = geteuid();
+  gid_t gid = getegid();
+  int flags = CLONE_NEWNET | CLONE_NEWNS | (uid != 0 ? CLONE_NEWUSER : 0);
+  if (unshare(flags) != 0) {
+    *why = Errno(uid != 0 ? "unshare(user, network and mount namespaces)"
+                          : "unshare(network and mount namespaces)") +
+           (uid != 0 ? "; unprivileged user namespaces may be disabled here "
+                       "(sysctl user.max_user_namespaces, kernel.unprivileged_userns_clone, an "
+                       "AppArmor or container policy): enable them, or run as root"
+                     : "");
+    return false;
+  }
+  if (uid != 0 &&
+      (!WriteFile("/proc/self/setgroups", "deny") ||
+       !WriteFile("/proc/self/uid_map", std::to_string(uid) + " " + std::to_string(uid) + " 1") ||
+       !WriteFile("/proc/self/gid_map", std::to_string(gid) + " " + std::to_string(gid) + " 1"))) {
+    *why = Errno("mapping the user namespace's uid and gid");
+    return false;
+  }
+  if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
+    *why = Errno("making the mount namespace private");
+    return false;
+  }
+  return true;
+}
+
+// lo up, the resolver's socket bound on 127.0.0.1:53, resolv.conf naming it.
+bool SetUpNetwork(const std::string& resolv_conf, UniqueFd* dns, std::string* why) {
+  UniqueFd s(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  ifreq ifr{};
+  std::strcpy(ifr.ifr_name, "lo");
+  if (!s || ioctl(s.get(), SIOCGIFFLAGS, &ifr) != 0) {
+    *why = Errno("reading lo's flags");
+    return false;
+  }
+  ifr.ifr_flags = short(ifr.ifr_flags | IFF_UP);
+  if (ioctl(s.get(), SIOCSIFFLAGS, &ifr) != 0) {
+    *why = Errno("bringing lo up");
+    return false;
+  }
+  sockaddr_in sin{};
+  sin.sin_family = AF_INET;
+  sin.sin_port = htons(53);
+  sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (bind(s.get(), reinterpret_cast<sockaddr*>(&sin), sizeof sin) != 0) {
+    *why = Errno("binding the namespace's resolver on 127.0.0.1:53");
+    return false;
+  }
+  // Without /etc/resolv.conf the resolvers use 127.0.0.1 anyway.
+  if (access("/etc/resolv.conf", F_OK) == 0 &&
+      mount(resolv_conf.c_str(), "/etc/resolv.conf", nullptr, MS_BIND, nullptr) != 0) {
+    *why = Errno("mounting the namespace's resolv.conf over /etc/resolv.conf");
+    return false;
+  }
+  *dns = std::move(s);
+  return true;
+}
+
+// The filter: connect goes to `via run`, io_uring is refused (it would connect past the filter;
+// the namespace stops it anyway, this makes it fail at once), everything else runs. Another
+// architecture's calls (a 32-bit int 0x80) end the process: their numbers differ.
+UniqueFd InstallFilter(std::string* why) {
+  sock_filter code[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, arch)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, kAuditArch, 1, 0),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, kX32Bit, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_connect, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_io_uring_setup, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  sock_fprog prog{static_cast<unsigned short>(sizeof code / sizeof code[0]), code};
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
+    *why = Errno("prctl(PR_SET_NO_NEW_PRIVS)");
+    return UniqueFd();
+  }
+  long fd = Seccomp(SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog);
+  if (fd < 0) {
+    *why = Errno(
+        "installing the seccomp filter (user notification needs Linux 5.0, descriptor "
+        "placement 5.9)");
+    return UniqueFd();
+  }
+  return UniqueFd(int(fd));
+}
+
+// "OK" with the two descriptors, or "E<why>".
+bool SendSetup(int channel, const std::string& text, int fd1 = -1, int fd2 = -1) {
+  iovec iov{const_cast<char*>(text.data()), text.size()};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(2 * sizeof(int))] = {};
+  if (fd1 >= 0) {
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(2 * sizeof(int));
+    int fds[2] = {fd1, fd2};
+    std::memcpy(CMSG_DATA(c), fds, sizeof fds);
+  }
+  return sendmsg(channel, &msg, MSG_NOSIGNAL) == ssize_t(text.size());
+}
+
+// ---- via run's side -------------------------------------------------------------------------
+
+bool ReceiveSetup(int channel, UniqueFd* listener, UniqueFd* dns, std::string* why) {
+  pollfd p{channel, POLLIN, 0};
+  int r;
+  do {
+    r = poll(&p, 1, kSetupWaitMs);
+  } while (r < 0 && errno == EINTR);
+  if (r != 1) {
+    *why = "the command did not enter its sandbox within 10 s";
+    return false;
+  }
+  char text[1024];
+  iovec iov{text, sizeof text - 1};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(2 * sizeof(int))] = {};
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  ssize_t n = recvmsg(channel, &msg, MSG_CMSG_CLOEXEC);
+  std::vector<int> fds;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); n > 0 && c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < count; ++i) {
+      int fd;
+      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+      fds.push_back(fd);
+    }
+  }
+  std::vector<UniqueFd> owned;
+  for (int fd : fds) owned.emplace_back(fd);
+  if (n <= 0) {
+    *why = "the command exited before entering its sandbox";
+    return false;
+  }
+  text[n] = 0;
+  if (text[0] == 'E') {
+    *why = text + 1;
+    return false;
+  }
+  if (std::strcmp(text, "OK") != 0 || owned.size() != 2) {
+    *why = "the command's sandbox sent an unexpected setup message";
+    return false;
+  }
+  *listener = std::move(owned[0]);
+  *dns = std::move(owned[1]);
+  return true;
+}
+
+// The process (thread group) of thread `tid`: the notification names the calling thread, and
+// pidfd_open wants a process.
+pid_t ProcessOf(pid_t tid) {
+  std::string path = "/proc/" + std::to_string(tid) + "/status";
+  UniqueFd f(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  char buf[4096];
+  ssize_t n = f ? read(f.get(), buf, sizeof buf - 1) : -1;
+  if (n <= 0) return tid;
+  buf[n] = 0;
+  const char* tgid = std::strstr(buf, "\nTgid:");
+  return tgid != nullptr ? pid_t(std::strtol(tgid + 6, nullptr, 10)) : tid;
+}
+
+// Whether descriptor `fd` of process `pid` is close-on-exec (its fdinfo "flags:", octal).
+bool CloseOnExec(pid_t pid, int fd) {
+  std::string path = "/proc/" + std::to_string(pid) + "/fdinfo/" + std::to_string(fd);
+  UniqueFd f(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  char buf[512];
+  ssize_t n = f ? read(f.get(), buf, sizeof buf - 1) : -1;
+  if (n <= 0) return false;
+  buf[n] = 0;
+  const char* flags = std::strstr(buf, "flags:");
+  return flags != nullptr && (std::strtoul(flags + 6, nullptr, 8) & O_CLOEXEC) != 0;
+}
+
+// The program's socket options that matter to it, onto our socket: non-blocking mode,
+// TCP_NODELAY, SO_KEEPALIVE. (Buffer sizes are left to the kernel's autotuning.)
+void CopyOptions(int from, int to) {
+  int fl = fcntl(from, F_GETFL);
+  if (fl >= 0 && (fl & O_NONBLOCK) != 0) fcntl(to, F_SETFL, fcntl(to, F_GETFL) | O_NONBLOCK);
+  const std::pair<int, int> options[] = {{IPPROTO_TCP, TCP_NODELAY}, {SOL_SOCKET, SO_KEEPALIVE}};
+  for (auto [level, name] : options) {
+    int v = 0;
+    socklen_t len = sizeof v;
+    if (getsockopt(from, level, name, &v, &len) == 0 && v != 0) {
+      setsockopt(to, level, name, &v, sizeof v);
+    }
+  }
+}
+
+// A loopback connect made directly from via run's namespace (network_service.loopback: direct).
+int ConnectDirect(int fd, const wire::Addr& a) {
+  sockaddr_storage ss;
+  socklen_t len = wire::AddrToSockaddr(a, &ss);
+  int fl = fcntl(fd, F_GETFL);
+  fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+  int err = 0;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+    err = errno;
+    if (err == EINPROGRESS) {
+      pollfd p{fd, POLLOUT, 0};
+      int r = poll(&p, 1, kDirectConnectMs);
+      socklen_t el = sizeof err;
+      if (r != 1) {
+        err = ETIMEDOUT;
+      } else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) != 0) {
+        err = errno;
+      }
+    }
+  }
+  fcntl(fd, F_SETFL, fl);
+  return err;
+}
+
+class Supervisor {
+ public:
+  Supervisor(UniqueFd listener, UniqueFd dns, std::string socket, std::string token, bool quiet)
+      : listener_(std::move(listener)),
+        dns_(std::move(dns)),
+        socket_(std::move(socket)),
+        token_(std::move(token)),
+        quiet_(quiet) {}
+
+  // The first broker connection: its HELLO reply says how loopback destinations go.
+  bool Start(std::string* why) {
+    seccomp_notif_sizes sizes{};
+    if (Seccomp(SECCOMP_GET_NOTIF_SIZES, 0, &sizes) != 0) {
+      *why = Errno("seccomp(SECCOMP_GET_NOTIF_SIZES)");
+      return false;
+    }
+    notif_size_ = std::max<size_t>(sizes.seccomp_notif, sizeof(seccomp_notif));
+    auto c = Open();
+    if (!c.ok()) {
+      *why = c.status().message();
+      return false;
+    }
+    flags_ = c->hello_flags();
+    if ((flags_ & wire::kFlagDirect) != 0) {
+      *why = "the session's network is direct: strict mode needs an overlay";
+      return false;
+    }
+    dns_client_.emplace(std::move(*c));
+    return true;
+  }
+
+  // Serves until `command` exits (reaping the orphans adopted meanwhile); its wait status.
+  int Run(pid_t command) {
+    UniqueFd pidfd(int(syscall(SYS_pidfd_open, command, 0)));
+    for (;;) {
+      pollfd p[3] = {
+          {listener_.get(), POLLIN, 0}, {dns_.get(), POLLIN, 0}, {pidfd.get(), POLLIN, 0}};
+      int r = poll(p, pidfd ? 3 : 2, 1000);
+      if (r < 0 && errno != EINTR) break;
+      if (r > 0 && (p[0].revents & POLLIN) != 0) OnNotification();
+      if (r > 0 && (p[1].revents & POLLIN) != 0) OnDnsQuery();
+      int st = 0;
+      pid_t w;
+      while ((w = waitpid(-1, &st, WNOHANG)) > 0) {
+        if (w == command) return st;
+      }
+      if (w < 0 && errno == ECHILD) break;
+    }
+    int st = 0;
+    while (waitpid(command, &st, 0) < 0 && errno == EINTR) {
+    }
+    return st;
+  }
+
+ private:
+  Result<BrokerClient> Open() {
+    auto c = BrokerClient::Connect(socket_);
+    if (!c.ok()) return c.status();
+    auto net = c->Hello("", token_);
+    if (!net.ok()) return net.status();
+    return c;
+  }
+
+  Result<BrokerClient> Take() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!pool_.empty()) {
+        BrokerClient c = std::move(pool_.back());
+        pool_.pop_back();
+        return c;
+      }
+    }
+    return Open();
+  }
+
+  void Give(BrokerClient c) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (pool_.size() < 16) pool_.push_back(std::move(c));
+  }
+
+  void Respond(uint64_t id, int err, uint32_t flags = 0) {
+    seccomp_notif_resp r{};
+    r.id = id;
+    r.error = err == 0 ? 0 : -err;
+    r.flags = flags;
+    ioctl(listener_.get(), SECCOMP_IOCTL_NOTIF_SEND, &r);
+  }
+
+  // The kernel runs the call as the program made it, in the program's namespace: only for
+  // calls that cannot leave it (any socket that is not TCP; a TCP socket the program could
+  // swap in meanwhile still finds no route out).
+  void Continue(uint64_t id) { Respond(id, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE); }
+
+  void OnNotification() {
+    std::vector<char> buf(notif_size_, 0);
+    auto* n = reinterpret_cast<seccomp_notif*>(buf.data());
+    if (ioctl(listener_.get(), SECCOMP_IOCTL_NOTIF_RECV, n) != 0) return;  // gone (ENOENT)
+    // A connect can wait for the overlay for seconds: each in a thread of its own.
+    seccomp_notif copy = *n;
+    std::thread([this, copy] { HandleConnect(copy); }).detach();
+  }
+
+  void HandleConnect(const seccomp_notif& n) {
+    const pid_t pid = ProcessOf(pid_t(n.pid));
+    const int fd = int(n.data.args[0]);
+    UniqueFd pidfd(int(syscall(SYS_pidfd_open, pid, 0)));
+    UniqueFd prog(pidfd ? int(syscall(SYS_pidfd_getfd, pidfd.get(), fd, 0)) : -1);
+    int domain = 0, type = 0, protocol = 0;
+    socklen_t len = sizeof(int);
+    if (!prog || getsockopt(prog.get(), SOL_SOCKET, SO_DOMAIN, &domain, &len) != 0 ||
+        getsockopt(prog.get(), SOL_SOCKET, SO_TYPE, &type, &len) != 0 ||
+        getsockopt(prog.get(), SOL_SOCKET, SO_PROTOCOL, &protocol, &len) != 0 ||
+        ClassifySocket(domain, type, protocol) != SockKind::kStream) {
+      return Continue(n.id);  // not a TCP socket (or not a socket: the kernel says so)
+    }
+    // The address, read from the program's memory, then checked to still be this call's.
+    alignas(sockaddr_storage) char sa[128] = {};
+    const int ulen = int(n.data.args[2]);
+    size_t want = ulen < 0 ? 0 : std::min<size_t>(size_t(ulen), sizeof sa);
+    iovec local{sa, want}, remote{reinterpret_cast<void*>(n.data.args[1]), want};
+    if (want > 0 && process_vm_readv(pid, &local, 1, &remote, 1, 0) != ssize_t(want)) {
+      return Respond(n.id, EFAULT);
+    }
+    uint64_t id = n.id;
+    if (ioctl(listener_.get(), SECCOMP_IOCTL_NOTIF_ID_VALID, &id) != 0) return;
+    KernelDest d = KernelDestination(domain, SockKind::kStream, AddrCall::kConnect, false,
+                                     reinterpret_cast<sockaddr*>(sa), socklen_t(ulen));
+    if (d.kind == KernelDest::kReject) return Respond(n.id, d.err);
+    if (d.kind == KernelDest::kNone) return Continue(n.id);  // AF_UNSPEC: a disconnect
+    UniqueFd host(socket(domain, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP));
+    if (!host) return Respond(n.id, errno);
+    int err = Connect(host.get(), d.addr);
+    if (err != 0) return Respond(n.id, err);
+    CopyOptions(prog.get(), host.get());
+    seccomp_notif_addfd add{};
+    add.id = n.id;
+    add.flags = SECCOMP_ADDFD_FLAG_SETFD;
+    add.srcfd = uint32_t(host.get());
+    add.newfd = uint32_t(fd);
+    add.newfd_flags = CloseOnExec(pid, fd) ? O_CLOEXEC : 0;
+    if (ioctl(listener_.get(), SECCOMP_IOCTL_NOTIF_ADDFD, &add) < 0) return;  // it is gone
+    Respond(n.id, 0);
+  }
+
+  // Our socket `fd` connected to `a` as the session's network says: through the overlay, or
+  // (loopback) directly or refused. 0 or an errno.
+  int Connect(int fd, const wire::Addr& a) {
+    if (wire::IsLoopback(a) && (flags_ & wire::kFlagLoopbackRoute) == 0) {
+      if ((flags_ & wire::kFlagLoopbackRefuse) != 0) return ECONNREFUSED;
+      return ConnectDirect(fd, wire::Unmapped(a));
+    }
+    auto c = Take();
+    if (!c.ok()) {
+      if (!quiet_) Complain("strict: " + c.status().message());
+      return EHOSTUNREACH;
+    }
+    Status s = c->ConnectAddr(fd, a);
+    if (s.ok()) {
+      Give(std::move(*c));
+      return 0;
+    }
+    if (!quiet_) Complain("strict: connect to " + AddrText(a) + ": " + s.message());
+    if (s.code() != ETIMEDOUT && s.code() != EPIPE && s.code() != ECONNRESET) Give(std::move(*c));
+    return s.code() != 0 ? s.code() : EHOSTUNREACH;
+  }
+
+  void OnDnsQuery() {
+    char q[4096];
+    sockaddr_storage from{};
+    socklen_t fl = sizeof from;
+    ssize_t n =
+        recvfrom(dns_.get(), q, sizeof q, MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&from), &fl);
+    if (n <= 0) return;
+    auto answer = dns_client_->DnsQuery(q, size_t(n));
+    if (!answer.ok()) {
+      if (!quiet_) Complain("strict: DNS query: " + answer.status().message());
+      if (auto c = Open(); c.ok()) dns_client_.emplace(std::move(*c));
+      return;
+    }
+    if (answer->empty()) return;
+    sendto(dns_.get(), answer->data(), answer->size(), MSG_DONTWAIT,
+           reinterpret_cast<sockaddr*>(&from), fl);
+  }
+
+  static void Complain(const std::string& what) { std::fprintf(stderr, "via: %s\n", what.c_str()); }
+
+  UniqueFd listener_, dns_;
+  std::string socket_, token_;
+  size_t notif_size_ = sizeof(seccomp_notif);
+  uint32_t flags_ = 0;
+  bool quiet_;
+  std::optional<BrokerClient> dns_client_;
+  std::mutex mu_;
+  std::vector<BrokerClient> pool_;
+};
+
+}  // namespace
+
+bool EnterSandbox(int channel, const std::string& resolv_conf) {
+  std::string why;
+  UniqueFd dns;
+  if (!EnterNamespaces(&why) || !SetUpNetwork(resolv_conf, &dns, &why)) {
+    SendSetup(channel, "E" + why);
+    return false;
+  }
+  UniqueFd listener = InstallFilter(&why);
+  if (!listener) {
+    SendSetup(channel, "E" + why);
+    return false;
+  }
+  // The listener must not stay with the program (it could answer its own connects).
+  if (!SendSetup(channel, "OK", listener.get(), dns.get())) return false;
+  listener.reset();
+  dns.reset();
+  // Run only once via run serves the sandbox.
+  char go = 0;
+  ssize_t n;
+  do {
+    n = read(channel, &go, 1);
+  } while (n < 0 && errno == EINTR);
+  return n == 1 && go == 'G';
+}
+
+int Supervise(int channel, pid_t command, const std::string& socket, const std::string& token,
+              bool quiet) {
+  UniqueFd listener, dns;
+  std::string why;
+  if (!ReceiveSetup(channel, &listener, &dns, &why)) {
+    Error("strict mode: " + why + " (nothing was run)");
+    return -1;
+  }
+  // Never freed: connect threads may outlive the command by a moment.
+  auto* s = new Supervisor(std::move(listener), std::move(dns), socket, token, quiet);
+  if (!s->Start(&why)) {
+    Error("strict mode: " + why + " (nothing was run)");
+    return -1;
+  }
+  if (write(channel, "G", 1) != 1) {
+    Error(Errno("strict mode: starting the command") + " (nothing was run)");
+    return -1;
+  }
+  return s->Run(command);
+}
+
+std::string WriteResolvConf(const std::string& dir) {
+  std::string path = dir + "/strict-resolv.conf.XXXXXX";
+  UniqueFd fd(mkstemp(path.data()));
+  const std::string text =
+      "# via run --strict: the namespace's resolver, answered by via\n"
+      "nameserver 127.0.0.1\n";
+  if (!fd || write(fd.get(), text.data(), text.size()) != ssize_t(text.size()) ||
+      fchmod(fd.get(), 0644) != 0) {
+    Error(Errno(("writing " + path).c_str()));
+    if (fd) unlink(path.c_str());
+    return "";
+  }
+  return path;
+}
+
+}  // namespace via::tools::strict

@@ -1,0 +1,40 @@
+// Strict mode (`via run --strict`): the command runs in a network namespace of its own that has
+// only `lo`, so nothing it does can reach the network by itself, whatever it is (Go, static,
+// raw system calls). A seccomp filter hands each connect(2) to `via run` (user notification);
+// for a TCP connect, `via run` creates a socket in its own namespace, has the broker connect it
+// through the overlay (CONNECT, as for the shim), and puts it on the program's descriptor
+// number (SECCOMP_IOCTL_NOTIF_ADDFD with SETFD). Payload bytes never pass through via. Names:
+// the namespace's resolv.conf names 127.0.0.1, where `via run` answers DNS queries from the
+// broker's fake-address table (DNS_QUERY): nothing is resolved locally.
+//
+// The namespace is the guarantee; the filter only adds routing. What the filter does not take
+// (UDP to anywhere but the resolver, ICMP, raw sockets, io_uring) has no route out of the
+// namespace and fails. docs/architecture.md, "Strict mode".
+#pragma once
+
+#include <sys/types.h>
+
+#include <string>
+
+namespace via::tools::strict {
+
+// In the command's process, before exec: enters the namespaces (a user namespace first when not
+// root: the uid and gid map to themselves), brings `lo` up, bind-mounts `resolv_conf` over
+// /etc/resolv.conf, binds the resolver socket, installs the filter and sends its listener and
+// the resolver socket to `via run` over `channel`. On failure sends the reason instead and
+// returns false (the caller must not exec: never unprotected).
+bool EnterSandbox(int channel, const std::string& resolv_conf);
+
+// In `via run`: receives what EnterSandbox sent, then serves the command's connects and DNS
+// queries through the broker at `socket` (HELLO with the session `token`: the session's network)
+// until `command` exits; a failed connect or query is one line on stderr unless `quiet`. Returns
+// its wait status, or -1 after printing why the sandbox could not be set up (the command was
+// then never run).
+int Supervise(int channel, pid_t command, const std::string& socket, const std::string& token,
+              bool quiet);
+
+// The file EnterSandbox mounts: "nameserver 127.0.0.1". Written by `via run` before the fork
+// into `dir`; "" after printing an error.
+std::string WriteResolvConf(const std::string& dir);
+
+}  // namespace via::tools::strict
