@@ -107,6 +107,8 @@ struct NetworkService {
   // Whether programs under an overlay may exec binaries that would run without the shim
   // (setuid/setgid, file capabilities, statically linked): `unrouted_exec: refuse|allow`.
   bool unrouted_exec_allowed = false;
+  // `strict: true`: `via run` under an overlay runs its command in strict mode (`--strict`).
+  bool strict = false;
   int idle_timeout_s = 30;  // broker exits this long after its last session/client is gone
   // `handshake: program|broker`: whether the shim runs SOCKS5 CONNECT on the program's socket
   // itself, with what the broker tells it (proxy, credentials), or hands every socket to the

@@ -67,7 +67,7 @@ Status StringOrList(const EntryReader& r, const std::string& path, const YAML::N
 }
 
 Status ParseProgram(const EntryReader& r, ProgramRule* rule) {
-  if (Status st = r.CheckKnown({"match", "network", "groups"}); !st.ok()) return st;
+  if (Status st = r.CheckKnown({"match", "network", "groups", "strict"}); !st.ok()) return st;
   const YAML::Node* match = r.Value("match");
   if (match == nullptr || match->IsNull()) {
     return r.Error("match", "required: a mapping with exe (a path or glob) and/or argv (a list)");
@@ -126,9 +126,11 @@ Status ParseProgram(const EntryReader& r, ProgramRule* rule) {
   if (const YAML::Node* g = r.Value("groups"); g != nullptr) {
     if (Status st = GroupList(r, "groups", *g, &rule->groups); !st.ok()) return st;
   }
-  if (rule->network.empty() && rule->groups.empty()) {
+  if (Status st = r.Bool("strict", &rule->strict); !st.ok()) return st;
+  if (rule->network.empty() && rule->groups.empty() && !rule->strict) {
     return r.Error("network",
-                   "a program rule needs network and/or groups (it does nothing otherwise)");
+                   "a program rule needs network, groups and/or strict (it does nothing "
+                   "otherwise)");
   }
   return Status::Ok();
 }

@@ -30,6 +30,8 @@ struct ProgramRule {
   std::vector<std::string> argv;
   std::string network;  // "" = none; "direct" or an overlay id ("ns:name")
   std::vector<std::string> groups;
+  // `strict: true`: `via run` of a matching command runs it in strict mode (under an overlay).
+  bool strict = false;
   std::string network_pos;    // "file:line:col" of `network:`, for late errors
   std::string where() const;  // "file:line"
 };

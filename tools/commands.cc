@@ -235,17 +235,18 @@ void PrintConfig(const config::Config& cfg) {
   std::printf("fake address pools: %s, %s\n", cfg.service.fake_ipv4.c_str(),
               cfg.service.fake_ipv6.c_str());
   std::printf("state dir: %s\n", cfg.service.state_dir.c_str());
+  std::printf("strict mode for via run: %s\n", cfg.service.strict ? "on" : "off (--strict)");
   std::printf("program rules (%zu):\n", cfg.programs.size());
   for (const auto& r : cfg.programs) {
     std::string argv_text;
     for (const auto& a : r.argv) argv_text += (argv_text.empty() ? "" : " ") + a;
     std::string groups;
     for (const auto& g : r.groups) groups += (groups.empty() ? "" : ",") + g;
-    std::printf("  %s  exe=%s%s%s  network=%s  groups=%s  (%s)\n", r.id.c_str(),
+    std::printf("  %s  exe=%s%s%s  network=%s  groups=%s%s  (%s)\n", r.id.c_str(),
                 r.exe.empty() ? "*" : r.exe.c_str(),
                 argv_text.empty() ? "" : "  argv=", argv_text.c_str(),
                 r.network.empty() ? "-" : r.network.c_str(), groups.empty() ? "-" : groups.c_str(),
-                r.where().c_str());
+                r.strict ? "  strict" : "", r.where().c_str());
   }
   std::printf("network.select policies (%zu):\n", cfg.policies.size());
   for (const auto& p : cfg.policies) {
@@ -306,11 +307,13 @@ void PrintConfigJson(const config::Config& cfg) {
   j.Key("listen").String(ListenName(cfg.service.listen));
   j.Key("fake_ipv4").String(cfg.service.fake_ipv4).Key("fake_ipv6").String(cfg.service.fake_ipv6);
   j.Key("state_dir").String(cfg.service.state_dir);
+  j.Key("strict").Bool(cfg.service.strict);
   j.Key("programs").BeginArray();
   for (const auto& r : cfg.programs) {
     j.BeginObject().Key("id").String(r.id).Key("exe").StringOrNull(r.exe);
     j.Key("argv").Strings(r.argv).Key("network").StringOrNull(r.network);
-    j.Key("groups").Strings(r.groups).Key("where").String(r.where()).EndObject();
+    j.Key("groups").Strings(r.groups).Key("strict").Bool(r.strict);
+    j.Key("where").String(r.where()).EndObject();
   }
   j.EndArray();
   j.Key("policies").BeginArray();

@@ -216,15 +216,28 @@ std::vector<std::string> StrictChildEnv() {
   return env;
 }
 
+// Whether the command runs in strict mode: --strict, or under an overlay `strict: true` in
+// network_service or on a via.program rule matching the command.
+bool StrictFor(const Args& args, const config::Config& cfg, const PredictedCommand& command,
+               const std::string& network) {
+  if (args.Has("--strict")) return true;
+  if (network == "direct") return false;
+  if (cfg.service.strict) return true;
+  for (const config::ProgramRule& r : cfg.programs) {
+    if (r.strict && config::RuleMatches(r, {command.exe, command.argv})) return true;
+  }
+  return false;
+}
+
 void BuildChild(const Args& args, const config::Config& cfg, const RunSession& session,
-                const std::string& network, ChildLaunch* child) {
+                const std::string& network, bool strict, ChildLaunch* child) {
   std::map<std::string, std::string> vars = {{"VIA_SOCKET", session.socket},
                                              {"VIA_SESSION", session.token},
                                              {"VIA_NETWORK", network},
                                              {"VIA_CONFIG", cfg.source}};
   if (args.Has("--quiet")) vars["VIA_QUIET"] = "1";
   if (cfg.service.unrouted_exec_allowed) vars["VIA_UNROUTED_EXEC"] = "allow";
-  child->strict = args.Has("--strict");
+  child->strict = strict;
   child->quiet = args.Has("--quiet");
   child->env = child->strict ? StrictChildEnv() : ChildEnv(vars, ShimPath());
   for (auto& e : child->env) child->envp.push_back(e.data());
@@ -425,7 +438,7 @@ int CmdRun(int argc, char** argv) {
   if (Exit e = ReachBroker(args, *cfg, &session)) return *e;
   if (Exit e = OpenRunSession(*predicted, explicit_sel, &network, &session)) return *e;
   ChildLaunch child;
-  BuildChild(args, *cfg, session, network, &child);
+  BuildChild(args, *cfg, session, network, StrictFor(args, *cfg, *predicted, network), &child);
   UniqueFd channel;
   if (child.strict) {
     if (Exit e = PrepareStrict(&child, &channel)) return *e;

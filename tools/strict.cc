@@ -22,10 +22,12 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -402,13 +404,34 @@ class Supervisor {
   // swap in meanwhile still finds no route out).
   void Continue(uint64_t id) { Respond(id, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE); }
 
+  // Connects wait for the overlay (seconds, at worst): they are served by up to kWorkers
+  // threads, started as needed; the rest wait in a queue, as they would for a busy broker.
   void OnNotification() {
     std::vector<char> buf(notif_size_, 0);
     auto* n = reinterpret_cast<seccomp_notif*>(buf.data());
     if (ioctl(listener_.get(), SECCOMP_IOCTL_NOTIF_RECV, n) != 0) return;  // gone (ENOENT)
-    // A connect can wait for the overlay for seconds: each in a thread of its own.
-    seccomp_notif copy = *n;
-    std::thread([this, copy] { HandleConnect(copy); }).detach();
+    std::lock_guard<std::mutex> lock(mu_);
+    queue_.push_back(*n);
+    if (idle_ == 0 && workers_ < kWorkers) {
+      ++workers_;
+      std::thread([this] { Work(); }).detach();
+    } else {
+      ready_.notify_one();
+    }
+  }
+
+  void Work() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      ++idle_;
+      ready_.wait(lock, [this] { return !queue_.empty(); });
+      --idle_;
+      seccomp_notif n = queue_.front();
+      queue_.pop_front();
+      lock.unlock();
+      HandleConnect(n);
+      lock.lock();
+    }
   }
 
   void HandleConnect(const seccomp_notif& n) {
@@ -501,8 +524,12 @@ class Supervisor {
   uint32_t flags_ = 0;
   bool quiet_;
   std::optional<BrokerClient> dns_client_;
-  std::mutex mu_;
+  static constexpr int kWorkers = 32;
+  std::mutex mu_;  // guards the rest
   std::vector<BrokerClient> pool_;
+  std::deque<seccomp_notif> queue_;
+  std::condition_variable ready_;
+  int workers_ = 0, idle_ = 0;
 };
 
 }  // namespace

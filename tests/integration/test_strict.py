@@ -127,6 +127,21 @@ class Strict(harness.ViaCase):
         self.assertOk(self.strict(exe, "example.test", str(self.port), "raw", env=env))
         self.assertProxied("/raw")
 
+    def test_many_connects_at_once_are_all_routed(self):
+        # 64 threads connect at the same time: via run serves them from a bounded pool of
+        # threads (tools/strict.cc), each placed on its own descriptor.
+        self.configure()
+        code = ("import concurrent.futures as f, urllib.request as u, sys\n"
+                "def get(i): return u.urlopen(f'http://example.test:{sys.argv[1]}/p{i}', "
+                "timeout=30).read()\n"
+                "with f.ThreadPoolExecutor(64) as ex: print(len(list(ex.map(get, range(64)))))")
+        proc = self.strict(harness.PYTHON, "-c", code, str(self.port))
+        self.assertOk(proc)
+        self.assertEqual(proc.stdout.strip(), "64")
+        recs = self.records(self.record)
+        self.assertEqual(sorted(r["path"] for r in recs), sorted(f"/p{i}" for i in range(64)))
+        self.assertEqual({r["peer"] for r in recs}, {harness.PROXY_OUT})
+
     def test_fast_open_has_no_way_out(self):
         # sendto with MSG_FASTOPEN connects without connect(2): not placed by via run, so it
         # meets the namespace, which has no route to the proxy or the target.
@@ -220,6 +235,27 @@ class Strict(harness.ViaCase):
         uid = subprocess.run(["id", "-u", "viatest"], capture_output=True, text=True).stdout
         self.assertEqual(proc.stdout.splitlines()[0], uid.strip())  # the same user inside
         self.assertProxied("/user")
+
+    def test_strict_from_the_configuration(self):
+        # network_service.strict, or strict: true on a via.program rule matching the command:
+        # `via run` without --strict runs it strictly. A static program is the witness: without
+        # strict mode the exec guard refuses it; with it, it is routed.
+        exe = self.cc(GAI_CLIENT, "-static")
+        args = ("run", "--network", "app:tor", "--", exe, "example.test", str(self.port))
+        self.write_config([self.socks5_entry("tor", self.proxy_port)],
+                          service={"loopback": "overlay"})
+        proc = self.via(*args, "plain")
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn("statically linked", proc.stderr)  # the control: the shim's guard
+        self.write_config([self.socks5_entry("tor", self.proxy_port)],
+                          service={"loopback": "overlay", "strict": "true"})
+        self.assertOk(self.via(*args, "service"))
+        self.write_config([self.socks5_entry("tor", self.proxy_port),
+                           ["name: static", "kind: via.program", f"match: {{exe: {exe}}}",
+                            "strict: true"]], service={"loopback": "overlay"})
+        self.assertOk(self.via(*args, "rule"))
+        self.assertEqual([(r["peer"], r["path"]) for r in self.records(self.record)],
+                         [(harness.PROXY_OUT, "/service"), (harness.PROXY_OUT, "/rule")])
 
     def test_a_session_without_an_overlay_runs_nothing(self):
         # Strict mode needs an overlay: a direct session is refused after the sandbox was made,

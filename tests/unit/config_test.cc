@@ -803,6 +803,13 @@ TEST_F(ConfigTest, UnroutedExec) {
             "via.yaml:2:18: network_service.unrouted_exec: must be refuse or allow, not \"maybe\"");
 }
 
+TEST_F(ConfigTest, Strict) {
+  EXPECT_FALSE(Parse("network_service:\n  loopback: direct\n")->service.strict);
+  EXPECT_TRUE(Parse("network_service:\n  strict: true\n")->service.strict);
+  EXPECT_EQ(Error("network_service:\n  strict: yes please\n"),
+            "via.yaml:2:11: network_service.strict: must be false or true, not \"yes please\"");
+}
+
 TEST_F(ConfigTest, BadIdleTimeout) {
   EXPECT_EQ(Error("network_service:\n  idle_timeout: -1\n"),
             "via.yaml:2:17: network_service.idle_timeout: must be a whole number of seconds from "

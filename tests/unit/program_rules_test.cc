@@ -159,8 +159,18 @@ TEST_F(ProgramRulesTest, NetworkMustBeAString) {
 
 TEST_F(ProgramRulesTest, RuleThatDoesNothing) {
   EXPECT_EQ(Error(Program("    match: {exe: git}\n")),
-            "via.yaml:12:5: entry app:r (via.program): network: a program rule needs network "
-            "and/or groups (it does nothing otherwise)");
+            "via.yaml:12:5: entry app:r (via.program): network: a program rule needs network, "
+            "groups and/or strict (it does nothing otherwise)");
+}
+
+TEST_F(ProgramRulesTest, StrictAloneIsARule) {
+  auto cfg = Parse(Program("    match: {exe: gh}\n    strict: true\n"));
+  ASSERT_TRUE(cfg.ok()) << cfg.status().message();
+  ASSERT_EQ(cfg->programs.size(), 1u);
+  EXPECT_TRUE(cfg->programs[0].strict);
+  EXPECT_EQ(Error(Program("    match: {exe: gh}\n    strict: maybe\n")),
+            "via.yaml:15:13: entry app:r (via.program): strict: must be true or false, not "
+            "\"maybe\"");
 }
 
 TEST_F(ProgramRulesTest, GroupsMustBeNames) {
