@@ -244,6 +244,35 @@ class Tor(harness.ViaCase):
         self.assertEqual(self.dns_queries(".onion"), [])
         self.assertEqual(self.dns_queries(onion[:16]), [])
 
+    def test_strict_mode_takes_a_static_program_to_the_onion_service(self):
+        # via run --strict: a statically linked program, which the shim cannot cover, reaches
+        # the onion service by name (its resolver gets a fake address in the namespace); the
+        # name reached Tor and the local DNS server never heard of it.
+        if shutil.which("cc") is None:
+            self.skipTest("no C compiler")
+        src = os.path.join(harness.HERE, "data", "gai_client.c")
+        exe = os.path.join(self.dir, "gai-static")
+        built = subprocess.run(["cc", "-static", "-O1", "-o", exe, src], capture_output=True,
+                               text=True)
+        if built.returncode != 0:
+            self.skipTest("cannot link statically: " + built.stderr[-200:])
+        self.start_dns()
+        port = self.net.onion_target_port
+        record = os.path.join(self.dir, "onion-target.jsonl")
+        p, _ = self.spawn([harness.PYTHON, TARGET, str(port), record], "onion-target.log")
+        harness.wait_port(port, proc=p)
+        self.use_tor(isolate=True)
+        ctl = self.watch_streams()
+        onion = self.net.onion
+        proc = self.via("run", "--strict", "--network", "app:tor", "--", exe, onion, "80",
+                        "strict", timeout=120)
+        self.assertRan(proc, ctl)
+        ok, seen = self.succeeded(ctl, f"{onion}:80", 1)
+        self.assertEqual(len(ok), 1, f"STREAM events: {seen}")
+        self.assertEqual([(r["host"], r["path"]) for r in self.records(record)],
+                         [(onion, "/strict")])
+        self.assertEqual(self.dns_queries(".onion"), [])
+
     # ---- (e) Tor's refusals become errnos, and the log says which hop failed ----------------
     def test_refused_destination_is_econnrefused_and_the_log_names_the_hop(self):
         self.use_tor(isolate=True)
