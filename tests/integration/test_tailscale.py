@@ -217,6 +217,30 @@ class Tailnet(harness.ViaCase):
             self.assertTrue(r["remote"].startswith(via_ip + ":"), r)
         self.assertEqual(self.dns_queries("alpha"), [])
 
+    def test_strict_mode_takes_a_static_program_to_a_peer_by_magicdns_name(self):
+        # via run --strict: a statically linked program, which the shim cannot cover, reaches
+        # a peer by its MagicDNS name through the node; no DNS server heard of the name.
+        if shutil.which("cc") is None:
+            self.skipTest("no C compiler")
+        exe = os.path.join(self.dir, "gai-static")
+        built = subprocess.run(["cc", "-static", "-O1", "-o", exe,
+                                os.path.join(harness.HERE, "data", "gai_client.c")],
+                               capture_output=True, text=True)
+        if built.returncode != 0:
+            self.skipTest("cannot link statically: " + built.stderr[-200:])
+        self.start_dns()
+        alpha = self.start_peer("alpha")
+        self.write_ts_config([self.ts_entry("ts", "via-a")])
+        proc = self.via("run", "--strict", "--network", "app:ts", "--", exe, f"alpha.{DOMAIN}",
+                        "8000", "strict", timeout=120)
+        self.assertOk(proc)
+        via_ip = self.node_ips("app:ts")[0]
+        self.assertIn(f"you are {via_ip}:", proc.stdout)
+        recs = self.records(alpha["record"])
+        self.assertEqual([r["line"] for r in recs], ["GET /strict"])
+        self.assertTrue(recs[0]["remote"].startswith(via_ip + ":"), recs[0])
+        self.assertEqual(self.dns_queries("alpha"), [])
+
     def test_status_shows_state_addresses_and_name(self):
         self.write_ts_config([self.ts_entry("ts", "via-a")])
         self.start_broker()
