@@ -182,6 +182,25 @@ class Outbound(I2pCase):
         self.assertNotEqual(seen[0]["peer"], self.lab.site.b32)
         self.assertTrue(seen[0]["peer"].endswith(".b32.i2p"))
 
+    def test_strict_mode_takes_a_static_program_to_a_b32_destination(self):
+        # via run --strict: a statically linked program, which the shim cannot cover, reaches
+        # the site by its .b32.i2p name (a fake address in the namespace; the name went to SAM).
+        if shutil.which("cc") is None:
+            self.skipTest("no C compiler")
+        exe = os.path.join(self.dir, "gai-static")
+        built = subprocess.run(["cc", "-static", "-O1", "-o", exe,
+                                os.path.join(harness.HERE, "data", "gai_client.c")],
+                               capture_output=True, text=True)
+        if built.returncode != 0:
+            self.skipTest("cannot link statically: " + built.stderr[-200:])
+        proc = self.via("run", "--strict", "--network", "app:i2p", "--", exe, self.lab.site.b32,
+                        "80", "strict-path", timeout=90)
+        self.assertOk(proc)
+        self.assertIn("hello from i2p", proc.stdout)
+        seen = [r for r in self.lab.site.records if r["request"].startswith("GET /strict-path ")]
+        self.assertEqual(len(seen), 1, self.lab.site.records)
+        self.assertTrue(seen[0]["peer"].endswith(".b32.i2p"))
+
     def test_addressbook_name(self):
         proc = self.run_i2p("curl", "-sS", "-m", "60", "http://site.i2p/by-name")
         self.assertOk(proc)
