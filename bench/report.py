@@ -22,6 +22,8 @@ FIGURES = {
           "run the handshakes; via-broker: `handshake: broker`, the broker runs them)", None),
     "7": ("broker memory: RSS after each step, SESSIONS sessions, NAMES names, HOLD open "
           "routed connections (via only)", None),
+    "8": ("via run -- /bin/true, mean per run: the session, and with --strict the namespaces, "
+          "the filter and the supervisor", "via-run"),
 }
 # (figure, tool, metric, baseline tool or None for an absolute bound, bound, "<=" or ">=")
 TARGETS = [
@@ -30,6 +32,8 @@ TARGETS = [
     ("2", "via", "p50_us", "floor", 1.10, "<="),
     ("3", "via", "p50_us", "floor", 1.15, "<="),
     ("4", "via", "MiBps", "floor", 0.95, ">="),
+    ("3", "via-strict", "p50_us", "floor", 1.15, "<="),
+    ("4", "via-strict", "MiBps", "floor", 0.95, ">="),
     ("5", "via", "p50_us", None, 30.0, "<="),
     ("6", "via", "broker_cpu_us_per_connect", None, 25.0, "<="),
     ("7", "via", "rss_kib_all", None, 65536.0, "<="),

@@ -10,7 +10,7 @@
 # BULK_MIB [2048] {256} MiB each way per bulk sample; GAI_N [20000] {5000} lookups per sample;
 # CAP_PROCS [64], CAP_SECONDS [20] {5}, CAP_RUNS [1] for broker capacity; SESSIONS [1000],
 # NAMES [100000], HOLD [10000] for broker memory (figure 7: the full case, also in --quick);
-# FIGURES ["1 2 3 4 5 6 7"].
+# STARTUP_N [50] via runs per sample of figure 8; FIGURES ["1 2 3 4 5 6 7 8"].
 #
 # Needs root (or an unprivileged user namespace) for `unshare --mount`: microsocks runs with an
 # /etc/hosts of its own mapping bench.test and bench.onion to 127.0.0.1. Nothing leaves
@@ -31,7 +31,8 @@ fi
 RUNS=${RUNS:-5} EXEC_N=${EXEC_N:-2000} N=${N:-3000} BULK_MIB=${BULK_MIB:-2048}
 GAI_N=${GAI_N:-20000} CAP_PROCS=${CAP_PROCS:-64} CAP_SECONDS=${CAP_SECONDS:-20}
 CAP_RUNS=${CAP_RUNS:-1} NAMES=${NAMES:-100000} SESSIONS=${SESSIONS:-1000} HOLD=${HOLD:-10000}
-FIGURES=${FIGURES:-"1 2 3 4 5 6 7"}
+FIGURES=${FIGURES:-"1 2 3 4 5 6 7 8"}
+STARTUP_N=${STARTUP_N:-50}
 out=${OUT:-$build/bench-results}
 
 die() { echo "bench/run.sh: $*" >&2; exit 1; }
@@ -131,6 +132,7 @@ YAML
 under_via() { "$build/via" run -q -c "$tmp/via.yaml" --network app:bench -- "$@"; }
 under_via2() { "$build/via" run -q -c "$tmp/via.yaml" --network app:bench2 -- "$@"; }
 under_via_broker() { "$build/via" run -q -c "$tmp/via-broker.yaml" --network app:bench -- "$@"; }
+under_via_strict() { "$build/via" run -q -c "$tmp/via.yaml" --strict --network app:bench -- "$@"; }
 under_pc() { proxychains4 -q -f "$tmp/proxychains.conf" "$@"; }
 under_ts() { torsocks "$@"; }
 
@@ -176,6 +178,7 @@ fig2_connect() {
     lat 2 floor "$r" "$c" socks5 "$pport" 127.0.0.1 "$eport" "$N"
     lat 2 via "$r" under_via "$c" plain 127.0.0.1 "$eport" "$N"
     lat 2 via-broker "$r" under_via_broker "$c" plain 127.0.0.1 "$eport" "$N"
+    lat 2 via-strict "$r" under_via_strict "$c" plain 127.0.0.1 "$eport" "$N"
     lat 2 proxychains4 "$r" under_pc "$c" plain 127.0.0.1 "$eport" "$N"
     # torsocks never proxies a loopback destination: AllowOutboundLocalhost 1 connects it
     # directly (without it, it refuses). Measured for completeness, not comparable.
@@ -190,6 +193,7 @@ fig3_connect_name() {
     lat 3 floor "$r" "$c" socks5 "$pport" bench.test "$eport" "$N"
     lat 3 via "$r" under_via "$c" plain bench.test "$eport" "$N"
     lat 3 via-broker "$r" under_via_broker "$c" plain bench.test "$eport" "$N"
+    lat 3 via-strict "$r" under_via_strict "$c" plain bench.test "$eport" "$N"
     lat 3 proxychains4 "$r" under_pc "$c" plain bench.test "$eport" "$N"
     # torsocks resolves ordinary names with Tor's RESOLVE command (microsocks refuses it);
     # only .onion names get a local cookie address and go to the proxy as ATYP 3.
@@ -214,8 +218,26 @@ fig4_bulk() {
     bulk_one direct "$r" "$c" bulk plain 127.0.0.1 "$bport" "$BULK_MIB"
     bulk_one floor "$r" "$c" bulk socks5 "$pport" 127.0.0.1 "$bport" "$BULK_MIB"
     bulk_one via "$r" under_via "$c" bulk plain 127.0.0.1 "$bport" "$BULK_MIB"
+    bulk_one via-strict "$r" under_via_strict "$c" bulk plain 127.0.0.1 "$bport" "$BULK_MIB"
     bulk_one proxychains4 "$r" under_pc "$c" bulk plain 127.0.0.1 "$bport" "$BULK_MIB"
     bulk_one torsocks-onion "$r" under_ts "$c" bulk plain bench.onion "$bport" "$BULK_MIB"
+  done
+}
+
+# Figure 8: what `via run` itself costs per command, with and without --strict (namespaces,
+# filter, the supervisor's broker connection): STARTUP_N runs of /bin/true each.
+fig8_startup() {
+  echo "figure 8: via run -- /bin/true x $STARTUP_N, $RUNS runs" >&2
+  local r i t0 t1 tool runner
+  for r in $(seq "$RUNS"); do
+    for tool in via-run via-run-strict; do
+      runner=under_via
+      [ "$tool" = via-run-strict ] && runner=under_via_strict
+      t0=$(date +%s%N)
+      for i in $(seq "$STARTUP_N"); do "$runner" /bin/true || die "$tool failed"; done
+      t1=$(date +%s%N)
+      record 8 "$tool" "$r" mean_us "$(( (t1 - t0) / 1000 / STARTUP_N ))"
+    done
   done
 }
 
@@ -352,7 +374,8 @@ main() {
   for f in $FIGURES; do
     case $f in
       1) fig1_exec_cost ;; 2) fig2_connect ;; 3) fig3_connect_name ;; 4) fig4_bulk ;;
-      5) fig5_getaddrinfo ;; 6) fig6_capacity ;; 7) fig7_memory ;; *) die "unknown figure $f" ;;
+      5) fig5_getaddrinfo ;; 6) fig6_capacity ;; 7) fig7_memory ;; 8) fig8_startup ;;
+      *) die "unknown figure $f" ;;
     esac
   done
   python3 bench/report.py "$out" | tee "$out/report.md"
