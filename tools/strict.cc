@@ -22,12 +22,11 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <condition_variable>
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <deque>
+#include <algorithm>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -345,13 +344,13 @@ class Supervisor {
   // Serves until `command` exits (reaping the orphans adopted meanwhile); its wait status.
   int Run(pid_t command) {
     UniqueFd pidfd(int(syscall(SYS_pidfd_open, command, 0)));
+    StartWorker();
     for (;;) {
-      pollfd p[3] = {
-          {listener_.get(), POLLIN, 0}, {dns_.get(), POLLIN, 0}, {pidfd.get(), POLLIN, 0}};
-      int r = poll(p, pidfd ? 3 : 2, 1000);
+      pollfd p[2] = {{dns_.get(), POLLIN, 0}, {pidfd.get(), POLLIN, 0}};
+      int r = poll(p, pidfd ? 2 : 1, 1000);
       if (r < 0 && errno != EINTR) break;
-      if (r > 0 && (p[0].revents & POLLIN) != 0) OnNotification();
-      if (r > 0 && (p[1].revents & POLLIN) != 0) OnDnsQuery();
+      if (r > 0 && (p[0].revents & POLLIN) != 0) OnDnsQuery();
+      if (r > 0 && p[1].revents == 0) continue;  // a query: no child can have exited
       int st = 0;
       pid_t w;
       while ((w = waitpid(-1, &st, WNOHANG)) > 0) {
@@ -404,40 +403,43 @@ class Supervisor {
   // swap in meanwhile still finds no route out).
   void Continue(uint64_t id) { Respond(id, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE); }
 
-  // Connects wait for the overlay (seconds, at worst): they are served by up to kWorkers
-  // threads, started as needed; the rest wait in a queue, as they would for a busy broker.
-  void OnNotification() {
-    std::vector<char> buf(notif_size_, 0);
-    auto* n = reinterpret_cast<seccomp_notif*>(buf.data());
-    if (ioctl(listener_.get(), SECCOMP_IOCTL_NOTIF_RECV, n) != 0) return;  // gone (ENOENT)
-    std::lock_guard<std::mutex> lock(mu_);
-    queue_.push_back(*n);
-    if (idle_ == 0 && workers_ < kWorkers) {
-      ++workers_;
-      std::thread([this] { Work(); }).detach();
-    } else {
-      ready_.notify_one();
-    }
+  // Connects wait for the overlay (seconds, at worst). Workers take notifications from the
+  // kernel themselves (each blocked in NOTIF_RECV: no hand-off between threads); one more is
+  // started whenever all are busy, up to kWorkers; past that, connects wait in the kernel.
+  void StartWorker() {
+    ++workers_;
+    std::thread([this] { Work(); }).detach();
   }
 
   void Work() {
-    std::unique_lock<std::mutex> lock(mu_);
+    std::vector<char> buf(notif_size_);
+    auto* n = reinterpret_cast<seccomp_notif*>(buf.data());
     for (;;) {
-      ++idle_;
-      ready_.wait(lock, [this] { return !queue_.empty(); });
-      --idle_;
-      seccomp_notif n = queue_.front();
-      queue_.pop_front();
-      lock.unlock();
-      HandleConnect(n);
-      lock.lock();
+      std::fill(buf.begin(), buf.end(), 0);  // NOTIF_RECV wants a zeroed buffer
+      if (ioctl(listener_.get(), SECCOMP_IOCTL_NOTIF_RECV, n) != 0) {
+        if (errno == EINTR || errno == ENOENT) continue;  // ENOENT: that caller went away
+        return;
+      }
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (++busy_ == workers_ && workers_ < kWorkers) StartWorker();
+      }
+      HandleConnect(*n);
+      std::lock_guard<std::mutex> lock(mu_);
+      --busy_;
     }
   }
 
   void HandleConnect(const seccomp_notif& n) {
-    const pid_t pid = ProcessOf(pid_t(n.pid));
-    const int fd = int(n.data.args[0]);
+    // The caller is usually its process's main thread, whose pidfd opens at once; another
+    // thread's id is refused (EINVAL, or ENOENT since Linux 6.9) and its process looked up.
+    pid_t pid = pid_t(n.pid);
     UniqueFd pidfd(int(syscall(SYS_pidfd_open, pid, 0)));
+    if (!pidfd) {
+      pid = ProcessOf(pid);
+      pidfd.reset(int(syscall(SYS_pidfd_open, pid, 0)));
+    }
+    const int fd = int(n.data.args[0]);
     UniqueFd prog(pidfd ? int(syscall(SYS_pidfd_getfd, pidfd.get(), fd, 0)) : -1);
     int domain = 0, type = 0, protocol = 0;
     socklen_t len = sizeof(int);
@@ -527,9 +529,7 @@ class Supervisor {
   static constexpr int kWorkers = 32;
   std::mutex mu_;  // guards the rest
   std::vector<BrokerClient> pool_;
-  std::deque<seccomp_notif> queue_;
-  std::condition_variable ready_;
-  int workers_ = 0, idle_ = 0;
+  int workers_ = 0, busy_ = 0;
 };
 
 }  // namespace
