@@ -107,7 +107,11 @@ Status ApplySetting(const std::string& key, const std::string& s, const SourcePo
   } else if (key == "strict") {
     return OneOf(pos, where, s, {{"false", false}, {"true", true}}, &svc->strict);
   } else if (key == "unrouted_exec") {
-    return OneOf(pos, where, s, {{"refuse", false}, {"allow", true}}, &svc->unrouted_exec_allowed);
+    int v = 0;
+    Status st = OneOf(pos, where, s, {{"refuse", 0}, {"allow", 1}, {"strict", 2}}, &v);
+    svc->unrouted_exec_allowed = v == 1;
+    svc->unrouted_exec_strict = v == 2;
+    return st;
   } else if (key == "idle_timeout") {
     long long n = -1;
     if (!ParseDecimal(s, &n) || n < 0 || n > kMaxIdleTimeoutS) {

@@ -386,6 +386,7 @@ void Copy(char* out, size_t cap, const char* s) {
 
 constexpr const char* kGoReason =
     "it is a Go program, which makes its network system calls itself, past the shim";
+constexpr const char* kStaticReason = "it is statically linked";
 
 // The program the loader runs: `args` are the loader's arguments after its name (the prefix
 // `pre[0..npre)` from `#!` lines, then `argv`).
@@ -525,7 +526,7 @@ const char* Check(const char* path, ArgList args, bool via_loader, char* detail,
       if (!IsOurLoader(st)) {
         if (current != path) Copy(detail, cap, current);
         return via_loader ? "the dynamic loader would run it, and it is statically linked"
-                          : "it is statically linked";
+                          : kStaticReason;
       }
       // This process's ld.so: it runs the program named after its options.
       int total = args.Size();
@@ -783,6 +784,8 @@ int LoaderProgramIndex(const char* const* args, int n) {
   if (audit) return -3;
   return i < n ? i : -1;
 }
+
+bool StrictCovers(const char* reason) { return reason == kGoReason || reason == kStaticReason; }
 
 void ShareVerdictCache() {
   Loader();  // from memory: found here once rather than in every child

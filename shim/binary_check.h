@@ -48,6 +48,12 @@ bool LoadedGoObject(char* name, size_t cap);
 // routed call of a process (and after dlopen added objects). hook_dlopen.cc.
 void CheckLoadedObjects();
 
+// Whether strict mode (`via run --strict`: a network namespace, connects placed by via) covers
+// a binary refused for `reason` (an UnroutedReason): a statically linked program or a Go one,
+// run directly. Not setuid or capabilities (no_new_privs would drop them), not the loader's or
+// an interpreter's cases.
+bool StrictCovers(const char* reason);
+
 // Before this process first forks (the fork hook): its verdicts go to a table shared with the
 // children it forks from then on, so a verdict one child works out before its exec is not lost
 // with the child's memory. Once per process; harmless to call again.

@@ -210,7 +210,12 @@ size_t SnapshotVars(Var* out) {
              {{"VIA_SOCKET", s.socket_path, true}, kTooLongSocket},
              {{"VIA_CONFIG", s.config, true}, kTooLongConfig},
              {{"VIA_QUIET", s.quiet ? "1" : "", false}, 0},
-             {{"VIA_UNROUTED_EXEC", s.unrouted_exec_allowed ? "allow" : "", false}, 0}};
+             {{"VIA_UNROUTED_EXEC",
+               s.unrouted_exec_allowed  ? "allow"
+               : s.unrouted_exec_strict ? "strict"
+                                        : "",
+               false},
+              0}};
   size_t n = 0;
   for (const auto& v : all) {
     // A value that did not fit its field is not restored cut short (it would name something else).
@@ -278,26 +283,23 @@ char* Put(char** at, const char* name, const char* a, size_t alen, const char* b
 
 }  // namespace
 
-int EnsureBrokerDetached(char* path, size_t cap, char* msg, size_t msgcap) {
+bool FindVia(char* exe, size_t cap) {
   SelfFile scratch;
   const SelfFile* self = Self(&scratch);
-  if (self == nullptr) {
-    std::snprintf(msg, msgcap, "cannot tell where libvia.so is, to find `via`");
-    return EHOSTUNREACH;
-  }
+  if (self == nullptr) return false;
   // The `via` next to the library, as broker_link.cc's EnsureBroker looks for it.
-  char exe[kPathMax + 16];
   const char* slash = std::strrchr(self->path, '/');
   int dlen = int(slash - self->path);
-  bool found = false;
   for (const char* pattern : {"%.*s/via", "%.*s/../../bin/via"}) {
-    int w = std::snprintf(exe, sizeof exe, pattern, dlen, self->path);
-    if (w > 0 && size_t(w) < sizeof exe && access(exe, X_OK) == 0) {
-      found = true;
-      break;
-    }
+    int w = std::snprintf(exe, cap, pattern, dlen, self->path);
+    if (w > 0 && size_t(w) < cap && access(exe, X_OK) == 0) return true;
   }
-  if (!found) {
+  return false;
+}
+
+int EnsureBrokerDetached(char* path, size_t cap, char* msg, size_t msgcap) {
+  char exe[kPathMax + 16];
+  if (!FindVia(exe, sizeof exe)) {
     std::snprintf(msg, msgcap, "no `via` executable next to libvia.so to start a broker");
     return EHOSTUNREACH;
   }

@@ -50,6 +50,10 @@ char* const* FixEnv(char* const* envp, void* buf, size_t cap);
 // an errno with the reason in `msg`. Nothing is remembered.
 int EnsureBrokerDetached(char* path, size_t cap, char* msg, size_t msgcap);
 
+// The `via` executable next to this library (same directory in a build tree,
+// <prefix>/bin/via for <prefix>/lib/via/libvia.so) into `exe`; false when there is none.
+bool FindVia(char* exe, size_t cap);
+
 // Finds this library's file (Self) now, once per process: the fork hook calls it so that the
 // children inherit the answer instead of each asking the kernel before its exec.
 void FindSelf();

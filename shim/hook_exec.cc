@@ -32,11 +32,17 @@ namespace {
 
 constexpr size_t kPathMax = 4096;
 
-// 0 if `path` may be executed, else EPERM (after one line on stderr). The binary is judged first
+// CheckExec's answer for a binary strict mode covers, under `unrouted_exec: strict`: run it
+// through `via run --strict` (ExecStrict) instead.
+constexpr int kRunStrict = -2;
+
+// 0 if `path` may be executed, else EPERM (after one line on stderr), or kRunStrict when
+// `strict_ok` (the caller can run `path` through `via run --strict`). The binary is judged first
 // (no broker round trip for the usual dynamic binary); only a binary that would run without the
 // shim makes the guard ask whether this process is routed (ExecRouted). `in_parent`: called in
 // the process itself (posix_spawn), never in a vfork child.
-int CheckExec(const char* path, char* const argv[], char* const envp[], bool in_parent = false) {
+int CheckExec(const char* path, char* const argv[], char* const envp[], bool in_parent = false,
+              bool strict_ok = false) {
   if (path == nullptr || ExecUnguarded()) return 0;
   char interp[kPathMax];  // not cleared: 4 KiB of stores, and a page fault in a forked child
   interp[0] = 0;
@@ -46,6 +52,13 @@ int CheckExec(const char* path, char* const argv[], char* const envp[], bool in_
   char why[512];
   bool allow_unrouted = false;
   if (!ExecRouted(in_parent, why, sizeof why, &allow_unrouted) || allow_unrouted) return 0;
+  char via[kPathMax];
+  if (strict_ok && GetSettings().unrouted_exec_strict && StrictCovers(reason) &&
+      FindVia(via, sizeof via)) {
+    Complain("%s runs in strict mode under %s: %s%s%s (network_service.unrouted_exec: strict)",
+             path, NetworkLabel(), reason, interp[0] != 0 ? ": " : "", interp);
+    return kRunStrict;
+  }
   Complain(
       "exec of %s refused under %s: %s%s%s, so its traffic would not go through the overlay "
       "(network_service.unrouted_exec: allow permits it)%s%s",
@@ -57,6 +70,35 @@ int CheckExec(const char* path, char* const argv[], char* const envp[], bool in_
 }  // namespace
 
 int CheckExecHere(const char* path) { return CheckExec(path, nullptr, environ, true); }
+
+namespace {
+
+// `via run --strict [-q] --argv0 ARGV0 -- PATH ARGS...` into `out` (room for the program's
+// arguments plus kStrictExtra), for a binary CheckExec answered kRunStrict.
+constexpr size_t kStrictExtra = 9;
+void StrictArgv(const char* via, const char* path, char* const argv[], char** out) {
+  size_t k = 0;
+  out[k++] = const_cast<char*>(via);
+  out[k++] = const_cast<char*>("run");
+  out[k++] = const_cast<char*>("--strict");
+  if (GetSettings().quiet) out[k++] = const_cast<char*>("-q");
+  out[k++] = const_cast<char*>("--argv0");
+  out[k++] = const_cast<char*>(argv != nullptr && argv[0] != nullptr ? argv[0] : path);
+  out[k++] = const_cast<char*>("--");
+  out[k++] = const_cast<char*>(path);
+  for (size_t i = 1; argv != nullptr && argv[0] != nullptr && argv[i] != nullptr; ++i) {
+    out[k++] = argv[i];
+  }
+  out[k] = nullptr;
+}
+
+size_t ArgCount(char* const argv[]) {
+  size_t n = 0;
+  while (argv != nullptr && argv[n] != nullptr) ++n;
+  return n;
+}
+
+}  // namespace
 
 namespace {
 
@@ -80,10 +122,39 @@ int WithFixedEnv(char* const envp[], Exec exec) {
   return exec(const_cast<char**>(fixed));
 }
 
-// Checks the binary at `path`, then calls exec(environment) with envp repaired.
 template <typename Exec>
-int CheckedExec(const char* path, char* const argv[], char* const envp[], Exec exec) {
-  if (int err = CheckExec(path, argv, envp); err != 0) {
+int CheckedExec(const char* path, char* const argv[], char* const envp[], Exec exec,
+                bool strict_ok = true);
+
+// exec of `via run --strict ... -- path argv...` (CheckExec said kRunStrict). `via` itself is
+// checked as any binary, never run strictly in turn.
+int ExecStrict(const char* path, char* const argv[], char* const envp[]) {
+  char via[kPathMax];
+  if (!FindVia(via, sizeof via)) {
+    errno = EPERM;
+    return -1;
+  }
+  size_t need = (ArgCount(argv) + kStrictExtra) * sizeof(char*);
+  void* stack[need <= kExecStackBytes ? need / sizeof(void*) + 1 : 1];
+  ExecScratch mem(need, stack, sizeof stack);
+  if (mem.get() == nullptr) {
+    errno = ENOMEM;
+    return -1;
+  }
+  char** a = static_cast<char**>(mem.get());
+  StrictArgv(via, path, argv, a);
+  return CheckedExec(
+      via, a, envp, [&](char** env) { return Real().execve(via, a, env); }, false);
+}
+
+// Checks the binary at `path`, then calls exec(environment) with envp repaired. `strict_ok`:
+// `path` names the file for another process too (not /proc/self/fd/N), so a binary strict mode
+// covers may run through `via run --strict`.
+template <typename Exec>
+int CheckedExec(const char* path, char* const argv[], char* const envp[], Exec exec,
+                bool strict_ok) {
+  if (int err = CheckExec(path, argv, envp, false, strict_ok); err != 0) {
+    if (err == kRunStrict) return ExecStrict(path, argv, envp);
     errno = err;
     return -1;
   }
@@ -266,7 +337,8 @@ VIA_EXPORT int execle(const char* path, const char* arg, ...) {
 VIA_EXPORT int fexecve(int fd, char* const argv[], char* const envp[]) {
   char path[64];
   std::snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-  return CheckedExec(path, argv, envp, [&](char** env) { return Real().fexecve(fd, argv, env); });
+  return CheckedExec(
+      path, argv, envp, [&](char** env) { return Real().fexecve(fd, argv, env); }, false);
 }
 
 namespace {
@@ -342,7 +414,22 @@ int CheckSpawn(const char* path, const posix_spawn_file_actions_t* fa, char* con
         path, NetworkLabel());
     return EPERM;
   }
-  return CheckExec(target, argv, envp, true);
+  return CheckExec(target, argv, envp, true, true);
+}
+
+// posix_spawn and friends for a binary CheckSpawn answered kRunStrict: `spawn(via, argv')` with
+// argv' = `via run --strict ... -- path argv...` (in the parent: any memory will do).
+template <typename Spawn>
+int SpawnStrict(const char* path, char* const argv[], Spawn spawn) {
+  char via[kPathMax];
+  if (!FindVia(via, sizeof via)) return EPERM;
+  size_t need = (ArgCount(argv) + kStrictExtra) * sizeof(char*);
+  void* stack[need <= kExecStackBytes ? need / sizeof(void*) + 1 : 1];
+  ExecScratch mem(need, stack, sizeof stack);
+  if (mem.get() == nullptr) return ENOMEM;
+  char** a = static_cast<char**>(mem.get());
+  StrictArgv(via, path, argv, a);
+  return spawn(via, a);
 }
 
 }  // namespace
@@ -356,7 +443,14 @@ int SpawnWithFixedEnv(char* const envp[], Spawn spawn) {
 
 VIA_EXPORT int posix_spawn(pid_t* pid, const char* path, const posix_spawn_file_actions_t* fa,
                            const posix_spawnattr_t* attr, char* const argv[], char* const envp[]) {
-  if (int err = CheckSpawn(path, fa, argv, envp); err != 0) return err;
+  if (int err = CheckSpawn(path, fa, argv, envp); err == kRunStrict) {
+    return SpawnStrict(path, argv, [&](const char* via, char** a) {
+      return SpawnWithFixedEnv(
+          envp, [&](char** env) { return Real().posix_spawn(pid, via, fa, attr, a, env); });
+    });
+  } else if (err != 0) {
+    return err;
+  }
   return SpawnWithFixedEnv(
       envp, [&](char** env) { return Real().posix_spawn(pid, path, fa, attr, argv, env); });
 }
@@ -365,7 +459,14 @@ VIA_EXPORT int posix_spawnp(pid_t* pid, const char* file, const posix_spawn_file
                             const posix_spawnattr_t* attr, char* const argv[], char* const envp[]) {
   char found[kPathMax];
   if (SearchPath(file, found, sizeof found)) {
-    if (int err = CheckSpawn(found, fa, argv, envp); err != 0) return err;
+    if (int err = CheckSpawn(found, fa, argv, envp); err == kRunStrict) {
+      return SpawnStrict(found, argv, [&](const char* via, char** a) {
+        return SpawnWithFixedEnv(
+            envp, [&](char** env) { return Real().posix_spawn(pid, via, fa, attr, a, env); });
+      });
+    } else if (err != 0) {
+      return err;
+    }
   }
   return SpawnWithFixedEnv(
       envp, [&](char** env) { return Real().posix_spawnp(pid, file, fa, attr, argv, env); });
@@ -392,9 +493,9 @@ VIA_EXPORT int execveat(int dirfd, const char* path, char* const argv[], char* c
   } else {
     std::snprintf(target, sizeof target, "/proc/self/fd/%d/%s", dirfd, path);
   }
-  return CheckedExec(target, argv, envp, [&](char** env) {
-    return int(syscall(SYS_execveat, dirfd, path, argv, env, flags));
-  });
+  return CheckedExec(
+      target, argv, envp,
+      [&](char** env) { return int(syscall(SYS_execveat, dirfd, path, argv, env, flags)); }, false);
 }
 
 // glibc 2.39's pidfd_spawn and pidfd_spawnp (posix_spawn answering with a pidfd): guarded as
@@ -408,7 +509,14 @@ constinit LazyFn<PidfdSpawnFn> g_pidfd_spawnp = {"pidfd_spawnp", nullptr};
 
 VIA_EXPORT int pidfd_spawn(int* pidfd, const char* path, const posix_spawn_file_actions_t* fa,
                            const posix_spawnattr_t* attr, char* const argv[], char* const envp[]) {
-  if (int err = CheckSpawn(path, fa, argv, envp); err != 0) return err;
+  if (int err = CheckSpawn(path, fa, argv, envp); err == kRunStrict) {
+    return SpawnStrict(path, argv, [&](const char* via, char** a) {
+      return SpawnWithFixedEnv(
+          envp, [&](char** env) { return g_pidfd_spawn(pidfd, via, fa, attr, a, env); });
+    });
+  } else if (err != 0) {
+    return err;
+  }
   return SpawnWithFixedEnv(
       envp, [&](char** env) { return g_pidfd_spawn(pidfd, path, fa, attr, argv, env); });
 }
@@ -417,7 +525,14 @@ VIA_EXPORT int pidfd_spawnp(int* pidfd, const char* file, const posix_spawn_file
                             const posix_spawnattr_t* attr, char* const argv[], char* const envp[]) {
   char found[kPathMax];
   if (SearchPath(file, found, sizeof found)) {
-    if (int err = CheckSpawn(found, fa, argv, envp); err != 0) return err;
+    if (int err = CheckSpawn(found, fa, argv, envp); err == kRunStrict) {
+      return SpawnStrict(found, argv, [&](const char* via, char** a) {
+        return SpawnWithFixedEnv(
+            envp, [&](char** env) { return g_pidfd_spawn(pidfd, via, fa, attr, a, env); });
+      });
+    } else if (err != 0) {
+      return err;
+    }
   }
   return SpawnWithFixedEnv(
       envp, [&](char** env) { return g_pidfd_spawnp(pidfd, file, fa, attr, argv, env); });

@@ -96,6 +96,10 @@ struct Settings {
   // VIA_UNROUTED_EXEC=allow: only restored into children (via run sets it from the config). The
   // guard itself asks the broker (kFlagUnroutedExecAllow): the program controls its environment.
   bool unrouted_exec_allowed = false;
+  // VIA_UNROUTED_EXEC=strict: a static or Go binary runs in strict mode (`via run --strict`)
+  // instead of being refused. Taken from the environment: it only ever contains a program
+  // more (a program that removes it is refused as before).
+  bool unrouted_exec_strict = false;
   // Values that did not fit their field (kTooLong* bits): never restored into a child, where a
   // truncated value would mean something else. Before `config`: on the page the other fields
   // share, so that reading the environment touches one page of .bss, not two.

@@ -61,6 +61,7 @@ void Init() {
       Copy(v + 7, s.config, sizeof s.config, kTooLongConfig);
     } else if (std::strncmp(v, "UNROUTED_EXEC=", 14) == 0) {
       s.unrouted_exec_allowed = std::strcmp(v + 14, "allow") == 0;
+      s.unrouted_exec_strict = std::strcmp(v + 14, "strict") == 0;
     } else if (std::strncmp(v, "QUIET=", 6) == 0) {
       s.quiet = v[6] == '1';
     }

@@ -38,6 +38,7 @@ Exit ParseRunArgs(int argc, char** argv, Args* out) {
        {"--direct", false},
        {"--quiet", false},
        {"--strict", false},
+       {"--argv0", true},
        {"--help", false}},
       {{"-c", "--config"}, {"-n", "--network"}, {"-q", "--quiet"}, {"-h", "--help"}}, true);
   if (!args.ok()) {
@@ -177,6 +178,7 @@ struct ChildLaunch {
   std::vector<std::string> env;
   std::vector<char*> envp;
   std::vector<char*> argv;
+  const char* file = nullptr;  // what execvp runs: argv[0], or the command when --argv0 renames it
   // --strict: the child enters its sandbox (tools/strict.h) over `channel`, mounting `resolv`.
   bool strict = false;
   bool quiet = false;
@@ -237,6 +239,7 @@ void BuildChild(const Args& args, const config::Config& cfg, const RunSession& s
                                              {"VIA_CONFIG", cfg.source}};
   if (args.Has("--quiet")) vars["VIA_QUIET"] = "1";
   if (cfg.service.unrouted_exec_allowed) vars["VIA_UNROUTED_EXEC"] = "allow";
+  if (cfg.service.unrouted_exec_strict) vars["VIA_UNROUTED_EXEC"] = "strict";
   child->strict = strict;
   child->quiet = args.Has("--quiet");
   child->env = child->strict ? StrictChildEnv() : ChildEnv(vars, ShimPath());
@@ -251,6 +254,13 @@ void BuildChild(const Args& args, const config::Config& cfg, const RunSession& s
   }
   for (const auto& a : args.rest) child->argv.push_back(const_cast<char*>(a.data()));
   child->argv.push_back(nullptr);
+  child->file = child->argv[0];
+  // --argv0 NAME (the shim's exec guard running a program in strict mode for a process that
+  // exec'd it: the program keeps the argv[0] it was given).
+  if (args.Has("--argv0") && child->strict) {
+    child->file = args.rest[0].c_str();
+    child->argv[0] = const_cast<char*>(args.values.at("--argv0").c_str());
+  }
 }
 
 // The pid `via run` forwards SIGTERM/SIGHUP to.
@@ -315,9 +325,9 @@ void ForwardSignalsTo(pid_t pid, const SavedSignals& saved) {
   sigaction(SIGQUIT, &saved.old_quit, nullptr);
   sigprocmask(SIG_SETMASK, &saved.old_mask, nullptr);
   environ = const_cast<char**>(child.envp.data());
-  execvp(child.argv[0], child.argv.data());
+  execvp(child.file, child.argv.data());
   int err = errno;
-  std::fprintf(stderr, "via: cannot run %s: %s\n", child.argv[0], std::strerror(err));
+  std::fprintf(stderr, "via: cannot run %s: %s\n", child.file, std::strerror(err));
   _exit(err == ENOENT ? 127 : 126);
 }
 

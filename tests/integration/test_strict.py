@@ -221,6 +221,45 @@ class Strict(harness.ViaCase):
         self.assertEqual([(r["peer"], r["path"]) for r in self.records(self.record)],
                          [(harness.PROXY_OUT, "/service"), (harness.PROXY_OUT, "/rule")])
 
+    def test_unrouted_exec_strict_runs_a_static_program_strictly_instead_of_refusing_it(self):
+        # network_service.unrouted_exec: strict - in the default mode, a process that execs a
+        # static program (which the shim cannot cover) runs it through `via run --strict`:
+        # from a shell (execve), and from Python's subprocess (vfork + execve) with its own
+        # argv[0] kept.
+        exe = self.cc(GAI_CLIENT, "-static")
+        self.write_config([self.socks5_entry("tor", self.proxy_port)],
+                          service={"loopback": "overlay", "unrouted_exec": "strict"})
+        proc = self.via("run", "--network", "app:tor", "--", "sh", "-c",
+                        f"{exe} example.test {self.port} from-sh; echo status=$?")
+        self.assertIn("status=0", proc.stdout, proc.stderr)
+        self.assertIn("runs in strict mode", proc.stderr)
+        code = ("import subprocess, sys; "
+                f"sys.exit(subprocess.call(['renamed', 'example.test', '{self.port}', "
+                f"'from-python'], executable={exe!r}))")
+        proc = self.via("run", "--network", "app:tor", "--", harness.PYTHON, "-c", code,
+                        env=dict(self.env, PRINT_ARGV0="1"))
+        self.assertOk(proc)
+        self.assertIn("argv0=renamed", proc.stdout)
+        self.assertEqual([(r["peer"], r["path"]) for r in self.records(self.record)],
+                         [(harness.PROXY_OUT, "/from-sh"), (harness.PROXY_OUT, "/from-python")])
+        self.assertEqual(harness.microsocks_destinations(self.proxy_log),
+                         [f"example.test:{self.port}"] * 2)
+
+    def test_unrouted_exec_strict_leaves_setuid_binaries_refused(self):
+        # Strict mode would drop a setuid binary's privilege (no_new_privs): it stays refused.
+        self.write_config([self.socks5_entry("tor", self.proxy_port)],
+                          service={"loopback": "overlay", "unrouted_exec": "strict"})
+        suid = os.path.join(self.dir, "curl-suid")
+        shutil.copy(shutil.which("curl"), suid)
+        os.chmod(self.dir, 0o755)
+        shutil.chown(suid, user="nobody")  # setuid to another user: it changes credentials
+        os.chmod(suid, 0o4755)
+        proc = self.via("run", "--network", "app:tor", "--", "sh", "-c",
+                        f"{suid} -sS http://example.test:{self.port}/suid; echo status=$?")
+        self.assertIn("status=126", proc.stdout, proc.stderr)
+        self.assertIn("it is setuid", proc.stderr)
+        self.assertTargetSawNothing(self.record)
+
     def test_a_session_without_an_overlay_runs_nothing(self):
         # Strict mode needs an overlay: a direct session is refused after the sandbox was made,
         # and the command never runs.

@@ -793,14 +793,18 @@ TEST_F(ConfigTest, UnknownServiceKey) {
   EXPECT_EQ(Error("network_service:\n  default_netwrok: app:tor\n"),
             "via.yaml:2:3: network_service.default_netwrok: unknown setting (known: state_dir, "
             "fake_ipv4, fake_ipv6, default_network, loopback, idle_timeout, unrouted_exec, listen, "
-            "handshake; did you mean default_network?)");
+            "handshake, strict; did you mean default_network?)");
 }
 
 TEST_F(ConfigTest, UnroutedExec) {
   EXPECT_FALSE(Parse("network_service:\n  unrouted_exec: refuse\n")->service.unrouted_exec_allowed);
   EXPECT_TRUE(Parse("network_service:\n  unrouted_exec: allow\n")->service.unrouted_exec_allowed);
+  auto strict = Parse("network_service:\n  unrouted_exec: strict\n");
+  EXPECT_TRUE(strict->service.unrouted_exec_strict);
+  EXPECT_FALSE(strict->service.unrouted_exec_allowed);
   EXPECT_EQ(Error("network_service:\n  unrouted_exec: maybe\n"),
-            "via.yaml:2:18: network_service.unrouted_exec: must be refuse or allow, not \"maybe\"");
+            "via.yaml:2:18: network_service.unrouted_exec: must be refuse, allow or strict, not "
+            "\"maybe\"");
 }
 
 TEST_F(ConfigTest, Strict) {

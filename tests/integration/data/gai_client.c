@@ -9,6 +9,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 int main(int argc, char** argv) {
+  if (getenv("PRINT_ARGV0")) printf("argv0=%s\n", argv[0]);
   struct addrinfo hints = {0}, *res;
   hints.ai_socktype = SOCK_STREAM;
   int e = getaddrinfo(argv[1], argv[2], &hints, &res);
