@@ -187,7 +187,7 @@ TEST_F(ProgramRulesTest, GroupsMustBeNames) {
 TEST_F(ProgramRulesTest, UnknownProgramField) {
   EXPECT_EQ(Error(Program("    match: {exe: git}\n    netwrk: tor\n")),
             "via.yaml:15:5: entry app:r (via.program): netwrk: unknown field (known: match, "
-            "network, groups; did you mean network?)");
+            "network, groups, strict; did you mean network?)");
 }
 
 TEST_F(ProgramRulesTest, DuplicateRuleName) {
