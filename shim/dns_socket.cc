@@ -77,11 +77,8 @@ int EnsureBound(int fd) {
   if (syscall(SYS_bind, fd, reinterpret_cast<sockaddr*>(&lo), lolen) == 0) return 0;
   if (ss.ss_family != AF_INET6) return errno;
   // No ::1 here (IPv6 disabled on lo): a dual-stack socket can still use ::ffff:127.0.0.1.
-  auto* in6 = reinterpret_cast<sockaddr_in6*>(&lo);
-  std::memset(&in6->sin6_addr, 0, sizeof in6->sin6_addr);
-  in6->sin6_addr.s6_addr[10] = in6->sin6_addr.s6_addr[11] = 0xff;
-  in6->sin6_addr.s6_addr[12] = 127;
-  in6->sin6_addr.s6_addr[15] = 1;
+  static const uint8_t kLoopback4[4] = {127, 0, 0, 1};
+  wire::MapIpv4(kLoopback4, reinterpret_cast<sockaddr_in6*>(&lo)->sin6_addr.s6_addr);
   if (syscall(SYS_bind, fd, reinterpret_cast<sockaddr*>(&lo), lolen) == 0) return 0;
   return errno;
 }
@@ -178,14 +175,7 @@ int DnsConnect(int fd, const wire::Addr& resolver) {
     return -1;
   }
   // An IPv4 responder on a dual-stack IPv6 socket is reached by its mapped address.
-  if (ss.ss_family == AF_INET6 && responder.family == 4) {
-    wire::Addr mapped;
-    mapped.family = 6;
-    mapped.port = responder.port;
-    mapped.bytes[10] = mapped.bytes[11] = 0xff;
-    std::memcpy(mapped.bytes + 12, responder.bytes, 4);
-    responder = mapped;
-  }
+  if (ss.ss_family == AF_INET6) responder = wire::Mapped(responder);
   len = wire::AddrToSockaddr(responder, &ss);
   if (Real().connect(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
     int cerr = errno;
@@ -234,14 +224,7 @@ void DnsRewriteSource(int fd, sockaddr* addr, socklen_t* len) {
   sockaddr_storage ss;
   wire::Addr r = e.resolver;
   // Shown in the socket's family: an IPv4 resolver on an IPv6 socket as ::ffff:a.b.c.d.
-  if (addr->sa_family == AF_INET6 && r.family == 4) {
-    wire::Addr m;
-    m.family = 6;
-    m.port = r.port;
-    m.bytes[10] = m.bytes[11] = 0xff;
-    std::memcpy(m.bytes + 12, r.bytes, 4);
-    r = m;
-  }
+  if (addr->sa_family == AF_INET6) r = wire::Mapped(r);
   socklen_t actual = wire::AddrToSockaddr(r, &ss);
   if (addr->sa_family == AF_INET && r.family == 6) return;  // cannot be shown; keep as is
   std::memcpy(addr, &ss, *len < actual ? *len : actual);
