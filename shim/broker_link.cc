@@ -2,6 +2,8 @@
 // first routed call. It survives what host programs do to descriptors: after fork the child opens
 // its own; if the program closed our descriptor or dup2'd something over it (close_range, daemon
 // helpers), the inode check notices and we reconnect instead of talking to the program's file.
+#include "shim/broker_link.h"
+
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -21,7 +23,9 @@
 #include <cstring>
 
 #include "shim/exec_env.h"
-#include "shim/shim.h"
+#include "shim/name_cache.h"
+#include "shim/real.h"
+#include "shim/state.h"
 
 extern char** environ;
 
@@ -94,13 +98,20 @@ bool StillOurs(const Link& l) {
          st.st_ino == l.ino;
 }
 
-// Whether the link is still this process's and the broker at its other end still there (a
-// broker that exited leaves our end readable with POLLRDHUP). Two system calls, no round trip.
+// The one liveness check of a link: whether the broker at the other end of `fd` is still there
+// and has not hung up. A broker that exited, or that closes a link to make the shim greet again
+// (a reload changed this process's network between direct and an overlay), leaves our end with
+// POLLRDHUP (or POLLHUP/POLLERR). Only those are asked for, so any event means "gone". One poll,
+// no wait, no round trip.
+bool BrokerStillThere(int fd) {
+  pollfd p{fd, POLLRDHUP, 0};
+  return poll(&p, 1, 0) == 0;
+}
+
+// Whether the link is still this process's, greeted without error, and the broker still there.
 bool LinkUp(const Link& l) {
-  if (l.fd < 0 || l.pid != getpid() || l.hello_err != 0 || !StillOurs(l)) return false;
-  pollfd p{l.fd, POLLRDHUP, 0};
-  int r = poll(&p, 1, 0);
-  return r == 0 || (r == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) == 0);
+  return l.fd >= 0 && l.pid == getpid() && l.hello_err == 0 && StillOurs(l) &&
+         BrokerStillThere(l.fd);
 }
 
 void Drop(Link* l, bool close_fd) {
@@ -422,13 +433,8 @@ int GetLink(Link** out, char* msg, size_t msgcap) {
       Drop(l, StillOurs(*l));
     } else if (!StillOurs(*l)) {
       Drop(l, false);  // the program closed or replaced it; that descriptor is not ours now
-    } else {
-      // The broker closes a link to make the shim greet again (a reload changed this process's
-      // network between direct and an overlay). One poll, no wait.
-      pollfd p{l->fd, POLLRDHUP, 0};
-      if (poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0) {
-        Drop(l, true);
-      }
+    } else if (!BrokerStillThere(l->fd)) {
+      Drop(l, true);  // greeted again below: the broker may have a new answer
     }
   }
   if (l->fd < 0) {
@@ -596,12 +602,9 @@ int BrokerHello(HelloInfo* info, char* msg, size_t msgcap) {
   // broker hangs up the link: it does so when a reload changes what this process gets (direct
   // or an overlay, the loopback policy). One poll, no wait; a hang-up goes the long way and
   // greets again. A broker that restarted is noticed the same way.
-  if (t_link.hello_done && t_link.hello_err == 0 && t_link.fd >= 0) {
-    pollfd p{t_link.fd, POLLRDHUP, 0};
-    if (poll(&p, 1, 0) == 0) {
-      info->flags = t_link.flags;
-      return 0;
-    }
+  if (t_link.hello_done && t_link.hello_err == 0 && t_link.fd >= 0 && BrokerStillThere(t_link.fd)) {
+    info->flags = t_link.flags;
+    return 0;
   }
   Link* l = nullptr;
   int err = GetLink(&l, msg, msgcap);

@@ -10,6 +10,8 @@
 // The socket is bound to loopback (port chosen by the kernel) before the first answer, unless
 // the program bound it already. Sockets are remembered by fd, validated by inode (a closed and
 // reused fd number is never mistaken for a DNS socket).
+#include "shim/dns_socket.h"
+
 #include <errno.h>
 #include <netinet/in.h>
 #include <sys/syscall.h>
@@ -18,8 +20,12 @@
 
 #include <cstring>
 
+#include "shim/broker_link.h"
+#include "shim/export.h"
 #include "shim/fd_table.h"
-#include "shim/shim.h"
+#include "shim/process_route.h"
+#include "shim/real.h"
+#include "shim/state.h"
 
 namespace via::shim {
 namespace {

@@ -17,15 +17,24 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <sys/uio.h>
+#include <sys/un.h>
 
 #include <climits>
 #include <cstddef>
 #include <cstring>
 
 #include "common/kernel_sockaddr.h"
-#include "shim/shim.h"
+#include "shim/broker_link.h"
+#include "shim/dns_socket.h"
+#include "shim/export.h"
+#include "shim/hook_listen.h"
+#include "shim/name_cache.h"
+#include "shim/process_route.h"
+#include "shim/real.h"
+#include "shim/routed.h"
+#include "shim/socks5_connect.h"
+#include "shim/state.h"
 
 namespace via::shim {
 

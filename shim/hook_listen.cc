@@ -11,6 +11,8 @@
 // The shim keeps no table: its end of the socketpair is bound to an abstract name
 // "\0via-listen/<family>/<address hex>/<port>/<pid>.<n>", so that any process holding the fd
 // (after fork or exec too) recognises it and getsockname() can answer with the bound address.
+#include "shim/hook_listen.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -22,7 +24,12 @@
 #include <cstdio>
 #include <cstring>
 
-#include "shim/shim.h"
+#include "shim/broker_link.h"
+#include "shim/export.h"
+#include "shim/process_route.h"
+#include "shim/real.h"
+#include "shim/routed.h"
+#include "shim/state.h"
 
 namespace via::shim {
 

@@ -2,6 +2,8 @@
 // the broker does in ConnectOp, with the same state machine (common/socks5_client.h), when the
 // broker's HELLO reply allowed it (kFlagShimSocks5: a SOCKS5 overlay, `handshake: program`). It
 // saves the two process hand-offs of a CONNECT through the broker (docs/performance.md).
+#include "shim/socks5_connect.h"
+
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/random.h>
@@ -13,7 +15,7 @@
 
 #include "common/proxy_connect.h"
 #include "common/socks5_client.h"
-#include "shim/shim.h"
+#include "shim/real.h"
 
 namespace via::shim {
 
