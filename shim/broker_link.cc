@@ -423,6 +423,102 @@ int DoHello(Link* l) {
   return 0;
 }
 
+// A new connection to the broker at `path` (non-blocking, close-on-exec): *fd, or an errno
+// with the reason in `msg`.
+int ConnectToBroker(const char* path, int* out, char* msg, size_t msgcap) {
+  // Non-blocking: a broker whose backlog is full (stopped, or flooded) makes connect fail with
+  // EAGAIN at once instead of blocking; it is tried again until the deadline.
+  int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) {
+    int err = errno;
+    std::snprintf(msg, msgcap, "cannot create a socket for the broker: %s", std::strerror(err));
+    return err;
+  }
+  sockaddr_un sun{};
+  sun.sun_family = AF_UNIX;
+  std::snprintf(sun.sun_path, sizeof sun.sun_path, "%s", path);
+  const int64_t deadline = MonotonicNs() + kQuickMs * 1000000;
+  int64_t pause_ms = 1;
+  int rc;
+  for (;;) {
+    rc = Real().connect(fd, reinterpret_cast<sockaddr*>(&sun), sizeof sun);
+    if (rc == 0 || errno == EINTR) {
+      if (rc == 0) break;
+      continue;
+    }
+    if (errno != EAGAIN || RemainingMs(deadline) == 0) break;
+    SleepMs(pause_ms < RemainingMs(deadline) ? pause_ms : RemainingMs(deadline));
+    pause_ms = pause_ms * 2 > 100 ? 100 : pause_ms * 2;
+  }
+  if (rc == 0) {
+    *out = fd;
+    return 0;
+  }
+  int err = errno;
+  close(fd);
+  if (err == EAGAIN) {
+    std::snprintf(msg, msgcap,
+                  "the via broker at %s accepted no connection within %d s (stopped, stuck or "
+                  "overloaded?); nothing was sent. See `via status`; if it stays so, end the "
+                  "broker",
+                  path, static_cast<int>(kQuickMs / 1000));
+    return ETIMEDOUT;
+  }
+  std::snprintf(msg, msgcap, "the via broker at %s is not reachable (%s); nothing was sent", path,
+                std::strerror(err));
+  return err == ENOENT ? ECONNREFUSED : err;
+}
+
+// Makes the connected `fd` the thread's link `l`: moved out of the low descriptor numbers that
+// programs expect to be theirs, its inode and the broker's pid remembered.
+void AdoptLink(Link* l, int fd) {
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur > 512) {
+    int high = fcntl(fd, F_DUPFD_CLOEXEC, 400);
+    if (high >= 0) {
+      close(fd);
+      fd = high;
+    }
+  }
+  struct stat st;
+  fstat(fd, &st);
+  ucred cred{};
+  socklen_t credlen = sizeof cred;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &credlen) == 0) {
+    l->broker_pid = static_cast<uint32_t>(cred.pid);
+  }
+  l->fd = fd;
+  l->pid = getpid();
+  l->dev = st.st_dev;
+  l->ino = st.st_ino;
+  pthread_setspecific(g_key, l);
+}
+
+// HELLO on the new link `l` to the broker at `path`: 0, or an errno with the reason in `msg`
+// (the link is dropped then).
+int Greet(Link* l, const char* path, char* msg, size_t msgcap) {
+  int err = DoHello(l);
+  if (err == 0) return 0;
+  if (err == ETIMEDOUT) {
+    std::snprintf(msg, msgcap,
+                  "the via broker at %s (pid %u) did not answer within %d s (stopped, stuck or "
+                  "overloaded?); nothing was sent. See `via status`; if it stays so, end it: "
+                  "kill %u",
+                  path, l->broker_pid, static_cast<int>(kQuickMs / 1000), l->broker_pid);
+  } else if (err == ECONNRESET || err == EPIPE) {
+    // Closed at once: a broker refusing clients (at its descriptor limit or a connection cap)
+    // whose reason did not arrive.
+    std::snprintf(msg, msgcap,
+                  "the via broker at %s (pid %u) closed the connection at once (%s): it may be "
+                  "refusing clients at its descriptor limit; see `via status`",
+                  path, l->broker_pid, std::strerror(err));
+  } else {
+    std::snprintf(msg, msgcap, "the via broker did not answer: %s", std::strerror(err));
+  }
+  Drop(l, true);
+  return err;
+}
+
 // Returns the calling thread's link, connected and greeted, or an errno.
 int GetLink(Link** out, char* msg, size_t msgcap) {
   pthread_once(&g_key_once, MakeKey);
@@ -439,93 +535,11 @@ int GetLink(Link** out, char* msg, size_t msgcap) {
   }
   if (l->fd < 0) {
     char path[108];
-    int err = SocketPath(path, sizeof path, msg, msgcap);
-    if (err != 0) return err;
-    // Non-blocking: a broker whose backlog is full (stopped, or flooded) makes connect fail
-    // with EAGAIN at once instead of blocking; it is tried again until the deadline.
-    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0) {
-      err = errno;
-      std::snprintf(msg, msgcap, "cannot create a socket for the broker: %s", std::strerror(err));
-      return err;
-    }
-    sockaddr_un sun{};
-    sun.sun_family = AF_UNIX;
-    std::snprintf(sun.sun_path, sizeof sun.sun_path, "%s", path);
-    const int64_t deadline = MonotonicNs() + kQuickMs * 1000000;
-    int64_t pause_ms = 1;
-    int rc;
-    for (;;) {
-      rc = Real().connect(fd, reinterpret_cast<sockaddr*>(&sun), sizeof sun);
-      if (rc == 0 || errno == EINTR) {
-        if (rc == 0) break;
-        continue;
-      }
-      if (errno != EAGAIN || RemainingMs(deadline) == 0) break;
-      SleepMs(pause_ms < RemainingMs(deadline) ? pause_ms : RemainingMs(deadline));
-      pause_ms = pause_ms * 2 > 100 ? 100 : pause_ms * 2;
-    }
-    if (rc < 0) {
-      err = errno;
-      close(fd);
-      if (err == EAGAIN) {
-        std::snprintf(msg, msgcap,
-                      "the via broker at %s accepted no connection within %d s (stopped, stuck "
-                      "or overloaded?); nothing was sent. See `via status`; if it stays so, end "
-                      "the broker",
-                      path, static_cast<int>(kQuickMs / 1000));
-        return ETIMEDOUT;
-      }
-      std::snprintf(msg, msgcap, "the via broker at %s is not reachable (%s); nothing was sent",
-                    path, std::strerror(err));
-      return err == ENOENT ? ECONNREFUSED : err;
-    }
-    // Keep out of the low descriptor numbers that programs expect to be theirs.
-    rlimit rl{};
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur > 512) {
-      int high = fcntl(fd, F_DUPFD_CLOEXEC, 400);
-      if (high >= 0) {
-        close(fd);
-        fd = high;
-      }
-    }
-    struct stat st;
-    fstat(fd, &st);
-    ucred cred{};
-    socklen_t credlen = sizeof cred;
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &credlen) == 0) {
-      l->broker_pid = static_cast<uint32_t>(cred.pid);
-    }
-    l->fd = fd;
-    l->pid = getpid();
-    l->dev = st.st_dev;
-    l->ino = st.st_ino;
-    pthread_setspecific(g_key, l);
-    err = DoHello(l);
-    if (err == ETIMEDOUT) {
-      std::snprintf(msg, msgcap,
-                    "the via broker at %s (pid %u) did not answer within %d s (stopped, stuck or "
-                    "overloaded?); nothing was sent. See `via status`; if it stays so, end it: "
-                    "kill %u",
-                    path, l->broker_pid, static_cast<int>(kQuickMs / 1000), l->broker_pid);
-      Drop(l, true);
-      return err;
-    }
-    if (err == ECONNRESET || err == EPIPE) {
-      // Closed at once: a broker refusing clients (at its descriptor limit or a connection cap)
-      // whose reason did not arrive.
-      std::snprintf(msg, msgcap,
-                    "the via broker at %s (pid %u) closed the connection at once (%s): it may be "
-                    "refusing clients at its descriptor limit; see `via status`",
-                    path, l->broker_pid, std::strerror(err));
-      Drop(l, true);
-      return err;
-    }
-    if (err != 0) {
-      std::snprintf(msg, msgcap, "the via broker did not answer: %s", std::strerror(err));
-      Drop(l, true);
-      return err;
-    }
+    int fd = -1;
+    if (int err = SocketPath(path, sizeof path, msg, msgcap); err != 0) return err;
+    if (int err = ConnectToBroker(path, &fd, msg, msgcap); err != 0) return err;
+    AdoptLink(l, fd);
+    if (int err = Greet(l, path, msg, msgcap); err != 0) return err;
   }
   if (l->hello_err != 0) {
     std::snprintf(msg, msgcap, "%s", l->hello_msg);
