@@ -2,8 +2,8 @@
 // a Python socket to the resolver of /etc/resolv.conf) never leave. The shim hands each query
 // to the broker (DNS_QUERY), which answers A/AAAA with fake addresses; the shim then delivers
 // the answer to the program's own socket from a loopback socket, and shows the resolver's
-// address as its source (recvfrom/recvmsg/recvmmsg, getpeername). Nothing is sent to the
-// resolver. connect(udp, resolver:53) connects the socket to a loopback UDP responder of the
+// address as its source (recvfrom/recvmsg/recvmmsg in hook_recv.cc, getpeername). Nothing is sent
+// to the resolver. connect(udp, resolver:53) connects the socket to a loopback UDP responder of the
 // broker instead (DNS_SOCKET), which answers whatever the socket sends it: so do programs
 // that send with raw system calls the shim cannot see (dig's libuv uses sendmmsg(2)).
 //
@@ -21,7 +21,6 @@
 #include <cstring>
 
 #include "shim/broker_link.h"
-#include "shim/export.h"
 #include "shim/fd_table.h"
 #include "shim/process_route.h"
 #include "shim/real.h"
@@ -245,30 +244,3 @@ bool DnsPeer(int fd, wire::Addr* resolver) {
 }
 
 }  // namespace via::shim
-
-using namespace via::shim;
-
-VIA_EXPORT ssize_t recvfrom(int fd, void* buf, size_t n, int flags, sockaddr* addr,
-                            socklen_t* len) {
-  ssize_t r = Real().recvfrom(fd, buf, n, flags, addr, len);
-  if (r >= 0) DnsRewriteSource(fd, addr, len);
-  return r;
-}
-
-VIA_EXPORT ssize_t recvmsg(int fd, msghdr* msg, int flags) {
-  ssize_t r = Real().recvmsg(fd, msg, flags);
-  if (r >= 0 && msg != nullptr) {
-    DnsRewriteSource(fd, static_cast<sockaddr*>(msg->msg_name), &msg->msg_namelen);
-  }
-  return r;
-}
-
-VIA_EXPORT int recvmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags,
-                        struct timespec* timeout) {
-  int r = Real().recvmmsg(fd, vec, vlen, flags, timeout);
-  for (int i = 0; i < r; ++i) {
-    DnsRewriteSource(fd, static_cast<sockaddr*>(vec[i].msg_hdr.msg_name),
-                     &vec[i].msg_hdr.msg_namelen);
-  }
-  return r;
-}
