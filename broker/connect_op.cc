@@ -6,9 +6,10 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 
-#include <algorithm>
 #include <cerrno>
 #include <cstring>
+
+#include "common/proxy_connect.h"
 
 namespace via::broker {
 
@@ -20,49 +21,43 @@ ConnectOp::~ConnectOp() {
   if (phase_ != Phase::kFinished) Release();
 }
 
-bool ConnectOp::PickEndpoint(sockaddr_storage* addr, socklen_t* len, std::string* why) {
-  int domain = domain_, v6only = 0;
-  socklen_t optlen = sizeof domain;
-  if (domain == 0) getsockopt(fd_.get(), SOL_SOCKET, SO_DOMAIN, &domain, &optlen);
-  if (domain == AF_INET6) {
-    optlen = sizeof v6only;
-    getsockopt(fd_.get(), IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &optlen);
+namespace {
+
+// The broker's handshakes (overlays::Handshake) as the machine proxy::Pump drives; keeps the
+// Status of a refused Feed for its message.
+struct PumpedHandshake {
+  overlays::Handshake* h;
+  Status failure;
+
+  const uint8_t* output() const { return reinterpret_cast<const uint8_t*>(h->Output().data()); }
+  size_t output_len() const { return h->Output().size(); }
+  void Consumed(size_t n) { h->Consumed(n); }
+  size_t WantRead() const { return h->WantRead(); }
+  bool Done() const { return h->Done(); }
+  bool LineMode() const { return h->LineMode(); }
+  int Feed(const uint8_t* data, size_t n) {
+    failure = h->Feed(data, n);
+    return failure.code();
   }
+};
+
+}  // namespace
+
+bool ConnectOp::PickEndpoint(sockaddr_storage* addr, socklen_t* len, std::string* why) {
+  int domain = 0;
+  bool v6only = false;
+  proxy::SocketFamily(fd_.get(), domain_, &domain, &v6only);
   std::string all;
   for (const overlays::Endpoint& e : driver_->endpoints()) {
     all += (all.empty() ? "" : ", ") + e.text;
-    int family = e.addr.ss_family;
-    if (family == domain) {
-      std::memcpy(addr, &e.addr, e.len);
-      *len = e.len;
-    } else if (family == AF_INET && domain == AF_INET6 && !v6only) {
-      // An IPv6 socket reaches an IPv4 endpoint through its IPv4-mapped address.
-      const auto* in = reinterpret_cast<const sockaddr_in*>(&e.addr);
-      auto* in6 = reinterpret_cast<sockaddr_in6*>(addr);
-      std::memset(addr, 0, sizeof *addr);
-      in6->sin6_family = AF_INET6;
-      in6->sin6_port = in->sin_port;
-      in6->sin6_addr.s6_addr[10] = 0xff;
-      in6->sin6_addr.s6_addr[11] = 0xff;
-      std::memcpy(&in6->sin6_addr.s6_addr[12], &in->sin_addr, 4);
-      *len = sizeof(sockaddr_in6);
-    } else {
-      continue;
-    }
+    if (!proxy::ReachAs(domain, v6only, e.addr, e.len, addr, len)) continue;
     endpoint_ = e.text;
     return true;
   }
-  if (all.empty()) {
-    *why = "the overlay has no proxy address";
-  } else if (domain == AF_INET) {
-    *why = "the program's socket is IPv4 (AF_INET) and the proxy has only IPv6 addresses (" + all +
-           ")";
-  } else {
-    *why =
-        "the program's socket is IPv6-only (IPV6_V6ONLY) and the proxy has only IPv4 "
-        "addresses (" +
-        all + ")";
-  }
+  char text[160];
+  proxy::NoEndpointText(domain, !all.empty(), text, sizeof text);
+  *why = text;
+  if (!all.empty()) *why += " (" + all + ")";
   return false;
 }
 
@@ -73,36 +68,32 @@ void ConnectOp::Start(DoneFn done) {
   std::string why;
   if (!PickEndpoint(&addr, &len, &why)) return Finish(EAFNOSUPPORT, why);
 
-  int flags = fcntl(fd_.get(), F_GETFL);
-  if (flags < 0) return Finish(errno, std::string("fcntl(F_GETFL): ") + std::strerror(errno));
-  saved_flags_ = flags;
-  if ((flags & O_NONBLOCK) == 0 && fcntl(fd_.get(), F_SETFL, flags | O_NONBLOCK) != 0) {
-    return Finish(errno, std::string("fcntl(F_SETFL): ") + std::strerror(errno));
+  char msg[512];
+  if (int err = proxy::MakeNonBlocking(fd_.get(), &saved_flags_, msg, sizeof msg); err != 0) {
+    return Finish(err, msg);
   }
-  timer_ = loop_->AddTimer(timeout_ms_ > 0 ? timeout_ms_ : driver_->connect_timeout_ms(), [this] {
+  timer_ = loop_->AddTimer(timeout_ms(), [this] {
     timer_ = 0;
     OnTimeout();
   });
 
   phase_ = Phase::kConnecting;
-  if (connect(fd_.get(), reinterpret_cast<sockaddr*>(&addr), len) == 0) {
-    phase_ = Phase::kHandshake;
-    return Pump();
+  proxy::Step s = proxy::StartConnect(fd_.get(), ::connect, reinterpret_cast<sockaddr*>(&addr), len,
+                                      endpoint_.c_str(), msg, sizeof msg);
+  if (s.next == proxy::Next::kFailed) return Finish(s.err, msg);
+  if (s.next == proxy::Next::kWaitWritable) {
+    // A proxy on this host (the usual case: tor, i2pd, tailscaled) has completed the TCP
+    // handshake by the time connect() returns, so skip the wait for writability (an epoll round
+    // trip).
+    tcp_info ti{};
+    socklen_t tlen = sizeof ti;
+    if (getsockopt(fd_.get(), IPPROTO_TCP, TCP_INFO, &ti, &tlen) != 0 ||
+        ti.tcpi_state != TCP_ESTABLISHED) {
+      return WaitFor(EPOLLOUT);
+    }
   }
-  if (errno != EINPROGRESS) {
-    int err = errno;
-    return Finish(err, "cannot connect to proxy " + endpoint_ + ": " + std::strerror(err));
-  }
-  // A proxy on this host (the usual case: tor, i2pd, tailscaled) has completed the TCP handshake
-  // by the time connect() returns, so skip the wait for writability (an epoll round trip).
-  tcp_info ti{};
-  socklen_t tlen = sizeof ti;
-  if (getsockopt(fd_.get(), IPPROTO_TCP, TCP_INFO, &ti, &tlen) == 0 &&
-      ti.tcpi_state == TCP_ESTABLISHED) {
-    phase_ = Phase::kHandshake;
-    return Pump();
-  }
-  WaitFor(EPOLLOUT);
+  phase_ = Phase::kHandshake;
+  Pump();
 }
 
 void ConnectOp::WaitFor(uint32_t events) {
@@ -117,72 +108,37 @@ void ConnectOp::WaitFor(uint32_t events) {
 void ConnectOp::OnEvent(uint32_t events) {
   (void)events;  // SO_ERROR and the socket calls themselves tell what happened
   if (phase_ == Phase::kConnecting) {
-    int err = 0;
-    socklen_t len = sizeof err;
-    if (getsockopt(fd_.get(), SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
-    if (err != 0) {
-      return Finish(err, "cannot connect to proxy " + endpoint_ + ": " + std::strerror(err));
-    }
+    char msg[512];
+    proxy::Step s = proxy::ConnectResult(fd_.get(), endpoint_.c_str(), msg, sizeof msg);
+    if (s.next == proxy::Next::kFailed) return Finish(s.err, msg);
     phase_ = Phase::kHandshake;
   }
   if (phase_ == Phase::kHandshake) Pump();
 }
 
 void ConnectOp::OnTimeout() {
-  const std::string ms =
-      std::to_string(timeout_ms_ > 0 ? timeout_ms_ : driver_->connect_timeout_ms());
-  if (phase_ == Phase::kConnecting) {
-    return Finish(ETIMEDOUT, "no connection to proxy " + endpoint_ + " within " + ms + " ms");
-  }
-  Finish(ETIMEDOUT, "proxy " + endpoint_ + " did not finish the handshake within " + ms + " ms");
+  char msg[512];
+  proxy::TimeoutText(phase_ == Phase::kConnecting, endpoint_.c_str(), unsigned(timeout_ms()), msg,
+                     sizeof msg);
+  Finish(ETIMEDOUT, msg);
 }
 
 void ConnectOp::Pump() {
-  for (;;) {
-    std::string_view out = handshake_->Output();
-    if (!out.empty()) {
-      ssize_t r = send(fd_.get(), out.data(), out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-      if (r < 0 && errno == EINTR) continue;
-      if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return WaitFor(EPOLLOUT);
-      if (r < 0) {
-        int err = errno;
-        return Finish(err, "sending to proxy " + endpoint_ + ": " + std::strerror(err));
-      }
-      handshake_->Consumed(size_t(r));
-      // The proxy cannot have answered what we just sent before it ran: wait for its reply
-      // rather than try a read that would fail with EAGAIN.
-      if (handshake_->Output().empty() && !handshake_->Done() && handshake_->WantRead() > 0) {
-        return WaitFor(EPOLLIN);
-      }
-      continue;
-    }
-    if (handshake_->Done()) return Finish(0, "");
-    size_t want = handshake_->WantRead();
-    if (want == 0) return Finish(EPROTO, "the overlay handshake stalled (nothing to send or read)");
-    // Exactly what the handshake asks for: the bytes after it belong to the program.
-    uint8_t buf[512];
-    size_t take = std::min(want, sizeof buf);
-    if (handshake_->LineMode()) {
-      // Peek, then take through the first '\n' only: what follows is the program's.
-      ssize_t p = recv(fd_.get(), buf, take, MSG_DONTWAIT | MSG_PEEK);
-      if (p > 0) {
-        const void* nl = std::memchr(buf, '\n', size_t(p));
-        take = nl == nullptr ? size_t(p) : size_t(static_cast<const uint8_t*>(nl) - buf) + 1;
-      }
-    }
-    ssize_t r = recv(fd_.get(), buf, take, MSG_DONTWAIT);
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return WaitFor(EPOLLIN);
-    if (r < 0) {
-      int err = errno;
-      return Finish(err, "reading from proxy " + endpoint_ + ": " + std::strerror(err));
-    }
-    if (r == 0) {
-      return Finish(ECONNRESET,
-                    "proxy " + endpoint_ + " closed the connection during the handshake");
-    }
-    Status st = handshake_->Feed(buf, size_t(r));
-    if (!st.ok()) return Finish(st.code(), st.message());
+  PumpedHandshake hs{handshake_.get(), Status::Ok()};
+  char msg[512];
+  proxy::Step s = proxy::Pump(fd_.get(), hs, proxy::Reads::kTryFirst, false, endpoint_.c_str(), msg,
+                              sizeof msg);
+  switch (s.next) {
+    case proxy::Next::kDone:
+      return Finish(0, "");
+    case proxy::Next::kWaitWritable:
+      return WaitFor(EPOLLOUT);
+    case proxy::Next::kWaitReadable:
+      return WaitFor(EPOLLIN);
+    case proxy::Next::kFailed:
+      return Finish(s.err, msg);
+    case proxy::Next::kHandshakeFailed:
+      return Finish(hs.failure.code(), hs.failure.message());
   }
 }
 

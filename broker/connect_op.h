@@ -1,6 +1,7 @@
 // ConnectOp: one routed connect. Drives the program's own socket (the broker's duplicate of it,
 // received with SCM_RIGHTS) to the overlay's endpoint and through the overlay's handshake, as a
-// state machine on the EventLoop, without ever blocking the loop:
+// state machine on the EventLoop, without ever blocking the loop (the steps are
+// common/proxy_connect.h, shared with the shim; the waiting is the loop's):
 //
 //   connect (non-blocking) -> wait writable -> SO_ERROR -> write Output() / read exactly
 //   WantRead() bytes / Feed ... until Done() -> restore the file status flags -> close the dup
@@ -56,6 +57,7 @@ class ConnectOp {
   void WaitFor(uint32_t events);
   void Finish(int err, const std::string& message);
   void Release();  // unwatch, cancel the timer, restore flags, close
+  int timeout_ms() const { return timeout_ms_ > 0 ? timeout_ms_ : driver_->connect_timeout_ms(); }
 
   EventLoop* loop_;
   const overlays::Driver* driver_;

@@ -98,22 +98,14 @@ void SendRefusal(int fd, const std::string& why) {
   // data resets the connection, and the client would get ECONNRESET instead of the reason.
   for (int i = 0; i < 4; ++i) {
     char sink[256];
-    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * kMaxFds)];
-    iovec iov{sink, sizeof sink};
-    msghdr mh{};
-    mh.msg_iov = &iov;
-    mh.msg_iovlen = 1;
-    mh.msg_control = cbuf;
-    mh.msg_controllen = sizeof cbuf;
-    if (recvmsg(fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC) <= 0) break;
-    for (cmsghdr* cm = CMSG_FIRSTHDR(&mh); cm != nullptr; cm = CMSG_NXTHDR(&mh, cm)) {
-      if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
-      for (size_t k = 0; k < (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int); ++k) {
-        int passed;
-        std::memcpy(&passed, CMSG_DATA(cm) + k * sizeof(int), sizeof passed);
-        close(passed);
-      }
+    int passed[kMaxFds];
+    size_t npassed = 0;
+    int msg_flags = 0;
+    if (wire::ReceiveDatagram(fd, sink, sizeof sink, MSG_DONTWAIT | MSG_CMSG_CLOEXEC, passed,
+                              &npassed, &msg_flags) <= 0) {
+      break;
     }
+    for (size_t k = 0; k < npassed; ++k) close(passed[k]);
   }
 }
 
@@ -462,14 +454,12 @@ bool Server::ReadRequests(uint64_t client_id) {
     auto it = clients_.find(client_id);
     if (it == clients_.end()) return false;
     Client& c = *it->second;
-    iovec iov{recv_buf_.data(), recv_buf_.size()};
-    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * kMaxFds)];
-    msghdr mh{};
-    mh.msg_iov = &iov;
-    mh.msg_iovlen = 1;
-    mh.msg_control = cbuf;
-    mh.msg_controllen = sizeof cbuf;
-    ssize_t n = recvmsg(c.fd.get(), &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    int passed[kMaxFds];
+    size_t npassed = 0;
+    int msg_flags = 0;
+    ssize_t n =
+        wire::ReceiveDatagram(c.fd.get(), recv_buf_.data(), recv_buf_.size(),
+                              MSG_DONTWAIT | MSG_CMSG_CLOEXEC, passed, &npassed, &msg_flags);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return true;
     if (n <= 0) {
@@ -478,17 +468,9 @@ bool Server::ReadRequests(uint64_t client_id) {
     }
     // Take ownership of every descriptor at once, so none can leak on any path below.
     std::vector<UniqueFd> fds;
-    for (cmsghdr* cm = CMSG_FIRSTHDR(&mh); cm != nullptr; cm = CMSG_NXTHDR(&mh, cm)) {
-      if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
-      size_t count = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      for (size_t i = 0; i < count; ++i) {
-        int fd;
-        std::memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof fd);
-        fds.emplace_back(fd);
-      }
-    }
-    if ((mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0) {
-      std::string why = (mh.msg_flags & MSG_TRUNC)
+    for (size_t i = 0; i < npassed; ++i) fds.emplace_back(passed[i]);
+    if ((msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0) {
+      std::string why = (msg_flags & MSG_TRUNC)
                             ? wire::ParseErrorText(wire::ParseError::kTooLarge)
                             : "the descriptors attached to the message did not fit (more than 4, "
                               "or the broker is at its descriptor limit)";

@@ -191,6 +191,25 @@ inline Addr Unmapped(const Addr& a) {
   return v4;
 }
 
+// Writes the IPv4-mapped IPv6 address (::ffff:a.b.c.d) of the 4 bytes at `v4` into `out` (all
+// 16 bytes): how an IPv6 socket that is not IPV6_V6ONLY names an IPv4 peer.
+inline void MapIpv4(const void* v4, uint8_t out[16]) {
+  std::memset(out, 0, 10);
+  out[10] = out[11] = 0xff;
+  std::memcpy(out + 12, v4, 4);
+}
+
+// `a` as an IPv6 socket sees it: an IPv4 address as its IPv4-mapped form (port kept), anything
+// else unchanged. The inverse of Unmapped.
+inline Addr Mapped(const Addr& a) {
+  if (a.family != 4) return a;
+  Addr m;
+  m.family = 6;
+  m.port = a.port;
+  MapIpv4(a.bytes, m.bytes);
+  return m;
+}
+
 // True for 127.0.0.0/8, ::1 and ::ffff:127.0.0.0/104.
 inline bool IsLoopback(const Addr& addr) {
   Addr a = Unmapped(addr);
@@ -233,6 +252,36 @@ inline ssize_t SendDatagram(int sock, const void* data, size_t n, int pass_fd) {
     sent = sendmsg(sock, &mh, MSG_NOSIGNAL);
   } while (sent < 0 && errno == EINTR);
   return sent;
+}
+
+// Receives one datagram on `sock` into buf[0..cap) with recvmsg(`flags`), and the descriptors
+// attached to it (SCM_RIGHTS, room for N): their numbers go to fds[0..*nfds), every one owned by
+// the caller from then on, whatever it makes of the message. *msg_flags gets the message's
+// flags (MSG_TRUNC, MSG_CTRUNC). No retry on EINTR: returns what recvmsg returns (errno set on
+// -1; *nfds is then 0).
+template <size_t N>
+inline ssize_t ReceiveDatagram(int sock, void* buf, size_t cap, int flags, int (&fds)[N],
+                               size_t* nfds, int* msg_flags) {
+  iovec iov{buf, cap};
+  alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * N)];
+  msghdr mh{};
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  mh.msg_control = cbuf;
+  mh.msg_controllen = sizeof cbuf;
+  *nfds = 0;
+  ssize_t n = recvmsg(sock, &mh, flags);
+  *msg_flags = n < 0 ? 0 : mh.msg_flags;
+  if (n < 0) return n;
+  for (cmsghdr* cm = CMSG_FIRSTHDR(&mh); cm != nullptr; cm = CMSG_NXTHDR(&mh, cm)) {
+    if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
+    size_t count = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    // The kernel fits no more than the control buffer holds: N in all.
+    for (size_t i = 0; i < count && *nfds < N; ++i) {
+      std::memcpy(&fds[(*nfds)++], CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
+    }
+  }
+  return n;
 }
 
 // ---- encoding -------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 // first routed call. It survives what host programs do to descriptors: after fork the child opens
 // its own; if the program closed our descriptor or dup2'd something over it (close_range, daemon
 // helpers), the inode check notices and we reconnect instead of talking to the program's file.
+#include "shim/broker_link.h"
+
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -21,7 +23,9 @@
 #include <cstring>
 
 #include "shim/exec_env.h"
-#include "shim/shim.h"
+#include "shim/name_cache.h"
+#include "shim/real.h"
+#include "shim/state.h"
 
 extern char** environ;
 
@@ -94,13 +98,20 @@ bool StillOurs(const Link& l) {
          st.st_ino == l.ino;
 }
 
-// Whether the link is still this process's and the broker at its other end still there (a
-// broker that exited leaves our end readable with POLLRDHUP). Two system calls, no round trip.
+// The one liveness check of a link: whether the broker at the other end of `fd` is still there
+// and has not hung up. A broker that exited, or that closes a link to make the shim greet again
+// (a reload changed this process's network between direct and an overlay), leaves our end with
+// POLLRDHUP (or POLLHUP/POLLERR). Only those are asked for, so any event means "gone". One poll,
+// no wait, no round trip.
+bool BrokerStillThere(int fd) {
+  pollfd p{fd, POLLRDHUP, 0};
+  return poll(&p, 1, 0) == 0;
+}
+
+// Whether the link is still this process's, greeted without error, and the broker still there.
 bool LinkUp(const Link& l) {
-  if (l.fd < 0 || l.pid != getpid() || l.hello_err != 0 || !StillOurs(l)) return false;
-  pollfd p{l.fd, POLLRDHUP, 0};
-  int r = poll(&p, 1, 0);
-  return r == 0 || (r == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) == 0);
+  return l.fd >= 0 && l.pid == getpid() && l.hello_err == 0 && StillOurs(l) &&
+         BrokerStillThere(l.fd);
 }
 
 void Drop(Link* l, bool close_fd) {
@@ -412,6 +423,102 @@ int DoHello(Link* l) {
   return 0;
 }
 
+// A new connection to the broker at `path` (non-blocking, close-on-exec): *fd, or an errno
+// with the reason in `msg`.
+int ConnectToBroker(const char* path, int* out, char* msg, size_t msgcap) {
+  // Non-blocking: a broker whose backlog is full (stopped, or flooded) makes connect fail with
+  // EAGAIN at once instead of blocking; it is tried again until the deadline.
+  int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) {
+    int err = errno;
+    std::snprintf(msg, msgcap, "cannot create a socket for the broker: %s", std::strerror(err));
+    return err;
+  }
+  sockaddr_un sun{};
+  sun.sun_family = AF_UNIX;
+  std::snprintf(sun.sun_path, sizeof sun.sun_path, "%s", path);
+  const int64_t deadline = MonotonicNs() + kQuickMs * 1000000;
+  int64_t pause_ms = 1;
+  int rc;
+  for (;;) {
+    rc = Real().connect(fd, reinterpret_cast<sockaddr*>(&sun), sizeof sun);
+    if (rc == 0 || errno == EINTR) {
+      if (rc == 0) break;
+      continue;
+    }
+    if (errno != EAGAIN || RemainingMs(deadline) == 0) break;
+    SleepMs(pause_ms < RemainingMs(deadline) ? pause_ms : RemainingMs(deadline));
+    pause_ms = pause_ms * 2 > 100 ? 100 : pause_ms * 2;
+  }
+  if (rc == 0) {
+    *out = fd;
+    return 0;
+  }
+  int err = errno;
+  close(fd);
+  if (err == EAGAIN) {
+    std::snprintf(msg, msgcap,
+                  "the via broker at %s accepted no connection within %d s (stopped, stuck or "
+                  "overloaded?); nothing was sent. See `via status`; if it stays so, end the "
+                  "broker",
+                  path, static_cast<int>(kQuickMs / 1000));
+    return ETIMEDOUT;
+  }
+  std::snprintf(msg, msgcap, "the via broker at %s is not reachable (%s); nothing was sent", path,
+                std::strerror(err));
+  return err == ENOENT ? ECONNREFUSED : err;
+}
+
+// Makes the connected `fd` the thread's link `l`: moved out of the low descriptor numbers that
+// programs expect to be theirs, its inode and the broker's pid remembered.
+void AdoptLink(Link* l, int fd) {
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur > 512) {
+    int high = fcntl(fd, F_DUPFD_CLOEXEC, 400);
+    if (high >= 0) {
+      close(fd);
+      fd = high;
+    }
+  }
+  struct stat st;
+  fstat(fd, &st);
+  ucred cred{};
+  socklen_t credlen = sizeof cred;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &credlen) == 0) {
+    l->broker_pid = static_cast<uint32_t>(cred.pid);
+  }
+  l->fd = fd;
+  l->pid = getpid();
+  l->dev = st.st_dev;
+  l->ino = st.st_ino;
+  pthread_setspecific(g_key, l);
+}
+
+// HELLO on the new link `l` to the broker at `path`: 0, or an errno with the reason in `msg`
+// (the link is dropped then).
+int Greet(Link* l, const char* path, char* msg, size_t msgcap) {
+  int err = DoHello(l);
+  if (err == 0) return 0;
+  if (err == ETIMEDOUT) {
+    std::snprintf(msg, msgcap,
+                  "the via broker at %s (pid %u) did not answer within %d s (stopped, stuck or "
+                  "overloaded?); nothing was sent. See `via status`; if it stays so, end it: "
+                  "kill %u",
+                  path, l->broker_pid, static_cast<int>(kQuickMs / 1000), l->broker_pid);
+  } else if (err == ECONNRESET || err == EPIPE) {
+    // Closed at once: a broker refusing clients (at its descriptor limit or a connection cap)
+    // whose reason did not arrive.
+    std::snprintf(msg, msgcap,
+                  "the via broker at %s (pid %u) closed the connection at once (%s): it may be "
+                  "refusing clients at its descriptor limit; see `via status`",
+                  path, l->broker_pid, std::strerror(err));
+  } else {
+    std::snprintf(msg, msgcap, "the via broker did not answer: %s", std::strerror(err));
+  }
+  Drop(l, true);
+  return err;
+}
+
 // Returns the calling thread's link, connected and greeted, or an errno.
 int GetLink(Link** out, char* msg, size_t msgcap) {
   pthread_once(&g_key_once, MakeKey);
@@ -422,104 +529,17 @@ int GetLink(Link** out, char* msg, size_t msgcap) {
       Drop(l, StillOurs(*l));
     } else if (!StillOurs(*l)) {
       Drop(l, false);  // the program closed or replaced it; that descriptor is not ours now
-    } else {
-      // The broker closes a link to make the shim greet again (a reload changed this process's
-      // network between direct and an overlay). One poll, no wait.
-      pollfd p{l->fd, POLLRDHUP, 0};
-      if (poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0) {
-        Drop(l, true);
-      }
+    } else if (!BrokerStillThere(l->fd)) {
+      Drop(l, true);  // greeted again below: the broker may have a new answer
     }
   }
   if (l->fd < 0) {
     char path[108];
-    int err = SocketPath(path, sizeof path, msg, msgcap);
-    if (err != 0) return err;
-    // Non-blocking: a broker whose backlog is full (stopped, or flooded) makes connect fail
-    // with EAGAIN at once instead of blocking; it is tried again until the deadline.
-    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0) {
-      err = errno;
-      std::snprintf(msg, msgcap, "cannot create a socket for the broker: %s", std::strerror(err));
-      return err;
-    }
-    sockaddr_un sun{};
-    sun.sun_family = AF_UNIX;
-    std::snprintf(sun.sun_path, sizeof sun.sun_path, "%s", path);
-    const int64_t deadline = MonotonicNs() + kQuickMs * 1000000;
-    int64_t pause_ms = 1;
-    int rc;
-    for (;;) {
-      rc = Real().connect(fd, reinterpret_cast<sockaddr*>(&sun), sizeof sun);
-      if (rc == 0 || errno == EINTR) {
-        if (rc == 0) break;
-        continue;
-      }
-      if (errno != EAGAIN || RemainingMs(deadline) == 0) break;
-      SleepMs(pause_ms < RemainingMs(deadline) ? pause_ms : RemainingMs(deadline));
-      pause_ms = pause_ms * 2 > 100 ? 100 : pause_ms * 2;
-    }
-    if (rc < 0) {
-      err = errno;
-      close(fd);
-      if (err == EAGAIN) {
-        std::snprintf(msg, msgcap,
-                      "the via broker at %s accepted no connection within %d s (stopped, stuck "
-                      "or overloaded?); nothing was sent. See `via status`; if it stays so, end "
-                      "the broker",
-                      path, static_cast<int>(kQuickMs / 1000));
-        return ETIMEDOUT;
-      }
-      std::snprintf(msg, msgcap, "the via broker at %s is not reachable (%s); nothing was sent",
-                    path, std::strerror(err));
-      return err == ENOENT ? ECONNREFUSED : err;
-    }
-    // Keep out of the low descriptor numbers that programs expect to be theirs.
-    rlimit rl{};
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur > 512) {
-      int high = fcntl(fd, F_DUPFD_CLOEXEC, 400);
-      if (high >= 0) {
-        close(fd);
-        fd = high;
-      }
-    }
-    struct stat st;
-    fstat(fd, &st);
-    ucred cred{};
-    socklen_t credlen = sizeof cred;
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &credlen) == 0) {
-      l->broker_pid = static_cast<uint32_t>(cred.pid);
-    }
-    l->fd = fd;
-    l->pid = getpid();
-    l->dev = st.st_dev;
-    l->ino = st.st_ino;
-    pthread_setspecific(g_key, l);
-    err = DoHello(l);
-    if (err == ETIMEDOUT) {
-      std::snprintf(msg, msgcap,
-                    "the via broker at %s (pid %u) did not answer within %d s (stopped, stuck or "
-                    "overloaded?); nothing was sent. See `via status`; if it stays so, end it: "
-                    "kill %u",
-                    path, l->broker_pid, static_cast<int>(kQuickMs / 1000), l->broker_pid);
-      Drop(l, true);
-      return err;
-    }
-    if (err == ECONNRESET || err == EPIPE) {
-      // Closed at once: a broker refusing clients (at its descriptor limit or a connection cap)
-      // whose reason did not arrive.
-      std::snprintf(msg, msgcap,
-                    "the via broker at %s (pid %u) closed the connection at once (%s): it may be "
-                    "refusing clients at its descriptor limit; see `via status`",
-                    path, l->broker_pid, std::strerror(err));
-      Drop(l, true);
-      return err;
-    }
-    if (err != 0) {
-      std::snprintf(msg, msgcap, "the via broker did not answer: %s", std::strerror(err));
-      Drop(l, true);
-      return err;
-    }
+    int fd = -1;
+    if (int err = SocketPath(path, sizeof path, msg, msgcap); err != 0) return err;
+    if (int err = ConnectToBroker(path, &fd, msg, msgcap); err != 0) return err;
+    AdoptLink(l, fd);
+    if (int err = Greet(l, path, msg, msgcap); err != 0) return err;
   }
   if (l->hello_err != 0) {
     std::snprintf(msg, msgcap, "%s", l->hello_msg);
@@ -596,12 +616,9 @@ int BrokerHello(HelloInfo* info, char* msg, size_t msgcap) {
   // broker hangs up the link: it does so when a reload changes what this process gets (direct
   // or an overlay, the loopback policy). One poll, no wait; a hang-up goes the long way and
   // greets again. A broker that restarted is noticed the same way.
-  if (t_link.hello_done && t_link.hello_err == 0 && t_link.fd >= 0) {
-    pollfd p{t_link.fd, POLLRDHUP, 0};
-    if (poll(&p, 1, 0) == 0) {
-      info->flags = t_link.flags;
-      return 0;
-    }
+  if (t_link.hello_done && t_link.hello_err == 0 && t_link.fd >= 0 && BrokerStillThere(t_link.fd)) {
+    info->flags = t_link.flags;
+    return 0;
   }
   Link* l = nullptr;
   int err = GetLink(&l, msg, msgcap);

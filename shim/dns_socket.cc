@@ -2,14 +2,16 @@
 // a Python socket to the resolver of /etc/resolv.conf) never leave. The shim hands each query
 // to the broker (DNS_QUERY), which answers A/AAAA with fake addresses; the shim then delivers
 // the answer to the program's own socket from a loopback socket, and shows the resolver's
-// address as its source (recvfrom/recvmsg/recvmmsg, getpeername). Nothing is sent to the
-// resolver. connect(udp, resolver:53) connects the socket to a loopback UDP responder of the
+// address as its source (recvfrom/recvmsg/recvmmsg in hook_recv.cc, getpeername). Nothing is sent
+// to the resolver. connect(udp, resolver:53) connects the socket to a loopback UDP responder of the
 // broker instead (DNS_SOCKET), which answers whatever the socket sends it: so do programs
 // that send with raw system calls the shim cannot see (dig's libuv uses sendmmsg(2)).
 //
 // The socket is bound to loopback (port chosen by the kernel) before the first answer, unless
 // the program bound it already. Sockets are remembered by fd, validated by inode (a closed and
 // reused fd number is never mistaken for a DNS socket).
+#include "shim/dns_socket.h"
+
 #include <errno.h>
 #include <netinet/in.h>
 #include <sys/syscall.h>
@@ -18,8 +20,11 @@
 
 #include <cstring>
 
+#include "shim/broker_link.h"
 #include "shim/fd_table.h"
-#include "shim/shim.h"
+#include "shim/process_route.h"
+#include "shim/real.h"
+#include "shim/state.h"
 
 namespace via::shim {
 namespace {
@@ -77,11 +82,8 @@ int EnsureBound(int fd) {
   if (syscall(SYS_bind, fd, reinterpret_cast<sockaddr*>(&lo), lolen) == 0) return 0;
   if (ss.ss_family != AF_INET6) return errno;
   // No ::1 here (IPv6 disabled on lo): a dual-stack socket can still use ::ffff:127.0.0.1.
-  auto* in6 = reinterpret_cast<sockaddr_in6*>(&lo);
-  std::memset(&in6->sin6_addr, 0, sizeof in6->sin6_addr);
-  in6->sin6_addr.s6_addr[10] = in6->sin6_addr.s6_addr[11] = 0xff;
-  in6->sin6_addr.s6_addr[12] = 127;
-  in6->sin6_addr.s6_addr[15] = 1;
+  static const uint8_t kLoopback4[4] = {127, 0, 0, 1};
+  wire::MapIpv4(kLoopback4, reinterpret_cast<sockaddr_in6*>(&lo)->sin6_addr.s6_addr);
   if (syscall(SYS_bind, fd, reinterpret_cast<sockaddr*>(&lo), lolen) == 0) return 0;
   return errno;
 }
@@ -178,14 +180,7 @@ int DnsConnect(int fd, const wire::Addr& resolver) {
     return -1;
   }
   // An IPv4 responder on a dual-stack IPv6 socket is reached by its mapped address.
-  if (ss.ss_family == AF_INET6 && responder.family == 4) {
-    wire::Addr mapped;
-    mapped.family = 6;
-    mapped.port = responder.port;
-    mapped.bytes[10] = mapped.bytes[11] = 0xff;
-    std::memcpy(mapped.bytes + 12, responder.bytes, 4);
-    responder = mapped;
-  }
+  if (ss.ss_family == AF_INET6) responder = wire::Mapped(responder);
   len = wire::AddrToSockaddr(responder, &ss);
   if (Real().connect(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
     int cerr = errno;
@@ -234,14 +229,7 @@ void DnsRewriteSource(int fd, sockaddr* addr, socklen_t* len) {
   sockaddr_storage ss;
   wire::Addr r = e.resolver;
   // Shown in the socket's family: an IPv4 resolver on an IPv6 socket as ::ffff:a.b.c.d.
-  if (addr->sa_family == AF_INET6 && r.family == 4) {
-    wire::Addr m;
-    m.family = 6;
-    m.port = r.port;
-    m.bytes[10] = m.bytes[11] = 0xff;
-    std::memcpy(m.bytes + 12, r.bytes, 4);
-    r = m;
-  }
+  if (addr->sa_family == AF_INET6) r = wire::Mapped(r);
   socklen_t actual = wire::AddrToSockaddr(r, &ss);
   if (addr->sa_family == AF_INET && r.family == 6) return;  // cannot be shown; keep as is
   std::memcpy(addr, &ss, *len < actual ? *len : actual);
@@ -256,30 +244,3 @@ bool DnsPeer(int fd, wire::Addr* resolver) {
 }
 
 }  // namespace via::shim
-
-using namespace via::shim;
-
-VIA_EXPORT ssize_t recvfrom(int fd, void* buf, size_t n, int flags, sockaddr* addr,
-                            socklen_t* len) {
-  ssize_t r = Real().recvfrom(fd, buf, n, flags, addr, len);
-  if (r >= 0) DnsRewriteSource(fd, addr, len);
-  return r;
-}
-
-VIA_EXPORT ssize_t recvmsg(int fd, msghdr* msg, int flags) {
-  ssize_t r = Real().recvmsg(fd, msg, flags);
-  if (r >= 0 && msg != nullptr) {
-    DnsRewriteSource(fd, static_cast<sockaddr*>(msg->msg_name), &msg->msg_namelen);
-  }
-  return r;
-}
-
-VIA_EXPORT int recvmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags,
-                        struct timespec* timeout) {
-  int r = Real().recvmmsg(fd, vec, vlen, flags, timeout);
-  for (int i = 0; i < r; ++i) {
-    DnsRewriteSource(fd, static_cast<sockaddr*>(vec[i].msg_hdr.msg_name),
-                     &vec[i].msg_hdr.msg_namelen);
-  }
-  return r;
-}

@@ -19,8 +19,9 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <initializer_list>
 
-#include "shim/shim.h"
+#include "shim/state.h"
 
 extern char** environ;
 

@@ -11,6 +11,8 @@
 //
 // Runs in vfork children too (posix_spawn, Python's subprocess): the stack only, system calls
 // made directly (none of the shim's hooks, no lazy symbol lookups, no malloc, no locks).
+#include "shim/exec_identity.h"
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -19,11 +21,13 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
-#include "shim/shim.h"
+#include "common/wire.h"
+#include "shim/state.h"
 
 namespace via::shim {
 

@@ -18,7 +18,10 @@
 #include <cstring>
 
 #include "shim/binary_check.h"
-#include "shim/shim.h"
+#include "shim/export.h"
+#include "shim/process_route.h"
+#include "shim/real.h"
+#include "shim/state.h"
 
 namespace via::shim {
 

@@ -22,7 +22,11 @@
 
 #include "shim/binary_check.h"
 #include "shim/exec_env.h"
-#include "shim/shim.h"
+#include "shim/exec_identity.h"
+#include "shim/export.h"
+#include "shim/process_route.h"
+#include "shim/real.h"
+#include "shim/state.h"
 
 extern char** environ;
 

@@ -16,8 +16,10 @@
 #include <cstdint>
 #include <cstring>
 
+#include "shim/export.h"
 #include "shim/names.h"
-#include "shim/shim.h"
+#include "shim/process_route.h"
+#include "shim/state.h"
 
 namespace via::shim {
 namespace {

@@ -11,6 +11,8 @@
 // The shim keeps no table: its end of the socketpair is bound to an abstract name
 // "\0via-listen/<family>/<address hex>/<port>/<pid>.<n>", so that any process holding the fd
 // (after fork or exec too) recognises it and getsockname() can answer with the bound address.
+#include "shim/hook_listen.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -22,7 +24,12 @@
 #include <cstdio>
 #include <cstring>
 
-#include "shim/shim.h"
+#include "shim/broker_link.h"
+#include "shim/export.h"
+#include "shim/process_route.h"
+#include "shim/real.h"
+#include "shim/routed.h"
+#include "shim/state.h"
 
 namespace via::shim {
 
@@ -83,14 +90,7 @@ int BindMarker(int sock, const wire::Addr& bound) {
 // Fills a sockaddr for `a` in the family of the program's socket (`family` 4 or 6).
 void FillAddr(wire::Addr a, uint8_t family, sockaddr* addr, socklen_t* len) {
   if (addr == nullptr || len == nullptr) return;
-  if (family == 6 && a.family == 4) {
-    wire::Addr m;
-    m.family = 6;
-    m.port = a.port;
-    m.bytes[10] = m.bytes[11] = 0xff;
-    std::memcpy(m.bytes + 12, a.bytes, 4);
-    a = m;
-  }
+  if (family == 6) a = wire::Mapped(a);
   sockaddr_storage ss;
   socklen_t actual = wire::AddrToSockaddr(a, &ss);
   std::memcpy(addr, &ss, *len < actual ? *len : actual);
@@ -100,32 +100,17 @@ void FillAddr(wire::Addr a, uint8_t family, sockaddr* addr, socklen_t* len) {
 // Receives one ACCEPTED message from a listener socketpair. Returns the new fd or -1/errno.
 int AcceptFrom(int fd, const wire::Addr& bound, sockaddr* addr, socklen_t* len, int flags) {
   uint8_t buf[2048];
-  iovec iov{buf, sizeof buf};
-  alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * 4)];
-  msghdr mh{};
-  mh.msg_iov = &iov;
-  mh.msg_iovlen = 1;
-  mh.msg_control = cbuf;
-  mh.msg_controllen = sizeof cbuf;
+  int fds[4];
+  size_t nfds = 0;
+  int msg_flags = 0;
   ssize_t n;
   do {
-    n = recvmsg(fd, &mh, (flags & SOCK_CLOEXEC) ? MSG_CMSG_CLOEXEC : 0);
+    n = wire::ReceiveDatagram(fd, buf, sizeof buf, (flags & SOCK_CLOEXEC) ? MSG_CMSG_CLOEXEC : 0,
+                              fds, &nfds, &msg_flags);
   } while (n < 0 && errno == EINTR);
   if (n < 0) return -1;  // EAGAIN for a non-blocking listener with nothing pending
-  int got = -1;
-  for (cmsghdr* cm = CMSG_FIRSTHDR(&mh); cm != nullptr; cm = CMSG_NXTHDR(&mh, cm)) {
-    if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
-    size_t count = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    for (size_t i = 0; i < count; ++i) {
-      int x;
-      std::memcpy(&x, CMSG_DATA(cm) + i * sizeof(int), sizeof x);
-      if (got < 0) {
-        got = x;
-      } else {
-        close(x);
-      }
-    }
-  }
+  int got = nfds > 0 ? fds[0] : -1;
+  for (size_t i = 1; i < nfds; ++i) close(fds[i]);
   if (n == 0) {
     static bool said = false;
     if (!__atomic_exchange_n(&said, true, __ATOMIC_RELAXED)) {
@@ -135,7 +120,7 @@ int AcceptFrom(int fd, const wire::Addr& bound, sockaddr* addr, socklen_t* len, 
     errno = EINVAL;  // as accept() on a socket that no longer listens
     return -1;
   }
-  if (got < 0 && (mh.msg_flags & MSG_CTRUNC)) {
+  if (got < 0 && (msg_flags & MSG_CTRUNC)) {
     errno = EMFILE;  // the descriptor did not fit (RLIMIT_NOFILE); this connection is lost
     return -1;
   }

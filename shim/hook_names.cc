@@ -11,8 +11,13 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "shim/broker_link.h"
+#include "shim/export.h"
+#include "shim/hosts.h"
 #include "shim/names.h"
-#include "shim/shim.h"
+#include "shim/process_route.h"
+#include "shim/real.h"
+#include "shim/state.h"
 
 namespace via::shim {
 

@@ -24,7 +24,10 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "shim/shim.h"
+#include "shim/broker_link.h"
+#include "shim/export.h"
+#include "shim/process_route.h"
+#include "shim/state.h"
 
 namespace via::shim {
 namespace {

@@ -14,7 +14,10 @@
 #include <cstring>
 
 #include "shim/exec_env.h"
-#include "shim/shim.h"
+#include "shim/export.h"
+#include "shim/process_route.h"
+#include "shim/real.h"
+#include "shim/state.h"
 
 extern char** environ;
 

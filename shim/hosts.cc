@@ -1,5 +1,7 @@
 // Names answered locally under an overlay: localhost and /etc/hosts. Everything else goes to the
 // broker, so the system resolver never learns a remote name.
+#include "shim/hosts.h"
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -12,8 +14,6 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
-
-#include "shim/shim.h"
 
 namespace via::shim {
 

@@ -7,11 +7,13 @@
 // broker's pid and the caller checks its link to that broker is still up. Fixed size, no heap;
 // a lock that is only ever tried, so a fork while another thread held it (or contention) means a
 // miss, never a wait.
+#include "shim/name_cache.h"
+
 #include <pthread.h>
 
 #include <cstring>
 
-#include "shim/shim.h"
+#include "shim/state.h"
 
 namespace via::shim {
 

@@ -6,7 +6,7 @@
 
 #include <netdb.h>
 
-#include "shim/shim.h"
+#include "common/wire.h"
 
 namespace via::shim {
 

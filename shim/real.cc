@@ -1,4 +1,6 @@
 // Resolution of the real libc functions behind the hooks, one symbol at a time on first use.
+#include "shim/real.h"
+
 #include <dlfcn.h>
 #include <elf.h>
 #include <link.h>
@@ -7,8 +9,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-
-#include "shim/shim.h"
 
 // The ELF header of libvia.so itself, as mapped (defined by the linker).
 extern "C" const ElfW(Ehdr) __ehdr_start __attribute__((visibility("hidden")));

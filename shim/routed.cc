@@ -1,7 +1,8 @@
 // Sockets the shim routed, so getpeername can answer with the destination the program asked for
 // (the fake address of a name) instead of the proxy's address.
+#include "shim/routed.h"
+
 #include "shim/fd_table.h"
-#include "shim/shim.h"
 
 namespace via::shim {
 

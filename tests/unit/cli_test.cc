@@ -1,15 +1,14 @@
 // The command line's pure parts: argument parsing, LD_PRELOAD composition, URL parsing and the
 // probe's IP extraction.
-//
-// tools/ is linked only into the `via` executable, so the self-contained tools/cli_util.cc is
-// compiled into this test directly.
+#include "tools/cli.h"
+
 #include <gtest/gtest.h>
 
 #include <initializer_list>
 #include <string>
 #include <vector>
 
-#include "tools/cli_util.cc"  // NOLINT(bugprone-suspicious-include)
+#include "tools/probe.h"
 
 namespace via::tools {
 namespace {

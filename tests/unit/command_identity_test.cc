@@ -1,6 +1,6 @@
 // tools/command_identity.cc: what the broker will see for a command line (PATH search, symbolic
-// links resolved, #! scripts). tools/ is linked only into `via`, so the file is compiled here.
-#include "tools/command_identity.cc"  // NOLINT(bugprone-suspicious-include)
+// links resolved, #! scripts).
+#include "tools/command_identity.h"
 
 #include <gtest/gtest.h>
 #include <limits.h>

@@ -1,7 +1,11 @@
 // The wire codec: round trips and one test per class of malformed input.
 #include "common/wire.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <vector>
 
@@ -115,6 +119,59 @@ TEST_F(WireTest, LoopbackAndMapped) {
   a.bytes[15] = 1;
   EXPECT_TRUE(IsLoopback(a));
   EXPECT_EQ(Unmapped(a).family, 4);
+}
+
+TEST_F(WireTest, MappedIsTheInverseOfUnmapped) {
+  Addr v4;
+  v4.family = 4;
+  v4.port = 80;
+  v4.bytes[0] = 192;
+  v4.bytes[3] = 7;
+  Addr m = Mapped(v4);
+  const uint8_t want[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 0, 0, 7};
+  EXPECT_EQ(m.family, 6);
+  EXPECT_EQ(m.port, 80);
+  EXPECT_EQ(std::memcmp(m.bytes, want, 16), 0);
+  Addr back = Unmapped(m);
+  EXPECT_EQ(back.family, 4);
+  EXPECT_EQ(std::memcmp(back.bytes, v4.bytes, 4), 0);
+  EXPECT_EQ(std::memcmp(Mapped(m).bytes, want, 16), 0) << "an IPv6 address stays as it is";
+}
+
+TEST_F(WireTest, ReceiveDatagramTakesEveryAttachedDescriptor) {
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+  int pipefd[2];
+  ASSERT_EQ(pipe2(pipefd, O_CLOEXEC), 0);
+  ASSERT_EQ(SendDatagram(sv[0], "hi", 2, pipefd[0]), 2);
+  char buf[16];
+  int fds[4];
+  size_t nfds = 0;
+  int flags = -1;
+  ASSERT_EQ(ReceiveDatagram(sv[1], buf, sizeof buf, MSG_CMSG_CLOEXEC, fds, &nfds, &flags), 2);
+  ASSERT_EQ(nfds, 1u);
+  EXPECT_EQ(flags & (MSG_TRUNC | MSG_CTRUNC), 0);
+  struct stat a, b;
+  ASSERT_EQ(fstat(fds[0], &a), 0);
+  ASSERT_EQ(fstat(pipefd[0], &b), 0);
+  EXPECT_EQ(a.st_ino, b.st_ino) << "the descriptor received is the pipe sent";
+  EXPECT_NE(fcntl(fds[0], F_GETFD) & FD_CLOEXEC, 0);
+  for (int fd : {fds[0], pipefd[0], pipefd[1], sv[0], sv[1]}) close(fd);
+}
+
+TEST_F(WireTest, ReceiveDatagramReportsATruncatedMessage) {
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+  ASSERT_EQ(SendDatagram(sv[0], "too long", 8, -1), 8);
+  char buf[4];
+  int fds[1];
+  size_t nfds = 7;
+  int flags = 0;
+  EXPECT_EQ(ReceiveDatagram(sv[1], buf, sizeof buf, 0, fds, &nfds, &flags), 4);
+  EXPECT_EQ(nfds, 0u);
+  EXPECT_NE(flags & MSG_TRUNC, 0);
+  close(sv[0]);
+  close(sv[1]);
 }
 
 }  // namespace
