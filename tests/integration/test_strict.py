@@ -5,7 +5,9 @@ is not routed has no way out. Each case asserts what the proxy, the target or a 
 host saw."""
 import os
 import shutil
+import socket
 import subprocess
+import threading
 
 import harness
 
@@ -167,6 +169,32 @@ class Strict(harness.ViaCase):
         self.assertEqual([(r["peer"], r["path"]) for r in self.records(self.record)],
                          [(harness.DIRECT_PEER, "/local")])
         self.assertEqual(harness.microsocks_destinations(self.proxy_log), [])
+
+    def test_unix_sockets_by_path_still_work(self):
+        # A Unix socket is found by its path, in the file system the command still shares: a
+        # host service listening on one stays reachable from inside the namespace.
+        self.configure()
+        path = os.path.join(self.dir, "service.sock")
+        got = []
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        srv.bind(path)
+        srv.listen(1)
+        self.addCleanup(srv.close)
+
+        def serve():
+            c, _ = srv.accept()
+            got.append(c.recv(100))
+            c.sendall(b"pong")
+            c.close()
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        code = ("import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); "
+                "s.sendall(b'ping'); print(s.recv(100).decode())")
+        proc = self.strict(harness.PYTHON, "-c", code, path)
+        t.join(10)
+        self.assertOk(proc)
+        self.assertEqual(proc.stdout.strip(), "pong")
+        self.assertEqual(got, [b"ping"])
 
     def test_loopback_refused_is_refused(self):
         self.configure(loopback="refuse")
