@@ -211,6 +211,21 @@ inline Addr Mapped(const Addr& a) {
 }
 
 // True for 127.0.0.0/8, ::1 and ::ffff:127.0.0.0/104.
+// Whether `addr` (v4-mapped read as IPv4) lies in the network `net`, whose port field holds the
+// prefix length (as HELLO's FAKE_NET fields carry the fake-address ranges).
+inline bool InPrefix(const Addr& net, const Addr& addr) {
+  Addr a = Unmapped(addr);
+  if (net.family != a.family) return false;
+  int bits = net.port;
+  int full = bits / 8, rest = bits % 8;
+  if (size_t(full) > a.addr_len() || std::memcmp(a.bytes, net.bytes, size_t(full)) != 0) {
+    return false;
+  }
+  if (rest == 0) return true;
+  uint8_t mask = uint8_t(0xff << (8 - rest));
+  return (a.bytes[full] & mask) == (net.bytes[full] & mask);
+}
+
 inline bool IsLoopback(const Addr& addr) {
   Addr a = Unmapped(addr);
   if (a.family == 4) return a.bytes[0] == 127;

@@ -86,16 +86,8 @@ int ShimSocks5Connect(int fd, const Socks5Plan& plan, const char* name, const wi
 }
 
 bool InFakeRange(const Socks5Plan& plan, const wire::Addr& addr) {
-  wire::Addr a = wire::Unmapped(addr);
   for (int i = 0; i < plan.nfake; ++i) {
-    const wire::Addr& r = plan.fake[i];
-    if (r.family != a.family) continue;
-    int bits = r.port;
-    int full = bits / 8, rest = bits % 8;
-    if (size_t(full) > a.addr_len() || std::memcmp(a.bytes, r.bytes, size_t(full)) != 0) continue;
-    if (rest == 0) return true;
-    uint8_t mask = uint8_t(0xff << (8 - rest));
-    if ((a.bytes[full] & mask) == (r.bytes[full] & mask)) return true;
+    if (wire::InPrefix(plan.fake[i], addr)) return true;
   }
   return false;
 }

@@ -150,6 +150,11 @@ Result<std::string> BrokerClient::Hello(const std::string& network, const std::s
   uint32_t wait = 0;
   if (m->Find(wire::kTagWaitMs, &f) && f.u32(&wait)) wait_ms_ = wait;
   if (!m->Find(wire::kTagFlags, &f) || !f.u32(&hello_flags_)) hello_flags_ = 0;
+  fake_nets_.clear();
+  m->ForEach([this](const wire::Field& field) {
+    wire::Addr a;
+    if (field.tag == wire::kTagFakeNet && field.addr(&a)) fake_nets_.push_back(a);
+  });
   if (Status s = ReplyStatus(*m); !s.ok()) return s;
   return m->Find(wire::kTagNetwork, &f) ? std::string(f.str()) : std::string();
 }

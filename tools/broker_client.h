@@ -52,6 +52,9 @@ class BrokerClient {
   Result<std::string> DnsQuery(const void* packet, size_t len);
   // FLAGS of the last HELLO reply (wire::kFlag*).
   uint32_t hello_flags() const { return hello_flags_; }
+  // The fake-address ranges of the last HELLO reply (FAKE_NET: the port field is the prefix
+  // length), when it gave them.
+  const std::vector<wire::Addr>& fake_nets() const { return fake_nets_; }
   Result<std::string> StatusText();
   Status Shutdown();
 
@@ -73,6 +76,7 @@ class BrokerClient {
   std::string reply_;
   std::string fingerprint_;
   uint32_t hello_flags_ = 0;
+  std::vector<wire::Addr> fake_nets_;
 };
 
 }  // namespace via::tools

@@ -35,7 +35,7 @@ Examples:
 
 const char* const kHelpRun =
     R"HELP(Usage: via run [-c CONFIG] [--network NS:NAME | --direct] [-q] [--] COMMAND [ARGS...]
-       via run [-c CONFIG] [--network NS:NAME] --strict [--] COMMAND [ARGS...]
+       via run [-c CONFIG] [--network NS:NAME] --strict [--audit] [--] COMMAND [ARGS...]
 
 Runs COMMAND with libvia.so preloaded, so that its TCP connects and name lookups (and those of
 every child it starts) go through the selected overlay. Names are never looked up locally: the
@@ -64,6 +64,9 @@ Options:
       --direct         no overlay for this command and its children
   -q, --quiet          the shim prints nothing (default: one line per failed connect)
       --strict         run COMMAND in its own network namespace, every connect placed by via
+      --audit          with --strict: at the end, list by process every attempt that would have
+                       left outside the overlay (sends with an address on UDP/ICMP/raw
+                       sockets, UDP connects, TCP Fast Open, io_uring); they all failed
   -h, --help           show this help
 
 --network and --direct are explicit selections: the broker checks them against the

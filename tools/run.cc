@@ -38,6 +38,7 @@ Exit ParseRunArgs(int argc, char** argv, Args* out) {
        {"--direct", false},
        {"--quiet", false},
        {"--strict", false},
+       {"--audit", false},
        {"--argv0", true},
        {"--help", false}},
       {{"-c", "--config"}, {"-n", "--network"}, {"-q", "--quiet"}, {"-h", "--help"}}, true);
@@ -182,6 +183,7 @@ struct ChildLaunch {
   // --strict: the child enters its sandbox (tools/strict.h) over `channel`, mounting `resolv`.
   bool strict = false;
   bool quiet = false;
+  bool audit = false;
   int channel = -1;
   std::string resolv;
 };
@@ -242,6 +244,7 @@ void BuildChild(const Args& args, const config::Config& cfg, const RunSession& s
   if (cfg.service.unrouted_exec_strict) vars["VIA_UNROUTED_EXEC"] = "strict";
   child->strict = strict;
   child->quiet = args.Has("--quiet");
+  child->audit = args.Has("--audit");
   child->env = child->strict ? StrictChildEnv() : ChildEnv(vars, ShimPath());
   for (auto& e : child->env) child->envp.push_back(e.data());
   child->envp.push_back(nullptr);
@@ -318,7 +321,7 @@ void ForwardSignalsTo(pid_t pid, const SavedSignals& saved) {
   } while (got < 0 && errno == EINTR);
   if (got != 1) _exit(126);  // via run failed to register us: never run unregistered
   close(gate_read);
-  if (child.strict && !strict::EnterSandbox(child.channel, child.resolv)) {
+  if (child.strict && !strict::EnterSandbox(child.channel, child.resolv, child.audit)) {
     _exit(126);  // via run says why; never run unprotected
   }
   sigaction(SIGINT, &saved.old_int, nullptr);
@@ -412,7 +415,8 @@ Exit PrepareStrict(ChildLaunch* child, UniqueFd* channel) {
 // --strict: serves the command's sandbox until it exits; its wait status, or -1 when the
 // sandbox could not be set up (the command is then ended before it ran).
 int SuperviseStrict(int channel, pid_t pid, const ChildLaunch& child, const RunSession& session) {
-  int status = strict::Supervise(channel, pid, session.socket, session.token, child.quiet);
+  int status =
+      strict::Supervise(channel, pid, session.socket, session.token, child.quiet, child.audit);
   unlink(child.resolv.c_str());
   if (status < 0) {
     kill(pid, SIGKILL);
@@ -449,6 +453,11 @@ int CmdRun(int argc, char** argv) {
   if (Exit e = OpenRunSession(*predicted, explicit_sel, &network, &session)) return *e;
   ChildLaunch child;
   BuildChild(args, *cfg, session, network, StrictFor(args, *cfg, *predicted, network), &child);
+  if (child.audit && !child.strict) {
+    Error(
+        "run: --audit reports what strict mode contained; use it with --strict (nothing was run)");
+    return kExitUsage;
+  }
   UniqueFd channel;
   if (child.strict) {
     if (Exit e = PrepareStrict(&child, &channel)) return *e;

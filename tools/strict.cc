@@ -21,12 +21,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <algorithm>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -145,22 +146,43 @@ bool SetUpNetwork(const std::string& resolv_conf, UniqueFd* dns, std::string* wh
 
 // The filter: connect goes to `via run`, io_uring is refused (it would connect past the filter;
 // the namespace stops it anyway, this makes it fail at once), everything else runs. Another
-// architecture's calls (a 32-bit int 0x80) end the process: their numbers differ.
-UniqueFd InstallFilter(std::string* why) {
-  sock_filter code[] = {
-      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, arch)),
-      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, kAuditArch, 1, 0),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
-      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
-      BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, kX32Bit, 0, 1),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
-      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_connect, 0, 1),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
-      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_io_uring_setup, 0, 1),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+// architecture's calls (a 32-bit int 0x80) end the process: their numbers differ. With `audit`,
+// io_uring_setup and every send that carries an address also go to `via run`, which records
+// what would have left and lets the call meet the namespace.
+UniqueFd InstallFilter(bool audit, std::string* why) {
+  auto stmt = [](uint16_t code, uint32_t k) { return sock_filter BPF_STMT(code, k); };
+  auto jump = [](uint32_t k, uint8_t jt, uint8_t jf) {
+    return sock_filter BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, k, jt, jf);
   };
-  sock_fprog prog{static_cast<unsigned short>(sizeof code / sizeof code[0]), code};
+  const uint32_t arg4 = offsetof(seccomp_data, args) + 4 * sizeof(uint64_t);  // little endian
+  std::vector<sock_filter> code = {
+      stmt(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, arch)),
+      jump(kAuditArch, 1, 0),
+      stmt(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
+      stmt(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+      sock_filter BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, kX32Bit, 0, 1),
+      stmt(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+      jump(SYS_connect, 0, 1),
+      stmt(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
+      jump(SYS_io_uring_setup, 0, 1),
+      stmt(BPF_RET | BPF_K, audit ? SECCOMP_RET_USER_NOTIF : SECCOMP_RET_ERRNO | EPERM),
+  };
+  if (audit) {
+    code.insert(code.end(), {
+                                jump(SYS_sendmsg, 0, 1),
+                                stmt(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
+                                jump(SYS_sendmmsg, 0, 1),
+                                stmt(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
+                                jump(SYS_sendto, 0, 5),  // else to ALLOW
+                                stmt(BPF_LD | BPF_W | BPF_ABS, arg4),
+                                jump(0, 0, 2),  // low word set: an address
+                                stmt(BPF_LD | BPF_W | BPF_ABS, arg4 + 4),
+                                jump(0, 1, 0),  // both zero: no address, ALLOW
+                                stmt(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
+                            });
+  }
+  code.push_back(stmt(BPF_RET | BPF_K, SECCOMP_RET_ALLOW));
+  sock_fprog prog{static_cast<unsigned short>(code.size()), code.data()};
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
     *why = Errno("prctl(PR_SET_NO_NEW_PRIVS)");
     return UniqueFd();
@@ -175,29 +197,16 @@ UniqueFd InstallFilter(std::string* why) {
   return UniqueFd(int(fd));
 }
 
-// "OK" with the two descriptors, or "E<why>".
-bool SendSetup(int channel, const std::string& text, int fd1 = -1, int fd2 = -1) {
-  iovec iov{const_cast<char*>(text.data()), text.size()};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  alignas(cmsghdr) char control[CMSG_SPACE(2 * sizeof(int))] = {};
-  if (fd1 >= 0) {
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof control;
-    cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(2 * sizeof(int));
-    int fds[2] = {fd1, fd2};
-    std::memcpy(CMSG_DATA(c), fds, sizeof fds);
-  }
-  return sendmsg(channel, &msg, MSG_NOSIGNAL) == ssize_t(text.size());
+// "E<why>", or "OK <listener> <dns>": the descriptor numbers, which via run takes with
+// pidfd_getfd. (Not SCM_RIGHTS: with --audit the filter already hands sendmsg to via run, which
+// would wait for this very message to learn the listener.)
+bool SendSetup(int channel, const std::string& text) {
+  return write(channel, text.data(), text.size()) == ssize_t(text.size());
 }
 
 // ---- via run's side -------------------------------------------------------------------------
 
-bool ReceiveSetup(int channel, UniqueFd* listener, UniqueFd* dns, std::string* why) {
+bool ReceiveSetup(int channel, pid_t command, UniqueFd* listener, UniqueFd* dns, std::string* why) {
   pollfd p{channel, POLLIN, 0};
   int r;
   do {
@@ -208,26 +217,7 @@ bool ReceiveSetup(int channel, UniqueFd* listener, UniqueFd* dns, std::string* w
     return false;
   }
   char text[1024];
-  iovec iov{text, sizeof text - 1};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  alignas(cmsghdr) char control[CMSG_SPACE(2 * sizeof(int))] = {};
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof control;
-  ssize_t n = recvmsg(channel, &msg, MSG_CMSG_CLOEXEC);
-  std::vector<int> fds;
-  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); n > 0 && c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
-    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-    size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    for (size_t i = 0; i < count; ++i) {
-      int fd;
-      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-      fds.push_back(fd);
-    }
-  }
-  std::vector<UniqueFd> owned;
-  for (int fd : fds) owned.emplace_back(fd);
+  ssize_t n = read(channel, text, sizeof text - 1);
   if (n <= 0) {
     *why = "the command exited before entering its sandbox";
     return false;
@@ -237,12 +227,18 @@ bool ReceiveSetup(int channel, UniqueFd* listener, UniqueFd* dns, std::string* w
     *why = text + 1;
     return false;
   }
-  if (std::strcmp(text, "OK") != 0 || owned.size() != 2) {
+  int fds[2] = {-1, -1};
+  UniqueFd pidfd(int(syscall(SYS_pidfd_open, command, 0)));
+  if (std::sscanf(text, "OK %d %d", &fds[0], &fds[1]) != 2 || !pidfd) {
     *why = "the command's sandbox sent an unexpected setup message";
     return false;
   }
-  *listener = std::move(owned[0]);
-  *dns = std::move(owned[1]);
+  listener->reset(int(syscall(SYS_pidfd_getfd, pidfd.get(), fds[0], 0)));
+  dns->reset(int(syscall(SYS_pidfd_getfd, pidfd.get(), fds[1], 0)));
+  if (!*listener || !*dns) {
+    *why = Errno("taking the sandbox's descriptors (pidfd_getfd)");
+    return false;
+  }
   return true;
 }
 
@@ -312,12 +308,14 @@ int ConnectDirect(int fd, const wire::Addr& a) {
 
 class Supervisor {
  public:
-  Supervisor(UniqueFd listener, UniqueFd dns, std::string socket, std::string token, bool quiet)
+  Supervisor(UniqueFd listener, UniqueFd dns, std::string socket, std::string token, bool quiet,
+             bool audit)
       : listener_(std::move(listener)),
         dns_(std::move(dns)),
         socket_(std::move(socket)),
         token_(std::move(token)),
-        quiet_(quiet) {}
+        quiet_(quiet),
+        audit_on_(audit) {}
 
   // The first broker connection: its HELLO reply says how loopback destinations go.
   bool Start(std::string* why) {
@@ -327,12 +325,13 @@ class Supervisor {
       return false;
     }
     notif_size_ = std::max<size_t>(sizes.seccomp_notif, sizeof(seccomp_notif));
-    auto c = Open();
+    auto c = Open(&network_);
     if (!c.ok()) {
       *why = c.status().message();
       return false;
     }
     flags_ = c->hello_flags();
+    fake_nets_ = c->fake_nets();
     if ((flags_ & wire::kFlagDirect) != 0) {
       *why = "the session's network is direct: strict mode needs an overlay";
       return false;
@@ -365,11 +364,12 @@ class Supervisor {
   }
 
  private:
-  Result<BrokerClient> Open() {
+  Result<BrokerClient> Open(std::string* network = nullptr) {
     auto c = BrokerClient::Connect(socket_);
     if (!c.ok()) return c.status();
     auto net = c->Hello("", token_);
     if (!net.ok()) return net.status();
+    if (network != nullptr) *network = *net;
     return c;
   }
 
@@ -424,12 +424,124 @@ class Supervisor {
         std::lock_guard<std::mutex> lock(mu_);
         if (++busy_ == workers_ && workers_ < kWorkers) StartWorker();
       }
-      HandleConnect(*n);
+      Handle(*n);
       std::lock_guard<std::mutex> lock(mu_);
       --busy_;
     }
   }
 
+  void Handle(const seccomp_notif& n) {
+    if (n.data.nr == SYS_connect) return HandleConnect(n);
+    if (n.data.nr == SYS_io_uring_setup) {  // only with --audit
+      Record(ProcessOf(pid_t(n.pid)), "io_uring_setup (refused: EPERM)", "");
+      return Respond(n.id, EPERM);
+    }
+    AuditSend(n);  // sendto with an address, sendmsg, sendmmsg: only with --audit
+    Continue(n.id);
+  }
+
+  // --audit: a send on a socket that is not placed by via (UDP, ICMP, raw; TCP Fast Open) with
+  // an address outside the namespace: recorded; the kernel then finds no route for it.
+  void AuditSend(const seccomp_notif& n) {
+    pid_t pid = ProcessOf(pid_t(n.pid));
+    UniqueFd pidfd(int(syscall(SYS_pidfd_open, pid, 0)));
+    UniqueFd prog(pidfd ? int(syscall(SYS_pidfd_getfd, pidfd.get(), int(n.data.args[0]), 0)) : -1);
+    int domain = 0, type = 0, protocol = 0;
+    socklen_t len = sizeof(int);
+    if (!prog || getsockopt(prog.get(), SOL_SOCKET, SO_DOMAIN, &domain, &len) != 0 ||
+        getsockopt(prog.get(), SOL_SOCKET, SO_TYPE, &type, &len) != 0 ||
+        getsockopt(prog.get(), SOL_SOCKET, SO_PROTOCOL, &protocol, &len) != 0) {
+      return;
+    }
+    SockKind kind = ClassifySocket(domain, type, protocol);
+    const pid_t tid = pid_t(n.pid);
+    auto one = [&](uint64_t name, uint64_t namelen, AddrCall call, int flags) {
+      alignas(sockaddr_storage) char sa[128] = {};
+      size_t want = std::min<uint64_t>(namelen, sizeof sa);
+      if (name == 0 || want == 0 || !ReadMemory(tid, name, sa, want)) return;
+      AuditDestination(pid, domain, kind, call, (flags & MSG_FASTOPEN) != 0, sa,
+                       socklen_t(namelen));
+    };
+    if (n.data.nr == SYS_sendto) {
+      one(n.data.args[4], n.data.args[5], AddrCall::kSendto, int(n.data.args[3]));
+    } else if (n.data.nr == SYS_sendmsg) {
+      msghdr m{};
+      if (ReadMemory(tid, n.data.args[1], &m, sizeof m)) {
+        one(uint64_t(m.msg_name), m.msg_namelen, AddrCall::kSendmsg, int(n.data.args[2]));
+      }
+    } else if (n.data.nr == SYS_sendmmsg) {
+      mmsghdr v[16];
+      size_t count = std::min<uint64_t>(n.data.args[2], 16);
+      if (count > 0 && ReadMemory(tid, n.data.args[1], v, count * sizeof v[0])) {
+        for (size_t i = 0; i < count; ++i) {
+          one(uint64_t(v[i].msg_hdr.msg_name), v[i].msg_hdr.msg_namelen, AddrCall::kSendmsg,
+              int(n.data.args[3]));
+        }
+      }
+    }
+  }
+
+  void AuditDestination(pid_t pid, int domain, SockKind kind, AddrCall call, bool fastopen,
+                        const char* sa, socklen_t len) {
+    if (domain != AF_INET && domain != AF_INET6) return;
+    KernelDest d =
+        KernelDestination(domain, kind, call, fastopen, reinterpret_cast<const sockaddr*>(sa), len);
+    if (d.kind != KernelDest::kAddr || wire::IsLoopback(d.addr)) return;
+    if (kind == SockKind::kStream && !fastopen) return;  // a TCP send ignores the address
+    // A UDP connect sends nothing; to one of via's fake addresses it is the resolver sorting
+    // its answers (RFC 6724), not an attempt to reach anything.
+    if (call == AddrCall::kConnect) {
+      for (const wire::Addr& net : fake_nets_) {
+        if (wire::InPrefix(net, d.addr)) return;
+      }
+    }
+    const char* what = kind == SockKind::kStream ? "TCP Fast Open"
+                       : kind == SockKind::kUdp  ? "UDP"
+                       : kind == SockKind::kPing ? "ICMP"
+                                                 : "raw IP";
+    Record(pid, std::string(what) + (call == AddrCall::kConnect ? " connect" : " send"),
+           AddrText(d.addr));
+  }
+
+  static bool ReadMemory(pid_t tid, uint64_t addr, void* out, size_t len) {
+    iovec local{out, len}, remote{reinterpret_cast<void*>(addr), len};
+    return process_vm_readv(tid, &local, 1, &remote, 1, 0) == ssize_t(len);
+  }
+
+  void Record(pid_t pid, const std::string& what, const std::string& dest) {
+    char exe[4096];
+    std::string link = "/proc/" + std::to_string(pid) + "/exe";
+    ssize_t n = readlink(link.c_str(), exe, sizeof exe - 1);
+    exe[n > 0 ? n : 0] = 0;
+    std::string key = "pid " + std::to_string(pid) + " " + (n > 0 ? exe : "?") + ": " + what +
+                      (dest.empty() ? "" : " to " + dest);
+    std::lock_guard<std::mutex> lock(mu_);
+    ++audit_[key];
+  }
+
+ public:
+  const std::string& network() const { return network_; }
+
+  // --audit: what would have left outside the overlay, by process, at the command's exit.
+  void Report(const std::string& network) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (audit_.empty()) {
+      std::fprintf(stderr, "via: audit: nothing tried to leave outside %s\n", network.c_str());
+      return;
+    }
+    int total = 0;
+    for (const auto& [key, count] : audit_) total += count;
+    std::fprintf(stderr,
+                 "via: audit: %d attempt%s would have left outside %s (each failed: the "
+                 "namespace has no route):\n",
+                 total, total == 1 ? "" : "s", network.c_str());
+    for (const auto& [key, count] : audit_) {
+      std::fprintf(stderr, "via: audit:   %s%s\n", key.c_str(),
+                   count > 1 ? (" (x" + std::to_string(count) + ")").c_str() : "");
+    }
+  }
+
+ private:
   void HandleConnect(const seccomp_notif& n) {
     // The caller is usually its process's main thread, whose pidfd opens at once; another
     // thread's id is refused (EINVAL, or ENOENT since Linux 6.9) and its process looked up.
@@ -447,6 +559,15 @@ class Supervisor {
         getsockopt(prog.get(), SOL_SOCKET, SO_TYPE, &type, &len) != 0 ||
         getsockopt(prog.get(), SOL_SOCKET, SO_PROTOCOL, &protocol, &len) != 0 ||
         ClassifySocket(domain, type, protocol) != SockKind::kStream) {
+      if (audit_on_ && prog) {
+        alignas(sockaddr_storage) char sa[128] = {};
+        const int ulen = int(n.data.args[2]);
+        size_t want = ulen < 0 ? 0 : std::min<size_t>(size_t(ulen), sizeof sa);
+        if (want > 0 && ReadMemory(pid_t(n.pid), n.data.args[1], sa, want)) {
+          AuditDestination(pid, domain, ClassifySocket(domain, type, protocol), AddrCall::kConnect,
+                           false, sa, socklen_t(ulen));
+        }
+      }
       return Continue(n.id);  // not a TCP socket (or not a socket: the kernel says so)
     }
     // The address, read from the program's memory, then checked to still be this call's.
@@ -524,7 +645,11 @@ class Supervisor {
   std::string socket_, token_;
   size_t notif_size_ = sizeof(seccomp_notif);
   uint32_t flags_ = 0;
+  std::string network_;  // the session's, for messages
+  std::vector<wire::Addr> fake_nets_;
   bool quiet_;
+  bool audit_on_;
+  std::map<std::string, int> audit_;  // "pid N EXE: what to where" -> times
   std::optional<BrokerClient> dns_client_;
   static constexpr int kWorkers = 32;
   std::mutex mu_;  // guards the rest
@@ -534,23 +659,24 @@ class Supervisor {
 
 }  // namespace
 
-bool EnterSandbox(int channel, const std::string& resolv_conf) {
+bool EnterSandbox(int channel, const std::string& resolv_conf, bool audit) {
   std::string why;
   UniqueFd dns;
   if (!EnterNamespaces(&why) || !SetUpNetwork(resolv_conf, &dns, &why)) {
     SendSetup(channel, "E" + why);
     return false;
   }
-  UniqueFd listener = InstallFilter(&why);
+  UniqueFd listener = InstallFilter(audit, &why);
   if (!listener) {
     SendSetup(channel, "E" + why);
     return false;
   }
-  // The listener must not stay with the program (it could answer its own connects).
-  if (!SendSetup(channel, "OK", listener.get(), dns.get())) return false;
-  listener.reset();
-  dns.reset();
-  // Run only once via run serves the sandbox.
+  if (!SendSetup(channel,
+                 "OK " + std::to_string(listener.get()) + " " + std::to_string(dns.get()))) {
+    return false;
+  }
+  // Run only once via run has taken both and serves the sandbox; then the listener must not
+  // stay with the program (it could answer its own connects).
   char go = 0;
   ssize_t n;
   do {
@@ -560,15 +686,15 @@ bool EnterSandbox(int channel, const std::string& resolv_conf) {
 }
 
 int Supervise(int channel, pid_t command, const std::string& socket, const std::string& token,
-              bool quiet) {
+              bool quiet, bool audit) {
   UniqueFd listener, dns;
   std::string why;
-  if (!ReceiveSetup(channel, &listener, &dns, &why)) {
+  if (!ReceiveSetup(channel, command, &listener, &dns, &why)) {
     Error("strict mode: " + why + " (nothing was run)");
     return -1;
   }
   // Never freed: connect threads may outlive the command by a moment.
-  auto* s = new Supervisor(std::move(listener), std::move(dns), socket, token, quiet);
+  auto* s = new Supervisor(std::move(listener), std::move(dns), socket, token, quiet, audit);
   if (!s->Start(&why)) {
     Error("strict mode: " + why + " (nothing was run)");
     return -1;
@@ -577,7 +703,9 @@ int Supervise(int channel, pid_t command, const std::string& socket, const std::
     Error(Errno("strict mode: starting the command") + " (nothing was run)");
     return -1;
   }
-  return s->Run(command);
+  int status = s->Run(command);
+  if (audit) s->Report(s->network());
+  return status;
 }
 
 std::string WriteResolvConf(const std::string& dir) {

@@ -23,15 +23,18 @@ namespace via::tools::strict {
 // /etc/resolv.conf, binds the resolver socket, installs the filter and sends its listener and
 // the resolver socket to `via run` over `channel`. On failure sends the reason instead and
 // returns false (the caller must not exec: never unprotected).
-bool EnterSandbox(int channel, const std::string& resolv_conf);
+bool EnterSandbox(int channel, const std::string& resolv_conf, bool audit);
 
 // In `via run`: receives what EnterSandbox sent, then serves the command's connects and DNS
 // queries through the broker at `socket` (HELLO with the session `token`: the session's network)
-// until `command` exits; a failed connect or query is one line on stderr unless `quiet`. Returns
+// until `command` exits; a failed connect or query is one line on stderr unless `quiet`. With
+// `audit`, also records every attempt that would have left outside the overlay (sends with an
+// address on sockets via does not place, io_uring) and prints them, by process, at the end
+// (EnterSandbox's filter must have been installed with `audit` too). Returns
 // its wait status, or -1 after printing why the sandbox could not be set up (the command was
 // then never run).
 int Supervise(int channel, pid_t command, const std::string& socket, const std::string& token,
-              bool quiet);
+              bool quiet, bool audit);
 
 // The file EnterSandbox mounts: "nameserver 127.0.0.1". Written by `via run` before the fork
 // into `dir`; "" after printing an error.
