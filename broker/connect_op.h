@@ -13,8 +13,8 @@
 #include <memory>
 #include <string>
 
-#include "broker/event_loop.h"
 #include "common/unique_fd.h"
+#include "loop/event_loop.h"
 #include "overlays/driver.h"
 #include "overlays/handshake.h"
 

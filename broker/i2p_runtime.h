@@ -19,10 +19,10 @@
 #include <string>
 
 #include "broker/connect_op.h"
-#include "broker/event_loop.h"
 #include "broker/overlay_runtime.h"
 #include "common/unique_fd.h"
 #include "config/config.h"
+#include "loop/event_loop.h"
 #include "overlays/i2p.h"
 
 namespace via::broker {

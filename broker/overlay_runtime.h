@@ -18,10 +18,10 @@
 #include <ostream>
 #include <string>
 
-#include "broker/event_loop.h"
 #include "common/status.h"
 #include "common/unique_fd.h"
 #include "config/config.h"
+#include "loop/event_loop.h"
 #include "overlays/driver.h"
 
 namespace via::broker {

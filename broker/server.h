@@ -18,7 +18,6 @@
 #include "broker/broker.h"
 #include "broker/client_limits.h"
 #include "broker/connect_op.h"
-#include "broker/event_loop.h"
 #include "broker/fake_address_pool.h"
 #include "broker/overlay_runtime.h"
 #include "broker/selector.h"
@@ -26,6 +25,7 @@
 #include "common/unique_fd.h"
 #include "common/wire.h"
 #include "config/config.h"
+#include "loop/event_loop.h"
 #include "overlays/driver.h"
 
 namespace via::broker {

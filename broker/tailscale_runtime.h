@@ -32,10 +32,10 @@
 #include <string>
 #include <vector>
 
-#include "broker/event_loop.h"
 #include "broker/overlay_runtime.h"
 #include "common/unique_fd.h"
 #include "config/config.h"
+#include "loop/event_loop.h"
 #include "overlays/tailscale.h"
 
 namespace via::broker {
