@@ -14,10 +14,10 @@
 #include <filesystem>
 #include <sstream>
 
-#include "broker/i2p_runtime.h"
 #include "broker/process_info.h"
 #include "broker/selector.h"
 #include "overlays/handshake.h"
+#include "overlays/i2p/i2p_runtime.h"
 
 namespace via::broker {
 

@@ -17,16 +17,16 @@
 
 #include "broker/broker.h"
 #include "broker/client_limits.h"
-#include "broker/connect_op.h"
 #include "broker/fake_address_pool.h"
-#include "broker/overlay_runtime.h"
 #include "broker/selector.h"
 #include "broker/session_table.h"
 #include "common/unique_fd.h"
 #include "common/wire.h"
 #include "config/config.h"
 #include "loop/event_loop.h"
+#include "overlays/connect_op.h"
 #include "overlays/driver.h"
+#include "overlays/overlay_runtime.h"
 
 namespace via::broker {
 

@@ -7,9 +7,9 @@
 #include <string>
 
 #include "common/wire.h"
-#include "overlays/i2p.h"
-#include "overlays/socks5.h"
-#include "overlays/tailscale.h"
+#include "overlays/i2p/i2p_driver.h"
+#include "overlays/socks5/socks5.h"
+#include "overlays/tailscale/tailscale_driver.h"
 
 namespace via::overlays {
 

@@ -4,7 +4,7 @@
 
 #include <string>
 
-#include "broker/i2p_runtime.h"
+#include "overlays/i2p/i2p_runtime.h"
 
 namespace via::broker {
 namespace {

@@ -1,6 +1,6 @@
-// Tests for overlays/sam.h: every class of malformed SAM reply line, RESULT → errno, command
+// Tests for overlays/i2p/sam.h: every class of malformed SAM reply line, RESULT → errno, command
 // builders refusing injected tokens, I2P base64/b32, the line handshakes, and the fuzz corpus.
-#include "overlays/sam.h"
+#include "overlays/i2p/sam.h"
 
 #include <dirent.h>
 #include <gtest/gtest.h>
@@ -11,7 +11,7 @@
 #include <string>
 
 #include "overlays/driver.h"
-#include "overlays/i2p.h"
+#include "overlays/i2p/i2p_driver.h"
 
 namespace via::overlays::sam {
 namespace {

@@ -1,6 +1,6 @@
 // Socks5Handshake byte vectors (RFC 1928/1929), reply codes, hostile replies, and the driver:
 // endpoint resolution, isolation credentials, unsupported kinds.
-#include "overlays/socks5.h"
+#include "overlays/socks5/socks5.h"
 
 #include <arpa/inet.h>
 #include <gtest/gtest.h>

@@ -1,11 +1,11 @@
 // The broker <-> via-tsnet control messages and the Tailscale driver's endpoint handling.
-#include "overlays/tailscale.h"
-
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 
 #include <cerrno>
 #include <cstdlib>
+
+#include "overlays/tailscale/tailscale_driver.h"
 
 namespace via::overlays {
 namespace {

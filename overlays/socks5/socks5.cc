@@ -1,4 +1,4 @@
-#include "overlays/socks5.h"
+#include "overlays/socks5/socks5.h"
 
 #include <netdb.h>
 #include <sys/random.h>

@@ -1,4 +1,4 @@
-#include "overlays/i2p.h"
+#include "overlays/i2p/i2p_driver.h"
 
 #include <netdb.h>
 
@@ -6,7 +6,7 @@
 #include <cstring>
 
 #include "common/wire.h"
-#include "overlays/sam.h"
+#include "overlays/i2p/sam.h"
 
 namespace via::overlays {
 

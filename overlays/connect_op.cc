@@ -1,4 +1,4 @@
-#include "broker/connect_op.h"
+#include "overlays/connect_op.h"
 
 #include <fcntl.h>
 #include <netinet/in.h>

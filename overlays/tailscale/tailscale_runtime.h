@@ -32,11 +32,11 @@
 #include <string>
 #include <vector>
 
-#include "broker/overlay_runtime.h"
 #include "common/unique_fd.h"
 #include "config/config.h"
 #include "loop/event_loop.h"
-#include "overlays/tailscale.h"
+#include "overlays/overlay_runtime.h"
+#include "overlays/tailscale/tailscale_driver.h"
 
 namespace via::broker {
 

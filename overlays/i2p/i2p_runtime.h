@@ -18,12 +18,12 @@
 #include <memory>
 #include <string>
 
-#include "broker/connect_op.h"
-#include "broker/overlay_runtime.h"
 #include "common/unique_fd.h"
 #include "config/config.h"
 #include "loop/event_loop.h"
-#include "overlays/i2p.h"
+#include "overlays/connect_op.h"
+#include "overlays/i2p/i2p_driver.h"
+#include "overlays/overlay_runtime.h"
 
 namespace via::broker {
 

@@ -1,4 +1,4 @@
-#include "overlays/tailscale.h"
+#include "overlays/tailscale/tailscale_driver.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -8,7 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "overlays/socks5.h"
+#include "overlays/socks5/socks5.h"
 
 namespace via::overlays {
 

@@ -1,4 +1,4 @@
-#include "broker/tailscale_runtime.h"
+#include "overlays/tailscale/tailscale_runtime.h"
 
 #include <fcntl.h>
 #include <poll.h>

@@ -1,4 +1,4 @@
-#include "broker/i2p_runtime.h"
+#include "overlays/i2p/i2p_runtime.h"
 
 #include <fcntl.h>
 #include <sys/epoll.h>
@@ -13,8 +13,8 @@
 #include <cstring>
 #include <vector>
 
-#include "broker/tailscale_runtime.h"
-#include "overlays/sam.h"
+#include "overlays/i2p/sam.h"
+#include "overlays/tailscale/tailscale_runtime.h"
 
 namespace via::broker {
 
