@@ -10,11 +10,11 @@
 #include <cerrno>
 #include <cstring>
 
-namespace via::broker {
+namespace via::overlays {
 
-ConnectOp::ConnectOp(EventLoop* loop, const overlays::Driver* driver, UniqueFd fd,
-                     std::unique_ptr<overlays::Handshake> handshake)
-    : loop_(loop), driver_(driver), fd_(std::move(fd)), handshake_(std::move(handshake)) {}
+ConnectOp::ConnectOp(EventLoop* loop, const Overlay* overlay, UniqueFd fd,
+                     std::unique_ptr<Handshake> handshake)
+    : loop_(loop), overlay_(overlay), fd_(std::move(fd)), handshake_(std::move(handshake)) {}
 
 ConnectOp::~ConnectOp() {
   if (phase_ != Phase::kFinished) Release();
@@ -29,7 +29,7 @@ bool ConnectOp::PickEndpoint(sockaddr_storage* addr, socklen_t* len, std::string
     getsockopt(fd_.get(), IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &optlen);
   }
   std::string all;
-  for (const overlays::Endpoint& e : driver_->endpoints()) {
+  for (const Endpoint& e : overlay_->endpoints()) {
     all += (all.empty() ? "" : ", ") + e.text;
     int family = e.addr.ss_family;
     if (family == domain) {
@@ -79,7 +79,7 @@ void ConnectOp::Start(DoneFn done) {
   if ((flags & O_NONBLOCK) == 0 && fcntl(fd_.get(), F_SETFL, flags | O_NONBLOCK) != 0) {
     return Finish(errno, std::string("fcntl(F_SETFL): ") + std::strerror(errno));
   }
-  timer_ = loop_->AddTimer(timeout_ms_ > 0 ? timeout_ms_ : driver_->connect_timeout_ms(), [this] {
+  timer_ = loop_->AddTimer(timeout_ms_ > 0 ? timeout_ms_ : overlay_->connect_timeout_ms(), [this] {
     timer_ = 0;
     OnTimeout();
   });
@@ -130,7 +130,7 @@ void ConnectOp::OnEvent(uint32_t events) {
 
 void ConnectOp::OnTimeout() {
   const std::string ms =
-      std::to_string(timeout_ms_ > 0 ? timeout_ms_ : driver_->connect_timeout_ms());
+      std::to_string(timeout_ms_ > 0 ? timeout_ms_ : overlay_->connect_timeout_ms());
   if (phase_ == Phase::kConnecting) {
     return Finish(ETIMEDOUT, "no connection to proxy " + endpoint_ + " within " + ms + " ms");
   }
@@ -205,4 +205,4 @@ void ConnectOp::Release() {
   fd_.reset();
 }
 
-}  // namespace via::broker
+}  // namespace via::overlays

@@ -14,7 +14,6 @@
 #include "broker/process_info.h"
 #include "broker/selector.h"
 #include "common/paths.h"
-#include "overlays/driver.h"
 #include "tools/broker_client.h"
 #include "tools/cli.h"
 #include "tools/command_identity.h"

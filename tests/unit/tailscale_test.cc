@@ -5,7 +5,8 @@
 #include <cerrno>
 #include <cstdlib>
 
-#include "overlays/tailscale/tailscale_driver.h"
+#include "overlays/tailscale/helper_message.h"
+#include "overlays/tailscale/tailscale_overlay.h"
 
 namespace via::overlays {
 namespace {
@@ -55,7 +56,7 @@ config::Overlay TsOverlay() {
 }
 
 TEST(TailscaleDriver, NoEndpointUntilRunningAndNoHandshakeEither) {
-  auto d = TailscaleDriver::Create(TsOverlay());
+  auto d = TailscaleOverlay::Create(TsOverlay());
   ASSERT_TRUE(d.ok());
   EXPECT_TRUE((*d)->endpoints().empty());
   Target t;
@@ -69,7 +70,7 @@ TEST(TailscaleDriver, NoEndpointUntilRunningAndNoHandshakeEither) {
 }
 
 TEST(TailscaleDriver, EndpointMustBeNumericLoopback) {
-  auto d = TailscaleDriver::Create(TsOverlay());
+  auto d = TailscaleOverlay::Create(TsOverlay());
   ASSERT_TRUE(d.ok());
   EXPECT_FALSE((*d)->SetEndpoint("192.0.2.1:1080"));
   EXPECT_FALSE((*d)->SetEndpoint("localhost:1080"));
@@ -96,7 +97,7 @@ TEST(TailscaleDriver, AuthKeyFromTheEnvironment) {
   o.tailscale.auth_key.clear();
   o.tailscale.auth_key_env = "VIA_UNIT_TS_KEY";
   setenv("VIA_UNIT_TS_KEY", "tskey-from-env", 1);
-  auto d = TailscaleDriver::Create(o);
+  auto d = TailscaleOverlay::Create(o);
   ASSERT_TRUE(d.ok());
   EXPECT_EQ((*d)->auth_key(), "tskey-from-env");
   unsetenv("VIA_UNIT_TS_KEY");
@@ -106,7 +107,7 @@ TEST(TailscaleDriver, AttachedEntryNeedsNoKey) {
   config::Overlay o = TsOverlay();
   o.tailscale.auth_key.clear();
   o.tailscale.localapi_socket = "/run/tailscale/tailscaled.sock";
-  auto d = TailscaleDriver::Create(o);
+  auto d = TailscaleOverlay::Create(o);
   ASSERT_TRUE(d.ok());
   EXPECT_TRUE((*d)->attached());
 }

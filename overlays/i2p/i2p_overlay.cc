@@ -1,4 +1,4 @@
-#include "overlays/i2p/i2p_runtime.h"
+#include "overlays/i2p/i2p_overlay.h"
 
 #include <fcntl.h>
 #include <sys/epoll.h>
@@ -14,18 +14,15 @@
 #include <vector>
 
 #include "overlays/i2p/sam.h"
-#include "overlays/tailscale/tailscale_runtime.h"
 
-namespace via::broker {
+namespace via::overlays {
 
 namespace {
 
-namespace sam = overlays::sam;
-
 // A blocking TCP socket of the SAM endpoint's family (ConnectOp makes it non-blocking while it
 // works and restores the flags).
-Result<UniqueFd> SamSocket(const overlays::Driver& driver) {
-  int family = driver.endpoints().empty() ? AF_INET : driver.endpoints()[0].addr.ss_family;
+Result<UniqueFd> SamSocket(const Overlay& i2p) {
+  int family = i2p.endpoints().empty() ? AF_INET : i2p.endpoints()[0].addr.ss_family;
   UniqueFd fd(socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd) return Status::FromErrno("socket");
   return fd;
@@ -93,9 +90,9 @@ Status WriteKeys(const std::string& path, const std::string& keys) {
 
 // ---- SamSession ------------------------------------------------------------------------------
 
-SamSession::SamSession(EventLoop* loop, overlays::I2pDriver* driver, std::string id,
+SamSession::SamSession(EventLoop* loop, const I2pOverlay* i2p, std::string id,
                        std::string destination)
-    : loop_(loop), driver_(driver), id_(std::move(id)), destination_(std::move(destination)) {}
+    : loop_(loop), i2p_(i2p), id_(std::move(id)), destination_(std::move(destination)) {}
 
 SamSession::~SamSession() {
   op_.reset();
@@ -104,16 +101,16 @@ SamSession::~SamSession() {
 
 void SamSession::Start(DoneFn created, DoneFn lost) {
   lost_ = std::move(lost);
-  auto hs = sam::NewSessionHandshake(id_, destination_, driver_->settings().options);
+  auto hs = sam::NewSessionHandshake(id_, destination_, i2p_->settings().options);
   if (!hs.ok()) return created(hs.status());
   sam::LineHandshake* line = hs->get();
-  auto fd = SamSocket(*driver_);
+  auto fd = SamSocket(*i2p_);
   if (!fd.ok()) return created(fd.status());
   ctl_ = std::move(*fd);
   auto dup = Dup(ctl_.get());
   if (!dup.ok()) return created(dup.status());
-  op_ = std::make_unique<ConnectOp>(loop_, driver_, std::move(*dup), std::move(*hs));
-  op_->set_timeout_ms(I2pRuntime::kSessionTimeoutMs);
+  op_ = std::make_unique<ConnectOp>(loop_, i2p_, std::move(*dup), std::move(*hs));
+  op_->set_timeout_ms(I2pOverlay::kSessionTimeoutMs);
   op_->Start([this, line, created](int err, const std::string& msg) {
     if (err != 0) {
       loop_->Post([op = std::shared_ptr<ConnectOp>(std::move(op_))] {});
@@ -154,7 +151,7 @@ namespace {
 
 class I2pListener : public InboundListener {
  public:
-  I2pListener(I2pRuntime* rt, uint16_t port, std::string owner, Events events)
+  I2pListener(I2pOverlay* rt, uint16_t port, std::string owner, Events events)
       : rt_(rt), port_(port), owner_(std::move(owner)), events_(std::move(events)) {
     rt_->listening_ports()[port_]++;
   }
@@ -164,8 +161,8 @@ class I2pListener : public InboundListener {
     if (peer_watched_) rt_->loop()->Unwatch(peer_fd_.get());
     if (retry_timer_ != 0) rt_->loop()->CancelTimer(retry_timer_);
     if (session_) {
-      rt_->log()->info("{}: listener on port {} closed; SAM session {} ended ({})",
-                       rt_->driver()->id(), port_, session_->id(), address_);
+      rt_->log()->info("{}: listener on port {} closed; SAM session {} ended ({})", rt_->id(),
+                       port_, session_->id(), address_);
     }
     session_.reset();
     if (--rt_->listening_ports()[port_] == 0) rt_->listening_ports().erase(port_);
@@ -201,7 +198,7 @@ class I2pListener : public InboundListener {
       fresh_keys_ = stored->empty();
     }
     session_ = std::make_unique<SamSession>(
-        rt_->loop(), rt_->driver(), rt_->NewSessionId("l" + std::to_string(port_) + "-"), keys);
+        rt_->loop(), rt_, rt_->NewSessionId("l" + std::to_string(port_) + "-"), keys);
     std::weak_ptr<int> alive = alive_;
     session_->Start(
         [this, alive, persistent](const Status& s) {
@@ -221,16 +218,16 @@ class I2pListener : public InboundListener {
           }
           address_ = *b32 + ":" + std::to_string(port_);
           rt_->log()->info(
-              "{}: listener on port {} is {} (SAM session {}, {} destination) for {}",
-              rt_->driver()->id(), port_, *b32, session_->id(),
+              "{}: listener on port {} is {} (SAM session {}, {} destination) for {}", rt_->id(),
+              port_, *b32, session_->id(),
               persistent ? (fresh_keys_ ? "new persistent" : "persistent") : "ephemeral", owner_);
           // Ready once the first STREAM ACCEPT is pending: a peer may connect at once.
           NextAccept();
         },
         [this, alive](const Status& s) {
           if (alive.expired()) return;
-          rt_->log()->warn("{}: listener on port {} ({}) lost its SAM session: {}",
-                           rt_->driver()->id(), port_, address_, s.message());
+          rt_->log()->warn("{}: listener on port {} ({}) lost its SAM session: {}", rt_->id(),
+                           port_, address_, s.message());
           if (drained_) return FinishDrain();
           Fail(s);
         });
@@ -289,20 +286,18 @@ class I2pListener : public InboundListener {
 
   void NextAccept() {
     auto hs = sam::NewAcceptHandshake(session_->id());
-    auto fd = SamSocket(*rt_->driver());
+    auto fd = SamSocket(*rt_);
     if (!hs.ok() || !fd.ok()) return Fail(hs.ok() ? fd.status() : hs.status());
     peer_fd_ = std::move(*fd);
     auto dup = Dup(peer_fd_.get());
     if (!dup.ok()) return Fail(dup.status());
-    accept_op_ =
-        std::make_unique<ConnectOp>(rt_->loop(), rt_->driver(), std::move(*dup), std::move(*hs));
+    accept_op_ = std::make_unique<ConnectOp>(rt_->loop(), rt_, std::move(*dup), std::move(*hs));
     std::weak_ptr<int> alive = alive_;
     accept_op_->Start([this, alive](int err, const std::string& msg) {
       if (alive.expired()) return;
       rt_->loop()->Post([op = std::shared_ptr<ConnectOp>(std::move(accept_op_))] {});
       if (err != 0) {
-        rt_->log()->warn("{}: STREAM ACCEPT for port {} failed: {}", rt_->driver()->id(), port_,
-                         msg);
+        rt_->log()->warn("{}: STREAM ACCEPT for port {} failed: {}", rt_->id(), port_, msg);
         peer_fd_.reset();
         if (events_.ready) return Ready(Status::Error(err, msg));
         if (!session_ || !session_->ready()) return;
@@ -353,8 +348,8 @@ class I2pListener : public InboundListener {
     if (problem.empty())
       peer = sam::ParsePeerLine(std::string_view(line).substr(0, line.size() - 1));
     if (!peer.ok()) {
-      rt_->log()->warn("{}: an accepted stream on port {} was dropped: {}", rt_->driver()->id(),
-                       port_, peer.status().message());
+      rt_->log()->warn("{}: an accepted stream on port {} was dropped: {}", rt_->id(), port_,
+                       peer.status().message());
       return NextAccept();
     }
     fcntl(fd.get(), F_SETFL, fcntl(fd.get(), F_GETFL) & ~O_NONBLOCK);
@@ -369,7 +364,7 @@ class I2pListener : public InboundListener {
     if (events_.accepted) events_.accepted(AcceptedStream{std::move(fd), *peer});
   }
 
-  I2pRuntime* rt_;
+  I2pOverlay* rt_;
   uint16_t port_;
   std::string owner_;
   Events events_;
@@ -388,17 +383,37 @@ class I2pListener : public InboundListener {
 
 }  // namespace
 
-// ---- I2pRuntime ------------------------------------------------------------------------------
+// ---- I2pOverlay ------------------------------------------------------------------------------
 
-I2pRuntime::I2pRuntime(const config::Overlay& overlay, const config::NetworkService& service,
-                       overlays::I2pDriver* driver, EventLoop* loop,
-                       std::shared_ptr<spdlog::logger> log)
-    : overlay_(overlay), service_(service), driver_(driver), loop_(loop), log_(std::move(log)) {}
+I2pOverlay::I2pOverlay(const config::Overlay& overlay, const OverlayContext& context)
+    : overlay_(overlay),
+      service_(context.service),
+      loop_(context.loop),
+      log_(context.log),
+      waiters_(context.loop) {}
 
-I2pRuntime::~I2pRuntime() {
-  for (auto& [id, w] : waiters_) {
-    if (w.timer != 0) loop_->CancelTimer(w.timer);
+Result<std::unique_ptr<I2pOverlay>> I2pOverlay::Create(const config::Overlay& overlay,
+                                                       const OverlayContext& context) {
+  std::unique_ptr<I2pOverlay> o(new I2pOverlay(overlay, context));
+  auto endpoints = ResolveEndpoints(overlay.id, "SAM host", overlay.i2p.host, overlay.i2p.port);
+  if (!endpoints.ok()) return endpoints.status();
+  o->endpoints_ = std::move(*endpoints);
+  return o;
+}
+
+Result<std::unique_ptr<Handshake>> I2pOverlay::NewHandshake(const Target& target) {
+  if (target.name.empty() || !sam::IsI2pName(target.name)) {
+    return Status::Error(ENETUNREACH, "I2P reaches only .i2p names (" + target.ToString() +
+                                          " is not one; SAM has no outproxy)");
   }
+  if (session_.empty()) return Status::Error(ENETUNREACH, "no SAM session is up");
+  // The port is dropped, as Wippy does: i2pd's SAM has no TO_PORT.
+  return sam::NewConnectHandshake(session_, target.name);
+}
+
+int64_t I2pOverlay::wait_bound_ms() const {
+  // An I2P listener waits for a SAM session of its own (kSessionTimeoutMs).
+  return std::max<int64_t>(Overlay::wait_bound_ms(), kSessionTimeoutMs + connect_timeout_ms());
 }
 
 namespace {
@@ -418,99 +433,77 @@ std::string I2pKeyDirName(const config::Overlay& overlay) {
   return config::TailscaleDirName(overlay.id);
 }
 
-std::string I2pRuntime::KeyPath(uint16_t port) const {
-  return service_.state_dir + "/i2p/" + I2pKeyDirName(overlay_) + "/listen-" +
+std::string I2pOverlay::KeyPath(uint16_t port) const {
+  return service_->state_dir + "/i2p/" + I2pKeyDirName(overlay_) + "/listen-" +
          std::to_string(port) + ".keys";
 }
 
-std::string I2pRuntime::NewSessionId(const std::string& what) {
+std::string I2pOverlay::NewSessionId(const std::string& what) {
   return overlay_.i2p.session_name + "-" + what + std::to_string(getpid()) + "-" +
          std::to_string(next_session_++);
 }
 
-void I2pRuntime::Start() {
+void I2pOverlay::Start() {
   // Once per broker unless the session is lost or failed: then the next program retries.
   if (!outbound_ && (last_error_.ok() || NowMs() - failed_ms_ > 1000)) CreateOutbound();
 }
 
-void I2pRuntime::CreateOutbound() {
+void I2pOverlay::CreateOutbound() {
   if (outbound_) return;
-  outbound_ = std::make_unique<SamSession>(loop_, driver_, NewSessionId(""), "TRANSIENT");
+  outbound_ = std::make_unique<SamSession>(loop_, this, NewSessionId(""), "TRANSIENT");
   created_ms_ = NowMs();
-  log_->info("{}: creating SAM session {} at {}", driver_->id(), outbound_->id(),
-             driver_->endpoints().empty() ? "?" : driver_->endpoints()[0].text);
+  log_->info("{}: creating SAM session {} at {}", id(), outbound_->id(),
+             endpoints_.empty() ? "?" : endpoints_[0].text);
   outbound_->Start([this](const Status& s) { OnOutboundCreated(s); },
                    [this](const Status& s) { OnOutboundLost(s); });
 }
 
-void I2pRuntime::OnOutboundCreated(const Status& s) {
+void I2pOverlay::OnOutboundCreated(const Status& s) {
   if (!s.ok()) {
     last_error_ = s;
     failed_ms_ = NowMs();
-    log_->warn("{}: SAM session {} could not be created: {}", driver_->id(),
+    log_->warn("{}: SAM session {} could not be created: {}", id(),
                outbound_ ? outbound_->id() : "?", s.message());
     // Destroyed later: this callback runs inside the session's ConnectOp.
     loop_->Post([dead = std::shared_ptr<SamSession>(std::move(outbound_))] {});
-    driver_->set_session("");
-    return FinishWaiters(Status::Error(s.code(), "no SAM session: " + s.message()));
+    set_session("");
+    return waiters_.FinishAll(Status::Error(s.code(), "no SAM session: " + s.message()));
   }
   last_error_ = Status::Ok();
-  driver_->set_session(outbound_->id());
-  log_->info("{}: SAM session {} ready after {} ms", driver_->id(), outbound_->id(),
-             NowMs() - created_ms_);
-  FinishWaiters(Status::Ok());
+  set_session(outbound_->id());
+  log_->info("{}: SAM session {} ready after {} ms", id(), outbound_->id(), NowMs() - created_ms_);
+  waiters_.FinishAll(Status::Ok());
 }
 
-void I2pRuntime::OnOutboundLost(const Status& s) {
+void I2pOverlay::OnOutboundLost(const Status& s) {
   last_error_ = s;
-  log_->warn("{}: SAM session {} lost: {}; the next connect creates a new one", driver_->id(),
+  log_->warn("{}: SAM session {} lost: {}; the next connect creates a new one", id(),
              outbound_ ? outbound_->id() : "?", s.message());
-  driver_->set_session("");
+  set_session("");
   loop_->Post([dead = std::shared_ptr<SamSession>(std::move(outbound_))] {});
 }
 
-void I2pRuntime::FinishWaiters(const Status& s) {
-  std::map<uint64_t, Waiter> waiters = std::move(waiters_);
-  waiters_.clear();
-  for (auto& [id, w] : waiters) {
-    if (w.timer != 0) loop_->CancelTimer(w.timer);
-    w.done(s);
-  }
-}
-
-uint64_t I2pRuntime::WhenReady(std::function<void(const Status&)> done) {
+uint64_t I2pOverlay::WhenReady(std::function<void(const Status&)> done) {
   if (outbound_ && outbound_->ready()) {
     done(Status::Ok());
     return 0;
   }
-  uint64_t id = next_wait_++;
-  Waiter& w = waiters_[id];
-  w.done = std::move(done);
-  const int ms = driver_->connect_timeout_ms();
-  w.timer = loop_->AddTimer(ms, [this, id, ms] {
-    auto it = waiters_.find(id);
-    if (it == waiters_.end()) return;
-    auto fn = std::move(it->second.done);
-    waiters_.erase(it);
-    fn(Status::Error(ETIMEDOUT, "the SAM session was not ready within " + std::to_string(ms) +
-                                    " ms (connect_timeout)"));
+  const int ms = connect_timeout_ms();
+  uint64_t wait = waiters_.Add(std::move(done), ms, [ms] {
+    return Status::Error(ETIMEDOUT, "the SAM session was not ready within " + std::to_string(ms) +
+                                        " ms (connect_timeout)");
   });
   CreateOutbound();  // no-op while one is being created
-  return id;
+  return wait;
 }
 
-void I2pRuntime::CancelWait(uint64_t id) {
-  auto it = waiters_.find(id);
-  if (it == waiters_.end()) return;
-  if (it->second.timer != 0) loop_->CancelTimer(it->second.timer);
-  waiters_.erase(it);
-}
+void I2pOverlay::CancelWait(uint64_t wait) { waiters_.Cancel(wait); }
 
-Result<std::unique_ptr<InboundListener>> I2pRuntime::Listen(uint16_t port, const std::string& owner,
+Result<std::unique_ptr<InboundListener>> I2pOverlay::Listen(uint16_t port, const std::string& owner,
                                                             InboundListener::Events events) {
   if (ports_.count(port) != 0) {
     return Status::Error(EADDRINUSE,
-                         driver_->id() + " already has a listener on port " + std::to_string(port));
+                         id() + " already has a listener on port " + std::to_string(port));
   }
   auto l = std::make_unique<I2pListener>(this, port, owner, std::move(events));
   I2pListener* raw = l.get();
@@ -519,8 +512,8 @@ Result<std::unique_ptr<InboundListener>> I2pRuntime::Listen(uint16_t port, const
   return out;
 }
 
-void I2pRuntime::AppendStatus(std::ostream& out) const {
-  out << "i2p " << driver_->id() << " outbound session ";
+void I2pOverlay::AppendStatus(std::ostream& out) const {
+  out << "i2p " << id() << " outbound session ";
   if (outbound_ && outbound_->ready()) {
     out << outbound_->id() << " ready";
   } else if (outbound_) {
@@ -532,24 +525,4 @@ void I2pRuntime::AppendStatus(std::ostream& out) const {
   out << "\n";
 }
 
-// ---- factory ---------------------------------------------------------------------------------
-
-std::unique_ptr<OverlayRuntime> CreateOverlayRuntime(const config::Overlay& overlay,
-                                                     const config::NetworkService& service,
-                                                     overlays::Driver* driver, EventLoop* loop,
-                                                     std::shared_ptr<spdlog::logger> log) {
-  if (driver == nullptr) return nullptr;
-  switch (overlay.kind) {
-    case config::OverlayKind::kI2p:
-      return std::make_unique<I2pRuntime>(
-          overlay, service, static_cast<overlays::I2pDriver*>(driver), loop, std::move(log));
-    case config::OverlayKind::kTailscale:
-      return std::make_unique<TailscaleRuntime>(
-          overlay, service, static_cast<overlays::TailscaleDriver*>(driver), loop, std::move(log));
-    case config::OverlayKind::kSocks5:
-      break;
-  }
-  return nullptr;
-}
-
-}  // namespace via::broker
+}  // namespace via::overlays
