@@ -14,7 +14,11 @@ namespace via::overlays {
 
 ConnectOp::ConnectOp(EventLoop* loop, const Overlay* overlay, UniqueFd fd,
                      std::unique_ptr<Handshake> handshake)
-    : loop_(loop), overlay_(overlay), fd_(std::move(fd)), handshake_(std::move(handshake)) {}
+    : loop_(loop),
+      overlay_(overlay),
+      role_(overlay->endpoint_role()),
+      fd_(std::move(fd)),
+      handshake_(std::move(handshake)) {}
 
 ConnectOp::~ConnectOp() {
   if (phase_ != Phase::kFinished) Release();
@@ -53,15 +57,13 @@ bool ConnectOp::PickEndpoint(sockaddr_storage* addr, socklen_t* len, std::string
     return true;
   }
   if (all.empty()) {
-    *why = "the overlay has no proxy address";
+    *why = "the overlay has no " + role_ + " address";
   } else if (domain == AF_INET) {
-    *why = "the program's socket is IPv4 (AF_INET) and the proxy has only IPv6 addresses (" + all +
-           ")";
+    *why = "the program's socket is IPv4 (AF_INET) and the " + role_ +
+           " has only IPv6 addresses (" + all + ")";
   } else {
-    *why =
-        "the program's socket is IPv6-only (IPV6_V6ONLY) and the proxy has only IPv4 "
-        "addresses (" +
-        all + ")";
+    *why = "the program's socket is IPv6-only (IPV6_V6ONLY) and the " + role_ +
+           " has only IPv4 addresses (" + all + ")";
   }
   return false;
 }
@@ -91,7 +93,7 @@ void ConnectOp::Start(DoneFn done) {
   }
   if (errno != EINPROGRESS) {
     int err = errno;
-    return Finish(err, "cannot connect to proxy " + endpoint_ + ": " + std::strerror(err));
+    return Finish(err, "cannot connect to " + role_ + " " + endpoint_ + ": " + std::strerror(err));
   }
   // A proxy on this host (the usual case: tor, i2pd, tailscaled) has completed the TCP handshake
   // by the time connect() returns, so skip the wait for writability (an epoll round trip).
@@ -121,7 +123,8 @@ void ConnectOp::OnEvent(uint32_t events) {
     socklen_t len = sizeof err;
     if (getsockopt(fd_.get(), SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
     if (err != 0) {
-      return Finish(err, "cannot connect to proxy " + endpoint_ + ": " + std::strerror(err));
+      return Finish(err,
+                    "cannot connect to " + role_ + " " + endpoint_ + ": " + std::strerror(err));
     }
     phase_ = Phase::kHandshake;
   }
@@ -132,9 +135,10 @@ void ConnectOp::OnTimeout() {
   const std::string ms =
       std::to_string(timeout_ms_ > 0 ? timeout_ms_ : overlay_->connect_timeout_ms());
   if (phase_ == Phase::kConnecting) {
-    return Finish(ETIMEDOUT, "no connection to proxy " + endpoint_ + " within " + ms + " ms");
+    return Finish(ETIMEDOUT,
+                  "no connection to " + role_ + " " + endpoint_ + " within " + ms + " ms");
   }
-  Finish(ETIMEDOUT, "proxy " + endpoint_ + " did not finish the handshake within " + ms + " ms");
+  Finish(ETIMEDOUT, role_ + " " + endpoint_ + " did not finish the handshake within " + ms + " ms");
 }
 
 void ConnectOp::Pump() {
@@ -146,7 +150,7 @@ void ConnectOp::Pump() {
       if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return WaitFor(EPOLLOUT);
       if (r < 0) {
         int err = errno;
-        return Finish(err, "sending to proxy " + endpoint_ + ": " + std::strerror(err));
+        return Finish(err, "sending to " + role_ + " " + endpoint_ + ": " + std::strerror(err));
       }
       handshake_->Consumed(size_t(r));
       // The proxy cannot have answered what we just sent before it ran: wait for its reply
@@ -175,11 +179,11 @@ void ConnectOp::Pump() {
     if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return WaitFor(EPOLLIN);
     if (r < 0) {
       int err = errno;
-      return Finish(err, "reading from proxy " + endpoint_ + ": " + std::strerror(err));
+      return Finish(err, "reading from " + role_ + " " + endpoint_ + ": " + std::strerror(err));
     }
     if (r == 0) {
       return Finish(ECONNRESET,
-                    "proxy " + endpoint_ + " closed the connection during the handshake");
+                    role_ + " " + endpoint_ + " closed the connection during the handshake");
     }
     Status st = handshake_->Feed(buf, size_t(r));
     if (!st.ok()) return Finish(st.code(), st.message());

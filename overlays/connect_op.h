@@ -59,6 +59,7 @@ class ConnectOp {
 
   EventLoop* loop_;
   const Overlay* overlay_;
+  const std::string role_;  // the endpoint in messages: "proxy", "SAM bridge"...
   UniqueFd fd_;
   std::unique_ptr<Handshake> handshake_;
   DoneFn done_;

@@ -39,6 +39,10 @@ class Socks5Handshake : public ResolveHandshake {
   // For RESOLVE and RESOLVE_PTR, the bound address or name is the answer.
   wire::Addr ResolvedAddr() const override { return bound_addr_; }
   std::string ResolvedName() const override { return bound_name_; }
+  // After a failed Feed(): the proxy's CONNECT reply code (0x01..0xff), or 0 when it failed
+  // otherwise. Lets a user of SOCKS5 word a refusal in its own terms (a Tailscale helper is no
+  // Tor exit).
+  uint8_t reply_code() const { return client_.reply_code(); }
 
   // Whether SOCKS5 can carry this request: a name of 1..255 bytes or an address of family 4 or
   // 6, and credentials of at most 255 bytes each. EINVAL with a message otherwise.

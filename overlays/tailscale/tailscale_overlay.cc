@@ -50,6 +50,60 @@ bool IsConnectivityError(const std::string& e) {
   return false;
 }
 
+// The helper's SOCKS5 refusals in a tailnet's terms. Its reply codes (tsnet/main.go: socksConn,
+// resolve, dialErrorCode) mean something narrower than a proxy's, and there is no exit.
+const char* TailnetRefusal(uint8_t code) {
+  switch (code) {
+    case 0x02:
+      return "it is not a tailnet address (100.64.0.0/10, fd7a:115c:a1e0::/48); the node dials "
+             "only its tailnet";
+    case 0x03:
+      return "the node is not Running";
+    case 0x04:
+      return "no node of that name in the tailnet's netmap, or no route to it";
+    case 0x05:
+      return "the peer refused the connection";
+    case 0x06:
+      return "the peer did not answer in time";
+    case 0x07:
+    case 0x08:
+      return "the helper does not support this request (a via-tsnet of another version?)";
+    default:
+      return "the node could not dial it (the helper's log says why)";
+  }
+}
+
+// SOCKS5 CONNECT to the helper, with failures worded by the overlay: `node` is who dials
+// ("tailscale node via-a of app:ts").
+class TailscaleHandshake : public Handshake {
+ public:
+  TailscaleHandshake(const Target& target, std::string secret, std::string node)
+      : target_(target.ToString()),
+        node_(std::move(node)),
+        socks_(target, "via", std::move(secret)) {}
+
+  std::string_view Output() const override { return socks_.Output(); }
+  void Consumed(size_t n) override { socks_.Consumed(n); }
+  size_t WantRead() const override { return socks_.WantRead(); }
+  bool Done() const override { return socks_.Done(); }
+  // The errno stays the reply code's (socks5::ReplyCodeToErrno); only the words change.
+  Status Feed(const uint8_t* data, size_t n) override {
+    Status st = socks_.Feed(data, n);
+    if (st.ok()) return st;
+    const uint8_t code = socks_.reply_code();
+    if (code == 0) return Status::Error(st.code(), "the Tailscale helper: " + st.message());
+    char hex[8];
+    std::snprintf(hex, sizeof hex, "0x%02x", code);
+    return Status::Error(st.code(), node_ + " cannot reach " + target_ + ": " +
+                                        TailnetRefusal(code) + " (helper reply " + hex + ")");
+  }
+
+ private:
+  std::string target_;
+  std::string node_;
+  Socks5Handshake socks_;
+};
+
 }  // namespace
 
 TailscaleOverlay::TailscaleOverlay(const config::Overlay& overlay, const OverlayContext& context)
@@ -122,7 +176,7 @@ Result<std::unique_ptr<Handshake>> TailscaleOverlay::NewHandshake(const Target& 
   if (endpoints_.empty()) {
     return Status::Error(ENETUNREACH, "tailscale node " + overlay_.id + " is not running");
   }
-  return std::unique_ptr<Handshake>(new Socks5Handshake(target, "via", secret_));
+  return std::unique_ptr<Handshake>(new TailscaleHandshake(target, secret_, NodeText()));
 }
 
 TailscaleOverlay::~TailscaleOverlay() {

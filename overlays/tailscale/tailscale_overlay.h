@@ -63,7 +63,8 @@ class TailscaleOverlay : public Overlay {
   const std::vector<Endpoint>& endpoints() const override { return endpoints_; }
   const char* endpoint_role() const override { return "Tailscale helper"; }
   // SOCKS5 CONNECT with user "via" and the secret; names go as names (the helper resolves them
-  // from the tailnet's netmap). ENETUNREACH when the node is not Running.
+  // from the tailnet's netmap). ENETUNREACH when the node is not Running. The helper's refusals
+  // are worded for a tailnet ("no node of that name in the tailnet", "not a tailnet address").
   Result<std::unique_ptr<Handshake>> NewHandshake(const Target& target) override;
   int connect_timeout_ms() const override { return overlay_.tailscale.connect_timeout_ms; }
   bool keeps_state() const override { return true; }

@@ -114,3 +114,34 @@ TEST(TailscaleDriver, AttachedEntryNeedsNoKey) {
 
 }  // namespace
 }  // namespace via::overlays
+
+// The helper answers in SOCKS5, but a refusal is worded for a tailnet, not for a proxy's exit;
+// the errno stays the reply code's.
+namespace via::overlays {
+namespace {
+
+Status Feed(Handshake& h, std::string_view bytes) {
+  h.Consumed(h.Output().size());
+  return h.Feed(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
+}
+
+TEST(TailscaleOverlay, RefusalsAreWordedForATailnet) {
+  auto d = TailscaleOverlay::Create(TsOverlay());
+  ASSERT_TRUE(d.ok());
+  ASSERT_TRUE((*d)->SetEndpoint("127.0.0.1:41234"));
+  Target t;
+  t.name = "nobody";
+  t.port = 22;
+  auto h = (*d)->NewHandshake(t);
+  ASSERT_TRUE(h.ok());
+  ASSERT_TRUE(Feed(**h, std::string_view("\x05\x02", 2)).ok());
+  ASSERT_TRUE(Feed(**h, std::string_view("\x01\x00", 2)).ok());
+  Status s = Feed(**h, std::string_view("\x05\x04\x00\x01\x00", 5));
+  EXPECT_EQ(s.code(), EHOSTUNREACH);
+  EXPECT_EQ(s.message(),
+            "tailscale node wippy of app:ts cannot reach nobody:22: no node of that name in the "
+            "tailnet's netmap, or no route to it (helper reply 0x04)");
+}
+
+}  // namespace
+}  // namespace via::overlays
