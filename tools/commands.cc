@@ -313,7 +313,7 @@ int StatusOrStop(int argc, char** argv, bool stop) {
       Error(s.message());
       return kExitFailure;
     }
-    // Wait until it is gone (it closes every connection on exit, after its overlays' runtimes
+    // Wait until it is gone (it closes every connection on exit, after its overlays
     // are down: an ephemeral Tailscale node logs out, up to 10 s), so that a `via run` right
     // after this starts a new broker instead of reaching the old one.
     pollfd p{c->fd(), POLLIN, 0};

@@ -427,7 +427,7 @@ void TailscaleOverlay::Spawn() {
 }
 
 Status TailscaleOverlay::LockStateDir(const std::string& dir) {
-  if (lock_) return Status::Ok();  // ours for the runtime's life, across helper restarts
+  if (lock_) return Status::Ok();  // ours for the overlay's life, across helper restarts
   const std::string path = dir + "/via-tsnet.lock";
   UniqueFd fd(open(path.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600));
   if (!fd) return Status::FromErrno("cannot open the state directory's lock " + path);

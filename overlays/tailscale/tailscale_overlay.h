@@ -103,7 +103,7 @@ class TailscaleOverlay : public Overlay {
   TailscaleOverlay(const config::Overlay& overlay, const OverlayContext& context);
 
   void Spawn();
-  // flock() on <dir>/via-tsnet.lock, held from the first spawn to the runtime's end (and by its
+  // flock() on <dir>/via-tsnet.lock, held from the first spawn to the overlay's end (and by its
   // helpers): one node per state directory, whatever config or path names it. EBUSY if taken.
   Status LockStateDir(const std::string& dir);
   void OnControl();
