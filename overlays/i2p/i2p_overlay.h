@@ -22,51 +22,14 @@
 #include <string>
 #include <vector>
 
-#include "common/unique_fd.h"
 #include "config/config.h"
 #include "loop/event_loop.h"
-#include "overlays/connect_op.h"
+#include "overlays/i2p/sam_session.h"
 #include "overlays/overlay.h"
 #include "overlays/overlay_context.h"
 #include "overlays/ready_waiters.h"
 
 namespace via::overlays {
-
-class I2pOverlay;
-
-// One SAM session: a control socket that ran HELLO + SESSION CREATE and stays open.
-class SamSession {
- public:
-  using DoneFn = std::function<void(const Status&)>;
-  // *loop, *i2p must outlive it. `destination` is "TRANSIENT" or base64 private keys.
-  SamSession(EventLoop* loop, const I2pOverlay* i2p, std::string id, std::string destination);
-  ~SamSession();  // closes the control socket: the router deletes the session
-  SamSession(const SamSession&) = delete;
-  SamSession& operator=(const SamSession&) = delete;
-
-  // `created` runs once with the result of SESSION CREATE; `lost` once if the router closes an
-  // established session. Either may destroy this object.
-  void Start(DoneFn created, DoneFn lost);
-
-  const std::string& id() const { return id_; }
-  bool ready() const { return ready_; }
-  // The session's private keys as SESSION STATUS returned them (valid once ready).
-  const std::string& private_keys() const { return private_keys_; }
-
- private:
-  void OnControlEvent();
-
-  EventLoop* loop_;
-  const I2pOverlay* i2p_;
-  std::string id_;
-  std::string destination_;
-  UniqueFd ctl_;
-  std::unique_ptr<ConnectOp> op_;
-  bool watched_ = false;
-  bool ready_ = false;
-  std::string private_keys_;
-  DoneFn lost_;
-};
 
 // The directory that holds an I2P entry's listener keys, below <state_dir>/i2p/: "ns.name" (as
 // it has always been) when both are plain words ([A-Za-z0-9_-]), else the entry's full name as
@@ -90,7 +53,7 @@ class I2pOverlay : public Overlay {
   // quote the SAM reply: `SAM STREAM CONNECT failed: "STREAM STATUS RESULT=CANT_REACH_PEER"`.
   Result<std::unique_ptr<Handshake>> NewHandshake(const Target& target) override;
   int connect_timeout_ms() const override { return overlay_.i2p.connect_timeout_ms; }
-  // A program may wait for the session (kSessionTimeoutMs) and then for its connect.
+  // A program may wait for a session (SamSession::kCreateTimeoutMs) and then for its connect.
   int64_t wait_bound_ms() const override;
 
   void Start() override;
@@ -100,9 +63,6 @@ class I2pOverlay : public Overlay {
   Result<std::unique_ptr<InboundListener>> Listen(uint16_t port, const std::string& owner,
                                                   InboundListener::Events events) override;
   void AppendStatus(std::ostream& out) const override;
-
-  // SESSION CREATE may take 20 s (i2pd) or 40 s with 3-hop tunnels.
-  static constexpr int kSessionTimeoutMs = 120000;
 
   // The session STREAM CONNECT uses; "" while none is up. Set when the outbound session is
   // created or lost (and by tests).
