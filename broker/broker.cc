@@ -11,8 +11,8 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "broker/event_loop.h"
 #include "broker/server.h"
+#include "loop/event_loop.h"
 
 namespace via::broker {
 

@@ -19,7 +19,7 @@ void Outbox::Pop() {
 ClientCaps ClientCaps::ForDescriptorLimit(uint64_t nofile) {
   ClientCaps c;
   // Descriptors the broker needs whatever its clients do: stdio, the log, epoll, signalfd, the
-  // listening socket, the reserve descriptor, timers of the overlays' runtimes...
+  // listening socket, the reserve descriptor, timers of the overlays...
   constexpr uint64_t kBase = 16;
   uint64_t usable = nofile > kBase ? nofile - kBase : 0;
   uint64_t keep = std::max<uint64_t>(32, usable / 4);

@@ -48,22 +48,10 @@ void Server::HandleDnsQuery(Client& c, const wire::Message& m) {
 
 namespace via::broker {
 
-// Names that only the overlay can reach keep their fake addresses: an exit cannot resolve them.
-static bool OverlayOnlyName(const std::string& name) {
-  for (const char* suffix : {".onion", ".i2p", ".exit"}) {
-    std::string_view s(suffix);
-    if (name.size() > s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0) {
-      return true;
-    }
-  }
-  return false;
-}
-
 bool Server::StartRemoteResolve(Client& c, const wire::Message& m, const overlays::Target& target,
                                 uint8_t family) {
   std::shared_ptr<OverlayState> overlay = c.overlay;
-  if (overlay == nullptr || !overlay->driver || !overlay->driver->remote_resolve() ||
-      (!target.name.empty() && OverlayOnlyName(target.name))) {
+  if (overlay == nullptr || !overlay->instance || !overlay->instance->ResolvesRemotely(target)) {
     return false;
   }
   const uint16_t reply = m.type() | wire::kReplyBit;
@@ -76,9 +64,9 @@ bool Server::StartRemoteResolve(Client& c, const wire::Message& m, const overlay
     ReplyError(c, reply, m.id(), err, what + " via " + overlay->overlay->id + ": " + msg);
     return true;
   };
-  auto hs = overlay->driver->NewResolveHandshake(target);
+  auto hs = overlay->instance->NewResolveHandshake(target);
   if (!hs.ok()) return fail(hs.status().code(), hs.status().message());
-  const auto& endpoints = overlay->driver->endpoints();
+  const auto& endpoints = overlay->instance->endpoints();
   if (endpoints.empty()) return fail(EHOSTUNREACH, "the overlay has no endpoint");
   // A socket of the broker's own, in the family of the first endpoint (IPv6 reaches both).
   UniqueFd fd(socket(endpoints[0].addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
@@ -92,7 +80,8 @@ bool Server::StartRemoteResolve(Client& c, const wire::Message& m, const overlay
   p.resolve = true;
   p.family = family;
   p.handshake = hs->get();
-  p.op = std::make_unique<ConnectOp>(loop_, overlay->driver.get(), std::move(fd), std::move(*hs));
+  p.op = std::make_unique<overlays::ConnectOp>(loop_, overlay->instance.get(), std::move(fd),
+                                               std::move(*hs));
   c.ops.push_back(op_id);
   p.op->Start([this, op_id](int err, const std::string& msg) { OnConnectDone(op_id, err, msg); });
   return true;
@@ -116,14 +105,14 @@ void Server::RemoteResolveDone(PendingConnect& p, Client& c, int err, const std:
   wire::Writer w(buf, sizeof buf, reply, p.request_id);
   w.PutU32(wire::kTagErrno, 0);
   if (reverse) {
-    std::string name = p.overlay->driver->ResolvedName(*p.handshake);
+    std::string name = p.handshake->ResolvedName();
     if (uint64_t suppressed = 0; LogAllowed(Noisy::kDns, &suppressed)) {
       log_->info("remote resolve of {} via {}: {} ({}){}", what, id, name, PeerText(c),
                  SuppressedText(suppressed));
     }
     w.PutString(wire::kTagName, name);
   } else {
-    wire::Addr a = p.overlay->driver->ResolvedAddr(*p.handshake);
+    wire::Addr a = p.handshake->ResolvedAddr();
     char text[80];
     if (uint64_t suppressed = 0; LogAllowed(Noisy::kDns, &suppressed)) {
       log_->info("remote resolve of {} via {}: {} ({}){}", p.target.name, id,

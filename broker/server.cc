@@ -12,11 +12,12 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <optional>
 #include <sstream>
 
-#include "broker/i2p_runtime.h"
 #include "broker/process_info.h"
 #include "broker/selector.h"
+#include "overlays/factory.h"
 #include "overlays/handshake.h"
 
 namespace via::broker {
@@ -148,13 +149,14 @@ Server::~Server() {
   }
   listeners_.clear();
   draining_.clear();
-  // Runtimes go down before the clients are closed: `via stop` returns when its connection
-  // closes, and by then an ephemeral Tailscale node has logged out and I2P sessions are closed.
-  // (Clients may still share an OverlayState; its runtime is gone, which they check.)
+  // Overlays go down before the clients are closed: `via stop` returns when its connection
+  // closes, and by then what they hold on their far side (a node, sessions) is gone. All are
+  // told first, so that their waits overlap. (Clients may still share an OverlayState; its
+  // overlay is gone, which they check.)
   for (auto& [id, st] : overlays_) {
-    if (st->runtime) st->runtime->Stop();
+    if (st->instance) st->instance->Stop();
   }
-  for (auto& [id, st] : overlays_) st->runtime.reset();
+  for (auto& [id, st] : overlays_) st->instance.reset();
   while (!clients_.empty()) CloseClient(clients_.begin()->first);
   if (idle_timer_ != 0) loop_->CancelTimer(idle_timer_);
   if (prune_timer_ != 0) loop_->CancelTimer(prune_timer_);
@@ -167,7 +169,7 @@ Status Server::Start() {
   if (!pool.ok()) return pool.status().WithContext("network_service");
   pool_ = std::make_unique<FakeAddressPool>(std::move(*pool));
 
-  // Drivers resolve their proxy hosts here, before the loop runs: never on the loop thread.
+  // Overlays resolve their proxy hosts here, before the loop runs: never on the loop thread.
   overlays_ = BuildOverlays(config_, {});
   if (Status s = CheckSocketDir(); !s.ok()) return s;
   // One descriptor kept in reserve: past the descriptor limit it is given up for a moment to
@@ -257,8 +259,8 @@ std::string Server::OverlaySummary() const {
   for (const auto& [id, st] : overlays_) {
     out += out.empty() ? "" : ", ";
     out += id + " (" + st->overlay->kind_name;
-    if (st->driver) {
-      for (const auto& e : st->driver->endpoints()) out += " " + e.text;
+    if (st->instance) {
+      for (const auto& e : st->instance->endpoints()) out += " " + e.text;
     } else {
       out += " unavailable";
     }
@@ -504,8 +506,8 @@ void Server::CloseClient(uint64_t client_id) {
   for (uint64_t op : c->ops) {
     auto p = ops_.find(op);
     if (p == ops_.end()) continue;
-    if (p->second.wait != 0 && p->second.overlay->runtime) {
-      p->second.overlay->runtime->CancelWait(p->second.wait);
+    if (p->second.wait != 0 && p->second.overlay->instance) {
+      p->second.overlay->instance->CancelWait(p->second.wait);
     }
     ops_.erase(p);
   }
@@ -669,7 +671,7 @@ Status Server::SelectNetwork(const std::string& ref, std::shared_ptr<OverlayStat
   if (it == overlays_.end()) return Status::Error(ENOENT, "unknown overlay \"" + ref + "\"");
   const std::shared_ptr<OverlayState>& st = it->second;
   *id = o->id;
-  if (!st->driver) {
+  if (!st->instance) {
     return Status::Error(st->error.code() != 0 ? st->error.code() : ENETUNREACH,
                          st->error.message());
   }
@@ -733,7 +735,7 @@ void Server::HandleHello(Client& c, const wire::Message& m) {
   c.shim_plan = ShimPlan(c, &w);
   if (!c.shim_plan.empty()) {
     flags |= wire::kFlagShimSocks5;
-    if (c.overlay->overlay->socks5.isolate_streams) flags |= wire::kFlagIsolate;
+    if (c.overlay->instance->program_socks5()->isolate_streams) flags |= wire::kFlagIsolate;
     if (log_->should_log(spdlog::level::debug)) flags |= wire::kFlagReportEach;
   }
   w.PutU32(wire::kTagFlags, flags);
@@ -742,26 +744,22 @@ void Server::HandleHello(Client& c, const wire::Message& m) {
 }
 
 uint32_t Server::OverlayWaitMs(const Client& c) const {
-  if (c.overlay == nullptr || !c.overlay->driver) return 0;
-  // The overlay's runtime getting ready (bounded by connect_timeout), then the connect (again
-  // connect_timeout); an I2P listener waits for its own SAM session (I2pRuntime's bound).
-  int64_t timeout = c.overlay->driver->connect_timeout_ms();
-  int64_t ms = 2 * timeout;
-  if (c.overlay->overlay->kind == config::OverlayKind::kI2p) {
-    ms = std::max<int64_t>(ms, I2pRuntime::kSessionTimeoutMs + timeout);
-  }
+  if (c.overlay == nullptr || !c.overlay->instance) return 0;
+  const int64_t ms = c.overlay->instance->wait_bound_ms();
   return uint32_t(std::min<int64_t>(ms + 1000, 24 * 3600 * 1000));
 }
 
 std::string Server::ShimPlan(const Client& c, wire::Writer* w) const {
-  if (!c.hello_error.ok() || c.overlay == nullptr || !c.overlay->driver || c.overlay->runtime ||
-      c.overlay->overlay->kind != config::OverlayKind::kSocks5 ||
+  if (!c.hello_error.ok() || c.overlay == nullptr || !c.overlay->instance ||
       !config_->service.handshake_in_program || c.control) {
     return "";
   }
-  const config::Socks5Settings& s = c.overlay->overlay->socks5;
+  const overlays::Overlay& o = *c.overlay->instance;
+  const std::optional<overlays::Overlay::ProgramSocks5> plan = o.program_socks5();
+  if (!plan) return "";
+  const overlays::Overlay::ProgramSocks5& s = *plan;
   std::string key = c.overlay->overlay->id;
-  for (const overlays::Endpoint& e : c.overlay->driver->endpoints()) {
+  for (const overlays::Endpoint& e : o.endpoints()) {
     wire::Addr a;
     if (!wire::AddrFromSockaddr(reinterpret_cast<const sockaddr*>(&e.addr), e.len, &a)) continue;
     if (w != nullptr) w->PutAddr(wire::kTagProxy, a);
@@ -775,7 +773,7 @@ std::string Server::ShimPlan(const Client& c, wire::Writer* w) const {
     key += " user " + s.username + " " + s.password;
   }
   if (s.isolate_streams) key += " isolate";
-  const uint32_t timeout = uint32_t(c.overlay->driver->connect_timeout_ms());
+  const uint32_t timeout = uint32_t(o.connect_timeout_ms());
   key += " " + std::to_string(timeout);
   if (w != nullptr) {
     w->PutU32(wire::kTagTimeoutMs, timeout);
@@ -914,9 +912,8 @@ void Server::HandleConnect(Client& c, const wire::Message& m, std::vector<Unique
   p.waiting_fd = std::move(fds[0]);
   p.domain = domain;
   c.ops.push_back(op_id);
-  if (!c.overlay->runtime) return StartConnectOp(op_id, Status::Ok());
-  // E.g. I2P: STREAM CONNECT needs the SAM session, created ahead; wait for it if it is not up.
-  uint64_t wait = c.overlay->runtime->WhenReady(
+  // An overlay may need state of its own before a connect (a session, a node): wait for it.
+  uint64_t wait = c.overlay->instance->WhenReady(
       [this, op_id](const Status& ready) { StartConnectOp(op_id, ready); });
   if (auto it = ops_.find(op_id); it != ops_.end() && !it->second.op) it->second.wait = wait;
 }
@@ -927,10 +924,10 @@ void Server::StartConnectOp(uint64_t op_id, const Status& ready) {
   PendingConnect& p = it->second;
   p.wait = 0;
   if (!ready.ok()) return OnConnectDone(op_id, ready.code(), ready.message());
-  auto hs = p.overlay->driver->NewHandshake(p.target);
+  auto hs = p.overlay->instance->NewHandshake(p.target);
   if (!hs.ok()) return OnConnectDone(op_id, hs.status().code(), hs.status().message());
-  p.op = std::make_unique<ConnectOp>(loop_, p.overlay->driver.get(), std::move(p.waiting_fd),
-                                     std::move(*hs));
+  p.op = std::make_unique<overlays::ConnectOp>(loop_, p.overlay->instance.get(),
+                                               std::move(p.waiting_fd), std::move(*hs));
   p.op->set_domain(p.domain);
   // May finish (and erase `p`) before it returns.
   p.op->Start([this, op_id](int err, const std::string& msg) { OnConnectDone(op_id, err, msg); });
@@ -1082,7 +1079,7 @@ void Server::HandleOpenSession(Client& c, const wire::Message& m) {
   if (Status s = SelectNetwork(sel.network, &st, &id); !s.ok()) {
     return ReplyError(c, reply, m.id(), s.code(), s.message());
   }
-  if (st != nullptr && st->runtime) st->runtime->Start();  // `via run`: ahead of its program
+  if (st != nullptr && st->instance) st->instance->Start();  // `via run`: ahead of its program
   auto session = sessions_.Open(id, c.id, NowMs());
   if (!session.ok()) {
     return ReplyError(c, reply, m.id(), session.status().code(), session.status().message());
@@ -1208,7 +1205,7 @@ Status Server::Reload(const std::string& why) {
         "reload: the fake-address pools changed; they apply after a restart (names handed "
         "out must keep working)");
   }
-  // Drivers resolve proxy host names; the loop is blocked for that (a config uses addresses
+  // Overlays resolve proxy host names; the loop is blocked for that (a config uses addresses
   // or names from /etc/hosts in practice).
   overlays_ = BuildOverlays(cfg, overlays_);
   config_ = std::move(cfg);
@@ -1253,11 +1250,12 @@ std::map<std::string, std::shared_ptr<Server::OverlayState>> Server::BuildOverla
     const std::map<std::string, std::shared_ptr<OverlayState>>& previous) {
   std::map<std::string, std::shared_ptr<OverlayState>> out;
   for (const config::Overlay& o : cfg->overlays) {
-    // An overlay with a runtime (an I2P session, a Tailscale node) keeps it across a reload when
-    // its entry is still there with the same kind: rebuilding would drop listeners and restart
-    // the node. Changes to such an entry take effect after a restart (logged).
-    if (auto it = previous.find(o.id);
-        it != previous.end() && it->second->runtime && it->second->overlay->kind == o.kind) {
+    // An overlay that keeps state on its far side (a session, a node) is kept across a reload
+    // when its entry is still there with the same kind: rebuilding would drop listeners and
+    // restart the node. Changes to such an entry take effect after a restart (logged).
+    if (auto it = previous.find(o.id); it != previous.end() && it->second->instance &&
+                                       it->second->instance->keeps_state() &&
+                                       it->second->overlay->kind == o.kind) {
       log_->info("reload: {} keeps its running {} (changes to its entry apply after a restart)",
                  o.id, o.kind_name);
       out[o.id] = it->second;
@@ -1266,12 +1264,11 @@ std::map<std::string, std::shared_ptr<Server::OverlayState>> Server::BuildOverla
     auto st = std::make_shared<OverlayState>();
     st->config = cfg;
     st->overlay = &o;
-    auto driver = overlays::CreateDriver(o);
-    if (driver.ok()) {
-      st->driver = std::move(*driver);
-      st->runtime = CreateOverlayRuntime(o, cfg->service, st->driver.get(), loop_, log_);
+    auto instance = overlays::CreateOverlay(o, {loop_, &cfg->service, log_});
+    if (instance.ok()) {
+      st->instance = std::move(*instance);
     } else {
-      st->error = driver.status();
+      st->error = instance.status();
       log_->warn("overlay {} is unavailable: {}", o.id, st->error.message());
     }
     out[o.id] = std::move(st);
@@ -1346,9 +1343,10 @@ void Server::ApplyHello(Client& c) {
     c.hello_error = SelectNetwork(sel.network, &c.overlay, &c.network);
     if (!c.token.empty()) c.session = c.token;
     // The first program selecting an overlay starts what it needs before its first connect
-    // (I2P: the SAM session, 20 s on i2pd); overlays nobody selects never contact their router.
-    if (c.hello_error.ok() && c.overlay != nullptr && c.overlay->runtime) {
-      c.overlay->runtime->Start();
+    // (Overlay::Start, e.g. a session that takes 20 s); overlays nobody selects never contact
+    // their far side.
+    if (c.hello_error.ok() && c.overlay != nullptr && c.overlay->instance) {
+      c.overlay->instance->Start();
     }
   } else {
     c.hello_error = sel.error;
@@ -1373,14 +1371,8 @@ void Server::HandleStatus(Client& c, const wire::Message& m) {
   for (const auto& [id, stp] : overlays_) {
     const OverlayState& st = *stp;
     const config::Overlay& o = *st.overlay;
-    out << "overlay " << id << " " << o.kind_name;
-    if (o.kind == config::OverlayKind::kSocks5) {
-      bool v6 = o.socks5.host.find(':') != std::string::npos;
-      out << " " << (v6 ? "[" : "") << o.socks5.host << (v6 ? "]" : "") << ":" << o.socks5.port
-          << " isolate_streams=" << (o.socks5.isolate_streams ? "true" : "false")
-          << " handshake=" << (config_->service.handshake_in_program ? "program" : "broker");
-    }
-    if (st.driver) {
+    out << "overlay " << id << " " << o.kind_name << overlays::EntrySummary(o, config_->service);
+    if (st.instance) {
       out << " connects ok=" << st.ok << " failed=" << st.failed;
     } else {
       out << " unavailable: " << st.error.message();
@@ -1396,7 +1388,7 @@ void Server::HandleStatus(Client& c, const wire::Message& m) {
     out << "\n";
   }
   for (const auto& [id, st] : overlays_) {
-    if (st->runtime) st->runtime->AppendStatus(out);
+    if (st->instance) st->instance->AppendStatus(out);
   }
   out << "listeners: " << listeners_.size();
   if (!draining_.empty()) out << " (and " << draining_.size() << " closed, draining)";
@@ -1525,15 +1517,12 @@ void Server::HandleListen(Client& c, const wire::Message& m, std::vector<UniqueF
   fcntl(e.sock.get(), F_SETFL, fcntl(e.sock.get(), F_GETFL) | O_NONBLOCK);
   e.bound = bound;
   e.owner = owner;
-  Result<std::unique_ptr<InboundListener>> l =
-      Status::Error(ENOTSUP, "no inbound support in this overlay");
-  if (c.overlay->runtime) {
-    InboundListener::Events ev;
-    ev.ready = [this, lid](const Status& s) { OnListenerReady(lid, s); };
-    ev.accepted = [this, lid](AcceptedStream a) { OnListenerAccepted(lid, std::move(a)); };
-    ev.failed = [this, lid](const Status& s) { CloseListener(lid, s.message(), false); };
-    l = c.overlay->runtime->Listen(bound.port, owner, std::move(ev));
-  }
+  overlays::InboundListener::Events ev;
+  ev.ready = [this, lid](const Status& s) { OnListenerReady(lid, s); };
+  ev.accepted = [this, lid](overlays::AcceptedStream a) { OnListenerAccepted(lid, std::move(a)); };
+  ev.failed = [this, lid](const Status& s) { CloseListener(lid, s.message(), false); };
+  Result<std::unique_ptr<overlays::InboundListener>> l =
+      c.overlay->instance->Listen(bound.port, owner, std::move(ev));
   if (!l.ok()) {
     std::string msg = l.status().code() == ENOTSUP
                           ? id + " (" + c.overlay->overlay->kind_name +
@@ -1583,11 +1572,11 @@ void Server::OnListenerReady(uint64_t id, const Status& s) {
   Reply(*cit->second, w);
 }
 
-void Server::OnListenerAccepted(uint64_t id, AcceptedStream stream) {
+void Server::OnListenerAccepted(uint64_t id, overlays::AcceptedStream stream) {
   auto it = listeners_.find(id);
   if (it == listeners_.end()) return;
   ListenerEntry& e = it->second;
-  // The peer gets a fake address (getnameinfo maps it back to its .b32.i2p), in the family of
+  // The peer gets a fake address (getnameinfo maps it back to its overlay name), in the family of
   // the program's listening socket.
   FakeAddressPool::Pair pair = pool_->Lookup(stream.peer_name);
   wire::Addr peer = e.bound.family == 4 ? pair.v4 : pair.v6;
@@ -1620,8 +1609,8 @@ void Server::CloseListener(uint64_t id, const std::string& why, bool drain) {
   auto entry = std::make_shared<ListenerEntry>(std::move(it->second));
   listeners_.erase(it);
   if (entry->listener && drain) {
-    // Accepted streams may still need the overlay side (I2P: the listener's session).
-    InboundListener* l = entry->listener.get();
+    // Accepted streams may still need the overlay side (e.g. a session of the listener's own).
+    overlays::InboundListener* l = entry->listener.get();
     draining_[id] = std::move(entry->listener);
     l->Drain([this, id] {
       loop_->Post([this, id] {

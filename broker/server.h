@@ -1,5 +1,5 @@
 // Server: the broker's listening socket, its client connections (shims and the CLI), request
-// dispatch per docs/protocol.md, the overlays' drivers, sessions, the fake-address pool, and the
+// dispatch per docs/protocol.md, the overlays, sessions, the fake-address pool, and the
 // connect operations in flight. Everything runs on one EventLoop thread.
 #pragma once
 
@@ -17,16 +17,17 @@
 
 #include "broker/broker.h"
 #include "broker/client_limits.h"
-#include "broker/connect_op.h"
-#include "broker/event_loop.h"
 #include "broker/fake_address_pool.h"
-#include "broker/overlay_runtime.h"
 #include "broker/selector.h"
 #include "broker/session_table.h"
 #include "common/unique_fd.h"
 #include "common/wire.h"
 #include "config/config.h"
-#include "overlays/driver.h"
+#include "loop/event_loop.h"
+#include "overlays/connect_op.h"
+#include "overlays/handshake.h"
+#include "overlays/inbound_listener.h"
+#include "overlays/overlay.h"
 
 namespace via::broker {
 
@@ -40,12 +41,12 @@ class Server {
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
 
-  // Creates the drivers and the pool, and starts listening. Fails if the socket's directory is
+  // Creates the overlays and the pool, and starts listening. Fails if the socket's directory is
   // not private, or another broker answers on the socket.
   Status Start();
 
   // Re-reads the configuration from options.config_path. A config that does not load is
-  // rejected (logged, returned) and the running one stays. Otherwise new drivers are built and
+  // rejected (logged, returned) and the running one stays. Otherwise new overlays are built and
   // swapped in; connects in flight finish on the old ones, and every client's network is
   // selected again (under the new rules and policies) at its next request. `why` is for the log.
   Status Reload(const std::string& why);
@@ -54,10 +55,9 @@ class Server {
   struct OverlayState {
     std::shared_ptr<const config::Config> config;  // keeps `overlay` alive across a reload
     const config::Overlay* overlay = nullptr;
-    std::unique_ptr<overlays::Driver> driver;  // null if it could not be created
-    Status error;                              // why not
-    uint64_t ok = 0, failed = 0;               // connects
-    std::unique_ptr<OverlayRuntime> runtime;   // sessions and listeners (I2P); may be null
+    std::unique_ptr<overlays::Overlay> instance;  // null if it could not be created
+    Status error;                                 // why not
+    uint64_t ok = 0, failed = 0;                  // connects
   };
   struct Client {
     uint64_t id = 0;
@@ -87,15 +87,15 @@ class Server {
     uint32_t request_id = 0;
     std::shared_ptr<OverlayState> overlay;
     overlays::Target target;
-    std::unique_ptr<ConnectOp> op;
+    std::unique_ptr<overlays::ConnectOp> op;
     // A remote resolve (Tor's RESOLVE/RESOLVE_PTR on a socket of the broker's own) instead of
     // a program's connect: dns_query.cc. `handshake` is owned by `op`.
     bool resolve = false;
     uint8_t family = 0;  // RESOLVE's FAMILY
-    const overlays::Handshake* handshake = nullptr;
-    UniqueFd waiting_fd;  // the program's socket while the overlay's runtime gets ready
+    const overlays::ResolveHandshake* handshake = nullptr;
+    UniqueFd waiting_fd;  // the program's socket while the overlay gets ready
     int domain = 0;       // its family (SO_DOMAIN), already asked
-    uint64_t wait = 0;    // OverlayRuntime wait id
+    uint64_t wait = 0;    // Overlay::WhenReady wait id
   };
   // An inbound listener (docs/protocol.md "LISTEN"): the program's listening fd was replaced by
   // the peer of `sock`; accepted streams are sent over `sock` (ACCEPTED with SCM_RIGHTS).
@@ -107,7 +107,7 @@ class Server {
     UniqueFd sock;                          // the broker's end of the socketpair
     wire::Addr bound;                       // what the program bound (its family and port)
     std::string owner;                      // "pid 123 /usr/bin/python3"
-    std::unique_ptr<InboundListener> listener;
+    std::unique_ptr<overlays::InboundListener> listener;
     uint64_t accepted = 0;
   };
 
@@ -179,8 +179,9 @@ class Server {
   void ApplyHello(Client& c);
   // The selector's view of the sessions.
   SelectRequest MakeRequest(std::vector<ProcessInfo> chain) const;
-  // Builds the drivers of `cfg` (resolving proxy hosts: call before the loop runs or on reload).
-  // Overlays of `previous` that have a runtime are kept when their entry is still there.
+  // Builds the overlays of `cfg` (resolving proxy hosts: call before the loop runs or on reload).
+  // Overlays of `previous` that keep state (Overlay::keeps_state) are kept when their entry is
+  // still there with the same kind.
   std::map<std::string, std::shared_ptr<OverlayState>> BuildOverlays(
       const std::shared_ptr<const config::Config>& cfg,
       const std::map<std::string, std::shared_ptr<OverlayState>>& previous);
@@ -189,13 +190,13 @@ class Server {
   // Creates the handshake and the ConnectOp of a pending connect whose overlay is ready.
   void StartConnectOp(uint64_t op_id, const Status& ready);
   void OnListenerReady(uint64_t id, const Status& s);
-  void OnListenerAccepted(uint64_t id, AcceptedStream stream);
+  void OnListenerAccepted(uint64_t id, overlays::AcceptedStream stream);
   // Destroys a listener (its overlay side goes down) after the current handlers have run.
   // With `drain`, the overlay side stays until accepted streams are done (InboundListener::Drain).
   void CloseListener(uint64_t id, const std::string& why, bool drain = true);
 
   // Resolves a network reference: "direct" gives *out = nullptr; an overlay gives its state.
-  // Unknown → ENOENT; an overlay whose driver failed → that failure.
+  // Unknown → ENOENT; an overlay that could not be created → why.
   Status SelectNetwork(const std::string& ref, std::shared_ptr<OverlayState>* out, std::string* id);
   // The destination of a CONNECT request, with fake addresses mapped back to names.
   Status ParseTarget(const wire::Message& m, overlays::Target* target);
@@ -247,7 +248,7 @@ class Server {
   std::map<int, DnsResponder> dns_responders_;  // by fd
   std::map<uint64_t, ListenerEntry> listeners_;
   // Listeners the program closed whose overlay side still serves accepted streams.
-  std::map<uint64_t, std::unique_ptr<InboundListener>> draining_;
+  std::map<uint64_t, std::unique_ptr<overlays::InboundListener>> draining_;
   uint64_t next_listener_ = 1;
   std::vector<uint8_t> recv_buf_;                // one datagram (plus a byte to detect oversize)
   std::set<std::string> logged_network_errors_;  // HELLO failures are logged once per pid+text

@@ -37,24 +37,29 @@ namespace via::proxy {
 // ---- the texts --------------------------------------------------------------------------------
 
 // Why no endpoint of the overlay fits a socket of `domain`: `any_endpoint` false when the overlay
-// has none at all.
-inline void NoEndpointText(int domain, bool any_endpoint, char* msg, size_t cap) {
-  std::snprintf(msg, cap, "%s",
-                !any_endpoint ? "the overlay has no proxy address"
-                : domain == AF_INET
-                    ? "the program's socket is IPv4 (AF_INET) and the proxy has only IPv6 "
-                      "addresses"
-                    : "the program's socket is IPv6-only (IPV6_V6ONLY) and the proxy has only "
-                      "IPv4 addresses");
+// has none at all. `role` names what the endpoints are: "proxy", "SAM bridge"...
+inline void NoEndpointText(int domain, bool any_endpoint, const char* role, char* msg, size_t cap) {
+  if (!any_endpoint) {
+    std::snprintf(msg, cap, "the overlay has no %s address", role);
+  } else if (domain == AF_INET) {
+    std::snprintf(msg, cap,
+                  "the program's socket is IPv4 (AF_INET) and the %s has only IPv6 addresses",
+                  role);
+  } else {
+    std::snprintf(msg, cap,
+                  "the program's socket is IPv6-only (IPV6_V6ONLY) and the %s has only IPv4 "
+                  "addresses",
+                  role);
+  }
 }
 
 // The deadline passed: while connecting to the proxy (`connecting`) or during the handshake.
 inline void TimeoutText(bool connecting, const char* ep, unsigned timeout_ms, char* msg,
                         size_t cap) {
   if (connecting) {
-    std::snprintf(msg, cap, "no connection to proxy %s within %u ms", ep, timeout_ms);
+    std::snprintf(msg, cap, "no connection to %s within %u ms", ep, timeout_ms);
   } else {
-    std::snprintf(msg, cap, "proxy %s did not finish the handshake within %u ms", ep, timeout_ms);
+    std::snprintf(msg, cap, "%s did not finish the handshake within %u ms", ep, timeout_ms);
   }
 }
 
@@ -140,7 +145,7 @@ Step StartConnect(int fd, ConnectFn&& connect, const sockaddr* addr, socklen_t l
   int err = errno;
   // EINTR: the connect goes on in the background, as EINPROGRESS (connect(2)).
   if (err == EINPROGRESS || err == EINTR) return {Next::kWaitWritable};
-  std::snprintf(msg, cap, "cannot connect to proxy %s: %s", ep, std::strerror(err));
+  std::snprintf(msg, cap, "cannot connect to %s: %s", ep, std::strerror(err));
   return {Next::kFailed, err};
 }
 
@@ -150,7 +155,7 @@ inline Step ConnectResult(int fd, const char* ep, char* msg, size_t cap) {
   socklen_t len = sizeof err;
   if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
   if (err == 0) return {Next::kDone};
-  std::snprintf(msg, cap, "cannot connect to proxy %s: %s", ep, std::strerror(err));
+  std::snprintf(msg, cap, "cannot connect to %s: %s", ep, std::strerror(err));
   return {Next::kFailed, err};
 }
 
@@ -173,7 +178,7 @@ Step Pump(int fd, H& hs, Reads reads, bool readable, const char* ep, char* msg, 
       if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return {Next::kWaitWritable};
       if (r < 0) {
         int err = errno;
-        std::snprintf(msg, cap, "sending to proxy %s: %s", ep, std::strerror(err));
+        std::snprintf(msg, cap, "sending to %s: %s", ep, std::strerror(err));
         return {Next::kFailed, err};
       }
       hs.Consumed(size_t(r));
@@ -206,11 +211,11 @@ Step Pump(int fd, H& hs, Reads reads, bool readable, const char* ep, char* msg, 
     if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return {Next::kWaitReadable};
     if (r < 0) {
       int err = errno;
-      std::snprintf(msg, cap, "reading from proxy %s: %s", ep, std::strerror(err));
+      std::snprintf(msg, cap, "reading from %s: %s", ep, std::strerror(err));
       return {Next::kFailed, err};
     }
     if (r == 0) {
-      std::snprintf(msg, cap, "proxy %s closed the connection during the handshake", ep);
+      std::snprintf(msg, cap, "%s closed the connection during the handshake", ep);
       return {Next::kFailed, ECONNRESET};
     }
     if (int err = hs.Feed(buf, size_t(r)); err != 0) return {Next::kHandshakeFailed, err};

@@ -253,6 +253,8 @@ class Client {
   const char* error() const { return error_; }
   // "example.test:80", "1.2.3.4:80", "[::1]:80".
   const char* target() const { return target_; }
+  // The proxy's refusal, when it answered the request with a reply code other than 0; else 0.
+  uint8_t reply_code() const { return reply_code_; }
 
   // After Done(): the reply's BND.ADDR as an address (ATYP 1 or 4; family 0 otherwise) or a name
   // (ATYP 3; empty otherwise, else `name_len` bytes at the returned pointer).
@@ -376,6 +378,7 @@ class Client {
       return Fail(EPROTO, "SOCKS5 proxy replied to CONNECT with version 0x%02x, not 0x05", in_[0]);
     }
     if (in_[1] != 0) {
+      reply_code_ = in_[1];
       return Fail(ReplyCodeToErrno(in_[1]), "SOCKS5 proxy replied 0x%02x (%s) for %s; failed %s",
                   in_[1], ReplyCodeText(in_[1]), target_, ReplyCodeHop(in_[1]));
     }
@@ -425,6 +428,7 @@ class Client {
   size_t in_len_ = 0;
   size_t want_ = 2;  // size of the piece being read
   uint8_t bound_atyp_ = 0, bound_first_ = 0;
+  uint8_t reply_code_ = 0;
   char error_[160 + 2 * kMaxField] = {};
 };
 

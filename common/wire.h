@@ -119,7 +119,7 @@ constexpr uint16_t kListen = 0x20;
 constexpr uint16_t kAccepted = 0x21;
 constexpr uint16_t kTagListenAddress = 0x20;  // string: the overlay address, "<b32>.b32.i2p:8080"
 constexpr uint16_t kTagPeerName = 0x21;       // string: the peer's overlay name ("<b32>.b32.i2p")
-constexpr uint16_t kTagBacklog = 0x22;        // u32: listen()'s backlog (informational)
+// Tag 0x22 is reserved (BACKLOG in docs/protocol.md: listen()'s backlog); nothing sends it.
 // LISTEN reply flag: listen on the host's real interfaces (network_service.listen: local).
 constexpr uint32_t kFlagListenLocal = 1u << 12;
 // Abstract-namespace prefix of the shim's end of a listener socketpair (see hook_listen.cc).

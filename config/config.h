@@ -41,7 +41,7 @@ struct Socks5Settings {
 
 // `kind: network.tailscale`: a node of its own, run by the via-tsnet helper (docs/tailscale.md).
 struct TailscaleSettings {
-  std::string hostname;  // default "wippy" applied by the driver
+  std::string hostname;  // default "wippy" applied by TailscaleOverlay
   std::string auth_key;
   std::string auth_key_env;
   // As given, but a relative path is joined to the directory of the file it was found in, and

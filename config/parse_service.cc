@@ -80,7 +80,7 @@ Status ApplySetting(const std::string& key, const std::string& s, const SourcePo
                     const std::string& base_dir, NetworkService* svc, bool* state_dir_set) {
   const std::string where = "network_service." + key + ": ";
   if (key == "state_dir") {
-    // Wippy: an explicit "" means no base directory (each driver uses its own default).
+    // Wippy: an explicit "" means no base directory (each overlay uses its own default).
     svc->state_dir = s.empty() ? "" : Resolve(base_dir, s);
     *state_dir_set = true;
   } else if (key == "default_network") {

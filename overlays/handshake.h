@@ -44,4 +44,14 @@ class Handshake {
   virtual bool LineMode() const { return false; }
 };
 
+// A handshake that asks the overlay for a name's address or an address's name (Tor's RESOLVE
+// and RESOLVE_PTR) instead of connecting; it carries its own answer.
+class ResolveHandshake : public Handshake {
+ public:
+  // After Done(): the address a name resolved to (family 0 if none), or the name of an address
+  // ("" if none).
+  virtual wire::Addr ResolvedAddr() const = 0;
+  virtual std::string ResolvedName() const = 0;
+};
+
 }  // namespace via::overlays

@@ -124,8 +124,9 @@ if [ "$(cat "$pam_file" 2>/dev/null)" != "$pam_text" ]; then
   printf '%s\n' "$pam_text" > "$pam_file"
 fi
 
-# Go modules for network.tailscale's helper (overlays/tsnet, built by cmake as via-tsnet) and for
-# the tests' local tailnet (tests/tailnet: testcontrol + DERP + STUN, a tsnet peer, tailscaled).
+# Go modules for network.tailscale's helper (overlays/tailscale/tsnet, built by cmake as
+# via-tsnet) and for the tests' local tailnet (tests/tailnet: testcontrol + DERP + STUN, a tsnet
+# peer, tailscaled).
 # tailscale.com v1.102.5 needs Go >= 1.26.6 (this machine kind ships Go in /usr/local/go; Debian
 # 12's golang-go is 1.19, too old). `go list -deps` fetches exactly the modules the builds need
 # from the Go module proxy, into the module cache; it compiles nothing.
@@ -138,7 +139,7 @@ elif ! GOTOOLCHAIN=local "$go_bin" version | grep -Eq 'go1\.(2[7-9]|[3-9][0-9])|
        "unavailable and its tests skip" >&2
 else
   root=$(cd "$(dirname "$0")/.." && pwd)
-  (cd "$root/overlays/tsnet" && GOTOOLCHAIN=local "$go_bin" list -deps . >/dev/null)
+  (cd "$root/overlays/tailscale/tsnet" && GOTOOLCHAIN=local "$go_bin" list -deps . >/dev/null)
   (cd "$root/tests/tailnet" &&
      GOTOOLCHAIN=local "$go_bin" list -deps ./control ./peer tailscale.com/cmd/tailscaled >/dev/null)
 fi

@@ -32,10 +32,13 @@ int PickEndpoint(int fd, const Socks5Plan& plan, sockaddr_storage* ss, socklen_t
     sockaddr_storage ep;
     socklen_t ep_len = wire::AddrToSockaddr(plan.proxies[i], &ep);
     if (!proxy::ReachAs(domain, v6only, ep, ep_len, ss, len)) continue;
-    wire::FormatAddr(plan.proxies[i], text, textcap);
+    // "proxy ADDR": how the engine's messages name it (common/proxy_connect.h).
+    char addr[64];
+    wire::FormatAddr(plan.proxies[i], addr, sizeof addr);
+    std::snprintf(text, textcap, "proxy %s", addr);
     return 0;
   }
-  proxy::NoEndpointText(domain, plan.nproxies > 0, msg, msgcap);
+  proxy::NoEndpointText(domain, plan.nproxies > 0, "proxy", msg, msgcap);
   return EAFNOSUPPORT;
 }
 

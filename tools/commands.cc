@@ -14,7 +14,6 @@
 #include "broker/process_info.h"
 #include "broker/selector.h"
 #include "common/paths.h"
-#include "overlays/driver.h"
 #include "tools/broker_client.h"
 #include "tools/cli.h"
 #include "tools/command_identity.h"
@@ -420,7 +419,7 @@ int StatusOrStop(int argc, char** argv, bool stop) {
       Error(s.message());
       return kExitFailure;
     }
-    // Wait until it is gone (it closes every connection on exit, after its overlays' runtimes
+    // Wait until it is gone (it closes every connection on exit, after its overlays
     // are down: an ephemeral Tailscale node logs out, up to 10 s), so that a `via run` right
     // after this starts a new broker instead of reaching the old one.
     pollfd p{c->fd(), POLLIN, 0};

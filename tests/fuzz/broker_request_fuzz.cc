@@ -36,13 +36,33 @@ void Check(bool ok) {
 }
 
 const uint16_t kTags[] = {
-    wire::kTagNetwork,       wire::kTagSession,   wire::kTagAddr,    wire::kTagName,
-    wire::kTagPort,          wire::kTagFamily,    wire::kTagErrno,   wire::kTagMessage,
-    wire::kTagFlags,         wire::kTagPid,       wire::kTagText,    wire::kTagVersion,
-    wire::kTagDnsPacket,     wire::kTagHoldMs,    wire::kTagExe,     wire::kTagArgv,
-    wire::kTagFingerprint,   wire::kTagOrigin,    wire::kTagProxy,   wire::kTagUsername,
-    wire::kTagPassword,      wire::kTagTimeoutMs, wire::kTagFakeNet, wire::kTagCount,
-    wire::kTagListenAddress, wire::kTagPeerName,  wire::kTagBacklog,
+    wire::kTagNetwork,
+    wire::kTagSession,
+    wire::kTagAddr,
+    wire::kTagName,
+    wire::kTagPort,
+    wire::kTagFamily,
+    wire::kTagErrno,
+    wire::kTagMessage,
+    wire::kTagFlags,
+    wire::kTagPid,
+    wire::kTagText,
+    wire::kTagVersion,
+    wire::kTagDnsPacket,
+    wire::kTagHoldMs,
+    wire::kTagExe,
+    wire::kTagArgv,
+    wire::kTagFingerprint,
+    wire::kTagOrigin,
+    wire::kTagProxy,
+    wire::kTagUsername,
+    wire::kTagPassword,
+    wire::kTagTimeoutMs,
+    wire::kTagFakeNet,
+    wire::kTagCount,
+    wire::kTagListenAddress,
+    wire::kTagPeerName,
+    0x22,  // reserved (BACKLOG): a tag the broker must ignore
 };
 
 // A decoded ADDR: the broker formats it, unmaps it, and asks whether it is loopback or fake.
@@ -143,8 +163,6 @@ void Decode(const wire::Message& m, FakeAddressPool& pool) {
     case wire::kDnsSocket: {
       wire::Addr a;
       if (m.Find(wire::kTagAddr, &f) && f.addr(&a)) UseAddr(a, pool);
-      uint32_t backlog = 0;
-      if (m.Find(wire::kTagBacklog, &f)) (void)f.u32(&backlog);
       break;
     }
     case wire::kDnsQuery: {

@@ -11,7 +11,7 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 out=${VIA_FUZZ_WORK:-/tmp/via-fuzz}/coverage
 mkdir -p "$out"
 case $t in
-  sam) src="tests/fuzz/sam_reply_fuzz.cc overlays/sam.cc" files="overlays/sam.cc" libs=-lcrypto ;;
+  sam) src="tests/fuzz/sam_reply_fuzz.cc overlays/i2p/sam.cc" files="overlays/i2p/sam.cc" libs=-lcrypto ;;
   socks5) src=tests/fuzz/socks5_reply_fuzz.cc files=common/socks5_client.h libs= ;;
   broker_request)
     src="tests/fuzz/broker_request_fuzz.cc broker/dns_message.cc broker/fake_address_pool.cc"

@@ -1,4 +1,4 @@
-// Fuzz target for the SAM v3 reply parser and the line handshakes (overlays/sam.h).
+// Fuzz target for the SAM v3 reply parser and the line handshakes (overlays/i2p/sam.h).
 //
 // With clang (-DVIA_FUZZ=ON, CXX=clang++) a libFuzzer target, else a standalone driver that
 // replays the corpus and deterministic mutations (standalone_main.h); docs/fuzzing.md.
@@ -9,7 +9,7 @@
 #include <cstring>
 #include <string>
 
-#include "overlays/sam.h"
+#include "overlays/i2p/sam.h"
 
 namespace sam = via::overlays::sam;
 

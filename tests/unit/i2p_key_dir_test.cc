@@ -4,9 +4,9 @@
 
 #include <string>
 
-#include "broker/i2p_runtime.h"
+#include "overlays/i2p/i2p_overlay.h"
 
-namespace via::broker {
+namespace via::overlays {
 namespace {
 
 config::Overlay Entry(const std::string& ns, const std::string& name) {
@@ -37,4 +37,4 @@ TEST(I2pKeyDir, DottedNamesNeverShareADirectory) {
 }
 
 }  // namespace
-}  // namespace via::broker
+}  // namespace via::overlays

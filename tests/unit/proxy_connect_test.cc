@@ -43,7 +43,7 @@ class ScriptedProxy {
     EXPECT_EQ(bind(listener_.get(), reinterpret_cast<sockaddr*>(&a), len), 0);
     EXPECT_EQ(listen(listener_.get(), 1), 0);
     EXPECT_EQ(getsockname(listener_.get(), reinterpret_cast<sockaddr*>(&addr_), &len), 0);
-    text_ = "127.0.0.1:" + std::to_string(ntohs(addr_.sin_port));
+    text_ = "proxy 127.0.0.1:" + std::to_string(ntohs(addr_.sin_port));  // as callers name it
     int p[2];
     EXPECT_EQ(pipe2(p, O_CLOEXEC), 0);
     stop_read_.reset(p[0]);
@@ -205,7 +205,7 @@ TEST_F(ProxyConnectTest, AShortReplyAndACloseIsAReset) {
   proxy.Expect(kGreeting).Send(B({5, 0})).Expect(kRequest).Send(B({5, 0, 0})).Close();
   EXPECT_EQ(Connect(proxy), ECONNRESET);
   EXPECT_EQ(std::string(msg_),
-            "proxy " + std::string(proxy.text()) + " closed the connection during the handshake");
+            std::string(proxy.text()) + " closed the connection during the handshake");
 }
 
 TEST_F(ProxyConnectTest, AHostileGreetingReplyIsAProtocolError) {
@@ -247,7 +247,7 @@ TEST_F(ProxyConnectTest, AProxyThatNeverAnswersTimesOut) {
   EXPECT_GE(ms, 190);
   EXPECT_LT(ms, 900);
   EXPECT_EQ(std::string(msg_),
-            "proxy " + std::string(proxy.text()) + " did not finish the handshake within 200 ms");
+            std::string(proxy.text()) + " did not finish the handshake within 200 ms");
 }
 
 TEST_F(ProxyConnectTest, NoListenerIsConnectionRefused) {
@@ -263,7 +263,7 @@ TEST_F(ProxyConnectTest, NoListenerIsConnectionRefused) {
   EXPECT_EQ(RunBlocking(fd_.get(), hs_, ::connect, reinterpret_cast<const sockaddr*>(&closed),
                         sizeof closed, text.c_str(), 1000, msg_, sizeof msg_),
             ECONNREFUSED);
-  EXPECT_EQ(std::string(msg_), "cannot connect to proxy " + text + ": Connection refused");
+  EXPECT_EQ(std::string(msg_), "cannot connect to " + text + ": Connection refused");
 }
 
 // A line protocol (as SAM): one request line, one reply line; LineMode() makes Pump peek and
@@ -337,11 +337,11 @@ TEST(ProxyEndpointTest, AnIpv6SocketReachesAnIpv4EndpointByItsMappedAddress) {
 
 TEST(ProxyEndpointTest, SaysWhyNoEndpointFits) {
   char msg[200];
-  NoEndpointText(AF_INET, false, msg, sizeof msg);
+  NoEndpointText(AF_INET, false, "proxy", msg, sizeof msg);
   EXPECT_STREQ(msg, "the overlay has no proxy address");
-  NoEndpointText(AF_INET, true, msg, sizeof msg);
+  NoEndpointText(AF_INET, true, "proxy", msg, sizeof msg);
   EXPECT_STREQ(msg, "the program's socket is IPv4 (AF_INET) and the proxy has only IPv6 addresses");
-  NoEndpointText(AF_INET6, true, msg, sizeof msg);
+  NoEndpointText(AF_INET6, true, "proxy", msg, sizeof msg);
   EXPECT_STREQ(msg,
                "the program's socket is IPv6-only (IPV6_V6ONLY) and the proxy has only IPv4 "
                "addresses");

@@ -1,6 +1,6 @@
-// Tests for overlays/sam.h: every class of malformed SAM reply line, RESULT → errno, command
+// Tests for overlays/i2p/sam.h: every class of malformed SAM reply line, RESULT → errno, command
 // builders refusing injected tokens, I2P base64/b32, the line handshakes, and the fuzz corpus.
-#include "overlays/sam.h"
+#include "overlays/i2p/sam.h"
 
 #include <dirent.h>
 #include <gtest/gtest.h>
@@ -10,8 +10,8 @@
 #include <sstream>
 #include <string>
 
-#include "overlays/driver.h"
-#include "overlays/i2p.h"
+#include "overlays/factory.h"
+#include "overlays/i2p/i2p_overlay.h"
 
 namespace via::overlays::sam {
 namespace {
@@ -427,7 +427,7 @@ config::Overlay I2pOverlay(const std::string& host) {
 
 TEST(I2pDriver, CreatesWithTheSamEndpoint) {
   config::Overlay o = I2pOverlay("127.0.0.1");
-  auto d = CreateDriver(o);
+  auto d = CreateOverlay(o);
   ASSERT_TRUE(d.ok()) << d.status().message();
   ASSERT_EQ((*d)->endpoints().size(), 1u);
   EXPECT_EQ((*d)->endpoints()[0].text, "127.0.0.1:7656");
@@ -436,7 +436,7 @@ TEST(I2pDriver, CreatesWithTheSamEndpoint) {
 
 TEST(I2pDriver, UnresolvableHost) {
   config::Overlay o = I2pOverlay("no-such-host.invalid");
-  auto d = CreateDriver(o);
+  auto d = CreateOverlay(o);
   EXPECT_EQ(d.status().code(), EHOSTUNREACH);
   EXPECT_EQ(d.status().message().rfind("overlay app:i2p: cannot resolve SAM host "
                                        "\"no-such-host.invalid\": ",
@@ -447,7 +447,7 @@ TEST(I2pDriver, UnresolvableHost) {
 
 TEST(I2pDriver, OnlyI2pNamesWithASession) {
   config::Overlay o = I2pOverlay("127.0.0.1");
-  auto d = I2pDriver::Create(o);
+  auto d = I2pOverlay::Create(o);
   ASSERT_TRUE(d.ok());
   Target t;
   t.name = "example.com";

@@ -1,7 +1,5 @@
 // Socks5Handshake byte vectors (RFC 1928/1929), reply codes, hostile replies, and the driver:
 // endpoint resolution, isolation credentials, unsupported kinds.
-#include "overlays/socks5.h"
-
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 
@@ -14,7 +12,9 @@
 #include <string>
 #include <vector>
 
-#include "overlays/driver.h"
+#include "overlays/factory.h"
+#include "overlays/socks5/socks5_handshake.h"
+#include "overlays/socks5/socks5_overlay.h"
 #include "tests/unit/mutate.h"
 
 namespace via::overlays {
@@ -416,7 +416,7 @@ TEST_F(Socks5Test, TargetToString) {
 // ---- driver --------------------------------------------------------------------------------
 
 TEST_F(Socks5Test, DriverResolvesNumericIpv4) {
-  auto d = CreateDriver(Overlay("127.0.0.1", 9050));
+  auto d = CreateOverlay(Overlay("127.0.0.1", 9050));
   ASSERT_TRUE(d.ok()) << d.status().message();
   ASSERT_EQ((*d)->endpoints().size(), 1u);
   EXPECT_EQ((*d)->endpoints()[0].text, "127.0.0.1:9050");
@@ -426,7 +426,7 @@ TEST_F(Socks5Test, DriverResolvesNumericIpv4) {
 
 TEST_F(Socks5Test, DriverResolvesNumericIpv6WithOrWithoutBrackets) {
   for (const char* host : {"::1", "[::1]"}) {
-    auto d = CreateDriver(Overlay(host));
+    auto d = CreateOverlay(Overlay(host));
     ASSERT_TRUE(d.ok()) << d.status().message();
     ASSERT_EQ((*d)->endpoints().size(), 1u);
     EXPECT_EQ((*d)->endpoints()[0].text, "[::1]:1080");
@@ -435,7 +435,7 @@ TEST_F(Socks5Test, DriverResolvesNumericIpv6WithOrWithoutBrackets) {
 }
 
 TEST_F(Socks5Test, DriverUnresolvableHost) {
-  auto d = CreateDriver(Overlay("no-such-host.invalid"));
+  auto d = CreateOverlay(Overlay("no-such-host.invalid"));
   EXPECT_EQ(d.status().code(), EHOSTUNREACH);
   EXPECT_EQ(d.status().message().rfind(
                 "overlay app:proxy: cannot resolve proxy host \"no-such-host.invalid\": ", 0),
@@ -446,7 +446,7 @@ TEST_F(Socks5Test, DriverUnresolvableHost) {
 TEST_F(Socks5Test, DriverSettings) {
   config::Overlay o = Overlay("127.0.0.1");
   o.socks5.connect_timeout_ms = 2500;
-  auto d = CreateDriver(o);
+  auto d = CreateOverlay(o);
   ASSERT_TRUE(d.ok());
   EXPECT_EQ((*d)->id(), "app:proxy");
   EXPECT_EQ((*d)->connect_timeout_ms(), 2500);
@@ -455,7 +455,7 @@ TEST_F(Socks5Test, DriverSettings) {
 TEST_F(Socks5Test, DriverUsesConfiguredCredentials) {
   config::Overlay o = Overlay("127.0.0.1");
   o.socks5.username = "alice";
-  auto d = CreateDriver(o);
+  auto d = CreateOverlay(o);
   ASSERT_TRUE(d.ok());
   auto h = (*d)->NewHandshake(Name("a.b"));
   ASSERT_TRUE(h.ok());
@@ -463,7 +463,7 @@ TEST_F(Socks5Test, DriverUsesConfiguredCredentials) {
 }
 
 TEST_F(Socks5Test, DriverRefusesTargetSocks5CannotCarry) {
-  auto d = CreateDriver(Overlay("127.0.0.1"));
+  auto d = CreateOverlay(Overlay("127.0.0.1"));
   ASSERT_TRUE(d.ok());
   EXPECT_EQ((*d)->NewHandshake(Name(std::string(300, 'a'))).status().code(), EINVAL);
 }
@@ -474,7 +474,7 @@ TEST_F(Socks5Test, IsolationMintsFreshCredentialsPerConnection) {
   o.socks5.isolate_streams = true;
   o.socks5.username = "configured";
   o.socks5.password = "ignored";
-  auto d = CreateDriver(o);
+  auto d = CreateOverlay(o);
   ASSERT_TRUE(d.ok()) << d.status().message();
   std::set<Bytes> seen;
   for (int i = 0; i < 2; ++i) {
@@ -522,8 +522,8 @@ TEST_F(Socks5Test, TailscaleDriverNeedsItsAuthKeyVariable) {
   o.kind_name = "network.tailscale";
   o.tailscale.auth_key_env = "VIA_UNIT_TEST_UNSET_KEY";
   unsetenv("VIA_UNIT_TEST_UNSET_KEY");
-  EXPECT_EQ(CreateDriver(o).status().code(), EINVAL);
-  EXPECT_EQ(CreateDriver(o).status().message(),
+  EXPECT_EQ(CreateOverlay(o).status().code(), EINVAL);
+  EXPECT_EQ(CreateOverlay(o).status().message(),
             "overlay app:tailnet: auth_key_env VIA_UNIT_TEST_UNSET_KEY is not set in the broker's "
             "environment; export it before `via broker` starts, or set auth_key");
 }
@@ -592,12 +592,12 @@ TEST_F(TorResolveTest, ResolvePtrSendsTheAddressAndReadsAName) {
 
 TEST_F(TorResolveTest, DriverResolvesOnlyWhenConfigured) {
   config::Overlay o = Overlay("127.0.0.1");
-  auto plain = Socks5Driver::Create(o);
+  auto plain = Socks5Overlay::Create(o);
   ASSERT_TRUE(plain.ok());
   EXPECT_FALSE((*plain)->remote_resolve());
   EXPECT_EQ((*plain)->NewResolveHandshake(Name("example.test", 0)).status().code(), ENOTSUP);
   o.socks5.remote_resolve = true;
-  auto tor = Socks5Driver::Create(o);
+  auto tor = Socks5Overlay::Create(o);
   ASSERT_TRUE(tor.ok());
   EXPECT_TRUE((*tor)->remote_resolve());
   auto hs = (*tor)->NewResolveHandshake(Name("example.test", 0));

@@ -1,11 +1,12 @@
 // The broker <-> via-tsnet control messages and the Tailscale driver's endpoint handling.
-#include "overlays/tailscale.h"
-
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 
 #include <cerrno>
 #include <cstdlib>
+
+#include "overlays/tailscale/helper_message.h"
+#include "overlays/tailscale/tailscale_overlay.h"
 
 namespace via::overlays {
 namespace {
@@ -55,7 +56,7 @@ config::Overlay TsOverlay() {
 }
 
 TEST(TailscaleDriver, NoEndpointUntilRunningAndNoHandshakeEither) {
-  auto d = TailscaleDriver::Create(TsOverlay());
+  auto d = TailscaleOverlay::Create(TsOverlay());
   ASSERT_TRUE(d.ok());
   EXPECT_TRUE((*d)->endpoints().empty());
   Target t;
@@ -69,7 +70,7 @@ TEST(TailscaleDriver, NoEndpointUntilRunningAndNoHandshakeEither) {
 }
 
 TEST(TailscaleDriver, EndpointMustBeNumericLoopback) {
-  auto d = TailscaleDriver::Create(TsOverlay());
+  auto d = TailscaleOverlay::Create(TsOverlay());
   ASSERT_TRUE(d.ok());
   EXPECT_FALSE((*d)->SetEndpoint("192.0.2.1:1080"));
   EXPECT_FALSE((*d)->SetEndpoint("localhost:1080"));
@@ -96,7 +97,7 @@ TEST(TailscaleDriver, AuthKeyFromTheEnvironment) {
   o.tailscale.auth_key.clear();
   o.tailscale.auth_key_env = "VIA_UNIT_TS_KEY";
   setenv("VIA_UNIT_TS_KEY", "tskey-from-env", 1);
-  auto d = TailscaleDriver::Create(o);
+  auto d = TailscaleOverlay::Create(o);
   ASSERT_TRUE(d.ok());
   EXPECT_EQ((*d)->auth_key(), "tskey-from-env");
   unsetenv("VIA_UNIT_TS_KEY");
@@ -106,9 +107,40 @@ TEST(TailscaleDriver, AttachedEntryNeedsNoKey) {
   config::Overlay o = TsOverlay();
   o.tailscale.auth_key.clear();
   o.tailscale.localapi_socket = "/run/tailscale/tailscaled.sock";
-  auto d = TailscaleDriver::Create(o);
+  auto d = TailscaleOverlay::Create(o);
   ASSERT_TRUE(d.ok());
   EXPECT_TRUE((*d)->attached());
+}
+
+}  // namespace
+}  // namespace via::overlays
+
+// The helper answers in SOCKS5, but a refusal is worded for a tailnet, not for a proxy's exit;
+// the errno stays the reply code's.
+namespace via::overlays {
+namespace {
+
+Status Feed(Handshake& h, std::string_view bytes) {
+  h.Consumed(h.Output().size());
+  return h.Feed(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
+}
+
+TEST(TailscaleOverlay, RefusalsAreWordedForATailnet) {
+  auto d = TailscaleOverlay::Create(TsOverlay());
+  ASSERT_TRUE(d.ok());
+  ASSERT_TRUE((*d)->SetEndpoint("127.0.0.1:41234"));
+  Target t;
+  t.name = "nobody";
+  t.port = 22;
+  auto h = (*d)->NewHandshake(t);
+  ASSERT_TRUE(h.ok());
+  ASSERT_TRUE(Feed(**h, std::string_view("\x05\x02", 2)).ok());
+  ASSERT_TRUE(Feed(**h, std::string_view("\x01\x00", 2)).ok());
+  Status s = Feed(**h, std::string_view("\x05\x04\x00\x01\x00", 5));
+  EXPECT_EQ(s.code(), EHOSTUNREACH);
+  EXPECT_EQ(s.message(),
+            "tailscale node wippy of app:ts cannot reach nobody:22: no node of that name in the "
+            "tailnet's netmap, or no route to it (helper reply 0x04)");
 }
 
 }  // namespace

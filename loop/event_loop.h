@@ -15,7 +15,7 @@
 #include "common/status.h"
 #include "common/unique_fd.h"
 
-namespace via::broker {
+namespace via {
 
 class EventLoop {
  public:
@@ -66,4 +66,4 @@ class EventLoop {
 // Monotonic milliseconds.
 int64_t NowMs();
 
-}  // namespace via::broker
+}  // namespace via

@@ -1,4 +1,4 @@
-#include "broker/connect_op.h"
+#include "overlays/connect_op.h"
 
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -11,11 +11,15 @@
 
 #include "common/proxy_connect.h"
 
-namespace via::broker {
+namespace via::overlays {
 
-ConnectOp::ConnectOp(EventLoop* loop, const overlays::Driver* driver, UniqueFd fd,
-                     std::unique_ptr<overlays::Handshake> handshake)
-    : loop_(loop), driver_(driver), fd_(std::move(fd)), handshake_(std::move(handshake)) {}
+ConnectOp::ConnectOp(EventLoop* loop, const Overlay* overlay, UniqueFd fd,
+                     std::unique_ptr<Handshake> handshake)
+    : loop_(loop),
+      overlay_(overlay),
+      role_(overlay->endpoint_role()),
+      fd_(std::move(fd)),
+      handshake_(std::move(handshake)) {}
 
 ConnectOp::~ConnectOp() {
   if (phase_ != Phase::kFinished) Release();
@@ -48,14 +52,14 @@ bool ConnectOp::PickEndpoint(sockaddr_storage* addr, socklen_t* len, std::string
   bool v6only = false;
   proxy::SocketFamily(fd_.get(), domain_, &domain, &v6only);
   std::string all;
-  for (const overlays::Endpoint& e : driver_->endpoints()) {
+  for (const Endpoint& e : overlay_->endpoints()) {
     all += (all.empty() ? "" : ", ") + e.text;
     if (!proxy::ReachAs(domain, v6only, e.addr, e.len, addr, len)) continue;
-    endpoint_ = e.text;
+    endpoint_ = role_ + " " + e.text;  // as the engine's messages name it
     return true;
   }
   char text[160];
-  proxy::NoEndpointText(domain, !all.empty(), text, sizeof text);
+  proxy::NoEndpointText(domain, !all.empty(), role_.c_str(), text, sizeof text);
   *why = text;
   if (!all.empty()) *why += " (" + all + ")";
   return false;
@@ -161,4 +165,4 @@ void ConnectOp::Release() {
   fd_.reset();
 }
 
-}  // namespace via::broker
+}  // namespace via::overlays

@@ -1,4 +1,4 @@
-#include "overlays/sam.h"
+#include "overlays/i2p/sam.h"
 
 #include <openssl/sha.h>
 

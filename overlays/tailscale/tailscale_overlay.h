@@ -1,5 +1,11 @@
-// The broker side of `kind: network.tailscale`: one via-tsnet helper process per entry
+// The overlay of `kind: network.tailscale` entries: one via-tsnet helper process per entry
 // (docs/tailscale.md), supervised on the event loop.
+//
+// A Tailscale node is a userspace network stack (tsnet, Go) that the broker cannot link, so each
+// entry gets a helper process (tsnet/). The helper serves the broker's connects as a loopback
+// SOCKS5 endpoint guarded by a per-run secret: a connect is a SOCKS5 CONNECT with that secret
+// on the program's socket, and the helper dials through the node and relays. The endpoint exists
+// only while the helper reports the node Running.
 //
 //  - Start() (the first program selecting the overlay) spawns the helper with fd 3 = a
 //  SOCK_SEQPACKET control channel and sends CONFIG
@@ -32,23 +38,36 @@
 #include <string>
 #include <vector>
 
-#include "broker/event_loop.h"
-#include "broker/overlay_runtime.h"
 #include "common/unique_fd.h"
 #include "config/config.h"
-#include "overlays/tailscale.h"
+#include "loop/event_loop.h"
+#include "overlays/overlay.h"
+#include "overlays/overlay_context.h"
+#include "overlays/ready_waiters.h"
+#include "overlays/tailscale/helper_message.h"
 
-namespace via::broker {
+namespace via::overlays {
 
 class TailscaleListener;
 
-class TailscaleRuntime : public OverlayRuntime {
+class TailscaleOverlay : public Overlay {
  public:
-  // *driver, *loop, `overlay` and `service` must outlive it.
-  TailscaleRuntime(const config::Overlay& overlay, const config::NetworkService& service,
-                   overlays::TailscaleDriver* driver, EventLoop* loop,
-                   std::shared_ptr<spdlog::logger> log);
-  ~TailscaleRuntime() override;
+  // Resolves the auth key (auth_key, or the broker's environment variable auth_key_env) and
+  // mints the SOCKS5 secret. Fails with EINVAL naming the overlay when auth_key_env is unset.
+  static Result<std::unique_ptr<TailscaleOverlay>> Create(const config::Overlay& overlay,
+                                                          const OverlayContext& context = {});
+  ~TailscaleOverlay() override;
+
+  const std::string& id() const override { return overlay_.id; }
+  // Empty while the node is not Running.
+  const std::vector<Endpoint>& endpoints() const override { return endpoints_; }
+  const char* endpoint_role() const override { return "Tailscale helper"; }
+  // SOCKS5 CONNECT with user "via" and the secret; names go as names (the helper resolves them
+  // from the tailnet's netmap). ENETUNREACH when the node is not Running. The helper's refusals
+  // are worded for a tailnet ("no node of that name in the tailnet", "not a tailnet address").
+  Result<std::unique_ptr<Handshake>> NewHandshake(const Target& target) override;
+  int connect_timeout_ms() const override { return overlay_.tailscale.connect_timeout_ms; }
+  bool keeps_state() const override { return true; }
 
   // How long a helper has to exit after SIGTERM before it is killed.
   static constexpr int kStopBoundMs = 10000;
@@ -56,7 +75,7 @@ class TailscaleRuntime : public OverlayRuntime {
   void Start() override;
   void Stop() override;
   uint64_t WhenReady(std::function<void(const Status&)> done) override;
-  void CancelWait(uint64_t id) override;
+  void CancelWait(uint64_t wait) override;
   Result<std::unique_ptr<InboundListener>> Listen(uint16_t port, const std::string& owner,
                                                   InboundListener::Events events) override;
   void AppendStatus(std::ostream& out) const override;
@@ -68,28 +87,37 @@ class TailscaleRuntime : public OverlayRuntime {
   // else <prefix>/lib/via/via-tsnet.
   std::string HelperPath() const;
 
+  const config::TailscaleSettings& settings() const { return overlay_.tailscale; }
+  const std::string& auth_key() const { return auth_key_; }
+  const std::string& secret() const { return secret_; }
+  bool attached() const { return !overlay_.tailscale.localapi_socket.empty(); }
+  // The hostname the node registers ("wippy" when unset, as in Wippy).
+  std::string hostname() const;
+  // The helper's SOCKS5 address from its STATUS (socks=127.0.0.1:port); false for text that is
+  // not a numeric loopback host:port. Public for tests.
+  bool SetEndpoint(const std::string& host_port);
+  void ClearEndpoint() { endpoints_.clear(); }
+
  private:
   friend class TailscaleListener;
-  struct Waiter {
-    std::function<void(const Status&)> done;
-    uint64_t timer = 0;
-  };
+  TailscaleOverlay(const config::Overlay& overlay, const OverlayContext& context);
 
   void Spawn();
-  // flock() on <dir>/via-tsnet.lock, held from the first spawn to the runtime's end (and by its
+  // flock() on <dir>/via-tsnet.lock, held from the first spawn to the overlay's end (and by its
   // helpers): one node per state directory, whatever config or path names it. EBUSY if taken.
   Status LockStateDir(const std::string& dir);
   void OnControl();
   void OnHelperGone(const std::string& why);
-  void OnStatus(const overlays::HelperMessage& m);
-  void FinishWaiters(const Status& s);
+  void OnStatus(const HelperMessage& m);
   Status NotReadyStatus() const;
+  // Who dials, in messages: "tailscale node <hostname> of <id>", "tailscaled at <socket> for <id>".
+  std::string NodeText() const;
   // The node needs a login that control refused (bad or expired key): waiting cannot help.
   bool LoginRefused() const;
   void Send(const std::string& verb,
             const std::vector<std::pair<std::string, std::string>>& fields);
   void SendListen(uint16_t port);
-  void OnListenReply(const overlays::HelperMessage& m);
+  void OnListenReply(const HelperMessage& m);
   // Child processes: watched (pidfd) from Spawn until reaped.
   void Track(pid_t pid);
   void OnChildExit(pid_t pid);
@@ -100,11 +128,13 @@ class TailscaleRuntime : public OverlayRuntime {
   // Blocks until every child has exited, SIGKILLs what is left at `deadline_ms` (NowMs()).
   void WaitChildren(int64_t deadline_ms);
 
-  const config::Overlay& overlay_;
-  const config::NetworkService& service_;
-  overlays::TailscaleDriver* driver_;
+  const config::Overlay overlay_;  // copied: the caller's entry may go first
+  const config::NetworkService* service_;
   EventLoop* loop_;
   std::shared_ptr<spdlog::logger> log_;
+  std::string auth_key_;
+  std::string secret_;  // the helper's SOCKS5 password, per run
+  std::vector<Endpoint> endpoints_;
 
   UniqueFd ctl_;
   UniqueFd lock_;   // see LockStateDir
@@ -132,8 +162,7 @@ class TailscaleRuntime : public OverlayRuntime {
   std::string ips_;
   std::string name_;
 
-  std::map<uint64_t, Waiter> waiters_;
-  uint64_t next_wait_ = 1;
+  ReadyWaiters waiters_;
   // A port the node listens on, shared by every listen() of programs on that port (e.g. one
   // socket for 0.0.0.0 and one for ::): accepted connections go to them in turn.
   struct Port {
@@ -148,18 +177,18 @@ class TailscaleRuntime : public OverlayRuntime {
 // One port the node listens on for a program. Destroying it stops the node's listener.
 class TailscaleListener : public InboundListener {
  public:
-  TailscaleListener(TailscaleRuntime* rt, uint16_t port, Events events)
+  TailscaleListener(TailscaleOverlay* rt, uint16_t port, Events events)
       : rt_(rt), port_(port), events_(std::move(events)) {}
   ~TailscaleListener() override;
   std::string address() const override { return address_; }
 
  private:
-  friend class TailscaleRuntime;
-  TailscaleRuntime* rt_;
+  friend class TailscaleOverlay;
+  TailscaleOverlay* rt_;
   uint16_t port_;
   Events events_;
   std::string address_;
   bool ready_ = false;  // ready() was called
 };
 
-}  // namespace via::broker
+}  // namespace via::overlays

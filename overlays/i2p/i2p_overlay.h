@@ -1,5 +1,8 @@
-// The broker side of `kind: network.i2p`: SAM sessions kept open on the event loop.
+// The overlay of `kind: network.i2p` entries: an I2P router's SAM v3 bridge, with SAM sessions
+// kept open on the event loop.
 //
+//  - A connect is HELLO + STREAM CONNECT on the program's own socket, which after
+//    `STREAM STATUS RESULT=OK` is the byte stream to the destination (no relay).
 //  - The outbound session (TRANSIENT destination) is created when the first program selects the
 //    overlay (`via run` opening its session, or a HELLO) and reused by every STREAM CONNECT; a
 //    connect that arrives while it is being created waits for it (bounded by connect_timeout). If
@@ -17,49 +20,16 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
-#include "broker/connect_op.h"
-#include "broker/event_loop.h"
-#include "broker/overlay_runtime.h"
-#include "common/unique_fd.h"
 #include "config/config.h"
-#include "overlays/i2p.h"
+#include "loop/event_loop.h"
+#include "overlays/i2p/sam_session.h"
+#include "overlays/overlay.h"
+#include "overlays/overlay_context.h"
+#include "overlays/ready_waiters.h"
 
-namespace via::broker {
-
-// One SAM session: a control socket that ran HELLO + SESSION CREATE and stays open.
-class SamSession {
- public:
-  using DoneFn = std::function<void(const Status&)>;
-  // *loop, *driver must outlive it. `destination` is "TRANSIENT" or base64 private keys.
-  SamSession(EventLoop* loop, overlays::I2pDriver* driver, std::string id, std::string destination);
-  ~SamSession();  // closes the control socket: the router deletes the session
-  SamSession(const SamSession&) = delete;
-  SamSession& operator=(const SamSession&) = delete;
-
-  // `created` runs once with the result of SESSION CREATE; `lost` once if the router closes an
-  // established session. Either may destroy this object.
-  void Start(DoneFn created, DoneFn lost);
-
-  const std::string& id() const { return id_; }
-  bool ready() const { return ready_; }
-  // The session's private keys as SESSION STATUS returned them (valid once ready).
-  const std::string& private_keys() const { return private_keys_; }
-
- private:
-  void OnControlEvent();
-
-  EventLoop* loop_;
-  overlays::I2pDriver* driver_;
-  std::string id_;
-  std::string destination_;
-  UniqueFd ctl_;
-  std::unique_ptr<ConnectOp> op_;
-  bool watched_ = false;
-  bool ready_ = false;
-  std::string private_keys_;
-  DoneFn lost_;
-};
+namespace via::overlays {
 
 // The directory that holds an I2P entry's listener keys, below <state_dir>/i2p/: "ns.name" (as
 // it has always been) when both are plain words ([A-Za-z0-9_-]), else the entry's full name as
@@ -67,56 +37,67 @@ class SamSession {
 // never one directory for two entries (a.b + c and a + b.c differ).
 std::string I2pKeyDirName(const config::Overlay& overlay);
 
-class I2pRuntime : public OverlayRuntime {
+class I2pOverlay : public Overlay {
  public:
-  I2pRuntime(const config::Overlay& overlay, const config::NetworkService& service,
-             overlays::I2pDriver* driver, EventLoop* loop, std::shared_ptr<spdlog::logger> log);
-  ~I2pRuntime() override;
+  // Resolves the SAM host (numeric first, then /etc/hosts and the system resolver). Fails with
+  // EHOSTUNREACH naming the overlay and the host.
+  static Result<std::unique_ptr<I2pOverlay>> Create(const config::Overlay& overlay,
+                                                    const OverlayContext& context = {});
+  ~I2pOverlay() override = default;
+
+  const std::string& id() const override { return overlay_.id; }
+  const std::vector<Endpoint>& endpoints() const override { return endpoints_; }
+  const char* endpoint_role() const override { return "SAM bridge"; }
+  // HELLO + STREAM CONNECT through the current outbound session. Only .i2p names can be reached
+  // (ENETUNREACH otherwise: SAM has no outproxy); ENETUNREACH when no session is up. Failures
+  // quote the SAM reply: `SAM STREAM CONNECT failed: "STREAM STATUS RESULT=CANT_REACH_PEER"`.
+  Result<std::unique_ptr<Handshake>> NewHandshake(const Target& target) override;
+  int connect_timeout_ms() const override { return overlay_.i2p.connect_timeout_ms; }
+  // A program may wait for a session (SamSession::kCreateTimeoutMs) and then for its connect.
+  int64_t wait_bound_ms() const override;
 
   void Start() override;
   uint64_t WhenReady(std::function<void(const Status&)> done) override;
-  void CancelWait(uint64_t id) override;
+  void CancelWait(uint64_t wait) override;
+  bool keeps_state() const override { return true; }
   Result<std::unique_ptr<InboundListener>> Listen(uint16_t port, const std::string& owner,
                                                   InboundListener::Events events) override;
   void AppendStatus(std::ostream& out) const override;
 
-  // SESSION CREATE may take 20 s (i2pd) or 40 s with 3-hop tunnels.
-  static constexpr int kSessionTimeoutMs = 120000;
+  // The session STREAM CONNECT uses; "" while none is up. Set when the outbound session is
+  // created or lost (and by tests).
+  void set_session(std::string id) { session_ = std::move(id); }
+  const std::string& session() const { return session_; }
 
   // Where a persistent listener keeps its keys.
   std::string KeyPath(uint16_t port) const;
   // A fresh SAM session ID: <session_name>-<what><broker pid>-<n>.
   std::string NewSessionId(const std::string& what);
-  overlays::I2pDriver* driver() const { return driver_; }
   EventLoop* loop() const { return loop_; }
   const std::shared_ptr<spdlog::logger>& log() const { return log_; }
   const config::I2pSettings& settings() const { return overlay_.i2p; }
-  const std::string& state_dir() const { return service_.state_dir; }
+  const std::string& state_dir() const { return service_->state_dir; }
   std::map<uint16_t, int>& listening_ports() { return ports_; }
 
  private:
-  struct Waiter {
-    std::function<void(const Status&)> done;
-    uint64_t timer = 0;
-  };
+  I2pOverlay(const config::Overlay& overlay, const OverlayContext& context);
   void CreateOutbound();
   void OnOutboundCreated(const Status& s);
   void OnOutboundLost(const Status& s);
-  void FinishWaiters(const Status& s);
 
-  const config::Overlay& overlay_;
-  const config::NetworkService& service_;
-  overlays::I2pDriver* driver_;
+  const config::Overlay overlay_;  // copied: the caller's entry may go first
+  const config::NetworkService* service_;
   EventLoop* loop_;
   std::shared_ptr<spdlog::logger> log_;
+  std::vector<Endpoint> endpoints_;
+  std::string session_;
   std::unique_ptr<SamSession> outbound_;
   Status last_error_;
   int64_t created_ms_ = 0;
   int64_t failed_ms_ = 0;  // when creating the session last failed
-  std::map<uint64_t, Waiter> waiters_;
-  uint64_t next_wait_ = 1;
+  ReadyWaiters waiters_;
   uint64_t next_session_ = 1;
   std::map<uint16_t, int> ports_;  // ports with a live listener (refcount)
 };
 
-}  // namespace via::broker
+}  // namespace via::overlays

@@ -1,11 +1,14 @@
-#include "broker/tailscale_runtime.h"
+#include "overlays/tailscale/tailscale_overlay.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/epoll.h>
 #include <sys/file.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -19,10 +22,11 @@
 #include <ostream>
 
 #include "common/wire.h"
+#include "overlays/socks5/socks5_handshake.h"
 
 extern char** environ;
 
-namespace via::broker {
+namespace via::overlays {
 
 namespace {
 
@@ -46,26 +50,144 @@ bool IsConnectivityError(const std::string& e) {
   return false;
 }
 
+// The helper's SOCKS5 refusals in a tailnet's terms. Its reply codes (tsnet/main.go: socksConn,
+// resolve, dialErrorCode) mean something narrower than a proxy's, and there is no exit.
+const char* TailnetRefusal(uint8_t code) {
+  switch (code) {
+    case 0x02:
+      return "it is not a tailnet address (100.64.0.0/10, fd7a:115c:a1e0::/48); the node dials "
+             "only its tailnet";
+    case 0x03:
+      return "the node is not Running";
+    case 0x04:
+      return "no node of that name in the tailnet's netmap, or no route to it";
+    case 0x05:
+      return "the peer refused the connection";
+    case 0x06:
+      return "the peer did not answer in time";
+    case 0x07:
+    case 0x08:
+      return "the helper does not support this request (a via-tsnet of another version?)";
+    default:
+      return "the node could not dial it (the helper's log says why)";
+  }
+}
+
+// SOCKS5 CONNECT to the helper, with failures worded by the overlay: `node` is who dials
+// ("tailscale node via-a of app:ts").
+class TailscaleHandshake : public Handshake {
+ public:
+  TailscaleHandshake(const Target& target, std::string secret, std::string node)
+      : target_(target.ToString()),
+        node_(std::move(node)),
+        socks_(target, "via", std::move(secret)) {}
+
+  std::string_view Output() const override { return socks_.Output(); }
+  void Consumed(size_t n) override { socks_.Consumed(n); }
+  size_t WantRead() const override { return socks_.WantRead(); }
+  bool Done() const override { return socks_.Done(); }
+  // The errno stays the reply code's (socks5::ReplyCodeToErrno); only the words change.
+  Status Feed(const uint8_t* data, size_t n) override {
+    Status st = socks_.Feed(data, n);
+    if (st.ok()) return st;
+    const uint8_t code = socks_.reply_code();
+    if (code == 0) return Status::Error(st.code(), "the Tailscale helper: " + st.message());
+    char hex[8];
+    std::snprintf(hex, sizeof hex, "0x%02x", code);
+    return Status::Error(st.code(), node_ + " cannot reach " + target_ + ": " +
+                                        TailnetRefusal(code) + " (helper reply " + hex + ")");
+  }
+
+ private:
+  std::string target_;
+  std::string node_;
+  Socks5Handshake socks_;
+};
+
 }  // namespace
 
-TailscaleRuntime::TailscaleRuntime(const config::Overlay& overlay,
-                                   const config::NetworkService& service,
-                                   overlays::TailscaleDriver* driver, EventLoop* loop,
-                                   std::shared_ptr<spdlog::logger> log)
-    : overlay_(overlay), service_(service), driver_(driver), loop_(loop), log_(std::move(log)) {}
+TailscaleOverlay::TailscaleOverlay(const config::Overlay& overlay, const OverlayContext& context)
+    : overlay_(overlay),
+      service_(context.service),
+      loop_(context.loop),
+      log_(context.log),
+      waiters_(context.loop) {}
 
-TailscaleRuntime::~TailscaleRuntime() {
-  Stop();
-  for (auto& [id, w] : waiters_) {
-    if (w.timer != 0) loop_->CancelTimer(w.timer);
+Result<std::unique_ptr<TailscaleOverlay>> TailscaleOverlay::Create(const config::Overlay& overlay,
+                                                                   const OverlayContext& context) {
+  std::unique_ptr<TailscaleOverlay> o(new TailscaleOverlay(overlay, context));
+  o->auth_key_ = overlay.tailscale.auth_key;
+  if (!o->attached() && o->auth_key_.empty() && !overlay.tailscale.auth_key_env.empty()) {
+    const char* v = getenv(overlay.tailscale.auth_key_env.c_str());
+    if (v == nullptr || *v == '\0') {
+      return Status::Error(EINVAL, "overlay " + overlay.id + ": auth_key_env " +
+                                       overlay.tailscale.auth_key_env +
+                                       " is not set in the broker's environment; export it "
+                                       "before `via broker` starts, or set auth_key");
+    }
+    o->auth_key_ = v;
   }
+  if (!o->attached() && o->auth_key_.empty()) {
+    return Status::Error(EINVAL, "overlay " + overlay.id +
+                                     ": no auth key: set auth_key or auth_key_env (or "
+                                     "localapi_socket to use a running tailscaled)");
+  }
+  uint8_t raw[16];
+  if (getrandom(raw, sizeof raw, 0) != ssize_t(sizeof raw)) {
+    return Status::FromErrno("overlay " + overlay.id + ": getrandom for the helper's secret");
+  }
+  static const char kHex[] = "0123456789abcdef";
+  for (uint8_t b : raw) {
+    o->secret_ += kHex[b >> 4];
+    o->secret_ += kHex[b & 15];
+  }
+  return o;
+}
+
+std::string TailscaleOverlay::hostname() const {
+  return overlay_.tailscale.hostname.empty() ? "wippy" : overlay_.tailscale.hostname;
+}
+
+std::string TailscaleOverlay::NodeText() const {
+  return attached() ? "tailscaled at " + overlay_.tailscale.localapi_socket + " for " + overlay_.id
+                    : "tailscale node " + hostname() + " of " + overlay_.id;
+}
+
+bool TailscaleOverlay::SetEndpoint(const std::string& host_port) {
+  size_t colon = host_port.rfind(':');
+  if (colon == std::string::npos) return false;
+  std::string host = host_port.substr(0, colon);
+  char* end = nullptr;
+  long port = strtol(host_port.c_str() + colon + 1, &end, 10);
+  if (*end != '\0' || port <= 0 || port > 65535) return false;
+  Endpoint e;
+  auto* in = reinterpret_cast<sockaddr_in*>(&e.addr);
+  in->sin_family = AF_INET;
+  in->sin_port = htons(uint16_t(port));
+  if (inet_pton(AF_INET, host.c_str(), &in->sin_addr) != 1) return false;
+  if ((ntohl(in->sin_addr.s_addr) >> 24) != 127) return false;  // loopback only
+  e.len = sizeof(sockaddr_in);
+  e.text = host_port;
+  endpoints_.assign(1, e);
+  return true;
+}
+
+Result<std::unique_ptr<Handshake>> TailscaleOverlay::NewHandshake(const Target& target) {
+  if (endpoints_.empty()) {
+    return Status::Error(ENETUNREACH, "tailscale node " + overlay_.id + " is not running");
+  }
+  return std::unique_ptr<Handshake>(new TailscaleHandshake(target, secret_, NodeText()));
+}
+
+TailscaleOverlay::~TailscaleOverlay() {
+  Stop();
   for (auto& [port, p] : ports_) {
     for (TailscaleListener* l : p.listeners) l->rt_ = nullptr;
   }
   WaitChildren(stop_deadline_ms_);
 }
 
-void TailscaleRuntime::Stop() {
+void TailscaleOverlay::Stop() {
   if (stop_deadline_ms_ != 0) return;
   stopping_ = true;
   stop_deadline_ms_ = NowMs() + kStopBoundMs;
@@ -94,7 +216,7 @@ std::string ExitText(int st) {
 
 }  // namespace
 
-void TailscaleRuntime::Track(pid_t pid) {
+void TailscaleOverlay::Track(pid_t pid) {
   Child& c = children_[pid];
   c.pidfd = UniqueFd(PidfdOpen(pid));
   if (c.pidfd) {
@@ -104,7 +226,7 @@ void TailscaleRuntime::Track(pid_t pid) {
   }
 }
 
-void TailscaleRuntime::PollChild(pid_t pid) {
+void TailscaleOverlay::PollChild(pid_t pid) {
   // No pidfd (a kernel before 5.3): look every 100 ms.
   auto it = children_.find(pid);
   if (it == children_.end()) return;
@@ -116,7 +238,7 @@ void TailscaleRuntime::PollChild(pid_t pid) {
   }
 }
 
-void TailscaleRuntime::Untrack(pid_t pid) {
+void TailscaleOverlay::Untrack(pid_t pid) {
   auto it = children_.find(pid);
   if (it == children_.end()) return;
   if (it->second.pidfd) loop_->Unwatch(it->second.pidfd.get());
@@ -125,7 +247,7 @@ void TailscaleRuntime::Untrack(pid_t pid) {
   children_.erase(it);
 }
 
-void TailscaleRuntime::OnChildExit(pid_t pid) {
+void TailscaleOverlay::OnChildExit(pid_t pid) {
   int st = 0;
   pid_t r = waitpid(pid, &st, WNOHANG);
   if (r == 0) return;  // still running
@@ -139,7 +261,7 @@ void TailscaleRuntime::OnChildExit(pid_t pid) {
   if (ctl_) OnHelperGone("the helper " + how);
 }
 
-void TailscaleRuntime::Retire(pid_t pid) {
+void TailscaleOverlay::Retire(pid_t pid) {
   auto it = children_.find(pid);
   if (it == children_.end() || it->second.retired) return;
   it->second.retired = true;
@@ -156,7 +278,7 @@ void TailscaleRuntime::Retire(pid_t pid) {
   });
 }
 
-void TailscaleRuntime::WaitChildren(int64_t deadline_ms) {
+void TailscaleOverlay::WaitChildren(int64_t deadline_ms) {
   bool killed = false;
   for (;;) {
     for (auto it = children_.begin(); it != children_.end();) {
@@ -201,11 +323,11 @@ void TailscaleRuntime::WaitChildren(int64_t deadline_ms) {
   }
 }
 
-std::string TailscaleRuntime::StateDir() const {
-  return config::TailscaleStateDir(overlay_, service_);
+std::string TailscaleOverlay::StateDir() const {
+  return config::TailscaleStateDir(overlay_, *service_);
 }
 
-std::string TailscaleRuntime::HelperPath() const {
+std::string TailscaleOverlay::HelperPath() const {
   if (!overlay_.tailscale.helper.empty()) return overlay_.tailscale.helper;
   if (const char* e = getenv("VIA_TSNET"); e != nullptr && *e != '\0') return e;
   std::string dir = SelfDir();
@@ -217,14 +339,14 @@ std::string TailscaleRuntime::HelperPath() const {
   return VIA_TSNET_INSTALL_PATH;
 }
 
-void TailscaleRuntime::Start() {
+void TailscaleOverlay::Start() {
   // Called whenever a program selects the overlay: the node starts with the first of them.
   if (started_) return;
   started_ = true;
   Spawn();
 }
 
-void TailscaleRuntime::Spawn() {
+void TailscaleOverlay::Spawn() {
   restart_timer_ = 0;
   const std::string helper = HelperPath();
   std::string dir = StateDir();
@@ -283,15 +405,15 @@ void TailscaleRuntime::Spawn() {
   const config::TailscaleSettings& s = overlay_.tailscale;
   std::vector<std::pair<std::string, std::string>> cfg = {
       {"id", overlay_.id},
-      {"mode", driver_->attached() ? "attach" : "node"},
-      {"secret", driver_->secret()},
+      {"mode", attached() ? "attach" : "node"},
+      {"secret", secret_},
   };
-  if (driver_->attached()) {
+  if (attached()) {
     cfg.push_back({"socket", s.localapi_socket});
   } else {
-    cfg.push_back({"hostname", driver_->hostname()});
+    cfg.push_back({"hostname", hostname()});
     cfg.push_back({"dir", dir});
-    cfg.push_back({"auth_key", driver_->auth_key()});
+    cfg.push_back({"auth_key", auth_key_});
     cfg.push_back({"control_url", s.control_url});
     cfg.push_back({"ephemeral", s.ephemeral ? "1" : "0"});
   }
@@ -301,11 +423,11 @@ void TailscaleRuntime::Spawn() {
   error_.clear();
   loop_->Watch(ctl_.get(), EPOLLIN, [this](uint32_t) { OnControl(); });
   log_->info("overlay {}: started the Tailscale helper {} (pid {}, {} mode, log {})", overlay_.id,
-             helper, pid_, driver_->attached() ? "attach" : "node", log_path_);
+             helper, pid_, attached() ? "attach" : "node", log_path_);
 }
 
-Status TailscaleRuntime::LockStateDir(const std::string& dir) {
-  if (lock_) return Status::Ok();  // ours for the runtime's life, across helper restarts
+Status TailscaleOverlay::LockStateDir(const std::string& dir) {
+  if (lock_) return Status::Ok();  // ours for the overlay's life, across helper restarts
   const std::string path = dir + "/via-tsnet.lock";
   UniqueFd fd(open(path.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600));
   if (!fd) return Status::FromErrno("cannot open the state directory's lock " + path);
@@ -325,17 +447,17 @@ Status TailscaleRuntime::LockStateDir(const std::string& dir) {
   return Status::Ok();
 }
 
-void TailscaleRuntime::Send(const std::string& verb,
+void TailscaleOverlay::Send(const std::string& verb,
                             const std::vector<std::pair<std::string, std::string>>& fields) {
   if (!ctl_) return;
-  std::string m = overlays::FormatHelperMessage(verb, fields);
+  std::string m = FormatHelperMessage(verb, fields);
   if (send(ctl_.get(), m.data(), m.size(), MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
     log_->warn("overlay {}: cannot send {} to the Tailscale helper: {}", overlay_.id, verb,
                std::strerror(errno));
   }
 }
 
-void TailscaleRuntime::OnControl() {
+void TailscaleOverlay::OnControl() {
   for (;;) {
     char buf[65536];
     char cbuf[CMSG_SPACE(sizeof(int))];
@@ -359,7 +481,7 @@ void TailscaleRuntime::OnControl() {
     if (n <= 0) {
       return OnHelperGone(n == 0 ? "the helper exited" : std::string(std::strerror(errno)));
     }
-    auto m = overlays::ParseHelperMessage(std::string_view(buf, size_t(n)));
+    auto m = ParseHelperMessage(std::string_view(buf, size_t(n)));
     if (!m.ok()) {
       log_->warn("overlay {}: {}", overlay_.id, m.status().message());
       continue;
@@ -384,7 +506,7 @@ void TailscaleRuntime::OnControl() {
   }
 }
 
-void TailscaleRuntime::OnStatus(const overlays::HelperMessage& m) {
+void TailscaleOverlay::OnStatus(const HelperMessage& m) {
   std::string old = state_;
   state_ = m.Get("state");
   error_ = m.Get("error");
@@ -394,36 +516,33 @@ void TailscaleRuntime::OnStatus(const overlays::HelperMessage& m) {
   name_ = m.Get("name");
   const bool running = state_ == "Running" && !ips_.empty();
   if (running) {
-    if (!driver_->SetEndpoint(m.Get("socks"))) {
+    if (!SetEndpoint(m.Get("socks"))) {
       log_->error("overlay {}: the helper reported a bad SOCKS address {:?}", overlay_.id,
                   m.Get("socks"));
-      driver_->ClearEndpoint();
+      ClearEndpoint();
       return;
     }
     backoff_ms_ = 1000;
   } else {
-    driver_->ClearEndpoint();
+    ClearEndpoint();
   }
   if (state_ != old) {
     log_->info("overlay {}: {} is {}{}{}", overlay_.id,
-               driver_->attached() ? "tailscaled" : "node " + driver_->hostname(), state_,
+               attached() ? "tailscaled" : "node " + hostname(), state_,
                running ? " as " + name_ + " " + ips_ : "", error_.empty() ? "" : ": " + error_);
   }
   if (running) {
     for (auto& [port, p] : ports_) {
       if (!p.sent) SendListen(port);
     }
-    return FinishWaiters(Status::Ok());
+    return waiters_.FinishAll(Status::Ok());
   }
   // Waiting is pointless when the node needs a person (or a new key) to log in.
-  if (LoginRefused()) FinishWaiters(NotReadyStatus());
+  if (LoginRefused()) waiters_.FinishAll(NotReadyStatus());
 }
 
-Status TailscaleRuntime::NotReadyStatus() const {
-  std::string what =
-      driver_->attached()
-          ? "tailscaled at " + overlay_.tailscale.localapi_socket + " for " + overlay_.id
-          : "tailscale node " + driver_->hostname() + " of " + overlay_.id;
+Status TailscaleOverlay::NotReadyStatus() const {
+  const std::string what = NodeText();
   if (!ctl_) {
     return Status::Error(ENETUNREACH, what + " is not running: " +
                                           (error_.empty() ? "the helper is not running" : error_));
@@ -432,10 +551,9 @@ Status TailscaleRuntime::NotReadyStatus() const {
   if (detail.empty()) detail = health_;
   if (LoginRefused() || (state_ == "NeedsLogin" && !auth_url_.empty()) ||
       state_ == "NeedsMachineAuth") {
-    std::string hint = driver_->attached()
-                           ? " (log that tailscaled in: `tailscale up`)"
-                           : " (check auth_key/auth_key_env: the key must be valid, "
-                             "pre-authorized and, for a reused node, not expired)";
+    std::string hint = attached() ? " (log that tailscaled in: `tailscale up`)"
+                                  : " (check auth_key/auth_key_env: the key must be valid, "
+                                    "pre-authorized and, for a reused node, not expired)";
     if (!auth_url_.empty()) hint += "; login URL: " + auth_url_;
     return Status::Error(EACCES,
                          what + " is " + state_ + (detail.empty() ? "" : ": " + detail) + hint);
@@ -451,14 +569,14 @@ Status TailscaleRuntime::NotReadyStatus() const {
                                       " reachable? helper log: " + log_path_);
 }
 
-bool TailscaleRuntime::LoginRefused() const {
+bool TailscaleOverlay::LoginRefused() const {
   return (state_ == "NeedsLogin" || state_ == "NeedsMachineAuth") && !error_.empty() &&
          !IsConnectivityError(error_);
 }
 
-uint64_t TailscaleRuntime::WhenReady(std::function<void(const Status&)> done) {
+uint64_t TailscaleOverlay::WhenReady(std::function<void(const Status&)> done) {
   Start();
-  if (!driver_->endpoints().empty()) {
+  if (!endpoints_.empty()) {
     done(Status::Ok());
     return 0;
   }
@@ -466,36 +584,13 @@ uint64_t TailscaleRuntime::WhenReady(std::function<void(const Status&)> done) {
     done(NotReadyStatus());
     return 0;
   }
-  uint64_t id = next_wait_++;
-  Waiter& w = waiters_[id];
-  w.done = std::move(done);
-  w.timer = loop_->AddTimer(overlay_.tailscale.connect_timeout_ms, [this, id] {
-    auto it = waiters_.find(id);
-    if (it == waiters_.end()) return;
-    auto fn = std::move(it->second.done);
-    waiters_.erase(it);
-    fn(NotReadyStatus());
-  });
-  return id;
+  return waiters_.Add(std::move(done), overlay_.tailscale.connect_timeout_ms,
+                      [this] { return NotReadyStatus(); });
 }
 
-void TailscaleRuntime::CancelWait(uint64_t id) {
-  auto it = waiters_.find(id);
-  if (it == waiters_.end()) return;
-  if (it->second.timer != 0) loop_->CancelTimer(it->second.timer);
-  waiters_.erase(it);
-}
+void TailscaleOverlay::CancelWait(uint64_t wait) { waiters_.Cancel(wait); }
 
-void TailscaleRuntime::FinishWaiters(const Status& s) {
-  std::map<uint64_t, Waiter> ws;
-  ws.swap(waiters_);
-  for (auto& [id, w] : ws) {
-    if (w.timer != 0) loop_->CancelTimer(w.timer);
-    w.done(s);
-  }
-}
-
-void TailscaleRuntime::OnHelperGone(const std::string& why) {
+void TailscaleOverlay::OnHelperGone(const std::string& why) {
   if (ctl_) {
     loop_->Unwatch(ctl_.get());
     ctl_.reset();
@@ -503,13 +598,13 @@ void TailscaleRuntime::OnHelperGone(const std::string& why) {
   // Its channel is closed: it exits (reaped when it does), or is made to.
   if (pid_ > 0) Retire(pid_);
   pid_ = -1;
-  driver_->ClearEndpoint();
+  ClearEndpoint();
   if (stopping_) return;
   error_ = why;
   state_ = "Stopped";
   log_->warn("overlay {}: Tailscale helper stopped ({}); restarting in {} ms", overlay_.id, why,
              backoff_ms_);
-  FinishWaiters(NotReadyStatus());
+  waiters_.FinishAll(NotReadyStatus());
   // Listeners of the old node are gone; their programs see accept() fail.
   std::map<uint16_t, Port> ps;
   ps.swap(ports_);
@@ -528,14 +623,14 @@ void TailscaleRuntime::OnHelperGone(const std::string& why) {
   backoff_ms_ = std::min(backoff_ms_ * 2, 30000);
 }
 
-void TailscaleRuntime::SendListen(uint16_t port) {
+void TailscaleOverlay::SendListen(uint16_t port) {
   auto it = ports_.find(port);
   if (it == ports_.end()) return;
   it->second.sent = true;
   Send("LISTEN", {{"port", std::to_string(port)}});
 }
 
-void TailscaleRuntime::OnListenReply(const overlays::HelperMessage& m) {
+void TailscaleOverlay::OnListenReply(const HelperMessage& m) {
   auto it = ports_.find(uint16_t(atoi(m.Get("port").c_str())));
   if (it == ports_.end()) return;
   Port& p = it->second;
@@ -560,10 +655,10 @@ void TailscaleRuntime::OnListenReply(const overlays::HelperMessage& m) {
   }
 }
 
-Result<std::unique_ptr<InboundListener>> TailscaleRuntime::Listen(uint16_t port,
+Result<std::unique_ptr<InboundListener>> TailscaleOverlay::Listen(uint16_t port,
                                                                   const std::string& owner,
                                                                   InboundListener::Events events) {
-  if (driver_->attached()) {
+  if (attached()) {
     return Status::Error(ENOTSUP,
                          "an entry attached to tailscaled (localapi_socket) only dials "
                          "out; inbound needs a node run by via");
@@ -582,7 +677,7 @@ Result<std::unique_ptr<InboundListener>> TailscaleRuntime::Listen(uint16_t port,
     loop_->Post([ready] {
       if (ready) ready(Status::Ok());
     });
-  } else if (!p.sent && !driver_->endpoints().empty()) {
+  } else if (!p.sent && !endpoints_.empty()) {
     SendListen(port);
   }
   return std::unique_ptr<InboundListener>(std::move(l));
@@ -599,16 +694,16 @@ TailscaleListener::~TailscaleListener() {
   rt_->ports_.erase(it);
 }
 
-void TailscaleRuntime::AppendStatus(std::ostream& out) const {
-  out << "tailscale " << overlay_.id << " " << (driver_->attached() ? "attached" : "node");
-  if (!driver_->attached()) out << " hostname=" << driver_->hostname();
+void TailscaleOverlay::AppendStatus(std::ostream& out) const {
+  out << "tailscale " << overlay_.id << " " << (attached() ? "attached" : "node");
+  if (!attached()) out << " hostname=" << hostname();
   out << " state=" << state_;
   if (!name_.empty()) out << " name=" << name_;
   if (!ips_.empty()) out << " ips=" << ips_;
   out << " helper=" << (pid_ > 0 ? "pid " + std::to_string(pid_) : "not running")
       << " restarts=" << restarts_;
   if (overlay_.tailscale.ephemeral) out << " ephemeral";
-  if (driver_->attached()) out << " localapi=" << overlay_.tailscale.localapi_socket;
+  if (attached()) out << " localapi=" << overlay_.tailscale.localapi_socket;
   out << "\n";
   if (!error_.empty()) out << "tailscale " << overlay_.id << " error: " << error_ << "\n";
   if (!health_.empty()) out << "tailscale " << overlay_.id << " health: " << health_ << "\n";
@@ -621,4 +716,4 @@ void TailscaleRuntime::AppendStatus(std::ostream& out) const {
   out << "tailscale " << overlay_.id << " log: " << log_path_ << "\n";
 }
 
-}  // namespace via::broker
+}  // namespace via::overlays

@@ -1,19 +1,15 @@
-// SOCKS5 (RFC 1928) CONNECT with RFC 1929 username/password, as a pure state machine, and the
-// driver for `kind: network.socks5` entries.
+// SOCKS5 (RFC 1928) CONNECT with RFC 1929 username/password, and Tor's RESOLVE extensions, as a
+// pure state machine; and the isolation credential of `isolate_streams`.
 #pragma once
 
 #include <sys/types.h>
 
 #include <cstddef>
 #include <cstdint>
-#include <memory>
 #include <string>
 #include <string_view>
-#include <vector>
 
 #include "common/socks5_client.h"
-#include "config/config.h"
-#include "overlays/driver.h"
 #include "overlays/handshake.h"
 
 namespace via::overlays {
@@ -22,7 +18,7 @@ namespace via::overlays {
 // -> status (2 bytes)] -> CONNECT request -> reply head (5 bytes: VER REP RSV ATYP and the first
 // address byte) -> reply tail (rest of BND.ADDR and BND.PORT, its length given by ATYP).
 // WantRead() never asks for a byte past the reply: those belong to the program.
-class Socks5Handshake : public Handshake {
+class Socks5Handshake : public ResolveHandshake {
  public:
   // Inputs that Validate() rejects do not desynchronize the stream: nothing but the greeting is
   // ever sent, and the first Feed() returns Validate()'s error.
@@ -40,6 +36,13 @@ class Socks5Handshake : public Handshake {
   // name (ATYP 3; empty otherwise).
   const wire::Addr& bound_addr() const { return bound_addr_; }
   const std::string& bound_name() const { return bound_name_; }
+  // For RESOLVE and RESOLVE_PTR, the bound address or name is the answer.
+  wire::Addr ResolvedAddr() const override { return bound_addr_; }
+  std::string ResolvedName() const override { return bound_name_; }
+  // After a failed Feed(): the proxy's CONNECT reply code (0x01..0xff), or 0 when it failed
+  // otherwise. Lets a user of SOCKS5 word a refusal in its own terms (a Tailscale helper is no
+  // Tor exit).
+  uint8_t reply_code() const { return client_.reply_code(); }
 
   // Whether SOCKS5 can carry this request: a name of 1..255 bytes or an address of family 4 or
   // 6, and credentials of at most 255 bytes each. EINVAL with a message otherwise.
@@ -67,36 +70,6 @@ class Socks5Handshake : public Handshake {
   socks5::Client client_;
   wire::Addr bound_addr_;
   std::string bound_name_;
-};
-
-class Socks5Driver : public Driver {
- public:
-  // Resolves the proxy host (numeric first, then /etc/hosts and the system resolver; "[::1]" is
-  // accepted as well as "::1"). Fails with EHOSTUNREACH naming the overlay and the host.
-  static Result<std::unique_ptr<Driver>> Create(const config::Overlay& overlay);
-
-  const std::string& id() const override { return id_; }
-  const std::vector<Endpoint>& endpoints() const override { return endpoints_; }
-  // With isolate_streams, every handshake authenticates with a fresh random credential (as
-  // username and password, replacing the configured pair); fails with EIO when none can be
-  // drawn. EINVAL for a target SOCKS5 cannot carry (see Socks5Handshake::Validate).
-  Result<std::unique_ptr<Handshake>> NewHandshake(const Target& target) override;
-  int connect_timeout_ms() const override { return settings_.connect_timeout_ms; }
-  // remote_resolve: true — Tor's RESOLVE (0xF0) for a name, RESOLVE_PTR (0xF1) for an address,
-  // with the same credentials policy as connects (isolate_streams).
-  bool remote_resolve() const override { return settings_.remote_resolve; }
-  Result<std::unique_ptr<Handshake>> NewResolveHandshake(const Target& target) override;
-  wire::Addr ResolvedAddr(const Handshake& hs) const override;
-  std::string ResolvedName(const Handshake& hs) const override;
-
- private:
-  Socks5Driver() = default;
-  // A handshake for `command` with the configured (or, with isolate_streams, fresh) credentials.
-  Result<std::unique_ptr<Handshake>> MakeHandshake(const Target& target, uint8_t command) const;
-
-  std::string id_;
-  config::Socks5Settings settings_;
-  std::vector<Endpoint> endpoints_;
 };
 
 // Fills a buffer with random bytes; getrandom(2)'s signature and contract.

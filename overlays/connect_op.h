@@ -14,12 +14,12 @@
 #include <memory>
 #include <string>
 
-#include "broker/event_loop.h"
 #include "common/unique_fd.h"
-#include "overlays/driver.h"
+#include "loop/event_loop.h"
 #include "overlays/handshake.h"
+#include "overlays/overlay.h"
 
-namespace via::broker {
+namespace via::overlays {
 
 class ConnectOp {
  public:
@@ -28,10 +28,10 @@ class ConnectOp {
   // callback may destroy it.
   using DoneFn = std::function<void(int err, const std::string& message)>;
 
-  // *loop and *driver must outlive the op. `fd` is the broker's duplicate of the program's
-  // socket, already checked to be a TCP socket.
-  ConnectOp(EventLoop* loop, const overlays::Driver* driver, UniqueFd fd,
-            std::unique_ptr<overlays::Handshake> handshake);
+  // *loop and *overlay must outlive the op. `fd` is the broker's duplicate of the program's
+  // socket, already checked to be a TCP socket (or a socket of the overlay's own).
+  ConnectOp(EventLoop* loop, const Overlay* overlay, UniqueFd fd,
+            std::unique_ptr<Handshake> handshake);
   // Cancels an unfinished op: unwatches, cancels the timer, restores the flags, closes the dup.
   ~ConnectOp();
   ConnectOp(const ConnectOp&) = delete;
@@ -41,7 +41,7 @@ class ConnectOp {
   void Start(DoneFn done);
   // The socket's family (SO_DOMAIN) when the caller already asked the kernel; saves asking again.
   void set_domain(int domain) { domain_ = domain; }
-  // Replaces the driver's connect_timeout for this op (before Start), e.g. for I2P's SESSION
+  // Replaces the overlay's connect_timeout for this op (before Start), e.g. for I2P's SESSION
   // CREATE, which takes 20 s on i2pd.
   void set_timeout_ms(int ms) { timeout_ms_ = ms; }
 
@@ -57,21 +57,22 @@ class ConnectOp {
   void WaitFor(uint32_t events);
   void Finish(int err, const std::string& message);
   void Release();  // unwatch, cancel the timer, restore flags, close
-  int timeout_ms() const { return timeout_ms_ > 0 ? timeout_ms_ : driver_->connect_timeout_ms(); }
+  int timeout_ms() const { return timeout_ms_ > 0 ? timeout_ms_ : overlay_->connect_timeout_ms(); }
 
   EventLoop* loop_;
-  const overlays::Driver* driver_;
+  const Overlay* overlay_;
+  const std::string role_;  // the endpoint in messages: "proxy", "SAM bridge"...
   UniqueFd fd_;
-  std::unique_ptr<overlays::Handshake> handshake_;
+  std::unique_ptr<Handshake> handshake_;
   DoneFn done_;
   Phase phase_ = Phase::kIdle;
   int domain_ = 0;        // 0: not known yet
-  std::string endpoint_;  // for messages
+  std::string endpoint_;  // for messages, with the role: "proxy 127.0.0.1:9050"
   int saved_flags_ = -1;  // -1 until changed
   bool watched_ = false;
   uint32_t watched_events_ = 0;
   uint64_t timer_ = 0;
-  int timeout_ms_ = 0;  // 0: the driver's connect_timeout
+  int timeout_ms_ = 0;  // 0: the overlay's connect_timeout
 };
 
-}  // namespace via::broker
+}  // namespace via::overlays

@@ -1,6 +1,5 @@
-#include "overlays/socks5.h"
+#include "overlays/socks5/socks5_handshake.h"
 
-#include <netdb.h>
 #include <sys/random.h>
 
 #include <cerrno>
@@ -79,51 +78,6 @@ Result<std::string> RandomIsolationCredential(RandomFill fill) {
         EIO, std::string("socks5: failed to generate isolation credential: ") + std::strerror(err));
   }
   return std::string(hex);
-}
-
-// ---- Socks5Driver ------------------------------------------------------------------------------
-
-Result<std::unique_ptr<Driver>> Socks5Driver::Create(const config::Overlay& overlay) {
-  std::unique_ptr<Socks5Driver> d(new Socks5Driver());
-  d->id_ = overlay.id;
-  d->settings_ = overlay.socks5;
-  auto endpoints =
-      ResolveEndpoints(overlay.id, "proxy host", overlay.socks5.host, overlay.socks5.port);
-  if (!endpoints.ok()) return endpoints.status();
-  d->endpoints_ = std::move(*endpoints);
-  return std::unique_ptr<Driver>(std::move(d));
-}
-
-Result<std::unique_ptr<Handshake>> Socks5Driver::NewResolveHandshake(const Target& target) {
-  if (!settings_.remote_resolve) return Driver::NewResolveHandshake(target);
-  return MakeHandshake(
-      target, target.name.empty() ? Socks5Handshake::kCmdResolvePtr : Socks5Handshake::kCmdResolve);
-}
-
-wire::Addr Socks5Driver::ResolvedAddr(const Handshake& hs) const {
-  return static_cast<const Socks5Handshake&>(hs).bound_addr();
-}
-
-std::string Socks5Driver::ResolvedName(const Handshake& hs) const {
-  return static_cast<const Socks5Handshake&>(hs).bound_name();
-}
-
-Result<std::unique_ptr<Handshake>> Socks5Driver::NewHandshake(const Target& target) {
-  return MakeHandshake(target, Socks5Handshake::kCmdConnect);
-}
-
-Result<std::unique_ptr<Handshake>> Socks5Driver::MakeHandshake(const Target& target,
-                                                               uint8_t command) const {
-  std::string username = settings_.username;
-  std::string password = settings_.password;
-  if (settings_.isolate_streams) {
-    Result<std::string> cred = RandomIsolationCredential();
-    if (!cred.ok()) return cred.status();
-    username = password = *cred;
-  }
-  if (Status st = Socks5Handshake::Validate(target, username, password); !st.ok()) return st;
-  return std::unique_ptr<Handshake>(
-      new Socks5Handshake(target, std::move(username), std::move(password), command));
 }
 
 }  // namespace via::overlays

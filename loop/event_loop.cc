@@ -1,4 +1,4 @@
-#include "broker/event_loop.h"
+#include "loop/event_loop.h"
 
 #include <sys/epoll.h>
 #include <time.h>
@@ -6,7 +6,7 @@
 #include <cerrno>
 #include <vector>
 
-namespace via::broker {
+namespace via {
 
 int64_t NowMs() {
   timespec ts;
@@ -108,4 +108,4 @@ void EventLoop::Run() {
   }
 }
 
-}  // namespace via::broker
+}  // namespace via

@@ -1,4 +1,4 @@
-#include "overlays/driver.h"
+#include "overlays/endpoint.h"
 
 #include <netdb.h>
 
@@ -7,19 +7,8 @@
 #include <string>
 
 #include "common/wire.h"
-#include "overlays/i2p.h"
-#include "overlays/socks5.h"
-#include "overlays/tailscale.h"
 
 namespace via::overlays {
-
-std::string Target::ToString() const {
-  if (!name.empty()) return name + ":" + std::to_string(port);
-  wire::Addr a = addr;
-  a.port = port;
-  char buf[80];
-  return wire::FormatAddr(a, buf, sizeof buf);
-}
 
 Result<std::vector<Endpoint>> ResolveEndpoints(const std::string& overlay_id,
                                                const std::string& what, const std::string& host,
@@ -63,24 +52,6 @@ Result<std::vector<Endpoint>> ResolveEndpoints(const std::string& overlay_id,
                                            "\" has no IPv4 or IPv6 address");
   }
   return out;
-}
-
-Result<std::unique_ptr<Driver>> CreateDriver(const config::Overlay& overlay) {
-  switch (overlay.kind) {
-    case config::OverlayKind::kSocks5:
-      return Socks5Driver::Create(overlay);
-    case config::OverlayKind::kI2p: {
-      auto d = I2pDriver::Create(overlay);
-      if (!d.ok()) return d.status();
-      return std::unique_ptr<Driver>(std::move(*d));
-    }
-    case config::OverlayKind::kTailscale: {
-      auto d = TailscaleDriver::Create(overlay);
-      if (!d.ok()) return d.status();
-      return std::unique_ptr<Driver>(std::move(*d));
-    }
-  }
-  return Status::Error(ENOTSUP, "overlay " + overlay.id + ": unknown overlay kind");  // unreachable
 }
 
 }  // namespace via::overlays
