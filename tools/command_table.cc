@@ -96,7 +96,7 @@ const char* const kHelpBroker =
        via broker [-c CONFIG] [--socket PATH] --daemon
        via broker [-c CONFIG] [--socket PATH] --ensure
 
-Runs the broker for a configuration: it owns the overlay drivers and the fake-address table,
+Runs the broker for a configuration: it owns the overlays and the fake-address table,
 and connects the sockets that programs under via hand to it. `via run` starts one for you.
 
 Options:
