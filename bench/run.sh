@@ -164,6 +164,10 @@ fig1_exec_cost() {
       "$(VIA_NETWORK=app:bench EXEC_COST_PRELOAD=$build/libvia.so "$e" "$EXEC_N" /bin/true | field mean)"
     record 1 via-session "$r" mean_us \
       "$(LD_PRELOAD=$build/libvia.so VIA_NETWORK=app:bench "$e" "$EXEC_N" /bin/true | field mean)"
+    # The same empty library measured again: its ratio to the first shows this machine's noise
+    # between two identical samples, the yardstick for the rows above.
+    record 1 empty.so-again "$r" mean_us \
+      "$(EXEC_COST_PRELOAD=$tmp/empty.so "$e" "$EXEC_N" /bin/true | field mean)"
     record 1 proxychains4 "$r" mean_us \
       "$(PROXYCHAINS_QUIET_MODE=1 EXEC_COST_PRELOAD=$pc_lib "$e" "$EXEC_N" /bin/true | field mean)"
     record 1 torsocks "$r" mean_us "$(EXEC_COST_PRELOAD=$ts_lib "$e" "$EXEC_N" /bin/true | field mean)"

@@ -244,25 +244,27 @@ bool ReceiveSetup(int channel, pid_t command, UniqueFd* listener, UniqueFd* dns,
 
 // The process (thread group) of thread `tid`: the notification names the calling thread, and
 // pidfd_open wants a process.
-pid_t ProcessOf(pid_t tid) {
-  std::string path = "/proc/" + std::to_string(tid) + "/status";
+// The first read of /proc/PID/`file` into `buf` (NUL-terminated); false when it cannot be read.
+bool ReadProc(pid_t pid, const std::string& file, char* buf, size_t cap) {
+  std::string path = "/proc/" + std::to_string(pid) + "/" + file;
   UniqueFd f(open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  char buf[4096];
-  ssize_t n = f ? read(f.get(), buf, sizeof buf - 1) : -1;
-  if (n <= 0) return tid;
+  ssize_t n = f ? read(f.get(), buf, cap - 1) : -1;
+  if (n <= 0) return false;
   buf[n] = 0;
-  const char* tgid = std::strstr(buf, "\nTgid:");
+  return true;
+}
+
+pid_t ProcessOf(pid_t tid) {
+  char buf[4096];
+  const char* tgid =
+      ReadProc(tid, "status", buf, sizeof buf) ? std::strstr(buf, "\nTgid:") : nullptr;
   return tgid != nullptr ? pid_t(std::strtol(tgid + 6, nullptr, 10)) : tid;
 }
 
 // Whether descriptor `fd` of process `pid` is close-on-exec (its fdinfo "flags:", octal).
 bool CloseOnExec(pid_t pid, int fd) {
-  std::string path = "/proc/" + std::to_string(pid) + "/fdinfo/" + std::to_string(fd);
-  UniqueFd f(open(path.c_str(), O_RDONLY | O_CLOEXEC));
   char buf[512];
-  ssize_t n = f ? read(f.get(), buf, sizeof buf - 1) : -1;
-  if (n <= 0) return false;
-  buf[n] = 0;
+  if (!ReadProc(pid, "fdinfo/" + std::to_string(fd), buf, sizeof buf)) return false;
   const char* flags = std::strstr(buf, "flags:");
   return flags != nullptr && (std::strtoul(flags + 6, nullptr, 8) & O_CLOEXEC) != 0;
 }

@@ -257,6 +257,19 @@ class ViaCase(unittest.TestCase):
         # Runs last (cleanups are LIFO): no broker of this test may outlive it.
         self.addCleanup(self._kill_leftover_brokers)
 
+    def static_gai_client(self):
+        """data/gai_client.c linked statically (a program the shim cannot cover: strict mode's
+        witness), in this test's directory; skips the test when it cannot be built."""
+        if shutil.which("cc") is None:
+            self.skipTest("no C compiler")
+        exe = os.path.join(self.dir, "gai-static")
+        built = subprocess.run(["cc", "-static", "-O1", "-o", exe,
+                                os.path.join(HERE, "data", "gai_client.c")],
+                               capture_output=True, text=True)
+        if built.returncode != 0:
+            self.skipTest("cannot link statically (libc.a missing?): " + built.stderr[-200:])
+        return exe
+
     def require_namespace(self):
         """Skips the test unless it runs inside the test namespaces (names only the proxy
         knows, a private port 53)."""

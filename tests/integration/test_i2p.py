@@ -185,14 +185,7 @@ class Outbound(I2pCase):
     def test_strict_mode_takes_a_static_program_to_a_b32_destination(self):
         # via run --strict: a statically linked program, which the shim cannot cover, reaches
         # the site by its .b32.i2p name (a fake address in the namespace; the name went to SAM).
-        if shutil.which("cc") is None:
-            self.skipTest("no C compiler")
-        exe = os.path.join(self.dir, "gai-static")
-        built = subprocess.run(["cc", "-static", "-O1", "-o", exe,
-                                os.path.join(harness.HERE, "data", "gai_client.c")],
-                               capture_output=True, text=True)
-        if built.returncode != 0:
-            self.skipTest("cannot link statically: " + built.stderr[-200:])
+        exe = self.static_gai_client()
         proc = self.via("run", "--strict", "--network", "app:i2p", "--", exe, self.lab.site.b32,
                         "80", "strict-path", timeout=90)
         self.assertOk(proc)

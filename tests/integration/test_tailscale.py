@@ -220,14 +220,7 @@ class Tailnet(harness.ViaCase):
     def test_strict_mode_takes_a_static_program_to_a_peer_by_magicdns_name(self):
         # via run --strict: a statically linked program, which the shim cannot cover, reaches
         # a peer by its MagicDNS name through the node; no DNS server heard of the name.
-        if shutil.which("cc") is None:
-            self.skipTest("no C compiler")
-        exe = os.path.join(self.dir, "gai-static")
-        built = subprocess.run(["cc", "-static", "-O1", "-o", exe,
-                                os.path.join(harness.HERE, "data", "gai_client.c")],
-                               capture_output=True, text=True)
-        if built.returncode != 0:
-            self.skipTest("cannot link statically: " + built.stderr[-200:])
+        exe = self.static_gai_client()
         self.start_dns()
         alpha = self.start_peer("alpha")
         self.write_ts_config([self.ts_entry("ts", "via-a")])

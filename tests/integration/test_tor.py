@@ -248,14 +248,7 @@ class Tor(harness.ViaCase):
         # via run --strict: a statically linked program, which the shim cannot cover, reaches
         # the onion service by name (its resolver gets a fake address in the namespace); the
         # name reached Tor and the local DNS server never heard of it.
-        if shutil.which("cc") is None:
-            self.skipTest("no C compiler")
-        src = os.path.join(harness.HERE, "data", "gai_client.c")
-        exe = os.path.join(self.dir, "gai-static")
-        built = subprocess.run(["cc", "-static", "-O1", "-o", exe, src], capture_output=True,
-                               text=True)
-        if built.returncode != 0:
-            self.skipTest("cannot link statically: " + built.stderr[-200:])
+        exe = self.static_gai_client()
         self.start_dns()
         port = self.net.onion_target_port
         record = os.path.join(self.dir, "onion-target.jsonl")
