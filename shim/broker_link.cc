@@ -337,47 +337,11 @@ int ReplyErrno(const wire::Message& m, char* msg, size_t msgcap) {
   return static_cast<int>(err);
 }
 
-// The SOCKS5 fields of a HELLO reply with kFlagShimSocks5. False when one is missing or does not
-// fit: the shim then hands its sockets to the broker as without the flag.
+// The SOCKS5 fields of a HELLO reply with kFlagShimSocks5 (common/socks5_plan.h). False when
+// one is missing or does not fit: the shim then hands its sockets to the broker as without the
+// flag.
 bool ReadPlan(const wire::Message& m, Link* l) {
-  Socks5Plan& p = t_plan;
-  p = Socks5Plan{};
-  p.broker = l->broker_pid;
-  p.isolate = (l->flags & wire::kFlagIsolate) != 0;
-  bool ok = true;
-  auto copy = [&](const wire::Field& f, char* out, size_t cap, size_t* len) {
-    if (f.len >= cap) return false;
-    std::memcpy(out, f.data, f.len);
-    out[f.len] = 0;
-    if (len != nullptr) *len = f.len;
-    return true;
-  };
-  m.ForEach([&](const wire::Field& f) {
-    wire::Addr a;
-    switch (f.tag) {
-      case wire::kTagNetwork:
-        ok = ok && copy(f, p.overlay, sizeof p.overlay, nullptr);
-        break;
-      case wire::kTagProxy:
-        if (f.addr(&a) && p.nproxies < 4) p.proxies[p.nproxies++] = a;
-        break;
-      case wire::kTagUsername:
-        ok = ok && copy(f, p.username, sizeof p.username, &p.username_len);
-        break;
-      case wire::kTagPassword:
-        ok = ok && copy(f, p.password, sizeof p.password, &p.password_len);
-        break;
-      case wire::kTagTimeoutMs:
-        ok = ok && f.u32(&p.timeout_ms);
-        break;
-      case wire::kTagFakeNet:
-        if (f.addr(&a) && p.nfake < 2) p.fake[p.nfake++] = a;
-        break;
-      default:
-        break;
-    }
-  });
-  return ok && p.nproxies > 0 && p.nfake == 2 && p.timeout_ms > 0 && p.broker != 0;
+  return socks5::ReadPlan(m, l->flags, l->broker_pid, &t_plan);
 }
 
 // Sends the count of connects the broker has not heard of (REPORT COUNT, no reply), without

@@ -150,6 +150,8 @@ Result<std::string> BrokerClient::Hello(const std::string& network, const std::s
   uint32_t wait = 0;
   if (m->Find(wire::kTagWaitMs, &f) && f.u32(&wait)) wait_ms_ = wait;
   if (!m->Find(wire::kTagFlags, &f) || !f.u32(&hello_flags_)) hello_flags_ = 0;
+  has_plan_ = (hello_flags_ & wire::kFlagShimSocks5) != 0 &&
+              socks5::ReadPlan(*m, hello_flags_, uint32_t(broker_pid_), &plan_);
   fake_nets_.clear();
   m->ForEach([this](const wire::Field& field) {
     wire::Addr a;

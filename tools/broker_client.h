@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "common/socks5_plan.h"
 #include "common/status.h"
 #include "common/unique_fd.h"
 #include "common/wire.h"
@@ -55,6 +56,9 @@ class BrokerClient {
   // The fake-address ranges of the last HELLO reply (FAKE_NET: the port field is the prefix
   // length), when it gave them.
   const std::vector<wire::Addr>& fake_nets() const { return fake_nets_; }
+  // The last HELLO reply's plan for running SOCKS5 without the broker (kFlagShimSocks5), or
+  // nullptr.
+  const Socks5Plan* socks5_plan() const { return has_plan_ ? &plan_ : nullptr; }
   Result<std::string> StatusText();
   Status Shutdown();
 
@@ -77,6 +81,8 @@ class BrokerClient {
   std::string fingerprint_;
   uint32_t hello_flags_ = 0;
   std::vector<wire::Addr> fake_nets_;
+  Socks5Plan plan_{};
+  bool has_plan_ = false;
 };
 
 }  // namespace via::tools

@@ -334,6 +334,7 @@ class Supervisor {
     }
     flags_ = c->hello_flags();
     fake_nets_ = c->fake_nets();
+    if (c->socks5_plan() != nullptr) plan_ = *c->socks5_plan();
     if ((flags_ & wire::kFlagDirect) != 0) {
       *why = "the session's network is direct: strict mode needs an overlay";
       return false;
@@ -608,6 +609,16 @@ class Supervisor {
       if ((flags_ & wire::kFlagLoopbackRefuse) != 0) return ECONNREFUSED;
       return ConnectDirect(fd, wire::Unmapped(a));
     }
+    // A SOCKS5 overlay that lets programs run the handshake (handshake: program): run it here,
+    // as the shim would, for a real address. A fake address goes to the broker, which knows
+    // its name (via run holds no RESOLVE promise for it, as the shim may).
+    if (plan_ && !socks5::InFakeRange(*plan_, a)) {
+      char why[256], msg[512];
+      int err = socks5::ConnectBlocking(fd, *plan_, nullptr, a, ::connect, why, sizeof why, msg,
+                                        sizeof msg);
+      if (err != 0 && !quiet_) Complain("strict: " + std::string(msg));
+      return err;
+    }
     auto c = Take();
     if (!c.ok()) {
       if (!quiet_) Complain("strict: " + c.status().message());
@@ -649,6 +660,7 @@ class Supervisor {
   uint32_t flags_ = 0;
   std::string network_;  // the session's, for messages
   std::vector<wire::Addr> fake_nets_;
+  std::optional<Socks5Plan> plan_;  // SOCKS5 without the broker, when the HELLO allows it
   bool quiet_;
   bool audit_on_;
   std::map<std::string, int> audit_;  // "pid N EXE: what to where" -> times

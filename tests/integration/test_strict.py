@@ -80,6 +80,21 @@ class Strict(harness.ViaCase):
         self.assertIn(harness.PROXY_OUT, proc.stdout)  # the IP-echo body: the proxy's address
         self.assertProxied("/curl")
 
+    def test_an_address_is_routed_with_either_handshake(self):
+        # By address (no fake address): via run runs the SOCKS5 handshake itself when the
+        # overlay lets programs do so (handshake: program, the default), else the broker runs
+        # it. The proxy and the target see the same either way.
+        for handshake in ("program", "broker"):
+            self.write_config([self.socks5_entry("tor", self.proxy_port)],
+                              service={"loopback": "overlay", "handshake": handshake})
+            proc = self.strict("curl", "-sS", f"http://127.0.0.1:{self.port}/{handshake}")
+            self.assertOk(proc)
+            self.stop_broker()
+        self.assertEqual([(r["peer"], r["path"]) for r in self.records(self.record)],
+                         [(harness.PROXY_OUT, "/program"), (harness.PROXY_OUT, "/broker")])
+        self.assertEqual(harness.microsocks_destinations(self.proxy_log),
+                         [f"127.0.0.1:{self.port}"] * 2)
+
     def test_static_program_is_routed(self):
         self.configure()
         exe = self.cc(GAI_CLIENT, "-static")
