@@ -246,6 +246,24 @@ Status BrokerClient::ConnectAddr(int fd, const wire::Addr& addr) {
   return ReplyStatus(*m);
 }
 
+Result<std::vector<wire::Addr>> BrokerClient::Resolve(const std::string& name, uint32_t* hold_ms) {
+  uint8_t buf[512];
+  wire::Writer w(buf, sizeof buf, wire::kResolve, next_id_++);
+  w.PutString(wire::kTagName, name);
+  if (!w.ok()) return Status::Error(EINVAL, "host name too long: " + name);
+  auto m = Exchange(w, -1, kQuickMs + wait_ms_);
+  if (!m.ok()) return m.status();
+  if (Status s = ReplyStatus(*m); !s.ok()) return s;
+  std::vector<wire::Addr> out;
+  *hold_ms = 0;
+  m->ForEach([&](const wire::Field& f) {
+    wire::Addr a;
+    if (f.tag == wire::kTagAddr && f.addr(&a)) out.push_back(a);
+    if (f.tag == wire::kTagHoldMs) f.u32(hold_ms);
+  });
+  return out;
+}
+
 Result<std::string> BrokerClient::DnsQuery(const void* packet, size_t len) {
   std::vector<uint8_t> buf(wire::kMaxMessage);
   wire::Writer w(buf.data(), buf.size(), wire::kDnsQuery, next_id_++);

@@ -49,6 +49,9 @@ class BrokerClient {
   Status ConnectByName(int fd, const std::string& name, uint16_t port);
   // CONNECT `fd` to `addr` (a fake address stands for its name).
   Status ConnectAddr(int fd, const wire::Addr& addr);
+  // RESOLVE of `name` (both families): its addresses (IPv4 first) and, in *hold_ms, how long
+  // the broker promises not to give them to another name (0: no promise).
+  Result<std::vector<wire::Addr>> Resolve(const std::string& name, uint32_t* hold_ms);
   // DNS_QUERY: the broker's answer to one DNS query ("" when it gives none).
   Result<std::string> DnsQuery(const void* packet, size_t len);
   // FLAGS of the last HELLO reply (wire::kFlag*).

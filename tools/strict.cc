@@ -33,6 +33,7 @@
 #include <thread>
 #include <vector>
 
+#include "broker/dns_message.h"
 #include "common/kernel_sockaddr.h"
 #include "common/unique_fd.h"
 #include "common/wire.h"
@@ -612,10 +613,12 @@ class Supervisor {
     // A SOCKS5 overlay that lets programs run the handshake (handshake: program): run it here,
     // as the shim would, for a real address. A fake address goes to the broker, which knows
     // its name (via run holds no RESOLVE promise for it, as the shim may).
-    if (plan_ && !socks5::InFakeRange(*plan_, a)) {
+    std::optional<std::string> name;
+    if (plan_ && socks5::InFakeRange(*plan_, a)) name = NameOf(a);
+    if (plan_ && (name || !socks5::InFakeRange(*plan_, a))) {
       char why[256], msg[512];
-      int err = socks5::ConnectBlocking(fd, *plan_, nullptr, a, ::connect, why, sizeof why, msg,
-                                        sizeof msg);
+      int err = socks5::ConnectBlocking(fd, *plan_, name ? name->c_str() : nullptr, a, ::connect,
+                                        why, sizeof why, msg, sizeof msg);
       if (err != 0 && !quiet_) Complain("strict: " + std::string(msg));
       return err;
     }
@@ -641,6 +644,15 @@ class Supervisor {
     ssize_t n =
         recvfrom(dns_.get(), q, sizeof q, MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&from), &fl);
     if (n <= 0) return;
+    if (plan_) {
+      // A/AAAA with the fake addresses RESOLVE promises: via run can then run the SOCKS5
+      // handshake by name itself (Connect). Anything else as DNS_QUERY answers it.
+      if (std::optional<std::string> mine = AnswerFromResolve(std::string_view(q, size_t(n)))) {
+        sendto(dns_.get(), mine->data(), mine->size(), MSG_DONTWAIT,
+               reinterpret_cast<sockaddr*>(&from), fl);
+        return;
+      }
+    }
     auto answer = dns_client_->DnsQuery(q, size_t(n));
     if (!answer.ok()) {
       if (!quiet_) Complain("strict: DNS query: " + answer.status().message());
@@ -652,6 +664,61 @@ class Supervisor {
            reinterpret_cast<sockaddr*>(&from), fl);
   }
 
+  // The answer to an A or AAAA query built from RESOLVE (broker/dns_message.h's policy, as the
+  // broker's DNS_QUERY builds it), remembering each fake address's name while the broker
+  // promises it; nullopt when the query is anything else or the answer would not be two fake
+  // addresses with a promise (the caller then asks DNS_QUERY).
+  std::optional<std::string> AnswerFromResolve(std::string_view packet) {
+    broker::DnsParseError perr;
+    std::optional<broker::DnsQuery> query = broker::ParseDnsQuery(packet, &perr);
+    if (!query || (query->qtype != broker::kDnsA && query->qtype != broker::kDnsAaaa)) {
+      return std::nullopt;
+    }
+    bool usable = true;
+    broker::DnsPolicy policy;
+    policy.lookup = [&](const std::string& name) -> std::pair<wire::Addr, wire::Addr> {
+      uint32_t hold_ms = 0;
+      auto addrs = dns_client_->Resolve(name, &hold_ms);
+      wire::Addr v4, v6;
+      for (const wire::Addr& a : addrs.ok() ? *addrs : std::vector<wire::Addr>{}) {
+        if (a.family == 4 && v4.family == 0) v4 = a;
+        if (a.family == 6 && v6.family == 0) v6 = a;
+      }
+      if (hold_ms == 0 || !socks5::InFakeRange(*plan_, v4) || !socks5::InFakeRange(*plan_, v6)) {
+        usable = false;
+      } else {
+        Remember(v4, name, hold_ms);
+        Remember(v6, name, hold_ms);
+      }
+      return {v4, v6};
+    };
+    policy.reverse = [](const wire::Addr&) { return std::optional<std::string>(); };
+    std::string summary;
+    std::optional<std::string> answer = broker::AnswerDnsQuery(packet, policy, &summary);
+    if (!usable) return std::nullopt;
+    return answer;
+  }
+
+  // A fake address's name, kept for half of the broker's promise (as the shim's name cache).
+  void Remember(const wire::Addr& fake, const std::string& name, uint32_t hold_ms) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (names_.size() > 4096) names_.clear();
+    names_[AddrText(WithoutPort(fake))] = {name, proxy::MonotonicMs() + hold_ms / 2};
+  }
+
+  std::optional<std::string> NameOf(const wire::Addr& fake) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = names_.find(AddrText(WithoutPort(fake)));
+    if (it == names_.end() || it->second.second < proxy::MonotonicMs()) return std::nullopt;
+    return it->second.first;
+  }
+
+  static wire::Addr WithoutPort(const wire::Addr& addr) {
+    wire::Addr a = wire::Unmapped(addr);
+    a.port = 0;
+    return a;
+  }
+
   static void Complain(const std::string& what) { std::fprintf(stderr, "via: %s\n", what.c_str()); }
 
   UniqueFd listener_, dns_;
@@ -661,6 +728,8 @@ class Supervisor {
   std::string network_;  // the session's, for messages
   std::vector<wire::Addr> fake_nets_;
   std::optional<Socks5Plan> plan_;  // SOCKS5 without the broker, when the HELLO allows it
+  // Fake address ("198.18.0.5:0") -> its name and until when (MonotonicMs) it may be used.
+  std::map<std::string, std::pair<std::string, int64_t>> names_;
   bool quiet_;
   bool audit_on_;
   std::map<std::string, int> audit_;  // "pid N EXE: what to where" -> times

@@ -80,20 +80,26 @@ class Strict(harness.ViaCase):
         self.assertIn(harness.PROXY_OUT, proc.stdout)  # the IP-echo body: the proxy's address
         self.assertProxied("/curl")
 
-    def test_an_address_is_routed_with_either_handshake(self):
-        # By address (no fake address): via run runs the SOCKS5 handshake itself when the
-        # overlay lets programs do so (handshake: program, the default), else the broker runs
-        # it. The proxy and the target see the same either way.
+    def test_addresses_and_names_are_routed_with_either_handshake(self):
+        # via run runs the SOCKS5 handshake itself when the overlay lets programs do so
+        # (handshake: program, the default: by address, and by name for the fake addresses its
+        # resolver answered with RESOLVE's promise), else the broker runs it. The proxy and the
+        # target see the same either way, the name included.
         for handshake in ("program", "broker"):
             self.write_config([self.socks5_entry("tor", self.proxy_port)],
                               service={"loopback": "overlay", "handshake": handshake})
-            proc = self.strict("curl", "-sS", f"http://127.0.0.1:{self.port}/{handshake}")
-            self.assertOk(proc)
+            for host in ("127.0.0.1", "example.test"):
+                proc = self.strict("curl", "-sS", f"http://{host}:{self.port}/{handshake}")
+                self.assertOk(proc)
             self.stop_broker()
-        self.assertEqual([(r["peer"], r["path"]) for r in self.records(self.record)],
-                         [(harness.PROXY_OUT, "/program"), (harness.PROXY_OUT, "/broker")])
+        self.assertEqual([(r["peer"], r["host"].rsplit(":", 1)[0], r["path"])
+                          for r in self.records(self.record)],
+                         [(harness.PROXY_OUT, "127.0.0.1", "/program"),
+                          (harness.PROXY_OUT, "example.test", "/program"),
+                          (harness.PROXY_OUT, "127.0.0.1", "/broker"),
+                          (harness.PROXY_OUT, "example.test", "/broker")])
         self.assertEqual(harness.microsocks_destinations(self.proxy_log),
-                         [f"127.0.0.1:{self.port}"] * 2)
+                         [f"127.0.0.1:{self.port}", f"example.test:{self.port}"] * 2)
 
     def test_static_program_is_routed(self):
         self.configure()
