@@ -219,13 +219,7 @@ int main(void) {
         as_user = ["setpriv", "--reuid=viatest", "--regid=viatest", "--clear-groups"]
         control = subprocess.run(as_user + [suid, "-u"], capture_output=True, text=True)
         self.assertEqual(control.stdout.strip(), "0")  # outside: the bit works
-        runtime = os.path.join(self.dir, "run-viatest")
-        os.mkdir(runtime, 0o700)
-        shutil.chown(runtime, user="viatest", group="viatest")
-        state = os.path.join(self.dir, "state")
-        os.makedirs(state, exist_ok=True)
-        shutil.chown(state, user="viatest", group="viatest")
-        env = dict(self.env, XDG_RUNTIME_DIR=runtime, HOME=runtime)
+        env = self.viatest_env()
         proc = subprocess.run(as_user + [harness.VIA, "run", "-c", self.config, "--strict",
                                          "--network", "app:tor", "--", suid, "-u"],
                               env=env, capture_output=True, text=True, timeout=60)
@@ -326,6 +320,17 @@ int main(void) {
         self.assertNotEqual(proc.returncode, 0)
         self.assertTargetSawNothing(self.record)
 
+    def viatest_env(self):
+        """The environment for running via as the user viatest: a runtime directory and a
+        state directory of its own."""
+        runtime = os.path.join(self.dir, "run-viatest")
+        os.mkdir(runtime, 0o700)
+        shutil.chown(runtime, user="viatest", group="viatest")
+        state = os.path.join(self.dir, "state")
+        os.makedirs(state, exist_ok=True)
+        shutil.chown(state, user="viatest", group="viatest")
+        return dict(self.env, XDG_RUNTIME_DIR=runtime, HOME=runtime)
+
     def test_as_an_ordinary_user(self):
         # Not root: a user namespace first (uid and gid map to themselves).
         if subprocess.run(["id", "viatest"], capture_output=True).returncode != 0:
@@ -333,13 +338,7 @@ int main(void) {
         self.configure()
         os.chmod(self.dir, 0o755)
         os.chmod(self.config, 0o644)
-        runtime = os.path.join(self.dir, "run-viatest")
-        os.mkdir(runtime, 0o700)
-        shutil.chown(runtime, user="viatest", group="viatest")
-        state = os.path.join(self.dir, "state")
-        os.makedirs(state, exist_ok=True)
-        shutil.chown(state, user="viatest", group="viatest")
-        env = dict(self.env, XDG_RUNTIME_DIR=runtime, HOME=runtime)
+        env = self.viatest_env()
         as_user = ["setpriv", "--reuid=viatest", "--regid=viatest", "--clear-groups"]
         proc = subprocess.run(as_user + [harness.VIA, "run", "-c", self.config, "--strict",
                                          "--network", "app:tor", "--", "sh", "-c",

@@ -219,15 +219,20 @@ class Tor(harness.ViaCase):
         self.assertEqual(len({e["circuit"] for e in ok}), 1, ok)
 
     # ---- (c) .onion by name --------------------------------------------------------------------
-    def test_onion_service_by_name_through_a_fake_address_without_dns(self):
+    def start_onion_target(self):
+        """The local DNS server, the onion service's target (its record file), via configured
+        for Tor with isolation, and a control connection watching streams. Returns (record,
+        controller, the .onion name)."""
         self.start_dns()
         port = self.net.onion_target_port
         record = os.path.join(self.dir, "onion-target.jsonl")
         p, _ = self.spawn([harness.PYTHON, TARGET, str(port), record], "onion-target.log")
         harness.wait_port(port, proc=p)
         self.use_tor(isolate=True)
-        ctl = self.watch_streams()
-        onion = self.net.onion
+        return record, self.watch_streams(), self.net.onion
+
+    def test_onion_service_by_name_through_a_fake_address_without_dns(self):
+        record, ctl, onion = self.start_onion_target()
         self.assertRegex(onion, r"^[a-z2-7]{56}\.onion$")
         proc = self.run_via("app:tor", "curl", "-sSf", "--max-time", "90", "-o", "/dev/null",
                             "-w", "%{remote_ip}", f"http://{onion}/hidden", timeout=120)
@@ -249,14 +254,7 @@ class Tor(harness.ViaCase):
         # the onion service by name (its resolver gets a fake address in the namespace); the
         # name reached Tor and the local DNS server never heard of it.
         exe = self.static_gai_client()
-        self.start_dns()
-        port = self.net.onion_target_port
-        record = os.path.join(self.dir, "onion-target.jsonl")
-        p, _ = self.spawn([harness.PYTHON, TARGET, str(port), record], "onion-target.log")
-        harness.wait_port(port, proc=p)
-        self.use_tor(isolate=True)
-        ctl = self.watch_streams()
-        onion = self.net.onion
+        record, ctl, onion = self.start_onion_target()
         proc = self.via("run", "--strict", "--network", "app:tor", "--", exe, onion, "80",
                         "strict", timeout=120)
         self.assertRan(proc, ctl)
