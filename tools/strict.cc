@@ -677,6 +677,12 @@ class Supervisor {
     bool usable = true;
     broker::DnsPolicy policy;
     policy.lookup = [&](const std::string& name) -> std::pair<wire::Addr, wire::Addr> {
+      // A repeat within half the promise: answered here, as the shim's name cache does (a
+      // program that resolves before every connect pays no broker round trip).
+      if (auto it = answers_.find(name); it != answers_.end()) {
+        if (it->second.until > proxy::MonotonicMs()) return {it->second.v4, it->second.v6};
+        answers_.erase(it);
+      }
       uint32_t hold_ms = 0;
       auto addrs = dns_client_->Resolve(name, &hold_ms);
       wire::Addr v4, v6;
@@ -689,6 +695,8 @@ class Supervisor {
       } else {
         Remember(v4, name, hold_ms);
         Remember(v6, name, hold_ms);
+        if (answers_.size() > 4096) answers_.clear();
+        answers_[name] = {v4, v6, proxy::MonotonicMs() + hold_ms / 2};
       }
       return {v4, v6};
     };
@@ -728,6 +736,12 @@ class Supervisor {
   std::string network_;  // the session's, for messages
   std::vector<wire::Addr> fake_nets_;
   std::optional<Socks5Plan> plan_;  // SOCKS5 without the broker, when the HELLO allows it
+  // The main thread's RESOLVE answers by name, while half their promise lasts.
+  struct Answer {
+    wire::Addr v4, v6;
+    int64_t until;
+  };
+  std::map<std::string, Answer> answers_;
   // Fake address ("198.18.0.5:0") -> its name and until when (MonotonicMs) it may be used.
   std::map<std::string, std::pair<std::string, int64_t>> names_;
   bool quiet_;
