@@ -445,35 +445,48 @@ int SpawnWithFixedEnv(char* const envp[], Spawn spawn) {
   return rc == -1 && errno == ENOMEM ? ENOMEM : rc;
 }
 
+namespace {
+
+// posix_spawn, posix_spawnp, pidfd_spawn and pidfd_spawnp: `target` (the file the child will
+// run; nullptr when a PATH search found none, and the real function will say so) is checked;
+// a binary strict mode covers is spawned as `via run --strict ...` with `by_path(file, argv,
+// env)` (the non-searching variant), anything else as called, `as_called(env)`, always with
+// the environment repaired.
+template <typename ByPath, typename AsCalled>
+int GuardedSpawn(const char* target, const posix_spawn_file_actions_t* fa, char* const argv[],
+                 char* const envp[], ByPath by_path, AsCalled as_called) {
+  if (target != nullptr) {
+    int err = CheckSpawn(target, fa, argv, envp);
+    if (err == kRunStrict) {
+      return SpawnStrict(target, argv, [&](const char* via, char** a) {
+        return SpawnWithFixedEnv(envp, [&](char** env) { return by_path(via, a, env); });
+      });
+    }
+    if (err != 0) return err;
+  }
+  return SpawnWithFixedEnv(envp, as_called);
+}
+
+}  // namespace
+
 VIA_EXPORT int posix_spawn(pid_t* pid, const char* path, const posix_spawn_file_actions_t* fa,
                            const posix_spawnattr_t* attr, char* const argv[], char* const envp[]) {
-  if (int err = CheckSpawn(path, fa, argv, envp); err == kRunStrict) {
-    return SpawnStrict(path, argv, [&](const char* via, char** a) {
-      return SpawnWithFixedEnv(
-          envp, [&](char** env) { return Real().posix_spawn(pid, via, fa, attr, a, env); });
-    });
-  } else if (err != 0) {
-    return err;
-  }
-  return SpawnWithFixedEnv(
-      envp, [&](char** env) { return Real().posix_spawn(pid, path, fa, attr, argv, env); });
+  auto by_path = [&](const char* p, char* const a[], char** env) {
+    return Real().posix_spawn(pid, p, fa, attr, a, env);
+  };
+  return GuardedSpawn(path, fa, argv, envp, by_path,
+                      [&](char** env) { return by_path(path, argv, env); });
 }
 
 VIA_EXPORT int posix_spawnp(pid_t* pid, const char* file, const posix_spawn_file_actions_t* fa,
                             const posix_spawnattr_t* attr, char* const argv[], char* const envp[]) {
   char found[kPathMax];
-  if (SearchPath(file, found, sizeof found)) {
-    if (int err = CheckSpawn(found, fa, argv, envp); err == kRunStrict) {
-      return SpawnStrict(found, argv, [&](const char* via, char** a) {
-        return SpawnWithFixedEnv(
-            envp, [&](char** env) { return Real().posix_spawn(pid, via, fa, attr, a, env); });
-      });
-    } else if (err != 0) {
-      return err;
-    }
-  }
-  return SpawnWithFixedEnv(
-      envp, [&](char** env) { return Real().posix_spawnp(pid, file, fa, attr, argv, env); });
+  return GuardedSpawn(
+      SearchPath(file, found, sizeof found) ? found : nullptr, fa, argv, envp,
+      [&](const char* p, char* const a[], char** env) {
+        return Real().posix_spawn(pid, p, fa, attr, a, env);
+      },
+      [&](char** env) { return Real().posix_spawnp(pid, file, fa, attr, argv, env); });
 }
 
 // execveat(2): the file is `path` relative to `dirfd` (or the descriptor itself with
@@ -513,31 +526,20 @@ constinit LazyFn<PidfdSpawnFn> g_pidfd_spawnp = {"pidfd_spawnp", nullptr};
 
 VIA_EXPORT int pidfd_spawn(int* pidfd, const char* path, const posix_spawn_file_actions_t* fa,
                            const posix_spawnattr_t* attr, char* const argv[], char* const envp[]) {
-  if (int err = CheckSpawn(path, fa, argv, envp); err == kRunStrict) {
-    return SpawnStrict(path, argv, [&](const char* via, char** a) {
-      return SpawnWithFixedEnv(
-          envp, [&](char** env) { return g_pidfd_spawn(pidfd, via, fa, attr, a, env); });
-    });
-  } else if (err != 0) {
-    return err;
-  }
-  return SpawnWithFixedEnv(
-      envp, [&](char** env) { return g_pidfd_spawn(pidfd, path, fa, attr, argv, env); });
+  auto by_path = [&](const char* p, char* const a[], char** env) {
+    return g_pidfd_spawn(pidfd, p, fa, attr, a, env);
+  };
+  return GuardedSpawn(path, fa, argv, envp, by_path,
+                      [&](char** env) { return by_path(path, argv, env); });
 }
 
 VIA_EXPORT int pidfd_spawnp(int* pidfd, const char* file, const posix_spawn_file_actions_t* fa,
                             const posix_spawnattr_t* attr, char* const argv[], char* const envp[]) {
   char found[kPathMax];
-  if (SearchPath(file, found, sizeof found)) {
-    if (int err = CheckSpawn(found, fa, argv, envp); err == kRunStrict) {
-      return SpawnStrict(found, argv, [&](const char* via, char** a) {
-        return SpawnWithFixedEnv(
-            envp, [&](char** env) { return g_pidfd_spawn(pidfd, via, fa, attr, a, env); });
-      });
-    } else if (err != 0) {
-      return err;
-    }
-  }
-  return SpawnWithFixedEnv(
-      envp, [&](char** env) { return g_pidfd_spawnp(pidfd, file, fa, attr, argv, env); });
+  return GuardedSpawn(
+      SearchPath(file, found, sizeof found) ? found : nullptr, fa, argv, envp,
+      [&](const char* p, char* const a[], char** env) {
+        return g_pidfd_spawn(pidfd, p, fa, attr, a, env);
+      },
+      [&](char** env) { return g_pidfd_spawnp(pidfd, file, fa, attr, argv, env); });
 }
