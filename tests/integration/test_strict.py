@@ -376,7 +376,7 @@ int main(void) {
         # network_service.unrouted_exec: strict - in the default mode, a process that execs a
         # static program (which the shim cannot cover) runs it through `via run --strict`:
         # from a shell (execve), and from Python's subprocess (vfork + execve) with its own
-        # argv[0] kept.
+        # argv[0] kept, and through posix_spawnp.
         exe = self.cc(GAI_CLIENT, "-static")
         self.write_config([self.socks5_entry("tor", self.proxy_port)],
                           service={"loopback": "overlay", "unrouted_exec": "strict"})
@@ -391,10 +391,20 @@ int main(void) {
                         env=dict(self.env, PRINT_ARGV0="1"))
         self.assertOk(proc)
         self.assertIn("argv0=renamed", proc.stdout)
+        # posix_spawnp (os.posix_spawnp: a PATH search, then the spawn itself).
+        code = ("import os, sys; "
+                f"pid = os.posix_spawnp('gai-static', ['gai-static', 'example.test', "
+                f"'{self.port}', 'from-spawn'], os.environ); "
+                "sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))")
+        os.rename(exe, os.path.join(os.path.dirname(exe), "gai-static"))
+        path = os.path.dirname(exe) + ":" + self.env.get("PATH", "/usr/bin:/bin")
+        self.assertOk(self.via("run", "--network", "app:tor", "--", harness.PYTHON, "-c", code,
+                               env=dict(self.env, PATH=path)))
         self.assertEqual([(r["peer"], r["path"]) for r in self.records(self.record)],
-                         [(harness.PROXY_OUT, "/from-sh"), (harness.PROXY_OUT, "/from-python")])
+                         [(harness.PROXY_OUT, "/from-sh"), (harness.PROXY_OUT, "/from-python"),
+                          (harness.PROXY_OUT, "/from-spawn")])
         self.assertEqual(harness.microsocks_destinations(self.proxy_log),
-                         [f"example.test:{self.port}"] * 2)
+                         [f"example.test:{self.port}"] * 3)
 
     def test_unrouted_exec_strict_leaves_setuid_binaries_refused(self):
         # Strict mode would drop a setuid binary's privilege (no_new_privs): it stays refused.
