@@ -447,18 +447,12 @@ class Supervisor {
   // --audit: a send on a socket that is not placed by via (UDP, ICMP, raw; TCP Fast Open) with
   // an address outside the namespace: recorded; the kernel then finds no route for it.
   void AuditSend(const seccomp_notif& n) {
-    pid_t pid = ProcessOf(pid_t(n.pid));
-    UniqueFd pidfd(int(syscall(SYS_pidfd_open, pid, 0)));
-    UniqueFd prog(pidfd ? int(syscall(SYS_pidfd_getfd, pidfd.get(), int(n.data.args[0]), 0)) : -1);
-    int domain = 0, type = 0, protocol = 0;
-    socklen_t len = sizeof(int);
-    if (!prog || getsockopt(prog.get(), SOL_SOCKET, SO_DOMAIN, &domain, &len) != 0 ||
-        getsockopt(prog.get(), SOL_SOCKET, SO_TYPE, &type, &len) != 0 ||
-        getsockopt(prog.get(), SOL_SOCKET, SO_PROTOCOL, &protocol, &len) != 0) {
-      return;
-    }
-    SockKind kind = ClassifySocket(domain, type, protocol);
     const pid_t tid = pid_t(n.pid);
+    CallerSocket sock;
+    if (!TakeSocket(tid, int(n.data.args[0]), &sock)) return;
+    const pid_t pid = sock.pid;
+    const int domain = sock.domain;
+    const SockKind kind = sock.kind();
     auto one = [&](uint64_t name, uint64_t namelen, AddrCall call, int flags) {
       alignas(sockaddr_storage) char sa[128] = {};
       size_t want = std::min<uint64_t>(namelen, sizeof sa);
@@ -546,42 +540,57 @@ class Supervisor {
   }
 
  private:
-  void HandleConnect(const seccomp_notif& n) {
-    // The caller is usually its process's main thread, whose pidfd opens at once; another
-    // thread's id is refused (EINVAL, or ENOENT since Linux 6.9) and its process looked up.
-    pid_t pid = pid_t(n.pid);
-    UniqueFd pidfd(int(syscall(SYS_pidfd_open, pid, 0)));
-    if (!pidfd) {
-      pid = ProcessOf(pid);
-      pidfd.reset(int(syscall(SYS_pidfd_open, pid, 0)));
-    }
-    const int fd = int(n.data.args[0]);
-    UniqueFd prog(pidfd ? int(syscall(SYS_pidfd_getfd, pidfd.get(), fd, 0)) : -1);
+  // A duplicate of the calling program's descriptor and what kind of socket it is.
+  struct CallerSocket {
+    pid_t pid = 0;  // the caller's process (the notification names its thread)
+    UniqueFd fd;
     int domain = 0, type = 0, protocol = 0;
+    SockKind kind() const { return ClassifySocket(domain, type, protocol); }
+  };
+
+  // Takes descriptor `fd` of thread `tid`'s process (pidfd_getfd); false when it is not a socket
+  // (or gone). The caller is usually its process's main thread, whose pidfd opens at once;
+  // another thread's id is refused (EINVAL, or ENOENT since Linux 6.9) and its process looked up.
+  static bool TakeSocket(pid_t tid, int fd, CallerSocket* out) {
+    out->pid = tid;
+    UniqueFd pidfd(int(syscall(SYS_pidfd_open, tid, 0)));
+    if (!pidfd) {
+      out->pid = ProcessOf(tid);
+      pidfd.reset(int(syscall(SYS_pidfd_open, out->pid, 0)));
+    }
+    out->fd.reset(pidfd ? int(syscall(SYS_pidfd_getfd, pidfd.get(), fd, 0)) : -1);
     socklen_t len = sizeof(int);
-    if (!prog || getsockopt(prog.get(), SOL_SOCKET, SO_DOMAIN, &domain, &len) != 0 ||
-        getsockopt(prog.get(), SOL_SOCKET, SO_TYPE, &type, &len) != 0 ||
-        getsockopt(prog.get(), SOL_SOCKET, SO_PROTOCOL, &protocol, &len) != 0 ||
-        ClassifySocket(domain, type, protocol) != SockKind::kStream) {
-      if (audit_on_ && prog) {
-        alignas(sockaddr_storage) char sa[128] = {};
-        const int ulen = int(n.data.args[2]);
-        size_t want = ulen < 0 ? 0 : std::min<size_t>(size_t(ulen), sizeof sa);
-        if (want > 0 && ReadMemory(pid_t(n.pid), n.data.args[1], sa, want)) {
-          AuditDestination(pid, domain, ClassifySocket(domain, type, protocol), AddrCall::kConnect,
-                           false, sa, socklen_t(ulen));
-        }
+    return out->fd && getsockopt(out->fd.get(), SOL_SOCKET, SO_DOMAIN, &out->domain, &len) == 0 &&
+           getsockopt(out->fd.get(), SOL_SOCKET, SO_TYPE, &out->type, &len) == 0 &&
+           getsockopt(out->fd.get(), SOL_SOCKET, SO_PROTOCOL, &out->protocol, &len) == 0;
+  }
+
+  // A connect's address (its first min(len, 128) bytes) from the calling thread's memory;
+  // false when it cannot be read.
+  static bool ReadConnectAddress(const seccomp_notif& n, char* sa) {
+    const int ulen = int(n.data.args[2]);
+    size_t want = ulen < 0 ? 0 : std::min<size_t>(size_t(ulen), 128);
+    return want == 0 || ReadMemory(pid_t(n.pid), n.data.args[1], sa, want);
+  }
+
+  void HandleConnect(const seccomp_notif& n) {
+    const int fd = int(n.data.args[0]);
+    const int ulen = int(n.data.args[2]);
+    alignas(sockaddr_storage) char sa[128] = {};
+    CallerSocket sock;
+    const bool is_socket = TakeSocket(pid_t(n.pid), fd, &sock);
+    if (!is_socket || sock.kind() != SockKind::kStream) {
+      if (audit_on_ && is_socket && ReadConnectAddress(n, sa)) {
+        AuditDestination(sock.pid, sock.domain, sock.kind(), AddrCall::kConnect, false, sa,
+                         socklen_t(ulen));
       }
       return Continue(n.id);  // not a TCP socket (or not a socket: the kernel says so)
     }
+    const pid_t pid = sock.pid;
+    const int domain = sock.domain;
+    const UniqueFd& prog = sock.fd;
     // The address, read from the program's memory, then checked to still be this call's.
-    alignas(sockaddr_storage) char sa[128] = {};
-    const int ulen = int(n.data.args[2]);
-    size_t want = ulen < 0 ? 0 : std::min<size_t>(size_t(ulen), sizeof sa);
-    iovec local{sa, want}, remote{reinterpret_cast<void*>(n.data.args[1]), want};
-    if (want > 0 && process_vm_readv(pid, &local, 1, &remote, 1, 0) != ssize_t(want)) {
-      return Respond(n.id, EFAULT);
-    }
+    if (!ReadConnectAddress(n, sa)) return Respond(n.id, EFAULT);
     uint64_t id = n.id;
     if (ioctl(listener_.get(), SECCOMP_IOCTL_NOTIF_ID_VALID, &id) != 0) return;
     KernelDest d = KernelDestination(domain, SockKind::kStream, AddrCall::kConnect, false,
