@@ -51,6 +51,12 @@ bool LogLimiter::Allow(int64_t now_ms, uint64_t* suppressed) {
   return true;
 }
 
+uint64_t NoisyLog::dropped() const {
+  uint64_t n = 0;
+  for (const LogLimiter& l : limits_) n += l.dropped();
+  return n;
+}
+
 std::string SuppressedText(uint64_t n) {
   if (n == 0) return "";
   return " (" + std::to_string(n) + " similar line" + (n == 1 ? "" : "s") +

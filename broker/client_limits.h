@@ -73,6 +73,24 @@ class LogLimiter {
   uint64_t dropped_total_ = 0;
 };
 
+// The kinds of log line a client can trigger repeatedly, each with its own LogLimiter.
+enum class Noisy { kAccept, kRefused, kMalformed, kConnectFailed, kDns, kSession, kOther, kCount };
+class NoisyLog {
+ public:
+  // DNS lines are an audit of what programs looked up: a larger allowance (200, then 10 a
+  // second).
+  NoisyLog() { limits_[size_t(Noisy::kDns)] = LogLimiter(200, 600); }
+  // As LogLimiter::Allow for lines of `kind`.
+  bool Allow(Noisy kind, int64_t now_ms, uint64_t* suppressed) {
+    return limits_[size_t(kind)].Allow(now_ms, suppressed);
+  }
+  // Lines dropped since start, over all kinds.
+  uint64_t dropped() const;
+
+ private:
+  LogLimiter limits_[size_t(Noisy::kCount)];
+};
+
 // " (N similar lines suppressed)" or "".
 std::string SuppressedText(uint64_t n);
 

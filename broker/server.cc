@@ -11,12 +11,12 @@
 
 #include <cerrno>
 #include <cstring>
-#include <filesystem>
 #include <optional>
 #include <sstream>
 
 #include "broker/process_info.h"
 #include "broker/selector.h"
+#include "broker/socket_file.h"
 #include "overlays/factory.h"
 #include "overlays/handshake.h"
 
@@ -24,51 +24,8 @@ namespace via::broker {
 
 namespace {
 
-constexpr uint32_t kClientEvents = EPOLLIN | EPOLLRDHUP;
-constexpr size_t kMaxFds = 4;             // descriptors accepted per datagram
-constexpr int kReadsPerEvent = 1;         // epoll is level-triggered: a second read would mostly
-                                          // find EAGAIN (a shim has one request in flight per link)
-constexpr size_t kMaxMessageText = 3000;  // MESSAGE fields are cut to this
-
-std::string Exe(pid_t pid) {
-  char path[64], buf[4096];
-  std::snprintf(path, sizeof path, "/proc/%d/exe", int(pid));
-  ssize_t n = readlink(path, buf, sizeof buf - 1);
-  if (n <= 0) return "?";
-  return std::string(buf, size_t(n));
-}
-
-// `<socket>.exec-hello` (and `exec-hello` in its directory, which tells the shims to look for
-// such markers) while the config has rules that give groups: shims then greet the broker before
-// an exec in place (kFlagExecHello); without such rules they do not, at no cost.
-void MarkExecHello(const std::string& socket_path, const config::Config& cfg) {
-  bool groups = false;
-  for (const config::ProgramRule& r : cfg.programs) groups = groups || !r.groups.empty();
-  const std::string marker = socket_path + ".exec-hello";
-  if (!groups) {
-    unlink(marker.c_str());
-    return;
-  }
-  size_t slash = socket_path.rfind('/');
-  std::string dir = slash == std::string::npos ? "." : socket_path.substr(0, slash);
-  for (const std::string& path : {marker, dir + "/exec-hello"}) {
-    int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (fd >= 0) close(fd);
-  }
-}
-
-// A broker that stops takes its marker away, and the directory's when no other broker has one.
-void UnmarkExecHello(const std::string& socket_path) {
-  unlink((socket_path + ".exec-hello").c_str());
-  size_t slash = socket_path.rfind('/');
-  std::string dir = slash == std::string::npos ? "." : socket_path.substr(0, slash);
-  std::error_code ec;
-  std::filesystem::directory_iterator it(dir, ec), end;
-  for (; !ec && it != end; it.increment(ec)) {
-    if (it->path().string().ends_with(".exec-hello")) return;
-  }
-  if (!ec) unlink((dir + "/exec-hello").c_str());
-}
+constexpr int kReadsPerEvent = 1;  // epoll is level-triggered: a second read would mostly
+                                   // find EAGAIN (a shim has one request in flight per link)
 
 bool Alive(pid_t pid, uint64_t start) {
   ProcessInfo p = ReadProcess(pid);
@@ -87,29 +44,6 @@ void RecordChainGroups(SessionTable& table, const std::vector<ProcessInfo>& chai
   }
 }
 
-// Answers a connection the broker will not serve (type 0x8000, id 0, like a framing error: the
-// shim takes it as the reply to whatever it sent first) and closes it. Never waits.
-void SendRefusal(int fd, const std::string& why) {
-  uint8_t buf[1024];
-  wire::Writer w(buf, sizeof buf, wire::kReplyBit, 0);
-  w.PutU32(wire::kTagErrno, EAGAIN);
-  w.PutString(wire::kTagMessage, why);
-  if (w.ok()) send(fd, w.data(), w.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-  // What the client sent already (its HELLO) is read and dropped: closing a socket with unread
-  // data resets the connection, and the client would get ECONNRESET instead of the reason.
-  for (int i = 0; i < 4; ++i) {
-    char sink[256];
-    int passed[kMaxFds];
-    size_t npassed = 0;
-    int msg_flags = 0;
-    if (wire::ReceiveDatagram(fd, sink, sizeof sink, MSG_DONTWAIT | MSG_CMSG_CLOEXEC, passed,
-                              &npassed, &msg_flags) <= 0) {
-      break;
-    }
-    for (size_t k = 0; k < npassed; ++k) close(passed[k]);
-  }
-}
-
 std::string AddrText(const wire::Addr& a, bool with_port) {
   char buf[80];
   if (with_port) return wire::FormatAddr(a, buf, sizeof buf);
@@ -119,17 +53,21 @@ std::string AddrText(const wire::Addr& a, bool with_port) {
 
 }  // namespace
 
-Server::Server(std::shared_ptr<const config::Config> config, const BrokerOptions& options,
+Server::Server(std::shared_ptr<const config::Config> cfg, const BrokerOptions& options,
                EventLoop* loop, std::shared_ptr<spdlog::logger> log)
-    : config_(std::move(config)),
-      options_(options),
+    : options_(options),
       loop_(loop),
       log_(std::move(log)),
+      overlays_(std::make_unique<OverlaySet>(std::move(cfg), 1)),
       recv_buf_(wire::kMaxMessage + 1) {
   idle_timeout_s_ =
-      options.idle_timeout_s >= 0 ? options.idle_timeout_s : config_->service.idle_timeout_s;
-  // DNS lines are an audit of what programs looked up: a larger allowance (200, then 10 a second).
-  log_limits_[size_t(Noisy::kDns)] = LogLimiter(200, 600);
+      options.idle_timeout_s >= 0 ? options.idle_timeout_s : config().service.idle_timeout_s;
+  ctx_.loop = loop_;
+  ctx_.log = log_;
+  ctx_.options = &options_;
+  ctx_.overlays = overlays_.get();
+  ctx_.sessions = &sessions_;
+  ctx_.clients = this;
   started_ms_ = NowMs();
 }
 
@@ -140,23 +78,12 @@ Server::~Server() {
   listen_fd_.reset();
   if (accept_timer_ != 0) loop_->CancelTimer(accept_timer_);
   accept_timer_ = 0;
-  // Only our own socket file: never one a later broker bound after we stopped answering.
-  struct stat now;
-  if (bound_ && stat(options_.socket_path.c_str(), &now) == 0 &&
-      now.st_dev == socket_stat_.st_dev && now.st_ino == socket_stat_.st_ino) {
-    unlink(options_.socket_path.c_str());
-    UnmarkExecHello(options_.socket_path);
-  }
+  if (bound_) RemoveSocketFileIfOurs(options_.socket_path, socket_stat_);
   listeners_.clear();
   draining_.clear();
   // Overlays go down before the clients are closed: `via stop` returns when its connection
-  // closes, and by then what they hold on their far side (a node, sessions) is gone. All are
-  // told first, so that their waits overlap. (Clients may still share an OverlayState; its
-  // overlay is gone, which they check.)
-  for (auto& [id, st] : overlays_) {
-    if (st->instance) st->instance->Stop();
-  }
-  for (auto& [id, st] : overlays_) st->instance.reset();
+  // closes, and by then what they hold on their far side (a node, sessions) is gone.
+  overlays_->StopAll();
   while (!clients_.empty()) CloseClient(clients_.begin()->first);
   if (idle_timer_ != 0) loop_->CancelTimer(idle_timer_);
   if (prune_timer_ != 0) loop_->CancelTimer(prune_timer_);
@@ -165,13 +92,14 @@ Server::~Server() {
 // ---- start-up ---------------------------------------------------------------------------------
 
 Status Server::Start() {
-  auto pool = FakeAddressPool::Create(config_->service.fake_ipv4, config_->service.fake_ipv6);
+  auto pool = FakeAddressPool::Create(config().service.fake_ipv4, config().service.fake_ipv6);
   if (!pool.ok()) return pool.status().WithContext("network_service");
   pool_ = std::make_unique<FakeAddressPool>(std::move(*pool));
+  ctx_.pool = pool_.get();
 
   // Overlays resolve their proxy hosts here, before the loop runs: never on the loop thread.
-  overlays_ = BuildOverlays(config_, {});
-  if (Status s = CheckSocketDir(); !s.ok()) return s;
+  overlays_->Build(loop_, log_, nullptr);
+  if (Status s = CheckSocketDir(options_.socket_path); !s.ok()) return s;
   // One descriptor kept in reserve: past the descriptor limit it is given up for a moment to
   // accept, answer and close the client at the head of the backlog (RefusePending).
   reserve_fd_.reset(open("/dev/null", O_RDONLY | O_CLOEXEC));
@@ -183,90 +111,37 @@ Status Server::Start() {
     raised.rlim_cur = rl.rlim_max < 65536 ? rl.rlim_max : 65536;
     if (setrlimit(RLIMIT_NOFILE, &raised) == 0) rl = raised;
   }
-  nofile_limit_ = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? uint64_t(rl.rlim_cur) : 1024;
-  if (nofile_limit_ > (uint64_t(1) << 20)) nofile_limit_ = uint64_t(1) << 20;
-  caps_ = ClientCaps::ForDescriptorLimit(nofile_limit_);
+  ctx_.nofile_limit = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? uint64_t(rl.rlim_cur) : 1024;
+  if (ctx_.nofile_limit > (uint64_t(1) << 20)) ctx_.nofile_limit = uint64_t(1) << 20;
+  ctx_.caps = ClientCaps::ForDescriptorLimit(ctx_.nofile_limit);
   if (Status s = Listen(); !s.ok()) return s;
   // Only now, as the one broker of this socket: the name table of the brokers before it, so
   // that an address a program still holds keeps its name (docs/architecture.md, "Names").
-  MarkExecHello(options_.socket_path, *config_);
+  MarkExecHello(options_.socket_path, config());
   size_t restored = 0;
   if (Status s = pool_->OpenJournal(options_.socket_path + ".names", &restored); !s.ok()) {
     return s.WithContext("network_service fake addresses");
   }
   log_->info("broker pid {} listening on {} (config {}); overlays: {}", getpid(),
-             options_.socket_path, config_->source, OverlaySummary());
+             options_.socket_path, config().source, overlays_->Summary());
   log_->info("fake-address table {}: {} name(s) kept from earlier brokers", pool_->table_id(),
              restored);
   log_->info(
       "descriptor limit {}: up to {} client connections, {} per process, {} connects in flight",
-      nofile_limit_, caps_.total, caps_.per_pid, caps_.ops);
-  if (!config_->programs.empty() || !config_->policies.empty()) {
-    log_->info("{} program rule(s), {} network.select policy entr(y/ies)", config_->programs.size(),
-               config_->policies.size());
+      ctx_.nofile_limit, ctx_.caps.total, ctx_.caps.per_pid, ctx_.caps.ops);
+  if (!config().programs.empty() || !config().policies.empty()) {
+    log_->info("{} program rule(s), {} network.select policy entr(y/ies)", config().programs.size(),
+               config().policies.size());
   }
   UpdateIdle();
   return Status::Ok();
 }
 
-Status Server::CheckSocketDir() const {
-  const std::string& path = options_.socket_path;
-  size_t slash = path.rfind('/');
-  std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
-  struct stat st;
-  if (stat(dir.c_str(), &st) != 0) return Status::FromErrno("socket directory " + dir);
-  if (!S_ISDIR(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 077) != 0) {
-    return Status::Error(EPERM, "socket directory " + dir +
-                                    " must be a directory owned by you with mode 0700 (chmod 700 " +
-                                    dir + ")");
-  }
-  return Status::Ok();
-}
-
 Status Server::Listen() {
-  const std::string& path = options_.socket_path;
-  sockaddr_un sun{};
-  sun.sun_family = AF_UNIX;
-  if (path.empty() || path.size() >= sizeof sun.sun_path) {
-    return Status::Error(ENAMETOOLONG, "socket path is empty or too long: " + path);
-  }
-  std::memcpy(sun.sun_path, path.c_str(), path.size() + 1);
-  auto* sa = reinterpret_cast<sockaddr*>(&sun);
-
-  // A socket file left behind by a broker that died is removed; a live broker is not disturbed.
-  {
-    UniqueFd probe(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-    if (!probe) return Status::FromErrno("socket");
-    if (connect(probe.get(), sa, sizeof sun) == 0 || errno == EAGAIN) {
-      return Status::Error(EADDRINUSE, "another broker is already listening on " + path);
-    }
-    if (errno == ECONNREFUSED) unlink(path.c_str());
-  }
-
-  listen_fd_.reset(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-  if (!listen_fd_) return Status::FromErrno("socket");
-  if (bind(listen_fd_.get(), sa, sizeof sun) != 0) return Status::FromErrno("bind " + path);
-  bound_ = true;
-  stat(path.c_str(), &socket_stat_);
-  // The directory is private already; the mode is a second fence.
-  if (chmod(path.c_str(), 0600) != 0) return Status::FromErrno("chmod " + path);
-  if (listen(listen_fd_.get(), SOMAXCONN) != 0) return Status::FromErrno("listen " + path);
+  auto fd = BindSocketFile(options_.socket_path, &bound_, &socket_stat_);
+  if (!fd.ok()) return fd.status();
+  listen_fd_ = std::move(*fd);
   return loop_->Watch(listen_fd_.get(), EPOLLIN, [this](uint32_t) { OnAccept(); });
-}
-
-std::string Server::OverlaySummary() const {
-  std::string out;
-  for (const auto& [id, st] : overlays_) {
-    out += out.empty() ? "" : ", ";
-    out += id + " (" + st->overlay->kind_name;
-    if (st->instance) {
-      for (const auto& e : st->instance->endpoints()) out += " " + e.text;
-    } else {
-      out += " unavailable";
-    }
-    out += ")";
-  }
-  return out.empty() ? "none" : out;
 }
 
 // ---- clients ----------------------------------------------------------------------------------
@@ -290,73 +165,76 @@ void Server::OnAccept() {
       PauseAccepting();
       break;
     }
-    ucred cred{};
-    socklen_t len = sizeof cred;
-    if (getsockopt(fd.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
-      uint64_t suppressed = 0;
-      if (LogAllowed(Noisy::kAccept, &suppressed)) {
-        log_->warn("SO_PEERCRED: {}; connection closed{}", std::strerror(errno),
-                   SuppressedText(suppressed));
-      }
-      continue;
-    }
-    if (cred.uid != geteuid()) {
-      ++refused_other_uid_;
-      uint64_t suppressed = 0;
-      if (LogAllowed(Noisy::kRefused, &suppressed)) {
-        log_->warn("refused connection from uid {} pid {} (this broker serves uid {} only){}",
-                   cred.uid, cred.pid, geteuid(), SuppressedText(suppressed));
-      }
-      continue;
-    }
-    if (clients_.size() >= caps_.total) {
-      ++refused_cap_;
-      std::string why = "the via broker serves at most " + std::to_string(caps_.total) +
-                        " connections (its descriptor limit is " + std::to_string(nofile_limit_) +
-                        "); try again later, or see `via status`";
-      SendRefusal(fd.get(), why);
-      uint64_t suppressed = 0;
-      if (LogAllowed(Noisy::kRefused, &suppressed)) {
-        log_->warn("refused a connection from pid {}: at the client cap ({} connections){}",
-                   cred.pid, caps_.total, SuppressedText(suppressed));
-      }
-      PauseAccepting();
-      break;
-    }
-    size_t& mine = clients_per_pid_[cred.pid];
-    if (mine >= caps_.per_pid) {
-      ++refused_pid_cap_;
-      SendRefusal(fd.get(), "this process has " + std::to_string(mine) +
-                                " connections to the via broker already (at most " +
-                                std::to_string(caps_.per_pid) + " per process)");
-      uint64_t suppressed = 0;
-      if (LogAllowed(Noisy::kRefused, &suppressed)) {
-        log_->warn("refused a connection from pid {}: it has {} already (the cap per process){}",
-                   cred.pid, mine, SuppressedText(suppressed));
-      }
-      continue;
-    }
-    auto c = std::make_unique<Client>();
-    c->id = next_client_++;
-    c->pid = cred.pid;
-    uint64_t id = c->id;
-    Status s =
-        loop_->Watch(fd.get(), kClientEvents, [this, id](uint32_t ev) { OnClientEvent(id, ev); });
-    if (!s.ok()) {
-      uint64_t suppressed = 0;
-      if (LogAllowed(Noisy::kAccept, &suppressed)) {
-        log_->warn("cannot watch a client: {}{}", s.message(), SuppressedText(suppressed));
-      }
-      if (mine == 0) clients_per_pid_.erase(cred.pid);
-      continue;
-    }
-    ++mine;
-    c->events = kClientEvents;
-    c->fd = std::move(fd);
-    clients_[id] = std::move(c);
-    accept_backoff_ms_ = 0;
+    if (Admit(std::move(fd)) == Admission::kStop) break;
   }
   UpdateIdle();
+}
+
+Server::Admission Server::Admit(UniqueFd fd) {
+  Result<ucred> cred = PeerCredentials(fd.get());
+  if (!cred.ok()) {
+    uint64_t suppressed = 0;
+    if (LogAllowed(Noisy::kAccept, &suppressed)) {
+      log_->warn("{}; connection closed{}", cred.status().message(), SuppressedText(suppressed));
+    }
+    return Admission::kNext;
+  }
+  if (!PeerUidAllowed(*cred)) {
+    ++ctx_.load.refused_other_uid;
+    uint64_t suppressed = 0;
+    if (LogAllowed(Noisy::kRefused, &suppressed)) {
+      log_->warn("refused connection from uid {} pid {} (this broker serves uid {} only){}",
+                 cred->uid, cred->pid, geteuid(), SuppressedText(suppressed));
+    }
+    return Admission::kNext;
+  }
+  if (Admission a = CheckClientCaps(fd.get(), cred->pid); a != Admission::kAdmit) return a;
+  const uint64_t id = next_client_++;
+  Status s = loop_->Watch(fd.get(), ClientConn::kRequestEvents,
+                          [this, id](uint32_t ev) { OnClientEvent(id, ev); });
+  if (!s.ok()) {
+    uint64_t suppressed = 0;
+    if (LogAllowed(Noisy::kAccept, &suppressed)) {
+      log_->warn("cannot watch a client: {}{}", s.message(), SuppressedText(suppressed));
+    }
+    return Admission::kNext;
+  }
+  ++clients_per_pid_[cred->pid];
+  clients_[id] = std::make_unique<Client>(id, std::move(fd), cred->pid);
+  accept_backoff_ms_ = 0;
+  return Admission::kAdmit;
+}
+
+Server::Admission Server::CheckClientCaps(int fd, pid_t pid) {
+  if (clients_.size() >= ctx_.caps.total) {
+    ++ctx_.load.refused_cap;
+    std::string why = "the via broker serves at most " + std::to_string(ctx_.caps.total) +
+                      " connections (its descriptor limit is " + std::to_string(ctx_.nofile_limit) +
+                      "); try again later, or see `via status`";
+    SendRefusal(fd, why);
+    uint64_t suppressed = 0;
+    if (LogAllowed(Noisy::kRefused, &suppressed)) {
+      log_->warn("refused a connection from pid {}: at the client cap ({} connections){}", pid,
+                 ctx_.caps.total, SuppressedText(suppressed));
+    }
+    PauseAccepting();
+    return Admission::kStop;
+  }
+  auto per = clients_per_pid_.find(pid);
+  const size_t mine = per == clients_per_pid_.end() ? 0 : per->second;
+  if (mine >= ctx_.caps.per_pid) {
+    ++ctx_.load.refused_pid_cap;
+    SendRefusal(fd, "this process has " + std::to_string(mine) +
+                        " connections to the via broker already (at most " +
+                        std::to_string(ctx_.caps.per_pid) + " per process)");
+    uint64_t suppressed = 0;
+    if (LogAllowed(Noisy::kRefused, &suppressed)) {
+      log_->warn("refused a connection from pid {}: it has {} already (the cap per process){}", pid,
+                 mine, SuppressedText(suppressed));
+    }
+    return Admission::kNext;
+  }
+  return Admission::kAdmit;
 }
 
 void Server::RefusePending(int accept_errno) {
@@ -370,18 +248,18 @@ void Server::RefusePending(int accept_errno) {
     if (fd) {
       refused = true;
       SendRefusal(fd.get(), "the via broker is at its descriptor limit (" +
-                                std::to_string(nofile_limit_) +
+                                std::to_string(ctx_.nofile_limit) +
                                 "); try again later, or see `via status`");
     }
     fd.reset();
     reserve_fd_.reset(open("/dev/null", O_RDONLY | O_CLOEXEC));
   }
-  if (refused) ++refused_fd_limit_;
+  if (refused) ++ctx_.load.refused_fd_limit;
   uint64_t suppressed = 0;
   if (LogAllowed(Noisy::kAccept, &suppressed)) {
     int open_fds = OpenDescriptors();
     log_->warn("accept: {} ({} of {} descriptors open, {} clients): {}{}",
-               std::strerror(accept_errno), open_fds, nofile_limit_, clients_.size(),
+               std::strerror(accept_errno), open_fds, ctx_.nofile_limit, clients_.size(),
                refused ? "refused the next client" : "clients wait in the backlog",
                SuppressedText(suppressed));
   }
@@ -401,28 +279,20 @@ void Server::PauseAccepting() {
   });
 }
 
-bool Server::LogAllowed(Noisy kind, uint64_t* suppressed) {
-  uint64_t ignored = 0;
-  return log_limits_[size_t(kind)].Allow(NowMs(), suppressed != nullptr ? suppressed : &ignored);
-}
-
 void Server::UpdateInterest(Client& c) {
-  bool over = c.outbox.Full() || c.ops.size() >= kMaxOpsPerClient;
-  if (over && !c.paused) {
-    c.paused = true;
-    ++backpressure_events_;
+  if (c.conn.UpdatePaused(c.ops.size())) {
+    ++ctx_.load.backpressure_events;
     uint64_t suppressed = 0;
     if (LogAllowed(Noisy::kOther, &suppressed)) {
       log_->info(
           "not reading requests from {} for now: {} replies ({} bytes) it has not read, {} "
           "connects in flight{}",
-          PeerText(c), c.outbox.size(), c.outbox.bytes(), c.ops.size(), SuppressedText(suppressed));
+          PeerText(c), c.conn.outbox().size(), c.conn.outbox().bytes(), c.ops.size(),
+          SuppressedText(suppressed));
     }
-  } else if (c.paused && c.outbox.empty() && c.ops.size() < kMaxOpsPerClient) {
-    c.paused = false;
   }
-  uint32_t want = (c.paused ? 0 : kClientEvents) | (c.outbox.empty() ? 0 : uint32_t(EPOLLOUT));
-  if (want != c.events && loop_->Modify(c.fd.get(), want).ok()) c.events = want;
+  const uint32_t want = c.conn.WantedEvents();
+  if (want != c.conn.events() && loop_->Modify(c.conn.fd(), want).ok()) c.conn.set_events(want);
 }
 
 void Server::OnClientEvent(uint64_t client_id, uint32_t events) {
@@ -430,18 +300,13 @@ void Server::OnClientEvent(uint64_t client_id, uint32_t events) {
   if (it == clients_.end()) return;
   Client& c = *it->second;
   if (events & EPOLLOUT) {
-    while (!c.outbox.empty()) {
-      const auto& msg = c.outbox.front();
-      ssize_t r = send(c.fd.get(), msg.data(), msg.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-      if (r < 0 && errno == EINTR) continue;
-      if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
-      if (r < 0) return CloseClient(client_id);
-      c.outbox.Pop();
-    }
+    if (!c.conn.Flush()) return CloseClient(client_id);
     UpdateInterest(c);
-    if (c.close_when_idle && c.ops.empty() && c.outbox.empty()) return CloseClient(client_id);
+    if (c.close_when_idle && c.ops.empty() && c.conn.outbox().empty()) {
+      return CloseClient(client_id);
+    }
   }
-  if (c.paused) {
+  if (c.conn.paused()) {
     // Its requests wait in the socket until it reads its replies; a hang-up still closes it.
     if (events & (EPOLLHUP | EPOLLERR)) CloseClient(client_id);
     return;
@@ -456,42 +321,40 @@ bool Server::ReadRequests(uint64_t client_id) {
     auto it = clients_.find(client_id);
     if (it == clients_.end()) return false;
     Client& c = *it->second;
-    int passed[kMaxFds];
-    size_t npassed = 0;
-    int msg_flags = 0;
-    ssize_t n =
-        wire::ReceiveDatagram(c.fd.get(), recv_buf_.data(), recv_buf_.size(),
-                              MSG_DONTWAIT | MSG_CMSG_CLOEXEC, passed, &npassed, &msg_flags);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return true;
-    if (n <= 0) {
-      CloseClient(client_id);
-      return false;
-    }
-    // Take ownership of every descriptor at once, so none can leak on any path below.
+    size_t n = 0;
     std::vector<UniqueFd> fds;
-    for (size_t i = 0; i < npassed; ++i) fds.emplace_back(passed[i]);
-    if ((msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0) {
-      std::string why = (msg_flags & MSG_TRUNC)
-                            ? wire::ParseErrorText(wire::ParseError::kTooLarge)
-                            : "the descriptors attached to the message did not fit (more than 4, "
-                              "or the broker is at its descriptor limit)";
-      uint64_t suppressed = 0;
-      if (LogAllowed(Noisy::kMalformed, &suppressed)) {
-        log_->warn("closing connection from {}: {}{}", PeerText(c), why,
-                   SuppressedText(suppressed));
+    std::string why;
+    switch (c.conn.Receive(recv_buf_, &n, &fds, &why)) {
+      case ClientConn::Received::kAgain:
+        return true;
+      case ClientConn::Received::kClosed:
+        CloseClient(client_id);
+        return false;
+      case ClientConn::Received::kTruncated: {
+        uint64_t suppressed = 0;
+        if (LogAllowed(Noisy::kMalformed, &suppressed)) {
+          log_->warn("closing connection from {}: {}{}", PeerText(c), why,
+                     SuppressedText(suppressed));
+        }
+        ReplyError(c, wire::kReplyBit, 0, EPROTO, why);
+        CloseClient(client_id);
+        return false;
       }
-      ReplyError(c, wire::kReplyBit, 0, EPROTO, why);
-      CloseClient(client_id);
-      return false;
+      case ClientConn::Received::kMessage:
+        break;
     }
-    Handle(c, recv_buf_.data(), size_t(n), fds);
+    Handle(c, recv_buf_.data(), n, fds);
     auto again = clients_.find(client_id);
     if (again == clients_.end()) return false;
     UpdateInterest(*again->second);
-    if (again->second->paused) break;
+    if (again->second->conn.paused()) break;
   }
   return clients_.count(client_id) != 0;
+}
+
+Client* Server::FindClient(uint64_t id) {
+  auto it = clients_.find(id);
+  return it == clients_.end() ? nullptr : it->second.get();
 }
 
 void Server::CloseClient(uint64_t client_id) {
@@ -499,7 +362,7 @@ void Server::CloseClient(uint64_t client_id) {
   if (it == clients_.end()) return;
   std::unique_ptr<Client> c = std::move(it->second);
   clients_.erase(it);
-  if (auto per = clients_per_pid_.find(c->pid); per != clients_per_pid_.end()) {
+  if (auto per = clients_per_pid_.find(c->pid()); per != clients_per_pid_.end()) {
     if (--per->second == 0) clients_per_pid_.erase(per);
   }
   // Destroying a ConnectOp cancels it: flags restored, duplicate closed, no reply.
@@ -515,7 +378,7 @@ void Server::CloseClient(uint64_t client_id) {
   for (const SessionTable::Session& s : sessions_.EndOwnedBy(client_id)) {
     log_->info("session {} ({}) ended", s.token.substr(0, 8), s.network);
   }
-  loop_->Unwatch(c->fd.get());
+  loop_->Unwatch(c->conn.fd());
   UpdateIdle();
 }
 
@@ -534,10 +397,6 @@ void Server::UpdateIdle() {
   });
 }
 
-std::string Server::PeerText(const Client& c) const {
-  return "pid " + std::to_string(c.pid) + " " + Exe(c.pid);
-}
-
 // ---- replies ----------------------------------------------------------------------------------
 
 void Server::Reply(Client& c, const wire::Writer& w) {
@@ -550,36 +409,10 @@ void Server::Reply(Client& c, const wire::Writer& w) {
     if (type != 0) ReplyError(c, type, id, EMSGSIZE, "the broker's reply did not fit in a message");
     return;
   }
-  if (c.outbox.empty()) {
-    ssize_t r;
-    do {
-      r = send(c.fd.get(), w.data(), w.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-    } while (r < 0 && errno == EINTR);
-    // Any other error than EAGAIN: the client is gone, and its end-of-file closes it.
-    if (r >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
-      if (c.paused) UpdateInterest(c);  // a connect finished: it may read requests again
-      return;
-    }
-  }
   // Queued: a request already read is always answered. Past the bound, UpdateInterest stops
-  // reading this client's requests until it has read its replies.
-  c.outbox.Push(w.data(), w.size());
-  UpdateInterest(c);
-}
-
-void Server::ReplyError(Client& c, uint16_t type, uint32_t id, int err, const std::string& msg) {
-  uint8_t buf[4096];
-  wire::Writer w(buf, sizeof buf, type, id);
-  w.PutU32(wire::kTagErrno, uint32_t(err));
-  w.PutString(wire::kTagMessage, std::string_view(msg).substr(0, kMaxMessageText));
-  Reply(c, w);
-}
-
-void Server::ReplyOk(Client& c, uint16_t type, uint32_t id) {
-  uint8_t buf[64];
-  wire::Writer w(buf, sizeof buf, type, id);
-  w.PutU32(wire::kTagErrno, 0);
-  Reply(c, w);
+  // reading this client's requests until it has read its replies. A connect that finished may
+  // let a paused client's requests be read again.
+  if (c.conn.Send(w.data(), w.size()) || c.conn.paused()) UpdateInterest(c);
 }
 
 // ---- requests ---------------------------------------------------------------------------------
@@ -600,7 +433,7 @@ void Server::Handle(Client& c, const uint8_t* data, size_t n, std::vector<Unique
   const uint16_t type = m.type();
   const uint16_t reply = type | wire::kReplyBit;
   if (type != wire::kConnect && type != wire::kListen) fds.clear();  // CONNECT/LISTEN only
-  if (type == wire::kConnect && ops_.size() >= caps_.ops) {
+  if (type == wire::kConnect && ops_.size() >= ctx_.caps.ops) {
     // Each connect in flight holds a descriptor: past the budget, an answer at once.
     fds.clear();
     uint64_t suppressed = 0;
@@ -611,7 +444,7 @@ void Server::Handle(Client& c, const uint8_t* data, size_t n, std::vector<Unique
     return ReplyError(c, reply, m.id(), EAGAIN,
                       "the via broker has " + std::to_string(ops_.size()) +
                           " connects in flight, its limit for descriptor limit " +
-                          std::to_string(nofile_limit_) + "; try again");
+                          std::to_string(ctx_.nofile_limit) + "; try again");
   }
   if (type != wire::kHello) {
     if (!c.greeted) {
@@ -619,7 +452,7 @@ void Server::Handle(Client& c, const uint8_t* data, size_t n, std::vector<Unique
                         "HELLO must be the first message on a connection");
     }
     // After a reload, the network is selected again under the new rules and policies.
-    if (c.generation != generation_) ApplyHello(c);
+    if (c.generation != overlays_->generation()) ApplyHello(c);
     if (!c.hello_error.ok()) {
       return ReplyError(c, reply, m.id(), c.hello_error.code(), c.hello_error.message());
     }
@@ -658,27 +491,6 @@ void Server::Handle(Client& c, const uint8_t* data, size_t n, std::vector<Unique
   }
 }
 
-Status Server::SelectNetwork(const std::string& ref, std::shared_ptr<OverlayState>* out,
-                             std::string* id) {
-  out->reset();
-  if (ref == "direct") {
-    *id = "direct";
-    return Status::Ok();
-  }
-  const config::Overlay* o = config_->Find(ref);
-  if (o == nullptr) return Status::Error(ENOENT, "unknown overlay \"" + ref + "\"");
-  auto it = overlays_.find(o->id);
-  if (it == overlays_.end()) return Status::Error(ENOENT, "unknown overlay \"" + ref + "\"");
-  const std::shared_ptr<OverlayState>& st = it->second;
-  *id = o->id;
-  if (!st->instance) {
-    return Status::Error(st->error.code() != 0 ? st->error.code() : ENETUNREACH,
-                         st->error.message());
-  }
-  *out = st;
-  return Status::Ok();
-}
-
 void Server::HandleHello(Client& c, const wire::Message& m) {
   const uint16_t reply = wire::kHello | wire::kReplyBit;
   wire::Field f;
@@ -695,8 +507,8 @@ void Server::HandleHello(Client& c, const wire::Message& m) {
   if ((hello_flags & wire::kFlagExecHello) != 0) {
     // A process about to exec in place: record the groups it has now, and nothing else.
     c.greeted = false;
-    SelectRequest req = MakeRequest(Ancestry(c.pid));
-    Selection sel = Select(*config_, req);
+    SelectRequest req = MakeRequest(Ancestry(c.pid()));
+    Selection sel = Select(config(), req);
     RecordChainGroups(sessions_, req.chain, sel);
     uint8_t buf[64];
     wire::Writer w(buf, sizeof buf, reply, m.id());
@@ -722,16 +534,16 @@ void Server::HandleHello(Client& c, const wire::Message& m) {
   // The shim reads HELLO replies into 4 KiB (its stack): MESSAGE (2500) + ORIGIN (500) + the
   // rest fit.
   w.PutString(wire::kTagOrigin, std::string_view(c.origin).substr(0, 500));
-  w.PutString(wire::kTagFingerprint, config_->fingerprint);
+  w.PutString(wire::kTagFingerprint, config().fingerprint);
   uint32_t flags = 0;
   if (c.hello_error.ok() && c.overlay == nullptr) flags |= wire::kFlagDirect;
-  if (config_->service.loopback == config::LoopbackPolicy::kOverlay) {
+  if (config().service.loopback == config::LoopbackPolicy::kOverlay) {
     flags |= wire::kFlagLoopbackRoute;
   }
-  if (config_->service.loopback == config::LoopbackPolicy::kRefuse) {
+  if (config().service.loopback == config::LoopbackPolicy::kRefuse) {
     flags |= wire::kFlagLoopbackRefuse;
   }
-  if (config_->service.unrouted_exec_allowed) flags |= wire::kFlagUnroutedExecAllow;
+  if (config().service.unrouted_exec_allowed) flags |= wire::kFlagUnroutedExecAllow;
   c.shim_plan = ShimPlan(c, &w);
   if (!c.shim_plan.empty()) {
     flags |= wire::kFlagShimSocks5;
@@ -751,7 +563,7 @@ uint32_t Server::OverlayWaitMs(const Client& c) const {
 
 std::string Server::ShimPlan(const Client& c, wire::Writer* w) const {
   if (!c.hello_error.ok() || c.overlay == nullptr || !c.overlay->instance ||
-      !config_->service.handshake_in_program || c.control) {
+      !config().service.handshake_in_program || c.control) {
     return "";
   }
   const overlays::Overlay& o = *c.overlay->instance;
@@ -952,7 +764,7 @@ void Server::OnConnectDone(uint64_t op_id, int err, const std::string& msg) {
                 PeerText(c));
   }
   ReplyOk(c, wire::kConnect | wire::kReplyBit, p.request_id);
-  if (c.close_when_idle && c.ops.empty() && c.outbox.empty()) CloseClient(c.id);
+  if (c.close_when_idle && c.ops.empty() && c.conn.outbox().empty()) CloseClient(c.id);
 }
 
 void Server::ConnectFailed(Client& c, uint32_t request_id, OverlayState* overlay,
@@ -1045,10 +857,10 @@ void Server::HandleOpenSession(Client& c, const wire::Message& m) {
   wire::Field f;
   // The selection is made for the command the session will start, as a child of the opener:
   // its groups are those of the command and of the opener's whole ancestry.
-  std::vector<ProcessInfo> opener = Ancestry(c.pid);
+  std::vector<ProcessInfo> opener = Ancestry(c.pid());
   if (opener.empty()) {
     return ReplyError(c, reply, m.id(), ESRCH,
-                      "cannot read /proc for pid " + std::to_string(c.pid));
+                      "cannot read /proc for pid " + std::to_string(c.pid()));
   }
   ProcessInfo command;
   if (m.Find(wire::kTagExe, &f)) command.exe = std::string(f.str());
@@ -1065,7 +877,7 @@ void Server::HandleOpenSession(Client& c, const wire::Message& m) {
   if (m.Find(wire::kTagFlags, &f)) f.u32(&flags);
   req.force_explicit = req.has_claim && (flags & wire::kFlagSessionExplicit) != 0;
   req.selected_by_parent = true;  // the opener selects for the command it starts
-  Selection sel = Select(*config_, req);
+  Selection sel = Select(config(), req);
   RecordChainGroups(sessions_, req.chain, sel);
   if (!sel.error.ok()) {
     if (uint64_t suppressed = 0; LogAllowed(Noisy::kSession, &suppressed)) {
@@ -1076,7 +888,7 @@ void Server::HandleOpenSession(Client& c, const wire::Message& m) {
   }
   std::shared_ptr<OverlayState> st;
   std::string id;
-  if (Status s = SelectNetwork(sel.network, &st, &id); !s.ok()) {
+  if (Status s = overlays_->Select(sel.network, &st, &id); !s.ok()) {
     return ReplyError(c, reply, m.id(), s.code(), s.message());
   }
   if (st != nullptr && st->instance) st->instance->Start();  // `via run`: ahead of its program
@@ -1187,7 +999,7 @@ void Server::HandleReload(Client& c, const wire::Message& m) {
   wire::Writer w(buf, sizeof buf, reply, m.id());
   w.PutU32(wire::kTagErrno, uint32_t(s.code()));
   if (!s.ok()) w.PutString(wire::kTagMessage, std::string_view(s.message()).substr(0, 6000));
-  w.PutString(wire::kTagFingerprint, config_->fingerprint);
+  w.PutString(wire::kTagFingerprint, config().fingerprint);
   Reply(c, w);
 }
 
@@ -1199,18 +1011,19 @@ Status Server::Reload(const std::string& why) {
     return loaded.status();
   }
   auto cfg = std::make_shared<const config::Config>(std::move(*loaded));
-  if (cfg->service.fake_ipv4 != config_->service.fake_ipv4 ||
-      cfg->service.fake_ipv6 != config_->service.fake_ipv6) {
+  if (cfg->service.fake_ipv4 != config().service.fake_ipv4 ||
+      cfg->service.fake_ipv6 != config().service.fake_ipv6) {
     log_->warn(
         "reload: the fake-address pools changed; they apply after a restart (names handed "
         "out must keep working)");
   }
   // Overlays resolve proxy host names; the loop is blocked for that (a config uses addresses
   // or names from /etc/hosts in practice).
-  overlays_ = BuildOverlays(cfg, overlays_);
-  config_ = std::move(cfg);
-  MarkExecHello(options_.socket_path, *config_);
-  ++generation_;
+  auto next = std::make_unique<OverlaySet>(std::move(cfg), overlays_->generation() + 1);
+  next->Build(loop_, log_, overlays_.get());
+  overlays_ = std::move(next);
+  ctx_.overlays = overlays_.get();
+  MarkExecHello(options_.socket_path, config());
   logged_network_errors_.clear();
   // Every client's network is selected again now. A shim whose network is direct never asks the
   // broker again, and one routed through an overlay would keep sending CONNECTs: where the
@@ -1240,40 +1053,9 @@ Status Server::Reload(const std::string& why) {
   log_->info(
       "reloaded {} ({}): fingerprint {}; overlays: {}; {} program rule(s), {} "
       "network.select policy entr(y/ies); connects in flight finish as they started",
-      config_->source, why, config_->fingerprint, OverlaySummary(), config_->programs.size(),
-      config_->policies.size());
+      config().source, why, config().fingerprint, overlays_->Summary(), config().programs.size(),
+      config().policies.size());
   return Status::Ok();
-}
-
-std::map<std::string, std::shared_ptr<Server::OverlayState>> Server::BuildOverlays(
-    const std::shared_ptr<const config::Config>& cfg,
-    const std::map<std::string, std::shared_ptr<OverlayState>>& previous) {
-  std::map<std::string, std::shared_ptr<OverlayState>> out;
-  for (const config::Overlay& o : cfg->overlays) {
-    // An overlay that keeps state on its far side (a session, a node) is kept across a reload
-    // when its entry is still there with the same kind: rebuilding would drop listeners and
-    // restart the node. Changes to such an entry take effect after a restart (logged).
-    if (auto it = previous.find(o.id); it != previous.end() && it->second->instance &&
-                                       it->second->instance->keeps_state() &&
-                                       it->second->overlay->kind == o.kind) {
-      log_->info("reload: {} keeps its running {} (changes to its entry apply after a restart)",
-                 o.id, o.kind_name);
-      out[o.id] = it->second;
-      continue;
-    }
-    auto st = std::make_shared<OverlayState>();
-    st->config = cfg;
-    st->overlay = &o;
-    auto instance = overlays::CreateOverlay(o, {loop_, &cfg->service, log_});
-    if (instance.ok()) {
-      st->instance = std::move(*instance);
-    } else {
-      st->error = instance.status();
-      log_->warn("overlay {} is unavailable: {}", o.id, st->error.message());
-    }
-    out[o.id] = std::move(st);
-  }
-  return out;
 }
 
 SelectRequest Server::MakeRequest(std::vector<ProcessInfo> chain) const {
@@ -1323,7 +1105,7 @@ SelectRequest Server::MakeRequest(std::vector<ProcessInfo> chain) const {
 }
 
 void Server::ApplyHello(Client& c) {
-  c.generation = generation_;
+  c.generation = overlays_->generation();
   c.overlay.reset();
   c.session.clear();
   c.hello_error = Status::Ok();
@@ -1332,15 +1114,15 @@ void Server::ApplyHello(Client& c) {
     c.origin = "control connection";
     return;
   }
-  SelectRequest req = MakeRequest(Ancestry(c.pid));
+  SelectRequest req = MakeRequest(Ancestry(c.pid()));
   req.has_claim = c.has_claim;
   req.claim = c.claim;
   req.token = c.token;
-  Selection sel = Select(*config_, req);
+  Selection sel = Select(config(), req);
   RecordChainGroups(sessions_, req.chain, sel);
   c.origin = sel.origin;
   if (sel.error.ok()) {
-    c.hello_error = SelectNetwork(sel.network, &c.overlay, &c.network);
+    c.hello_error = overlays_->Select(sel.network, &c.overlay, &c.network);
     if (!c.token.empty()) c.session = c.token;
     // The first program selecting an overlay starts what it needs before its first connect
     // (Overlay::Start, e.g. a session that takes 20 s); overlays nobody selects never contact
@@ -1353,7 +1135,7 @@ void Server::ApplyHello(Client& c) {
     c.network = sel.network;
   }
   if (!c.hello_error.ok()) {
-    std::string key = std::to_string(c.pid) + " " + c.hello_error.message();
+    std::string key = std::to_string(c.pid()) + " " + c.hello_error.message();
     if (logged_network_errors_.size() < 10000 && logged_network_errors_.insert(key).second) {
       log_->warn("HELLO from {}: {}", PeerText(c), c.hello_error.message());
     }
@@ -1364,14 +1146,14 @@ void Server::ApplyHello(Client& c) {
 
 void Server::HandleStatus(Client& c, const wire::Message& m) {
   std::ostringstream out;
-  out << "broker pid " << getpid() << ", config " << config_->source << " (fingerprint "
-      << config_->fingerprint << ", " << config_->programs.size() << " program rules, "
-      << config_->policies.size() << " network.select policies), socket " << options_.socket_path
+  out << "broker pid " << getpid() << ", config " << config().source << " (fingerprint "
+      << config().fingerprint << ", " << config().programs.size() << " program rules, "
+      << config().policies.size() << " network.select policies), socket " << options_.socket_path
       << ", up " << (NowMs() - started_ms_) / 1000 << "s\n";
-  for (const auto& [id, stp] : overlays_) {
+  for (const auto& [id, stp] : overlays_->all()) {
     const OverlayState& st = *stp;
     const config::Overlay& o = *st.overlay;
-    out << "overlay " << id << " " << o.kind_name << overlays::EntrySummary(o, config_->service);
+    out << "overlay " << id << " " << o.kind_name << overlays::EntrySummary(o, config().service);
     if (st.instance) {
       out << " connects ok=" << st.ok << " failed=" << st.failed;
     } else {
@@ -1387,7 +1169,7 @@ void Server::HandleStatus(Client& c, const wire::Message& m) {
     if (s.detached()) out << " detached heirs=" << s.heirs.size();
     out << "\n";
   }
-  for (const auto& [id, st] : overlays_) {
+  for (const auto& [id, st] : overlays_->all()) {
     if (st->instance) st->instance->AppendStatus(out);
   }
   out << "listeners: " << listeners_.size();
@@ -1424,23 +1206,24 @@ void Server::HandleStatus(Client& c, const wire::Message& m) {
 void Server::AppendLoadStatus(std::ostream& out) const {
   int open_fds = OpenDescriptors();
   rlimit rl{};
-  uint64_t limit = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? uint64_t(rl.rlim_cur) : nofile_limit_;
+  uint64_t limit = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? uint64_t(rl.rlim_cur) : ctx_.nofile_limit;
   out << "descriptors: " << open_fds << " of " << limit << " in use (RLIMIT_NOFILE); "
-      << "clients at most " << caps_.total << ", " << caps_.per_pid << " per process\n";
+      << "clients at most " << ctx_.caps.total << ", " << ctx_.caps.per_pid << " per process\n";
   if (open_fds >= 0 && limit > 0 && uint64_t(open_fds) * 10 >= limit * 8) {
     out << "WARNING: the broker is near its descriptor limit (" << open_fds << " of " << limit
         << "): new clients may be refused; raise `ulimit -n` for the broker, or "
         << "find the program holding many connections (the program lines below)\n";
   }
-  uint64_t refused = refused_fd_limit_ + refused_cap_ + refused_pid_cap_ + refused_other_uid_;
-  out << "refused clients: " << refused << " since start (descriptor limit " << refused_fd_limit_
-      << ", client cap " << refused_cap_ << ", per-process cap " << refused_pid_cap_
-      << ", other uid " << refused_other_uid_ << ")\n";
+  uint64_t refused = ctx_.load.refused_fd_limit + ctx_.load.refused_cap +
+                     ctx_.load.refused_pid_cap + ctx_.load.refused_other_uid;
+  out << "refused clients: " << refused << " since start (descriptor limit "
+      << ctx_.load.refused_fd_limit << ", client cap " << ctx_.load.refused_cap
+      << ", per-process cap " << ctx_.load.refused_pid_cap << ", other uid "
+      << ctx_.load.refused_other_uid << ")\n";
   size_t paused = 0;
-  for (const auto& [cid, cl] : clients_) paused += cl->paused;
-  uint64_t dropped = 0;
-  for (const LogLimiter& l : log_limits_) dropped += l.dropped();
-  out << "backpressure: " << backpressure_events_
+  for (const auto& [cid, cl] : clients_) paused += cl->conn.paused();
+  const uint64_t dropped = ctx_.noisy.dropped();
+  out << "backpressure: " << ctx_.load.backpressure_events
       << " time(s) a client's unread replies or connects stopped the broker reading its "
          "requests; "
       << paused << " client(s) paused now; " << dropped << " log line(s) suppressed\n";
@@ -1480,7 +1263,7 @@ void Server::HandleListen(Client& c, const wire::Message& m, std::vector<UniqueF
                       "the connection's network is direct: listen without the broker");
   }
   const std::string& id = c.overlay->overlay->id;
-  switch (config_->service.listen) {
+  switch (config().service.listen) {
     case config::ListenPolicy::kLocal: {
       if (uint64_t suppressed = 0; LogAllowed(Noisy::kOther, &suppressed)) {
         log_->info(

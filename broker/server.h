@@ -16,8 +16,11 @@
 #include <vector>
 
 #include "broker/broker.h"
+#include "broker/client.h"
 #include "broker/client_limits.h"
+#include "broker/context.h"
 #include "broker/fake_address_pool.h"
+#include "broker/overlay_set.h"
 #include "broker/selector.h"
 #include "broker/session_table.h"
 #include "common/unique_fd.h"
@@ -31,7 +34,7 @@
 
 namespace via::broker {
 
-class Server {
+class Server : public ClientSink {
  public:
   // *loop must outlive the Server.
   Server(std::shared_ptr<const config::Config> config, const BrokerOptions& options,
@@ -52,36 +55,6 @@ class Server {
   Status Reload(const std::string& why);
 
  private:
-  struct OverlayState {
-    std::shared_ptr<const config::Config> config;  // keeps `overlay` alive across a reload
-    const config::Overlay* overlay = nullptr;
-    std::unique_ptr<overlays::Overlay> instance;  // null if it could not be created
-    Status error;                                 // why not
-    uint64_t ok = 0, failed = 0;                  // connects
-  };
-  struct Client {
-    uint64_t id = 0;
-    UniqueFd fd;
-    pid_t pid = 0;
-    bool greeted = false;
-    Status hello_error;                     // repeated for every later request until the next HELLO
-    std::shared_ptr<OverlayState> overlay;  // nullptr = direct
-    std::string network;                    // effective network: overlay id or "direct"
-    std::string origin;                     // why (Selection::origin)
-    std::string session;                    // token of a known session presented in HELLO
-    bool control = false;                   // a CLI control connection (kFlagControl)
-    size_t sessions_opened = 0;             // OPEN_SESSIONs granted (kMaxSessionsPerClient)
-    bool has_claim = false;                 // HELLO named a network
-    std::string claim;                      // ... this one
-    std::string token;                      // HELLO SESSION
-    uint64_t generation = 0;                // config generation the selection was made under
-    bool close_when_idle = false;           // a reload flipped it between direct and an overlay
-    std::string shim_plan;                  // what the last HELLO reply let the shim do itself
-    Outbox outbox;                          // replies waiting for EPOLLOUT
-    bool paused = false;                    // not reading requests (client_limits.h)
-    uint32_t events = 0;                    // what the loop watches for (UpdateInterest)
-    std::vector<uint64_t> ops;                // connect operations in flight
-  };
   struct PendingConnect {
     uint64_t client = 0;
     uint32_t request_id = 0;
@@ -111,11 +84,14 @@ class Server {
     uint64_t accepted = 0;
   };
 
-  Status CheckSocketDir() const;
   Status Listen();
-  std::string OverlaySummary() const;
 
   void OnAccept();
+  // Whether an accepted connection is served: its peer's uid (PeerUidAllowed), then the client
+  // caps. kStop: stop accepting for this wake-up (at the client cap, accepting is paused).
+  enum class Admission { kAdmit, kNext, kStop };
+  Admission Admit(UniqueFd fd);
+  Admission CheckClientCaps(int fd, pid_t pid);
   // Out of descriptors (or at the client cap): the head of the backlog is refused (closed at
   // once, through the reserve descriptor when none is left) and the listening socket is not
   // polled for a moment, so that a full backlog costs no CPU.
@@ -124,26 +100,17 @@ class Server {
   // What the loop watches for on a client: its requests unless paused, EPOLLOUT while replies
   // wait. Pauses or resumes reading per the client's queue and connects in flight.
   void UpdateInterest(Client& c);
-  // Rate limit for log lines a client can trigger repeatedly; *suppressed as LogLimiter.
-  enum class Noisy {
-    kAccept,
-    kRefused,
-    kMalformed,
-    kConnectFailed,
-    kDns,
-    kSession,
-    kOther,
-    kCount
-  };
-  bool LogAllowed(Noisy kind, uint64_t* suppressed = nullptr);
   void OnClientEvent(uint64_t client_id, uint32_t events);
   // Reads every queued datagram; false if the client was closed meanwhile.
   bool ReadRequests(uint64_t client_id);
-  void CloseClient(uint64_t client_id);
   void Handle(Client& c, const uint8_t* data, size_t n, std::vector<UniqueFd>& fds);
-  void Reply(Client& c, const wire::Writer& w);
-  void ReplyError(Client& c, uint16_t type, uint32_t id, int err, const std::string& msg);
-  void ReplyOk(Client& c, uint16_t type, uint32_t id);
+
+  // ClientSink
+  Client* FindClient(uint64_t id) override;
+  const ClientMap& clients() const override { return clients_; }
+  void Reply(Client& c, const wire::Writer& w) override;
+  void CloseClient(uint64_t client_id) override;
+  void UpdateIdle() override;
 
   void HandleHello(Client& c, const wire::Message& m);
   // The SOCKS5 fields of a HELLO reply that let the shim run CONNECT itself (kFlagShimSocks5),
@@ -179,12 +146,6 @@ class Server {
   void ApplyHello(Client& c);
   // The selector's view of the sessions.
   SelectRequest MakeRequest(std::vector<ProcessInfo> chain) const;
-  // Builds the overlays of `cfg` (resolving proxy hosts: call before the loop runs or on reload).
-  // Overlays of `previous` that keep state (Overlay::keeps_state) are kept when their entry is
-  // still there with the same kind.
-  std::map<std::string, std::shared_ptr<OverlayState>> BuildOverlays(
-      const std::shared_ptr<const config::Config>& cfg,
-      const std::map<std::string, std::shared_ptr<OverlayState>>& previous);
   void HandleListen(Client& c, const wire::Message& m, std::vector<UniqueFd>& fds);
 
   // Creates the handshake and the ConnectOp of a pending connect whose overlay is ready.
@@ -195,9 +156,6 @@ class Server {
   // With `drain`, the overlay side stays until accepted streams are done (InboundListener::Drain).
   void CloseListener(uint64_t id, const std::string& why, bool drain = true);
 
-  // Resolves a network reference: "direct" gives *out = nullptr; an overlay gives its state.
-  // Unknown → ENOENT; an overlay that could not be created → why.
-  Status SelectNetwork(const std::string& ref, std::shared_ptr<OverlayState>* out, std::string* id);
   // The destination of a CONNECT request, with fake addresses mapped back to names.
   Status ParseTarget(const wire::Message& m, overlays::Target* target);
   void OnConnectDone(uint64_t op_id, int err, const std::string& msg);
@@ -205,34 +163,27 @@ class Server {
   void ConnectFailed(Client& c, uint32_t request_id, OverlayState* overlay,
                      const std::string& target, int err, const std::string& msg);
 
-  void UpdateIdle();
-  std::string PeerText(const Client& c) const;  // "pid 123 /usr/bin/curl"
+  bool LogAllowed(Noisy kind, uint64_t* suppressed = nullptr) {
+    return ctx_.LogAllowed(kind, suppressed);
+  }
+  const config::Config& config() const { return overlays_->config(); }
 
-  std::shared_ptr<const config::Config> config_;
-  uint64_t generation_ = 1;  // bumped by every successful reload
   BrokerOptions options_;
   EventLoop* loop_;
   std::shared_ptr<spdlog::logger> log_;
+  BrokerContext ctx_;
   UniqueFd listen_fd_;
-  // Client connections and their limits (client_limits.h).
+  // Client connections and their limits (client_limits.h; the caps are in ctx_).
   UniqueFd reserve_fd_;         // /dev/null, given up to refuse a client past EMFILE
-  ClientCaps caps_;             // from RLIMIT_NOFILE at start
-  uint64_t nofile_limit_ = 0;   // RLIMIT_NOFILE's soft limit at start
   bool accept_paused_ = false;  // the listening socket is not polled (backoff)
   uint64_t accept_timer_ = 0;
   int64_t accept_backoff_ms_ = 0;
-  uint64_t refused_fd_limit_ = 0;     // clients refused at the descriptor limit (EMFILE/ENFILE)
-  uint64_t refused_cap_ = 0;          // ... at the client cap
-  uint64_t refused_pid_cap_ = 0;      // ... at the per-process cap
-  uint64_t refused_other_uid_ = 0;    // ... from another uid
-  uint64_t backpressure_events_ = 0;  // clients paused for not reading their replies
   std::unordered_map<pid_t, size_t> clients_per_pid_;
-  LogLimiter log_limits_[size_t(Noisy::kCount)];
   struct stat socket_stat_ {};  // to unlink only our own socket file at exit
   bool bound_ = false;
   std::unique_ptr<FakeAddressPool> pool_;
-  std::map<std::string, std::shared_ptr<OverlayState>> overlays_;  // by id
-  std::unordered_map<uint64_t, std::unique_ptr<Client>> clients_;
+  std::unique_ptr<OverlaySet> overlays_;  // the current generation
+  ClientMap clients_;
   std::unordered_map<uint64_t, PendingConnect> ops_;
   SessionTable sessions_;
   // DNS responders (DNS_SOCKET): one loopback UDP socket per program DNS socket, connected to

@@ -1,0 +1,25 @@
+#include "broker/client.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+
+namespace via::broker {
+
+namespace {
+
+std::string Exe(pid_t pid) {
+  char path[64], buf[4096];
+  std::snprintf(path, sizeof path, "/proc/%d/exe", int(pid));
+  ssize_t n = readlink(path, buf, sizeof buf - 1);
+  if (n <= 0) return "?";
+  return std::string(buf, size_t(n));
+}
+
+}  // namespace
+
+std::string PeerText(const Client& c) {
+  return "pid " + std::to_string(c.pid()) + " " + Exe(c.pid());
+}
+
+}  // namespace via::broker
