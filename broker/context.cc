@@ -1,5 +1,7 @@
 #include "broker/context.h"
 
+#include <arpa/inet.h>
+
 #include <string_view>
 
 namespace via::broker {
@@ -18,6 +20,13 @@ void ClientSink::ReplyOk(Client& c, uint16_t type, uint32_t id) {
   wire::Writer w(buf, sizeof buf, type, id);
   w.PutU32(wire::kTagErrno, 0);
   Reply(c, w);
+}
+
+std::string AddrText(const wire::Addr& a, bool with_port) {
+  char buf[80];
+  if (with_port) return wire::FormatAddr(a, buf, sizeof buf);
+  inet_ntop(a.family == 4 ? AF_INET : AF_INET6, a.bytes, buf, sizeof buf);
+  return buf;
 }
 
 bool BrokerContext::LogAllowed(Noisy kind, uint64_t* suppressed) {

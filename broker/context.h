@@ -45,6 +45,9 @@ class ClientSink {
 
 constexpr size_t kMaxMessageText = 3000;  // MESSAGE fields are cut to this
 
+// An address for the log and for messages: "1.2.3.4:80", or without the port "1.2.3.4".
+std::string AddrText(const wire::Addr& a, bool with_port);
+
 // Counted for `via status`: clients refused at accept, and backpressure.
 struct LoadCounters {
   uint64_t refused_fd_limit = 0;     // clients refused at the descriptor limit (EMFILE/ENFILE)

@@ -27,30 +27,6 @@ namespace {
 constexpr int kReadsPerEvent = 1;  // epoll is level-triggered: a second read would mostly
                                    // find EAGAIN (a shim has one request in flight per link)
 
-bool Alive(pid_t pid, uint64_t start) {
-  ProcessInfo p = ReadProcess(pid);
-  return p.ok && p.start == start;
-}
-
-// Records, for every process of the chain, the groups it has now (docs/configuration.md,
-// "Program rules, policy and precedence"): they stay with it across exec and argv changes.
-void RecordChainGroups(SessionTable& table, const std::vector<ProcessInfo>& chain,
-                       const Selection& sel) {
-  for (size_t i = 0; i < chain.size() && i < sel.chain_groups.size(); ++i) {
-    const RecordedGroups& g = sel.chain_groups[i];
-    if (chain[i].pid > 0 && !g.groups.empty()) {
-      table.RecordGroups(chain[i].pid, chain[i].start, g.groups, g.reasons, Alive);
-    }
-  }
-}
-
-std::string AddrText(const wire::Addr& a, bool with_port) {
-  char buf[80];
-  if (with_port) return wire::FormatAddr(a, buf, sizeof buf);
-  inet_ntop(a.family == 4 ? AF_INET : AF_INET6, a.bytes, buf, sizeof buf);
-  return buf;
-}
-
 }  // namespace
 
 Server::Server(std::shared_ptr<const config::Config> cfg, const BrokerOptions& options,
@@ -86,7 +62,6 @@ Server::~Server() {
   overlays_->StopAll();
   while (!clients_.empty()) CloseClient(clients_.begin()->first);
   if (idle_timer_ != 0) loop_->CancelTimer(idle_timer_);
-  if (prune_timer_ != 0) loop_->CancelTimer(prune_timer_);
 }
 
 // ---- start-up ---------------------------------------------------------------------------------
@@ -452,14 +427,14 @@ void Server::Handle(Client& c, const uint8_t* data, size_t n, std::vector<Unique
                         "HELLO must be the first message on a connection");
     }
     // After a reload, the network is selected again under the new rules and policies.
-    if (c.generation != overlays_->generation()) ApplyHello(c);
+    if (c.generation != overlays_->generation()) sessions_svc_.ApplyHello(c);
     if (!c.hello_error.ok()) {
       return ReplyError(c, reply, m.id(), c.hello_error.code(), c.hello_error.message());
     }
   }
   switch (type) {
     case wire::kHello:
-      return HandleHello(c, m);
+      return sessions_svc_.HandleHello(c, m);
     case wire::kConnect:
       return HandleConnect(c, m, fds);
     case wire::kResolve:
@@ -467,7 +442,7 @@ void Server::Handle(Client& c, const uint8_t* data, size_t n, std::vector<Unique
     case wire::kReverse:
       return HandleReverse(c, m);
     case wire::kOpenSession:
-      return HandleOpenSession(c, m);
+      return sessions_svc_.HandleOpenSession(c, m);
     case wire::kStatus:
       return HandleStatus(c, m);
     case wire::kShutdown:
@@ -477,11 +452,11 @@ void Server::Handle(Client& c, const uint8_t* data, size_t n, std::vector<Unique
     case wire::kDnsSocket:
       return HandleDnsSocket(c, m);
     case wire::kSessionChild:
-      return HandleSessionChild(c, m);
+      return sessions_svc_.HandleSessionChild(c, m);
     case wire::kReload:
       return HandleReload(c, m);
     case wire::kSessionDetach:
-      return HandleSessionDetach(c, m);
+      return sessions_svc_.HandleSessionDetach(c, m);
     case wire::kListen:
       return HandleListen(c, m, fds);
     case wire::kReport:
@@ -489,110 +464,6 @@ void Server::Handle(Client& c, const uint8_t* data, size_t n, std::vector<Unique
     default:
       return ReplyError(c, reply, m.id(), EPROTO, "unknown message type " + std::to_string(type));
   }
-}
-
-void Server::HandleHello(Client& c, const wire::Message& m) {
-  const uint16_t reply = wire::kHello | wire::kReplyBit;
-  wire::Field f;
-  uint16_t version = wire::kVersion;
-  if (m.Find(wire::kTagVersion, &f) && (!f.u16(&version) || version != wire::kVersion)) {
-    c.greeted = false;
-    return ReplyError(c, reply, m.id(), EPROTO,
-                      "protocol version " + std::to_string(version) +
-                          " is not supported (this broker speaks version " +
-                          std::to_string(wire::kVersion) + ")");
-  }
-  uint32_t hello_flags = 0;
-  if (m.Find(wire::kTagFlags, &f)) f.u32(&hello_flags);
-  if ((hello_flags & wire::kFlagExecHello) != 0) {
-    // A process about to exec in place: record the groups it has now, and nothing else.
-    c.greeted = false;
-    SelectRequest req = MakeRequest(Ancestry(c.pid()));
-    Selection sel = Select(config(), req);
-    RecordChainGroups(sessions_, req.chain, sel);
-    uint8_t buf[64];
-    wire::Writer w(buf, sizeof buf, reply, m.id());
-    w.PutU32(wire::kTagErrno, 0);
-    w.PutU32(wire::kTagFlags, sel.groups.empty() ? 0 : wire::kFlagHasGroups);
-    return Reply(c, w);
-  }
-  c.has_claim = m.Find(wire::kTagNetwork, &f) && f.len > 0;
-  c.claim = c.has_claim ? std::string(f.str()) : std::string();
-  c.token = m.Find(wire::kTagSession, &f) ? std::string(f.str()) : std::string();
-  uint32_t req_flags = 0;
-  if (m.Find(wire::kTagFlags, &f)) f.u32(&req_flags);
-  c.control = (req_flags & wire::kFlagControl) != 0;
-  c.greeted = true;
-  ApplyHello(c);
-  std::vector<uint8_t> buf(16384);  // MESSAGE and ORIGIN are capped well below this
-  wire::Writer w(buf.data(), buf.size(), reply, m.id());
-  w.PutU32(wire::kTagErrno, uint32_t(c.hello_error.code()));
-  if (!c.hello_error.ok()) {
-    w.PutString(wire::kTagMessage, std::string_view(c.hello_error.message()).substr(0, 2500));
-  }
-  w.PutString(wire::kTagNetwork, std::string_view(c.network).substr(0, 512));
-  // The shim reads HELLO replies into 4 KiB (its stack): MESSAGE (2500) + ORIGIN (500) + the
-  // rest fit.
-  w.PutString(wire::kTagOrigin, std::string_view(c.origin).substr(0, 500));
-  w.PutString(wire::kTagFingerprint, config().fingerprint);
-  uint32_t flags = 0;
-  if (c.hello_error.ok() && c.overlay == nullptr) flags |= wire::kFlagDirect;
-  if (config().service.loopback == config::LoopbackPolicy::kOverlay) {
-    flags |= wire::kFlagLoopbackRoute;
-  }
-  if (config().service.loopback == config::LoopbackPolicy::kRefuse) {
-    flags |= wire::kFlagLoopbackRefuse;
-  }
-  if (config().service.unrouted_exec_allowed) flags |= wire::kFlagUnroutedExecAllow;
-  c.shim_plan = ShimPlan(c, &w);
-  if (!c.shim_plan.empty()) {
-    flags |= wire::kFlagShimSocks5;
-    if (c.overlay->instance->program_socks5()->isolate_streams) flags |= wire::kFlagIsolate;
-    if (log_->should_log(spdlog::level::debug)) flags |= wire::kFlagReportEach;
-  }
-  w.PutU32(wire::kTagFlags, flags);
-  w.PutU32(wire::kTagWaitMs, OverlayWaitMs(c));
-  Reply(c, w);
-}
-
-uint32_t Server::OverlayWaitMs(const Client& c) const {
-  if (c.overlay == nullptr || !c.overlay->instance) return 0;
-  const int64_t ms = c.overlay->instance->wait_bound_ms();
-  return uint32_t(std::min<int64_t>(ms + 1000, 24 * 3600 * 1000));
-}
-
-std::string Server::ShimPlan(const Client& c, wire::Writer* w) const {
-  if (!c.hello_error.ok() || c.overlay == nullptr || !c.overlay->instance ||
-      !config().service.handshake_in_program || c.control) {
-    return "";
-  }
-  const overlays::Overlay& o = *c.overlay->instance;
-  const std::optional<overlays::Overlay::ProgramSocks5> plan = o.program_socks5();
-  if (!plan) return "";
-  const overlays::Overlay::ProgramSocks5& s = *plan;
-  std::string key = c.overlay->overlay->id;
-  for (const overlays::Endpoint& e : o.endpoints()) {
-    wire::Addr a;
-    if (!wire::AddrFromSockaddr(reinterpret_cast<const sockaddr*>(&e.addr), e.len, &a)) continue;
-    if (w != nullptr) w->PutAddr(wire::kTagProxy, a);
-    key += " " + e.text;
-  }
-  if (!s.isolate_streams && (!s.username.empty() || !s.password.empty())) {
-    if (w != nullptr) {
-      w->PutString(wire::kTagUsername, s.username);
-      w->PutString(wire::kTagPassword, s.password);
-    }
-    key += " user " + s.username + " " + s.password;
-  }
-  if (s.isolate_streams) key += " isolate";
-  const uint32_t timeout = uint32_t(o.connect_timeout_ms());
-  key += " " + std::to_string(timeout);
-  if (w != nullptr) {
-    w->PutU32(wire::kTagTimeoutMs, timeout);
-    w->PutAddr(wire::kTagFakeNet, pool_->V4Range());
-    w->PutAddr(wire::kTagFakeNet, pool_->V6Range());
-  }
-  return key;
 }
 
 // The shim connected (or failed to connect) a socket through a SOCKS5 overlay itself: the same
@@ -843,155 +714,6 @@ void Server::HandleReverse(Client& c, const wire::Message& m) {
   Reply(c, w);
 }
 
-void Server::HandleOpenSession(Client& c, const wire::Message& m) {
-  const uint16_t reply = wire::kOpenSession | wire::kReplyBit;
-  // `via run` opens one session per connection; a client that opens more and more would grow
-  // the table without bound (its sessions end only with its connection).
-  constexpr size_t kMaxSessionsPerClient = 16;
-  if (c.sessions_opened >= kMaxSessionsPerClient) {
-    return ReplyError(c, reply, m.id(), EAGAIN,
-                      "this connection already opened " + std::to_string(c.sessions_opened) +
-                          " sessions (at most " + std::to_string(kMaxSessionsPerClient) +
-                          " per connection; `via run` opens one)");
-  }
-  wire::Field f;
-  // The selection is made for the command the session will start, as a child of the opener:
-  // its groups are those of the command and of the opener's whole ancestry.
-  std::vector<ProcessInfo> opener = Ancestry(c.pid());
-  if (opener.empty()) {
-    return ReplyError(c, reply, m.id(), ESRCH,
-                      "cannot read /proc for pid " + std::to_string(c.pid()));
-  }
-  ProcessInfo command;
-  if (m.Find(wire::kTagExe, &f)) command.exe = std::string(f.str());
-  m.ForEach([&](const wire::Field& af) {
-    if (af.tag == wire::kTagArgv) command.argv.emplace_back(af.str());
-  });
-  command.ok = true;
-  std::vector<ProcessInfo> chain{command};
-  chain.insert(chain.end(), opener.begin(), opener.end());
-  SelectRequest req = MakeRequest(std::move(chain));
-  req.has_claim = m.Find(wire::kTagNetwork, &f) && f.len > 0;
-  if (req.has_claim) req.claim = std::string(f.str());
-  uint32_t flags = 0;
-  if (m.Find(wire::kTagFlags, &f)) f.u32(&flags);
-  req.force_explicit = req.has_claim && (flags & wire::kFlagSessionExplicit) != 0;
-  req.selected_by_parent = true;  // the opener selects for the command it starts
-  Selection sel = Select(config(), req);
-  RecordChainGroups(sessions_, req.chain, sel);
-  if (!sel.error.ok()) {
-    if (uint64_t suppressed = 0; LogAllowed(Noisy::kSession, &suppressed)) {
-      log_->warn("session refused for {} (command {}): {}{}", PeerText(c), Describe(command),
-                 sel.error.message(), SuppressedText(suppressed));
-    }
-    return ReplyError(c, reply, m.id(), sel.error.code(), sel.error.message());
-  }
-  std::shared_ptr<OverlayState> st;
-  std::string id;
-  if (Status s = overlays_->Select(sel.network, &st, &id); !s.ok()) {
-    return ReplyError(c, reply, m.id(), s.code(), s.message());
-  }
-  if (st != nullptr && st->instance) st->instance->Start();  // `via run`: ahead of its program
-  auto session = sessions_.Open(id, c.id, NowMs());
-  if (!session.ok()) {
-    return ReplyError(c, reply, m.id(), session.status().code(), session.status().message());
-  }
-  ++c.sessions_opened;
-  SessionTable::Session* s = sessions_.FindMutable((*session)->token);
-  s->explicit_sel = sel.explicit_sel;
-  s->root = opener[0].pid;
-  s->root_start = opener[0].start;
-  s->groups = sel.selector_groups;
-  if (!sel.chain_groups.empty()) {
-    s->command_groups = sel.chain_groups[0].groups;
-    s->command_reasons = sel.chain_groups[0].reasons;
-  }
-  if (uint64_t suppressed = 0; LogAllowed(Noisy::kSession, &suppressed)) {
-    log_->info("session {} opened for {} by {}: {}{}", s->token.substr(0, 8), id, PeerText(c),
-               sel.origin, SuppressedText(suppressed));
-  }
-  std::vector<uint8_t> buf(8192);
-  wire::Writer w(buf.data(), buf.size(), reply, m.id());
-  w.PutU32(wire::kTagErrno, 0);
-  w.PutString(wire::kTagSession, s->token);
-  w.PutString(wire::kTagNetwork, id);
-  w.PutString(wire::kTagOrigin, std::string_view(sel.origin).substr(0, kMaxMessageText));
-  Reply(c, w);
-  UpdateIdle();
-}
-
-void Server::HandleSessionChild(Client& c, const wire::Message& m) {
-  const uint16_t reply = wire::kSessionChild | wire::kReplyBit;
-  wire::Field f;
-  uint32_t pid = 0;
-  if (!m.Find(wire::kTagSession, &f)) {
-    return ReplyError(c, reply, m.id(), EINVAL, "SESSION_CHILD needs SESSION and PID");
-  }
-  SessionTable::Session* s = sessions_.FindMutable(f.str());
-  if (s == nullptr || s->owner != c.id) {
-    return ReplyError(c, reply, m.id(), EPERM, "SESSION_CHILD: not a session of this connection");
-  }
-  if (!m.Find(wire::kTagPid, &f) || !f.u32(&pid) || pid == 0) {
-    return ReplyError(c, reply, m.id(), EINVAL, "SESSION_CHILD needs SESSION and PID");
-  }
-  if (s->child != 0) return ReplyError(c, reply, m.id(), EEXIST, "the session has its command");
-  ProcessInfo p = ReadProcess(pid_t(pid));
-  if (!p.ok || p.ppid != s->root) {
-    return ReplyError(c, reply, m.id(), EPERM,
-                      "pid " + std::to_string(pid) + " is not a child of the session's opener");
-  }
-  s->child = p.pid;
-  s->child_start = p.start;
-  // It waits for this reply before it execs: its groups are recorded before it can shed them.
-  sessions_.RecordGroups(p.pid, p.start, s->command_groups, s->command_reasons, Alive);
-  ReplyOk(c, reply, m.id());
-}
-
-void Server::HandleSessionDetach(Client& c, const wire::Message& m) {
-  const uint16_t reply = wire::kSessionDetach | wire::kReplyBit;
-  wire::Field f;
-  if (!m.Find(wire::kTagSession, &f)) {
-    return ReplyError(c, reply, m.id(), EINVAL, "SESSION_DETACH needs SESSION");
-  }
-  SessionTable::Session* s = sessions_.FindMutable(f.str());
-  if (s == nullptr || s->owner != c.id) {
-    return ReplyError(c, reply, m.id(), EPERM, "SESSION_DETACH: not a session of this connection");
-  }
-  // Only the opener's own children, as /proc says now.
-  std::vector<std::pair<pid_t, uint64_t>> heirs;
-  m.ForEach([&](const wire::Field& pf) {
-    uint32_t pid = 0;
-    if (pf.tag != wire::kTagPid || !pf.u32(&pid) || pid == 0 || heirs.size() >= 4096) return;
-    if (pid_t(pid) == getpid()) return;  // a broker daemonized inside the session: not an heir
-    ProcessInfo p = ReadProcess(pid_t(pid));
-    if (p.ok && p.ppid == s->root) heirs.emplace_back(p.pid, p.start);
-  });
-  if (heirs.empty())
-    return ReplyError(c, reply, m.id(), ESRCH, "none of them is the opener's child");
-  log_->info("session {} carried on by {} process(es) after {} exits", s->token.substr(0, 8),
-             heirs.size(), PeerText(c));
-  sessions_.Detach(s, std::move(heirs));
-  ReplyOk(c, reply, m.id());
-  PruneDetached();
-}
-
-void Server::PruneDetached() {
-  if (prune_timer_ != 0) loop_->CancelTimer(prune_timer_);
-  prune_timer_ = 0;
-  size_t ended = sessions_.PruneDetached([](pid_t pid, uint64_t start) {
-    ProcessInfo p = ReadProcess(pid);
-    return p.ok && p.start == start;
-  });
-  if (ended > 0) log_->info("{} detached session(s) ended: their processes are gone", ended);
-  if (sessions_.detached_count() > 0) {
-    prune_timer_ = loop_->AddTimer(2000, [this] {
-      prune_timer_ = 0;
-      PruneDetached();
-    });
-  }
-  UpdateIdle();
-}
-
 void Server::HandleReload(Client& c, const wire::Message& m) {
   const uint16_t reply = wire::kReload | wire::kReplyBit;
   Status s = Reload("requested by " + PeerText(c));
@@ -1024,7 +746,7 @@ Status Server::Reload(const std::string& why) {
   overlays_ = std::move(next);
   ctx_.overlays = overlays_.get();
   MarkExecHello(options_.socket_path, config());
-  logged_network_errors_.clear();
+  sessions_svc_.ForgetLoggedErrors();
   // Every client's network is selected again now. A shim whose network is direct never asks the
   // broker again, and one routed through an overlay would keep sending CONNECTs: where the
   // reload flips a client between the two, its link is closed (once no connect is in flight),
@@ -1034,11 +756,11 @@ Status Server::Reload(const std::string& why) {
   for (auto& [id, cl] : clients_) {
     if (!cl->greeted || cl->control) continue;
     bool was_direct = cl->hello_error.ok() && cl->overlay == nullptr;
-    ApplyHello(*cl);
+    sessions_svc_.ApplyHello(*cl);
     bool now_direct = cl->hello_error.ok() && cl->overlay == nullptr;
     // A shim that runs SOCKS5 itself holds the proxy and credentials it was given: when those
     // change (or go away), it must greet again too.
-    if (was_direct == now_direct && cl->shim_plan == ShimPlan(*cl, nullptr)) continue;
+    if (was_direct == now_direct && cl->shim_plan == sessions_svc_.ShimPlan(*cl, nullptr)) continue;
     if (cl->ops.empty()) {
       flipped.push_back(id);
     } else {
@@ -1056,92 +778,6 @@ Status Server::Reload(const std::string& why) {
       config().source, why, config().fingerprint, overlays_->Summary(), config().programs.size(),
       config().policies.size());
   return Status::Ok();
-}
-
-SelectRequest Server::MakeRequest(std::vector<ProcessInfo> chain) const {
-  SelectRequest req;
-  req.chain = std::move(chain);
-  // Copies: the selector must not hold pointers into the table past this call.
-  auto view = [](const SessionTable::Session& s) {
-    SessionInfo v;
-    v.token = s.token;
-    v.network = s.network;
-    v.explicit_sel = s.explicit_sel;
-    v.root = s.root;
-    v.root_start = s.root_start;
-    v.child = s.child;
-    v.child_start = s.child_start;
-    v.groups = s.groups;
-    v.heirs = s.heirs;
-    return v;
-  };
-  auto holder = std::make_shared<std::vector<SessionInfo>>();
-  holder->reserve(sessions_.size());
-  for (const auto& [token, s] : sessions_.sessions()) holder->push_back(view(s));
-  req.session_rooted_at = [holder](const ProcessInfo& p) -> const SessionInfo* {
-    const SessionInfo* best = nullptr;
-    for (const SessionInfo& s : *holder) {
-      if (p.pid != 0 && (s.IsRoot(p) || s.IsHeir(p))) best = &s;
-    }
-    return best;
-  };
-  req.session_by_token = [holder](std::string_view token) -> const SessionInfo* {
-    for (const SessionInfo& s : *holder) {
-      if (s.token == token) return &s;
-    }
-    return nullptr;
-  };
-  auto recorded = std::make_shared<std::map<std::pair<pid_t, uint64_t>, RecordedGroups>>();
-  for (const ProcessInfo& p : req.chain) {
-    if (const auto* r = sessions_.FindGroups(p.pid, p.start)) {
-      (*recorded)[{p.pid, p.start}] = RecordedGroups{r->first, r->second};
-    }
-  }
-  req.recorded_groups = [recorded](const ProcessInfo& p) -> const RecordedGroups* {
-    auto it = recorded->find({p.pid, p.start});
-    return it == recorded->end() ? nullptr : &it->second;
-  };
-  return req;
-}
-
-void Server::ApplyHello(Client& c) {
-  c.generation = overlays_->generation();
-  c.overlay.reset();
-  c.session.clear();
-  c.hello_error = Status::Ok();
-  if (c.control) {
-    c.network = "direct";
-    c.origin = "control connection";
-    return;
-  }
-  SelectRequest req = MakeRequest(Ancestry(c.pid()));
-  req.has_claim = c.has_claim;
-  req.claim = c.claim;
-  req.token = c.token;
-  Selection sel = Select(config(), req);
-  RecordChainGroups(sessions_, req.chain, sel);
-  c.origin = sel.origin;
-  if (sel.error.ok()) {
-    c.hello_error = overlays_->Select(sel.network, &c.overlay, &c.network);
-    if (!c.token.empty()) c.session = c.token;
-    // The first program selecting an overlay starts what it needs before its first connect
-    // (Overlay::Start, e.g. a session that takes 20 s); overlays nobody selects never contact
-    // their far side.
-    if (c.hello_error.ok() && c.overlay != nullptr && c.overlay->instance) {
-      c.overlay->instance->Start();
-    }
-  } else {
-    c.hello_error = sel.error;
-    c.network = sel.network;
-  }
-  if (!c.hello_error.ok()) {
-    std::string key = std::to_string(c.pid()) + " " + c.hello_error.message();
-    if (logged_network_errors_.size() < 10000 && logged_network_errors_.insert(key).second) {
-      log_->warn("HELLO from {}: {}", PeerText(c), c.hello_error.message());
-    }
-  } else {
-    log_->debug("HELLO from {}: network {} ({})", PeerText(c), c.network, c.origin);
-  }
 }
 
 void Server::HandleStatus(Client& c, const wire::Message& m) {

@@ -22,6 +22,7 @@
 #include "broker/fake_address_pool.h"
 #include "broker/overlay_set.h"
 #include "broker/selector.h"
+#include "broker/session_service.h"
 #include "broker/session_table.h"
 #include "common/unique_fd.h"
 #include "common/wire.h"
@@ -112,13 +113,6 @@ class Server : public ClientSink {
   void CloseClient(uint64_t client_id) override;
   void UpdateIdle() override;
 
-  void HandleHello(Client& c, const wire::Message& m);
-  // The SOCKS5 fields of a HELLO reply that let the shim run CONNECT itself (kFlagShimSocks5),
-  // put into *w when given; returns them as a key ("" when the shim must hand sockets over), so
-  // a reload can tell whether what a shim holds is still right.
-  std::string ShimPlan(const Client& c, wire::Writer* w) const;
-  // HELLO's WAIT_MS: how long a request of `c` that waits on its overlay may take.
-  uint32_t OverlayWaitMs(const Client& c) const;
   void HandleReport(Client& c, const wire::Message& m);
   void HandleConnect(Client& c, const wire::Message& m, std::vector<UniqueFd>& fds);
   void HandleResolve(Client& c, const wire::Message& m);
@@ -131,21 +125,12 @@ class Server : public ClientSink {
   void HandleDnsSocket(Client& c, const wire::Message& m);  // dns_query.cc
   void OnDnsResponder(int fd);
   void CloseDnsResponders(uint64_t client_id);
-  void HandleOpenSession(Client& c, const wire::Message& m);
   void HandleStatus(Client& c, const wire::Message& m);
   // The lines of `via status` about descriptors, refused clients and backpressure.
   void AppendLoadStatus(std::ostream& out) const;
   void HandleShutdown(Client& c, const wire::Message& m);
-  void HandleSessionChild(Client& c, const wire::Message& m);
   void HandleReload(Client& c, const wire::Message& m);
-  void HandleSessionDetach(Client& c, const wire::Message& m);
-  // Ends detached sessions whose heirs are all gone; re-arms itself while any remain.
-  void PruneDetached();
 
-  // Selects the client's network from its HELLO (kept in the Client) under the current config.
-  void ApplyHello(Client& c);
-  // The selector's view of the sessions.
-  SelectRequest MakeRequest(std::vector<ProcessInfo> chain) const;
   void HandleListen(Client& c, const wire::Message& m, std::vector<UniqueFd>& fds);
 
   // Creates the handshake and the ConnectOp of a pending connect whose overlay is ready.
@@ -186,6 +171,8 @@ class Server : public ClientSink {
   ClientMap clients_;
   std::unordered_map<uint64_t, PendingConnect> ops_;
   SessionTable sessions_;
+  // The services, after the tables they use (destroyed before them).
+  SessionService sessions_svc_{&ctx_};
   // DNS responders (DNS_SOCKET): one loopback UDP socket per program DNS socket, connected to
   // it, answering its queries; closed with the client connection that asked for it.
   struct DnsResponder {
@@ -201,12 +188,10 @@ class Server : public ClientSink {
   // Listeners the program closed whose overlay side still serves accepted streams.
   std::map<uint64_t, std::unique_ptr<overlays::InboundListener>> draining_;
   uint64_t next_listener_ = 1;
-  std::vector<uint8_t> recv_buf_;                // one datagram (plus a byte to detect oversize)
-  std::set<std::string> logged_network_errors_;  // HELLO failures are logged once per pid+text
+  std::vector<uint8_t> recv_buf_;  // one datagram (plus a byte to detect oversize)
   uint64_t next_client_ = 1;
   uint64_t next_op_ = 1;
   uint64_t idle_timer_ = 0;
-  uint64_t prune_timer_ = 0;
   int idle_timeout_s_ = 30;
   int64_t started_ms_ = 0;
 };
