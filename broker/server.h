@@ -1,45 +1,45 @@
-// Server: the broker's listening socket, its client connections (shims and the CLI), request
-// dispatch per docs/protocol.md, the overlays, sessions, the fake-address pool, and the
-// connect operations in flight. Everything runs on one EventLoop thread.
+// Server: the broker's wiring. It owns the listening socket, the client connections (Client,
+// its transport in client_conn.h), the shared tables (the overlay set of the current config
+// generation, the fake-address pool, the sessions) and the services that answer requests
+// (sessions, connects, names, listeners, status), and dispatches each request through one table
+// (message type → handler, whether it carries descriptors). It also does what belongs to no
+// service: accepting clients within their caps, backpressure, reload and shutdown. Everything
+// runs on one EventLoop thread.
 #pragma once
 
 #include <spdlog/logger.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 
-#include <deque>
-#include <map>
+#include <cstdint>
 #include <memory>
-#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
 #include "broker/broker.h"
 #include "broker/client.h"
-#include "broker/client_limits.h"
+#include "broker/connect_service.h"
 #include "broker/context.h"
 #include "broker/fake_address_pool.h"
+#include "broker/listener_service.h"
+#include "broker/name_service.h"
 #include "broker/overlay_set.h"
-#include "broker/selector.h"
 #include "broker/session_service.h"
 #include "broker/session_table.h"
+#include "broker/status_service.h"
 #include "common/unique_fd.h"
 #include "common/wire.h"
 #include "config/config.h"
 #include "loop/event_loop.h"
-#include "overlays/connect_op.h"
-#include "overlays/handshake.h"
-#include "overlays/inbound_listener.h"
-#include "overlays/overlay.h"
 
 namespace via::broker {
 
 class Server : public ClientSink {
  public:
   // *loop must outlive the Server.
-  Server(std::shared_ptr<const config::Config> config, const BrokerOptions& options,
-         EventLoop* loop, std::shared_ptr<spdlog::logger> log);
+  Server(std::shared_ptr<const config::Config> cfg, const BrokerOptions& options, EventLoop* loop,
+         std::shared_ptr<spdlog::logger> log);
   // Closes every client (cancelling their connects) and removes the socket file if it is ours.
   ~Server();
   Server(const Server&) = delete;
@@ -56,37 +56,18 @@ class Server : public ClientSink {
   Status Reload(const std::string& why);
 
  private:
-  struct PendingConnect {
-    uint64_t client = 0;
-    uint32_t request_id = 0;
-    std::shared_ptr<OverlayState> overlay;
-    overlays::Target target;
-    std::unique_ptr<overlays::ConnectOp> op;
-    // A remote resolve (Tor's RESOLVE/RESOLVE_PTR on a socket of the broker's own) instead of
-    // a program's connect: dns_query.cc. `handshake` is owned by `op`.
-    bool resolve = false;
-    uint8_t family = 0;  // RESOLVE's FAMILY
-    const overlays::ResolveHandshake* handshake = nullptr;
-    UniqueFd waiting_fd;  // the program's socket while the overlay gets ready
-    int domain = 0;       // its family (SO_DOMAIN), already asked
-    uint64_t wait = 0;    // Overlay::WhenReady wait id
+  // One entry of the dispatch table: a request type, whether it may carry descriptors (those
+  // sent with any other request are closed unread), and its handler.
+  struct Route {
+    uint16_t type;
+    bool takes_fds;
+    void (*handle)(Server& s, Client& c, const wire::Message& m, std::vector<UniqueFd>& fds);
   };
-  // An inbound listener (docs/protocol.md "LISTEN"): the program's listening fd was replaced by
-  // the peer of `sock`; accepted streams are sent over `sock` (ACCEPTED with SCM_RIGHTS).
-  struct ListenerEntry {
-    uint64_t client = 0;  // who asked; the reply waits for the overlay to be ready
-    uint32_t request_id = 0;
-    bool replied = false;
-    std::shared_ptr<OverlayState> overlay;  // kept alive across a reload
-    UniqueFd sock;                          // the broker's end of the socketpair
-    wire::Addr bound;                       // what the program bound (its family and port)
-    std::string owner;                      // "pid 123 /usr/bin/python3"
-    std::unique_ptr<overlays::InboundListener> listener;
-    uint64_t accepted = 0;
-  };
+  static const Route* FindRoute(uint16_t type);
 
+  // The soft RLIMIT_NOFILE raised as far as allowed, and the client caps derived from it.
+  void SetDescriptorBudget();
   Status Listen();
-
   void OnAccept();
   // Whether an accepted connection is served: its peer's uid (PeerUidAllowed), then the client
   // caps. kStop: stop accepting for this wake-up (at the client cap, accepting is paused).
@@ -102,9 +83,13 @@ class Server : public ClientSink {
   // wait. Pauses or resumes reading per the client's queue and connects in flight.
   void UpdateInterest(Client& c);
   void OnClientEvent(uint64_t client_id, uint32_t events);
-  // Reads every queued datagram; false if the client was closed meanwhile.
+  // Reads the client's queued requests (kReadsPerEvent); false if it was closed meanwhile.
   bool ReadRequests(uint64_t client_id);
+  // Parses one request and hands it to its route, after the checks every request passes.
   void Handle(Client& c, const uint8_t* data, size_t n, std::vector<UniqueFd>& fds);
+  // An error reply that the request gets instead of its handler (not greeted, HELLO failed, too
+  // many connects in flight), or nothing: the request goes on.
+  bool RefusedBeforeHandler(Client& c, const wire::Message& m);
 
   // ClientSink
   Client* FindClient(uint64_t id) override;
@@ -113,40 +98,11 @@ class Server : public ClientSink {
   void CloseClient(uint64_t client_id) override;
   void UpdateIdle() override;
 
-  void HandleReport(Client& c, const wire::Message& m);
-  void HandleConnect(Client& c, const wire::Message& m, std::vector<UniqueFd>& fds);
-  void HandleResolve(Client& c, const wire::Message& m);
-  void HandleReverse(Client& c, const wire::Message& m);
-  void HandleDnsQuery(Client& c, const wire::Message& m);  // dns_query.cc
-  // RESOLVE/REVERSE through the overlay (remote_resolve); false if it does not apply.
-  bool StartRemoteResolve(Client& c, const wire::Message& m, const overlays::Target& target,
-                          uint8_t family);
-  void RemoteResolveDone(PendingConnect& p, Client& c, int err, const std::string& msg);
-  void HandleDnsSocket(Client& c, const wire::Message& m);  // dns_query.cc
-  void OnDnsResponder(int fd);
-  void CloseDnsResponders(uint64_t client_id);
-  void HandleStatus(Client& c, const wire::Message& m);
-  // The lines of `via status` about descriptors, refused clients and backpressure.
-  void AppendLoadStatus(std::ostream& out) const;
-  void HandleShutdown(Client& c, const wire::Message& m);
   void HandleReload(Client& c, const wire::Message& m);
-
-  void HandleListen(Client& c, const wire::Message& m, std::vector<UniqueFd>& fds);
-
-  // Creates the handshake and the ConnectOp of a pending connect whose overlay is ready.
-  void StartConnectOp(uint64_t op_id, const Status& ready);
-  void OnListenerReady(uint64_t id, const Status& s);
-  void OnListenerAccepted(uint64_t id, overlays::AcceptedStream stream);
-  // Destroys a listener (its overlay side goes down) after the current handlers have run.
-  // With `drain`, the overlay side stays until accepted streams are done (InboundListener::Drain).
-  void CloseListener(uint64_t id, const std::string& why, bool drain = true);
-
-  // The destination of a CONNECT request, with fake addresses mapped back to names.
-  Status ParseTarget(const wire::Message& m, overlays::Target* target);
-  void OnConnectDone(uint64_t op_id, int err, const std::string& msg);
-  // Counts, logs and replies a CONNECT that failed before or during its ConnectOp.
-  void ConnectFailed(Client& c, uint32_t request_id, OverlayState* overlay,
-                     const std::string& target, int err, const std::string& msg);
+  void HandleShutdown(Client& c, const wire::Message& m);
+  // After a reload: selects every client's network again, and closes the links whose shims
+  // must greet again (flipped between direct and an overlay, or a changed SOCKS5 plan).
+  void ReselectClients();
 
   bool LogAllowed(Noisy kind, uint64_t* suppressed = nullptr) {
     return ctx_.LogAllowed(kind, suppressed);
@@ -169,31 +125,17 @@ class Server : public ClientSink {
   std::unique_ptr<FakeAddressPool> pool_;
   std::unique_ptr<OverlaySet> overlays_;  // the current generation
   ClientMap clients_;
-  std::unordered_map<uint64_t, PendingConnect> ops_;
   SessionTable sessions_;
   // The services, after the tables they use (destroyed before them).
   SessionService sessions_svc_{&ctx_};
-  // DNS responders (DNS_SOCKET): one loopback UDP socket per program DNS socket, connected to
-  // it, answering its queries; closed with the client connection that asked for it.
-  struct DnsResponder {
-    UniqueFd fd;
-    uint64_t client = 0;
-    std::string overlay;  // for the log
-    std::string peer;     // PeerText of the client, for the log
-    uint64_t seq = 0;     // creation order
-  };
-  uint64_t next_responder_ = 1;
-  std::map<int, DnsResponder> dns_responders_;  // by fd
-  std::map<uint64_t, ListenerEntry> listeners_;
-  // Listeners the program closed whose overlay side still serves accepted streams.
-  std::map<uint64_t, std::unique_ptr<overlays::InboundListener>> draining_;
-  uint64_t next_listener_ = 1;
+  ConnectService connects_{&ctx_};
+  NameService names_{&ctx_, &connects_};
+  ListenerService listeners_{&ctx_};
+  StatusService status_{&ctx_, &connects_, &listeners_};
   std::vector<uint8_t> recv_buf_;  // one datagram (plus a byte to detect oversize)
   uint64_t next_client_ = 1;
-  uint64_t next_op_ = 1;
   uint64_t idle_timer_ = 0;
   int idle_timeout_s_ = 30;
-  int64_t started_ms_ = 0;
 };
 
 }  // namespace via::broker

@@ -1,0 +1,293 @@
+#include "broker/connect_service.h"
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstring>
+#include <optional>
+#include <utility>
+
+namespace via::broker {
+
+namespace {
+
+// Whether the program's socket is something the broker can connect through a TCP overlay; its
+// family goes to *domain (the ConnectOp needs it too). SO_TYPE as well as SO_PROTOCOL: a raw
+// socket can have protocol IPPROTO_TCP.
+Status CheckTcpSocket(int fd, int* domain) {
+  int type = 0, protocol = 0;
+  socklen_t len = sizeof type;
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0) {
+    if (errno == ENOTSOCK)
+      return Status::Error(ENOTSOCK, "the attached descriptor is not a socket");
+    return Status::FromErrno("getsockopt(SO_TYPE) on the attached socket");
+  }
+  len = sizeof *domain;
+  getsockopt(fd, SOL_SOCKET, SO_DOMAIN, domain, &len);
+  len = sizeof protocol;
+  getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &protocol, &len);
+  if (type != SOCK_STREAM || (*domain != AF_INET && *domain != AF_INET6) ||
+      protocol != IPPROTO_TCP) {
+    return Status::Error(EPROTOTYPE, "the attached socket is not a TCP socket");
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+// The shim connected (or failed to connect) a socket through a SOCKS5 overlay itself: the same
+// count and log line as a CONNECT the broker ran. A success gets no reply.
+void ConnectService::HandleReport(Client& c, const wire::Message& m) {
+  const uint16_t reply = wire::kReport | wire::kReplyBit;
+  wire::Field f;
+  uint32_t err = 0;
+  if (m.Find(wire::kTagErrno, &f) && !f.u32(&err)) {
+    return ReplyError(c, reply, m.id(), EINVAL, "REPORT: malformed ERRNO field");
+  }
+  if (c.overlay == nullptr) {
+    return ReplyError(c, reply, m.id(), EINVAL,
+                      "REPORT on a connection whose network is direct: nothing was routed");
+  }
+  uint32_t count = 0;
+  if (m.Find(wire::kTagCount, &f)) {
+    if (!f.u32(&count) || count > (1u << 20) || err != 0) {
+      return ReplyError(c, reply, m.id(), EINVAL,
+                        "REPORT: COUNT must be a u32 of at most 1048576, without an ERRNO");
+    }
+    c.overlay->ok += count;
+    return;
+  }
+  // The destination as CONNECT names it (ADDR, or NAME and PORT).
+  overlays::Target parsed;
+  const std::string target = ParseTarget(m, &parsed).ok() ? parsed.ToString() : "?";
+  if (err == 0) {
+    c.overlay->ok++;
+    if (log()->should_log(spdlog::level::debug)) {
+      log()->debug("connect {} via {} ok, by the program ({})", target, c.overlay->overlay->id,
+                   PeerText(c));
+    }
+    return;
+  }
+  c.overlay->failed++;
+  std::string msg = m.Find(wire::kTagMessage, &f) ? std::string(f.str().substr(0, 2000)) : "";
+  uint64_t suppressed = 0;
+  if (LogAllowed(Noisy::kConnectFailed, &suppressed)) {
+    log()->warn("connect {} via {} failed: {} ({}){}", target, c.overlay->overlay->id, msg,
+                PeerText(c), SuppressedText(suppressed));
+  }
+  ReplyOk(c, reply, m.id());
+}
+
+Status ConnectService::ParseTarget(const wire::Message& m, overlays::Target* target) {
+  wire::Field f;
+  if (m.Find(wire::kTagAddr, &f)) {
+    wire::Addr dest;
+    if (!f.addr(&dest)) return Status::Invalid("CONNECT: malformed ADDR field");
+    target->port = dest.port;
+    if (!pool()->Contains(dest)) {
+      target->addr = wire::Unmapped(dest);
+      return Status::Ok();
+    }
+    std::optional<std::string> name = pool()->Reverse(dest);  // also marks the name used
+    if (!name) {
+      return Status::Error(EHOSTUNREACH,
+                           "unknown fake address " + AddrText(wire::Unmapped(dest), false) +
+                               " (the name was resolved by a broker that has since restarted?)");
+    }
+    target->name = std::move(*name);
+    return Status::Ok();
+  }
+  if (!m.Find(wire::kTagName, &f)) return Status::Invalid("CONNECT needs ADDR, or NAME and PORT");
+  auto name = NormalizeName(f.str());
+  if (!name.ok()) return name.status();
+  wire::Field pf;
+  uint16_t port = 0;
+  if (!m.Find(wire::kTagPort, &pf) || !pf.u16(&port)) {
+    return Status::Invalid("CONNECT by NAME needs a PORT field");
+  }
+  target->name = std::move(*name);
+  target->port = port;
+  return Status::Ok();
+}
+
+void ConnectService::HandleConnect(Client& c, const wire::Message& m, std::vector<UniqueFd>& fds) {
+  const uint16_t reply = wire::kConnect | wire::kReplyBit;
+  if (fds.empty()) return ReplyError(c, reply, m.id(), EBADF, "CONNECT carries no socket");
+  if (fds.size() > 1) {
+    return ReplyError(c, reply, m.id(), EINVAL,
+                      "CONNECT must carry exactly one socket, not " + std::to_string(fds.size()));
+  }
+  if (c.overlay == nullptr) {
+    return ReplyError(c, reply, m.id(), EINVAL,
+                      "the connection's network is direct: connect without the broker");
+  }
+  overlays::Target target;
+  if (Status s = ParseTarget(m, &target); !s.ok()) {
+    // A target that cannot be named is still a failed connect worth a log line.
+    wire::Field f;
+    wire::Addr a;
+    std::string what = m.Find(wire::kTagAddr, &f) && f.addr(&a) ? AddrText(a, true) : "?";
+    return ConnectFailed(c, m.id(), c.overlay.get(), what, s.code(), s.message());
+  }
+  int domain = 0;
+  if (Status s = CheckTcpSocket(fds[0].get(), &domain); !s.ok()) {
+    return ConnectFailed(c, m.id(), c.overlay.get(), target.ToString(), s.code(), s.message());
+  }
+  uint64_t op_id = next_op_++;
+  PendingConnect& p = ops_[op_id];
+  p.client = c.id;
+  p.request_id = m.id();
+  p.overlay = c.overlay;
+  p.target = std::move(target);
+  p.waiting_fd = std::move(fds[0]);
+  p.domain = domain;
+  c.ops.push_back(op_id);
+  // An overlay may need state of its own before a connect (a session, a node): wait for it.
+  uint64_t wait = c.overlay->instance->WhenReady(
+      [this, op_id](const Status& ready) { StartConnectOp(op_id, ready); });
+  if (auto it = ops_.find(op_id); it != ops_.end() && !it->second.op) it->second.wait = wait;
+}
+
+void ConnectService::StartConnectOp(uint64_t op_id, const Status& ready) {
+  auto it = ops_.find(op_id);
+  if (it == ops_.end() || it->second.op) return;
+  PendingConnect& p = it->second;
+  p.wait = 0;
+  if (!ready.ok()) return OnConnectDone(op_id, ready.code(), ready.message());
+  auto hs = p.overlay->instance->NewHandshake(p.target);
+  if (!hs.ok()) return OnConnectDone(op_id, hs.status().code(), hs.status().message());
+  p.op = std::make_unique<overlays::ConnectOp>(loop(), p.overlay->instance.get(),
+                                               std::move(p.waiting_fd), std::move(*hs));
+  p.op->set_domain(p.domain);
+  // May finish (and erase `p`) before it returns.
+  p.op->Start([this, op_id](int err, const std::string& msg) { OnConnectDone(op_id, err, msg); });
+}
+
+void ConnectService::OnConnectDone(uint64_t op_id, int err, const std::string& msg) {
+  auto it = ops_.find(op_id);
+  if (it == ops_.end()) return;
+  PendingConnect p = std::move(it->second);  // destroyed on return; the op has finished
+  ops_.erase(it);
+  Client* found = clients().FindClient(p.client);
+  if (found == nullptr) return;
+  Client& c = *found;
+  std::erase(c.ops, op_id);
+  if (p.resolve) return RemoteResolveDone(p, c, err, msg);
+  if (err != 0) {
+    return ConnectFailed(c, p.request_id, p.overlay.get(), p.target.ToString(), err, msg);
+  }
+  p.overlay->ok++;
+  if (log()->should_log(spdlog::level::debug)) {  // PeerText reads /proc: not per connect
+    log()->debug("connect {} via {} ok ({})", p.target.ToString(), p.overlay->overlay->id,
+                 PeerText(c));
+  }
+  ReplyOk(c, wire::kConnect | wire::kReplyBit, p.request_id);
+  if (c.close_when_idle && c.ops.empty() && c.conn.outbox().empty()) clients().CloseClient(c.id);
+}
+
+void ConnectService::ConnectFailed(Client& c, uint32_t request_id, OverlayState* overlay,
+                                   const std::string& target, int err, const std::string& msg) {
+  overlay->failed++;
+  const std::string& id = overlay->overlay->id;
+  uint64_t suppressed = 0;
+  if (LogAllowed(Noisy::kConnectFailed, &suppressed)) {
+    log()->warn("connect {} via {} failed: {} ({}){}", target, id, msg, PeerText(c),
+                SuppressedText(suppressed));
+  }
+  ReplyError(c, wire::kConnect | wire::kReplyBit, request_id, err,
+             target + " via " + id + ": " + msg);
+}
+
+bool ConnectService::StartRemoteResolve(Client& c, const wire::Message& m,
+                                        const overlays::Target& target, uint8_t family) {
+  std::shared_ptr<OverlayState> overlay = c.overlay;
+  if (overlay == nullptr || !overlay->instance || !overlay->instance->ResolvesRemotely(target)) {
+    return false;
+  }
+  const uint16_t reply = m.type() | wire::kReplyBit;
+  const std::string what = target.ToString();
+  auto fail = [&](int err, const std::string& msg) {
+    if (uint64_t suppressed = 0; LogAllowed(Noisy::kDns, &suppressed)) {
+      log()->warn("remote resolve of {} via {} failed: {} ({}){}", what, overlay->overlay->id, msg,
+                  PeerText(c), SuppressedText(suppressed));
+    }
+    ReplyError(c, reply, m.id(), err, what + " via " + overlay->overlay->id + ": " + msg);
+    return true;
+  };
+  auto hs = overlay->instance->NewResolveHandshake(target);
+  if (!hs.ok()) return fail(hs.status().code(), hs.status().message());
+  const auto& endpoints = overlay->instance->endpoints();
+  if (endpoints.empty()) return fail(EHOSTUNREACH, "the overlay has no endpoint");
+  // A socket of the broker's own, in the family of the first endpoint (IPv6 reaches both).
+  UniqueFd fd(socket(endpoints[0].addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd) return fail(errno, std::string("socket: ") + std::strerror(errno));
+  uint64_t op_id = next_op_++;
+  PendingConnect& p = ops_[op_id];
+  p.client = c.id;
+  p.request_id = m.id();
+  p.overlay = overlay;
+  p.target = target;
+  p.resolve = true;
+  p.family = family;
+  p.handshake = hs->get();
+  p.op = std::make_unique<overlays::ConnectOp>(loop(), overlay->instance.get(), std::move(fd),
+                                               std::move(*hs));
+  c.ops.push_back(op_id);
+  p.op->Start([this, op_id](int err, const std::string& msg) { OnConnectDone(op_id, err, msg); });
+  return true;
+}
+
+void ConnectService::RemoteResolveDone(PendingConnect& p, Client& c, int err,
+                                       const std::string& msg) {
+  const std::string& id = p.overlay->overlay->id;
+  const bool reverse = p.target.name.empty();
+  const uint16_t reply = (reverse ? wire::kReverse : wire::kResolve) | wire::kReplyBit;
+  const std::string what = p.target.ToString();
+  if (err != 0) {
+    if (uint64_t suppressed = 0; LogAllowed(Noisy::kDns, &suppressed)) {
+      log()->warn("remote resolve of {} via {} failed: {} ({}){}", what, id, msg, PeerText(c),
+                  SuppressedText(suppressed));
+    }
+    // A name the exit cannot resolve is "no such name" for the program (EAI_NONAME).
+    return ReplyError(c, reply, p.request_id, reverse ? ENOENT : err,
+                      what + " via " + id + ": " + msg);
+  }
+  uint8_t buf[512];
+  wire::Writer w(buf, sizeof buf, reply, p.request_id);
+  w.PutU32(wire::kTagErrno, 0);
+  if (reverse) {
+    std::string name = p.handshake->ResolvedName();
+    if (uint64_t suppressed = 0; LogAllowed(Noisy::kDns, &suppressed)) {
+      log()->info("remote resolve of {} via {}: {} ({}){}", what, id, name, PeerText(c),
+                  SuppressedText(suppressed));
+    }
+    w.PutString(wire::kTagName, name);
+  } else {
+    wire::Addr a = p.handshake->ResolvedAddr();
+    char text[80];
+    if (uint64_t suppressed = 0; LogAllowed(Noisy::kDns, &suppressed)) {
+      log()->info("remote resolve of {} via {}: {} ({}){}", p.target.name, id,
+                  wire::FormatAddr(a, text, sizeof text), PeerText(c), SuppressedText(suppressed));
+    }
+    a.port = 0;
+    // RESOLVE gives one address; a request for the other family gets none.
+    if (p.family == 0 || p.family == a.family) w.PutAddr(wire::kTagAddr, a);
+  }
+  Reply(c, w);
+}
+
+void ConnectService::CancelClient(Client& c) {
+  // Destroying a ConnectOp cancels it: flags restored, duplicate closed, no reply.
+  for (uint64_t op : c.ops) {
+    auto p = ops_.find(op);
+    if (p == ops_.end()) continue;
+    if (p->second.wait != 0 && p->second.overlay->instance) {
+      p->second.overlay->instance->CancelWait(p->second.wait);
+    }
+    ops_.erase(p);
+  }
+  c.ops.clear();
+}
+
+}  // namespace via::broker
