@@ -40,10 +40,7 @@ Server::Server(std::shared_ptr<const config::Config> cfg, const BrokerOptions& o
 Server::~Server() {
   // Stop answering first, so that a client closed below (`via stop` waits for that) never finds
   // the old socket again and a new broker can take its place at once.
-  if (listen_fd_) loop_->Unwatch(listen_fd_.get());
-  listen_fd_.reset();
-  if (accept_timer_ != 0) loop_->CancelTimer(accept_timer_);
-  accept_timer_ = 0;
+  acceptor_.Stop();
   if (bound_) RemoveSocketFileIfOurs(options_.socket_path, socket_stat_);
   listeners_.CloseAll();
   // Overlays go down before the clients are closed: `via stop` returns when its connection
@@ -64,9 +61,6 @@ Status Server::Start() {
   // Overlays resolve their proxy hosts here, before the loop runs: never on the loop thread.
   overlays_->Build(loop_, log_, nullptr);
   if (Status s = CheckSocketDir(options_.socket_path); !s.ok()) return s;
-  // One descriptor kept in reserve: past the descriptor limit it is given up for a moment to
-  // accept, answer and close the client at the head of the backlog (RefusePending).
-  reserve_fd_.reset(open("/dev/null", O_RDONLY | O_CLOEXEC));
   SetDescriptorBudget();
   if (Status s = Listen(); !s.ok()) return s;
   // Only now, as the one broker of this socket: the name table of the brokers before it, so
@@ -108,143 +102,18 @@ void Server::SetDescriptorBudget() {
 Status Server::Listen() {
   auto fd = BindSocketFile(options_.socket_path, &bound_, &socket_stat_);
   if (!fd.ok()) return fd.status();
-  listen_fd_ = std::move(*fd);
-  return loop_->Watch(listen_fd_.get(), EPOLLIN, [this](uint32_t) { OnAccept(); });
+  return acceptor_.Start(std::move(*fd));
 }
 
 // ---- clients ----------------------------------------------------------------------------------
 
-void Server::OnAccept() {
-  // A bounded number per wake-up: the clients already connected get their turn in between.
-  for (int round = 0; round < 64 && !accept_paused_; ++round) {
-    UniqueFd fd(accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
-    if (!fd) {
-      int err = errno;
-      if (err == EINTR || err == ECONNABORTED) continue;
-      if (err == EAGAIN || err == EWOULDBLOCK) break;
-      if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
-        RefusePending(err);
-        break;
-      }
-      uint64_t suppressed = 0;
-      if (LogAllowed(Noisy::kAccept, &suppressed)) {
-        log_->warn("accept: {}{}", std::strerror(err), SuppressedText(suppressed));
-      }
-      PauseAccepting();
-      break;
-    }
-    if (Admit(std::move(fd)) == Admission::kStop) break;
-  }
-  UpdateIdle();
-}
-
-Server::Admission Server::Admit(UniqueFd fd) {
-  Result<ucred> cred = PeerCredentials(fd.get());
-  if (!cred.ok()) {
-    uint64_t suppressed = 0;
-    if (LogAllowed(Noisy::kAccept, &suppressed)) {
-      log_->warn("{}; connection closed{}", cred.status().message(), SuppressedText(suppressed));
-    }
-    return Admission::kNext;
-  }
-  if (!PeerUidAllowed(*cred)) {
-    ++ctx_.load.refused_other_uid;
-    uint64_t suppressed = 0;
-    if (LogAllowed(Noisy::kRefused, &suppressed)) {
-      log_->warn("refused connection from uid {} pid {} (this broker serves uid {} only){}",
-                 cred->uid, cred->pid, geteuid(), SuppressedText(suppressed));
-    }
-    return Admission::kNext;
-  }
-  if (Admission a = CheckClientCaps(fd.get(), cred->pid); a != Admission::kAdmit) return a;
+Status Server::AddClient(UniqueFd fd, pid_t pid) {
   const uint64_t id = next_client_++;
   Status s = loop_->Watch(fd.get(), ClientConn::kRequestEvents,
                           [this, id](uint32_t ev) { OnClientEvent(id, ev); });
-  if (!s.ok()) {
-    uint64_t suppressed = 0;
-    if (LogAllowed(Noisy::kAccept, &suppressed)) {
-      log_->warn("cannot watch a client: {}{}", s.message(), SuppressedText(suppressed));
-    }
-    return Admission::kNext;
-  }
-  ++clients_per_pid_[cred->pid];
-  clients_[id] = std::make_unique<Client>(id, std::move(fd), cred->pid);
-  accept_backoff_ms_ = 0;
-  return Admission::kAdmit;
-}
-
-Server::Admission Server::CheckClientCaps(int fd, pid_t pid) {
-  if (clients_.size() >= ctx_.caps.total) {
-    ++ctx_.load.refused_cap;
-    std::string why = "the via broker serves at most " + std::to_string(ctx_.caps.total) +
-                      " connections (its descriptor limit is " + std::to_string(ctx_.nofile_limit) +
-                      "); try again later, or see `via status`";
-    SendRefusal(fd, why);
-    uint64_t suppressed = 0;
-    if (LogAllowed(Noisy::kRefused, &suppressed)) {
-      log_->warn("refused a connection from pid {}: at the client cap ({} connections){}", pid,
-                 ctx_.caps.total, SuppressedText(suppressed));
-    }
-    PauseAccepting();
-    return Admission::kStop;
-  }
-  auto per = clients_per_pid_.find(pid);
-  const size_t mine = per == clients_per_pid_.end() ? 0 : per->second;
-  if (mine >= ctx_.caps.per_pid) {
-    ++ctx_.load.refused_pid_cap;
-    SendRefusal(fd, "this process has " + std::to_string(mine) +
-                        " connections to the via broker already (at most " +
-                        std::to_string(ctx_.caps.per_pid) + " per process)");
-    uint64_t suppressed = 0;
-    if (LogAllowed(Noisy::kRefused, &suppressed)) {
-      log_->warn("refused a connection from pid {}: it has {} already (the cap per process){}", pid,
-                 mine, SuppressedText(suppressed));
-    }
-    return Admission::kNext;
-  }
-  return Admission::kAdmit;
-}
-
-void Server::RefusePending(int accept_errno) {
-  // The classic: give up the reserve descriptor, accept the client at the head of the backlog,
-  // answer and close it, take the reserve again. Without it the listening socket would stay
-  // readable and the loop spin on EMFILE.
-  bool refused = false;
-  if (reserve_fd_) {
-    reserve_fd_.reset();
-    UniqueFd fd(accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
-    if (fd) {
-      refused = true;
-      SendRefusal(fd.get(), "the via broker is at its descriptor limit (" +
-                                std::to_string(ctx_.nofile_limit) +
-                                "); try again later, or see `via status`");
-    }
-    fd.reset();
-    reserve_fd_.reset(open("/dev/null", O_RDONLY | O_CLOEXEC));
-  }
-  if (refused) ++ctx_.load.refused_fd_limit;
-  uint64_t suppressed = 0;
-  if (LogAllowed(Noisy::kAccept, &suppressed)) {
-    int open_fds = OpenDescriptors();
-    log_->warn("accept: {} ({} of {} descriptors open, {} clients): {}{}",
-               std::strerror(accept_errno), open_fds, ctx_.nofile_limit, clients_.size(),
-               refused ? "refused the next client" : "clients wait in the backlog",
-               SuppressedText(suppressed));
-  }
-  PauseAccepting();
-}
-
-void Server::PauseAccepting() {
-  if (accept_paused_ || !listen_fd_) return;
-  accept_paused_ = true;
-  loop_->Modify(listen_fd_.get(), 0);
-  accept_backoff_ms_ =
-      accept_backoff_ms_ == 0 ? 50 : std::min<int64_t>(accept_backoff_ms_ * 2, 500);
-  accept_timer_ = loop_->AddTimer(accept_backoff_ms_, [this] {
-    accept_timer_ = 0;
-    accept_paused_ = false;
-    if (listen_fd_) loop_->Modify(listen_fd_.get(), EPOLLIN);
-  });
+  if (!s.ok()) return s;
+  clients_[id] = std::make_unique<Client>(id, std::move(fd), pid);
+  return Status::Ok();
 }
 
 void Server::UpdateInterest(Client& c) {
@@ -330,9 +199,7 @@ void Server::CloseClient(uint64_t client_id) {
   if (it == clients_.end()) return;
   std::unique_ptr<Client> c = std::move(it->second);
   clients_.erase(it);
-  if (auto per = clients_per_pid_.find(c->pid()); per != clients_per_pid_.end()) {
-    if (--per->second == 0) clients_per_pid_.erase(per);
-  }
+  acceptor_.Closed(c->pid());
   connects_.CancelClient(*c);
   names_.CloseResponders(client_id);
   for (const SessionTable::Session& s : sessions_.EndOwnedBy(client_id)) {

@@ -3,8 +3,8 @@
 // generation, the fake-address pool, the sessions) and the services that answer requests
 // (sessions, connects, names, listeners, status), and dispatches each request through one table
 // (message type → handler, whether it carries descriptors). It also does what belongs to no
-// service: accepting clients within their caps, backpressure, reload and shutdown. Everything
-// runs on one EventLoop thread.
+// service: start-up, the clients' backpressure, reload and shutdown. Accepting clients is the
+// ClientAcceptor's. Everything runs on one EventLoop thread.
 #pragma once
 
 #include <spdlog/logger.h>
@@ -19,6 +19,7 @@
 
 #include "broker/broker.h"
 #include "broker/client.h"
+#include "broker/client_acceptor.h"
 #include "broker/connect_service.h"
 #include "broker/context.h"
 #include "broker/fake_address_pool.h"
@@ -68,17 +69,8 @@ class Server : public ClientSink {
   // The soft RLIMIT_NOFILE raised as far as allowed, and the client caps derived from it.
   void SetDescriptorBudget();
   Status Listen();
-  void OnAccept();
-  // Whether an accepted connection is served: its peer's uid (PeerUidAllowed), then the client
-  // caps. kStop: stop accepting for this wake-up (at the client cap, accepting is paused).
-  enum class Admission { kAdmit, kNext, kStop };
-  Admission Admit(UniqueFd fd);
-  Admission CheckClientCaps(int fd, pid_t pid);
-  // Out of descriptors (or at the client cap): the head of the backlog is refused (closed at
-  // once, through the reserve descriptor when none is left) and the listening socket is not
-  // polled for a moment, so that a full backlog costs no CPU.
-  void RefusePending(int accept_errno);
-  void PauseAccepting();
+  // A connection the acceptor admitted becomes a client, watched on the loop.
+  Status AddClient(UniqueFd fd, pid_t pid);
   // What the loop watches for on a client: its requests unless paused, EPOLLOUT while replies
   // wait. Pauses or resumes reading per the client's queue and connects in flight.
   void UpdateInterest(Client& c);
@@ -113,13 +105,8 @@ class Server : public ClientSink {
   EventLoop* loop_;
   std::shared_ptr<spdlog::logger> log_;
   BrokerContext ctx_;
-  UniqueFd listen_fd_;
-  // Client connections and their limits (client_limits.h; the caps are in ctx_).
-  UniqueFd reserve_fd_;         // /dev/null, given up to refuse a client past EMFILE
-  bool accept_paused_ = false;  // the listening socket is not polled (backoff)
-  uint64_t accept_timer_ = 0;
-  int64_t accept_backoff_ms_ = 0;
-  std::unordered_map<pid_t, size_t> clients_per_pid_;
+  ClientAcceptor acceptor_{
+      &ctx_, [this](UniqueFd fd, pid_t pid) { return AddClient(std::move(fd), pid); }};
   struct stat socket_stat_ {};  // to unlink only our own socket file at exit
   bool bound_ = false;
   std::unique_ptr<FakeAddressPool> pool_;
