@@ -1,11 +1,11 @@
 // Fuzz target for the broker's request parser: one datagram as a program's shim (any local
 // process) can send it, through wire::Message::Parse (common/wire.h) and then the field decoding
-// of every request type as broker/server.cc and broker/dns_query.cc do it (the same accessors,
-// NormalizeName, the fake-address pool, AnswerDnsQuery for DNS_QUERY), including the replies
-// the broker builds from the decoded fields in the buffers it uses.
+// of every request type as the broker's services (broker/*_service.cc) do it (the same
+// accessors, NormalizeName, the fake-address pool, AnswerDnsQuery for DNS_QUERY), including the
+// replies the broker builds from the decoded fields in the buffers it uses.
 //
-// The decoding lives in Server's handlers, which also touch sockets and /proc; it is mirrored
-// here step by step (keep the two in step when a handler changes how it reads a field).
+// The decoding lives in the services' handlers, which also touch sockets and /proc; it is
+// mirrored here step by step (keep the two in step when a handler changes how it reads a field).
 //
 // Invariants (abort on a break): Parse accepts exactly the datagrams whose TLVs tile the body;
 // ForEach visits only bytes inside the datagram and Find agrees with it; re-encoding the fields
