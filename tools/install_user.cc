@@ -201,13 +201,14 @@ std::string PutBlock(const std::string& text, const std::string& block, bool* ne
   return text + (*newline_added ? "\n" : "") + block;
 }
 
-// `text` without its marked block (and the newline that was added before it, if any).
+// `text` without its marked block, and without the newline that was added before it when the
+// block is still last (text added after the block since then needs that line break).
 std::string RemoveBlock(const std::string& text, bool newline_added, bool* found) {
   size_t b, e;
   FindBlock(text, &b, &e);
   *found = b != std::string::npos;
   if (!*found) return text;
-  if (newline_added && b > 0 && text[b - 1] == '\n') --b;
+  if (newline_added && e == text.size() && b > 0 && text[b - 1] == '\n') --b;
   return text.substr(0, b) + text.substr(e);
 }
 
