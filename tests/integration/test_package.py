@@ -168,6 +168,38 @@ printf '%s\\n' "${{COMPREPLY[@]}}"
         else:
             print("note: bash-completion is not installed; its loader was not tried")
 
+    def test_zsh_completion_completes(self):
+        """The zsh function with zsh's completion builtins stubbed (compadd prints what it is
+        given): no terminal is needed, and what it offers is what via __complete gave it."""
+        self.require_package()
+        if shutil.which("zsh") is None:
+            self.skipTest("zsh is not installed")
+        self.write_config([self.socks5_entry("tor", 9050), self.socks5_entry("lab", 1080)])
+        script = self.installed("/usr/share/zsh/vendor-completions/_via")
+
+        def offers(*words):
+            test = f"""
+compadd() {{ [[ $1 == -a ]] && print -l -- ${{(P)2}} }}
+_call_program() {{ shift; eval "$@" }}
+_files() {{ print FILES }}
+_command_names() {{ print COMMANDS }}
+_normal() {{ print "NORMAL $CURRENT $words" }}
+words=("$@"); CURRENT=$#words; PREFIX=$words[-1]
+source {script}
+"""
+            env = dict(self.env, PATH=self.installed("/usr/bin") + ":" + self.env["PATH"])
+            proc = subprocess.run(["zsh", "-f", "-c", test, "zsh", *words], env=env,
+                                  capture_output=True, text=True, timeout=30)
+            self.assertOk(proc, words)
+            return proc.stdout.split("\n")[:-1]
+
+        self.assertIn("install", offers("via", "in"))
+        self.assertEqual(sorted(offers("via", "run", "-c", self.config, "--network", "")),
+                         ["app:lab", "app:tor"])
+        self.assertIn("--uninstall", offers("via", "install", "--"))
+        self.assertEqual(offers("via", "run", "-c", self.config, "--", "cu"), ["NORMAL 1 cu"])
+        self.assertEqual(offers("via", "check", "-c", ""), ["FILES"])
+
     def test_user_unit_runs_the_installed_broker(self):
         self.require_package()
         with open(self.installed("/usr/lib/systemd/user/via-broker.service")) as f:
