@@ -275,7 +275,8 @@ home directory (docs/install.md says exactly which, and what cron needs):
                                                manager runs
 ($XDG_CONFIG_HOME defaults to ~/.config.) It never replaces a file it did not write; run it
 again to change the configuration (the blocks are replaced in place). The change applies to
-sessions started after it: log out and in again.
+sessions started after it: log out and in again. Programs of the session then fail closed as
+under `via run`: if the configuration stops loading, their connects fail until it is fixed.
 
 --uninstall removes the files and blocks, and the directories and newlines it had to add (it
 records them in 60-via.conf), leaving the files as they were before; text you added around a
@@ -288,8 +289,8 @@ Options:
       --uninstall     undo every change of `via install --user`
   -h, --help          show this help
 
-Exit status: 0 when done (or nothing to undo); 1 if a file could not be written, or one it
-would write exists and is not its own (nothing else is changed then); 2 for a usage or
+Exit status: 0 when done (or nothing to undo); 1 if a file it would write exists and is not
+its own (then nothing is changed) or a file could not be written; 2 for a usage or
 configuration error.
 
 Examples:
