@@ -112,6 +112,9 @@ def markdown(text, skip_title=True):
                 i += 1
             while block and block[-1].strip() == "":
                 block.pop()
+            # .sp, not .PP: a block inside a list item keeps the item's indentation.
+            if out and not out[-1].startswith(".S"):
+                out.append(".sp")
             out += verbatim(block)
         elif line.startswith("|"):
             flush()
