@@ -5,6 +5,7 @@
 #include <cstdio>
 
 #include "tools/cli.h"
+#include "tools/install_user.h"
 
 namespace via::tools {
 
@@ -253,6 +254,51 @@ Examples:
   via stop --socket /run/user/1000/via/broker-0123456789abcdef.sock
 )HELP";
 
+const char* const kHelpInstall = R"HELP(Usage: via install --user [-c CONFIG]
+       via install --user --uninstall
+
+Makes your login session preload via's shim (libvia.so) with your configuration, so that its
+via.program rules apply however a program starts: from a desktop menu, a login shell, a
+systemd user service or timer, not only under `via run`. Programs without a rule get
+network_service.default_network, else direct, as under `via run`. It changes only files in your
+home directory (docs/install.md says exactly which, and what cron needs):
+
+  $XDG_CONFIG_HOME/environment.d/60-via.conf   LD_PRELOAD and VIA_CONFIG for systemd's user
+                                               manager: user services, the graphical session
+  ~/.profile                                   a block between "# >>> via install --user >>>"
+                                               and "# <<< via install --user <<<" for login
+                                               shells (also ~/.bash_profile or ~/.bash_login,
+                                               and ~/.zprofile, when they exist)
+  $XDG_CONFIG_HOME/systemd/user/via-broker.service   the broker as a user service (`via
+                                               broker -c CONFIG`), enabled in
+                                               default.target.wants; started now if a user
+                                               manager runs
+($XDG_CONFIG_HOME defaults to ~/.config.) It never replaces a file it did not write; run it
+again to change the configuration (the blocks are replaced in place). The change applies to
+sessions started after it: log out and in again. Programs of the session then fail closed as
+under `via run`: if the configuration stops loading, their connects fail until it is fixed.
+
+--uninstall removes the files and blocks, and the directories and newlines it had to add (it
+records them in 60-via.conf), leaving the files as they were before; text you added around a
+block stays.
+
+Options:
+      --user          change your own login session (required)
+  -c, --config PATH   the configuration (default: the usual search, as `via check`); it must
+                      load: it is checked first
+      --uninstall     undo every change of `via install --user`
+  -h, --help          show this help
+
+Exit status: 0 when done (or nothing to undo); 1 if a file it would write exists and is not
+its own (then nothing is changed) or a file could not be written; 2 for a usage or
+configuration error.
+
+Examples:
+  via install --user
+  via install --user -c ~/.config/via/via.yaml
+  via install --user --uninstall
+)HELP";
+
 int CmdHelp(int argc, char** argv);
 
 // In the order `via --help` lists them.
@@ -268,7 +314,12 @@ const Command kCommands[] = {
     {"reload", CmdReload, "make the running broker re-read its configuration", kHelpReload},
     {"stop", CmdStop, "stop the running broker", kHelpStop},
     {"broker", CmdBroker, "run the broker (normally started for you by `via run`)", kHelpBroker},
+    {"install", CmdInstall,
+     "make your login session preload the shim, so that program rules apply everywhere",
+     kHelpInstall},
     {"help", CmdHelp, "show help for a command: via help run", nullptr},
+    // Hidden (not in `via --help`): what the shell completions ask for.
+    {"__complete", CmdComplete, "", nullptr},
 };
 
 // `via help [CMD]`: the main help, or CMD's.
@@ -301,6 +352,7 @@ const Command* FindCommand(std::string_view name) {
 std::string MainHelp() {
   std::string text = kMainHelpHead;
   for (const Command& c : kCommands) {
+    if (c.name[0] == '_') continue;  // hidden
     char line[16];
     std::snprintf(line, sizeof line, "  %-8s ", c.name);
     text += line;
