@@ -2,6 +2,8 @@
 // first routed call. It survives what host programs do to descriptors: after fork the child opens
 // its own; if the program closed our descriptor or dup2'd something over it (close_range, daemon
 // helpers), the inode check notices and we reconnect instead of talking to the program's file.
+// That lifecycle is this file's; each request and its reply (ids, deadline, stale replies) is
+// wire::RequestClient (common/request_client.h), the same client as the CLI's.
 #include "shim/broker_link.h"
 
 #include <dlfcn.h>
@@ -186,7 +188,7 @@ void EnsureBroker() {
   char buf[512];
   size_t got = 0;
   bool timed_out = false;
-  const int64_t deadline = MonotonicNs() + kEnsureMs * 1000000;
+  const int64_t deadline = wire::DeadlineInMs(kEnsureMs);
   for (;;) {
     pollfd p{pipefd[0], POLLIN, 0};
     int ready = poll(&p, 1, wire::LeftMs(deadline));
@@ -310,7 +312,7 @@ int DoHello(Link* l) {
   PutHello(&w);
   uint8_t reply_buf[4096];  // MESSAGE (at most 2500 bytes) and ORIGIN (500) may both be there
   wire::Reply reply(reply_buf, sizeof reply_buf);
-  int err = l->rpc.Call(w, -1, MonotonicNs() + kQuickMs * 1000000, &reply);
+  int err = l->rpc.Call(w, -1, wire::DeadlineInMs(kQuickMs), &reply);
   if (err != 0) return err;
   const wire::Message& m = reply.message;
   l->hello_done = true;
@@ -342,7 +344,7 @@ int ConnectToBroker(const char* path, int* out, char* msg, size_t msgcap) {
   sockaddr_un sun{};
   sun.sun_family = AF_UNIX;
   std::snprintf(sun.sun_path, sizeof sun.sun_path, "%s", path);
-  int err = wire::ConnectUntil(fd, sun, sizeof sun, MonotonicNs() + kQuickMs * 1000000,
+  int err = wire::ConnectUntil(fd, sun, sizeof sun, wire::DeadlineInMs(kQuickMs),
                                [](int s, const sockaddr* a, socklen_t n) {
                                  return Real().connect(s, a, n);  // past the connect hook
                                });
@@ -458,7 +460,7 @@ int Request(wire::Writer& w, int pass_fd, uint8_t* reply, size_t cap, wire::Mess
                                   type == wire::kDnsQuery;
     const int64_t timeout_ms = kQuickMs + (waits_on_overlay ? int64_t(l->wait_ms) : 0);
     wire::Reply r(reply, cap);
-    err = l->rpc.Call(w, pass_fd, MonotonicNs() + timeout_ms * 1000000, &r);
+    err = l->rpc.Call(w, pass_fd, wire::DeadlineInMs(timeout_ms), &r);
     if (err == ETIMEDOUT) {
       // The reply may still come; this link is dropped so that it never answers a later request.
       uint32_t broker = l->broker_pid;
@@ -726,7 +728,7 @@ int BrokerHelloDetached(uint32_t* flags, char* msg, size_t msgcap) {
                   std::strerror(err));
   } else {
     wire::RequestClient rpc(fd);
-    err = rpc.Call(w, -1, MonotonicNs() + kQuickMs * 1000000, &reply);
+    err = rpc.Call(w, -1, wire::DeadlineInMs(kQuickMs), &reply);
     if (err == ETIMEDOUT) {
       std::snprintf(msg, msgcap, "the via broker at %s did not answer within %d s", path,
                     static_cast<int>(kQuickMs / 1000));

@@ -1,4 +1,6 @@
-// BrokerClient: the command line's side of the wire protocol (docs/protocol.md).
+// BrokerClient: the command line's side of the wire protocol (docs/protocol.md): the requests
+// and what their replies mean, on one connection. Sending and waiting for replies is
+// wire::RequestClient (common/request_client.h), the same client as the shim's.
 #pragma once
 
 #include <sys/types.h>
