@@ -128,8 +128,11 @@ class RequestClient {
     reply->error = "";
     reply->nfds = 0;
     if (int err = Send(w, pass_fd, deadline_ns); err != 0) {
-      if ((err == EPIPE || err == ECONNRESET) && Receive(0, reply, /*dontwait_only=*/true) == 0) {
+      if ((err == EPIPE || err == ECONNRESET) && Receive(0, reply, /*refusal_only=*/true) == 0) {
         return 0;
+      }
+      if (err == ETIMEDOUT) {
+        return Fail(reply, err, "no room to send the request before the deadline");
       }
       return Fail(reply, err, "sending to the broker");
     }

@@ -126,6 +126,16 @@ TEST_F(RequestClientTest, TimesOutAtTheDeadline) {
   EXPECT_EQ(PeerReceivedId(), 1u) << "the request was sent";
 }
 
+TEST_F(RequestClientTest, APeerThatReadsNothingCannotBlockTheSend) {
+  // The peer's receive queue full: the client's send would block.
+  std::vector<uint8_t> filler(4096);
+  while (send(sv_[0], filler.data(), filler.size(), MSG_DONTWAIT) > 0) {
+  }
+  ASSERT_EQ(errno, EAGAIN);
+  EXPECT_EQ(Call(/*timeout_ms=*/100), ETIMEDOUT);
+  EXPECT_STREQ(reply_.error, "no room to send the request before the deadline");
+}
+
 // A signal handler installed without SA_RESTART: poll returns EINTR.
 void OnSignal(int) {}
 
