@@ -1,4 +1,6 @@
-// BrokerClient: the command line's side of the wire protocol (docs/protocol.md).
+// BrokerClient: the command line's side of the wire protocol (docs/protocol.md): the requests
+// and what their replies mean, on one connection. Sending and waiting for replies is
+// wire::RequestClient (common/request_client.h), the same client as the shim's.
 #pragma once
 
 #include <sys/types.h>
@@ -6,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "common/request_client.h"
 #include "common/socks5_plan.h"
 #include "common/status.h"
 #include "common/unique_fd.h"
@@ -79,8 +82,8 @@ class BrokerClient {
   std::string path_;
   pid_t broker_pid_ = 0;      // SO_PEERCRED
   int64_t wait_ms_ = 180000;  // HELLO's WAIT_MS
-  uint32_t next_id_ = 1;
-  std::string reply_;
+  wire::RequestClient rpc_;   // on fd_
+  std::vector<uint8_t> reply_;
   std::string fingerprint_;
   uint32_t hello_flags_ = 0;
   std::vector<wire::Addr> fake_nets_;
