@@ -22,6 +22,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "common/broker_address.h"
 #include "shim/exec_env.h"
 #include "shim/name_cache.h"
 #include "shim/real.h"
@@ -401,18 +402,50 @@ int ConnectToBroker(const char* path, int* out, char* msg, size_t msgcap) {
   sockaddr_un sun{};
   sun.sun_family = AF_UNIX;
   std::snprintf(sun.sun_path, sizeof sun.sun_path, "%s", path);
+  socklen_t sunlen = sizeof sun;
+  // A process that changed user inside a session (apt's _apt, runuser, setpriv) cannot enter
+  // the broker's 0700 directory, or would be refused there: it uses the broker's abstract
+  // socket, where the broker admits it by its process tree (common/broker_address.h).
+  bool abstract = false;
+  struct stat dir;
+  char* slash = strrchr(sun.sun_path, '/');
+  if (slash != nullptr && slash != sun.sun_path) {
+    *slash = 0;
+    abstract = stat(sun.sun_path, &dir) == 0 && dir.st_uid != geteuid();
+    *slash = '/';
+  }
+  if (abstract) sunlen = AbstractBrokerAddress(path, &sun);
   const int64_t deadline = MonotonicNs() + kQuickMs * 1000000;
   int64_t pause_ms = 1;
   int rc;
   for (;;) {
-    rc = Real().connect(fd, reinterpret_cast<sockaddr*>(&sun), sizeof sun);
+    rc = Real().connect(fd, reinterpret_cast<sockaddr*>(&sun), sunlen);
     if (rc == 0 || errno == EINTR) {
       if (rc == 0) break;
+      continue;
+    }
+    if ((errno == EACCES || errno == EPERM) && !abstract) {
+      abstract = true;
+      sunlen = AbstractBrokerAddress(path, &sun);
       continue;
     }
     if (errno != EAGAIN || RemainingMs(deadline) == 0) break;
     SleepMs(pause_ms < RemainingMs(deadline) ? pause_ms : RemainingMs(deadline));
     pause_ms = pause_ms * 2 > 100 ? 100 : pause_ms * 2;
+  }
+  ucred cred{};
+  socklen_t credlen = sizeof cred;
+  if (rc == 0 && abstract &&
+      (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &credlen) != 0 ||
+       !AbstractPeerTrusted(path, cred.uid))) {
+    // Anyone can bind an abstract name first; only the broker's user (or root) is believed.
+    close(fd);
+    std::snprintf(msg, msgcap,
+                  "the abstract socket @%s of the via broker at %s is held by uid %u, not by the "
+                  "broker's user: refusing to talk to it (someone else took the name?); nothing "
+                  "was sent",
+                  sun.sun_path + 1, path, static_cast<unsigned>(cred.uid));
+    return EACCES;
   }
   if (rc == 0) {
     *out = fd;
@@ -420,6 +453,13 @@ int ConnectToBroker(const char* path, int* out, char* msg, size_t msgcap) {
   }
   int err = errno;
   close(fd);
+  if (abstract && err != EAGAIN) {
+    std::snprintf(msg, msgcap,
+                  "this process (uid %u) cannot use the via broker at %s, and its abstract socket "
+                  "@%s for processes that changed user is not reachable (%s); nothing was sent",
+                  static_cast<unsigned>(geteuid()), path, sun.sun_path + 1, std::strerror(err));
+    return err == ENOENT || err == ECONNREFUSED ? EACCES : err;
+  }
   if (err == EAGAIN) {
     std::snprintf(msg, msgcap,
                   "the via broker at %s accepted no connection within %d s (stopped, stuck or "
