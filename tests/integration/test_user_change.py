@@ -1,0 +1,228 @@
+"""Sessions survive a change of user (docs/configuration.md, "Sessions across a change of user").
+
+A process that descends from a via session and changes uid (setpriv, runuser, a daemon dropping
+root, apt's `_apt` download methods) cannot enter the broker's 0700 directory: it reaches the
+broker's abstract socket, where the broker admits it by the process tree alone and it keeps the
+session's overlay. A process of another user outside every session is refused there, and its
+connect fails instead of going direct. Needs root (to change user) and the test namespace."""
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+import harness
+
+NOBODY = 65534
+# Only system binaries: the users the tests switch to cannot read root's home (pyenv's python).
+SYS_PYTHON = "/usr/bin/python3"
+
+
+def abstract_name(socket_path):
+    """The broker's abstract address for `socket_path` (common/broker_address.h)."""
+    h = 1469598103934665603
+    for b in socket_path.encode():
+        h = ((h ^ b) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    return "\0via-broker-%016x" % h
+
+
+class UserChange(harness.ViaCase):
+    def setUp(self):
+        super().setUp()
+        if os.geteuid() != 0:
+            self.skipTest("needs root: the tests change user (setpriv, runuser, _apt)")
+        self.require_namespace()
+        for tool in ("setpriv", "runuser"):
+            if shutil.which(tool) is None:
+                self.skipTest(f"{tool} (util-linux) is not installed")
+        if not os.path.exists(SYS_PYTHON):
+            self.skipTest(f"{SYS_PYTHON} is not installed")
+        self.dns_log = self.start_dns()
+        self.proxy_port, self.proxy_log = self.start_microsocks()
+        self.port, self.record = self.start_target()
+        self.write_config([self.socks5_entry("tor", self.proxy_port)])
+        self.url = f"http://target.test:{self.port}/"
+
+    def assertRouted(self, count=1, uid=NOBODY, proc=None):
+        self.assertTrue(harness.wait_for(lambda: len(self.records(self.record)) >= count),
+                        "the target saw nothing" + (f"; stderr: {proc.stderr}" if proc else ""))
+        self.assertReachedThroughProxy(self.record, "target.test", count=count)
+        self.assertEqual(harness.microsocks_destinations(self.proxy_log),
+                         [f"target.test:{self.port}"] * count)
+        self.assertEqual(self.dns_queries("target.test"), [], "a lookup went direct")
+        self.assertTrue(any(f"admitted uid {uid} " in l for l in self.broker_log()),
+                        "\n".join(self.broker_log()))
+
+    def test_setpriv_to_nobody_is_routed(self):
+        proc = self.run_via("app:tor", "setpriv", "--reuid=nobody", "--regid=nogroup",
+                            "--clear-groups", "curl", "-sSf", self.url)
+        self.assertOk(proc)
+        self.assertRouted()
+
+    def test_runuser_to_nobody_is_routed(self):
+        proc = self.run_via("app:tor", "runuser", "-u", "nobody", "--", "curl", "-sSf", self.url)
+        self.assertOk(proc)
+        self.assertRouted()
+
+    def test_daemon_that_outlives_via_run_and_drops_root_is_routed(self):
+        # The parent exits at once; the child waits until it was re-parented to `via run` and
+        # `via run` has exited too (it then carries the session on), drops root and fetches.
+        code = f"""
+import os, sys, time
+parent, via_run = os.getpid(), os.getppid()
+if os.fork():
+    sys.exit(0)
+for _ in range(200):
+    if os.getppid() not in (parent, via_run):
+        break
+    time.sleep(0.05)
+else:
+    sys.exit('via run did not exit')
+os.setgroups([]); os.setgid({NOBODY}); os.setuid({NOBODY})
+os.execv('/usr/bin/curl', ['curl', '-sSf', '-o', '/dev/null', '{self.url}'])
+"""
+        proc = self.run_via("app:tor", SYS_PYTHON, "-c", code)
+        self.assertOk(proc)
+        self.assertRouted(proc=proc)
+
+    def test_other_user_outside_a_session_is_refused(self):
+        ensure = self.via("broker", "--ensure")
+        self.assertOk(ensure)
+        sock = ensure.stdout.strip()
+        # A live session, so that the broker has something the outsider could claim.
+        session = subprocess.Popen([harness.VIA, "run", "-c", self.config, "--network", "app:tor",
+                                    "--", "sleep", "60"], env=self.env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(lambda: (session.kill(), session.wait()))
+        self.assertTrue(harness.wait_for(lambda: any(
+            "session" in l and "opened" in l for l in self.broker_log())))
+        env = dict(self.env, LD_PRELOAD=harness.SHIM, VIA_SOCKET=sock, VIA_NETWORK="app:tor")
+        proc = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                               "curl", "-sS", "--max-time", "20", self.url],
+                              env=env, capture_output=True, text=True, timeout=60)
+        self.assertFailed(proc)
+        self.assertIn("descends from no session", proc.stderr)
+        # By hand, on the abstract socket: the reason, then the end of the connection.
+        client = (
+            "import socket, sys\n"
+            "s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n"
+            "s.connect(sys.argv[1].replace('@', '\\0', 1))\n"
+            "s.settimeout(10)\n"
+            "try:\n"
+            "    s.send(b'VIA1' + bytes(12))\n"
+            "    reply = s.recv(4096)\n"
+            "    print('refused' if b'descends from no session' in reply else reply)\n"
+            "except (ConnectionResetError, BrokenPipeError):\n"
+            "    print('closed')\n")
+        raw = subprocess.run(["runuser", "-u", "nobody", "--", SYS_PYTHON, "-c", client,
+                              "@" + abstract_name(sock)[1:]],
+                             capture_output=True, text=True, timeout=30)
+        self.assertOk(raw)
+        self.assertIn(raw.stdout.strip(), ("refused", "closed"))
+        self.assertTargetSawNothing(self.record)
+        self.assertEqual(harness.microsocks_destinations(self.proxy_log), [])
+        self.assertEqual(self.dns_queries("target.test"), [], "a lookup went direct")
+        refused = [l for l in self.broker_log()
+                   if f"refused connection from uid {NOBODY}" in l and "abstract socket" in l]
+        self.assertGreaterEqual(len(refused), 2, "\n".join(self.broker_log()))
+        self.assertFalse(any(f"admitted uid {NOBODY}" in l for l in self.broker_log()))
+
+    def test_changed_user_may_not_control_the_broker(self):
+        # `via status` from inside the session as nobody: a control request, refused.
+        proc = self.run_via("app:tor", "setpriv", "--reuid=nobody", "--regid=nogroup",
+                            "--clear-groups", harness.VIA, "status", "-c", self.config)
+        self.assertFailed(proc)
+
+
+class AptUnderVia(harness.ViaCase):
+    """apt-get update through the overlay, its download methods sandboxed as `_apt`."""
+
+    def setUp(self):
+        super().setUp()
+        if os.geteuid() != 0:
+            self.skipTest("needs root: apt drops to its _apt sandbox user only as root")
+        self.require_namespace()
+        if shutil.which("apt-get") is None:
+            self.skipTest("apt-get is not installed")
+        try:
+            import pwd
+            pwd.getpwnam("_apt")
+        except KeyError:
+            self.skipTest("there is no _apt user")
+        self.dns_log = self.start_dns()
+        self.proxy_port, self.proxy_log = self.start_microsocks()
+        # apt's sandbox user must reach its lists directory, so this one is not under the test's
+        # private directory.
+        self.apt_dir = tempfile.mkdtemp(prefix="via-apt-")
+        self.addCleanup(shutil.rmtree, self.apt_dir, True)
+        os.chmod(self.apt_dir, 0o755)
+        self.repo = os.path.join(self.dir, "repo")
+        self.make_repo(self.repo)
+        self.port, self.record = self.start_target(docroot=self.repo, only_files=True)
+        self.write_config([self.socks5_entry("tor", self.proxy_port)])
+
+    def make_repo(self, root):
+        """A minimal flat-enough Debian repository: dists/via/{Release,main/binary-ARCH/Packages}
+        (what apt-ftparchive would write, by hand, so that the test does not need it)."""
+        arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True,
+                              text=True).stdout.strip() or "amd64"
+        self.arch = arch
+        packages = ("Package: via-test-pkg\nVersion: 1.0\nArchitecture: all\n"
+                    "Maintainer: via <via@example.test>\nFilename: pool/via-test-pkg_1.0_all.deb\n"
+                    "Size: 1\nSHA256: " + "0" * 64 + "\nDescription: a test package\n")
+        rel = f"main/binary-{arch}/Packages"
+        os.makedirs(os.path.join(root, "dists", "via", "main", f"binary-{arch}"))
+        with open(os.path.join(root, "dists", "via", rel), "w") as f:
+            f.write(packages)
+        data = packages.encode()
+        date = time.strftime("%a, %d %b %Y %H:%M:%S UTC", time.gmtime())
+        with open(os.path.join(root, "dists", "via", "Release"), "w") as f:
+            f.write(f"Origin: via-test\nLabel: via-test\nSuite: via\nCodename: via\n"
+                    f"Date: {date}\nArchitectures: {arch}\nComponents: main\nSHA256:\n"
+                    f" {hashlib.sha256(data).hexdigest()} {len(data)} {rel}\n")
+
+    def test_apt_get_update_is_routed_from_the_sandbox(self):
+        sources = os.path.join(self.apt_dir, "sources.list")
+        with open(sources, "w") as f:
+            f.write(f"deb [trusted=yes] http://target.test:{self.port}/ via main\n")
+        lists = os.path.join(self.apt_dir, "lists")
+        os.makedirs(os.path.join(lists, "partial"))
+        cache = os.path.join(self.apt_dir, "cache")
+        os.makedirs(cache)
+        apt = ["apt-get", "update",
+               "-o", f"Dir::Etc::sourcelist={sources}", "-o", "Dir::Etc::sourceparts=-",
+               "-o", f"Dir::State::Lists={lists}", "-o", f"Dir::Cache={cache}",
+               "-o", "Dir::Cache::pkgcache=", "-o", "Dir::Cache::srcpkgcache=",
+               "-o", "Acquire::Languages=none", "-o", "Acquire::http::Proxy=DIRECT",
+               "-o", f"APT::Architectures={self.arch}", "-o", "APT::Sandbox::User=_apt",
+               "-o", "APT::Update::Post-Invoke-Success::=", "-o", "Debug::NoLocking=1"]
+        proc = self.run_via("app:tor", *apt, timeout=120)
+        self.assertOk(proc)
+        out = proc.stdout + proc.stderr
+        self.assertNotIn("unsandboxed", out)
+        self.assertNotIn("Temporary failure resolving", out)
+        self.assertNotIn("Err:", out)
+        # The index arrived, through the proxy, by name.
+        self.assertTrue(any("_Packages" in n for n in os.listdir(lists)),
+                        f"{os.listdir(lists)}\n{out}")
+        recs = self.records(self.record)
+        self.assertTrue(recs, out)
+        paths = [r["path"] for r in recs]
+        self.assertTrue(any(p.endswith("/dists/via/InRelease") for p in paths), paths)
+        self.assertTrue(any(p.endswith(f"binary-{self.arch}/Packages") for p in paths), paths)
+        for r in recs:
+            self.assertEqual(r["peer"], harness.PROXY_OUT, f"not through the proxy: {r}")
+        dests = harness.microsocks_destinations(self.proxy_log)
+        self.assertTrue(dests and all(d == f"target.test:{self.port}" for d in dests), dests)
+        self.assertEqual(self.dns_queries("target.test"), [], "a lookup went direct")
+        # From the sandbox: the broker admitted apt's method as _apt (uid 42 on Debian).
+        import pwd
+        apt_uid = pwd.getpwnam("_apt").pw_uid
+        self.assertTrue(any(f"admitted uid {apt_uid} " in l for l in self.broker_log()),
+                        "\n".join(self.broker_log()))
+
+
+if __name__ == "__main__":
+    harness.main()
