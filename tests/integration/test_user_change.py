@@ -87,6 +87,23 @@ os.execv('/usr/bin/curl', ['curl', '-sSf', '-o', '/dev/null', '{self.url}'])
         self.assertOk(proc)
         self.assertRouted(proc=proc)
 
+    def test_exec_after_the_change_is_refused_when_the_new_user_cannot_read_the_shim(self):
+        # A shim in a directory only root can enter (a build tree in root's home): the loader
+        # would skip it for nobody and curl would run unrouted, so setpriv's exec is refused.
+        private = os.path.join(self.dir, "private")
+        os.mkdir(private, 0o700)
+        shim = os.path.join(private, "libvia.so")
+        shutil.copy(harness.SHIM, shim)
+        env = dict(self.env, VIA_SHIM=shim)
+        proc = self.run_via("app:tor", "setpriv", "--reuid=nobody", "--regid=nogroup",
+                            "--clear-groups", "curl", "-sSf", self.url, env=env)
+        self.assertFailed(proc)
+        self.assertIn("cannot read the shim", proc.stderr)
+        self.assertIn(shim, proc.stderr)
+        self.assertTargetSawNothing(self.record)
+        self.assertEqual(harness.microsocks_destinations(self.proxy_log), [])
+        self.assertEqual(self.dns_queries("target.test"), [], "a lookup went direct")
+
     def test_other_user_outside_a_session_is_refused(self):
         ensure = self.via("broker", "--ensure")
         self.assertOk(ensure)
