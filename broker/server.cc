@@ -316,38 +316,8 @@ void Server::OnAccept(int listen_fd) {
       }
       continue;
     }
-    bool foreign = false;
-    if (cred.uid != geteuid() && listen_fd == abstract_fd_.get()) {
-      // Another user, on the abstract socket: only a process inside a session (peer_lineage.h).
-      LineageVerdict v = CheckPeerLineage(fd.get(), cred, sessions_);
-      uint64_t suppressed = 0;
-      if (!v.admitted) {
-        ++refused_other_uid_;
-        SendRefusal(fd.get(),
-                    "the via broker serves uid " + std::to_string(geteuid()) +
-                        " and processes of its sessions; this process (uid " +
-                        std::to_string(cred.uid) + ") is refused: " + v.why,
-                    EACCES);
-        if (LogAllowed(Noisy::kRefused, &suppressed)) {
-          log_->warn("refused connection from uid {} pid {} {} on the abstract socket: {}{}",
-                     cred.uid, cred.pid, Exe(cred.pid), v.why, SuppressedText(suppressed));
-        }
-        continue;
-      }
-      if (LogAllowed(Noisy::kSession, &suppressed)) {
-        log_->info("admitted uid {} pid {} {} on the abstract socket: {}{}", cred.uid, cred.pid,
-                   Exe(cred.pid), v.why, SuppressedText(suppressed));
-      }
-      foreign = true;
-    } else if (cred.uid != geteuid()) {
-      ++refused_other_uid_;
-      uint64_t suppressed = 0;
-      if (LogAllowed(Noisy::kRefused, &suppressed)) {
-        log_->warn("refused connection from uid {} pid {} (this broker serves uid {} only){}",
-                   cred.uid, cred.pid, geteuid(), SuppressedText(suppressed));
-      }
-      continue;
-    }
+    const bool foreign = cred.uid != geteuid();
+    if (foreign && !AdmitOtherUid(listen_fd, fd.get(), cred)) continue;
     if (clients_.size() >= caps_.total) {
       ++refused_cap_;
       std::string why = "the via broker serves at most " + std::to_string(caps_.total) +
@@ -397,6 +367,38 @@ void Server::OnAccept(int listen_fd) {
     accept_backoff_ms_ = 0;
   }
   UpdateIdle();
+}
+
+bool Server::AdmitOtherUid(int listen_fd, int fd, const ucred& cred) {
+  uint64_t suppressed = 0;
+  if (listen_fd != abstract_fd_.get()) {
+    ++refused_other_uid_;
+    if (LogAllowed(Noisy::kRefused, &suppressed)) {
+      log_->warn("refused connection from uid {} pid {} (this broker serves uid {} only){}",
+                 cred.uid, cred.pid, geteuid(), SuppressedText(suppressed));
+    }
+    return false;
+  }
+  // On the abstract socket: only a process inside a session (peer_lineage.h).
+  LineageVerdict v = CheckPeerLineage(fd, cred, sessions_);
+  if (!v.admitted) {
+    ++refused_other_uid_;
+    SendRefusal(fd,
+                "the via broker serves uid " + std::to_string(geteuid()) +
+                    " and processes of its sessions; this process (uid " +
+                    std::to_string(cred.uid) + ") is refused: " + v.why,
+                EACCES);
+    if (LogAllowed(Noisy::kRefused, &suppressed)) {
+      log_->warn("refused connection from uid {} pid {} {} on the abstract socket: {}{}", cred.uid,
+                 cred.pid, Exe(cred.pid), v.why, SuppressedText(suppressed));
+    }
+    return false;
+  }
+  if (LogAllowed(Noisy::kSession, &suppressed)) {
+    log_->info("admitted uid {} pid {} {} on the abstract socket: {}{}", cred.uid, cred.pid,
+               Exe(cred.pid), v.why, SuppressedText(suppressed));
+  }
+  return true;
 }
 
 void Server::RefusePending(int listen_fd, int accept_errno) {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <spdlog/logger.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 
@@ -118,6 +119,9 @@ class Server {
 
   // Accepts on `listen_fd`: the socket path, or the abstract socket (peer_lineage.h).
   void OnAccept(int listen_fd);
+  // A peer whose uid is not the broker's: refused on the socket path; on the abstract socket
+  // admitted if its process descends from a live session (peer_lineage.h). Logs either way.
+  bool AdmitOtherUid(int listen_fd, int fd, const ucred& cred);
   // Out of descriptors (or at the client cap): the head of the backlog is refused (closed at
   // once, through the reserve descriptor when none is left) and the listening socket is not
   // polled for a moment, so that a full backlog costs no CPU.
