@@ -146,6 +146,35 @@ os.execv('/usr/bin/curl', ['curl', '-sSf', '-o', '/dev/null', '{self.url}'])
         self.assertGreaterEqual(len(refused), 2, "\n".join(self.broker_log()))
         self.assertFalse(any(f"admitted uid {NOBODY}" in l for l in self.broker_log()))
 
+    def test_abstract_name_taken_by_another_user_fails_closed(self):
+        # nobody binds the broker's abstract name before the broker starts, and would answer
+        # "direct": the broker says it cannot serve changed-user processes, and their shim will
+        # not talk to a listener of another uid.
+        ensure = self.via("broker", "--ensure")
+        self.assertOk(ensure)
+        sock = ensure.stdout.strip()
+        self.assertOk(self.via("stop"))
+        squatter = (
+            "import socket, sys, time\n"
+            "s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n"
+            "s.bind(sys.argv[1].replace('@', '\\0', 1)); s.listen(16)\n"
+            "print('ready', flush=True)\n"
+            "while True:\n"
+            "    c, _ = s.accept(); print('accepted', flush=True); c.close()\n")
+        _, squat_log = self.spawn(["runuser", "-u", "nobody", "--", SYS_PYTHON, "-c", squatter,
+                                   "@" + abstract_name(sock)[1:]], "squatter.log")
+        self.assertTrue(harness.wait_for(lambda: "ready" in harness.read_text(squat_log)))
+        proc = self.run_via("app:tor", "setpriv", "--reuid=nobody", "--regid=nogroup",
+                            "--clear-groups", "curl", "-sS", "--max-time", "20", self.url)
+        self.assertFailed(proc)
+        self.assertIn(f"is held by uid {NOBODY}, not by the broker's user", proc.stderr)
+        self.assertTrue(any("Address already in use: processes of a session that change user "
+                            "cannot reach this broker" in l for l in self.broker_log()),
+                        "\n".join(self.broker_log()))
+        self.assertTargetSawNothing(self.record)
+        self.assertEqual(harness.microsocks_destinations(self.proxy_log), [])
+        self.assertEqual(self.dns_queries("target.test"), [], "a lookup went direct")
+
     def test_changed_user_may_route_but_not_control_the_broker(self):
         # Inside the session as nobody, by hand on the abstract socket: HELLO is answered, STATUS
         # (like SHUTDOWN, RELOAD and the session requests) is refused with EPERM.
@@ -177,7 +206,7 @@ print(call(1, 1), call(6, 2))
 
 
 class AptUnderVia(harness.ViaCase):
-    """apt-get update through the overlay, its download methods sandboxed as `_apt`."""
+    """apt-get update and download through the overlay, apt's methods sandboxed as `_apt`."""
 
     def setUp(self):
         super().setUp()
@@ -204,14 +233,27 @@ class AptUnderVia(harness.ViaCase):
         self.write_config([self.socks5_entry("tor", self.proxy_port)])
 
     def make_repo(self, root):
-        """A minimal flat-enough Debian repository: dists/via/{Release,main/binary-ARCH/Packages}
-        (what apt-ftparchive would write, by hand, so that the test does not need it)."""
+        """A minimal Debian repository: dists/via/{Release,main/binary-ARCH/Packages} and one
+        package in pool/ (what apt-ftparchive would write, by hand, so that the test does not
+        need it)."""
         arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True,
                               text=True).stdout.strip() or "amd64"
         self.arch = arch
+        pkg = os.path.join(self.dir, "pkg")
+        os.makedirs(os.path.join(pkg, "DEBIAN"))
+        with open(os.path.join(pkg, "DEBIAN", "control"), "w") as f:
+            f.write("Package: via-test-pkg\nVersion: 1.0\nArchitecture: all\n"
+                    "Maintainer: via <via@example.test>\nDescription: a test package\n")
+        os.makedirs(os.path.join(root, "pool"))
+        deb = os.path.join(root, "pool", "via-test-pkg_1.0_all.deb")
+        subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", pkg, deb],
+                       check=True, capture_output=True)
+        with open(deb, "rb") as f:
+            deb_data = f.read()
         packages = ("Package: via-test-pkg\nVersion: 1.0\nArchitecture: all\n"
                     "Maintainer: via <via@example.test>\nFilename: pool/via-test-pkg_1.0_all.deb\n"
-                    "Size: 1\nSHA256: " + "0" * 64 + "\nDescription: a test package\n")
+                    f"Size: {len(deb_data)}\nSHA256: {hashlib.sha256(deb_data).hexdigest()}\n"
+                    "Description: a test package\n")
         rel = f"main/binary-{arch}/Packages"
         os.makedirs(os.path.join(root, "dists", "via", "main", f"binary-{arch}"))
         with open(os.path.join(root, "dists", "via", rel), "w") as f:
@@ -223,45 +265,67 @@ class AptUnderVia(harness.ViaCase):
                     f"Date: {date}\nArchitectures: {arch}\nComponents: main\nSHA256:\n"
                     f" {hashlib.sha256(data).hexdigest()} {len(data)} {rel}\n")
 
-    def test_apt_get_update_is_routed_from_the_sandbox(self):
+    def apt(self, *args, cwd=None):
+        """apt-get ARGS under `via run --network app:tor`, with its lists, cache and sources in
+        self.apt_dir and the _apt sandbox on."""
         sources = os.path.join(self.apt_dir, "sources.list")
         with open(sources, "w") as f:
             f.write(f"deb [trusted=yes] http://target.test:{self.port}/ via main\n")
         lists = os.path.join(self.apt_dir, "lists")
-        os.makedirs(os.path.join(lists, "partial"))
+        os.makedirs(os.path.join(lists, "partial"), exist_ok=True)
         cache = os.path.join(self.apt_dir, "cache")
-        os.makedirs(cache)
-        apt = ["apt-get", "update",
-               "-o", f"Dir::Etc::sourcelist={sources}", "-o", "Dir::Etc::sourceparts=-",
-               "-o", f"Dir::State::Lists={lists}", "-o", f"Dir::Cache={cache}",
-               "-o", "Dir::Cache::pkgcache=", "-o", "Dir::Cache::srcpkgcache=",
-               "-o", "Acquire::Languages=none", "-o", "Acquire::http::Proxy=DIRECT",
-               "-o", f"APT::Architectures={self.arch}", "-o", "APT::Sandbox::User=_apt",
-               "-o", "APT::Update::Post-Invoke-Success::=", "-o", "Debug::NoLocking=1"]
-        proc = self.run_via("app:tor", *apt, timeout=120)
+        os.makedirs(cache, exist_ok=True)
+        argv = ["apt-get", *args,
+                "-o", f"Dir::Etc::sourcelist={sources}", "-o", "Dir::Etc::sourceparts=-",
+                "-o", f"Dir::State::Lists={lists}", "-o", f"Dir::Cache={cache}",
+                "-o", "Dir::Cache::pkgcache=", "-o", "Dir::Cache::srcpkgcache=",
+                "-o", "Acquire::Languages=none", "-o", "Acquire::http::Proxy=DIRECT",
+                "-o", f"APT::Architectures={self.arch}", "-o", "APT::Sandbox::User=_apt",
+                "-o", "APT::Update::Post-Invoke-Success::=", "-o", "Debug::NoLocking=1"]
+        proc = subprocess.run([harness.VIA, "run", "-c", self.config, "--network", "app:tor",
+                               "--", *argv], env=self.env, capture_output=True, text=True,
+                              timeout=120, cwd=cwd)
         self.assertOk(proc)
         out = proc.stdout + proc.stderr
-        self.assertNotIn("unsandboxed", out)
-        self.assertNotIn("Temporary failure resolving", out)
-        self.assertNotIn("Err:", out)
-        # The index arrived, through the proxy, by name.
-        self.assertTrue(any("_Packages" in n for n in os.listdir(lists)),
-                        f"{os.listdir(lists)}\n{out}")
+        for bad in ("unsandboxed", "Temporary failure resolving", "Err:", "via:"):
+            self.assertNotIn(bad, out)
+        return lists, out
+
+    def assertAllThroughTheProxy(self):
         recs = self.records(self.record)
-        self.assertTrue(recs, out)
-        paths = [r["path"] for r in recs]
-        self.assertTrue(any(p.endswith("/dists/via/InRelease") for p in paths), paths)
-        self.assertTrue(any(p.endswith(f"binary-{self.arch}/Packages") for p in paths), paths)
+        self.assertTrue(recs)
         for r in recs:
             self.assertEqual(r["peer"], harness.PROXY_OUT, f"not through the proxy: {r}")
+            self.assertEqual(r["host"], f"target.test:{self.port}", r)
         dests = harness.microsocks_destinations(self.proxy_log)
         self.assertTrue(dests and all(d == f"target.test:{self.port}" for d in dests), dests)
         self.assertEqual(self.dns_queries("target.test"), [], "a lookup went direct")
-        # From the sandbox: the broker admitted apt's method as _apt (uid 42 on Debian).
+        # From the sandbox: the broker admitted apt's methods as _apt (uid 42 on Debian).
         import pwd
         apt_uid = pwd.getpwnam("_apt").pw_uid
         self.assertTrue(any(f"admitted uid {apt_uid} " in l for l in self.broker_log()),
                         "\n".join(self.broker_log()))
+        return [r["path"] for r in recs]
+
+    def test_apt_get_update_and_download_are_routed_from_the_sandbox(self):
+        lists, out = self.apt("update")
+        # The index arrived (stored compressed, per the system's apt.conf.d).
+        self.assertTrue(any("_Packages" in n for n in os.listdir(lists)),
+                        f"{os.listdir(lists)}\n{out}")
+        paths = self.assertAllThroughTheProxy()
+        self.assertTrue(any(p.endswith("/dists/via/InRelease") for p in paths), paths)
+        self.assertTrue(any(p.endswith(f"binary-{self.arch}/Packages") for p in paths), paths)
+        # `apt-get download` writes into the current directory, which _apt must be able to.
+        downloads = os.path.join(self.apt_dir, "downloads")
+        os.mkdir(downloads)
+        shutil.chown(downloads, user="_apt")
+        self.apt("download", "via-test-pkg", cwd=downloads)
+        with open(os.path.join(self.repo, "pool", "via-test-pkg_1.0_all.deb"), "rb") as f:
+            want = f.read()
+        with open(os.path.join(downloads, "via-test-pkg_1.0_all.deb"), "rb") as f:
+            self.assertEqual(f.read(), want)
+        paths = self.assertAllThroughTheProxy()
+        self.assertIn("/pool/via-test-pkg_1.0_all.deb", paths)
 
 
 if __name__ == "__main__":
