@@ -15,6 +15,7 @@
 #include <optional>
 #include <sstream>
 
+#include "broker/peer_lineage.h"
 #include "broker/process_info.h"
 #include "broker/selector.h"
 #include "overlays/factory.h"
@@ -89,10 +90,10 @@ void RecordChainGroups(SessionTable& table, const std::vector<ProcessInfo>& chai
 
 // Answers a connection the broker will not serve (type 0x8000, id 0, like a framing error: the
 // shim takes it as the reply to whatever it sent first) and closes it. Never waits.
-void SendRefusal(int fd, const std::string& why) {
+void SendRefusal(int fd, const std::string& why, int err = EAGAIN) {
   uint8_t buf[1024];
   wire::Writer w(buf, sizeof buf, wire::kReplyBit, 0);
-  w.PutU32(wire::kTagErrno, EAGAIN);
+  w.PutU32(wire::kTagErrno, uint32_t(err));
   w.PutString(wire::kTagMessage, why);
   if (w.ok()) send(fd, w.data(), w.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
   // What the client sent already (its HELLO) is read and dropped: closing a socket with unread
@@ -138,6 +139,8 @@ Server::~Server() {
   // the old socket again and a new broker can take its place at once.
   if (listen_fd_) loop_->Unwatch(listen_fd_.get());
   listen_fd_.reset();
+  if (abstract_fd_) loop_->Unwatch(abstract_fd_.get());
+  abstract_fd_.reset();
   if (accept_timer_ != 0) loop_->CancelTimer(accept_timer_);
   accept_timer_ = 0;
   // Only our own socket file: never one a later broker bound after we stopped answering.
@@ -251,7 +254,20 @@ Status Server::Listen() {
   // The directory is private already; the mode is a second fence.
   if (chmod(path.c_str(), 0600) != 0) return Status::FromErrno("chmod " + path);
   if (listen(listen_fd_.get(), SOMAXCONN) != 0) return Status::FromErrno("listen " + path);
-  return loop_->Watch(listen_fd_.get(), EPOLLIN, [this](uint32_t) { OnAccept(); });
+  int fd = listen_fd_.get();
+  if (Status s = loop_->Watch(fd, EPOLLIN, [this, fd](uint32_t) { OnAccept(fd); }); !s.ok()) {
+    return s;
+  }
+  // Not fatal: without it, only processes that change user lose the broker (and fail closed).
+  auto abstract = ListenAbstract(path);
+  if (!abstract.ok()) {
+    log_->warn("{}: processes of a session that change user cannot reach this broker",
+               abstract.status().message());
+    return Status::Ok();
+  }
+  abstract_fd_ = std::move(*abstract);
+  int afd = abstract_fd_.get();
+  return loop_->Watch(afd, EPOLLIN, [this, afd](uint32_t) { OnAccept(afd); });
 }
 
 std::string Server::OverlaySummary() const {
@@ -271,16 +287,16 @@ std::string Server::OverlaySummary() const {
 
 // ---- clients ----------------------------------------------------------------------------------
 
-void Server::OnAccept() {
+void Server::OnAccept(int listen_fd) {
   // A bounded number per wake-up: the clients already connected get their turn in between.
   for (int round = 0; round < 64 && !accept_paused_; ++round) {
-    UniqueFd fd(accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+    UniqueFd fd(accept4(listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
     if (!fd) {
       int err = errno;
       if (err == EINTR || err == ECONNABORTED) continue;
       if (err == EAGAIN || err == EWOULDBLOCK) break;
       if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
-        RefusePending(err);
+        RefusePending(listen_fd, err);
         break;
       }
       uint64_t suppressed = 0;
@@ -300,15 +316,8 @@ void Server::OnAccept() {
       }
       continue;
     }
-    if (cred.uid != geteuid()) {
-      ++refused_other_uid_;
-      uint64_t suppressed = 0;
-      if (LogAllowed(Noisy::kRefused, &suppressed)) {
-        log_->warn("refused connection from uid {} pid {} (this broker serves uid {} only){}",
-                   cred.uid, cred.pid, geteuid(), SuppressedText(suppressed));
-      }
-      continue;
-    }
+    const bool foreign = cred.uid != geteuid();
+    if (foreign && !AdmitOtherUid(listen_fd, fd.get(), cred)) continue;
     if (clients_.size() >= caps_.total) {
       ++refused_cap_;
       std::string why = "the via broker serves at most " + std::to_string(caps_.total) +
@@ -339,6 +348,7 @@ void Server::OnAccept() {
     auto c = std::make_unique<Client>();
     c->id = next_client_++;
     c->pid = cred.pid;
+    c->foreign = foreign;
     uint64_t id = c->id;
     Status s =
         loop_->Watch(fd.get(), kClientEvents, [this, id](uint32_t ev) { OnClientEvent(id, ev); });
@@ -359,14 +369,46 @@ void Server::OnAccept() {
   UpdateIdle();
 }
 
-void Server::RefusePending(int accept_errno) {
+bool Server::AdmitOtherUid(int listen_fd, int fd, const ucred& cred) {
+  uint64_t suppressed = 0;
+  if (listen_fd != abstract_fd_.get()) {
+    ++refused_other_uid_;
+    if (LogAllowed(Noisy::kRefused, &suppressed)) {
+      log_->warn("refused connection from uid {} pid {} (this broker serves uid {} only){}",
+                 cred.uid, cred.pid, geteuid(), SuppressedText(suppressed));
+    }
+    return false;
+  }
+  // On the abstract socket: only a process inside a session (peer_lineage.h).
+  LineageVerdict v = CheckPeerLineage(fd, cred, sessions_);
+  if (!v.admitted) {
+    ++refused_other_uid_;
+    SendRefusal(fd,
+                "the via broker serves uid " + std::to_string(geteuid()) +
+                    " and processes of its sessions; this process (uid " +
+                    std::to_string(cred.uid) + ") is refused: " + v.why,
+                EACCES);
+    if (LogAllowed(Noisy::kRefused, &suppressed)) {
+      log_->warn("refused connection from uid {} pid {} {} on the abstract socket: {}{}", cred.uid,
+                 cred.pid, Exe(cred.pid), v.why, SuppressedText(suppressed));
+    }
+    return false;
+  }
+  if (LogAllowed(Noisy::kSession, &suppressed)) {
+    log_->info("admitted uid {} pid {} {} on the abstract socket: {}{}", cred.uid, cred.pid,
+               Exe(cred.pid), v.why, SuppressedText(suppressed));
+  }
+  return true;
+}
+
+void Server::RefusePending(int listen_fd, int accept_errno) {
   // The classic: give up the reserve descriptor, accept the client at the head of the backlog,
   // answer and close it, take the reserve again. Without it the listening socket would stay
   // readable and the loop spin on EMFILE.
   bool refused = false;
   if (reserve_fd_) {
     reserve_fd_.reset();
-    UniqueFd fd(accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+    UniqueFd fd(accept4(listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
     if (fd) {
       refused = true;
       SendRefusal(fd.get(), "the via broker is at its descriptor limit (" +
@@ -392,12 +434,14 @@ void Server::PauseAccepting() {
   if (accept_paused_ || !listen_fd_) return;
   accept_paused_ = true;
   loop_->Modify(listen_fd_.get(), 0);
+  if (abstract_fd_) loop_->Modify(abstract_fd_.get(), 0);
   accept_backoff_ms_ =
       accept_backoff_ms_ == 0 ? 50 : std::min<int64_t>(accept_backoff_ms_ * 2, 500);
   accept_timer_ = loop_->AddTimer(accept_backoff_ms_, [this] {
     accept_timer_ = 0;
     accept_paused_ = false;
     if (listen_fd_) loop_->Modify(listen_fd_.get(), EPOLLIN);
+    if (abstract_fd_) loop_->Modify(abstract_fd_.get(), EPOLLIN);
   });
 }
 
@@ -612,6 +656,12 @@ void Server::Handle(Client& c, const uint8_t* data, size_t n, std::vector<Unique
                       "the via broker has " + std::to_string(ops_.size()) +
                           " connects in flight, its limit for descriptor limit " +
                           std::to_string(nofile_limit_) + "; try again");
+  }
+  if (c.foreign && !ForeignPeerMay(type)) {
+    return ReplyError(c, reply, m.id(), EPERM,
+                      "message type " + std::to_string(type) +
+                          " is for the broker's own user; this process changed user inside a "
+                          "session (it may route its connections, not control the broker)");
   }
   if (type != wire::kHello) {
     if (!c.greeted) {

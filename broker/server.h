@@ -4,6 +4,7 @@
 #pragma once
 
 #include <spdlog/logger.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 
@@ -81,6 +82,7 @@ class Server {
     bool paused = false;                    // not reading requests (client_limits.h)
     uint32_t events = 0;                    // what the loop watches for (UpdateInterest)
     std::vector<uint64_t> ops;                // connect operations in flight
+    bool foreign = false;  // another uid, admitted by lineage (peer_lineage.h): shim requests only
   };
   struct PendingConnect {
     uint64_t client = 0;
@@ -115,11 +117,15 @@ class Server {
   Status Listen();
   std::string OverlaySummary() const;
 
-  void OnAccept();
+  // Accepts on `listen_fd`: the socket path, or the abstract socket (peer_lineage.h).
+  void OnAccept(int listen_fd);
+  // A peer whose uid is not the broker's: refused on the socket path; on the abstract socket
+  // admitted if its process descends from a live session (peer_lineage.h). Logs either way.
+  bool AdmitOtherUid(int listen_fd, int fd, const ucred& cred);
   // Out of descriptors (or at the client cap): the head of the backlog is refused (closed at
   // once, through the reserve descriptor when none is left) and the listening socket is not
   // polled for a moment, so that a full backlog costs no CPU.
-  void RefusePending(int accept_errno);
+  void RefusePending(int listen_fd, int accept_errno);
   void PauseAccepting();
   // What the loop watches for on a client: its requests unless paused, EPOLLOUT while replies
   // wait. Pauses or resumes reading per the client's queue and connects in flight.
@@ -214,6 +220,7 @@ class Server {
   EventLoop* loop_;
   std::shared_ptr<spdlog::logger> log_;
   UniqueFd listen_fd_;
+  UniqueFd abstract_fd_;  // for processes of a session that changed user (peer_lineage.h)
   // Client connections and their limits (client_limits.h).
   UniqueFd reserve_fd_;         // /dev/null, given up to refuse a client past EMFILE
   ClientCaps caps_;             // from RLIMIT_NOFILE at start

@@ -24,6 +24,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "common/broker_address.h"
 #include "common/request_client.h"
 #include "shim/exec_env.h"
 #include "shim/name_cache.h"
@@ -344,15 +345,55 @@ int ConnectToBroker(const char* path, int* out, char* msg, size_t msgcap) {
   sockaddr_un sun{};
   sun.sun_family = AF_UNIX;
   std::snprintf(sun.sun_path, sizeof sun.sun_path, "%s", path);
-  int err = wire::ConnectUntil(fd, sun, sizeof sun, wire::DeadlineInMs(kQuickMs),
-                               [](int s, const sockaddr* a, socklen_t n) {
-                                 return Real().connect(s, a, n);  // past the connect hook
-                               });
+  socklen_t sunlen = sizeof sun;
+  // A process that changed user inside a session (apt's _apt, runuser, setpriv) cannot enter
+  // the broker's 0700 directory, or would be refused there: it uses the broker's abstract
+  // socket, where the broker admits it by its process tree (common/broker_address.h).
+  bool abstract = false;
+  struct stat dir;
+  char* slash = strrchr(sun.sun_path, '/');
+  if (slash != nullptr && slash != sun.sun_path) {
+    *slash = 0;
+    abstract = stat(sun.sun_path, &dir) == 0 && dir.st_uid != geteuid();
+    *slash = '/';
+  }
+  if (abstract) sunlen = AbstractBrokerAddress(path, &sun);
+  auto real_connect = [](int s, const sockaddr* a, socklen_t n) {
+    return Real().connect(s, a, n);  // past the connect hook
+  };
+  const int64_t deadline = wire::DeadlineInMs(kQuickMs);
+  int err = wire::ConnectUntil(fd, sun, sunlen, deadline, real_connect);
+  if ((err == EACCES || err == EPERM) && !abstract) {
+    abstract = true;
+    sunlen = AbstractBrokerAddress(path, &sun);
+    err = wire::ConnectUntil(fd, sun, sunlen, deadline, real_connect);
+  }
+  ucred cred{};
+  socklen_t credlen = sizeof cred;
+  if (err == 0 && abstract &&
+      (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &credlen) != 0 ||
+       !AbstractPeerTrusted(path, cred.uid))) {
+    // Anyone can bind an abstract name first; only the broker's user (or root) is believed.
+    close(fd);
+    std::snprintf(msg, msgcap,
+                  "the abstract socket @%s of the via broker at %s is held by uid %u, not by the "
+                  "broker's user: refusing to talk to it (someone else took the name?); nothing "
+                  "was sent",
+                  sun.sun_path + 1, path, static_cast<unsigned>(cred.uid));
+    return EACCES;
+  }
   if (err == 0) {
     *out = fd;
     return 0;
   }
   close(fd);
+  if (abstract && err != ETIMEDOUT) {
+    std::snprintf(msg, msgcap,
+                  "this process (uid %u) cannot use the via broker at %s, and its abstract socket "
+                  "@%s for processes that changed user is not reachable (%s); nothing was sent",
+                  static_cast<unsigned>(geteuid()), path, sun.sun_path + 1, std::strerror(err));
+    return err == ENOENT || err == ECONNREFUSED ? EACCES : err;
+  }
   if (err == ETIMEDOUT) {
     std::snprintf(msg, msgcap,
                   "the via broker at %s accepted no connection within %d s (stopped, stuck or "
