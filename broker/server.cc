@@ -131,6 +131,11 @@ Server::Server(std::shared_ptr<const config::Config> config, const BrokerOptions
   // DNS lines are an audit of what programs looked up: a larger allowance (200, then 10 a second).
   log_limits_[size_t(Noisy::kDns)] = LogLimiter(200, 600);
   started_ms_ = NowMs();
+  no_network_entry_.id = no_network_entry_.name = std::string(config::kNoNetwork);
+  no_network_entry_.kind_name = "none";
+  no_network_ = std::make_shared<OverlayState>();
+  no_network_->overlay = &no_network_entry_;
+  no_network_->instance = overlays::NewNoNetwork();
 }
 
 Server::~Server() {
@@ -661,8 +666,13 @@ void Server::Handle(Client& c, const uint8_t* data, size_t n, std::vector<Unique
 Status Server::SelectNetwork(const std::string& ref, std::shared_ptr<OverlayState>* out,
                              std::string* id) {
   out->reset();
-  if (ref == "direct") {
+  if (ref == config::kDirectNetwork) {
     *id = "direct";
+    return Status::Ok();
+  }
+  if (ref == config::kNoNetwork) {
+    *id = "none";
+    *out = no_network_;
     return Status::Ok();
   }
   const config::Overlay* o = config_->Find(ref);
@@ -728,8 +738,8 @@ void Server::HandleHello(Client& c, const wire::Message& m) {
   if (config_->service.loopback == config::LoopbackPolicy::kOverlay) {
     flags |= wire::kFlagLoopbackRoute;
   }
-  if (config_->service.loopback == config::LoopbackPolicy::kRefuse) {
-    flags |= wire::kFlagLoopbackRefuse;
+  if (config_->service.loopback == config::LoopbackPolicy::kRefuse || c.overlay == no_network_) {
+    flags |= wire::kFlagLoopbackRefuse;  // under none, the host's own services are refused too
   }
   if (config_->service.unrouted_exec_allowed) flags |= wire::kFlagUnroutedExecAllow;
   c.shim_plan = ShimPlan(c, &w);
@@ -1480,6 +1490,10 @@ void Server::HandleListen(Client& c, const wire::Message& m, std::vector<UniqueF
                       "the connection's network is direct: listen without the broker");
   }
   const std::string& id = c.overlay->overlay->id;
+  if (c.overlay == no_network_) {  // not even network_service.listen: local
+    return ReplyError(c, reply, m.id(), ENETUNREACH,
+                      "listen on " + where + " refused: no network (network none)");
+  }
   switch (config_->service.listen) {
     case config::ListenPolicy::kLocal: {
       if (uint64_t suppressed = 0; LogAllowed(Noisy::kOther, &suppressed)) {

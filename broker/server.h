@@ -232,6 +232,9 @@ class Server {
   bool bound_ = false;
   std::unique_ptr<FakeAddressPool> pool_;
   std::map<std::string, std::shared_ptr<OverlayState>> overlays_;  // by id
+  // The network "none" (config::kNoNetwork): an overlay state whose instance refuses everything.
+  config::Overlay no_network_entry_;
+  std::shared_ptr<OverlayState> no_network_;
   std::unordered_map<uint64_t, std::unique_ptr<Client>> clients_;
   std::unordered_map<uint64_t, PendingConnect> ops_;
   SessionTable sessions_;

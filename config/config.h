@@ -26,6 +26,18 @@ struct SourcePos {
 
 enum class OverlayKind { kSocks5, kTailscale, kI2p };
 
+// The two networks every config has besides its overlays. Reserved words wherever a network is
+// named (`--network`, VIA_NETWORK, default_network, a rule's network): they win over an overlay
+// whose bare name is the same.
+//   direct  no overlay: the program's own connections
+//   none    no network at all: every connect, listen, datagram and lookup fails (ENETUNREACH,
+//           EAI_FAIL), nothing direct and nothing resolved
+inline constexpr std::string_view kDirectNetwork = "direct";
+inline constexpr std::string_view kNoNetwork = "none";
+inline bool IsBuiltinNetwork(std::string_view ref) {
+  return ref == kDirectNetwork || ref == kNoNetwork;
+}
+
 // `kind: network.socks5` (fields as in Wippy, plus via's connect_timeout).
 struct Socks5Settings {
   std::string host;      // required
@@ -98,7 +110,7 @@ enum class ListenPolicy { kOverlay, kLocal, kRefuse };
 // `network_service:` (from .wippy.yaml or a top-level key in any config file).
 struct NetworkService {
   std::string state_dir;        // absolute; default "<config dir>/.wippy/net"
-  std::string default_network;  // "" = direct
+  std::string default_network;  // "" = direct; or "none", or an overlay id
   SourcePos default_network_pos;
   std::string fake_ipv4 = "198.18.0.0/15";        // pool for fake addresses
   std::string fake_ipv6 = "fd76:6961:ff00::/64";  // pool for fake addresses

@@ -61,7 +61,9 @@ nothing is run. docs/architecture.md, "Strict mode", says what it does not do ye
 
 Options:
   -c, --config PATH    configuration file or directory (default: the usual search)
-  -n, --network ID     the overlay, as namespace:name (e.g. app:tor) or a unique name
+  -n, --network ID     the overlay, as namespace:name (e.g. app:tor) or a unique name; or
+                       none: no network at all (every connect, listen, datagram and name
+                       lookup fails; nothing direct, nothing resolved; always allowed)
       --direct         no overlay for this command and its children
   -q, --quiet          the shim prints nothing (default: one line per failed connect)
       --strict         run COMMAND in its own network namespace, every connect placed by via
