@@ -65,7 +65,9 @@ bool Server::StartRemoteResolve(Client& c, const wire::Message& m, const overlay
     ReplyError(c, reply, m.id(), err, what + " via " + overlay->overlay->id + ": " + msg);
     return true;
   };
-  auto hs = overlay->instance->NewResolveHandshake(target);
+  overlays::Target asked = target;
+  asked.who = c.who;
+  auto hs = overlay->instance->NewResolveHandshake(asked);
   if (!hs.ok()) return fail(hs.status().code(), hs.status().message());
   const auto& endpoints = overlay->instance->endpoints();
   if (endpoints.empty()) return fail(EHOSTUNREACH, "the overlay has no endpoint");

@@ -654,6 +654,8 @@ void Server::Handle(Client& c, const uint8_t* data, size_t n, std::vector<Unique
       return HandleReload(c, m);
     case wire::kSessionDetach:
       return HandleSessionDetach(c, m);
+    case wire::kNewnym:
+      return HandleNewnym(c, m);
     case wire::kListen:
       return HandleListen(c, m, fds);
     case wire::kReport:
@@ -745,7 +747,9 @@ void Server::HandleHello(Client& c, const wire::Message& m) {
   c.shim_plan = ShimPlan(c, &w);
   if (!c.shim_plan.empty()) {
     flags |= wire::kFlagShimSocks5;
-    if (c.overlay->instance->program_socks5()->isolate_streams) flags |= wire::kFlagIsolate;
+    const auto plan = c.overlay->instance->program_socks5(c.who);
+    if (plan->isolate_streams) flags |= wire::kFlagIsolate;
+    if (!plan->destination_prefix.empty()) flags |= wire::kFlagIsolateDestination;
     if (log_->should_log(spdlog::level::debug)) flags |= wire::kFlagReportEach;
   }
   w.PutU32(wire::kTagFlags, flags);
@@ -765,7 +769,7 @@ std::string Server::ShimPlan(const Client& c, wire::Writer* w) const {
     return "";
   }
   const overlays::Overlay& o = *c.overlay->instance;
-  const std::optional<overlays::Overlay::ProgramSocks5> plan = o.program_socks5();
+  const std::optional<overlays::Overlay::ProgramSocks5> plan = o.program_socks5(c.who);
   if (!plan) return "";
   const overlays::Overlay::ProgramSocks5& s = *plan;
   std::string key = c.overlay->overlay->id;
@@ -775,7 +779,10 @@ std::string Server::ShimPlan(const Client& c, wire::Writer* w) const {
     if (w != nullptr) w->PutAddr(wire::kTagProxy, a);
     key += " " + e.text;
   }
-  if (!s.isolate_streams && (!s.username.empty() || !s.password.empty())) {
+  if (!s.destination_prefix.empty()) {
+    if (w != nullptr) w->PutString(wire::kTagUsername, s.destination_prefix);
+    key += " destination " + s.destination_prefix;
+  } else if (!s.isolate_streams && (!s.username.empty() || !s.password.empty())) {
     if (w != nullptr) {
       w->PutString(wire::kTagUsername, s.username);
       w->PutString(wire::kTagPassword, s.password);
@@ -919,6 +926,7 @@ void Server::HandleConnect(Client& c, const wire::Message& m, std::vector<Unique
   p.request_id = m.id();
   p.overlay = c.overlay;
   p.target = std::move(target);
+  p.target.who = c.who;
   p.waiting_fd = std::move(fds[0]);
   p.domain = domain;
   c.ops.push_back(op_id);
@@ -1349,9 +1357,15 @@ void Server::ApplyHello(Client& c) {
   Selection sel = Select(*config_, req);
   RecordChainGroups(sessions_, req.chain, sel);
   c.origin = sel.origin;
+  c.who = overlays::Requester{c.pid, 0, "", ""};
+  if (!req.chain.empty()) {
+    c.who.start = req.chain[0].start;
+    c.who.exe = req.chain[0].exe;
+  }
   if (sel.error.ok()) {
     c.hello_error = SelectNetwork(sel.network, &c.overlay, &c.network);
     if (!c.token.empty()) c.session = c.token;
+    c.who.session = c.session;
     // The first program selecting an overlay starts what it needs before its first connect
     // (Overlay::Start, e.g. a session that takes 20 s); overlays nobody selects never contact
     // their far side.

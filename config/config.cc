@@ -257,3 +257,25 @@ Result<std::string> FindConfig() {
 }
 
 }  // namespace via::config
+
+namespace via::config {
+
+const char* IsolationName(Isolation i) {
+  switch (i) {
+    case Isolation::kNone:
+      return "none";
+    case Isolation::kConnection:
+      return "connection";
+    case Isolation::kDestination:
+      return "destination";
+    case Isolation::kProcess:
+      return "process";
+    case Isolation::kProgram:
+      return "program";
+    case Isolation::kSession:
+      return "session";
+  }
+  return "?";
+}
+
+}  // namespace via::config
