@@ -30,6 +30,7 @@ void Server::HandleDnsQuery(Client& c, const wire::Message& m) {
     return std::make_pair(p.v4, p.v6);
   };
   policy.reverse = [this](const wire::Addr& a) { return pool_->Reverse(a); };
+  policy.refuse = c.overlay == no_network_;
   std::string summary;
   std::optional<std::string> answer = AnswerDnsQuery(f.str(), policy, &summary);
   if (uint64_t suppressed = 0; LogAllowed(Noisy::kDns, &suppressed)) {
@@ -64,7 +65,9 @@ bool Server::StartRemoteResolve(Client& c, const wire::Message& m, const overlay
     ReplyError(c, reply, m.id(), err, what + " via " + overlay->overlay->id + ": " + msg);
     return true;
   };
-  auto hs = overlay->instance->NewResolveHandshake(target);
+  overlays::Target asked = target;
+  asked.who = c.who;
+  auto hs = overlay->instance->NewResolveHandshake(asked);
   if (!hs.ok()) return fail(hs.status().code(), hs.status().message());
   const auto& endpoints = overlay->instance->endpoints();
   if (endpoints.empty()) return fail(EHOSTUNREACH, "the overlay has no endpoint");
@@ -218,6 +221,7 @@ void Server::OnDnsResponder(int fd) {
     return std::make_pair(p.v4, p.v6);
   };
   policy.reverse = [this](const wire::Addr& a) { return pool_->Reverse(a); };
+  policy.refuse = it->second.overlay == config::kNoNetwork;
   for (int i = 0; i < 16; ++i) {  // a few datagrams per wakeup; the loop comes back for more
     uint8_t query[kMaxDnsPacket + 1];
     ssize_t n = recv(fd, query, sizeof query, 0);

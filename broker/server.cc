@@ -132,6 +132,11 @@ Server::Server(std::shared_ptr<const config::Config> config, const BrokerOptions
   // DNS lines are an audit of what programs looked up: a larger allowance (200, then 10 a second).
   log_limits_[size_t(Noisy::kDns)] = LogLimiter(200, 600);
   started_ms_ = NowMs();
+  no_network_entry_.id = no_network_entry_.name = std::string(config::kNoNetwork);
+  no_network_entry_.kind_name = "none";
+  no_network_ = std::make_shared<OverlayState>();
+  no_network_->overlay = &no_network_entry_;
+  no_network_->instance = overlays::NewNoNetwork();
 }
 
 Server::~Server() {
@@ -699,6 +704,8 @@ void Server::Handle(Client& c, const uint8_t* data, size_t n, std::vector<Unique
       return HandleReload(c, m);
     case wire::kSessionDetach:
       return HandleSessionDetach(c, m);
+    case wire::kNewnym:
+      return HandleNewnym(c, m);
     case wire::kListen:
       return HandleListen(c, m, fds);
     case wire::kReport:
@@ -711,8 +718,13 @@ void Server::Handle(Client& c, const uint8_t* data, size_t n, std::vector<Unique
 Status Server::SelectNetwork(const std::string& ref, std::shared_ptr<OverlayState>* out,
                              std::string* id) {
   out->reset();
-  if (ref == "direct") {
+  if (ref == config::kDirectNetwork) {
     *id = "direct";
+    return Status::Ok();
+  }
+  if (ref == config::kNoNetwork) {
+    *id = "none";
+    *out = no_network_;
     return Status::Ok();
   }
   const config::Overlay* o = config_->Find(ref);
@@ -778,14 +790,16 @@ void Server::HandleHello(Client& c, const wire::Message& m) {
   if (config_->service.loopback == config::LoopbackPolicy::kOverlay) {
     flags |= wire::kFlagLoopbackRoute;
   }
-  if (config_->service.loopback == config::LoopbackPolicy::kRefuse) {
-    flags |= wire::kFlagLoopbackRefuse;
+  if (config_->service.loopback == config::LoopbackPolicy::kRefuse || c.overlay == no_network_) {
+    flags |= wire::kFlagLoopbackRefuse;  // under none, the host's own services are refused too
   }
   if (config_->service.unrouted_exec_allowed) flags |= wire::kFlagUnroutedExecAllow;
   c.shim_plan = ShimPlan(c, &w);
   if (!c.shim_plan.empty()) {
     flags |= wire::kFlagShimSocks5;
-    if (c.overlay->instance->program_socks5()->isolate_streams) flags |= wire::kFlagIsolate;
+    const auto plan = c.overlay->instance->program_socks5(c.who);
+    if (plan->isolate_streams) flags |= wire::kFlagIsolate;
+    if (!plan->destination_prefix.empty()) flags |= wire::kFlagIsolateDestination;
     if (log_->should_log(spdlog::level::debug)) flags |= wire::kFlagReportEach;
   }
   w.PutU32(wire::kTagFlags, flags);
@@ -805,7 +819,7 @@ std::string Server::ShimPlan(const Client& c, wire::Writer* w) const {
     return "";
   }
   const overlays::Overlay& o = *c.overlay->instance;
-  const std::optional<overlays::Overlay::ProgramSocks5> plan = o.program_socks5();
+  const std::optional<overlays::Overlay::ProgramSocks5> plan = o.program_socks5(c.who);
   if (!plan) return "";
   const overlays::Overlay::ProgramSocks5& s = *plan;
   std::string key = c.overlay->overlay->id;
@@ -815,7 +829,10 @@ std::string Server::ShimPlan(const Client& c, wire::Writer* w) const {
     if (w != nullptr) w->PutAddr(wire::kTagProxy, a);
     key += " " + e.text;
   }
-  if (!s.isolate_streams && (!s.username.empty() || !s.password.empty())) {
+  if (!s.destination_prefix.empty()) {
+    if (w != nullptr) w->PutString(wire::kTagUsername, s.destination_prefix);
+    key += " destination " + s.destination_prefix;
+  } else if (!s.isolate_streams && (!s.username.empty() || !s.password.empty())) {
     if (w != nullptr) {
       w->PutString(wire::kTagUsername, s.username);
       w->PutString(wire::kTagPassword, s.password);
@@ -959,6 +976,7 @@ void Server::HandleConnect(Client& c, const wire::Message& m, std::vector<Unique
   p.request_id = m.id();
   p.overlay = c.overlay;
   p.target = std::move(target);
+  p.target.who = c.who;
   p.waiting_fd = std::move(fds[0]);
   p.domain = domain;
   c.ops.push_back(op_id);
@@ -1389,9 +1407,15 @@ void Server::ApplyHello(Client& c) {
   Selection sel = Select(*config_, req);
   RecordChainGroups(sessions_, req.chain, sel);
   c.origin = sel.origin;
+  c.who = overlays::Requester{c.pid, 0, "", ""};
+  if (!req.chain.empty()) {
+    c.who.start = req.chain[0].start;
+    c.who.exe = req.chain[0].exe;
+  }
   if (sel.error.ok()) {
     c.hello_error = SelectNetwork(sel.network, &c.overlay, &c.network);
     if (!c.token.empty()) c.session = c.token;
+    c.who.session = c.session;
     // The first program selecting an overlay starts what it needs before its first connect
     // (Overlay::Start, e.g. a session that takes 20 s); overlays nobody selects never contact
     // their far side.
@@ -1530,6 +1554,10 @@ void Server::HandleListen(Client& c, const wire::Message& m, std::vector<UniqueF
                       "the connection's network is direct: listen without the broker");
   }
   const std::string& id = c.overlay->overlay->id;
+  if (c.overlay == no_network_) {  // not even network_service.listen: local
+    return ReplyError(c, reply, m.id(), ENETUNREACH,
+                      "listen on " + where + " refused: no network (network none)");
+  }
   switch (config_->service.listen) {
     case config::ListenPolicy::kLocal: {
       if (uint64_t suppressed = 0; LogAllowed(Noisy::kOther, &suppressed)) {

@@ -70,6 +70,7 @@ class Server {
     std::string network;                    // effective network: overlay id or "direct"
     std::string origin;                     // why (Selection::origin)
     std::string session;                    // token of a known session presented in HELLO
+    overlays::Requester who;                // the process, for SOCKS5 isolation (at HELLO)
     bool control = false;                   // a CLI control connection (kFlagControl)
     size_t sessions_opened = 0;             // OPEN_SESSIONs granted (kMaxSessionsPerClient)
     bool has_claim = false;                 // HELLO named a network
@@ -177,6 +178,11 @@ class Server {
   void HandleShutdown(Client& c, const wire::Message& m);
   void HandleSessionChild(Client& c, const wire::Message& m);
   void HandleReload(Client& c, const wire::Message& m);
+  void HandleNewnym(Client& c, const wire::Message& m);  // newnym.cc
+  // Closes (once idle) the links of shims whose SOCKS5 plan no longer matches what a HELLO
+  // would give them now, so they greet again (after a reload or `via newnym`). `only`: the
+  // clients of that overlay (nullptr: every client). Returns how many.
+  size_t CloseStalePlans(const OverlayState* only, const char* why);
   void HandleSessionDetach(Client& c, const wire::Message& m);
   // Ends detached sessions whose heirs are all gone; re-arms itself while any remain.
   void PruneDetached();
@@ -239,6 +245,9 @@ class Server {
   bool bound_ = false;
   std::unique_ptr<FakeAddressPool> pool_;
   std::map<std::string, std::shared_ptr<OverlayState>> overlays_;  // by id
+  // The network "none" (config::kNoNetwork): an overlay state whose instance refuses everything.
+  config::Overlay no_network_entry_;
+  std::shared_ptr<OverlayState> no_network_;
   std::unordered_map<uint64_t, std::unique_ptr<Client>> clients_;
   std::unordered_map<uint64_t, PendingConnect> ops_;
   SessionTable sessions_;

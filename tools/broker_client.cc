@@ -166,6 +166,19 @@ Status BrokerClient::Reload() {
   return ReplyStatus(*m);
 }
 
+Result<std::string> BrokerClient::Newnym(const std::string& network, uint32_t* renewed) {
+  uint8_t buf[1024];
+  wire::Writer w(buf, sizeof buf, wire::kNewnym, rpc_.NextId());
+  if (!network.empty()) w.PutString(wire::kTagNetwork, network);
+  auto m = Exchange(w);
+  if (!m.ok()) return m.status();
+  if (Status s = ReplyStatus(*m); !s.ok()) return s;
+  wire::Field f;
+  *renewed = 0;
+  if (m->Find(wire::kTagCount, &f)) f.u32(renewed);
+  return m->Find(wire::kTagMessage, &f) ? std::string(f.str()) : std::string();
+}
+
 Status BrokerClient::ConnectByName(int fd, const std::string& name, uint16_t port) {
   uint8_t buf[1024];
   wire::Writer w(buf, sizeof buf, wire::kConnect, rpc_.NextId());

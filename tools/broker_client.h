@@ -46,6 +46,9 @@ class BrokerClient {
   Status SessionDetach(const std::string& token, const std::vector<pid_t>& pids);
   // RELOAD: the broker re-reads its config; the error is the config's error if it was rejected.
   Status Reload();
+  // NEWNYM: new credentials for later connects through `network` ("" = every overlay that has
+  // them). The broker's report, one line per overlay; *renewed gets how many started anew.
+  Result<std::string> Newnym(const std::string& network, uint32_t* renewed);
   // The broker's config fingerprint from the last HELLO or RELOAD reply.
   const std::string& fingerprint() const { return fingerprint_; }
   // CONNECT `fd` (our own socket) to name:port through the connection's network.

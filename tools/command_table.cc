@@ -61,7 +61,9 @@ nothing is run. docs/architecture.md, "Strict mode", says what it does not do ye
 
 Options:
   -c, --config PATH    configuration file or directory (default: the usual search)
-  -n, --network ID     the overlay, as namespace:name (e.g. app:tor) or a unique name
+  -n, --network ID     the overlay, as namespace:name (e.g. app:tor) or a unique name; or
+                       none: no network at all (every connect, listen, datagram and name
+                       lookup fails; nothing direct, nothing resolved; always allowed)
       --direct         no overlay for this command and its children
   -q, --quiet          the shim prints nothing (default: one line per failed connect)
       --strict         run COMMAND in its own network namespace, every connect placed by via
@@ -299,6 +301,29 @@ Examples:
   via install --user --uninstall
 )HELP";
 
+const char* const kHelpNewnym = R"HELP(Usage: via newnym [-c CONFIG] [--network NS:NAME]
+
+Starts a new identity for later connections: the running broker gives every SOCKS5 overlay
+(or only NS:NAME) new isolation credentials, so Tor puts later connections on new circuits
+(isolation destination, process, program and session; connection's are new every time
+anyway), and programs running under via pick them up at their next connect. Connections
+already open keep their circuits. For each SOCKS5 entry with a control_port, Tor itself is
+sent SIGNAL NEWNYM (authenticating with no password, its cookie file, or control_password),
+which also renews the circuits of isolation none. `via status` shows the identity count.
+
+Options:
+  -c, --config PATH    configuration whose broker and Tor to ask (default: the usual search)
+  -n, --network ID     only this overlay (namespace:name or a unique name)
+  -h, --help           show this help
+
+Exit status: 0, 1 if the broker or a control port failed (each failure is named), 2 for a
+usage or configuration error. Without a running broker, only the control ports are asked.
+
+Examples:
+  via newnym
+  via newnym --network app:tor
+)HELP";
+
 int CmdHelp(int argc, char** argv);
 
 // In the order `via --help` lists them.
@@ -312,6 +337,7 @@ const Command kCommands[] = {
     {"status", CmdStatus, "show the running broker: overlays, sessions, fake addresses",
      kHelpStatus},
     {"reload", CmdReload, "make the running broker re-read its configuration", kHelpReload},
+    {"newnym", CmdNewnym, "new credentials (Tor: new circuits) for later connections", kHelpNewnym},
     {"stop", CmdStop, "stop the running broker", kHelpStop},
     {"broker", CmdBroker, "run the broker (normally started for you by `via run`)", kHelpBroker},
     {"install", CmdInstall,

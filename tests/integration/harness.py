@@ -498,7 +498,7 @@ socks pass {{
         """Runs `via ARGS` (with -c CONFIG inserted after the command when a config exists)."""
         argv = [via or VIA, args[0]]
         if self.config and args[0] in ("run", "check", "probe", "status", "stop", "broker",
-                                        "reload"):
+                                        "reload", "newnym"):
             argv += ["-c", self.config]
         argv += list(args[1:])
         return subprocess.run(argv, env=env or self.env, capture_output=True, text=True,
