@@ -6,8 +6,6 @@
 
 namespace via::broker {
 
-namespace {
-
 std::string Exe(pid_t pid) {
   char path[64], buf[4096];
   std::snprintf(path, sizeof path, "/proc/%d/exe", int(pid));
@@ -15,8 +13,6 @@ std::string Exe(pid_t pid) {
   if (n <= 0) return "?";
   return std::string(buf, size_t(n));
 }
-
-}  // namespace
 
 std::string PeerText(const Client& c) {
   return "pid " + std::to_string(c.pid()) + " " + Exe(c.pid());

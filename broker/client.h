@@ -31,6 +31,8 @@ struct Client {
   std::string network;                    // effective network: overlay id or "direct"
   std::string origin;                     // why (Selection::origin)
   std::string session;                    // token of a known session presented in HELLO
+  overlays::Requester who;                // the process, for SOCKS5 isolation (at HELLO)
+  bool foreign = false;  // another uid, admitted by lineage (peer_lineage.h): shim requests only
   bool control = false;                   // a CLI control connection (kFlagControl)
   size_t sessions_opened = 0;             // OPEN_SESSIONs granted (kMaxSessionsPerClient)
   bool has_claim = false;                 // HELLO named a network
@@ -43,6 +45,9 @@ struct Client {
 };
 
 using ClientMap = std::unordered_map<uint64_t, std::unique_ptr<Client>>;
+
+// The executable of `pid` (readlink /proc/PID/exe), "?" when unreadable. For log lines.
+std::string Exe(pid_t pid);
 
 // "pid 123 /usr/bin/curl" (reads /proc: for log lines, not per request).
 std::string PeerText(const Client& c);

@@ -22,10 +22,10 @@ Result<ucred> PeerCredentials(int fd) {
 
 bool PeerUidAllowed(const ucred& cred) { return cred.uid == geteuid(); }
 
-void SendRefusal(int fd, const std::string& why) {
+void SendRefusal(int fd, const std::string& why, int err) {
   uint8_t buf[1024];
   wire::Writer w(buf, sizeof buf, wire::kReplyBit, 0);
-  w.PutU32(wire::kTagErrno, EAGAIN);
+  w.PutU32(wire::kTagErrno, uint32_t(err));
   w.PutString(wire::kTagMessage, why);
   if (w.ok()) send(fd, w.data(), w.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
   // What the client sent already (its HELLO) is read and dropped: closing a socket with unread

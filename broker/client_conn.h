@@ -6,6 +6,8 @@
 #pragma once
 
 #include <sys/socket.h>
+
+#include <cerrno>
 #include <sys/types.h>
 
 #include <cstddef>
@@ -31,7 +33,7 @@ bool PeerUidAllowed(const ucred& cred);
 // Answers a connection the broker will not serve (type 0x8000, id 0, like a framing error: the
 // shim takes it as the reply to whatever it sent first) and drains what the client sent, so that
 // closing it does not reset the connection. Never waits.
-void SendRefusal(int fd, const std::string& why);
+void SendRefusal(int fd, const std::string& why, int err = EAGAIN);
 
 class ClientConn {
  public:

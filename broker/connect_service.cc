@@ -140,6 +140,7 @@ void ConnectService::HandleConnect(Client& c, const wire::Message& m, std::vecto
   p.request_id = m.id();
   p.overlay = c.overlay;
   p.target = std::move(target);
+  p.target.who = c.who;
   p.waiting_fd = std::move(fds[0]);
   p.domain = domain;
   c.ops.push_back(op_id);
@@ -215,7 +216,9 @@ bool ConnectService::StartRemoteResolve(Client& c, const wire::Message& m,
     ReplyError(c, reply, m.id(), err, what + " via " + overlay->overlay->id + ": " + msg);
     return true;
   };
-  auto hs = overlay->instance->NewResolveHandshake(target);
+  overlays::Target asked = target;
+  asked.who = c.who;
+  auto hs = overlay->instance->NewResolveHandshake(asked);
   if (!hs.ok()) return fail(hs.status().code(), hs.status().message());
   const auto& endpoints = overlay->instance->endpoints();
   if (endpoints.empty()) return fail(EHOSTUNREACH, "the overlay has no endpoint");

@@ -269,6 +269,7 @@ std::optional<std::string> AnswerDnsQuery(std::string_view packet, const DnsPoli
     *summary = what + " -> " + text;
     return BuildDnsAnswer(*q, packet, rcode, records, policy.ttl);
   };
+  if (policy.refuse) return answer(kDnsRefused, {}, "REFUSED (no network: network none)");
   if (q->qclass != kDnsClassIn) return answer(kDnsRefused, {}, "REFUSED (class is not IN)");
   if (q->name.empty() || !q->host_name || !NormalizeName(q->name).ok()) {
     return answer(kDnsRefused, {}, "REFUSED (not a host name)");

@@ -81,6 +81,7 @@ struct DnsPolicy {
   std::function<std::pair<wire::Addr, wire::Addr>(const std::string&)> lookup;
   std::function<std::optional<std::string>(const wire::Addr&)> reverse;
   uint32_t ttl = 60;
+  bool refuse = false;  // the network "none": every well-formed query is REFUSED
 };
 std::optional<std::string> AnswerDnsQuery(std::string_view packet, const DnsPolicy& policy,
                                           std::string* summary);

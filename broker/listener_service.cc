@@ -69,6 +69,11 @@ void ListenerService::HandleListen(Client& c, const wire::Message& m, std::vecto
 bool ListenerService::AnswerByPolicy(Client& c, const wire::Message& m, const std::string& where) {
   const uint16_t reply = wire::kListen | wire::kReplyBit;
   const std::string& id = c.overlay->overlay->id;
+  if (c.overlay->none) {  // not even network_service.listen: local
+    ReplyError(c, reply, m.id(), ENETUNREACH,
+               "listen on " + where + " refused: no network (network none)");
+    return true;
+  }
   switch (config().service.listen) {
     case config::ListenPolicy::kLocal: {
       if (uint64_t suppressed = 0; LogAllowed(Noisy::kOther, &suppressed)) {

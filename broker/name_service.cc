@@ -91,6 +91,7 @@ void NameService::HandleDnsQuery(Client& c, const wire::Message& m) {
                       "DNS_QUERY is answered only under an overlay (this connection is direct)");
   }
   DnsPolicy policy = Policy();
+  policy.refuse = c.overlay->none;
   std::string summary;
   std::optional<std::string> answer = AnswerDnsQuery(f.str(), policy, &summary);
   if (uint64_t suppressed = 0; LogAllowed(Noisy::kDns, &suppressed)) {
@@ -203,6 +204,7 @@ void NameService::OnDnsResponder(int fd) {
   auto it = responders_.find(fd);
   if (it == responders_.end()) return;
   DnsPolicy policy = Policy();
+  policy.refuse = it->second.overlay == config::kNoNetwork;
   for (int i = 0; i < 16; ++i) {  // a few datagrams per wakeup; the loop comes back for more
     uint8_t query[kMaxDnsPacket + 1];
     ssize_t n = recv(fd, query, sizeof query, 0);

@@ -6,9 +6,29 @@
 
 namespace via::broker {
 
+namespace {
+
+// The entry the network "none" stands for (no config has one).
+const config::Overlay& NoNetworkEntry() {
+  static const config::Overlay entry = [] {
+    config::Overlay e;
+    e.id = e.name = std::string(config::kNoNetwork);
+    e.kind_name = "none";
+    return e;
+  }();
+  return entry;
+}
+
+}  // namespace
+
 void OverlaySet::Build(EventLoop* loop, const std::shared_ptr<spdlog::logger>& log,
                        const OverlaySet* previous) {
   overlays_.clear();
+  no_network_ = std::make_shared<OverlayState>();
+  no_network_->config = config_;
+  no_network_->overlay = &NoNetworkEntry();
+  no_network_->instance = overlays::NewNoNetwork();
+  no_network_->none = true;
   for (const config::Overlay& o : config_->overlays) {
     // An overlay that keeps state on its far side (a session, a node) is kept across a reload
     // when its entry is still there with the same kind: rebuilding would drop listeners and
@@ -40,8 +60,13 @@ void OverlaySet::Build(EventLoop* loop, const std::shared_ptr<spdlog::logger>& l
 Status OverlaySet::Select(const std::string& ref, std::shared_ptr<OverlayState>* out,
                           std::string* id) const {
   out->reset();
-  if (ref == "direct") {
+  if (ref == config::kDirectNetwork) {
     *id = "direct";
+    return Status::Ok();
+  }
+  if (ref == config::kNoNetwork) {
+    *id = "none";
+    *out = no_network_;
     return Status::Ok();
   }
   const config::Overlay* o = config_->Find(ref);

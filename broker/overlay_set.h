@@ -23,6 +23,7 @@ struct OverlayState {
   std::unique_ptr<overlays::Overlay> instance;  // null if it could not be created
   Status error;                                 // why not
   uint64_t ok = 0, failed = 0;                  // connects
+  bool none = false;  // the network "none" (config::kNoNetwork): its instance refuses everything
 };
 
 class OverlaySet {
@@ -39,7 +40,8 @@ class OverlaySet {
   void Build(EventLoop* loop, const std::shared_ptr<spdlog::logger>& log,
              const OverlaySet* previous);
 
-  // Resolves a network reference: "direct" gives *out = nullptr; an overlay gives its state.
+  // Resolves a network reference: "direct" gives *out = nullptr; "none" and an overlay give its
+  // state.
   // Unknown → ENOENT; an overlay that could not be created → why.
   Status Select(const std::string& ref, std::shared_ptr<OverlayState>* out, std::string* id) const;
 
@@ -58,6 +60,7 @@ class OverlaySet {
   std::shared_ptr<const config::Config> config_;
   uint64_t generation_ = 1;
   Map overlays_;  // by id
+  std::shared_ptr<OverlayState> no_network_;  // "none": no entry configures it
 };
 
 }  // namespace via::broker

@@ -252,7 +252,7 @@ bool SelectedByViaRun(const config::Config& cfg, const SelectRequest& req, Selec
     return false;
   }
   std::string claim_id = req.claim;
-  if (req.has_claim && claim_id != "direct") {
+  if (req.has_claim && !config::IsBuiltinNetwork(claim_id)) {
     if (const config::Overlay* o = cfg.Find(claim_id)) claim_id = o->id;
   }
   if (req.has_claim && claim_id != s->network) return false;
@@ -286,6 +286,12 @@ void CheckExplicit(const config::Config& cfg, const std::string& claim, const st
                    Selection* sel) {
   sel->explicit_sel = true;
   sel->checked = true;
+  if (claim == config::kNoNetwork) {
+    // Taking the network away widens nothing: no policy and no session can forbid it.
+    sel->network = claim;
+    sel->origin = "explicit selection of none (always allowed: it only takes the network away)";
+    return;
+  }
   if (!adopted.empty()) {
     sel->error = Status::Error(EACCES, "explicit selection of " + claim + " refused: " + adopted);
     return;
@@ -322,13 +328,14 @@ bool SelectedByClaim(const config::Config& cfg, const SelectRequest& req,
                      const std::string& fallback, const std::string& adopted, Selection* sel) {
   if (!req.has_claim) return false;
   std::string claim = req.claim;
-  if (claim != "direct") {
+  if (!config::IsBuiltinNetwork(claim)) {
     const config::Overlay* o = cfg.Find(claim);
     if (o == nullptr) {
       std::string known;
       for (const auto& ov : cfg.overlays) known += (known.empty() ? "" : ", ") + ov.id;
-      sel->error = Status::Error(ENOENT, "unknown overlay \"" + claim + "\" (known: " +
-                                             (known.empty() ? "none" : known) + ")");
+      sel->error = Status::Error(
+          ENOENT, "unknown overlay \"" + claim +
+                      "\" (known: " + (known.empty() ? "no overlay is configured" : known) + ")");
       return true;
     }
     claim = o->id;

@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "broker/peer_lineage.h"
 #include "broker/socket_file.h"
 
 namespace via::broker {
@@ -102,17 +103,27 @@ void Server::SetDescriptorBudget() {
 Status Server::Listen() {
   auto fd = BindSocketFile(options_.socket_path, &bound_, &socket_stat_);
   if (!fd.ok()) return fd.status();
-  return acceptor_.Start(std::move(*fd));
+  if (Status s = acceptor_.Start(std::move(*fd)); !s.ok()) return s;
+  // Not fatal: without it, only processes that change user lose the broker (and fail closed).
+  auto abstract = ListenAbstract(options_.socket_path);
+  if (!abstract.ok()) {
+    log_->warn("{}: processes of a session that change user cannot reach this broker",
+               abstract.status().message());
+    return Status::Ok();
+  }
+  return acceptor_.Start(std::move(*abstract), /*lineage=*/true);
 }
 
 // ---- clients ----------------------------------------------------------------------------------
 
-Status Server::AddClient(UniqueFd fd, pid_t pid) {
+Status Server::AddClient(UniqueFd fd, pid_t pid, bool foreign) {
   const uint64_t id = next_client_++;
   Status s = loop_->Watch(fd.get(), ClientConn::kRequestEvents,
                           [this, id](uint32_t ev) { OnClientEvent(id, ev); });
   if (!s.ok()) return s;
-  clients_[id] = std::make_unique<Client>(id, std::move(fd), pid);
+  auto c = std::make_unique<Client>(id, std::move(fd), pid);
+  c->foreign = foreign;
+  clients_[id] = std::move(c);
   return Status::Ok();
 }
 
@@ -294,6 +305,10 @@ const Server::Route* Server::FindRoute(uint16_t type) {
        [](Server& s, Client& c, const wire::Message& m, std::vector<UniqueFd>&) {
          s.sessions_svc_.HandleSessionDetach(c, m);
        }},
+      {wire::kNewnym, false,
+       [](Server& s, Client& c, const wire::Message& m, std::vector<UniqueFd>&) {
+         s.HandleNewnym(c, m);
+       }},
       {wire::kListen, true,
        [](Server& s, Client& c, const wire::Message& m, std::vector<UniqueFd>& fds) {
          s.listeners_.HandleListen(c, m, fds);
@@ -346,6 +361,13 @@ bool Server::RefusedBeforeHandler(Client& c, const wire::Message& m) {
                "the via broker has " + std::to_string(connects_.in_flight()) +
                    " connects in flight, its limit for descriptor limit " +
                    std::to_string(ctx_.nofile_limit) + "; try again");
+    return true;
+  }
+  if (c.foreign && !ForeignPeerMay(type)) {
+    ReplyError(c, reply, m.id(), EPERM,
+               "message type " + std::to_string(type) +
+                   " is for the broker's own user; this process changed user inside a session "
+                   "(it may route its connections, not control the broker)");
     return true;
   }
   if (type == wire::kHello) return false;
@@ -402,6 +424,67 @@ Status Server::Reload(const std::string& why) {
       config().source, why, config().fingerprint, overlays_->Summary(), config().programs.size(),
       config().policies.size());
   return Status::Ok();
+}
+
+// `via newnym` (docs/protocol.md, "NEWNYM"): each selected overlay starts a new identity
+// (Overlay::NewIdentity: for SOCKS5, a new epoch in every isolation credential); shims holding
+// credentials of the old one greet again. Tor's SIGNAL NEWNYM goes to its control port from the
+// CLI, not from here: the broker's loop never waits on it.
+void Server::HandleNewnym(Client& c, const wire::Message& m) {
+  const uint16_t reply = wire::kNewnym | wire::kReplyBit;
+  wire::Field f;
+  std::string only;
+  if (m.Find(wire::kTagNetwork, &f) && f.len > 0) {
+    const config::Overlay* o = config().Find(f.str());
+    if (o == nullptr) {
+      return ReplyError(c, reply, m.id(), ENOENT,
+                        "NEWNYM: unknown overlay \"" + std::string(f.str()) + "\"");
+    }
+    only = o->id;
+  }
+  std::string text;
+  uint32_t renewed = 0;
+  for (const auto& [id, st] : overlays_->all()) {
+    if (!only.empty() && id != only) continue;
+    if (!st->instance) {
+      text += id + ": unavailable (" + st->error.message() + ")\n";
+      continue;
+    }
+    if (Status s = st->instance->NewIdentity(); !s.ok()) {
+      if (!only.empty() || s.code() != ENOTSUP) text += id + ": " + s.message() + "\n";
+      continue;
+    }
+    ++renewed;
+    const size_t closed = CloseStalePlans(st.get());
+    text += id + ": new identity for later connections (" + std::to_string(closed) +
+            " program link(s) told to greet again)\n";
+    log_->info("newnym: {} starts a new identity (requested by {}); {} program link(s) greet "
+               "again",
+               id, PeerText(c), closed);
+  }
+  uint8_t buf[8192];
+  wire::Writer w(buf, sizeof buf, reply, m.id());
+  w.PutU32(wire::kTagErrno, 0);
+  w.PutU32(wire::kTagCount, renewed);
+  w.PutString(wire::kTagMessage, std::string_view(text).substr(0, 6000));
+  Reply(c, w);
+}
+
+size_t Server::CloseStalePlans(const OverlayState* only) {
+  std::vector<uint64_t> stale;
+  size_t count = 0;
+  for (auto& [id, cl] : clients_) {
+    if (!cl->greeted || cl->control || cl->overlay.get() != only) continue;
+    if (cl->shim_plan == sessions_svc_.ShimPlan(*cl, nullptr)) continue;
+    ++count;
+    if (cl->ops.empty()) {
+      stale.push_back(id);
+    } else {
+      cl->close_when_idle = true;
+    }
+  }
+  for (uint64_t id : stale) CloseClient(id);
+  return count;
 }
 
 void Server::ReselectClients() {

@@ -70,7 +70,7 @@ class Server : public ClientSink {
   void SetDescriptorBudget();
   Status Listen();
   // A connection the acceptor admitted becomes a client, watched on the loop.
-  Status AddClient(UniqueFd fd, pid_t pid);
+  Status AddClient(UniqueFd fd, pid_t pid, bool foreign);
   // What the loop watches for on a client: its requests unless paused, EPOLLOUT while replies
   // wait. Pauses or resumes reading per the client's queue and connects in flight.
   void UpdateInterest(Client& c);
@@ -91,6 +91,10 @@ class Server : public ClientSink {
   void UpdateIdle() override;
 
   void HandleReload(Client& c, const wire::Message& m);
+  void HandleNewnym(Client& c, const wire::Message& m);
+  // Closes (once idle) the links of the clients of `only` whose SOCKS5 plan no longer matches
+  // what a HELLO would give them now (after `via newnym`), so that they greet again. How many.
+  size_t CloseStalePlans(const OverlayState* only);
   void HandleShutdown(Client& c, const wire::Message& m);
   // After a reload: selects every client's network again, and closes the links whose shims
   // must greet again (flipped between direct and an overlay, or a changed SOCKS5 plan).
@@ -106,7 +110,9 @@ class Server : public ClientSink {
   std::shared_ptr<spdlog::logger> log_;
   BrokerContext ctx_;
   ClientAcceptor acceptor_{
-      &ctx_, [this](UniqueFd fd, pid_t pid) { return AddClient(std::move(fd), pid); }};
+      &ctx_, [this](UniqueFd fd, pid_t pid, bool foreign) {
+        return AddClient(std::move(fd), pid, foreign);
+      }};
   struct stat socket_stat_ {};  // to unlink only our own socket file at exit
   bool bound_ = false;
   std::unique_ptr<FakeAddressPool> pool_;

@@ -69,7 +69,9 @@ void SessionService::HandleHello(Client& c, const wire::Message& m) {
   c.shim_plan = ShimPlan(c, &w);
   if (!c.shim_plan.empty()) {
     flags |= wire::kFlagShimSocks5;
-    if (c.overlay->instance->program_socks5()->isolate_streams) flags |= wire::kFlagIsolate;
+    const auto plan = c.overlay->instance->program_socks5(c.who);
+    if (plan->isolate_streams) flags |= wire::kFlagIsolate;
+    if (!plan->destination_prefix.empty()) flags |= wire::kFlagIsolateDestination;
     if (log()->should_log(spdlog::level::debug)) flags |= wire::kFlagReportEach;
   }
   w.PutU32(wire::kTagFlags, flags);
@@ -96,8 +98,9 @@ uint32_t SessionService::HelloFlags(const Client& c) const {
   if (config().service.loopback == config::LoopbackPolicy::kOverlay) {
     flags |= wire::kFlagLoopbackRoute;
   }
-  if (config().service.loopback == config::LoopbackPolicy::kRefuse) {
-    flags |= wire::kFlagLoopbackRefuse;
+  if (config().service.loopback == config::LoopbackPolicy::kRefuse ||
+      (c.overlay != nullptr && c.overlay->none)) {
+    flags |= wire::kFlagLoopbackRefuse;  // under none, the host's own services are refused too
   }
   if (config().service.unrouted_exec_allowed) flags |= wire::kFlagUnroutedExecAllow;
   return flags;
@@ -115,7 +118,7 @@ std::string SessionService::ShimPlan(const Client& c, wire::Writer* w) const {
     return "";
   }
   const overlays::Overlay& o = *c.overlay->instance;
-  const std::optional<overlays::Overlay::ProgramSocks5> plan = o.program_socks5();
+  const std::optional<overlays::Overlay::ProgramSocks5> plan = o.program_socks5(c.who);
   if (!plan) return "";
   const overlays::Overlay::ProgramSocks5& s = *plan;
   std::string key = c.overlay->overlay->id;
@@ -125,7 +128,10 @@ std::string SessionService::ShimPlan(const Client& c, wire::Writer* w) const {
     if (w != nullptr) w->PutAddr(wire::kTagProxy, a);
     key += " " + e.text;
   }
-  if (!s.isolate_streams && (!s.username.empty() || !s.password.empty())) {
+  if (!s.destination_prefix.empty()) {
+    if (w != nullptr) w->PutString(wire::kTagUsername, s.destination_prefix);
+    key += " destination " + s.destination_prefix;
+  } else if (!s.isolate_streams && (!s.username.empty() || !s.password.empty())) {
     if (w != nullptr) {
       w->PutString(wire::kTagUsername, s.username);
       w->PutString(wire::kTagPassword, s.password);
@@ -366,9 +372,15 @@ void SessionService::ApplyHello(Client& c) {
   Selection sel = Select(config(), req);
   RecordChainGroups(sessions(), req.chain, sel);
   c.origin = sel.origin;
+  c.who = overlays::Requester{c.pid(), 0, "", ""};
+  if (!req.chain.empty()) {
+    c.who.start = req.chain[0].start;
+    c.who.exe = req.chain[0].exe;
+  }
   if (sel.error.ok()) {
     c.hello_error = ctx_->overlays->Select(sel.network, &c.overlay, &c.network);
     if (!c.token.empty()) c.session = c.token;
+    c.who.session = c.session;
     // The first program selecting an overlay starts what it needs before its first connect
     // (Overlay::Start, e.g. a session that takes 20 s); overlays nobody selects never contact
     // their far side.

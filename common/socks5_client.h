@@ -167,6 +167,39 @@ inline int IsolationCredential(char out[17], ssize_t (*fill)(void*, size_t, unsi
   return 0;
 }
 
+// How a target is named in messages and in destination isolation: "name:port", or the address
+// (IPv4-mapped shown as IPv4) with its port: "192.0.2.1:80", "[2001:db8::1]:443".
+inline void FormatTarget(const char* name, size_t name_len, const wire::Addr& addr, uint16_t port,
+                         char* out, size_t cap) {
+  if (name_len > 0) {
+    std::snprintf(out, cap, "%.*s:%u", int(name_len), name, unsigned(port));
+  } else {
+    wire::Addr a = wire::Unmapped(addr);
+    a.port = port;
+    wire::FormatAddr(a, out, cap);
+  }
+}
+
+// The credential of `isolation: destination` (used as username and password): `prefix` (from the
+// broker: it changes with `via newnym`), '.', and 16 hex digits of FNV-1a 64 of `target`
+// (FormatTarget), so connections to one host:port share it and others do not. The shim and
+// the broker compute the same. Into `out`; returns its length (0 when it does not fit).
+inline size_t DestinationCredential(const char* prefix, size_t prefix_len, const char* target,
+                                    char* out, size_t cap) {
+  if (prefix_len + 18 > cap) return 0;
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (const char* p = target; *p != 0; ++p) {
+    h ^= uint8_t(*p);
+    h *= 0x100000001b3ull;
+  }
+  std::memcpy(out, prefix, prefix_len);
+  out[prefix_len] = '.';
+  static const char kDigits[] = "0123456789abcdef";
+  for (int i = 0; i < 16; ++i) out[prefix_len + 1 + size_t(i)] = kDigits[(h >> (60 - 4 * i)) & 0xf];
+  out[prefix_len + 17] = 0;
+  return prefix_len + 17;
+}
+
 class Client {
  public:
   // One request for `name` (1..255 bytes; null or empty: connect to `addr`, family 4 or 6) and
@@ -189,13 +222,7 @@ class Client {
     pass_len_ = pass_len;
     if (user_len > 0) std::memcpy(user_, user, user_len);
     if (pass_len > 0) std::memcpy(pass_, pass, pass_len);
-    if (name_len_ > 0) {
-      std::snprintf(target_, sizeof target_, "%.*s:%u", int(name_len_), name_, unsigned(port));
-    } else {
-      wire::Addr a = addr_;
-      a.port = port;
-      wire::FormatAddr(a, target_, sizeof target_);
-    }
+    FormatTarget(name_, name_len_, addr_, port, target_, sizeof target_);
     out_[0] = 5;
     out_[1] = 1;
     out_[2] = uses_auth() ? kMethodUserPass : kMethodNone;

@@ -28,6 +28,7 @@ struct Socks5Plan {
   char username[256], password[256];
   size_t username_len, password_len;
   bool isolate;  // a fresh random credential per connect
+  bool per_destination;  // username is a prefix: DestinationCredential per target
   uint32_t timeout_ms;
   wire::Addr fake[2];  // the fake-address ranges, the port field their prefix length
   int nfake;
@@ -43,6 +44,7 @@ inline bool ReadPlan(const wire::Message& m, uint32_t flags, uint32_t broker, So
   p = Socks5Plan{};
   p.broker = broker;
   p.isolate = (flags & wire::kFlagIsolate) != 0;
+  p.per_destination = (flags & wire::kFlagIsolateDestination) != 0;
   bool ok = true;
   auto copy = [&](const wire::Field& f, char* dst, size_t cap, size_t* len) {
     if (f.len >= cap) return false;
@@ -124,6 +126,13 @@ int ConnectBlocking(int fd, const Socks5Plan& plan, const char* name, const wire
   const int cred_err = plan.isolate ? IsolationCredential(cred, getrandom) : 0;
   if (plan.isolate) {
     hs.Start(name, dest, dest.port, cred, 16, cred, 16);
+  } else if (plan.per_destination) {
+    char target[300], dcred[sizeof plan.username + 18];
+    FormatTarget(name, name == nullptr ? 0 : std::strlen(name), dest, dest.port, target,
+                 sizeof target);
+    const size_t n =
+        DestinationCredential(plan.username, plan.username_len, target, dcred, sizeof dcred);
+    hs.Start(name, dest, dest.port, dcred, n, dcred, n);
   } else {
     hs.Start(name, dest, dest.port, plan.username, plan.username_len, plan.password,
              plan.password_len);

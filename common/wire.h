@@ -41,6 +41,7 @@ enum Type : uint16_t {
   kSessionChild = 0x40,   // `via run` names the command it started for its session
   kReload = 0x41,         // re-read the configuration (as SIGHUP does); reply says how it went
   kSessionDetach = 0x42,  // `via run` exits: its children (PID...) carry the session on
+  kNewnym = 0x43,         // `via newnym`: new credentials for later connects (NETWORK: one overlay)
   // The shim ran a SOCKS5 CONNECT itself (kFlagShimSocks5): ADDR (as the program gave it) or
   // NAME and PORT, ERRNO, MESSAGE; or only COUNT, a number of successes. A success gets no reply
   // (counted, and logged at debug level); a failure gets one (ERRNO 0) once it is logged.
@@ -94,6 +95,9 @@ constexpr uint32_t kFlagLoopbackRefuse = 1u << 2;  // refuse loopback destinatio
 // fake address whose name the shim does not know still goes to the broker (CONNECT).
 constexpr uint32_t kFlagShimSocks5 = 1u << 3;
 constexpr uint32_t kFlagIsolate = 1u << 4;  // with kFlagShimSocks5: a fresh credential per connect
+// With kFlagShimSocks5: USERNAME is a prefix; each connect's credential (username and password)
+// is DestinationCredential(prefix, its target) (common/socks5_client.h): isolation: destination.
+constexpr uint32_t kFlagIsolateDestination = 1u << 8;
 // With kFlagShimSocks5: the broker logs every connect (debug level), so report each success with
 // its destination; otherwise successes are reported as counts, in batches.
 constexpr uint32_t kFlagReportEach = 1u << 5;

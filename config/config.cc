@@ -102,40 +102,41 @@ Result<std::string> ReadFile(const std::string& path) {
   return text;
 }
 
-// The ids of the configured overlays for a message, or "none".
+// The ids of the configured overlays for a message.
 std::string KnownOverlays(const Config& cfg) {
   std::vector<std::string> known;
   for (const Overlay& o : cfg.overlays) known.push_back(o.id);
-  return known.empty() ? std::string("none") : Join(known);
+  return known.empty() ? std::string("no overlay is configured") : Join(known);
 }
 
 // Checks that span files, once everything is loaded.
 Status Finish(const std::string& config_dir, Loader* ld) {
   NetworkService& svc = ld->cfg.service;
   if (!ld->state_dir_set) svc.state_dir = Resolve(config_dir, ".wippy/net");
-  if (!svc.default_network.empty() && svc.default_network != "direct") {
+  if (!svc.default_network.empty() && !IsBuiltinNetwork(svc.default_network)) {
     const Overlay* o = ld->cfg.Find(svc.default_network);
     if (o == nullptr) {
       return ErrorAt(svc.default_network_pos, "network_service.default_network: unknown overlay " +
-                                                  Quote(svc.default_network) +
-                                                  " (known: " + KnownOverlays(ld->cfg) + ")");
+                                                  Quote(svc.default_network) + " (known: " +
+                                                  KnownOverlays(ld->cfg) + "; or direct, none)");
     }
     svc.default_network = o->id;  // a bare unique name becomes "ns:name"
   }
   for (ProgramRule& rule : ld->cfg.programs) {
-    if (rule.network.empty() || rule.network == "direct") continue;
+    if (rule.network.empty() || IsBuiltinNetwork(rule.network)) continue;
     const Overlay* o = ld->cfg.Find(rule.network);
     if (o == nullptr) {
       return Status::Invalid(rule.network_pos + ": entry " + rule.id +
                              " (via.program): network: unknown overlay " + Quote(rule.network) +
-                             " (known: " + KnownOverlays(ld->cfg) + "; or direct)");
+                             " (known: " + KnownOverlays(ld->cfg) + "; or direct, none)");
     }
     rule.network = o->id;
   }
   for (SecurityPolicy& p : ld->cfg.policies) {
     for (size_t i = 0; i < p.resources.size(); ++i) {
       std::string& res = p.resources[i];
-      if (res == "*" || res == "direct" || res.find_first_of("*?[") != std::string::npos) continue;
+      if (res == "*" || IsBuiltinNetwork(res) || res.find_first_of("*?[") != std::string::npos)
+        continue;
       const Overlay* o = ld->cfg.Find(res);
       if (o == nullptr) {
         return Status::Invalid(p.resource_pos[i] + ": entry " + p.id +
@@ -253,6 +254,28 @@ Result<std::string> FindConfig() {
   if (exists("/etc/via/", "/etc/via")) return Absolute("/etc/via");
   return Status::Error(ENOENT, "no configuration found (looked at " + Join(looked) +
                                    "); pass one with -c PATH or set VIA_CONFIG");
+}
+
+}  // namespace via::config
+
+namespace via::config {
+
+const char* IsolationName(Isolation i) {
+  switch (i) {
+    case Isolation::kNone:
+      return "none";
+    case Isolation::kConnection:
+      return "connection";
+    case Isolation::kDestination:
+      return "destination";
+    case Isolation::kProcess:
+      return "process";
+    case Isolation::kProgram:
+      return "program";
+    case Isolation::kSession:
+      return "session";
+  }
+  return "?";
 }
 
 }  // namespace via::config

@@ -26,18 +26,47 @@ struct SourcePos {
 
 enum class OverlayKind { kSocks5, kTailscale, kI2p };
 
+// The two networks every config has besides its overlays. Reserved words wherever a network is
+// named (`--network`, VIA_NETWORK, default_network, a rule's network): they win over an overlay
+// whose bare name is the same.
+//   direct  no overlay: the program's own connections
+//   none    no network at all: every connect, listen, datagram and lookup fails (ENETUNREACH,
+//           EAI_FAIL), nothing direct and nothing resolved
+inline constexpr std::string_view kDirectNetwork = "direct";
+inline constexpr std::string_view kNoNetwork = "none";
+inline bool IsBuiltinNetwork(std::string_view ref) {
+  return ref == kDirectNetwork || ref == kNoNetwork;
+}
+
+enum class Isolation { kNone, kConnection, kDestination, kProcess, kProgram, kSession };
+const char* IsolationName(Isolation i);  // "none", "connection", ...
+
 // `kind: network.socks5` (fields as in Wippy, plus via's connect_timeout).
 struct Socks5Settings {
   std::string host;      // required
   int port = 0;          // required, 1..65535
   std::string username;  // optional, <= 255 bytes
   std::string password;  // optional, <= 255 bytes
-  bool isolate_streams = false;
+  // Which connections share SOCKS5 credentials, so Tor puts them on one circuit (IsolateSOCKSAuth;
+  // docs/configuration.md, "Isolation"): every connection its own (`connection`, also
+  // `isolate_streams: true`), one per destination host:port, per process, per program
+  // (executable), per `via run` session, or the configured pair for all (`none`).
+  Isolation isolation = Isolation::kNone;
+  bool isolate_streams = false;  // isolation == kConnection (either set means connection)
+  // via extension: Tor's control port on `host`, for `via newnym` (SIGNAL NEWNYM); 0: none.
+  // Authentication as the port offers it: none, the cookie file, or control_password.
+  int control_port = 0;
+  std::string control_password;
   // via extension: names asked for by programs are resolved by the proxy with Tor's RESOLVE
   // (0xF0) / RESOLVE_PTR (0xF1) SOCKS commands instead of getting fake addresses.
   bool remote_resolve = false;
   int connect_timeout_ms = 15000;  // via extension: `connect_timeout: 15s` (or a number of seconds)
 };
+
+// The isolation an entry asks for (isolate_streams: true is connection).
+inline Isolation EffectiveIsolation(const Socks5Settings& s) {
+  return s.isolate_streams ? Isolation::kConnection : s.isolation;
+}
 
 // `kind: network.tailscale`: a node of its own, run by the via-tsnet helper (docs/tailscale.md).
 struct TailscaleSettings {
@@ -98,7 +127,7 @@ enum class ListenPolicy { kOverlay, kLocal, kRefuse };
 // `network_service:` (from .wippy.yaml or a top-level key in any config file).
 struct NetworkService {
   std::string state_dir;        // absolute; default "<config dir>/.wippy/net"
-  std::string default_network;  // "" = direct
+  std::string default_network;  // "" = direct; or "none", or an overlay id
   SourcePos default_network_pos;
   std::string fake_ipv4 = "198.18.0.0/15";        // pool for fake addresses
   std::string fake_ipv6 = "fd76:6961:ff00::/64";  // pool for fake addresses

@@ -120,7 +120,7 @@ Status ParseProgram(const EntryReader& r, ProgramRule* rule) {
   if (Status st = r.String("network", &rule->network); !st.ok()) return st;
   if (const YAML::Node* n = r.Value("network"); n != nullptr && !n->IsNull()) {
     if (rule->network.empty())
-      return r.Error("network", "must name an overlay (ns:name) or direct");
+      return r.Error("network", "must name an overlay (ns:name), direct or none");
     rule->network_pos = PosOf(r.file(), *n).ToString();
   }
   if (const YAML::Node* g = r.Value("groups"); g != nullptr) {

@@ -21,6 +21,12 @@ namespace via::overlays {
 Result<std::unique_ptr<Overlay>> CreateOverlay(const config::Overlay& overlay,
                                                const OverlayContext& context = {});
 
+// The network "none" (config::kNoNetwork), which no entry configures: every connect, remote
+// resolve and listen through it fails with ENETUNREACH and says why. The broker selects it as it
+// selects an overlay, so every path that asks the broker for a routed process (connects, names,
+// DNS queries, listeners, strict mode's supervisor) fails closed with no code of its own.
+std::unique_ptr<Overlay> NewNoNetwork();
+
 // The entry's own settings for its `via status` line, from the config alone (so they show even
 // when the overlay could not be created): " 127.0.0.1:9050 isolate_streams=true ..." or "".
 std::string EntrySummary(const config::Overlay& overlay, const config::NetworkService& service);

@@ -13,6 +13,8 @@
 //    first), so bytes after the last reply line stay in the socket for the program.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -25,10 +27,20 @@ namespace via::overlays {
 
 // Where the program wanted to go: a name (from the fake-address table, sent as a name) or an
 // address, and a port.
+// Who asks, as the broker knows it from the kernel (SO_PEERCRED, /proc) and the session table:
+// what SOCKS5 isolation (process, program, session) keys on.
+struct Requester {
+  pid_t pid = 0;
+  uint64_t start = 0;   // the process's start time: (pid, start) names one process
+  std::string exe;      // its executable
+  std::string session;  // the token of its `via run` session ("" if none)
+};
+
 struct Target {
   std::string name;  // non-empty: connect by name
   wire::Addr addr;   // used when name is empty (family 4 or 6)
   uint16_t port = 0;
+  Requester who;  // the program the connect (or lookup) is for
 
   std::string ToString() const;  // "example.test:80", "1.2.3.4:80", "[::1]:80"
 };

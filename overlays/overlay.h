@@ -93,8 +93,22 @@ class Overlay {
   struct ProgramSocks5 {
     std::string username, password;  // sent only when not isolating streams
     bool isolate_streams = false;    // a fresh random credential per connection
+    // Non-empty: isolation by destination; each connect's credential is DestinationCredential
+    // (common/socks5_client.h) of this prefix and its target.
+    std::string destination_prefix;
   };
-  virtual std::optional<ProgramSocks5> program_socks5() const { return std::nullopt; }
+  // For the program `who` (the credentials of isolation by process, program or session are
+  // its own).
+  virtual std::optional<ProgramSocks5> program_socks5(const Requester& /*who*/) const {
+    return std::nullopt;
+  }
+
+  // ---- new identity ----------------------------------------------------------------------------
+  // `via newnym`: later connections get credentials none had before (a new Tor circuit). ENOTSUP
+  // for an overlay without such a notion.
+  virtual Status NewIdentity() {
+    return Status::Error(ENOTSUP, "overlay " + id() + " has no identity to renew");
+  }
 
   // ---- listen ----------------------------------------------------------------------------------
   // Inbound: ENOTSUP when the overlay cannot carry inbound connections. `port` is the port the

@@ -23,6 +23,10 @@ packages=(
   dante-server microsocks dnsmasq tor i2pd
   curl wget git python3 openssl iproute2 util-linux procps ca-certificates tcpdump strace
   bind9-dnsutils
+  # The package test (tests/integration/test_package.py): cpack's DEB generator runs file and
+  # dpkg-shlibdeps; man renders the manual pages; the bash completion is also loaded through
+  # bash-completion's loader; zsh runs the zsh completion.
+  dpkg-dev file man-db bash-completion zsh
 )
 demo=0
 if [ "${1:-}" = --bench ]; then

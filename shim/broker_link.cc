@@ -2,6 +2,8 @@
 // first routed call. It survives what host programs do to descriptors: after fork the child opens
 // its own; if the program closed our descriptor or dup2'd something over it (close_range, daemon
 // helpers), the inode check notices and we reconnect instead of talking to the program's file.
+// That lifecycle is this file's; each request and its reply (ids, deadline, stale replies) is
+// wire::RequestClient (common/request_client.h), the same client as the CLI's.
 #include "shim/broker_link.h"
 
 #include <dlfcn.h>
@@ -22,6 +24,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "common/broker_address.h"
+#include "common/request_client.h"
 #include "shim/exec_env.h"
 #include "shim/name_cache.h"
 #include "shim/real.h"
@@ -34,14 +38,13 @@ namespace via::shim {
 namespace {
 
 struct Link {
-  int fd = -1;
+  wire::RequestClient rpc;  // its fd is the link's descriptor (-1: none), owned by the Link
   pid_t pid = 0;
   dev_t dev = 0;
   ino_t ino = 0;
   bool hello_done = false;
   int hello_err = 0;
   uint32_t flags = 0;
-  uint32_t next_id = 1;
   uint32_t broker_pid = 0;  // SO_PEERCRED of the broker: whose fake addresses we were given
   uint32_t wait_ms = 0;     // HELLO's WAIT_MS: how long requests that wait on the overlay may take
   char hello_msg[256] = {};
@@ -69,19 +72,6 @@ constexpr int64_t kDefaultWaitMs = 180000;
 // `via broker --ensure` (which may start a broker and wait for it to listen).
 constexpr int64_t kEnsureMs = 60000;
 
-// Sleeps `ms` (or less), restarting after signals.
-void SleepMs(int64_t ms) {
-  timespec ts{static_cast<time_t>(ms / 1000), static_cast<long>((ms % 1000) * 1000000)};
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-  }
-}
-
-// Milliseconds left until `deadline_ns` (MonotonicNs), at least 0.
-int RemainingMs(int64_t deadline_ns) {
-  int64_t left = (deadline_ns - MonotonicNs()) / 1000000;
-  return left < 0 ? 0 : left > 0x7fffffff ? 0x7fffffff : static_cast<int>(left);
-}
-
 // Socket path discovered by `via broker --ensure` when VIA_SOCKET was not set.
 pthread_mutex_t g_path_mu = PTHREAD_MUTEX_INITIALIZER;
 char g_ensured_path[108];
@@ -94,8 +84,8 @@ bool g_no_config = false;  // `via broker --ensure` exited 3: no configuration a
 
 bool StillOurs(const Link& l) {
   struct stat st;
-  return l.fd >= 0 && fstat(l.fd, &st) == 0 && S_ISSOCK(st.st_mode) && st.st_dev == l.dev &&
-         st.st_ino == l.ino;
+  return l.rpc.fd() >= 0 && fstat(l.rpc.fd(), &st) == 0 && S_ISSOCK(st.st_mode) &&
+         st.st_dev == l.dev && st.st_ino == l.ino;
 }
 
 // The one liveness check of a link: whether the broker at the other end of `fd` is still there
@@ -110,12 +100,12 @@ bool BrokerStillThere(int fd) {
 
 // Whether the link is still this process's, greeted without error, and the broker still there.
 bool LinkUp(const Link& l) {
-  return l.fd >= 0 && l.pid == getpid() && l.hello_err == 0 && StillOurs(l) &&
-         BrokerStillThere(l.fd);
+  return l.rpc.fd() >= 0 && l.pid == getpid() && l.hello_err == 0 && StillOurs(l) &&
+         BrokerStillThere(l.rpc.fd());
 }
 
 void Drop(Link* l, bool close_fd) {
-  if (close_fd && l->fd >= 0) close(l->fd);
+  if (close_fd && l->rpc.fd() >= 0) close(l->rpc.fd());
   *l = Link{};
 }
 
@@ -124,7 +114,7 @@ void FlushReports(Link* l);
 void ThreadExit(void*) {
   if (t_link.pid == getpid() && StillOurs(t_link)) {
     FlushReports(&t_link);
-    close(t_link.fd);
+    close(t_link.rpc.fd());
   }
   t_link = Link{};
 }
@@ -199,10 +189,10 @@ void EnsureBroker() {
   char buf[512];
   size_t got = 0;
   bool timed_out = false;
-  const int64_t deadline = MonotonicNs() + kEnsureMs * 1000000;
+  const int64_t deadline = wire::DeadlineInMs(kEnsureMs);
   for (;;) {
     pollfd p{pipefd[0], POLLIN, 0};
-    int ready = poll(&p, 1, RemainingMs(deadline));
+    int ready = poll(&p, 1, wire::LeftMs(deadline));
     if (ready < 0 && errno == EINTR) continue;
     if (ready == 0) {
       timed_out = true;
@@ -273,68 +263,18 @@ const char* BrokerPathText() {
   return s.socket_path[0] != 0 ? s.socket_path : g_ensured_path;
 }
 
-// Sends one request (with an optional descriptor) and waits for its reply, until `timeout_ms`:
-// ETIMEDOUT then. (The link is non-blocking: a broker that does not read its socket cannot
-// block the send either.)
-int Exchange(Link* l, const wire::Writer& w, int pass_fd, uint8_t* reply, size_t cap,
-             size_t* reply_len, int64_t timeout_ms) {
-  const int64_t deadline = MonotonicNs() + timeout_ms * 1000000;
-  for (;;) {
-    ssize_t sent = wire::SendDatagram(l->fd, w.data(), w.size(), pass_fd);
-    if (sent >= 0) break;
-    if (errno == EPIPE || errno == ECONNRESET) {
-      // A broker that refused the connection (a cap; docs/protocol.md, "Limits and deadlines")
-      // said why before closing it: that is the answer.
-      int err = errno;
-      ssize_t r = recv(l->fd, reply, cap, MSG_DONTWAIT);
-      if (r >= static_cast<ssize_t>(wire::kHeaderSize) && wire::GetLE32(reply + 8) == 0) {
-        *reply_len = static_cast<size_t>(r);
-        return 0;
-      }
-      return err;
-    }
-    if (errno != EAGAIN && errno != EWOULDBLOCK) return errno;
-    pollfd p{l->fd, POLLOUT, 0};
-    int ready = poll(&p, 1, RemainingMs(deadline));
-    if (ready == 0) return ETIMEDOUT;
-    if (ready < 0 && errno != EINTR) return errno;
-  }
-  uint32_t want_id = wire::GetLE32(w.data() + 8);
-  for (;;) {
-    pollfd p{l->fd, POLLIN, 0};
-    int ready = poll(&p, 1, RemainingMs(deadline));
-    if (ready == 0) return ETIMEDOUT;
-    if (ready < 0) {
-      if (errno == EINTR) continue;
-      return errno;
-    }
-    ssize_t r = recv(l->fd, reply, cap, MSG_DONTWAIT);
-    if (r < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) continue;
-    if (r < 0) return errno;
-    if (r == 0) return ECONNRESET;
-    if (static_cast<size_t>(r) >= wire::kHeaderSize && wire::GetLE32(reply + 8) != want_id &&
-        wire::GetLE32(reply + 8) != 0) {
-      continue;  // a stale reply to an earlier request that timed out on our side
-    }
-    *reply_len = static_cast<size_t>(r);
-    return 0;
-  }
-}
-
-// Reads ERRNO and MESSAGE from a reply.
+// Reads ERRNO and MESSAGE from a reply: the errno, its message into `msg` when it is not 0.
 int ReplyErrno(const wire::Message& m, char* msg, size_t msgcap) {
-  wire::Field f;
-  uint32_t err = EPROTO;
-  if (m.Find(wire::kTagErrno, &f)) f.u32(&err);
+  std::string_view text;
+  int err = wire::ReplyErrno(m, &text);
   if (err != 0 && msg != nullptr && msgcap > 0) {
-    if (m.Find(wire::kTagMessage, &f)) {
-      std::snprintf(msg, msgcap, "%.*s", static_cast<int>(f.len),
-                    reinterpret_cast<const char*>(f.data));
+    if (text.data() != nullptr) {
+      std::snprintf(msg, msgcap, "%.*s", static_cast<int>(text.size()), text.data());
     } else {
-      std::snprintf(msg, msgcap, "%s", std::strerror(static_cast<int>(err)));
+      std::snprintf(msg, msgcap, "%s", std::strerror(err));
     }
   }
-  return static_cast<int>(err);
+  return err;
 }
 
 // The SOCKS5 fields of a HELLO reply with kFlagShimSocks5 (common/socks5_plan.h). False when
@@ -349,29 +289,33 @@ bool ReadPlan(const wire::Message& m, Link* l) {
 void FlushReports(Link* l) {
   // StillOurs: at exit or thread exit the program may have closed our descriptor and reused the
   // number; a REPORT must never land in the program's own file.
-  if (l->unreported == 0 || l->fd < 0 || l->pid != getpid() || !StillOurs(*l)) return;
+  if (l->unreported == 0 || l->rpc.fd() < 0 || l->pid != getpid() || !StillOurs(*l)) return;
   uint8_t buf[64];
-  wire::Writer w(buf, sizeof buf, wire::kReport, l->next_id++);
+  wire::Writer w(buf, sizeof buf, wire::kReport, l->rpc.NextId());
   w.PutU32(wire::kTagCount, l->unreported);
-  send(l->fd, w.data(), w.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+  l->rpc.Post(w);
   l->unreported = 0;
   l->reported_ns = MonotonicNs();
 }
 
-int DoHello(Link* l) {
+// The fields of this process's HELLO: who it is and which network its environment asks for.
+void PutHello(wire::Writer* w) {
   const Settings& s = GetSettings();
+  w->PutU16(wire::kTagVersion, wire::kVersion);
+  if (s.network[0] != 0) w->PutString(wire::kTagNetwork, s.network);
+  if (s.session[0] != 0) w->PutString(wire::kTagSession, s.session);
+  w->PutU32(wire::kTagPid, static_cast<uint32_t>(getpid()));
+}
+
+int DoHello(Link* l) {
   uint8_t buf[1024];
-  wire::Writer w(buf, sizeof buf, wire::kHello, l->next_id++);
-  w.PutU16(wire::kTagVersion, wire::kVersion);
-  if (s.network[0] != 0) w.PutString(wire::kTagNetwork, s.network);
-  if (s.session[0] != 0) w.PutString(wire::kTagSession, s.session);
-  w.PutU32(wire::kTagPid, static_cast<uint32_t>(getpid()));
-  uint8_t reply[4096];  // MESSAGE (at most 2500 bytes) and ORIGIN (500) may both be there
-  size_t n = 0;
-  int err = Exchange(l, w, -1, reply, sizeof reply, &n, kQuickMs);
+  wire::Writer w(buf, sizeof buf, wire::kHello, l->rpc.NextId());
+  PutHello(&w);
+  uint8_t reply_buf[4096];  // MESSAGE (at most 2500 bytes) and ORIGIN (500) may both be there
+  wire::Reply reply(reply_buf, sizeof reply_buf);
+  int err = l->rpc.Call(w, -1, wire::DeadlineInMs(kQuickMs), &reply);
   if (err != 0) return err;
-  wire::Message m;
-  if (m.Parse(reply, n) != wire::ParseError::kOk) return EPROTO;
+  const wire::Message& m = reply.message;
   l->hello_done = true;
   l->hello_err = ReplyErrno(m, l->hello_msg, sizeof l->hello_msg);
   wire::Field f;
@@ -401,26 +345,56 @@ int ConnectToBroker(const char* path, int* out, char* msg, size_t msgcap) {
   sockaddr_un sun{};
   sun.sun_family = AF_UNIX;
   std::snprintf(sun.sun_path, sizeof sun.sun_path, "%s", path);
-  const int64_t deadline = MonotonicNs() + kQuickMs * 1000000;
-  int64_t pause_ms = 1;
-  int rc;
-  for (;;) {
-    rc = Real().connect(fd, reinterpret_cast<sockaddr*>(&sun), sizeof sun);
-    if (rc == 0 || errno == EINTR) {
-      if (rc == 0) break;
-      continue;
-    }
-    if (errno != EAGAIN || RemainingMs(deadline) == 0) break;
-    SleepMs(pause_ms < RemainingMs(deadline) ? pause_ms : RemainingMs(deadline));
-    pause_ms = pause_ms * 2 > 100 ? 100 : pause_ms * 2;
+  socklen_t sunlen = sizeof sun;
+  // A process that changed user inside a session (apt's _apt, runuser, setpriv) cannot enter
+  // the broker's 0700 directory, or would be refused there: it uses the broker's abstract
+  // socket, where the broker admits it by its process tree (common/broker_address.h).
+  bool abstract = false;
+  struct stat dir;
+  char* slash = strrchr(sun.sun_path, '/');
+  if (slash != nullptr && slash != sun.sun_path) {
+    *slash = 0;
+    abstract = stat(sun.sun_path, &dir) == 0 && dir.st_uid != geteuid();
+    *slash = '/';
   }
-  if (rc == 0) {
+  if (abstract) sunlen = AbstractBrokerAddress(path, &sun);
+  auto real_connect = [](int s, const sockaddr* a, socklen_t n) {
+    return Real().connect(s, a, n);  // past the connect hook
+  };
+  const int64_t deadline = wire::DeadlineInMs(kQuickMs);
+  int err = wire::ConnectUntil(fd, sun, sunlen, deadline, real_connect);
+  if ((err == EACCES || err == EPERM) && !abstract) {
+    abstract = true;
+    sunlen = AbstractBrokerAddress(path, &sun);
+    err = wire::ConnectUntil(fd, sun, sunlen, deadline, real_connect);
+  }
+  ucred cred{};
+  socklen_t credlen = sizeof cred;
+  if (err == 0 && abstract &&
+      (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &credlen) != 0 ||
+       !AbstractPeerTrusted(path, cred.uid))) {
+    // Anyone can bind an abstract name first; only the broker's user (or root) is believed.
+    close(fd);
+    std::snprintf(msg, msgcap,
+                  "the abstract socket @%s of the via broker at %s is held by uid %u, not by the "
+                  "broker's user: refusing to talk to it (someone else took the name?); nothing "
+                  "was sent",
+                  sun.sun_path + 1, path, static_cast<unsigned>(cred.uid));
+    return EACCES;
+  }
+  if (err == 0) {
     *out = fd;
     return 0;
   }
-  int err = errno;
   close(fd);
-  if (err == EAGAIN) {
+  if (abstract && err != ETIMEDOUT) {
+    std::snprintf(msg, msgcap,
+                  "this process (uid %u) cannot use the via broker at %s, and its abstract socket "
+                  "@%s for processes that changed user is not reachable (%s); nothing was sent",
+                  static_cast<unsigned>(geteuid()), path, sun.sun_path + 1, std::strerror(err));
+    return err == ENOENT || err == ECONNREFUSED ? EACCES : err;
+  }
+  if (err == ETIMEDOUT) {
     std::snprintf(msg, msgcap,
                   "the via broker at %s accepted no connection within %d s (stopped, stuck or "
                   "overloaded?); nothing was sent. See `via status`; if it stays so, end the "
@@ -451,7 +425,7 @@ void AdoptLink(Link* l, int fd) {
   if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &credlen) == 0) {
     l->broker_pid = static_cast<uint32_t>(cred.pid);
   }
-  l->fd = fd;
+  l->rpc.set_fd(fd);
   l->pid = getpid();
   l->dev = st.st_dev;
   l->ino = st.st_ino;
@@ -487,17 +461,17 @@ int Greet(Link* l, const char* path, char* msg, size_t msgcap) {
 int GetLink(Link** out, char* msg, size_t msgcap) {
   pthread_once(&g_key_once, MakeKey);
   Link* l = &t_link;
-  if (l->fd >= 0) {
+  if (l->rpc.fd() >= 0) {
     if (l->pid != getpid()) {
       // Inherited across fork: the parent still uses this connection; close our copy.
       Drop(l, StillOurs(*l));
     } else if (!StillOurs(*l)) {
       Drop(l, false);  // the program closed or replaced it; that descriptor is not ours now
-    } else if (!BrokerStillThere(l->fd)) {
+    } else if (!BrokerStillThere(l->rpc.fd())) {
       Drop(l, true);  // greeted again below: the broker may have a new answer
     }
   }
-  if (l->fd < 0) {
+  if (l->rpc.fd() < 0) {
     char path[108];
     int fd = -1;
     if (int err = SocketPath(path, sizeof path, msg, msgcap); err != 0) return err;
@@ -521,13 +495,13 @@ int Request(wire::Writer& w, int pass_fd, uint8_t* reply, size_t cap, wire::Mess
     int err = GetLink(&l, msg, msgcap);
     if (err != 0) return err;
     FlushReports(l);
-    size_t n = 0;
     const uint16_t type = wire::GetLE16(w.data() + 4);
     const bool waits_on_overlay = type == wire::kConnect || type == wire::kListen ||
                                   type == wire::kResolve || type == wire::kReverse ||
                                   type == wire::kDnsQuery;
     const int64_t timeout_ms = kQuickMs + (waits_on_overlay ? int64_t(l->wait_ms) : 0);
-    err = Exchange(l, w, pass_fd, reply, cap, &n, timeout_ms);
+    wire::Reply r(reply, cap);
+    err = l->rpc.Call(w, pass_fd, wire::DeadlineInMs(timeout_ms), &r);
     if (err == ETIMEDOUT) {
       // The reply may still come; this link is dropped so that it never answers a later request.
       uint32_t broker = l->broker_pid;
@@ -539,14 +513,14 @@ int Request(wire::Writer& w, int pass_fd, uint8_t* reply, size_t cap, wire::Mess
       return err;
     }
     if (err == 0) {
-      if (m->Parse(reply, n) != wire::ParseError::kOk) {
-        std::snprintf(msg, msgcap, "malformed reply from the via broker");
-        Drop(l, true);
-        return EPROTO;
-      }
+      *m = r.message;
       return 0;
     }
     Drop(l, true);
+    if (err == EPROTO) {
+      std::snprintf(msg, msgcap, "malformed reply from the via broker: %s", r.error);
+      return err;
+    }
     if (attempt == 1 || (err != EPIPE && err != ECONNRESET && err != ENOTCONN)) {
       std::snprintf(msg, msgcap, "lost the connection to the via broker: %s", std::strerror(err));
       return err;
@@ -580,7 +554,8 @@ int BrokerHello(HelloInfo* info, char* msg, size_t msgcap) {
   // broker hangs up the link: it does so when a reload changes what this process gets (direct
   // or an overlay, the loopback policy). One poll, no wait; a hang-up goes the long way and
   // greets again. A broker that restarted is noticed the same way.
-  if (t_link.hello_done && t_link.hello_err == 0 && t_link.fd >= 0 && BrokerStillThere(t_link.fd)) {
+  if (t_link.hello_done && t_link.hello_err == 0 && t_link.rpc.fd() >= 0 &&
+      BrokerStillThere(t_link.rpc.fd())) {
     info->flags = t_link.flags;
     return 0;
   }
@@ -593,7 +568,7 @@ int BrokerHello(HelloInfo* info, char* msg, size_t msgcap) {
 
 int BrokerConnect(int fd, const wire::Addr& dest, char* msg, size_t msgcap) {
   uint8_t buf[256];
-  wire::Writer w(buf, sizeof buf, wire::kConnect, t_link.next_id++);
+  wire::Writer w(buf, sizeof buf, wire::kConnect, t_link.rpc.NextId());
   w.PutAddr(wire::kTagAddr, dest);
   uint8_t reply[4096];  // an error MESSAGE is at most 3000 bytes
   wire::Message m;
@@ -619,7 +594,7 @@ void BrokerReport(const wire::Addr& dest, const char* name, int err, const char*
     return;
   }
   uint8_t buf[1024];
-  wire::Writer w(buf, sizeof buf, wire::kReport, l->next_id++);
+  wire::Writer w(buf, sizeof buf, wire::kReport, l->rpc.NextId());
   if (name != nullptr) {
     w.PutString(wire::kTagName, name);
     w.PutU16(wire::kTagPort, dest.port);
@@ -629,9 +604,7 @@ void BrokerReport(const wire::Addr& dest, const char* name, int err, const char*
   w.PutU32(wire::kTagErrno, static_cast<uint32_t>(err));
   if (err == 0) {
     // The broker logs each connect (debug): one message, no reply, never a wait.
-    if (l->fd >= 0 && l->pid == getpid() && StillOurs(*l) && w.ok()) {
-      send(l->fd, w.data(), w.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-    }
+    if (l->rpc.fd() >= 0 && l->pid == getpid() && StillOurs(*l) && w.ok()) l->rpc.Post(w);
     return;
   }
   w.PutString(wire::kTagMessage, msg);
@@ -652,7 +625,7 @@ int BrokerResolve(const char* name, int family, wire::Addr* out, int cap, int* c
     *count = 0;
   }
   uint8_t buf[512];
-  wire::Writer w(buf, sizeof buf, wire::kResolve, t_link.next_id++);
+  wire::Writer w(buf, sizeof buf, wire::kResolve, t_link.rpc.NextId());
   w.PutString(wire::kTagName, name);
   w.PutU8(wire::kTagFamily, static_cast<uint8_t>(family));
   if (!w.ok()) {
@@ -676,7 +649,7 @@ int BrokerResolve(const char* name, int family, wire::Addr* out, int cap, int* c
 
 int BrokerReverse(const wire::Addr& addr, char* name, size_t namecap) {
   uint8_t buf[256];
-  wire::Writer w(buf, sizeof buf, wire::kReverse, t_link.next_id++);
+  wire::Writer w(buf, sizeof buf, wire::kReverse, t_link.rpc.NextId());
   w.PutAddr(wire::kTagAddr, addr);
   uint8_t reply[4096];
   wire::Message m;
@@ -696,7 +669,7 @@ int BrokerListen(int pass_fd, const wire::Addr& bound, uint32_t* flags, char* ad
   *flags = 0;
   if (addrcap > 0) address[0] = 0;
   uint8_t buf[256];
-  wire::Writer w(buf, sizeof buf, wire::kListen, t_link.next_id++);
+  wire::Writer w(buf, sizeof buf, wire::kListen, t_link.rpc.NextId());
   w.PutAddr(wire::kTagAddr, bound);
   uint8_t reply[4096];
   wire::Message m;
@@ -714,7 +687,7 @@ int BrokerListen(int pass_fd, const wire::Addr& bound, uint32_t* flags, char* ad
 
 int BrokerDnsSocket(const wire::Addr& local, wire::Addr* responder, char* msg, size_t msgcap) {
   uint8_t buf[128];
-  wire::Writer w(buf, sizeof buf, wire::kDnsSocket, t_link.next_id++);
+  wire::Writer w(buf, sizeof buf, wire::kDnsSocket, t_link.rpc.NextId());
   w.PutAddr(wire::kTagAddr, local);
   uint8_t reply[1024];
   wire::Message m;
@@ -737,7 +710,7 @@ int BrokerDnsQuery(const void* query, size_t n, uint8_t* answer, size_t cap, siz
     return EMSGSIZE;
   }
   uint8_t buf[kMaxDnsQuery + 64];
-  wire::Writer w(buf, sizeof buf, wire::kDnsQuery, t_link.next_id++);
+  wire::Writer w(buf, sizeof buf, wire::kDnsQuery, t_link.rpc.NextId());
   w.PutBytes(wire::kTagDnsPacket, query, n);
   uint8_t reply[kMaxDnsQuery + 1024];
   wire::Message m;
@@ -786,39 +759,25 @@ int BrokerHelloDetached(uint32_t* flags, char* msg, size_t msgcap) {
     rc = Real().connect(fd, reinterpret_cast<sockaddr*>(&sun), sizeof sun);
   } while (rc < 0 && errno == EINTR);
   uint8_t buf[1024];
-  wire::Writer w(buf, sizeof buf, wire::kHello, 1);
-  w.PutU16(wire::kTagVersion, wire::kVersion);
-  if (s.network[0] != 0) w.PutString(wire::kTagNetwork, s.network);
-  if (s.session[0] != 0) w.PutString(wire::kTagSession, s.session);
-  w.PutU32(wire::kTagPid, static_cast<uint32_t>(getpid()));
-  uint8_t reply[4096];
-  ssize_t n = -1;
+  wire::Writer w(buf, sizeof buf, wire::kHello, 1);  // the connection's first and only request
+  PutHello(&w);
+  uint8_t reply_buf[4096];
+  wire::Reply reply(reply_buf, sizeof reply_buf);
   if (rc < 0) {
     err = errno;
     std::snprintf(msg, msgcap, "the via broker at %s is not reachable (%s)", path,
                   std::strerror(err));
-  } else if (wire::SendDatagram(fd, w.data(), w.size(), -1) < 0) {
-    err = errno;
   } else {
-    pollfd p{fd, POLLIN, 0};
-    int ready;
-    do {
-      ready = poll(&p, 1, 10000);
-    } while (ready < 0 && errno == EINTR);
-    if (ready == 0) {
-      err = ETIMEDOUT;
-      std::snprintf(msg, msgcap, "the via broker at %s did not answer within 10 s", path);
-    } else {
-      do {
-        n = recv(fd, reply, sizeof reply, MSG_DONTWAIT);
-      } while (n < 0 && errno == EINTR);
-      if (n <= 0) err = n == 0 ? ECONNRESET : errno;
+    wire::RequestClient rpc(fd);
+    err = rpc.Call(w, -1, wire::DeadlineInMs(kQuickMs), &reply);
+    if (err == ETIMEDOUT) {
+      std::snprintf(msg, msgcap, "the via broker at %s did not answer within %d s", path,
+                    static_cast<int>(kQuickMs / 1000));
     }
   }
   close(fd);
   if (err != 0) return err;
-  wire::Message m;
-  if (m.Parse(reply, size_t(n)) != wire::ParseError::kOk) return EPROTO;
+  const wire::Message& m = reply.message;
   if (int refused = ReplyErrno(m, msg, msgcap); refused != 0) return refused;
   wire::Field f;
   if (m.Find(wire::kTagFlags, &f)) f.u32(flags);

@@ -189,6 +189,19 @@ void CopyAddress(AddrCall call, const sockaddr* sa, socklen_t len, ConnectPlan* 
   p->len = call == AddrCall::kSendmsg ? socklen_t(n) : len;
 }
 
+// A datagram to loopback or the unspecified address reaches the host's own services: allowed
+// unless those are refused (network_service.loopback: refuse, and the network "none").
+void PlanLoopbackDatagram(const ConnectQuestions& ask, ConnectPlan* p) {
+  HelloInfo info;
+  if (int err = ask.hello(&info, p->msg, sizeof p->msg); err != 0) {
+    p->route = Route::kFailed;
+    p->err = err;
+  } else if (info.flags & wire::kFlagLoopbackRefuse) {
+    p->route = Route::kRefuseLoopbackDatagram;
+    p->err = EPERM;
+  }
+}
+
 // The part of the decision that depends on the address, for a socket PlanSocket let through.
 void PlanAddress(AddrCall call, bool fastopen, const sockaddr* sa, socklen_t len,
                  const ConnectQuestions& ask, ConnectPlan* p) {
@@ -209,6 +222,8 @@ void PlanAddress(AddrCall call, bool fastopen, const sockaddr* sa, socklen_t len
   } else if (!DatagramAllowed(p->dest)) {
     p->route = Route::kRefuseDatagram;
     p->err = EPERM;
+  } else {
+    PlanLoopbackDatagram(ask, p);
   }
 }
 

@@ -32,14 +32,15 @@ enum class Route {
   kDnsSocket,   // connect of a UDP socket to port 53: a DNS socket the broker answers
   kDnsQuery,    // a UDP datagram to port 53: a DNS query the broker answers (else refused)
   // Refusals: -1 with ConnectPlan::err.
-  kReject,          // the kernel would refuse the address: nothing is sent, nothing said
-  kFailed,          // the broker could not be asked about a loopback destination (`msg`)
-  kRoutedFailed,    // the broker link failed before a connect through the overlay (`msg`)
-  kRefuse,          // loopback destination under network_service.loopback: refuse
-  kRefuseDatagram,  // non-TCP traffic that would leave the host
-  kRefuseDns,       // TCP to the local resolver's port 53
-  kRefuseSocket,    // a socket the shim cannot judge (ConnectPlan::kind)
-  kRefuseRedirect,  // a source route or routing header: the kernel would send elsewhere
+  kReject,                  // the kernel would refuse the address: nothing is sent, nothing said
+  kFailed,                  // the broker could not be asked about a loopback destination (`msg`)
+  kRoutedFailed,            // the broker link failed before a connect through the overlay (`msg`)
+  kRefuse,                  // loopback destination under network_service.loopback: refuse
+  kRefuseDatagram,          // non-TCP traffic that would leave the host
+  kRefuseLoopbackDatagram,  // non-TCP traffic to loopback under loopback: refuse (or none)
+  kRefuseDns,               // TCP to the local resolver's port 53
+  kRefuseSocket,            // a socket the shim cannot judge (ConnectPlan::kind)
+  kRefuseRedirect,          // a source route or routing header: the kernel would send elsewhere
 };
 
 constexpr uint16_t kDnsPort = 53;

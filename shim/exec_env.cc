@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <link.h>
 #include <signal.h>
+#include <sys/auxv.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -424,6 +425,62 @@ char* const* FixEnv(char* const* envp, void* buf, size_t cap) {
   }
   out[k] = nullptr;
   return out;
+}
+
+namespace {
+
+// Whether the mode bits of `st` give `want` (4 read, 1 search) to `euid` with `egid` and
+// `groups`: as the kernel decides for a process without capabilities (ACLs not consulted).
+bool ModeAllows(const struct stat& st, unsigned want, uid_t euid, gid_t egid, const gid_t* groups,
+                int ngroups) {
+  if (st.st_uid == euid) return ((st.st_mode >> 6) & want) == want;
+  bool member = st.st_gid == egid;
+  for (int i = 0; i < ngroups && !member; ++i) member = groups[i] == st.st_gid;
+  if (member) return ((st.st_mode >> 3) & want) == want;
+  return (st.st_mode & want) == want;
+}
+
+// Whether the loader, run by this process's exec with its effective ids and without the
+// capabilities it may hold now (setpriv and daemons keep theirs until the exec), can open
+// `path`: every directory on the way searchable, the file readable.
+bool LoaderCanRead(const char* path) {
+  uid_t euid = geteuid();
+  if (euid == 0) return true;
+  gid_t egid = getegid();
+  gid_t groups[256];
+  int ngroups = getgroups(256, groups);
+  if (ngroups < 0) return false;  // more groups than fit: not worth guessing
+  // The path comes from the kernel (/proc/self/map_files or maps): absolute, no symbolic links.
+  char prefix[kPathMax];
+  size_t len = std::strlen(path);
+  if (path[0] != '/' || len >= sizeof prefix) return false;
+  std::memcpy(prefix, path, len + 1);
+  struct stat st;
+  if (stat("/", &st) != 0 || !ModeAllows(st, 1, euid, egid, groups, ngroups)) return false;
+  for (size_t i = 1; i < len; ++i) {
+    if (path[i] != '/') continue;
+    prefix[i] = 0;
+    bool searchable = stat(prefix, &st) == 0 && ModeAllows(st, 1, euid, egid, groups, ngroups);
+    prefix[i] = '/';
+    if (!searchable) return false;
+  }
+  return stat(path, &st) == 0 && ModeAllows(st, 4, euid, egid, groups, ngroups);
+}
+
+}  // namespace
+
+const char* ShimUnreadableReason(char* detail, size_t cap) {
+  if (geteuid() == static_cast<uid_t>(getauxval(AT_EUID))) return nullptr;
+  SelfFile scratch;
+  const SelfFile* self = Self(&scratch);
+  if (self == nullptr) {
+    std::snprintf(detail, cap, "%s", "its file could not be found in /proc/self");
+    return "this process changed user and the shim cannot tell whether the new user can load it";
+  }
+  if (LoaderCanRead(self->path)) return nullptr;
+  std::snprintf(detail, cap, "%s", self->path);
+  return "this process changed user and the new user cannot read the shim, so the loader would "
+         "skip it";
 }
 
 }  // namespace via::shim

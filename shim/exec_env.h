@@ -58,6 +58,14 @@ bool FindVia(char* exe, size_t cap);
 // children inherit the answer instead of each asking the kernel before its exec.
 void FindSelf();
 
+// Why a program exec'd by this process would run without the shim although it is preloaded, or
+// nullptr: the process changed its effective uid since it started (setpriv, runuser, a daemon
+// dropping root; getauxval(AT_EUID) against geteuid(), no system call otherwise) and the new
+// user cannot read this library (a build tree in root's home), so the loader would skip it with
+// a warning and run the program unrouted. `detail` gets the library's path. Safe in a vfork
+// child.
+const char* ShimUnreadableReason(char* detail, size_t cap);
+
 // The exec guard's check of `path` (hook_exec.cc) for libc functions that start a program
 // themselves (hook_shell.cc): called in the process itself, never in a vfork child. 0, or EPERM
 // after one line on stderr.

@@ -160,11 +160,17 @@ int Refuse(const ConnectPlan& p) {
     case Route::kRefuse:
       Complain(
           "connect to %s refused: loopback destinations are refused under %s "
-          "(network_service.loopback: refuse)",
+          "(network_service.loopback: refuse, or network none)",
           where, NetworkLabel());
       break;
     case Route::kRefuseDatagram:
       ComplainDatagram(p.dest);
+      break;
+    case Route::kRefuseLoopbackDatagram:
+      Complain(
+          "datagram to %s refused with EPERM: loopback destinations are refused under %s "
+          "(network_service.loopback: refuse, or network none)",
+          where, NetworkLabel());
       break;
     case Route::kRefuseDns:
       Complain("connect to %s refused: DNS to the local resolver would leak names under %s", where,

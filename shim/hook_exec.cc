@@ -51,6 +51,7 @@ int CheckExec(const char* path, char* const argv[], char* const envp[], bool in_
   char interp[kPathMax];  // not cleared: 4 KiB of stores, and a page fault in a forked child
   interp[0] = 0;
   const char* reason = EnvironmentReason(envp, interp, sizeof interp);
+  if (reason == nullptr) reason = ShimUnreadableReason(interp, sizeof interp);
   if (reason == nullptr) reason = UnroutedReason(path, argv, interp, sizeof interp);
   if (reason == nullptr) return 0;
   char why[512];

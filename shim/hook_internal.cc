@@ -143,7 +143,7 @@ VIA_EXPORT nss_status _nss_dns_gethostbyname4_r(const char* name, gaih_addrtuple
   int n = 0;
   int err = RoutedLookup(name, AF_UNSPEC, addrs, kMaxAddrs, &n);
   if (err != 0) {
-    *h_errnop = TRY_AGAIN;
+    *h_errnop = err == ENETUNREACH ? NO_RECOVERY : TRY_AGAIN;  // as getaddrinfo's EAI_FAIL
     return Status(err == ENOENT || err == ERANGE ? EAGAIN : err, errnop);
   }
   if (n == 0) return NotFound(errnop, h_errnop);

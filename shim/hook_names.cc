@@ -92,8 +92,8 @@ int RoutedHostent(const char* name, int af, hostent* ret, char* buf, size_t bufl
   }
   wire::Addr addrs[kMaxAddrs];
   int n = 0;
-  if (RoutedLookup(name, af, addrs, kMaxAddrs, &n) != 0) {
-    *h_errnop = TRY_AGAIN;
+  if (int err = RoutedLookup(name, af, addrs, kMaxAddrs, &n); err != 0) {
+    *h_errnop = err == ENETUNREACH ? NO_RECOVERY : TRY_AGAIN;  // as getaddrinfo's EAI_FAIL
     return EAGAIN;
   }
   int k = 0;
@@ -195,7 +195,11 @@ VIA_EXPORT int getaddrinfo(const char* node, const char* service, const addrinfo
   const bool mapped = family == AF_INET6 && (flags & AI_V4MAPPED) != 0;
   wire::Addr addrs[kMaxAddrs];
   int n = 0;
-  if (RoutedLookup(node, mapped ? AF_UNSPEC : family, addrs, kMaxAddrs, &n) != 0) return EAI_AGAIN;
+  if (int err = RoutedLookup(node, mapped ? AF_UNSPEC : family, addrs, kMaxAddrs, &n); err != 0) {
+    // ENETUNREACH: no network to resolve through (network none, an overlay with none): retrying
+    // cannot help.
+    return err == ENETUNREACH ? EAI_FAIL : EAI_AGAIN;
+  }
   if (mapped && (flags & AI_ALL) == 0) {
     int v6 = 0;
     for (int i = 0; i < n; ++i) v6 += addrs[i].family == 6;

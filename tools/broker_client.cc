@@ -1,29 +1,14 @@
 #include "tools/broker_client.h"
 
-#include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <vector>
 
 namespace via::tools {
-
-namespace {
-
-int64_t NowMs() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
-}
-
-int LeftMs(int64_t deadline) { return int(std::clamp<int64_t>(deadline - NowMs(), 0, 0x7fffffff)); }
-
-}  // namespace
 
 Result<BrokerClient> BrokerClient::Connect(const std::string& path, int timeout_ms) {
   BrokerClient c;
@@ -38,20 +23,18 @@ Result<BrokerClient> BrokerClient::Connect(const std::string& path, int timeout_
     return Status::Error(ENAMETOOLONG, "socket path too long: " + path);
   }
   std::memcpy(sun.sun_path, path.c_str(), path.size() + 1);
-  const int64_t deadline = NowMs() + timeout_ms;
-  int pause_ms = 1;
-  while (connect(c.fd_.get(), reinterpret_cast<sockaddr*>(&sun), sizeof sun) != 0) {
-    if (errno == EINTR) continue;
-    if (errno != EAGAIN) return Status::FromErrno("cannot reach the broker at " + path);
-    if (LeftMs(deadline) == 0) {
-      return Status::Error(ETIMEDOUT,
-                           "the broker at " + path + " accepted no connection within " +
-                               std::to_string(timeout_ms / 1000) +
-                               " s (its backlog is full: stopped, stuck or overloaded?)");
-    }
-    poll(nullptr, 0, std::min(pause_ms, LeftMs(deadline)));
-    pause_ms = std::min(pause_ms * 2, 100);
+  int err =
+      wire::ConnectUntil(c.fd_.get(), sun, sizeof sun, wire::DeadlineInMs(timeout_ms),
+                         [](int s, const sockaddr* a, socklen_t n) { return connect(s, a, n); });
+  if (err == ETIMEDOUT) {
+    return Status::Error(ETIMEDOUT, "the broker at " + path + " accepted no connection within " +
+                                        std::to_string(timeout_ms / 1000) +
+                                        " s (its backlog is full: stopped, stuck or overloaded?)");
   }
+  if (err != 0) {
+    return Status::FromErrno("cannot reach the broker at " + path, err);
+  }
+  c.rpc_.set_fd(c.fd_.get());
   ucred cred{};
   socklen_t len = sizeof cred;
   if (getsockopt(c.fd_.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) c.broker_pid_ = cred.pid;
@@ -70,75 +53,31 @@ Status BrokerClient::NoAnswer(int64_t ms) const {
 Result<wire::Message> BrokerClient::Exchange(const wire::Writer& w, int pass_fd,
                                              int64_t timeout_ms) {
   if (timeout_ms < 0) timeout_ms = kQuickMs;
-  const int64_t deadline = NowMs() + timeout_ms;
-  ssize_t r;
-  for (;;) {
-    r = wire::SendDatagram(fd_.get(), w.data(), w.size(), pass_fd);
-    if (r >= 0) break;
-    if (errno == EPIPE || errno == ECONNRESET) {
-      // A broker that refused the connection (a cap) said why before closing it.
-      Status failed = Status::FromErrno("sending to the broker");
-      reply_.resize(wire::kMaxMessage);
-      r = recv(fd_.get(), reply_.data(), reply_.size(), MSG_DONTWAIT);
-      wire::Message m;
-      if (r >= ssize_t(wire::kHeaderSize) &&
-          m.Parse(reinterpret_cast<const uint8_t*>(reply_.data()), size_t(r)) ==
-              wire::ParseError::kOk &&
-          m.id() == 0) {
-        reply_.resize(size_t(r));
-        return ReplyStatus(m).ok() ? failed : ReplyStatus(m);
-      }
-      return failed;
-    }
-    if (errno != EAGAIN && errno != EWOULDBLOCK) {
-      return Status::FromErrno("sending to the broker");
-    }
-    pollfd p{fd_.get(), POLLOUT, 0};
-    int ready = poll(&p, 1, LeftMs(deadline));
-    if (ready == 0) return NoAnswer(timeout_ms);
+  reply_.resize(wire::kMaxMessage);
+  wire::Reply reply(reply_.data(), reply_.size());
+  int err = rpc_.Call(w, pass_fd, wire::DeadlineInMs(timeout_ms), &reply);
+  switch (err) {
+    case 0:
+      return reply.message;
+    case ETIMEDOUT:
+      return NoAnswer(timeout_ms);
+    case EPROTO:
+      return Status::Error(EPROTO, std::string("malformed reply from the broker: ") + reply.error);
+    default:
+      return Status::FromErrno(reply.error, err);
   }
-  const uint32_t want_id = wire::GetLE32(w.data() + 8);
-  for (;;) {
-    pollfd p{fd_.get(), POLLIN, 0};
-    int ready = poll(&p, 1, LeftMs(deadline));
-    if (ready == 0) return NoAnswer(timeout_ms);
-    if (ready < 0 && errno != EINTR) return Status::FromErrno("waiting for the broker");
-    if (ready < 0) continue;
-    reply_.resize(wire::kMaxMessage);
-    r = recv(fd_.get(), reply_.data(), reply_.size(), MSG_DONTWAIT);
-    if (r < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) continue;
-    if (r < 0) return Status::FromErrno("reading from the broker");
-    if (r == 0) return Status::Error(ECONNRESET, "the broker closed the connection");
-    // A reply to an earlier request that timed out here: not this one's.
-    if (size_t(r) >= wire::kHeaderSize &&
-        wire::GetLE32(reinterpret_cast<uint8_t*>(reply_.data()) + 8) != want_id &&
-        wire::GetLE32(reinterpret_cast<uint8_t*>(reply_.data()) + 8) != 0) {
-      continue;
-    }
-    break;
-  }
-  reply_.resize(size_t(r));
-  wire::Message m;
-  wire::ParseError pe = m.Parse(reinterpret_cast<const uint8_t*>(reply_.data()), reply_.size());
-  if (pe != wire::ParseError::kOk) {
-    return Status::Error(
-        EPROTO, std::string("malformed reply from the broker: ") + wire::ParseErrorText(pe));
-  }
-  return m;
 }
 
 Status BrokerClient::ReplyStatus(const wire::Message& m) {
-  wire::Field f;
-  uint32_t err = EPROTO;
-  if (m.Find(wire::kTagErrno, &f)) f.u32(&err);
+  std::string_view text;
+  int err = wire::ReplyErrno(m, &text);
   if (err == 0) return Status::Ok();
-  std::string msg = m.Find(wire::kTagMessage, &f) ? std::string(f.str()) : std::strerror(int(err));
-  return Status::Error(int(err), msg);
+  return Status::Error(err, text.data() != nullptr ? std::string(text) : std::strerror(err));
 }
 
 Result<std::string> BrokerClient::Hello(const std::string& network, const std::string& session) {
   uint8_t buf[1024];
-  wire::Writer w(buf, sizeof buf, wire::kHello, next_id_++);
+  wire::Writer w(buf, sizeof buf, wire::kHello, rpc_.NextId());
   w.PutU16(wire::kTagVersion, wire::kVersion);
   if (!network.empty()) w.PutString(wire::kTagNetwork, network);
   if (!session.empty()) w.PutString(wire::kTagSession, session);
@@ -163,7 +102,7 @@ Result<std::string> BrokerClient::Hello(const std::string& network, const std::s
 
 Status BrokerClient::HelloControl() {
   uint8_t buf[256];
-  wire::Writer w(buf, sizeof buf, wire::kHello, next_id_++);
+  wire::Writer w(buf, sizeof buf, wire::kHello, rpc_.NextId());
   w.PutU16(wire::kTagVersion, wire::kVersion);
   w.PutU32(wire::kTagFlags, wire::kFlagControl);
   w.PutU32(wire::kTagPid, uint32_t(getpid()));
@@ -178,7 +117,7 @@ Result<std::string> BrokerClient::OpenSession(const std::string& network, bool e
                                               const SessionCommand& command,
                                               std::string* effective) {
   std::vector<uint8_t> buf(wire::kMaxMessage);
-  wire::Writer w(buf.data(), buf.size(), wire::kOpenSession, next_id_++);
+  wire::Writer w(buf.data(), buf.size(), wire::kOpenSession, rpc_.NextId());
   if (!network.empty()) w.PutString(wire::kTagNetwork, network);
   w.PutU32(wire::kTagFlags, explicit_sel ? wire::kFlagSessionExplicit : 0);
   if (!command.exe.empty()) w.PutString(wire::kTagExe, command.exe);
@@ -199,7 +138,7 @@ Result<std::string> BrokerClient::OpenSession(const std::string& network, bool e
 
 Status BrokerClient::SessionChild(const std::string& token, pid_t pid) {
   uint8_t buf[256];
-  wire::Writer w(buf, sizeof buf, wire::kSessionChild, next_id_++);
+  wire::Writer w(buf, sizeof buf, wire::kSessionChild, rpc_.NextId());
   w.PutString(wire::kTagSession, token);
   w.PutU32(wire::kTagPid, uint32_t(pid));
   auto m = Exchange(w);
@@ -209,7 +148,7 @@ Status BrokerClient::SessionChild(const std::string& token, pid_t pid) {
 
 Status BrokerClient::SessionDetach(const std::string& token, const std::vector<pid_t>& pids) {
   std::vector<uint8_t> buf(wire::kMaxMessage);
-  wire::Writer w(buf.data(), buf.size(), wire::kSessionDetach, next_id_++);
+  wire::Writer w(buf.data(), buf.size(), wire::kSessionDetach, rpc_.NextId());
   w.PutString(wire::kTagSession, token);
   for (size_t i = 0; i < pids.size() && i < 4096; ++i) w.PutU32(wire::kTagPid, uint32_t(pids[i]));
   auto m = Exchange(w);
@@ -219,7 +158,7 @@ Status BrokerClient::SessionDetach(const std::string& token, const std::vector<p
 
 Status BrokerClient::Reload() {
   uint8_t buf[64];
-  wire::Writer w(buf, sizeof buf, wire::kReload, next_id_++);
+  wire::Writer w(buf, sizeof buf, wire::kReload, rpc_.NextId());
   auto m = Exchange(w);
   if (!m.ok()) return m.status();
   wire::Field f;
@@ -227,9 +166,22 @@ Status BrokerClient::Reload() {
   return ReplyStatus(*m);
 }
 
+Result<std::string> BrokerClient::Newnym(const std::string& network, uint32_t* renewed) {
+  uint8_t buf[1024];
+  wire::Writer w(buf, sizeof buf, wire::kNewnym, rpc_.NextId());
+  if (!network.empty()) w.PutString(wire::kTagNetwork, network);
+  auto m = Exchange(w);
+  if (!m.ok()) return m.status();
+  if (Status s = ReplyStatus(*m); !s.ok()) return s;
+  wire::Field f;
+  *renewed = 0;
+  if (m->Find(wire::kTagCount, &f)) f.u32(renewed);
+  return m->Find(wire::kTagMessage, &f) ? std::string(f.str()) : std::string();
+}
+
 Status BrokerClient::ConnectByName(int fd, const std::string& name, uint16_t port) {
   uint8_t buf[1024];
-  wire::Writer w(buf, sizeof buf, wire::kConnect, next_id_++);
+  wire::Writer w(buf, sizeof buf, wire::kConnect, rpc_.NextId());
   w.PutString(wire::kTagName, name);
   w.PutU16(wire::kTagPort, port);
   auto m = Exchange(w, fd, kQuickMs + wait_ms_);
@@ -239,7 +191,7 @@ Status BrokerClient::ConnectByName(int fd, const std::string& name, uint16_t por
 
 Status BrokerClient::ConnectAddr(int fd, const wire::Addr& addr) {
   uint8_t buf[256];
-  wire::Writer w(buf, sizeof buf, wire::kConnect, next_id_++);
+  wire::Writer w(buf, sizeof buf, wire::kConnect, rpc_.NextId());
   w.PutAddr(wire::kTagAddr, addr);
   auto m = Exchange(w, fd, kQuickMs + wait_ms_);
   if (!m.ok()) return m.status();
@@ -248,7 +200,7 @@ Status BrokerClient::ConnectAddr(int fd, const wire::Addr& addr) {
 
 Result<std::vector<wire::Addr>> BrokerClient::Resolve(const std::string& name, uint32_t* hold_ms) {
   uint8_t buf[512];
-  wire::Writer w(buf, sizeof buf, wire::kResolve, next_id_++);
+  wire::Writer w(buf, sizeof buf, wire::kResolve, rpc_.NextId());
   w.PutString(wire::kTagName, name);
   if (!w.ok()) return Status::Error(EINVAL, "host name too long: " + name);
   auto m = Exchange(w, -1, kQuickMs + wait_ms_);
@@ -266,7 +218,7 @@ Result<std::vector<wire::Addr>> BrokerClient::Resolve(const std::string& name, u
 
 Result<std::string> BrokerClient::DnsQuery(const void* packet, size_t len) {
   std::vector<uint8_t> buf(wire::kMaxMessage);
-  wire::Writer w(buf.data(), buf.size(), wire::kDnsQuery, next_id_++);
+  wire::Writer w(buf.data(), buf.size(), wire::kDnsQuery, rpc_.NextId());
   w.PutBytes(wire::kTagDnsPacket, packet, len);
   auto m = Exchange(w, -1, kQuickMs + wait_ms_);
   if (!m.ok()) return m.status();
@@ -277,7 +229,7 @@ Result<std::string> BrokerClient::DnsQuery(const void* packet, size_t len) {
 
 Result<std::string> BrokerClient::StatusText() {
   uint8_t buf[64];
-  wire::Writer w(buf, sizeof buf, wire::kStatus, next_id_++);
+  wire::Writer w(buf, sizeof buf, wire::kStatus, rpc_.NextId());
   auto m = Exchange(w);
   if (!m.ok()) return m.status();
   if (Status s = ReplyStatus(*m); !s.ok()) return s;
@@ -287,7 +239,7 @@ Result<std::string> BrokerClient::StatusText() {
 
 Status BrokerClient::Shutdown() {
   uint8_t buf[64];
-  wire::Writer w(buf, sizeof buf, wire::kShutdown, next_id_++);
+  wire::Writer w(buf, sizeof buf, wire::kShutdown, rpc_.NextId());
   auto m = Exchange(w);
   if (!m.ok()) return m.status();
   return ReplyStatus(*m);

@@ -1,4 +1,6 @@
-// BrokerClient: the command line's side of the wire protocol (docs/protocol.md).
+// BrokerClient: the command line's side of the wire protocol (docs/protocol.md): the requests
+// and what their replies mean, on one connection. Sending and waiting for replies is
+// wire::RequestClient (common/request_client.h), the same client as the shim's.
 #pragma once
 
 #include <sys/types.h>
@@ -6,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "common/request_client.h"
 #include "common/socks5_plan.h"
 #include "common/status.h"
 #include "common/unique_fd.h"
@@ -43,6 +46,9 @@ class BrokerClient {
   Status SessionDetach(const std::string& token, const std::vector<pid_t>& pids);
   // RELOAD: the broker re-reads its config; the error is the config's error if it was rejected.
   Status Reload();
+  // NEWNYM: new credentials for later connects through `network` ("" = every overlay that has
+  // them). The broker's report, one line per overlay; *renewed gets how many started anew.
+  Result<std::string> Newnym(const std::string& network, uint32_t* renewed);
   // The broker's config fingerprint from the last HELLO or RELOAD reply.
   const std::string& fingerprint() const { return fingerprint_; }
   // CONNECT `fd` (our own socket) to name:port through the connection's network.
@@ -79,8 +85,8 @@ class BrokerClient {
   std::string path_;
   pid_t broker_pid_ = 0;      // SO_PEERCRED
   int64_t wait_ms_ = 180000;  // HELLO's WAIT_MS
-  uint32_t next_id_ = 1;
-  std::string reply_;
+  wire::RequestClient rpc_;   // on fd_
+  std::vector<uint8_t> reply_;
   std::string fingerprint_;
   uint32_t hello_flags_ = 0;
   std::vector<wire::Addr> fake_nets_;

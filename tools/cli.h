@@ -81,5 +81,6 @@ int CmdProbe(int argc, char** argv);
 int CmdStatus(int argc, char** argv);
 int CmdStop(int argc, char** argv);
 int CmdReload(int argc, char** argv);
+int CmdNewnym(int argc, char** argv);
 
 }  // namespace via::tools

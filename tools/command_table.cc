@@ -5,6 +5,7 @@
 #include <cstdio>
 
 #include "tools/cli.h"
+#include "tools/install_user.h"
 
 namespace via::tools {
 
@@ -60,7 +61,9 @@ nothing is run. docs/architecture.md, "Strict mode", says what it does not do ye
 
 Options:
   -c, --config PATH    configuration file or directory (default: the usual search)
-  -n, --network ID     the overlay, as namespace:name (e.g. app:tor) or a unique name
+  -n, --network ID     the overlay, as namespace:name (e.g. app:tor) or a unique name; or
+                       none: no network at all (every connect, listen, datagram and name
+                       lookup fails; nothing direct, nothing resolved; always allowed)
       --direct         no overlay for this command and its children
   -q, --quiet          the shim prints nothing (default: one line per failed connect)
       --strict         run COMMAND in its own network namespace, every connect placed by via
@@ -253,6 +256,74 @@ Examples:
   via stop --socket /run/user/1000/via/broker-0123456789abcdef.sock
 )HELP";
 
+const char* const kHelpInstall = R"HELP(Usage: via install --user [-c CONFIG]
+       via install --user --uninstall
+
+Makes your login session preload via's shim (libvia.so) with your configuration, so that its
+via.program rules apply however a program starts: from a desktop menu, a login shell, a
+systemd user service or timer, not only under `via run`. Programs without a rule get
+network_service.default_network, else direct, as under `via run`. It changes only files in your
+home directory (docs/install.md says exactly which, and what cron needs):
+
+  $XDG_CONFIG_HOME/environment.d/60-via.conf   LD_PRELOAD and VIA_CONFIG for systemd's user
+                                               manager: user services, the graphical session
+  ~/.profile                                   a block between "# >>> via install --user >>>"
+                                               and "# <<< via install --user <<<" for login
+                                               shells (also ~/.bash_profile or ~/.bash_login,
+                                               and ~/.zprofile, when they exist)
+  $XDG_CONFIG_HOME/systemd/user/via-broker.service   the broker as a user service (`via
+                                               broker -c CONFIG`), enabled in
+                                               default.target.wants; started now if a user
+                                               manager runs
+($XDG_CONFIG_HOME defaults to ~/.config.) It never replaces a file it did not write; run it
+again to change the configuration (the blocks are replaced in place). The change applies to
+sessions started after it: log out and in again. Programs of the session then fail closed as
+under `via run`: if the configuration stops loading, their connects fail until it is fixed.
+
+--uninstall removes the files and blocks, and the directories and newlines it had to add (it
+records them in 60-via.conf), leaving the files as they were before; text you added around a
+block stays.
+
+Options:
+      --user          change your own login session (required)
+  -c, --config PATH   the configuration (default: the usual search, as `via check`); it must
+                      load: it is checked first
+      --uninstall     undo every change of `via install --user`
+  -h, --help          show this help
+
+Exit status: 0 when done (or nothing to undo); 1 if a file it would write exists and is not
+its own (then nothing is changed) or a file could not be written; 2 for a usage or
+configuration error.
+
+Examples:
+  via install --user
+  via install --user -c ~/.config/via/via.yaml
+  via install --user --uninstall
+)HELP";
+
+const char* const kHelpNewnym = R"HELP(Usage: via newnym [-c CONFIG] [--network NS:NAME]
+
+Starts a new identity for later connections: the running broker gives every SOCKS5 overlay
+(or only NS:NAME) new isolation credentials, so Tor puts later connections on new circuits
+(isolation destination, process, program and session; connection's are new every time
+anyway), and programs running under via pick them up at their next connect. Connections
+already open keep their circuits. For each SOCKS5 entry with a control_port, Tor itself is
+sent SIGNAL NEWNYM (authenticating with no password, its cookie file, or control_password),
+which also renews the circuits of isolation none. `via status` shows the identity count.
+
+Options:
+  -c, --config PATH    configuration whose broker and Tor to ask (default: the usual search)
+  -n, --network ID     only this overlay (namespace:name or a unique name)
+  -h, --help           show this help
+
+Exit status: 0, 1 if the broker or a control port failed (each failure is named), 2 for a
+usage or configuration error. Without a running broker, only the control ports are asked.
+
+Examples:
+  via newnym
+  via newnym --network app:tor
+)HELP";
+
 int CmdHelp(int argc, char** argv);
 
 // In the order `via --help` lists them.
@@ -266,9 +337,15 @@ const Command kCommands[] = {
     {"status", CmdStatus, "show the running broker: overlays, sessions, fake addresses",
      kHelpStatus},
     {"reload", CmdReload, "make the running broker re-read its configuration", kHelpReload},
+    {"newnym", CmdNewnym, "new credentials (Tor: new circuits) for later connections", kHelpNewnym},
     {"stop", CmdStop, "stop the running broker", kHelpStop},
     {"broker", CmdBroker, "run the broker (normally started for you by `via run`)", kHelpBroker},
+    {"install", CmdInstall,
+     "make your login session preload the shim, so that program rules apply everywhere",
+     kHelpInstall},
     {"help", CmdHelp, "show help for a command: via help run", nullptr},
+    // Hidden (not in `via --help`): what the shell completions ask for.
+    {"__complete", CmdComplete, "", nullptr},
 };
 
 // `via help [CMD]`: the main help, or CMD's.
@@ -301,6 +378,7 @@ const Command* FindCommand(std::string_view name) {
 std::string MainHelp() {
   std::string text = kMainHelpHead;
   for (const Command& c : kCommands) {
+    if (c.name[0] == '_') continue;  // hidden
     char line[16];
     std::snprintf(line, sizeof line, "  %-8s ", c.name);
     text += line;

@@ -19,6 +19,7 @@
 #include "tools/command_identity.h"
 #include "tools/command_table.h"
 #include "tools/json.h"
+#include "tools/tor_control.h"
 
 namespace via::tools {
 
@@ -191,6 +192,12 @@ std::string OverlayDetail(const config::Overlay& o) {
     case config::OverlayKind::kSocks5:
       detail = o.socks5.host + ":" + std::to_string(o.socks5.port) +
                "  isolate_streams=" + (o.socks5.isolate_streams ? "on" : "off");
+      if (o.socks5.isolation != config::Isolation::kNone && !o.socks5.isolate_streams) {
+        detail += std::string("  isolation=") + config::IsolationName(o.socks5.isolation);
+      }
+      if (o.socks5.control_port != 0) {
+        detail += "  control_port=" + std::to_string(o.socks5.control_port);
+      }
       if (!o.socks5.username.empty()) detail += "  auth=username/password";
       if (o.socks5.connect_timeout_ms != config::Socks5Settings{}.connect_timeout_ms) {
         detail += "  connect_timeout=" + std::to_string(o.socks5.connect_timeout_ms) + "ms";
@@ -265,6 +272,8 @@ void OverlaySettingsJson(const config::Overlay& o, Json& j) {
     case config::OverlayKind::kSocks5:
       j.Key("host").String(o.socks5.host).Key("port").Int(o.socks5.port);
       j.Key("isolate_streams").Bool(o.socks5.isolate_streams);
+      j.Key("isolation").String(config::IsolationName(o.socks5.isolation));
+      j.Key("control_port").Int(o.socks5.control_port);
       j.Key("auth").Bool(!o.socks5.username.empty());
       j.Key("connect_timeout_ms").Int(o.socks5.connect_timeout_ms);
       break;
@@ -507,6 +516,63 @@ int CmdReload(int argc, char** argv) {
   std::printf("broker%s reloaded its configuration (fingerprint %s)\n", where.c_str(),
               c->fingerprint().c_str());
   return kExitOk;
+}
+
+// `via newnym`: the broker's overlays start new credentials for later connections (NEWNYM), and
+// each SOCKS5 entry with a control_port gets Tor's SIGNAL NEWNYM.
+int CmdNewnym(int argc, char** argv) {
+  auto args =
+      ParseArgs("newnym", argc, argv, {{"--config", true}, {"--network", true}, {"--help", false}},
+                {{"-c", "--config"}, {"-n", "--network"}, {"-h", "--help"}}, false);
+  if (!args.ok()) {
+    Error(args.status().message());
+    return kExitUsage;
+  }
+  if (PrintHelpIfAsked(*args, "newnym")) return kExitOk;
+  if (HasOperands(*args, "newnym")) return kExitUsage;
+  auto cfg = LoadConfigOrComplain(*args);
+  if (!cfg) return kExitUsage;
+  std::string only;
+  if (args->Has("--network")) {
+    const config::Overlay* o = cfg->Find(args->Get("--network"));
+    if (o == nullptr) {
+      Error("unknown overlay \"" + args->Get("--network") + "\" in " + cfg->source);
+      return kExitUsage;
+    }
+    only = o->id;
+  }
+  bool failed = false;
+  std::string where;
+  auto c = ConnectExisting(*args, &where);
+  if (c.ok()) {
+    uint32_t renewed = 0;
+    auto text = c->Newnym(only, &renewed);
+    if (!text.ok()) {
+      Error(text.status().message());
+      failed = true;
+    } else {
+      std::fputs(text->c_str(), stdout);
+    }
+  } else {
+    std::printf(
+        "no broker running%s: nothing to renew in via (its next start draws new "
+        "credentials)\n",
+        where.c_str());
+  }
+  for (const config::Overlay& o : cfg->overlays) {
+    if (o.kind != config::OverlayKind::kSocks5 || o.socks5.control_port == 0) continue;
+    if (!only.empty() && o.id != only) continue;
+    auto r =
+        TorControlSignal(o.socks5.host, o.socks5.control_port, o.socks5.control_password, "NEWNYM");
+    if (r.ok()) {
+      std::printf("%s: Tor control %s:%d: SIGNAL NEWNYM: %s\n", o.id.c_str(), o.socks5.host.c_str(),
+                  o.socks5.control_port, r->c_str());
+    } else {
+      Error(o.id + ": " + r.status().message());
+      failed = true;
+    }
+  }
+  return failed ? kExitFailure : kExitOk;
 }
 
 int CmdStatus(int argc, char** argv) { return StatusOrStop(argc, argv, false); }

@@ -69,7 +69,7 @@ Exit ParseRunArgs(int argc, char** argv, Args* out) {
 std::string KnownOverlays(const config::Config& cfg) {
   std::string s;
   for (const auto& o : cfg.overlays) s += (s.empty() ? "" : ", ") + o.id;
-  return s.empty() ? "none" : s;
+  return s.empty() ? "no overlay is configured" : s;
 }
 
 // --network/--direct is an explicit selection, checked by the broker against security.policy.
@@ -87,11 +87,11 @@ Exit SelectNetwork(const Args& args, const config::Config& cfg, std::string* net
   } else if (const char* inherited = std::getenv("VIA_NETWORK"); inherited && *inherited) {
     *network = inherited;
   }
-  if (network->empty() || *network == "direct") return std::nullopt;
+  if (network->empty() || config::IsBuiltinNetwork(*network)) return std::nullopt;
   const config::Overlay* o = cfg.Find(*network);
   if (o == nullptr) {
     Error("unknown overlay \"" + *network + "\" in " + cfg.source +
-          " (known: " + KnownOverlays(cfg) + ")" +
+          " (known: " + KnownOverlays(cfg) + "; or direct, none)" +
           (*explicit_sel ? "" : "; it was selected by VIA_NETWORK (inherited)"));
     return kExitUsage;
   }

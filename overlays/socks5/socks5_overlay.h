@@ -38,17 +38,30 @@ class Socks5Overlay : public Overlay {
   // exit cannot resolve them, so they keep fake addresses), and every address.
   bool ResolvesRemotely(const Target& target) const override;
   Result<std::unique_ptr<ResolveHandshake>> NewResolveHandshake(const Target& target) override;
-  std::optional<ProgramSocks5> program_socks5() const override;
+  std::optional<ProgramSocks5> program_socks5(const Requester& who) const override;
+  // A new epoch: every credential of isolation destination, process, program and session changes
+  // (connection's are fresh anyway; none's are the configured pair: only Tor's control port can
+  // renew those circuits, which `via newnym` does).
+  Status NewIdentity() override;
+  void AppendStatus(std::ostream& out) const override;
 
  private:
   Socks5Overlay() = default;
-  // A handshake for `command` with the configured (or, with isolate_streams, fresh) credentials.
+  // A handshake for `command` with the credentials isolation gives `target`.
   Result<std::unique_ptr<ResolveHandshake>> MakeHandshake(const Target& target,
                                                           uint8_t command) const;
+  // The credential of isolation process, program or session for `who`: "via.<p|g|s><epoch>."
+  // and 16 hex digits of SHA-256(salt, epoch, key), so the proxy learns nothing of the key.
+  std::string KeyedCredential(const Requester& who) const;
+  // isolation destination: the prefix DestinationCredential extends, "via.d<epoch>.<salt>".
+  std::string DestinationPrefix() const;
 
   std::string id_;
   config::Socks5Settings settings_;
   std::vector<Endpoint> endpoints_;
+  std::string salt_;        // 8 random bytes in hex, per overlay object
+  uint64_t epoch_ = 0;      // `via newnym` count
+  int64_t renewed_ms_ = 0;  // when (realtime), for `via status`
 };
 
 }  // namespace via::overlays

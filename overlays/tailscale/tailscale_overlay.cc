@@ -460,24 +460,14 @@ void TailscaleOverlay::Send(const std::string& verb,
 void TailscaleOverlay::OnControl() {
   for (;;) {
     char buf[65536];
-    char cbuf[CMSG_SPACE(sizeof(int))];
-    iovec iov{buf, sizeof buf};
-    msghdr mh{};
-    mh.msg_iov = &iov;
-    mh.msg_iovlen = 1;
-    mh.msg_control = cbuf;
-    mh.msg_controllen = sizeof cbuf;
-    ssize_t n = recvmsg(ctl_.get(), &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    int fds[1];
+    size_t nfds = 0;
+    int msg_flags = 0;
+    ssize_t n = wire::ReceiveDatagram(ctl_.get(), buf, sizeof buf, MSG_DONTWAIT | MSG_CMSG_CLOEXEC,
+                                      fds, &nfds, &msg_flags);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
-    UniqueFd passed;
-    for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c != nullptr; c = CMSG_NXTHDR(&mh, c)) {
-      if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-        int fd;
-        std::memcpy(&fd, CMSG_DATA(c), sizeof fd);
-        passed = UniqueFd(fd);
-      }
-    }
+    UniqueFd passed(nfds > 0 ? fds[0] : -1);
     if (n <= 0) {
       return OnHelperGone(n == 0 ? "the helper exited" : std::string(std::strerror(errno)));
     }

@@ -366,8 +366,9 @@ socks pass {{
         wait_port(port, proc=p)
         return port, log
 
-    def start_target(self, docroot=None, tls=None):
+    def start_target(self, docroot=None, tls=None, only_files=False):
         """The recording HTTP target (also the IP-echo server) on 127.0.0.1:<free port>.
+        only_files: paths that are not files of `docroot` get 404 instead of the IP echo.
         Returns (port, record file); records(record) gives one dict per request."""
         port = free_port()
         record = os.path.join(self.dir, f"target-{port}.jsonl")
@@ -376,6 +377,8 @@ socks pass {{
             argv.append(docroot)
         if tls:
             argv += ["--tls", tls[0], tls[1]]
+        if only_files:
+            argv.append("--only-files")
         p, _ = self.spawn(argv, f"target-{port}.log")
         wait_port(port, proc=p)
         # wait_port's probe connection is not an HTTP request: nothing is recorded for it.
@@ -495,7 +498,7 @@ socks pass {{
         """Runs `via ARGS` (with -c CONFIG inserted after the command when a config exists)."""
         argv = [via or VIA, args[0]]
         if self.config and args[0] in ("run", "check", "probe", "status", "stop", "broker",
-                                        "reload"):
+                                        "reload", "newnym"):
             argv += ["-c", self.config]
         argv += list(args[1:])
         return subprocess.run(argv, env=env or self.env, capture_output=True, text=True,

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """A recording HTTP target for via's integration tests (loopback only).
 
-usage: target_server.py PORT RECORD_FILE [DOCROOT] [--tls CERT KEY] [--bind ADDR]
+usage: target_server.py PORT RECORD_FILE [DOCROOT] [--tls CERT KEY] [--bind ADDR] [--only-files]
 
 Serves files from DOCROOT (for git's dumb HTTP protocol) and answers every other GET with a
 small JSON body {"ip": "<peer address>"} (the IP-echo server of `via probe`). Each request is
 appended to RECORD_FILE as one JSON line: {"peer": ..., "host": <Host header>, "path": ...}, so
-a test can assert what the far side saw.
+a test can assert what the far side saw. With --only-files, a path that is not a file of DOCROOT
+gets 404 (a package repository: apt must see which optional files are missing).
 """
 import http.server
 import json
@@ -18,6 +19,9 @@ import threading
 args = sys.argv[1:]
 tls = None
 bind = "127.0.0.1"
+only_files = "--only-files" in args
+if only_files:
+    args.remove("--only-files")
 if "--tls" in args:
     i = args.index("--tls")
     tls = (args[i + 1], args[i + 2])
@@ -48,6 +52,8 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         self.record()
         if docroot and os.path.exists(os.path.join(docroot, self.path.lstrip("/").split("?")[0])):
             return super().do_GET()
+        if only_files:
+            return self.send_error(404)
         body = json.dumps({"ip": self.client_address[0]}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")

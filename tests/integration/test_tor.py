@@ -210,6 +210,26 @@ class Tor(harness.ViaCase):
         ok = self.circuits_for(isolate=False, n=3)
         self.assertEqual(len({e["circuit"] for e in ok}), 1, ok)
 
+    def test_newnym_gives_a_program_a_new_circuit_and_signals_tor(self):
+        port, _ = self.start_target()
+        self.use_tor(False, "isolation: program", f"control_port: {self.net.client.control}")
+        ctl = self.watch_streams()
+        for tag in ("nym-a", "nym-b"):
+            self.assertRan(self.fetch(port, 1, tag), ctl)
+        renew = self.via("newnym")
+        self.assertOk(renew)
+        self.assertIn("app:tor: Tor control 127.0.0.1:", renew.stdout)
+        self.assertIn("SIGNAL NEWNYM: 250 OK", renew.stdout)
+        self.assertRan(self.fetch(port, 1, "nym-c"), ctl)
+        ok, seen = self.succeeded(ctl, f"127.0.0.1:{port}", 3)
+        self.assertEqual(len(ok), 3, f"STREAM events: {seen}")
+        users = [e.get("SOCKS_USERNAME") for e in ok]
+        # One program, one identity: one credential and one circuit; after newnym, new ones.
+        self.assertEqual(users[0], users[1], ok)
+        self.assertEqual(ok[0]["circuit"], ok[1]["circuit"], ok)
+        self.assertNotEqual(users[0], users[2], ok)
+        self.assertNotEqual(ok[0]["circuit"], ok[2]["circuit"], ok)
+
     def test_parent_and_child_use_different_circuits_when_isolated(self):
         ok = self.circuits_for(isolate=True, n=1, child=True)
         self.assertEqual(len({e["circuit"] for e in ok}), 2, ok)

@@ -266,6 +266,42 @@ TEST_F(ConfigTest, Socks5FieldsAndDefaults) {
   EXPECT_EQ(o.pos.ToString(), "via.yaml:4:5");
 }
 
+TEST_F(ConfigTest, Socks5Isolation) {
+  EXPECT_EQ(Only(Parse(Socks5("host: h\nport: 1"))).socks5.isolation, Isolation::kNone);
+  Overlay legacy = Only(Parse(Socks5("host: h\nport: 1\nisolate_streams: true")));
+  EXPECT_EQ(legacy.socks5.isolation, Isolation::kConnection);
+  for (Isolation i : {Isolation::kNone, Isolation::kConnection, Isolation::kDestination,
+                      Isolation::kProcess, Isolation::kProgram, Isolation::kSession}) {
+    Overlay o =
+        Only(Parse(Socks5(std::string("host: h\nport: 1\nisolation: ") + IsolationName(i))));
+    EXPECT_EQ(o.socks5.isolation, i);
+    EXPECT_EQ(o.socks5.isolate_streams, i == Isolation::kConnection);
+  }
+  // Both given: they must agree.
+  EXPECT_EQ(Only(Parse(Socks5("host: h\nport: 1\nisolate_streams: true\nisolation: connection")))
+                .socks5.isolation,
+            Isolation::kConnection);
+  EXPECT_EQ(Error(Socks5("host: h\nport: 1\nisolate_streams: false\nisolation: connection")),
+            "via.yaml:8:22: entry app:tor (network.socks5): isolate_streams: contradicts "
+            "isolation: connection (isolate_streams: true means isolation: connection; give only "
+            "one)");
+  EXPECT_EQ(Error(Socks5("host: h\nport: 1\nisolation: circuit")),
+            "via.yaml:8:16: entry app:tor (network.socks5): isolation: must be connection, "
+            "destination, process, program, session or none, not \"circuit\"");
+}
+
+TEST_F(ConfigTest, Socks5ControlPort) {
+  Overlay o = Only(Parse(Socks5("host: h\nport: 1\ncontrol_port: 9051\ncontrol_password: pw")));
+  EXPECT_EQ(o.socks5.control_port, 9051);
+  EXPECT_EQ(o.socks5.control_password, "pw");
+  EXPECT_EQ(Error(Socks5("host: h\nport: 1\ncontrol_port: 70000")),
+            "via.yaml:8:19: entry app:tor (network.socks5): control_port: must be a port number "
+            "(1-65535)");
+  EXPECT_EQ(Error(Socks5("host: h\nport: 1\ncontrol_password: pw")),
+            "via.yaml:8:23: entry app:tor (network.socks5): control_password: needs control_port "
+            "(Tor's ControlPort on host)");
+}
+
 TEST_F(ConfigTest, MissingHost) {
   EXPECT_EQ(Error(Socks5("port: 9050")),
             "via.yaml:4:5: entry app:tor (network.socks5): host: network: host is required");
@@ -332,9 +368,8 @@ TEST_F(ConfigTest, WrongBool) {
 TEST_F(ConfigTest, UnknownFieldIsRejectedWithAHint) {
   EXPECT_EQ(Error(Socks5("host: h\nport: 1\nisolate_stream: true")),
             "via.yaml:8:5: entry app:tor (network.socks5): isolate_stream: unknown field (known: "
-            "host, port, username, password, isolate_streams, connect_timeout, remote_resolve; did "
-            "you mean "
-            "isolate_streams?)");
+            "host, port, username, password, isolate_streams, isolation, connect_timeout, "
+            "remote_resolve, control_port, control_password; did you mean isolate_streams?)");
 }
 
 TEST_F(ConfigTest, CommonEntryKeysAreAllowed) {
@@ -772,7 +807,7 @@ TEST_F(ConfigTest, ServiceInTheRegistryFile) {
 TEST_F(ConfigTest, UnknownDefaultNetwork) {
   EXPECT_EQ(Error(Socks5("host: h\nport: 1") + "network_service:\n  default_network: app:nope\n"),
             "via.yaml:9:20: network_service.default_network: unknown overlay \"app:nope\" "
-            "(known: app:tor)");
+            "(known: app:tor; or direct, none)");
 }
 
 TEST_F(ConfigTest, BadLoopbackValue) {

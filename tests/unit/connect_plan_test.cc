@@ -212,6 +212,21 @@ TEST_F(ConnectPlanTest, DatagramsStayOnTheHost) {
   EXPECT_EQ(Plan(fd.get(), "127.0.0.1", 9, AddrCall::kSendto).route, Route::kPass);
 }
 
+TEST_F(ConnectPlanTest, LoopbackDatagramsAreRefusedWhenLoopbackIs) {
+  // network_service.loopback: refuse, and the network "none", refuse the host's own services
+  // for datagrams as for TCP.
+  g_script.hello_flags = wire::kFlagLoopbackRefuse;
+  UniqueFd fd = Socket(AF_INET, SOCK_DGRAM);
+  for (AddrCall call : {AddrCall::kSendto, AddrCall::kConnect}) {
+    ConnectPlan p = Plan(fd.get(), "127.0.0.1", 9, call);
+    EXPECT_EQ(p.route, Route::kRefuseLoopbackDatagram);
+    EXPECT_EQ(p.err, EPERM);
+  }
+  EXPECT_EQ(Plan(fd.get(), "0.0.0.0", 9, AddrCall::kSendto).route, Route::kRefuseLoopbackDatagram);
+  g_script.hello_err = ECONNREFUSED;  // the broker cannot be asked: fail closed
+  EXPECT_EQ(Plan(fd.get(), "127.0.0.1", 9, AddrCall::kSendto).route, Route::kFailed);
+}
+
 TEST_F(ConnectPlanTest, WhatTheKernelWouldRejectIsRejectedWithItsErrno) {
   UniqueFd fd = Socket(AF_INET, SOCK_STREAM);
   sockaddr_in in{};

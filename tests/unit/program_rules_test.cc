@@ -143,13 +143,13 @@ TEST_F(ProgramRulesTest, ArgvItemsMustBeStrings) {
 TEST_F(ProgramRulesTest, UnknownNetwork) {
   EXPECT_EQ(Error(Program("    match: {exe: git}\n    network: app:nope\n")),
             "via.yaml:15:14: entry app:r (via.program): network: unknown overlay \"app:nope\" "
-            "(known: app:tor, app:other; or direct)");
+            "(known: app:tor, app:other; or direct, none)");
 }
 
 TEST_F(ProgramRulesTest, EmptyNetwork) {
   EXPECT_EQ(Error(Program("    match: {exe: git}\n    network: \"\"\n")),
-            "via.yaml:15:14: entry app:r (via.program): network: must name an overlay (ns:name) "
-            "or direct");
+            "via.yaml:15:14: entry app:r (via.program): network: must name an overlay (ns:name), "
+            "direct or none");
 }
 
 TEST_F(ProgramRulesTest, NetworkMustBeAString) {
