@@ -736,6 +736,7 @@ void Server::HandleHello(Client& c, const wire::Message& m) {
   if (!c.shim_plan.empty()) {
     flags |= wire::kFlagShimSocks5;
     if (c.overlay->instance->program_socks5()->isolate_streams) flags |= wire::kFlagIsolate;
+    if (c.overlay->instance->program_socks5()->pipeline) flags |= wire::kFlagPipeline;
     if (log_->should_log(spdlog::level::debug)) flags |= wire::kFlagReportEach;
   }
   w.PutU32(wire::kTagFlags, flags);
@@ -773,6 +774,7 @@ std::string Server::ShimPlan(const Client& c, wire::Writer* w) const {
     key += " user " + s.username + " " + s.password;
   }
   if (s.isolate_streams) key += " isolate";
+  if (s.pipeline) key += " pipeline";  // a reload that changes it reaches running shims
   const uint32_t timeout = uint32_t(o.connect_timeout_ms());
   key += " " + std::to_string(timeout);
   if (w != nullptr) {

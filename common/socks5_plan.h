@@ -27,7 +27,8 @@ struct Socks5Plan {
   int nproxies;
   char username[256], password[256];
   size_t username_len, password_len;
-  bool isolate;  // a fresh random credential per connect
+  bool isolate;   // a fresh random credential per connect
+  bool pipeline;  // greeting, credentials and request in one write (kFlagPipeline)
   uint32_t timeout_ms;
   wire::Addr fake[2];  // the fake-address ranges, the port field their prefix length
   int nfake;
@@ -43,6 +44,7 @@ inline bool ReadPlan(const wire::Message& m, uint32_t flags, uint32_t broker, So
   p = Socks5Plan{};
   p.broker = broker;
   p.isolate = (flags & wire::kFlagIsolate) != 0;
+  p.pipeline = (flags & wire::kFlagPipeline) != 0;
   bool ok = true;
   auto copy = [&](const wire::Field& f, char* dst, size_t cap, size_t* len) {
     if (f.len >= cap) return false;
@@ -123,10 +125,10 @@ int ConnectBlocking(int fd, const Socks5Plan& plan, const char* name, const wire
   char cred[17] = {};
   const int cred_err = plan.isolate ? IsolationCredential(cred, getrandom) : 0;
   if (plan.isolate) {
-    hs.Start(name, dest, dest.port, cred, 16, cred, 16);
+    hs.Start(name, dest, dest.port, cred, 16, cred, 16, kCmdConnect, plan.pipeline);
   } else {
     hs.Start(name, dest, dest.port, plan.username, plan.username_len, plan.password,
-             plan.password_len);
+             plan.password_len, kCmdConnect, plan.pipeline);
   }
   int err = 0;
   if (cred_err != 0) {  // nothing was sent; hs names the target for the message
@@ -144,6 +146,10 @@ int ConnectBlocking(int fd, const Socks5Plan& plan, const char* name, const wire
     if (err == 0) {
       err = proxy::RunBlocking(fd, hs, connect, reinterpret_cast<sockaddr*>(&ss), len, ep,
                                plan.timeout_ms, why, whycap);
+      if (err == ETIMEDOUT) {
+        const size_t used = std::strlen(why);
+        std::snprintf(why + used, whycap - used, "%s", hs.StallHint());
+      }
     }
     if ((flags & O_NONBLOCK) == 0) fcntl(fd, F_SETFL, flags);
   }

@@ -5,7 +5,7 @@ namespace via::config::detail {
 
 Status ParseSocks5(const EntryReader& r, Socks5Settings* s) {
   if (Status st = r.CheckKnown({"host", "port", "username", "password", "isolate_streams",
-                                "connect_timeout", "remote_resolve"});
+                                "connect_timeout", "remote_resolve", "pipeline"});
       !st.ok()) {
     return st;
   }
@@ -14,6 +14,7 @@ Status ParseSocks5(const EntryReader& r, Socks5Settings* s) {
   if (Status st = r.String("password", &s->password, kMaxCredentialBytes); !st.ok()) return st;
   if (Status st = r.Bool("isolate_streams", &s->isolate_streams); !st.ok()) return st;
   if (Status st = r.Bool("remote_resolve", &s->remote_resolve); !st.ok()) return st;
+  if (Status st = r.Bool("pipeline", &s->pipeline); !st.ok()) return st;
   return r.Duration("connect_timeout", &s->connect_timeout_ms);
 }
 

@@ -93,6 +93,7 @@ class Overlay {
   struct ProgramSocks5 {
     std::string username, password;  // sent only when not isolating streams
     bool isolate_streams = false;    // a fresh random credential per connection
+    bool pipeline = false;           // the proxy takes greeting, credentials and request at once
   };
   virtual std::optional<ProgramSocks5> program_socks5() const { return std::nullopt; }
 

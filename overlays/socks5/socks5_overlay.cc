@@ -66,6 +66,7 @@ std::optional<Overlay::ProgramSocks5> Socks5Overlay::program_socks5() const {
   p.username = settings_.username;
   p.password = settings_.password;
   p.isolate_streams = settings_.isolate_streams;
+  p.pipeline = settings_.pipeline;
   return p;
 }
 
@@ -79,8 +80,8 @@ Result<std::unique_ptr<ResolveHandshake>> Socks5Overlay::MakeHandshake(const Tar
     username = password = *cred;
   }
   if (Status st = Socks5Handshake::Validate(target, username, password); !st.ok()) return st;
-  return std::unique_ptr<ResolveHandshake>(
-      new Socks5Handshake(target, std::move(username), std::move(password), command));
+  return std::unique_ptr<ResolveHandshake>(new Socks5Handshake(
+      target, std::move(username), std::move(password), command, settings_.pipeline));
 }
 
 }  // namespace via::overlays

@@ -186,6 +186,35 @@ class Tor(harness.ViaCase):
         self.assertEqual([r["path"] for r in recs], ["/through-tor"], recs)
         self.assertIn(ipaddress.ip_address(recs[0]["peer"]), ipaddress.ip_network("127.0.0.0/8"))
 
+    def test_pipelined_handshake_reaches_tor_in_one_write(self):
+        # Tor reads the greeting, the isolation credentials and the CONNECT request from one
+        # write (`pipeline: true`); the relay in front of its SocksPort shows what it received.
+        port, record = self.start_target()
+        ctl = self.watch_streams()
+        relay, chunks = self.start_tap_relay(self.net.socks_port)
+        request = (bytes([5, 1, 0, 1, 127, 0, 0, 1]) + port.to_bytes(2, "big")).hex()
+        for handshake in ("program", "broker"):
+            with self.subTest(handshake=handshake):
+                self.write_config(
+                    [self.socks5_entry("tor", relay, "isolate_streams: true",
+                                       "connect_timeout: 60s", "pipeline: true")],
+                    service={"loopback": "overlay", "handshake": handshake},
+                    name=f"{handshake}.yaml")
+                proc = self.run_via("app:tor", "curl", "-sSf", "--max-time", "90",
+                                    f"http://127.0.0.1:{port}/pipelined-{handshake}",
+                                    timeout=120)
+                self.assertRan(proc, ctl)
+        ok, seen = self.succeeded(ctl, f"127.0.0.1:{port}", 2)
+        self.assertEqual(len(ok), 2, f"STREAM events: {seen}")
+        self.assertEqual([r["path"] for r in self.records(record)],
+                         ["/pipelined-program", "/pipelined-broker"])
+        firsts = [c for c in chunks() if c["seq"] == 0]
+        self.assertEqual(len(firsts), 2, chunks())
+        for c in firsts:
+            self.assertFalse(c["answered"], c)
+            self.assertRegex(c["hex"], r"^050102" r"0110(?:3[0-9]|6[1-6]){16}10(?:3[0-9]|6[1-6]){16}" +
+                             request + "$")
+
     # ---- (b) stream isolation ----------------------------------------------------------------
     def circuits_for(self, isolate, n, child=False):
         port, record = self.start_target()
