@@ -14,7 +14,8 @@
 // in advance, and greeting, [RFC 1929 request] and request go out as one output (one write): one
 // round trip to the proxy instead of two or three. The replies are then read in the same order.
 // Not every proxy takes it: microsocks 1.0.3 parses one message per recv() and drops the rest,
-// answering the greeting only (docs/configuration.md, `pipeline`).
+// answering the greeting only (docs/configuration.md, `pipeline`). Tor answers greeting and
+// credentials with the RFC 1929 status alone (no method reply), which is accepted.
 #pragma once
 
 #include <sys/types.h>
@@ -332,6 +333,12 @@ class Client {
   }
 
   int OnMethodReply() {
+    if (pipeline_ && uses_auth() && in_[0] == 1) {
+      // Tor (0.4.9) parses a pipelined greeting and RFC 1929 request in one go and sends the
+      // status of the latter only: its method reply is overwritten before it is sent. Version
+      // 0x01 can be nothing else here (a method reply is 0x05).
+      return OnAuthReply();
+    }
     if (in_[0] != 5) {
       return Fail(EPROTO,
                   "SOCKS5 proxy answered the greeting with version 0x%02x, not 0x05 (is it a "

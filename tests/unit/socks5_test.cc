@@ -418,6 +418,24 @@ TEST_F(Socks5Test, PipelinedUserPassSendsCredentialsBetween) {
   EXPECT_EQ(wants_, (std::vector<size_t>{2, 2, 5, 5}));
 }
 
+// What Tor 0.4.9 sends back for a pipelined greeting + credentials: the credentials' status
+// without the method reply.
+TEST_F(Socks5Test, PipelinedUserPassAcceptsTorsElidedMethodReply) {
+  h_ = std::make_unique<Socks5Handshake>(Name("a.b"), "alice", "pw", Socks5Handshake::kCmdConnect,
+                                         true);
+  Sent();
+  ASSERT_TRUE(Recv(B({1, 0})).ok());
+  ASSERT_TRUE(Recv(ReplyCode(0)).ok());
+  EXPECT_TRUE(h_->Done());
+  EXPECT_EQ(wants_, (std::vector<size_t>{2, 5, 5}));
+  h_ = std::make_unique<Socks5Handshake>(Name("a.b"), "alice", "pw", Socks5Handshake::kCmdConnect,
+                                         true);
+  Sent();
+  EXPECT_EQ(Recv(B({1, 1})).code(), EACCES);  // refused credentials, still
+  Start(Name("a.b"), "alice", "pw");          // not pipelined: 0x01 is no method reply
+  EXPECT_EQ(Recv(B({1, 0})).code(), EPROTO);
+}
+
 TEST_F(Socks5Test, PipelinedLongestFieldsFitOneOutput) {
   h_ = std::make_unique<Socks5Handshake>(Name(std::string(255, 'n')), std::string(255, 'u'),
                                          std::string(255, 'p'), Socks5Handshake::kCmdConnect, true);
