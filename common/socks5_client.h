@@ -178,7 +178,8 @@ class Client {
  public:
   // One request for `name` (1..255 bytes; null or empty: connect to `addr`, family 4 or 6) and
   // `port`. Without credentials (both empty) the greeting offers method 0x00 only; otherwise 0x02
-  // only (a proxy that picks 0x00 anyway is accepted). Names go as ATYP 3, IPv4 and IPv4-mapped
+  // only (a proxy that picks 0x00 anyway is accepted, unless pipelined: it has taken the
+  // credentials for the request). Names go as ATYP 3, IPv4 and IPv4-mapped
   // IPv6 addresses as ATYP 1, other IPv6 addresses as ATYP 4. Lengths past 255 are the caller's
   // to refuse (SetInvalid); they are never sent. `pipeline`: everything goes in the first output
   // (see above).
@@ -225,8 +226,6 @@ class Client {
     pipeline_ = false;
   }
 
-  // Whether greeting, credentials and request went out as one output.
-  bool pipelined() const { return pipeline_; }
   // Whether the proxy has answered the greeting (a pipelined proxy that stalls after it may not
   // take pipelined requests).
   bool greeted() const { return state_ != State::kMethod; }
