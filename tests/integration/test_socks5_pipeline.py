@@ -84,6 +84,21 @@ class Pipeline(harness.ViaCase):
         self.assertFirstWrite(chunks(), "050100" + request("example.test", self.port))
         self.assertEqual(harness.danted_requests(log), [(3, f"example.test.{self.port}")])
 
+    def test_strict_mode_pipelines_for_a_static_program(self):
+        # A static program: the shim cannot cover it, `via run --strict` places its connect and
+        # runs the handshake with the same machine and the same plan.
+        self.require_namespace()
+        exe = self.static_gai_client()
+        proxy, log = self.start_danted(method="none")
+        relay, chunks = self.start_tap_relay(proxy)
+        self.write_config([self.socks5_entry("tor", relay, "pipeline: true")])
+        proc = self.via("run", "--strict", "--network", "app:tor", "--", exe, "example.test",
+                        str(self.port), "static")
+        self.assertOk(proc)
+        self.assertReachedThroughProxy(self.record, "example.test", path="/static")
+        self.assertFirstWrite(chunks(), "050100" + request("example.test", self.port))
+        self.assertEqual(harness.danted_requests(log), [(3, f"example.test.{self.port}")])
+
     def test_without_pipeline_the_greeting_goes_alone(self):
         proxy, log = self.start_microsocks()
         relay, chunks = self.start_tap_relay(proxy)
