@@ -10,7 +10,8 @@
 # BULK_MIB [2048] {256} MiB each way per bulk sample; GAI_N [20000] {5000} lookups per sample;
 # CAP_PROCS [64], CAP_SECONDS [20] {5}, CAP_RUNS [1] for broker capacity; SESSIONS [1000],
 # NAMES [100000], HOLD [10000] for broker memory (figure 7: the full case, also in --quick);
-# STARTUP_N [50] via runs per sample of figure 8; FIGURES ["1 2 3 4 5 6 7 8"].
+# STARTUP_N [50] via runs per sample of figure 8; FAR_N [50] {20} connects per sample of figure 9;
+# FIGURES ["1 2 3 4 5 6 7 8 9"] (figure 9 needs danted: it is skipped with a note without it).
 #
 # Needs root (or an unprivileged user namespace) for `unshare --mount`: microsocks runs with an
 # /etc/hosts of its own mapping bench.test and bench.onion to 127.0.0.1. Nothing leaves
@@ -26,12 +27,13 @@ fi
 build=$(cd "${1:-build}" && pwd)
 if [ "$quick" = 1 ]; then
   RUNS=${RUNS:-3} EXEC_N=${EXEC_N:-500} N=${N:-1000} BULK_MIB=${BULK_MIB:-256}
-  GAI_N=${GAI_N:-5000} CAP_SECONDS=${CAP_SECONDS:-5}
+  GAI_N=${GAI_N:-5000} CAP_SECONDS=${CAP_SECONDS:-5} FAR_N=${FAR_N:-20}
 fi
 RUNS=${RUNS:-5} EXEC_N=${EXEC_N:-2000} N=${N:-3000} BULK_MIB=${BULK_MIB:-2048}
 GAI_N=${GAI_N:-20000} CAP_PROCS=${CAP_PROCS:-64} CAP_SECONDS=${CAP_SECONDS:-20}
 CAP_RUNS=${CAP_RUNS:-1} NAMES=${NAMES:-100000} SESSIONS=${SESSIONS:-1000} HOLD=${HOLD:-10000}
-FIGURES=${FIGURES:-"1 2 3 4 5 6 7 8"}
+FIGURES=${FIGURES:-"1 2 3 4 5 6 7 8 9"}
+FAR_N=${FAR_N:-50}
 STARTUP_N=${STARTUP_N:-50}
 out=${OUT:-$build/bench-results}
 
@@ -53,12 +55,16 @@ need_tools() {
 
 tmp=
 cleanup() {
-  local pids
+  local pids c
   pids=$(jobs -p)
   [ -n "$pids" ] && kill $pids 2>/dev/null
-  [ -n "$tmp" ] && [ -f "$tmp/via.yaml" ] && "$build/via" stop -c "$tmp/via.yaml" >/dev/null 2>&1
-  [ -n "$tmp" ] && [ -f "$tmp/via-broker.yaml" ] &&
-    "$build/via" stop -c "$tmp/via-broker.yaml" >/dev/null 2>&1
+  # `|| true`: under set -e a failing last command of an && list would end the trap with 1 (a
+  # config whose broker never started: FIGURES without figure 2).
+  for c in via via-broker via-far via-far-broker; do
+    [ -n "$tmp" ] && [ -f "$tmp/$c.yaml" ] && { "$build/via" stop -c "$tmp/$c.yaml" >/dev/null 2>&1 || true; }
+  done
+  # danted forks its children itself; its pid file names the parent.
+  [ -n "$tmp" ] && [ -f "$tmp/danted.pid" ] && { kill "$(cat "$tmp/danted.pid")" 2>/dev/null || true; }
   wait 2>/dev/null
   [ -n "$tmp" ] && rm -rf "$tmp"
   return 0
@@ -258,6 +264,76 @@ fig5_getaddrinfo() {
   done
 }
 
+# Figure 9: a proxy 20 ms away. bench/delay_relay.py in front of danted (microsocks 1.0.3 cannot
+# take pipelined requests) delivers every chunk 10 ms late in each direction; each sample is
+# FAR_N connects by name + a 1-byte echo, one after another. via with `pipeline: true` (greeting
+# and CONNECT in one write), the same without (via-stepwise), the broker running the handshake
+# (via-broker), the standard client floor (greeting, CONNECT, data: three round trips),
+# proxychains4 and torsocks (a .onion name, which it sends to the proxy as a name).
+fig9_far_proxy() {
+  if ! command -v danted >/dev/null; then
+    echo "figure 9 SKIPPED: danted is not installed (apt-get install dante-server)" >&2
+    return 0
+  fi
+  echo "figure 9: connect by name + 1-byte echo through a proxy 20 ms away x $FAR_N, $RUNS runs" >&2
+  local dport rport r c=$tmp/connect_cost
+  dport=$(free_port); rport=$(free_port)
+  cat > "$tmp/danted.conf" <<CONF
+logoutput: $tmp/danted.log
+internal: 127.0.0.1 port = $dport
+external: 127.0.0.1
+socksmethod: none
+clientmethod: none
+user.privileged: root
+user.unprivileged: nobody
+client pass {
+  from: 127.0.0.0/8 to: 0.0.0.0/0
+}
+socks pass {
+  from: 127.0.0.0/8 to: 0.0.0.0/0
+  command: connect
+}
+CONF
+  unshare --mount -- sh -c 'mount --bind "$0" /etc/hosts && exec "$@"' "$tmp/proxy-hosts" \
+    danted -f "$tmp/danted.conf" -N 2 -p "$tmp/danted.pid" >/dev/null 2>&1 &
+  python3 bench/delay_relay.py "$rport" "$dport" --delay-ms 10 >/dev/null 2>&1 &
+  wait_port "$dport" danted; wait_port "$rport" delay_relay
+  local far
+  for far in far far-broker; do
+    cat > "$tmp/via-$far.yaml" <<YAML
+version: "1.0"
+namespace: app
+entries:
+  - name: far
+    kind: network.socks5
+    host: 127.0.0.1
+    port: $rport
+    pipeline: true
+  - name: far-stepwise
+    kind: network.socks5
+    host: 127.0.0.1
+    port: $rport
+network_service:
+  loopback: overlay
+YAML
+  done
+  echo '  handshake: broker' >> "$tmp/via-far-broker.yaml"
+  printf 'strict_chain\nproxy_dns\nremote_dns_subnet 224\n[ProxyList]\nsocks5 127.0.0.1 %s\n' "$rport" > "$tmp/proxychains-far.conf"
+  printf 'TorAddress 127.0.0.1\nTorPort %s\nAllowOutboundLocalhost 1\n' "$rport" > "$tmp/torsocks-far.conf"
+  far_via() { "$build/via" run -q -c "$tmp/via-far.yaml" --network "app:$1" -- "${@:2}"; }
+  far_via_broker() { "$build/via" run -q -c "$tmp/via-far-broker.yaml" --network app:far -- "$@"; }
+  for r in $(seq "$RUNS"); do
+    lat 9 floor "$r" "$c" socks5 "$rport" bench.test "$eport" "$FAR_N"
+    lat 9 via "$r" far_via far "$c" plain bench.test "$eport" "$FAR_N"
+    lat 9 via-stepwise "$r" far_via far-stepwise "$c" plain bench.test "$eport" "$FAR_N"
+    lat 9 via-broker "$r" far_via_broker "$c" plain bench.test "$eport" "$FAR_N"
+    lat 9 proxychains4 "$r" env PROXYCHAINS_CONF_FILE="$tmp/proxychains-far.conf" \
+      proxychains4 -q -f "$tmp/proxychains-far.conf" "$c" plain bench.test "$eport" "$FAR_N"
+    lat 9 torsocks-onion "$r" env TORSOCKS_CONF_FILE="$tmp/torsocks-far.conf" \
+      torsocks "$c" plain bench.onion "$eport" "$FAR_N"
+  done
+}
+
 # Reads the broker's pid from `via status`, its CPU ticks and RSS from /proc.
 broker_pid() { "$build/via" status -c "${1:-$tmp/via.yaml}" 2>/dev/null | sed -n 's/^broker pid \([0-9]*\).*/\1/p'; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -372,13 +448,14 @@ main() {
     echo "via: $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?'); proxychains4 $(dpkg-query -W -f '${Version}' proxychains4 2>/dev/null);" \
       "torsocks $(dpkg-query -W -f '${Version}' torsocks 2>/dev/null); microsocks $(dpkg-query -W -f '${Version}' microsocks 2>/dev/null)"
     echo "command: bench/run.sh$([ "$quick" = 1 ] && echo ' --quick')"
-    echo "RUNS=$RUNS EXEC_N=$EXEC_N N=$N BULK_MIB=$BULK_MIB GAI_N=$GAI_N CAP_PROCS=$CAP_PROCS CAP_SECONDS=$CAP_SECONDS SESSIONS=$SESSIONS NAMES=$NAMES HOLD=$HOLD"
+    echo "RUNS=$RUNS FAR_N=$FAR_N EXEC_N=$EXEC_N N=$N BULK_MIB=$BULK_MIB GAI_N=$GAI_N CAP_PROCS=$CAP_PROCS CAP_SECONDS=$CAP_SECONDS SESSIONS=$SESSIONS NAMES=$NAMES HOLD=$HOLD"
   } > "$out/machine.txt"
   local f
   for f in $FIGURES; do
     case $f in
       1) fig1_exec_cost ;; 2) fig2_connect ;; 3) fig3_connect_name ;; 4) fig4_bulk ;;
       5) fig5_getaddrinfo ;; 6) fig6_capacity ;; 7) fig7_memory ;; 8) fig8_startup ;;
+      9) fig9_far_proxy ;;
       *) die "unknown figure $f" ;;
     esac
   done

@@ -72,6 +72,7 @@ void SessionService::HandleHello(Client& c, const wire::Message& m) {
     const auto plan = c.overlay->instance->program_socks5(c.who);
     if (plan->isolate_streams) flags |= wire::kFlagIsolate;
     if (!plan->destination_prefix.empty()) flags |= wire::kFlagIsolateDestination;
+    if (plan->pipeline) flags |= wire::kFlagPipeline;
     if (log()->should_log(spdlog::level::debug)) flags |= wire::kFlagReportEach;
   }
   w.PutU32(wire::kTagFlags, flags);
@@ -139,6 +140,7 @@ std::string SessionService::ShimPlan(const Client& c, wire::Writer* w) const {
     key += " user " + s.username + " " + s.password;
   }
   if (s.isolate_streams) key += " isolate";
+  if (s.pipeline) key += " pipeline";  // a reload that changes it reaches running shims
   const uint32_t timeout = uint32_t(o.connect_timeout_ms());
   key += " " + std::to_string(timeout);
   if (w != nullptr) {

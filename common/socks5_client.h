@@ -9,6 +9,13 @@
 // request -> reply head (5 bytes: VER REP RSV ATYP and the first address byte) -> reply tail (the
 // rest of BND.ADDR and BND.PORT, its length given by ATYP). WantRead() never asks for a byte past
 // the reply: those belong to the program.
+//
+// Pipelined (Start's `pipeline`): the greeting offers exactly one method, so its answer is known
+// in advance, and greeting, [RFC 1929 request] and request go out as one output (one write): one
+// round trip to the proxy instead of two or three. The replies are then read in the same order.
+// Not every proxy takes it: microsocks 1.0.3 parses one message per recv() and drops the rest,
+// answering the greeting only (docs/configuration.md, `pipeline`). Tor answers greeting and
+// credentials with the RFC 1929 status alone (no method reply), which is accepted.
 #pragma once
 
 #include <sys/types.h>
@@ -204,13 +211,17 @@ class Client {
  public:
   // One request for `name` (1..255 bytes; null or empty: connect to `addr`, family 4 or 6) and
   // `port`. Without credentials (both empty) the greeting offers method 0x00 only; otherwise 0x02
-  // only (a proxy that picks 0x00 anyway is accepted). Names go as ATYP 3, IPv4 and IPv4-mapped
+  // only (a proxy that picks 0x00 anyway is accepted, unless pipelined: it has taken the
+  // credentials for the request). Names go as ATYP 3, IPv4 and IPv4-mapped
   // IPv6 addresses as ATYP 1, other IPv6 addresses as ATYP 4. Lengths past 255 are the caller's
-  // to refuse (SetInvalid); they are never sent.
+  // to refuse (SetInvalid); they are never sent. `pipeline`: everything goes in the first output
+  // (see above).
   void Start(const char* name, const wire::Addr& addr, uint16_t port, const char* user,
-             size_t user_len, const char* pass, size_t pass_len, uint8_t command = kCmdConnect) {
+             size_t user_len, const char* pass, size_t pass_len, uint8_t command = kCmdConnect,
+             bool pipeline = false) {
     *this = Client();
     command_ = command;
+    pipeline_ = pipeline;
     addr_ = wire::Unmapped(addr);
     port_ = port;
     name_len_ = name == nullptr ? 0 : std::strlen(name);
@@ -227,13 +238,31 @@ class Client {
     out_[1] = 1;
     out_[2] = uses_auth() ? kMethodUserPass : kMethodNone;
     out_len_ = 3;
+    if (pipeline_) {
+      if (uses_auth()) out_len_ += PutAuth(out_ + out_len_);
+      out_len_ += PutRequest(out_ + out_len_);
+    }
   }
 
-  // The request cannot be carried (checked by the caller): the proxy gets the greeting only, and
-  // the first Feed() fails with `err` and `message`.
+  // The request cannot be carried (checked by the caller, before any output is taken): the proxy
+  // gets the greeting only, and the first Feed() fails with `err` and `message`.
   void SetInvalid(int err, const char* message) {
     invalid_ = err;
     std::snprintf(invalid_msg_, sizeof invalid_msg_, "%s", message);
+    out_len_ = 3;  // a pipelined request or credential is never sent
+    pipeline_ = false;
+  }
+
+  // Whether the proxy has answered the greeting (a pipelined proxy that stalls after it may not
+  // take pipelined requests).
+  bool greeted() const { return state_ != State::kMethod; }
+  // What to add to a timeout's message: a pipelined handshake whose proxy answered the greeting
+  // and then nothing is the mark of a proxy that dropped the rest of the write. A slow CONNECT
+  // (a Tor circuit, a far target) looks the same on the wire, hence "may".
+  const char* StallHint() const {
+    if (!pipeline_ || !greeted() || state_ == State::kDone || state_ == State::kFailed) return "";
+    return " (it answered the greeting but not the request sent with it: a proxy that does not "
+           "take pipelined requests, such as microsocks 1.0.3, needs `pipeline: false`)";
   }
 
   const uint8_t* output() const { return out_ + out_pos_; }
@@ -330,6 +359,12 @@ class Client {
   }
 
   int OnMethodReply() {
+    if (pipeline_ && uses_auth() && in_[0] == 1) {
+      // Tor (0.4.9) parses a pipelined greeting and RFC 1929 request in one go and sends the
+      // status of the latter only: its method reply is overwritten before it is sent. Version
+      // 0x01 can be nothing else here (a method reply is 0x05).
+      return OnAuthReply();
+    }
     if (in_[0] != 5) {
       return Fail(EPROTO,
                   "SOCKS5 proxy answered the greeting with version 0x%02x, not 0x05 (is it a "
@@ -351,17 +386,38 @@ class Client {
                   MethodText(offered), chosen);
     }
     if (invalid_ != 0) return Fail(invalid_, "%s", invalid_msg_);
+    if (pipeline_) {
+      // Everything was sent already: read the answers in order.
+      if (chosen != offered) {
+        // The RFC 1929 request went after the greeting; the proxy takes it for the request.
+        return Fail(EPROTO,
+                    "SOCKS5 proxy chose 0x00 no authentication although only username/password "
+                    "was offered, so the pipelined credentials reached it as a request (set "
+                    "`pipeline: false` for this proxy)");
+      }
+      if (chosen == kMethodUserPass) {
+        Send(0, State::kAuth, 2);
+      } else {
+        Send(0, State::kReplyHead, 5);
+      }
+      return 0;
+    }
     if (chosen == kMethodNone) return QueueRequest();
-    size_t n = 0;
-    out_[n++] = 1;  // RFC 1929 sub-negotiation version
-    out_[n++] = uint8_t(user_len_);
-    std::memcpy(out_ + n, user_, user_len_);
-    n += user_len_;
-    out_[n++] = uint8_t(pass_len_);
-    std::memcpy(out_ + n, pass_, pass_len_);
-    n += pass_len_;
-    Send(n, State::kAuth, 2);
+    Send(PutAuth(out_), State::kAuth, 2);
     return 0;
+  }
+
+  // The RFC 1929 request at `p`; returns its length.
+  size_t PutAuth(uint8_t* p) const {
+    size_t n = 0;
+    p[n++] = 1;  // RFC 1929 sub-negotiation version
+    p[n++] = uint8_t(user_len_);
+    std::memcpy(p + n, user_, user_len_);
+    n += user_len_;
+    p[n++] = uint8_t(pass_len_);
+    std::memcpy(p + n, pass_, pass_len_);
+    n += pass_len_;
+    return n;
   }
 
   int OnAuthReply() {
@@ -372,32 +428,41 @@ class Client {
     if (in_[1] != 0) {
       return Fail(EACCES, "SOCKS5 proxy rejected username/password (status 0x%02x)", in_[1]);
     }
+    if (pipeline_) {
+      Send(0, State::kReplyHead, 5);
+      return 0;
+    }
     return QueueRequest();
   }
 
   int QueueRequest() {
+    Send(PutRequest(out_), State::kReplyHead, 5);
+    return 0;
+  }
+
+  // The request at `p`; returns its length.
+  size_t PutRequest(uint8_t* p) const {
     size_t n = 0;
-    out_[n++] = 5;
-    out_[n++] = command_;
-    out_[n++] = 0;
+    p[n++] = 5;
+    p[n++] = command_;
+    p[n++] = 0;
     if (name_len_ > 0) {
-      out_[n++] = kAtypDomain;
-      out_[n++] = uint8_t(name_len_);
-      std::memcpy(out_ + n, name_, name_len_);
+      p[n++] = kAtypDomain;
+      p[n++] = uint8_t(name_len_);
+      std::memcpy(p + n, name_, name_len_);
       n += name_len_;
     } else if (addr_.family == 4) {
-      out_[n++] = kAtypIpv4;
-      std::memcpy(out_ + n, addr_.bytes, 4);
+      p[n++] = kAtypIpv4;
+      std::memcpy(p + n, addr_.bytes, 4);
       n += 4;
     } else {
-      out_[n++] = kAtypIpv6;
-      std::memcpy(out_ + n, addr_.bytes, 16);
+      p[n++] = kAtypIpv6;
+      std::memcpy(p + n, addr_.bytes, 16);
       n += 16;
     }
-    out_[n++] = uint8_t(port_ >> 8);
-    out_[n++] = uint8_t(port_ & 0xff);
-    Send(n, State::kReplyHead, 5);
-    return 0;
+    p[n++] = uint8_t(port_ >> 8);
+    p[n++] = uint8_t(port_ & 0xff);
+    return n;
   }
 
   int OnReplyHead() {
@@ -447,8 +512,9 @@ class Client {
   int invalid_ = 0;
   char invalid_msg_[256] = {};
   char target_[kMaxField + 8] = {};
-  // The longest output is the RFC 1929 request: 3 + 255 + 255 bytes.
-  uint8_t out_[3 + 2 * kMaxField] = {};
+  // The longest output is a pipelined one: the greeting (3 bytes), the RFC 1929 request (3 + 255
+  // + 255) and a request for a name (7 + 255).
+  uint8_t out_[3 + (3 + 2 * kMaxField) + (7 + kMaxField)] = {};
   size_t out_len_ = 0, out_pos_ = 0;
   // The piece being read; its longest is the reply tail of a domain: 255 + 2 bytes.
   uint8_t in_[5 + kMaxField + 2] = {};
@@ -456,6 +522,7 @@ class Client {
   size_t want_ = 2;  // size of the piece being read
   uint8_t bound_atyp_ = 0, bound_first_ = 0;
   uint8_t reply_code_ = 0;
+  bool pipeline_ = false;
   char error_[160 + 2 * kMaxField] = {};
 };
 

@@ -27,8 +27,9 @@ struct Socks5Plan {
   int nproxies;
   char username[256], password[256];
   size_t username_len, password_len;
-  bool isolate;  // a fresh random credential per connect
+  bool isolate;          // a fresh random credential per connect
   bool per_destination;  // username is a prefix: DestinationCredential per target
+  bool pipeline;         // greeting, credentials and request in one write (kFlagPipeline)
   uint32_t timeout_ms;
   wire::Addr fake[2];  // the fake-address ranges, the port field their prefix length
   int nfake;
@@ -45,6 +46,7 @@ inline bool ReadPlan(const wire::Message& m, uint32_t flags, uint32_t broker, So
   p.broker = broker;
   p.isolate = (flags & wire::kFlagIsolate) != 0;
   p.per_destination = (flags & wire::kFlagIsolateDestination) != 0;
+  p.pipeline = (flags & wire::kFlagPipeline) != 0;
   bool ok = true;
   auto copy = [&](const wire::Field& f, char* dst, size_t cap, size_t* len) {
     if (f.len >= cap) return false;
@@ -125,17 +127,17 @@ int ConnectBlocking(int fd, const Socks5Plan& plan, const char* name, const wire
   char cred[17] = {};
   const int cred_err = plan.isolate ? IsolationCredential(cred, getrandom) : 0;
   if (plan.isolate) {
-    hs.Start(name, dest, dest.port, cred, 16, cred, 16);
+    hs.Start(name, dest, dest.port, cred, 16, cred, 16, kCmdConnect, plan.pipeline);
   } else if (plan.per_destination) {
     char target[300], dcred[sizeof plan.username + 18];
     FormatTarget(name, name == nullptr ? 0 : std::strlen(name), dest, dest.port, target,
                  sizeof target);
     const size_t n =
         DestinationCredential(plan.username, plan.username_len, target, dcred, sizeof dcred);
-    hs.Start(name, dest, dest.port, dcred, n, dcred, n);
+    hs.Start(name, dest, dest.port, dcred, n, dcred, n, kCmdConnect, plan.pipeline);
   } else {
     hs.Start(name, dest, dest.port, plan.username, plan.username_len, plan.password,
-             plan.password_len);
+             plan.password_len, kCmdConnect, plan.pipeline);
   }
   int err = 0;
   if (cred_err != 0) {  // nothing was sent; hs names the target for the message
@@ -153,6 +155,10 @@ int ConnectBlocking(int fd, const Socks5Plan& plan, const char* name, const wire
     if (err == 0) {
       err = proxy::RunBlocking(fd, hs, connect, reinterpret_cast<sockaddr*>(&ss), len, ep,
                                plan.timeout_ms, why, whycap);
+      if (err == ETIMEDOUT) {
+        const size_t used = std::strlen(why);
+        std::snprintf(why + used, whycap - used, "%s", hs.StallHint());
+      }
     }
     if ((flags & O_NONBLOCK) == 0) fcntl(fd, F_SETFL, flags);
   }

@@ -104,6 +104,9 @@ constexpr uint32_t kFlagReportEach = 1u << 5;
 // network_service.unrouted_exec is "allow": the exec guard lets binaries the shim cannot cover
 // run (unrouted). The shim learns it from the broker only, never from its environment.
 constexpr uint32_t kFlagUnroutedExecAllow = 1u << 7;
+// With kFlagShimSocks5: the proxy takes pipelined requests (`pipeline: true`): send the greeting,
+// credentials and CONNECT request in one write.
+constexpr uint32_t kFlagPipeline = 1u << 9;
 // Request flags (kTagFlags), bits 20-23.
 constexpr uint32_t kFlagSessionExplicit = 1u << 20;  // OPEN_SESSION: --network/--direct was given
 constexpr uint32_t kFlagControl = 1u << 21;  // HELLO: a CLI control connection, no network needed

@@ -61,6 +61,10 @@ struct Socks5Settings {
   // (0xF0) / RESOLVE_PTR (0xF1) SOCKS commands instead of getting fake addresses.
   bool remote_resolve = false;
   int connect_timeout_ms = 15000;  // via extension: `connect_timeout: 15s` (or a number of seconds)
+  // via extension: send the greeting, the credentials and the CONNECT request in one write (one
+  // round trip instead of two or three). Off by default: a proxy that reads one message per
+  // recv() (microsocks 1.0.3) drops the rest and the connect hangs until connect_timeout.
+  bool pipeline = false;
 };
 
 // The isolation an entry asks for (isolate_streams: true is connection).

@@ -59,9 +59,9 @@ Status ParseControlPort(const EntryReader& r, Socks5Settings* s) {
 }  // namespace
 
 Status ParseSocks5(const EntryReader& r, Socks5Settings* s) {
-  if (Status st =
-          r.CheckKnown({"host", "port", "username", "password", "isolate_streams", "isolation",
-                        "connect_timeout", "remote_resolve", "control_port", "control_password"});
+  if (Status st = r.CheckKnown({"host", "port", "username", "password", "isolate_streams",
+                                "isolation", "connect_timeout", "remote_resolve", "pipeline",
+                                "control_port", "control_password"});
       !st.ok()) {
     return st;
   }
@@ -72,6 +72,7 @@ Status ParseSocks5(const EntryReader& r, Socks5Settings* s) {
   if (Status st = ParseIsolation(r, s); !st.ok()) return st;
   if (Status st = ParseControlPort(r, s); !st.ok()) return st;
   if (Status st = r.Bool("remote_resolve", &s->remote_resolve); !st.ok()) return st;
+  if (Status st = r.Bool("pipeline", &s->pipeline); !st.ok()) return st;
   return r.Duration("connect_timeout", &s->connect_timeout_ms);
 }
 

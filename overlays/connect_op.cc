@@ -124,7 +124,9 @@ void ConnectOp::OnTimeout() {
   char msg[512];
   proxy::TimeoutText(phase_ == Phase::kConnecting, endpoint_.c_str(), unsigned(timeout_ms()), msg,
                      sizeof msg);
-  Finish(ETIMEDOUT, msg);
+  std::string why = msg;
+  if (phase_ != Phase::kConnecting) why += handshake_->StallHint();
+  Finish(ETIMEDOUT, why);
 }
 
 void ConnectOp::Pump() {

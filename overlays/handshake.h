@@ -54,6 +54,9 @@ class Handshake {
   virtual Status Feed(const uint8_t* data, size_t n) = 0;
   virtual bool Done() const = 0;
   virtual bool LineMode() const { return false; }
+  // Appended to the message when the handshake times out: what the stall may mean ("" when
+  // nothing useful can be said).
+  virtual std::string_view StallHint() const { return {}; }
 };
 
 // A handshake that asks the overlay for a name's address or an address's name (Tor's RESOLVE

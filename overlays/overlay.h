@@ -96,6 +96,7 @@ class Overlay {
     // Non-empty: isolation by destination; each connect's credential is DestinationCredential
     // (common/socks5_client.h) of this prefix and its target.
     std::string destination_prefix;
+    bool pipeline = false;           // the proxy takes greeting, credentials and request at once
   };
   // For the program `who` (the credentials of isolation by process, program or session are
   // its own).

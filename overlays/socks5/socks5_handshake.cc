@@ -14,10 +14,11 @@ namespace via::overlays {
 // ---- Socks5Handshake ---------------------------------------------------------------------------
 
 Socks5Handshake::Socks5Handshake(Target target, std::string username, std::string password,
-                                 uint8_t command)
+                                 uint8_t command, bool pipeline)
     : command_(command) {
   client_.Start(target.name.empty() ? nullptr : target.name.c_str(), target.addr, target.port,
-                username.data(), username.size(), password.data(), password.size(), command);
+                username.data(), username.size(), password.data(), password.size(), command,
+                pipeline);
   if (Status invalid = Validate(target, username, password); !invalid.ok()) {
     client_.SetInvalid(invalid.code(), invalid.message().c_str());
   }

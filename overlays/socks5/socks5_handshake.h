@@ -29,8 +29,9 @@ class Socks5Handshake : public ResolveHandshake {
   static constexpr uint8_t kCmdConnect = socks5::kCmdConnect;
   static constexpr uint8_t kCmdResolve = socks5::kCmdResolve;
   static constexpr uint8_t kCmdResolvePtr = socks5::kCmdResolvePtr;
+  // `pipeline`: greeting, credentials and request in one write (socks5::Client::Start).
   Socks5Handshake(Target target, std::string username, std::string password,
-                  uint8_t command = kCmdConnect);
+                  uint8_t command = kCmdConnect, bool pipeline = false);
 
   // After Done(): the reply's BND.ADDR as an address (ATYP 1 or 4; family 0 otherwise) or a
   // name (ATYP 3; empty otherwise).
@@ -56,6 +57,7 @@ class Socks5Handshake : public ResolveHandshake {
   size_t WantRead() const override { return client_.WantRead(); }
   Status Feed(const uint8_t* data, size_t n) override;
   bool Done() const override { return client_.Done() && !failed_; }
+  std::string_view StallHint() const override { return client_.StallHint(); }
 
   // The errno for a CONNECT reply code (0x01..0x08 and Tor's 0xf0..0xf7 as in
   // docs/configuration.md, EPROTO for any other), and the code's meaning in words.

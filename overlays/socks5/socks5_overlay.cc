@@ -91,6 +91,7 @@ std::optional<Overlay::ProgramSocks5> Socks5Overlay::program_socks5(const Reques
       p.username = p.password = KeyedCredential(who);
       break;
   }
+  p.pipeline = settings_.pipeline;
   return p;
 }
 
@@ -168,8 +169,8 @@ Result<std::unique_ptr<ResolveHandshake>> Socks5Overlay::MakeHandshake(const Tar
       break;
   }
   if (Status st = Socks5Handshake::Validate(target, username, password); !st.ok()) return st;
-  return std::unique_ptr<ResolveHandshake>(
-      new Socks5Handshake(target, std::move(username), std::move(password), command));
+  return std::unique_ptr<ResolveHandshake>(new Socks5Handshake(
+      target, std::move(username), std::move(password), command, settings_.pipeline));
 }
 
 }  // namespace via::overlays

@@ -425,6 +425,19 @@ socks pass {{
         server). Returns (port, log); the log has one line per accepted connection."""
         return self.start_tcp_server("hung", "held.append(c); print('accepted', a, flush=True)")
 
+    def start_tap_relay(self, upstream_port, delay_ms=0):
+        """bench/delay_relay.py on 127.0.0.1:<free port> in front of `upstream_port` (a proxy),
+        each chunk `delay_ms` late. Returns (port, chunks): chunks() lists the client's first
+        writes of every connection as the relay read them ({"conn", "seq", "hex", "answered":
+        whether the proxy had sent anything back yet})."""
+        port = free_port()
+        log = os.path.join(self.dir, f"relay-{port}.jsonl")
+        p, _ = self.spawn([PYTHON, os.path.join(ROOT, "bench", "delay_relay.py"), str(port),
+                           str(upstream_port), "--log", log, "--delay-ms", str(delay_ms)],
+                          f"relay-{port}.out")
+        wait_port(port, proc=p)
+        return port, lambda: [json.loads(l) for l in read_lines(log)]
+
     def start_dns(self):
         """dnsmasq on 127.0.0.1:53 (namespace only) logging every query; answers the test names
         with 127.0.0.1 (so a leaked lookup would even work, and show up). Returns its log."""

@@ -186,6 +186,39 @@ class Tor(harness.ViaCase):
         self.assertEqual([r["path"] for r in recs], ["/through-tor"], recs)
         self.assertIn(ipaddress.ip_address(recs[0]["peer"]), ipaddress.ip_network("127.0.0.0/8"))
 
+    def test_pipelined_handshake_reaches_tor_in_one_write(self):
+        # Tor reads the greeting, the credentials (isolation ones, or none) and the CONNECT
+        # request from one write (`pipeline: true`); the relay in front of its SocksPort shows
+        # what it received. With credentials Tor answers without the method reply (it keeps
+        # the credentials' status only), which the handshake accepts.
+        port, record = self.start_target()
+        ctl = self.watch_streams()
+        relay, chunks = self.start_tap_relay(self.net.socks_port)
+        request = (bytes([5, 1, 0, 1, 127, 0, 0, 1]) + port.to_bytes(2, "big")).hex()
+        cred = "10(?:3[0-9]|6[1-6]){16}"
+        cases = [("program", True), ("broker", True), ("program", False), ("broker", False)]
+        for handshake, isolate in cases:
+            with self.subTest(handshake=handshake, isolate=isolate):
+                self.write_config(
+                    [self.socks5_entry("tor", relay, f"isolate_streams: {str(isolate).lower()}",
+                                       "connect_timeout: 60s", "pipeline: true")],
+                    service={"loopback": "overlay", "handshake": handshake},
+                    name=f"{handshake}-{isolate}.yaml")
+                proc = self.run_via("app:tor", "curl", "-sSf", "--max-time", "90",
+                                    f"http://127.0.0.1:{port}/{handshake}-{isolate}",
+                                    timeout=120)
+                self.assertRan(proc, ctl)
+        ok, seen = self.succeeded(ctl, f"127.0.0.1:{port}", len(cases))
+        self.assertEqual(len(ok), len(cases), f"STREAM events: {seen}")
+        self.assertEqual([r["path"] for r in self.records(record)],
+                         [f"/{h}-{i}" for h, i in cases])
+        firsts = [c for c in chunks() if c["seq"] == 0]
+        self.assertEqual(len(firsts), len(cases), chunks())
+        for c, (_, isolate) in zip(firsts, cases):
+            self.assertFalse(c["answered"], c)
+            greeting = "05010201" + cred + cred if isolate else "050100"
+            self.assertRegex(c["hex"], "^" + greeting + request + "$")
+
     # ---- (b) stream isolation ----------------------------------------------------------------
     def circuits_for(self, isolate, n, child=False):
         port, record = self.start_target()

@@ -425,6 +425,16 @@ TEST_F(BrokerProtocolTest, HelloTellsTheShimHowToRunSocks5) {
   EXPECT_EQ(r.U32(wire::kTagTimeoutMs), 300u);
 }
 
+TEST_F(BrokerProtocolTest, HelloTellsTheShimToPipelineWhenConfigured) {
+  config_.overlays[1].socks5.pipeline = true;
+  StartBroker();
+  UniqueFd fd = Connect();
+  Reply r = Hello(fd.get(), "app:silent");
+  ASSERT_EQ(r.err, 0u) << r.message;
+  EXPECT_EQ(r.U32(wire::kTagFlags),
+            wire::kFlagLoopbackRefuse | wire::kFlagShimSocks5 | wire::kFlagPipeline);
+}
+
 TEST_F(BrokerProtocolTest, IsolatedOverlayGivesNoCredentialsAndHandshakeBrokerGivesNothing) {
   config_.overlays[0].socks5.isolate_streams = true;
   config_.overlays[0].socks5.username = "configured";

@@ -369,7 +369,8 @@ TEST_F(ConfigTest, UnknownFieldIsRejectedWithAHint) {
   EXPECT_EQ(Error(Socks5("host: h\nport: 1\nisolate_stream: true")),
             "via.yaml:8:5: entry app:tor (network.socks5): isolate_stream: unknown field (known: "
             "host, port, username, password, isolate_streams, isolation, connect_timeout, "
-            "remote_resolve, control_port, control_password; did you mean isolate_streams?)");
+            "remote_resolve, pipeline, control_port, control_password; did you mean "
+            "isolate_streams?)");
 }
 
 TEST_F(ConfigTest, CommonEntryKeysAreAllowed) {
@@ -393,6 +394,15 @@ TEST_F(ConfigTest, RemoteResolveIsOffByDefaultAndABool) {
   EXPECT_EQ(Error(Socks5("host: h\nport: 1\nremote_resolve: tor")),
             "via.yaml:8:21: entry app:tor (network.socks5): remote_resolve: must be true or "
             "false, not \"tor\"");
+}
+
+TEST_F(ConfigTest, PipelineIsOffByDefaultAndABool) {
+  EXPECT_FALSE(Only(ParseConfigText(Socks5("host: h\nport: 1"), "via.yaml", "/")).socks5.pipeline);
+  EXPECT_TRUE(Only(ParseConfigText(Socks5("host: h\nport: 1\npipeline: true"), "via.yaml", "/"))
+                  .socks5.pipeline);
+  EXPECT_EQ(Error(Socks5("host: h\nport: 1\npipeline: maybe")),
+            "via.yaml:8:15: entry app:tor (network.socks5): pipeline: must be true or false, not "
+            "\"maybe\"");
 }
 
 TEST_F(ConfigTest, ConnectTimeoutForms) {

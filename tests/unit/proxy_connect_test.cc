@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <initializer_list>
 #include <string>
@@ -20,6 +21,7 @@
 #include <vector>
 
 #include "common/socks5_client.h"
+#include "common/socks5_plan.h"
 #include "common/unique_fd.h"
 
 namespace via::proxy {
@@ -248,6 +250,57 @@ TEST_F(ProxyConnectTest, AProxyThatNeverAnswersTimesOut) {
   EXPECT_LT(ms, 900);
   EXPECT_EQ(std::string(msg_),
             std::string(proxy.text()) + " did not finish the handshake within 200 ms");
+}
+
+// The proxy gets greeting, credentials and request before it has said anything: one round trip.
+TEST_F(ProxyConnectTest, PipelinedHandshakeSendsEverythingBeforeTheFirstReply) {
+  ScriptedProxy proxy;
+  proxy.Expect(B({5, 1, 2}) + B({1, 1, 'u', 1, 'p'}) + kRequest)
+      .Send(B({5, 2}) + B({1, 0}) + kReply + "program's");
+  wire::Addr dest;
+  dest.family = 4;
+  inet_pton(AF_INET, "192.0.2.7", dest.bytes);
+  hs_.Start(nullptr, dest, 80, "u", 1, "p", 1, socks5::kCmdConnect, true);
+  fd_.reset(socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  proxy.Start();
+  ASSERT_EQ(RunBlocking(fd_.get(), hs_, ::connect, reinterpret_cast<const sockaddr*>(&proxy.addr()),
+                        sizeof(sockaddr_in), proxy.text(), 3000, msg_, sizeof msg_),
+            0)
+      << msg_;
+  EXPECT_TRUE(hs_.Done());
+  EXPECT_EQ(Rest(), "program's");
+  EXPECT_EQ(proxy.Finish(), "");
+}
+
+// microsocks 1.0.3's answer to a pipelined write: the greeting's reply, then nothing. The shim's
+// message says what that may mean.
+TEST_F(ProxyConnectTest, APipelinedProxyThatStallsAfterTheGreetingGetsAHint) {
+  ScriptedProxy proxy;
+  proxy.Expect(kGreeting + kRequest).Send(B({5, 0})).Hold(1000).Close();
+  Socks5Plan plan{};
+  std::snprintf(plan.overlay, sizeof plan.overlay, "app:proxy");
+  plan.proxies[0].family = 4;
+  std::memcpy(plan.proxies[0].bytes, &proxy.addr().sin_addr, 4);
+  plan.proxies[0].port = ntohs(proxy.addr().sin_port);
+  plan.nproxies = 1;
+  plan.timeout_ms = 200;
+  plan.pipeline = true;
+  wire::Addr dest;
+  dest.family = 4;
+  dest.port = 80;
+  inet_pton(AF_INET, "192.0.2.7", dest.bytes);
+  fd_.reset(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  proxy.Start();
+  char why[512], msg[768];
+  EXPECT_EQ(socks5::ConnectBlocking(fd_.get(), plan, nullptr, dest, ::connect, why, sizeof why, msg,
+                                    sizeof msg),
+            ETIMEDOUT);
+  EXPECT_EQ(std::string(msg), "192.0.2.7:80 via app:proxy: " + std::string(proxy.text()) +
+                                  " did not finish the handshake within 200 ms (it answered the "
+                                  "greeting but not the request sent with it: a proxy that does "
+                                  "not take pipelined requests, such as microsocks 1.0.3, needs "
+                                  "`pipeline: false`)");
+  EXPECT_EQ(proxy.Finish(), "");
 }
 
 TEST_F(ProxyConnectTest, NoListenerIsConnectionRefused) {

@@ -392,6 +392,111 @@ TEST_F(Socks5Test, NothingAfterFailure) {
 }
 
 // ---- targets SOCKS5 cannot carry
+// ---- pipelined (`pipeline: true`) ---------------------------------------------------------
+
+TEST_F(Socks5Test, PipelinedNoAuthSendsGreetingAndRequestAtOnce) {
+  h_ = std::make_unique<Socks5Handshake>(Name("a.b", 443), "", "", Socks5Handshake::kCmdConnect,
+                                         true);
+  EXPECT_EQ(Sent(), B({5, 1, 0, 5, 1, 0, 3, 3, 'a', '.', 'b', 0x01, 0xbb}));
+  ASSERT_TRUE(Recv(B({5, 0})).ok());
+  EXPECT_EQ(Sent(), "");  // nothing more to send: the request went with the greeting
+  ASSERT_TRUE(Recv(B({5, 0, 0, 1, 10, 0, 0, 1, 0x1f, 0x90, 'x'})).ok());
+  EXPECT_TRUE(h_->Done());
+  EXPECT_EQ(left_, 1u);  // the program's byte
+  EXPECT_EQ(wants_, (std::vector<size_t>{2, 5, 5}));
+}
+
+TEST_F(Socks5Test, PipelinedUserPassSendsCredentialsBetween) {
+  h_ = std::make_unique<Socks5Handshake>(Ip("10.0.0.1", 80), "alice", "pw",
+                                         Socks5Handshake::kCmdConnect, true);
+  EXPECT_EQ(Sent(), B({5, 1, 2}) + B({1, 5, 'a', 'l', 'i', 'c', 'e', 2, 'p', 'w'}) +
+                        B({5, 1, 0, 1, 10, 0, 0, 1, 0, 80}));
+  ASSERT_TRUE(Recv(B({5, 2, 1, 0})).ok());
+  EXPECT_EQ(Sent(), "");
+  ASSERT_TRUE(Recv(ReplyCode(0)).ok());
+  EXPECT_TRUE(h_->Done());
+  EXPECT_EQ(wants_, (std::vector<size_t>{2, 2, 5, 5}));
+}
+
+// What Tor 0.4.9 sends back for a pipelined greeting + credentials: the credentials' status
+// without the method reply.
+TEST_F(Socks5Test, PipelinedUserPassAcceptsTorsElidedMethodReply) {
+  h_ = std::make_unique<Socks5Handshake>(Name("a.b"), "alice", "pw", Socks5Handshake::kCmdConnect,
+                                         true);
+  Sent();
+  ASSERT_TRUE(Recv(B({1, 0})).ok());
+  ASSERT_TRUE(Recv(ReplyCode(0)).ok());
+  EXPECT_TRUE(h_->Done());
+  EXPECT_EQ(wants_, (std::vector<size_t>{2, 5, 5}));
+  h_ = std::make_unique<Socks5Handshake>(Name("a.b"), "alice", "pw", Socks5Handshake::kCmdConnect,
+                                         true);
+  Sent();
+  EXPECT_EQ(Recv(B({1, 1})).code(), EACCES);  // refused credentials, still
+  Start(Name("a.b"), "alice", "pw");          // not pipelined: 0x01 is no method reply
+  EXPECT_EQ(Recv(B({1, 0})).code(), EPROTO);
+}
+
+TEST_F(Socks5Test, PipelinedLongestFieldsFitOneOutput) {
+  h_ = std::make_unique<Socks5Handshake>(Name(std::string(255, 'n')), std::string(255, 'u'),
+                                         std::string(255, 'p'), Socks5Handshake::kCmdConnect, true);
+  EXPECT_EQ(Sent().size(), 3u + (3 + 255 + 255) + (7 + 255));
+}
+
+TEST_F(Socks5Test, PipelinedRefusalsKeepTheirErrnos) {
+  h_ = std::make_unique<Socks5Handshake>(Name("a.b"), "alice", "pw", Socks5Handshake::kCmdConnect,
+                                         true);
+  Sent();
+  EXPECT_EQ(Recv(B({5, 2, 1, 1})).code(), EACCES);
+  h_ = std::make_unique<Socks5Handshake>(Name("a.b"), "", "", Socks5Handshake::kCmdConnect, true);
+  Sent();
+  EXPECT_EQ(Recv(B({5, 0, 5, 5, 0, 1, 0, 0, 0, 0, 0, 0})).code(), ECONNREFUSED);
+  EXPECT_EQ(left_, 5u);
+}
+
+// Offered username/password only, the proxy waived it: it has taken the credentials as the
+// request. Nothing can be rescued on this connection.
+TEST_F(Socks5Test, PipelinedWaivedAuthenticationFailsWithAHint) {
+  h_ = std::make_unique<Socks5Handshake>(Name("a.b"), "alice", "pw", Socks5Handshake::kCmdConnect,
+                                         true);
+  Sent();
+  Status st = Recv(B({5, 0}));
+  EXPECT_EQ(st.code(), EPROTO);
+  EXPECT_NE(st.message().find("set `pipeline: false` for this proxy"), std::string::npos)
+      << st.message();
+}
+
+TEST_F(Socks5Test, PipelinedInvalidRequestSendsTheGreetingOnly) {
+  h_ = std::make_unique<Socks5Handshake>(Name(std::string(256, 'a')), "", "",
+                                         Socks5Handshake::kCmdConnect, true);
+  EXPECT_EQ(Sent(), B({5, 1, 0}));
+  EXPECT_EQ(Recv(B({5, 0})).code(), EINVAL);
+}
+
+TEST_F(Socks5Test, StallHintOnlyForAPipelinedProxyThatAnsweredTheGreeting) {
+  h_ = std::make_unique<Socks5Handshake>(Name("a.b"), "", "", Socks5Handshake::kCmdConnect, true);
+  Sent();
+  EXPECT_EQ(h_->StallHint(), "");  // not even the greeting answered: nothing to say
+  ASSERT_TRUE(Recv(B({5, 0})).ok());
+  EXPECT_NE(h_->StallHint().find("`pipeline: false`"), std::string::npos);
+  Start(Name("a.b"));
+  ASSERT_TRUE(Recv(B({5, 0})).ok());
+  Sent();
+  EXPECT_EQ(h_->StallHint(), "");  // not pipelined
+}
+
+TEST_F(Socks5Test, DriverPipelinesWhenConfigured) {
+  config::Overlay o = Overlay("127.0.0.1");
+  o.socks5.username = "alice";
+  o.socks5.pipeline = true;
+  auto d = CreateOverlay(o);
+  ASSERT_TRUE(d.ok());
+  auto h = (*d)->NewHandshake(Name("a.b"));
+  ASSERT_TRUE(h.ok());
+  EXPECT_EQ((*h)->Output(),
+            B({5, 1, 2, 1, 5, 'a', 'l', 'i', 'c', 'e', 0, 5, 1, 0, 3, 3, 'a', '.', 'b', 0, 80}));
+  EXPECT_TRUE((*d)->program_socks5({})->pipeline);
+}
+
 // -----------------------------------------------------------------
 
 TEST_F(Socks5Test, OverlongNameIsRefusedBeforeConnect) {
