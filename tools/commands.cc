@@ -13,12 +13,12 @@
 #include "broker/broker.h"
 #include "broker/process_info.h"
 #include "broker/selector.h"
+#include "common/json.h"
 #include "common/paths.h"
 #include "tools/broker_client.h"
 #include "tools/cli.h"
 #include "tools/command_identity.h"
 #include "tools/command_table.h"
-#include "tools/json.h"
 
 namespace via::tools {
 
