@@ -6,9 +6,7 @@
 
 namespace via::broker {
 
-namespace {
-
-std::string Exe(pid_t pid) {
+std::string ExePath(pid_t pid) {
   char path[64], buf[4096];
   std::snprintf(path, sizeof path, "/proc/%d/exe", int(pid));
   ssize_t n = readlink(path, buf, sizeof buf - 1);
@@ -16,10 +14,8 @@ std::string Exe(pid_t pid) {
   return std::string(buf, size_t(n));
 }
 
-}  // namespace
-
 std::string PeerText(const Client& c) {
-  return "pid " + std::to_string(c.pid()) + " " + Exe(c.pid());
+  return "pid " + std::to_string(c.pid()) + " " + ExePath(c.pid());
 }
 
 }  // namespace via::broker

@@ -390,9 +390,9 @@ Result<BrokerClient> ConnectExisting(const Args& args, std::string* where) {
 
 int StatusOrStop(int argc, char** argv, bool stop) {
   const char* name = stop ? "stop" : "status";
-  auto args =
-      ParseArgs(name, argc, argv, {{"--config", true}, {"--socket", true}, {"--help", false}},
-                kConfigAlias, false);
+  std::map<std::string, bool> spec{{"--config", true}, {"--socket", true}, {"--help", false}};
+  if (!stop) spec["--json"] = false;  // `via status --json` (docs/json.md)
+  auto args = ParseArgs(name, argc, argv, spec, kConfigAlias, false);
   if (!args.ok()) {
     Error(args.status().message());
     return kExitUsage;
@@ -437,7 +437,7 @@ int StatusOrStop(int argc, char** argv, bool stop) {
     std::printf("broker%s stopped\n", where.c_str());
     return kExitOk;
   }
-  auto text = c->StatusText();
+  auto text = args->Has("--json") ? c->StatusJson() : c->StatusText();
   if (!text.ok()) {
     Error(text.status().message());
     return kExitFailure;
