@@ -6,7 +6,7 @@
 
 namespace via::broker {
 
-std::string Exe(pid_t pid) {
+std::string ExePath(pid_t pid) {
   char path[64], buf[4096];
   std::snprintf(path, sizeof path, "/proc/%d/exe", int(pid));
   ssize_t n = readlink(path, buf, sizeof buf - 1);
@@ -15,7 +15,7 @@ std::string Exe(pid_t pid) {
 }
 
 std::string PeerText(const Client& c) {
-  return "pid " + std::to_string(c.pid()) + " " + Exe(c.pid());
+  return "pid " + std::to_string(c.pid()) + " " + ExePath(c.pid());
 }
 
 }  // namespace via::broker

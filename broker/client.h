@@ -46,9 +46,8 @@ struct Client {
 
 using ClientMap = std::unordered_map<uint64_t, std::unique_ptr<Client>>;
 
-// The executable of `pid` (readlink /proc/PID/exe), "?" when unreadable. For log lines.
-std::string Exe(pid_t pid);
-
+// The executable of `pid` (/proc/PID/exe), or "?".
+std::string ExePath(pid_t pid);
 // "pid 123 /usr/bin/curl" (reads /proc: for log lines, not per request).
 std::string PeerText(const Client& c);
 

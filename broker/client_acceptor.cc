@@ -107,13 +107,13 @@ bool ClientAcceptor::AdmitOtherUid(int fd, const ucred& cred, bool lineage) {
                 EACCES);
     if (LogAllowed(Noisy::kRefused, &suppressed)) {
       log()->warn("refused connection from uid {} pid {} {} on the abstract socket: {}{}",
-                  cred.uid, cred.pid, Exe(cred.pid), v.why, SuppressedText(suppressed));
+                  cred.uid, cred.pid, ExePath(cred.pid), v.why, SuppressedText(suppressed));
     }
     return false;
   }
   if (LogAllowed(Noisy::kSession, &suppressed)) {
     log()->info("admitted uid {} pid {} {} on the abstract socket: {}{}", cred.uid, cred.pid,
-                Exe(cred.pid), v.why, SuppressedText(suppressed));
+                ExePath(cred.pid), v.why, SuppressedText(suppressed));
   }
   return true;
 }

@@ -1,9 +1,7 @@
 #include "broker/server.h"
 
-#include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -339,7 +337,7 @@ void Server::Handle(Client& c, const uint8_t* data, size_t n, std::vector<Unique
   }
   const Route* route = FindRoute(m.type());
   if (route == nullptr || !route->takes_fds) fds.clear();
-  if (RefusedBeforeHandler(c, m)) return;
+  if (RefusedBeforeHandler(c, m, fds)) return;
   if (route == nullptr) {
     return ReplyError(c, m.type() | wire::kReplyBit, m.id(), EPROTO,
                       "unknown message type " + std::to_string(m.type()));
@@ -347,11 +345,13 @@ void Server::Handle(Client& c, const uint8_t* data, size_t n, std::vector<Unique
   route->handle(*this, c, m, fds);
 }
 
-bool Server::RefusedBeforeHandler(Client& c, const wire::Message& m) {
+bool Server::RefusedBeforeHandler(Client& c, const wire::Message& m, std::vector<UniqueFd>& fds) {
   const uint16_t type = m.type();
   const uint16_t reply = type | wire::kReplyBit;
   if (type == wire::kConnect && connects_.in_flight() >= ctx_.caps.ops) {
-    // Each connect in flight holds a descriptor: past the budget, an answer at once.
+    // Each connect in flight holds a descriptor: past the budget, an answer at once (the
+    // program's socket is given back first).
+    fds.clear();
     uint64_t suppressed = 0;
     if (LogAllowed(Noisy::kRefused, &suppressed)) {
       log_->warn("CONNECT from {} refused: {} connects in flight (the limit){}", PeerText(c),

@@ -79,9 +79,9 @@ class Server : public ClientSink {
   bool ReadRequests(uint64_t client_id);
   // Parses one request and hands it to its route, after the checks every request passes.
   void Handle(Client& c, const uint8_t* data, size_t n, std::vector<UniqueFd>& fds);
-  // An error reply that the request gets instead of its handler (not greeted, HELLO failed, too
-  // many connects in flight), or nothing: the request goes on.
-  bool RefusedBeforeHandler(Client& c, const wire::Message& m);
+  // Answers the request with an error instead of its handler (too many connects in flight, not
+  // greeted, HELLO failed) and returns true; false: the request goes on.
+  bool RefusedBeforeHandler(Client& c, const wire::Message& m, std::vector<UniqueFd>& fds);
 
   // ClientSink
   Client* FindClient(uint64_t id) override;

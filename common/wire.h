@@ -84,6 +84,9 @@ enum Tag : uint16_t {
   // on this connection that waits on the overlay (CONNECT, LISTEN, RESOLVE, REVERSE, DNS_QUERY),
   // beyond the few seconds any request may take; the shim's deadline for those requests.
   kTagWaitMs = 0x70,
+  // 0x80-0x8F: status. String (STATUS reply to a request with kFlagStatusJson): the status as
+  // one JSON document (docs/json.md), instead of TEXT.
+  kTagJson = 0x80,
 };
 
 // Reply flags (kTagFlags in a HELLO reply).
@@ -110,6 +113,7 @@ constexpr uint32_t kFlagPipeline = 1u << 9;
 // Request flags (kTagFlags), bits 20-23.
 constexpr uint32_t kFlagSessionExplicit = 1u << 20;  // OPEN_SESSION: --network/--direct was given
 constexpr uint32_t kFlagControl = 1u << 21;  // HELLO: a CLI control connection, no network needed
+constexpr uint32_t kFlagStatusJson = 1u << 22;  // STATUS: answer with JSON (kTagJson), not TEXT
 // HELLO: sent by the shim of a process about to exec in place (only when the broker asked for it
 // with the `<socket>.exec-hello` marker): the broker records the process's groups and replies;
 // nothing else may follow on the connection.

@@ -237,6 +237,20 @@ Result<std::string> BrokerClient::StatusText() {
   return m->Find(wire::kTagText, &f) ? std::string(f.str()) : std::string();
 }
 
+Result<std::string> BrokerClient::StatusJson() {
+  uint8_t buf[64];
+  wire::Writer w(buf, sizeof buf, wire::kStatus, rpc_.NextId());
+  w.PutU32(wire::kTagFlags, wire::kFlagStatusJson);
+  auto m = Exchange(w);
+  if (!m.ok()) return m.status();
+  if (Status s = ReplyStatus(*m); !s.ok()) return s;
+  wire::Field f;
+  if (!m->Find(wire::kTagJson, &f)) {
+    return Status::Error(EPROTO, "the broker answered STATUS without JSON (an older broker?)");
+  }
+  return std::string(f.str());
+}
+
 Status BrokerClient::Shutdown() {
   uint8_t buf[64];
   wire::Writer w(buf, sizeof buf, wire::kShutdown, rpc_.NextId());

@@ -69,6 +69,8 @@ class BrokerClient {
   // nullptr.
   const Socks5Plan* socks5_plan() const { return has_plan_ ? &plan_ : nullptr; }
   Result<std::string> StatusText();
+  // STATUS with kFlagStatusJson: the broker's status as one JSON object (docs/json.md).
+  Result<std::string> StatusJson();
   Status Shutdown();
 
   int fd() const { return fd_.get(); }

@@ -211,7 +211,7 @@ Examples:
   via probe --url http://127.0.0.1:8080/ip --timeout 5
 )HELP";
 
-const char* const kHelpStatus = R"HELP(Usage: via status [-c CONFIG] [--socket PATH]
+const char* const kHelpStatus = R"HELP(Usage: via status [-c CONFIG] [--socket PATH] [--json]
 
 Shows the running broker for a configuration (or for $VIA_SOCKET inside a via session): its
 overlays with connect counts (and, for SOCKS5, who runs the handshake: handshake=program or
@@ -228,6 +228,7 @@ a broker.
 Options:
   -c, --config PATH   configuration whose broker to ask (default: the usual search)
       --socket PATH   ask the broker on this socket
+      --json          the same as one JSON object on one line (docs/json.md)
   -h, --help          show this help
 
 Exit status: 0, or 1 if no broker is running or it did not answer within 10 s (a stopped or
@@ -236,6 +237,7 @@ stuck broker).
 Examples:
   via status
   via status -c ./src/_index.yaml
+  via status --json | python3 -m json.tool
   via run -- via status      # the broker serving this session
 )HELP";
 

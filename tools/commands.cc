@@ -13,12 +13,12 @@
 #include "broker/broker.h"
 #include "broker/process_info.h"
 #include "broker/selector.h"
+#include "common/json.h"
 #include "common/paths.h"
 #include "tools/broker_client.h"
 #include "tools/cli.h"
 #include "tools/command_identity.h"
 #include "tools/command_table.h"
-#include "tools/json.h"
 #include "tools/tor_control.h"
 
 namespace via::tools {
@@ -399,9 +399,9 @@ Result<BrokerClient> ConnectExisting(const Args& args, std::string* where) {
 
 int StatusOrStop(int argc, char** argv, bool stop) {
   const char* name = stop ? "stop" : "status";
-  auto args =
-      ParseArgs(name, argc, argv, {{"--config", true}, {"--socket", true}, {"--help", false}},
-                kConfigAlias, false);
+  std::map<std::string, bool> spec{{"--config", true}, {"--socket", true}, {"--help", false}};
+  if (!stop) spec["--json"] = false;  // `via status --json` (docs/json.md)
+  auto args = ParseArgs(name, argc, argv, spec, kConfigAlias, false);
   if (!args.ok()) {
     Error(args.status().message());
     return kExitUsage;
@@ -446,7 +446,7 @@ int StatusOrStop(int argc, char** argv, bool stop) {
     std::printf("broker%s stopped\n", where.c_str());
     return kExitOk;
   }
-  auto text = c->StatusText();
+  auto text = args->Has("--json") ? c->StatusJson() : c->StatusText();
   if (!text.ok()) {
     Error(text.status().message());
     return kExitFailure;

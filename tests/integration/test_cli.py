@@ -195,6 +195,63 @@ class CliWithServers(harness.ViaCase):
             open(flag, "w").close()
             p.wait(10)
 
+    def test_status_json_matches_the_running_broker(self):
+        """`via status --json`: the facts of `via status` as data, checked against what is
+        running: the SOCKS5 overlay on the test's proxy, the session `via run` opened, and the
+        program in it that asked the broker for a name."""
+        flag = os.path.join(self.dir, "done")
+        program = ("import os, socket, time\n"
+                   "try:\n"
+                   "    socket.getaddrinfo('example.test', 80, type=socket.SOCK_STREAM)\n"
+                   "except OSError:\n"
+                   "    pass\n"
+                   f"while not os.path.exists({flag!r}):\n"
+                   "    time.sleep(0.05)\n")
+        p = subprocess.Popen([harness.VIA, "run", "-c", self.config, "--network", "app:tor", "--",
+                              "/usr/bin/python3", "-c", program], env=self.env)
+        self.addCleanup(p.kill)
+        try:
+            doc = None
+            for _ in range(200):
+                st = self.via("status", "--json")
+                doc = json.loads(st.stdout) if st.returncode == 0 else None
+                if doc and doc["sessions"] and doc["programs"]:
+                    break
+                time.sleep(0.05)
+            self.assertOk(st)
+            self.assertEqual(len(st.stdout.splitlines()), 1)
+            text = self.via("status").stdout
+            broker = doc["broker"]
+            self.assertIn(f"broker pid {broker['pid']}, config {broker['config']} "
+                          f"(fingerprint {broker['fingerprint']}", text)
+            self.assertEqual(broker["config"], self.config)
+            [tor] = doc["overlays"]
+            self.assertEqual((tor["id"], tor["kind"], tor["available"], tor["error"]),
+                             ("app:tor", "network.socks5", True, None))
+            self.assertTrue(tor["settings"].startswith(f"127.0.0.1:{self.proxy_port}"),
+                            tor["settings"])
+            self.assertIn(f"overlay app:tor network.socks5 {tor['settings']} connects ok=", text)
+            [session] = doc["sessions"]
+            self.assertEqual((session["network"], session["detached"]), ("app:tor", False))
+            self.assertRegex(session["token_prefix"], r"^[0-9a-f]{8}$")
+            self.assertIn(f"session {session['token_prefix']} network app:tor", text)
+            [prog] = [q for q in doc["programs"] if "python3" in q["exe"]]
+            self.assertEqual((prog["network"], prog["error"]), ("app:tor", None))
+            self.assertEqual(os.readlink(f"/proc/{prog['pid']}/exe"), prog["exe"])
+            self.assertIsInstance(prog["origin"], str)
+            self.assertIn(f"program pid {prog['pid']} {prog['exe']} network app:tor ({prog['origin']})",
+                          text)
+            self.assertGreaterEqual(doc["clients"], 1)
+            self.assertEqual(doc["listeners"], [])
+            self.assertEqual(doc["load"]["refused"]["other_uid"], 0)
+            self.assertGreater(doc["load"]["descriptor_limit"], 0)
+            self.assertEqual((doc["fake_addresses"]["ipv4"], doc["fake_addresses"]["ipv6"]),
+                             ("198.18.0.0/15", "fd76:6961:ff00::/64"))
+            self.assertGreaterEqual(doc["fake_addresses"]["names"], 1)  # example.test
+        finally:
+            open(flag, "w").close()
+            p.wait(10)
+
     def test_broker_refuses_a_peer_of_another_uid(self):
         """SO_PEERCRED: even with the directory and socket opened to everyone, a process of
         another uid is cut off before its first request is read, and the broker logs it."""

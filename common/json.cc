@@ -1,8 +1,8 @@
-#include "tools/json.h"
+#include "common/json.h"
 
 #include <cstdio>
 
-namespace via::tools {
+namespace via {
 
 namespace {
 
@@ -74,4 +74,4 @@ void Json::Quote(std::string_view s) {
   out_ += '"';
 }
 
-}  // namespace via::tools
+}  // namespace via

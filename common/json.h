@@ -1,6 +1,6 @@
-// A small JSON writer for the command line's --json outputs (docs/json.md): objects and arrays
-// built in order, strings escaped (control characters as \u00XX; bytes that are not UTF-8 as
-// U+FFFD, so that the output always parses).
+// A small JSON writer for the --json outputs (docs/json.md: `via check`, the broker's status):
+// objects and arrays built in order, strings escaped (control characters as \u00XX; bytes that
+// are not UTF-8 as U+FFFD, so that the output always parses).
 #pragma once
 
 #include <cstdint>
@@ -8,7 +8,7 @@
 #include <string_view>
 #include <vector>
 
-namespace via::tools {
+namespace via {
 
 class Json {
  public:
@@ -83,4 +83,4 @@ class Json {
   bool after_key_ = false;
 };
 
-}  // namespace via::tools
+}  // namespace via
