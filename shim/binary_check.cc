@@ -407,188 +407,242 @@ void CloseFd(int fd) {
   if (fd >= 0) close(fd);
 }
 
-// Follows what the kernel does with `path` (or, when `via_loader`, what the dynamic loader does
-// with it as its program). Iterative: the buffers are reused level by level.
-const char* Check(const char* path, ArgList args, bool via_loader, char* detail, size_t cap) {
-  char lines[kMaxInterpreters + 1][2][kShebangBuf];  // each level's interpreter and argument
-  char interp[kCheckPathMax];
-  const char* current = path;
+// What one step of Check decided: a final answer (`reason`, nullptr when exec runs under the
+// shim), or go on with the next program of the chain.
+struct Step {
+  bool final;
+  const char* reason;
+};
+constexpr Step kGoOn{false, nullptr};
+constexpr Step Final(const char* reason) { return Step{true, reason}; }
+
+// Check's walk down the chain the kernel (and the loader) will follow. Everything on the stack,
+// reused level by level: this runs in vfork children.
+struct Walk {
+  const char* path;  // what exec was asked to run
+  char* detail;      // gets the file a reason is about when that is not `path`
+  size_t cap;
+  uid_t euid;
+  const char* current;  // the file this level looks at
+  ArgList args;         // its loader arguments
+  bool via_loader;      // run by the dynamic loader as its program (not by the kernel)
   int level = 0;        // binfmt handlers run so far (the kernel allows kMaxInterpreters + 1)
   int loader_runs = 0;  // ld.so running ld.so ...
-  uid_t euid = geteuid();
+  char lines[kMaxInterpreters + 1][2][kShebangBuf];  // each level's interpreter and argument
+  char interp[kCheckPathMax];                        // the current file's PT_INTERP
+
+  // The buffers stay uninitialized: each level writes what it reads.
+  Walk(const char* p, ArgList a, bool loader, char* d, size_t c)
+      : path(p), detail(d), cap(c), euid(geteuid()), current(p), args(a), via_loader(loader) {}
+
+  // `reason`, naming the current file in `detail` when it is not `path` itself.
+  const char* Blame(const char* reason) {
+    if (current != path) Copy(detail, cap, current);
+    return reason;
+  }
+  // `reason`, naming `what` in `detail` (also when it is `path`).
+  const char* BlameNamed(const char* what, const char* reason) {
+    Copy(detail, cap, what);
+    return reason;
+  }
+};
+
+// The current file as one level sees it: its metadata and a cached verdict, or its descriptor
+// and first bytes. Closes the descriptor when the level is done.
+struct Level {
+  struct stat st;
+  int fd = -1;
+  bool hit = false;  // a cached verdict (kPassElf or kPassScript) for this very file
+  uint8_t verdict = 0;
+  char cached[sizeof CacheSlot::interp];  // kPassScript: its `#!` line
+  unsigned char head[1024];
+  ssize_t n = 0;  // bytes in `head`
+
+  Level() = default;
+  Level(const Level&) = delete;
+  Level& operator=(const Level&) = delete;
+  ~Level() { CloseFd(fd); }
+
+  bool IsScript() const {
+    return hit ? verdict == kPassScript : (n >= 2 && head[0] == '#' && head[1] == '!');
+  }
+};
+
+// A process that has cached verdicts tries them first: one stat. (A forked child whose parent
+// never checked anything goes straight to reading the file.) A hit still answers setuid/setgid
+// from the fresh metadata.
+Step LookUpCached(Walk& w, Level& lv) {
+  if (!__atomic_load_n(&Table().used, __ATOMIC_RELAXED) || stat(w.current, &lv.st) != 0 ||
+      !S_ISREG(lv.st.st_mode)) {
+    return kGoOn;
+  }
+  lv.hit = CacheGet(KeyOf(lv.st, w.euid), &lv.verdict, lv.cached, sizeof lv.cached) &&
+           (lv.verdict == kPassElf || lv.verdict == kPassScript);
+  const char* reason = lv.hit && !w.via_loader ? ModeReason(lv.st) : nullptr;
+  if (reason != nullptr) return Final(w.Blame(reason));
+  return kGoOn;
+}
+
+// The current file cannot be opened (`open_errno`): what the metadata alone still tells.
+Step Unopenable(Walk& w, Level& lv, int open_errno) {
+  // Missing (a PATH search tries many): the kernel will say. Unreadable but perhaps executable
+  // (mode 4711): the metadata still tells setuid.
+  if (w.via_loader || open_errno == ENOENT || open_errno == ENOTDIR) return Final(nullptr);
+  if (stat(w.current, &lv.st) != 0 || !S_ISREG(lv.st.st_mode)) return Final(nullptr);
+  if (w.current != w.path) Copy(w.detail, w.cap, w.current);  // every answer below is about it
+  if (const char* reason = ModeReason(lv.st); reason != nullptr) return Final(reason);
+  if (w.euid != 0 && getxattr(w.current, "security.capability", nullptr, 0) > 0) {
+    return Final("it has file capabilities");
+  }
+  // Executable but unreadable (mode 0111): the kernel runs it, and the check cannot tell whether
+  // it is static or Go. An interpreter must read a script, so only an ELF file could run: refuse
+  // (fail closed). Not executable: the kernel refuses it.
+  if (open_errno == EACCES && access(w.current, X_OK) == 0) {
+    return Final(
+        "it cannot be read, so the check cannot tell whether it would run without the shim");
+  }
+  return Final(nullptr);
+}
+
+// Opens the current file (no cached verdict): its metadata's reasons (setuid/setgid, file
+// capabilities: the loader drops LD_PRELOAD), then its first bytes.
+Step OpenAndRead(Walk& w, Level& lv) {
+  lv.fd = open(w.current, O_RDONLY | O_CLOEXEC);
+  if (lv.fd < 0) return Unopenable(w, lv, errno);
+  if (fstat(lv.fd, &lv.st) != 0 || !S_ISREG(lv.st.st_mode)) return Final(nullptr);  // the kernel
+  if (!w.via_loader) {
+    if (const char* reason = ModeReason(lv.st); reason != nullptr) return Final(w.Blame(reason));
+    if (w.euid != 0 && fgetxattr(lv.fd, "security.capability", nullptr, 0) > 0) {
+      return Final(w.Blame("it has file capabilities"));
+    }
+  }
+  lv.n = pread(lv.fd, lv.head, sizeof lv.head, 0);
+  if (lv.n < 0) lv.n = 0;
+  return kGoOn;
+}
+
+// binfmt_script: the kernel runs `name [arg] current args...`. The walk goes on with `name`.
+Step EnterInterpreter(Walk& w, Level& lv) {
+  char* name = w.lines[w.level][0];
+  char* arg = w.lines[w.level][1];
+  if (lv.hit) {
+    Copy(name, kShebangBuf, lv.cached);
+    Copy(arg, kShebangBuf, lv.cached + std::strlen(lv.cached) + 1);
+  } else if (ParseShebang(lv.head, size_t(lv.n), name, kShebangBuf, arg, kShebangBuf) != 1) {
+    return Final(nullptr);  // ENOEXEC from the kernel
+  } else {
+    CachePut(KeyOf(lv.st, w.euid), kPassScript, name, arg);
+  }
+  if (w.level >= kMaxInterpreters) {  // the kernel: ELOOP
+    return Final(w.BlameNamed(w.current, "it nests more interpreters than the check follows"));
+  }
+  // New argument prefix: name's args are [arg] current <old args>.
+  ArgList next;
+  next.argv = w.args.argv;
+  int k = 0;
+  if (arg[0] != 0) next.pre[k++] = arg;
+  next.pre[k++] = w.current;
+  for (int i = 0; i < w.args.npre && k < int(sizeof next.pre / sizeof next.pre[0]); ++i) {
+    next.pre[k++] = w.args.pre[i];
+  }
+  next.npre = k;
+  w.args = next;
+  w.current = name;
+  ++w.level;
+  return kGoOn;
+}
+
+// A statically linked file: refused, unless it is this process's ld.so, which runs the program
+// named after its options; the walk goes on with that program, as the loader's.
+Step EnterLoaderProgram(Walk& w, const struct stat& st) {
+  if (!IsOurLoader(st)) {
+    return Final(w.Blame(w.via_loader
+                             ? "the dynamic loader would run it, and it is statically linked"
+                             : kStaticReason));
+  }
+  int total = w.args.Size();
+  const char* list[64];
+  int nlist = total < 64 ? total : 64;
+  for (int i = 0; i < nlist; ++i) list[i] = w.args.At(i);
+  int at = LoaderProgramIndex(list, nlist);
+  if (at == -1 && total > nlist) {
+    return Final("the dynamic loader's command line is too long to check");
+  }
+  if (at == -1) return Final(nullptr);  // usage or --version: nothing runs
+  if (at == -2) {
+    return Final(w.BlameNamed(
+        w.current, "the dynamic loader's command line has an option the check does not know"));
+  }
+  if (at == -3) {
+    return Final(w.BlameNamed(
+        w.current, "the dynamic loader would load an audit library, outside the shim's namespace"));
+  }
+  const char* prog = list[at];
+  if (std::strchr(prog, '/') == nullptr) {
+    return Final(w.BlameNamed(prog, "the dynamic loader would search for the program it runs"));
+  }
+  if (++w.loader_runs > 4) return Final("the dynamic loader runs itself too many times");
+  ArgList next;  // the program's own arguments (they matter if it is the loader again)
+  if (at + 1 >= w.args.npre) {
+    next.npre = 0;
+    next.argv = w.args.argv != nullptr ? w.args.argv + (at + 1 - w.args.npre) : nullptr;
+  } else {
+    next.npre = w.args.npre - (at + 1);
+    for (int i = 0; i < next.npre; ++i) next.pre[i] = w.args.pre[at + 1 + i];
+    next.argv = w.args.argv;
+  }
+  w.args = next;
+  w.current = prog;
+  w.via_loader = true;
+  return kGoOn;
+}
+
+// A dynamically linked file (PT_INTERP in `w.interp`): the kernel maps its interpreter and runs
+// it. Only this process's loader preloads the shim; another (a static program, a 32-bit or
+// foreign loader) runs without it. Then: Go code makes its system calls itself.
+const char* CheckDynamic(Walk& w, Level& lv, FileView& f) {
+  if (!w.via_loader) {
+    struct stat ist;
+    bool ours = NamesOurLoader(w.interp);
+    if (!ours && stat(w.interp, &ist) == 0 && !IsOurLoader(ist)) {
+      return w.BlameNamed(w.interp,
+                          "its program interpreter is not this process's dynamic loader (which "
+                          "loads the shim)");
+    }
+  }
+  if (IsGo(f)) return w.Blame(kGoReason);
+  // Cacheable when the PT_INTERP is the very path of our loader (a path only root controls);
+  // any other interpreter path is resolved again at each exec.
+  if (!w.via_loader && NamesOurLoader(w.interp)) {
+    CachePut(KeyOf(lv.st, w.euid), kPassElf);
+  }
+  return nullptr;
+}
+
+// Follows what the kernel does with `path` (or, when `via_loader`, what the dynamic loader does
+// with it as its program), one level (script interpreter, loader's program) at a time.
+const char* Check(const char* path, ArgList args, bool via_loader, char* detail, size_t cap) {
+  Walk w(path, args, via_loader, detail, cap);
   for (;;) {
-    struct stat st;
-    int fd = -1;
-    uint8_t verdict = 0;
-    char cached[sizeof CacheSlot::interp];
-    bool hit = false;
-    // A process that has cached verdicts tries them first: one stat. (A forked child whose
-    // parent never checked anything goes straight to reading the file.)
-    if (__atomic_load_n(&Table().used, __ATOMIC_RELAXED) && stat(current, &st) == 0 &&
-        S_ISREG(st.st_mode)) {
-      hit = CacheGet(KeyOf(st, euid), &verdict, cached, sizeof cached) &&
-            (verdict == kPassElf || verdict == kPassScript);
-      const char* reason = hit && !via_loader ? ModeReason(st) : nullptr;
-      if (reason != nullptr) {
-        if (current != path) Copy(detail, cap, current);
-        return reason;
-      }
-    }
-    if (!hit) {
-      fd = open(current, O_RDONLY | O_CLOEXEC);
-      if (fd < 0) {
-        int open_errno = errno;
-        // Missing (a PATH search tries many): the kernel will say. Unreadable but perhaps
-        // executable (mode 4711): the metadata still tells setuid.
-        if (via_loader || open_errno == ENOENT || open_errno == ENOTDIR) return nullptr;
-        if (stat(current, &st) != 0 || !S_ISREG(st.st_mode)) return nullptr;
-        if (current != path) Copy(detail, cap, current);
-        if (const char* reason = ModeReason(st); reason != nullptr) return reason;
-        if (euid != 0 && getxattr(current, "security.capability", nullptr, 0) > 0) {
-          return "it has file capabilities";
-        }
-        // Executable but unreadable (mode 0111): the kernel runs it, and the check cannot tell
-        // whether it is static or Go. An interpreter must read a script, so only an ELF file
-        // could run: refuse (fail closed). Not executable: the kernel refuses it.
-        if (open_errno == EACCES && access(current, X_OK) == 0) {
-          return "it cannot be read, so the check cannot tell whether it would run without the "
-                 "shim";
-        }
-        return nullptr;
-      }
-      if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        CloseFd(fd);
-        return nullptr;  // the kernel will say
-      }
-      const char* reason = nullptr;
-      if (!via_loader &&
-          ((reason = ModeReason(st)) != nullptr ||
-           (euid != 0 && fgetxattr(fd, "security.capability", nullptr, 0) > 0 &&
-            (reason = "it has file capabilities") != nullptr))) {
-        CloseFd(fd);
-        if (current != path) Copy(detail, cap, current);
-        return reason;
-      }
-    }
-    CacheKey key = KeyOf(st, euid);
-    unsigned char head[1024];
-    ssize_t n = 0;
-    if (!hit) {
-      n = pread(fd, head, sizeof head, 0);
-      if (n < 0) n = 0;
-    }
-    bool script = hit ? verdict == kPassScript : (n >= 2 && head[0] == '#' && head[1] == '!');
-    if (script && !via_loader) {
-      // binfmt_script: runs `name [arg] current args...`.
-      char* name = lines[level][0];
-      char* arg = lines[level][1];
-      if (hit) {
-        Copy(name, kShebangBuf, cached);
-        Copy(arg, kShebangBuf, cached + std::strlen(cached) + 1);
-      } else if (ParseShebang(head, size_t(n), name, kShebangBuf, arg, kShebangBuf) != 1) {
-        CloseFd(fd);
-        return nullptr;  // ENOEXEC from the kernel
-      } else {
-        CachePut(key, kPassScript, name, arg);
-      }
-      CloseFd(fd);
-      if (level >= kMaxInterpreters) {  // the kernel: ELOOP
-        Copy(detail, cap, current);
-        return "it nests more interpreters than the check follows";
-      }
-      // New argument prefix: name's args are [arg] current <old args>.
-      ArgList next;
-      next.argv = args.argv;
-      int k = 0;
-      if (arg[0] != 0) next.pre[k++] = arg;
-      next.pre[k++] = current;
-      for (int i = 0; i < args.npre && k < int(sizeof next.pre / sizeof next.pre[0]); ++i) {
-        next.pre[k++] = args.pre[i];
-      }
-      next.npre = k;
-      args = next;
-      current = name;
-      ++level;
+    Level lv;
+    Step step = LookUpCached(w, lv);
+    if (!step.final && !lv.hit) step = OpenAndRead(w, lv);
+    if (step.final) return step.reason;
+    if (lv.IsScript() && !w.via_loader) {
+      step = EnterInterpreter(w, lv);
+      if (step.final) return step.reason;
       continue;
     }
-    if (script || (hit && verdict == kPassElf)) {  // via the loader a script does not run
-      CloseFd(fd);
-      return nullptr;
-    }
-    FileView f{fd, head, size_t(n)};
-    ElfKind kind = Classify(f, interp, sizeof interp);
+    // Via the loader a script does not run; a cached ELF verdict passed.
+    if (lv.IsScript() || lv.hit) return nullptr;
+    FileView f{lv.fd, lv.head, size_t(lv.n)};
+    ElfKind kind = Classify(f, w.interp, sizeof w.interp);
     if (kind == ElfKind::kNotElf || kind == ElfKind::kBad) {
-      CloseFd(fd);
       return nullptr;  // the kernel (or loader) refuses it
     }
-    if (kind == ElfKind::kStatic) {
-      CloseFd(fd);
-      if (!IsOurLoader(st)) {
-        if (current != path) Copy(detail, cap, current);
-        return via_loader ? "the dynamic loader would run it, and it is statically linked"
-                          : kStaticReason;
-      }
-      // This process's ld.so: it runs the program named after its options.
-      int total = args.Size();
-      const char* list[64];
-      int nlist = total < 64 ? total : 64;
-      for (int i = 0; i < nlist; ++i) list[i] = args.At(i);
-      int at = LoaderProgramIndex(list, nlist);
-      if (at == -1 && total > nlist)
-        return "the dynamic loader's command line is too long to check";
-      if (at == -1) return nullptr;  // usage or --version: nothing runs
-      if (at == -2) {
-        Copy(detail, cap, current);
-        return "the dynamic loader's command line has an option the check does not know";
-      }
-      if (at == -3) {
-        Copy(detail, cap, current);
-        return "the dynamic loader would load an audit library, outside the shim's namespace";
-      }
-      const char* prog = list[at];
-      if (std::strchr(prog, '/') == nullptr) {
-        Copy(detail, cap, prog);
-        return "the dynamic loader would search for the program it runs";
-      }
-      if (++loader_runs > 4) return "the dynamic loader runs itself too many times";
-      ArgList next;  // the program's own arguments (they matter if it is the loader again)
-      if (at + 1 >= args.npre) {
-        next.npre = 0;
-        next.argv = args.argv != nullptr ? args.argv + (at + 1 - args.npre) : nullptr;
-      } else {
-        next.npre = args.npre - (at + 1);
-        for (int i = 0; i < next.npre; ++i) next.pre[i] = args.pre[at + 1 + i];
-        next.argv = args.argv;
-      }
-      args = next;
-      current = prog;
-      via_loader = true;
-      continue;
-    }
-    // Dynamic: the kernel maps PT_INTERP and runs it. Only this process's loader preloads the
-    // shim; another (a static program, a 32-bit or foreign loader) runs without it.
-    if (!via_loader) {
-      struct stat ist;
-      bool ours = NamesOurLoader(interp);
-      if (!ours && stat(interp, &ist) == 0 && !IsOurLoader(ist)) {
-        CloseFd(fd);
-        Copy(detail, cap, interp);
-        return "its program interpreter is not this process's dynamic loader (which loads the "
-               "shim)";
-      }
-    }
-    bool go = IsGo(f);
-    CloseFd(fd);
-    if (go) {
-      if (current != path) Copy(detail, cap, current);
-      return kGoReason;
-    }
-    // Cacheable when the PT_INTERP is the very path of our loader (a path only root controls);
-    // any other interpreter path is resolved again at each exec.
-    if (!via_loader && NamesOurLoader(interp)) {
-      CachePut(key, kPassElf);
-    }
-    return nullptr;
+    if (kind == ElfKind::kDynamic) return CheckDynamic(w, lv, f);
+    step = EnterLoaderProgram(w, lv.st);
+    if (step.final) return step.reason;
   }
 }
 

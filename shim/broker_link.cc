@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -141,27 +142,18 @@ bool FindViaExe(char* out, size_t cap) {
   return false;
 }
 
-// Runs `via broker --ensure` (without the shim in its environment) and reads the socket path it
-// prints. Done once per process; the answer (or the failure) is cached.
-void EnsureBroker() {
-  char exe[4200];
-  if (!FindViaExe(exe, sizeof exe)) {
-    // Without VIA_CONFIG nothing points at a configuration either: as "no configuration".
-    const char* cfg = getenv("VIA_CONFIG");
-    g_no_config = cfg == nullptr || cfg[0] == 0;
-    g_ensure_err = EHOSTUNREACH;
-    std::snprintf(g_ensure_msg, sizeof g_ensure_msg,
-                  "VIA_SOCKET is not set and no `via` executable was found next to libvia.so to "
-                  "start a broker; run the program with `via run`");
-    return;
-  }
-  int pipefd[2];
-  if (pipe2(pipefd, O_CLOEXEC) != 0) {
-    g_ensure_err = errno;
-    std::snprintf(g_ensure_msg, sizeof g_ensure_msg, "pipe: %s", std::strerror(errno));
-    return;
-  }
-  // The environment minus LD_PRELOAD: the broker must never route its own sockets.
+// The failure of `via broker --ensure` (or of starting it), for every routed call of this process.
+__attribute__((format(printf, 2, 3))) void EnsureFailed(int err, const char* fmt, ...) {
+  g_ensure_err = err;
+  va_list ap;
+  va_start(ap, fmt);
+  std::vsnprintf(g_ensure_msg, sizeof g_ensure_msg, fmt, ap);
+  va_end(ap);
+}
+
+// Starts `exe broker --ensure` with its standard output on `out_fd`: 0 or posix_spawn's error.
+// The environment goes minus LD_PRELOAD: the broker must never route its own sockets.
+int SpawnEnsure(const char* exe, int out_fd, pid_t* pid) {
   size_t n = 0;
   while (environ[n] != nullptr) ++n;
   char** env = static_cast<char**>(calloc(n + 1, sizeof(char*)));
@@ -171,71 +163,95 @@ void EnsureBroker() {
   }
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_adddup2(&fa, pipefd[1], 1);
+  posix_spawn_file_actions_adddup2(&fa, out_fd, 1);
   char arg0[] = "via", arg1[] = "broker", arg2[] = "--ensure";
   char* argv[] = {arg0, arg1, arg2, nullptr};
-  pid_t pid = -1;
   // The real posix_spawn: the hook's exec guard may itself be asking for this broker.
-  int rc = Real().posix_spawn(&pid, exe, &fa, nullptr, argv, env != nullptr ? env : environ);
+  int rc = Real().posix_spawn(pid, exe, &fa, nullptr, argv, env != nullptr ? env : environ);
   posix_spawn_file_actions_destroy(&fa);
   free(env);
-  close(pipefd[1]);
-  if (rc != 0) {
-    close(pipefd[0]);
-    g_ensure_err = rc;
-    std::snprintf(g_ensure_msg, sizeof g_ensure_msg, "cannot run %s: %s", exe, std::strerror(rc));
-    return;
-  }
-  char buf[512];
+  return rc;
+}
+
+// Reads what `fd` gives until its end, `buf` full (NUL-terminated, capacity `cap`) or
+// `deadline`: false when the deadline came first.
+bool ReadOutput(int fd, char* buf, size_t cap, int64_t deadline) {
   size_t got = 0;
-  bool timed_out = false;
-  const int64_t deadline = wire::DeadlineInMs(kEnsureMs);
+  bool in_time = true;
   for (;;) {
-    pollfd p{pipefd[0], POLLIN, 0};
+    pollfd p{fd, POLLIN, 0};
     int ready = poll(&p, 1, wire::LeftMs(deadline));
     if (ready < 0 && errno == EINTR) continue;
     if (ready == 0) {
-      timed_out = true;
+      in_time = false;
       break;
     }
-    ssize_t r = read(pipefd[0], buf + got, sizeof buf - 1 - got);
+    ssize_t r = read(fd, buf + got, cap - 1 - got);
     if (r > 0) {
       got += static_cast<size_t>(r);
-      if (got == sizeof buf - 1) break;
+      if (got == cap - 1) break;
     } else if (r < 0 && errno == EINTR) {
       continue;
     } else {
       break;
     }
   }
-  close(pipefd[0]);
   buf[got] = 0;
+  return in_time;
+}
+
+// Runs `via broker --ensure` (without the shim in its environment) and reads the socket path it
+// prints. Done once per process; the answer (or the failure) is cached.
+void EnsureBroker() {
+  char exe[4200];
+  if (!FindViaExe(exe, sizeof exe)) {
+    // Without VIA_CONFIG nothing points at a configuration either: as "no configuration".
+    const char* cfg = getenv("VIA_CONFIG");
+    g_no_config = cfg == nullptr || cfg[0] == 0;
+    EnsureFailed(EHOSTUNREACH,
+                 "VIA_SOCKET is not set and no `via` executable was found next to libvia.so to "
+                 "start a broker; run the program with `via run`");
+    return;
+  }
+  int pipefd[2];
+  if (pipe2(pipefd, O_CLOEXEC) != 0) {
+    EnsureFailed(errno, "pipe: %s", std::strerror(errno));
+    return;
+  }
+  pid_t pid = -1;
+  int rc = SpawnEnsure(exe, pipefd[1], &pid);
+  close(pipefd[1]);
+  if (rc != 0) {
+    close(pipefd[0]);
+    EnsureFailed(rc, "cannot run %s: %s", exe, std::strerror(rc));
+    return;
+  }
+  char buf[512];
+  bool timed_out = !ReadOutput(pipefd[0], buf, sizeof buf, wire::DeadlineInMs(kEnsureMs));
+  close(pipefd[0]);
   if (timed_out) kill(pid, SIGKILL);  // it prints the path and exits; this one is stuck
   int status = 0;
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
   if (timed_out) {
-    g_ensure_err = ETIMEDOUT;
-    std::snprintf(g_ensure_msg, sizeof g_ensure_msg,
-                  "`%s broker --ensure` did not finish within %d s (a stopped or stuck broker?); "
-                  "see `via status`",
-                  exe, static_cast<int>(kEnsureMs / 1000));
+    EnsureFailed(ETIMEDOUT,
+                 "`%s broker --ensure` did not finish within %d s (a stopped or stuck broker?); "
+                 "see `via status`",
+                 exe, static_cast<int>(kEnsureMs / 1000));
     return;
   }
   char* nl = std::strchr(buf, '\n');
   if (nl != nullptr) *nl = 0;
   if (WIFEXITED(status) && WEXITSTATUS(status) == 3) {
     g_no_config = true;
-    g_ensure_err = EHOSTUNREACH;
-    std::snprintf(g_ensure_msg, sizeof g_ensure_msg,
-                  "no via configuration was found (VIA_SOCKET and VIA_CONFIG are not set)");
+    EnsureFailed(EHOSTUNREACH,
+                 "no via configuration was found (VIA_SOCKET and VIA_CONFIG are not set)");
     return;
   }
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || buf[0] != '/' ||
       std::strlen(buf) >= sizeof g_ensured_path) {
-    g_ensure_err = EHOSTUNREACH;
-    std::snprintf(g_ensure_msg, sizeof g_ensure_msg,
-                  "`%s broker --ensure` could not start a broker (see its message above)", exe);
+    EnsureFailed(EHOSTUNREACH,
+                 "`%s broker --ensure` could not start a broker (see its message above)", exe);
     return;
   }
   std::snprintf(g_ensured_path, sizeof g_ensured_path, "%s", buf);

@@ -152,6 +152,109 @@ int Accept(int fd, sockaddr* addr, socklen_t* len, int flags, bool four) {
   return -1;
 }
 
+// What listen() does with a socket.
+enum class ListenPlan {
+  kKernel,            // the kernel's listen: not an inet stream socket, loopback, or direct
+  kAlreadyListening,  // one of our listeners (the broker holds its backlog)
+  kRefuse,            // SCTP under an overlay: EOPNOTSUPP (said already)
+  kBroker,            // a TCP address outside the host under an overlay: ask the broker
+};
+
+// Decided from the socket (the kernel's view) and the broker's answer for this process, never
+// from the environment: a routed program whose VIA_NETWORK was emptied, or a preloaded one a
+// via.program rule routes, must not open a listener on the host's interfaces either. `bound`
+// gets the socket's address (kBroker, kRefuse).
+ListenPlan PlanListen(int fd, wire::Addr* bound) {
+  int type = 0, domain = 0;
+  socklen_t olen = sizeof type;
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &olen) != 0) return ListenPlan::kKernel;
+  olen = sizeof domain;
+  getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &olen);
+  if (domain != AF_INET && domain != AF_INET6) {
+    // Our listener is an AF_UNIX socketpair: listening already (backlog is the broker's).
+    if (domain == AF_UNIX && type == SOCK_SEQPACKET && ViaListener(fd, bound)) {
+      return ListenPlan::kAlreadyListening;
+    }
+    return ListenPlan::kKernel;
+  }
+  // Only stream and SCTP sockets listen; the kernel refuses the others.
+  if (type != SOCK_STREAM && type != SOCK_SEQPACKET) return ListenPlan::kKernel;
+  sockaddr_storage ss{};
+  socklen_t sslen = sizeof ss;
+  if (Real().getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &sslen) != 0 ||
+      !wire::AddrFromSockaddr(reinterpret_cast<sockaddr*>(&ss), sslen, bound)) {
+    return ListenPlan::kKernel;
+  }
+  // Loopback listens stay local: nothing outside the host can reach them.
+  if (wire::IsLoopback(*bound) || NetworkDirect()) return ListenPlan::kKernel;
+  if (type != SOCK_STREAM) {
+    // SCTP one-to-one sockets (SOCK_SEQPACKET): no overlay carries them.
+    char where[80];
+    Complain("listen on %s refused: only TCP listeners can be served through %s",
+             wire::FormatAddr(*bound, where, sizeof where), NetworkLabel());
+    return ListenPlan::kRefuse;
+  }
+  return ListenPlan::kBroker;
+}
+
+// listen() without bind() picks a port on every interface; pick it now to report it. False
+// (errno set by bind) when the port cannot be had.
+bool BindAnyPort(int fd, wire::Addr* bound) {
+  sockaddr_storage any{};
+  wire::Addr unspecified;
+  unspecified.family = bound->family;
+  socklen_t alen = wire::AddrToSockaddr(unspecified, &any);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&any), alen) != 0) return false;
+  sockaddr_storage ss{};
+  socklen_t sslen = sizeof ss;
+  Real().getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &sslen);
+  wire::AddrFromSockaddr(reinterpret_cast<sockaddr*>(&ss), sslen, bound);
+  return true;
+}
+
+// Asks the broker for a listener on `bound`: our end of a fresh socketpair (bound to its marker
+// name) goes to `*ours`, the broker's answer to `flags` and `address`. 0, or an errno with
+// `msg` saying why.
+int OpenBrokerListener(const wire::Addr& bound, int* ours, uint32_t* flags, char* address,
+                       size_t address_cap, char* msg, size_t msg_cap) {
+  int sv[2] = {-1, -1};
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+    int err = errno;
+    std::snprintf(msg, msg_cap, "socketpair: %s", std::strerror(err));
+    return err;
+  }
+  int err = BindMarker(sv[0], bound);
+  if (err != 0) {
+    std::snprintf(msg, msg_cap, "bind of the listener socket: %s", std::strerror(err));
+  } else {
+    err = BrokerListen(sv[1], bound, flags, address, address_cap, msg, msg_cap);
+  }
+  close(sv[1]);
+  if (err != 0) {
+    close(sv[0]);
+    return err;
+  }
+  *ours = sv[0];
+  return 0;
+}
+
+// Puts the listener `ours` in place of the program's socket `fd`, with the socket's flags.
+// Consumes `ours`. False (errno set, said) when it cannot.
+bool InstallListener(int fd, int ours, const char* where) {
+  int fl = fcntl(fd, F_GETFL);
+  int fdfl = fcntl(fd, F_GETFD);
+  if (fl >= 0) fcntl(ours, F_SETFL, fl & O_NONBLOCK);
+  if (dup3(ours, fd, (fdfl >= 0 && (fdfl & FD_CLOEXEC)) ? O_CLOEXEC : 0) < 0) {
+    int err = errno;
+    close(ours);
+    Complain("listen on %s: cannot install the listener: %s", where, std::strerror(err));
+    errno = err;
+    return false;
+  }
+  close(ours);
+  return true;
+}
+
 }  // namespace
 
 bool ViaListener(int fd, wire::Addr* bound) {
@@ -168,91 +271,41 @@ bool ViaListener(int fd, wire::Addr* bound) {
 }
 
 VIA_EXPORT int listen(int fd, int backlog) noexcept {
-  // Decided from the socket (the kernel's view) and the broker's answer for this process, never
-  // from the environment: a routed program whose VIA_NETWORK was emptied, or a preloaded one a
-  // via.program rule routes, must not open a listener on the host's interfaces either.
   wire::Addr bound;
-  int type = 0, domain = 0;
-  socklen_t olen = sizeof type;
-  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &olen) != 0) return Real().listen(fd, backlog);
-  olen = sizeof domain;
-  getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &olen);
-  if (domain != AF_INET && domain != AF_INET6) {
-    // Our listener is an AF_UNIX socketpair: listening already (backlog is the broker's).
-    if (domain == AF_UNIX && type == SOCK_SEQPACKET && ViaListener(fd, &bound)) return 0;
-    return Real().listen(fd, backlog);
+  switch (PlanListen(fd, &bound)) {
+    case ListenPlan::kKernel:
+      return Real().listen(fd, backlog);
+    case ListenPlan::kAlreadyListening:
+      return 0;
+    case ListenPlan::kRefuse:
+      errno = EOPNOTSUPP;
+      return -1;
+    case ListenPlan::kBroker:
+      break;
   }
-  // Only stream and SCTP sockets listen; the kernel refuses the others.
-  if (type != SOCK_STREAM && type != SOCK_SEQPACKET) return Real().listen(fd, backlog);
-  sockaddr_storage ss{};
-  socklen_t sslen = sizeof ss;
-  if (Real().getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &sslen) != 0 ||
-      !wire::AddrFromSockaddr(reinterpret_cast<sockaddr*>(&ss), sslen, &bound)) {
-    return Real().listen(fd, backlog);
-  }
-  // Loopback listens stay local: nothing outside the host can reach them.
-  if (wire::IsLoopback(bound) || NetworkDirect()) return Real().listen(fd, backlog);
-  if (type != SOCK_STREAM) {
-    // SCTP one-to-one sockets (SOCK_SEQPACKET): no overlay carries them.
-    char where[80];
-    Complain("listen on %s refused: only TCP listeners can be served through %s",
-             wire::FormatAddr(bound, where, sizeof where), NetworkLabel());
-    errno = EOPNOTSUPP;
-    return -1;
-  }
-  if (bound.port == 0) {
-    // listen() without bind() picks a port on every interface; pick it now to report it.
-    sockaddr_storage any{};
-    wire::Addr unspecified;
-    unspecified.family = bound.family;
-    socklen_t alen = wire::AddrToSockaddr(unspecified, &any);
-    if (bind(fd, reinterpret_cast<sockaddr*>(&any), alen) != 0) return -1;
-    sslen = sizeof ss;
-    Real().getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &sslen);
-    wire::AddrFromSockaddr(reinterpret_cast<sockaddr*>(&ss), sslen, &bound);
-  }
+  if (bound.port == 0 && !BindAnyPort(fd, &bound)) return -1;
   HelloInfo info;
   char msg[1024] = {};
   int err = BrokerHello(&info, msg, sizeof msg);
   if (err == 0 && (info.flags & wire::kFlagDirect)) return Real().listen(fd, backlog);
   char where[80];
   wire::FormatAddr(bound, where, sizeof where);
-  int sv[2] = {-1, -1};
-  if (err == 0 && socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
-    err = errno;
-    std::snprintf(msg, sizeof msg, "socketpair: %s", std::strerror(err));
-  }
-  if (err == 0) {
-    err = BindMarker(sv[0], bound);
-    if (err != 0)
-      std::snprintf(msg, sizeof msg, "bind of the listener socket: %s", std::strerror(err));
-  }
+  int ours = -1;
   uint32_t flags = 0;
   char address[300] = {};
-  if (err == 0) err = BrokerListen(sv[1], bound, &flags, address, sizeof address, msg, sizeof msg);
-  if (sv[1] >= 0) close(sv[1]);
+  if (err == 0) {
+    err = OpenBrokerListener(bound, &ours, &flags, address, sizeof address, msg, sizeof msg);
+  }
   if (err != 0) {
-    if (sv[0] >= 0) close(sv[0]);
     Complain("listen on %s %s: %s", where, err == EOPNOTSUPP ? "refused" : "failed", msg);
     errno = err;
     return -1;
   }
-  if (flags & wire::kFlagListenLocal) {
-    close(sv[0]);
+  if (flags & wire::kFlagListenLocal) {  // network_service.listen: local, on the host itself
+    close(ours);
     return Real().listen(fd, backlog);
   }
-  // Put the listener in place of the program's socket, with the socket's flags.
-  int fl = fcntl(fd, F_GETFL);
-  int fdfl = fcntl(fd, F_GETFD);
-  if (fl >= 0) fcntl(sv[0], F_SETFL, fl & O_NONBLOCK);
-  if (dup3(sv[0], fd, (fdfl >= 0 && (fdfl & FD_CLOEXEC)) ? O_CLOEXEC : 0) < 0) {
-    err = errno;
-    close(sv[0]);
-    Complain("listen on %s: cannot install the listener: %s", where, std::strerror(err));
-    errno = err;
-    return -1;
-  }
-  close(sv[0]);
+  if (!InstallListener(fd, ours, where)) return -1;
   if (address[0] != 0) {
     Complain("listening on %s through %s: reachable at %s", where, NetworkLabel(), address);
   }

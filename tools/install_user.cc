@@ -374,94 +374,103 @@ int Fail(const Status& s) {
 
 // ---- install / uninstall -----------------------------------------------------------------------
 
-int Install(const Places& p, const Args& args) {
-  std::string path = args.Get("--config");
-  if (path.empty()) {
-    auto found = config::FindConfig();
-    if (!found.ok()) {
-      Error(found.status().message());
-      return kExitUsage;
-    }
-    path = *found;
-  }
-  // A config that does not load would make every program of the session fail its first
-  // routed call: refuse it now, with its error.
-  auto cfg = config::LoadConfig(path);
-  if (!cfg.ok()) {
-    Error(cfg.status().message());
-    return kExitUsage;
-  }
-  const std::string config = cfg->source;  // absolute, links resolved
-  const std::string shim = ShimPath();
-  char exe[PATH_MAX];
-  if (::realpath("/proc/self/exe", exe) == nullptr)
-    return Fail(Status::FromErrno("/proc/self/exe"));
+// Whether `via install --user` may write what it writes: the paths go into files unquoted, and
+// nothing it writes may clobber a file it did not write.
+Status CheckInstallable(const Places& p, const std::string& config, const std::string& shim,
+                        const std::string& exe) {
   struct stat st;
   if (::stat(shim.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
-    return Fail(Status::Invalid("the shim " + shim + " does not exist (set VIA_SHIM)"));
+    return Status::Invalid("the shim " + shim + " does not exist (set VIA_SHIM)");
   }
-  for (const std::string& s : {config, shim, std::string(exe)}) {
+  for (const std::string& s : {config, shim, exe}) {
     if (!PlainPath(s)) {
-      return Fail(Status::Invalid(
+      return Status::Invalid(
           "cannot write the path " + s +
           " into environment.d, a shell profile and a unit file unquoted; use a path without "
-          "spaces, quotes, '$', '%' or '\\'"));
+          "spaces, quotes, '$', '%' or '\\'");
     }
   }
   // Never clobber: every file it writes is either absent or its own.
   for (const std::string& f : {p.envd_file, p.unit_file}) {
     if (Exists(f) && !Owned(f)) {
-      return Fail(Status::Error(EEXIST, f + " exists and was not written by `via install --user`; "
-                                            "move it away first"));
+      return Status::Error(EEXIST, f + " exists and was not written by `via install --user`; "
+                                       "move it away first");
     }
   }
   if (Exists(p.wants_link) && !LinkIsOurs(p)) {
-    return Fail(Status::Error(EEXIST, p.wants_link + " exists and is not a link to " + p.unit_file +
-                                          "; move it away first"));
+    return Status::Error(EEXIST, p.wants_link + " exists and is not a link to " + p.unit_file +
+                                     "; move it away first");
   }
-  Manifest m;
-  if (Exists(p.envd_file)) {
-    auto old = ReadFile(p.envd_file);
-    if (old.ok()) m.Parse(*old);
-  }
-  std::vector<std::string> created;
-  if (Status s = MakeDirs(p.envd_dir, &created); !s.ok()) return Fail(s);
-  for (const auto& d : created) Manifest::AddOnce(&m.created_dirs, d);
+  return Status::Ok();
+}
 
-  const std::string block = ProfileBlock(shim, config);
+// Creates the directories of `dir` that are missing, and records them in `m`.
+Status MakeDirsRecorded(const std::string& dir, Manifest* m) {
+  std::vector<std::string> created;
+  if (Status s = MakeDirs(dir, &created); !s.ok()) return s;
+  for (const auto& d : created) Manifest::AddOnce(&m->created_dirs, d);
+  return Status::Ok();
+}
+
+// Puts `block` in each shell profile to edit, recording in `m` what uninstall must undo.
+Status WriteProfileBlocks(const Places& p, const std::string& block, Manifest* m) {
   for (const std::string& f : p.ProfilesToEdit()) {
     std::string text;
     auto old = ReadFile(f);
     if (old.ok()) {
       text = *old;
     } else if (old.status().code() == ENOENT && !Exists(f)) {
-      Manifest::AddOnce(&m.created_files, f);
+      Manifest::AddOnce(&m->created_files, f);
     } else {
-      return Fail(old.status());
+      return old.status();
     }
     bool newline_added = false;
     std::string updated = PutBlock(text, block, &newline_added);
-    if (newline_added) Manifest::AddOnce(&m.newline_added, f);
+    if (newline_added) Manifest::AddOnce(&m->newline_added, f);
     if (updated == text && old.ok()) {
       std::printf("unchanged: the block in %s\n", f.c_str());
       continue;
     }
-    if (Status s = WriteFile(f, updated, 0644); !s.ok()) return Fail(s);
+    if (Status s = WriteFile(f, updated, 0644); !s.ok()) return s;
     std::printf("%s %s: the block between \"%s\" and \"%s\"\n", old.ok() ? "edited" : "created",
                 f.c_str(), kBlockBegin, kBlockEnd);
   }
+  return Status::Ok();
+}
 
-  created.clear();
-  if (Status s = MakeDirs(p.wants_dir, &created); !s.ok()) return Fail(s);
-  for (const auto& d : created) Manifest::AddOnce(&m.created_dirs, d);
-  if (Status s = WriteFile(p.unit_file, UnitText(exe, config), 0644); !s.ok()) return Fail(s);
+// Writes the user unit that runs the broker, and enables it.
+Status WriteUnit(const Places& p, const std::string& exe, const std::string& config, Manifest* m) {
+  if (Status s = MakeDirsRecorded(p.wants_dir, m); !s.ok()) return s;
+  if (Status s = WriteFile(p.unit_file, UnitText(exe, config), 0644); !s.ok()) return s;
   std::printf("wrote %s\n", p.unit_file.c_str());
   if (!Exists(p.wants_link)) {
     if (::symlink(p.unit_file.c_str(), p.wants_link.c_str()) != 0) {
-      return Fail(Status::FromErrno("cannot create " + p.wants_link));
+      return Status::FromErrno("cannot create " + p.wants_link);
     }
     std::printf("enabled it: %s -> %s\n", p.wants_link.c_str(), p.unit_file.c_str());
   }
+  return Status::Ok();
+}
+
+int Install(const Places& p, const Args& args) {
+  // A config that does not load would make every program of the session fail its first
+  // routed call: refuse it now, with its error.
+  auto cfg = LoadConfigOrComplain(args);
+  if (!cfg) return kExitUsage;
+  const std::string config = cfg->source;  // absolute, links resolved
+  const std::string shim = ShimPath();
+  char exe[PATH_MAX];
+  if (::realpath("/proc/self/exe", exe) == nullptr)
+    return Fail(Status::FromErrno("/proc/self/exe"));
+  if (Status s = CheckInstallable(p, config, shim, exe); !s.ok()) return Fail(s);
+  Manifest m;
+  if (Exists(p.envd_file)) {
+    auto old = ReadFile(p.envd_file);
+    if (old.ok()) m.Parse(*old);
+  }
+  if (Status s = MakeDirsRecorded(p.envd_dir, &m); !s.ok()) return Fail(s);
+  if (Status s = WriteProfileBlocks(p, ProfileBlock(shim, config), &m); !s.ok()) return Fail(s);
+  if (Status s = WriteUnit(p, exe, config, &m); !s.ok()) return Fail(s);
   // Written last: it holds the record of everything above.
   if (Status s = WriteFile(p.envd_file, EnvironmentDText(shim, config, m), 0644); !s.ok()) {
     return Fail(s);

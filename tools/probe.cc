@@ -18,6 +18,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 
 #include "common/paths.h"
 #include "common/unique_fd.h"
@@ -112,114 +113,146 @@ std::string SslError() {
   return e == 0 ? "TLS error" : buf;
 }
 
-// Sends the request and reads the whole response over `fd` (TLS when u.https).
-Result<std::string> Exchange(int fd, const Url& u, const std::string& cafile,
-                             const Deadline& deadline) {
-  const Status timed_out = Status::Error(ETIMEDOUT, "timed out");
-  std::string req =
-      "GET " + u.path + " HTTP/1.1\r\nHost: " +
-      (u.host.find(':') != std::string::npos ? "[" + u.host + "]" : u.host) +
-      ((u.https && u.port == 443) || (!u.https && u.port == 80) ? ""
-                                                                : ":" + std::to_string(u.port)) +
-      "\r\nUser-Agent: via-probe/" VIA_VERSION "\r\nAccept: */*\r\nConnection: close\r\n\r\n";
-  constexpr size_t kMaxResponse = 1 << 20;
+constexpr size_t kMaxResponse = 1 << 20;
+
+// The GET request for `u`, closing the connection after the response.
+std::string RequestText(const Url& u) {
+  return "GET " + u.path + " HTTP/1.1\r\nHost: " +
+         (u.host.find(':') != std::string::npos ? "[" + u.host + "]" : u.host) +
+         ((u.https && u.port == 443) || (!u.https && u.port == 80) ? ""
+                                                                   : ":" + std::to_string(u.port)) +
+         "\r\nUser-Agent: via-probe/" VIA_VERSION "\r\nAccept: */*\r\nConnection: close\r\n\r\n";
+}
+
+Status TimedOut() { return Status::Error(ETIMEDOUT, "timed out"); }
+
+// Plain HTTP: sends `req` and reads the response until the server closes (or kMaxResponse).
+Result<std::string> ExchangePlain(int fd, const std::string& req, const Deadline& deadline) {
+  size_t sent = 0;
+  while (sent < req.size()) {
+    if (!deadline.Arm(fd)) return TimedOut();
+    ssize_t r = send(fd, req.data() + sent, req.size() - sent, MSG_NOSIGNAL);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return IsTimeout(errno) ? TimedOut() : Status::FromErrno("sending the request");
+    sent += size_t(r);
+  }
   std::string resp;
   char buf[8192];
-  if (!u.https) {
-    size_t sent = 0;
-    while (sent < req.size()) {
-      if (!deadline.Arm(fd)) return timed_out;
-      ssize_t r = send(fd, req.data() + sent, req.size() - sent, MSG_NOSIGNAL);
-      if (r < 0 && errno == EINTR) continue;
-      if (r < 0) return IsTimeout(errno) ? timed_out : Status::FromErrno("sending the request");
-      sent += size_t(r);
-    }
-    while (resp.size() < kMaxResponse) {
-      if (!deadline.Arm(fd)) return timed_out;
-      ssize_t r = recv(fd, buf, sizeof buf, 0);
-      if (r < 0 && errno == EINTR) continue;
-      if (r < 0) return IsTimeout(errno) ? timed_out : Status::FromErrno("reading the response");
-      if (r == 0) break;
-      resp.append(buf, size_t(r));
-    }
-    return resp;
+  while (resp.size() < kMaxResponse) {
+    if (!deadline.Arm(fd)) return TimedOut();
+    ssize_t r = recv(fd, buf, sizeof buf, 0);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return IsTimeout(errno) ? TimedOut() : Status::FromErrno("reading the response");
+    if (r == 0) break;
+    resp.append(buf, size_t(r));
   }
+  return resp;
+}
+
+struct SslCtxFree {
+  void operator()(SSL_CTX* ctx) const { SSL_CTX_free(ctx); }
+};
+struct SslFree {
+  void operator()(SSL* ssl) const { SSL_free(ssl); }
+};
+using SslCtxPtr = std::unique_ptr<SSL_CTX, SslCtxFree>;
+using SslPtr = std::unique_ptr<SSL, SslFree>;
+
+// A TLS 1.2+ client context that verifies the server against `cafile` (or the system's CAs).
+Result<SslCtxPtr> NewTlsContext(const std::string& cafile) {
   ERR_clear_error();
-  SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+  SslCtxPtr ctx(SSL_CTX_new(TLS_client_method()));
   if (ctx == nullptr) return Status::Error(EIO, SslError());
-  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-  SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
+  SSL_CTX_set_min_proto_version(ctx.get(), TLS1_2_VERSION);
+  SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER, nullptr);
 #ifdef SSL_OP_IGNORE_UNEXPECTED_EOF
-  SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);  // many servers just close
+  SSL_CTX_set_options(ctx.get(), SSL_OP_IGNORE_UNEXPECTED_EOF);  // many servers just close
 #endif
-  bool loaded = cafile.empty() ? SSL_CTX_set_default_verify_paths(ctx) == 1
-                               : SSL_CTX_load_verify_locations(ctx, cafile.c_str(), nullptr) == 1;
+  bool loaded = cafile.empty()
+                    ? SSL_CTX_set_default_verify_paths(ctx.get()) == 1
+                    : SSL_CTX_load_verify_locations(ctx.get(), cafile.c_str(), nullptr) == 1;
   if (!loaded) {
-    SSL_CTX_free(ctx);
     return Status::Error(EIO, "cannot load CA certificates" +
                                   (cafile.empty() ? "" : " from " + cafile) + ": " + SslError());
   }
-  SSL* ssl = SSL_new(ctx);
-  if (ssl == nullptr) {
-    SSL_CTX_free(ctx);
-    return Status::Error(EIO, SslError());
-  }
-  SSL_set_fd(ssl, fd);
+  return ctx;
+}
+
+// A TLS connection over `fd` that checks the certificate against u.host.
+Result<SslPtr> NewTlsConnection(SSL_CTX* ctx, int fd, const Url& u) {
+  SslPtr ssl(SSL_new(ctx));
+  if (ssl == nullptr) return Status::Error(EIO, SslError());
+  SSL_set_fd(ssl.get(), fd);
   // An address literal is checked against the certificate's IP SANs and sent without SNI.
   in6_addr any_addr;
   bool literal = inet_pton(AF_INET, u.host.c_str(), &any_addr) == 1 ||
                  inet_pton(AF_INET6, u.host.c_str(), &any_addr) == 1;
   if (literal) {
-    X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), u.host.c_str());
+    X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl.get()), u.host.c_str());
   } else {
-    SSL_set_tlsext_host_name(ssl, u.host.c_str());
-    SSL_set1_host(ssl, u.host.c_str());
+    SSL_set_tlsext_host_name(ssl.get(), u.host.c_str());
+    SSL_set1_host(ssl.get(), u.host.c_str());
   }
-  Status result;
-  auto io_error = [&](int rc, const char* what) {
-    int e = SSL_get_error(ssl, rc);
-    if ((e == SSL_ERROR_SYSCALL || e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) &&
-        IsTimeout(errno)) {
-      return timed_out;
-    }
-    std::string detail = ERR_peek_error() != 0                  ? SslError()
-                         : e == SSL_ERROR_SYSCALL && errno != 0 ? std::string(std::strerror(errno))
-                                                                : "connection closed";
-    return Status::Error(EIO, std::string(what) + ": " + detail);
-  };
-  int rc;
-  if (!deadline.Arm(fd)) {
-    result = timed_out;
-  } else if ((rc = SSL_connect(ssl)) != 1) {
+  return ssl;
+}
+
+// What a failed TLS call (`rc`) of `what` means: a timeout, or the library's (or the system's)
+// error.
+Status TlsError(SSL* ssl, int rc, const char* what) {
+  int e = SSL_get_error(ssl, rc);
+  if ((e == SSL_ERROR_SYSCALL || e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) &&
+      IsTimeout(errno)) {
+    return TimedOut();
+  }
+  std::string detail = ERR_peek_error() != 0                  ? SslError()
+                       : e == SSL_ERROR_SYSCALL && errno != 0 ? std::string(std::strerror(errno))
+                                                              : "connection closed";
+  return Status::Error(EIO, std::string(what) + ": " + detail);
+}
+
+// HTTPS: the handshake (with the certificate check), `req`, and the response until the server
+// closes (or kMaxResponse).
+Result<std::string> ExchangeTls(SSL* ssl, int fd, const std::string& req,
+                                const Deadline& deadline) {
+  if (!deadline.Arm(fd)) return TimedOut();
+  if (int rc = SSL_connect(ssl); rc != 1) {
     long v = SSL_get_verify_result(ssl);
-    result = v != X509_V_OK ? Status::Error(EIO, std::string("TLS certificate check failed: ") +
-                                                     X509_verify_cert_error_string(v))
-                            : io_error(rc, "TLS handshake failed");
-  } else if (!deadline.Arm(fd)) {
-    result = timed_out;
-  } else if ((rc = SSL_write(ssl, req.data(), int(req.size()))) != int(req.size())) {
-    result = io_error(rc, "TLS write failed");
-  } else {
-    while (resp.size() < kMaxResponse) {
-      if (!deadline.Arm(fd)) {
-        result = timed_out;
-        break;
-      }
-      int r = SSL_read(ssl, buf, sizeof buf);
-      if (r > 0) {
-        resp.append(buf, size_t(r));
-        continue;
-      }
-      int e = SSL_get_error(ssl, r);
-      if (e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL && errno == 0)) break;
-      result = io_error(r, "TLS read failed");
-      break;
+    if (v != X509_V_OK) {
+      return Status::Error(
+          EIO, std::string("TLS certificate check failed: ") + X509_verify_cert_error_string(v));
     }
+    return TlsError(ssl, rc, "TLS handshake failed");
   }
-  SSL_free(ssl);
-  SSL_CTX_free(ctx);
-  if (!result.ok()) return result;
+  if (!deadline.Arm(fd)) return TimedOut();
+  if (int rc = SSL_write(ssl, req.data(), int(req.size())); rc != int(req.size())) {
+    return TlsError(ssl, rc, "TLS write failed");
+  }
+  std::string resp;
+  char buf[8192];
+  while (resp.size() < kMaxResponse) {
+    if (!deadline.Arm(fd)) return TimedOut();
+    int r = SSL_read(ssl, buf, sizeof buf);
+    if (r > 0) {
+      resp.append(buf, size_t(r));
+      continue;
+    }
+    int e = SSL_get_error(ssl, r);
+    if (e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL && errno == 0)) break;
+    return TlsError(ssl, r, "TLS read failed");
+  }
   return resp;
+}
+
+// Sends the request and reads the whole response over `fd` (TLS when u.https).
+Result<std::string> Exchange(int fd, const Url& u, const std::string& cafile,
+                             const Deadline& deadline) {
+  std::string req = RequestText(u);
+  if (!u.https) return ExchangePlain(fd, req, deadline);
+  auto ctx = NewTlsContext(cafile);
+  if (!ctx.ok()) return ctx.status();
+  auto ssl = NewTlsConnection(ctx->get(), fd, u);
+  if (!ssl.ok()) return ssl.status();
+  return ExchangeTls(ssl->get(), fd, req, deadline);
 }
 
 std::string Dechunk(const std::string& body) {
