@@ -1,0 +1,131 @@
+// Strict mode's supervisor (tools/strict.h): `via run`'s side of the sandbox. It holds the
+// seccomp listener and the namespace's resolver socket, and serves the command's calls:
+//   strict_supervisor.cc  the notification workers, connect (placing host sockets), REPORT
+//   strict_names.cc       the resolver socket (DNS_QUERY, RESOLVE answers and their names)
+//   strict_listen.cc      listen/accept/getsockname: listeners served by the overlay (LISTEN)
+//   strict_audit.cc       --audit: what would have left outside the overlay
+// Its threads may outlive the command by a moment: it is never freed (strict.cc).
+#pragma once
+
+#include <linux/seccomp.h>
+#include <sys/types.h>
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/kernel_sockaddr.h"
+#include "common/socks5_plan.h"
+#include "common/status.h"
+#include "common/unique_fd.h"
+#include "common/wire.h"
+#include "tools/broker_client.h"
+#include "tools/strict_proc.h"
+
+namespace via::tools::strict {
+
+class Supervisor {
+ public:
+  Supervisor(UniqueFd listener, UniqueFd dns, std::string socket, std::string token, bool quiet,
+             bool audit);
+
+  // The first broker connection: its HELLO reply says how loopback destinations go. False,
+  // with *why, when the session cannot be served (no overlay, no broker).
+  bool Start(std::string* why);
+
+  // Serves until `command` exits (reaping the orphans adopted meanwhile); its wait status.
+  int Run(pid_t command);
+
+  const std::string& network() const { return network_; }
+
+  // --audit: what would have left outside the overlay, by process, at the command's exit.
+  void Report(const std::string& network);
+
+ private:
+  // ---- strict_supervisor.cc: workers, connect, REPORT
+  Result<BrokerClient> Open(std::string* network = nullptr);
+  Result<BrokerClient> Take();
+  void Give(BrokerClient c);
+  void Respond(uint64_t id, int err, uint32_t flags = 0);
+  // The kernel runs the call as the program made it, in the program's namespace: only for
+  // calls that cannot leave it.
+  void Continue(uint64_t id) { Respond(id, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE); }
+  // Whether notification `id` is still waiting (the caller did not go away meanwhile).
+  bool StillWaiting(uint64_t id);
+  void StartWorker();
+  void Work();
+  void Handle(const seccomp_notif& n);
+  void HandleConnect(const seccomp_notif& n);
+  int Connect(int fd, const wire::Addr& a);
+  int ConnectSocks5(int fd, const wire::Addr& a, const std::optional<std::string>& name);
+  // REPORT of a connect via run handshook itself (as the shim's, docs/protocol.md): failures at
+  // once, successes counted and sent in batches (or each, when the broker logs them).
+  void ReportConnect(const wire::Addr& a, const std::optional<std::string>& name, int err,
+                     const char* msg);
+  void FlushReports(bool force);
+  static void Complain(const std::string& what);
+
+  // ---- strict_names.cc: the namespace's resolver
+  void OnDnsQuery();
+  std::optional<std::string> AnswerFromResolve(std::string_view packet);
+  void Remember(const wire::Addr& fake, const std::string& name, uint32_t hold_ms);
+  std::optional<std::string> NameOf(const wire::Addr& fake);
+
+  // ---- strict_listen.cc: listeners through the overlay
+  struct Listener {
+    wire::Addr bound;  // what the program bound (getsockname answers it)
+  };
+  void HandleListen(const seccomp_notif& n);
+  void HandleAccept(const seccomp_notif& n);
+  void HandleGetsockname(const seccomp_notif& n);
+  // The listener whose socketpair end `sock` is (by inode), or nullopt.
+  std::optional<Listener> ListenerOf(const CallerSocket& sock);
+  // LISTEN for `bound` with `theirs` attached: 0, or an errno with *msg; *flags and *address
+  // from the reply.
+  int BrokerListen(int theirs, const wire::Addr& bound, uint32_t* flags, std::string* address,
+                   std::string* msg);
+  // Waits for one ACCEPTED on `sock` for notification `id`: the connected socket, or an errno
+  // (0 when the call went away).
+  int ReceiveAccepted(const seccomp_notif& n, int sock, bool nonblocking, UniqueFd* out,
+                      wire::Addr* peer);
+
+  // ---- strict_audit.cc
+  void AuditSend(const seccomp_notif& n);
+  void AuditDestination(pid_t pid, int domain, wire::SockKind kind, wire::AddrCall call,
+                        bool fastopen, const char* sa, socklen_t len);
+  void Record(pid_t pid, const std::string& what, const std::string& dest);
+
+  UniqueFd listener_, dns_;
+  std::string socket_, token_;
+  size_t notif_size_ = sizeof(seccomp_notif);
+  uint32_t flags_ = 0;
+  std::string network_;  // the session's, for messages
+  std::vector<wire::Addr> fake_nets_;
+  std::optional<Socks5Plan> plan_;  // SOCKS5 without the broker, when the HELLO allows it
+  // The main thread's RESOLVE answers by name, while half their promise lasts.
+  struct Answer {
+    wire::Addr v4, v6;
+    int64_t until;
+  };
+  std::map<std::string, Answer> answers_;
+  bool quiet_;
+  bool audit_on_;
+  std::optional<BrokerClient> dns_client_;
+  static constexpr int kWorkers = 32;
+  std::mutex mu_;  // guards the rest
+  // Fake address ("198.18.0.5:0") -> its name and until when (MonotonicMs) it may be used.
+  std::map<std::string, std::pair<std::string, int64_t>> names_;
+  std::map<std::string, int> audit_;     // "pid N EXE: what to where" -> times
+  std::map<ino_t, Listener> listeners_;  // by the inode of the program's socketpair end
+  std::vector<BrokerClient> pool_;
+  int workers_ = 0, busy_ = 0;
+  uint32_t unreported_ = 0;   // successful connects not yet REPORTed
+  int64_t reported_ms_ = 0;   // when they were last
+  uint32_t next_raw_id_ = 0;  // ids of requests sent past BrokerClient (see ReportConnect)
+};
+
+}  // namespace via::tools::strict
