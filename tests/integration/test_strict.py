@@ -101,6 +101,24 @@ class Strict(harness.ViaCase):
         self.assertEqual(harness.microsocks_destinations(self.proxy_log),
                          [f"127.0.0.1:{self.port}", f"example.test:{self.port}"] * 2)
 
+    def test_connects_via_run_handshakes_are_reported_to_the_broker(self):
+        # handshake: program: via run runs SOCKS5 itself, as the shim does, and REPORTs each
+        # connect: the broker counts the successes (via status) and logs the failure.
+        self.configure()
+        closed = harness.closed_port()
+        for host in ("127.0.0.1", "example.test"):
+            self.assertOk(self.strict("curl", "-sS", f"http://{host}:{self.port}/reported"))
+        proc = self.strict("curl", "-sS", f"http://127.0.0.1:{closed}/")
+        self.assertNotEqual(proc.returncode, 0)
+        status = self.via("status")
+        self.assertOk(status)
+        self.assertRegex(status.stdout, r"overlay app:tor network\.socks5.* connects ok=2 failed=1")
+        self.assertTrue(any(f"connect 127.0.0.1:{closed} via app:tor failed" in l
+                            for l in self.broker_log()), self.broker_log()[-10:])
+        self.assertEqual([(r["peer"], r["host"]) for r in self.records(self.record)],
+                         [(harness.PROXY_OUT, f"127.0.0.1:{self.port}"),
+                          (harness.PROXY_OUT, f"example.test:{self.port}")])
+
     def test_static_program_is_routed(self):
         self.configure()
         exe = self.cc(GAI_CLIENT, "-static")
