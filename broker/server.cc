@@ -653,6 +653,8 @@ void Server::Handle(Client& c, const uint8_t* data, size_t n, std::vector<Unique
       return HandleListen(c, m, fds);
     case wire::kReport:
       return HandleReport(c, m);
+    case wire::kStrictProcess:
+      return HandleStrictProcess(c, m);
     default:
       return ReplyError(c, reply, m.id(), EPROTO, "unknown message type " + std::to_string(type));
   }
@@ -1332,7 +1334,7 @@ void Server::ApplyHello(Client& c) {
     c.origin = "control connection";
     return;
   }
-  SelectRequest req = MakeRequest(Ancestry(c.pid));
+  SelectRequest req = MakeRequest(Ancestry(c.act_for != 0 ? c.act_for : c.pid));
   req.has_claim = c.has_claim;
   req.claim = c.claim;
   req.token = c.token;

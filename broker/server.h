@@ -81,6 +81,7 @@ class Server {
     bool paused = false;                    // not reading requests (client_limits.h)
     uint32_t events = 0;                    // what the loop watches for (UpdateInterest)
     std::vector<uint64_t> ops;                // connect operations in flight
+    pid_t act_for = 0;  // STRICT_PROCESS: selections are made for this process (0: the peer)
   };
   struct PendingConnect {
     uint64_t client = 0;
@@ -172,6 +173,8 @@ class Server {
   void HandleSessionChild(Client& c, const wire::Message& m);
   void HandleReload(Client& c, const wire::Message& m);
   void HandleSessionDetach(Client& c, const wire::Message& m);
+  // STRICT_PROCESS (broker/strict_process.cc).
+  void HandleStrictProcess(Client& c, const wire::Message& m);
   // Ends detached sessions whose heirs are all gone; re-arms itself while any remain.
   void PruneDetached();
 

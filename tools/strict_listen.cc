@@ -95,7 +95,7 @@ void Supervisor::HandleListen(const seccomp_notif& n) {
   UniqueFd mine(sv[0]), theirs(sv[1]);
   uint32_t flags = 0;
   std::string address, msg;
-  int err = BrokerListen(theirs.get(), bound, &flags, &address, &msg);
+  int err = BrokerListen(sock.pid, theirs.get(), bound, &flags, &address, &msg);
   theirs.reset();
   const std::string where = AddrText(bound);
   if (err != 0) {
@@ -128,47 +128,25 @@ void Supervisor::HandleListen(const seccomp_notif& n) {
 }
 
 // LISTEN goes past BrokerClient (which has no call for it) on a connection of its own, greeted
-// as the session's: the reply is read here, matched by its id.
-int Supervisor::BrokerListen(int theirs, const wire::Addr& bound, uint32_t* flags,
+// for the listening process (its network: strict_routes.cc).
+int Supervisor::BrokerListen(pid_t pid, int theirs, const wire::Addr& bound, uint32_t* flags,
                              std::string* address, std::string* msg) {
-  auto c = Open();
+  RoutePtr route = RouteOf(pid);
+  auto c = Open(route->network == network_ ? 0 : pid);
   if (!c.ok()) {
     *msg = c.status().message();
     return c.status().code() != 0 ? c.status().code() : EHOSTUNREACH;
   }
-  const uint32_t id = 0x80000000u;
   uint8_t buf[256];
-  wire::Writer w(buf, sizeof buf, wire::kListen, id);
+  wire::Writer w(buf, sizeof buf, wire::kListen, RawId());
   w.PutAddr(wire::kTagAddr, bound);
-  if (wire::SendDatagram(c->fd(), w.data(), w.size(), theirs) < 0) {
-    *msg = Errno("sending LISTEN to the broker");
-    return EHOSTUNREACH;
-  }
-  std::vector<uint8_t> reply(wire::kMaxMessage);
+  std::vector<uint8_t> reply;
   wire::Message m;
-  for (;;) {
-    pollfd p{c->fd(), POLLIN, 0};
-    if (poll(&p, 1, kListenWaitMs) != 1) {
-      *msg =
-          "the broker did not answer LISTEN within " + std::to_string(kListenWaitMs / 1000) + " s";
-      return ETIMEDOUT;
-    }
-    ssize_t r = recv(c->fd(), reply.data(), reply.size(), 0);
-    if (r <= 0) {
-      *msg = "the broker closed the connection";
-      return ECONNRESET;
-    }
-    if (m.Parse(reply.data(), size_t(r)) == wire::ParseError::kOk && m.id() == id) break;
-  }
+  int err = RawExchange(*c, w, theirs, kListenWaitMs, &reply, &m, msg);
   wire::Field f;
-  uint32_t err = EPROTO;
-  if (m.Find(wire::kTagErrno, &f)) f.u32(&err);
-  if (m.Find(wire::kTagMessage, &f)) *msg = std::string(f.str());
-  if (err != 0 && msg->empty()) *msg = std::strerror(int(err));
   if (m.Find(wire::kTagFlags, &f)) f.u32(flags);
   if (m.Find(wire::kTagListenAddress, &f)) *address = std::string(f.str());
-  if (err == 0) Give(std::move(*c));
-  return int(err);
+  return err;
 }
 
 void Supervisor::HandleAccept(const seccomp_notif& n) {

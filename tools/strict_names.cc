@@ -25,7 +25,7 @@ void Supervisor::OnDnsQuery() {
   ssize_t n =
       recvfrom(dns_.get(), q, sizeof q, MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&from), &fl);
   if (n <= 0) return;
-  if (plan_) {
+  if (session_->plan) {
     // A/AAAA with the fake addresses RESOLVE promises: via run can then run the SOCKS5
     // handshake by name itself (Connect). Anything else as DNS_QUERY answers it.
     if (std::optional<std::string> mine = AnswerFromResolve(std::string_view(q, size_t(n)))) {
@@ -71,7 +71,8 @@ std::optional<std::string> Supervisor::AnswerFromResolve(std::string_view packet
       if (a.family == 4 && v4.family == 0) v4 = a;
       if (a.family == 6 && v6.family == 0) v6 = a;
     }
-    if (hold_ms == 0 || !socks5::InFakeRange(*plan_, v4) || !socks5::InFakeRange(*plan_, v6)) {
+    if (hold_ms == 0 || !socks5::InFakeRange(*session_->plan, v4) ||
+        !socks5::InFakeRange(*session_->plan, v6)) {
       usable = false;
     } else {
       Remember(v4, name, hold_ms);

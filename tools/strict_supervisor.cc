@@ -89,15 +89,14 @@ bool Supervisor::Start(std::string* why) {
     return false;
   }
   notif_size_ = std::max<size_t>(sizes.seccomp_notif, sizeof(seccomp_notif));
-  auto c = Open(&network_);
+  auto c = Open(0, &network_);
   if (!c.ok()) {
     *why = c.status().message();
     return false;
   }
-  flags_ = c->hello_flags();
+  session_ = RouteFrom(*c, network_);
   fake_nets_ = c->fake_nets();
-  if (c->socks5_plan() != nullptr) plan_ = *c->socks5_plan();
-  if ((flags_ & wire::kFlagDirect) != 0) {
+  if ((session_->flags & wire::kFlagDirect) != 0) {
     *why = "the session's network is direct: strict mode needs an overlay";
     return false;
   }
@@ -130,32 +129,6 @@ int Supervisor::Run(pid_t command) {
   }
   FlushReports(true);
   return st;
-}
-
-Result<BrokerClient> Supervisor::Open(std::string* network) {
-  auto c = BrokerClient::Connect(socket_);
-  if (!c.ok()) return c.status();
-  auto net = c->Hello("", token_);
-  if (!net.ok()) return net.status();
-  if (network != nullptr) *network = *net;
-  return c;
-}
-
-Result<BrokerClient> Supervisor::Take() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!pool_.empty()) {
-      BrokerClient c = std::move(pool_.back());
-      pool_.pop_back();
-      return c;
-    }
-  }
-  return Open();
-}
-
-void Supervisor::Give(BrokerClient c) {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (pool_.size() < 16) pool_.push_back(std::move(c));
 }
 
 void Supervisor::Respond(uint64_t id, int err, uint32_t flags) {
@@ -240,7 +213,7 @@ void Supervisor::HandleConnect(const seccomp_notif& n) {
   if (d.kind == wire::KernelDest::kNone) return Continue(n.id);  // AF_UNSPEC: a disconnect
   UniqueFd host(socket(sock.domain, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP));
   if (!host) return Respond(n.id, errno);
-  int err = Connect(host.get(), d.addr);
+  int err = Connect(host.get(), d.addr, RouteOf(sock.pid), sock.pid);
   if (err != 0) return Respond(n.id, err);
   CopyOptions(sock.fd.get(), host.get());
   seccomp_notif_addfd add{};
@@ -253,100 +226,55 @@ void Supervisor::HandleConnect(const seccomp_notif& n) {
   Respond(n.id, 0);
 }
 
-// Our socket `fd` connected to `a` as the session's network says: through the overlay, or
+// Our socket `fd` connected to `a` as process `pid`'s network says: through the overlay, or
 // (loopback) directly or refused. 0 or an errno.
-int Supervisor::Connect(int fd, const wire::Addr& a) {
-  if (wire::IsLoopback(a) && (flags_ & wire::kFlagLoopbackRoute) == 0) {
-    if ((flags_ & wire::kFlagLoopbackRefuse) != 0) return ECONNREFUSED;
+int Supervisor::Connect(int fd, const wire::Addr& a, const RoutePtr& route, pid_t pid) {
+  if ((route->flags & wire::kFlagDirect) != 0) {
+    // A program rule that sends this program direct: strict mode has no way out but overlays.
+    if (!quiet_) {
+      Complain("strict: connect to " + AddrText(a) + " refused: pid " + std::to_string(pid) +
+               " is to go direct (" + route->network + "), and strict mode only routes");
+    }
+    return ENETUNREACH;
+  }
+  if (wire::IsLoopback(a) && (route->flags & wire::kFlagLoopbackRoute) == 0) {
+    if ((route->flags & wire::kFlagLoopbackRefuse) != 0) return ECONNREFUSED;
     return ConnectDirect(fd, wire::Unmapped(a));
   }
   // A SOCKS5 overlay that lets programs run the handshake (handshake: program): run it here,
   // as the shim would, for a real address. A fake address goes to the broker, which knows
   // its name (via run holds no RESOLVE promise for it, as the shim may).
+  const std::optional<Socks5Plan>& plan = route->plan;
   std::optional<std::string> name;
-  if (plan_ && socks5::InFakeRange(*plan_, a)) name = NameOf(a);
-  if (plan_ && (name || !socks5::InFakeRange(*plan_, a))) return ConnectSocks5(fd, a, name);
-  auto c = Take();
+  if (plan && socks5::InFakeRange(*plan, a)) name = NameOf(a);
+  if (plan && (name || !socks5::InFakeRange(*plan, a))) {
+    return ConnectSocks5(fd, a, name, route, pid);
+  }
+  auto c = Take(*route, pid);
   if (!c.ok()) {
     if (!quiet_) Complain("strict: " + c.status().message());
     return EHOSTUNREACH;
   }
   Status s = c->ConnectAddr(fd, a);
   if (s.ok()) {
-    Give(std::move(*c));
+    Give(*route, std::move(*c));
     return 0;
   }
   if (!quiet_) Complain("strict: connect to " + AddrText(a) + ": " + s.message());
-  if (s.code() != ETIMEDOUT && s.code() != EPIPE && s.code() != ECONNRESET) Give(std::move(*c));
+  if (s.code() != ETIMEDOUT && s.code() != EPIPE && s.code() != ECONNRESET) {
+    Give(*route, std::move(*c));
+  }
   return s.code() != 0 ? s.code() : EHOSTUNREACH;
 }
 
-int Supervisor::ConnectSocks5(int fd, const wire::Addr& a, const std::optional<std::string>& name) {
+int Supervisor::ConnectSocks5(int fd, const wire::Addr& a, const std::optional<std::string>& name,
+                              const RoutePtr& route, pid_t pid) {
   char why[256], msg[512];
-  int err = socks5::ConnectBlocking(fd, *plan_, name ? name->c_str() : nullptr, a, ::connect, why,
-                                    sizeof why, msg, sizeof msg);
+  int err = socks5::ConnectBlocking(fd, *route->plan, name ? name->c_str() : nullptr, a, ::connect,
+                                    why, sizeof why, msg, sizeof msg);
   if (err != 0 && !quiet_) Complain("strict: " + std::string(msg));
-  ReportConnect(a, name, err, why);
+  ReportConnect(a, name, err, why, route, pid);
   return err;
-}
-
-// REPORT goes on a pooled connection past BrokerClient (which has no call for it): its id has
-// the top bit set, so the broker's ERRNO-0 answer to a failure is never taken for the reply to
-// a later request of that connection (BrokerClient skips replies with another id), and a
-// success has no answer at all.
-void Supervisor::ReportConnect(const wire::Addr& a, const std::optional<std::string>& name, int err,
-                               const char* msg) {
-  if (err == 0 && (flags_ & wire::kFlagReportEach) == 0) {
-    bool flush;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      ++unreported_;
-      flush = unreported_ >= 256;
-    }
-    if (flush) FlushReports(true);
-    return;
-  }
-  uint8_t buf[1024];
-  uint32_t id;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    id = 0x80000000u | (++next_raw_id_ & 0x7fffffffu);
-  }
-  wire::Writer w(buf, sizeof buf, wire::kReport, id);
-  if (name) {
-    w.PutString(wire::kTagName, *name);
-    w.PutU16(wire::kTagPort, a.port);
-  } else {
-    w.PutAddr(wire::kTagAddr, a);
-  }
-  w.PutU32(wire::kTagErrno, uint32_t(err));
-  if (err != 0) w.PutString(wire::kTagMessage, msg);
-  auto c = Take();
-  if (!w.ok() || !c.ok()) return;  // the report is for the log and counters only
-  if (wire::SendDatagram(c->fd(), w.data(), w.size(), -1) >= 0) Give(std::move(*c));
-}
-
-// The successes counted since the last REPORT COUNT: at 256, a second after the last, and when
-// the command exits (`force`).
-void Supervisor::FlushReports(bool force) {
-  uint32_t count;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (unreported_ == 0 || (!force && proxy::MonotonicMs() - reported_ms_ < 1000)) return;
-    count = unreported_;
-    unreported_ = 0;
-    reported_ms_ = proxy::MonotonicMs();
-  }
-  uint8_t buf[64];
-  uint32_t id;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    id = 0x80000000u | (++next_raw_id_ & 0x7fffffffu);
-  }
-  wire::Writer w(buf, sizeof buf, wire::kReport, id);
-  w.PutU32(wire::kTagCount, count);
-  auto c = Take();
-  if (c.ok() && wire::SendDatagram(c->fd(), w.data(), w.size(), -1) >= 0) Give(std::move(*c));
 }
 
 void Supervisor::Complain(const std::string& what) {

@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -46,10 +47,28 @@ class Supervisor {
   void Report(const std::string& network);
 
  private:
+  // How one process's connects go: the session's network, or the one a program rule gives it
+  // (STRICT_PROCESS, then HELLO: strict_routes.cc).
+  struct Route {
+    std::string network;
+    uint32_t flags = 0;              // of its HELLO reply (wire::kFlag*)
+    std::optional<Socks5Plan> plan;  // SOCKS5 without the broker, when the HELLO allows it
+  };
+  using RoutePtr = std::shared_ptr<const Route>;
+
   // ---- strict_supervisor.cc: workers, connect, REPORT
-  Result<BrokerClient> Open(std::string* network = nullptr);
-  Result<BrokerClient> Take();
-  void Give(BrokerClient c);
+  // A broker connection greeted as the session's opener (HELLO with the token); for `pid` != 0
+  // then greeted again for that process of the session (STRICT_PROCESS).
+  Result<BrokerClient> Open(pid_t pid = 0, std::string* network = nullptr);
+  // A connection of the pool for `route`'s network, or a new one greeted for `pid`.
+  Result<BrokerClient> Take(const Route& route, pid_t pid);
+  void Give(const Route& route, BrokerClient c);
+  // Sends `w` on `c` past BrokerClient (for the requests it has no call for) and waits for the
+  // reply with the same id, at most `timeout_ms`: its ERRNO (0 or the error) with *msg, and the
+  // reply in *m (backed by *buf).
+  static int RawExchange(BrokerClient& c, const wire::Writer& w, int pass_fd, int timeout_ms,
+                         std::vector<uint8_t>* buf, wire::Message* m, std::string* msg);
+  uint32_t RawId();
   void Respond(uint64_t id, int err, uint32_t flags = 0);
   // The kernel runs the call as the program made it, in the program's namespace: only for
   // calls that cannot leave it.
@@ -60,14 +79,20 @@ class Supervisor {
   void Work();
   void Handle(const seccomp_notif& n);
   void HandleConnect(const seccomp_notif& n);
-  int Connect(int fd, const wire::Addr& a);
-  int ConnectSocks5(int fd, const wire::Addr& a, const std::optional<std::string>& name);
+  int Connect(int fd, const wire::Addr& a, const RoutePtr& route, pid_t pid);
+  int ConnectSocks5(int fd, const wire::Addr& a, const std::optional<std::string>& name,
+                    const RoutePtr& route, pid_t pid);
   // REPORT of a connect via run handshook itself (as the shim's, docs/protocol.md): failures at
   // once, successes counted and sent in batches (or each, when the broker logs them).
   void ReportConnect(const wire::Addr& a, const std::optional<std::string>& name, int err,
-                     const char* msg);
+                     const char* msg, const RoutePtr& route, pid_t pid);
   void FlushReports(bool force);
   static void Complain(const std::string& what);
+
+  // ---- strict_routes.cc: which network each process gets
+  // The route of process `pid` (cached by pid and executable: an exec may change the rule).
+  RoutePtr RouteOf(pid_t pid);
+  static RoutePtr RouteFrom(const BrokerClient& c, const std::string& network);
 
   // ---- strict_names.cc: the namespace's resolver
   void OnDnsQuery();
@@ -86,8 +111,8 @@ class Supervisor {
   std::optional<Listener> ListenerOf(const CallerSocket& sock);
   // LISTEN for `bound` with `theirs` attached: 0, or an errno with *msg; *flags and *address
   // from the reply.
-  int BrokerListen(int theirs, const wire::Addr& bound, uint32_t* flags, std::string* address,
-                   std::string* msg);
+  int BrokerListen(pid_t pid, int theirs, const wire::Addr& bound, uint32_t* flags,
+                   std::string* address, std::string* msg);
   // Waits for one ACCEPTED on `sock` for notification `id`: the connected socket, or an errno
   // (0 when the call went away).
   int ReceiveAccepted(const seccomp_notif& n, int sock, bool nonblocking, UniqueFd* out,
@@ -102,10 +127,9 @@ class Supervisor {
   UniqueFd listener_, dns_;
   std::string socket_, token_;
   size_t notif_size_ = sizeof(seccomp_notif);
-  uint32_t flags_ = 0;
   std::string network_;  // the session's, for messages
+  RoutePtr session_;     // the session's route
   std::vector<wire::Addr> fake_nets_;
-  std::optional<Socks5Plan> plan_;  // SOCKS5 without the broker, when the HELLO allows it
   // The main thread's RESOLVE answers by name, while half their promise lasts.
   struct Answer {
     wire::Addr v4, v6;
@@ -121,9 +145,16 @@ class Supervisor {
   std::map<std::string, std::pair<std::string, int64_t>> names_;
   std::map<std::string, int> audit_;     // "pid N EXE: what to where" -> times
   std::map<ino_t, Listener> listeners_;  // by the inode of the program's socketpair end
-  std::vector<BrokerClient> pool_;
+  std::map<std::string, std::vector<BrokerClient>> pools_;  // by network
+  std::map<std::string, RoutePtr> routes_;                  // by "pid executable"
   int workers_ = 0, busy_ = 0;
-  uint32_t unreported_ = 0;   // successful connects not yet REPORTed
+  // Successful connects not yet REPORTed, by network: how many, and a process to greet for.
+  struct Unreported {
+    RoutePtr route;
+    pid_t pid = 0;
+    uint32_t count = 0;
+  };
+  std::map<std::string, Unreported> unreported_;
   int64_t reported_ms_ = 0;   // when they were last
   uint32_t next_raw_id_ = 0;  // ids of requests sent past BrokerClient (see ReportConnect)
 };

@@ -119,6 +119,26 @@ class Strict(harness.ViaCase):
                          [(harness.PROXY_OUT, f"127.0.0.1:{self.port}"),
                           (harness.PROXY_OUT, f"example.test:{self.port}")])
 
+    def test_program_rules_apply_to_programs_inside_the_session(self):
+        # A via.program rule sends curl-other (a copy of curl) to app:other: inside the strict
+        # session its connects go to that overlay's proxy (via run asks the broker for each
+        # process: STRICT_PROCESS), while curl keeps the session's.
+        other_port, other_log = self.start_microsocks()
+        curl_other = os.path.join(self.dir, "curl-other")
+        shutil.copy2(shutil.which("curl"), curl_other)
+        self.write_config([self.socks5_entry("tor", self.proxy_port),
+                           self.socks5_entry("other", other_port),
+                           ["name: curl_other", "kind: via.program",
+                            f"match: {{exe: {curl_other}}}", "network: app:other"]],
+                          service={"loopback": "overlay"})
+        url = f"http://example.test:{self.port}"
+        proc = self.strict("sh", "-c", f"curl -sS {url}/session && {curl_other} -sS {url}/rule")
+        self.assertOk(proc)
+        self.assertEqual(harness.microsocks_destinations(self.proxy_log),
+                         [f"example.test:{self.port}"])
+        self.assertEqual(harness.microsocks_destinations(other_log), [f"example.test:{self.port}"])
+        self.assertEqual([r["path"] for r in self.records(self.record)], ["/session", "/rule"])
+
     def test_static_program_is_routed(self):
         self.configure()
         exe = self.cc(GAI_CLIENT, "-static")
