@@ -59,7 +59,7 @@ bool ReceiveSetup(int channel, pid_t command, UniqueFd* listener, UniqueFd* dns,
 }  // namespace
 
 int Supervise(int channel, pid_t command, const std::string& socket, const std::string& token,
-              bool quiet, bool audit) {
+              bool quiet, bool audit, bool listeners) {
   UniqueFd listener, dns;
   std::string why;
   if (!ReceiveSetup(channel, command, &listener, &dns, &why)) {
@@ -67,7 +67,8 @@ int Supervise(int channel, pid_t command, const std::string& socket, const std::
     return -1;
   }
   // Never freed: connect threads may outlive the command by a moment.
-  auto* s = new Supervisor(std::move(listener), std::move(dns), socket, token, quiet, audit);
+  auto* s =
+      new Supervisor(std::move(listener), std::move(dns), socket, token, quiet, audit, listeners);
   if (!s->Start(&why)) {
     Error("strict mode: " + why + " (nothing was run)");
     return -1;

@@ -106,6 +106,15 @@ void Supervisor::HandleListen(const seccomp_notif& n) {
   }
   // listen: local: the namespace's own interfaces, which nothing outside can reach.
   if ((flags & wire::kFlagListenLocal) != 0) return Continue(n.id);
+  if (!accept_hooked_) {
+    // No overlay served listeners when the filter was made: it does not take accept, so the
+    // program could never take a stream. (Closing our ends tears the listener down.)
+    if (!quiet_) {
+      Complain("listen on " + where + " refused: the overlay " + network_ +
+               " serves listeners, but none did when this strict session started; run it again");
+    }
+    return Respond(n.id, EOPNOTSUPP);
+  }
   int fl = fcntl(sock.fd.get(), F_GETFL);
   if (fl >= 0) fcntl(mine.get(), F_SETFL, fl & O_NONBLOCK);
   struct stat st {};
@@ -114,6 +123,7 @@ void Supervisor::HandleListen(const seccomp_notif& n) {
     std::lock_guard<std::mutex> lock(mu_);
     listeners_[st.st_ino] = Listener{bound};
   }
+  has_listeners_.store(true, std::memory_order_release);
   seccomp_notif_addfd add{};
   add.id = n.id;
   add.flags = SECCOMP_ADDFD_FLAG_SETFD;

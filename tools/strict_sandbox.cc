@@ -111,7 +111,7 @@ bool SetUpNetwork(const std::string& resolv_conf, UniqueFd* dns, std::string* wh
 // everything else runs. Another architecture's calls (a 32-bit int 0x80) end the process: their
 // numbers differ. With `audit`, io_uring_setup and every send that carries an address also go to
 // `via run`, which records what would have left and lets the call meet the namespace.
-UniqueFd InstallFilter(bool audit, std::string* why) {
+UniqueFd InstallFilter(bool audit, bool listeners, std::string* why) {
   auto stmt = [](uint16_t code, uint32_t k) { return sock_filter BPF_STMT(code, k); };
   auto jump = [](uint32_t k, uint8_t jt, uint8_t jf) {
     return sock_filter BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, k, jt, jf);
@@ -126,18 +126,19 @@ UniqueFd InstallFilter(bool audit, std::string* why) {
       stmt(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
       jump(SYS_connect, 0, 1),
       stmt(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
-      // Listeners the overlay serves (strict_listen.cc): their listen, accept and name.
+      // A listen the overlay serves (or refuses, as for the shim): strict_listen.cc.
       jump(SYS_listen, 0, 1),
-      stmt(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
-      jump(SYS_accept4, 0, 1),
-      stmt(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
-      jump(SYS_accept, 0, 1),
-      stmt(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
-      jump(SYS_getsockname, 0, 1),
       stmt(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
       jump(SYS_io_uring_setup, 0, 1),
       stmt(BPF_RET | BPF_K, audit ? SECCOMP_RET_USER_NOTIF : SECCOMP_RET_ERRNO | EPERM),
   };
+  if (listeners) {
+    // The listeners it places: their accept and name. Each call costs a notification (glibc's
+    // getaddrinfo calls getsockname twice per lookup), so only when an overlay can serve them.
+    for (uint32_t nr : {SYS_accept4, SYS_accept, SYS_getsockname}) {
+      code.insert(code.end(), {jump(nr, 0, 1), stmt(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF)});
+    }
+  }
   if (audit) {
     code.insert(code.end(), {
                                 jump(SYS_sendmsg, 0, 1),
@@ -177,14 +178,14 @@ bool SendSetup(int channel, const std::string& text) {
 
 }  // namespace
 
-bool EnterSandbox(int channel, const std::string& resolv_conf, bool audit) {
+bool EnterSandbox(int channel, const std::string& resolv_conf, bool audit, bool listeners) {
   std::string why;
   UniqueFd dns;
   if (!EnterNamespaces(&why) || !SetUpNetwork(resolv_conf, &dns, &why)) {
     SendSetup(channel, "E" + why);
     return false;
   }
-  UniqueFd listener = InstallFilter(audit, &why);
+  UniqueFd listener = InstallFilter(audit, listeners, &why);
   if (!listener) {
     SendSetup(channel, "E" + why);
     return false;

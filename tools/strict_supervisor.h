@@ -10,6 +10,7 @@
 #include <linux/seccomp.h>
 #include <sys/types.h>
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -32,7 +33,7 @@ namespace via::tools::strict {
 class Supervisor {
  public:
   Supervisor(UniqueFd listener, UniqueFd dns, std::string socket, std::string token, bool quiet,
-             bool audit);
+             bool audit, bool listeners);
 
   // The first broker connection: its HELLO reply says how loopback destinations go. False,
   // with *why, when the session cannot be served (no overlay, no broker).
@@ -138,13 +139,15 @@ class Supervisor {
   std::map<std::string, Answer> answers_;
   bool quiet_;
   bool audit_on_;
+  bool accept_hooked_;  // the filter takes accept and getsockname (EnterSandbox's `listeners`)
   std::optional<BrokerClient> dns_client_;
   static constexpr int kWorkers = 32;
   std::mutex mu_;  // guards the rest
   // Fake address ("198.18.0.5:0") -> its name and until when (MonotonicMs) it may be used.
   std::map<std::string, std::pair<std::string, int64_t>> names_;
-  std::map<std::string, int> audit_;     // "pid N EXE: what to where" -> times
-  std::map<ino_t, Listener> listeners_;  // by the inode of the program's socketpair end
+  std::map<std::string, int> audit_;        // "pid N EXE: what to where" -> times
+  std::map<ino_t, Listener> listeners_;     // by the inode of the program's socketpair end
+  std::atomic<bool> has_listeners_{false};  // listeners_ was ever non-empty (read without mu_)
   std::map<std::string, std::vector<BrokerClient>> pools_;  // by network
   std::map<std::string, RoutePtr> routes_;                  // by "pid executable"
   int workers_ = 0, busy_ = 0;
