@@ -20,7 +20,7 @@ using wire::SockKind;
 void Supervisor::AuditSend(const seccomp_notif& n) {
   const pid_t tid = pid_t(n.pid);
   CallerSocket sock;
-  if (!TakeSocket(tid, int(n.data.args[0]), &sock)) return;
+  if (!TakeSocket(pidfds_, tid, int(n.data.args[0]), &sock)) return;
   const pid_t pid = sock.pid;
   const int domain = sock.domain;
   const SockKind kind = sock.kind();

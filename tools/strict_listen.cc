@@ -86,7 +86,7 @@ std::optional<Supervisor::Listener> Supervisor::ListenerOf(const CallerSocket& s
 void Supervisor::HandleListen(const seccomp_notif& n) {
   const int fd = int(n.data.args[0]);
   CallerSocket sock;
-  if (!TakeSocket(pid_t(n.pid), fd, &sock)) return Continue(n.id);
+  if (!TakeSocket(pidfds_, pid_t(n.pid), fd, &sock)) return Continue(n.id);
   if (ListenerOf(sock)) return Respond(n.id, 0);  // ours: listening already
   wire::Addr bound;
   if (!OverlayListen(sock, &bound)) return Continue(n.id);  // stays inside the namespace
@@ -161,7 +161,7 @@ int Supervisor::BrokerListen(pid_t pid, int theirs, const wire::Addr& bound, uin
 
 void Supervisor::HandleAccept(const seccomp_notif& n) {
   CallerSocket sock;
-  if (!TakeSocket(pid_t(n.pid), int(n.data.args[0]), &sock)) return Continue(n.id);
+  if (!TakeSocket(pidfds_, pid_t(n.pid), int(n.data.args[0]), &sock)) return Continue(n.id);
   std::optional<Listener> l = ListenerOf(sock);
   if (!l) return Continue(n.id);  // a listener inside the namespace
   const int flags = n.data.nr == SYS_accept4 ? int(n.data.args[3]) : 0;
@@ -223,7 +223,7 @@ int Supervisor::ReceiveAccepted(const seccomp_notif& n, int sock, bool nonblocki
 
 void Supervisor::HandleGetsockname(const seccomp_notif& n) {
   CallerSocket sock;
-  if (!TakeSocket(pid_t(n.pid), int(n.data.args[0]), &sock)) return Continue(n.id);
+  if (!TakeSocket(pidfds_, pid_t(n.pid), int(n.data.args[0]), &sock)) return Continue(n.id);
   std::optional<Listener> l = ListenerOf(sock);
   if (!l) return Continue(n.id);
   if (!StillWaiting(n.id)) return;

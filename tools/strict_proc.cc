@@ -60,17 +60,49 @@ bool WriteMemory(pid_t tid, uint64_t addr, const void* in, size_t len) {
   return process_vm_writev(tid, &local, 1, &remote, 1, 0) == ssize_t(len);
 }
 
-bool TakeSocket(pid_t tid, int fd, CallerSocket* out) {
-  out->pid = tid;
-  UniqueFd pidfd(int(syscall(SYS_pidfd_open, tid, 0)));
-  if (!pidfd) {
-    out->pid = ProcessOf(tid);
-    pidfd.reset(int(syscall(SYS_pidfd_open, out->pid, 0)));
+std::shared_ptr<UniqueFd> PidfdCache::Get(pid_t tid, pid_t* pid) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (auto it = fds_.find(tid); it != fds_.end()) {
+      *pid = tid;
+      return it->second;
+    }
   }
-  out->fd.reset(pidfd ? int(syscall(SYS_pidfd_getfd, pidfd.get(), fd, 0)) : -1);
+  *pid = tid;
+  UniqueFd fd(int(syscall(SYS_pidfd_open, tid, 0)));
+  if (!fd) {
+    *pid = ProcessOf(tid);
+    std::lock_guard<std::mutex> lock(mu_);
+    if (auto it = fds_.find(*pid); it != fds_.end()) return it->second;
+    fd.reset(int(syscall(SYS_pidfd_open, *pid, 0)));
+  }
+  if (!fd) return nullptr;
+  auto shared = std::make_shared<UniqueFd>(std::move(fd));
+  std::lock_guard<std::mutex> lock(mu_);
+  if (fds_.size() >= 4096) fds_.clear();
+  fds_[*pid] = shared;
+  return shared;
+}
+
+void PidfdCache::Forget(pid_t pid) {
+  std::lock_guard<std::mutex> lock(mu_);
+  fds_.erase(pid);
+}
+
+bool TakeSocket(PidfdCache& pidfds, pid_t tid, int fd, CallerSocket* out, bool stream_only) {
+  for (int attempt = 0; attempt < 2 && !out->fd; ++attempt) {
+    std::shared_ptr<UniqueFd> pidfd = pidfds.Get(tid, &out->pid);
+    if (!pidfd) return false;
+    out->fd.reset(int(syscall(SYS_pidfd_getfd, pidfd->get(), fd, 0)));
+    if (!out->fd && errno != ESRCH) return false;  // EBADF: not open
+    if (!out->fd) pidfds.Forget(out->pid);         // a cached process that is gone
+  }
   socklen_t len = sizeof(int);
-  return out->fd && getsockopt(out->fd.get(), SOL_SOCKET, SO_DOMAIN, &out->domain, &len) == 0 &&
-         getsockopt(out->fd.get(), SOL_SOCKET, SO_TYPE, &out->type, &len) == 0 &&
+  if (!out->fd || getsockopt(out->fd.get(), SOL_SOCKET, SO_TYPE, &out->type, &len) != 0) {
+    return false;
+  }
+  if (stream_only && out->type != SOCK_STREAM) return true;
+  return getsockopt(out->fd.get(), SOL_SOCKET, SO_DOMAIN, &out->domain, &len) == 0 &&
          getsockopt(out->fd.get(), SOL_SOCKET, SO_PROTOCOL, &out->protocol, &len) == 0;
 }
 

@@ -6,6 +6,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <string>
 
 #include "common/kernel_sockaddr.h"
@@ -46,9 +49,25 @@ struct CallerSocket {
   wire::SockKind kind() const { return wire::ClassifySocket(domain, type, protocol); }
 };
 
+// The pidfds of the command's processes, kept between notifications (a connect costs one
+// pidfd_open less). Only by the pid of a thread-group leader: that pid is not reused while its
+// process lives, and a pidfd of a process that is gone fails (ESRCH) and is replaced.
+class PidfdCache {
+ public:
+  // The pidfd of thread `tid`'s process, and its pid in *pid; nullptr when it is gone. The
+  // caller is usually its process's main thread, whose pidfd opens at once; another thread's
+  // id is refused (EINVAL, or ENOENT since Linux 6.9) and its process looked up.
+  std::shared_ptr<UniqueFd> Get(pid_t tid, pid_t* pid);
+  void Forget(pid_t pid);
+
+ private:
+  std::mutex mu_;
+  std::map<pid_t, std::shared_ptr<UniqueFd>> fds_;
+};
+
 // Takes descriptor `fd` of thread `tid`'s process (pidfd_getfd); false when it is not a socket
-// (or gone). The caller is usually its process's main thread, whose pidfd opens at once;
-// another thread's id is refused (EINVAL, or ENOENT since Linux 6.9) and its process looked up.
-bool TakeSocket(pid_t tid, int fd, CallerSocket* out);
+// (or gone). With `stream_only`, a socket that is not SOCK_STREAM is left at its type (one
+// read: the caller lets the call run as made).
+bool TakeSocket(PidfdCache& pidfds, pid_t tid, int fd, CallerSocket* out, bool stream_only = false);
 
 }  // namespace via::tools::strict

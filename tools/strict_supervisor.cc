@@ -208,8 +208,10 @@ void Supervisor::HandleConnect(const seccomp_notif& n) {
   const int ulen = int(n.data.args[2]);
   alignas(sockaddr_storage) char sa[128] = {};
   CallerSocket sock;
-  const bool is_socket = TakeSocket(pid_t(n.pid), fd, &sock);
-  if (!is_socket || sock.kind() != wire::SockKind::kStream) {
+  // Without --audit, a socket that is not SOCK_STREAM is let through after one read (glibc's
+  // resolver connects a UDP socket per lookup, and getaddrinfo one per address it sorts).
+  const bool is_socket = TakeSocket(pidfds_, pid_t(n.pid), fd, &sock, !audit_on_);
+  if (!is_socket || sock.type != SOCK_STREAM || sock.kind() != wire::SockKind::kStream) {
     if (audit_on_ && is_socket && ReadConnectAddress(n, sa)) {
       AuditDestination(sock.pid, sock.domain, sock.kind(), wire::AddrCall::kConnect, false, sa,
                        socklen_t(ulen));

@@ -141,6 +141,7 @@ class Supervisor {
   bool audit_on_;
   bool accept_hooked_;  // the filter takes accept and getsockname (EnterSandbox's `listeners`)
   std::optional<BrokerClient> dns_client_;
+  PidfdCache pidfds_;
   static constexpr int kWorkers = 32;
   std::mutex mu_;  // guards the rest
   // Fake address ("198.18.0.5:0") -> its name and until when (MonotonicMs) it may be used.
