@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 
 import harness
 
@@ -138,6 +139,42 @@ class Strict(harness.ViaCase):
                          [f"example.test:{self.port}"])
         self.assertEqual(harness.microsocks_destinations(other_log), [f"example.test:{self.port}"])
         self.assertEqual([r["path"] for r in self.records(self.record)], ["/session", "/rule"])
+
+    def test_capture_sees_only_connects_to_the_proxy_and_no_dns(self):
+        # A packet capture on every interface of the host's side while strict programs connect
+        # by name (curl, and a static client with its own resolver): every TCP SYN that the
+        # proxy did not send goes to the proxy, and no DNS packet is seen at all (the names were
+        # answered inside the namespace with fake addresses).
+        if shutil.which("tcpdump") is None:
+            self.skipTest("tcpdump is not installed (scripts/install-deps.sh installs it)")
+        self.configure()
+        exe = self.cc(GAI_CLIENT, "-static")
+        pcap = os.path.join(self.dir, "strict.pcap")
+        cap, log = self.spawn(["tcpdump", "-Z", "root", "--immediate-mode", "-i", "any", "-n",
+                               "-U", "-w", pcap, "(tcp[tcpflags] & tcp-syn != 0 and "
+                               "tcp[tcpflags] & tcp-ack == 0) or port 53"], "tcpdump.log")
+        harness.wait_for(lambda: "listening on" in harness.read_text(log), timeout=10)
+        time.sleep(0.5)  # "listening on" is printed a moment before the filter is attached
+        self.assertOk(self.strict("curl", "-sS", f"http://example.test:{self.port}/cap-curl"))
+        self.assertOk(self.strict(exe, "example.test", str(self.port), "cap-static"))
+        time.sleep(0.3)
+        cap.send_signal(2)
+        cap.wait(10)
+        out = subprocess.run(["tcpdump", "-n", "-r", pcap], capture_output=True, text=True)
+        packets = [l.split() for l in out.stdout.splitlines() if " > " in l]
+        # "... lo In IP 127.0.0.1.40000 > 127.0.0.1.1080: Flags [S] ..." (-i any: each once
+        # per direction): (source address, port), (destination address, port).
+        ends = [(p[p.index(">") - 1].rsplit(".", 1), p[p.index(">") + 1].rstrip(":").rsplit(".", 1))
+                for p in packets]
+        self.assertEqual([p for p, (src, dst) in zip(packets, ends) if "53" in (src[1], dst[1])],
+                         [])
+        # curl's and the static client's (each seen going out of lo and coming in)
+        to_proxy = {src[1] for src, dst in ends if dst[1] == str(self.proxy_port)}
+        self.assertEqual(len(to_proxy), 2, out.stdout)
+        self.assertEqual([(src, dst) for src, dst in ends
+                          if dst[1] != str(self.proxy_port) and src[0] != harness.PROXY_OUT], [])
+        self.assertEqual([r["path"] for r in self.records(self.record)],
+                         ["/cap-curl", "/cap-static"])
 
     def test_static_program_is_routed(self):
         self.configure()
