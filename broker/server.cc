@@ -1334,7 +1334,7 @@ void Server::ApplyHello(Client& c) {
     c.origin = "control connection";
     return;
   }
-  SelectRequest req = MakeRequest(Ancestry(c.act_for != 0 ? c.act_for : c.pid));
+  SelectRequest req = MakeRequest(SelectionChain(c));
   req.has_claim = c.has_claim;
   req.claim = c.claim;
   req.token = c.token;

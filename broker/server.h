@@ -82,6 +82,7 @@ class Server {
     uint32_t events = 0;                    // what the loop watches for (UpdateInterest)
     std::vector<uint64_t> ops;                // connect operations in flight
     pid_t act_for = 0;  // STRICT_PROCESS: selections are made for this process (0: the peer)
+    uint64_t act_for_start = 0;  // ... with this start time
   };
   struct PendingConnect {
     uint64_t client = 0;
@@ -175,6 +176,10 @@ class Server {
   void HandleSessionDetach(Client& c, const wire::Message& m);
   // STRICT_PROCESS (broker/strict_process.cc).
   void HandleStrictProcess(Client& c, const wire::Message& m);
+  // The process tree a selection for `c` is made for: the peer's, or its STRICT_PROCESS's
+  // while that process lives (a pooled connection outlives it; a reload then selects for the
+  // peer, the session's opener, never for a dead or reused pid).
+  static std::vector<ProcessInfo> SelectionChain(const Client& c);
   // Ends detached sessions whose heirs are all gone; re-arms itself while any remain.
   void PruneDetached();
 

@@ -36,7 +36,16 @@ void Server::HandleStrictProcess(Client& c, const wire::Message& m) {
                           " is not a descendant of the session's opener");
   }
   c.act_for = pid_t(pid);
+  c.act_for_start = chain[0].start;
   ReplyOk(c, reply, m.id());
+}
+
+std::vector<ProcessInfo> Server::SelectionChain(const Client& c) {
+  if (c.act_for != 0) {
+    std::vector<ProcessInfo> chain = Ancestry(c.act_for);
+    if (!chain.empty() && chain[0].start == c.act_for_start) return chain;
+  }
+  return Ancestry(c.pid);
 }
 
 }  // namespace via::broker
