@@ -10,6 +10,8 @@ namespace via::tools::strict {
 
 namespace {
 
+constexpr int64_t kPairMs = 1000;  // an AAAA this long after its A, from one socket, is a pair
+
 wire::Addr WithoutPort(const wire::Addr& addr) {
   wire::Addr a = wire::Unmapped(addr);
   a.port = 0;
@@ -28,7 +30,9 @@ void Supervisor::OnDnsQuery() {
   if (session_->plan) {
     // A/AAAA with the fake addresses RESOLVE promises: via run can then run the SOCKS5
     // handshake by name itself (Connect). Anything else as DNS_QUERY answers it.
-    if (std::optional<std::string> mine = AnswerFromResolve(std::string_view(q, size_t(n)))) {
+    const std::string source(reinterpret_cast<const char*>(&from), fl);
+    if (std::optional<std::string> mine =
+            AnswerFromResolve(std::string_view(q, size_t(n)), source)) {
       sendto(dns_.get(), mine->data(), mine->size(), MSG_DONTWAIT,
              reinterpret_cast<sockaddr*>(&from), fl);
       return;
@@ -49,15 +53,32 @@ void Supervisor::OnDnsQuery() {
 // broker's DNS_QUERY builds it), remembering each fake address's name while the broker
 // promises it; nullopt when the query is anything else or the answer would not be two fake
 // addresses with a promise (the caller then asks DNS_QUERY).
-std::optional<std::string> Supervisor::AnswerFromResolve(std::string_view packet) {
+std::optional<std::string> Supervisor::AnswerFromResolve(std::string_view packet,
+                                                         const std::string& source) {
   broker::DnsParseError perr;
   std::optional<broker::DnsQuery> query = broker::ParseDnsQuery(packet, &perr);
   if (!query || (query->qtype != broker::kDnsA && query->qtype != broker::kDnsAaaa)) {
     return std::nullopt;
   }
-  bool usable = true;
+  // glibc's getaddrinfo (AF_UNSPEC) sends A, then AAAA, from one socket, and sorts two answers
+  // (RFC 6724) by connecting a UDP socket to each and reading its name: in the namespace, four
+  // notifications per lookup. The AAAA of a name whose A this socket was just given a fake
+  // address for is answered with no address (NODATA): one address, nothing to sort. The name
+  // reaches the overlay all the same; an AAAA asked alone (an AF_INET6 lookup, Go's resolver
+  // on its own socket) gets the fake IPv6 address.
+  const std::string pair_key = source + '\0' + query->name;
+  if (query->qtype == broker::kDnsAaaa) {
+    auto it = a_answered_.find(pair_key);
+    if (it != a_answered_.end()) {
+      const bool paired = it->second > proxy::MonotonicMs();
+      a_answered_.erase(it);
+      if (paired) return broker::BuildDnsAnswer(*query, packet, broker::kDnsNoError, {}, 60);
+    }
+  }
+  bool usable = true, looked_up = false;
   broker::DnsPolicy policy;
   policy.lookup = [&](const std::string& name) -> std::pair<wire::Addr, wire::Addr> {
+    looked_up = true;
     // A repeat within half the promise: answered here, as the shim's name cache does (a
     // program that resolves before every connect pays no broker round trip).
     if (auto it = answers_.find(name); it != answers_.end()) {
@@ -86,6 +107,10 @@ std::optional<std::string> Supervisor::AnswerFromResolve(std::string_view packet
   std::string summary;
   std::optional<std::string> answer = broker::AnswerDnsQuery(packet, policy, &summary);
   if (!usable) return std::nullopt;
+  if (answer && looked_up && query->qtype == broker::kDnsA) {
+    if (a_answered_.size() > 4096) a_answered_.clear();
+    a_answered_[pair_key] = proxy::MonotonicMs() + kPairMs;
+  }
   return answer;
 }
 

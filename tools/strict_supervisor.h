@@ -97,7 +97,7 @@ class Supervisor {
 
   // ---- strict_names.cc: the namespace's resolver
   void OnDnsQuery();
-  std::optional<std::string> AnswerFromResolve(std::string_view packet);
+  std::optional<std::string> AnswerFromResolve(std::string_view packet, const std::string& source);
   void Remember(const wire::Addr& fake, const std::string& name, uint32_t hold_ms);
   std::optional<std::string> NameOf(const wire::Addr& fake);
 
@@ -137,6 +137,9 @@ class Supervisor {
     int64_t until;
   };
   std::map<std::string, Answer> answers_;
+  // "<source sockaddr>\0<name>" -> until when (MonotonicMs) an AAAA from there is the second
+  // of glibc's A/AAAA pair (strict_names.cc). The main thread's, as answers_.
+  std::map<std::string, int64_t> a_answered_;
   bool quiet_;
   bool audit_on_;
   bool accept_hooked_;  // the filter takes accept and getsockname (EnterSandbox's `listeners`)

@@ -176,6 +176,24 @@ class Strict(harness.ViaCase):
         self.assertEqual([r["path"] for r in self.records(self.record)],
                          ["/cap-curl", "/cap-static"])
 
+    def test_unspecified_family_lookups_get_one_address_and_ipv6_ones_still_work(self):
+        # glibc's AF_UNSPEC lookup gets only the fake IPv4 address (with two, getaddrinfo would
+        # probe each with a UDP connect to sort them: notifications for nothing); a lookup for
+        # AF_INET6 alone still gets a fake IPv6 address, and a connect to it is routed by name.
+        self.configure()
+        code = ("import socket, sys\n"
+                "port = int(sys.argv[1])\n"
+                "print(sorted({a[0].name for a in socket.getaddrinfo('example.test', port)}))\n"
+                "a6 = socket.getaddrinfo('example.test', port, socket.AF_INET6)[0][4]\n"
+                "s = socket.socket(socket.AF_INET6)\n"
+                "s.connect(a6)\n"
+                "s.sendall(b'GET /v6 HTTP/1.0\\r\\nHost: example.test\\r\\n\\r\\n')\n"
+                "print(s.recv(100).split()[1].decode())\n")
+        proc = self.strict(harness.PYTHON, "-c", code, str(self.port))
+        self.assertOk(proc)
+        self.assertEqual(proc.stdout.splitlines(), ["['AF_INET']", "200"])
+        self.assertProxied("/v6")
+
     def test_static_program_is_routed(self):
         self.configure()
         exe = self.cc(GAI_CLIENT, "-static")
