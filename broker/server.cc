@@ -307,6 +307,10 @@ const Server::Route* Server::FindRoute(uint16_t type) {
        [](Server& s, Client& c, const wire::Message& m, std::vector<UniqueFd>&) {
          s.HandleNewnym(c, m);
        }},
+      {wire::kStrictProcess, false,
+       [](Server& s, Client& c, const wire::Message& m, std::vector<UniqueFd>&) {
+         s.sessions_svc_.HandleStrictProcess(c, m);
+       }},
       {wire::kListen, true,
        [](Server& s, Client& c, const wire::Message& m, std::vector<UniqueFd>& fds) {
          s.listeners_.HandleListen(c, m, fds);

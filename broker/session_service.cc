@@ -367,7 +367,7 @@ void SessionService::ApplyHello(Client& c) {
     c.origin = "control connection";
     return;
   }
-  SelectRequest req = MakeRequest(Ancestry(c.pid()));
+  SelectRequest req = MakeRequest(SelectionChain(c));
   req.has_claim = c.has_claim;
   req.claim = c.claim;
   req.token = c.token;
@@ -376,6 +376,7 @@ void SessionService::ApplyHello(Client& c) {
   c.origin = sel.origin;
   c.who = overlays::Requester{c.pid(), 0, "", ""};
   if (!req.chain.empty()) {
+    c.who.pid = req.chain[0].pid;  // the STRICT_PROCESS, when there is one
     c.who.start = req.chain[0].start;
     c.who.exe = req.chain[0].exe;
   }

@@ -27,6 +27,8 @@ class SessionService : public Service {
   void HandleOpenSession(Client& c, const wire::Message& m);
   void HandleSessionChild(Client& c, const wire::Message& m);
   void HandleSessionDetach(Client& c, const wire::Message& m);
+  // STRICT_PROCESS (broker/strict_process.cc).
+  void HandleStrictProcess(Client& c, const wire::Message& m);
 
   // Selects the client's network from its HELLO (kept in the Client) under the current config.
   void ApplyHello(Client& c);
@@ -52,6 +54,10 @@ class SessionService : public Service {
   void SessionOpened(Client& c, const wire::Message& m, const std::string& token,
                      const std::string& id, const std::vector<ProcessInfo>& opener,
                      const Selection& sel);
+  // The process tree a selection for `c` is made for: the peer's, or its STRICT_PROCESS's
+  // while that process lives (a pooled connection outlives it; a reload then selects for the
+  // peer, the session's opener, never for a dead or reused pid).
+  static std::vector<ProcessInfo> SelectionChain(const Client& c);
   // The selector's view of the sessions.
   SelectRequest MakeRequest(std::vector<ProcessInfo> chain) const;
   // Ends detached sessions whose heirs are all gone; re-arms itself while any remain.

@@ -42,6 +42,9 @@ enum Type : uint16_t {
   kReload = 0x41,         // re-read the configuration (as SIGHUP does); reply says how it went
   kSessionDetach = 0x42,  // `via run` exits: its children (PID...) carry the session on
   kNewnym = 0x43,         // `via newnym`: new credentials for later connects (NETWORK: one overlay)
+  // `via run --strict` asks for a process of its session (PID): the connection's next HELLO
+  // selects the network for that process, program rules included (broker/strict_process.cc).
+  kStrictProcess = 0x44,
   // The shim ran a SOCKS5 CONNECT itself (kFlagShimSocks5): ADDR (as the program gave it) or
   // NAME and PORT, ERRNO, MESSAGE; or only COUNT, a number of successes. A success gets no reply
   // (counted, and logged at debug level); a failure gets one (ERRNO 0) once it is logged.

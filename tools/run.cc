@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -184,6 +185,7 @@ struct ChildLaunch {
   bool strict = false;
   bool quiet = false;
   bool audit = false;
+  bool listeners = false;  // the filter also takes accept and getsockname (strict.h)
   int channel = -1;
   std::string resolv;
 };
@@ -245,6 +247,12 @@ void BuildChild(const Args& args, const config::Config& cfg, const RunSession& s
   child->strict = strict;
   child->quiet = args.Has("--quiet");
   child->audit = args.Has("--audit");
+  // Only an I2P or Tailscale overlay serves listeners; without one, strict mode spares every
+  // program's accept and getsockname a notification.
+  child->listeners = cfg.service.listen == config::ListenPolicy::kOverlay &&
+                     std::any_of(cfg.overlays.begin(), cfg.overlays.end(), [](const auto& o) {
+                       return o.kind != config::OverlayKind::kSocks5;
+                     });
   child->env = child->strict ? StrictChildEnv() : ChildEnv(vars, ShimPath());
   for (auto& e : child->env) child->envp.push_back(e.data());
   child->envp.push_back(nullptr);
@@ -321,7 +329,8 @@ void ForwardSignalsTo(pid_t pid, const SavedSignals& saved) {
   } while (got < 0 && errno == EINTR);
   if (got != 1) _exit(126);  // via run failed to register us: never run unregistered
   close(gate_read);
-  if (child.strict && !strict::EnterSandbox(child.channel, child.resolv, child.audit)) {
+  if (child.strict &&
+      !strict::EnterSandbox(child.channel, child.resolv, child.audit, child.listeners)) {
     _exit(126);  // via run says why; never run unprotected
   }
   sigaction(SIGINT, &saved.old_int, nullptr);
@@ -415,8 +424,8 @@ Exit PrepareStrict(ChildLaunch* child, UniqueFd* channel) {
 // --strict: serves the command's sandbox until it exits; its wait status, or -1 when the
 // sandbox could not be set up (the command is then ended before it ran).
 int SuperviseStrict(int channel, pid_t pid, const ChildLaunch& child, const RunSession& session) {
-  int status =
-      strict::Supervise(channel, pid, session.socket, session.token, child.quiet, child.audit);
+  int status = strict::Supervise(channel, pid, session.socket, session.token, child.quiet,
+                                 child.audit, child.listeners);
   unlink(child.resolv.c_str());
   if (status < 0) {
     kill(pid, SIGKILL);

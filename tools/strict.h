@@ -22,19 +22,22 @@ namespace via::tools::strict {
 // root: the uid and gid map to themselves), brings `lo` up, bind-mounts `resolv_conf` over
 // /etc/resolv.conf, binds the resolver socket, installs the filter and sends its listener and
 // the resolver socket to `via run` over `channel`. On failure sends the reason instead and
-// returns false (the caller must not exec: never unprotected).
-bool EnterSandbox(int channel, const std::string& resolv_conf, bool audit);
+// returns false (the caller must not exec: never unprotected). The filter always takes
+// connect and listen; with `listeners` (an overlay of the configuration can serve listeners)
+// also accept, accept4 and getsockname, which the listeners it places need.
+bool EnterSandbox(int channel, const std::string& resolv_conf, bool audit, bool listeners);
 
 // In `via run`: receives what EnterSandbox sent, then serves the command's connects and DNS
 // queries through the broker at `socket` (HELLO with the session `token`: the session's network)
 // until `command` exits; a failed connect or query is one line on stderr unless `quiet`. With
 // `audit`, also records every attempt that would have left outside the overlay (sends with an
 // address on sockets via does not place, io_uring) and prints them, by process, at the end
-// (EnterSandbox's filter must have been installed with `audit` too). Returns
+// (EnterSandbox's filter must have been installed with `audit` too; `listeners` as given
+// to EnterSandbox: without it, a listen the overlay would serve is refused). Returns
 // its wait status, or -1 after printing why the sandbox could not be set up (the command was
 // then never run).
 int Supervise(int channel, pid_t command, const std::string& socket, const std::string& token,
-              bool quiet, bool audit);
+              bool quiet, bool audit, bool listeners);
 
 // The file EnterSandbox mounts: "nameserver 127.0.0.1". Written by `via run` before the fork
 // into `dir`; "" after printing an error.

@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 
 import harness
 
@@ -100,6 +101,98 @@ class Strict(harness.ViaCase):
                           (harness.PROXY_OUT, "example.test", "/broker")])
         self.assertEqual(harness.microsocks_destinations(self.proxy_log),
                          [f"127.0.0.1:{self.port}", f"example.test:{self.port}"] * 2)
+
+    def test_connects_via_run_handshakes_are_reported_to_the_broker(self):
+        # handshake: program: via run runs SOCKS5 itself, as the shim does, and REPORTs each
+        # connect: the broker counts the successes (via status) and logs the failure.
+        self.configure()
+        closed = harness.closed_port()
+        for host in ("127.0.0.1", "example.test"):
+            self.assertOk(self.strict("curl", "-sS", f"http://{host}:{self.port}/reported"))
+        proc = self.strict("curl", "-sS", f"http://127.0.0.1:{closed}/")
+        self.assertNotEqual(proc.returncode, 0)
+        status = self.via("status")
+        self.assertOk(status)
+        self.assertRegex(status.stdout, r"overlay app:tor network\.socks5.* connects ok=2 failed=1")
+        self.assertTrue(any(f"connect 127.0.0.1:{closed} via app:tor failed" in l
+                            for l in self.broker_log()), self.broker_log()[-10:])
+        self.assertEqual([(r["peer"], r["host"]) for r in self.records(self.record)],
+                         [(harness.PROXY_OUT, f"127.0.0.1:{self.port}"),
+                          (harness.PROXY_OUT, f"example.test:{self.port}")])
+
+    def test_program_rules_apply_to_programs_inside_the_session(self):
+        # A via.program rule sends curl-other (a copy of curl) to app:other: inside the strict
+        # session its connects go to that overlay's proxy (via run asks the broker for each
+        # process: STRICT_PROCESS), while curl keeps the session's.
+        other_port, other_log = self.start_microsocks()
+        curl_other = os.path.join(self.dir, "curl-other")
+        shutil.copy2(shutil.which("curl"), curl_other)
+        self.write_config([self.socks5_entry("tor", self.proxy_port),
+                           self.socks5_entry("other", other_port),
+                           ["name: curl_other", "kind: via.program",
+                            f"match: {{exe: {curl_other}}}", "network: app:other"]],
+                          service={"loopback": "overlay"})
+        url = f"http://example.test:{self.port}"
+        proc = self.strict("sh", "-c", f"curl -sS {url}/session && {curl_other} -sS {url}/rule")
+        self.assertOk(proc)
+        self.assertEqual(harness.microsocks_destinations(self.proxy_log),
+                         [f"example.test:{self.port}"])
+        self.assertEqual(harness.microsocks_destinations(other_log), [f"example.test:{self.port}"])
+        self.assertEqual([r["path"] for r in self.records(self.record)], ["/session", "/rule"])
+
+    def test_capture_sees_only_connects_to_the_proxy_and_no_dns(self):
+        # A packet capture on every interface of the host's side while strict programs connect
+        # by name (curl, and a static client with its own resolver): every TCP SYN that the
+        # proxy did not send goes to the proxy, and no DNS packet is seen at all (the names were
+        # answered inside the namespace with fake addresses).
+        if shutil.which("tcpdump") is None:
+            self.skipTest("tcpdump is not installed (scripts/install-deps.sh installs it)")
+        self.configure()
+        exe = self.cc(GAI_CLIENT, "-static")
+        pcap = os.path.join(self.dir, "strict.pcap")
+        cap, log = self.spawn(["tcpdump", "-Z", "root", "--immediate-mode", "-i", "any", "-n",
+                               "-U", "-w", pcap, "(tcp[tcpflags] & tcp-syn != 0 and "
+                               "tcp[tcpflags] & tcp-ack == 0) or port 53"], "tcpdump.log")
+        harness.wait_for(lambda: "listening on" in harness.read_text(log), timeout=10)
+        time.sleep(0.5)  # "listening on" is printed a moment before the filter is attached
+        self.assertOk(self.strict("curl", "-sS", f"http://example.test:{self.port}/cap-curl"))
+        self.assertOk(self.strict(exe, "example.test", str(self.port), "cap-static"))
+        time.sleep(0.3)
+        cap.send_signal(2)
+        cap.wait(10)
+        out = subprocess.run(["tcpdump", "-n", "-r", pcap], capture_output=True, text=True)
+        packets = [l.split() for l in out.stdout.splitlines() if " > " in l]
+        # "... lo In IP 127.0.0.1.40000 > 127.0.0.1.1080: Flags [S] ..." (-i any: each once
+        # per direction): (source address, port), (destination address, port).
+        ends = [(p[p.index(">") - 1].rsplit(".", 1), p[p.index(">") + 1].rstrip(":").rsplit(".", 1))
+                for p in packets]
+        self.assertEqual([p for p, (src, dst) in zip(packets, ends) if "53" in (src[1], dst[1])],
+                         [])
+        # curl's and the static client's (each seen going out of lo and coming in)
+        to_proxy = {src[1] for src, dst in ends if dst[1] == str(self.proxy_port)}
+        self.assertEqual(len(to_proxy), 2, out.stdout)
+        self.assertEqual([(src, dst) for src, dst in ends
+                          if dst[1] != str(self.proxy_port) and src[0] != harness.PROXY_OUT], [])
+        self.assertEqual([r["path"] for r in self.records(self.record)],
+                         ["/cap-curl", "/cap-static"])
+
+    def test_unspecified_family_lookups_get_one_address_and_ipv6_ones_still_work(self):
+        # glibc's AF_UNSPEC lookup gets only the fake IPv4 address (with two, getaddrinfo would
+        # probe each with a UDP connect to sort them: notifications for nothing); a lookup for
+        # AF_INET6 alone still gets a fake IPv6 address, and a connect to it is routed by name.
+        self.configure()
+        code = ("import socket, sys\n"
+                "port = int(sys.argv[1])\n"
+                "print(sorted({a[0].name for a in socket.getaddrinfo('example.test', port)}))\n"
+                "a6 = socket.getaddrinfo('example.test', port, socket.AF_INET6)[0][4]\n"
+                "s = socket.socket(socket.AF_INET6)\n"
+                "s.connect(a6)\n"
+                "s.sendall(b'GET /v6 HTTP/1.0\\r\\nHost: example.test\\r\\n\\r\\n')\n"
+                "print(s.recv(100).split()[1].decode())\n")
+        proc = self.strict(harness.PYTHON, "-c", code, str(self.port))
+        self.assertOk(proc)
+        self.assertEqual(proc.stdout.splitlines(), ["['AF_INET']", "200"])
+        self.assertProxied("/v6")
 
     def test_static_program_is_routed(self):
         self.configure()

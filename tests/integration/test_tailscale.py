@@ -52,6 +52,38 @@ c.sendall(f"server got {line} from {name}\n".encode())
 c.close()
 """
 
+# A static Go server (pure-Go resolver, epoll and non-blocking accept4): listens on :ARGV1,
+# prints its address, touches ARGV2, answers one stream with the peer's name (a PTR query).
+GO_SERVER = """package main
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+)
+
+func main() {
+	ln, err := net.Listen("tcp", ":"+os.Args[1])
+	if err != nil {
+		fmt.Println("listen:", err)
+		os.Exit(1)
+	}
+	fmt.Println("go listening on", ln.Addr())
+	os.WriteFile(os.Args[2], nil, 0o644)
+	c, err := ln.Accept()
+	if err != nil {
+		fmt.Println("accept:", err)
+		os.Exit(1)
+	}
+	line, _ := bufio.NewReader(c).ReadString('\\n')
+	names, _ := net.LookupAddr(c.RemoteAddr().(*net.TCPAddr).IP.String())
+	fmt.Fprintf(c, "go server got %s from %s\\n", strings.TrimSpace(line), strings.Join(names, ","))
+	c.Close()
+}
+"""
+
 
 def _ensure_link():
     """tsnet waits for a non-loopback interface before it talks to control."""
@@ -342,10 +374,11 @@ class Tailnet(harness.ViaCase):
         self.assertIn("refused example.test", log)
 
     # ---- inbound -----------------------------------------------------------------------------
-    def start_server(self, network, port):
+    def start_server(self, network, port, *run_flags, server=None):
         ready = os.path.join(self.dir, f"ready-{port}")
-        p = subprocess.Popen([harness.VIA, "run", "-c", self.config, "--network", network, "--",
-                              harness.PYTHON, "-c", SERVER, str(port), ready],
+        cmd = server or [harness.PYTHON, "-c", SERVER]
+        p = subprocess.Popen([harness.VIA, "run", "-c", self.config, *run_flags, "--network",
+                              network, "--", *cmd, str(port), ready],
                              env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True)
         self.addCleanup(p.stdout.close)
@@ -369,6 +402,61 @@ class Tailnet(harness.ViaCase):
         self.assertEqual(reply, f"server got hi from alpha from alpha.{DOMAIN}\n")
         server.wait(20)
         self.assertEqual(server.returncode, 0, server.stdout.read())
+
+    def test_strict_listener_reached_from_a_peer(self):
+        # via run --strict: the program listens inside its namespace, which has no way in; the
+        # listen goes to the node as in default mode, and the peer's stream is placed as the
+        # result of the program's accept (no relay): the peer's address maps back to its name.
+        alpha = self.start_peer("alpha")
+        self.write_ts_config([self.ts_entry("ts", "via-a")])
+        self.start_broker()
+        self.wait_running("app:ts")
+        server = self.start_server("app:ts", 8080, "--strict")
+        via_ip = self.node_ips("app:ts")[0]
+        self.assertTrue(harness.wait_for(
+            lambda: f"tailscale app:ts listener port 8080 {via_ip}:8080" in self.status(),
+            timeout=60), self.status())
+        reply = self.peer_dial(alpha, f"via-a.{DOMAIN}:8080", "hi from alpha")
+        self.assertEqual(reply, f"server got hi from alpha from alpha.{DOMAIN}\n")
+        server.wait(20)
+        out = server.stdout.read()
+        self.assertEqual(server.returncode, 0, out)
+        self.assertIn(f"via: listening on 0.0.0.0:8080 through app:ts: reachable at {via_ip}:8080",
+                      out)
+
+    def test_strict_static_go_listener_reached_from_a_peer(self):
+        # The same with a static Go server: Go's runtime polls the listener with epoll and
+        # accepts without blocking; getsockname answers the address it listened on.
+        exe = self.go_build(GO_SERVER)
+        alpha = self.start_peer("alpha")
+        self.write_ts_config([self.ts_entry("ts", "via-a")])
+        self.start_broker()
+        self.wait_running("app:ts")
+        server = self.start_server("app:ts", 8082, "--strict", server=[exe])
+        reply = self.peer_dial(alpha, f"via-a.{DOMAIN}:8082", "hi from alpha")
+        self.assertEqual(reply, f"go server got hi from alpha from alpha.{DOMAIN}.\n")
+        server.wait(20)
+        out = server.stdout.read()
+        self.assertEqual(server.returncode, 0, out)
+        self.assertIn("go listening on [::]:8082\n", out)
+
+    def go_build(self, source):
+        go = shutil.which("go") or "/usr/local/go/bin/go"
+        if not os.access(go, os.X_OK):
+            self.skipTest("Go is not installed")
+        work = os.path.join(self.dir, "goserver")
+        os.makedirs(work, exist_ok=True)
+        with open(os.path.join(work, "main.go"), "w") as f:
+            f.write(source)
+        exe = os.path.join(work, "server")
+        cache = os.environ.get("GOCACHE") or os.path.join(harness.BUILD, "go-test-cache")
+        env = dict(self.env, GOTOOLCHAIN="local", GOCACHE=cache, CGO_ENABLED="0", GOFLAGS="",
+                   GOPATH=os.path.join(self.dir, "gopath"), GO111MODULE="off")
+        built = subprocess.run([go, "build", "-o", exe, "main.go"], cwd=work, env=env,
+                               capture_output=True, text=True, timeout=600)
+        if built.returncode != 0:
+            self.skipTest("go build failed: " + built.stderr[-300:])
+        return exe
 
     def test_a_reload_keeps_the_node_and_its_listener(self):
         """`via reload` with an edited config (another entry added) keeps the running node:

@@ -862,6 +862,40 @@ TEST_F(BrokerProtocolTest, SessionChildMustBeTheOpenersChild) {
   waitpid(pid, nullptr, 0);
 }
 
+TEST_F(BrokerProtocolTest, StrictProcessIsOnlyForTheSessionOpenersDescendants) {
+  StartBroker();
+  UniqueFd owner = Greeted("direct");
+  Reply s = Request(owner.get(), wire::kOpenSession,
+                    [](wire::Writer& w) { w.PutString(wire::kTagNetwork, "app:silent"); });
+  ASSERT_EQ(s.err, 0u);
+  std::string token = s.Str(wire::kTagSession);
+  auto strict = [&](int fd, uint32_t pid) {
+    return Request(fd, wire::kStrictProcess, [&](wire::Writer& w) {
+      if (pid != 0) w.PutU32(wire::kTagPid, pid);
+    });
+  };
+  UniqueFd member = Connect();
+  ASSERT_EQ(Hello(member.get(), "", token).err, 0u);
+  EXPECT_EQ(strict(member.get(), 0).err, uint32_t(EINVAL));  // no PID
+  UniqueFd stranger = Greeted("app:silent");                 // not greeted with the session
+  EXPECT_EQ(strict(stranger.get(), uint32_t(getpid())).err, uint32_t(EPERM));
+  Reply not_mine = strict(member.get(), 1);
+  EXPECT_EQ(not_mine.err, uint32_t(EPERM));
+  EXPECT_EQ(not_mine.message, "STRICT_PROCESS: pid 1 is not a descendant of the session's opener");
+  pid_t pid = fork();
+  if (pid == 0) {
+    pause();
+    _exit(0);
+  }
+  EXPECT_EQ(strict(member.get(), uint32_t(pid)).err, 0u);
+  // The next HELLO selects for that process: the session's network here (no rule matches it).
+  Reply again = Hello(member.get(), "", token);
+  EXPECT_EQ(again.err, 0u);
+  EXPECT_EQ(again.Str(wire::kTagNetwork), "app:silent");
+  kill(pid, SIGKILL);
+  waitpid(pid, nullptr, 0);
+}
+
 TEST_F(BrokerProtocolTest, ReloadRejectsABrokenConfigAndAppliesAGoodOne) {
   StartBroker();
   UniqueFd fd = Greeted("direct");

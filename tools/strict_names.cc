@@ -1,0 +1,131 @@
+// Strict mode's resolver: the namespace's queries, answered through the broker with fake
+// addresses (strict_supervisor.h).
+#include <sys/socket.h>
+
+#include "broker/dns_message.h"
+#include "common/proxy_connect.h"
+#include "tools/strict_supervisor.h"
+
+namespace via::tools::strict {
+
+namespace {
+
+constexpr int64_t kPairMs = 1000;  // an AAAA this long after its A, from one socket, is a pair
+
+wire::Addr WithoutPort(const wire::Addr& addr) {
+  wire::Addr a = wire::Unmapped(addr);
+  a.port = 0;
+  return a;
+}
+
+}  // namespace
+
+void Supervisor::OnDnsQuery() {
+  char q[4096];
+  sockaddr_storage from{};
+  socklen_t fl = sizeof from;
+  ssize_t n =
+      recvfrom(dns_.get(), q, sizeof q, MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&from), &fl);
+  if (n <= 0) return;
+  if (session_->plan) {
+    // A/AAAA with the fake addresses RESOLVE promises: via run can then run the SOCKS5
+    // handshake by name itself (Connect). Anything else as DNS_QUERY answers it.
+    const std::string source(reinterpret_cast<const char*>(&from), fl);
+    if (std::optional<std::string> mine =
+            AnswerFromResolve(std::string_view(q, size_t(n)), source)) {
+      sendto(dns_.get(), mine->data(), mine->size(), MSG_DONTWAIT,
+             reinterpret_cast<sockaddr*>(&from), fl);
+      return;
+    }
+  }
+  auto answer = dns_client_->DnsQuery(q, size_t(n));
+  if (!answer.ok()) {
+    if (!quiet_) Complain("strict: DNS query: " + answer.status().message());
+    if (auto c = Open(); c.ok()) dns_client_.emplace(std::move(*c));
+    return;
+  }
+  if (answer->empty()) return;
+  sendto(dns_.get(), answer->data(), answer->size(), MSG_DONTWAIT,
+         reinterpret_cast<sockaddr*>(&from), fl);
+}
+
+// The answer to an A or AAAA query built from RESOLVE (broker/dns_message.h's policy, as the
+// broker's DNS_QUERY builds it), remembering each fake address's name while the broker
+// promises it; nullopt when the query is anything else or the answer would not be two fake
+// addresses with a promise (the caller then asks DNS_QUERY).
+std::optional<std::string> Supervisor::AnswerFromResolve(std::string_view packet,
+                                                         const std::string& source) {
+  broker::DnsParseError perr;
+  std::optional<broker::DnsQuery> query = broker::ParseDnsQuery(packet, &perr);
+  if (!query || (query->qtype != broker::kDnsA && query->qtype != broker::kDnsAaaa)) {
+    return std::nullopt;
+  }
+  // glibc's getaddrinfo (AF_UNSPEC) sends A, then AAAA, from one socket, and sorts two answers
+  // (RFC 6724) by connecting a UDP socket to each and reading its name: in the namespace, four
+  // notifications per lookup. The AAAA of a name whose A this socket was just given a fake
+  // address for is answered with no address (NODATA): one address, nothing to sort. The name
+  // reaches the overlay all the same; an AAAA asked alone (an AF_INET6 lookup, Go's resolver
+  // on its own socket) gets the fake IPv6 address.
+  const std::string pair_key = source + '\0' + query->name;
+  if (query->qtype == broker::kDnsAaaa) {
+    auto it = a_answered_.find(pair_key);
+    if (it != a_answered_.end()) {
+      const bool paired = it->second > proxy::MonotonicMs();
+      a_answered_.erase(it);
+      if (paired) return broker::BuildDnsAnswer(*query, packet, broker::kDnsNoError, {}, 60);
+    }
+  }
+  bool usable = true, looked_up = false;
+  broker::DnsPolicy policy;
+  policy.lookup = [&](const std::string& name) -> std::pair<wire::Addr, wire::Addr> {
+    looked_up = true;
+    // A repeat within half the promise: answered here, as the shim's name cache does (a
+    // program that resolves before every connect pays no broker round trip).
+    if (auto it = answers_.find(name); it != answers_.end()) {
+      if (it->second.until > proxy::MonotonicMs()) return {it->second.v4, it->second.v6};
+      answers_.erase(it);
+    }
+    uint32_t hold_ms = 0;
+    auto addrs = dns_client_->Resolve(name, &hold_ms);
+    wire::Addr v4, v6;
+    for (const wire::Addr& a : addrs.ok() ? *addrs : std::vector<wire::Addr>{}) {
+      if (a.family == 4 && v4.family == 0) v4 = a;
+      if (a.family == 6 && v6.family == 0) v6 = a;
+    }
+    if (hold_ms == 0 || !socks5::InFakeRange(*session_->plan, v4) ||
+        !socks5::InFakeRange(*session_->plan, v6)) {
+      usable = false;
+    } else {
+      Remember(v4, name, hold_ms);
+      Remember(v6, name, hold_ms);
+      if (answers_.size() > 4096) answers_.clear();
+      answers_[name] = {v4, v6, proxy::MonotonicMs() + hold_ms / 2};
+    }
+    return {v4, v6};
+  };
+  policy.reverse = [](const wire::Addr&) { return std::optional<std::string>(); };
+  std::string summary;
+  std::optional<std::string> answer = broker::AnswerDnsQuery(packet, policy, &summary);
+  if (!usable) return std::nullopt;
+  if (answer && looked_up && query->qtype == broker::kDnsA) {
+    if (a_answered_.size() > 4096) a_answered_.clear();
+    a_answered_[pair_key] = proxy::MonotonicMs() + kPairMs;
+  }
+  return answer;
+}
+
+// A fake address's name, kept for half of the broker's promise (as the shim's name cache).
+void Supervisor::Remember(const wire::Addr& fake, const std::string& name, uint32_t hold_ms) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (names_.size() > 4096) names_.clear();
+  names_[AddrText(WithoutPort(fake))] = {name, proxy::MonotonicMs() + hold_ms / 2};
+}
+
+std::optional<std::string> Supervisor::NameOf(const wire::Addr& fake) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = names_.find(AddrText(WithoutPort(fake)));
+  if (it == names_.end() || it->second.second < proxy::MonotonicMs()) return std::nullopt;
+  return it->second.first;
+}
+
+}  // namespace via::tools::strict

@@ -1,0 +1,299 @@
+// Strict mode's supervisor: the notification workers and connect (strict_supervisor.h).
+#include "tools/strict_supervisor.h"
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <thread>
+
+#include "common/proxy_connect.h"
+
+namespace via::tools::strict {
+
+namespace {
+
+constexpr int kDirectConnectMs = 10000;  // a loopback connect made directly (loopback: direct)
+
+// linux/seccomp.h of Linux 6.6, which older headers lack.
+constexpr unsigned long kIoctlNotifSetFlags = SECCOMP_IOW(4, uint64_t);
+constexpr uint64_t kNotifSyncWakeUp = 1;  // SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP
+
+// The program's socket options that matter to it, onto our socket: non-blocking mode,
+// TCP_NODELAY, SO_KEEPALIVE. (Buffer sizes are left to the kernel's autotuning.)
+void CopyOptions(int from, int to) {
+  int fl = fcntl(from, F_GETFL);
+  if (fl >= 0 && (fl & O_NONBLOCK) != 0) fcntl(to, F_SETFL, fcntl(to, F_GETFL) | O_NONBLOCK);
+  const std::pair<int, int> options[] = {{IPPROTO_TCP, TCP_NODELAY}, {SOL_SOCKET, SO_KEEPALIVE}};
+  for (auto [level, name] : options) {
+    int v = 0;
+    socklen_t len = sizeof v;
+    if (getsockopt(from, level, name, &v, &len) == 0 && v != 0) {
+      setsockopt(to, level, name, &v, sizeof v);
+    }
+  }
+}
+
+// A loopback connect made directly from via run's namespace (network_service.loopback: direct).
+int ConnectDirect(int fd, const wire::Addr& a) {
+  sockaddr_storage ss;
+  socklen_t len = wire::AddrToSockaddr(a, &ss);
+  int fl = fcntl(fd, F_GETFL);
+  fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+  int err = 0;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+    err = errno;
+    if (err == EINPROGRESS) {
+      pollfd p{fd, POLLOUT, 0};
+      int r = poll(&p, 1, kDirectConnectMs);
+      socklen_t el = sizeof err;
+      if (r != 1) {
+        err = ETIMEDOUT;
+      } else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) != 0) {
+        err = errno;
+      }
+    }
+  }
+  fcntl(fd, F_SETFL, fl);
+  return err;
+}
+
+// A connect's address (its first min(len, 128) bytes) from the calling thread's memory;
+// false when it cannot be read.
+bool ReadConnectAddress(const seccomp_notif& n, char* sa) {
+  const int ulen = int(n.data.args[2]);
+  size_t want = ulen < 0 ? 0 : std::min<size_t>(size_t(ulen), 128);
+  return want == 0 || ReadMemory(pid_t(n.pid), n.data.args[1], sa, want);
+}
+
+}  // namespace
+
+Supervisor::Supervisor(UniqueFd listener, UniqueFd dns, std::string socket, std::string token,
+                       bool quiet, bool audit, bool listeners)
+    : listener_(std::move(listener)),
+      dns_(std::move(dns)),
+      socket_(std::move(socket)),
+      token_(std::move(token)),
+      quiet_(quiet),
+      audit_on_(audit),
+      accept_hooked_(listeners) {}
+
+bool Supervisor::Start(std::string* why) {
+  seccomp_notif_sizes sizes{};
+  if (Seccomp(SECCOMP_GET_NOTIF_SIZES, 0, &sizes) != 0) {
+    *why = Errno("seccomp(SECCOMP_GET_NOTIF_SIZES)");
+    return false;
+  }
+  notif_size_ = std::max<size_t>(sizes.seccomp_notif, sizeof(seccomp_notif));
+  // Linux 6.6: the caller and the worker that takes its notification switch directly (as a
+  // synchronous wake-up), instead of each waiting for the scheduler: most of what a notification
+  // costs. An older kernel says EINVAL; the notifications work the same, slower.
+  uint64_t sync = kNotifSyncWakeUp;
+  ioctl(listener_.get(), kIoctlNotifSetFlags, sync);
+  auto c = Open(0, &network_);
+  if (!c.ok()) {
+    *why = c.status().message();
+    return false;
+  }
+  session_ = RouteFrom(*c, network_);
+  fake_nets_ = c->fake_nets();
+  if ((session_->flags & wire::kFlagDirect) != 0) {
+    *why = "the session's network is direct: strict mode needs an overlay";
+    return false;
+  }
+  dns_client_.emplace(std::move(*c));
+  reported_ms_ = proxy::MonotonicMs();
+  return true;
+}
+
+int Supervisor::Run(pid_t command) {
+  UniqueFd pidfd(int(syscall(SYS_pidfd_open, command, 0)));
+  StartWorker();
+  int st = 0;
+  for (;;) {
+    pollfd p[2] = {{dns_.get(), POLLIN, 0}, {pidfd.get(), POLLIN, 0}};
+    int r = poll(p, pidfd ? 2 : 1, 1000);
+    if (r < 0 && errno != EINTR) break;
+    if (r > 0 && (p[0].revents & POLLIN) != 0) OnDnsQuery();
+    if (r == 0) FlushReports(false);
+    if (r > 0 && p[1].revents == 0) continue;  // a query: no child can have exited
+    pid_t w;
+    while ((w = waitpid(-1, &st, WNOHANG)) > 0) {
+      if (w == command) {
+        FlushReports(true);
+        return st;
+      }
+    }
+    if (w < 0 && errno == ECHILD) break;
+  }
+  while (waitpid(command, &st, 0) < 0 && errno == EINTR) {
+  }
+  FlushReports(true);
+  return st;
+}
+
+void Supervisor::Respond(uint64_t id, int err, uint32_t flags) {
+  seccomp_notif_resp r{};
+  r.id = id;
+  r.error = err == 0 ? 0 : -err;
+  r.flags = flags;
+  ioctl(listener_.get(), SECCOMP_IOCTL_NOTIF_SEND, &r);
+}
+
+bool Supervisor::StillWaiting(uint64_t id) {
+  return ioctl(listener_.get(), SECCOMP_IOCTL_NOTIF_ID_VALID, &id) == 0;
+}
+
+// Connects wait for the overlay (seconds, at worst). Workers take notifications from the kernel
+// themselves (each blocked in NOTIF_RECV: no hand-off between threads); one more is started
+// whenever all are busy, up to kWorkers; past that, calls wait in the kernel.
+void Supervisor::StartWorker() {
+  ++workers_;
+  std::thread([this] { Work(); }).detach();
+}
+
+void Supervisor::Work() {
+  std::vector<char> buf(notif_size_);
+  auto* n = reinterpret_cast<seccomp_notif*>(buf.data());
+  for (;;) {
+    std::fill(buf.begin(), buf.end(), 0);  // NOTIF_RECV wants a zeroed buffer
+    if (ioctl(listener_.get(), SECCOMP_IOCTL_NOTIF_RECV, n) != 0) {
+      if (errno == EINTR || errno == ENOENT) continue;  // ENOENT: that caller went away
+      return;
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (++busy_ == workers_ && workers_ < kWorkers) StartWorker();
+    }
+    Handle(*n);
+    std::lock_guard<std::mutex> lock(mu_);
+    --busy_;
+  }
+}
+
+void Supervisor::Handle(const seccomp_notif& n) {
+  switch (n.data.nr) {
+    case SYS_connect:
+      return HandleConnect(n);
+    case SYS_listen:
+      return HandleListen(n);
+    case SYS_accept:
+    case SYS_accept4:
+      // Until the overlay serves a listener, none of these can be one of ours.
+      if (!has_listeners_.load(std::memory_order_acquire)) return Continue(n.id);
+      return HandleAccept(n);
+    case SYS_getsockname:
+      if (!has_listeners_.load(std::memory_order_acquire)) return Continue(n.id);
+      return HandleGetsockname(n);
+    case SYS_io_uring_setup:  // only with --audit
+      Record(ProcessOf(pid_t(n.pid)), "io_uring_setup (refused: EPERM)", "");
+      return Respond(n.id, EPERM);
+    default:
+      AuditSend(n);  // sendto with an address, sendmsg, sendmmsg: only with --audit
+      return Continue(n.id);
+  }
+}
+
+void Supervisor::HandleConnect(const seccomp_notif& n) {
+  const int fd = int(n.data.args[0]);
+  const int ulen = int(n.data.args[2]);
+  alignas(sockaddr_storage) char sa[128] = {};
+  CallerSocket sock;
+  // Without --audit, a socket that is not SOCK_STREAM is let through after one read (glibc's
+  // resolver connects a UDP socket per lookup, and getaddrinfo one per address it sorts).
+  const bool is_socket = TakeSocket(pidfds_, pid_t(n.pid), fd, &sock, !audit_on_);
+  if (!is_socket || sock.type != SOCK_STREAM || sock.kind() != wire::SockKind::kStream) {
+    if (audit_on_ && is_socket && ReadConnectAddress(n, sa)) {
+      AuditDestination(sock.pid, sock.domain, sock.kind(), wire::AddrCall::kConnect, false, sa,
+                       socklen_t(ulen));
+    }
+    return Continue(n.id);  // not a TCP socket (or not a socket: the kernel says so)
+  }
+  // The address, read from the program's memory, then checked to still be this call's.
+  if (!ReadConnectAddress(n, sa)) return Respond(n.id, EFAULT);
+  if (!StillWaiting(n.id)) return;
+  wire::KernelDest d =
+      wire::KernelDestination(sock.domain, wire::SockKind::kStream, wire::AddrCall::kConnect, false,
+                              reinterpret_cast<sockaddr*>(sa), socklen_t(ulen));
+  if (d.kind == wire::KernelDest::kReject) return Respond(n.id, d.err);
+  if (d.kind == wire::KernelDest::kNone) return Continue(n.id);  // AF_UNSPEC: a disconnect
+  UniqueFd host(socket(sock.domain, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP));
+  if (!host) return Respond(n.id, errno);
+  int err = Connect(host.get(), d.addr, RouteOf(sock.pid), sock.pid);
+  if (err != 0) return Respond(n.id, err);
+  CopyOptions(sock.fd.get(), host.get());
+  seccomp_notif_addfd add{};
+  add.id = n.id;
+  add.flags = SECCOMP_ADDFD_FLAG_SETFD;
+  add.srcfd = uint32_t(host.get());
+  add.newfd = uint32_t(fd);
+  add.newfd_flags = CloseOnExec(sock.pid, fd) ? O_CLOEXEC : 0;
+  if (ioctl(listener_.get(), SECCOMP_IOCTL_NOTIF_ADDFD, &add) < 0) return;  // it is gone
+  Respond(n.id, 0);
+}
+
+// Our socket `fd` connected to `a` as process `pid`'s network says: through the overlay, or
+// (loopback) directly or refused. 0 or an errno.
+int Supervisor::Connect(int fd, const wire::Addr& a, const RoutePtr& route, pid_t pid) {
+  if ((route->flags & wire::kFlagDirect) != 0) {
+    // A program rule that sends this program direct: strict mode has no way out but overlays.
+    if (!quiet_) {
+      Complain("strict: connect to " + AddrText(a) + " refused: pid " + std::to_string(pid) +
+               " is to go direct (" + route->network + "), and strict mode only routes");
+    }
+    return ENETUNREACH;
+  }
+  if (wire::IsLoopback(a) && (route->flags & wire::kFlagLoopbackRoute) == 0) {
+    if ((route->flags & wire::kFlagLoopbackRefuse) != 0) return ECONNREFUSED;
+    return ConnectDirect(fd, wire::Unmapped(a));
+  }
+  // A SOCKS5 overlay that lets programs run the handshake (handshake: program): run it here,
+  // as the shim would, for a real address. A fake address goes to the broker, which knows
+  // its name (via run holds no RESOLVE promise for it, as the shim may).
+  const std::optional<Socks5Plan>& plan = route->plan;
+  std::optional<std::string> name;
+  if (plan && socks5::InFakeRange(*plan, a)) name = NameOf(a);
+  if (plan && (name || !socks5::InFakeRange(*plan, a))) {
+    return ConnectSocks5(fd, a, name, route, pid);
+  }
+  auto c = Take(*route, pid);
+  if (!c.ok()) {
+    if (!quiet_) Complain("strict: " + c.status().message());
+    return EHOSTUNREACH;
+  }
+  Status s = c->ConnectAddr(fd, a);
+  if (s.ok()) {
+    Give(*route, std::move(*c));
+    return 0;
+  }
+  if (!quiet_) Complain("strict: connect to " + AddrText(a) + ": " + s.message());
+  if (s.code() != ETIMEDOUT && s.code() != EPIPE && s.code() != ECONNRESET) {
+    Give(*route, std::move(*c));
+  }
+  return s.code() != 0 ? s.code() : EHOSTUNREACH;
+}
+
+int Supervisor::ConnectSocks5(int fd, const wire::Addr& a, const std::optional<std::string>& name,
+                              const RoutePtr& route, pid_t pid) {
+  char why[256], msg[512];
+  int err = socks5::ConnectBlocking(fd, *route->plan, name ? name->c_str() : nullptr, a, ::connect,
+                                    why, sizeof why, msg, sizeof msg);
+  if (err != 0 && !quiet_) Complain("strict: " + std::string(msg));
+  ReportConnect(a, name, err, why, route, pid);
+  return err;
+}
+
+void Supervisor::Complain(const std::string& what) {
+  std::fprintf(stderr, "via: %s\n", what.c_str());
+}
+
+}  // namespace via::tools::strict
