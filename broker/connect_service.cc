@@ -3,6 +3,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <optional>
@@ -38,6 +39,28 @@ Status CheckTcpSocket(int fd, int* domain) {
 
 // The shim connected (or failed to connect) a socket through a SOCKS5 overlay itself: the same
 // count and log line as a CONNECT the broker ran. A success gets no reply.
+// REPORT COUNT REFUSED: a strict session's supervisor counts what its namespace refused.
+void ConnectService::CountRefused(Client& c, const wire::Message& m, std::string_view kind,
+                                  uint32_t count) {
+  const uint16_t reply = wire::kReport | wire::kReplyBit;
+  SessionTable::Session* s = c.session.empty() ? nullptr : sessions().FindMutable(c.session);
+  if (s == nullptr || !s->strict) {
+    return ReplyError(c, reply, m.id(), EPERM,
+                      "REPORT REFUSED: the connection's session is not a strict one");
+  }
+  const bool printable =
+      std::all_of(kind.begin(), kind.end(), [](char ch) { return ch >= 0x20 && ch < 0x7f; });
+  if (kind.empty() || kind.size() > 64 || !printable) {
+    return ReplyError(c, reply, m.id(), EINVAL, "REPORT: REFUSED must be 1-64 printable bytes");
+  }
+  auto it = s->refused.find(std::string(kind));
+  if (it == s->refused.end()) {
+    if (s->refused.size() >= SessionTable::Session::kMaxRefusedKinds) return;  // counted enough
+    it = s->refused.emplace(std::string(kind), 0).first;
+  }
+  it->second += count;
+}
+
 void ConnectService::HandleReport(Client& c, const wire::Message& m) {
   const uint16_t reply = wire::kReport | wire::kReplyBit;
   wire::Field f;
@@ -55,6 +78,7 @@ void ConnectService::HandleReport(Client& c, const wire::Message& m) {
       return ReplyError(c, reply, m.id(), EINVAL,
                         "REPORT: COUNT must be a u32 of at most 1048576, without an ERRNO");
     }
+    if (m.Find(wire::kTagRefused, &f)) return CountRefused(c, m, f.str(), count);
     c.overlay->ok += count;
     return;
   }

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -40,6 +41,8 @@ class ConnectService : public Service {
   size_t in_flight() const { return ops_.size(); }
 
  private:
+  // REPORT with COUNT and REFUSED (a strict session's refusals, by kind).
+  void CountRefused(Client& c, const wire::Message& m, std::string_view kind, uint32_t count);
   struct PendingConnect {
     uint64_t client = 0;
     uint32_t request_id = 0;

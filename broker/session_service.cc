@@ -261,6 +261,10 @@ void SessionService::HandleSessionChild(Client& c, const wire::Message& m) {
   }
   s->child = p.pid;
   s->child_start = p.start;
+  uint32_t flags = 0;
+  if (m.Find(wire::kTagFlags, &f)) f.u32(&flags);
+  s->strict = (flags & wire::kFlagSessionStrict) != 0;
+  s->audit = s->strict && (flags & wire::kFlagSessionAudit) != 0;
   // It waits for this reply before it execs: its groups are recorded before it can shed them.
   sessions().RecordGroups(p.pid, p.start, s->command_groups, s->command_reasons, Alive);
   ReplyOk(c, reply, m.id());

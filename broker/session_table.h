@@ -36,6 +36,10 @@ class SessionTable {
     std::vector<std::string> command_groups, command_reasons;
     // After the opener exited (SESSION_DETACH): its children then, which carry the session on.
     std::vector<std::pair<pid_t, uint64_t>> heirs;
+    bool strict = false;  // the command runs in strict mode (SESSION_CHILD's flags)
+    bool audit = false;   // ... with --audit, which reports what the namespace refused:
+    std::map<std::string, uint64_t> refused;  // by kind (REPORT REFUSED), at most kMaxRefusedKinds
+    static constexpr size_t kMaxRefusedKinds = 16;
     bool detached() const { return owner == 0; }
   };
 

@@ -38,6 +38,15 @@ void TextHeader(const StatusData& d, std::ostream& out) {
   for (const StatusData::Session& s : d.sessions) {
     out << "session " << s.token_prefix << " network " << s.network << " clients=" << s.clients;
     if (s.detached) out << " detached heirs=" << s.heirs;
+    if (s.strict) out << (s.audit ? " strict (audit)" : " strict");
+    if (!s.refused.empty()) {
+      out << " refused:";
+      const char* sep = " ";
+      for (const auto& [kind, n] : s.refused) {
+        out << sep << kind << " x" << n;
+        sep = ", ";
+      }
+    }
     out << "\n";
   }
   for (const StatusData::Overlay& o : d.overlays) {
@@ -84,7 +93,10 @@ void JsonOverlays(const StatusData& d, Json& j) {
   for (const StatusData::Session& s : d.sessions) {
     j.BeginObject().Key("token_prefix").String(s.token_prefix).Key("network").String(s.network);
     j.Key("clients").Int(int64_t(s.clients)).Key("detached").Bool(s.detached);
-    j.Key("heirs").Int(int64_t(s.heirs)).EndObject();
+    j.Key("heirs").Int(int64_t(s.heirs)).Key("strict").Bool(s.strict).Key("audit").Bool(s.audit);
+    j.Key("refused_by_kind").BeginObject();
+    for (const auto& [kind, n] : s.refused) j.Key(kind).Int(int64_t(n));
+    j.EndObject().EndObject();
   }
   j.EndArray();
   j.Key("listeners").BeginArray();
@@ -238,6 +250,9 @@ void StatusService::CollectSessions(StatusData* d) const {
     for (const auto& [cid, cl] : clients().clients()) out.clients += cl->session == token;
     out.detached = s.detached();
     out.heirs = s.heirs.size();
+    out.strict = s.strict;
+    out.audit = s.audit;
+    out.refused.assign(s.refused.begin(), s.refused.end());
     d->sessions.push_back(std::move(out));
   }
 }

@@ -34,6 +34,8 @@ struct StatusData {
     size_t clients = 0;  // connections that presented it in HELLO
     bool detached = false;
     size_t heirs = 0;
+    bool strict = false, audit = false;                     // via run --strict [--audit]
+    std::vector<std::pair<std::string, uint64_t>> refused;  // by kind (only with audit)
   };
   struct Listener {
     std::string overlay, bound;

@@ -83,6 +83,9 @@ enum Tag : uint16_t {
   kTagTimeoutMs = 0x63,  // u32: the overlay's connect_timeout, proxy connect + handshake
   kTagFakeNet = 0x64,    // Addr, one per family: a fake-address range, the port its prefix length
   kTagCount = 0x65,      // u32 (REPORT): this many successful connects, not reported one by one
+  // string (REPORT with COUNT, on a connection of a strict session): COUNT attempts of this kind
+  // ("UDP send", "io_uring_setup"...) were refused by the namespace (`via run --strict --audit`)
+  kTagRefused = 0x66,
   // 0x70-0x7F: limits. u32 (HELLO reply): the longest the broker may take to answer a request
   // on this connection that waits on the overlay (CONNECT, LISTEN, RESOLVE, REVERSE, DNS_QUERY),
   // beyond the few seconds any request may take; the shim's deadline for those requests.
@@ -117,6 +120,9 @@ constexpr uint32_t kFlagPipeline = 1u << 9;
 constexpr uint32_t kFlagSessionExplicit = 1u << 20;  // OPEN_SESSION: --network/--direct was given
 constexpr uint32_t kFlagControl = 1u << 21;  // HELLO: a CLI control connection, no network needed
 constexpr uint32_t kFlagStatusJson = 1u << 22;  // STATUS: answer with JSON (kTagJson), not TEXT
+// SESSION_CHILD: the command runs in strict mode (`via run --strict`), and with --audit.
+constexpr uint32_t kFlagSessionStrict = 1u << 24;
+constexpr uint32_t kFlagSessionAudit = 1u << 25;
 // HELLO: sent by the shim of a process about to exec in place (only when the broker asked for it
 // with the `<socket>.exec-hello` marker): the broker records the process's groups and replies;
 // nothing else may follow on the connection.

@@ -136,11 +136,12 @@ Result<std::string> BrokerClient::OpenSession(const std::string& network, bool e
   return std::string(f.str());
 }
 
-Status BrokerClient::SessionChild(const std::string& token, pid_t pid) {
+Status BrokerClient::SessionChild(const std::string& token, pid_t pid, uint32_t flags) {
   uint8_t buf[256];
   wire::Writer w(buf, sizeof buf, wire::kSessionChild, rpc_.NextId());
   w.PutString(wire::kTagSession, token);
   w.PutU32(wire::kTagPid, uint32_t(pid));
+  if (flags != 0) w.PutU32(wire::kTagFlags, flags);
   auto m = Exchange(w);
   if (!m.ok()) return m.status();
   return ReplyStatus(*m);

@@ -40,8 +40,9 @@ class BrokerClient {
   Result<std::string> OpenSession(const std::string& network, bool explicit_sel = true,
                                   const SessionCommand& command = {},
                                   std::string* effective = nullptr);
-  // SESSION_CHILD: `pid` (our child) is the session's command.
-  Status SessionChild(const std::string& token, pid_t pid);
+  // SESSION_CHILD: `pid` (our child) is the session's command; `flags`: kFlagSessionStrict,
+  // kFlagSessionAudit (how it runs, for `via status`).
+  Status SessionChild(const std::string& token, pid_t pid, uint32_t flags = 0);
   // SESSION_DETACH: we exit; `pids` (our children now) carry the session on.
   Status SessionDetach(const std::string& token, const std::vector<pid_t>& pids);
   // RELOAD: the broker re-reads its config; the error is the config's error if it was rejected.

@@ -362,7 +362,9 @@ Exit SpawnRegistered(const ChildLaunch& child, const SavedSignals& saved, RunSes
     ExecAtGate(gate[0], child, saved);
   }
   close(gate[0]);
-  if (Status reg = session->client->SessionChild(session->token, *pid); !reg.ok()) {
+  const uint32_t mode =
+      child.strict ? wire::kFlagSessionStrict | (child.audit ? wire::kFlagSessionAudit : 0) : 0;
+  if (Status reg = session->client->SessionChild(session->token, *pid, mode); !reg.ok()) {
     close(gate[1]);
     kill(*pid, SIGKILL);
     while (waitpid(*pid, nullptr, 0) < 0 && errno == EINTR) {

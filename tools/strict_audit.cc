@@ -80,6 +80,8 @@ void Supervisor::Record(pid_t pid, const std::string& what, const std::string& d
                     (dest.empty() ? "" : " to " + dest);
   std::lock_guard<std::mutex> lock(mu_);
   ++audit_[key];
+  // `via status` shows the session's refusals by kind ("UDP send", "io_uring_setup").
+  ++refused_[what.substr(0, what.find(" ("))];
 }
 
 // --audit: what would have left outside the overlay, by process, at the command's exit.

@@ -124,13 +124,7 @@ void Supervisor::HandleListen(const seccomp_notif& n) {
     listeners_[st.st_ino] = Listener{bound};
   }
   has_listeners_.store(true, std::memory_order_release);
-  seccomp_notif_addfd add{};
-  add.id = n.id;
-  add.flags = SECCOMP_ADDFD_FLAG_SETFD;
-  add.srcfd = uint32_t(mine.get());
-  add.newfd = uint32_t(fd);
-  add.newfd_flags = CloseOnExec(sock.pid, fd) ? O_CLOEXEC : 0;
-  if (ioctl(listener_.get(), SECCOMP_IOCTL_NOTIF_ADDFD, &add) < 0) return;  // it is gone
+  if (!PlaceOn(n.id, mine.get(), sock.pid, fd)) return;
   if (!address.empty() && !quiet_) {
     Complain("listening on " + where + " through " + network_ + ": reachable at " + address);
   }

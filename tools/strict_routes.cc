@@ -175,11 +175,24 @@ void Supervisor::ReportConnect(const wire::Addr& a, const std::optional<std::str
 // the command exits (`force`).
 void Supervisor::FlushReports(bool force) {
   std::map<std::string, Unreported> due;
+  std::map<std::string, uint32_t> refused;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (unreported_.empty() || (!force && proxy::MonotonicMs() - reported_ms_ < 1000)) return;
+    if (unreported_.empty() && refused_.empty()) return;
+    if (!force && proxy::MonotonicMs() - reported_ms_ < 1000) return;
     due.swap(unreported_);
+    refused.swap(refused_);
     reported_ms_ = proxy::MonotonicMs();
+  }
+  for (const auto& [kind, count] : refused) {
+    uint8_t buf[256];
+    wire::Writer w(buf, sizeof buf, wire::kReport, RawId());
+    w.PutU32(wire::kTagCount, count);
+    w.PutString(wire::kTagRefused, kind);
+    auto c = Take(*session_, 0);
+    if (w.ok() && c.ok() && wire::SendDatagram(c->fd(), w.data(), w.size(), -1) >= 0) {
+      Give(*session_, std::move(*c));
+    }
   }
   for (const auto& [network, u] : due) {
     uint8_t buf[64];

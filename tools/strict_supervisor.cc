@@ -231,14 +231,17 @@ void Supervisor::HandleConnect(const seccomp_notif& n) {
   int err = Connect(host.get(), d.addr, RouteOf(sock.pid), sock.pid);
   if (err != 0) return Respond(n.id, err);
   CopyOptions(sock.fd.get(), host.get());
+  if (PlaceOn(n.id, host.get(), sock.pid, fd)) Respond(n.id, 0);
+}
+
+bool Supervisor::PlaceOn(uint64_t id, int src, pid_t pid, int fd) {
   seccomp_notif_addfd add{};
-  add.id = n.id;
+  add.id = id;
   add.flags = SECCOMP_ADDFD_FLAG_SETFD;
-  add.srcfd = uint32_t(host.get());
+  add.srcfd = uint32_t(src);
   add.newfd = uint32_t(fd);
-  add.newfd_flags = CloseOnExec(sock.pid, fd) ? O_CLOEXEC : 0;
-  if (ioctl(listener_.get(), SECCOMP_IOCTL_NOTIF_ADDFD, &add) < 0) return;  // it is gone
-  Respond(n.id, 0);
+  add.newfd_flags = CloseOnExec(pid, fd) ? O_CLOEXEC : 0;
+  return ioctl(listener_.get(), SECCOMP_IOCTL_NOTIF_ADDFD, &add) >= 0;
 }
 
 // Our socket `fd` connected to `a` as process `pid`'s network says: through the overlay, or

@@ -71,6 +71,9 @@ class Supervisor {
                          std::vector<uint8_t>* buf, wire::Message* m, std::string* msg);
   uint32_t RawId();
   void Respond(uint64_t id, int err, uint32_t flags = 0);
+  // Puts `src` on descriptor `fd` of `pid` (keeping that descriptor's close-on-exec) for
+  // notification `id`; false when the notification is gone (the caller went away).
+  bool PlaceOn(uint64_t id, int src, pid_t pid, int fd);
   // The kernel runs the call as the program made it, in the program's namespace: only for
   // calls that cannot leave it.
   void Continue(uint64_t id) { Respond(id, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE); }
@@ -162,6 +165,7 @@ class Supervisor {
     uint32_t count = 0;
   };
   std::map<std::string, Unreported> unreported_;
+  std::map<std::string, uint32_t> refused_;  // --audit: refusals by kind not yet REPORTed
   int64_t reported_ms_ = 0;   // when they were last
   uint32_t next_raw_id_ = 0;  // ids of requests sent past BrokerClient (see ReportConnect)
 };

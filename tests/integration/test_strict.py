@@ -3,6 +3,7 @@ by via run through the broker (seccomp user notification), its names answered wi
 addresses. Programs the shim cannot cover - static, Go, raw system calls - are routed, and what
 is not routed has no way out. Each case asserts what the proxy, the target or a listener on the
 host saw."""
+import json
 import os
 import shutil
 import socket
@@ -272,6 +273,43 @@ class Strict(harness.ViaCase):
         # --audit without strict mode is refused.
         self.assertEqual(self.via("run", "--audit", "--network", "app:tor", "--", "true").returncode,
                          2)
+
+    def test_status_shows_strict_sessions_and_what_they_refused(self):
+        # `via status` (text and JSON) marks a running strict session, and with --audit counts
+        # what its namespace refused, by kind, while the command still runs. A plain session
+        # is not marked.
+        self.configure()
+        code = ("import socket, sys\n"
+                "u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                "for _ in range(2):\n"
+                "    try: u.sendto(b'x', ('192.0.2.7', int(sys.argv[1])))\n"
+                "    except OSError: pass\n"
+                "print('sent', flush=True)\n"
+                "sys.stdin.read()\n")
+        run = subprocess.Popen([harness.VIA, "run", "-c", self.config, "--strict", "--audit",
+                                "--network", "app:tor", "--", harness.PYTHON, "-c", code,
+                                "9"], env=self.env, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.addCleanup(lambda: run.communicate(timeout=20))  # stdin closed: it ends
+        self.assertEqual(run.stdout.readline().strip(), "sent")
+        plain = subprocess.Popen([harness.VIA, "run", "-c", self.config, "--network", "app:tor",
+                                  "--", harness.PYTHON, "-c", "import sys; sys.stdin.read()"],
+                                 env=self.env, stdin=subprocess.PIPE)
+        self.addCleanup(lambda: (plain.stdin.close(), plain.wait(timeout=20)))
+
+        def sessions():
+            status = self.via("status")
+            lines = [l for l in status.stdout.splitlines() if l.startswith("session ")]
+            return lines if len(lines) == 2 and "x2" in status.stdout else None
+        lines = harness.wait_for(sessions, timeout=10)
+        self.assertIsNotNone(lines, self.via("status").stdout)
+        strict = [l for l in lines if "strict" in l]
+        self.assertEqual(len(strict), 1, lines)
+        self.assertIn("network app:tor", strict[0])
+        self.assertIn("strict (audit) refused: UDP send x2", strict[0])
+        js = json.loads(self.via("status", "--json").stdout)
+        marked = sorted((s["strict"], s["audit"], s["refused_by_kind"]) for s in js["sessions"])
+        self.assertEqual(marked, [(False, False, {}), (True, True, {"UDP send": 2})])
 
     def test_io_uring_is_refused(self):
         # io_uring submits connects the filter never sees: io_uring_setup fails with EPERM (the

@@ -491,6 +491,18 @@ TEST_F(BrokerProtocolTest, ReportsAreCountedAndFailuresLogged) {
   Reply bad = Receive(fd.get());
   EXPECT_EQ(bad.err, uint32_t(EINVAL));
   EXPECT_NE(bad.message.find("COUNT"), std::string::npos);
+  // Refusals by kind are a strict session's (via run --strict --audit): refused on a
+  // connection without one, and not counted as successes.
+  send([](wire::Writer& w) {
+    w.PutU32(wire::kTagCount, 2);
+    w.PutString(wire::kTagRefused, "UDP send");
+  });
+  Reply refused = Receive(fd.get());
+  EXPECT_EQ(refused.err, uint32_t(EPERM));
+  EXPECT_NE(refused.message.find("not a strict one"), std::string::npos) << refused.message;
+  text = StatusText();
+  EXPECT_NE(text.find("connects ok=42 failed=1"), std::string::npos) << text;
+  EXPECT_EQ(text.find("UDP send"), std::string::npos) << text;
 }
 
 TEST_F(BrokerProtocolTest, HelloWithUnknownOverlayFailsEveryLaterRequest) {

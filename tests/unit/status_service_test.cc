@@ -32,7 +32,9 @@ class StatusRenderTest : public ::testing::Test {
     i2p.error = "SAM bridge unreachable";
     i2p.lines = {"sam session x: ready"};
     d_.overlays = {i2p, tor};
-    d_.sessions = {{"0123abcd", "app:tor", 2, true, 1}};
+    StatusData::Session strict{"4567cdef", "app:tor", 1, false, 0, true, true, {}};
+    strict.refused = {{"UDP send", 3}, {"io_uring_setup", 1}};
+    d_.sessions = {{"0123abcd", "app:tor", 2, true, 1, false, false, {}}, strict};
     d_.listeners = {{"app:i2p", "127.0.0.1:8080", "", 0, "pid 9 /usr/bin/python3"}};
     d_.clients = 4;
     d_.connects_in_flight = 1;
@@ -57,8 +59,10 @@ TEST_F(StatusRenderTest, TextIsWhatViaStatusPrints) {
             "overlay app:i2p network.i2p unavailable: SAM bridge unreachable\n"
             "overlay app:tor network.socks5 127.0.0.1:9050 isolate_streams=on connects ok=3 "
             "failed=1\n"
-            "sessions: 1\n"
+            "sessions: 2\n"
             "session 0123abcd network app:tor clients=2 detached heirs=1\n"
+            "session 4567cdef network app:tor clients=1 strict (audit) refused: UDP send x3, "
+            "io_uring_setup x1\n"
             "sam session x: ready\n"
             "listeners: 1\n"
             "listener app:i2p 127.0.0.1:8080 (not ready) accepted=0 pid 9 /usr/bin/python3\n"
@@ -89,7 +93,10 @@ TEST_F(StatusRenderTest, JsonCarriesTheSameFacts) {
            R"("settings":"127.0.0.1:9050 isolate_streams=on","available":true,"error":null,)"
            R"("connects_ok":3,"connects_failed":1,"lines":[])",
            R"("sessions":[{"token_prefix":"0123abcd","network":"app:tor","clients":2,)"
-           R"("detached":true,"heirs":1}])",
+           R"("detached":true,"heirs":1,"strict":false,"audit":false,"refused_by_kind":{}},)",
+           R"({"token_prefix":"4567cdef","network":"app:tor","clients":1,"detached":false,)"
+           R"("heirs":0,"strict":true,"audit":true,"refused_by_kind":{"UDP send":3,)"
+           R"("io_uring_setup":1}}])",
            R"("address":null,"accepted":0)",
            R"("clients":4,"connects_in_flight":1)",
            R"("refused":{"descriptor_limit":0,"client_cap":0,"per_process_cap":0,"other_uid":5})",
