@@ -140,9 +140,9 @@ struct NetworkService {
   // Whether programs under an overlay may exec binaries that would run without the shim
   // (setuid/setgid, file capabilities, statically linked): `unrouted_exec: refuse|allow`.
   bool unrouted_exec_allowed = false;
-  // `unrouted_exec: strict`: such a binary, when it is statically linked or Go, runs in strict
-  // mode (`via run --strict`) instead of being refused.
-  bool unrouted_exec_strict = false;
+  // `unrouted_exec: strict` (the default): such a binary, when it is statically linked or Go, runs
+  // in strict mode (`via run --strict`) instead of being refused.
+  bool unrouted_exec_strict = true;
   // `strict: true`: `via run` under an overlay runs its command in strict mode (`--strict`).
   bool strict = false;
   int idle_timeout_s = 30;  // broker exits this long after its last session/client is gone

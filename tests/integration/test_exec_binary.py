@@ -167,9 +167,9 @@ class ExecBinary(harness.ViaCase):
         self.use_config(allow=False)
 
     def use_config(self, allow):
-        service = {"loopback": "overlay"}
-        if allow:
-            service["unrouted_exec"] = "allow"
+        # `refuse` (the default is `strict`, which would run these programs routed in strict
+        # mode): the guard's verdict shows as a refusal.
+        service = {"loopback": "overlay", "unrouted_exec": "allow" if allow else "refuse"}
         self.write_config([self.socks5_entry("tor", self.proxy_port)], service=service)
 
     def cc(self, name, source, *flags):

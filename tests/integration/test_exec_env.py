@@ -154,8 +154,8 @@ class ExecEnv(harness.ViaCase):
         self.port, self.record = self.start_target()
         # Loopback is routed, so that a direct connection and a routed one differ in the peer
         # the target records (127.0.0.1 / the proxy's 127.0.0.2).
-        self.write_config([self.socks5_entry("tor", self.proxy_port)],
-                          service={"loopback": "overlay"})
+        self.write_config([self.socks5_entry("tor", self.proxy_port)],  # the verdict as a refusal
+                          service={"loopback": "overlay", "unrouted_exec": "refuse"})
         self.url = f"http://127.0.0.1:{self.port}"
 
     def build(self, name, source, *flags):
@@ -304,7 +304,8 @@ class ExecEnv(harness.ViaCase):
         shutil.copy2(os.path.realpath(shutil.which("dash") or "/bin/sh"), sh_tor)
         self.write_config([self.socks5_entry("tor", self.proxy_port),
                            ["name: sh_tor", "kind: via.program", f"match: {{exe: {sh_tor}}}",
-                            "network: app:tor"]], service={"loopback": "overlay"})
+                            "network: app:tor"]],
+                          service={"loopback": "overlay", "unrouted_exec": "refuse"})
         env = dict(self.env, LD_PRELOAD=harness.SHIM, VIA_CONFIG=self.config)
         proc = subprocess.run([sh_tor, "-c", f"{static} {self.port} preloaded; echo status=$?"],
                               env=env, capture_output=True, text=True, timeout=60)

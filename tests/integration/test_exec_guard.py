@@ -38,8 +38,8 @@ class ExecGuard(harness.ViaCase):
         self.proxy_port, self.proxy_log = self.start_microsocks()
         self.port, self.record = self.start_target()
         # Loopback is routed here, so that "went through the proxy" is visible for 127.0.0.1.
-        self.write_config([self.socks5_entry("tor", self.proxy_port)],
-                          service={"loopback": "overlay"})
+        self.write_config([self.socks5_entry("tor", self.proxy_port)],  # the verdict as a refusal
+                          service={"loopback": "overlay", "unrouted_exec": "refuse"})
 
     def static_client(self):
         if shutil.which("cc") is None:

@@ -369,6 +369,21 @@ int main(void) {
         self.assertOk(proc)
         self.assertProxied("/go-dyn")
 
+    def test_go_programs_run_strictly_from_the_default_mode(self):
+        # Item 6: without --strict, a session's exec of a Go program (static, or dynamic and
+        # stripped of its build ID) is run in strict mode (unrouted_exec: strict, the default),
+        # and reaches the target through the proxy; nothing resolves locally.
+        self.configure()
+        for flags, cgo, path in (([], False, "/go-static"),
+                                 (["-ldflags=-buildid="], True, "/go-dyn")):
+            exe = self.go_build(flags, cgo)
+            proc = self.via("run", "--network", "app:tor", "--", "sh", "-c",
+                            f"{exe} http://example.test:{self.port}{path}; echo status=$?")
+            self.assertIn("status=0", proc.stdout, proc.stderr)
+            self.assertIn("runs in strict mode under app:tor", proc.stderr)
+        self.assertEqual([(r["peer"], r["path"]) for r in self.records(self.record)],
+                         [(harness.PROXY_OUT, "/go-static"), (harness.PROXY_OUT, "/go-dyn")])
+
     def go_build(self, flags, cgo):
         if not os.access(GO, os.X_OK):
             self.skipTest("Go is not installed")
@@ -489,7 +504,7 @@ int main(void) {
         exe = self.cc(GAI_CLIENT, "-static")
         args = ("run", "--network", "app:tor", "--", exe, "example.test", str(self.port))
         self.write_config([self.socks5_entry("tor", self.proxy_port)],
-                          service={"loopback": "overlay"})
+                          service={"loopback": "overlay", "unrouted_exec": "refuse"})
         proc = self.via(*args, "plain")
         self.assertNotEqual(proc.returncode, 0)
         self.assertIn("statically linked", proc.stderr)  # the control: the shim's guard
@@ -503,14 +518,14 @@ int main(void) {
         self.assertEqual([(r["peer"], r["path"]) for r in self.records(self.record)],
                          [(harness.PROXY_OUT, "/service"), (harness.PROXY_OUT, "/rule")])
 
-    def test_unrouted_exec_strict_runs_a_static_program_strictly_instead_of_refusing_it(self):
-        # network_service.unrouted_exec: strict - in the default mode, a process that execs a
-        # static program (which the shim cannot cover) runs it through `via run --strict`:
-        # from a shell (execve), and from Python's subprocess (vfork + execve) with its own
-        # argv[0] kept, and through posix_spawnp.
+    def test_default_mode_runs_a_static_program_strictly_instead_of_refusing_it(self):
+        # network_service.unrouted_exec: strict, the default - in the default mode, a process
+        # that execs a static program (which the shim cannot cover) runs it through
+        # `via run --strict`: from a shell (execve), and from Python's subprocess (vfork +
+        # execve) with its own argv[0] kept, and through posix_spawnp.
         exe = self.cc(GAI_CLIENT, "-static")
         self.write_config([self.socks5_entry("tor", self.proxy_port)],
-                          service={"loopback": "overlay", "unrouted_exec": "strict"})
+                          service={"loopback": "overlay"})
         proc = self.via("run", "--network", "app:tor", "--", "sh", "-c",
                         f"{exe} example.test {self.port} from-sh; echo status=$?")
         self.assertIn("status=0", proc.stdout, proc.stderr)

@@ -71,7 +71,8 @@ class TcpLeaks(harness.ViaCase):
 
     def use_proxy(self, bind_out):
         port, log = self.start_microsocks(bind_out=bind_out)
-        self.write_config([self.socks5_entry("tor", port)])
+        # `refuse`: a Go program is refused rather than run in strict mode (the default).
+        self.write_config([self.socks5_entry("tor", port)], service={"unrouted_exec": "refuse"})
         return log
 
     def run_py(self, code, via=True):

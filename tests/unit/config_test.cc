@@ -847,6 +847,12 @@ TEST_F(ConfigTest, UnroutedExec) {
   auto strict = Parse("network_service:\n  unrouted_exec: strict\n");
   EXPECT_TRUE(strict->service.unrouted_exec_strict);
   EXPECT_FALSE(strict->service.unrouted_exec_allowed);
+  // strict is the default; refuse and allow turn it off.
+  auto unset = Parse("network_service:\n  loopback: direct\n");
+  EXPECT_TRUE(unset->service.unrouted_exec_strict);
+  EXPECT_FALSE(unset->service.unrouted_exec_allowed);
+  EXPECT_FALSE(Parse("network_service:\n  unrouted_exec: refuse\n")->service.unrouted_exec_strict);
+  EXPECT_FALSE(Parse("network_service:\n  unrouted_exec: allow\n")->service.unrouted_exec_strict);
   EXPECT_EQ(Error("network_service:\n  unrouted_exec: maybe\n"),
             "via.yaml:2:18: network_service.unrouted_exec: must be refuse, allow or strict, not "
             "\"maybe\"");
