@@ -225,4 +225,43 @@ void Supervisor::HandleGetsockname(const seccomp_notif& n) {
   Respond(n.id, ok ? 0 : EFAULT);
 }
 
+void Supervisor::RememberPeer(int host, const wire::Addr& dest) {
+  struct stat st {};
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  Peer p;
+  p.dest = dest;
+  if (fstat(host, &st) != 0 || getpeername(host, reinterpret_cast<sockaddr*>(&ss), &len) != 0 ||
+      !wire::AddrFromSockaddr(reinterpret_cast<sockaddr*>(&ss), len, &p.kernel)) {
+    return;  // then the kernel answers getpeername: the proxy's address
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (peers_.size() >= kMaxPeers) peers_.clear();
+  peers_[st.st_ino] = p;
+}
+
+void Supervisor::HandleGetpeername(const seccomp_notif& n) {
+  CallerSocket sock;
+  if (!TakeSocket(pidfds_, pid_t(n.pid), int(n.data.args[0]), &sock, true)) return Continue(n.id);
+  struct stat st {};
+  if (sock.type != SOCK_STREAM || fstat(sock.fd.get(), &st) != 0) return Continue(n.id);
+  std::optional<Peer> p;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (auto it = peers_.find(st.st_ino); it != peers_.end()) p = it->second;
+  }
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  wire::Addr kernel;
+  if (!p || getpeername(sock.fd.get(), reinterpret_cast<sockaddr*>(&ss), &len) != 0 ||
+      !wire::AddrFromSockaddr(reinterpret_cast<sockaddr*>(&ss), len, &kernel) ||
+      !(kernel == p->kernel)) {
+    return Continue(n.id);  // not one we placed (or no longer connected): the kernel answers
+  }
+  if (!StillWaiting(n.id)) return;
+  const bool ok = WriteAddress(pid_t(n.pid), n.data.args[1], n.data.args[2], p->dest,
+                               sock.domain == AF_INET6 ? 6 : 4);
+  Respond(n.id, ok ? 0 : EFAULT);
+}
+
 }  // namespace via::tools::strict

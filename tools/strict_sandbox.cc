@@ -106,11 +106,11 @@ bool SetUpNetwork(const std::string& resolv_conf, UniqueFd* dns, std::string* wh
   return true;
 }
 
-// The filter: connect, listen, accept and getsockname go to `via run`, io_uring is refused (it
-// would connect past the filter; the namespace stops it anyway, this makes it fail at once),
-// everything else runs. Another architecture's calls (a 32-bit int 0x80) end the process: their
-// numbers differ. With `audit`, io_uring_setup and every send that carries an address also go to
-// `via run`, which records what would have left and lets the call meet the namespace.
+// The filter: connect, listen, getpeername, accept and getsockname go to `via run`, io_uring is
+// refused (it would connect past the filter; the namespace stops it anyway, this makes it fail at
+// once), everything else runs. Another architecture's calls (a 32-bit int 0x80) end the process:
+// their numbers differ. With `audit`, io_uring_setup and every send that carries an address also go
+// to `via run`, which records what would have left and lets the call meet the namespace.
 UniqueFd InstallFilter(bool audit, bool listeners, std::string* why) {
   auto stmt = [](uint16_t code, uint32_t k) { return sock_filter BPF_STMT(code, k); };
   auto jump = [](uint32_t k, uint8_t jt, uint8_t jf) {
@@ -128,6 +128,9 @@ UniqueFd InstallFilter(bool audit, bool listeners, std::string* why) {
       stmt(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
       // A listen the overlay serves (or refuses, as for the shim): strict_listen.cc.
       jump(SYS_listen, 0, 1),
+      stmt(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
+      // getpeername of a socket it placed: the destination, not the proxy (strict_listen.cc).
+      jump(SYS_getpeername, 0, 1),
       stmt(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
       jump(SYS_io_uring_setup, 0, 1),
       stmt(BPF_RET | BPF_K, audit ? SECCOMP_RET_USER_NOTIF : SECCOMP_RET_ERRNO | EPERM),

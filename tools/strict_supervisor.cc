@@ -194,6 +194,8 @@ void Supervisor::Handle(const seccomp_notif& n) {
     case SYS_getsockname:
       if (!has_listeners_.load(std::memory_order_acquire)) return Continue(n.id);
       return HandleGetsockname(n);
+    case SYS_getpeername:
+      return HandleGetpeername(n);
     case SYS_io_uring_setup:  // only with --audit
       Record(ProcessOf(pid_t(n.pid)), "io_uring_setup (refused: EPERM)", "");
       return Respond(n.id, EPERM);
@@ -231,6 +233,7 @@ void Supervisor::HandleConnect(const seccomp_notif& n) {
   int err = Connect(host.get(), d.addr, RouteOf(sock.pid), sock.pid);
   if (err != 0) return Respond(n.id, err);
   CopyOptions(sock.fd.get(), host.get());
+  RememberPeer(host.get(), d.addr);
   if (PlaceOn(n.id, host.get(), sock.pid, fd)) Respond(n.id, 0);
 }
 

@@ -111,6 +111,11 @@ class Supervisor {
   void HandleListen(const seccomp_notif& n);
   void HandleAccept(const seccomp_notif& n);
   void HandleGetsockname(const seccomp_notif& n);
+  // getpeername on a socket placed for a connect: the destination the program connected to
+  // (its fake address for a name), not the proxy's address the kernel would give.
+  void HandleGetpeername(const seccomp_notif& n);
+  // Remembers, by inode, what a placed socket `host` stands for (`dest`, as the program gave it).
+  void RememberPeer(int host, const wire::Addr& dest);
   // The listener whose socketpair end `sock` is (by inode), or nullopt.
   std::optional<Listener> ListenerOf(const CallerSocket& sock);
   // LISTEN for `bound` with `theirs` attached: 0, or an errno with *msg; *flags and *address
@@ -154,6 +159,13 @@ class Supervisor {
   std::map<std::string, std::pair<std::string, int64_t>> names_;
   std::map<std::string, int> audit_;        // "pid N EXE: what to where" -> times
   std::map<ino_t, Listener> listeners_;     // by the inode of the program's socketpair end
+  // Sockets placed for a connect, by inode: the program's destination, and the peer the kernel
+  // knows (the proxy), which a reused inode would not have. At most kMaxPeers (then cleared).
+  struct Peer {
+    wire::Addr dest, kernel;
+  };
+  std::map<ino_t, Peer> peers_;
+  static constexpr size_t kMaxPeers = 4096;
   std::atomic<bool> has_listeners_{false};  // listeners_ was ever non-empty (read without mu_)
   std::map<std::string, std::vector<BrokerClient>> pools_;  // by network
   std::map<std::string, RoutePtr> routes_;                  // by "pid executable"

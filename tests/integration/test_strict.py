@@ -311,6 +311,33 @@ class Strict(harness.ViaCase):
         marked = sorted((s["strict"], s["audit"], s["refused_by_kind"]) for s in js["sessions"])
         self.assertEqual(marked, [(False, False, {}), (True, True, {"UDP send": 2})])
 
+    def test_getpeername_gives_the_destination_not_the_proxy(self):
+        # The socket via run places is connected to the proxy; getpeername answers what the
+        # program connected to (the fake address of a name, the port it asked for), as the shim
+        # does, and the kernel's own answer still stands for sockets via did not place (a UDP
+        # socket connected inside the namespace).
+        self.configure()
+        code = ("import socket, sys\n"
+                "port = int(sys.argv[1])\n"
+                "a = socket.getaddrinfo('example.test', port, socket.AF_INET,"
+                " socket.SOCK_STREAM)[0][4]\n"
+                "s = socket.create_connection(a)\n"
+                "s.sendall(b'GET /peer HTTP/1.0\\r\\nHost: example.test\\r\\n\\r\\n')\n"
+                "s.recv(100)\n"
+                "u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                "u.connect(('127.0.0.1', 9))\n"
+                "print(a[0], a[1], s.getpeername()[0], s.getpeername()[1])\n"
+                "print(u.getpeername() == ('127.0.0.1', 9))\n")
+        proc = self.strict(harness.PYTHON, "-c", code, str(self.port))
+        self.assertOk(proc)
+        first, second = proc.stdout.split("\n")[:2]
+        fake, port, peer, peer_port = first.split()
+        self.assertEqual((peer, peer_port), (fake, port))
+        self.assertEqual(int(port), self.port)
+        self.assertNotEqual(peer, "127.0.0.1")  # a fake address, not the proxy's
+        self.assertEqual(second, "True")
+        self.assertProxied("/peer")
+
     def test_io_uring_is_refused(self):
         # io_uring submits connects the filter never sees: io_uring_setup fails with EPERM (the
         # namespace would stop them anyway). The control: outside via it works here.
