@@ -57,7 +57,10 @@ user notification), which has the broker connect a socket through the overlay an
 the program's descriptor; names get fake addresses from a resolver via run answers in the
 namespace. Whatever is not routed (UDP, ICMP, TCP Fast Open, io_uring) has no route out and
 fails. Needs Linux 5.9 and, when not root, unprivileged user namespaces; if the kernel refuses,
-nothing is run. docs/architecture.md, "Strict mode", says what it does not do yet.
+nothing is run. docs/architecture.md, "Strict mode", says what it does not do yet. Without
+--strict, a static or Go program that COMMAND or its children exec runs this way on its own
+(one line on stderr says so; network_service.unrouted_exec: strict, the default; refuse
+refuses it). `via status` marks strict sessions, and with --audit counts what they refused.
 
 Options:
   -c, --config PATH    configuration file or directory (default: the usual search)

@@ -215,7 +215,9 @@ class CliWithServers(harness.ViaCase):
             for _ in range(200):
                 st = self.via("status", "--json")
                 doc = json.loads(st.stdout) if st.returncode == 0 else None
-                if doc and doc["sessions"] and doc["programs"]:
+                # The program greets the broker before its lookup is answered: wait for both.
+                if (doc and doc["sessions"] and doc["programs"] and
+                        doc["fake_addresses"]["names"] >= 1):
                     break
                 time.sleep(0.05)
             self.assertOk(st)
