@@ -31,6 +31,7 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 BUILD = os.environ.get("VIA_BUILD_DIR", os.path.join(ROOT, "build"))
+GO = shutil.which("go") or "/usr/local/go/bin/go"
 VIA = os.environ.get("VIA_BIN", os.path.join(BUILD, "via"))
 SHIM = os.environ.get("VIA_SHIM", os.path.join(BUILD, "libvia.so"))
 PYTHON = sys.executable
@@ -275,6 +276,26 @@ class ViaCase(unittest.TestCase):
         knows, a private port 53)."""
         if not IN_NAMESPACE:
             self.skipTest(NS_REASON or "needs the test namespace")
+
+    def go_build(self, name, source, *flags, cgo=True):
+        """Builds Go `source` (package main, no modules) with `go build FLAGS` into DIR/NAME;
+        cgo on (dynamically linked) unless `cgo` is false. Skips the test when Go is missing or
+        the build fails."""
+        if not os.access(GO, os.X_OK):
+            self.skipTest("Go is not installed")
+        work = os.path.join(self.dir, "go-" + name)
+        os.makedirs(work)
+        with open(os.path.join(work, "main.go"), "w") as f:
+            f.write(source)
+        out = os.path.join(self.dir, name)
+        cache = os.environ.get("GOCACHE") or os.path.join(BUILD, "go-test-cache")
+        env = dict(self.env, GOTOOLCHAIN="local", GOCACHE=cache, CGO_ENABLED="1" if cgo else "0",
+                   GOFLAGS="", GOPATH=os.path.join(self.dir, "gopath"), GO111MODULE="off")
+        built = subprocess.run([GO, "build", *flags, "-o", out, "main.go"], cwd=work, env=env,
+                               capture_output=True, text=True, timeout=600)
+        if built.returncode != 0:
+            self.skipTest(f"go build failed: {built.stderr[-400:]}")
+        return out
 
     # ---- servers ---------------------------------------------------------------------------
     def spawn(self, argv, log_name, env=None, proxy_hosts=False):

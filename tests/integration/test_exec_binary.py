@@ -138,8 +138,6 @@ func Fetch(host *C.char, port C.int) C.int {
 func main() {}
 """
 
-GO = shutil.which("go") or "/usr/local/go/bin/go"
-
 
 def pt_interp(path):
     """The PT_INTERP of a 64-bit ELF file (the dynamic loader it names), or None."""
@@ -184,23 +182,6 @@ class ExecBinary(harness.ViaCase):
         if built.returncode != 0:
             self.skipTest(f"cannot build {name} ({' '.join(flags)}): {built.stderr[-300:]}")
         return exe
-
-    def go_build(self, name, source, *flags):
-        if not os.access(GO, os.X_OK):
-            self.skipTest("Go is not installed")
-        work = os.path.join(self.dir, "go-" + name)
-        os.makedirs(work)
-        with open(os.path.join(work, "main.go"), "w") as f:
-            f.write(source)
-        out = os.path.join(self.dir, name)
-        cache = os.environ.get("GOCACHE") or os.path.join(harness.BUILD, "go-test-cache")
-        env = dict(self.env, GOTOOLCHAIN="local", GOCACHE=cache, CGO_ENABLED="1", GOFLAGS="",
-                   GOPATH=os.path.join(self.dir, "gopath"), GO111MODULE="off")
-        built = subprocess.run([GO, "build", *flags, "-o", out, "main.go"], cwd=work, env=env,
-                               capture_output=True, text=True, timeout=600)
-        if built.returncode != 0:
-            self.skipTest(f"go build failed: {built.stderr[-400:]}")
-        return out
 
     def assert_refused(self, proc, *phrases):
         self.assertNotEqual(proc.returncode, 0, proc.stdout + proc.stderr)

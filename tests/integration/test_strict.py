@@ -13,8 +13,6 @@ import time
 
 import harness
 
-GO = shutil.which("go") or "/usr/local/go/bin/go"
-
 # getaddrinfo + connect + GET /ARGV3 from ARGV1:ARGV2 (data/gai_client.c).
 GAI_CLIENT = harness.read_text(os.path.join(harness.HERE, "data", "gai_client.c"))
 
@@ -390,7 +388,7 @@ int main(void) {
     def test_dynamic_go_program_without_build_id_is_routed(self):
         # A cgo (dynamically linked) Go binary built with -buildid= (which the default mode's
         # Go check looks for by other marks): in strict mode what it is does not matter.
-        exe = self.go_build(["-ldflags=-buildid="], cgo=True)
+        exe = self.go_client(["-ldflags=-buildid="], cgo=True)
         self.configure()
         proc = self.strict(exe, f"http://example.test:{self.port}/go-dyn")
         self.assertOk(proc)
@@ -403,7 +401,7 @@ int main(void) {
         self.configure()
         for flags, cgo, path in (([], False, "/go-static"),
                                  (["-ldflags=-buildid="], True, "/go-dyn")):
-            exe = self.go_build(flags, cgo)
+            exe = self.go_client(flags, cgo)
             proc = self.via("run", "--network", "app:tor", "--", "sh", "-c",
                             f"{exe} http://example.test:{self.port}{path}; echo status=$?")
             self.assertIn("status=0", proc.stdout, proc.stderr)
@@ -411,25 +409,11 @@ int main(void) {
         self.assertEqual([(r["peer"], r["path"]) for r in self.records(self.record)],
                          [(harness.PROXY_OUT, "/go-static"), (harness.PROXY_OUT, "/go-dyn")])
 
-    def go_build(self, flags, cgo):
-        if not os.access(GO, os.X_OK):
-            self.skipTest("Go is not installed")
-        work = os.path.join(self.dir, "go")
-        os.makedirs(work, exist_ok=True)
-        with open(os.path.join(work, "main.go"), "w") as f:
-            f.write(GO_CLIENT)
-        exe = os.path.join(self.dir, "goclient" + ("-cgo" if cgo else ""))
-        cache = os.environ.get("GOCACHE") or os.path.join(harness.BUILD, "go-test-cache")
-        env = dict(self.env, GOTOOLCHAIN="local", GOCACHE=cache, CGO_ENABLED="1" if cgo else "0",
-                   GOFLAGS="", GOPATH=os.path.join(self.dir, "gopath"), GO111MODULE="off")
-        built = subprocess.run([GO, "build", *flags, "-o", exe, "main.go"], cwd=work, env=env,
-                               capture_output=True, text=True, timeout=600)
-        if built.returncode != 0:
-            self.skipTest("go build failed: " + built.stderr[-300:])
-        return exe
+    def go_client(self, flags, cgo):
+        return self.go_build("goclient" + ("-cgo" if cgo else ""), GO_CLIENT, *flags, cgo=cgo)
 
     def test_static_go_program_is_routed(self):
-        exe = self.go_build([], cgo=False)
+        exe = self.go_client([], cgo=False)
         self.configure()
         proc = self.strict(exe, f"http://example.test:{self.port}/go")
         self.assertOk(proc)

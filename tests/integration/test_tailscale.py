@@ -427,7 +427,7 @@ class Tailnet(harness.ViaCase):
     def test_strict_static_go_listener_reached_from_a_peer(self):
         # The same with a static Go server: Go's runtime polls the listener with epoll and
         # accepts without blocking; getsockname answers the address it listened on.
-        exe = self.go_build(GO_SERVER)
+        exe = self.go_build("server", GO_SERVER, cgo=False)
         alpha = self.start_peer("alpha")
         self.write_ts_config([self.ts_entry("ts", "via-a")])
         self.start_broker()
@@ -439,24 +439,6 @@ class Tailnet(harness.ViaCase):
         out = server.stdout.read()
         self.assertEqual(server.returncode, 0, out)
         self.assertIn("go listening on [::]:8082\n", out)
-
-    def go_build(self, source):
-        go = shutil.which("go") or "/usr/local/go/bin/go"
-        if not os.access(go, os.X_OK):
-            self.skipTest("Go is not installed")
-        work = os.path.join(self.dir, "goserver")
-        os.makedirs(work, exist_ok=True)
-        with open(os.path.join(work, "main.go"), "w") as f:
-            f.write(source)
-        exe = os.path.join(work, "server")
-        cache = os.environ.get("GOCACHE") or os.path.join(harness.BUILD, "go-test-cache")
-        env = dict(self.env, GOTOOLCHAIN="local", GOCACHE=cache, CGO_ENABLED="0", GOFLAGS="",
-                   GOPATH=os.path.join(self.dir, "gopath"), GO111MODULE="off")
-        built = subprocess.run([go, "build", "-o", exe, "main.go"], cwd=work, env=env,
-                               capture_output=True, text=True, timeout=600)
-        if built.returncode != 0:
-            self.skipTest("go build failed: " + built.stderr[-300:])
-        return exe
 
     def test_a_reload_keeps_the_node_and_its_listener(self):
         """`via reload` with an edited config (another entry added) keeps the running node:

@@ -256,6 +256,13 @@ class BrokerProtocolTest : public ::testing::Test {
       if (!session.empty()) w.PutString(wire::kTagSession, session);
     });
   }
+  // OPEN_SESSION for `network` on `fd`: the session's token, or "" (and a failure) when refused.
+  std::string OpenSession(int fd, const std::string& network) {
+    Reply r = Request(fd, wire::kOpenSession,
+                      [&](wire::Writer& w) { w.PutString(wire::kTagNetwork, network); });
+    EXPECT_EQ(r.err, 0u) << r.message;
+    return r.err == 0 ? r.Str(wire::kTagSession) : std::string();
+  }
   // A connection that said HELLO for `network`.
   UniqueFd Greeted(const std::string& network) {
     UniqueFd fd = Connect();
@@ -528,10 +535,8 @@ TEST_F(BrokerProtocolTest, HelloWithOverlayWithoutDriverGivesItsError) {
 TEST_F(BrokerProtocolTest, HelloWithSessionTakesTheSessionsNetwork) {
   StartBroker();
   UniqueFd owner = Greeted("direct");
-  Reply s = Request(owner.get(), wire::kOpenSession,
-                    [](wire::Writer& w) { w.PutString(wire::kTagNetwork, "app:silent"); });
-  ASSERT_EQ(s.err, 0u);
-  std::string token = s.Str(wire::kTagSession);
+  const std::string token = OpenSession(owner.get(), "app:silent");
+  ASSERT_FALSE(token.empty());
 
   UniqueFd shim = Connect();
   EXPECT_EQ(Hello(shim.get(), "", token).Str(wire::kTagNetwork), "app:silent");
@@ -846,10 +851,8 @@ TEST_F(BrokerProtocolTest, OpenSessionDeniedByPolicyNamesTheEntry) {
 TEST_F(BrokerProtocolTest, SessionChildMustBeTheOpenersChild) {
   StartBroker();
   UniqueFd owner = Greeted("direct");
-  Reply s = Request(owner.get(), wire::kOpenSession,
-                    [](wire::Writer& w) { w.PutString(wire::kTagNetwork, "app:silent"); });
-  ASSERT_EQ(s.err, 0u);
-  std::string token = s.Str(wire::kTagSession);
+  const std::string token = OpenSession(owner.get(), "app:silent");
+  ASSERT_FALSE(token.empty());
   auto child = [&](int fd, const std::string& t, uint32_t pid) {
     return Request(fd, wire::kSessionChild, [&](wire::Writer& w) {
       if (!t.empty()) w.PutString(wire::kTagSession, t);
@@ -877,10 +880,8 @@ TEST_F(BrokerProtocolTest, SessionChildMustBeTheOpenersChild) {
 TEST_F(BrokerProtocolTest, StrictProcessIsOnlyForTheSessionOpenersDescendants) {
   StartBroker();
   UniqueFd owner = Greeted("direct");
-  Reply s = Request(owner.get(), wire::kOpenSession,
-                    [](wire::Writer& w) { w.PutString(wire::kTagNetwork, "app:silent"); });
-  ASSERT_EQ(s.err, 0u);
-  std::string token = s.Str(wire::kTagSession);
+  const std::string token = OpenSession(owner.get(), "app:silent");
+  ASSERT_FALSE(token.empty());
   auto strict = [&](int fd, uint32_t pid) {
     return Request(fd, wire::kStrictProcess, [&](wire::Writer& w) {
       if (pid != 0) w.PutU32(wire::kTagPid, pid);
