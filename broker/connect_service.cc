@@ -37,8 +37,6 @@ Status CheckTcpSocket(int fd, int* domain) {
 
 }  // namespace
 
-// The shim connected (or failed to connect) a socket through a SOCKS5 overlay itself: the same
-// count and log line as a CONNECT the broker ran. A success gets no reply.
 // REPORT COUNT REFUSED: a strict session's supervisor counts what its namespace refused.
 void ConnectService::CountRefused(Client& c, const wire::Message& m, std::string_view kind,
                                   uint32_t count) {
@@ -61,6 +59,8 @@ void ConnectService::CountRefused(Client& c, const wire::Message& m, std::string
   it->second += count;
 }
 
+// The shim connected (or failed to connect) a socket through a SOCKS5 overlay itself: the same
+// count and log line as a CONNECT the broker ran. A success gets no reply.
 void ConnectService::HandleReport(Client& c, const wire::Message& m) {
   const uint16_t reply = wire::kReport | wire::kReplyBit;
   wire::Field f;

@@ -45,6 +45,15 @@ bool WriteAddress(pid_t tid, uint64_t addr, uint64_t len, wire::Addr a, uint8_t 
          WriteMemory(tid, len, &actual, sizeof actual);
 }
 
+// The local (`getsockname`) or peer (`getpeername`) address of socket `fd`; false on an error
+// or a family other than IPv4/IPv6.
+bool SocketName(int fd, int (*get)(int, sockaddr*, socklen_t*), wire::Addr* out) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  return get(fd, reinterpret_cast<sockaddr*>(&ss), &len) == 0 &&
+         wire::AddrFromSockaddr(reinterpret_cast<sockaddr*>(&ss), len, out);
+}
+
 // The address a TCP socket of the program listens on, when the overlay is asked to serve it: an
 // AF_INET/AF_INET6 stream socket on a non-loopback address. A socket not bound yet is bound to
 // the unspecified address and a port the kernel picks, as listen() would, so the overlay gets
@@ -53,21 +62,14 @@ bool OverlayListen(const CallerSocket& sock, wire::Addr* bound) {
   if ((sock.domain != AF_INET && sock.domain != AF_INET6) || sock.type != SOCK_STREAM) {
     return false;
   }
-  sockaddr_storage ss{};
-  socklen_t len = sizeof ss;
-  if (getsockname(sock.fd.get(), reinterpret_cast<sockaddr*>(&ss), &len) != 0 ||
-      !wire::AddrFromSockaddr(reinterpret_cast<sockaddr*>(&ss), len, bound) ||
-      wire::IsLoopback(*bound)) {
-    return false;
-  }
+  if (!SocketName(sock.fd.get(), getsockname, bound) || wire::IsLoopback(*bound)) return false;
   if (bound->port != 0) return true;
   wire::Addr any;
   any.family = bound->family;
+  sockaddr_storage ss{};
   socklen_t alen = wire::AddrToSockaddr(any, &ss);
   if (bind(sock.fd.get(), reinterpret_cast<sockaddr*>(&ss), alen) != 0) return false;
-  len = sizeof ss;
-  return getsockname(sock.fd.get(), reinterpret_cast<sockaddr*>(&ss), &len) == 0 &&
-         wire::AddrFromSockaddr(reinterpret_cast<sockaddr*>(&ss), len, bound);
+  return SocketName(sock.fd.get(), getsockname, bound);
 }
 
 }  // namespace
@@ -227,12 +229,9 @@ void Supervisor::HandleGetsockname(const seccomp_notif& n) {
 
 void Supervisor::RememberPeer(int host, const wire::Addr& dest) {
   struct stat st {};
-  sockaddr_storage ss{};
-  socklen_t len = sizeof ss;
   Peer p;
   p.dest = dest;
-  if (fstat(host, &st) != 0 || getpeername(host, reinterpret_cast<sockaddr*>(&ss), &len) != 0 ||
-      !wire::AddrFromSockaddr(reinterpret_cast<sockaddr*>(&ss), len, &p.kernel)) {
+  if (fstat(host, &st) != 0 || !SocketName(host, getpeername, &p.kernel)) {
     return;  // then the kernel answers getpeername: the proxy's address
   }
   std::lock_guard<std::mutex> lock(mu_);
@@ -250,12 +249,8 @@ void Supervisor::HandleGetpeername(const seccomp_notif& n) {
     std::lock_guard<std::mutex> lock(mu_);
     if (auto it = peers_.find(st.st_ino); it != peers_.end()) p = it->second;
   }
-  sockaddr_storage ss{};
-  socklen_t len = sizeof ss;
   wire::Addr kernel;
-  if (!p || getpeername(sock.fd.get(), reinterpret_cast<sockaddr*>(&ss), &len) != 0 ||
-      !wire::AddrFromSockaddr(reinterpret_cast<sockaddr*>(&ss), len, &kernel) ||
-      !(kernel == p->kernel)) {
+  if (!p || !SocketName(sock.fd.get(), getpeername, &kernel) || !(kernel == p->kernel)) {
     return Continue(n.id);  // not one we placed (or no longer connected): the kernel answers
   }
   if (!StillWaiting(n.id)) return;
