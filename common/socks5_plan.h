@@ -116,6 +116,32 @@ inline int PickEndpoint(int fd, const Socks5Plan& plan, sockaddr_storage* ss, so
 
 }  // namespace plan_detail
 
+// Starts `hs` for `name` (or `dest` when nullptr), port dest.port, with the credentials `plan`
+// asks for: 0, or EIO with the cause in `why` (no isolation credential: nothing may be sent; hs
+// still names the target for the message).
+inline int StartClient(const Socks5Plan& plan, const char* name, const wire::Addr& dest, Client* hs,
+                       char* why, size_t whycap) {
+  char cred[17] = {};
+  const int cred_err = plan.isolate ? IsolationCredential(cred, getrandom) : 0;
+  if (plan.isolate) {
+    hs->Start(name, dest, dest.port, cred, 16, cred, 16, kCmdConnect, plan.pipeline);
+  } else if (plan.per_destination) {
+    char target[300], dcred[sizeof plan.username + 18];
+    FormatTarget(name, name == nullptr ? 0 : std::strlen(name), dest, dest.port, target,
+                 sizeof target);
+    const size_t n =
+        DestinationCredential(plan.username, plan.username_len, target, dcred, sizeof dcred);
+    hs->Start(name, dest, dest.port, dcred, n, dcred, n, kCmdConnect, plan.pipeline);
+  } else {
+    hs->Start(name, dest, dest.port, plan.username, plan.username_len, plan.password,
+              plan.password_len, kCmdConnect, plan.pipeline);
+  }
+  if (cred_err == 0) return 0;
+  std::snprintf(why, whycap, "socks5: failed to generate isolation credential: %s",
+                std::strerror(cred_err));
+  return EIO;
+}
+
 // Connects `fd` through the proxy of `plan` to `name` (or `dest` when nullptr), port dest.port,
 // with `connect` (the shim passes libc's real one: its own is a hook), in this thread: 0, or an
 // errno with the cause in `why` (for REPORT) and "<target> via <overlay>: <why>" in `msg` (as
@@ -124,27 +150,7 @@ template <typename ConnectFn>
 int ConnectBlocking(int fd, const Socks5Plan& plan, const char* name, const wire::Addr& dest,
                     ConnectFn&& connect, char* why, size_t whycap, char* msg, size_t msgcap) {
   Client hs;
-  char cred[17] = {};
-  const int cred_err = plan.isolate ? IsolationCredential(cred, getrandom) : 0;
-  if (plan.isolate) {
-    hs.Start(name, dest, dest.port, cred, 16, cred, 16, kCmdConnect, plan.pipeline);
-  } else if (plan.per_destination) {
-    char target[300], dcred[sizeof plan.username + 18];
-    FormatTarget(name, name == nullptr ? 0 : std::strlen(name), dest, dest.port, target,
-                 sizeof target);
-    const size_t n =
-        DestinationCredential(plan.username, plan.username_len, target, dcred, sizeof dcred);
-    hs.Start(name, dest, dest.port, dcred, n, dcred, n, kCmdConnect, plan.pipeline);
-  } else {
-    hs.Start(name, dest, dest.port, plan.username, plan.username_len, plan.password,
-             plan.password_len, kCmdConnect, plan.pipeline);
-  }
-  int err = 0;
-  if (cred_err != 0) {  // nothing was sent; hs names the target for the message
-    std::snprintf(why, whycap, "socks5: failed to generate isolation credential: %s",
-                  std::strerror(cred_err));
-    err = EIO;
-  }
+  int err = StartClient(plan, name, dest, &hs, why, whycap);
   int flags = -1;
   if (err == 0) err = proxy::MakeNonBlocking(fd, &flags, why, whycap);
   if (err == 0) {

@@ -16,6 +16,7 @@
 // headers), set with setsockopt or in a sendmsg's control messages. See docs/architecture.md, "One
 // decision for every destination".
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -32,6 +33,7 @@
 #include "shim/export.h"
 #include "shim/hook_listen.h"
 #include "shim/name_cache.h"
+#include "shim/pending_connect.h"
 #include "shim/process_route.h"
 #include "shim/real.h"
 #include "shim/routed.h"
@@ -108,6 +110,27 @@ int ConnectRouted(int fd, const ConnectPlan& p) {
            NetworkLabel(), msg);
   errno = err;
   return -1;
+}
+
+// A non-blocking socket whose handshake the shim runs: -1 with EINPROGRESS (the handshake goes
+// on in the shim's thread, pending_connect.h) or the errno of a connect that failed at once; 0
+// when not taken (a blocking socket, a connect the broker runs): then ConnectRouted.
+int ConnectPending(int fd, ConnectPlan* p) {
+  const Socks5Plan* plan = p->socks5;
+  if (p->route == Route::kBroker) {
+    // A fake address whose name this process has not cached (the cache misses under contention,
+    // or a parent resolved it): the broker's name for it, then the shim's own handshake, rather
+    // than a CONNECT through the broker that would block this thread.
+    const int fl = fcntl(fd, F_GETFL);
+    char msg[8];
+    if (fl < 0 || (fl & O_NONBLOCK) == 0 || BrokerSocks5Plan(&plan, msg, sizeof msg) != 0 ||
+        plan == nullptr || !InFakeRange(*plan, p->dest) ||
+        BrokerReverse(p->dest, p->host, sizeof p->host) != 0) {
+      return 0;
+    }
+    p->by_name = true;
+  }
+  return StartPendingSocks5(fd, *plan, p->by_name ? p->host : nullptr, p->dest);
 }
 
 const char* KindText(SockKind kind, int domain) {
@@ -202,6 +225,8 @@ ssize_t SendDns(int fd, const ConnectPlan& p, const iovec* iov, size_t iovcnt) {
 }
 
 int DoConnect(int fd, const sockaddr* addr, socklen_t len) {
+  int again;  // a socket with a pending (or finished) background connect: EALREADY, EISCONN...
+  if (PendingEver() && PendingConnectAgain(fd, &again)) return again;
   ConnectPlan p;
   PlanConnect(fd, AddrCall::kConnect, false, addr, len, nullptr, kAskBroker, &p);
   switch (p.route) {
@@ -211,6 +236,7 @@ int DoConnect(int fd, const sockaddr* addr, socklen_t len) {
       return Real().connect(fd, p.name(), p.len);
     case Route::kSocks5Here:
     case Route::kBroker:
+      if (ConnectPending(fd, &p) != 0) return -1;  // EINPROGRESS, or failed at once
       return ConnectRouted(fd, p);
     case Route::kDnsSocket:
       return DnsConnect(fd, p.dest);
@@ -380,6 +406,10 @@ VIA_EXPORT int __socket(int domain, int type, int protocol) {
 
 VIA_EXPORT int getpeername(int fd, sockaddr* addr, socklen_t* len) noexcept {
   wire::Addr dest;
+  if (PendingEver() && PendingNotConnected(fd)) {  // as a kernel connect in progress
+    errno = ENOTCONN;
+    return -1;
+  }
   if (addr != nullptr && len != nullptr && (LookupRouted(fd, &dest) || DnsPeer(fd, &dest))) {
     sockaddr_storage ss;
     socklen_t actual = wire::AddrToSockaddr(dest, &ss);

@@ -1,0 +1,53 @@
+// Non-blocking routed connects (pending_connect.cc; docs/architecture.md, "Non-blocking
+// connects"): a routed `connect` on an O_NONBLOCK TCP socket returns EINPROGRESS at once, and a
+// shim thread runs the SOCKS5 handshake on the program's own socket. While it runs the socket is
+// *pending*: the hooks of hook_pending.cc hide its readiness from epoll, poll and select, and
+// getsockopt(SO_ERROR), connect and getpeername answer as for a kernel connect in progress.
+//
+// Cost for a process that never has a pending connect: one relaxed load (PendingEver) in each
+// hook that consults this module.
+#pragma once
+
+#include <poll.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/select.h>
+#include <time.h>
+
+#include "common/wire.h"
+#include "shim/socks5_plan.h"
+
+namespace via::shim {
+
+// Set by the first pending connect of this process (or of a parent before fork), never cleared.
+extern bool g_pending_ever;
+inline bool PendingEver() { return __atomic_load_n(&g_pending_ever, __ATOMIC_RELAXED); }
+
+// A connect of the non-blocking TCP socket `fd` through the SOCKS5 proxy of `plan` to `name` (or
+// `dest` when nullptr), port dest.port. 0: not taken (a blocking socket, or no room): the caller
+// runs the blocking path. -1 with errno: EINPROGRESS (the handshake goes on in the shim's
+// thread), or the failure of a connect that failed at once (said on stderr and REPORTed, as the
+// blocking path does).
+int StartPendingSocks5(int fd, const Socks5Plan& plan, const char* name, const wire::Addr& dest);
+
+// `connect` again on a socket this module knows: true with the call's result in *ret (-1 with
+// EALREADY while pending, the failure's errno after a failure, EISCONN once connected).
+bool PendingConnectAgain(int fd, int* ret);
+// getsockopt(SO_ERROR): true with *err when the socket is pending (0) or failed (its errno, once).
+bool PendingSoError(int fd, int* err);
+// getpeername: true while `fd` is pending (the caller answers ENOTCONN).
+bool PendingNotConnected(int fd);
+// epoll_ctl on a pending socket: true with the call's result in *ret (the registration is made
+// with no events and restored when the handshake ends).
+bool PendingEpollCtl(int epfd, int op, int fd, epoll_event* ev, int* ret);
+// ppoll (poll: `mask` null) with a pending socket in the set: true with the call's result in *ret.
+// `timeout` null waits for ever.
+bool PendingPoll(pollfd* fds, nfds_t n, const timespec* timeout, const sigset_t* mask, int* ret);
+// pselect (select: `mask` null), the same way.
+bool PendingSelect(int nfds, fd_set* rd, fd_set* wr, fd_set* ex, const timespec* timeout,
+                   const sigset_t* mask, int* ret);
+// close: `real_close` closes; when the program's last descriptor of a pending socket is gone, the
+// handshake is dropped (the proxy sees the connection closed, nothing else).
+int PendingClose(int fd, int (*real_close)(int));
+
+}  // namespace via::shim

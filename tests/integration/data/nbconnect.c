@@ -1,0 +1,188 @@
+// Non-blocking connect edge cases (test_nonblocking_connect.py): connects a non-blocking TCP
+// socket to HOST:PORT (getaddrinfo, IPv4) and waits for it the way MODE says, then sends
+// "GET /MODE" and prints the reply's status line. Every line it prints is "key=value ...".
+//
+//   nbconnect MODE HOST PORT
+//
+// MODE: error (poll for POLLOUT, print SO_ERROR), epoll-before / epoll-after (EPOLLET
+// registration before / after connect), oneshot (EPOLLONESHOT after connect), pollin (poll for
+// POLLIN only: nothing may show before the request is sent), select, again (EALREADY, then
+// EISCONN), close (close while pending, 300 ms in, then wait 3 s), fork (fork while pending; both
+// wait), blocking (a blocking socket).
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/select.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static long long now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static const char* ename(int e) {
+  const char* n = strerrorname_np(e);
+  return e == 0 ? "0" : n ? n : "?";
+}
+
+static int so_error(int fd) {
+  int err = -1;
+  socklen_t len = sizeof err;
+  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) return -errno;
+  return err;
+}
+
+static int wait_out(int fd, int ms) {
+  struct pollfd p = {fd, POLLOUT, 0};
+  return poll(&p, 1, ms);
+}
+
+// Sends the request and prints the status line: status=200 (or status=none).
+static void request(int fd, const char* mode, const char* host, const char* port) {
+  int fl = fcntl(fd, F_GETFL);
+  fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+  char req[256];
+  int n = snprintf(req, sizeof req, "GET /%s HTTP/1.0\r\nHost: %s:%s\r\n\r\n", mode, host, port);
+  if (send(fd, req, n, MSG_NOSIGNAL) != n) {
+    printf("status=none send=%s\n", ename(errno));
+    return;
+  }
+  char buf[64] = {0};
+  ssize_t r = recv(fd, buf, sizeof buf - 1, MSG_WAITALL);
+  int code = 0;
+  if (r > 12 && sscanf(buf, "HTTP/1.%*d %d", &code) == 1) {
+    printf("status=%d\n", code);
+  } else {
+    printf("status=none got=%zd\n", r);
+  }
+}
+
+int main(int argc, char** argv) {
+  if (argc != 4) {
+    fprintf(stderr, "usage: nbconnect MODE HOST PORT\n");
+    return 2;
+  }
+  const char *mode = argv[1], *host = argv[2], *port = argv[3];
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  struct addrinfo hints = {0}, *ai;
+  hints.ai_family = AF_INET;
+  hints.ai_socktype = SOCK_STREAM;
+  if (getaddrinfo(host, port, &hints, &ai) != 0) {
+    printf("getaddrinfo=failed\n");
+    return 1;
+  }
+  const int blocking = strcmp(mode, "blocking") == 0;
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | (blocking ? 0 : SOCK_NONBLOCK), 0);
+  int ep = -1;
+  if (strcmp(mode, "epoll-before") == 0) {
+    ep = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event ev = {.events = EPOLLOUT | EPOLLET, .data.u64 = 42};
+    epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+  }
+  long long t0 = now_ms();
+  int r = connect(fd, ai->ai_addr, ai->ai_addrlen);
+  int cerr = r == 0 ? 0 : errno;
+  printf("connect=%s connect_ms=%lld\n", ename(cerr), now_ms() - t0);
+  if (blocking) {
+    if (r == 0) request(fd, mode, host, port);
+    return 0;
+  }
+  if (cerr != EINPROGRESS) return 0;
+
+  if (strcmp(mode, "error") == 0) {
+    int w = wait_out(fd, 30000);
+    printf("poll=%d so_error=%s elapsed_ms=%lld\n", w, ename(so_error(fd)), now_ms() - t0);
+    return 0;
+  }
+  if (strcmp(mode, "epoll-before") == 0 || strcmp(mode, "epoll-after") == 0 ||
+      strcmp(mode, "oneshot") == 0) {
+    if (ep < 0) {
+      ep = epoll_create1(EPOLL_CLOEXEC);
+      unsigned flag = strcmp(mode, "oneshot") == 0 ? EPOLLONESHOT : EPOLLET;
+      struct epoll_event ev = {.events = EPOLLOUT | EPOLLIN | flag, .data.u64 = 42};
+      epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+    }
+    // Count events for 2.5 s after the first: edge-triggered and one-shot registrations
+    // report the connection once.
+    struct epoll_event got;
+    long long first = -1;
+    int events = 0;
+    unsigned what = 0;
+    while (first < 0 ? now_ms() - t0 < 30000 : now_ms() - first < 2500) {
+      int n = epoll_wait(ep, &got, 1, 100);
+      if (n == 1) {
+        if (first < 0) first = now_ms();
+        ++events;
+        what |= got.events;
+      }
+    }
+    printf("events=%d first_ms=%lld out=%d data=%llu so_error=%s\n", events,
+           first < 0 ? -1 : first - t0, (what & EPOLLOUT) != 0, (unsigned long long)got.data.u64,
+           ename(so_error(fd)));
+    request(fd, mode, host, port);
+    return 0;
+  }
+  if (strcmp(mode, "pollin") == 0) {
+    struct pollfd p = {fd, POLLIN, 0};
+    int n = poll(&p, 1, 2500);  // the proxy answers after 1 s; the target says nothing first
+    printf("pollin=%d revents=%d so_error=%s\n", n, p.revents, ename(so_error(fd)));
+    request(fd, mode, host, port);
+    return 0;
+  }
+  if (strcmp(mode, "select") == 0) {
+    fd_set w;
+    FD_ZERO(&w);
+    FD_SET(fd, &w);
+    struct timeval tv = {30, 0};
+    int n = select(fd + 1, NULL, &w, NULL, &tv);
+    printf("select=%d writable=%d first_ms=%lld so_error=%s\n", n, FD_ISSET(fd, &w), now_ms() - t0,
+           ename(so_error(fd)));
+    request(fd, mode, host, port);
+    return 0;
+  }
+  if (strcmp(mode, "again") == 0) {
+    int r2 = connect(fd, ai->ai_addr, ai->ai_addrlen);
+    printf("second=%s\n", r2 == 0 ? "0" : ename(errno));
+    wait_out(fd, 30000);
+    printf("so_error=%s\n", ename(so_error(fd)));
+    int r3 = connect(fd, ai->ai_addr, ai->ai_addrlen);
+    printf("third=%s\n", r3 == 0 ? "0" : ename(errno));
+    request(fd, mode, host, port);
+    return 0;
+  }
+  if (strcmp(mode, "close") == 0) {
+    usleep(300 * 1000);  // the handshake has sent the request by then
+    close(fd);
+    sleep(3);
+    printf("closed=1\n");
+    return 0;
+  }
+  if (strcmp(mode, "fork") == 0) {
+    pid_t pid = fork();
+    if (pid == 0) {
+      int w = wait_out(fd, 30000);
+      printf("child_poll=%d child_so_error=%s child_ms=%lld\n", w, ename(so_error(fd)),
+             now_ms() - t0);
+      _exit(0);
+    }
+    int w = wait_out(fd, 30000);
+    printf("parent_poll=%d parent_so_error=%s parent_ms=%lld\n", w, ename(so_error(fd)),
+           now_ms() - t0);
+    int st;
+    waitpid(pid, &st, 0);
+    request(fd, mode, host, port);
+    return 0;
+  }
+  printf("unknown mode\n");
+  return 2;
+}

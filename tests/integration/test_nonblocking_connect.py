@@ -1,0 +1,266 @@
+"""Non-blocking routed connects (issue 14, item 1): EINPROGRESS at once, the SOCKS5 handshake in
+the shim's thread, the socket writable only once the overlay connection is ready.
+
+The proxy is slow_socks5.py, a small SOCKS5 proxy that answers CONNECT after 1 s (or refuses,
+closes, never answers). 50 serial handshakes would take 50 s: event-loop programs (node, Python
+asyncio, curl --parallel) making 50 connections at once must finish in a few seconds with their
+loop never stalled, and the target must have seen every request from the proxy. Edge cases
+(epoll edge-triggered and one-shot, poll for POLLIN only, select, EALREADY/EISCONN, close and fork
+while pending, blocking sockets) are driven by data/nbconnect.c, built here with cc.
+"""
+import json
+import os
+import re
+import subprocess
+import time
+
+import harness
+
+N = 50
+DELAY_MS = 1000
+
+
+class NonBlockingConnect(harness.ViaCase):
+    def setUp(self):
+        super().setUp()
+        self.start_dns()
+        self.port, self.record = self.start_target()
+
+    def start_slow_proxy(self, mode="ok", delay_ms=DELAY_MS):
+        """slow_socks5.py in `mode`; returns (port, log)."""
+        port = harness.free_port()
+        log = os.path.join(self.dir, f"slow-{port}.log")
+        p, _ = self.spawn([harness.PYTHON, os.path.join(harness.HERE, "slow_socks5.py"),
+                           str(port), log, "--mode", mode, "--delay-ms", str(delay_ms)],
+                          f"slow-{port}.out", proxy_hosts=True)
+        harness.wait_port(port, proc=p)
+        return port, log
+
+    def proxy_lines(self, log, kind):
+        return [l.split(" ", 1)[1] for l in harness.read_lines(log) if l.startswith(kind + " ")]
+
+    def use_proxy(self, port, *extra):
+        self.write_config([self.socks5_entry("tor", port, *extra)])
+
+    def nbconnect(self):
+        exe = os.path.join(self.dir, "nbconnect")
+        built = subprocess.run(["cc", "-O1", "-o", exe,
+                                os.path.join(harness.DATA, "nbconnect.c")],
+                               capture_output=True, text=True)
+        if built.returncode != 0:
+            self.skipTest("cannot build data/nbconnect.c: " + built.stderr[-500:])
+        return exe
+
+    def run_c(self, mode, host="example.test", timeout=60):
+        """Runs data/nbconnect.c under via; returns (proc, {key: value} of its output)."""
+        proc = self.run_via("app:tor", self.nbconnect(), mode, host, str(self.port),
+                            timeout=timeout)
+        values = dict(re.findall(r"(\w+)=(\S+)", proc.stdout))
+        return proc, values
+
+    def assertConcurrent(self, proc, log, elapsed_limit=3.0, gap_limit=0.05):
+        """The program printed {"ok", "elapsed", "max_gap"}: all N requests answered within
+        `elapsed_limit` s, its timer never late by more than `gap_limit` s beyond its period;
+        the proxy and the target saw N requests."""
+        self.assertOk(proc)
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        self.assertEqual(out["ok"], N, out)
+        self.assertLess(out["elapsed"], elapsed_limit, out)
+        self.assertLess(out["max_gap"], 0.01 + gap_limit, out)
+        self.assertEqual(len(self.proxy_lines(log, "connect")), N,
+                         harness.read_text(log)[-2000:])
+        self.assertReachedThroughProxy(self.record, "example.test", count=N)
+
+    # ---- event-loop programs -------------------------------------------------------------------
+
+    def test_python_asyncio_makes_50_connections_at_once(self):
+        proxy, log = self.start_slow_proxy()
+        self.use_proxy(proxy)
+        code = f"""
+import asyncio, json, time
+async def one(i):
+    r, w = await asyncio.open_connection("example.test", {self.port})
+    w.write(b"GET /a%d HTTP/1.0\\r\\nHost: example.test:{self.port}\\r\\n\\r\\n" % i)
+    await w.drain()
+    data = await r.read()
+    w.close()
+    return data.startswith(b"HTTP/1")
+async def ticker(gap):
+    last = time.monotonic()
+    while True:
+        await asyncio.sleep(0.01)
+        now = time.monotonic()
+        gap[0] = max(gap[0], now - last)
+        last = now
+async def main():
+    gap = [0.0]
+    t = asyncio.ensure_future(ticker(gap))
+    await asyncio.sleep(0.05)
+    t0 = time.monotonic()
+    res = await asyncio.gather(*[one(i) for i in range({N})])
+    print(json.dumps({{"ok": sum(res), "elapsed": time.monotonic() - t0, "max_gap": gap[0]}}))
+asyncio.run(main())
+"""
+        proc = self.run_via("app:tor", harness.PYTHON, "-c", code)
+        # asyncio resolves names in a thread pool: its threads share the GIL with the loop, so
+        # the loop's own latency gets more room than node's.
+        self.assertConcurrent(proc, log, gap_limit=0.15)
+
+    def test_node_makes_50_fetches_at_once(self):
+        if subprocess.run(["which", "node"], capture_output=True).returncode != 0:
+            self.skipTest("node is not installed")
+        proxy, log = self.start_slow_proxy()
+        self.use_proxy(proxy)
+        code = f"""
+let gap = 0, last = performance.now();
+const timer = setInterval(() => {{
+  const now = performance.now(); gap = Math.max(gap, now - last); last = now;
+}}, 10);
+const http = require('http');
+function one(i) {{
+  return new Promise((resolve) => {{
+    const req = http.get({{host: 'example.test', port: {self.port}, path: '/n' + i,
+                           agent: false}}, (res) => {{
+      res.resume(); res.on('end', () => resolve(res.statusCode === 200));
+    }});
+    req.on('error', (e) => {{ console.error(String(e)); resolve(false); }});
+  }});
+}}
+setTimeout(async () => {{
+  const t0 = performance.now();
+  const res = await Promise.all(Array.from({{length: {N}}}, (_, i) => one(i)));
+  clearInterval(timer);
+  console.log(JSON.stringify({{ok: res.filter(Boolean).length,
+                              elapsed: (performance.now() - t0) / 1000, max_gap: gap / 1000}}));
+}}, 50);
+"""
+        proc = self.run_via("app:tor", "node", "-e", code)
+        self.assertConcurrent(proc, log)
+
+    def test_curl_parallel_makes_50_transfers_at_once(self):
+        proxy, log = self.start_slow_proxy()
+        self.use_proxy(proxy)
+        urls = []
+        for i in range(N):
+            urls += ["-o", "/dev/null", f"http://example.test:{self.port}/c{i}"]
+        t0 = time.monotonic()
+        proc = self.run_via("app:tor", "curl", "-sS", "--parallel", "--parallel-max", str(N),
+                            "--max-time", "20", "-w", "%{http_code}\\n", *urls)
+        elapsed = time.monotonic() - t0
+        self.assertOk(proc)
+        self.assertEqual(proc.stdout.split(), ["200"] * N, proc.stderr)
+        self.assertLess(elapsed, 4.0, "serial handshakes: curl's loop waited for each")
+        self.assertEqual(len(self.proxy_lines(log, "connect")), N)
+        self.assertReachedThroughProxy(self.record, "example.test", count=N)
+
+    # ---- failures --------------------------------------------------------------------------------
+
+    def assertFailsWith(self, mode, expected, max_ms):
+        proxy, log = self.start_slow_proxy(mode=mode)
+        self.use_proxy(proxy, "connect_timeout: 2s")
+        proc, v = self.run_c("error")
+        self.assertOk(proc)
+        self.assertEqual(v.get("connect"), "EINPROGRESS", proc.stdout + proc.stderr)
+        self.assertLess(int(v["connect_ms"]), 500, "connect waited for the handshake")
+        self.assertEqual(v.get("so_error"), expected, proc.stdout + proc.stderr)
+        self.assertLess(int(v["elapsed_ms"]), max_ms, proc.stdout)
+        self.assertEqual(self.proxy_lines(log, "connect"), [f"example.test:{self.port}"])
+        self.assertTargetSawNothing(self.record)
+        return proc
+
+    def test_a_refused_connect_gives_econnrefused(self):
+        proc = self.assertFailsWith("refuse", "ECONNREFUSED", 1900)
+        self.assertIn("connection refused", proc.stderr.lower())
+
+    def test_a_proxy_that_closes_mid_handshake_gives_econnreset(self):
+        self.assertFailsWith("close", "ECONNRESET", 1900)
+
+    def test_a_proxy_that_never_answers_gives_etimedout_within_connect_timeout(self):
+        proc = self.assertFailsWith("hang", "ETIMEDOUT", 3500)
+        self.assertIn("did not finish the handshake within 2000 ms", proc.stderr)
+
+    # ---- edge cases ------------------------------------------------------------------------------
+
+    def assertLateAndServed(self, proc, v, mode, first_key="first_ms"):
+        """The socket showed ready only after the proxy's 1 s answer, and the request went
+        through it."""
+        self.assertOk(proc)
+        self.assertEqual(v.get("connect"), "EINPROGRESS", proc.stdout + proc.stderr)
+        if first_key:
+            self.assertGreaterEqual(int(v[first_key]), DELAY_MS - 100, proc.stdout)
+        self.assertEqual(v.get("so_error"), "0", proc.stdout)
+        self.assertEqual(v.get("status"), "200", proc.stdout + proc.stderr)
+        self.assertReachedThroughProxy(self.record, "example.test", path="/" + mode)
+
+    def test_epollet_registered_before_connect_fires_once_when_ready(self):
+        self.use_proxy(self.start_slow_proxy()[0])
+        proc, v = self.run_c("epoll-before")
+        self.assertLateAndServed(proc, v, "epoll-before")
+        self.assertEqual((v["events"], v["out"], v["data"]), ("1", "1", "42"), proc.stdout)
+
+    def test_epollet_registered_after_connect_fires_once_when_ready(self):
+        self.use_proxy(self.start_slow_proxy()[0])
+        proc, v = self.run_c("epoll-after")
+        self.assertLateAndServed(proc, v, "epoll-after")
+        self.assertEqual((v["events"], v["out"], v["data"]), ("1", "1", "42"), proc.stdout)
+
+    def test_epolloneshot_fires_once_when_ready(self):
+        self.use_proxy(self.start_slow_proxy()[0])
+        proc, v = self.run_c("oneshot")
+        self.assertLateAndServed(proc, v, "oneshot")
+        self.assertEqual((v["events"], v["out"]), ("1", "1"), proc.stdout)
+
+    def test_poll_for_pollin_only_never_sees_the_proxys_reply(self):
+        self.use_proxy(self.start_slow_proxy()[0])
+        proc, v = self.run_c("pollin")
+        self.assertLateAndServed(proc, v, "pollin", first_key=None)
+        self.assertEqual((v["pollin"], v["revents"]), ("0", "0"), proc.stdout)
+
+    def test_select_sees_the_socket_writable_when_ready(self):
+        self.use_proxy(self.start_slow_proxy()[0])
+        proc, v = self.run_c("select")
+        self.assertLateAndServed(proc, v, "select")
+        self.assertEqual((v["select"], v["writable"]), ("1", "1"), proc.stdout)
+
+    def test_connect_again_gives_ealready_then_eisconn(self):
+        self.use_proxy(self.start_slow_proxy()[0])
+        proc, v = self.run_c("again")
+        self.assertLateAndServed(proc, v, "again", first_key=None)
+        self.assertEqual((v["second"], v["third"]), ("EALREADY", "EISCONN"), proc.stdout)
+        self.assertNotIn("failed", proc.stderr)
+
+    def test_close_while_pending_closes_the_proxy_connection_and_sends_nothing(self):
+        proxy, log = self.start_slow_proxy(mode="hang")
+        self.use_proxy(proxy)
+        proc, v = self.run_c("close")
+        self.assertOk(proc)
+        self.assertEqual((v.get("connect"), v.get("closed")), ("EINPROGRESS", "1"), proc.stdout)
+        # The proxy saw the request, then the connection closed with nothing more sent, while
+        # the program still ran (it sleeps 3 s after its close).
+        self.assertEqual(self.proxy_lines(log, "closed"),
+                         [f"example.test:{self.port} after 0 bytes"], harness.read_text(log))
+        self.assertTargetSawNothing(self.record)
+
+    def test_fork_while_pending_parent_and_child_see_the_same_result(self):
+        self.use_proxy(self.start_slow_proxy()[0])
+        proc, v = self.run_c("fork")
+        self.assertOk(proc)
+        self.assertEqual(v.get("connect"), "EINPROGRESS", proc.stdout + proc.stderr)
+        self.assertEqual((v["parent_poll"], v["parent_so_error"]), ("1", "0"), proc.stdout)
+        self.assertEqual((v["child_poll"], v["child_so_error"]), ("1", "0"), proc.stdout)
+        self.assertGreaterEqual(int(v["child_ms"]), DELAY_MS - 100, proc.stdout)
+        self.assertEqual(v.get("status"), "200", proc.stdout + proc.stderr)
+        self.assertReachedThroughProxy(self.record, "example.test", path="/fork")
+
+    def test_a_blocking_socket_still_waits_in_connect(self):
+        self.use_proxy(self.start_slow_proxy()[0])
+        proc, v = self.run_c("blocking")
+        self.assertOk(proc)
+        self.assertEqual(v.get("connect"), "0", proc.stdout + proc.stderr)
+        self.assertGreaterEqual(int(v["connect_ms"]), DELAY_MS - 100, proc.stdout)
+        self.assertEqual(v.get("status"), "200", proc.stdout)
+        self.assertReachedThroughProxy(self.record, "example.test", path="/blocking")
+
+
+if __name__ == "__main__":
+    harness.main()
