@@ -1,6 +1,6 @@
-// epoll_ctl, poll, ppoll, select, pselect, close, getsockopt: what a program sees of a socket
-// whose routed connect is pending (pending_connect.h). Each hook passes straight through, after
-// one relaxed load, in a process that never had a pending connect.
+// epoll_create, epoll_ctl, poll, ppoll, select, pselect, close, getsockopt: what a program sees of
+// a socket whose routed connect is pending (pending_connect.h). Each hook passes straight through,
+// after one relaxed load, in a process that never had a pending connect.
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
@@ -15,6 +15,8 @@
 namespace via::shim {
 namespace {
 
+constinit LazyFn<int(int)> g_real_epoll_create = {"epoll_create", nullptr};
+constinit LazyFn<int(int)> g_real_epoll_create1 = {"epoll_create1", nullptr};
 constinit LazyFn<int(int, int, int, epoll_event*)> g_real_epoll_ctl = {"epoll_ctl", nullptr};
 constinit LazyFn<int(pollfd*, nfds_t, int)> g_real_poll = {"poll", nullptr};
 constinit LazyFn<int(pollfd*, nfds_t, int, size_t)> g_real_poll_chk = {"__poll_chk", nullptr};
@@ -40,6 +42,20 @@ bool Poll(pollfd* fds, nfds_t n, int timeout, int* ret) {
 }  // namespace via::shim
 
 using namespace via::shim;
+
+// Not a hot path (an event loop makes one instance): every instance is noted, so that a pending
+// connect finds registrations made before it without looking at every descriptor.
+VIA_EXPORT int epoll_create(int size) noexcept {
+  int fd = g_real_epoll_create(size);
+  NoteEpoll(fd);
+  return fd;
+}
+
+VIA_EXPORT int epoll_create1(int flags) noexcept {
+  int fd = g_real_epoll_create1(flags);
+  NoteEpoll(fd);
+  return fd;
+}
 
 VIA_EXPORT int epoll_ctl(int epfd, int op, int fd, epoll_event* ev) noexcept {
   int r;

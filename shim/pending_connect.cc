@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -236,14 +237,43 @@ void MaskEpoll(int epfd, ino_t ino, Slot& s) {
   g_close(f);
 }
 
+bool IsEpoll(int fd) {
+  char path[48], target[32];
+  std::snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+  ssize_t n = readlink(path, target, sizeof target - 1);
+  if (n <= 0) return false;
+  target[n] = 0;
+  return std::strcmp(target, "anon_inode:[eventpoll]") == 0;
+}
+
+// The epoll instances this process made (epoll_create hooks), so that a connect looks at those
+// instead of every descriptor: a program with thousands of sockets pays a handful of readlinks.
+// Numbers the program closed and reused are weeded out when the list fills; once it overflows,
+// every descriptor is looked at. Not seen: an instance inherited across exec
+// (docs/architecture.md).
+constexpr int kEpollsKnown = 32;
+int g_epolls[kEpollsKnown];
+int g_nepolls = 0;
+bool g_epolls_overflow = false;
+int g_epolls_lock = 0;
+
+void LockEpolls() {
+  while (__atomic_exchange_n(&g_epolls_lock, 1, __ATOMIC_ACQUIRE) != 0) sched_yield();
+}
+void UnlockEpolls() { __atomic_store_n(&g_epolls_lock, 0, __ATOMIC_RELEASE); }
+
 void MaskAllEpolls(ino_t ino, Slot& s) {
+  LockEpolls();
+  if (!g_epolls_overflow) {
+    for (int i = 0; i < g_nepolls; ++i) {
+      if (g_epolls[i] != g_loop_ep && IsEpoll(g_epolls[i])) MaskEpoll(g_epolls[i], ino, s);
+    }
+    UnlockEpolls();
+    return;
+  }
+  UnlockEpolls();
   ForEachFd([&](int fd) {
-    char path[48], target[32];
-    std::snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-    ssize_t n = readlink(path, target, sizeof target - 1);
-    if (n <= 0) return;
-    target[n] = 0;
-    if (std::strcmp(target, "anon_inode:[eventpoll]") == 0) MaskEpoll(fd, ino, s);
+    if (fd != g_loop_ep && IsEpoll(fd)) MaskEpoll(fd, ino, s);
   });
 }
 
@@ -626,6 +656,24 @@ int StartPendingSocks5(int fd, const Socks5Plan& plan, const char* name, const w
   (void)w;
   errno = EINPROGRESS;
   return -1;
+}
+
+void NoteEpoll(int epfd) {
+  if (epfd < 0) return;
+  LockEpolls();
+  if (g_nepolls == kEpollsKnown) {  // weed out numbers that are no epoll instance any more
+    int kept = 0;
+    for (int i = 0; i < g_nepolls; ++i) {
+      if (g_epolls[i] != epfd && IsEpoll(g_epolls[i])) g_epolls[kept++] = g_epolls[i];
+    }
+    g_nepolls = kept;
+  }
+  if (g_nepolls < kEpollsKnown) {
+    g_epolls[g_nepolls++] = epfd;
+  } else {
+    g_epolls_overflow = true;
+  }
+  UnlockEpolls();
 }
 
 bool PendingConnectAgain(int fd, int* ret) {

@@ -30,6 +30,10 @@ inline bool PendingEver() { return __atomic_load_n(&g_pending_ever, __ATOMIC_REL
 // blocking path does).
 int StartPendingSocks5(int fd, const Socks5Plan& plan, const char* name, const wire::Addr& dest);
 
+// An epoll instance the program made (epoll_create hooks): a pending connect looks for the
+// socket's registrations in these.
+void NoteEpoll(int epfd);
+
 // `connect` again on a socket this module knows: true with the call's result in *ret (-1 with
 // EALREADY while pending, the failure's errno after a failure, EISCONN once connected).
 bool PendingConnectAgain(int fd, int* ret);
