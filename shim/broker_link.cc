@@ -631,6 +631,8 @@ void BrokerReport(const wire::Addr& dest, const char* name, int err, const char*
   Call(w, -1, reply, sizeof reply, &m, ignored, sizeof ignored);
 }
 
+void BrokerFlushReports() { FlushReports(&t_link); }
+
 int BrokerResolve(const char* name, int family, wire::Addr* out, int cap, int* count, char* msg,
                   size_t msgcap) {
   *count = 0;

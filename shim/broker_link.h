@@ -34,6 +34,9 @@ int BrokerSocks5Plan(const Socks5Plan** plan, char* msg, size_t msgcap);
 // as the program gave it), the errno and message. A success is sent without waiting (and dropped
 // if the link is congested); a failure waits until the broker has logged it.
 void BrokerReport(const wire::Addr& dest, const char* name, int err, const char* msg);
+// Sends the calling thread's count of successful connects now (BrokerReport batches them): for a
+// thread that is not the program's (pending_connect.cc), whose count no exit would flush.
+void BrokerFlushReports();
 // Fills up to `cap` fake addresses for `name` (family 0 any, 4, 6); *count gets how many.
 int BrokerResolve(const char* name, int family, wire::Addr* out, int cap, int* count, char* msg,
                   size_t msgcap);

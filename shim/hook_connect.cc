@@ -112,21 +112,21 @@ int ConnectRouted(int fd, const ConnectPlan& p) {
   return -1;
 }
 
-// A non-blocking socket whose handshake the shim runs: -1 with EINPROGRESS (the handshake goes
-// on in the shim's thread, pending_connect.h) or the errno of a connect that failed at once; 0
-// when not taken (a blocking socket, a connect the broker runs): then ConnectRouted.
+// A routed connect of a non-blocking socket: -1 with EINPROGRESS (the handshake goes on in a shim
+// thread, pending_connect.h) or the errno of a connect that failed at once; 0 when not taken (a
+// blocking socket): then ConnectRouted.
 int ConnectPending(int fd, ConnectPlan* p) {
   const Socks5Plan* plan = p->socks5;
   if (p->route == Route::kBroker) {
-    // A fake address whose name this process has not cached (the cache misses under contention,
-    // or a parent resolved it): the broker's name for it, then the shim's own handshake, rather
-    // than a CONNECT through the broker that would block this thread.
     const int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || (fl & O_NONBLOCK) == 0) return 0;
+    // A fake address whose name this process has not cached (the cache misses under contention,
+    // or a parent resolved it): the broker's name for it, then the shim's own handshake, which
+    // costs the broker less than running it. Otherwise the broker runs it (CONNECT).
     char msg[8];
-    if (fl < 0 || (fl & O_NONBLOCK) == 0 || BrokerSocks5Plan(&plan, msg, sizeof msg) != 0 ||
-        plan == nullptr || !InFakeRange(*plan, p->dest) ||
-        BrokerReverse(p->dest, p->host, sizeof p->host) != 0) {
-      return 0;
+    if (BrokerSocks5Plan(&plan, msg, sizeof msg) != 0 || plan == nullptr ||
+        !InFakeRange(*plan, p->dest) || BrokerReverse(p->dest, p->host, sizeof p->host) != 0) {
+      return StartPendingBroker(fd, p->dest);
     }
     p->by_name = true;
   }

@@ -9,13 +9,14 @@
 //
 // A slot is keyed by the socket's inode and the descriptor number the program connected; the
 // thread works on a private F_DUPFD_CLOEXEC copy, so that the program closing its descriptor
-// never makes the thread touch a reused number. Readiness is hidden by re-registering the
-// program's epoll registrations of the socket with no events (found in /proc/self/fdinfo of
-// every epoll instance at the connect, recorded by the epoll_ctl hook afterwards) and restoring
-// them when the handshake ends: the kernel re-polls the socket then, so level-triggered,
-// EPOLLET and EPOLLONESHOT registrations all fire. poll and select get a copy of the set with
-// the pending socket's interest taken out and the slot's eventfd (written when the handshake
-// ends) put in, and are restarted with the remaining time.
+// never makes the thread touch a reused number. Readiness is hidden by taking the program's epoll
+// registrations of the socket out of the kernel (found in /proc/self/fdinfo of its epoll
+// instances at the connect, recorded by the epoll_ctl hook afterwards) and adding them back when
+// the handshake ends: the kernel polls the socket then, so level-triggered, EPOLLET and
+// EPOLLONESHOT registrations all fire. (Out rather than masked: EPOLLERR/EPOLLHUP cannot be
+// masked, and a socket the broker has not connected yet shows EPOLLHUP.) poll and select get a copy
+// of the set with the pending socket's interest taken out and the slot's eventfd (written when the
+// handshake ends) put in, and are restarted with the remaining time.
 #include "shim/pending_connect.h"
 
 #include <dirent.h>
@@ -23,6 +24,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -79,6 +81,7 @@ struct Slot {
   int err;
   bool reported;
   int phase;
+  bool broker;     // the broker runs the handshake (CONNECT with the socket attached)
   bool finishing;  // the end is being said (Finish); Complete follows
   int64_t deadline_ms;
   unsigned timeout_ms;
@@ -153,6 +156,14 @@ int FindIno(dev_t dev, ino_t ino) {
   return -1;
 }
 
+// Under the lock: whether slot `s` is pending for the hooks of this process. A slot of another
+// process (the parent of a forked child) that is long past its deadline is not: its owner died or
+// exec'ed with the handshake half done, and nobody will finish it.
+bool StillPending(const Slot& s) {
+  if (s.state != kPending) return false;
+  return s.owner == getpid() || proxy::MonotonicMs() < s.deadline_ms + 1000;
+}
+
 // Under the lock: the slot of the socket `fd` is, or -1.
 int FindLocked(int fd) {
   struct stat st;
@@ -222,10 +233,7 @@ void MaskEpoll(int epfd, ino_t ino, Slot& s) {
       if (std::sscanf(line, "tfd: %d events: %x data: %llx pos:%*d ino:%lx", &tfd, &events, &data,
                       &lino) == 4 &&
           ino_t(lino) == ino && s.nregs < kRegs) {
-        epoll_event ev{};
-        ev.events = 0;
-        ev.data.u64 = data;
-        if (g_epoll_ctl(epfd, EPOLL_CTL_MOD, tfd, &ev) == 0) {
+        if (g_epoll_ctl(epfd, EPOLL_CTL_DEL, tfd, nullptr) == 0) {
           s.regs[s.nregs++] = Reg{epfd, tfd, events, data};
         }
       }
@@ -282,7 +290,9 @@ void RestoreEpolls(Slot& s) {
     epoll_event ev{};
     ev.events = s.regs[i].events;
     ev.data.u64 = s.regs[i].data;
-    g_epoll_ctl(s.regs[i].epfd, EPOLL_CTL_MOD, s.regs[i].tfd, &ev);
+    if (g_epoll_ctl(s.regs[i].epfd, EPOLL_CTL_ADD, s.regs[i].tfd, &ev) != 0 && errno == EEXIST) {
+      g_epoll_ctl(s.regs[i].epfd, EPOLL_CTL_MOD, s.regs[i].tfd, &ev);
+    }
   }
   s.nregs = 0;
 }
@@ -292,6 +302,7 @@ void RestoreEpolls(Slot& s) {
 // What is said about a finished handshake, outside the lock.
 struct Outcome {
   bool valid = false;
+  bool report = true;  // REPORT to the broker (not for a connect the broker ran itself)
   int err = 0;
   wire::Addr dest;
   bool has_name = false;
@@ -302,7 +313,17 @@ struct Outcome {
 
 void Tell(const Outcome& o) {
   if (!o.valid) return;
-  BrokerReport(o.dest, o.has_name ? o.name : nullptr, o.err, o.why);
+  if (o.report) {
+    // This thread's own link, greeted once (a success is only sent on a link that exists).
+    HelloInfo info;
+    char ignored[8];
+    BrokerHello(&info, ignored, sizeof ignored);
+    BrokerReport(o.dest, o.has_name ? o.name : nullptr, o.err, o.why);
+    // No exit flushes a shim thread's count of successes: the last pending one sends it.
+    if (o.err == 0 && __atomic_load_n(&g_shared->live, __ATOMIC_RELAXED) <= 1) {
+      BrokerFlushReports();
+    }
+  }
   if (o.err == 0) return;
   char where[80];
   Complain("connect to %s through %s failed: %s", wire::FormatAddr(o.dest, where, sizeof where),
@@ -317,12 +338,15 @@ void Finish(Slot& s, int err, const char* why, Outcome* o) {
   if (s.priv_fd >= 0) g_epoll_ctl(g_loop_ep, EPOLL_CTL_DEL, s.priv_fd, nullptr);
   s.finishing = true;
   o->valid = true;
+  o->report = !s.broker;
   o->err = err;
   o->dest = s.dest;
   o->has_name = s.has_name;
   std::memcpy(o->name, s.name, sizeof o->name);
   std::snprintf(o->why, sizeof o->why, "%s", why);
-  if (err != 0) {
+  if (err != 0 && s.broker) {
+    std::snprintf(o->msg, sizeof o->msg, "%s", why);  // the broker's own words
+  } else if (err != 0) {
     std::snprintf(o->msg, sizeof o->msg, "%s via %s: %s", s.hs.target(), s.overlay, why);
   }
 }
@@ -424,19 +448,21 @@ int Sweep() {
     Lock();
     Slot& s = g_shared->slots[i];
     const uint32_t gen = s.gen;
-    if (s.state != kFree && s.owner == me && !s.finishing) {
+    if (s.state != kFree && s.owner != me && kill(s.owner, 0) != 0 && errno == ESRCH) {
+      FreeSlot(s);  // a forked child's, and the child is gone: its descriptors went with it
+    } else if (s.state != kFree && s.owner == me && !s.finishing) {
       struct stat st;
       const bool gone = s.prog_fd >= 0 && (fstat(s.prog_fd, &st) != 0 || st.st_ino != s.ino);
       if (gone) {
         if (s.priv_fd >= 0) g_epoll_ctl(g_loop_ep, EPOLL_CTL_DEL, s.priv_fd, nullptr);
         FreeSlot(s);
-      } else if (s.state == kPending && now >= s.deadline_ms) {
+      } else if (s.state == kPending && !s.broker && now >= s.deadline_ms) {
         char why[400];
         proxy::TimeoutText(s.phase == kConnecting, s.ep_text, s.timeout_ms, why, sizeof why);
         const size_t used = std::strlen(why);
         std::snprintf(why + used, sizeof why - used, "%s", s.hs.StallHint());
         Finish(s, ETIMEDOUT, why, &o);
-      } else if (s.state == kPending && s.deadline_ms < next) {
+      } else if (s.state == kPending && !s.broker && s.deadline_ms < next) {
         next = s.deadline_ms;
       }
     }
@@ -452,6 +478,7 @@ void* Loop(void*) {
   int timeout = 1000;
   for (;;) {
     int n = epoll_wait(g_loop_ep, evs, 64, timeout);
+    if (n == 0) BrokerFlushReports();  // idle: what the last ones left counted goes now
     for (int k = 0; k < n; ++k) {
       if (evs[k].data.u64 == kWakeTag) {
         uint64_t v;
@@ -544,8 +571,10 @@ int PollCore(pollfd* fds, nfds_t n, pollfd* scratch, int64_t timeout_ms, const s
       scratch[i].revents = 0;
       if (!MaybeTracked(fds[i].fd)) continue;
       int j = FindLocked(fds[i].fd);
-      if (j < 0 || g_shared->slots[j].state != kPending) continue;
-      scratch[i].events = 0;  // POLLERR/POLLHUP still come: a failed proxy connection
+      if (j < 0 || !StillPending(g_shared->slots[j])) continue;
+      // Not polled at all: a failed proxy connection (POLLERR/POLLHUP) is the thread's to see
+      // first, and it wakes us when the program may see it.
+      scratch[i].fd = -1;
       scratch[k++] = pollfd{g_shared->slots[j].wake_fd, POLLIN, 0};
     }
     Unlock();
@@ -596,6 +625,7 @@ int StartPendingSocks5(int fd, const Socks5Plan& plan, const char* name, const w
   s.err = 0;
   s.reported = false;
   s.phase = kConnecting;
+  s.broker = false;
   s.finishing = false;
   s.timeout_ms = plan.timeout_ms;
   s.deadline_ms = proxy::MonotonicMs() + plan.timeout_ms;
@@ -658,6 +688,111 @@ int StartPendingSocks5(int fd, const Socks5Plan& plan, const char* name, const w
   return -1;
 }
 
+namespace {
+
+// A connect the broker runs (CONNECT with the socket attached; its reply is the completion), in a
+// thread of its own: the shim's request/reply link waits for each reply, so one thread per
+// pending connect keeps them concurrent. `fd` is the worker's own copy of the socket (a close of
+// the program's descriptor cannot make it send a reused number).
+struct BrokerWork {
+  int slot;
+  uint32_t gen;
+  int fd;
+  wire::Addr dest;
+};
+
+void* BrokerWorker(void* arg) {
+  BrokerWork w = *static_cast<BrokerWork*>(arg);
+  free(arg);
+  char msg[512] = {};
+  int err = BrokerConnect(w.fd, w.dest, msg, sizeof msg);
+  Outcome o;
+  Lock();
+  Slot& s = g_shared->slots[w.slot];
+  const bool ours = s.state == kPending && s.gen == w.gen && !s.finishing;
+  if (ours) {
+    s.priv_fd = w.fd;  // Complete shuts it down after a failure, and closes it
+    Finish(s, err, msg, &o);
+  }
+  Unlock();
+  if (ours) {
+    TellAndComplete(w.slot, w.gen, o);
+  } else {
+    g_close(w.fd);  // dropped by the program's close meanwhile
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+int StartPendingBroker(int fd, const wire::Addr& dest) {
+  int fl = fcntl(fd, F_GETFL);
+  struct stat st;
+  if (fl < 0 || (fl & O_NONBLOCK) == 0 || fstat(fd, &st) != 0) return 0;
+  if (!EnsureShared() || !EnsureThread()) return 0;
+  auto* work = static_cast<BrokerWork*>(malloc(sizeof(BrokerWork)));
+  if (work == nullptr) return 0;
+  Lock();
+  int i = 0;
+  while (i < kSlots && g_shared->slots[i].state != kFree) ++i;
+  const int wfd = i < kSlots ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
+  const int wake = wfd >= 0 ? eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK) : -1;
+  if (wake < 0) {
+    if (wfd >= 0) g_close(wfd);
+    Unlock();
+    free(work);
+    return 0;
+  }
+  Slot& s = g_shared->slots[i];
+  s.state = kPending;
+  s.gen++;
+  s.owner = getpid();
+  s.dev = st.st_dev;
+  s.ino = st.st_ino;
+  s.prog_fd = fd;
+  s.priv_fd = -1;
+  s.wake_fd = wake;
+  s.err = 0;
+  s.reported = false;
+  s.phase = kConnecting;
+  s.broker = true;
+  s.finishing = false;
+  s.deadline_ms = proxy::MonotonicMs();  // the broker keeps the overlay's connect_timeout
+  s.dest = dest;
+  s.has_name = false;
+  s.name[0] = 0;
+  s.overlay[0] = 0;
+  s.nregs = 0;
+  CountFd(fd, 1);
+  __atomic_add_fetch(&g_shared->live, 1, __ATOMIC_RELAXED);
+  __atomic_store_n(&g_pending_ever, true, __ATOMIC_RELEASE);
+  MaskAllEpolls(st.st_ino, s);
+  *work = BrokerWork{i, s.gen, wfd, dest};
+  // The worker takes no signal meant for the program's threads.
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  pthread_attr_t a;
+  pthread_attr_init(&a);
+  pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+  pthread_attr_setstacksize(&a, 256 * 1024);
+  pthread_t t;
+  const bool started = pthread_create(&t, &a, BrokerWorker, work) == 0;
+  pthread_attr_destroy(&a);
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  if (!started) {  // no thread: the blocking path, with nothing left pending
+    RestoreEpolls(s);
+    g_close(wfd);
+    FreeSlot(s);
+    Unlock();
+    free(work);
+    return 0;
+  }
+  Unlock();
+  errno = EINPROGRESS;
+  return -1;
+}
+
 void NoteEpoll(int epfd) {
   if (epfd < 0) return;
   LockEpolls();
@@ -704,6 +839,25 @@ bool PendingConnectAgain(int fd, int* ret) {
 
 bool PendingSoError(int fd, int* err) {
   if (!MaybeTracked(fd)) return false;
+  // epoll cannot mask EPOLLERR/EPOLLHUP: a program woken by a failed proxy connection may ask
+  // before the thread has finished the socket. Its answer is the thread's, so it waits for it
+  // (the thread is about to end the handshake: it sees the same error).
+  // (A socket the broker has not connected yet shows POLLHUP too: not waited for.)
+  pollfd self{fd, 0, 0};
+  const timespec zero{0, 0};
+  if (g_ppoll(&self, 1, &zero, nullptr) == 1 && (self.revents & (POLLERR | POLLHUP)) != 0) {
+    for (;;) {
+      Lock();
+      int i = FindLocked(fd);
+      const bool pending = i >= 0 && StillPending(g_shared->slots[i]) && !g_shared->slots[i].broker;
+      const int wake = pending ? g_shared->slots[i].wake_fd : -1;
+      Unlock();
+      if (!pending) break;
+      pollfd w{wake, POLLIN, 0};
+      const timespec slice{0, 100 * 1000 * 1000};  // the number may be closed and reused
+      g_ppoll(&w, 1, &slice, nullptr);
+    }
+  }
   Lock();
   int i = FindLocked(fd);
   if (i >= 0) {
@@ -743,20 +897,19 @@ bool PendingEpollCtl(int epfd, int op, int fd, epoll_event* ev, int* ret) {
   for (int k = 0; k < s.nregs; ++k) {
     if (s.regs[k].epfd == epfd && s.regs[k].tfd == fd) at = k;
   }
-  if (op == EPOLL_CTL_DEL) {
-    r = g_epoll_ctl(epfd, op, fd, ev);
-    if (r == 0 && at >= 0) s.regs[at] = s.regs[--s.nregs];
-  } else if ((op == EPOLL_CTL_ADD || op == EPOLL_CTL_MOD) && ev != nullptr &&
-             (at >= 0 || s.nregs < kRegs)) {
-    epoll_event masked{};
-    masked.data = ev->data;
-    r = g_epoll_ctl(epfd, op, fd, &masked);
-    if (r == 0) {
-      if (at < 0) at = s.nregs++;
-      s.regs[at] = Reg{epfd, fd, ev->events, ev->data.u64};
-    }
+  // The socket's registrations are held out of the kernel while pending (the kernel's answers
+  // are given here: EEXIST, ENOENT) and added when the handshake ends.
+  if (op == EPOLL_CTL_ADD && ev != nullptr && at >= 0) {
+    r = -1;
+    errno = EEXIST;
+  } else if (op == EPOLL_CTL_ADD && ev != nullptr && s.nregs < kRegs && IsEpoll(epfd)) {
+    s.regs[s.nregs++] = Reg{epfd, fd, ev->events, ev->data.u64};
+  } else if (op == EPOLL_CTL_MOD && ev != nullptr && at >= 0) {
+    s.regs[at] = Reg{epfd, fd, ev->events, ev->data.u64};
+  } else if (op == EPOLL_CTL_DEL && at >= 0) {
+    s.regs[at] = s.regs[--s.nregs];
   } else {
-    r = g_epoll_ctl(epfd, op, fd, ev);
+    r = g_epoll_ctl(epfd, op, fd, ev);  // not one of ours (or no room): the kernel's answer
   }
   int saved = errno;
   Unlock();

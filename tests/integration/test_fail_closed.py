@@ -143,13 +143,17 @@ curl -sS http://$(cat {out}.fake):{self.port}/after-fake; echo "fake $?" >> {out
         port, hung_log = self.start_hung_proxy()
         self.write_config([self.socks5_entry("tor", port, "connect_timeout: 1s")])
         code = f"""
-import asyncio, errno
+import asyncio, errno, re
 async def main():
     try:
         await asyncio.wait_for(asyncio.open_connection('example.test', {self.port}), 60)
         print('connected')
     except OSError as e:  # in 3.11 asyncio.TimeoutError is TimeoutError, an OSError
-        print('hung' if e.errno is None else 'error ' + errno.errorcode[e.errno])
+        # One error per address when each failed differently worded (a non-blocking connect's
+        # message names the address): "Multiple exceptions: [Errno 110] ..., [Errno 110] ...".
+        codes = {{e.errno}} if e.errno is not None else set(
+            int(c) for c in re.findall(r"Errno (\d+)", str(e)))
+        print('hung' if not codes else 'error ' + ','.join(errno.errorcode[c] for c in codes))
 asyncio.run(main())
 """
         start = time.monotonic()
