@@ -24,6 +24,7 @@
 #include "shim/exec_env.h"
 #include "shim/exec_identity.h"
 #include "shim/export.h"
+#include "shim/pending_connect.h"
 #include "shim/process_route.h"
 #include "shim/real.h"
 #include "shim/state.h"
@@ -164,6 +165,7 @@ int CheckedExec(const char* path, char* const argv[], char* const envp[], Exec e
     return -1;
   }
   GreetBrokerBeforeExec(path);
+  if (PendingEver()) PendingWaitBeforeExec();  // the shim thread ends with this image
   return WithFixedEnv(envp, exec);
 }
 

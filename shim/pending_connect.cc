@@ -986,6 +986,28 @@ bool PendingSelect(int nfds, fd_set* rd, fd_set* wr, fd_set* ex, const timespec*
   return true;
 }
 
+void PendingWaitBeforeExec() {
+  // Only in a process that drives pending sockets (a vfork child shares the parent's memory but
+  // is not it: it never waits here, and takes no lock).
+  const pid_t me = getpid();
+  if (GetShared() == nullptr || __atomic_load_n(&g_thread_pid, __ATOMIC_ACQUIRE) != me) return;
+  for (;;) {
+    int wake = -1;
+    Lock();
+    for (int i = 0; i < kSlots && wake < 0; ++i) {
+      const Slot& s = g_shared->slots[i];
+      if (s.state != kPending || s.owner != me || s.prog_fd < 0) continue;
+      const int fdflags = fcntl(s.prog_fd, F_GETFD);
+      if (fdflags >= 0 && (fdflags & FD_CLOEXEC) == 0) wake = s.wake_fd;
+    }
+    Unlock();
+    if (wake < 0) return;
+    pollfd w{wake, POLLIN, 0};
+    const timespec slice{0, 100 * 1000 * 1000};
+    g_ppoll(&w, 1, &slice, nullptr);
+  }
+}
+
 int PendingClose(int fd, int (*real_close)(int)) {
   if (!MaybeTracked(fd)) return real_close(fd);
   struct stat st;

@@ -55,6 +55,10 @@ bool PendingPoll(pollfd* fds, nfds_t n, const timespec* timeout, const sigset_t*
 // pselect (select: `mask` null), the same way.
 bool PendingSelect(int nfds, fd_set* rd, fd_set* wr, fd_set* ex, const timespec* timeout,
                    const sigset_t* mask, int* ret);
+// exec: waits for this process's pending sockets that the new program would inherit (no
+// FD_CLOEXEC) to finish, as a blocking connect would have (bounded by their deadlines): the
+// thread that drives them does not survive exec.
+void PendingWaitBeforeExec();
 // close: `real_close` closes; when the program's last descriptor of a pending socket is gone, the
 // handshake is dropped (the proxy sees the connection closed, nothing else).
 int PendingClose(int fd, int (*real_close)(int));

@@ -284,6 +284,17 @@ setTimeout(async () => {{
         self.assertEqual(v.get("status"), "200", proc.stdout + proc.stderr)
         self.assertReachedThroughProxy(self.record, "example.test", path="/fork")
 
+    def test_exec_while_pending_hands_over_a_connected_socket(self):
+        # The socket has no FD_CLOEXEC: exec waits for the handshake (the thread that drives it
+        # ends with the image), and the new program's request goes through the proxy intact.
+        self.use_proxy(self.start_slow_proxy()[0])
+        proc, v = self.run_c("exec")
+        self.assertOk(proc)
+        self.assertEqual(v.get("connect"), "EINPROGRESS", proc.stdout + proc.stderr)
+        self.assertEqual((v.get("child_so_error"), v.get("status")), ("0", "200"),
+                         proc.stdout + proc.stderr)
+        self.assertReachedThroughProxy(self.record, "example.test", path="/exec")
+
     def test_a_blocking_socket_still_waits_in_connect(self):
         self.use_proxy(self.start_slow_proxy()[0])
         proc, v = self.run_c("blocking")

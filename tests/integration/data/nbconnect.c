@@ -68,12 +68,18 @@ static void request(int fd, const char* mode, const char* host, const char* port
 }
 
 int main(int argc, char** argv) {
-  if (argc != 4) {
+  if (argc != 4 && argc != 5) {
     fprintf(stderr, "usage: nbconnect MODE HOST PORT\n");
     return 2;
   }
   const char *mode = argv[1], *host = argv[2], *port = argv[3];
   setvbuf(stdout, NULL, _IOLBF, 0);
+  if (strcmp(mode, "exec-child") == 0) {  // exec'ed by "exec" with the socket as argv[4]
+    int fd = atoi(argv[4]);
+    printf("child_so_error=%s\n", ename(so_error(fd)));
+    request(fd, "exec", host, port);
+    return 0;
+  }
   struct addrinfo hints = {0}, *ai;
   hints.ai_family = AF_INET;
   hints.ai_socktype = SOCK_STREAM;
@@ -82,7 +88,9 @@ int main(int argc, char** argv) {
     return 1;
   }
   const int blocking = strcmp(mode, "blocking") == 0;
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | (blocking ? 0 : SOCK_NONBLOCK), 0);
+  const int inherit = strcmp(mode, "exec") == 0;  // no FD_CLOEXEC: the new program gets it
+  int fd = socket(AF_INET,
+                  SOCK_STREAM | (inherit ? 0 : SOCK_CLOEXEC) | (blocking ? 0 : SOCK_NONBLOCK), 0);
   int ep = -1;
   if (strcmp(mode, "epoll-before") == 0) {
     ep = epoll_create1(EPOLL_CLOEXEC);
@@ -166,6 +174,13 @@ int main(int argc, char** argv) {
     sleep(3);
     printf("closed=1\n");
     return 0;
+  }
+  if (inherit) {
+    char fdtext[16];
+    snprintf(fdtext, sizeof fdtext, "%d", fd);
+    execl("/proc/self/exe", argv[0], "exec-child", host, port, fdtext, (char*)NULL);
+    printf("exec=%s\n", ename(errno));
+    return 1;
   }
   if (strcmp(mode, "fork") == 0) {
     pid_t pid = fork();
