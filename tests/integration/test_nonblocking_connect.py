@@ -254,11 +254,12 @@ setTimeout(async () => {{
         self.assertLateAndServed(proc, v, "select")
         self.assertEqual((v["select"], v["writable"]), ("1", "1"), proc.stdout)
 
-    def test_connect_again_gives_ealready_then_eisconn(self):
+    def test_connect_again_gives_ealready_then_eisconn_and_getpeername_enotconn(self):
         self.use_proxy(self.start_slow_proxy()[0])
         proc, v = self.run_c("again")
         self.assertLateAndServed(proc, v, "again", first_key=None)
         self.assertEqual((v["second"], v["third"]), ("EALREADY", "EISCONN"), proc.stdout)
+        self.assertEqual((v["peer_pending"], v["peer_is_target"]), ("ENOTCONN", "1"), proc.stdout)
         self.assertNotIn("failed", proc.stderr)
 
     def test_close_while_pending_closes_the_proxy_connection_and_sends_nothing(self):

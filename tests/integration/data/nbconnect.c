@@ -6,9 +6,11 @@
 //
 // MODE: error (poll for POLLOUT, print SO_ERROR), epoll-before / epoll-after (EPOLLET
 // registration before / after connect), oneshot (EPOLLONESHOT after connect), pollin (poll for
-// POLLIN only: nothing may show before the request is sent), select, again (EALREADY, then
-// EISCONN), close (close while pending, 300 ms in, then wait 3 s), fork (fork while pending; both
-// wait), blocking (a blocking socket).
+// POLLIN only: nothing may show before the request is sent), select, again (getpeername
+// ENOTCONN, EALREADY, then EISCONN, getpeername the target), close (close while pending, 300 ms
+// in, then wait 3 s), fork (fork while pending; both wait), exec (exec while pending, the socket
+// inherited: the new program, "exec-child HOST PORT FD", sends the request), blocking (a blocking
+// socket).
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -159,12 +161,21 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (strcmp(mode, "again") == 0) {
+    struct sockaddr_storage peer;
+    socklen_t plen = sizeof peer;
+    int pr = getpeername(fd, (struct sockaddr*)&peer, &plen);
+    printf("peer_pending=%s\n", pr == 0 ? "0" : ename(errno));
     int r2 = connect(fd, ai->ai_addr, ai->ai_addrlen);
     printf("second=%s\n", r2 == 0 ? "0" : ename(errno));
     wait_out(fd, 30000);
     printf("so_error=%s\n", ename(so_error(fd)));
     int r3 = connect(fd, ai->ai_addr, ai->ai_addrlen);
     printf("third=%s\n", r3 == 0 ? "0" : ename(errno));
+    plen = sizeof peer;
+    pr = getpeername(fd, (struct sockaddr*)&peer, &plen);
+    // The address the program connected to (the name's fake address), not the proxy's.
+    printf("peer_is_target=%d\n",
+           pr == 0 && plen == ai->ai_addrlen && memcmp(&peer, ai->ai_addr, plen) == 0);
     request(fd, mode, host, port);
     return 0;
   }
