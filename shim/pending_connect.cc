@@ -600,21 +600,9 @@ int PollCore(pollfd* fds, nfds_t n, pollfd* scratch, int64_t timeout_ms, const s
   }
 }
 
-}  // namespace
-
-int StartPendingSocks5(int fd, const Socks5Plan& plan, const char* name, const wire::Addr& dest) {
-  int fl = fcntl(fd, F_GETFL);
-  struct stat st;
-  if (fl < 0 || (fl & O_NONBLOCK) == 0 || fstat(fd, &st) != 0) return 0;
-  if (!EnsureShared() || !EnsureThread()) return 0;
-  Lock();
-  int i = 0;
-  while (i < kSlots && g_shared->slots[i].state != kFree) ++i;
-  if (i == kSlots) {
-    Unlock();
-    return 0;
-  }
-  Slot& s = g_shared->slots[i];
+// Claims `s` for a pending SOCKS5 connect of `fd` (the socket `st`): its facts, its deadline.
+void ClaimSlot(Slot& s, int fd, const struct stat& st, const Socks5Plan& plan, const char* name,
+               const wire::Addr& dest) {
   s.state = kPending;
   s.gen++;
   s.owner = getpid();
@@ -634,6 +622,24 @@ int StartPendingSocks5(int fd, const Socks5Plan& plan, const char* name, const w
   std::snprintf(s.name, sizeof s.name, "%s", name != nullptr ? name : "");
   std::snprintf(s.overlay, sizeof s.overlay, "%s", plan.overlay);
   s.nregs = 0;
+}
+
+}  // namespace
+
+int StartPendingSocks5(int fd, const Socks5Plan& plan, const char* name, const wire::Addr& dest) {
+  int fl = fcntl(fd, F_GETFL);
+  struct stat st;
+  if (fl < 0 || (fl & O_NONBLOCK) == 0 || fstat(fd, &st) != 0) return 0;
+  if (!EnsureShared() || !EnsureThread()) return 0;
+  Lock();
+  int i = 0;
+  while (i < kSlots && g_shared->slots[i].state != kFree) ++i;
+  if (i == kSlots) {
+    Unlock();
+    return 0;
+  }
+  Slot& s = g_shared->slots[i];
+  ClaimSlot(s, fd, st, plan, name, dest);
   CountFd(fd, 1);
   __atomic_add_fetch(&g_shared->live, 1, __ATOMIC_RELAXED);
   __atomic_store_n(&g_pending_ever, true, __ATOMIC_RELEASE);
