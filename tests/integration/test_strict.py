@@ -16,26 +16,6 @@ import harness
 # getaddrinfo + connect + GET /ARGV3 from ARGV1:ARGV2 (data/gai_client.c).
 GAI_CLIENT = harness.read_text(os.path.join(harness.HERE, "data", "gai_client.c"))
 
-GO_CLIENT = """package main
-
-import (
-	"fmt"
-	"io"
-	"net/http"
-	"os"
-)
-
-func main() {
-	resp, err := http.Get(os.Args[1])
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	fmt.Println(string(body))
-}
-"""
-
 # Sends one UDP datagram to ARGV1:ARGV2 (the host's listener, as seen from the namespace).
 UDP_SEND = "import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); " \
            "print(s.sendto(b'leak', (sys.argv[1], int(sys.argv[2]))))"
@@ -410,7 +390,7 @@ int main(void) {
                          [(harness.PROXY_OUT, "/go-static"), (harness.PROXY_OUT, "/go-dyn")])
 
     def go_client(self, flags, cgo):
-        return self.go_build("goclient" + ("-cgo" if cgo else ""), GO_CLIENT, *flags, cgo=cgo)
+        return self.go_http_client(*flags, cgo=cgo)
 
     def test_static_go_program_is_routed(self):
         exe = self.go_client([], cgo=False)
@@ -476,17 +456,6 @@ int main(void) {
         proc = self.strict("curl", "-sS", f"http://127.0.0.1:{self.port}/refused")
         self.assertNotEqual(proc.returncode, 0)
         self.assertTargetSawNothing(self.record)
-
-    def viatest_env(self):
-        """The environment for running via as the user viatest: a runtime directory and a
-        state directory of its own."""
-        runtime = os.path.join(self.dir, "run-viatest")
-        os.mkdir(runtime, 0o700)
-        shutil.chown(runtime, user="viatest", group="viatest")
-        state = os.path.join(self.dir, "state")
-        os.makedirs(state, exist_ok=True)
-        shutil.chown(state, user="viatest", group="viatest")
-        return dict(self.env, XDG_RUNTIME_DIR=runtime, HOME=runtime)
 
     def test_as_an_ordinary_user(self):
         # Not root: a user namespace first (uid and gid map to themselves).
