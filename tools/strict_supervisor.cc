@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -16,13 +17,16 @@
 #include <cstdio>
 #include <thread>
 
+#include "broker/process_info.h"
 #include "common/proxy_connect.h"
 
 namespace via::tools::strict {
 
 namespace {
 
-constexpr int kDirectConnectMs = 10000;  // a loopback connect made directly (loopback: direct)
+constexpr int kDirectConnectMs = 10000;
+// How often, once the command exited, via run checks whether the processes it left are gone.
+constexpr int kLeftPollMs = 100;  // a loopback connect made directly (loopback: direct)
 
 // linux/seccomp.h of Linux 6.6, which older headers lack.
 constexpr unsigned long kIoctlNotifSetFlags = SECCOMP_IOW(4, uint64_t);
@@ -42,6 +46,11 @@ void CopyOptions(int from, int to) {
     }
   }
 }
+
+// Signals to via run while it serves what the command left behind: passed on to those processes
+// by Run's loop (async-signal-safe: the handler only records the signal).
+volatile sig_atomic_t g_left_signal = 0;
+void RecordLeftSignal(int sig) { g_left_signal = sig; }
 
 // A loopback connect made directly from via run's namespace (network_service.loopback: direct).
 int ConnectDirect(int fd, const wire::Addr& a) {
@@ -119,26 +128,54 @@ int Supervisor::Run(pid_t command) {
   UniqueFd pidfd(int(syscall(SYS_pidfd_open, command, 0)));
   StartWorker();
   int st = 0;
+  bool exited = false;  // the command has; processes it left in the sandbox may still run
   for (;;) {
     pollfd p[2] = {{dns_.get(), POLLIN, 0}, {pidfd.get(), POLLIN, 0}};
-    int r = poll(p, pidfd ? 2 : 1, 1000);
+    // Once the command exited, its orphans (re-parented to us: run.cc makes via run a
+    // subreaper) are checked for at kLeftPollMs; their exits wake nothing here.
+    int r = poll(p, pidfd && !exited ? 2 : 1, exited ? kLeftPollMs : 1000);
     if (r < 0 && errno != EINTR) break;
     if (r > 0 && (p[0].revents & POLLIN) != 0) OnDnsQuery();
     if (r == 0) FlushReports(false);
-    if (r > 0 && p[1].revents == 0) continue;  // a query: no child can have exited
+    if (!exited && r > 0 && p[1].revents == 0) continue;  // a query: no child can have exited
     pid_t w;
-    while ((w = waitpid(-1, &st, WNOHANG)) > 0) {
+    int ws = 0;
+    while ((w = waitpid(-1, &ws, WNOHANG)) > 0) {
       if (w == command) {
-        FlushReports(true);
-        return st;
+        st = ws;
+        exited = true;
       }
     }
+    // Nobody left: the sandbox is empty (before the command exited this cannot happen).
     if (w < 0 && errno == ECHILD) break;
+    if (exited && !serving_left_) ServeLeftBehind();
+    if (int sig = g_left_signal; sig != 0 && exited) {
+      g_left_signal = 0;
+      for (pid_t pid : broker::ChildrenOf(getpid())) kill(pid, sig);
+    }
   }
-  while (waitpid(command, &st, 0) < 0 && errno == EINTR) {
+  while (!exited && waitpid(command, &st, 0) < 0 && errno == EINTR) {
   }
   FlushReports(true);
   return st;
+}
+
+// The command exited and left processes in the sandbox (a daemon that double-forked, a job in
+// the background): they live in the namespace whatever we do, and their connects need this
+// listener (without it they would get ENOSYS: closed, but broken). So via run stays and serves
+// them until the last one exits, and passes its signals on to them; their exit statuses are
+// not the command's.
+void Supervisor::ServeLeftBehind() {
+  serving_left_ = true;
+  if (!quiet_) {
+    Complain(
+        "strict: the command exited; via run serves the processes it left in its "
+        "namespace until they exit (signals to via run are passed on to them)");
+  }
+  struct sigaction record {};
+  record.sa_handler = RecordLeftSignal;
+  sigemptyset(&record.sa_mask);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP}) sigaction(sig, &record, nullptr);
 }
 
 void Supervisor::Respond(uint64_t id, int err, uint32_t flags) {

@@ -39,7 +39,8 @@ class Supervisor {
   // with *why, when the session cannot be served (no overlay, no broker).
   bool Start(std::string* why);
 
-  // Serves until `command` exits (reaping the orphans adopted meanwhile); its wait status.
+  // Serves until `command` exits and, after it, every process it left in the sandbox (orphans
+  // re-parented to via run, the subreaper; reaped as they exit); the command's wait status.
   int Run(pid_t command);
 
   const std::string& network() const { return network_; }
@@ -80,6 +81,9 @@ class Supervisor {
   // Whether notification `id` is still waiting (the caller did not go away meanwhile).
   bool StillWaiting(uint64_t id);
   void StartWorker();
+  // Run's switch to serving the processes the command left behind (once): says so, and from now
+  // on records SIGINT/SIGTERM/SIGHUP for Run to pass on to them.
+  void ServeLeftBehind();
   void Work();
   void Handle(const seccomp_notif& n);
   void HandleConnect(const seccomp_notif& n);
@@ -150,6 +154,7 @@ class Supervisor {
   std::map<std::string, int64_t> a_answered_;
   bool quiet_;
   bool audit_on_;
+  bool serving_left_ = false;  // the command exited; Run serves what it left (main thread)
   bool accept_hooked_;  // the filter takes accept and getsockname (EnterSandbox's `listeners`)
   std::optional<BrokerClient> dns_client_;
   PidfdCache pidfds_;

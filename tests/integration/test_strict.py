@@ -21,6 +21,33 @@ UDP_SEND = "import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM
            "print(s.sendto(b'leak', (sys.argv[1], int(sys.argv[2]))))"
 
 
+# Daemonizes (fork, setsid, fork, stdio to /dev/null) while the command exits with status 3; the
+# daemon writes its pid to ARGV2, sleeps ARGV3 seconds (its parents are gone by then), then GETs
+# /daemon from example.test:ARGV1 and writes the status line, or the error, to ARGV2 + ".out".
+DAEMON = r"""
+import os, socket, sys, time
+port, pidfile, nap = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+if os.fork() > 0:
+    sys.exit(3)
+os.setsid()
+if os.fork() > 0:
+    os._exit(0)
+null = os.open(os.devnull, os.O_RDWR)
+for fd in (0, 1, 2):
+    os.dup2(null, fd)
+with open(pidfile, "w") as f:
+    f.write(str(os.getpid()))
+time.sleep(nap)
+try:
+    s = socket.create_connection(("example.test", port), timeout=30)
+    s.sendall(b"GET /daemon HTTP/1.0\r\nHost: example.test\r\n\r\n")
+    res = s.recv(100).split(b"\r\n")[0].decode()
+except OSError as e:
+    res = "error %s" % e
+with open(pidfile + ".out", "w") as f:
+    f.write(res)
+"""
+
 class Strict(harness.ViaCase):
     def setUp(self):
         super().setUp()
@@ -52,6 +79,41 @@ class Strict(harness.ViaCase):
     def assertProxied(self, path, host="example.test"):
         self.assertMicrosocksConnected(self.proxy_log, f"{host}:{self.port}")
         self.assertReachedThroughProxy(self.record, host, path=path)
+
+    def test_a_daemon_that_outlives_the_command_is_served_until_it_exits(self):
+        # The command exits at once; the daemon it left connects a second later: via run, which
+        # holds the filter's listener, stays until the daemon is gone (else its connect would
+        # fail with ENOSYS), then exits with the command's status.
+        self.configure()
+        pidfile = os.path.join(self.dir, "daemon.pid")
+        proc = self.strict(harness.PYTHON, "-c", DAEMON, str(self.port), pidfile, "1")
+        self.assertEqual(proc.returncode, 3, proc.stderr)
+        self.assertIn("the command exited; via run serves the processes it left", proc.stderr)
+        self.assertEqual(harness.read_text(pidfile + ".out"), "HTTP/1.0 200 OK")
+        self.assertFalse(harness.alive(int(harness.read_text(pidfile))))
+        self.assertProxied("/daemon")
+
+    def test_a_signal_to_via_run_reaches_the_processes_the_command_left(self):
+        # The daemon would sleep for a minute: SIGTERM to via run is passed on to it, and via
+        # run exits once it is gone; it never connected.
+        self.configure()
+        pidfile = os.path.join(self.dir, "daemon.pid")
+        p = subprocess.Popen([harness.VIA, "run", "-c", self.config, "--strict", "--network",
+                              "app:tor", "--", harness.PYTHON, "-c", DAEMON, str(self.port),
+                              pidfile, "60"], env=self.env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+        self.addCleanup(p.stderr.close)
+        self.addCleanup(lambda: p.poll() is None and p.kill())
+        self.assertIn("the command exited", p.stderr.readline())
+        self.assertTrue(harness.wait_for(lambda: os.path.exists(pidfile) and
+                                         harness.read_text(pidfile) != ""))
+        daemon = int(harness.read_text(pidfile))
+        self.assertTrue(harness.alive(daemon))
+        p.terminate()
+        self.assertEqual(p.wait(timeout=10), 3)
+        self.assertFalse(harness.alive(daemon))
+        self.assertFalse(os.path.exists(pidfile + ".out"))
+        self.assertEqual(self.records(self.record), [])
 
     def test_curl_by_name_is_routed_and_nothing_resolves_locally(self):
         self.configure()
