@@ -151,7 +151,12 @@ int Supervisor::Run(pid_t command) {
     if (exited && !serving_left_) ServeLeftBehind();
     if (int sig = g_left_signal; sig != 0 && exited) {
       g_left_signal = 0;
-      for (pid_t pid : broker::ChildrenOf(getpid())) kill(pid, sig);
+      // Every descendant, not only our children: a daemon whose parent has not exited yet.
+      std::vector<pid_t> left = broker::ChildrenOf(getpid());
+      for (size_t i = 0; i < left.size(); ++i) {
+        for (pid_t child : broker::ChildrenOf(left[i])) left.push_back(child);
+        kill(left[i], sig);
+      }
     }
   }
   while (!exited && waitpid(command, &st, 0) < 0 && errno == EINTR) {
@@ -167,15 +172,15 @@ int Supervisor::Run(pid_t command) {
 // not the command's.
 void Supervisor::ServeLeftBehind() {
   serving_left_ = true;
-  if (!quiet_) {
-    Complain(
-        "strict: the command exited; via run serves the processes it left in its "
-        "namespace until they exit (signals to via run are passed on to them)");
-  }
   struct sigaction record {};
   record.sa_handler = RecordLeftSignal;
   sigemptyset(&record.sa_mask);
   for (int sig : {SIGINT, SIGTERM, SIGHUP}) sigaction(sig, &record, nullptr);
+  if (!quiet_) {  // after the handlers: a signal sent once this is read is passed on
+    Complain(
+        "strict: the command exited; via run serves the processes it left in its "
+        "namespace until they exit (signals to via run are passed on to them)");
+  }
 }
 
 void Supervisor::Respond(uint64_t id, int err, uint32_t flags) {

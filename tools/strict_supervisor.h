@@ -82,7 +82,7 @@ class Supervisor {
   bool StillWaiting(uint64_t id);
   void StartWorker();
   // Run's switch to serving the processes the command left behind (once): says so, and from now
-  // on records SIGINT/SIGTERM/SIGHUP for Run to pass on to them.
+  // on records SIGINT/SIGTERM/SIGHUP for Run to pass on to every process left.
   void ServeLeftBehind();
   void Work();
   void Handle(const seccomp_notif& n);
