@@ -6,6 +6,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -206,7 +207,22 @@ void Supervisor::StartWorker() {
 void Supervisor::Work() {
   std::vector<char> buf(notif_size_);
   auto* n = reinterpret_cast<seccomp_notif*>(buf.data());
+  // Idle workers wait in epoll with EPOLLEXCLUSIVE, not in NOTIF_RECV: the kernel wakes every
+  // thread blocked in NOTIF_RECV for each notification (all but one go back to sleep: two
+  // context switches each), but only one exclusive epoll waiter. Without epoll (it failed),
+  // NOTIF_RECV alone, as before.
+  UniqueFd ep(epoll_create1(EPOLL_CLOEXEC));
+  epoll_event want{};
+  want.events = EPOLLIN | EPOLLEXCLUSIVE;
+  if (ep && epoll_ctl(ep.get(), EPOLL_CTL_ADD, listener_.get(), &want) != 0) ep.reset();
   for (;;) {
+    if (ep) {
+      epoll_event got;
+      int r = epoll_wait(ep.get(), &got, 1, -1);
+      if (r < 0 && errno != EINTR) return;
+      if (r <= 0) continue;
+      if ((got.events & (EPOLLHUP | EPOLLERR)) != 0 && (got.events & EPOLLIN) == 0) return;
+    }
     std::fill(buf.begin(), buf.end(), 0);  // NOTIF_RECV wants a zeroed buffer
     if (ioctl(listener_.get(), SECCOMP_IOCTL_NOTIF_RECV, n) != 0) {
       if (errno == EINTR || errno == ENOENT) continue;  // ENOENT: that caller went away
