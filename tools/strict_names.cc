@@ -20,25 +20,31 @@ wire::Addr WithoutPort(const wire::Addr& addr) {
 
 }  // namespace
 
-void Supervisor::OnDnsQuery() {
-  char q[4096];
-  sockaddr_storage from{};
-  socklen_t fl = sizeof from;
-  ssize_t n =
-      recvfrom(dns_.get(), q, sizeof q, MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&from), &fl);
-  if (n <= 0) return;
+// A thread of its own, blocked in recvfrom: a query wakes exactly this thread, with no poll
+// before the read (on the main thread, the poll also watched the command's exit).
+void Supervisor::ServeDns() {
+  for (;;) {
+    char q[4096];
+    sockaddr_storage from{};
+    socklen_t fl = sizeof from;
+    ssize_t n = recvfrom(dns_.get(), q, sizeof q, 0, reinterpret_cast<sockaddr*>(&from), &fl);
+    if (n < 0 && errno != EINTR) return;
+    if (n > 0) OnDnsQuery(q, size_t(n), from, fl);
+  }
+}
+
+void Supervisor::OnDnsQuery(const char* q, size_t n, const sockaddr_storage& from, socklen_t fl) {
   if (session_->plan) {
     // A/AAAA with the fake addresses RESOLVE promises: via run can then run the SOCKS5
     // handshake by name itself (Connect). Anything else as DNS_QUERY answers it.
     const std::string source(reinterpret_cast<const char*>(&from), fl);
-    if (std::optional<std::string> mine =
-            AnswerFromResolve(std::string_view(q, size_t(n)), source)) {
+    if (std::optional<std::string> mine = AnswerFromResolve(std::string_view(q, n), source)) {
       sendto(dns_.get(), mine->data(), mine->size(), MSG_DONTWAIT,
-             reinterpret_cast<sockaddr*>(&from), fl);
+             reinterpret_cast<const sockaddr*>(&from), fl);
       return;
     }
   }
-  auto answer = dns_client_->DnsQuery(q, size_t(n));
+  auto answer = dns_client_->DnsQuery(q, n);
   if (!answer.ok()) {
     if (!quiet_) Complain("strict: DNS query: " + answer.status().message());
     if (auto c = Open(); c.ok()) dns_client_.emplace(std::move(*c));
@@ -46,7 +52,7 @@ void Supervisor::OnDnsQuery() {
   }
   if (answer->empty()) return;
   sendto(dns_.get(), answer->data(), answer->size(), MSG_DONTWAIT,
-         reinterpret_cast<sockaddr*>(&from), fl);
+         reinterpret_cast<const sockaddr*>(&from), fl);
 }
 
 // The answer to an A or AAAA query built from RESOLVE (broker/dns_message.h's policy, as the

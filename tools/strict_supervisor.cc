@@ -128,17 +128,16 @@ bool Supervisor::Start(std::string* why) {
 int Supervisor::Run(pid_t command) {
   UniqueFd pidfd(int(syscall(SYS_pidfd_open, command, 0)));
   StartWorker();
+  std::thread([this] { ServeDns(); }).detach();
   int st = 0;
   bool exited = false;  // the command has; processes it left in the sandbox may still run
   for (;;) {
-    pollfd p[2] = {{dns_.get(), POLLIN, 0}, {pidfd.get(), POLLIN, 0}};
+    pollfd p{pidfd.get(), POLLIN, 0};
     // Once the command exited, its orphans (re-parented to us: run.cc makes via run a
     // subreaper) are checked for at kLeftPollMs; their exits wake nothing here.
-    int r = poll(p, pidfd && !exited ? 2 : 1, exited ? kLeftPollMs : 1000);
+    int r = poll(&p, pidfd && !exited ? 1 : 0, exited ? kLeftPollMs : 1000);
     if (r < 0 && errno != EINTR) break;
-    if (r > 0 && (p[0].revents & POLLIN) != 0) OnDnsQuery();
     if (r == 0) FlushReports(false);
-    if (!exited && r > 0 && p[1].revents == 0) continue;  // a query: no child can have exited
     pid_t w;
     int ws = 0;
     while ((w = waitpid(-1, &ws, WNOHANG)) > 0) {

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <linux/seccomp.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include <atomic>
@@ -102,8 +103,10 @@ class Supervisor {
   RoutePtr RouteOf(pid_t pid);
   static RoutePtr RouteFrom(const BrokerClient& c, const std::string& network);
 
-  // ---- strict_names.cc: the namespace's resolver
-  void OnDnsQuery();
+  // ---- strict_names.cc: the namespace's resolver (its own thread: answers_, a_answered_ and
+  // dns_client_ are that thread's once Run started it)
+  void ServeDns();
+  void OnDnsQuery(const char* q, size_t n, const sockaddr_storage& from, socklen_t fl);
   std::optional<std::string> AnswerFromResolve(std::string_view packet, const std::string& source);
   void Remember(const wire::Addr& fake, const std::string& name, uint32_t hold_ms);
   std::optional<std::string> NameOf(const wire::Addr& fake);
@@ -143,14 +146,14 @@ class Supervisor {
   std::string network_;  // the session's, for messages
   RoutePtr session_;     // the session's route
   std::vector<wire::Addr> fake_nets_;
-  // The main thread's RESOLVE answers by name, while half their promise lasts.
+  // The DNS thread's RESOLVE answers by name, while half their promise lasts.
   struct Answer {
     wire::Addr v4, v6;
     int64_t until;
   };
   std::map<std::string, Answer> answers_;
   // "<source sockaddr>\0<name>" -> until when (MonotonicMs) an AAAA from there is the second
-  // of glibc's A/AAAA pair (strict_names.cc). The main thread's, as answers_.
+  // of glibc's A/AAAA pair (strict_names.cc). The DNS thread's, as answers_.
   std::map<std::string, int64_t> a_answered_;
   bool quiet_;
   bool audit_on_;
