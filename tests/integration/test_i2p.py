@@ -221,12 +221,18 @@ class Outbound(I2pCase):
     def test_strict_mode_takes_a_static_go_program_to_a_b32_destination_as_an_ordinary_user(
             self):
         # Not root: a user namespace first; the broker is viatest's own, with a SAM session of
-        # its own on the lab's router (its state in this test's directory).
+        # its own on the lab's router (its state in this test's directory). Under --strict, then
+        # from the default mode.
         exe = self.go_http_client()
         self.write_config([i2p_entry("i2p", self.lab.router.sam_port)])
         proc = self.via_as_viatest("run", "--strict", "--network", "app:i2p", "--", exe,
                                    f"http://{self.lab.site.b32}/go-user", timeout=150)
         self.assertGoReachedTheSite(proc, "/go-user")
+        proc = self.via_as_viatest("run", "--network", "app:i2p", "--", "sh", "-c",
+                                   f"{exe} http://{self.lab.site.b32}/go-user-default",
+                                   timeout=150)
+        self.assertIn("runs in strict mode under app:i2p", proc.stderr)
+        self.assertGoReachedTheSite(proc, "/go-user-default")
 
     def test_addressbook_name(self):
         proc = self.run_i2p("curl", "-sS", "-m", "60", "http://site.i2p/by-name")

@@ -294,20 +294,26 @@ class Tailnet(harness.ViaCase):
 
     def test_strict_mode_takes_a_static_go_program_to_a_peer_as_an_ordinary_user(self):
         # Not root: a user namespace first; the broker (and its node, with its state in this
-        # test's directory) is viatest's own.
+        # test's directory) is viatest's own. Under --strict, then from the default mode.
         exe = self.go_http_client()
         self.start_dns()
         alpha = self.start_peer("alpha")
         self.write_ts_config([self.ts_entry("ts", "via-u")])
-        proc = self.via_as_viatest("run", "--strict", "--network", "app:ts", "--", exe,
-                                   f"http://alpha.{DOMAIN}:8000/go-user", timeout=150)
-        self.assertOk(proc)
+        strict = self.via_as_viatest("run", "--strict", "--network", "app:ts", "--", exe,
+                                     f"http://alpha.{DOMAIN}:8000/go-user", timeout=150)
+        self.assertOk(strict)
+        default = self.via_as_viatest("run", "--network", "app:ts", "--", "sh", "-c",
+                                      f"{exe} http://alpha.{DOMAIN}:8000/go-user-default",
+                                      timeout=150)
+        self.assertIn("runs in strict mode under app:ts", default.stderr)
+        self.assertOk(default)
         recs = self.records(alpha["record"])
-        self.assertEqual([r["line"] for r in recs], ["GET /go-user"])
+        self.assertEqual([r["line"] for r in recs], ["GET /go-user", "GET /go-user-default"])
         # The peer saw viatest's node (a tailnet address), and told the program so.
-        self.assertIn(ipaddress.ip_address(recs[0]["remote"].rsplit(":", 1)[0]),
-                      ipaddress.ip_network("100.64.0.0/10"), recs[0])
-        self.assertIn(f"you are {recs[0]['remote']}", proc.stdout)
+        for r, proc in zip(recs, (strict, default)):
+            self.assertIn(ipaddress.ip_address(r["remote"].rsplit(":", 1)[0]),
+                          ipaddress.ip_network("100.64.0.0/10"), r)
+            self.assertIn(f"you are {r['remote']}", proc.stdout)
         self.assertEqual(self.dns_queries("alpha"), [])
 
     def test_status_shows_state_addresses_and_name(self):

@@ -357,9 +357,15 @@ class Tor(harness.ViaCase):
 
     def test_static_go_program_reaches_a_name_through_an_exit_as_an_ordinary_user(self):
         # Not root: via run --strict enters a user namespace first; the broker is viatest's.
+        def default_mode(exe, url):
+            proc = self.via_as_viatest("run", "--network", "app:tor", "--", "sh", "-c",
+                                       f"{exe} {url}", timeout=120)
+            self.assertIn("runs in strict mode under app:tor", proc.stderr)
+            return proc
         self.go_by_name_through_an_exit([
             ("/go-user", lambda exe, url: self.via_as_viatest(
-                "run", "--strict", "--network", "app:tor", "--", exe, url, timeout=120))])
+                "run", "--strict", "--network", "app:tor", "--", exe, url, timeout=120)),
+            ("/go-user-default", default_mode)])
 
     def test_static_go_program_does_not_resolve_an_onion_name(self):
         # Go's own resolver never asks DNS for a .onion name (RFC 7686, golang.org/issue/13705):
