@@ -25,9 +25,9 @@ namespace via::tools::strict {
 
 namespace {
 
-constexpr int kDirectConnectMs = 10000;
+constexpr int kDirectConnectMs = 10000;  // a loopback connect made directly (loopback: direct)
 // How often, once the command exited, via run checks whether the processes it left are gone.
-constexpr int kLeftPollMs = 100;  // a loopback connect made directly (loopback: direct)
+constexpr int kLeftPollMs = 100;
 
 // linux/seccomp.h of Linux 6.6, which older headers lack.
 constexpr unsigned long kIoctlNotifSetFlags = SECCOMP_IOW(4, uint64_t);
