@@ -88,11 +88,12 @@ bool ReadConnectAddress(const seccomp_notif& n, char* sa) {
 }  // namespace
 
 Supervisor::Supervisor(UniqueFd listener, UniqueFd dns, std::string socket, std::string token,
-                       bool quiet, bool audit, bool listeners)
+                       bool quiet, bool audit, bool listeners, std::vector<wire::Addr> fake_nets)
     : listener_(std::move(listener)),
       dns_(std::move(dns)),
       socket_(std::move(socket)),
       token_(std::move(token)),
+      fake_nets_(std::move(fake_nets)),
       quiet_(quiet),
       audit_on_(audit),
       accept_hooked_(listeners) {}
@@ -115,7 +116,7 @@ bool Supervisor::Start(std::string* why) {
     return false;
   }
   session_ = RouteFrom(*c, network_);
-  fake_nets_ = c->fake_nets();
+  if (!c->fake_nets().empty()) fake_nets_ = c->fake_nets();
   if ((session_->flags & wire::kFlagDirect) != 0) {
     *why = "the session's network is direct: strict mode needs an overlay";
     return false;

@@ -33,8 +33,9 @@ namespace via::tools::strict {
 
 class Supervisor {
  public:
+  // `fake_nets`: the configuration's fake-address ranges, for a HELLO that sends none.
   Supervisor(UniqueFd listener, UniqueFd dns, std::string socket, std::string token, bool quiet,
-             bool audit, bool listeners);
+             bool audit, bool listeners, std::vector<wire::Addr> fake_nets);
 
   // The first broker connection: its HELLO reply says how loopback destinations go. False,
   // with *why, when the session cannot be served (no overlay, no broker).
@@ -107,7 +108,8 @@ class Supervisor {
   // dns_client_ are that thread's once Run started it)
   void ServeDns();
   void OnDnsQuery(const char* q, size_t n, const sockaddr_storage& from, socklen_t fl);
-  std::optional<std::string> AnswerFromResolve(std::string_view packet, const std::string& source);
+  // An A/AAAA answer from RESOLVE (*looked_up: a name was looked up), or nullopt (DNS_QUERY).
+  std::optional<std::string> AnswerFromResolve(std::string_view packet, bool* looked_up);
   void Remember(const wire::Addr& fake, const std::string& name, uint32_t hold_ms);
   std::optional<std::string> NameOf(const wire::Addr& fake);
 
@@ -145,7 +147,7 @@ class Supervisor {
   size_t notif_size_ = sizeof(seccomp_notif);
   std::string network_;  // the session's, for messages
   RoutePtr session_;     // the session's route
-  std::vector<wire::Addr> fake_nets_;
+  std::vector<wire::Addr> fake_nets_;  // HELLO's, else the configuration's
   // The DNS thread's RESOLVE answers by name, while half their promise lasts.
   struct Answer {
     wire::Addr v4, v6;

@@ -122,6 +122,26 @@ class Strict(harness.ViaCase):
         self.assertIn(harness.PROXY_OUT, proc.stdout)  # the IP-echo body: the proxy's address
         self.assertProxied("/curl")
 
+    def test_a_getaddrinfo_pair_gets_one_fake_address_with_either_handshake(self):
+        # glibc's A/AAAA pair from one socket: the AAAA is answered with no address once the A
+        # got a fake one, so getaddrinfo has nothing to sort (no RFC 6724 probes: each would be a
+        # notification). From RESOLVE (handshake: program) or the broker's DNS_QUERY (broker).
+        # An AAAA asked alone still gets the fake IPv6 address; the connect reaches the name.
+        code = ("import socket, sys; h = 'example.test'; p = int(sys.argv[1]);"
+                "print(len(socket.getaddrinfo(h, p, type=socket.SOCK_STREAM)));"
+                "print(len(socket.getaddrinfo(h, p, socket.AF_INET6, socket.SOCK_STREAM)));"
+                "s = socket.create_connection((h, p)); s.sendall(b'GET /' + sys.argv[2].encode()"
+                " + b' HTTP/1.0\\r\\nHost: example.test\\r\\n\\r\\n'); print(s.recv(12))")
+        for handshake in ("program", "broker"):
+            self.write_config([self.socks5_entry("tor", self.proxy_port)],
+                              service={"loopback": "overlay", "handshake": handshake})
+            proc = self.strict(harness.PYTHON, "-c", code, str(self.port), f"pair-{handshake}")
+            self.assertOk(proc)
+            self.assertEqual(proc.stdout.splitlines(), ["1", "1", "b'HTTP/1.0 200'"])
+        self.assertEqual([r["path"] for r in self.records(self.record)],
+                         ["/pair-program", "/pair-broker"])
+        self.assertMicrosocksConnected(self.proxy_log, f"example.test:{self.port}")
+
     def test_addresses_and_names_are_routed_with_either_handshake(self):
         # via run runs the SOCKS5 handshake itself when the overlay lets programs do so
         # (handshake: program, the default: by address, and by name for the fake addresses its
