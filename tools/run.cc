@@ -188,6 +188,9 @@ struct ChildLaunch {
   bool listeners = false;  // the filter also takes accept and getsockname (strict.h)
   int channel = -1;
   std::string resolv;
+  // The configuration's fake-address ranges (port: the prefix length), for a broker whose HELLO
+  // does not send them (it does only with a SOCKS5 plan).
+  std::vector<wire::Addr> fake_nets;
 };
 
 bool SameFile(const std::string& a, const std::string& b) {
@@ -253,6 +256,9 @@ void BuildChild(const Args& args, const config::Config& cfg, const RunSession& s
                      std::any_of(cfg.overlays.begin(), cfg.overlays.end(), [](const auto& o) {
                        return o.kind != config::OverlayKind::kSocks5;
                      });
+  for (const std::string* cidr : {&cfg.service.fake_ipv4, &cfg.service.fake_ipv6}) {
+    if (auto net = strict::ParseCidr(*cidr)) child->fake_nets.push_back(*net);
+  }
   child->env = child->strict ? StrictChildEnv() : ChildEnv(vars, ShimPath());
   for (auto& e : child->env) child->envp.push_back(e.data());
   child->envp.push_back(nullptr);
@@ -427,7 +433,7 @@ Exit PrepareStrict(ChildLaunch* child, UniqueFd* channel) {
 // sandbox could not be set up (the command is then ended before it ran).
 int SuperviseStrict(int channel, pid_t pid, const ChildLaunch& child, const RunSession& session) {
   int status = strict::Supervise(channel, pid, session.socket, session.token, child.quiet,
-                                 child.audit, child.listeners);
+                                 child.audit, child.listeners, child.fake_nets);
   unlink(child.resolv.c_str());
   if (status < 0) {
     kill(pid, SIGKILL);

@@ -2,12 +2,14 @@
 // supervisor (tools/strict_supervisor.h). The command's side is strict_sandbox.cc.
 #include "tools/strict.h"
 
+#include <arpa/inet.h>
 #include <poll.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 
 #include "common/unique_fd.h"
 #include "tools/cli.h"
@@ -58,8 +60,24 @@ bool ReceiveSetup(int channel, pid_t command, UniqueFd* listener, UniqueFd* dns,
 
 }  // namespace
 
+std::optional<wire::Addr> ParseCidr(const std::string& cidr) {
+  const size_t slash = cidr.find('/');
+  if (slash == std::string::npos) return std::nullopt;
+  const std::string ip = cidr.substr(0, slash), bits = cidr.substr(slash + 1);
+  wire::Addr a;
+  a.family = ip.find(':') == std::string::npos ? 4 : 6;
+  char* end = nullptr;
+  const unsigned long prefix = std::strtoul(bits.c_str(), &end, 10);
+  if (bits.empty() || *end != 0 || prefix > (a.family == 4 ? 32u : 128u) ||
+      inet_pton(a.family == 4 ? AF_INET : AF_INET6, ip.c_str(), a.bytes) != 1) {
+    return std::nullopt;
+  }
+  a.port = uint16_t(prefix);
+  return a;
+}
+
 int Supervise(int channel, pid_t command, const std::string& socket, const std::string& token,
-              bool quiet, bool audit, bool listeners) {
+              bool quiet, bool audit, bool listeners, const std::vector<wire::Addr>& fake_nets) {
   UniqueFd listener, dns;
   std::string why;
   if (!ReceiveSetup(channel, command, &listener, &dns, &why)) {
@@ -67,8 +85,8 @@ int Supervise(int channel, pid_t command, const std::string& socket, const std::
     return -1;
   }
   // Never freed: connect threads may outlive the command by a moment.
-  auto* s =
-      new Supervisor(std::move(listener), std::move(dns), socket, token, quiet, audit, listeners);
+  auto* s = new Supervisor(std::move(listener), std::move(dns), socket, token, quiet, audit,
+                           listeners, fake_nets);
   if (!s->Start(&why)) {
     Error("strict mode: " + why + " (nothing was run)");
     return -1;

@@ -14,7 +14,11 @@
 
 #include <sys/types.h>
 
+#include <optional>
 #include <string>
+#include <vector>
+
+#include "common/wire.h"
 
 namespace via::tools::strict {
 
@@ -36,8 +40,13 @@ bool EnterSandbox(int channel, const std::string& resolv_conf, bool audit, bool 
 // to EnterSandbox: without it, a listen the overlay would serve is refused). Returns
 // its wait status, or -1 after printing why the sandbox could not be set up (the command was
 // then never run).
+// `fake_nets`: the configuration's fake-address ranges, used when the broker's HELLO names none.
 int Supervise(int channel, pid_t command, const std::string& socket, const std::string& token,
-              bool quiet, bool audit, bool listeners);
+              bool quiet, bool audit, bool listeners, const std::vector<wire::Addr>& fake_nets);
+
+// "198.18.0.0/15" or "fd76:6961:ff00::/64" -> the address with the prefix length as its port
+// (as HELLO's FAKE_NET); nullopt when it is not one.
+std::optional<wire::Addr> ParseCidr(const std::string& cidr);
 
 // The file EnterSandbox mounts: "nameserver 127.0.0.1". Written by `via run` before the fork
 // into `dir`; "" after printing an error.

@@ -5,6 +5,8 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <signal.h>
+#include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -16,6 +18,7 @@
 #include <cstdio>
 #include <thread>
 
+#include "broker/process_info.h"
 #include "common/proxy_connect.h"
 
 namespace via::tools::strict {
@@ -23,6 +26,8 @@ namespace via::tools::strict {
 namespace {
 
 constexpr int kDirectConnectMs = 10000;  // a loopback connect made directly (loopback: direct)
+// How often, once the command exited, via run checks whether the processes it left are gone.
+constexpr int kLeftPollMs = 100;
 
 // linux/seccomp.h of Linux 6.6, which older headers lack.
 constexpr unsigned long kIoctlNotifSetFlags = SECCOMP_IOW(4, uint64_t);
@@ -42,6 +47,11 @@ void CopyOptions(int from, int to) {
     }
   }
 }
+
+// Signals to via run while it serves what the command left behind: passed on to those processes
+// by Run's loop (async-signal-safe: the handler only records the signal).
+volatile sig_atomic_t g_left_signal = 0;
+void RecordLeftSignal(int sig) { g_left_signal = sig; }
 
 // A loopback connect made directly from via run's namespace (network_service.loopback: direct).
 int ConnectDirect(int fd, const wire::Addr& a) {
@@ -78,11 +88,12 @@ bool ReadConnectAddress(const seccomp_notif& n, char* sa) {
 }  // namespace
 
 Supervisor::Supervisor(UniqueFd listener, UniqueFd dns, std::string socket, std::string token,
-                       bool quiet, bool audit, bool listeners)
+                       bool quiet, bool audit, bool listeners, std::vector<wire::Addr> fake_nets)
     : listener_(std::move(listener)),
       dns_(std::move(dns)),
       socket_(std::move(socket)),
       token_(std::move(token)),
+      fake_nets_(std::move(fake_nets)),
       quiet_(quiet),
       audit_on_(audit),
       accept_hooked_(listeners) {}
@@ -105,7 +116,7 @@ bool Supervisor::Start(std::string* why) {
     return false;
   }
   session_ = RouteFrom(*c, network_);
-  fake_nets_ = c->fake_nets();
+  if (!c->fake_nets().empty()) fake_nets_ = c->fake_nets();
   if ((session_->flags & wire::kFlagDirect) != 0) {
     *why = "the session's network is direct: strict mode needs an overlay";
     return false;
@@ -118,27 +129,59 @@ bool Supervisor::Start(std::string* why) {
 int Supervisor::Run(pid_t command) {
   UniqueFd pidfd(int(syscall(SYS_pidfd_open, command, 0)));
   StartWorker();
+  std::thread([this] { ServeDns(); }).detach();
   int st = 0;
+  bool exited = false;  // the command has; processes it left in the sandbox may still run
   for (;;) {
-    pollfd p[2] = {{dns_.get(), POLLIN, 0}, {pidfd.get(), POLLIN, 0}};
-    int r = poll(p, pidfd ? 2 : 1, 1000);
+    pollfd p{pidfd.get(), POLLIN, 0};
+    // Once the command exited, its orphans (re-parented to us: run.cc makes via run a
+    // subreaper) are checked for at kLeftPollMs; their exits wake nothing here.
+    int r = poll(&p, pidfd && !exited ? 1 : 0, exited ? kLeftPollMs : 1000);
     if (r < 0 && errno != EINTR) break;
-    if (r > 0 && (p[0].revents & POLLIN) != 0) OnDnsQuery();
     if (r == 0) FlushReports(false);
-    if (r > 0 && p[1].revents == 0) continue;  // a query: no child can have exited
     pid_t w;
-    while ((w = waitpid(-1, &st, WNOHANG)) > 0) {
+    int ws = 0;
+    while ((w = waitpid(-1, &ws, WNOHANG)) > 0) {
       if (w == command) {
-        FlushReports(true);
-        return st;
+        st = ws;
+        exited = true;
       }
     }
+    // Nobody left: the sandbox is empty (before the command exited this cannot happen).
     if (w < 0 && errno == ECHILD) break;
+    if (exited && !serving_left_) ServeLeftBehind();
+    if (int sig = g_left_signal; sig != 0 && exited) {
+      g_left_signal = 0;
+      // Every descendant, not only our children: a daemon whose parent has not exited yet.
+      std::vector<pid_t> left = broker::ChildrenOf(getpid());
+      for (size_t i = 0; i < left.size(); ++i) {
+        for (pid_t child : broker::ChildrenOf(left[i])) left.push_back(child);
+        kill(left[i], sig);
+      }
+    }
   }
-  while (waitpid(command, &st, 0) < 0 && errno == EINTR) {
+  while (!exited && waitpid(command, &st, 0) < 0 && errno == EINTR) {
   }
   FlushReports(true);
   return st;
+}
+
+// The command exited and left processes in the sandbox (a daemon that double-forked, a job in
+// the background): they live in the namespace whatever we do, and their connects need this
+// listener (without it they would get ENOSYS: closed, but broken). So via run stays and serves
+// them until the last one exits, and passes its signals on to them; their exit statuses are
+// not the command's.
+void Supervisor::ServeLeftBehind() {
+  serving_left_ = true;
+  struct sigaction record {};
+  record.sa_handler = RecordLeftSignal;
+  sigemptyset(&record.sa_mask);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP}) sigaction(sig, &record, nullptr);
+  if (!quiet_) {  // after the handlers: a signal sent once this is read is passed on
+    Complain(
+        "strict: the command exited; via run serves the processes it left in its "
+        "namespace until they exit (signals to via run are passed on to them)");
+  }
 }
 
 void Supervisor::Respond(uint64_t id, int err, uint32_t flags) {
@@ -164,7 +207,22 @@ void Supervisor::StartWorker() {
 void Supervisor::Work() {
   std::vector<char> buf(notif_size_);
   auto* n = reinterpret_cast<seccomp_notif*>(buf.data());
+  // Idle workers wait in epoll with EPOLLEXCLUSIVE, not in NOTIF_RECV: the kernel wakes every
+  // thread blocked in NOTIF_RECV for each notification (all but one go back to sleep: two
+  // context switches each), but only one exclusive epoll waiter. Without epoll (it failed),
+  // NOTIF_RECV alone, as before.
+  UniqueFd ep(epoll_create1(EPOLL_CLOEXEC));
+  epoll_event want{};
+  want.events = EPOLLIN | EPOLLEXCLUSIVE;
+  if (ep && epoll_ctl(ep.get(), EPOLL_CTL_ADD, listener_.get(), &want) != 0) ep.reset();
   for (;;) {
+    if (ep) {
+      epoll_event got;
+      int r = epoll_wait(ep.get(), &got, 1, -1);
+      if (r < 0 && errno != EINTR) return;
+      if (r <= 0) continue;
+      if ((got.events & (EPOLLHUP | EPOLLERR)) != 0 && (got.events & EPOLLIN) == 0) return;
+    }
     std::fill(buf.begin(), buf.end(), 0);  // NOTIF_RECV wants a zeroed buffer
     if (ioctl(listener_.get(), SECCOMP_IOCTL_NOTIF_RECV, n) != 0) {
       if (errno == EINTR || errno == ENOENT) continue;  // ENOENT: that caller went away

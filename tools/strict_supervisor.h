@@ -8,6 +8,7 @@
 #pragma once
 
 #include <linux/seccomp.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include <atomic>
@@ -32,14 +33,16 @@ namespace via::tools::strict {
 
 class Supervisor {
  public:
+  // `fake_nets`: the configuration's fake-address ranges, for a HELLO that sends none.
   Supervisor(UniqueFd listener, UniqueFd dns, std::string socket, std::string token, bool quiet,
-             bool audit, bool listeners);
+             bool audit, bool listeners, std::vector<wire::Addr> fake_nets);
 
   // The first broker connection: its HELLO reply says how loopback destinations go. False,
   // with *why, when the session cannot be served (no overlay, no broker).
   bool Start(std::string* why);
 
-  // Serves until `command` exits (reaping the orphans adopted meanwhile); its wait status.
+  // Serves until `command` exits and, after it, every process it left in the sandbox (orphans
+  // re-parented to via run, the subreaper; reaped as they exit); the command's wait status.
   int Run(pid_t command);
 
   const std::string& network() const { return network_; }
@@ -80,6 +83,9 @@ class Supervisor {
   // Whether notification `id` is still waiting (the caller did not go away meanwhile).
   bool StillWaiting(uint64_t id);
   void StartWorker();
+  // Run's switch to serving the processes the command left behind (once): says so, and from now
+  // on records SIGINT/SIGTERM/SIGHUP for Run to pass on to every process left.
+  void ServeLeftBehind();
   void Work();
   void Handle(const seccomp_notif& n);
   void HandleConnect(const seccomp_notif& n);
@@ -98,9 +104,12 @@ class Supervisor {
   RoutePtr RouteOf(pid_t pid);
   static RoutePtr RouteFrom(const BrokerClient& c, const std::string& network);
 
-  // ---- strict_names.cc: the namespace's resolver
-  void OnDnsQuery();
-  std::optional<std::string> AnswerFromResolve(std::string_view packet, const std::string& source);
+  // ---- strict_names.cc: the namespace's resolver (its own thread: answers_, a_answered_ and
+  // dns_client_ are that thread's once Run started it)
+  void ServeDns();
+  void OnDnsQuery(const char* q, size_t n, const sockaddr_storage& from, socklen_t fl);
+  // An A/AAAA answer from RESOLVE (*looked_up: a name was looked up), or nullopt (DNS_QUERY).
+  std::optional<std::string> AnswerFromResolve(std::string_view packet, bool* looked_up);
   void Remember(const wire::Addr& fake, const std::string& name, uint32_t hold_ms);
   std::optional<std::string> NameOf(const wire::Addr& fake);
 
@@ -138,18 +147,19 @@ class Supervisor {
   size_t notif_size_ = sizeof(seccomp_notif);
   std::string network_;  // the session's, for messages
   RoutePtr session_;     // the session's route
-  std::vector<wire::Addr> fake_nets_;
-  // The main thread's RESOLVE answers by name, while half their promise lasts.
+  std::vector<wire::Addr> fake_nets_;  // HELLO's, else the configuration's
+  // The DNS thread's RESOLVE answers by name, while half their promise lasts.
   struct Answer {
     wire::Addr v4, v6;
     int64_t until;
   };
   std::map<std::string, Answer> answers_;
   // "<source sockaddr>\0<name>" -> until when (MonotonicMs) an AAAA from there is the second
-  // of glibc's A/AAAA pair (strict_names.cc). The main thread's, as answers_.
+  // of glibc's A/AAAA pair (strict_names.cc). The DNS thread's, as answers_.
   std::map<std::string, int64_t> a_answered_;
   bool quiet_;
   bool audit_on_;
+  bool serving_left_ = false;  // the command exited; Run serves what it left (main thread)
   bool accept_hooked_;  // the filter takes accept and getsockname (EnterSandbox's `listeners`)
   std::optional<BrokerClient> dns_client_;
   PidfdCache pidfds_;

@@ -224,6 +224,29 @@ def make_git_repo(docroot, name="repo.git", content="routed\n"):
         shutil.rmtree(src, True)
 
 
+# GETs ARGV1 with net/http and prints the body (errors to stderr, exit 1): built with cgo off,
+# a static binary with Go's own resolver, which the shim cannot cover (strict mode's witness).
+GO_HTTP_CLIENT = """package main
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+)
+
+func main() {
+	resp, err := http.Get(os.Args[1])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	fmt.Println(string(body))
+}
+"""
+
+
 class ViaCase(unittest.TestCase):
     """A fixture with helpers so that each test reads like a specification.
 
@@ -296,6 +319,45 @@ class ViaCase(unittest.TestCase):
         if built.returncode != 0:
             self.skipTest(f"go build failed: {built.stderr[-400:]}")
         return out
+
+    def go_http_client(self, *flags, cgo=False):
+        """GO_HTTP_CLIENT built with `go build FLAGS`: static (CGO_ENABLED=0, Go's resolver)
+        unless `cgo`. Skips the test as go_build does."""
+        return self.go_build("goclient" + ("-cgo" if cgo else ""), GO_HTTP_CLIENT, *flags,
+                             cgo=cgo)
+
+    def viatest_env(self):
+        """The environment for running via as the user viatest: a runtime directory and a
+        state directory of its own. Skips the test when there is no viatest user."""
+        if subprocess.run(["id", "viatest"], capture_output=True).returncode != 0:
+            self.skipTest("no viatest user (scripts/install-deps.sh creates it)")
+        runtime = os.path.join(self.dir, "run-viatest")
+        if not os.path.isdir(runtime):
+            os.mkdir(runtime, 0o700)
+            shutil.chown(runtime, user="viatest", group="viatest")
+        state = os.path.join(self.dir, "state")
+        os.makedirs(state, exist_ok=True)
+        shutil.chown(state, user="viatest", group="viatest")
+        return dict(self.env, XDG_RUNTIME_DIR=runtime, HOME=runtime)
+
+    AS_VIATEST = ["setpriv", "--reuid=viatest", "--regid=viatest", "--clear-groups"]
+
+    def via_as_viatest(self, *args, timeout=60):
+        """`via ARGS` (-c CONFIG as in via()) as the unprivileged user viatest, with a broker of
+        its own, stopped afterwards. The test's directory, config and files must be readable by
+        that user (this makes the directory and config so)."""
+        env = self.viatest_env()
+        os.chmod(self.dir, 0o755)
+        if self.config:
+            os.chmod(self.config, 0o644)
+        argv = self.AS_VIATEST + [VIA, args[0]] + (["-c", self.config] if self.config else [])
+        try:
+            return subprocess.run(argv + list(args[1:]), env=env, capture_output=True,
+                                  text=True, timeout=timeout)
+        finally:
+            subprocess.run(self.AS_VIATEST + [VIA, "stop"] +
+                           (["-c", self.config] if self.config else []), env=env,
+                           capture_output=True, timeout=20)
 
     # ---- servers ---------------------------------------------------------------------------
     def spawn(self, argv, log_name, env=None, proxy_hosts=False):

@@ -194,6 +194,46 @@ class Outbound(I2pCase):
         self.assertEqual(len(seen), 1, self.lab.site.records)
         self.assertTrue(seen[0]["peer"].endswith(".b32.i2p"))
 
+    def assertGoReachedTheSite(self, proc, path):
+        """A Go static binary's GET `path` reached the site by its .b32.i2p name (from a
+        destination of via's, never the site's own)."""
+        self.assertOk(proc)
+        self.assertIn("hello from i2p", proc.stdout)
+        seen = [r for r in self.lab.site.records if r["request"].startswith(f"GET {path} ")]
+        self.assertEqual(len(seen), 1, self.lab.site.records)
+        self.assertTrue(seen[0]["peer"].endswith(".b32.i2p"))
+        self.assertNotEqual(seen[0]["peer"], self.lab.site.b32)
+
+    def test_strict_mode_takes_a_static_go_program_to_a_b32_destination(self):
+        # Issue 13's overlay tests: a Go static binary (net/http, Go's own resolver: the name
+        # is a fake address from via's resolver in the namespace), under `via run --strict` and
+        # from the default mode (a session's exec of it runs strictly: unrouted_exec: strict).
+        exe = self.go_http_client()
+        url = f"http://{self.lab.site.b32}/go-strict"
+        self.assertGoReachedTheSite(
+            self.via("run", "--strict", "--network", "app:i2p", "--", exe, url, timeout=90),
+            "/go-strict")
+        proc = self.via("run", "--network", "app:i2p", "--", "sh", "-c",
+                        f"{exe} http://{self.lab.site.b32}/go-default", timeout=90)
+        self.assertIn("runs in strict mode under app:i2p", proc.stderr)
+        self.assertGoReachedTheSite(proc, "/go-default")
+
+    def test_strict_mode_takes_a_static_go_program_to_a_b32_destination_as_an_ordinary_user(
+            self):
+        # Not root: a user namespace first; the broker is viatest's own, with a SAM session of
+        # its own on the lab's router (its state in this test's directory). Under --strict, then
+        # from the default mode.
+        exe = self.go_http_client()
+        self.write_config([i2p_entry("i2p", self.lab.router.sam_port)])
+        proc = self.via_as_viatest("run", "--strict", "--network", "app:i2p", "--", exe,
+                                   f"http://{self.lab.site.b32}/go-user", timeout=150)
+        self.assertGoReachedTheSite(proc, "/go-user")
+        proc = self.via_as_viatest("run", "--network", "app:i2p", "--", "sh", "-c",
+                                   f"{exe} http://{self.lab.site.b32}/go-user-default",
+                                   timeout=150)
+        self.assertIn("runs in strict mode under app:i2p", proc.stderr)
+        self.assertGoReachedTheSite(proc, "/go-user-default")
+
     def test_addressbook_name(self):
         proc = self.run_i2p("curl", "-sS", "-m", "60", "http://site.i2p/by-name")
         self.assertOk(proc)

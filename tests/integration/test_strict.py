@@ -16,30 +16,37 @@ import harness
 # getaddrinfo + connect + GET /ARGV3 from ARGV1:ARGV2 (data/gai_client.c).
 GAI_CLIENT = harness.read_text(os.path.join(harness.HERE, "data", "gai_client.c"))
 
-GO_CLIENT = """package main
-
-import (
-	"fmt"
-	"io"
-	"net/http"
-	"os"
-)
-
-func main() {
-	resp, err := http.Get(os.Args[1])
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	fmt.Println(string(body))
-}
-"""
-
 # Sends one UDP datagram to ARGV1:ARGV2 (the host's listener, as seen from the namespace).
 UDP_SEND = "import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); " \
            "print(s.sendto(b'leak', (sys.argv[1], int(sys.argv[2]))))"
 
+
+# Daemonizes (fork, setsid, fork, stdio to /dev/null) while the command exits with status 3; the
+# daemon writes its pid to ARGV2, sleeps ARGV3 seconds (its parents are gone by then), then GETs
+# /daemon from example.test:ARGV1 and writes the status line, or the error, to ARGV2 + ".out".
+DAEMON = r"""
+import os, socket, sys, time
+port, pidfile, nap = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+if os.fork() > 0:
+    sys.exit(3)
+os.setsid()
+if os.fork() > 0:
+    os._exit(0)
+null = os.open(os.devnull, os.O_RDWR)
+for fd in (0, 1, 2):
+    os.dup2(null, fd)
+with open(pidfile, "w") as f:
+    f.write(str(os.getpid()))
+time.sleep(nap)
+try:
+    s = socket.create_connection(("example.test", port), timeout=30)
+    s.sendall(b"GET /daemon HTTP/1.0\r\nHost: example.test\r\n\r\n")
+    res = s.recv(100).split(b"\r\n")[0].decode()
+except OSError as e:
+    res = "error %s" % e
+with open(pidfile + ".out", "w") as f:
+    f.write(res)
+"""
 
 class Strict(harness.ViaCase):
     def setUp(self):
@@ -73,12 +80,67 @@ class Strict(harness.ViaCase):
         self.assertMicrosocksConnected(self.proxy_log, f"{host}:{self.port}")
         self.assertReachedThroughProxy(self.record, host, path=path)
 
+    def test_a_daemon_that_outlives_the_command_is_served_until_it_exits(self):
+        # The command exits at once; the daemon it left connects a second later: via run, which
+        # holds the filter's listener, stays until the daemon is gone (else its connect would
+        # fail with ENOSYS), then exits with the command's status.
+        self.configure()
+        pidfile = os.path.join(self.dir, "daemon.pid")
+        proc = self.strict(harness.PYTHON, "-c", DAEMON, str(self.port), pidfile, "1")
+        self.assertEqual(proc.returncode, 3, proc.stderr)
+        self.assertIn("the command exited; via run serves the processes it left", proc.stderr)
+        self.assertEqual(harness.read_text(pidfile + ".out"), "HTTP/1.0 200 OK")
+        self.assertFalse(harness.alive(int(harness.read_text(pidfile))))
+        self.assertProxied("/daemon")
+
+    def test_a_signal_to_via_run_reaches_the_processes_the_command_left(self):
+        # The daemon would sleep for a minute: SIGTERM to via run is passed on to it, and via
+        # run exits once it is gone; it never connected.
+        self.configure()
+        pidfile = os.path.join(self.dir, "daemon.pid")
+        p = subprocess.Popen([harness.VIA, "run", "-c", self.config, "--strict", "--network",
+                              "app:tor", "--", harness.PYTHON, "-c", DAEMON, str(self.port),
+                              pidfile, "60"], env=self.env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+        self.addCleanup(p.stderr.close)
+        self.addCleanup(lambda: p.poll() is None and p.kill())
+        self.assertIn("the command exited", p.stderr.readline())
+        self.assertTrue(harness.wait_for(lambda: os.path.exists(pidfile) and
+                                         harness.read_text(pidfile) != ""))
+        daemon = int(harness.read_text(pidfile))
+        self.assertTrue(harness.alive(daemon))
+        p.terminate()
+        self.assertEqual(p.wait(timeout=10), 3)
+        self.assertFalse(harness.alive(daemon))
+        self.assertFalse(os.path.exists(pidfile + ".out"))
+        self.assertEqual(self.records(self.record), [])
+
     def test_curl_by_name_is_routed_and_nothing_resolves_locally(self):
         self.configure()
         proc = self.strict("curl", "-sS", f"http://example.test:{self.port}/curl")
         self.assertOk(proc)
         self.assertIn(harness.PROXY_OUT, proc.stdout)  # the IP-echo body: the proxy's address
         self.assertProxied("/curl")
+
+    def test_a_getaddrinfo_pair_gets_one_fake_address_with_either_handshake(self):
+        # glibc's A/AAAA pair from one socket: the AAAA is answered with no address once the A
+        # got a fake one, so getaddrinfo has nothing to sort (no RFC 6724 probes: each would be a
+        # notification). From RESOLVE (handshake: program) or the broker's DNS_QUERY (broker).
+        # An AAAA asked alone still gets the fake IPv6 address; the connect reaches the name.
+        code = ("import socket, sys; h = 'example.test'; p = int(sys.argv[1]);"
+                "print(len(socket.getaddrinfo(h, p, type=socket.SOCK_STREAM)));"
+                "print(len(socket.getaddrinfo(h, p, socket.AF_INET6, socket.SOCK_STREAM)));"
+                "s = socket.create_connection((h, p)); s.sendall(b'GET /' + sys.argv[2].encode()"
+                " + b' HTTP/1.0\\r\\nHost: example.test\\r\\n\\r\\n'); print(s.recv(12))")
+        for handshake in ("program", "broker"):
+            self.write_config([self.socks5_entry("tor", self.proxy_port)],
+                              service={"loopback": "overlay", "handshake": handshake})
+            proc = self.strict(harness.PYTHON, "-c", code, str(self.port), f"pair-{handshake}")
+            self.assertOk(proc)
+            self.assertEqual(proc.stdout.splitlines(), ["1", "1", "b'HTTP/1.0 200'"])
+        self.assertEqual([r["path"] for r in self.records(self.record)],
+                         ["/pair-program", "/pair-broker"])
+        self.assertMicrosocksConnected(self.proxy_log, f"example.test:{self.port}")
 
     def test_addresses_and_names_are_routed_with_either_handshake(self):
         # via run runs the SOCKS5 handshake itself when the overlay lets programs do so
@@ -410,7 +472,7 @@ int main(void) {
                          [(harness.PROXY_OUT, "/go-static"), (harness.PROXY_OUT, "/go-dyn")])
 
     def go_client(self, flags, cgo):
-        return self.go_build("goclient" + ("-cgo" if cgo else ""), GO_CLIENT, *flags, cgo=cgo)
+        return self.go_http_client(*flags, cgo=cgo)
 
     def test_static_go_program_is_routed(self):
         exe = self.go_client([], cgo=False)
@@ -476,17 +538,6 @@ int main(void) {
         proc = self.strict("curl", "-sS", f"http://127.0.0.1:{self.port}/refused")
         self.assertNotEqual(proc.returncode, 0)
         self.assertTargetSawNothing(self.record)
-
-    def viatest_env(self):
-        """The environment for running via as the user viatest: a runtime directory and a
-        state directory of its own."""
-        runtime = os.path.join(self.dir, "run-viatest")
-        os.mkdir(runtime, 0o700)
-        shutil.chown(runtime, user="viatest", group="viatest")
-        state = os.path.join(self.dir, "state")
-        os.makedirs(state, exist_ok=True)
-        shutil.chown(state, user="viatest", group="viatest")
-        return dict(self.env, XDG_RUNTIME_DIR=runtime, HOME=runtime)
 
     def test_as_an_ordinary_user(self):
         # Not root: a user namespace first (uid and gid map to themselves).

@@ -7,6 +7,7 @@ up, so the namespace gets a veth pair with 192.0.2.1/24 (TEST-NET-1, inside the 
 The far side records every connection (peer's JSON record file: remote tailnet address, line);
 the DNS log shows that no name was looked up locally.
 """
+import ipaddress
 import json
 import os
 import shutil
@@ -264,6 +265,55 @@ class Tailnet(harness.ViaCase):
         recs = self.records(alpha["record"])
         self.assertEqual([r["line"] for r in recs], ["GET /strict"])
         self.assertTrue(recs[0]["remote"].startswith(via_ip + ":"), recs[0])
+        self.assertEqual(self.dns_queries("alpha"), [])
+
+    def test_strict_mode_takes_a_static_go_program_to_a_peer_by_magicdns_name(self):
+        # Issue 13's overlay tests: a Go static binary (net/http, Go's own resolver: the name is
+        # a fake address from via's resolver in the namespace), under `via run --strict` and
+        # from the default mode (a session's exec of it runs strictly: unrouted_exec: strict).
+        exe = self.go_http_client()
+        self.start_dns()
+        alpha = self.start_peer("alpha")
+        self.write_ts_config([self.ts_entry("ts", "via-a")])
+        url = f"http://alpha.{DOMAIN}:8000"
+        strict = self.via("run", "--strict", "--network", "app:ts", "--", exe, url + "/go-strict",
+                          timeout=120)
+        self.assertOk(strict)
+        default = self.via("run", "--network", "app:ts", "--", "sh", "-c",
+                           f"{exe} {url}/go-default", timeout=120)
+        self.assertIn("runs in strict mode under app:ts", default.stderr)
+        self.assertOk(default)
+        via_ip = self.node_ips("app:ts")[0]
+        for proc in (strict, default):
+            self.assertIn(f"you are {via_ip}:", proc.stdout)
+        recs = self.records(alpha["record"])
+        self.assertEqual([r["line"] for r in recs], ["GET /go-strict", "GET /go-default"])
+        for r in recs:
+            self.assertTrue(r["remote"].startswith(via_ip + ":"), r)
+        self.assertEqual(self.dns_queries("alpha"), [])
+
+    def test_strict_mode_takes_a_static_go_program_to_a_peer_as_an_ordinary_user(self):
+        # Not root: a user namespace first; the broker (and its node, with its state in this
+        # test's directory) is viatest's own. Under --strict, then from the default mode.
+        exe = self.go_http_client()
+        self.start_dns()
+        alpha = self.start_peer("alpha")
+        self.write_ts_config([self.ts_entry("ts", "via-u")])
+        strict = self.via_as_viatest("run", "--strict", "--network", "app:ts", "--", exe,
+                                     f"http://alpha.{DOMAIN}:8000/go-user", timeout=150)
+        self.assertOk(strict)
+        default = self.via_as_viatest("run", "--network", "app:ts", "--", "sh", "-c",
+                                      f"{exe} http://alpha.{DOMAIN}:8000/go-user-default",
+                                      timeout=150)
+        self.assertIn("runs in strict mode under app:ts", default.stderr)
+        self.assertOk(default)
+        recs = self.records(alpha["record"])
+        self.assertEqual([r["line"] for r in recs], ["GET /go-user", "GET /go-user-default"])
+        # The peer saw viatest's node (a tailnet address), and told the program so.
+        for r, proc in zip(recs, (strict, default)):
+            self.assertIn(ipaddress.ip_address(r["remote"].rsplit(":", 1)[0]),
+                          ipaddress.ip_network("100.64.0.0/10"), r)
+            self.assertIn(f"you are {r['remote']}", proc.stdout)
         self.assertEqual(self.dns_queries("alpha"), [])
 
     def test_status_shows_state_addresses_and_name(self):

@@ -317,6 +317,75 @@ class Tor(harness.ViaCase):
                          [(onion, "/strict")])
         self.assertEqual(self.dns_queries(".onion"), [])
 
+    def go_by_name_through_an_exit(self, runs):
+        """A Go static binary (net/http, Go's own resolver) fetches example.test by name under
+        each of `runs` ((path, run(exe, url) -> CompletedProcess)): its resolver got a fake
+        address in the namespace, the name went to Tor (an exit resolved it), the
+        target saw each request from an exit, and the program's DNS server heard nothing."""
+        exe = self.go_http_client()
+        self.start_dns()
+        self.start_exit_dns()
+        port, record = self.start_target()
+        self.use_tor(isolate=True)
+        ctl = self.watch_streams()
+        for path, run in runs:
+            proc = run(exe, f"http://example.test:{port}{path}")
+            self.assertRan(proc, ctl)
+            self.assertIn('"ip"', proc.stdout)  # the target's IP echo reached the program
+        # The name reached Tor (ATYP 3), and the exit's answer carried each stream.
+        ok, seen = self.succeeded(ctl, f"127.0.0.1:{port}", len(runs))
+        self.assertEqual(len(ok), len(runs), f"STREAM events: {seen}")
+        named = [e for e in seen if e["status"] == "NEW" and e["target"] == f"example.test:{port}"]
+        self.assertEqual(len(named), len(runs), f"STREAM events: {seen}")
+        self.assertEqual([r["path"] for r in self.records(record)], [p for p, _ in runs])
+        # An exit resolved it (its answer may come from the exits' DNS cache, filled by an
+        # earlier test: the exits' dnsmasq log is not asked).
+        remapped = [e for e in seen if e["status"] == "REMAP" and e.get("SOURCE") == "EXIT"
+                    and e["target"] == f"127.0.0.1:{port}"]
+        self.assertEqual(len(remapped), len(runs), f"STREAM events: {seen}")
+        self.assertEqual(self.dns_queries("example.test"), [])
+
+    def test_static_go_program_reaches_a_name_through_an_exit_strictly(self):
+        # Issue 13's overlay tests: under `via run --strict`, and from the default mode (a
+        # session's exec of a static Go program runs strictly: unrouted_exec: strict).
+        def default_mode(exe, url):
+            proc = self.via("run", "--network", "app:tor", "--", "sh", "-c", f"{exe} {url}",
+                            timeout=120)
+            self.assertIn("runs in strict mode under app:tor", proc.stderr)
+            return proc
+        self.go_by_name_through_an_exit([
+            ("/go-strict", lambda exe, url: self.via("run", "--strict", "--network", "app:tor",
+                                                     "--", exe, url, timeout=120)),
+            ("/go-default", default_mode)])
+
+    def test_static_go_program_reaches_a_name_through_an_exit_as_an_ordinary_user(self):
+        # Not root: via run --strict enters a user namespace first; the broker is viatest's.
+        def default_mode(exe, url):
+            proc = self.via_as_viatest("run", "--network", "app:tor", "--", "sh", "-c",
+                                       f"{exe} {url}", timeout=120)
+            self.assertIn("runs in strict mode under app:tor", proc.stderr)
+            return proc
+        self.go_by_name_through_an_exit([
+            ("/go-user", lambda exe, url: self.via_as_viatest(
+                "run", "--strict", "--network", "app:tor", "--", exe, url, timeout=120)),
+            ("/go-user-default", default_mode)])
+
+    def test_static_go_program_does_not_resolve_an_onion_name(self):
+        # Go's own resolver never asks DNS for a .onion name (RFC 7686, golang.org/issue/13705):
+        # the program fails ("no suitable address found") before any system call reaches the
+        # network, so via's resolver has nothing to answer (docs/architecture.md, strict mode's
+        # limits). Nothing left: no stream, no query anywhere.
+        exe = self.go_http_client()
+        record, ctl, onion = self.start_onion_target()
+        proc = self.via("run", "--strict", "--network", "app:tor", "--", exe,
+                        f"http://{onion}/go-onion", timeout=120)
+        self.assertEqual(proc.returncode, 1, proc.stderr)
+        self.assertRegex(proc.stderr, "no such host|no suitable address found")
+        _, seen = self.succeeded(ctl, f"{onion}:80", 1, timeout=2)
+        self.assertEqual([e for e in seen if onion in e["target"]], [])
+        self.assertEqual(self.records(record), [])
+        self.assertEqual(self.dns_queries(".onion"), [])
+
     # ---- (e) Tor's refusals become errnos, and the log says which hop failed ----------------
     def test_refused_destination_is_econnrefused_and_the_log_names_the_hop(self):
         self.use_tor(isolate=True)

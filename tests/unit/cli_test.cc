@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "tools/probe.h"
+#include "tools/strict.h"
 
 namespace via::tools {
 namespace {
@@ -168,6 +169,25 @@ TEST(ExtractIpTest, KeyWithoutStringValueFallsBackToTheBody) {
 
 TEST(ExtractIpTest, TheKeyNotAValue) {
   EXPECT_EQ(ExtractIp(R"({"kind": "ip", "ip": "192.0.2.1"})"), "192.0.2.1");
+}
+
+TEST(StrictParseCidrTest, RangesAsHelloSendsThem) {
+  // The prefix length goes in the port, as HELLO's FAKE_NET carries it.
+  auto v4 = strict::ParseCidr("198.18.0.0/15");
+  ASSERT_TRUE(v4.has_value());
+  EXPECT_EQ(v4->family, 4);
+  EXPECT_EQ(v4->port, 15);
+  EXPECT_EQ(v4->bytes[0], 198);
+  EXPECT_EQ(v4->bytes[1], 18);
+  auto v6 = strict::ParseCidr("fd76:6961:ff00::/64");
+  ASSERT_TRUE(v6.has_value());
+  EXPECT_EQ(v6->family, 6);
+  EXPECT_EQ(v6->port, 64);
+  EXPECT_EQ(v6->bytes[0], 0xfd);
+  for (const char* bad : {"198.18.0.0", "198.18.0.0/33", "198.18.0.0/", "198.18.0.0/1x",
+                          "fd76::/129", "example.test/8", ""}) {
+    EXPECT_FALSE(strict::ParseCidr(bad).has_value()) << bad;
+  }
 }
 
 }  // namespace
