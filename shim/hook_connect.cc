@@ -249,6 +249,8 @@ ssize_t DoSendto(int fd, const void* buf, size_t n, int flags, const sockaddr* a
                  socklen_t len) {
   const bool fastopen = (flags & MSG_FASTOPEN) != 0;
   if (addr == nullptr && !fastopen) return Real().sendto(fd, buf, n, flags, addr, len);
+  int again;  // a Fast Open on a pending or connected socket: EALREADY, EISCONN, as the kernel
+  if (fastopen && PendingEver() && PendingConnectAgain(fd, &again)) return again;
   ConnectPlan p;
   PlanConnect(fd, AddrCall::kSendto, fastopen, addr, len, nullptr, kAskBroker, &p);
   switch (p.route) {
@@ -259,7 +261,9 @@ ssize_t DoSendto(int fd, const void* buf, size_t n, int flags, const sockaddr* a
     case Route::kSocks5Here:
     case Route::kBroker:
       // TCP Fast Open would send the SYN (with data) straight to the destination: connect
-      // through the overlay instead, then send normally.
+      // through the overlay instead, then send normally. A non-blocking socket gets what a Fast
+      // Open without a cookie gives: EINPROGRESS, nothing sent (the program sends once writable).
+      if (ConnectPending(fd, &p) != 0) return -1;
       if (ConnectRouted(fd, p) != 0) return -1;
       return Real().sendto(fd, buf, n, flags & ~MSG_FASTOPEN, nullptr, 0);
     case Route::kDnsQuery: {
@@ -274,6 +278,8 @@ ssize_t DoSendto(int fd, const void* buf, size_t n, int flags, const sockaddr* a
 ssize_t DoSendmsg(int fd, const msghdr* msg, int flags) {
   const bool fastopen = (flags & MSG_FASTOPEN) != 0;
   if (msg == nullptr) return Real().sendmsg(fd, msg, flags);
+  int again;  // as in sendto
+  if (fastopen && PendingEver() && PendingConnectAgain(fd, &again)) return again;
   // The header is read once: the kernel gets the copy the decision saw.
   msghdr m = *msg;
   if ((m.msg_name == nullptr || m.msg_namelen == 0) && !fastopen && m.msg_controllen == 0) {
@@ -291,6 +297,7 @@ ssize_t DoSendmsg(int fd, const msghdr* msg, int flags) {
       return Real().sendmsg(fd, &m, flags);
     case Route::kSocks5Here:
     case Route::kBroker:  // MSG_FASTOPEN, as in sendto
+      if (ConnectPending(fd, &p) != 0) return -1;
       if (ConnectRouted(fd, p) != 0) return -1;
       m.msg_name = nullptr;
       m.msg_namelen = 0;

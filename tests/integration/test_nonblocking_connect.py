@@ -296,6 +296,21 @@ setTimeout(async () => {{
                          proc.stdout + proc.stderr)
         self.assertReachedThroughProxy(self.record, "example.test", path="/exec")
 
+    def check_fast_open(self, mode):
+        # sendto/sendmsg with MSG_FASTOPEN connect as connect does: without a cookie the kernel
+        # gives EINPROGRESS and sends no data, the program sends once the socket is writable.
+        # The target sees only the request (no stray "G"), through the proxy.
+        self.use_proxy(self.start_slow_proxy()[0])
+        proc, v = self.run_c(mode)
+        self.assertLateAndServed(proc, v, mode)
+        self.assertEqual((v["second"], v["poll"]), ("EALREADY", "1"), proc.stdout)
+
+    def test_tcp_fast_open_sendto_gives_einprogress_sends_nothing_then_ealready(self):
+        self.check_fast_open("fastopen")
+
+    def test_tcp_fast_open_sendmsg_gives_einprogress_sends_nothing_then_ealready(self):
+        self.check_fast_open("fastopen-msg")
+
     def test_a_blocking_socket_still_waits_in_connect(self):
         self.use_proxy(self.start_slow_proxy()[0])
         proc, v = self.run_c("blocking")

@@ -100,8 +100,21 @@ int main(int argc, char** argv) {
     epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
   }
   long long t0 = now_ms();
-  int r = connect(fd, ai->ai_addr, ai->ai_addrlen);
-  int cerr = r == 0 ? 0 : errno;
+  // "fastopen": a TCP Fast Open send instead of connect; without a cookie the kernel answers
+  // EINPROGRESS and sends nothing, and so must the shim.
+  const int fastopen = strcmp(mode, "fastopen") == 0 || strcmp(mode, "fastopen-msg") == 0;
+  int r;
+  if (strcmp(mode, "fastopen-msg") == 0) {
+    struct iovec iov = {(void*)"G", 1};
+    struct msghdr m = {
+        .msg_name = ai->ai_addr, .msg_namelen = ai->ai_addrlen, .msg_iov = &iov, .msg_iovlen = 1};
+    r = (int)sendmsg(fd, &m, MSG_FASTOPEN | MSG_NOSIGNAL);
+  } else if (fastopen) {
+    r = (int)sendto(fd, "G", 1, MSG_FASTOPEN | MSG_NOSIGNAL, ai->ai_addr, ai->ai_addrlen);
+  } else {
+    r = connect(fd, ai->ai_addr, ai->ai_addrlen);
+  }
+  int cerr = r >= 0 ? 0 : errno;
   printf("connect=%s connect_ms=%lld\n", ename(cerr), now_ms() - t0);
   if (blocking) {
     if (r == 0) request(fd, mode, host, port);
@@ -109,6 +122,14 @@ int main(int argc, char** argv) {
   }
   if (cerr != EINPROGRESS) return 0;
 
+  if (fastopen) {
+    ssize_t r2 = sendto(fd, "G", 1, MSG_FASTOPEN | MSG_NOSIGNAL, ai->ai_addr, ai->ai_addrlen);
+    printf("second=%s\n", r2 >= 0 ? "sent" : ename(errno));
+    int w = wait_out(fd, 30000);
+    printf("poll=%d first_ms=%lld so_error=%s\n", w, now_ms() - t0, ename(so_error(fd)));
+    request(fd, mode, host, port);
+    return 0;
+  }
   if (strcmp(mode, "error") == 0) {
     int w = wait_out(fd, 30000);
     printf("poll=%d so_error=%s elapsed_ms=%lld\n", w, ename(so_error(fd)), now_ms() - t0);
