@@ -382,6 +382,7 @@ VIA_EXPORT int __connect(int fd, const sockaddr* addr, socklen_t len) {
 }
 
 VIA_EXPORT int __sendmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags) {
+  if (OptimisticAny() && OptimisticBeforeWrite(fd) != 0) return -1;
   return DoSendmmsg(fd, vec, vlen, flags);
 }
 

@@ -247,6 +247,38 @@ class OptimisticData(harness.ViaCase):
         self.assertRefused(proc, "recv")
         self.assertTargetSawNothing(self.record)
 
+    # ---- where it is ignored ------------------------------------------------------------------
+    def test_the_broker_handshake_ignores_it(self):
+        # handshake: broker hands the socket over after the reply: the program's bytes follow it.
+        proxy, _ = self.start_danted(method="none")
+        relay, chunks = self.start_tap_relay(proxy, delay_ms=20)
+        self.write_config([self.socks5_entry("tor", relay, "pipeline: true",
+                                             "optimistic_data: true")],
+                          service={"handshake": "broker"})
+        self.reader_exe = self.reader()
+        proc = self.run_reader("/page.bin", "read")
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertEqual(self.body(proc.stdout), self.page)
+        conn = chunks()
+        self.assertEqual(conn[0]["hex"], "050100" + request("example.test", self.port))
+        self.assertTrue(conn[1]["answered"], conn)
+
+    def test_strict_mode_ignores_it_for_a_static_program(self):
+        # A static program's reads cannot be hooked: `via run --strict` reads the reply itself
+        # before the program gets the socket, and the body arrives clean.
+        self.require_namespace()
+        exe = self.static_gai_client()
+        proxy, _ = self.start_danted(method="none")
+        relay, chunks = self.start_tap_relay(proxy, delay_ms=20)
+        self.optimistic(relay, "pipeline: true")
+        proc = self.via("run", "--strict", "--network", "app:tor", "--", exe, "example.test",
+                        str(self.port), "page.bin")
+        self.assertOk(proc)
+        self.assertReachedThroughProxy(self.record, "example.test", path="/page.bin")
+        conn = chunks()
+        self.assertEqual(conn[0]["hex"], "050100" + request("example.test", self.port))
+        self.assertTrue(conn[1]["answered"], conn)
+
     def test_without_optimistic_data_connect_waits_for_the_reply(self):
         proxy, _ = self.start_danted(method="none")
         relay, chunks = self.start_tap_relay(proxy, delay_ms=20)
