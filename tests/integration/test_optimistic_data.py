@@ -206,6 +206,56 @@ class OptimisticData(harness.ViaCase):
         self.assertEqual(harness.read_lines(log).count(f"connect example.test {self.port}"),
                          3 * len(MODES))
 
+    def test_asyncio_reads_through_its_event_loop(self):
+        # A non-blocking socket in an epoll loop: readiness may come for reply bytes alone, the
+        # read then says EAGAIN and the loop waits again.
+        proxy, _ = self.start_danted(method="none")
+        relay, _ = self.start_tap_relay(proxy, delay_ms=20)
+        self.optimistic(relay, "pipeline: true")
+        code = ("import asyncio, sys\n"
+                "async def main():\n"
+                f"    r, w = await asyncio.open_connection('example.test', {self.port})\n"
+                "    w.write(b'GET /page.bin HTTP/1.0\\r\\nHost: example.test\\r\\n\\r\\n')\n"
+                "    sys.stdout.buffer.write(await r.read())\n"
+                "asyncio.run(main())\n")
+        proc = subprocess.run([harness.VIA, "run", "-c", self.config, "--network", "app:tor",
+                               "--", harness.PYTHON, "-c", code], env=self.env,
+                              capture_output=True, timeout=60)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertEqual(self.body(proc.stdout), self.page)
+
+    # ---- a proxy that never answers -------------------------------------------------------------
+    def test_a_silent_proxy_times_out_on_the_read(self):
+        # connect returns at once (the pipelined request is written); SO_RCVTIMEO bounds a
+        # blocking read as for any socket (EAGAIN), and connect_timeout bounds the handshake
+        # (ETIMEDOUT). Nothing reaches the target.
+        proxy, log = self.start_hung_proxy()
+        self.optimistic(proxy, "pipeline: true", "connect_timeout: 2s")
+        code = ("import socket, struct, sys, time\n"
+                f"s = socket.create_connection(('example.test', {self.port}))\n"
+                "s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\n"
+                "s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack('ll', 0, 300000))\n"
+                "for i in range(2):\n"
+                "    t = time.monotonic()\n"
+                "    try:\n"
+                "        s.recv(100)\n"
+                "    except OSError as e:\n"
+                "        print(e.__class__.__name__, e.errno, round(time.monotonic() - t, 1))\n"
+                "    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack('ll', 0, 0))\n")
+        proc = subprocess.run([harness.VIA, "run", "-c", self.config, "--network", "app:tor",
+                               "--", harness.PYTHON, "-c", code], env=self.env,
+                              capture_output=True, text=True, timeout=60)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        lines = proc.stdout.splitlines()
+        self.assertEqual(len(lines), 2, proc.stdout)
+        name, err, took = lines[0].split()
+        self.assertEqual((name, int(err)), ("BlockingIOError", 11), lines)  # EAGAIN
+        self.assertLess(float(took), 1.0)
+        name, err, took = lines[1].split()
+        self.assertEqual((name, int(err)), ("TimeoutError", 110), lines)  # ETIMEDOUT
+        self.assertIn("did not reply to CONNECT within connect_timeout", proc.stderr)
+        self.assertTargetSawNothing(self.record)
+
     # ---- refusals -----------------------------------------------------------------------------
     def assertRefused(self, proc, call):
         self.assertEqual(proc.returncode, 3, proc.stderr)
