@@ -49,6 +49,29 @@ pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 Pending** g_table = nullptr;  // g_optimistic_pending entries
 int g_cap = 0;
 
+// Bit fd set: `fd` may have an entry (set and cleared under g_mu, read without it). A read or
+// write on any other descriptor then takes no lock, which also keeps a signal handler's write
+// (the self-pipe idiom) from waiting on g_mu held by the thread it interrupted. Numbers past
+// the bitmap always look up. In .bss: only the pages of numbers in use are ever touched.
+constexpr int kBitmapFds = 1 << 16;
+uint64_t g_maybe[kBitmapFds / 64];
+
+bool MaybePending(int fd) {
+  if (fd < 0) return false;
+  if (fd >= kBitmapFds) return true;
+  return (__atomic_load_n(&g_maybe[fd >> 6], __ATOMIC_RELAXED) >> (fd & 63)) & 1;
+}
+
+void SetMaybe(int fd, bool on) {
+  if (fd < 0 || fd >= kBitmapFds) return;
+  const uint64_t bit = uint64_t(1) << (fd & 63);
+  if (on) {
+    __atomic_fetch_or(&g_maybe[fd >> 6], bit, __ATOMIC_RELAXED);
+  } else {
+    __atomic_fetch_and(&g_maybe[fd >> 6], ~bit, __ATOMIC_RELAXED);
+  }
+}
+
 // Under g_mu: takes `p` out of the table (it is freed once its last holder lets go).
 void RemoveLocked(Pending* p) {
   if (p->gone) return;
@@ -56,6 +79,7 @@ void RemoveLocked(Pending* p) {
     if (g_table[i] == p) {
       g_table[i] = g_table[g_optimistic_pending - 1];
       __atomic_store_n(&g_optimistic_pending, g_optimistic_pending - 1, __ATOMIC_RELAXED);
+      SetMaybe(p->fd, false);  // Add keeps one entry per number
       break;
     }
   }
@@ -82,6 +106,7 @@ void Remove(Pending* p) {
 // The pending entry of `fd`, held (Release it), or nullptr. An entry whose descriptor number now
 // names another file (the program closed the socket and the number was reused) is dropped.
 Pending* Find(int fd) {
+  if (!MaybePending(fd)) return nullptr;
   pthread_mutex_lock(&g_mu);
   Pending* p = nullptr;
   for (int i = 0; i < g_optimistic_pending; ++i) {
@@ -129,6 +154,7 @@ bool Add(Pending* p) {
     g_cap = cap;
   }
   g_table[g_optimistic_pending] = p;
+  SetMaybe(p->fd, true);
   __atomic_store_n(&g_optimistic_pending, g_optimistic_pending + 1, __ATOMIC_RELAXED);
   pthread_mutex_unlock(&g_mu);
   return true;

@@ -9,7 +9,9 @@
 // The table of sockets whose replies are unread is keyed by descriptor number and validated by
 // inode (a number closed and reused is never taken for the socket). A process that never made
 // such a socket pays one relaxed atomic load per read or write hook (OptimisticAny); once every
-// pending socket's replies are read, the count is back to 0 and so is the cost.
+// pending socket's replies are read, the count is back to 0 and so is the cost. While some are
+// pending, a call on another descriptor costs one more relaxed load (a bitmap of the pending
+// numbers) and takes no lock.
 #pragma once
 
 #include <cstddef>
