@@ -195,16 +195,16 @@ class OptimisticData(harness.ViaCase):
         self.optimistic(port, "pipeline: true")
         self.reader_exe = self.reader()
         for mode in MODES:
-            for extra in ([], ["peek"], ["nonblock"]):
+            for extra in ([], ["peek"], ["nonblock"], ["epollet"]):
                 with self.subTest(mode=mode, extra=extra):
                     proc = self.run_reader("/page.bin", mode, *extra)
                     self.assertEqual(proc.returncode, 0, proc.stderr)
                     self.assertEqual(self.body(proc.stdout), self.page)
-                    if "nonblock" in extra:
+                    if extra in (["nonblock"], ["epollet"]):
                         # Half the reply was there: the read said EAGAIN, the poll went on.
                         self.assertIn(b"eagain", proc.stderr)
         self.assertEqual(harness.read_lines(log).count(f"connect example.test {self.port}"),
-                         3 * len(MODES))
+                         4 * len(MODES))
 
     def test_asyncio_reads_through_its_event_loop(self):
         # A non-blocking socket in an epoll loop: readiness may come for reply bytes alone, the

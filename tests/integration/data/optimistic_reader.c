@@ -2,14 +2,15 @@
  * shim routes it), sends "GET PATH HTTP/1.0", and copies the whole response to stdout, read with
  * the call MODE names: read, recv, recvfrom, recvmsg, readv or recvmmsg.
  *
- *   optimistic_reader HOST PORT PATH MODE [peek] [nonblock] [writefirst]
+ *   optimistic_reader HOST PORT PATH MODE [peek] [nonblock] [epollet] [writefirst]
  *
  * peek: first a recv(MSG_PEEK) of 16 bytes, written to stderr as "peeked HEX" (the reply bytes
  * must not be in it, and must not be taken twice). nonblock: O_NONBLOCK after connect, reads
  * wait in poll() and EAGAIN counts as "try again" (printed once as "eagain" on stderr when the
- * first read gave it). writefirst: wait 500 ms after connect before sending (a refused CONNECT's
- * reply has come by then, so the send is where it shows). Errors: "MODE errno NAME" on stderr,
- * exit status 3 (connect: 2).
+ * first read gave it). epollet: as nonblock, but the reads wait in an edge-triggered epoll
+ * registered before the first read (each EAGAIN waits for a new edge). writefirst: wait 500 ms
+ * after connect before sending (a refused CONNECT's reply has come by then, so the send is where it
+ * shows). Errors: "MODE errno NAME" on stderr, exit status 3 (connect: 2).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -19,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -77,10 +79,11 @@ int main(int argc, char** argv) {
     return 64;
   }
   const char* mode = argv[4];
-  int peek = 0, nonblock = 0, writefirst = 0;
+  int peek = 0, nonblock = 0, writefirst = 0, epollet = 0;
   for (int i = 5; i < argc; ++i) {
     peek |= strcmp(argv[i], "peek") == 0;
     nonblock |= strcmp(argv[i], "nonblock") == 0;
+    epollet |= strcmp(argv[i], "epollet") == 0;
     writefirst |= strcmp(argv[i], "writefirst") == 0;
   }
   struct addrinfo hints, *ai;
@@ -97,7 +100,14 @@ int main(int argc, char** argv) {
     fprintf(stderr, "connect errno %s\n", errname(errno));
     return 2;
   }
+  nonblock |= epollet;
   if (nonblock) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+  int ep = -1;
+  if (epollet) {
+    ep = epoll_create1(0);
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLET, .data.fd = fd};
+    epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+  }
   if (writefirst) usleep(500000);
   char req[512];
   int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n", argv[3], argv[1]);
@@ -140,6 +150,14 @@ int main(int argc, char** argv) {
     if (r < 0 && errno == EAGAIN && nonblock) {
       if (first) fprintf(stderr, "eagain\n");
       first = 0;
+      if (epollet) {
+        struct epoll_event ev;
+        if (epoll_wait(ep, &ev, 1, 5000) == 0) {
+          fprintf(stderr, "epoll: no edge within 5 s\n");
+          return 4;
+        }
+        continue;
+      }
       struct pollfd p = {fd, POLLIN, 0};
       poll(&p, 1, 1000);
       continue;
