@@ -267,61 +267,62 @@ int ReadReplies(Pending* p, bool wait) {
 
 }  // namespace
 
-int OptimisticConnect(int fd, const Socks5Plan& plan, const char* name, const wire::Addr& dest,
-                      char* why, size_t whycap, char* msg, size_t msgcap) {
-  void* mem = malloc(sizeof(Pending));
-  if (mem == nullptr) {
-    return socks5::ConnectBlocking(fd, plan, name, dest, Real().connect, why, whycap, msg, msgcap);
-  }
-  Pending* p = new (mem) Pending{};
-  const int64_t start = NowMs();
-  int err = socks5::ConnectBlocking(fd, plan, name, dest, Real().connect, why, whycap, msg, msgcap,
-                                    &p->hs);
+bool OptimisticAdopt(int fd, const socks5::Client& hs, const char* overlay, const char* name,
+                     const wire::Addr& dest, int64_t deadline_ms) {
   struct stat st;
-  if (err == 0 && fstat(fd, &st) == 0) {
-    p->fd = fd;
-    p->dev = st.st_dev;
-    p->ino = st.st_ino;
-    pthread_mutex_init(&p->reader, nullptr);
-    p->deadline_ms = start + plan.timeout_ms;
-    p->dest = dest;
-    p->by_name = name != nullptr;
-    if (name != nullptr) std::snprintf(p->name, sizeof p->name, "%s", name);
-    std::snprintf(p->overlay, sizeof p->overlay, "%s", plan.overlay);
-    if (Add(p)) return 0;
-    pthread_mutex_destroy(&p->reader);
-  }
-  // Failed, or no room to remember the socket: read the replies here, as without optimistic data.
-  const bool sent = err == 0;
-  if (sent) {
-    // Blocking, within what is left of connect_timeout (the flags are the program's again).
-    p->fd = fd;
-    p->deadline_ms = start + plan.timeout_ms;
-    while (err == 0 && !p->hs.Done()) {
-      uint8_t buf[512];
-      const size_t want = p->hs.WantRead();
-      ssize_t r = Real().recvfrom(fd, buf, want < sizeof buf ? want : sizeof buf, MSG_DONTWAIT,
-                                  nullptr, nullptr);
-      if (r > 0) {
-        err = p->hs.Feed(buf, size_t(r));
-        if (err != 0) std::snprintf(why, whycap, "%s", p->hs.error());
-      } else if (r == 0) {
-        err = ECONNRESET;
-        std::snprintf(why, whycap, "the proxy closed the connection during the handshake");
-      } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        if (proxy::WaitFor(fd, POLLIN, p->deadline_ms) != 0) {
-          err = ETIMEDOUT;
-          std::snprintf(why, whycap, "the proxy did not reply to CONNECT in time");
-        }
-      } else if (errno != EINTR) {
-        err = errno;
-        std::snprintf(why, whycap, "reading the proxy's reply: %s", std::strerror(err));
-      }
-    }
-    if (err != 0) std::snprintf(msg, msgcap, "%s via %s: %s", p->hs.target(), plan.overlay, why);
-  }
+  if (fstat(fd, &st) != 0) return false;
+  void* mem = malloc(sizeof(Pending));
+  if (mem == nullptr) return false;
+  Pending* p = new (mem) Pending{};
+  p->fd = fd;
+  p->dev = st.st_dev;
+  p->ino = st.st_ino;
+  pthread_mutex_init(&p->reader, nullptr);
+  p->deadline_ms = deadline_ms;
+  p->hs = hs;
+  p->dest = dest;
+  p->by_name = name != nullptr;
+  if (name != nullptr) std::snprintf(p->name, sizeof p->name, "%s", name);
+  std::snprintf(p->overlay, sizeof p->overlay, "%s", overlay);
+  if (Add(p)) return true;
+  pthread_mutex_destroy(&p->reader);
   p->~Pending();
   free(mem);
+  return false;
+}
+
+int OptimisticConnect(int fd, const Socks5Plan& plan, const char* name, const wire::Addr& dest,
+                      char* why, size_t whycap, char* msg, size_t msgcap) {
+  socks5::Client hs;
+  const int64_t deadline = NowMs() + plan.timeout_ms;
+  int err =
+      socks5::ConnectBlocking(fd, plan, name, dest, Real().connect, why, whycap, msg, msgcap, &hs);
+  if (err != 0) return err;
+  if (OptimisticAdopt(fd, hs, plan.overlay, name, dest, deadline)) return 0;
+  // No room to remember the socket: read the replies here, as without optimistic data, blocking
+  // within what is left of connect_timeout (the socket's flags are the program's again).
+  while (err == 0 && !hs.Done()) {
+    uint8_t buf[512];
+    const size_t want = hs.WantRead();
+    ssize_t r = Real().recvfrom(fd, buf, want < sizeof buf ? want : sizeof buf, MSG_DONTWAIT,
+                                nullptr, nullptr);
+    if (r > 0) {
+      err = hs.Feed(buf, size_t(r));
+      if (err != 0) std::snprintf(why, whycap, "%s", hs.error());
+    } else if (r == 0) {
+      err = ECONNRESET;
+      std::snprintf(why, whycap, "the proxy closed the connection during the handshake");
+    } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      if (proxy::WaitFor(fd, POLLIN, deadline) != 0) {
+        err = ETIMEDOUT;
+        std::snprintf(why, whycap, "the proxy did not reply to CONNECT in time");
+      }
+    } else if (errno != EINTR) {
+      err = errno;
+      std::snprintf(why, whycap, "reading the proxy's reply: %s", std::strerror(err));
+    }
+  }
+  if (err != 0) std::snprintf(msg, msgcap, "%s via %s: %s", hs.target(), plan.overlay, why);
   return err;
 }
 

@@ -15,7 +15,9 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
+#include "common/socks5_client.h"
 #include "common/wire.h"
 #include "shim/socks5_plan.h"
 
@@ -34,6 +36,14 @@ inline bool OptimisticAny() {
 // Failures before that point (the proxy unreachable, a refused greeting) are returned as there.
 int OptimisticConnect(int fd, const Socks5Plan& plan, const char* name, const wire::Addr& dest,
                       char* why, size_t whycap, char* msg, size_t msgcap);
+
+// Remembers `fd`, on which `hs` has written the CONNECT request (hs.RequestSent()), as waiting
+// for its replies, which the first read or write then takes (a handshake run elsewhere, such as
+// a background connect, hands its socket over here). `overlay`, `name` (nullptr: by address) and
+// `dest` name the connect in messages and REPORT; `deadline_ms` (MonotonicNs / 1e6) is when the
+// replies are given up (connect_timeout). False when out of memory: the caller reads them itself.
+bool OptimisticAdopt(int fd, const socks5::Client& hs, const char* overlay, const char* name,
+                     const wire::Addr& dest, int64_t deadline_ms);
 
 // Before a read on `fd` with MSG_* `flags` (MSG_DONTWAIT counts as a non-blocking socket): when
 // the socket's replies are unread, reads them (and only them). 0: go on with the real call. -1
