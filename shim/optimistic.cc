@@ -234,7 +234,7 @@ int ReadReplies(Pending* p, bool wait) {
       return Fail(p, err, why);
     }
     if (NowMs() >= p->deadline_ms) {
-      char why[160];
+      char why[400];  // with the stall hint
       std::snprintf(why, sizeof why, "the proxy did not reply to CONNECT within connect_timeout%s",
                     p->hs.StallHint());
       return Fail(p, ETIMEDOUT, why);
