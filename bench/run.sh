@@ -267,7 +267,9 @@ fig5_getaddrinfo() {
 # Figure 9: a proxy 20 ms away. bench/delay_relay.py in front of danted (microsocks 1.0.3 cannot
 # take pipelined requests) delivers every chunk 10 ms late in each direction; each sample is
 # FAR_N connects by name + a 1-byte echo, one after another. via with `pipeline: true` (greeting
-# and CONNECT in one write), the same without (via-stepwise), the broker running the handshake
+# and CONNECT in one write), via-optimistic with `optimistic_data: true` as well (connect returns
+# once that write is done, the program's byte follows it: one round trip in all), the same
+# without either (via-stepwise), the broker running the handshake
 # (via-broker), the standard client floor (greeting, CONNECT, data: three round trips),
 # proxychains4 and torsocks (a .onion name, which it sends to the proxy as a name).
 fig9_far_proxy() {
@@ -309,6 +311,12 @@ entries:
     host: 127.0.0.1
     port: $rport
     pipeline: true
+  - name: far-optimistic
+    kind: network.socks5
+    host: 127.0.0.1
+    port: $rport
+    pipeline: true
+    optimistic_data: true
   - name: far-stepwise
     kind: network.socks5
     host: 127.0.0.1
@@ -325,6 +333,7 @@ YAML
   for r in $(seq "$RUNS"); do
     lat 9 floor "$r" "$c" socks5 "$rport" bench.test "$eport" "$FAR_N"
     lat 9 via "$r" far_via far "$c" plain bench.test "$eport" "$FAR_N"
+    lat 9 via-optimistic "$r" far_via far-optimistic "$c" plain bench.test "$eport" "$FAR_N"
     lat 9 via-stepwise "$r" far_via far-stepwise "$c" plain bench.test "$eport" "$FAR_N"
     lat 9 via-broker "$r" far_via_broker "$c" plain bench.test "$eport" "$FAR_N"
     lat 9 proxychains4 "$r" env PROXYCHAINS_CONF_FILE="$tmp/proxychains-far.conf" \

@@ -73,6 +73,7 @@ void SessionService::HandleHello(Client& c, const wire::Message& m) {
     if (plan->isolate_streams) flags |= wire::kFlagIsolate;
     if (!plan->destination_prefix.empty()) flags |= wire::kFlagIsolateDestination;
     if (plan->pipeline) flags |= wire::kFlagPipeline;
+    if (plan->optimistic_data) flags |= wire::kFlagOptimistic;
     if (log()->should_log(spdlog::level::debug)) flags |= wire::kFlagReportEach;
   }
   w.PutU32(wire::kTagFlags, flags);
@@ -141,6 +142,7 @@ std::string SessionService::ShimPlan(const Client& c, wire::Writer* w) const {
   }
   if (s.isolate_streams) key += " isolate";
   if (s.pipeline) key += " pipeline";  // a reload that changes it reaches running shims
+  if (s.optimistic_data) key += " optimistic";
   const uint32_t timeout = uint32_t(o.connect_timeout_ms());
   key += " " + std::to_string(timeout);
   if (w != nullptr) {

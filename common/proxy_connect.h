@@ -246,9 +246,12 @@ inline int WaitFor(int fd, short events, int64_t deadline_ms) {
 // Connects the non-blocking `fd` to `addr` (`ep` names it in messages) and runs `hs` to its end
 // in the calling thread, within `timeout_ms` in all. 0, or an errno with the cause in `msg` (the
 // machine's own error() when it refused the proxy's reply). H also offers error().
+// `until_sent`: stop (0) as soon as hs.RequestSent(), leaving the replies unread on the socket
+// (optimistic data: the caller reads them later).
 template <typename H, typename ConnectFn>
 int RunBlocking(int fd, H& hs, ConnectFn&& connect, const sockaddr* addr, socklen_t len,
-                const char* ep, unsigned timeout_ms, char* msg, size_t cap) {
+                const char* ep, unsigned timeout_ms, char* msg, size_t cap,
+                bool until_sent = false) {
   const int64_t deadline = MonotonicMs() + timeout_ms;
   Step s = StartConnect(fd, connect, addr, len, ep, msg, cap);
   if (s.next == Next::kWaitWritable) {
@@ -273,6 +276,9 @@ int RunBlocking(int fd, H& hs, ConnectFn&& connect, const sockaddr* addr, sockle
       case Next::kWaitWritable:
       case Next::kWaitReadable:
         readable = s.next == Next::kWaitReadable;
+        if constexpr (requires { hs.RequestSent(); }) {
+          if (until_sent && readable && hs.RequestSent()) return 0;
+        }
         if (WaitFor(fd, readable ? POLLIN : POLLOUT, deadline) != 0) {
           TimeoutText(false, ep, timeout_ms, msg, cap);
           return ETIMEDOUT;

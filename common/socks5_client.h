@@ -265,6 +265,15 @@ class Client {
            "take pipelined requests, such as microsocks 1.0.3, needs `pipeline: false`)";
   }
 
+  // Whether the CONNECT request has been written in full and only the proxy's replies are left
+  // to read (optimistic data: the program's bytes may follow now). Pipelined, that is once the
+  // first output is taken; stepwise, once the request that follows the method (and credentials)
+  // reply is.
+  bool RequestSent() const {
+    if (out_pos_ < out_len_ || state_ == State::kDone || state_ == State::kFailed) return false;
+    return state_ == State::kReplyHead || (pipeline_ && invalid_ == 0);
+  }
+
   const uint8_t* output() const { return out_ + out_pos_; }
   size_t output_len() const { return out_len_ - out_pos_; }
   void Consumed(size_t n) { out_pos_ = out_pos_ + n > out_len_ ? out_len_ : out_pos_ + n; }

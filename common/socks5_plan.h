@@ -30,6 +30,9 @@ struct Socks5Plan {
   bool isolate;          // a fresh random credential per connect
   bool per_destination;  // username is a prefix: DestinationCredential per target
   bool pipeline;         // greeting, credentials and request in one write (kFlagPipeline)
+  // The program's data may follow the request before the reply (kFlagOptimistic). Only the
+  // shim acts on it (shim/optimistic.h); ConnectBlocking (and so `via run --strict`) ignores it.
+  bool optimistic;
   uint32_t timeout_ms;
   wire::Addr fake[2];  // the fake-address ranges, the port field their prefix length
   int nfake;
@@ -47,6 +50,7 @@ inline bool ReadPlan(const wire::Message& m, uint32_t flags, uint32_t broker, So
   p.isolate = (flags & wire::kFlagIsolate) != 0;
   p.per_destination = (flags & wire::kFlagIsolateDestination) != 0;
   p.pipeline = (flags & wire::kFlagPipeline) != 0;
+  p.optimistic = (flags & wire::kFlagOptimistic) != 0;
   bool ok = true;
   auto copy = [&](const wire::Field& f, char* dst, size_t cap, size_t* len) {
     if (f.len >= cap) return false;
@@ -146,10 +150,15 @@ inline int StartClient(const Socks5Plan& plan, const char* name, const wire::Add
 // with `connect` (the shim passes libc's real one: its own is a hook), in this thread: 0, or an
 // errno with the cause in `why` (for REPORT) and "<target> via <overlay>: <why>" in `msg` (as
 // the broker words a failed CONNECT). The socket's file status flags are restored.
+// `optimistic` (the shim under `optimistic_data: true`): non-null to return 0 as soon as the
+// CONNECT request is written, the replies left unread on the socket; *optimistic then gets the
+// machine, which reads them (shim/optimistic.h).
 template <typename ConnectFn>
 int ConnectBlocking(int fd, const Socks5Plan& plan, const char* name, const wire::Addr& dest,
-                    ConnectFn&& connect, char* why, size_t whycap, char* msg, size_t msgcap) {
-  Client hs;
+                    ConnectFn&& connect, char* why, size_t whycap, char* msg, size_t msgcap,
+                    Client* optimistic = nullptr) {
+  Client local;
+  Client& hs = optimistic != nullptr ? *optimistic : local;
   int err = StartClient(plan, name, dest, &hs, why, whycap);
   int flags = -1;
   if (err == 0) err = proxy::MakeNonBlocking(fd, &flags, why, whycap);
@@ -160,7 +169,7 @@ int ConnectBlocking(int fd, const Socks5Plan& plan, const char* name, const wire
     err = plan_detail::PickEndpoint(fd, plan, &ss, &len, ep, sizeof ep, why, whycap);
     if (err == 0) {
       err = proxy::RunBlocking(fd, hs, connect, reinterpret_cast<sockaddr*>(&ss), len, ep,
-                               plan.timeout_ms, why, whycap);
+                               plan.timeout_ms, why, whycap, optimistic != nullptr);
       if (err == ETIMEDOUT) {
         const size_t used = std::strlen(why);
         std::snprintf(why + used, whycap - used, "%s", hs.StallHint());

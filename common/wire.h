@@ -116,6 +116,10 @@ constexpr uint32_t kFlagUnroutedExecAllow = 1u << 7;
 // With kFlagShimSocks5: the proxy takes pipelined requests (`pipeline: true`): send the greeting,
 // credentials and CONNECT request in one write.
 constexpr uint32_t kFlagPipeline = 1u << 9;
+// With kFlagShimSocks5: the proxy takes the program's data before its CONNECT reply
+// (`optimistic_data: true`): the shim's connect returns once the request is written, and the
+// first read on the socket strips the replies (shim/optimistic.h).
+constexpr uint32_t kFlagOptimistic = 1u << 10;
 // Request flags (kTagFlags), bits 20-23.
 constexpr uint32_t kFlagSessionExplicit = 1u << 20;  // OPEN_SESSION: --network/--direct was given
 constexpr uint32_t kFlagControl = 1u << 21;  // HELLO: a CLI control connection, no network needed

@@ -65,6 +65,11 @@ struct Socks5Settings {
   // round trip instead of two or three). Off by default: a proxy that reads one message per
   // recv() (microsocks 1.0.3) drops the rest and the connect hangs until connect_timeout.
   bool pipeline = false;
+  // via extension: `connect` returns once the CONNECT request is written, the program's first
+  // bytes follow it, and the shim strips the proxy's replies on the first read (shim/
+  // optimistic.h). Off by default: a refused CONNECT then shows up on a read, not on connect, and
+  // a proxy that reads one message per recv() (microsocks 1.0.3) drops the early bytes.
+  bool optimistic_data = false;
 };
 
 // The isolation an entry asks for (isolate_streams: true is connection).

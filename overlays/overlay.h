@@ -97,6 +97,7 @@ class Overlay {
     // (common/socks5_client.h) of this prefix and its target.
     std::string destination_prefix;
     bool pipeline = false;           // the proxy takes greeting, credentials and request at once
+    bool optimistic_data = false;    // the proxy takes the program's data before its reply
   };
   // For the program `who` (the credentials of isolation by process, program or session are
   // its own).

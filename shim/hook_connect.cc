@@ -33,6 +33,7 @@
 #include "shim/export.h"
 #include "shim/hook_listen.h"
 #include "shim/name_cache.h"
+#include "shim/optimistic.h"
 #include "shim/pending_connect.h"
 #include "shim/process_route.h"
 #include "shim/real.h"
@@ -96,8 +97,15 @@ int ConnectRouted(int fd, const ConnectPlan& p) {
     const char* name = p.by_name ? p.host : nullptr;
     char why[400] = {};
     // msg is complete before REPORT (which may greet the broker again and replace *p.socks5).
-    err = ShimSocks5Connect(fd, *p.socks5, name, p.dest, why, sizeof why, msg, sizeof msg);
-    BrokerReport(p.dest, name, err, why);
+    if (p.socks5->optimistic) {
+      // Returns once the request is written: the first read takes the reply off the socket and
+      // REPORTs it (optimistic.h), so only a failure before that is reported here.
+      err = OptimisticConnect(fd, *p.socks5, name, p.dest, why, sizeof why, msg, sizeof msg);
+      if (err != 0) BrokerReport(p.dest, name, err, why);
+    } else {
+      err = ShimSocks5Connect(fd, *p.socks5, name, p.dest, why, sizeof why, msg, sizeof msg);
+      BrokerReport(p.dest, name, err, why);
+    }
   } else {
     err = BrokerConnect(fd, p.dest, msg, sizeof msg);
   }
@@ -377,14 +385,17 @@ VIA_EXPORT int connect(int fd, const sockaddr* addr, socklen_t len) {
 
 VIA_EXPORT ssize_t sendto(int fd, const void* buf, size_t n, int flags, const sockaddr* addr,
                           socklen_t len) {
+  if (OptimisticAny() && OptimisticBeforeWrite(fd) != 0) return -1;  // a refusal has come
   return DoSendto(fd, buf, n, flags, addr, len);
 }
 
 VIA_EXPORT ssize_t sendmsg(int fd, const msghdr* msg, int flags) {
+  if (OptimisticAny() && OptimisticBeforeWrite(fd) != 0) return -1;
   return DoSendmsg(fd, msg, flags);
 }
 
 VIA_EXPORT int sendmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags) {
+  if (OptimisticAny() && OptimisticBeforeWrite(fd) != 0) return -1;
   return DoSendmmsg(fd, vec, vlen, flags);
 }
 
@@ -404,6 +415,7 @@ VIA_EXPORT int __connect(int fd, const sockaddr* addr, socklen_t len) {
 }
 
 VIA_EXPORT int __sendmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags) {
+  if (OptimisticAny() && OptimisticBeforeWrite(fd) != 0) return -1;
   return DoSendmmsg(fd, vec, vlen, flags);
 }
 

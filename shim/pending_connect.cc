@@ -40,6 +40,7 @@
 #include "common/proxy_connect.h"
 #include "common/socks5_plan.h"
 #include "shim/broker_link.h"
+#include "shim/optimistic.h"
 #include "shim/real.h"
 #include "shim/routed.h"
 #include "shim/state.h"
@@ -83,6 +84,7 @@ struct Slot {
   int phase;
   bool broker;     // the broker runs the handshake (CONNECT with the socket attached)
   bool finishing;  // the end is being said (Finish); Complete follows
+  bool optimistic;  // optimistic_data: done once the request is written (HandOverOptimistic)
   int64_t deadline_ms;
   unsigned timeout_ms;
   socks5::Client hs;
@@ -396,6 +398,16 @@ void TellAndComplete(int i, uint32_t gen, const Outcome& o) {
 
 uint64_t LoopKey(int i) { return uint64_t(i) | uint64_t(g_shared->slots[i].gen) << 32; }
 
+// Under the lock: optimistic data (`optimistic_data: true`): once the CONNECT request is written,
+// the socket goes to optimistic.h, whose read and write hooks take the replies off, and the
+// connect is complete for the program, whose first bytes follow the request. False: the thread
+// waits for the reply as without the option (no room in that table, or the program closed it).
+bool HandOverOptimistic(const Slot& s) {
+  if (!s.optimistic || !s.hs.RequestSent() || s.prog_fd < 0) return false;
+  return OptimisticAdopt(s.prog_fd, s.hs, s.overlay, s.has_name ? s.name : nullptr, s.dest,
+                         s.deadline_ms);
+}
+
 void Drive(uint64_t key) {
   const int i = int(key & 0xffffffffu);
   if (i < 0 || i >= kSlots) return;
@@ -410,12 +422,18 @@ void Drive(uint64_t key) {
       st = proxy::ConnectResult(s.priv_fd, s.ep_text, why, sizeof why);
       if (st.next == proxy::Next::kDone) s.phase = kHandshake;
     }
+    bool handed_over = false;
     if (s.phase == kHandshake) {
       st = proxy::Pump(s.priv_fd, s.hs, proxy::Reads::kTryFirst, true, s.ep_text, why, sizeof why);
+      if (st.next == proxy::Next::kWaitReadable && HandOverOptimistic(s)) {
+        st.next = proxy::Next::kDone;
+        handed_over = true;
+      }
     }
     switch (st.next) {
       case proxy::Next::kDone:
         Finish(s, 0, "", &o);
+        o.report = o.report && !handed_over;  // the first read reports it (optimistic.h)
         break;
       case proxy::Next::kFailed:
         Finish(s, st.err, why, &o);
@@ -622,6 +640,7 @@ void ClaimSlot(Slot& s, int fd, const struct stat& st, const Socks5Plan& plan, c
   std::snprintf(s.name, sizeof s.name, "%s", name != nullptr ? name : "");
   std::snprintf(s.overlay, sizeof s.overlay, "%s", plan.overlay);
   s.nregs = 0;
+  s.optimistic = plan.optimistic;
 }
 
 }  // namespace
@@ -763,6 +782,7 @@ int StartPendingBroker(int fd, const wire::Addr& dest) {
   s.phase = kConnecting;
   s.broker = true;
   s.finishing = false;
+  s.optimistic = false;  // the broker hands the socket over after the reply
   s.deadline_ms = proxy::MonotonicMs();  // the broker keeps the overlay's connect_timeout
   s.dest = dest;
   s.has_name = false;

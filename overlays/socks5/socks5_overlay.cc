@@ -92,6 +92,7 @@ std::optional<Overlay::ProgramSocks5> Socks5Overlay::program_socks5(const Reques
       break;
   }
   p.pipeline = settings_.pipeline;
+  p.optimistic_data = settings_.optimistic_data;
   return p;
 }
 

@@ -296,6 +296,20 @@ setTimeout(async () => {{
                          proc.stdout + proc.stderr)
         self.assertReachedThroughProxy(self.record, "example.test", path="/exec")
 
+    def test_with_optimistic_data_the_socket_is_writable_before_the_proxy_answers(self):
+        # optimistic_data + pipeline: once the shim's thread has written greeting and request the
+        # connect is done for the program (writable, SO_ERROR 0); its request follows, and its
+        # first read takes the proxy's reply, 1 s late, off the socket (status=200 is the
+        # target's answer, whole).
+        self.use_proxy(self.start_slow_proxy()[0], "pipeline: true", "optimistic_data: true")
+        proc, v = self.run_c("select")
+        self.assertOk(proc)
+        self.assertEqual(v.get("connect"), "EINPROGRESS", proc.stdout + proc.stderr)
+        self.assertLess(int(v["first_ms"]), DELAY_MS // 2, proc.stdout)
+        self.assertEqual((v["select"], v["writable"], v["so_error"], v.get("status")),
+                         ("1", "1", "0", "200"), proc.stdout + proc.stderr)
+        self.assertReachedThroughProxy(self.record, "example.test", path="/select")
+
     def check_fast_open(self, mode):
         # sendto/sendmsg with MSG_FASTOPEN connect as connect does: without a cookie the kernel
         # gives EINPROGRESS and sends no data, the program sends once the socket is writable.

@@ -219,6 +219,50 @@ class Tor(harness.ViaCase):
             greeting = "05010201" + cred + cred if isolate else "050100"
             self.assertRegex(c["hex"], "^" + greeting + request + "$")
 
+    def test_optimistic_data_through_tor(self):
+        # `optimistic_data: true`: the program's request follows the CONNECT request before Tor
+        # has answered (Tor's SocksPort takes it: socks-extensions.txt, "optimistic data"), the
+        # reply never reaches the program, and a refused stream is the first read's error.
+        port, record = self.start_target()
+        ctl = self.watch_streams()
+        relay, chunks = self.start_tap_relay(self.net.socks_port, delay_ms=20)
+        self.write_config([self.socks5_entry("tor", relay, "connect_timeout: 60s",
+                                             "pipeline: true", "optimistic_data: true")],
+                          service={"loopback": "overlay"})
+        code = ("import socket, sys\n"
+                "s = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=90)\n"
+                "s.sendall(b'GET /optimistic HTTP/1.0\\r\\nHost: t\\r\\n\\r\\n')\n"
+                "data = b''\n"
+                "try:\n"
+                "    while True:\n"
+                "        c = s.recv(4096)\n"
+                "        if not c: break\n"
+                "        data += c\n"
+                "except OSError as e:\n"
+                "    print('recv', e.__class__.__name__); sys.exit(3)\n"
+                "sys.stdout.buffer.write(data)\n")
+        proc = self.run_via("app:tor", sys.executable, "-c", code, str(port), timeout=120)
+        self.assertRan(proc, ctl)
+        self.assertTrue(proc.stdout.startswith("HTTP/1.0 200 "), proc.stdout[:80])
+        # The body alone (text mode: the CRLFs are newlines): no byte of Tor's reply before it.
+        self.assertRegex(proc.stdout.split("\n\n", 1)[1], r'^\{"ip": "127\.0\.0\.\d+"\}$')
+        ok, seen = self.succeeded(ctl, f"127.0.0.1:{port}", 1)
+        self.assertEqual(len(ok), 1, f"STREAM events: {seen}")
+        self.assertEqual([r["path"] for r in self.records(record)], ["/optimistic"])
+        request = (bytes([5, 1, 0, 1, 127, 0, 0, 1]) + port.to_bytes(2, "big")).hex()
+        got = chunks()
+        early = "".join(c["hex"] for c in got if c["conn"] == got[0]["conn"] and
+                        not c["answered"])
+        self.assertTrue(early.startswith("050100" + request), got)
+        self.assertTrue(bytes.fromhex(early[len("050100" + request):]).startswith(
+            b"GET /optimistic"), got)
+        # A closed port at the exit's end: Tor answers 0x05 (or 0x01), the program's recv fails.
+        closed = harness.closed_port()
+        proc = self.run_via("app:tor", sys.executable, "-c", code, str(closed), timeout=120)
+        self.assertEqual(proc.returncode, 3, proc.stderr)
+        self.assertRegex(proc.stdout, "recv (ConnectionRefusedError|ConnectionResetError)")
+        self.assertIn("optimistic data: seen on the first read", proc.stderr)
+
     # ---- (b) stream isolation ----------------------------------------------------------------
     def circuits_for(self, isolate, n, child=False):
         port, record = self.start_target()

@@ -369,8 +369,8 @@ TEST_F(ConfigTest, UnknownFieldIsRejectedWithAHint) {
   EXPECT_EQ(Error(Socks5("host: h\nport: 1\nisolate_stream: true")),
             "via.yaml:8:5: entry app:tor (network.socks5): isolate_stream: unknown field (known: "
             "host, port, username, password, isolate_streams, isolation, connect_timeout, "
-            "remote_resolve, pipeline, control_port, control_password; did you mean "
-            "isolate_streams?)");
+            "remote_resolve, pipeline, optimistic_data, control_port, control_password; did you "
+            "mean isolate_streams?)");
 }
 
 TEST_F(ConfigTest, CommonEntryKeysAreAllowed) {
@@ -403,6 +403,17 @@ TEST_F(ConfigTest, PipelineIsOffByDefaultAndABool) {
   EXPECT_EQ(Error(Socks5("host: h\nport: 1\npipeline: maybe")),
             "via.yaml:8:15: entry app:tor (network.socks5): pipeline: must be true or false, not "
             "\"maybe\"");
+}
+
+TEST_F(ConfigTest, OptimisticDataIsOffByDefaultAndABool) {
+  EXPECT_FALSE(
+      Only(ParseConfigText(Socks5("host: h\nport: 1"), "via.yaml", "/")).socks5.optimistic_data);
+  EXPECT_TRUE(
+      Only(ParseConfigText(Socks5("host: h\nport: 1\noptimistic_data: true"), "via.yaml", "/"))
+          .socks5.optimistic_data);
+  EXPECT_EQ(Error(Socks5("host: h\nport: 1\noptimistic_data: soon")),
+            "via.yaml:8:22: entry app:tor (network.socks5): optimistic_data: must be true or "
+            "false, not \"soon\"");
 }
 
 TEST_F(ConfigTest, ConnectTimeoutForms) {

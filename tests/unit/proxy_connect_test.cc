@@ -303,6 +303,50 @@ TEST_F(ProxyConnectTest, APipelinedProxyThatStallsAfterTheGreetingGetsAHint) {
   EXPECT_EQ(proxy.Finish(), "");
 }
 
+// Optimistic data: the run stops once the request is written, before any reply (pipelined: at
+// once; the reply comes 300 ms later and is left on the socket for the machine to read).
+TEST_F(ProxyConnectTest, UntilSentStopsAtThePipelinedRequest) {
+  ScriptedProxy proxy;
+  proxy.Expect(kGreeting + kRequest).Hold(300).Send(B({5, 0}) + kReply + "program's");
+  wire::Addr dest;
+  dest.family = 4;
+  inet_pton(AF_INET, "192.0.2.7", dest.bytes);
+  hs_.Start(nullptr, dest, 80, "", 0, "", 0, socks5::kCmdConnect, true);
+  fd_.reset(socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  proxy.Start();
+  const int64_t t0 = MonotonicMs();
+  ASSERT_EQ(RunBlocking(fd_.get(), hs_, ::connect, reinterpret_cast<const sockaddr*>(&proxy.addr()),
+                        sizeof(sockaddr_in), proxy.text(), 3000, msg_, sizeof msg_, true),
+            0)
+      << msg_;
+  EXPECT_LT(MonotonicMs() - t0, 250);
+  EXPECT_TRUE(hs_.RequestSent());
+  EXPECT_FALSE(hs_.Done());
+  EXPECT_EQ(hs_.WantRead(), 2u);  // the method reply comes first
+  EXPECT_EQ(proxy.Finish(), "");
+}
+
+// Stepwise, the greeting's answer is awaited; the run stops once the request that follows it is
+// written.
+TEST_F(ProxyConnectTest, UntilSentWaitsForTheGreetingWhenStepwise) {
+  ScriptedProxy proxy;
+  proxy.Expect(kGreeting).Send(B({5, 0})).Expect(kRequest).Hold(300).Send(kReply);
+  wire::Addr dest;
+  dest.family = 4;
+  inet_pton(AF_INET, "192.0.2.7", dest.bytes);
+  hs_.Start(nullptr, dest, 80, "", 0, "", 0);
+  fd_.reset(socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  proxy.Start();
+  EXPECT_FALSE(hs_.RequestSent());
+  ASSERT_EQ(RunBlocking(fd_.get(), hs_, ::connect, reinterpret_cast<const sockaddr*>(&proxy.addr()),
+                        sizeof(sockaddr_in), proxy.text(), 3000, msg_, sizeof msg_, true),
+            0)
+      << msg_;
+  EXPECT_TRUE(hs_.RequestSent());
+  EXPECT_EQ(hs_.WantRead(), 5u);  // the CONNECT reply's head
+  EXPECT_EQ(proxy.Finish(), "");
+}
+
 TEST_F(ProxyConnectTest, NoListenerIsConnectionRefused) {
   sockaddr_in closed{};
   std::string text;
