@@ -254,6 +254,13 @@ Status ParseRoute(const EntryReader& r, Route* route) {
     return r.Error("network", "must name an overlay (ns:name), direct or block");
   }
   route->network_pos = PosOf(r.file(), *n).ToString();
+  if (name != nullptr && route->port != 0 && route->network == kDirectNetwork) {
+    // A lookup knows no port: the name would get a fake address, which cannot be connected
+    // directly without the system resolver at connect time.
+    return r.Error("network",
+                   "a name route with a port cannot be direct (route the name, or "
+                   "its addresses with cidr and port)");
+  }
   return Status::Ok();
 }
 

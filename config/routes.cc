@@ -231,6 +231,9 @@ Result<Route> ParseRouteSpec(std::string_view spec, const Config& cfg) {
       return bad("unknown network \"" + network + "\" (an overlay, direct or block)");
     r.network = o->id;
   }
+  if (!r.has_cidr && r.port != 0 && r.network == kDirectNetwork) {
+    return bad("a name route with a port cannot be direct");
+  }
   return r;
 }
 

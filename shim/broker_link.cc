@@ -59,6 +59,14 @@ __thread Link t_link;
 // kFlagShimSocks5. Apart from Link so that it stays in .tbss (zero-filled, not copied per
 // thread from an initialization image as Link's fields with initializers are).
 constinit __thread Socks5Plan t_plan = {};
+// The HELLO reply's ranges when it had kFlagRoutes: the fake ranges and the routes' ranges, the
+// port field each one's prefix length.
+struct RouteNets {
+  static constexpr int kMax = 64;
+  wire::Addr nets[kMax];
+  int n;
+};
+constinit __thread RouteNets t_route_nets = {};
 pthread_key_t g_key;
 pthread_once_t g_key_once = PTHREAD_ONCE_INIT;
 
@@ -344,6 +352,24 @@ int DoHello(Link* l) {
   if (l->hello_err != 0 || (l->flags & wire::kFlagDirect) == 0) {
     __atomic_store_n(&g_routed, true, __ATOMIC_RELAXED);
   }
+  t_route_nets.n = 0;
+  if (l->hello_err == 0 && (l->flags & wire::kFlagRoutes) != 0) {
+    m.ForEach([&](const wire::Field& rf) {
+      wire::Addr a;
+      if ((rf.tag == wire::kTagFakeNet || rf.tag == wire::kTagRouteNet) &&
+          t_route_nets.n < RouteNets::kMax && rf.addr(&a)) {
+        t_route_nets.nets[t_route_nets.n++] = a;
+      }
+    });
+    // More ranges than fit: every address asks the broker (a 0-length prefix covers all).
+    if (t_route_nets.n == RouteNets::kMax) {
+      t_route_nets.nets[0] = wire::Addr{};
+      t_route_nets.nets[0].family = 4;
+      t_route_nets.nets[1] = wire::Addr{};
+      t_route_nets.nets[1].family = 6;
+      t_route_nets.n = 2;
+    }
+  }
   return 0;
 }
 
@@ -588,7 +614,23 @@ int BrokerConnect(int fd, const wire::Addr& dest, char* msg, size_t msgcap) {
   w.PutAddr(wire::kTagAddr, dest);
   uint8_t reply[4096];  // an error MESSAGE is at most 3000 bytes
   wire::Message m;
-  return Call(w, fd, reply, sizeof reply, &m, msg, msgcap);
+  int err = Call(w, fd, reply, sizeof reply, &m, msg, msgcap);
+  uint32_t flags = 0;
+  wire::Field f;
+  if (err == 0 && m.Find(wire::kTagFlags, &f) && f.u32(&flags) &&
+      (flags & wire::kFlagRouteDirect) != 0) {
+    return kRouteDirect;
+  }
+  return err;
+}
+
+bool RoutesCover(const wire::Addr& addr) {
+  if ((t_link.flags & wire::kFlagRoutes) == 0) return false;
+  const wire::Addr a = wire::Unmapped(addr);
+  for (int i = 0; i < t_route_nets.n; ++i) {
+    if (wire::InPrefix(t_route_nets.nets[i], a)) return true;
+  }
+  return false;
 }
 
 int BrokerSocks5Plan(const Socks5Plan** plan, char* msg, size_t msgcap) {
@@ -653,13 +695,22 @@ int BrokerResolve(const char* name, int family, wire::Addr* out, int cap, int* c
   if (int err = Call(w, -1, reply, sizeof reply, &m, msg, msgcap); err != 0) {
     return err;
   }
-  uint32_t hold_ms = 0;
+  uint32_t hold_ms = 0, flags = 0;
   m.ForEach([&](const wire::Field& f) {
     wire::Addr a;
     if (f.tag == wire::kTagAddr && *count < cap && f.addr(&a)) out[(*count)++] = a;
     if (f.tag == wire::kTagHoldMs) f.u32(&hold_ms);
+    if (f.tag == wire::kTagFlags) f.u32(&flags);
   });
-  NameCachePut(name, family, t_link.broker_pid, out, *count, hold_ms);
+  if ((flags & wire::kFlagRouteDirect) != 0) {
+    *count = 0;
+    return kRouteDirect;
+  }
+  // A name routed elsewhere stays out of the cache: the cache's names are what this thread's
+  // SOCKS5 sends by name, and this one's connects must go to the broker.
+  if ((flags & wire::kFlagRouted) == 0) {
+    NameCachePut(name, family, t_link.broker_pid, out, *count, hold_ms);
+  }
   return 0;
 }
 

@@ -32,6 +32,7 @@
 #include "shim/export.h"
 #include "shim/hook_listen.h"
 #include "shim/name_cache.h"
+#include "shim/names.h"
 #include "shim/process_route.h"
 #include "shim/real.h"
 #include "shim/routed.h"
@@ -48,8 +49,9 @@ using wire::SockKind;
 constinit LazyFn<int(int, int, int)> g_real_socket = {"socket", nullptr};
 
 // The connect decision asks the broker link.
-constexpr ConnectQuestions kAskBroker = {NetworkDirect, BrokerHello, BrokerSocks5Plan,
-                                         NameCacheReverse};
+constexpr ConnectQuestions kAskBroker = {NetworkDirect,    BrokerHello, BrokerSocks5Plan,
+                                         NameCacheReverse, RoutesApply, RoutesCover,
+                                         IsRouteDirect};
 
 // Options that make the kernel send somewhere other than the destination address: an IPv4 source
 // route (IP_OPTIONS: the first hop becomes the packet's destination, so a datagram "to 127.0.0.1"
@@ -98,6 +100,9 @@ int ConnectRouted(int fd, const ConnectPlan& p) {
     BrokerReport(p.dest, name, err, why);
   } else {
     err = BrokerConnect(fd, p.dest, msg, sizeof msg);
+    // A route to direct (or no route for a direct process): the kernel connects it, as without
+    // via; the broker only decided.
+    if (err == kRouteDirect) return Real().connect(fd, p.name(), p.len);
   }
   if (err == 0) {
     RememberRouted(fd, p.dest);

@@ -114,14 +114,15 @@ Status BrokerClient::HelloControl() {
 }
 
 Result<std::string> BrokerClient::OpenSession(const std::string& network, bool explicit_sel,
-                                              const SessionCommand& command,
-                                              std::string* effective) {
+                                              const SessionCommand& command, std::string* effective,
+                                              const std::vector<std::string>& routes) {
   std::vector<uint8_t> buf(wire::kMaxMessage);
   wire::Writer w(buf.data(), buf.size(), wire::kOpenSession, rpc_.NextId());
   if (!network.empty()) w.PutString(wire::kTagNetwork, network);
   w.PutU32(wire::kTagFlags, explicit_sel ? wire::kFlagSessionExplicit : 0);
   if (!command.exe.empty()) w.PutString(wire::kTagExe, command.exe);
-  size_t room = 60000;  // the command line is for matching rules; a long one is cut
+  for (const std::string& r : routes) w.PutString(wire::kTagRoute, r);
+  size_t room = 56000;  // the command line is for matching rules; a long one is cut
   for (const std::string& a : command.argv) {
     if (a.size() + 4 > room) break;
     room -= a.size() + 4;

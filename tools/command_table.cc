@@ -35,7 +35,8 @@ Examples:
 )HELP";
 
 const char* const kHelpRun =
-    R"HELP(Usage: via run [-c CONFIG] [--network NS:NAME | --direct] [-q] [--] COMMAND [ARGS...]
+    R"HELP(Usage: via run [-c CONFIG] [--network NS:NAME | --direct] [--route SPEC]... [-q] [--]
+               COMMAND [ARGS...]
        via run [-c CONFIG] [--network NS:NAME] --strict [--audit] [--] COMMAND [ARGS...]
 
 Runs COMMAND with libvia.so preloaded, so that its TCP connects and name lookups (and those of
@@ -68,6 +69,11 @@ Options:
                        none: no network at all (every connect, listen, datagram and name
                        lookup fails; nothing direct, nothing resolved; always allowed)
       --direct         no overlay for this command and its children
+      --route SPEC     route a destination for this session, ahead of the configuration's
+                       via.route entries (repeatable, first match wins): GLOB[:PORT]=NETWORK,
+                       CIDR[:PORT]=NETWORK or [IPV6-CIDR]:PORT=NETWORK, NETWORK an overlay,
+                       direct or block (e.g. '*.onion=app:tor', '10.0.0.0/8=block');
+                       checked against security.policy as --network is
   -q, --quiet          the shim prints nothing (default: one line per failed connect)
       --strict         run COMMAND in its own network namespace, every connect placed by via
       --audit          with --strict: at the end, list by process every attempt that would have

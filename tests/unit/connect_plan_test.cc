@@ -63,7 +63,8 @@ bool CachedName(const wire::Addr&, uint32_t broker, char* name, size_t cap) {
   std::snprintf(name, cap, "%s", g_script.cached_name);
   return true;
 }
-constexpr ConnectQuestions kScripted = {Direct, Hello, Socks5PlanOf, CachedName};
+constexpr ConnectQuestions kScripted = {Direct,  Hello,   Socks5PlanOf, CachedName,
+                                        nullptr, nullptr, nullptr};
 
 class ConnectPlanTest : public ::testing::Test {
  protected:
