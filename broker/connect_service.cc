@@ -212,12 +212,14 @@ ConnectService::RouteDecision ConnectService::DecideRoute(const Client& c,
       d.direct = true;
       d.message = "no route matches; the process's network is direct";
     } else {
-      // A fake address given out for a route with a port, connected on another port: the name
-      // would need the system resolver, which the broker never runs on its loop.
-      d.err = EHOSTUNREACH;
+      // A fake address given out for a route with a port, connected on another port (or a name
+      // sent as it is): the name would need the system resolver, which the broker never runs
+      // on its loop.
+      d.err = EINVAL;
       d.message = what +
-                  ": no route matches this port, and the process's network is direct "
-                  "(a name route with a port gives the name a fake address)";
+                  ": no route matches it, and the connection's network is direct: connect "
+                  "without the broker (a name route with a port gives the name a fake address "
+                  "that only that port can use)";
     }
     return d;
   }

@@ -84,7 +84,10 @@ void SessionService::HandleHello(Client& c, const wire::Message& m) {
       w.PutAddr(wire::kTagFakeNet, pool()->V6Range());
     }
     for (const config::Route& r : *c.routes) {
-      if (!r.has_cidr) continue;
+      if (!r.has_cidr) {
+        w.PutString(wire::kTagRouteName, r.name);
+        continue;
+      }
       wire::Addr a;
       a.family = r.cidr.family;
       a.port = uint16_t(r.cidr.prefix);

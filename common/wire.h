@@ -94,9 +94,12 @@ enum Tag : uint16_t {
   // one JSON document (docs/json.md), instead of TEXT.
   kTagJson = 0x80,
   // 0x90-0x9F: routes by destination (docs/configuration.md, "Routes by destination").
-  kTagRoute = 0x90,  // string (OPEN_SESSION, repeated): a `via run --route` spec, in order
-  kTagRouteNet =
-      0x91,  // Addr (HELLO reply with kFlagRoutes, repeated): a route's range, port = prefix
+  // string (OPEN_SESSION, repeated): a `via run --route` spec, in order.
+  kTagRoute = 0x90,
+  // Addr (HELLO reply with kFlagRoutes, repeated): a route's range, the port its prefix length.
+  kTagRouteNet = 0x91,
+  // string (HELLO reply with kFlagRoutes, repeated): a route's name glob.
+  kTagRouteName = 0x92,
 };
 
 // Reply flags (kTagFlags in a HELLO reply).

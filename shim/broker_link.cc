@@ -8,6 +8,7 @@
 
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <fnmatch.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -67,6 +68,13 @@ struct RouteNets {
   int n;
 };
 constinit __thread RouteNets t_route_nets = {};
+// ... and the routes' name globs, NUL-separated; `all`: more than fit (every name matches).
+struct RouteNames {
+  char text[2048];
+  size_t len;
+  bool all;
+};
+constinit __thread RouteNames t_route_names = {};
 pthread_key_t g_key;
 pthread_once_t g_key_once = PTHREAD_ONCE_INIT;
 
@@ -353,8 +361,19 @@ int DoHello(Link* l) {
     __atomic_store_n(&g_routed, true, __ATOMIC_RELAXED);
   }
   t_route_nets.n = 0;
+  t_route_names.len = 0;
+  t_route_names.all = false;
   if (l->hello_err == 0 && (l->flags & wire::kFlagRoutes) != 0) {
     m.ForEach([&](const wire::Field& rf) {
+      if (rf.tag == wire::kTagRouteName) {
+        if (t_route_names.len + rf.len + 1 > sizeof t_route_names.text) {
+          t_route_names.all = true;
+        } else {
+          std::memcpy(t_route_names.text + t_route_names.len, rf.data, rf.len);
+          t_route_names.len += rf.len;
+          t_route_names.text[t_route_names.len++] = 0;
+        }
+      }
       wire::Addr a;
       if ((rf.tag == wire::kTagFakeNet || rf.tag == wire::kTagRouteNet) &&
           t_route_nets.n < RouteNets::kMax && rf.addr(&a)) {
@@ -622,6 +641,23 @@ int BrokerConnect(int fd, const wire::Addr& dest, char* msg, size_t msgcap) {
     return kRouteDirect;
   }
   return err;
+}
+
+bool RouteNamesMatch(const char* name) {
+  if ((t_link.flags & wire::kFlagRoutes) == 0) return false;
+  if (t_route_names.all) return true;
+  char n[256];
+  size_t len = strnlen(name, sizeof n);
+  if (len >= sizeof n) return true;  // the broker judges what does not fit here
+  std::memcpy(n, name, len);
+  n[len] = 0;
+  while (len > 1 && n[len - 1] == '.') n[--len] = 0;
+  for (size_t at = 0; at < t_route_names.len;) {
+    const char* glob = t_route_names.text + at;
+    if (fnmatch(glob, n, FNM_CASEFOLD) == 0) return true;
+    at += std::strlen(glob) + 1;
+  }
+  return false;
 }
 
 bool RoutesCover(const wire::Addr& addr) {

@@ -34,6 +34,9 @@ int BrokerConnect(int fd, const wire::Addr& dest, char* msg, size_t msgcap);
 // With HELLO flag kFlagRoutes: whether a connect to `addr` must ask the broker, because it lies in
 // a fake range or a route's range (ROUTE_NET). False without routes.
 bool RoutesCover(const wire::Addr& addr);
+// With HELLO flag kFlagRoutes: whether a route's name glob matches `name` (any case, a trailing
+// dot ignored), so that a direct process asks the broker about this name. False without routes.
+bool RouteNamesMatch(const char* name);
 // The calling thread's link, greeted: *plan points at its Socks5Plan when the shim may run SOCKS5
 // itself, nullptr when sockets go to the broker (CONNECT). 0 or an errno (the link failed).
 int BrokerSocks5Plan(const Socks5Plan** plan, char* msg, size_t msgcap);

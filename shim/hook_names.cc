@@ -227,7 +227,9 @@ VIA_EXPORT int getaddrinfo(const char* node, const char* service, const addrinfo
   // A direct process asks the broker only when routes exist (HELLO flag): then each name is
   // checked against them (a routed one gets fake addresses), else resolved here as before.
   const bool direct = NetworkDirect();
-  if (direct && !RoutesApply()) return real.getaddrinfo(node, service, hints, res);
+  if (direct && !(RoutesApply() && RouteNamesMatch(node))) {
+    return real.getaddrinfo(node, service, hints, res);
+  }
   if (family != AF_UNSPEC && family != AF_INET && family != AF_INET6) return EAI_FAMILY;
   // AF_INET6 with AI_V4MAPPED: IPv4 addresses are shown mapped when there is no IPv6 one (or
   // always, with AI_ALL); libc maps them when it builds the result below.
