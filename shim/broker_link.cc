@@ -65,6 +65,7 @@ constinit __thread Socks5Plan t_plan = {};
 struct RouteNets {
   static constexpr int kMax = 64;
   wire::Addr nets[kMax];
+  bool fake[kMax];  // a fake range (else a route's)
   int n;
 };
 constinit __thread RouteNets t_route_nets = {};
@@ -377,6 +378,7 @@ int DoHello(Link* l) {
       wire::Addr a;
       if ((rf.tag == wire::kTagFakeNet || rf.tag == wire::kTagRouteNet) &&
           t_route_nets.n < RouteNets::kMax && rf.addr(&a)) {
+        t_route_nets.fake[t_route_nets.n] = rf.tag == wire::kTagFakeNet;
         t_route_nets.nets[t_route_nets.n++] = a;
       }
     });
@@ -386,6 +388,7 @@ int DoHello(Link* l) {
       t_route_nets.nets[0].family = 4;
       t_route_nets.nets[1] = wire::Addr{};
       t_route_nets.nets[1].family = 6;
+      t_route_nets.fake[0] = t_route_nets.fake[1] = false;
       t_route_nets.n = 2;
     }
   }
@@ -660,11 +663,13 @@ bool RouteNamesMatch(const char* name) {
   return false;
 }
 
-bool RoutesCover(const wire::Addr& addr) {
+bool RoutesCover(const wire::Addr& addr, bool with_fake) {
   if ((t_link.flags & wire::kFlagRoutes) == 0) return false;
   const wire::Addr a = wire::Unmapped(addr);
   for (int i = 0; i < t_route_nets.n; ++i) {
-    if (wire::InPrefix(t_route_nets.nets[i], a)) return true;
+    if ((with_fake || !t_route_nets.fake[i]) && wire::InPrefix(t_route_nets.nets[i], a)) {
+      return true;
+    }
   }
   return false;
 }

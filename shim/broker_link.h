@@ -32,8 +32,8 @@ bool NoConfigAnywhere();
 constexpr int kRouteDirect = 0x7fff0001;
 int BrokerConnect(int fd, const wire::Addr& dest, char* msg, size_t msgcap);
 // With HELLO flag kFlagRoutes: whether a connect to `addr` must ask the broker, because it lies in
-// a fake range or a route's range (ROUTE_NET). False without routes.
-bool RoutesCover(const wire::Addr& addr);
+// a route's range (ROUTE_NET), or (`with_fake`) in a fake range. False without routes.
+bool RoutesCover(const wire::Addr& addr, bool with_fake);
 // With HELLO flag kFlagRoutes: whether a route's name glob matches `name` (any case, a trailing
 // dot ignored), so that a direct process asks the broker about this name. False without routes.
 bool RouteNamesMatch(const char* name);

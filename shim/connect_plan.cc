@@ -155,8 +155,7 @@ void PlanOverlay(const ConnectQuestions& ask, ConnectPlan* p) {
   p->route = Route::kBroker;
   if (plan == nullptr) return;
   const bool fake = InFakeRange(*plan, p->dest);
-  // An address a route covers: the broker decides (another overlay, direct, or blocked).
-  if (!fake && ask.routes_cover != nullptr && ask.routes_cover(p->dest)) return;
+
   if (fake && !ask.cached_name(p->dest, plan->broker, p->host, sizeof p->host)) return;
   p->route = Route::kSocks5Here;
   p->socks5 = plan;
@@ -168,8 +167,20 @@ void PlanOverlay(const ConnectQuestions& ask, ConnectPlan* p) {
 // else through the overlay.
 void PlanStream(const ConnectQuestions& ask, ConnectPlan* p) {
   if (p->direct_routes) {
-    if (ask.routes_cover(p->dest)) p->route = Route::kBroker;
+    if (ask.routes_cover(p->dest, true)) p->route = Route::kBroker;
     return;  // else kPass: the real connect
+  }
+  // An address a route's range covers (loopback too: routes come before the network's own
+  // rules): the broker decides (another overlay, direct, or blocked).
+  if (ask.routes_cover != nullptr && ask.routes_cover(p->dest, false)) {
+    const Socks5Plan* plan = nullptr;
+    if (int err = ask.socks5_plan(&plan, p->msg, sizeof p->msg); err != 0) {
+      p->route = Route::kRoutedFailed;
+      p->err = err;
+      return;
+    }
+    p->route = Route::kBroker;
+    return;
   }
   if (wire::IsLoopback(p->dest) || IsUnspecified(p->dest)) {
     HelloInfo info;

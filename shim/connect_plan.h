@@ -81,7 +81,7 @@ struct ConnectQuestions {
   // an address lies in a fake or a route's range (RoutesCover: the broker decides its way), and
   // whether the system resolver gave it for a name routed direct (IsRouteDirect).
   bool (*routes_apply)();
-  bool (*routes_cover)(const wire::Addr& addr);
+  bool (*routes_cover)(const wire::Addr& addr, bool with_fake);
   bool (*route_direct)(const wire::Addr& addr);
 };
 
