@@ -71,8 +71,8 @@ std::string ParseCidr(std::string_view text, Cidr* out) {
 
 std::string Route::where() const {
   if (line > 0) return file + ":" + std::to_string(line);
-  if (!why.empty()) return "built-in (" + why + ")";
-  return id;
+  if (!why.empty()) return why;
+  return "via run --route";
 }
 
 std::string Route::MatchText() const {
@@ -123,7 +123,7 @@ namespace {
 Route Builtin(const std::string& network, const std::string& why, const std::string& name,
               const char* cidr) {
   Route r;
-  r.id = "builtin";
+  r.id = "built-in";
   r.network = network;
   r.why = why;
   r.name = name;

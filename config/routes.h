@@ -40,7 +40,7 @@ struct Cidr {
 std::string ParseCidr(std::string_view text, Cidr* out);
 
 struct Route {
-  std::string id;  // "namespace:name"; for a session route "--route", a built-in "builtin"
+  std::string id;  // "namespace:name"; for a session route "--route", a built-in "built-in"
   std::string file;
   int line = 0, column = 0;  // position of the entry (0: not from a file)
   std::string name;          // a glob on the host name (lower case), or ""
@@ -50,7 +50,7 @@ struct Route {
   std::string network;      // an overlay id (completed), "direct" or "block"
   std::string network_pos;  // "file:line:col" of `network:`, for late errors
   std::string why;          // built-in routes: why it exists ("the overlay marked as Tor")
-  // "file:line" of the entry, or "--route" / "built-in (<why>)".
+  // "file:line" of the entry, "via run --route", or a built-in's `why`.
   std::string where() const;
   // "*.onion", "10.0.0.0/8", with ":443" when it has a port ("[fd00::/8]:443" for IPv6).
   std::string MatchText() const;

@@ -188,7 +188,15 @@ Status BrokerClient::ConnectByName(int fd, const std::string& name, uint16_t por
   w.PutU16(wire::kTagPort, port);
   auto m = Exchange(w, fd, kQuickMs + wait_ms_);
   if (!m.ok()) return m.status();
-  return ReplyStatus(*m);
+  if (Status s = ReplyStatus(*m); !s.ok()) return s;
+  // A route to direct: the broker leaves the connect to us, and `via run --strict` has no way
+  // out but overlays (its sockets live outside the program's namespace).
+  wire::Field f;
+  uint32_t flags = 0;
+  if (m->Find(wire::kTagFlags, &f) && f.u32(&flags) && (flags & wire::kFlagRouteDirect) != 0) {
+    return Status::Error(ENETUNREACH, "a route sends it direct, and strict mode only routes");
+  }
+  return Status::Ok();
 }
 
 Status BrokerClient::ConnectAddr(int fd, const wire::Addr& addr) {

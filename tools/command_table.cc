@@ -137,7 +137,8 @@ Examples:
 )HELP";
 
 const char* const kHelpCheck = R"HELP(Usage: via check [-c CONFIG] [--json]
-       via check [-c CONFIG] [--network NS:NAME | --direct] -- COMMAND [ARGS...]
+       via check [-c CONFIG] [--network NS:NAME | --direct] [--route SPEC]...
+                 [--to HOST:PORT]... -- COMMAND [ARGS...]
 
 Loads and validates a configuration, then lists the files read, each overlay (kind, endpoint,
 options, where it is defined), the default network, the loopback policy, the fake-address
@@ -148,12 +149,17 @@ With a COMMAND: explains which network and groups COMMAND would get if started f
 shell (e.g. by via run), and why: the executable the kernel would run (PATH, #! scripts), the
 rules that give it groups, the rule, session or default that gives it its network, and for
 each network whether an explicit selection would be allowed, naming the policy entry. With
---network/--direct: whether that explicit selection would be allowed.
+--network/--direct: whether that explicit selection would be allowed. --to HOST:PORT (or
+[IPV6]:PORT; repeatable): which way a connect of COMMAND to it takes, and why: the route that
+decides (its entry and file:line, or built-in), else the command's network. --route SPEC adds a
+session's routes as `via run --route` would.
 
 Options:
   -c, --config PATH    configuration file or directory (default: the usual search)
   -n, --network ID     explain an explicit selection of ID for COMMAND
       --direct         explain an explicit selection of direct for COMMAND
+      --to HOST:PORT   explain the way COMMAND's connects to HOST:PORT take (repeatable)
+      --route SPEC     with --to: a session route, as via run --route (repeatable)
       --json           list the configuration as one JSON object (docs/json.md); not with
                        a COMMAND
   -h, --help           show this help
@@ -170,6 +176,7 @@ Examples:
   via check -c ./src/_index.yaml
   via check -- git fetch
   via check --direct -- ~/untrusted/tool --flag
+  via check --to abc.onion:80 --to 10.1.2.3:22 -- firefox
 )HELP";
 
 const char* const kHelpReload = R"HELP(Usage: via reload [-c CONFIG] [--socket PATH]

@@ -217,5 +217,35 @@ class Precedence(RoutesCase):
         self.assertEqual(harness.microsocks_destinations(self.a_log), [])
 
 
+class Check(RoutesCase):
+    def test_check_explains_which_route_a_destination_takes(self):
+        self.configure(("to_b", '{name: "*.other.test"}', "app:b"),
+                       ("lan", "{cidr: 10.0.0.0/8, port: 22}", "block"))
+        proc = self.via("check", "--network", "app:a", "--route", "x.test=direct",
+                        "--to", "a.other.test:443", "--to", "10.1.2.3:22", "--to", "x.test:80",
+                        "--to", "10.1.2.3:80", "--", "curl")
+        self.assertOk(proc)
+        out = proc.stdout
+        self.assertIn("destination a.other.test:443: app:b\n"
+                      f"  because: route app:to_b ({self.config}:12) matches *.other.test\n", out)
+        self.assertIn("destination 10.1.2.3:22: blocked (the connect fails: ENETUNREACH)\n"
+                      f"  because: route app:lan ({self.config}:16) matches 10.0.0.0/8:22\n", out)
+        self.assertIn("destination x.test:80: direct (resolved by the system resolver)\n"
+                      "  because: route --route (via run --route) matches x.test\n", out)
+        self.assertIn("destination 10.1.2.3:80: app:a\n"
+                      "  because: no route matches; the command's own network\n", out)
+        listing = self.via("check").stdout
+        self.assertIn("routes (first match wins):", listing)
+        self.assertIn(f"app:to_b ({self.config}:12)", listing)
+
+    def test_a_broken_route_is_a_config_error_with_its_position(self):
+        self.configure(("bad", "{cidr: 10.0.0.0/33}", "app:b"))
+        proc = self.via("check")
+        self.assertEqual(proc.returncode, 2, proc.stderr)
+        self.assertIn(f"{self.config}:14:19: entry app:bad (via.route): match.cidr: "
+                      '"10.0.0.0/33": the prefix length must be a number from 0 to 32',
+                      proc.stderr)
+
+
 if __name__ == "__main__":
     harness.main()
