@@ -205,6 +205,19 @@ ConnectService::RouteDecision ConnectService::DecideRoute(const Client& c,
   } else {
     r = config::FindAddrRoute(*c.routes, target.addr.family, target.addr.bytes, target.port);
   }
+  if (r == nullptr && target.name.empty() && wire::IsLoopback(target.addr) &&
+      config().service.loopback != config::LoopbackPolicy::kOverlay && c.overlay != nullptr) {
+    // A route's range covered it (the shim asked), but no route took this port: loopback then
+    // goes as network_service.loopback says, as it would have without routes.
+    if (config().service.loopback == config::LoopbackPolicy::kRefuse) {
+      d.err = ECONNREFUSED;
+      d.message = what + ": loopback destinations are refused (network_service.loopback)";
+    } else {
+      d.direct = true;
+      d.message = "loopback (network_service.loopback: direct)";
+    }
+    return d;
+  }
   if (r == nullptr) {
     if (c.overlay != nullptr) {
       d.overlay = c.overlay;

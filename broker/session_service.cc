@@ -83,16 +83,30 @@ void SessionService::HandleHello(Client& c, const wire::Message& m) {
       w.PutAddr(wire::kTagFakeNet, pool()->V4Range());
       w.PutAddr(wire::kTagFakeNet, pool()->V6Range());
     }
-    for (const config::Route& r : *c.routes) {
-      if (!r.has_cidr) {
-        w.PutString(wire::kTagRouteName, r.name);
-        continue;
+    // The shim reads a HELLO reply into 4 KiB: routes get at most 2000 bytes of it. More
+    // routes than that are sent as "everything": every name and address asks the broker, which
+    // has them all (correct, only slower for a direct program).
+    size_t bytes = 0;
+    for (const config::Route& r : *c.routes) bytes += 4 + (r.has_cidr ? 20 : r.name.size());
+    if (bytes > 2000) {
+      w.PutString(wire::kTagRouteName, "*");
+      wire::Addr all4, all6;
+      all4.family = 4;
+      all6.family = 6;
+      w.PutAddr(wire::kTagRouteNet, all4);
+      w.PutAddr(wire::kTagRouteNet, all6);
+    } else {
+      for (const config::Route& r : *c.routes) {
+        if (!r.has_cidr) {
+          w.PutString(wire::kTagRouteName, r.name);
+          continue;
+        }
+        wire::Addr a;
+        a.family = r.cidr.family;
+        a.port = uint16_t(r.cidr.prefix);
+        std::memcpy(a.bytes, r.cidr.bytes, a.addr_len());
+        w.PutAddr(wire::kTagRouteNet, a);
       }
-      wire::Addr a;
-      a.family = r.cidr.family;
-      a.port = uint16_t(r.cidr.prefix);
-      std::memcpy(a.bytes, r.cidr.bytes, a.addr_len());
-      w.PutAddr(wire::kTagRouteNet, a);
     }
   }
   w.PutU32(wire::kTagFlags, flags);

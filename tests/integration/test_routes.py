@@ -131,6 +131,17 @@ class CidrRoutes(RoutesCase):
         self.assertEqual(harness.microsocks_destinations(self.b_log),
                          [f"127.0.0.1:{self.port}"])
 
+    def test_a_loopback_port_no_route_takes_follows_the_loopback_policy(self):
+        other_port, other_record = self.start_target()
+        self.configure(("lo_b", f'{{cidr: 127.0.0.1/32, port: {self.port}}}', "app:b"),
+                       service={"loopback": "direct"})
+        self.assertOk(self.curl("app:a", self.url("127.0.0.1", "/routed")))
+        self.assertOk(self.curl("app:a", f"http://127.0.0.1:{other_port}/local"))
+        self.assertEqual(self.seen(), [(B, "/routed")])
+        self.assertEqual([(r["peer"], r["path"]) for r in self.records(other_record)],
+                         [(DIRECT, "/local")])
+        self.assertEqual(harness.microsocks_destinations(self.a_log), [])
+
     def test_a_cidr_route_to_direct_beats_the_programs_overlay(self):
         self.configure(("lo", "{cidr: 127.0.0.0/8}", "direct"))
         self.assertOk(self.curl("app:a", self.url("127.0.0.1", "/direct")))
