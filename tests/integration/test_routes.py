@@ -200,6 +200,20 @@ class SessionRoutes(RoutesCase):
         self.assertEqual(self.seen(), [])
 
 
+class StrictRoutes(RoutesCase):
+    def test_strict_mode_follows_name_and_block_routes(self):
+        self.require_namespace()
+        self.configure(("to_b", '{name: "other.test"}', "app:b"),
+                       ("no_demo", '{name: "demo.test"}', "block"))
+        self.assertOk(self.curl("app:a", self.url("other.test", "/strict-routed"), "--strict"))
+        self.assertOk(self.curl("app:a", self.url("example.test", "/strict-own"), "--strict"))
+        proc = self.curl("app:a", self.url("demo.test", "/strict-blocked"), "--strict")
+        self.assertNotEqual(proc.returncode, 0, proc.stdout)
+        self.assertEqual(self.seen(), [(B, "/strict-routed"), (A, "/strict-own")])
+        self.assertEqual(harness.microsocks_destinations(self.b_log),
+                         [f"other.test:{self.port}"])
+
+
 class Precedence(RoutesCase):
     def test_a_route_beats_a_program_rule(self):
         bin_dir = os.path.join(self.dir, "bin")
