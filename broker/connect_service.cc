@@ -200,8 +200,13 @@ ConnectService::RouteDecision ConnectService::DecideRoute(const Client& c,
   RouteDecision d;
   const std::string what = target.ToString();
   const config::Route* r = nullptr;
+  std::vector<config::Route> learned;  // a suffix learned since this client's HELLO
   if (!target.name.empty()) {
     r = config::FindNameRoute(*c.routes, target.name, target.port);
+    if (r == nullptr) {
+      learned = ctx_->overlays->LearnedRoutes();
+      r = config::FindNameRoute(learned, target.name, target.port);
+    }
   } else {
     r = config::FindAddrRoute(*c.routes, target.addr.family, target.addr.bytes, target.port);
   }

@@ -36,6 +36,10 @@ void NameService::HandleResolve(Client& c, const wire::Message& m) {
   uint32_t route_flags = 0;
   if (c.routes != nullptr) {
     const config::Route* r = config::FindLookupRoute(*c.routes, *name);
+    // A suffix learned since this client's HELLO (a tailnet's node that came up after it).
+    const std::vector<config::Route> learned =
+        r == nullptr ? ctx_->overlays->LearnedRoutes() : std::vector<config::Route>{};
+    if (r == nullptr) r = config::FindLookupRoute(learned, *name);
     if (r != nullptr && r->port == 0 && r->network == config::kBlockNetwork) {
       log()->info("resolve {} blocked by route {} ({}) ({})", *name, r->id, r->where(),
                   PeerText(c));

@@ -493,6 +493,7 @@ void SessionService::ApplyHello(Client& c) {
     const SessionTable::Session* s = c.session.empty() ? nullptr : sessions().Find(c.session);
     auto routes = std::make_shared<std::vector<config::Route>>(
         config::EffectiveRoutes(config(), s != nullptr ? s->routes : std::vector<config::Route>{}));
+    for (config::Route& r : ctx_->overlays->LearnedRoutes()) routes->push_back(std::move(r));
     if (!routes->empty()) c.routes = std::move(routes);
   }
   if (!c.hello_error.ok()) {

@@ -135,6 +135,22 @@ class Tailnet(TailnetLab, harness.ViaCase):
         self.assertOk(self.run_via("app:ts", "true"))
 
     # ---- outbound ----------------------------------------------------------------------------
+    def test_a_direct_program_reaches_a_magicdns_name_by_the_learned_suffix(self):
+        # No route written: once via's node runs, its MagicDNS suffix (tailnet.test here, not
+        # ts.net) is a built-in route to app:ts, even for a program whose network is direct.
+        alpha = self.start_peer("alpha")
+        self.write_ts_config([self.ts_entry("ts", "via-r")])
+        self.start_broker()
+        self.wait_running("app:ts")
+        p = self.via("run", "--direct", "--", harness.PYTHON, "-c", CLIENT, f"alpha.{DOMAIN}",
+                     "7000", "hello suffix", timeout=90)
+        self.assertOk(p)
+        with open(alpha["record"]) as f:
+            recs = [json.loads(l) for l in f if l.strip()]
+        self.assertEqual([r["line"] for r in recs], ["hello suffix"])
+        via_ip = self.node_ips("app:ts")[0]
+        self.assertEqual(recs[0]["remote"].rsplit(":", 1)[0].strip("[]"), via_ip)
+
     def test_dial_peer_by_short_name_fqdn_and_address(self):
         dns = self.start_dns()
         alpha = self.start_peer("alpha")
