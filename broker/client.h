@@ -42,6 +42,9 @@ struct Client {
   bool close_when_idle = false;           // a reload flipped it between direct and an overlay
   std::string shim_plan;                  // what the last HELLO reply let the shim do itself
   std::vector<uint64_t> ops;              // connect operations in flight (ConnectService)
+  // The routes in force for this client (its session's, the config's, the built-ins), set at
+  // HELLO; empty when none apply (a control connection, the network none, a failed HELLO).
+  std::shared_ptr<const std::vector<config::Route>> routes;
   pid_t act_for = 0;            // STRICT_PROCESS: selections are made for this process (0: the peer)
   uint64_t act_for_start = 0;  // ... with this start time
 };

@@ -142,7 +142,7 @@ void ConnectService::HandleConnect(Client& c, const wire::Message& m, std::vecto
     return ReplyError(c, reply, m.id(), EINVAL,
                       "CONNECT must carry exactly one socket, not " + std::to_string(fds.size()));
   }
-  if (c.overlay == nullptr) {
+  if (c.overlay == nullptr && c.routes == nullptr) {
     return ReplyError(c, reply, m.id(), EINVAL,
                       "the connection's network is direct: connect without the broker");
   }
@@ -152,26 +152,121 @@ void ConnectService::HandleConnect(Client& c, const wire::Message& m, std::vecto
     wire::Field f;
     wire::Addr a;
     std::string what = m.Find(wire::kTagAddr, &f) && f.addr(&a) ? AddrText(a, true) : "?";
+    if (c.overlay == nullptr)
+      return ReplyError(c, reply, m.id(), s.code(), what + ": " + s.message());
     return ConnectFailed(c, m.id(), c.overlay.get(), what, s.code(), s.message());
+  }
+  std::shared_ptr<OverlayState> overlay = c.overlay;
+  if (c.routes != nullptr) {
+    RouteDecision d = DecideRoute(c, target);
+    if (d.err != 0) return ReplyError(c, reply, m.id(), d.err, d.message);
+    if (d.direct) {
+      // The shim connects the socket itself (its own descriptor; the broker's copy closes).
+      if (log()->should_log(spdlog::level::debug)) {
+        log()->debug("connect {} direct ({}) ({})", target.ToString(), d.message, PeerText(c));
+      }
+      uint8_t buf[64];
+      wire::Writer w(buf, sizeof buf, reply, m.id());
+      w.PutU32(wire::kTagErrno, 0);
+      w.PutU32(wire::kTagFlags, wire::kFlagRouteDirect);
+      return Reply(c, w);
+    }
+    overlay = std::move(d.overlay);
   }
   int domain = 0;
   if (Status s = CheckTcpSocket(fds[0].get(), &domain); !s.ok()) {
-    return ConnectFailed(c, m.id(), c.overlay.get(), target.ToString(), s.code(), s.message());
+    return ConnectFailed(c, m.id(), overlay.get(), target.ToString(), s.code(), s.message());
   }
   uint64_t op_id = next_op_++;
   PendingConnect& p = ops_[op_id];
   p.client = c.id;
   p.request_id = m.id();
-  p.overlay = c.overlay;
+  p.overlay = overlay;
   p.target = std::move(target);
   p.target.who = c.who;
   p.waiting_fd = std::move(fds[0]);
   p.domain = domain;
   c.ops.push_back(op_id);
+  if (!overlay->instance) return OnConnectDone(op_id, EHOSTUNREACH, overlay->error.message());
+  if (overlay != c.overlay) overlay->instance->Start();  // chosen by a route: may not run yet
   // An overlay may need state of its own before a connect (a session, a node): wait for it.
-  uint64_t wait = c.overlay->instance->WhenReady(
+  uint64_t wait = overlay->instance->WhenReady(
       [this, op_id](const Status& ready) { StartConnectOp(op_id, ready); });
   if (auto it = ops_.find(op_id); it != ops_.end() && !it->second.op) it->second.wait = wait;
+}
+
+ConnectService::RouteDecision ConnectService::DecideRoute(const Client& c,
+                                                          const overlays::Target& target) const {
+  RouteDecision d;
+  const std::string what = target.ToString();
+  const config::Route* r = nullptr;
+  std::vector<config::Route> learned;  // a suffix learned since this client's HELLO
+  if (!target.name.empty()) {
+    r = config::FindNameRoute(*c.routes, target.name, target.port);
+    if (r == nullptr) {
+      learned = ctx_->overlays->LearnedRoutes();
+      r = config::FindNameRoute(learned, target.name, target.port);
+    }
+  } else {
+    r = config::FindAddrRoute(*c.routes, target.addr.family, target.addr.bytes, target.port);
+  }
+  if (r == nullptr && target.name.empty() && wire::IsLoopback(target.addr) &&
+      config().service.loopback != config::LoopbackPolicy::kOverlay && c.overlay != nullptr) {
+    // A route's range covered it (the shim asked), but no route took this port: loopback then
+    // goes as network_service.loopback says, as it would have without routes.
+    if (config().service.loopback == config::LoopbackPolicy::kRefuse) {
+      d.err = ECONNREFUSED;
+      d.message = what + ": loopback destinations are refused (network_service.loopback)";
+    } else {
+      d.direct = true;
+      d.message = "loopback (network_service.loopback: direct)";
+    }
+    return d;
+  }
+  if (r == nullptr) {
+    if (c.overlay != nullptr) {
+      d.overlay = c.overlay;
+    } else if (target.name.empty()) {
+      d.direct = true;
+      d.message = "no route matches; the process's network is direct";
+    } else {
+      // A fake address given out for a route with a port, connected on another port (or a name
+      // sent as it is): the name would need the system resolver, which the broker never runs
+      // on its loop.
+      d.err = EINVAL;
+      d.message = what +
+                  ": no route matches it, and the connection's network is direct: connect "
+                  "without the broker (a name route with a port gives the name a fake address "
+                  "that only that port can use)";
+    }
+    return d;
+  }
+  const std::string by = "route " + r->id + " (" + r->where() + ")";
+  if (r->network == config::kBlockNetwork) {
+    d.err = ENETUNREACH;
+    d.message = what + " is blocked by " + by;
+    if (uint64_t suppressed = 0; LogAllowed(Noisy::kConnectFailed, &suppressed)) {
+      log()->warn("connect {} blocked by {} ({}){}", what, by, PeerText(c),
+                  SuppressedText(suppressed));
+    }
+    return d;
+  }
+  if (r->network == config::kDirectNetwork) {
+    if (!target.name.empty()) {
+      d.err = EHOSTUNREACH;  // the parser refuses a name route to direct with a port
+      d.message = what + ": " + by + " is direct, but the name has a fake address";
+      return d;
+    }
+    d.direct = true;
+    d.message = by;
+    return d;
+  }
+  std::string id;
+  if (Status s = ctx_->overlays->Select(r->network, &d.overlay, &id); !s.ok() || !d.overlay) {
+    d.err = s.ok() ? EHOSTUNREACH : s.code();
+    d.message = what + ": " + by + ": " + (s.ok() ? "no such overlay" : s.message());
+  }
+  return d;
 }
 
 void ConnectService::StartConnectOp(uint64_t op_id, const Status& ready) {

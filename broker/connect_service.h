@@ -59,6 +59,15 @@ class ConnectService : public Service {
     uint64_t wait = 0;    // Overlay::WhenReady wait id
   };
 
+  // Where a CONNECT of a client with routes goes: the first route that matches the target (a
+  // fake address's name, or the address), else the client's own network.
+  struct RouteDecision {
+    std::shared_ptr<OverlayState> overlay;  // through this overlay
+    bool direct = false;                    // or the shim connects it directly
+    int err = 0;                            // or refused (block: ENETUNREACH), with `message`
+    std::string message;
+  };
+  RouteDecision DecideRoute(const Client& c, const overlays::Target& target) const;
   // The destination of a CONNECT (or REPORT) request, with fake addresses mapped back to names.
   Status ParseTarget(const wire::Message& m, overlays::Target* target);
   // Creates the handshake and the ConnectOp of a pending connect whose overlay is ready.

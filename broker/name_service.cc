@@ -29,9 +29,43 @@ void NameService::HandleResolve(Client& c, const wire::Message& m) {
       (!f.u8(&family) || (family != 0 && family != 4 && family != 6))) {
     return ReplyError(c, reply, m.id(), EINVAL, "RESOLVE: FAMILY must be 0, 4 or 6");
   }
+  // Routes first (docs/configuration.md, "Routes by destination"): a name routed elsewhere than
+  // the client's own network gets fake addresses whose CONNECT the broker routes (the route is a
+  // function of the name, so the fake address keeps it); block fails here; direct (or no route
+  // for a direct client) is resolved by the shim with the system resolver.
+  uint32_t route_flags = 0;
+  if (c.routes != nullptr) {
+    const config::Route* r = config::FindLookupRoute(*c.routes, *name);
+    // A suffix learned since this client's HELLO (a tailnet's node that came up after it).
+    const std::vector<config::Route> learned =
+        r == nullptr ? ctx_->overlays->LearnedRoutes() : std::vector<config::Route>{};
+    if (r == nullptr) r = config::FindLookupRoute(learned, *name);
+    if (r != nullptr && r->port == 0 && r->network == config::kBlockNetwork) {
+      log()->info("resolve {} blocked by route {} ({}) ({})", *name, r->id, r->where(),
+                  PeerText(c));
+      return ReplyError(c, reply, m.id(), ENETUNREACH,
+                        *name + " is blocked by route " + r->id + " (" + r->where() + ")");
+    }
+    const bool direct =
+        r != nullptr ? r->port == 0 && r->network == config::kDirectNetwork : c.overlay == nullptr;
+    if (direct) {
+      uint8_t buf[64];
+      wire::Writer w(buf, sizeof buf, reply, m.id());
+      w.PutU32(wire::kTagErrno, 0);
+      w.PutU32(wire::kTagFlags, wire::kFlagRouteDirect);
+      return Reply(c, w);
+    }
+    if (r != nullptr && (r->port != 0 || r->network != c.network)) {
+      route_flags = wire::kFlagRouted;
+      // Its overlay gets ready ahead of the connect (an I2P session takes 20 s), as a HELLO that
+      // selects it would make it.
+      auto it = ctx_->overlays->all().find(r->network);
+      if (it != ctx_->overlays->all().end() && it->second->instance) it->second->instance->Start();
+    }
+  }
   overlays::Target remote;
   remote.name = *name;
-  if (remote_->StartRemoteResolve(c, m, remote, family)) return;
+  if (route_flags == 0 && remote_->StartRemoteResolve(c, m, remote, family)) return;
   // A pool large enough that a second's worth of new names cannot cycle it promises each answer
   // for kNameHoldMs, and the shim answers repeat lookups from its cache meanwhile (saves a round
   // trip per getaddrinfo). A small pool recycles freely and promises nothing.
@@ -48,7 +82,8 @@ void NameService::HandleResolve(Client& c, const wire::Message& m) {
   w.PutU32(wire::kTagErrno, 0);
   if (family != 6) w.PutAddr(wire::kTagAddr, p->v4);
   if (family != 4) w.PutAddr(wire::kTagAddr, p->v6);
-  if (hold > 0) w.PutU32(wire::kTagHoldMs, uint32_t(hold));
+  if (hold > 0 && route_flags == 0) w.PutU32(wire::kTagHoldMs, uint32_t(hold));
+  if (route_flags != 0) w.PutU32(wire::kTagFlags, route_flags);
   if (log()->should_log(spdlog::level::debug)) {
     log()->debug("resolve {} -> {} hold {} ms ({})", *name, AddrText(p->v4, false), hold,
                  PeerText(c));

@@ -1,5 +1,6 @@
 #include "broker/overlay_set.h"
 
+#include <cctype>
 #include <cerrno>
 
 #include "overlays/factory.h"
@@ -81,6 +82,37 @@ Status OverlaySet::Select(const std::string& ref, std::shared_ptr<OverlayState>*
   }
   *out = st;
   return Status::Ok();
+}
+
+std::vector<config::Route> OverlaySet::LearnedRoutes() const {
+  std::vector<config::Route> out;
+  if (!config_->service.default_routes) return out;
+  const config::Overlay* ts = nullptr;
+  int count = 0;
+  for (const config::Overlay& o : config_->overlays) {
+    if (o.kind == config::OverlayKind::kTailscale) {
+      ts = &o;
+      ++count;
+    }
+  }
+  if (count != 1) return out;
+  auto it = overlays_.find(ts->id);
+  if (it == overlays_.end() || !it->second->instance) return out;
+  std::string suffix = it->second->instance->NameSuffix();
+  for (char& ch : suffix) ch = char(std::tolower(static_cast<unsigned char>(ch)));
+  if (suffix.empty() || suffix == "ts.net" ||
+      (suffix.size() > 7 && suffix.compare(suffix.size() - 7, 7, ".ts.net") == 0) ||
+      !config::NameGlobProblem(suffix).empty() ||
+      suffix.find_first_of("*?[]!") != std::string::npos) {
+    return out;
+  }
+  config::Route r;
+  r.id = "built-in";
+  r.name = "*." + suffix;
+  r.network = ts->id;
+  r.why = "the tailnet's MagicDNS suffix to " + ts->id + ", from its node";
+  out.push_back(std::move(r));
+  return out;
 }
 
 std::string OverlaySet::Summary() const {

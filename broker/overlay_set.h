@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "common/status.h"
 #include "config/config.h"
@@ -45,6 +46,10 @@ class OverlaySet {
   // Unknown → ENOENT; an overlay that could not be created → why.
   Status Select(const std::string& ref, std::shared_ptr<OverlayState>* out, std::string* id) const;
 
+  // Built-in routes learned from running overlays (config::BuiltinRoutes has those the config
+  // alone gives): *.<MagicDNS suffix> to the one Tailscale overlay once its node told the
+  // suffix, unless `*.ts.net` covers it or network_service.default_routes is false.
+  std::vector<config::Route> LearnedRoutes() const;
   // "tor (socks5 127.0.0.1:9050), ..." or "none", for the log.
   std::string Summary() const;
   // Stops every overlay (all are told first, so that their waits overlap), then destroys them.

@@ -491,6 +491,19 @@ size_t Server::CloseStalePlans(const OverlayState* only) {
   return count;
 }
 
+namespace {
+
+// What a client's shim was told about routes (HELLO flag bit 10 and the routes' globs and
+// ranges): a reload that changes it must make the shim greet again, like a flip to direct.
+std::string RoutesKey(const Client& c) {
+  std::string key;
+  if (c.routes == nullptr) return key;
+  for (const config::Route& r : *c.routes) key += r.MatchText() + "=" + r.network + "\n";
+  return key;
+}
+
+}  // namespace
+
 void Server::ReselectClients() {
   // Every client's network is selected again now. A shim whose network is direct never asks the
   // broker again, and one routed through an overlay would keep sending CONNECTs: where the
@@ -501,11 +514,13 @@ void Server::ReselectClients() {
   for (auto& [id, cl] : clients_) {
     if (!cl->greeted || cl->control) continue;
     bool was_direct = cl->hello_error.ok() && cl->overlay == nullptr;
+    const std::string was_routes = RoutesKey(*cl);
     sessions_svc_.ApplyHello(*cl);
     bool now_direct = cl->hello_error.ok() && cl->overlay == nullptr;
     // A shim that runs SOCKS5 itself holds the proxy and credentials it was given: when those
     // change (or go away), it must greet again too.
-    if (was_direct == now_direct && cl->shim_plan == sessions_svc_.ShimPlan(*cl, nullptr)) {
+    if (was_direct == now_direct && cl->shim_plan == sessions_svc_.ShimPlan(*cl, nullptr) &&
+        RoutesKey(*cl) == was_routes) {
       continue;
     }
     if (cl->ops.empty()) {

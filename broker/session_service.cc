@@ -2,7 +2,9 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstring>
 #include <map>
 #include <optional>
 #include <utility>
@@ -76,6 +78,38 @@ void SessionService::HandleHello(Client& c, const wire::Message& m) {
     if (plan->optimistic_data) flags |= wire::kFlagOptimistic;
     if (log()->should_log(spdlog::level::debug)) flags |= wire::kFlagReportEach;
   }
+  if (c.routes != nullptr && !c.routes->empty()) {
+    flags |= wire::kFlagRoutes;
+    if (c.shim_plan.empty()) {  // a shim plan carries them already
+      w.PutAddr(wire::kTagFakeNet, pool()->V4Range());
+      w.PutAddr(wire::kTagFakeNet, pool()->V6Range());
+    }
+    // The shim reads a HELLO reply into 4 KiB: routes get at most 2000 bytes of it. More
+    // routes than that are sent as "everything": every name and address asks the broker, which
+    // has them all (correct, only slower for a direct program).
+    size_t bytes = 0;
+    for (const config::Route& r : *c.routes) bytes += 4 + (r.has_cidr ? 20 : r.name.size());
+    if (bytes > 2000) {
+      w.PutString(wire::kTagRouteName, "*");
+      wire::Addr all4, all6;
+      all4.family = 4;
+      all6.family = 6;
+      w.PutAddr(wire::kTagRouteNet, all4);
+      w.PutAddr(wire::kTagRouteNet, all6);
+    } else {
+      for (const config::Route& r : *c.routes) {
+        if (!r.has_cidr) {
+          w.PutString(wire::kTagRouteName, r.name);
+          continue;
+        }
+        wire::Addr a;
+        a.family = r.cidr.family;
+        a.port = uint16_t(r.cidr.prefix);
+        std::memcpy(a.bytes, r.cidr.bytes, a.addr_len());
+        w.PutAddr(wire::kTagRouteNet, a);
+      }
+    }
+  }
   w.PutU32(wire::kTagFlags, flags);
   w.PutU32(wire::kTagWaitMs, OverlayWaitMs(c));
   Reply(c, w);
@@ -109,8 +143,18 @@ uint32_t SessionService::HelloFlags(const Client& c) const {
 }
 
 uint32_t SessionService::OverlayWaitMs(const Client& c) const {
-  if (c.overlay == nullptr || !c.overlay->instance) return 0;
-  const int64_t ms = c.overlay->instance->wait_bound_ms();
+  int64_t ms = -1;
+  if (c.overlay != nullptr && c.overlay->instance) ms = c.overlay->instance->wait_bound_ms();
+  // A route may send any request of this client through its overlay: the longest of theirs.
+  if (c.routes != nullptr) {
+    for (const config::Route& r : *c.routes) {
+      auto it = ctx_->overlays->all().find(r.network);
+      if (it != ctx_->overlays->all().end() && it->second->instance) {
+        ms = std::max(ms, it->second->instance->wait_bound_ms());
+      }
+    }
+  }
+  if (ms < 0) return 0;
   return uint32_t(std::min<int64_t>(ms + 1000, 24 * 3600 * 1000));
 }
 
@@ -186,11 +230,55 @@ void SessionService::HandleOpenSession(Client& c, const wire::Message& m) {
     return ReplyError(c, reply, m.id(), s.code(), s.message());
   }
   if (st != nullptr && st->instance) st->instance->Start();  // `via run`: ahead of its program
+  std::vector<config::Route> routes;
+  if (Status s = SessionRoutes(m, sel, &routes); !s.ok()) {
+    if (uint64_t suppressed = 0; LogAllowed(Noisy::kSession, &suppressed)) {
+      log()->warn("session refused for {} (command {}): {}{}", PeerText(c), Describe(command),
+                  s.message(), SuppressedText(suppressed));
+    }
+    return ReplyError(c, reply, m.id(), s.code(), s.message());
+  }
   auto session = sessions().Open(id, c.id, NowMs());
   if (!session.ok()) {
     return ReplyError(c, reply, m.id(), session.status().code(), session.status().message());
   }
+  sessions().FindMutable((*session)->token)->routes = std::move(routes);
   SessionOpened(c, m, (*session)->token, id, opener, sel);
+}
+
+// The session's `via run --route` specs (ROUTE, in order), each checked against security.policy
+// as an explicit selection of its network would be, for the groups of the command and its
+// opener: a group that may not select a network cannot reach it by a route either. `block`
+// takes a destination away and is always allowed.
+Status SessionService::SessionRoutes(const wire::Message& m, const Selection& sel,
+                                     std::vector<config::Route>* out) const {
+  std::vector<std::string> specs;
+  m.ForEach([&](const wire::Field& f) {
+    if (f.tag == wire::kTagRoute) specs.emplace_back(f.str());
+  });
+  constexpr size_t kMaxSessionRoutes = 64;
+  if (specs.size() > kMaxSessionRoutes) {
+    return Status::Error(EINVAL, "at most " + std::to_string(kMaxSessionRoutes) + " --route");
+  }
+  std::vector<std::string> groups = sel.groups;
+  groups.insert(groups.end(), sel.selector_groups.begin(), sel.selector_groups.end());
+  for (const std::string& spec : specs) {
+    Result<config::Route> r = config::ParseRouteSpec(spec, config());
+    if (!r.ok()) return Status::Error(EINVAL, r.status().message());
+    if (r->network != config::kBlockNetwork) {
+      config::PolicyVerdict v = config::CheckSelect(config().policies, groups, r->network);
+      if (!v.allowed) {
+        return Status::Error(EACCES, "--route " + spec + " refused: network.select of " +
+                                         r->network + " is denied by security.policy " +
+                                         v.policy->id + " (" + v.policy->where() + ")" +
+                                         (v.group.empty() ? std::string(" (it applies to every "
+                                                                        "process)")
+                                                          : " for group " + v.group));
+      }
+    }
+    out->push_back(std::move(*r));
+  }
+  return Status::Ok();
 }
 
 SelectRequest SessionService::CommandRequest(const wire::Message& m,
@@ -399,6 +487,16 @@ void SessionService::ApplyHello(Client& c) {
   } else {
     c.hello_error = sel.error;
     c.network = sel.network;
+  }
+  c.routes.reset();
+  if (c.hello_error.ok() && (c.overlay == nullptr || !c.overlay->none)) {
+    // Routes apply to every process the shim serves, ahead of its own network; the network none
+    // takes everything away, routes included.
+    const SessionTable::Session* s = c.session.empty() ? nullptr : sessions().Find(c.session);
+    auto routes = std::make_shared<std::vector<config::Route>>(
+        config::EffectiveRoutes(config(), s != nullptr ? s->routes : std::vector<config::Route>{}));
+    for (config::Route& r : ctx_->overlays->LearnedRoutes()) routes->push_back(std::move(r));
+    if (!routes->empty()) c.routes = std::move(routes);
   }
   if (!c.hello_error.ok()) {
     std::string key = std::to_string(c.pid()) + " " + c.hello_error.message();

@@ -50,6 +50,9 @@ class SessionService : public Service {
   // opener (its groups are those of the command and of the opener's whole ancestry).
   SelectRequest CommandRequest(const wire::Message& m, const std::vector<ProcessInfo>& opener,
                                ProcessInfo* command) const;
+  // OPEN_SESSION's ROUTE fields (`via run --route`), parsed and checked against policy.
+  Status SessionRoutes(const wire::Message& m, const Selection& sel,
+                       std::vector<config::Route>* out) const;
   // Records the new session's opener, groups and command groups; replies and logs.
   void SessionOpened(Client& c, const wire::Message& m, const std::string& token,
                      const std::string& id, const std::vector<ProcessInfo>& opener,

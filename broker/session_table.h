@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "config/routes.h"
 
 namespace via::broker {
 
@@ -36,6 +37,9 @@ class SessionTable {
     std::vector<std::string> command_groups, command_reasons;
     // After the opener exited (SESSION_DETACH): its children then, which carry the session on.
     std::vector<std::pair<pid_t, uint64_t>> heirs;
+    // `via run --route`: routes ahead of the config's for the session's processes (those that
+    // present its token), checked against security.policy when it was opened.
+    std::vector<config::Route> routes;
     bool strict = false;  // the command runs in strict mode (SESSION_CHILD's flags)
     bool audit = false;   // ... with --audit, which reports what the namespace refused:
     std::map<std::string, uint64_t> refused;  // by kind (REPORT REFUSED), at most kMaxRefusedKinds

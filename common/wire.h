@@ -93,6 +93,13 @@ enum Tag : uint16_t {
   // 0x80-0x8F: status. String (STATUS reply to a request with kFlagStatusJson): the status as
   // one JSON document (docs/json.md), instead of TEXT.
   kTagJson = 0x80,
+  // 0x90-0x9F: routes by destination (docs/configuration.md, "Routes by destination").
+  // string (OPEN_SESSION, repeated): a `via run --route` spec, in order.
+  kTagRoute = 0x90,
+  // Addr (HELLO reply with kFlagRoutes, repeated): a route's range, the port its prefix length.
+  kTagRouteNet = 0x91,
+  // string (HELLO reply with kFlagRoutes, repeated): a route's name glob.
+  kTagRouteName = 0x92,
 };
 
 // Reply flags (kTagFlags in a HELLO reply).
@@ -120,6 +127,16 @@ constexpr uint32_t kFlagPipeline = 1u << 9;
 // (`optimistic_data: true`): the shim's connect returns once the request is written, and the
 // first read on the socket strips the replies (shim/optimistic.h).
 constexpr uint32_t kFlagOptimistic = 1u << 10;
+// Routes exist for this process (HELLO reply): even when the network is direct, names go to the
+// broker (RESOLVE) and connects to the fake ranges (FAKE_NET) or a route's range (ROUTE_NET) go
+// to the broker (CONNECT), which applies the routes.
+constexpr uint32_t kFlagRoutes = 1u << 16;
+// RESOLVE reply: the name's route is direct (or, for a direct process, no route matched): resolve
+// it with the system resolver. CONNECT reply: connect the socket directly, yourself.
+constexpr uint32_t kFlagRouteDirect = 1u << 11;
+// RESOLVE reply: the name takes a route other than the process's own network (or one decided by
+// port at connect): its fake addresses go to the broker (CONNECT), never to the shim's SOCKS5.
+constexpr uint32_t kFlagRouted = 1u << 13;
 // Request flags (kTagFlags), bits 20-23.
 constexpr uint32_t kFlagSessionExplicit = 1u << 20;  // OPEN_SESSION: --network/--direct was given
 constexpr uint32_t kFlagControl = 1u << 21;  // HELLO: a CLI control connection, no network needed

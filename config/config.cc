@@ -132,6 +132,16 @@ Status Finish(const std::string& config_dir, Loader* ld) {
     }
     rule.network = o->id;
   }
+  for (Route& route : ld->cfg.routes) {
+    if (route.network == kDirectNetwork || route.network == kBlockNetwork) continue;
+    const Overlay* o = ld->cfg.Find(route.network);
+    if (o == nullptr) {
+      return Status::Invalid(route.network_pos + ": entry " + route.id +
+                             " (via.route): network: unknown overlay " + Quote(route.network) +
+                             " (known: " + KnownOverlays(ld->cfg) + "; or direct, block)");
+    }
+    route.network = o->id;
+  }
   for (SecurityPolicy& p : ld->cfg.policies) {
     for (size_t i = 0; i < p.resources.size(); ++i) {
       std::string& res = p.resources[i];

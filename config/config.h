@@ -13,6 +13,7 @@
 
 #include "common/status.h"
 #include "config/program_rules.h"
+#include "config/routes.h"
 
 namespace via::config {
 
@@ -70,7 +71,15 @@ struct Socks5Settings {
   // optimistic.h). Off by default: a refused CONNECT then shows up on a read, not on connect, and
   // a proxy that reads one message per recv() (microsocks 1.0.3) drops the early bytes.
   bool optimistic_data = false;
+  // via extension: `tor: true|false`: this proxy is Tor (the built-in route sends `*.onion`
+  // here). Not given (-1): Tor when control_port is set.
+  int tor = -1;
 };
+
+// Whether a SOCKS5 entry is marked as Tor: `tor: true`, or a control_port without `tor: false`.
+inline bool IsTor(const Socks5Settings& s) {
+  return s.tor == 1 || (s.tor == -1 && s.control_port != 0);
+}
 
 // The isolation an entry asks for (isolate_streams: true is connection).
 inline Isolation EffectiveIsolation(const Socks5Settings& s) {
@@ -155,6 +164,8 @@ struct NetworkService {
   // itself, with what the broker tells it (proxy, credentials), or hands every socket to the
   // broker. Only SOCKS5 overlays; I2P and Tailscale always go through the broker.
   bool handshake_in_program = true;
+  // `default_routes: false`: no built-in routes (.onion, .i2p, the tailnet; config/routes.h).
+  bool default_routes = true;
 };
 
 struct Config {
@@ -164,6 +175,7 @@ struct Config {
   NetworkService service;
   std::vector<ProgramRule> programs;     // via.program entries, in file order
   std::vector<SecurityPolicy> policies;  // security.policy entries for network.select
+  std::vector<Route> routes;             // via.route entries, in file order
   int skipped_entries = 0;               // entries of kinds via does not use
   std::string fingerprint;               // hash of the text of every file read (16 hex chars)
 

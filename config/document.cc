@@ -87,12 +87,13 @@ Status ParseEntry(const std::string& file, const std::string& ns, const YAML::No
                    "entry " + id + ": kind: required (a non-empty string)");
   }
   const std::string k = kind.Scalar();
-  if (k == "via.program" || (k == "security.policy" && IsNetworkSelectPolicy(e))) {
+  if (k == "via.program" || k == "via.route" ||
+      (k == "security.policy" && IsNetworkSelectPolicy(e))) {
     return ParseRuleEntry(file, name, id, k, e, ld);
   }
   if (k.rfind("via.", 0) == 0) {
     return ErrorAt(PosOf(file, kind), "entry " + id + " (" + k + "): kind: unsupported via kind: " +
-                                          k + " (supported: via.program)");
+                                          k + " (supported: via.program, via.route)");
   }
   if (k.rfind("network.", 0) != 0) {
     ++ld->cfg.skipped_entries;  // process.host, http.service, ...: not via's business

@@ -1,6 +1,8 @@
 // `kind: via.program` rules and `security.policy` entries about network.select.
 #include <fnmatch.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cstdlib>
 
 #include "config/parse_util.h"
@@ -182,6 +184,86 @@ Status ParsePolicy(const EntryReader& r, SecurityPolicy* p) {
   return Status::Ok();
 }
 
+// `kind: via.route`: match {name | cidr, port?}, network (an overlay, direct or block; the
+// overlay is checked once every file is loaded).
+Status ParseRoute(const EntryReader& r, Route* route) {
+  if (Status st = r.CheckKnown({"match", "network"}); !st.ok()) return st;
+  const YAML::Node* match = r.Value("match");
+  if (match == nullptr || match->IsNull()) {
+    return r.Error("match", "required: a mapping with name (a glob) or cidr, and optionally port");
+  }
+  if (!match->IsMap()) {
+    return r.ErrorIn(*match, "match", "must be a mapping with name (a glob) or cidr, and port");
+  }
+  std::vector<Field> mf;
+  if (Status st = Fields(r.file(), *match, r.Prefix() + "match.", &mf); !st.ok()) return st;
+  const Field* name = nullptr;
+  const Field* cidr = nullptr;
+  for (const Field& f : mf) {
+    const YAML::Node& at = f.value.IsNull() ? f.key_node : f.value;
+    if (f.key == "name") {
+      if (cidr != nullptr) {
+        return r.ErrorIn(f.key_node, "match.name", "give name or cidr, not both (two routes)");
+      }
+      name = &f;
+      if (!f.value.IsScalar() || f.value.Scalar().empty()) {
+        return r.ErrorIn(at, "match.name", "must be a host name glob such as \"*.onion\"");
+      }
+      std::string g = f.value.Scalar();
+      std::transform(g.begin(), g.end(), g.begin(),
+                     [](unsigned char ch) { return char(std::tolower(ch)); });
+      while (g.size() > 1 && g.back() == '.') g.pop_back();
+      if (std::string p = NameGlobProblem(g); !p.empty()) {
+        return r.ErrorIn(at, "match.name", Quote(f.value.Scalar()) + " " + p);
+      }
+      route->name = g;
+    } else if (f.key == "cidr") {
+      if (name != nullptr) {
+        return r.ErrorIn(f.key_node, "match.cidr", "give name or cidr, not both (two routes)");
+      }
+      cidr = &f;
+      if (!f.value.IsScalar() || f.value.Scalar().empty()) {
+        return r.ErrorIn(at, "match.cidr", "must be an address range such as \"10.0.0.0/8\"");
+      }
+      if (std::string p = ParseCidr(f.value.Scalar(), &route->cidr); !p.empty()) {
+        return r.ErrorIn(at, "match.cidr", p);
+      }
+      route->has_cidr = true;
+    } else if (f.key == "port") {
+      int port = 0;
+      if (!f.value.IsScalar() || !YAML::convert<int>::decode(f.value, port) || port < 1 ||
+          port > 65535) {
+        return r.ErrorIn(at, "match.port", "must be a port number (1-65535)");
+      }
+      route->port = port;
+    } else {
+      std::vector<std::string> known{"name", "cidr", "port"};
+      return r.ErrorIn(f.key_node, "match." + f.key,
+                       "unknown field (known: name, cidr, port" + Suggestion(f.key, known) + ")");
+    }
+  }
+  if (name == nullptr && cidr == nullptr) {
+    return r.ErrorIn(*match, "match", "needs name (a glob) or cidr");
+  }
+  const YAML::Node* n = r.Value("network");
+  if (n == nullptr || n->IsNull()) {
+    return r.Error("network", "required: an overlay (ns:name), direct or block");
+  }
+  if (Status st = r.String("network", &route->network); !st.ok()) return st;
+  if (route->network.empty() || route->network == kNoNetwork) {
+    return r.Error("network", "must name an overlay (ns:name), direct or block");
+  }
+  route->network_pos = PosOf(r.file(), *n).ToString();
+  if (name != nullptr && route->port != 0 && route->network == kDirectNetwork) {
+    // A lookup knows no port: the name would get a fake address, which cannot be connected
+    // directly without the system resolver at connect time.
+    return r.Error("network",
+                   "a name route with a port cannot be direct (route the name, or "
+                   "its addresses with cidr and port)");
+  }
+  return Status::Ok();
+}
+
 // Where entry `id` is in `list` ("file:line:col"), or "" when it is not there.
 template <typename T>
 std::string FirstDefinition(const std::vector<T>& list, const std::string& id) {
@@ -237,6 +319,7 @@ Status ParseRuleEntry(const std::string& file, const YAML::Node& name, const std
   if (Status st = InitEntry(name, &r); !st.ok()) return st;
   std::string first = FirstDefinition(ld->cfg.programs, id);
   if (first.empty()) first = FirstDefinition(ld->cfg.policies, id);
+  if (first.empty()) first = FirstDefinition(ld->cfg.routes, id);
   if (!first.empty()) {
     return ErrorAt(PosOf(file, name), r.Prefix() + "name: duplicate entry " + id +
                                           " (first defined at " + first + ")");
@@ -244,6 +327,7 @@ Status ParseRuleEntry(const std::string& file, const YAML::Node& name, const std
   if (k == "via.program") {
     return ParseInto(r, ParseProgram, &ld->cfg.programs);
   }
+  if (k == "via.route") return ParseInto(r, ParseRoute, &ld->cfg.routes);
   return ParseInto(r, ParsePolicy, &ld->cfg.policies);
 }
 

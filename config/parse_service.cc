@@ -11,8 +11,8 @@ namespace {
 
 constexpr int kMaxIdleTimeoutS = 24 * 60 * 60;
 constexpr const char* kServiceKeys[] = {
-    "state_dir",    "fake_ipv4",     "fake_ipv6", "default_network", "loopback",
-    "idle_timeout", "unrouted_exec", "listen",    "handshake",       "strict"};
+    "state_dir",     "fake_ipv4", "fake_ipv6", "default_network", "loopback",      "idle_timeout",
+    "unrouted_exec", "listen",    "handshake", "strict",          "default_routes"};
 
 // Checks a fake-address pool: "a.b.c.d/n" (n in 8..24) or "x::/n" (n in 48..112), host bits
 // zero, and not a loopback, multicast or otherwise reserved range. Returns the problem, or "".
@@ -104,6 +104,8 @@ Status ApplySetting(const std::string& key, const std::string& s, const SourcePo
                  &svc->listen);
   } else if (key == "handshake") {
     return OneOf(pos, where, s, {{"program", true}, {"broker", false}}, &svc->handshake_in_program);
+  } else if (key == "default_routes") {
+    return OneOf(pos, where, s, {{"true", true}, {"false", false}}, &svc->default_routes);
   } else if (key == "strict") {
     return OneOf(pos, where, s, {{"false", false}, {"true", true}}, &svc->strict);
   } else if (key == "unrouted_exec") {

@@ -61,7 +61,7 @@ Status ParseControlPort(const EntryReader& r, Socks5Settings* s) {
 Status ParseSocks5(const EntryReader& r, Socks5Settings* s) {
   if (Status st = r.CheckKnown({"host", "port", "username", "password", "isolate_streams",
                                 "isolation", "connect_timeout", "remote_resolve", "pipeline",
-                                "optimistic_data", "control_port", "control_password"});
+                                "optimistic_data", "control_port", "control_password", "tor"});
       !st.ok()) {
     return st;
   }
@@ -74,6 +74,11 @@ Status ParseSocks5(const EntryReader& r, Socks5Settings* s) {
   if (Status st = r.Bool("remote_resolve", &s->remote_resolve); !st.ok()) return st;
   if (Status st = r.Bool("pipeline", &s->pipeline); !st.ok()) return st;
   if (Status st = r.Bool("optimistic_data", &s->optimistic_data); !st.ok()) return st;
+  if (r.Has("tor")) {
+    bool tor = false;
+    if (Status st = r.Bool("tor", &tor); !st.ok()) return st;
+    s->tor = tor ? 1 : 0;
+  }
   return r.Duration("connect_timeout", &s->connect_timeout_ms);
 }
 

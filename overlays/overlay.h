@@ -124,6 +124,10 @@ class Overlay {
   // ---- status ----------------------------------------------------------------------------------
   // Lines for `via status` beyond the broker's own line per overlay (each ending in '\n').
   virtual void AppendStatus(std::ostream& /*out*/) const {}
+  // The suffix of the names this overlay's network gives its hosts, once known (a tailnet whose
+  // MagicDNS names are host.tailnet.test: "tailnet.test"); a built-in route sends *.<suffix>
+  // here (docs/configuration.md, "Routes by destination"). "" when none, or not known yet.
+  virtual std::string NameSuffix() const { return ""; }
 };
 
 }  // namespace via::overlays

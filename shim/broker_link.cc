@@ -8,6 +8,7 @@
 
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <fnmatch.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -59,6 +60,22 @@ __thread Link t_link;
 // kFlagShimSocks5. Apart from Link so that it stays in .tbss (zero-filled, not copied per
 // thread from an initialization image as Link's fields with initializers are).
 constinit __thread Socks5Plan t_plan = {};
+// The HELLO reply's ranges when it had kFlagRoutes: the fake ranges and the routes' ranges, the
+// port field each one's prefix length.
+struct RouteNets {
+  static constexpr int kMax = 64;
+  wire::Addr nets[kMax];
+  bool fake[kMax];  // a fake range (else a route's)
+  int n;
+};
+constinit __thread RouteNets t_route_nets = {};
+// ... and the routes' name globs, NUL-separated; `all`: more than fit (every name matches).
+struct RouteNames {
+  char text[2048];
+  size_t len;
+  bool all;
+};
+constinit __thread RouteNames t_route_names = {};
 pthread_key_t g_key;
 pthread_once_t g_key_once = PTHREAD_ONCE_INIT;
 
@@ -344,6 +361,37 @@ int DoHello(Link* l) {
   if (l->hello_err != 0 || (l->flags & wire::kFlagDirect) == 0) {
     __atomic_store_n(&g_routed, true, __ATOMIC_RELAXED);
   }
+  t_route_nets.n = 0;
+  t_route_names.len = 0;
+  t_route_names.all = false;
+  if (l->hello_err == 0 && (l->flags & wire::kFlagRoutes) != 0) {
+    m.ForEach([&](const wire::Field& rf) {
+      if (rf.tag == wire::kTagRouteName) {
+        if (t_route_names.len + rf.len + 1 > sizeof t_route_names.text) {
+          t_route_names.all = true;
+        } else {
+          std::memcpy(t_route_names.text + t_route_names.len, rf.data, rf.len);
+          t_route_names.len += rf.len;
+          t_route_names.text[t_route_names.len++] = 0;
+        }
+      }
+      wire::Addr a;
+      if ((rf.tag == wire::kTagFakeNet || rf.tag == wire::kTagRouteNet) &&
+          t_route_nets.n < RouteNets::kMax && rf.addr(&a)) {
+        t_route_nets.fake[t_route_nets.n] = rf.tag == wire::kTagFakeNet;
+        t_route_nets.nets[t_route_nets.n++] = a;
+      }
+    });
+    // More ranges than fit: every address asks the broker (a 0-length prefix covers all).
+    if (t_route_nets.n == RouteNets::kMax) {
+      t_route_nets.nets[0] = wire::Addr{};
+      t_route_nets.nets[0].family = 4;
+      t_route_nets.nets[1] = wire::Addr{};
+      t_route_nets.nets[1].family = 6;
+      t_route_nets.fake[0] = t_route_nets.fake[1] = false;
+      t_route_nets.n = 2;
+    }
+  }
   return 0;
 }
 
@@ -588,7 +636,42 @@ int BrokerConnect(int fd, const wire::Addr& dest, char* msg, size_t msgcap) {
   w.PutAddr(wire::kTagAddr, dest);
   uint8_t reply[4096];  // an error MESSAGE is at most 3000 bytes
   wire::Message m;
-  return Call(w, fd, reply, sizeof reply, &m, msg, msgcap);
+  int err = Call(w, fd, reply, sizeof reply, &m, msg, msgcap);
+  uint32_t flags = 0;
+  wire::Field f;
+  if (err == 0 && m.Find(wire::kTagFlags, &f) && f.u32(&flags) &&
+      (flags & wire::kFlagRouteDirect) != 0) {
+    return kRouteDirect;
+  }
+  return err;
+}
+
+bool RouteNamesMatch(const char* name) {
+  if ((t_link.flags & wire::kFlagRoutes) == 0) return false;
+  if (t_route_names.all) return true;
+  char n[256];
+  size_t len = strnlen(name, sizeof n);
+  if (len >= sizeof n) return true;  // the broker judges what does not fit here
+  std::memcpy(n, name, len);
+  n[len] = 0;
+  while (len > 1 && n[len - 1] == '.') n[--len] = 0;
+  for (size_t at = 0; at < t_route_names.len;) {
+    const char* glob = t_route_names.text + at;
+    if (fnmatch(glob, n, FNM_CASEFOLD) == 0) return true;
+    at += std::strlen(glob) + 1;
+  }
+  return false;
+}
+
+bool RoutesCover(const wire::Addr& addr, bool with_fake) {
+  if ((t_link.flags & wire::kFlagRoutes) == 0) return false;
+  const wire::Addr a = wire::Unmapped(addr);
+  for (int i = 0; i < t_route_nets.n; ++i) {
+    if ((with_fake || !t_route_nets.fake[i]) && wire::InPrefix(t_route_nets.nets[i], a)) {
+      return true;
+    }
+  }
+  return false;
 }
 
 int BrokerSocks5Plan(const Socks5Plan** plan, char* msg, size_t msgcap) {
@@ -655,13 +738,22 @@ int BrokerResolve(const char* name, int family, wire::Addr* out, int cap, int* c
   if (int err = Call(w, -1, reply, sizeof reply, &m, msg, msgcap); err != 0) {
     return err;
   }
-  uint32_t hold_ms = 0;
+  uint32_t hold_ms = 0, flags = 0;
   m.ForEach([&](const wire::Field& f) {
     wire::Addr a;
     if (f.tag == wire::kTagAddr && *count < cap && f.addr(&a)) out[(*count)++] = a;
     if (f.tag == wire::kTagHoldMs) f.u32(&hold_ms);
+    if (f.tag == wire::kTagFlags) f.u32(&flags);
   });
-  NameCachePut(name, family, t_link.broker_pid, out, *count, hold_ms);
+  if ((flags & wire::kFlagRouteDirect) != 0) {
+    *count = 0;
+    return kRouteDirect;
+  }
+  // A name routed elsewhere stays out of the cache: the cache's names are what this thread's
+  // SOCKS5 sends by name, and this one's connects must go to the broker.
+  if ((flags & wire::kFlagRouted) == 0) {
+    NameCachePut(name, family, t_link.broker_pid, out, *count, hold_ms);
+  }
   return 0;
 }
 

@@ -26,7 +26,17 @@ bool BrokerRoutedThisProcess();
 int BrokerHelloDetached(uint32_t* flags, char* msg, size_t msgcap);
 // `via broker --ensure` found no configuration at all (exit status 3).
 bool NoConfigAnywhere();
+// Returned by BrokerResolve and BrokerConnect when the broker's answer is "direct" (a route to
+// direct, or no route for a direct process; wire::kFlagRouteDirect): resolve the name with the
+// system resolver, connect the socket directly. Never an errno.
+constexpr int kRouteDirect = 0x7fff0001;
 int BrokerConnect(int fd, const wire::Addr& dest, char* msg, size_t msgcap);
+// With HELLO flag kFlagRoutes: whether a connect to `addr` must ask the broker, because it lies in
+// a route's range (ROUTE_NET), or (`with_fake`) in a fake range. False without routes.
+bool RoutesCover(const wire::Addr& addr, bool with_fake);
+// With HELLO flag kFlagRoutes: whether a route's name glob matches `name` (any case, a trailing
+// dot ignored), so that a direct process asks the broker about this name. False without routes.
+bool RouteNamesMatch(const char* name);
 // The calling thread's link, greeted: *plan points at its Socks5Plan when the shim may run SOCKS5
 // itself, nullptr when sockets go to the broker (CONNECT). 0 or an errno (the link failed).
 int BrokerSocks5Plan(const Socks5Plan** plan, char* msg, size_t msgcap);

@@ -107,7 +107,15 @@ bool PlanSocket(int fd, AddrCall call, bool fastopen, const msghdr* control,
   // A send on a stream socket without MSG_FASTOPEN: the kernel ignores the address (and IP
   // control messages).
   if (p->kind == SockKind::kStream && call != AddrCall::kConnect && !fastopen) return false;
-  if (ask.network_direct()) return false;
+  if (ask.network_direct()) {
+    // A direct process pays for routes only on TCP connects, and only with a check of the
+    // address against a few ranges (no broker round trip unless one covers it).
+    if (p->kind != SockKind::kStream || ask.routes_apply == nullptr || !ask.routes_apply()) {
+      return false;
+    }
+    p->direct_routes = true;
+    return true;
+  }
   switch (p->kind) {
     case SockKind::kOtherFamily:
     case SockKind::kOtherInet:
@@ -140,9 +148,14 @@ void PlanOverlay(const ConnectQuestions& ask, ConnectPlan* p) {
     p->err = err;
     return;
   }
+  if (ask.route_direct != nullptr && ask.route_direct(p->dest)) {
+    p->route = Route::kPass;  // the system resolver's answer for a name routed direct
+    return;
+  }
   p->route = Route::kBroker;
   if (plan == nullptr) return;
   const bool fake = InFakeRange(*plan, p->dest);
+
   if (fake && !ask.cached_name(p->dest, plan->broker, p->host, sizeof p->host)) return;
   p->route = Route::kSocks5Here;
   p->socks5 = plan;
@@ -153,6 +166,22 @@ void PlanOverlay(const ConnectQuestions& ask, ConnectPlan* p) {
 // unspecified address as network_service.loopback says (the broker's HELLO flags), anything
 // else through the overlay.
 void PlanStream(const ConnectQuestions& ask, ConnectPlan* p) {
+  if (p->direct_routes) {
+    if (ask.routes_cover(p->dest, true)) p->route = Route::kBroker;
+    return;  // else kPass: the real connect
+  }
+  // An address a route's range covers (loopback too: routes come before the network's own
+  // rules): the broker decides (another overlay, direct, or blocked).
+  if (ask.routes_cover != nullptr && ask.routes_cover(p->dest, false)) {
+    const Socks5Plan* plan = nullptr;
+    if (int err = ask.socks5_plan(&plan, p->msg, sizeof p->msg); err != 0) {
+      p->route = Route::kRoutedFailed;
+      p->err = err;
+      return;
+    }
+    p->route = Route::kBroker;
+    return;
+  }
   if (wire::IsLoopback(p->dest) || IsUnspecified(p->dest)) {
     HelloInfo info;
     int err = ask.hello(&info, p->msg, sizeof p->msg);

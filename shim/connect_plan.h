@@ -58,6 +58,9 @@ struct ConnectPlan {
   // kSocks5Here: the thread's plan, and the name a fake destination stands for (by_name).
   const Socks5Plan* socks5 = nullptr;
   bool by_name = false;
+  // The process's network is direct but routes exist: only TCP connects are judged, and only
+  // those to addresses the routes cover go to the broker (kBroker); the rest are kPass.
+  bool direct_routes = false;
   char host[256];
   char msg[512] = {};  // kFailed, kRoutedFailed: the broker link's message
 
@@ -74,6 +77,12 @@ struct ConnectQuestions {
   int (*socks5_plan)(const Socks5Plan** plan, char* msg, size_t msgcap);  // BrokerSocks5Plan
   bool (*cached_name)(const wire::Addr& fake, uint32_t broker, char* name,
                       size_t cap);  // NameCacheReverse
+  // Routes by destination (null: none): whether HELLO said routes exist (RoutesApply), whether
+  // an address lies in a fake or a route's range (RoutesCover: the broker decides its way), and
+  // whether the system resolver gave it for a name routed direct (IsRouteDirect).
+  bool (*routes_apply)();
+  bool (*routes_cover)(const wire::Addr& addr, bool with_fake);
+  bool (*route_direct)(const wire::Addr& addr);
 };
 
 // The part of the decision that depends on the socket alone (and a sendmsg's control messages,

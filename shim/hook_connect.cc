@@ -33,6 +33,7 @@
 #include "shim/export.h"
 #include "shim/hook_listen.h"
 #include "shim/name_cache.h"
+#include "shim/names.h"
 #include "shim/optimistic.h"
 #include "shim/pending_connect.h"
 #include "shim/process_route.h"
@@ -51,8 +52,9 @@ using wire::SockKind;
 constinit LazyFn<int(int, int, int)> g_real_socket = {"socket", nullptr};
 
 // The connect decision asks the broker link.
-constexpr ConnectQuestions kAskBroker = {NetworkDirect, BrokerHello, BrokerSocks5Plan,
-                                         NameCacheReverse};
+constexpr ConnectQuestions kAskBroker = {NetworkDirect,    BrokerHello, BrokerSocks5Plan,
+                                         NameCacheReverse, RoutesApply, RoutesCover,
+                                         IsRouteDirect};
 
 // Options that make the kernel send somewhere other than the destination address: an IPv4 source
 // route (IP_OPTIONS: the first hop becomes the packet's destination, so a datagram "to 127.0.0.1"
@@ -108,6 +110,9 @@ int ConnectRouted(int fd, const ConnectPlan& p) {
     }
   } else {
     err = BrokerConnect(fd, p.dest, msg, sizeof msg);
+    // A route to direct (or no route for a direct process): the kernel connects it, as without
+    // via; the broker only decided.
+    if (err == kRouteDirect) return Real().connect(fd, p.name(), p.len);
   }
   if (err == 0) {
     RememberRouted(fd, p.dest);
@@ -130,11 +135,12 @@ int ConnectPending(int fd, ConnectPlan* p) {
     if (fl < 0 || (fl & O_NONBLOCK) == 0) return 0;
     // A fake address whose name this process has not cached (the cache misses under contention,
     // or a parent resolved it): the broker's name for it, then the shim's own handshake, which
-    // costs the broker less than running it. Otherwise the broker runs it (CONNECT).
+    // costs the broker less than running it. Otherwise the broker runs it (CONNECT), and always
+    // where routes by destination exist: a fake address may then belong to another overlay.
     char msg[8];
-    if (BrokerSocks5Plan(&plan, msg, sizeof msg) != 0 || plan == nullptr ||
+    if (RoutesApply() || BrokerSocks5Plan(&plan, msg, sizeof msg) != 0 || plan == nullptr ||
         !InFakeRange(*plan, p->dest) || BrokerReverse(p->dest, p->host, sizeof p->host) != 0) {
-      return StartPendingBroker(fd, p->dest);
+      return StartPendingBroker(fd, p->dest, p->name(), p->len);
     }
     p->by_name = true;
   }

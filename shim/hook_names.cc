@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
+#include <pthread.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -39,8 +40,44 @@ int RoutedLookup(const char* name, int af, wire::Addr* out, int cap, int* n) {
   }
   char msg[512] = {};
   int err = BrokerResolve(name, WireFamily(af), out, cap, n, msg, sizeof msg);
-  if (err != 0) Complain("cannot resolve %s through %s: %s", name, NetworkLabel(), msg);
+  if (err != 0 && err != kRouteDirect)
+    Complain("cannot resolve %s through %s: %s", name, NetworkLabel(), msg);
   return err;
+}
+
+namespace {
+
+constexpr int kRouteDirectSlots = 64;
+wire::Addr g_route_direct[kRouteDirectSlots];
+int g_route_direct_next = 0;
+pthread_mutex_t g_route_direct_mu = PTHREAD_MUTEX_INITIALIZER;
+
+}  // namespace
+
+void RememberRouteDirect(const addrinfo* ai) {
+  pthread_mutex_lock(&g_route_direct_mu);
+  for (; ai != nullptr; ai = ai->ai_next) {
+    wire::Addr a;
+    if (!wire::AddrFromSockaddr(ai->ai_addr, ai->ai_addrlen, &a)) continue;
+    a = wire::Unmapped(a);
+    a.port = 0;
+    bool known = false;
+    for (const wire::Addr& k : g_route_direct) known = known || k == a;
+    if (known) continue;
+    g_route_direct[g_route_direct_next] = a;
+    g_route_direct_next = (g_route_direct_next + 1) % kRouteDirectSlots;
+  }
+  pthread_mutex_unlock(&g_route_direct_mu);
+}
+
+bool IsRouteDirect(const wire::Addr& addr) {
+  wire::Addr a = wire::Unmapped(addr);
+  a.port = 0;
+  pthread_mutex_lock(&g_route_direct_mu);
+  bool found = false;
+  for (const wire::Addr& k : g_route_direct) found = found || (k.family != 0 && k == a);
+  pthread_mutex_unlock(&g_route_direct_mu);
+  return found;
 }
 
 bool RoutedReverse(const wire::Addr& addr, char* name, size_t cap) {
@@ -186,7 +223,11 @@ VIA_EXPORT int getaddrinfo(const char* node, const char* service, const addrinfo
     h.ai_flags = flags | AI_NUMERICHOST;
     return real.getaddrinfo(node, service, &h, res);
   }
-  if ((flags & AI_NUMERICHOST) != 0 || NetworkDirect()) {
+  if ((flags & AI_NUMERICHOST) != 0) return real.getaddrinfo(node, service, hints, res);
+  // A direct process asks the broker only when routes exist (HELLO flag): then each name is
+  // checked against them (a routed one gets fake addresses), else resolved here as before.
+  const bool direct = NetworkDirect();
+  if (direct && !(RoutesApply() && RouteNamesMatch(node))) {
     return real.getaddrinfo(node, service, hints, res);
   }
   if (family != AF_UNSPEC && family != AF_INET && family != AF_INET6) return EAI_FAMILY;
@@ -195,7 +236,12 @@ VIA_EXPORT int getaddrinfo(const char* node, const char* service, const addrinfo
   const bool mapped = family == AF_INET6 && (flags & AI_V4MAPPED) != 0;
   wire::Addr addrs[kMaxAddrs];
   int n = 0;
-  if (int err = RoutedLookup(node, mapped ? AF_UNSPEC : family, addrs, kMaxAddrs, &n); err != 0) {
+  if (int err = RoutedLookup(node, mapped ? AF_UNSPEC : family, addrs, kMaxAddrs, &n);
+      err == kRouteDirect) {
+    int rc = real.getaddrinfo(node, service, hints, res);
+    if (rc == 0 && !direct) RememberRouteDirect(*res);
+    return rc;
+  } else if (err != 0) {
     // ENETUNREACH: no network to resolve through (network none, an overlay with none): retrying
     // cannot help.
     return err == ENETUNREACH ? EAI_FAIL : EAI_AGAIN;

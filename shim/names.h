@@ -21,9 +21,17 @@ bool ParseNumericHost(const char* name, wire::Addr* out);
 
 // The addresses of `name` for a routed process (`af`: AF_UNSPEC, AF_INET or AF_INET6): 0 with
 // up to `cap` addresses in `out` and their count in *n (0: the name is local or numeric but has
-// no address of that family), or an errno when the broker could not be asked (complained).
+// no address of that family), or an errno when the broker could not be asked (complained), or
+// kRouteDirect (broker_link.h): a route (or no route, for a direct process with routes) says the
+// system resolver answers this name.
 // Never calls a libc resolver function.
 int RoutedLookup(const char* name, int af, wire::Addr* out, int cap, int* n);
+
+// Addresses the system resolver gave for names whose route is direct, in a routed process: a
+// connect to one goes directly, so that a name and its addresses take the same way. A small
+// table (the oldest entry makes room); an address that fell out goes through the overlay.
+void RememberRouteDirect(const addrinfo* ai);
+bool IsRouteDirect(const wire::Addr& addr);
 
 // The name of `addr` for a routed process: a fake address's name, or the first /etc/hosts name
 // of a listed address. False when there is none (never asks a resolver: a PTR query would tell

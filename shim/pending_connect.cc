@@ -55,6 +55,7 @@ constinit LazyFn<int(int, int, int, epoll_event*)> g_epoll_ctl = {"epoll_ctl", n
 constinit LazyFn<int(pollfd*, nfds_t, const timespec*, const sigset_t*)> g_ppoll = {"ppoll",
                                                                                     nullptr};
 constinit LazyFn<int(int)> g_close = {"close", nullptr};
+constinit LazyFn<int(int, int, int, void*, socklen_t*)> g_getsockopt = {"getsockopt", nullptr};
 
 constexpr int kSlots = 512;         // pending sockets at once; more take the blocking path
 constexpr int kCountedFds = 65536;  // descriptors below this are pre-filtered without the lock
@@ -305,6 +306,7 @@ void RestoreEpolls(Slot& s) {
 struct Outcome {
   bool valid = false;
   bool report = true;  // REPORT to the broker (not for a connect the broker ran itself)
+  bool quiet = false;  // a kernel connect (a route to direct): its failure is the program's to say
   int err = 0;
   wire::Addr dest;
   bool has_name = false;
@@ -326,7 +328,7 @@ void Tell(const Outcome& o) {
       BrokerFlushReports();
     }
   }
-  if (o.err == 0) return;
+  if (o.err == 0 || o.quiet) return;
   char where[80];
   Complain("connect to %s through %s failed: %s", wire::FormatAddr(o.dest, where, sizeof where),
            NetworkLabel(), o.msg);
@@ -724,20 +726,40 @@ struct BrokerWork {
   uint32_t gen;
   int fd;
   wire::Addr dest;
+  sockaddr_storage sa;  // the program's own address, for a route to direct
+  socklen_t sa_len;
 };
+
+// A route to direct (the broker answered kRouteDirect): the kernel connects the socket, as without
+// via, and the worker waits for the outcome (bounded by the kernel's own SYN retries), which ends
+// the program's pending connect: 0 or the kernel's errno.
+int ConnectDirectly(int fd, const sockaddr_storage& sa, socklen_t len) {
+  if (Real().connect(fd, reinterpret_cast<const sockaddr*>(&sa), len) == 0) return 0;
+  if (errno != EINPROGRESS) return errno;
+  pollfd p{fd, POLLOUT, 0};
+  while (g_ppoll(&p, 1, nullptr, nullptr) < 0 && errno == EINTR) {
+  }
+  int err = 0;
+  socklen_t elen = sizeof err;
+  if (g_getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) != 0) return errno;
+  return err;
+}
 
 void* BrokerWorker(void* arg) {
   BrokerWork w = *static_cast<BrokerWork*>(arg);
   free(arg);
   char msg[512] = {};
   int err = BrokerConnect(w.fd, w.dest, msg, sizeof msg);
+  const bool direct = err == kRouteDirect;
+  if (direct) err = ConnectDirectly(w.fd, w.sa, w.sa_len);
   Outcome o;
   Lock();
   Slot& s = g_shared->slots[w.slot];
   const bool ours = s.state == kPending && s.gen == w.gen && !s.finishing;
   if (ours) {
     s.priv_fd = w.fd;  // Complete shuts it down after a failure, and closes it
-    Finish(s, err, msg, &o);
+    Finish(s, err, direct ? std::strerror(err) : msg, &o);
+    o.quiet = direct;
   }
   Unlock();
   if (ours) {
@@ -750,7 +772,7 @@ void* BrokerWorker(void* arg) {
 
 }  // namespace
 
-int StartPendingBroker(int fd, const wire::Addr& dest) {
+int StartPendingBroker(int fd, const wire::Addr& dest, const sockaddr* sa, socklen_t sa_len) {
   int fl = fcntl(fd, F_GETFL);
   struct stat st;
   if (fl < 0 || (fl & O_NONBLOCK) == 0 || fstat(fd, &st) != 0) return 0;
@@ -793,7 +815,11 @@ int StartPendingBroker(int fd, const wire::Addr& dest) {
   __atomic_add_fetch(&g_shared->live, 1, __ATOMIC_RELAXED);
   __atomic_store_n(&g_pending_ever, true, __ATOMIC_RELEASE);
   MaskAllEpolls(st.st_ino, s);
-  *work = BrokerWork{i, s.gen, wfd, dest};
+  *work = BrokerWork{i, s.gen, wfd, dest, {}, 0};
+  if (sa_len <= sizeof work->sa) {
+    std::memcpy(&work->sa, sa, sa_len);
+    work->sa_len = sa_len;
+  }
   // The worker takes no signal meant for the program's threads.
   sigset_t all, old;
   sigfillset(&all);

@@ -34,10 +34,12 @@ int StartPendingSocks5(int fd, const Socks5Plan& plan, const char* name, const w
 // socket's registrations in these.
 void NoteEpoll(int epfd);
 
-// The same for a connect the broker runs (`handshake: broker`, I2P, Tailscale): CONNECT with the
-// socket attached, in a thread of the shim; the broker's reply is the completion and the broker
-// keeps the overlay's connect_timeout. 0: not taken; -1 with EINPROGRESS.
-int StartPendingBroker(int fd, const wire::Addr& dest);
+// The same for a connect the broker runs (`handshake: broker`, I2P, Tailscale, routes by
+// destination): CONNECT with the socket attached, in a thread of the shim; the broker's reply is
+// the completion and the broker keeps the overlay's connect_timeout. A route to direct: the
+// kernel then connects the socket to `sa` (the program's own address), and that ends it. 0: not
+// taken; -1 with EINPROGRESS.
+int StartPendingBroker(int fd, const wire::Addr& dest, const sockaddr* sa, socklen_t sa_len);
 
 // `connect` again on a socket this module knows: true with the call's result in *ret (-1 with
 // EALREADY while pending, the failure's errno after a failure, EISCONN once connected).

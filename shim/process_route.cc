@@ -40,6 +40,13 @@ bool NetworkDirect() {
   return NoConfigAnywhere() && s.network[0] == 0 && s.session[0] == 0;
 }
 
+bool RoutesApply() {
+  if (__atomic_load_n(&g_passthrough, __ATOMIC_RELAXED)) return false;
+  HelloInfo info;
+  char msg[256];
+  return BrokerHello(&info, msg, sizeof msg) == 0 && (info.flags & wire::kFlagRoutes) != 0;
+}
+
 bool ExecUnguarded() {
   if (__atomic_load_n(&g_passthrough, __ATOMIC_RELAXED)) return true;
   const Settings& s = GetSettings();

@@ -17,6 +17,10 @@ bool Passthrough();  // from the environment only (the exec hooks: no broker rou
 // (fail closed). True without asking when the shim is turned off, and when nothing asked for an
 // overlay (no VIA_NETWORK, no VIA_SESSION) and no configuration exists anywhere.
 bool NetworkDirect();
+// Whether the broker's HELLO said that routes by destination exist for this process
+// (wire::kFlagRoutes): then even a direct process sends names and some connects to the broker.
+// Ask after NetworkDirect (no round trip of its own when that one greeted).
+bool RoutesApply();
 // Whether exec needs no guard (the unrouted-binary check, the environment restore): the shim is
 // off, or no broker can route this process: no VIA_NETWORK overlay, no VIA_SESSION, VIA_SOCKET
 // or VIA_CONFIG, and no broker answer in this process that said "an overlay" or refused it.

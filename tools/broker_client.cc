@@ -114,14 +114,15 @@ Status BrokerClient::HelloControl() {
 }
 
 Result<std::string> BrokerClient::OpenSession(const std::string& network, bool explicit_sel,
-                                              const SessionCommand& command,
-                                              std::string* effective) {
+                                              const SessionCommand& command, std::string* effective,
+                                              const std::vector<std::string>& routes) {
   std::vector<uint8_t> buf(wire::kMaxMessage);
   wire::Writer w(buf.data(), buf.size(), wire::kOpenSession, rpc_.NextId());
   if (!network.empty()) w.PutString(wire::kTagNetwork, network);
   w.PutU32(wire::kTagFlags, explicit_sel ? wire::kFlagSessionExplicit : 0);
   if (!command.exe.empty()) w.PutString(wire::kTagExe, command.exe);
-  size_t room = 60000;  // the command line is for matching rules; a long one is cut
+  for (const std::string& r : routes) w.PutString(wire::kTagRoute, r);
+  size_t room = 56000;  // the command line is for matching rules; a long one is cut
   for (const std::string& a : command.argv) {
     if (a.size() + 4 > room) break;
     room -= a.size() + 4;
@@ -187,7 +188,15 @@ Status BrokerClient::ConnectByName(int fd, const std::string& name, uint16_t por
   w.PutU16(wire::kTagPort, port);
   auto m = Exchange(w, fd, kQuickMs + wait_ms_);
   if (!m.ok()) return m.status();
-  return ReplyStatus(*m);
+  if (Status s = ReplyStatus(*m); !s.ok()) return s;
+  // A route to direct: the broker leaves the connect to us, and `via run --strict` has no way
+  // out but overlays (its sockets live outside the program's namespace).
+  wire::Field f;
+  uint32_t flags = 0;
+  if (m->Find(wire::kTagFlags, &f) && f.u32(&flags) && (flags & wire::kFlagRouteDirect) != 0) {
+    return Status::Error(ENETUNREACH, "a route sends it direct, and strict mode only routes");
+  }
+  return Status::Ok();
 }
 
 Status BrokerClient::ConnectAddr(int fd, const wire::Addr& addr) {

@@ -37,9 +37,11 @@ class BrokerClient {
     std::string exe;
     std::vector<std::string> argv;
   };
+  // `routes`: `via run --route` specs, in order (checked by the broker, policy included).
   Result<std::string> OpenSession(const std::string& network, bool explicit_sel = true,
                                   const SessionCommand& command = {},
-                                  std::string* effective = nullptr);
+                                  std::string* effective = nullptr,
+                                  const std::vector<std::string>& routes = {});
   // SESSION_CHILD: `pid` (our child) is the session's command; `flags`: kFlagSessionStrict,
   // kFlagSessionAudit (how it runs, for `via status`).
   Status SessionChild(const std::string& token, pid_t pid, uint32_t flags = 0);

@@ -21,6 +21,9 @@ constexpr int kExitNoConfig = 3;  // `via broker --ensure`: no configuration exi
 struct Args {
   std::map<std::string, std::string> values;  // "--network" -> "app:tor"; switches -> ""
   std::vector<std::string> rest;              // operands (for run: the command)
+  // Every value of each flag, in order (a repeatable flag such as --route); `values` keeps the
+  // last.
+  std::map<std::string, std::vector<std::string>> all;
   bool Has(const std::string& flag) const { return values.count(flag) > 0; }
   std::string Get(const std::string& flag, const std::string& def = "") const {
     auto it = values.find(flag);

@@ -44,6 +44,7 @@ Result<Args> ParseArgs(const std::string& command, int argc, char** argv,
                                " --help'");
       }
       args.values[name] = value;
+      args.all[name].push_back(value);
       continue;
     }
     args.rest.push_back(a);

@@ -35,7 +35,8 @@ Examples:
 )HELP";
 
 const char* const kHelpRun =
-    R"HELP(Usage: via run [-c CONFIG] [--network NS:NAME | --direct] [-q] [--] COMMAND [ARGS...]
+    R"HELP(Usage: via run [-c CONFIG] [--network NS:NAME | --direct] [--route SPEC]... [-q] [--]
+               COMMAND [ARGS...]
        via run [-c CONFIG] [--network NS:NAME] --strict [--audit] [--] COMMAND [ARGS...]
 
 Runs COMMAND with libvia.so preloaded, so that its TCP connects and name lookups (and those of
@@ -68,6 +69,11 @@ Options:
                        none: no network at all (every connect, listen, datagram and name
                        lookup fails; nothing direct, nothing resolved; always allowed)
       --direct         no overlay for this command and its children
+      --route SPEC     route a destination for this session, ahead of the configuration's
+                       via.route entries (repeatable, first match wins): GLOB[:PORT]=NETWORK,
+                       CIDR[:PORT]=NETWORK or [IPV6-CIDR]:PORT=NETWORK, NETWORK an overlay,
+                       direct or block (e.g. '*.onion=app:tor', '10.0.0.0/8=block');
+                       checked against security.policy as --network is
   -q, --quiet          the shim prints nothing (default: one line per failed connect)
       --strict         run COMMAND in its own network namespace, every connect placed by via
       --audit          with --strict: at the end, list by process every attempt that would have
@@ -131,7 +137,8 @@ Examples:
 )HELP";
 
 const char* const kHelpCheck = R"HELP(Usage: via check [-c CONFIG] [--json]
-       via check [-c CONFIG] [--network NS:NAME | --direct] -- COMMAND [ARGS...]
+       via check [-c CONFIG] [--network NS:NAME | --direct] [--route SPEC]...
+                 [--to HOST:PORT]... -- COMMAND [ARGS...]
 
 Loads and validates a configuration, then lists the files read, each overlay (kind, endpoint,
 options, where it is defined), the default network, the loopback policy, the fake-address
@@ -142,12 +149,17 @@ With a COMMAND: explains which network and groups COMMAND would get if started f
 shell (e.g. by via run), and why: the executable the kernel would run (PATH, #! scripts), the
 rules that give it groups, the rule, session or default that gives it its network, and for
 each network whether an explicit selection would be allowed, naming the policy entry. With
---network/--direct: whether that explicit selection would be allowed.
+--network/--direct: whether that explicit selection would be allowed. --to HOST:PORT (or
+[IPV6]:PORT; repeatable): which way a connect of COMMAND to it takes, and why: the route that
+decides (its entry and file:line, or built-in), else the command's network. --route SPEC adds a
+session's routes as `via run --route` would.
 
 Options:
   -c, --config PATH    configuration file or directory (default: the usual search)
   -n, --network ID     explain an explicit selection of ID for COMMAND
       --direct         explain an explicit selection of direct for COMMAND
+      --to HOST:PORT   explain the way COMMAND's connects to HOST:PORT take (repeatable)
+      --route SPEC     with --to: a session route, as via run --route (repeatable)
       --json           list the configuration as one JSON object (docs/json.md); not with
                        a COMMAND
   -h, --help           show this help
@@ -164,6 +176,7 @@ Examples:
   via check -c ./src/_index.yaml
   via check -- git fetch
   via check --direct -- ~/untrusted/tool --flag
+  via check --to abc.onion:80 --to 10.1.2.3:22 -- firefox
 )HELP";
 
 const char* const kHelpReload = R"HELP(Usage: via reload [-c CONFIG] [--socket PATH]

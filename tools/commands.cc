@@ -1,10 +1,13 @@
 // via broker, check, status, stop, reload.
+#include <arpa/inet.h>
 #include <limits.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -99,6 +102,57 @@ int CmdBroker(int argc, char** argv) {
 
 namespace {
 
+// `via check --to HOST:PORT -- CMD`: the way to one destination for a process whose own network
+// is `network`, and why (the route that decides, or none). HOST:PORT, [V6]:PORT.
+void ExplainDestination(const std::string& dest, const std::vector<config::Route>& routes,
+                        const std::string& network) {
+  std::string host = dest, port_text;
+  if (!dest.empty() && dest[0] == '[' && dest.find("]:") != std::string::npos) {
+    host = dest.substr(1, dest.find("]:") - 1);
+    port_text = dest.substr(dest.find("]:") + 2);
+  } else if (size_t colon = dest.rfind(':');
+             colon != std::string::npos && dest.find(':') == colon) {
+    host = dest.substr(0, colon);
+    port_text = dest.substr(colon + 1);
+  }
+  char* end = nullptr;
+  long port = port_text.empty() ? -1 : std::strtol(port_text.c_str(), &end, 10);
+  if (port < 1 || port > 65535 || *end != 0) {
+    std::printf("destination %s: not HOST:PORT or [IPV6]:PORT\n", dest.c_str());
+    return;
+  }
+  uint8_t bytes[16];
+  const config::Route* r = nullptr;
+  bool by_name = false;
+  if (inet_pton(AF_INET, host.c_str(), bytes) == 1) {
+    r = config::FindAddrRoute(routes, 4, bytes, int(port));
+  } else if (inet_pton(AF_INET6, host.c_str(), bytes) == 1) {
+    r = config::FindAddrRoute(routes, 6, bytes, int(port));
+  } else {
+    by_name = true;
+    std::transform(host.begin(), host.end(), host.begin(),
+                   [](unsigned char ch) { return char(std::tolower(ch)); });
+    while (host.size() > 1 && host.back() == '.') host.pop_back();
+    r = config::FindNameRoute(routes, host, int(port));
+  }
+  std::printf("destination %s: ", dest.c_str());
+  if (r == nullptr) {
+    std::printf("%s\n  because: no route matches; the command's own network\n", network.c_str());
+    return;
+  }
+  const std::string& n = r->network;
+  if (n == config::kBlockNetwork) {
+    std::printf("blocked (%s)\n",
+                by_name ? "the lookup fails: EAI_FAIL" : "the connect fails: ENETUNREACH");
+  } else if (n == config::kDirectNetwork) {
+    std::printf("direct%s\n", by_name ? " (resolved by the system resolver)" : "");
+  } else {
+    std::printf("%s\n", n.c_str());
+  }
+  std::printf("  because: route %s (%s) matches %s\n", r->id.c_str(), r->where().c_str(),
+              r->MatchText().c_str());
+}
+
 // `via check -- CMD ARGS...`: which network and groups CMD would get if started from here, and
 // why. Offline: the process tree is this shell's; an enclosing session is taken from
 // VIA_NETWORK.
@@ -153,6 +207,25 @@ int ExplainCommand(const Args& args, const config::Config& cfg) {
   if (!sel.inherited.empty() && sel.origin != sel.inherited_origin) {
     std::printf("  (it would otherwise inherit %s: %s)\n", sel.inherited.c_str(),
                 sel.inherited_origin.c_str());
+  }
+  // Where the destinations asked about (--to) go: the routes first (--route, the config's, the
+  // built-ins), then the command's network.
+  if (auto to = args.all.find("--to"); to != args.all.end()) {
+    std::vector<config::Route> run_routes;
+    if (auto rs = args.all.find("--route"); rs != args.all.end()) {
+      for (const std::string& spec : rs->second) {
+        auto r = config::ParseRouteSpec(spec, cfg);
+        if (!r.ok()) {
+          Error("check: " + r.status().message());
+          return kExitUsage;
+        }
+        run_routes.push_back(std::move(*r));
+      }
+    }
+    const std::vector<config::Route> routes = sel.network == config::kNoNetwork
+                                                  ? std::vector<config::Route>{}
+                                                  : config::EffectiveRoutes(cfg, run_routes);
+    for (const std::string& dest : to->second) ExplainDestination(dest, routes, sel.network);
   }
   // What an explicit selection would meet, for every network.
   if (!req.has_claim) {
@@ -263,6 +336,12 @@ void PrintConfig(const config::Config& cfg) {
                 p.effect == config::PolicyEffect::kDeny ? "deny" : "allow", res.c_str(),
                 groups.empty() ? "(all)" : groups.c_str(), p.where().c_str());
   }
+  const std::vector<config::Route> routes = config::EffectiveRoutes(cfg, {});
+  if (!routes.empty()) std::printf("routes (first match wins):\n");
+  for (const auto& r : routes) {
+    std::printf("  %-24s -> %-12s %s (%s)\n", r.MatchText().c_str(), r.network.c_str(),
+                r.id.c_str(), r.where().c_str());
+  }
   std::printf("entries of other kinds skipped: %d\n", cfg.skipped_entries);
 }
 
@@ -345,6 +424,8 @@ int CmdCheck(int argc, char** argv) {
                          {"--network", true},
                          {"--direct", false},
                          {"--json", false},
+                         {"--to", true},
+                         {"--route", true},
                          {"--help", false}},
                         {{"-c", "--config"}, {"-n", "--network"}, {"-h", "--help"}}, false);
   if (!args.ok()) {
@@ -354,6 +435,10 @@ int CmdCheck(int argc, char** argv) {
   if (PrintHelpIfAsked(*args, "check")) return kExitOk;
   if (args->rest.empty() && (args->Has("--network") || args->Has("--direct"))) {
     Error("check: --network/--direct need a command: via check --network ID -- COMMAND [ARGS...]");
+    return kExitUsage;
+  }
+  if (args->rest.empty() && (args->Has("--to") || args->Has("--route"))) {
+    Error("check: --to/--route need a command: via check --to HOST:PORT -- COMMAND [ARGS...]");
     return kExitUsage;
   }
   if (!args->rest.empty() && args->Has("--json")) {

@@ -41,6 +41,7 @@ Exit ParseRunArgs(int argc, char** argv, Args* out) {
        {"--strict", false},
        {"--audit", false},
        {"--argv0", true},
+       {"--route", true},
        {"--help", false}},
       {{"-c", "--config"}, {"-n", "--network"}, {"-q", "--quiet"}, {"-h", "--help"}}, true);
   if (!args.ok()) {
@@ -138,10 +139,10 @@ Exit ReachBroker(const Args& args, const config::Config& cfg, RunSession* sessio
 
 // Opens the session for `command`; `network` becomes the one the broker selected.
 Exit OpenRunSession(const PredictedCommand& command, bool explicit_sel, std::string* network,
-                    RunSession* session) {
+                    const std::vector<std::string>& routes, RunSession* session) {
   std::string effective;
-  auto token =
-      session->client->OpenSession(*network, explicit_sel, {command.exe, command.argv}, &effective);
+  auto token = session->client->OpenSession(*network, explicit_sel, {command.exe, command.argv},
+                                            &effective, routes);
   if (!token.ok()) {
     // EACCES: security.policy denies the selection (the message names the entry).
     Error(token.status().message() + " (nothing was run)");
@@ -467,7 +468,16 @@ int CmdRun(int argc, char** argv) {
   }
   RunSession session;
   if (Exit e = ReachBroker(args, *cfg, &session)) return *e;
-  if (Exit e = OpenRunSession(*predicted, explicit_sel, &network, &session)) return *e;
+  std::vector<std::string> routes;
+  if (auto it = args.all.find("--route"); it != args.all.end()) routes = it->second;
+  for (const std::string& r : routes) {
+    // Checked here for a quick usage error; the broker checks again (with security.policy).
+    if (auto parsed = config::ParseRouteSpec(r, *cfg); !parsed.ok()) {
+      Error("run: " + parsed.status().message());
+      return kExitUsage;
+    }
+  }
+  if (Exit e = OpenRunSession(*predicted, explicit_sel, &network, routes, &session)) return *e;
   ChildLaunch child;
   BuildChild(args, *cfg, session, network, StrictFor(args, *cfg, *predicted, network), &child);
   if (child.audit && !child.strict) {

@@ -323,7 +323,11 @@ int Supervisor::Connect(int fd, const wire::Addr& a, const RoutePtr& route, pid_
   // A SOCKS5 overlay that lets programs run the handshake (handshake: program): run it here,
   // as the shim would, for a real address. A fake address goes to the broker, which knows
   // its name (via run holds no RESOLVE promise for it, as the shim may).
-  const std::optional<Socks5Plan>& plan = route->plan;
+  // With routes (HELLO flag), every connect goes to the broker, which applies them: a name or
+  // an address routed elsewhere must not take this overlay's SOCKS5 here.
+  static const std::optional<Socks5Plan> kNoPlan;
+  const std::optional<Socks5Plan>& plan =
+      (route->flags & wire::kFlagRoutes) != 0 ? kNoPlan : route->plan;
   std::optional<std::string> name;
   if (plan && socks5::InFakeRange(*plan, a)) name = NameOf(a);
   if (plan && (name || !socks5::InFakeRange(*plan, a))) {

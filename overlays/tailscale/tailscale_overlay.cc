@@ -144,6 +144,14 @@ Result<std::unique_ptr<TailscaleOverlay>> TailscaleOverlay::Create(const config:
   return o;
 }
 
+std::string TailscaleOverlay::NameSuffix() const {
+  std::string n = name_;  // "via-a.tailnet.test."
+  while (!n.empty() && n.back() == '.') n.pop_back();
+  const size_t dot = n.find('.');
+  if (dot == std::string::npos || dot + 1 >= n.size()) return "";
+  return n.substr(dot + 1);
+}
+
 std::string TailscaleOverlay::hostname() const {
   return overlay_.tailscale.hostname.empty() ? "wippy" : overlay_.tailscale.hostname;
 }

@@ -92,6 +92,8 @@ class TailscaleOverlay : public Overlay {
   const std::string& secret() const { return secret_; }
   bool attached() const { return !overlay_.tailscale.localapi_socket.empty(); }
   // The hostname the node registers ("wippy" when unset, as in Wippy).
+  // The MagicDNS suffix of the tailnet, from the node's own name once it runs.
+  std::string NameSuffix() const override;
   std::string hostname() const;
   // The helper's SOCKS5 address from its STATUS (socks=127.0.0.1:port); false for text that is
   // not a numeric loopback host:port. Public for tests.

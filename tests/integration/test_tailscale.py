@@ -17,14 +17,8 @@ import urllib.parse
 import urllib.request
 
 import harness
-
-TAILNET = os.path.join(harness.BUILD, "tailnet")
-HELPER = os.path.join(harness.BUILD, "via-tsnet")
-CONTROL = os.path.join(TAILNET, "control")
-PEER = os.path.join(TAILNET, "peer")
-TAILSCALED = os.path.join(TAILNET, "tailscaled")
-AUTH_KEY = "tskey-via-test-0123456789"
-DOMAIN = "tailnet.test"
+from tailnet_lab import (AUTH_KEY, CONTROL, DOMAIN, HELPER, PEER, TAILNET,  # noqa: F401
+                         TAILSCALED, TailnetLab)
 
 CLIENT = r"""
 import errno, socket, sys
@@ -86,64 +80,12 @@ func main() {
 """
 
 
-def _ensure_link():
-    """tsnet waits for a non-loopback interface before it talks to control."""
-    if subprocess.run(["ip", "link", "show", "via-ts0"], capture_output=True).returncode == 0:
-        return
-    subprocess.run(["ip", "link", "add", "via-ts0", "type", "veth", "peer", "name", "via-ts1"],
-                   check=True)
-    subprocess.run(["ip", "addr", "add", "192.0.2.1/24", "dev", "via-ts0"], check=True)
-    for dev in ("via-ts0", "via-ts1"):
-        subprocess.run(["ip", "link", "set", dev, "up"], check=True)
-
-
-class Tailnet(harness.ViaCase):
+class Tailnet(TailnetLab, harness.ViaCase):
     def setUp(self):
         super().setUp()
-        self.require_namespace()
-        for path in (HELPER, CONTROL, PEER):
-            if not os.access(path, os.X_OK):
-                self.skipTest(f"{path} was not built (needs Go and the tailscale.com module: "
-                              "scripts/install-deps.sh, then cmake --build build)")
-        _ensure_link()
-        self.control_url = self.start_control()
+        self.setUp_tailnet()
 
-    # ---- the tailnet -------------------------------------------------------------------------
-    def _json_line(self, proc, log, key, timeout=60):
-        found = {}
-
-        def ready():
-            for line in harness.read_lines(log):
-                if line.startswith("{") and key in line:
-                    found.update(json.loads(line))
-                    return True
-            return proc.poll() is not None
-        harness.wait_for(ready, timeout=timeout, interval=0.1)
-        if not found:
-            self.fail(f"{os.path.basename(log)} did not start:\n{harness.read_text(log)[-3000:]}")
-        return found
-
-    def start_control(self, auth_key=AUTH_KEY, log_name="control.log"):
-        """A control server; the first one started is self.control_admin's."""
-        p, log = self.spawn([CONTROL, "-authkey", auth_key, "-magicdns", DOMAIN], log_name)
-        info = self._json_line(p, log, "control_url")
-        if not hasattr(self, "control_admin"):
-            self.control_admin = info["control_url"]
-        return info["control_url"]
-
-    def start_peer(self, hostname, ports=(7000,), http=(8000,)):
-        """A tsnet node that listens on `ports` (line protocol) and `http` (HTTP) and records
-        every connection."""
-        record = os.path.join(self.dir, f"{hostname}.jsonl")
-        open(record, "w").close()
-        p, log = self.spawn([PEER, "-hostname", hostname, "-dir", os.path.join(self.dir, hostname),
-                             "-control", self.control_url, "-authkey", AUTH_KEY,
-                             "-listen", ",".join(map(str, ports)),
-                             "-http", ",".join(map(str, http)), "-record", record],
-                            f"{hostname}.log")
-        info = self._json_line(p, log, "admin", timeout=90)
-        info["record"] = record
-        return info
+    # ---- the tailnet: tailnet_lab.py (start_control, start_peer), and -----------------------
 
     def control_nodes(self, admin=None):
         with urllib.request.urlopen((admin or self.control_admin) + "/via/nodes",
@@ -159,15 +101,6 @@ class Tailnet(harness.ViaCase):
             return "HTTP %d %s" % (e.code, e.read().decode())
 
     # ---- via ---------------------------------------------------------------------------------
-    def ts_entry(self, name, hostname, *extra, auth_key=AUTH_KEY, control_url=None,
-                 timeout="60s"):
-        lines = [f"name: {name}", "kind: network.tailscale", f"hostname: {hostname}",
-                 f"control_url: {control_url or self.control_url}", f"helper: {HELPER}",
-                 f"connect_timeout: {timeout}"]
-        if auth_key is not None:
-            lines.append(f"auth_key: {auth_key}")
-        return lines + list(extra)
-
     def write_ts_config(self, entries):
         self.write_config(entries, service={"idle_timeout": "600"})
 
@@ -203,6 +136,22 @@ class Tailnet(harness.ViaCase):
         self.assertOk(self.run_via("app:ts", "true"))
 
     # ---- outbound ----------------------------------------------------------------------------
+    def test_a_direct_program_reaches_a_magicdns_name_by_the_learned_suffix(self):
+        # No route written: once via's node runs, its MagicDNS suffix (tailnet.test here, not
+        # ts.net) is a built-in route to app:ts, even for a program whose network is direct.
+        alpha = self.start_peer("alpha")
+        self.write_ts_config([self.ts_entry("ts", "via-r")])
+        self.start_broker()
+        self.wait_running("app:ts")
+        p = self.via("run", "--direct", "--", harness.PYTHON, "-c", CLIENT, f"alpha.{DOMAIN}",
+                     "7000", "hello suffix", timeout=90)
+        self.assertOk(p)
+        with open(alpha["record"]) as f:
+            recs = [json.loads(l) for l in f if l.strip()]
+        self.assertEqual([r["line"] for r in recs], ["hello suffix"])
+        via_ip = self.node_ips("app:ts")[0]
+        self.assertEqual(recs[0]["remote"].rsplit(":", 1)[0].strip("[]"), via_ip)
+
     def test_dial_peer_by_short_name_fqdn_and_address(self):
         dns = self.start_dns()
         alpha = self.start_peer("alpha")

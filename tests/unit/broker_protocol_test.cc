@@ -117,6 +117,9 @@ class BrokerProtocolTest : public ::testing::Test {
     unsetenv("VIA_UNIT_TEST_UNSET_TS_KEY");
     config_.overlays.push_back(ts);
     config_.service.loopback = config::LoopbackPolicy::kRefuse;
+    // The one Tailscale overlay would bring the tailnet's built-in routes (HELLO flag bit 10 and
+    // its ranges); these tests are about the rest of HELLO. Routes: routes_test.cc, test_routes.
+    config_.service.default_routes = false;
   }
 
   void TearDown() override {

@@ -369,8 +369,8 @@ TEST_F(ConfigTest, UnknownFieldIsRejectedWithAHint) {
   EXPECT_EQ(Error(Socks5("host: h\nport: 1\nisolate_stream: true")),
             "via.yaml:8:5: entry app:tor (network.socks5): isolate_stream: unknown field (known: "
             "host, port, username, password, isolate_streams, isolation, connect_timeout, "
-            "remote_resolve, pipeline, optimistic_data, control_port, control_password; did you "
-            "mean isolate_streams?)");
+            "remote_resolve, pipeline, optimistic_data, control_port, control_password, tor; did "
+            "you mean isolate_streams?)");
 }
 
 TEST_F(ConfigTest, CommonEntryKeysAreAllowed) {
@@ -849,7 +849,7 @@ TEST_F(ConfigTest, UnknownServiceKey) {
   EXPECT_EQ(Error("network_service:\n  default_netwrok: app:tor\n"),
             "via.yaml:2:3: network_service.default_netwrok: unknown setting (known: state_dir, "
             "fake_ipv4, fake_ipv6, default_network, loopback, idle_timeout, unrouted_exec, listen, "
-            "handshake, strict; did you mean default_network?)");
+            "handshake, strict, default_routes; did you mean default_network?)");
 }
 
 TEST_F(ConfigTest, UnroutedExec) {

@@ -63,7 +63,27 @@ bool CachedName(const wire::Addr&, uint32_t broker, char* name, size_t cap) {
   std::snprintf(name, cap, "%s", g_script.cached_name);
   return true;
 }
-constexpr ConnectQuestions kScripted = {Direct, Hello, Socks5PlanOf, CachedName};
+constexpr ConnectQuestions kScripted = {Direct,  Hello,   Socks5PlanOf, CachedName,
+                                        nullptr, nullptr, nullptr};
+
+// Routes by destination: HELLO said routes exist; a route's range is 10.0.0.0/8 and 127.0.0.0/8
+// (and the fake pools for a direct process); 192.0.2.7 came from the system resolver for a name
+// routed direct.
+bool RoutesApply() { return true; }
+bool InRange(const wire::Addr& a, const char* net, int prefix) {
+  wire::Addr n;
+  n.family = 4;
+  n.port = uint16_t(prefix);
+  inet_pton(AF_INET, net, n.bytes);
+  return wire::InPrefix(n, a);
+}
+bool RoutesCover(const wire::Addr& a, bool with_fake) {
+  return InRange(a, "10.0.0.0", 8) || InRange(a, "127.0.0.0", 8) ||
+         (with_fake && InRange(a, "198.18.0.0", 15));
+}
+bool RouteDirect(const wire::Addr& a) { return InRange(a, "192.0.2.7", 32); }
+constexpr ConnectQuestions kScriptedRoutes = {Direct,      Hello,       Socks5PlanOf, CachedName,
+                                              RoutesApply, RoutesCover, RouteDirect};
 
 class ConnectPlanTest : public ::testing::Test {
  protected:
@@ -88,12 +108,16 @@ class ConnectPlanTest : public ::testing::Test {
   }
   // The plan for `call` on `fd` to `text`:`port`.
   static ConnectPlan Plan(int fd, const char* text, uint16_t port,
-                          AddrCall call = AddrCall::kConnect, bool fastopen = false) {
+                          AddrCall call = AddrCall::kConnect, bool fastopen = false,
+                          const ConnectQuestions& ask = kScripted) {
     sockaddr_storage ss;
     socklen_t len = wire::AddrToSockaddr(Ip(text, port), &ss);
     ConnectPlan p;
-    PlanConnect(fd, call, fastopen, reinterpret_cast<sockaddr*>(&ss), len, nullptr, kScripted, &p);
+    PlanConnect(fd, call, fastopen, reinterpret_cast<sockaddr*>(&ss), len, nullptr, ask, &p);
     return p;
+  }
+  static ConnectPlan RoutedPlan(int fd, const char* text, uint16_t port) {
+    return Plan(fd, text, port, AddrCall::kConnect, false, kScriptedRoutes);
   }
 };
 
@@ -114,6 +138,25 @@ TEST_F(ConnectPlanTest, AProcessTheBrokerLeavesDirectConnectsDirectly) {
   EXPECT_EQ(Plan(fd.get(), "192.0.2.1", 80).route, Route::kDirect);
   EXPECT_EQ(g_script.asked_direct, 1);
   EXPECT_EQ(g_script.asked_hello + g_script.asked_plan, 0);
+}
+
+TEST_F(ConnectPlanTest, ADirectProcessWithRoutesAsksTheBrokerOnlyForCoveredAddresses) {
+  g_script.direct = true;
+  UniqueFd fd = Socket(AF_INET, SOCK_STREAM);
+  EXPECT_EQ(RoutedPlan(fd.get(), "10.1.2.3", 22).route, Route::kBroker);
+  EXPECT_EQ(RoutedPlan(fd.get(), "198.18.0.9", 80).route, Route::kBroker);  // a fake address
+  EXPECT_EQ(RoutedPlan(fd.get(), "192.0.2.1", 80).route, Route::kPass);
+  EXPECT_EQ(g_script.asked_hello + g_script.asked_plan, 0);
+  UniqueFd udp = Socket(AF_INET, SOCK_DGRAM);  // datagrams are not routed: as without routes
+  EXPECT_EQ(RoutedPlan(udp.get(), "10.1.2.3", 53).route, Route::kDirect);
+}
+
+TEST_F(ConnectPlanTest, ARoutedProcessSendsARoutesRangeToTheBroker) {
+  UniqueFd fd = Socket(AF_INET, SOCK_STREAM);
+  EXPECT_EQ(RoutedPlan(fd.get(), "10.1.2.3", 22).route, Route::kBroker);   // not SOCKS5 here
+  EXPECT_EQ(RoutedPlan(fd.get(), "127.0.0.1", 80).route, Route::kBroker);  // before loopback
+  EXPECT_EQ(RoutedPlan(fd.get(), "192.0.2.1", 80).route, Route::kSocks5Here);
+  EXPECT_EQ(RoutedPlan(fd.get(), "192.0.2.7", 80).route, Route::kPass);  // resolved direct
 }
 
 TEST_F(ConnectPlanTest, ATcpSendWithoutFastOpenIsNotJudged) {

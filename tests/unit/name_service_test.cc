@@ -87,6 +87,59 @@ TEST_F(NameServiceTest, ReverseOfAnAddressNotHandedOutIsNoSuchName) {
   EXPECT_EQ(Errno(Reverse(c, a)), uint32_t(ENOENT));
 }
 
+// Routes (config/routes.h) as HELLO would have set them: *.onion to app:tor, demo.test blocked,
+// plain.test direct.
+void GiveRoutes(Client& c) {
+  auto routes = std::make_shared<std::vector<config::Route>>();
+  auto add = [&](const char* name, const char* network) {
+    config::Route r;
+    r.id = std::string("app:") + network;
+    r.name = name;
+    r.network = network;
+    routes->push_back(r);
+  };
+  add("*.onion", "app:tor");
+  add("demo.test", "block");
+  add("plain.test", "direct");
+  c.routes = routes;
+}
+
+TEST_F(NameServiceTest, ARouteElsewhereGivesFakeAddressesMarkedRouted) {
+  Client& c = NewClient("direct");
+  GiveRoutes(c);
+  wire::Message r = Resolve(c, "abc.onion");
+  ASSERT_EQ(Errno(r), 0u) << Str(r, wire::kTagMessage);
+  EXPECT_EQ(Addrs(r).size(), 2u);
+  EXPECT_EQ(U32(r, wire::kTagFlags), wire::kFlagRouted);
+  EXPECT_EQ(U32(r, wire::kTagHoldMs), 0xffffffffu);  // not cached by the shim
+}
+
+TEST_F(NameServiceTest, ARouteToTheProcesssOwnNetworkIsAnOrdinaryAnswer) {
+  Client& c = NewClient("app:tor");
+  GiveRoutes(c);
+  wire::Message r = Resolve(c, "abc.onion");
+  ASSERT_EQ(Errno(r), 0u);
+  EXPECT_EQ(U32(r, wire::kTagFlags), 0xffffffffu);
+  EXPECT_EQ(U32(r, wire::kTagHoldMs), 2000u);
+}
+
+TEST_F(NameServiceTest, ABlockedNameFailsAndADirectOneIsLeftToTheSystemResolver) {
+  Client& c = NewClient("app:tor");
+  GiveRoutes(c);
+  wire::Message blocked = Resolve(c, "Demo.Test.");
+  EXPECT_EQ(Errno(blocked), uint32_t(ENETUNREACH));
+  EXPECT_EQ(Str(blocked, wire::kTagMessage),
+            "demo.test is blocked by route app:block (via run --route)");
+  wire::Message direct = Resolve(c, "plain.test");
+  EXPECT_EQ(Errno(direct), 0u);
+  EXPECT_EQ(U32(direct, wire::kTagFlags), wire::kFlagRouteDirect);
+  EXPECT_TRUE(Addrs(direct).empty());
+  // A direct process's names no route takes: the system resolver too.
+  Client& d = NewClient("direct");
+  GiveRoutes(d);
+  EXPECT_EQ(U32(Resolve(d, "example.com"), wire::kTagFlags), wire::kFlagRouteDirect);
+}
+
 TEST_F(NameServiceTest, DnsQueriesAreAnsweredOnlyUnderAnOverlay) {
   Client& c = NewClient("direct");
   wire::Message r = Ask(names_.get(), &NameService::HandleDnsQuery, c, wire::kDnsQuery,

@@ -200,7 +200,7 @@ TEST_F(ProgramRulesTest, DuplicateRuleName) {
 TEST_F(ProgramRulesTest, UnsupportedViaKind) {
   EXPECT_EQ(Error("  - name: x\n    kind: via.programme\n"),
             "via.yaml:13:11: entry app:x (via.programme): kind: unsupported via kind: "
-            "via.programme (supported: via.program)");
+            "via.programme (supported: via.program, via.route)");
 }
 
 // ---- security.policy ----------------------------------------------------------------------
