@@ -300,6 +300,22 @@ class ViaCase(unittest.TestCase):
         if not IN_NAMESPACE:
             self.skipTest(NS_REASON or "needs the test namespace")
 
+    def nbconnect(self):
+        """data/nbconnect.c (non-blocking connects, test_nonblocking_connect.py), built with cc
+        into this test's directory; skips the test when it cannot be built."""
+        exe = os.path.join(self.dir, "nbconnect")
+        built = subprocess.run(["cc", "-O1", "-o", exe, os.path.join(DATA, "nbconnect.c")],
+                               capture_output=True, text=True)
+        if built.returncode != 0:
+            self.skipTest("cannot build data/nbconnect.c: " + built.stderr[-500:])
+        return exe
+
+    def run_nbconnect(self, network, mode, host, port, timeout=90):
+        """Runs data/nbconnect.c MODE HOST PORT under via; returns (proc, {key: value} of what
+        it printed)."""
+        proc = self.run_via(network, self.nbconnect(), mode, host, str(port), timeout=timeout)
+        return proc, dict(re.findall(r"(\w+)=(\S+)", proc.stdout))
+
     def go_build(self, name, source, *flags, cgo=True):
         """Builds Go `source` (package main, no modules) with `go build FLAGS` into DIR/NAME;
         cgo on (dynamically linked) unless `cgo` is false. Skips the test when Go is missing or

@@ -182,6 +182,17 @@ class Outbound(I2pCase):
         self.assertNotEqual(seen[0]["peer"], self.lab.site.b32)
         self.assertTrue(seen[0]["peer"].endswith(".b32.i2p"))
 
+    def test_a_nonblocking_connect_is_einprogress_until_the_stream_is_up(self):
+        # The broker runs the SAM handshake while connect has returned EINPROGRESS: an
+        # edge-triggered epoll registration made after it fires once, when the stream is up,
+        # SO_ERROR is 0, and the request reaches the site through the stream.
+        proc, v = self.run_nbconnect("app:i2p", "epoll-after", self.lab.site.b32, 80)
+        self.assertOk(proc)
+        self.assertEqual((v.get("connect"), v.get("events"), v.get("so_error"), v.get("status")),
+                         ("EINPROGRESS", "1", "0", "200"), proc.stdout + proc.stderr)
+        seen = [r for r in self.lab.site.records if r["request"].startswith("GET /epoll-after ")]
+        self.assertEqual(len(seen), 1, self.lab.site.records)
+
     def test_strict_mode_takes_a_static_program_to_a_b32_destination(self):
         # via run --strict: a statically linked program, which the shim cannot cover, reaches
         # the site by its .b32.i2p name (a fake address in the namespace; the name went to SAM).

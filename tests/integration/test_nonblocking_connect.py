@@ -10,7 +10,6 @@ while pending, blocking sockets) are driven by data/nbconnect.c, built here with
 """
 import json
 import os
-import re
 import subprocess
 import time
 
@@ -43,21 +42,9 @@ class NonBlockingConnect(harness.ViaCase):
         self.write_config([self.socks5_entry("tor", port, *extra)],
                           service={"handshake": handshake})
 
-    def nbconnect(self):
-        exe = os.path.join(self.dir, "nbconnect")
-        built = subprocess.run(["cc", "-O1", "-o", exe,
-                                os.path.join(harness.DATA, "nbconnect.c")],
-                               capture_output=True, text=True)
-        if built.returncode != 0:
-            self.skipTest("cannot build data/nbconnect.c: " + built.stderr[-500:])
-        return exe
-
     def run_c(self, mode, host="example.test", timeout=60):
         """Runs data/nbconnect.c under via; returns (proc, {key: value} of its output)."""
-        proc = self.run_via("app:tor", self.nbconnect(), mode, host, str(self.port),
-                            timeout=timeout)
-        values = dict(re.findall(r"(\w+)=(\S+)", proc.stdout))
-        return proc, values
+        return self.run_nbconnect("app:tor", mode, host, self.port, timeout=timeout)
 
     # The bounds carry slack for a loaded 2-core machine running the suite in parallel (the issue
     # asks for 3 s and 50 ms; alone here node takes about 2 s, and a plain node, no via, already
@@ -253,6 +240,17 @@ setTimeout(async () => {{
         proc, v = self.run_c("select")
         self.assertLateAndServed(proc, v, "select")
         self.assertEqual((v["select"], v["writable"]), ("1", "1"), proc.stdout)
+
+    def test_ppoll_and_pselect_see_the_socket_writable_when_ready(self):
+        self.use_proxy(self.start_slow_proxy()[0])
+        proc, v = self.run_c("ppoll")
+        self.assertLateAndServed(proc, v, "ppoll")
+        self.assertEqual((v["ppoll"], v["revents"]), ("1", str(0x004)), proc.stdout)  # POLLOUT
+        proc, v = self.run_c("pselect")
+        self.assertOk(proc)
+        self.assertEqual((v["pselect"], v["writable"], v["so_error"], v.get("status")),
+                         ("1", "1", "0", "200"), proc.stdout + proc.stderr)
+        self.assertGreaterEqual(int(v["first_ms"]), DELAY_MS - 100, proc.stdout)
 
     def test_connect_again_gives_ealready_then_eisconn_and_getpeername_enotconn(self):
         self.use_proxy(self.start_slow_proxy()[0])

@@ -177,6 +177,22 @@ class Tailnet(TailnetLab, harness.ViaCase):
         via_ip6 = self.node_ips("app:ts")[1]
         self.assertRegex(v6.stdout, rf"^peer alpha saw \[{via_ip6}\]:\d+: over v6\n$")
 
+    def test_a_nonblocking_connect_is_einprogress_until_the_tailnet_dial_is_done(self):
+        # The broker dials through the node while connect has returned EINPROGRESS: an
+        # edge-triggered epoll registration made after it fires once, SO_ERROR is 0, and the
+        # peer saw the request from via's node.
+        self.start_dns()
+        alpha = self.start_peer("alpha")
+        self.write_ts_config([self.ts_entry("ts", "via-a")])
+        proc, v = self.run_nbconnect("app:ts", "epoll-after", "alpha", 8000)
+        self.assertOk(proc)
+        self.assertEqual((v.get("connect"), v.get("events"), v.get("so_error"), v.get("status")),
+                         ("EINPROGRESS", "1", "0", "200"), proc.stdout + proc.stderr)
+        via_ip = self.node_ips("app:ts")[0]
+        recs = self.records(alpha["record"])
+        self.assertEqual([r["line"] for r in recs], ["GET /epoll-after"], recs)
+        self.assertTrue(recs[0]["remote"].startswith(via_ip + ":"), recs)
+
     def test_curl_and_wget_reach_a_peer_by_magicdns_name(self):
         self.start_dns()
         alpha = self.start_peer("alpha")

@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -167,6 +168,30 @@ int main(int argc, char** argv) {
     struct pollfd p = {fd, POLLIN, 0};
     int n = poll(&p, 1, 2500);  // the proxy answers after 1 s; the target says nothing first
     printf("pollin=%d revents=%d so_error=%s\n", n, p.revents, ename(so_error(fd)));
+    request(fd, mode, host, port);
+    return 0;
+  }
+  if (strcmp(mode, "ppoll") == 0) {  // the signal-mask variant, with a timeout to spare
+    struct pollfd p = {fd, POLLOUT, 0};
+    struct timespec ts = {30, 0};
+    sigset_t none;
+    sigemptyset(&none);
+    int n = ppoll(&p, 1, &ts, &none);
+    printf("ppoll=%d revents=%d first_ms=%lld so_error=%s\n", n, p.revents, now_ms() - t0,
+           ename(so_error(fd)));
+    request(fd, mode, host, port);
+    return 0;
+  }
+  if (strcmp(mode, "pselect") == 0) {
+    fd_set w;
+    FD_ZERO(&w);
+    FD_SET(fd, &w);
+    struct timespec ts = {30, 0};
+    sigset_t none;
+    sigemptyset(&none);
+    int n = pselect(fd + 1, NULL, &w, NULL, &ts, &none);
+    printf("pselect=%d writable=%d first_ms=%lld so_error=%s\n", n, FD_ISSET(fd, &w), now_ms() - t0,
+           ename(so_error(fd)));
     request(fd, mode, host, port);
     return 0;
   }
