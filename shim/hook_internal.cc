@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "shim/broker_link.h"
 #include "shim/export.h"
 #include "shim/names.h"
 #include "shim/process_route.h"
@@ -77,6 +78,13 @@ using namespace via::shim;
 namespace wire = via::wire;
 
 // ---- the NSS DNS module ------------------------------------------------------------------------
+
+// Whether the real module resolves `name`: a direct process, unless a route's name glob matches
+// it (then the broker decides, as in getaddrinfo).
+static bool LibcResolves(const char* name) {
+  return NetworkDirect() && !(name != nullptr && RoutesApply() && RouteNamesMatch(name));
+}
+
 using HostByName3Fn = nss_status (*)(const char*, int, hostent*, char*, size_t, int*, int*,
                                      int32_t*, char**);
 using HostByName2Fn = nss_status (*)(const char*, int, hostent*, char*, size_t, int*, int*);
@@ -94,13 +102,17 @@ using NetByAddrFn = nss_status (*)(uint32_t, int, netent*, char*, size_t, int*, 
 VIA_EXPORT nss_status _nss_dns_gethostbyname3_r(const char* name, int af, hostent* result,
                                                 char* buffer, size_t buflen, int* errnop,
                                                 int* h_errnop, int32_t* ttlp, char** canonp) {
-  if (NetworkDirect()) {
+  if (LibcResolves(name)) {
     VIA_FORWARD(_nss_dns_gethostbyname3_r, HostByName3Fn, NSS_STATUS_UNAVAIL, name, af, result,
                 buffer, buflen, errnop, h_errnop, ttlp, canonp);
   }
   if (name == nullptr) return NotFound(errnop, h_errnop);
   hostent* r = nullptr;
   int err = RoutedHostent(name, af, result, buffer, buflen, &r, h_errnop);
+  if (err == kRouteDirect) {  // a route to direct: the real module resolves it
+    VIA_FORWARD(_nss_dns_gethostbyname3_r, HostByName3Fn, NSS_STATUS_UNAVAIL, name, af, result,
+                buffer, buflen, errnop, h_errnop, ttlp, canonp);
+  }
   if (err == 0) {
     if (ttlp != nullptr) *ttlp = 0;
     if (canonp != nullptr) *canonp = result->h_name;
@@ -111,7 +123,7 @@ VIA_EXPORT nss_status _nss_dns_gethostbyname3_r(const char* name, int af, hosten
 VIA_EXPORT nss_status _nss_dns_gethostbyname2_r(const char* name, int af, hostent* result,
                                                 char* buffer, size_t buflen, int* errnop,
                                                 int* h_errnop) {
-  if (NetworkDirect()) {
+  if (LibcResolves(name)) {
     VIA_FORWARD(_nss_dns_gethostbyname2_r, HostByName2Fn, NSS_STATUS_UNAVAIL, name, af, result,
                 buffer, buflen, errnop, h_errnop);
   }
@@ -121,7 +133,7 @@ VIA_EXPORT nss_status _nss_dns_gethostbyname2_r(const char* name, int af, hosten
 
 VIA_EXPORT nss_status _nss_dns_gethostbyname_r(const char* name, hostent* result, char* buffer,
                                                size_t buflen, int* errnop, int* h_errnop) {
-  if (NetworkDirect()) {
+  if (LibcResolves(name)) {
     VIA_FORWARD(_nss_dns_gethostbyname_r, HostByNameFn, NSS_STATUS_UNAVAIL, name, result, buffer,
                 buflen, errnop, h_errnop);
   }
@@ -134,7 +146,7 @@ VIA_EXPORT nss_status _nss_dns_gethostbyname_r(const char* name, hostent* result
 VIA_EXPORT nss_status _nss_dns_gethostbyname4_r(const char* name, gaih_addrtuple** pat,
                                                 char* buffer, size_t buflen, int* errnop,
                                                 int* h_errnop, int32_t* ttlp) {
-  if (NetworkDirect()) {
+  if (LibcResolves(name)) {
     VIA_FORWARD(_nss_dns_gethostbyname4_r, HostByName4Fn, NSS_STATUS_UNAVAIL, name, pat, buffer,
                 buflen, errnop, h_errnop, ttlp);
   }
@@ -142,6 +154,10 @@ VIA_EXPORT nss_status _nss_dns_gethostbyname4_r(const char* name, gaih_addrtuple
   wire::Addr addrs[kMaxAddrs];
   int n = 0;
   int err = RoutedLookup(name, AF_UNSPEC, addrs, kMaxAddrs, &n);
+  if (err == kRouteDirect) {  // a route to direct: the real module resolves it
+    VIA_FORWARD(_nss_dns_gethostbyname4_r, HostByName4Fn, NSS_STATUS_UNAVAIL, name, pat, buffer,
+                buflen, errnop, h_errnop, ttlp);
+  }
   if (err != 0) {
     *h_errnop = err == ENETUNREACH ? NO_RECOVERY : TRY_AGAIN;  // as getaddrinfo's EAI_FAIL
     return Status(err == ENOENT || err == ERANGE ? EAGAIN : err, errnop);

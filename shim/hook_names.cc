@@ -54,18 +54,40 @@ pthread_mutex_t g_route_direct_mu = PTHREAD_MUTEX_INITIALIZER;
 
 }  // namespace
 
+namespace {
+
+// Under g_route_direct_mu.
+void RememberRouteDirectLocked(wire::Addr a) {
+  a = wire::Unmapped(a);
+  a.port = 0;
+  for (const wire::Addr& k : g_route_direct) {
+    if (k == a) return;
+  }
+  g_route_direct[g_route_direct_next] = a;
+  g_route_direct_next = (g_route_direct_next + 1) % kRouteDirectSlots;
+}
+
+// The same for gethostbyname*'s answer (h_length bytes per address).
+void RememberRouteDirect(const hostent* he) {
+  if (he == nullptr || he->h_addr_list == nullptr) return;
+  if (he->h_length != 4 && he->h_length != 16) return;
+  pthread_mutex_lock(&g_route_direct_mu);
+  for (char** p = he->h_addr_list; *p != nullptr; ++p) {
+    wire::Addr a;
+    a.family = he->h_length == 4 ? 4 : 6;
+    std::memcpy(a.bytes, *p, size_t(he->h_length));
+    RememberRouteDirectLocked(a);
+  }
+  pthread_mutex_unlock(&g_route_direct_mu);
+}
+
+}  // namespace
+
 void RememberRouteDirect(const addrinfo* ai) {
   pthread_mutex_lock(&g_route_direct_mu);
   for (; ai != nullptr; ai = ai->ai_next) {
     wire::Addr a;
-    if (!wire::AddrFromSockaddr(ai->ai_addr, ai->ai_addrlen, &a)) continue;
-    a = wire::Unmapped(a);
-    a.port = 0;
-    bool known = false;
-    for (const wire::Addr& k : g_route_direct) known = known || k == a;
-    if (known) continue;
-    g_route_direct[g_route_direct_next] = a;
-    g_route_direct_next = (g_route_direct_next + 1) % kRouteDirectSlots;
+    if (wire::AddrFromSockaddr(ai->ai_addr, ai->ai_addrlen, &a)) RememberRouteDirectLocked(a);
   }
   pthread_mutex_unlock(&g_route_direct_mu);
 }
@@ -129,7 +151,9 @@ int RoutedHostent(const char* name, int af, hostent* ret, char* buf, size_t bufl
   }
   wire::Addr addrs[kMaxAddrs];
   int n = 0;
-  if (int err = RoutedLookup(name, af, addrs, kMaxAddrs, &n); err != 0) {
+  if (int err = RoutedLookup(name, af, addrs, kMaxAddrs, &n); err == kRouteDirect) {
+    return kRouteDirect;  // a route to direct: the caller asks libc
+  } else if (err != 0) {
     *h_errnop = err == ENETUNREACH ? NO_RECOVERY : TRY_AGAIN;  // as getaddrinfo's EAI_FAIL
     return EAGAIN;
   }
@@ -185,12 +209,30 @@ struct HostentStore {
 };
 __thread HostentStore t_store;
 
-hostent* RoutedHostentStatic(const char* name, int af) {
+// False for a route to direct (the caller asks libc); else true with the answer in *out.
+bool RoutedHostentStatic(const char* name, int af, hostent** out) {
   hostent* result = nullptr;
   int herr = 0;
-  RoutedHostent(name, af, &t_store.he, t_store.buf, sizeof t_store.buf, &result, &herr);
+  if (RoutedHostent(name, af, &t_store.he, t_store.buf, sizeof t_store.buf, &result, &herr) ==
+      kRouteDirect) {
+    return false;
+  }
   if (result == nullptr) h_errno = herr;
-  return result;
+  *out = result;
+  return true;
+}
+
+// Whether libc resolves `name` as without via: a direct process, unless a route's name glob
+// matches it (then the broker decides, as in getaddrinfo).
+bool ResolvedByLibc(const char* name) {
+  return name == nullptr || (NetworkDirect() && !(RoutesApply() && RouteNamesMatch(name)));
+}
+
+// libc's answer for a name routed direct: under an overlay its addresses are remembered, so that
+// their connects go direct too (IsRouteDirect), as after getaddrinfo.
+hostent* LibcRouteDirect(hostent* he) {
+  if (!NetworkDirect()) RememberRouteDirect(he);
+  return he;
 }
 
 // Appends list `b` to list `a`; returns the head.
@@ -292,29 +334,37 @@ VIA_EXPORT int getaddrinfo(const char* node, const char* service, const addrinfo
 VIA_EXPORT void freeaddrinfo(addrinfo* ai) noexcept { Real().freeaddrinfo(ai); }
 
 VIA_EXPORT hostent* gethostbyname2(const char* name, int af) {
-  if (name == nullptr || NetworkDirect()) return Real().gethostbyname2(name, af);
-  return RoutedHostentStatic(name, af);
+  hostent* he = nullptr;
+  if (!ResolvedByLibc(name) && RoutedHostentStatic(name, af, &he)) return he;
+  return LibcRouteDirect(Real().gethostbyname2(name, af));
 }
 
 VIA_EXPORT hostent* gethostbyname(const char* name) {
-  if (name == nullptr || NetworkDirect()) return Real().gethostbyname(name);
-  return RoutedHostentStatic(name, AF_INET);
+  hostent* he = nullptr;
+  if (!ResolvedByLibc(name) && RoutedHostentStatic(name, AF_INET, &he)) return he;
+  return LibcRouteDirect(Real().gethostbyname(name));
 }
 
 VIA_EXPORT int gethostbyname2_r(const char* name, int af, hostent* ret, char* buf, size_t buflen,
                                 hostent** result, int* h_errnop) {
-  if (name == nullptr || NetworkDirect()) {
-    return Real().gethostbyname2_r(name, af, ret, buf, buflen, result, h_errnop);
+  if (!ResolvedByLibc(name)) {
+    int rc = RoutedHostent(name, af, ret, buf, buflen, result, h_errnop);
+    if (rc != kRouteDirect) return rc;
   }
-  return RoutedHostent(name, af, ret, buf, buflen, result, h_errnop);
+  int rc = Real().gethostbyname2_r(name, af, ret, buf, buflen, result, h_errnop);
+  if (rc == 0) LibcRouteDirect(*result);
+  return rc;
 }
 
 VIA_EXPORT int gethostbyname_r(const char* name, hostent* ret, char* buf, size_t buflen,
                                hostent** result, int* h_errnop) {
-  if (name == nullptr || NetworkDirect()) {
-    return Real().gethostbyname_r(name, ret, buf, buflen, result, h_errnop);
+  if (!ResolvedByLibc(name)) {
+    int rc = RoutedHostent(name, AF_INET, ret, buf, buflen, result, h_errnop);
+    if (rc != kRouteDirect) return rc;
   }
-  return RoutedHostent(name, AF_INET, ret, buf, buflen, result, h_errnop);
+  int rc = Real().gethostbyname_r(name, ret, buf, buflen, result, h_errnop);
+  if (rc == 0) LibcRouteDirect(*result);
+  return rc;
 }
 
 // Reverse lookups under an overlay: the name of a fake address, the /etc/hosts name of a listed

@@ -45,7 +45,8 @@ int FillHostent(const char* name, int af, const wire::Addr* addrs, int n, hosten
 
 // gethostbyname2_r for a routed process. Returns 0 (found: *result = ret), ENOENT (no such
 // host or no address of that family: *h_errnop set), ERANGE (buffer too small), EAGAIN (the
-// broker could not be asked).
+// broker could not be asked), or kRouteDirect (a route to direct: the caller asks libc, nothing
+// set).
 int RoutedHostent(const char* name, int af, hostent* ret, char* buf, size_t buflen,
                   hostent** result, int* h_errnop);
 

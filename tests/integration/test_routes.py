@@ -119,6 +119,28 @@ class NameRoutes(RoutesCase):
         self.assertNotEqual(self.dns_queries("target.test"), [])
 
 
+    def test_gethostbyname_follows_the_routes_as_getaddrinfo_does(self):
+        # gethostbyname_r (Python's gethostbyname_ex): in a direct process a name a route takes
+        # gets a fake address that goes to app:b; under app:a a name routed direct is resolved
+        # by the system and connected directly. The local resolver never hears the routed name.
+        self.start_dns()
+        self.configure(("to_b", '{name: "other.test"}', "app:b"),
+                       ("plain", '{name: "target.test"}', "direct"))
+        code = ("import socket, sys\n"
+                "name, aliases, ips = socket.gethostbyname_ex(sys.argv[1])\n"
+                "s = socket.create_connection((ips[0], int(sys.argv[2])))\n"
+                "s.sendall(b'GET ' + sys.argv[3].encode() + b' HTTP/1.0\\r\\n\\r\\n')\n"
+                "print(s.recv(12))\n")
+        for network, host, path in (("direct", "other.test", "/byname-routed"),
+                                    ("app:a", "target.test", "/byname-direct")):
+            net = ["--direct"] if network == "direct" else ["--network", network]
+            self.assertOk(self.via("run", *net, "--", self.python, "-c", code, host,
+                                   str(self.port), path))
+        self.assertEqual(self.seen(), [(B, "/byname-routed"), (DIRECT, "/byname-direct")])
+        self.assertEqual(self.dns_queries("other.test"), [])
+        self.assertNotEqual(self.dns_queries("target.test"), [])
+
+
 class CidrRoutes(RoutesCase):
     def test_a_cidr_route_with_a_port_takes_its_overlay(self):
         other_port, other_record = self.start_target()
