@@ -515,6 +515,23 @@ void* Loop(void*) {
 
 // This process's thread, started on its first pending connect (again in a forked child, whose
 // parent's thread did not come with it).
+// A detached thread of the shim running fn(arg), with a small stack; it takes no signal meant for
+// the program's threads (all are blocked in it).
+bool StartThread(void* (*fn)(void*), void* arg) {
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  pthread_attr_t a;
+  pthread_attr_init(&a);
+  pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+  pthread_attr_setstacksize(&a, 256 * 1024);
+  pthread_t t;
+  const bool ok = pthread_create(&t, &a, fn, arg) == 0;
+  pthread_attr_destroy(&a);
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  return ok;
+}
+
 bool EnsureThread() {
   const pid_t me = getpid();
   if (__atomic_load_n(&g_thread_pid, __ATOMIC_ACQUIRE) == me) return true;
@@ -530,18 +547,7 @@ bool EnsureThread() {
     ev.data.u64 = kWakeTag;
     if (g_loop_ep >= 0 && g_loop_wake >= 0 &&
         g_epoll_ctl(g_loop_ep, EPOLL_CTL_ADD, g_loop_wake, &ev) == 0) {
-      // The thread takes no signal meant for the program's threads.
-      sigset_t all, old;
-      sigfillset(&all);
-      pthread_sigmask(SIG_SETMASK, &all, &old);
-      pthread_attr_t a;
-      pthread_attr_init(&a);
-      pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-      pthread_attr_setstacksize(&a, 256 * 1024);
-      pthread_t t;
-      ok = pthread_create(&t, &a, Loop, nullptr) == 0;
-      pthread_attr_destroy(&a);
-      pthread_sigmask(SIG_SETMASK, &old, nullptr);
+      ok = StartThread(Loop, nullptr);
     }
     if (ok) __atomic_store_n(&g_thread_pid, me, __ATOMIC_RELEASE);
   }
@@ -820,18 +826,7 @@ int StartPendingBroker(int fd, const wire::Addr& dest, const sockaddr* sa, sockl
     std::memcpy(&work->sa, sa, sa_len);
     work->sa_len = sa_len;
   }
-  // The worker takes no signal meant for the program's threads.
-  sigset_t all, old;
-  sigfillset(&all);
-  pthread_sigmask(SIG_SETMASK, &all, &old);
-  pthread_attr_t a;
-  pthread_attr_init(&a);
-  pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-  pthread_attr_setstacksize(&a, 256 * 1024);
-  pthread_t t;
-  const bool started = pthread_create(&t, &a, BrokerWorker, work) == 0;
-  pthread_attr_destroy(&a);
-  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  const bool started = StartThread(BrokerWorker, work);
   if (!started) {  // no thread: the blocking path, with nothing left pending
     RestoreEpolls(s);
     g_close(wfd);
