@@ -385,23 +385,31 @@ int DoSocket(int domain, int type, int protocol) {
 using namespace via::shim;
 namespace wire = via::wire;
 
+// A send on a socket whose connect is pending (EAGAIN: no byte may go into the handshake,
+// pending_connect.h), or whose proxy refused a connect made with optimistic data (the refusal has
+// come: optimistic.h). MSG_FASTOPEN goes on to DoSendto: it is a connect (EALREADY while pending).
+inline bool HeldBeforeSend(int fd, int flags) {
+  if ((flags & MSG_FASTOPEN) == 0 && PendingIoBlocked(fd, flags)) return true;
+  return OptimisticAny() && OptimisticBeforeWrite(fd) != 0;
+}
+
 VIA_EXPORT int connect(int fd, const sockaddr* addr, socklen_t len) {
   return DoConnect(fd, addr, len);
 }
 
 VIA_EXPORT ssize_t sendto(int fd, const void* buf, size_t n, int flags, const sockaddr* addr,
                           socklen_t len) {
-  if (OptimisticAny() && OptimisticBeforeWrite(fd) != 0) return -1;  // a refusal has come
+  if (HeldBeforeSend(fd, flags)) return -1;
   return DoSendto(fd, buf, n, flags, addr, len);
 }
 
 VIA_EXPORT ssize_t sendmsg(int fd, const msghdr* msg, int flags) {
-  if (OptimisticAny() && OptimisticBeforeWrite(fd) != 0) return -1;
+  if (HeldBeforeSend(fd, flags)) return -1;
   return DoSendmsg(fd, msg, flags);
 }
 
 VIA_EXPORT int sendmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags) {
-  if (OptimisticAny() && OptimisticBeforeWrite(fd) != 0) return -1;
+  if (HeldBeforeSend(fd, flags)) return -1;
   return DoSendmmsg(fd, vec, vlen, flags);
 }
 
@@ -421,7 +429,7 @@ VIA_EXPORT int __connect(int fd, const sockaddr* addr, socklen_t len) {
 }
 
 VIA_EXPORT int __sendmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags) {
-  if (OptimisticAny() && OptimisticBeforeWrite(fd) != 0) return -1;
+  if (HeldBeforeSend(fd, flags)) return -1;
   return DoSendmmsg(fd, vec, vlen, flags);
 }
 

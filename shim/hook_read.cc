@@ -12,6 +12,7 @@
 
 #include "shim/export.h"
 #include "shim/optimistic.h"
+#include "shim/pending_connect.h"
 #include "shim/real.h"
 
 using namespace via::shim;
@@ -31,11 +32,16 @@ constinit LazyFn<ssize_t(int, const iovec*, int)> g_real_writev = {"writev", nul
 constinit LazyFn<ssize_t(int, const void*, size_t, int)> g_real_send = {"send", nullptr};
 
 // The replies of an optimistic socket stand between the program and its first byte.
+// A pending connect (pending_connect.h) stands before both: EAGAIN until it is done.
 inline bool RepliesFirst(int fd, int flags) {
+  if (PendingIoBlocked(fd, flags)) return true;
   return OptimisticAny() && OptimisticBeforeRead(fd, flags) != 0;
 }
 
-inline bool RefusedBeforeWrite(int fd) { return OptimisticAny() && OptimisticBeforeWrite(fd) != 0; }
+inline bool RefusedBeforeWrite(int fd, int flags = 0) {
+  if (PendingIoBlocked(fd, flags)) return true;
+  return OptimisticAny() && OptimisticBeforeWrite(fd) != 0;
+}
 
 }  // namespace
 
@@ -81,6 +87,6 @@ VIA_EXPORT ssize_t writev(int fd, const iovec* iov, int iovcnt) {
 }
 
 VIA_EXPORT ssize_t send(int fd, const void* buf, size_t n, int flags) {
-  if (RefusedBeforeWrite(fd)) return -1;
+  if (RefusedBeforeWrite(fd, flags)) return -1;
   return g_real_send(fd, buf, n, flags);
 }

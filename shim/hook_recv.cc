@@ -8,12 +8,14 @@
 #include "shim/dns_socket.h"
 #include "shim/export.h"
 #include "shim/optimistic.h"
+#include "shim/pending_connect.h"
 #include "shim/real.h"
 
 using namespace via::shim;
 
 VIA_EXPORT ssize_t recvfrom(int fd, void* buf, size_t n, int flags, sockaddr* addr,
                             socklen_t* len) {
+  if (PendingIoBlocked(fd, flags)) return -1;
   if (OptimisticAny() && OptimisticBeforeRead(fd, flags) != 0) return -1;
   ssize_t r = Real().recvfrom(fd, buf, n, flags, addr, len);
   if (r >= 0) DnsRewriteSource(fd, addr, len);
@@ -21,6 +23,7 @@ VIA_EXPORT ssize_t recvfrom(int fd, void* buf, size_t n, int flags, sockaddr* ad
 }
 
 VIA_EXPORT ssize_t recvmsg(int fd, msghdr* msg, int flags) {
+  if (PendingIoBlocked(fd, flags)) return -1;
   if (OptimisticAny() && OptimisticBeforeRead(fd, flags) != 0) return -1;
   ssize_t r = Real().recvmsg(fd, msg, flags);
   if (r >= 0 && msg != nullptr) {
@@ -32,6 +35,7 @@ VIA_EXPORT ssize_t recvmsg(int fd, msghdr* msg, int flags) {
 VIA_EXPORT int recvmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags,
                         struct timespec* timeout) {
   // MSG_WAITFORONE and the timeout concern the messages after the first; the replies come first.
+  if (PendingIoBlocked(fd, flags)) return -1;
   if (OptimisticAny() && OptimisticBeforeRead(fd, flags & ~MSG_WAITFORONE) != 0) return -1;
   int r = Real().recvmmsg(fd, vec, vlen, flags, timeout);
   for (int i = 0; i < r; ++i) {

@@ -139,10 +139,19 @@ bool EnsureShared() {
   return true;
 }
 
+// This thread is one of the shim's (the loop, a broker worker) or holds the table's lock: its
+// reads and writes are the handshake's own (PendingIo lets them through).
+thread_local bool t_shim_thread = false;
+thread_local int t_locked = 0;
+
 void Lock() {
+  ++t_locked;
   if (pthread_mutex_lock(&g_shared->mu) == EOWNERDEAD) pthread_mutex_consistent(&g_shared->mu);
 }
-void Unlock() { pthread_mutex_unlock(&g_shared->mu); }
+void Unlock() {
+  pthread_mutex_unlock(&g_shared->mu);
+  --t_locked;
+}
 
 // Without the lock: whether `fd` may be a socket of the table (false is certain).
 bool MaybeTracked(int fd) {
@@ -494,6 +503,7 @@ int Sweep() {
 }
 
 void* Loop(void*) {
+  t_shim_thread = true;
   epoll_event evs[64];
   int timeout = 1000;
   for (;;) {
@@ -752,6 +762,7 @@ int ConnectDirectly(int fd, const sockaddr_storage& sa, socklen_t len) {
 }
 
 void* BrokerWorker(void* arg) {
+  t_shim_thread = true;
   BrokerWork w = *static_cast<BrokerWork*>(arg);
   free(arg);
   char msg[512] = {};
@@ -923,6 +934,19 @@ bool PendingNotConnected(int fd) {
   bool pending = i >= 0 && g_shared->slots[i].state == kPending;
   Unlock();
   return pending;
+}
+
+bool PendingIo(int fd, int flags) {
+  if (t_shim_thread || t_locked > 0 || !PendingNotConnected(fd)) return false;
+  const int fl = fcntl(fd, F_GETFL);
+  if ((flags & MSG_DONTWAIT) != 0 || fl < 0 || (fl & O_NONBLOCK) != 0) {
+    errno = EAGAIN;
+    return true;
+  }
+  pollfd p{fd, POLLOUT, 0};
+  int ret = 0;
+  PendingPoll(&p, 1, nullptr, nullptr, &ret);  // until the handshake's end, as a kernel connect
+  return false;
 }
 
 bool PendingEpollCtl(int epfd, int op, int fd, epoll_event* ev, int* ret) {

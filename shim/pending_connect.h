@@ -48,6 +48,13 @@ bool PendingConnectAgain(int fd, int* ret);
 bool PendingSoError(int fd, int* err);
 // getpeername: true while `fd` is pending (the caller answers ENOTCONN).
 bool PendingNotConnected(int fd);
+// A read or write (`flags`: its MSG_* flags) on `fd` while its connect is pending: true with
+// errno EAGAIN on a non-blocking socket (or MSG_DONTWAIT), as the kernel's read or write of a
+// connecting socket — no byte may go into the handshake; a socket made blocking since waits for
+// the handshake's end and the call goes on (false). False at once in the shim's own threads and
+// under its lock (its handshake's own reads and writes).
+bool PendingIo(int fd, int flags);
+inline bool PendingIoBlocked(int fd, int flags) { return PendingEver() && PendingIo(fd, flags); }
 // epoll_ctl on a pending socket: true with the call's result in *ret (the registration is made
 // with no events and restored when the handshake ends).
 bool PendingEpollCtl(int epfd, int op, int fd, epoll_event* ev, int* ret);

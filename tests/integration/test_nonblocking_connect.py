@@ -308,6 +308,25 @@ setTimeout(async () => {{
                          ("1", "1", "0", "200"), proc.stdout + proc.stderr)
         self.assertReachedThroughProxy(self.record, "example.test", path="/select")
 
+    def test_reads_and_writes_while_pending_give_eagain_and_send_nothing(self):
+        # As the kernel's read or write of a connecting non-blocking socket: EAGAIN, and no byte
+        # goes into the handshake (the proxy would take "x" for a broken request and the connect
+        # would fail): the target sees only the request, whole.
+        self.use_proxy(self.start_slow_proxy()[0])
+        proc, v = self.run_c("io-pending")
+        self.assertLateAndServed(proc, v, "io-pending")
+        self.assertEqual((v["write"], v["read"], v["send"], v["recv"]),
+                         ("EAGAIN", "EAGAIN", "EAGAIN", "EAGAIN"), proc.stdout)
+
+    def test_a_socket_made_blocking_while_pending_waits_to_write(self):
+        self.use_proxy(self.start_slow_proxy()[0])
+        proc, v = self.run_c("io-blocking")
+        self.assertOk(proc)
+        self.assertEqual((v.get("connect"), v.get("status")), ("EINPROGRESS", "200"),
+                         proc.stdout + proc.stderr)
+        self.assertGreaterEqual(int(v["first_ms"]), DELAY_MS - 100, proc.stdout)
+        self.assertReachedThroughProxy(self.record, "example.test", path="/io-blocking")
+
     def check_fast_open(self, mode):
         # sendto/sendmsg with MSG_FASTOPEN connect as connect does: without a cookie the kernel
         # gives EINPROGRESS and sends no data, the program sends once the socket is writable.

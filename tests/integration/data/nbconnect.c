@@ -131,6 +131,27 @@ int main(int argc, char** argv) {
     request(fd, mode, host, port);
     return 0;
   }
+  if (strcmp(mode, "io-pending") == 0) {  // reads and writes before the socket is writable
+    char c;
+    ssize_t w = write(fd, "x", 1);
+    const char* we = w < 0 ? ename(errno) : "sent";
+    ssize_t r = read(fd, &c, 1);
+    const char* re = r < 0 ? ename(errno) : "got";
+    ssize_t s = send(fd, "x", 1, MSG_NOSIGNAL);
+    const char* se = s < 0 ? ename(errno) : "sent";
+    ssize_t v = recv(fd, &c, 1, 0);
+    const char* ve = v < 0 ? ename(errno) : "got";
+    printf("write=%s read=%s send=%s recv=%s\n", we, re, se, ve);
+    int wo = wait_out(fd, 30000);
+    printf("poll=%d first_ms=%lld so_error=%s\n", wo, now_ms() - t0, ename(so_error(fd)));
+    request(fd, mode, host, port);
+    return 0;
+  }
+  if (strcmp(mode, "io-blocking") == 0) {  // made blocking while pending, then written at once
+    request(fd, mode, host, port);
+    printf("first_ms=%lld\n", now_ms() - t0);
+    return 0;
+  }
   if (strcmp(mode, "error") == 0) {
     int w = wait_out(fd, 30000);
     printf("poll=%d so_error=%s elapsed_ms=%lld\n", w, ename(so_error(fd)), now_ms() - t0);
