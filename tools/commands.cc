@@ -411,6 +411,15 @@ void PrintConfigJson(const config::Config& cfg) {
     j.Key("where").String(p.where()).EndObject();
   }
   j.EndArray();
+  j.Key("routes").BeginArray();  // in force, first match wins: the config's, then built-ins
+  for (const auto& r : config::EffectiveRoutes(cfg, {})) {
+    j.BeginObject().Key("id").String(r.id);
+    j.Key("name").StringOrNull(r.has_cidr ? "" : r.name);
+    j.Key("cidr").StringOrNull(r.has_cidr ? r.cidr.ToString() : "");
+    j.Key("port").Int(r.port).Key("network").String(r.network);
+    j.Key("builtin").Bool(r.line == 0).Key("where").String(r.where()).EndObject();
+  }
+  j.EndArray();
   j.Key("skipped_entries").Int(cfg.skipped_entries);
   j.EndObject();
   std::printf("%s\n", j.str().c_str());

@@ -8,6 +8,7 @@ app:b from 127.0.0.3, and each logs what it was asked to connect to. A recording
 network, so that a route sending one direct is visible. The proxies resolve the test names
 (example.test, other.test, ...) from their own hosts file; the client cannot.
 """
+import json
 import os
 import shutil
 import subprocess
@@ -284,6 +285,20 @@ class Check(RoutesCase):
         listing = self.via("check").stdout
         self.assertIn("routes (first match wins):", listing)
         self.assertIn(f"app:to_b ({self.config}:12)", listing)
+
+    def test_check_json_lists_the_routes_in_force(self):
+        # The config's routes in file order, then the built-ins (a Tor-marked entry brings
+        # `*.onion`), each with where it comes from.
+        self.configure(("to_b", '{name: "*.other.test"}', "app:b"),
+                       ("lan", "{cidr: 10.0.0.0/8, port: 22}", "block"),
+                       extra=[self.socks5_entry("tor", self.a_port, "tor: true")])
+        proc = self.via("check", "--json")
+        self.assertOk(proc)
+        routes = [(r["id"], r["name"], r["cidr"], r["port"], r["network"], r["builtin"])
+                  for r in json.loads(proc.stdout)["routes"]]
+        self.assertEqual(routes[:2], [("app:to_b", "*.other.test", None, 0, "app:b", False),
+                                      ("app:lan", None, "10.0.0.0/8", 22, "block", False)])
+        self.assertIn(("built-in", "*.onion", None, 0, "app:tor", True), routes[2:], routes)
 
     def test_a_broken_route_is_a_config_error_with_its_position(self):
         self.configure(("bad", "{cidr: 10.0.0.0/33}", "app:b"))
