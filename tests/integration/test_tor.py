@@ -334,12 +334,15 @@ class Tor(harness.ViaCase):
         proc = self.run_via("app:tor", "curl", "-sSf", "--max-time", "90", "-o", "/dev/null",
                             "-w", "%{remote_ip}", f"http://{onion}/hidden", timeout=120)
         self.assertRan(proc, ctl)
-        # curl connected to a fake address that via mapped to the name...
-        self.assertIn(ipaddress.ip_address(proc.stdout.strip()),
-                      ipaddress.ip_network("198.18.0.0/15"), proc.stdout)
+        # curl connected to a fake address that via mapped to the name (IPv4 or IPv6: curl's
+        # Happy Eyeballs starts a second attempt through the other one after 200 ms, and an
+        # onion circuit takes longer, so either may win; the loser is closed)...
+        remote = ipaddress.ip_address(proc.stdout.strip())
+        self.assertTrue(remote in ipaddress.ip_network("198.18.0.0/15")
+                        or remote in ipaddress.ip_network("fd76:6961:ff00::/64"), proc.stdout)
         # ...the name reached Tor (ATYP 3) and the onion service's target saw the request...
         ok, seen = self.succeeded(ctl, f"{onion}:80", 1)
-        self.assertEqual(len(ok), 1, f"STREAM events: {seen}")
+        self.assertIn(len(ok), (1, 2), f"STREAM events: {seen}")
         recs = self.records(record)
         self.assertEqual([(r["host"], r["path"]) for r in recs], [(onion, "/hidden")], recs)
         # ...and the local DNS server never heard of it.
@@ -376,17 +379,25 @@ class Tor(harness.ViaCase):
             proc = run(exe, f"http://example.test:{port}{path}")
             self.assertRan(proc, ctl)
             self.assertIn('"ip"', proc.stdout)  # the target's IP echo reached the program
-        # The name reached Tor (ATYP 3), and the exit's answer carried each stream.
+        # The name reached Tor (ATYP 3), and the exit's answer carried each stream. At least one
+        # stream per run: Go's dialer has an IPv4 and an IPv6 fake address for the name and,
+        # when the first connect takes over 300 ms (a Tor circuit can), starts a second through
+        # the other (its Happy Eyeballs fallback) and closes the loser, so a run may open two
+        # streams to the same name; the target still sees one request per run, and every user
+        # stream names example.test.
         ok, seen = self.succeeded(ctl, f"127.0.0.1:{port}", len(runs))
-        self.assertEqual(len(ok), len(runs), f"STREAM events: {seen}")
+        self.assertGreaterEqual(len(ok), len(runs), f"STREAM events: {seen}")
         named = [e for e in seen if e["status"] == "NEW" and e["target"] == f"example.test:{port}"]
-        self.assertEqual(len(named), len(runs), f"STREAM events: {seen}")
+        self.assertGreaterEqual(len(named), len(runs), f"STREAM events: {seen}")
+        self.assertLessEqual(len(named), 2 * len(runs), f"STREAM events: {seen}")
+        user = [e for e in seen if e["status"] == "NEW" and e.get("PURPOSE") == "USER"]
+        self.assertEqual(len(user), len(named), f"STREAM events: {seen}")
         self.assertEqual([r["path"] for r in self.records(record)], [p for p, _ in runs])
         # An exit resolved it (its answer may come from the exits' DNS cache, filled by an
         # earlier test: the exits' dnsmasq log is not asked).
         remapped = [e for e in seen if e["status"] == "REMAP" and e.get("SOURCE") == "EXIT"
                     and e["target"] == f"127.0.0.1:{port}"]
-        self.assertEqual(len(remapped), len(runs), f"STREAM events: {seen}")
+        self.assertGreaterEqual(len(remapped), len(runs), f"STREAM events: {seen}")
         self.assertEqual(self.dns_queries("example.test"), [])
 
     def test_static_go_program_reaches_a_name_through_an_exit_strictly(self):
