@@ -636,9 +636,18 @@ int PollCore(pollfd* fds, nfds_t n, pollfd* scratch, int64_t timeout_ms, const s
   }
 }
 
-// Claims `s` for a pending SOCKS5 connect of `fd` (the socket `st`): its facts, its deadline.
-void ClaimSlot(Slot& s, int fd, const struct stat& st, const Socks5Plan& plan, const char* name,
-               const wire::Addr& dest) {
+// Under the lock: the index of a free slot, or -1.
+int FindFreeSlot() {
+  for (int i = 0; i < kSlots; ++i) {
+    if (g_shared->slots[i].state == kFree) return i;
+  }
+  return -1;
+}
+
+// Under the lock: claims slot `s` for a pending connect of `fd` (the socket `st`) to `dest`, whose
+// handshake this process runs or, with `broker`, the broker does: the facts both share, and the
+// counts that make the hooks look for it. The caller adds its own (deadline, name, overlay).
+void ClaimSlot(Slot& s, int fd, const struct stat& st, const wire::Addr& dest, bool broker) {
   s.state = kPending;
   s.gen++;
   s.owner = getpid();
@@ -649,16 +658,17 @@ void ClaimSlot(Slot& s, int fd, const struct stat& st, const Socks5Plan& plan, c
   s.err = 0;
   s.reported = false;
   s.phase = kConnecting;
-  s.broker = false;
+  s.broker = broker;
   s.finishing = false;
-  s.timeout_ms = plan.timeout_ms;
-  s.deadline_ms = proxy::MonotonicMs() + plan.timeout_ms;
+  s.optimistic = false;
   s.dest = dest;
-  s.has_name = name != nullptr;
-  std::snprintf(s.name, sizeof s.name, "%s", name != nullptr ? name : "");
-  std::snprintf(s.overlay, sizeof s.overlay, "%s", plan.overlay);
+  s.has_name = false;
+  s.name[0] = 0;
+  s.overlay[0] = 0;
   s.nregs = 0;
-  s.optimistic = plan.optimistic;
+  CountFd(fd, 1);
+  __atomic_add_fetch(&g_shared->live, 1, __ATOMIC_RELAXED);
+  __atomic_store_n(&g_pending_ever, true, __ATOMIC_RELEASE);
 }
 
 }  // namespace
@@ -669,17 +679,19 @@ int StartPendingSocks5(int fd, const Socks5Plan& plan, const char* name, const w
   if (fl < 0 || (fl & O_NONBLOCK) == 0 || fstat(fd, &st) != 0) return 0;
   if (!EnsureShared() || !EnsureThread()) return 0;
   Lock();
-  int i = 0;
-  while (i < kSlots && g_shared->slots[i].state != kFree) ++i;
-  if (i == kSlots) {
+  const int i = FindFreeSlot();
+  if (i < 0) {
     Unlock();
     return 0;
   }
   Slot& s = g_shared->slots[i];
-  ClaimSlot(s, fd, st, plan, name, dest);
-  CountFd(fd, 1);
-  __atomic_add_fetch(&g_shared->live, 1, __ATOMIC_RELAXED);
-  __atomic_store_n(&g_pending_ever, true, __ATOMIC_RELEASE);
+  ClaimSlot(s, fd, st, dest, false);
+  s.timeout_ms = plan.timeout_ms;
+  s.deadline_ms = proxy::MonotonicMs() + plan.timeout_ms;
+  s.has_name = name != nullptr;
+  std::snprintf(s.name, sizeof s.name, "%s", name != nullptr ? name : "");
+  std::snprintf(s.overlay, sizeof s.overlay, "%s", plan.overlay);
+  s.optimistic = plan.optimistic;
 
   Outcome o;
   char why[400] = {};
@@ -797,9 +809,8 @@ int StartPendingBroker(int fd, const wire::Addr& dest, const sockaddr* sa, sockl
   auto* work = static_cast<BrokerWork*>(malloc(sizeof(BrokerWork)));
   if (work == nullptr) return 0;
   Lock();
-  int i = 0;
-  while (i < kSlots && g_shared->slots[i].state != kFree) ++i;
-  const int wfd = i < kSlots ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
+  const int i = FindFreeSlot();
+  const int wfd = i >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
   const int wake = wfd >= 0 ? eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK) : -1;
   if (wake < 0) {
     if (wfd >= 0) g_close(wfd);
@@ -808,29 +819,9 @@ int StartPendingBroker(int fd, const wire::Addr& dest, const sockaddr* sa, sockl
     return 0;
   }
   Slot& s = g_shared->slots[i];
-  s.state = kPending;
-  s.gen++;
-  s.owner = getpid();
-  s.dev = st.st_dev;
-  s.ino = st.st_ino;
-  s.prog_fd = fd;
-  s.priv_fd = -1;
+  ClaimSlot(s, fd, st, dest, true);  // not optimistic: the broker hands it over after the reply
   s.wake_fd = wake;
-  s.err = 0;
-  s.reported = false;
-  s.phase = kConnecting;
-  s.broker = true;
-  s.finishing = false;
-  s.optimistic = false;  // the broker hands the socket over after the reply
   s.deadline_ms = proxy::MonotonicMs();  // the broker keeps the overlay's connect_timeout
-  s.dest = dest;
-  s.has_name = false;
-  s.name[0] = 0;
-  s.overlay[0] = 0;
-  s.nregs = 0;
-  CountFd(fd, 1);
-  __atomic_add_fetch(&g_shared->live, 1, __ATOMIC_RELAXED);
-  __atomic_store_n(&g_pending_ever, true, __ATOMIC_RELEASE);
   MaskAllEpolls(st.st_ino, s);
   *work = BrokerWork{i, s.gen, wfd, dest, {}, 0};
   if (sa_len <= sizeof work->sa) {
