@@ -300,6 +300,20 @@ class ViaCase(unittest.TestCase):
         if not IN_NAMESPACE:
             self.skipTest(NS_REASON or "needs the test namespace")
 
+    def go_strict_and_default(self, exe, network, strict_url, default_url, as_viatest=False,
+                              timeout=120):
+        """Runs the Go program `exe` under `via run --strict` on `strict_url`, then from the
+        default mode on `default_url` (a session's `sh -c` exec of it runs strictly, under
+        unrouted_exec: strict, and says so: checked). As viatest with `as_viatest`. Returns
+        both CompletedProcesses, for the caller to check what the far side saw."""
+        via = self.via_as_viatest if as_viatest else self.via
+        strict = via("run", "--strict", "--network", network, "--", exe, strict_url,
+                     timeout=timeout)
+        default = via("run", "--network", network, "--", "sh", "-c", f"{exe} {default_url}",
+                      timeout=timeout)
+        self.assertIn(f"runs in strict mode under {network}", default.stderr)
+        return strict, default
+
     def nbconnect(self):
         """data/nbconnect.c (non-blocking connects, test_nonblocking_connect.py), built with cc
         into this test's directory; skips the test when it cannot be built."""

@@ -220,14 +220,11 @@ class Outbound(I2pCase):
         # is a fake address from via's resolver in the namespace), under `via run --strict` and
         # from the default mode (a session's exec of it runs strictly: unrouted_exec: strict).
         exe = self.go_http_client()
-        url = f"http://{self.lab.site.b32}/go-strict"
-        self.assertGoReachedTheSite(
-            self.via("run", "--strict", "--network", "app:i2p", "--", exe, url, timeout=90),
-            "/go-strict")
-        proc = self.via("run", "--network", "app:i2p", "--", "sh", "-c",
-                        f"{exe} http://{self.lab.site.b32}/go-default", timeout=90)
-        self.assertIn("runs in strict mode under app:i2p", proc.stderr)
-        self.assertGoReachedTheSite(proc, "/go-default")
+        url = f"http://{self.lab.site.b32}"
+        strict, default = self.go_strict_and_default(exe, "app:i2p", url + "/go-strict",
+                                                     url + "/go-default", timeout=90)
+        self.assertGoReachedTheSite(strict, "/go-strict")
+        self.assertGoReachedTheSite(default, "/go-default")
 
     def test_strict_mode_takes_a_static_go_program_to_a_b32_destination_as_an_ordinary_user(
             self):
@@ -236,14 +233,12 @@ class Outbound(I2pCase):
         # from the default mode.
         exe = self.go_http_client()
         self.write_config([i2p_entry("i2p", self.lab.router.sam_port)])
-        proc = self.via_as_viatest("run", "--strict", "--network", "app:i2p", "--", exe,
-                                   f"http://{self.lab.site.b32}/go-user", timeout=150)
-        self.assertGoReachedTheSite(proc, "/go-user")
-        proc = self.via_as_viatest("run", "--network", "app:i2p", "--", "sh", "-c",
-                                   f"{exe} http://{self.lab.site.b32}/go-user-default",
-                                   timeout=150)
-        self.assertIn("runs in strict mode under app:i2p", proc.stderr)
-        self.assertGoReachedTheSite(proc, "/go-user-default")
+        url = f"http://{self.lab.site.b32}"
+        strict, default = self.go_strict_and_default(exe, "app:i2p", url + "/go-user",
+                                                     url + "/go-user-default", as_viatest=True,
+                                                     timeout=150)
+        self.assertGoReachedTheSite(strict, "/go-user")
+        self.assertGoReachedTheSite(default, "/go-user-default")
 
     def test_addressbook_name(self):
         proc = self.run_i2p("curl", "-sS", "-m", "60", "http://site.i2p/by-name")

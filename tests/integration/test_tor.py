@@ -364,19 +364,22 @@ class Tor(harness.ViaCase):
                          [(onion, "/strict")])
         self.assertEqual(self.dns_queries(".onion"), [])
 
-    def go_by_name_through_an_exit(self, runs):
+    def go_by_name_through_an_exit(self, strict_path, default_path, as_viatest=False):
         """A Go static binary (net/http, Go's own resolver) fetches example.test by name under
-        each of `runs` ((path, run(exe, url) -> CompletedProcess)): its resolver got a fake
-        address in the namespace, the name went to Tor (an exit resolved it), the
-        target saw each request from an exit, and the program's DNS server heard nothing."""
+        `via run --strict` (`strict_path`) and from the default mode (`default_path`; as viatest
+        with `as_viatest`): its resolver got a fake address in the namespace, the name went to
+        Tor (an exit resolved it), the target saw each request from an exit, and the program's
+        DNS server heard nothing."""
         exe = self.go_http_client()
         self.start_dns()
         self.start_exit_dns()
         port, record = self.start_target()
         self.use_tor(isolate=True)
         ctl = self.watch_streams()
-        for path, run in runs:
-            proc = run(exe, f"http://example.test:{port}{path}")
+        url = f"http://example.test:{port}"
+        runs = [strict_path, default_path]
+        for proc in self.go_strict_and_default(exe, "app:tor", url + strict_path,
+                                               url + default_path, as_viatest=as_viatest):
             self.assertRan(proc, ctl)
             self.assertIn('"ip"', proc.stdout)  # the target's IP echo reached the program
         # The name reached Tor (ATYP 3), and the exit's answer carried each stream. At least one
@@ -392,7 +395,7 @@ class Tor(harness.ViaCase):
         self.assertLessEqual(len(named), 2 * len(runs), f"STREAM events: {seen}")
         user = [e for e in seen if e["status"] == "NEW" and e.get("PURPOSE") == "USER"]
         self.assertEqual(len(user), len(named), f"STREAM events: {seen}")
-        self.assertEqual([r["path"] for r in self.records(record)], [p for p, _ in runs])
+        self.assertEqual([r["path"] for r in self.records(record)], runs)
         # An exit resolved it (its answer may come from the exits' DNS cache, filled by an
         # earlier test: the exits' dnsmasq log is not asked).
         remapped = [e for e in seen if e["status"] == "REMAP" and e.get("SOURCE") == "EXIT"
@@ -403,27 +406,11 @@ class Tor(harness.ViaCase):
     def test_static_go_program_reaches_a_name_through_an_exit_strictly(self):
         # Issue 13's overlay tests: under `via run --strict`, and from the default mode (a
         # session's exec of a static Go program runs strictly: unrouted_exec: strict).
-        def default_mode(exe, url):
-            proc = self.via("run", "--network", "app:tor", "--", "sh", "-c", f"{exe} {url}",
-                            timeout=120)
-            self.assertIn("runs in strict mode under app:tor", proc.stderr)
-            return proc
-        self.go_by_name_through_an_exit([
-            ("/go-strict", lambda exe, url: self.via("run", "--strict", "--network", "app:tor",
-                                                     "--", exe, url, timeout=120)),
-            ("/go-default", default_mode)])
+        self.go_by_name_through_an_exit("/go-strict", "/go-default")
 
     def test_static_go_program_reaches_a_name_through_an_exit_as_an_ordinary_user(self):
         # Not root: via run --strict enters a user namespace first; the broker is viatest's.
-        def default_mode(exe, url):
-            proc = self.via_as_viatest("run", "--network", "app:tor", "--", "sh", "-c",
-                                       f"{exe} {url}", timeout=120)
-            self.assertIn("runs in strict mode under app:tor", proc.stderr)
-            return proc
-        self.go_by_name_through_an_exit([
-            ("/go-user", lambda exe, url: self.via_as_viatest(
-                "run", "--strict", "--network", "app:tor", "--", exe, url, timeout=120)),
-            ("/go-user-default", default_mode)])
+        self.go_by_name_through_an_exit("/go-user", "/go-user-default", as_viatest=True)
 
     def test_static_go_program_does_not_resolve_an_onion_name(self):
         # Go's own resolver never asks DNS for a .onion name (RFC 7686, golang.org/issue/13705):
