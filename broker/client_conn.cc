@@ -68,24 +68,30 @@ ClientConn::Received ClientConn::Receive(std::vector<uint8_t>& buf, size_t* n,
   return Received::kMessage;
 }
 
-bool ClientConn::Send(const uint8_t* data, size_t n) {
+bool ClientConn::Send(const uint8_t* data, size_t n, UniqueFd fd) {
   if (outbox_.empty()) {
-    ssize_t r;
-    do {
-      r = send(fd_.get(), data, n, MSG_NOSIGNAL | MSG_DONTWAIT);
-    } while (r < 0 && errno == EINTR);
+    ssize_t r = SendOne(data, n, fd.get());
     // Any other error than EAGAIN: the client is gone, and its end-of-file closes it.
     if (r >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) return false;
   }
-  outbox_.Push(data, n);
+  outbox_.Push(data, n, std::move(fd));
   return true;
+}
+
+// One datagram, with `fd` attached when >= 0, without waiting; retried on EINTR.
+ssize_t ClientConn::SendOne(const uint8_t* data, size_t n, int fd) {
+  ssize_t r;
+  do {
+    r = fd < 0 ? send(fd_.get(), data, n, MSG_NOSIGNAL | MSG_DONTWAIT)
+               : wire::SendDatagram(fd_.get(), data, n, fd, MSG_DONTWAIT);
+  } while (r < 0 && errno == EINTR);
+  return r;
 }
 
 bool ClientConn::Flush() {
   while (!outbox_.empty()) {
     const auto& msg = outbox_.front();
-    ssize_t r = send(fd_.get(), msg.data(), msg.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (r < 0 && errno == EINTR) continue;
+    ssize_t r = SendOne(msg.data(), msg.size(), outbox_.front_fd());
     if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
     if (r < 0) return false;
     outbox_.Pop();

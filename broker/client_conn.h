@@ -59,7 +59,7 @@ class ClientConn {
   // Sends a reply at once when none waits before it; otherwise, or when the socket is full, it
   // is queued (a request already read is always answered). Returns true if it was queued. A
   // peer that is gone drops it: its end of file closes the connection.
-  bool Send(const uint8_t* data, size_t n);
+  bool Send(const uint8_t* data, size_t n, UniqueFd fd = UniqueFd());
   // Sends queued replies until the socket is full. False if the peer is gone.
   bool Flush();
   const Outbox& outbox() const { return outbox_; }
@@ -75,6 +75,8 @@ class ClientConn {
   void set_events(uint32_t events) { events_ = events; }
 
  private:
+  ssize_t SendOne(const uint8_t* data, size_t n, int fd);
+
   UniqueFd fd_;
   pid_t pid_ = 0;
   Outbox outbox_;

@@ -3,16 +3,17 @@
 #include <dirent.h>
 
 #include <algorithm>
+#include <utility>
 
 namespace via::broker {
 
-void Outbox::Push(const uint8_t* data, size_t n) {
-  queue_.emplace_back(data, data + n);
+void Outbox::Push(const uint8_t* data, size_t n, UniqueFd fd) {
+  queue_.push_back({std::vector<uint8_t>(data, data + n), std::move(fd)});
   bytes_ += n;
 }
 
 void Outbox::Pop() {
-  bytes_ -= queue_.front().size();
+  bytes_ -= queue_.front().bytes.size();
   queue_.pop_front();
 }
 

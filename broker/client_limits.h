@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "common/unique_fd.h"
+
 namespace via::broker {
 
 // Replies waiting for a client to read them. Past the bound (Full) the broker stops reading that
@@ -22,8 +24,10 @@ class Outbox {
   static constexpr size_t kMaxCount = 64;          // replies
   static constexpr size_t kMaxBytes = 256 * 1024;  // bytes of replies
 
-  void Push(const uint8_t* data, size_t n);
-  const std::vector<uint8_t>& front() const { return queue_.front(); }
+  // `fd`, when valid, goes out attached to the reply (SCM_RIGHTS) and is closed once sent.
+  void Push(const uint8_t* data, size_t n, UniqueFd fd = UniqueFd());
+  const std::vector<uint8_t>& front() const { return queue_.front().bytes; }
+  int front_fd() const { return queue_.front().fd.get(); }
   void Pop();
   bool empty() const { return queue_.empty(); }
   size_t size() const { return queue_.size(); }
@@ -33,7 +37,11 @@ class Outbox {
   bool Full() const { return queue_.size() >= kMaxCount || bytes_ >= kMaxBytes; }
 
  private:
-  std::deque<std::vector<uint8_t>> queue_;
+  struct Entry {
+    std::vector<uint8_t> bytes;
+    UniqueFd fd;
+  };
+  std::deque<Entry> queue_;
   size_t bytes_ = 0;
 };
 

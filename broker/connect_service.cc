@@ -37,6 +37,69 @@ Status CheckTcpSocket(int fd, int* domain) {
 
 }  // namespace
 
+// PROXY_SOCKET: the shim of a process in a strict session cannot reach the proxy from its
+// namespace, so the broker starts the TCP connect to one of the endpoints HELLO gave it and
+// hands the socket over; the shim runs its own handshake on it (docs/protocol.md). Only to the
+// proxy, only where HELLO let the shim speak SOCKS5, and only for a strict session's process:
+// anything else gets no socket of the broker's namespace.
+void ConnectService::HandleProxySocket(Client& c, const wire::Message& m) {
+  const uint16_t reply = wire::kProxySocket | wire::kReplyBit;
+  const SessionTable::Session* s = c.session.empty() ? nullptr : sessions().Find(c.session);
+  if (s == nullptr || !s->strict || c.shim_plan.empty() || c.overlay == nullptr ||
+      !c.overlay->instance) {
+    return ReplyError(c, reply, m.id(), EPERM,
+                      "PROXY_SOCKET: only a strict session's process whose network lets it speak "
+                      "SOCKS5 itself may ask for one");
+  }
+  wire::Field f;
+  wire::Addr to;
+  uint8_t family = 0;
+  if (!m.Find(wire::kTagAddr, &f) || !f.addr(&to) || !m.Find(wire::kTagFamily, &f) ||
+      !f.u8(&family) || (family != 4 && family != 6) || (family == 4 && to.family != 4)) {
+    return ReplyError(c, reply, m.id(), EINVAL,
+                      "PROXY_SOCKET: needs ADDR and FAMILY (4 or 6, the address's or 6 for an "
+                      "IPv4-mapped one)");
+  }
+  const wire::Addr want = wire::Unmapped(to);
+  const auto& eps = c.overlay->instance->endpoints();
+  const bool known = std::any_of(eps.begin(), eps.end(), [&](const overlays::Endpoint& e) {
+    wire::Addr a;
+    return wire::AddrFromSockaddr(reinterpret_cast<const sockaddr*>(&e.addr), e.len, &a) &&
+           a == want;
+  });
+  if (!known) {
+    return ReplyError(c, reply, m.id(), EPERM,
+                      "PROXY_SOCKET: the address is not one of the overlay's proxy endpoints");
+  }
+  UniqueFd fd(
+      socket(family == 6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd) {
+    const int err = errno;
+    return ReplyError(c, reply, m.id(), err, std::string("PROXY_SOCKET: socket: ") + strerror(err));
+  }
+  sockaddr_storage ss;
+  const socklen_t len = wire::AddrToSockaddr(to, &ss);
+  uint32_t flags = 0;
+  if (connect(fd.get(), reinterpret_cast<const sockaddr*>(&ss), len) != 0) {
+    const int err = errno;
+    if (err != EINPROGRESS && err != EINTR) {
+      // The shim words it as its own connect's failure ("cannot connect to proxy ...").
+      return ReplyError(c, reply, m.id(), err, strerror(err));
+    }
+    flags |= wire::kFlagInProgress;
+  }
+  if (log()->should_log(spdlog::level::debug)) {  // PeerText reads /proc: not per connect
+    char ep[80];
+    log()->debug("proxy socket to {} for a strict session's program ({})",
+                 wire::FormatAddr(to, ep, sizeof ep), PeerText(c));
+  }
+  uint8_t buf[64];
+  wire::Writer w(buf, sizeof buf, reply, m.id());
+  w.PutU32(wire::kTagErrno, 0);
+  w.PutU32(wire::kTagFlags, flags);
+  Reply(c, w, std::move(fd));
+}
+
 // REPORT COUNT REFUSED: a strict session's supervisor counts what its namespace refused.
 void ConnectService::CountRefused(Client& c, const wire::Message& m, std::string_view kind,
                                   uint32_t count) {

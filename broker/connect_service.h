@@ -29,6 +29,8 @@ class ConnectService : public Service {
   // `fds` holds what the request carried: CONNECT needs exactly the program's socket.
   void HandleConnect(Client& c, const wire::Message& m, std::vector<UniqueFd>& fds);
   void HandleReport(Client& c, const wire::Message& m);
+  // PROXY_SOCKET: a socket connecting to the proxy, for a strict session's shim.
+  void HandleProxySocket(Client& c, const wire::Message& m);
   // RESOLVE/REVERSE of `target` through the client's overlay, when the overlay resolves it
   // remotely (Overlay::ResolvesRemotely); false if that does not apply (then the caller
   // answers). `family` is RESOLVE's FAMILY (0 for REVERSE).

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "broker/broker.h"
 #include "broker/client.h"
@@ -29,7 +30,8 @@ class ClientSink {
   virtual const ClientMap& clients() const = 0;
   // Sends `w` to the client, queued if it does not read (docs/protocol.md, "Limits"). A writer
   // that overflowed is answered as an EMSGSIZE error of the request's type and id.
-  virtual void Reply(Client& c, const wire::Writer& w) = 0;
+  // `fd`, when valid, goes with it (SCM_RIGHTS) and is closed once sent.
+  virtual void Reply(Client& c, const wire::Writer& w, UniqueFd fd = UniqueFd()) = 0;
   // Closes the connection: its connects are cancelled, its sessions and DNS responders end.
   virtual void CloseClient(uint64_t id) = 0;
   // Something that keeps the broker from exiting when idle (a session, a listener) came or went.
@@ -94,7 +96,9 @@ class Service {
   bool LogAllowed(Noisy kind, uint64_t* suppressed = nullptr) const {
     return ctx_->LogAllowed(kind, suppressed);
   }
-  void Reply(Client& c, const wire::Writer& w) const { ctx_->clients->Reply(c, w); }
+  void Reply(Client& c, const wire::Writer& w, UniqueFd fd = UniqueFd()) const {
+    ctx_->clients->Reply(c, w, std::move(fd));
+  }
   void ReplyError(Client& c, uint16_t type, uint32_t id, int err, const std::string& msg) const {
     ctx_->clients->ReplyError(c, type, id, err, msg);
   }

@@ -133,6 +133,7 @@ bool ForeignPeerMay(uint16_t type) {
     case wire::kDnsSocket:
     case wire::kListen:
     case wire::kReport:
+    case wire::kProxySocket:
       return true;
     default:
       return false;

@@ -234,7 +234,7 @@ void Server::UpdateIdle() {
 
 // ---- replies ----------------------------------------------------------------------------------
 
-void Server::Reply(Client& c, const wire::Writer& w) {
+void Server::Reply(Client& c, const wire::Writer& w, UniqueFd fd) {
   if (!w.ok()) {
     // Answered all the same (an error with the request's type and id), so that the shim fails
     // the call at once instead of waiting for its deadline.
@@ -247,7 +247,7 @@ void Server::Reply(Client& c, const wire::Writer& w) {
   // Queued: a request already read is always answered. Past the bound, UpdateInterest stops
   // reading this client's requests until it has read its replies. A connect that finished may
   // let a paused client's requests be read again.
-  if (c.conn.Send(w.data(), w.size()) || c.conn.paused()) UpdateInterest(c);
+  if (c.conn.Send(w.data(), w.size(), std::move(fd)) || c.conn.paused()) UpdateInterest(c);
 }
 
 // ---- requests ---------------------------------------------------------------------------------
@@ -314,6 +314,10 @@ const Server::Route* Server::FindRoute(uint16_t type) {
       {wire::kListen, true,
        [](Server& s, Client& c, const wire::Message& m, std::vector<UniqueFd>& fds) {
          s.listeners_.HandleListen(c, m, fds);
+       }},
+      {wire::kProxySocket, false,
+       [](Server& s, Client& c, const wire::Message& m, std::vector<UniqueFd>&) {
+         s.connects_.HandleProxySocket(c, m);
        }},
       {wire::kReport, false,
        [](Server& s, Client& c, const wire::Message& m, std::vector<UniqueFd>&) {

@@ -86,7 +86,7 @@ class Server : public ClientSink {
   // ClientSink
   Client* FindClient(uint64_t id) override;
   const ClientMap& clients() const override { return clients_; }
-  void Reply(Client& c, const wire::Writer& w) override;
+  void Reply(Client& c, const wire::Writer& w, UniqueFd fd = UniqueFd()) override;
   void CloseClient(uint64_t client_id) override;
   void UpdateIdle() override;
 

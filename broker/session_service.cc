@@ -139,6 +139,8 @@ uint32_t SessionService::HelloFlags(const Client& c) const {
     flags |= wire::kFlagLoopbackRefuse;  // under none, the host's own services are refused too
   }
   if (config().service.unrouted_exec_allowed) flags |= wire::kFlagUnroutedExecAllow;
+  const SessionTable::Session* s = c.session.empty() ? nullptr : sessions().Find(c.session);
+  if (s != nullptr && s->strict) flags |= wire::kFlagStrict;
   return flags;
 }
 

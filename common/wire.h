@@ -45,6 +45,12 @@ enum Type : uint16_t {
   // `via run --strict` asks for a process of its session (PID): the connection's next HELLO
   // selects the network for that process, program rules included (broker/strict_process.cc).
   kStrictProcess = 0x44,
+  // The shim of a process in a strict session (HELLO's kFlagStrict) whose network lets it speak
+  // SOCKS5 itself: a TCP socket of the broker's network namespace, of FAMILY, connecting to ADDR
+  // (one of HELLO's PROXY endpoints, IPv4-mapped on an IPv6 socket) and attached to the reply,
+  // whose FLAGS carry kFlagInProgress while the connect goes on. The shim puts it on the
+  // program's descriptor and runs its handshake on it: no seccomp notification per connect.
+  kProxySocket = 0x45,
   // The shim ran a SOCKS5 CONNECT itself (kFlagShimSocks5): ADDR (as the program gave it) or
   // NAME and PORT, ERRNO, MESSAGE; or only COUNT, a number of successes. A success gets no reply
   // (counted, and logged at debug level); a failure gets one (ERRNO 0) once it is logged.
@@ -137,6 +143,12 @@ constexpr uint32_t kFlagRouteDirect = 1u << 11;
 // RESOLVE reply: the name takes a route other than the process's own network (or one decided by
 // port at connect): its fake addresses go to the broker (CONNECT), never to the shim's SOCKS5.
 constexpr uint32_t kFlagRouted = 1u << 13;
+// HELLO reply: the connection's session runs in strict mode (`via run --strict`): the process
+// is in a network namespace with only `lo`, so the shim gets its proxy sockets from the broker
+// (PROXY_SOCKET) and leaves every other call to the kernel and the session's seccomp filter.
+constexpr uint32_t kFlagStrict = 1u << 17;
+// PROXY_SOCKET reply: the attached socket's connect is still in progress (EINPROGRESS).
+constexpr uint32_t kFlagInProgress = 1u << 18;
 // Request flags (kTagFlags), bits 20-23.
 constexpr uint32_t kFlagSessionExplicit = 1u << 20;  // OPEN_SESSION: --network/--direct was given
 constexpr uint32_t kFlagControl = 1u << 21;  // HELLO: a CLI control connection, no network needed
@@ -286,9 +298,9 @@ inline const char* FormatAddr(const Addr& a, char* buf, size_t cap) {
   return buf;
 }
 
-// Sends one datagram on `sock`, with descriptor `pass_fd` attached (SCM_RIGHTS) when >= 0.
-// Retries on EINTR; returns what sendmsg returns (errno set on -1).
-inline ssize_t SendDatagram(int sock, const void* data, size_t n, int pass_fd) {
+// Sends one datagram on `sock`, with descriptor `pass_fd` attached (SCM_RIGHTS) when >= 0, and
+// `flags` besides MSG_NOSIGNAL. Retries on EINTR; returns what sendmsg returns (errno set on -1).
+inline ssize_t SendDatagram(int sock, const void* data, size_t n, int pass_fd, int flags = 0) {
   iovec iov{const_cast<void*>(data), n};
   msghdr mh{};
   mh.msg_iov = &iov;
@@ -305,7 +317,7 @@ inline ssize_t SendDatagram(int sock, const void* data, size_t n, int pass_fd) {
   }
   ssize_t sent;
   do {
-    sent = sendmsg(sock, &mh, MSG_NOSIGNAL);
+    sent = sendmsg(sock, &mh, MSG_NOSIGNAL | flags);
   } while (sent < 0 && errno == EINTR);
   return sent;
 }

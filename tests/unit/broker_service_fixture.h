@@ -25,14 +25,16 @@ class RecordingSink : public ClientSink {
     return it == clients_.end() ? nullptr : it->second.get();
   }
   const ClientMap& clients() const override { return clients_; }
-  void Reply(Client&, const wire::Writer& w) override {
+  void Reply(Client&, const wire::Writer& w, UniqueFd fd = UniqueFd()) override {
     replies.emplace_back(w.data(), w.data() + w.size());
+    reply_fds.push_back(std::move(fd));
   }
   void CloseClient(uint64_t id) override { clients_.erase(id); }
   void UpdateIdle() override { ++idle_updates; }
 
   ClientMap clients_;
   std::vector<std::vector<uint8_t>> replies;
+  std::vector<UniqueFd> reply_fds;  // what each reply carried (invalid: nothing)
   int idle_updates = 0;
 };
 
