@@ -136,7 +136,14 @@ class RequestClient {
       }
       return Fail(reply, err, "sending to the broker");
     }
-    const uint32_t want_id = GetLE32(w.data() + 8);
+    return Await(GetLE32(w.data() + 8), deadline_ns, reply);
+  }
+
+  // Waits until `deadline_ns` for the reply to the request with id `want_id`, sent before (Post):
+  // as Call, without the send.
+  int Await(uint32_t want_id, int64_t deadline_ns, Reply* reply) {
+    reply->error = "";
+    reply->nfds = 0;
     for (;;) {
       pollfd p{fd_, POLLIN, 0};
       int ready = poll(&p, 1, LeftMs(deadline_ns));

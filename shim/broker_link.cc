@@ -473,7 +473,7 @@ int ConnectToBroker(const char* path, int* out, char* msg, size_t msgcap) {
 
 // Makes the connected `fd` the thread's link `l`: moved out of the low descriptor numbers that
 // programs expect to be theirs, its inode and the broker's pid remembered.
-void AdoptLink(Link* l, int fd) {
+int MoveHigh(int fd) {
   rlimit rl{};
   if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur > 512) {
     int high = fcntl(fd, F_DUPFD_CLOEXEC, 400);
@@ -482,6 +482,11 @@ void AdoptLink(Link* l, int fd) {
       fd = high;
     }
   }
+  return fd;
+}
+
+void AdoptLink(Link* l, int fd) {
+  fd = MoveHigh(fd);
   struct stat st;
   fstat(fd, &st);
   ucred cred{};
@@ -552,8 +557,9 @@ int GetLink(Link** out, char* msg, size_t msgcap) {
 }
 
 // One request/reply on the thread's link; retried once on a fresh link if the old one broke.
+// `got_fd` (optional): the descriptor the reply carried, or -1.
 int Request(wire::Writer& w, int pass_fd, uint8_t* reply, size_t cap, wire::Message* m, char* msg,
-            size_t msgcap) {
+            size_t msgcap, int* got_fd = nullptr) {
   for (int attempt = 0;; ++attempt) {
     Link* l = nullptr;
     int err = GetLink(&l, msg, msgcap);
@@ -564,7 +570,7 @@ int Request(wire::Writer& w, int pass_fd, uint8_t* reply, size_t cap, wire::Mess
                                   type == wire::kResolve || type == wire::kReverse ||
                                   type == wire::kDnsQuery;
     const int64_t timeout_ms = kQuickMs + (waits_on_overlay ? int64_t(l->wait_ms) : 0);
-    wire::Reply r(reply, cap);
+    wire::Reply r(reply, cap, got_fd != nullptr ? 1 : 0);
     err = l->rpc.Call(w, pass_fd, wire::DeadlineInMs(timeout_ms), &r);
     if (err == ETIMEDOUT) {
       // The reply may still come; this link is dropped so that it never answers a later request.
@@ -578,6 +584,7 @@ int Request(wire::Writer& w, int pass_fd, uint8_t* reply, size_t cap, wire::Mess
     }
     if (err == 0) {
       *m = r.message;
+      if (got_fd != nullptr) *got_fd = r.nfds > 0 ? r.fds[0] : -1;
       return 0;
     }
     Drop(l, true);
@@ -594,9 +601,14 @@ int Request(wire::Writer& w, int pass_fd, uint8_t* reply, size_t cap, wire::Mess
 
 // Request, then the reply's ERRNO (and MESSAGE into msg): 0 when the broker said yes.
 int Call(wire::Writer& w, int pass_fd, uint8_t* reply, size_t cap, wire::Message* m, char* msg,
-         size_t msgcap) {
-  int err = Request(w, pass_fd, reply, cap, m, msg, msgcap);
-  return err != 0 ? err : ReplyErrno(*m, msg, msgcap);
+         size_t msgcap, int* got_fd = nullptr) {
+  int err = Request(w, pass_fd, reply, cap, m, msg, msgcap, got_fd);
+  if (err == 0) err = ReplyErrno(*m, msg, msgcap);
+  if (err != 0 && got_fd != nullptr && *got_fd >= 0) {
+    close(*got_fd);
+    *got_fd = -1;
+  }
+  return err;
 }
 
 // At exit, the exiting thread's count (other threads flush at their own exit).
@@ -644,6 +656,56 @@ int BrokerConnect(int fd, const wire::Addr& dest, char* msg, size_t msgcap) {
     return kRouteDirect;
   }
   return err;
+}
+
+int BrokerProxySocket(const wire::Addr& to, int domain, int* fd, bool* in_progress, char* msg,
+                      size_t msgcap) {
+  *fd = -1;
+  *in_progress = false;
+  uint8_t buf[128];
+  wire::Writer w(buf, sizeof buf, wire::kProxySocket, t_link.rpc.NextId());
+  w.PutAddr(wire::kTagAddr, to);
+  w.PutU8(wire::kTagFamily, domain == AF_INET6 ? 6 : 4);
+  uint8_t reply[4096];
+  wire::Message m;
+  int err = Call(w, -1, reply, sizeof reply, &m, msg, msgcap, fd);
+  if (err == 0 && *fd < 0) {
+    std::snprintf(msg, msgcap, "the via broker sent no socket with its PROXY_SOCKET reply");
+    err = EPROTO;
+  }
+  if (err != 0) return err;
+  uint32_t flags = 0;
+  wire::Field f;
+  if (m.Find(wire::kTagFlags, &f)) f.u32(&flags);
+  *in_progress = (flags & wire::kFlagInProgress) != 0;
+  return 0;
+}
+
+int BrokerOpenLink(int* out, char* msg, size_t msgcap) {
+  *out = -1;
+  char path[108];
+  int fd = -1;
+  if (int err = SocketPath(path, sizeof path, msg, msgcap); err != 0) return err;
+  if (int err = ConnectToBroker(path, &fd, msg, msgcap); err != 0) return err;
+  fd = MoveHigh(fd);
+  wire::RequestClient rpc(fd);
+  uint8_t buf[1024];
+  wire::Writer w(buf, sizeof buf, wire::kHello, rpc.NextId());
+  PutHello(&w);
+  uint8_t reply_buf[4096];
+  wire::Reply reply(reply_buf, sizeof reply_buf);
+  int err = rpc.Call(w, -1, wire::DeadlineInMs(kQuickMs), &reply);
+  if (err != 0) {
+    std::snprintf(msg, msgcap, "the via broker at %s did not answer: %s", path, std::strerror(err));
+  } else {
+    err = ReplyErrno(reply.message, msg, msgcap);
+  }
+  if (err != 0) {
+    close(fd);
+    return err;
+  }
+  *out = fd;
+  return 0;
 }
 
 bool RouteNamesMatch(const char* name) {

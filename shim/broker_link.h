@@ -31,6 +31,15 @@ bool NoConfigAnywhere();
 // system resolver, connect the socket directly. Never an errno.
 constexpr int kRouteDirect = 0x7fff0001;
 int BrokerConnect(int fd, const wire::Addr& dest, char* msg, size_t msgcap);
+// PROXY_SOCKET (HELLO said kFlagStrict): a TCP socket of the broker's network namespace, of
+// `domain`, connecting to the proxy endpoint `to`: *fd (close-on-exec, non-blocking), and
+// *in_progress while its connect goes on. 0 or an errno (the broker's message in `msg`).
+int BrokerProxySocket(const wire::Addr& to, int domain, int* fd, bool* in_progress, char* msg,
+                      size_t msgcap);
+// A connection to the broker of its own, greeted as this process's, for a caller that keeps a
+// request outstanding on it (strict_socket.cc): *fd (close-on-exec, non-blocking, out of the low
+// descriptor numbers), or an errno with the reason in `msg`.
+int BrokerOpenLink(int* fd, char* msg, size_t msgcap);
 // With HELLO flag kFlagRoutes: whether a connect to `addr` must ask the broker, because it lies in
 // a route's range (ROUTE_NET), or (`with_fake`) in a fake range. False without routes.
 bool RoutesCover(const wire::Addr& addr, bool with_fake);

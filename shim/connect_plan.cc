@@ -9,7 +9,7 @@
 
 #include <cstring>
 
-#include "shim/socks5_connect.h"
+#include "common/socks5_plan.h"
 
 namespace via::shim {
 
@@ -116,6 +116,10 @@ bool PlanSocket(int fd, AddrCall call, bool fastopen, const msghdr* control,
     p->direct_routes = true;
     return true;
   }
+  if (ask.strict != nullptr && ask.strict()) {
+    p->strict = true;  // nothing here can leave the namespace: only TCP may go to the proxy
+    return p->kind == SockKind::kStream;
+  }
   switch (p->kind) {
     case SockKind::kOtherFamily:
     case SockKind::kOtherInet:
@@ -154,7 +158,7 @@ void PlanOverlay(const ConnectQuestions& ask, ConnectPlan* p) {
   }
   p->route = Route::kBroker;
   if (plan == nullptr) return;
-  const bool fake = InFakeRange(*plan, p->dest);
+  const bool fake = socks5::InFakeRange(*plan, p->dest);
 
   if (fake && !ask.cached_name(p->dest, plan->broker, p->host, sizeof p->host)) return;
   p->route = Route::kSocks5Here;
@@ -261,6 +265,10 @@ void PlanAddress(AddrCall call, bool fastopen, const sockaddr* sa, socklen_t len
 void PlanConnect(int fd, AddrCall call, bool fastopen, const sockaddr* sa, socklen_t len,
                  const msghdr* control, const ConnectQuestions& ask, ConnectPlan* p) {
   if (PlanSocket(fd, call, fastopen, control, ask, p)) PlanAddress(call, fastopen, sa, len, ask, p);
+  if (p->strict && p->route != Route::kSocks5Here) {
+    p->route = Route::kDirect;  // the session's filter places it, or the namespace refuses it
+    p->err = 0;
+  }
 }
 
 }  // namespace via::shim

@@ -61,6 +61,8 @@ struct ConnectPlan {
   // The process's network is direct but routes exist: only TCP connects are judged, and only
   // those to addresses the routes cover go to the broker (kBroker); the rest are kPass.
   bool direct_routes = false;
+  // A strict session: every route but kSocks5Here becomes kDirect (ConnectQuestions::strict).
+  bool strict = false;
   char host[256];
   char msg[512] = {};  // kFailed, kRoutedFailed: the broker link's message
 
@@ -83,6 +85,9 @@ struct ConnectQuestions {
   bool (*routes_apply)();
   bool (*routes_cover)(const wire::Addr& addr, bool with_fake);
   bool (*route_direct)(const wire::Addr& addr);
+  // A strict session (StrictHere, null: never): the kernel, the session's filter and its
+  // namespace judge everything but TCP the shim runs SOCKS5 for (kSocks5Here).
+  bool (*strict)();
 };
 
 // The part of the decision that depends on the socket alone (and a sendmsg's control messages,

@@ -54,7 +54,7 @@ constinit LazyFn<int(int, int, int)> g_real_socket = {"socket", nullptr};
 // The connect decision asks the broker link.
 constexpr ConnectQuestions kAskBroker = {NetworkDirect,    BrokerHello, BrokerSocks5Plan,
                                          NameCacheReverse, RoutesApply, RoutesCover,
-                                         IsRouteDirect};
+                                         IsRouteDirect,    StrictHere};
 
 // Options that make the kernel send somewhere other than the destination address: an IPv4 source
 // route (IP_OPTIONS: the first hop becomes the packet's destination, so a datagram "to 127.0.0.1"
@@ -354,7 +354,7 @@ constinit LazyFn<int(int, int, int, const void*, socklen_t)> g_real_setsockopt =
                                                                                   nullptr};
 
 int DoSetsockopt(int fd, int level, int name, const void* val, socklen_t len) {
-  if (RedirectingOption(level, name, val, len) && !NetworkDirect()) {
+  if (RedirectingOption(level, name, val, len) && !NetworkDirect() && !StrictHere()) {
     if (name == IP_HDRINCL || name == kIpv6Hdrincl) {
       ComplainSocket(SockKind::kRawOpaque, AF_INET);
     } else {
@@ -370,7 +370,7 @@ int DoSocket(int domain, int type, int protocol) {
   SockKind kind = wire::ClassifySocket(domain, type, protocol);
   if ((kind == SockKind::kOtherFamily || kind == SockKind::kOtherInet ||
        kind == SockKind::kRawOpaque) &&
-      !NetworkDirect()) {
+      !NetworkDirect() && !StrictHere()) {
     ComplainSocket(kind, (type & wire::kSockTypeMask) == wire::kSockPacket ? AF_PACKET : domain);
     errno = EPERM;
     return -1;

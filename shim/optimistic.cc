@@ -21,6 +21,7 @@
 #include "shim/broker_link.h"
 #include "shim/real.h"
 #include "shim/state.h"
+#include "shim/strict_socket.h"
 
 namespace via::shim {
 
@@ -296,7 +297,7 @@ int OptimisticConnect(int fd, const Socks5Plan& plan, const char* name, const wi
   socks5::Client hs;
   const int64_t deadline = NowMs() + plan.timeout_ms;
   int err =
-      socks5::ConnectBlocking(fd, plan, name, dest, Real().connect, why, whycap, msg, msgcap, &hs);
+      socks5::ConnectBlocking(fd, plan, name, dest, ProxyConnect, why, whycap, msg, msgcap, &hs);
   if (err != 0) return err;
   if (OptimisticAdopt(fd, hs, plan.overlay, name, dest, deadline)) return 0;
   // No room to remember the socket: read the replies here, as without optimistic data, blocking

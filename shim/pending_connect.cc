@@ -44,6 +44,7 @@
 #include "shim/real.h"
 #include "shim/routed.h"
 #include "shim/state.h"
+#include "shim/strict_socket.h"
 
 namespace via::shim {
 
@@ -676,7 +677,9 @@ void ClaimSlot(Slot& s, int fd, const struct stat& st, const wire::Addr& dest, b
 int StartPendingSocks5(int fd, const Socks5Plan& plan, const char* name, const wire::Addr& dest) {
   int fl = fcntl(fd, F_GETFL);
   struct stat st;
-  if (fl < 0 || (fl & O_NONBLOCK) == 0 || fstat(fd, &st) != 0) return 0;
+  if (fl < 0 || (fl & O_NONBLOCK) == 0) return 0;
+  // In a strict session the socket is the broker's from here on (what the slot records).
+  if (!PlaceProxySocket(fd, plan) || fstat(fd, &st) != 0) return 0;
   if (!EnsureShared() || !EnsureThread()) return 0;
   Lock();
   const int i = FindFreeSlot();
@@ -710,7 +713,7 @@ int StartPendingSocks5(int fd, const Socks5Plan& plan, const char* name, const w
     }
     // Hidden before the connect starts: no registration can see the proxy connection ready.
     MaskAllEpolls(st.st_ino, s);
-    proxy::Step step = proxy::StartConnect(fd, Real().connect, reinterpret_cast<sockaddr*>(&s.ep),
+    proxy::Step step = proxy::StartConnect(fd, ProxyConnect, reinterpret_cast<sockaddr*>(&s.ep),
                                            s.ep_len, s.ep_text, why, sizeof why);
     if (step.next == proxy::Next::kFailed) {
       err = step.err;

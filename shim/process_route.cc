@@ -3,6 +3,7 @@
 // (which reads it) instead of calling it back.
 #include "shim/process_route.h"
 
+#include <fcntl.h>
 #include <linux/kcmp.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -21,6 +22,43 @@ namespace via::shim {
 namespace {
 
 bool g_passthrough = false;  // accessed with __atomic builtins
+int g_only_loopback = 0;     // OnlyLoopbackHere: 0 not read yet, 1 yes, 2 no (__atomic)
+
+// Whether this process's network namespace has no interface but `lo` (/proc/self/net/dev, read
+// with plain system calls: safe in a vfork child). Read once: a process can only move to
+// another namespace it creates itself (which starts with `lo` alone) or one it already holds.
+bool OnlyLoopbackHere() {
+  int known = __atomic_load_n(&g_only_loopback, __ATOMIC_RELAXED);
+  if (known != 0) return known == 1;
+  char buf[4096];
+  ssize_t n = -1;
+  int fd = open("/proc/self/net/dev", O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+  }
+  bool only = n > 0 && size_t(n) < sizeof buf - 1;  // a full buffer: too many to be only lo
+  if (only) {
+    buf[n] = 0;
+    // Two header lines, then one line per interface: "  lo: 123 ...".
+    const char* line = std::strchr(buf, '\n');
+    line = line != nullptr ? std::strchr(line + 1, '\n') : nullptr;
+    int count = 0;
+    while (line != nullptr && line[1] != 0) {
+      const char* name = line + 1;
+      while (*name == ' ') ++name;
+      if (std::strncmp(name, "lo:", 3) != 0) only = false;
+      ++count;
+      line = std::strchr(name, '\n');
+    }
+    only = only && count > 0;
+  }
+  __atomic_store_n(&g_only_loopback, only ? 1 : 2, __ATOMIC_RELAXED);
+  return only;
+}
+
+// A strict session (HELLO `flags` say kFlagStrict) as the kernel shows it: nothing but `lo`.
+bool StrictFlags(uint32_t flags) { return (flags & wire::kFlagStrict) != 0 && OnlyLoopbackHere(); }
 
 }  // namespace
 
@@ -100,7 +138,8 @@ bool ExecRouted(bool in_parent, char* why, size_t whycap, bool* allow_unrouted) 
     if (why[0] == 0) std::snprintf(why, whycap, "the via broker did not answer: %s", strerror(err));
     return true;
   }
-  *allow_unrouted = (flags & wire::kFlagUnroutedExecAllow) != 0;
+  // In a strict session the namespace routes (or refuses) whatever the program runs.
+  *allow_unrouted = (flags & wire::kFlagUnroutedExecAllow) != 0 || StrictFlags(flags);
   return known_routed || (flags & wire::kFlagDirect) == 0;
 }
 
@@ -109,7 +148,21 @@ bool BrokerAllowsUnrouted() {
   HelloInfo info;
   char msg[256];
   return BrokerHello(&info, msg, sizeof msg) == 0 &&
-         (info.flags & wire::kFlagUnroutedExecAllow) != 0;
+         ((info.flags & wire::kFlagUnroutedExecAllow) != 0 || StrictFlags(info.flags));
+}
+
+bool StrictHere() {
+  if (__atomic_load_n(&g_passthrough, __ATOMIC_RELAXED)) return false;
+  // Once answered it holds for the process and its forks: a session is strict from its start to
+  // its end, and the namespace cannot gain a way out. Until a HELLO succeeds: not strict.
+  static int known = 0;  // 1 strict, 2 not (__atomic)
+  if (int k = __atomic_load_n(&known, __ATOMIC_RELAXED); k != 0) return k == 1;
+  HelloInfo info;
+  char msg[256];
+  if (BrokerHello(&info, msg, sizeof msg) != 0) return false;
+  const bool strict = StrictFlags(info.flags);
+  __atomic_store_n(&known, strict ? 1 : 2, __ATOMIC_RELAXED);
+  return strict;
 }
 
 }  // namespace via::shim

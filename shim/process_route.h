@@ -33,6 +33,12 @@ bool ExecUnguarded();
 // broker link must not be touched: a separate one-shot HELLO is used there. True (fail closed)
 // with the reason in `why` when the broker cannot be asked.
 bool ExecRouted(bool in_parent, char* why, size_t whycap, bool* allow_unrouted);
+// Whether this process runs in a strict session (`via run --strict`): the broker's HELLO says
+// so (kFlagStrict), and the kernel agrees (the process's network namespace has only `lo`). The
+// shim then handles only TCP through a SOCKS5 overlay it may speak itself, on a socket the broker
+// made (PROXY_SOCKET); every other call is left to the kernel, the session's seccomp filter and
+// the namespace. The exec guard and the dlopen gate let every binary through.
+bool StrictHere();
 // Whether the broker says network_service.unrouted_exec is "allow" (one HELLO, cached): the
 // dlopen gate and the loaded-objects check ask it only once they found Go code. Not for vfork
 // children.

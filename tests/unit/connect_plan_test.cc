@@ -64,7 +64,11 @@ bool CachedName(const wire::Addr&, uint32_t broker, char* name, size_t cap) {
   return true;
 }
 constexpr ConnectQuestions kScripted = {Direct,  Hello,   Socks5PlanOf, CachedName,
-                                        nullptr, nullptr, nullptr};
+                                        nullptr, nullptr, nullptr,      nullptr};
+// A strict session (`via run --strict` with the shim): HELLO said so and the namespace agrees.
+bool Strict() { return true; }
+constexpr ConnectQuestions kScriptedStrict = {Direct,  Hello,   Socks5PlanOf, CachedName,
+                                              nullptr, nullptr, nullptr,      Strict};
 
 // Routes by destination: HELLO said routes exist; a route's range is 10.0.0.0/8 and 127.0.0.0/8
 // (and the fake pools for a direct process); 192.0.2.7 came from the system resolver for a name
@@ -83,7 +87,7 @@ bool RoutesCover(const wire::Addr& a, bool with_fake) {
 }
 bool RouteDirect(const wire::Addr& a) { return InRange(a, "192.0.2.7", 32); }
 constexpr ConnectQuestions kScriptedRoutes = {Direct,      Hello,       Socks5PlanOf, CachedName,
-                                              RoutesApply, RoutesCover, RouteDirect};
+                                              RoutesApply, RoutesCover, RouteDirect,  nullptr};
 
 class ConnectPlanTest : public ::testing::Test {
  protected:
@@ -184,6 +188,29 @@ TEST_F(ConnectPlanTest, AFakeAddressThisProcessResolvedGoesByItsName) {
   EXPECT_EQ(p.route, Route::kSocks5Here);
   EXPECT_TRUE(p.by_name);
   EXPECT_STREQ(p.host, "example.test");
+}
+
+// In a strict session the shim keeps only what it runs SOCKS5 for; everything else is the
+// kernel's, which the session's seccomp filter and namespace judge (nothing is refused here).
+TEST_F(ConnectPlanTest, AStrictSessionLeavesAllButItsOwnSocks5ToTheKernel) {
+  g_script.cached_name = "example.test";
+  UniqueFd tcp = Socket(AF_INET, SOCK_STREAM);
+  auto strict = [](int fd, const char* ip, uint16_t port, AddrCall call = AddrCall::kConnect,
+                   bool fastopen = false) {
+    ConnectPlan p = Plan(fd, ip, port, call, fastopen, kScriptedStrict);
+    EXPECT_TRUE(p.strict);
+    return p.route;
+  };
+  EXPECT_EQ(strict(tcp.get(), "198.18.0.5", 443), Route::kSocks5Here);
+  EXPECT_EQ(strict(tcp.get(), "192.0.2.1", 80, AddrCall::kSendto, true), Route::kSocks5Here);
+  EXPECT_EQ(strict(tcp.get(), "127.0.0.1", 53), Route::kDirect);  // refused outside strict
+  g_script.cached_name = nullptr;
+  EXPECT_EQ(strict(tcp.get(), "198.18.0.6", 443), Route::kDirect);  // the broker's, elsewhere
+  UniqueFd udp = Socket(AF_INET, SOCK_DGRAM);
+  EXPECT_EQ(strict(udp.get(), "192.0.2.1", 53), Route::kDirect);  // a DNS query
+  EXPECT_EQ(strict(udp.get(), "192.0.2.1", 9999, AddrCall::kSendto), Route::kDirect);
+  g_script.shim_socks5 = false;
+  EXPECT_EQ(strict(tcp.get(), "192.0.2.1", 80), Route::kDirect);
 }
 
 TEST_F(ConnectPlanTest, AFakeAddressOnlyTheBrokerKnowsGoesThroughTheBroker) {
