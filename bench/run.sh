@@ -139,6 +139,11 @@ under_via() { "$build/via" run -q -c "$tmp/via.yaml" --network app:bench -- "$@"
 under_via2() { "$build/via" run -q -c "$tmp/via.yaml" --network app:bench2 -- "$@"; }
 under_via_broker() { "$build/via" run -q -c "$tmp/via-broker.yaml" --network app:bench -- "$@"; }
 under_via_strict() { "$build/via" run -q -c "$tmp/via.yaml" --strict --network app:bench -- "$@"; }
+# Strict mode without the shim: via run serves every connect and lookup (what static and Go
+# programs get).
+under_via_strict_noshim() {
+  "$build/via" run -q -c "$tmp/via.yaml" --strict --no-shim --network app:bench -- "$@"
+}
 under_pc() { proxychains4 -q -f "$tmp/proxychains.conf" "$@"; }
 under_ts() { torsocks "$@"; }
 
@@ -189,6 +194,7 @@ fig2_connect() {
     lat 2 via "$r" under_via "$c" plain 127.0.0.1 "$eport" "$N"
     lat 2 via-broker "$r" under_via_broker "$c" plain 127.0.0.1 "$eport" "$N"
     lat 2 via-strict "$r" under_via_strict "$c" plain 127.0.0.1 "$eport" "$N"
+    lat 2 via-strict-noshim "$r" under_via_strict_noshim "$c" plain 127.0.0.1 "$eport" "$N"
     lat 2 proxychains4 "$r" under_pc "$c" plain 127.0.0.1 "$eport" "$N"
     # torsocks never proxies a loopback destination: AllowOutboundLocalhost 1 connects it
     # directly (without it, it refuses). Measured for completeness, not comparable.
@@ -204,6 +210,7 @@ fig3_connect_name() {
     lat 3 via "$r" under_via "$c" plain bench.test "$eport" "$N"
     lat 3 via-broker "$r" under_via_broker "$c" plain bench.test "$eport" "$N"
     lat 3 via-strict "$r" under_via_strict "$c" plain bench.test "$eport" "$N"
+    lat 3 via-strict-noshim "$r" under_via_strict_noshim "$c" plain bench.test "$eport" "$N"
     lat 3 proxychains4 "$r" under_pc "$c" plain bench.test "$eport" "$N"
     # torsocks resolves ordinary names with Tor's RESOLVE command (microsocks refuses it);
     # only .onion names get a local cookie address and go to the proxy as ATYP 3.

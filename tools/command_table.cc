@@ -37,7 +37,8 @@ Examples:
 const char* const kHelpRun =
     R"HELP(Usage: via run [-c CONFIG] [--network NS:NAME | --direct] [--route SPEC]... [-q] [--]
                COMMAND [ARGS...]
-       via run [-c CONFIG] [--network NS:NAME] --strict [--audit] [--] COMMAND [ARGS...]
+       via run [-c CONFIG] [--network NS:NAME] --strict [--audit] [--no-shim] [--]
+               COMMAND [ARGS...]
 
 Runs COMMAND with libvia.so preloaded, so that its TCP connects and name lookups (and those of
 every child it starts) go through the selected overlay. Names are never looked up locally: the
@@ -51,17 +52,21 @@ connections (I2P: the program is reachable at a .b32.i2p address, printed once o
 shown by `via status`) and fails with EOPNOTSUPP otherwise (SOCKS5), unless
 network_service.listen says local. Loopback listens stay local.
 
---strict runs COMMAND without the shim, in a network namespace of its own that has only lo
-(inside a user namespace when not root), so that programs the shim cannot cover are routed
-too: Go, static and raw-system-call programs. Each TCP connect is handed to via run (seccomp
-user notification), which has the broker connect a socket through the overlay and puts it on
-the program's descriptor; names get fake addresses from a resolver via run answers in the
-namespace. Whatever is not routed (UDP, ICMP, TCP Fast Open, io_uring) has no route out and
-fails. Needs Linux 5.9 and, when not root, unprivileged user namespaces; if the kernel refuses,
-nothing is run. docs/architecture.md, "Strict mode", says what it does not do yet. Without
---strict, a static or Go program that COMMAND or its children exec runs this way on its own
-(one line on stderr says so; network_service.unrouted_exec: strict, the default; refuse
-refuses it). `via status` marks strict sessions, and with --audit counts what they refused.
+--strict runs COMMAND in a network namespace of its own that has only lo (inside a user
+namespace when not root), so that programs the shim cannot cover are routed too: Go, static
+and raw-system-call programs. Each TCP connect the shim does not make is handed to via run
+(seccomp user notification), which has the broker connect a socket through the overlay and
+puts it on the program's descriptor; names get fake addresses from a resolver via run answers
+in the namespace. Dynamic programs keep the shim (names from its cache; under SOCKS5 their own
+handshake on a socket the broker connected to the proxy), which is faster; --no-shim leaves
+everything to via run. Whatever is not routed (UDP, ICMP, TCP Fast Open, io_uring) has no route
+out and fails. via run returns when the last process of the namespace has exited (a daemon
+the command left behind is served until then). Needs Linux 5.9 and, when not root, unprivileged
+user namespaces; if the kernel refuses, nothing is run. docs/architecture.md, "Strict mode",
+says what it does not do yet. Without --strict, a static or Go program that COMMAND or its
+children exec runs this way on its own (one line on stderr says so;
+network_service.unrouted_exec: strict, the default; refuse refuses it). `via status` marks
+strict sessions, and with --audit counts what they refused.
 
 Options:
   -c, --config PATH    configuration file or directory (default: the usual search)
@@ -79,6 +84,8 @@ Options:
       --audit          with --strict: at the end, list by process every attempt that would have
                        left outside the overlay (sends with an address on UDP/ICMP/raw
                        sockets, UDP connects, TCP Fast Open, io_uring); they all failed
+      --no-shim        with --strict: no shim in COMMAND; via run serves every connect and
+                       name lookup (what static and Go programs get anyway)
   -h, --help           show this help
 
 --network and --direct are explicit selections: the broker checks them against the

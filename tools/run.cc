@@ -40,6 +40,7 @@ Exit ParseRunArgs(int argc, char** argv, Args* out) {
        {"--quiet", false},
        {"--strict", false},
        {"--audit", false},
+       {"--no-shim", false},
        {"--argv0", true},
        {"--route", true},
        {"--help", false}},
@@ -200,8 +201,8 @@ bool SameFile(const std::string& a, const std::string& b) {
          sa.st_ino == sb.st_ino;
 }
 
-// --strict: the child's environment without the shim (it could not route from inside the
-// namespace, and the filter does its work) and without the VIA_* variables.
+// --strict --no-shim: the child's environment without the shim and without the VIA_* variables:
+// the filter does all the work (as for static and Go programs).
 std::vector<std::string> StrictChildEnv() {
   std::vector<std::string> env;
   const std::string shim = ShimPath();
@@ -260,7 +261,11 @@ void BuildChild(const Args& args, const config::Config& cfg, const RunSession& s
   for (const std::string* cidr : {&cfg.service.fake_ipv4, &cfg.service.fake_ipv6}) {
     if (auto net = strict::ParseCidr(*cidr)) child->fake_nets.push_back(*net);
   }
-  child->env = child->strict ? StrictChildEnv() : ChildEnv(vars, ShimPath());
+  // In strict mode too the shim serves dynamic programs (names from its cache, SOCKS5 on a socket
+  // the broker made: shim/strict_socket.h); the filter serves the rest, and the namespace holds
+  // the guarantee either way.
+  child->env =
+      child->strict && args.Has("--no-shim") ? StrictChildEnv() : ChildEnv(vars, ShimPath());
   for (auto& e : child->env) child->envp.push_back(e.data());
   child->envp.push_back(nullptr);
   // Under an overlay the command starts through /bin/sh's `exec`, so that the shim's exec guard
@@ -483,6 +488,10 @@ int CmdRun(int argc, char** argv) {
   if (child.audit && !child.strict) {
     Error(
         "run: --audit reports what strict mode contained; use it with --strict (nothing was run)");
+    return kExitUsage;
+  }
+  if (args.Has("--no-shim") && !child.strict) {
+    Error("run: --no-shim applies to strict mode only; use it with --strict (nothing was run)");
     return kExitUsage;
   }
   UniqueFd channel;

@@ -48,7 +48,51 @@ with open(pidfile + ".out", "w") as f:
     f.write(res)
 """
 
+# Asks the broker at $VIA_SOCKET, greeted as $VIA_SESSION's process, for PROXY_SOCKET to each
+# ADDR:PORT in ARGV1.. (IPv4); prints, per request, the reply's ERRNO and whether a descriptor
+# came with it, and for a descriptor whether it connects to that address.
+PROXY_SOCKET = r"""
+import array, os, socket, struct, sys, time
+def msg(t, i, fields):
+    body = b"".join(struct.pack("<HH", tag, len(v)) + v for tag, v in fields)
+    return b"VIA1" + struct.pack("<HHII", t, 0, i, len(body)) + body
+def fields(reply):
+    out, i = {}, 16
+    while i + 4 <= len(reply):
+        tag, n = struct.unpack("<HH", reply[i:i + 4])
+        out.setdefault(tag, reply[i + 4:i + 4 + n])
+        i += 4 + n
+    return out
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+s.connect(os.environ["VIA_SOCKET"])
+s.send(msg(1, 1, [(12, struct.pack("<H", 1)), (1, os.environ["VIA_NETWORK"].encode()),
+                  (2, os.environ["VIA_SESSION"].encode())]))
+f = fields(s.recv(65536))
+print("hello", struct.unpack("<I", f[7])[0], "strict" if struct.unpack("<I", f[9])[0] & (1 << 17) else "-")
+for i, ep in enumerate(sys.argv[1:]):
+    host, port = ep.rsplit(":", 1)
+    addr = bytes([4, 0]) + struct.pack(">H", int(port)) + socket.inet_aton(host)
+    s.send(msg(0x45, 2 + i, [(3, addr), (6, bytes([4]))]))
+    fds = array.array("i")
+    data, anc, _, _ = s.recvmsg(65536, socket.CMSG_SPACE(4))
+    for level, kind, d in anc:
+        fds.frombytes(d[:4])
+    err = struct.unpack("<I", fields(data)[7])[0]
+    peer = "-"
+    if fds:
+        c = socket.socket(fileno=fds[0])
+        time.sleep(0.2)
+        peer = "%s:%d" % c.getpeername()
+        c.close()
+    print(ep, err, peer)
+"""
+
+
 class Strict(harness.ViaCase):
+    """With the shim in dynamic programs (the default): names from its cache, and under SOCKS5
+    its own handshake on a socket the broker connected to the proxy; via run serves the rest."""
+    shim = True
+
     def setUp(self):
         super().setUp()
         self.require_namespace()  # names only the proxy knows
@@ -74,11 +118,86 @@ class Strict(harness.ViaCase):
         return exe
 
     def strict(self, *cmd, env=None):
-        return self.via("run", "--strict", "--network", "app:tor", "--", *cmd, env=env)
+        shim = [] if self.shim else ["--no-shim"]
+        return self.via("run", "--strict", *shim, "--network", "app:tor", "--", *cmd, env=env)
 
     def assertProxied(self, path, host="example.test"):
         self.assertMicrosocksConnected(self.proxy_log, f"{host}:{self.port}")
         self.assertReachedThroughProxy(self.record, host, path=path)
+
+    def test_who_connects_a_dynamic_program(self):
+        # With the shim, curl runs its own SOCKS5 handshake on a socket the broker connected to
+        # the proxy (PROXY_SOCKET: no seccomp notification for the connect), and reports it
+        # itself; without it, via run does both. The broker's debug log names who did.
+        self.env["VIA_LOG_LEVEL"] = "debug"
+        self.configure()
+        self.assertOk(self.strict("curl", "-sS", f"http://example.test:{self.port}/who"))
+        self.assertProxied("/who")
+        log = self.broker_log()
+        placed = [l for l in log if "proxy socket to 127.0.0.1:%d" % self.proxy_port in l]
+        reported = [l for l in log if f"connect example.test:{self.port} via app:tor ok" in l]
+        self.assertEqual(len(reported), 1, log[-20:])
+        if self.shim:
+            # the one curl used, and the spare made for its next connect (strict_socket.cc)
+            self.assertIn(len(placed), (1, 2), log[-20:])
+            self.assertTrue(all("curl" in l for l in placed), placed)
+            self.assertIn("curl", reported[0])
+        else:
+            self.assertEqual(placed, [])
+            self.assertNotIn("curl", reported[0])
+
+    def test_a_proxy_restarted_between_connects_is_reached_again(self):
+        # The shim keeps a spare proxy socket for its process's next connect (strict_socket.cc).
+        # A proxy that restarts meanwhile has closed it: the next connect takes a fresh one
+        # instead of failing on the dead one.
+        if not self.shim:
+            self.skipTest("only the shim keeps a spare")
+        port = harness.free_port()
+        argv = ["microsocks", "-i", "127.0.0.1", "-p", str(port), "-b", harness.PROXY_OUT]
+        first, _ = self.spawn(argv, "ms-first.log", proxy_hosts=True)
+        harness.wait_port(port, proc=first)
+        self.write_config([self.socks5_entry("tor", port)], service={"loopback": "overlay"})
+        code = ("import socket, sys\n"
+                "def get(path):\n"
+                "    s = socket.create_connection(('example.test', int(sys.argv[1])))\n"
+                "    s.sendall(b'GET /' + path.encode() + b' HTTP/1.0\\r\\n\\r\\n')\n"
+                "    print(path, s.recv(100).split()[1].decode(), flush=True)\n"
+                "get('one'); sys.stdin.readline(); get('two')\n")
+        proc = subprocess.Popen([harness.VIA, "run", "-c", self.config, "--strict", "--network",
+                                 "app:tor", "--", harness.PYTHON, "-c", code, str(self.port)],
+                                env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        self.assertEqual(proc.stdout.readline().strip(), "one 200")
+        first.kill()
+        first.wait()
+        second, log = self.spawn(argv, "ms-second.log", proxy_hosts=True)
+        harness.wait_port(port, proc=second)
+        out, err = proc.communicate("\n", timeout=60)
+        self.assertEqual(proc.returncode, 0, err)
+        self.assertNotIn("failed", err)  # not even a first attempt (Python tries IPv6 next)
+        self.assertEqual(out.strip(), "two 200")
+        self.assertEqual(harness.microsocks_destinations(log), [f"example.test:{self.port}"])
+        self.assertEqual([r["path"] for r in self.records(self.record)], ["/one", "/two"])
+
+    def test_the_broker_gives_proxy_sockets_only_to_strict_sessions_and_only_to_the_proxy(self):
+        # PROXY_SOCKET hands out a socket of the host's network namespace: never to a process of
+        # a default-mode session (it could connect itself), never to anything but the overlay's
+        # proxy, whatever a program inside a strict session asks for.
+        if not self.shim:
+            self.skipTest("the same broker check; run once")
+        self.configure()
+        proxy, target = f"127.0.0.1:{self.proxy_port}", f"127.0.0.1:{self.port}"
+        proc = self.via("run", "--network", "app:tor", "--", harness.PYTHON, "-c", PROXY_SOCKET,
+                        proxy)
+        self.assertOk(proc)
+        self.assertEqual(proc.stdout.splitlines(), ["hello 0 -", f"{proxy} 1 -"])  # EPERM
+        proc = self.strict(harness.PYTHON, "-c", PROXY_SOCKET, target, proxy)
+        self.assertOk(proc)
+        self.assertEqual(proc.stdout.splitlines(),
+                         ["hello 0 strict", f"{target} 1 -", f"{proxy} 0 {proxy}"])
+        self.assertTargetSawNothing(self.record)
+        self.assertEqual(harness.microsocks_destinations(self.proxy_log), [])
 
     def test_a_daemon_that_outlives_the_command_is_served_until_it_exits(self):
         # The command exits at once; the daemon it left connects a second later: via run, which
@@ -137,7 +256,9 @@ class Strict(harness.ViaCase):
                               service={"loopback": "overlay", "handshake": handshake})
             proc = self.strict(harness.PYTHON, "-c", code, str(self.port), f"pair-{handshake}")
             self.assertOk(proc)
-            self.assertEqual(proc.stdout.splitlines(), ["1", "1", "b'HTTP/1.0 200'"])
+            # The shim answers getaddrinfo itself (one fake address per family, no sort).
+            self.assertEqual(proc.stdout.splitlines(),
+                             ["2" if self.shim else "1", "1", "b'HTTP/1.0 200'"])
         self.assertEqual([r["path"] for r in self.records(self.record)],
                          ["/pair-program", "/pair-broker"])
         self.assertMicrosocksConnected(self.proxy_log, f"example.test:{self.port}")
@@ -230,8 +351,10 @@ class Strict(harness.ViaCase):
         self.assertEqual([p for p, (src, dst) in zip(packets, ends) if "53" in (src[1], dst[1])],
                          [])
         # curl's and the static client's (each seen going out of lo and coming in)
+        # (with the shim, curl's process also had a spare proxy socket made for its next
+        # connect: strict_socket.cc)
         to_proxy = {src[1] for src, dst in ends if dst[1] == str(self.proxy_port)}
-        self.assertEqual(len(to_proxy), 2, out.stdout)
+        self.assertIn(len(to_proxy), (2, 3) if self.shim else (2,), out.stdout)
         self.assertEqual([(src, dst) for src, dst in ends
                           if dst[1] != str(self.proxy_port) and src[0] != harness.PROXY_OUT], [])
         self.assertEqual([r["path"] for r in self.records(self.record)],
@@ -252,7 +375,8 @@ class Strict(harness.ViaCase):
                 "print(s.recv(100).split()[1].decode())\n")
         proc = self.strict(harness.PYTHON, "-c", code, str(self.port))
         self.assertOk(proc)
-        self.assertEqual(proc.stdout.splitlines(), ["['AF_INET']", "200"])
+        families = "['AF_INET', 'AF_INET6']" if self.shim else "['AF_INET']"  # the shim's: both
+        self.assertEqual(proc.stdout.splitlines(), [families, "200"])
         self.assertProxied("/v6")
 
     def test_static_program_is_routed(self):
@@ -285,10 +409,15 @@ class Strict(harness.ViaCase):
 
     def test_fast_open_has_no_way_out(self):
         # sendto with MSG_FASTOPEN connects without connect(2): not placed by via run, so it
-        # meets the namespace, which has no route to the proxy or the target.
+        # meets the namespace, which has no route to the proxy or the target. The shim takes
+        # libc's sendto as it does outside strict mode: through the proxy.
         self.configure()
         exe = self.cc(GAI_CLIENT)
         proc = self.strict(exe, "127.0.0.1", str(self.port), "tfo", env=dict(self.env, TFO="1"))
+        if self.shim:
+            self.assertOk(proc)
+            self.assertProxied("/tfo", host="127.0.0.1")
+            return
         self.assertNotEqual(proc.returncode, 0)
         self.assertIn("sendto", proc.stderr)
         self.assertTargetSawNothing(self.record)
@@ -640,6 +769,12 @@ int main(void) {
         self.assertIn("nothing was run", proc.stderr)
         self.assertFalse(os.path.exists(marker))
         self.assertEqual(self.via("run", "--strict", "--direct", "--", "true").returncode, 2)
+
+
+class StrictWithoutShim(Strict):
+    """`via run --strict --no-shim`: via run serves every connect and lookup, as it does for
+    static and Go programs."""
+    shim = False
 
 
 if __name__ == "__main__":
