@@ -174,13 +174,16 @@ int TakeFromSpare(const wire::Addr& to, int domain, int* fd, bool* in_progress, 
   return 0;
 }
 
-// A proxy socket for `to`: the spare's, or one asked for on the thread's link.
+// A proxy socket for `to`: the spare's, or one asked for on the thread's link. The lock is only
+// tried: another thread's connect (or a fork while one held it) means asking on this thread's
+// link, never a wait.
 int TakeProxySocket(const wire::Addr& to, int domain, int* fd, bool* in_progress, char* msg,
                     size_t msgcap) {
-  pthread_mutex_lock(&g_spare_mu);
-  int err = TakeFromSpare(to, domain, fd, in_progress, msg, msgcap);
-  pthread_mutex_unlock(&g_spare_mu);
-  if (err == 0) return 0;
+  if (pthread_mutex_trylock(&g_spare_mu) == 0) {
+    int err = TakeFromSpare(to, domain, fd, in_progress, msg, msgcap);
+    pthread_mutex_unlock(&g_spare_mu);
+    if (err == 0) return 0;
+  }
   return BrokerProxySocket(to, domain, fd, in_progress, msg, msgcap);
 }
 
