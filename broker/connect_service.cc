@@ -1,5 +1,6 @@
 #include "broker/connect_service.h"
 
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 
@@ -8,6 +9,8 @@
 #include <cstring>
 #include <optional>
 #include <utility>
+
+#include "overlays/socks5/socks5_handshake.h"
 
 namespace via::broker {
 
@@ -77,6 +80,14 @@ void ConnectService::HandleProxySocket(Client& c, const wire::Message& m) {
     const int err = errno;
     return ReplyError(c, reply, m.id(), err, std::string("PROXY_SOCKET: socket: ") + strerror(err));
   }
+  uint32_t asked = 0;
+  if (m.Find(wire::kTagFlags, &f)) f.u32(&asked);
+  const auto plan = c.overlay->instance->program_socks5(c.who);
+  if ((asked & wire::kFlagGreeted) != 0 && plan && !plan->isolate_streams &&
+      plan->destination_prefix.empty()) {
+    return StartGreeting(c, m.id(), std::move(fd), family == 6 ? AF_INET6 : AF_INET, plan->username,
+                         plan->password);
+  }
   sockaddr_storage ss;
   const socklen_t len = wire::AddrToSockaddr(to, &ss);
   uint32_t flags = 0;
@@ -98,6 +109,48 @@ void ConnectService::HandleProxySocket(Client& c, const wire::Message& m) {
   w.PutU32(wire::kTagErrno, 0);
   w.PutU32(wire::kTagFlags, flags);
   Reply(c, w, std::move(fd));
+}
+
+// The greeting runs as a CONNECT's handshake would (ConnectOp, on a duplicate), stopping once the
+// proxy has taken the method and the credentials; the reply waits for it.
+void ConnectService::StartGreeting(Client& c, uint32_t request_id, UniqueFd fd, int domain,
+                                   const std::string& username, const std::string& password) {
+  UniqueFd dup(fcntl(fd.get(), F_DUPFD_CLOEXEC, 0));
+  if (!dup) {
+    const int err = errno;
+    return ReplyError(c, wire::kProxySocket | wire::kReplyBit, request_id, err,
+                      std::string("PROXY_SOCKET: dup: ") + strerror(err));
+  }
+  overlays::Target greeting;  // no request is sent: an address only to be valid
+  greeting.addr.family = 4;
+  auto hs = std::make_unique<overlays::Socks5Handshake>(greeting, username, password);
+  hs->SetGreetOnly();
+  uint64_t op_id = next_op_++;
+  PendingConnect& p = ops_[op_id];
+  p.client = c.id;
+  p.request_id = request_id;
+  p.overlay = c.overlay;
+  p.target = greeting;
+  p.greeted = std::move(fd);
+  c.ops.push_back(op_id);
+  p.op = std::make_unique<overlays::ConnectOp>(loop(), c.overlay->instance.get(), std::move(dup),
+                                               std::move(hs));
+  p.op->set_domain(domain);
+  // May finish (and erase `p`) before it returns.
+  p.op->Start([this, op_id](int err, const std::string& msg) { OnConnectDone(op_id, err, msg); });
+}
+
+void ConnectService::GreetingDone(Client& c, PendingConnect& p, int err, const std::string& msg) {
+  const uint16_t reply = wire::kProxySocket | wire::kReplyBit;
+  if (err != 0) return ReplyError(c, reply, p.request_id, err, "PROXY_SOCKET: " + msg);
+  if (log()->should_log(spdlog::level::debug)) {  // PeerText reads /proc: not per connect
+    log()->debug("proxy socket greeted for a strict session's program ({})", PeerText(c));
+  }
+  uint8_t buf[64];
+  wire::Writer w(buf, sizeof buf, reply, p.request_id);
+  w.PutU32(wire::kTagErrno, 0);
+  w.PutU32(wire::kTagFlags, wire::kFlagGreeted);
+  Reply(c, w, std::move(p.greeted));
 }
 
 // REPORT COUNT REFUSED: a strict session's supervisor counts what its namespace refused.
@@ -357,6 +410,7 @@ void ConnectService::OnConnectDone(uint64_t op_id, int err, const std::string& m
   Client& c = *found;
   std::erase(c.ops, op_id);
   if (p.resolve) return RemoteResolveDone(p, c, err, msg);
+  if (p.greeted) return GreetingDone(c, p, err, msg);
   if (err != 0) {
     return ConnectFailed(c, p.request_id, p.overlay.get(), p.target.ToString(), err, msg);
   }

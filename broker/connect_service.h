@@ -59,7 +59,14 @@ class ConnectService : public Service {
     UniqueFd waiting_fd;  // the program's socket while the overlay gets ready
     int domain = 0;       // its family (SO_DOMAIN), already asked
     uint64_t wait = 0;    // Overlay::WhenReady wait id
+    // A PROXY_SOCKET greeting the proxy ahead of the shim's request: the socket to hand over
+    // (`op` drives a duplicate of it).
+    UniqueFd greeted;
   };
+  // PROXY_SOCKET with kFlagGreeted: starts the greeting on `fd` (not connected yet).
+  void StartGreeting(Client& c, uint32_t request_id, UniqueFd fd, int domain,
+                     const std::string& username, const std::string& password);
+  void GreetingDone(Client& c, PendingConnect& p, int err, const std::string& msg);
 
   // Where a CONNECT of a client with routes goes: the first route that matches the target (a
   // fake address's name, or the address), else the client's own network.

@@ -253,6 +253,25 @@ class Client {
     pipeline_ = false;
   }
 
+  // Greeting only (after Start, before any output is taken): the machine is Done() once the
+  // proxy has taken the method (and the credentials); no request is sent. The broker greets a
+  // strict session's spare proxy socket ahead of time this way (PROXY_SOCKET).
+  void SetGreetOnly() {
+    greet_only_ = true;
+    out_len_ = 3;
+    pipeline_ = false;
+  }
+  // The proxy was greeted already on this connection (SetGreetOnly, with the same credentials):
+  // after Start, before any output is taken, the request is all there is to send.
+  void SkipGreeting() {
+    pipeline_ = false;
+    if (invalid_ != 0) {
+      Fail(invalid_, "%s", invalid_msg_);
+      return;
+    }
+    QueueRequest();
+  }
+
   // Whether the proxy has answered the greeting (a pipelined proxy that stalls after it may not
   // take pipelined requests).
   bool greeted() const { return state_ != State::kMethod; }
@@ -411,8 +430,15 @@ class Client {
       }
       return 0;
     }
-    if (chosen == kMethodNone) return QueueRequest();
+    if (chosen == kMethodNone) return AfterGreeting();
     Send(PutAuth(out_), State::kAuth, 2);
+    return 0;
+  }
+
+  // The method (and credentials) accepted: the request, or the end for SetGreetOnly.
+  int AfterGreeting() {
+    if (!greet_only_) return QueueRequest();
+    Send(0, State::kDone, 0);
     return 0;
   }
 
@@ -441,7 +467,7 @@ class Client {
       Send(0, State::kReplyHead, 5);
       return 0;
     }
-    return QueueRequest();
+    return AfterGreeting();
   }
 
   int QueueRequest() {
@@ -532,6 +558,7 @@ class Client {
   uint8_t bound_atyp_ = 0, bound_first_ = 0;
   uint8_t reply_code_ = 0;
   bool pipeline_ = false;
+  bool greet_only_ = false;
   char error_[160 + 2 * kMaxField] = {};
 };
 

@@ -167,8 +167,19 @@ int ConnectBlocking(int fd, const Socks5Plan& plan, const char* name, const wire
     socklen_t len = 0;
     char ep[80];
     err = plan_detail::PickEndpoint(fd, plan, &ss, &len, ep, sizeof ep, why, whycap);
+    // A connector that can hand over a socket the proxy was greeted on (the shim in a strict
+    // session) makes the handshake send its request only.
+    auto connect_fn = [&](int s, const sockaddr* a, socklen_t l) {
+      const int r = connect(s, a, l);
+      if constexpr (requires { connect.greeted(); }) {
+        const int saved = errno;
+        if ((r == 0 || saved == EINPROGRESS) && connect.greeted()) hs.SkipGreeting();
+        errno = saved;
+      }
+      return r;
+    };
     if (err == 0) {
-      err = proxy::RunBlocking(fd, hs, connect, reinterpret_cast<sockaddr*>(&ss), len, ep,
+      err = proxy::RunBlocking(fd, hs, connect_fn, reinterpret_cast<sockaddr*>(&ss), len, ep,
                                plan.timeout_ms, why, whycap, optimistic != nullptr);
       if (err == ETIMEDOUT) {
         const size_t used = std::strlen(why);

@@ -149,6 +149,10 @@ constexpr uint32_t kFlagRouted = 1u << 13;
 constexpr uint32_t kFlagStrict = 1u << 17;
 // PROXY_SOCKET reply: the attached socket's connect is still in progress (EINPROGRESS).
 constexpr uint32_t kFlagInProgress = 1u << 18;
+// PROXY_SOCKET request: greet the proxy on the socket first (the method, and the credentials of
+// HELLO's plan), where the plan has the same credentials for every connect; its reply: the socket
+// was greeted, so that the CONNECT request is all the shim sends.
+constexpr uint32_t kFlagGreeted = 1u << 19;
 // Request flags (kTagFlags), bits 20-23.
 constexpr uint32_t kFlagSessionExplicit = 1u << 20;  // OPEN_SESSION: --network/--direct was given
 constexpr uint32_t kFlagControl = 1u << 21;  // HELLO: a CLI control connection, no network needed

@@ -296,8 +296,8 @@ int OptimisticConnect(int fd, const Socks5Plan& plan, const char* name, const wi
                       char* why, size_t whycap, char* msg, size_t msgcap) {
   socks5::Client hs;
   const int64_t deadline = NowMs() + plan.timeout_ms;
-  int err =
-      socks5::ConnectBlocking(fd, plan, name, dest, ProxyConnect, why, whycap, msg, msgcap, &hs);
+  int err = socks5::ConnectBlocking(fd, plan, name, dest, ProxyConnector{&plan}, why, whycap, msg,
+                                    msgcap, &hs);
   if (err != 0) return err;
   if (OptimisticAdopt(fd, hs, plan.overlay, name, dest, deadline)) return 0;
   // No room to remember the socket: read the replies here, as without optimistic data, blocking

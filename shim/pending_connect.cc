@@ -713,8 +713,10 @@ int StartPendingSocks5(int fd, const Socks5Plan& plan, const char* name, const w
     }
     // Hidden before the connect starts: no registration can see the proxy connection ready.
     MaskAllEpolls(st.st_ino, s);
-    proxy::Step step = proxy::StartConnect(fd, ProxyConnect, reinterpret_cast<sockaddr*>(&s.ep),
+    const ProxyConnector connect{&plan};
+    proxy::Step step = proxy::StartConnect(fd, connect, reinterpret_cast<sockaddr*>(&s.ep),
                                            s.ep_len, s.ep_text, why, sizeof why);
+    if (connect.greeted()) s.hs.SkipGreeting();  // a strict session's spare: the request only
     if (step.next == proxy::Next::kFailed) {
       err = step.err;
     } else {

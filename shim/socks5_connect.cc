@@ -13,7 +13,8 @@ namespace via::shim {
 
 int ShimSocks5Connect(int fd, const Socks5Plan& plan, const char* name, const wire::Addr& dest,
                       char* why, size_t whycap, char* msg, size_t msgcap) {
-  return socks5::ConnectBlocking(fd, plan, name, dest, ProxyConnect, why, whycap, msg, msgcap);
+  return socks5::ConnectBlocking(fd, plan, name, dest, ProxyConnector{&plan}, why, whycap, msg,
+                                 msgcap);
 }
 
 bool InFakeRange(const Socks5Plan& plan, const wire::Addr& addr) {

@@ -56,9 +56,10 @@ struct Spare {
   uint32_t posted_id;
   wire::Addr to;
   int domain;
+  bool greet;  // asked to be greeted (kFlagGreeted)
   int64_t posted_ms;
 };
-constinit Spare g_spare = {0, -1, 0, 0, wire::RequestClient(), false, 0, {}, 0, 0};
+constinit Spare g_spare = {0, -1, 0, 0, wire::RequestClient(), false, 0, {}, 0, false, 0};
 pthread_mutex_t g_spare_mu = PTHREAD_MUTEX_INITIALIZER;
 
 int64_t NowMs() {
@@ -105,13 +106,21 @@ bool StillIdle(int fd) {
   return poll(&p, 1, 0) == 0;
 }
 
-void PutRequest(wire::Writer* w, const wire::Addr& to, int domain) {
+void PutRequest(wire::Writer* w, const wire::Addr& to, int domain, bool greet) {
   w->PutAddr(wire::kTagAddr, to);
   w->PutU8(wire::kTagFamily, domain == AF_INET6 ? 6 : 4);
+  if (greet) w->PutU32(wire::kTagFlags, wire::kFlagGreeted);
 }
 
-// The reply `r` of a PROXY_SOCKET: 0 with *fd and *in_progress, or an errno.
-int ReadReply(int err, wire::Reply& r, int* fd, bool* in_progress, char* msg, size_t msgcap) {
+// What a PROXY_SOCKET gave: the socket, its connect in progress, the proxy greeted on it.
+struct Placed {
+  int fd = -1;
+  bool in_progress = false;
+  bool greeted = false;
+};
+
+// The reply `r` of a PROXY_SOCKET: 0 with *out, or an errno.
+int ReadReply(int err, wire::Reply& r, Placed* out, char* msg, size_t msgcap) {
   wire::Field f;
   if (err == 0) {
     uint32_t code = EPROTO;  // no ERRNO: malformed
@@ -128,15 +137,17 @@ int ReadReply(int err, wire::Reply& r, int* fd, bool* in_progress, char* msg, si
   }
   uint32_t flags = 0;
   if (r.message.Find(wire::kTagFlags, &f)) f.u32(&flags);
-  *fd = r.fds[0];
-  *in_progress = (flags & wire::kFlagInProgress) != 0;
+  out->fd = r.fds[0];
+  out->in_progress = (flags & wire::kFlagInProgress) != 0;
+  out->greeted = (flags & wire::kFlagGreeted) != 0;
   return 0;
 }
 
-// A proxy socket from the spare link: the posted one when it is for `to` and `domain` and young
-// enough, else one asked for now; then the next one is posted. 0, or an errno (the link is
-// dropped: the caller asks on the thread's link instead).
-int TakeFromSpare(const wire::Addr& to, int domain, int* fd, bool* in_progress, char* msg,
+// A proxy socket from the spare link: the posted one when it is for `to`, `domain` and `greet`
+// and young enough, else one asked for now (not greeted: the program waits for it); then the
+// next one is posted, greeted when `greet`. 0, or an errno (the link is dropped: the caller asks
+// on the thread's link instead).
+int TakeFromSpare(const wire::Addr& to, int domain, bool greet, Placed* out, char* msg,
                   size_t msgcap) {
   if (int err = SpareLink(msg, msgcap); err != 0) return err;
   uint8_t buf[4096];
@@ -145,19 +156,19 @@ int TakeFromSpare(const wire::Addr& to, int domain, int* fd, bool* in_progress, 
   if (g_spare.posted) {
     g_spare.posted = false;
     err = g_spare.rpc.Await(g_spare.posted_id, wire::DeadlineInMs(kSpareWaitMs), &r);
-    err = ReadReply(err, r, fd, in_progress, msg, msgcap);
-    if (err == 0 && (!(g_spare.to == to) || g_spare.domain != domain ||
-                     NowMs() - g_spare.posted_ms > kSpareMaxMs || !StillIdle(*fd))) {
-      close(*fd);  // for another proxy, too old to trust, or closed: asked for again below
+    err = ReadReply(err, r, out, msg, msgcap);
+    if (err == 0 && (!(g_spare.to == to) || g_spare.domain != domain || g_spare.greet != greet ||
+                     NowMs() - g_spare.posted_ms > kSpareMaxMs || !StillIdle(out->fd))) {
+      close(out->fd);  // for another proxy, too old to trust, or closed: asked for again below
       err = EAGAIN;
     }
   }
   if (err != 0) {
     uint8_t req[128];
     wire::Writer w(req, sizeof req, wire::kProxySocket, g_spare.rpc.NextId());
-    PutRequest(&w, to, domain);
+    PutRequest(&w, to, domain, false);
     err = g_spare.rpc.Call(w, -1, wire::DeadlineInMs(kSpareWaitMs), &r);
-    err = ReadReply(err, r, fd, in_progress, msg, msgcap);
+    err = ReadReply(err, r, out, msg, msgcap);
   }
   if (err != 0) {
     DropSpare(true);
@@ -166,10 +177,11 @@ int TakeFromSpare(const wire::Addr& to, int domain, int* fd, bool* in_progress, 
   uint8_t next[128];
   g_spare.posted_id = g_spare.rpc.NextId();
   wire::Writer w(next, sizeof next, wire::kProxySocket, g_spare.posted_id);
-  PutRequest(&w, to, domain);
+  PutRequest(&w, to, domain, greet);
   g_spare.posted = g_spare.rpc.Post(w);
   g_spare.to = to;
   g_spare.domain = domain;
+  g_spare.greet = greet;
   g_spare.posted_ms = NowMs();
   return 0;
 }
@@ -177,19 +189,29 @@ int TakeFromSpare(const wire::Addr& to, int domain, int* fd, bool* in_progress, 
 // A proxy socket for `to`: the spare's, or one asked for on the thread's link. The lock is only
 // tried: another thread's connect (or a fork while one held it) means asking on this thread's
 // link, never a wait.
-int TakeProxySocket(const wire::Addr& to, int domain, int* fd, bool* in_progress, char* msg,
+int TakeProxySocket(const wire::Addr& to, int domain, bool greet, Placed* out, char* msg,
                     size_t msgcap) {
   if (pthread_mutex_trylock(&g_spare_mu) == 0) {
-    int err = TakeFromSpare(to, domain, fd, in_progress, msg, msgcap);
+    int err = TakeFromSpare(to, domain, greet, out, msg, msgcap);
     pthread_mutex_unlock(&g_spare_mu);
     if (err == 0) return 0;
   }
-  return BrokerProxySocket(to, domain, fd, in_progress, msg, msgcap);
+  *out = Placed{};
+  return BrokerProxySocket(to, domain, &out->fd, &out->in_progress, msg, msgcap);
 }
 
-// PlaceProxySocket's outcome for ProxyConnect: the descriptor, and 0 or EINPROGRESS.
+// Whether a spare may come greeted: the plan's credentials are the same for every connect.
+bool MayGreet(const Socks5Plan* plan) {
+  return plan != nullptr && !plan->isolate && !plan->per_destination;
+}
+
+// The last connect's socket came greeted (ProxyConnector::greeted).
+thread_local bool t_greeted = false;
+
+// PlaceProxySocket's outcome for ProxyConnect: the descriptor, 0 or EINPROGRESS, greeted.
 thread_local int t_placed_fd = -1;
 thread_local int t_placed_err = 0;
+thread_local bool t_placed_greeted = false;
 thread_local ino_t t_placed_ino = 0;  // the placed socket's: a later socket on the number is not it
 
 }  // namespace
@@ -204,7 +226,8 @@ bool PlaceProxySocket(int fd, const Socks5Plan& plan) {
     return false;
   }
   int err = 0;
-  if (ProxyConnect(fd, reinterpret_cast<const sockaddr*>(&ss), len) != 0) {
+  const ProxyConnector connect{&plan};
+  if (connect(fd, reinterpret_cast<const sockaddr*>(&ss), len) != 0) {
     err = errno;
     if (err != EINPROGRESS) return false;
   }
@@ -212,14 +235,19 @@ bool PlaceProxySocket(int fd, const Socks5Plan& plan) {
   if (fstat(fd, &st) != 0) return false;
   t_placed_fd = fd;
   t_placed_err = err;
+  t_placed_greeted = t_greeted;
   t_placed_ino = st.st_ino;
   return true;
 }
 
-int ProxyConnect(int fd, const sockaddr* addr, socklen_t len) {
+bool ProxyConnector::greeted() const { return t_greeted; }
+
+int ProxyConnector::operator()(int fd, const sockaddr* addr, socklen_t len) const {
+  t_greeted = false;
   struct stat st;
   if (t_placed_fd >= 0 && t_placed_fd == fd && fstat(fd, &st) == 0 && st.st_ino == t_placed_ino) {
     t_placed_fd = -1;
+    t_greeted = t_placed_greeted;
     if (t_placed_err == 0) return 0;
     errno = t_placed_err;
     return -1;
@@ -233,23 +261,23 @@ int ProxyConnect(int fd, const sockaddr* addr, socklen_t len) {
     errno = EINVAL;
     return -1;
   }
-  int got = -1;
-  bool in_progress = false;
+  Placed got;
   char msg[256];
-  if (int err = TakeProxySocket(to, domain, &got, &in_progress, msg, sizeof msg); err != 0) {
+  if (int err = TakeProxySocket(to, domain, MayGreet(plan), &got, msg, sizeof msg); err != 0) {
     errno = err;
     return -1;
   }
-  CopyOptions(fd, got);
+  CopyOptions(fd, got.fd);
   const int fdfl = fcntl(fd, F_GETFD);
-  const int r = dup3(got, fd, (fdfl >= 0 && (fdfl & FD_CLOEXEC) != 0) ? O_CLOEXEC : 0);
+  const int r = dup3(got.fd, fd, (fdfl >= 0 && (fdfl & FD_CLOEXEC) != 0) ? O_CLOEXEC : 0);
   const int err = errno;
-  close(got);
+  close(got.fd);
   if (r < 0) {
     errno = err;
     return -1;
   }
-  if (in_progress) {
+  t_greeted = got.greeted;
+  if (got.in_progress) {
     errno = EINPROGRESS;
     return -1;
   }

@@ -14,12 +14,18 @@ namespace via::shim {
 // proxy::StartConnect call it: libc's, or in a strict session (StrictHere: the namespace has no
 // way to the proxy) a socket of the broker's namespace connecting to it (PROXY_SOCKET), put in
 // place of the program's with its file status flags, close-on-exec, TCP_NODELAY and
-// SO_KEEPALIVE. 0, or -1 with errno (EINPROGRESS while it connects).
-int ProxyConnect(int fd, const sockaddr* addr, socklen_t len);
+// SO_KEEPALIVE. 0, or -1 with errno (EINPROGRESS while it connects). `plan`: whether the next
+// socket may come greeted (the same credentials for every connect); greeted() says whether this
+// one did, so that the handshake sends its request only (socks5::Client::SkipGreeting).
+struct ProxyConnector {
+  const Socks5Plan* plan;
+  int operator()(int fd, const sockaddr* addr, socklen_t len) const;
+  bool greeted() const;
+};
 // In a strict session, puts the broker's socket in place on `fd` now, connecting to `plan`'s
-// proxy (as ProxyConnect), for a caller that records what the descriptor is (its inode, a
-// duplicate) before the connect; the next ProxyConnect of `fd` in this thread returns its
-// outcome. Outside one: nothing. False when it failed (the connect then fails the usual way).
+// proxy (as ProxyConnector), for a caller that records what the descriptor is (its inode, a
+// duplicate) before the connect; the next ProxyConnector call for `fd` in this thread returns
+// its outcome. Outside one: nothing. False when it failed (the connect then fails the usual way).
 bool PlaceProxySocket(int fd, const Socks5Plan& plan);
 
 }  // namespace via::shim

@@ -44,6 +44,9 @@ class Socks5Handshake : public ResolveHandshake {
   // otherwise. Lets a user of SOCKS5 word a refusal in its own terms (a Tailscale helper is no
   // Tor exit).
   uint8_t reply_code() const { return client_.reply_code(); }
+  // Greeting only: done once the proxy has taken the method and the credentials, no request
+  // sent (a strict session's spare proxy socket, greeted ahead of the shim's request).
+  void SetGreetOnly() { client_.SetGreetOnly(); }
 
   // Whether SOCKS5 can carry this request: a name of 1..255 bytes or an address of family 4 or
   // 6, and credentials of at most 255 bytes each. EINVAL with a message otherwise.

@@ -180,6 +180,36 @@ class Strict(harness.ViaCase):
         self.assertEqual(harness.microsocks_destinations(log), [f"example.test:{self.port}"])
         self.assertEqual([r["path"] for r in self.records(self.record)], ["/one", "/two"])
 
+    def test_spares_are_greeted_with_the_process_credential_and_isolation_still_holds(self):
+        # The broker greets a process's spare proxy socket ahead of its next connect, with the
+        # plan's credential, where every connect has the same one (isolation: process), so that
+        # the shim sends only its request; under isolation: connection each connect has its own
+        # credential and no spare is greeted. danted checks every credential (PAM) and logs it.
+        if not self.shim:
+            self.skipTest("only the shim keeps a spare")
+        self.env["VIA_LOG_LEVEL"] = "debug"
+        port, log = self.start_danted("pam.username", pam_service="via-test-sockd")
+        code = ("import urllib.request, sys\n"
+                "for i in range(3):\n"
+                "    urllib.request.urlopen(f'http://example.test:{sys.argv[1]}/g{i}').read()\n")
+        greeted = {}
+        for mode in ("process", "connection"):
+            self.write_config([self.socks5_entry("tor", port, f"isolation: {mode}")],
+                              service={"loopback": "overlay"})
+            self.assertOk(self.strict(harness.PYTHON, "-c", code, str(self.port)))
+            greeted[mode] = sum("proxy socket greeted" in l for l in self.broker_log())
+            self.stop_broker()
+        harness.wait_for(lambda: len(harness.danted_users(log)) >= 6, timeout=10)
+        users = harness.danted_users(log)
+        self.assertEqual(len(users), 6, users)
+        self.assertEqual(len(set(users[:3])), 1, users)  # one process, one credential
+        self.assertEqual(len(set(users[3:])), 3, users)  # one credential per connect
+        self.assertGreaterEqual(greeted["process"], 2, greeted)  # the 2nd and 3rd connects'
+        self.assertEqual(greeted["connection"], greeted["process"], greeted)  # none more
+        self.assertEqual([r["path"] for r in self.records(self.record)],
+                         ["/g0", "/g1", "/g2"] * 2)
+        self.assertEqual(harness.danted_requests(log), [(3, f"example.test.{self.port}")] * 6)
+
     def test_the_broker_gives_proxy_sockets_only_to_strict_sessions_and_only_to_the_proxy(self):
         # PROXY_SOCKET hands out a socket of the host's network namespace: never to a process of
         # a default-mode session (it could connect itself), never to anything but the overlay's

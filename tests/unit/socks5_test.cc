@@ -136,6 +136,46 @@ TEST_F(Socks5Test, ProxyMayWaiveOfferedAuthentication) {
   EXPECT_EQ(Sent(), B({5, 1, 0, 3, 3, 'a', '.', 'b', 0x01, 0xbb}));  // straight to CONNECT
 }
 
+// A strict session's spare proxy socket: the broker greets it (SetGreetOnly), the shim then sends
+// the request alone on it (SkipGreeting). Together they are one ordinary handshake.
+TEST_F(Socks5Test, AGreetingOnlyEndsWhenTheProxyTookTheCredentials) {
+  h_ = std::make_unique<Socks5Handshake>(Ip("0.0.0.0", 0), "alice", "pw");
+  h_->SetGreetOnly();
+  EXPECT_EQ(Sent(), B({5, 1, 0x02}));
+  ASSERT_TRUE(Recv(B({5, 2})).ok());
+  EXPECT_EQ(Sent(), B({1, 5, 'a', 'l', 'i', 'c', 'e', 2, 'p', 'w'}));
+  ASSERT_TRUE(Recv(B({1, 0, 5, 0})).ok());
+  EXPECT_TRUE(h_->Done());
+  EXPECT_EQ(left_, 2u);  // nothing read past the status: no request was sent
+  EXPECT_EQ(Sent(), "");
+  Start(Ip("0.0.0.0", 0));
+  h_->SetGreetOnly();
+  ASSERT_TRUE(Recv(B({5, 0})).ok());
+  EXPECT_TRUE(h_->Done());
+  Start(Ip("0.0.0.0", 0), "alice", "pw");
+  h_->SetGreetOnly();
+  ASSERT_TRUE(Recv(B({5, 2})).ok());
+  Sent();
+  EXPECT_FALSE(Recv(B({1, 1})).ok());  // refused credentials fail the greeting
+}
+
+TEST_F(Socks5Test, AfterAGreetingTheRequestIsAllThatIsSent) {
+  for (bool pipeline : {false, true}) {
+    socks5::Client c;
+    c.Start("a.b", wire::Addr{}, 443, "alice", 5, "pw", 2, socks5::kCmdConnect, pipeline);
+    c.SkipGreeting();
+    EXPECT_EQ(Bytes(reinterpret_cast<const char*>(c.output()), c.output_len()),
+              B({5, 1, 0, 3, 3, 'a', '.', 'b', 0x01, 0xbb}));
+    c.Consumed(c.output_len());
+    EXPECT_TRUE(c.RequestSent());
+    const Bytes reply = ReplyCode(0);
+    ASSERT_EQ(c.WantRead(), 5u);
+    ASSERT_EQ(c.Feed(reinterpret_cast<const uint8_t*>(reply.data()), 5), 0);
+    ASSERT_EQ(c.Feed(reinterpret_cast<const uint8_t*>(reply.data()) + 5, c.WantRead()), 0);
+    EXPECT_TRUE(c.Done());
+  }
+}
+
 TEST_F(Socks5Test, ConnectByNameUsesAtyp3) {
   EXPECT_EQ(ConnectRequest(Name("example.test", 8080)),
             B({5, 1, 0, 3, 12}) + "example.test" + B({0x1f, 0x90}));
