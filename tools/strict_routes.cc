@@ -134,7 +134,9 @@ Supervisor::RoutePtr Supervisor::RouteOf(pid_t pid) {
     if (!quiet_) Complain("strict: " + c.status().message() + " (the session's network is used)");
     return session_;
   }
-  RoutePtr route = network == network_ ? session_ : RouteFrom(*c, network);
+  // This process's own route even on the session's network: its SOCKS5 credential may be its
+  // own (isolation: process, program), which the session's (via run's) plan does not carry.
+  RoutePtr route = RouteFrom(*c, network);
   Give(*route, std::move(*c));
   std::lock_guard<std::mutex> lock(mu_);
   if (routes_.size() >= kMaxRoutes) routes_.clear();

@@ -288,11 +288,14 @@ void Supervisor::HandleConnect(const seccomp_notif& n) {
   if (d.kind == wire::KernelDest::kNone) return Continue(n.id);  // AF_UNSPEC: a disconnect
   UniqueFd host(socket(sock.domain, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP));
   if (!host) return Respond(n.id, errno);
-  int err = Connect(host.get(), d.addr, RouteOf(sock.pid), sock.pid);
+  const RoutePtr route = RouteOf(sock.pid);
+  std::string spare;
+  int err = Connect(host.get(), d.addr, route, sock.pid, &spare);
   if (err != 0) return Respond(n.id, err);
   CopyOptions(sock.fd.get(), host.get());
   RememberPeer(host.get(), d.addr);
   if (PlaceOn(n.id, host.get(), sock.pid, fd)) Respond(n.id, 0);
+  if (!spare.empty()) RefillSpare(spare, *route->plan, sock.domain);
 }
 
 bool Supervisor::PlaceOn(uint64_t id, int src, pid_t pid, int fd) {
@@ -307,7 +310,8 @@ bool Supervisor::PlaceOn(uint64_t id, int src, pid_t pid, int fd) {
 
 // Our socket `fd` connected to `a` as process `pid`'s network says: through the overlay, or
 // (loopback) directly or refused. 0 or an errno.
-int Supervisor::Connect(int fd, const wire::Addr& a, const RoutePtr& route, pid_t pid) {
+int Supervisor::Connect(int fd, const wire::Addr& a, const RoutePtr& route, pid_t pid,
+                        std::string* spare) {
   if ((route->flags & wire::kFlagDirect) != 0) {
     // A program rule that sends this program direct: strict mode has no way out but overlays.
     if (!quiet_) {
@@ -331,7 +335,7 @@ int Supervisor::Connect(int fd, const wire::Addr& a, const RoutePtr& route, pid_
   std::optional<std::string> name;
   if (plan && socks5::InFakeRange(*plan, a)) name = NameOf(a);
   if (plan && (name || !socks5::InFakeRange(*plan, a))) {
-    return ConnectSocks5(fd, a, name, route, pid);
+    return ConnectSocks5(fd, a, name, route, pid, spare);
   }
   auto c = Take(*route, pid);
   if (!c.ok()) {
@@ -351,9 +355,22 @@ int Supervisor::Connect(int fd, const wire::Addr& a, const RoutePtr& route, pid_
 }
 
 int Supervisor::ConnectSocks5(int fd, const wire::Addr& a, const std::optional<std::string>& name,
-                              const RoutePtr& route, pid_t pid) {
-  char why[256], msg[512];
-  int err = socks5::ConnectBlocking(fd, *route->plan, name ? name->c_str() : nullptr, a, ::connect,
+                              const RoutePtr& route, pid_t pid, std::string* spare) {
+  int domain = 0;
+  socklen_t dl = sizeof domain;
+  getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &dl);
+  *spare = SpareKey(*route, domain);
+  // On a spare the proxy was greeted already: the handshake is the request alone.
+  struct Connector {
+    bool ready;
+    int operator()(int s, const sockaddr* to, socklen_t len) const {
+      return ready ? 0 : ::connect(s, to, len);
+    }
+    bool greeted() const { return ready; }
+  };
+  const Connector connect{!spare->empty() && TakeSpare(*spare, fd)};
+  char why[768], msg[1024];  // room for the machine's longest error()
+  int err = socks5::ConnectBlocking(fd, *route->plan, name ? name->c_str() : nullptr, a, connect,
                                     why, sizeof why, msg, sizeof msg);
   if (err != 0 && !quiet_) Complain("strict: " + std::string(msg));
   ReportConnect(a, name, err, why, route, pid);

@@ -89,15 +89,30 @@ class Supervisor {
   void Work();
   void Handle(const seccomp_notif& n);
   void HandleConnect(const seccomp_notif& n);
-  int Connect(int fd, const wire::Addr& a, const RoutePtr& route, pid_t pid);
+  // `*spare`: the key of the spare to make once the program has its socket (SpareKey), or "".
+  int Connect(int fd, const wire::Addr& a, const RoutePtr& route, pid_t pid, std::string* spare);
   int ConnectSocks5(int fd, const wire::Addr& a, const std::optional<std::string>& name,
-                    const RoutePtr& route, pid_t pid);
+                    const RoutePtr& route, pid_t pid, std::string* spare);
   // REPORT of a connect via run handshook itself (as the shim's, docs/protocol.md): failures at
   // once, successes counted and sent in batches (or each, when the broker logs them).
   void ReportConnect(const wire::Addr& a, const std::optional<std::string>& name, int err,
                      const char* msg, const RoutePtr& route, pid_t pid);
   void FlushReports(bool force);
   static void Complain(const std::string& what);
+
+  // ---- strict_spare.cc: a socket connected to the proxy and greeted ahead of the next connect
+  // (as the shim's spare, docs/architecture.md "Strict mode"), for the SOCKS5 handshakes via run
+  // runs itself. Keyed by network, credentials and family: processes of the session with the
+  // same credential share it.
+  // The key for `route`'s connects on a socket of `domain`, or "" when they may not use one
+  // (no SOCKS5 here, routes, a credential per connect).
+  static std::string SpareKey(const Route& route, int domain);
+  // Puts a young spare for `key` that the proxy has not closed on our socket `fd`: true, or
+  // false (none ready).
+  bool TakeSpare(const std::string& key, int fd);
+  // Makes the spare for `key` unless one exists or is being made (after a connect was answered,
+  // off the program's path; a failure leaves none).
+  void RefillSpare(const std::string& key, const Socks5Plan& plan, int domain);
 
   // ---- strict_routes.cc: which network each process gets
   // The route of process `pid` (cached by pid and executable: an exec may change the rule).
@@ -188,6 +203,13 @@ class Supervisor {
   };
   std::map<std::string, Unreported> unreported_;
   std::map<std::string, uint32_t> refused_;  // --audit: refusals by kind not yet REPORTed
+  // Spares by SpareKey: the socket (invalid while it is being made) and when it was made.
+  struct Spare {
+    UniqueFd fd;
+    int64_t made_ms = 0;
+  };
+  std::map<std::string, Spare> spares_;
+  static constexpr size_t kMaxSpares = 16;
   int64_t reported_ms_ = 0;   // when they were last
   uint32_t next_raw_id_ = 0;  // ids of requests sent past BrokerClient (see ReportConnect)
 };

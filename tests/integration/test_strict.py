@@ -5,6 +5,7 @@ is not routed has no way out. Each case asserts what the proxy, the target or a 
 host saw."""
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -210,6 +211,38 @@ class Strict(harness.ViaCase):
                          ["/g0", "/g1", "/g2"] * 2)
         self.assertEqual(harness.danted_requests(log), [(3, f"example.test.{self.port}")] * 6)
 
+    def test_static_programs_take_greeted_spares_and_credentials_stay_apart(self):
+        # via run greets a spare proxy socket after each connect it handshakes itself (static
+        # programs here), for the next connect with the same network and credential: three
+        # static processes under one configured credential share them; under isolation: process
+        # each process's credential is its own. danted checks every credential (PAM).
+        exe = self.cc(GAI_CLIENT, "-static")
+        port, log = self.start_danted("pam.username", pam_service="via-test-sockd")
+        # (the pause lets via run finish the last spare before the command ends)
+        run3 = (f"for i in 1 2 3; do {exe} example.test {self.port} s$i || exit 1; done; "
+                "sleep 0.5")
+        # A spare greeted and never used is closed when via run exits: danted logs its end
+        # ("eof from local client" after the greeting's bytes; the harness's port probe sent
+        # none). With one credential, the 2nd and 3rd connects took the spares and one is left;
+        # with one per process, each process's is left.
+        def left():
+            return len(re.findall(r"error after reading [1-9]\d* bytes .*eof from local client",
+                                  harness.read_text(log)))
+        for extra, unused in ((["username: alice", "password: pw"], 1),
+                              (["isolation: process"], 4)):
+            self.write_config([self.socks5_entry("tor", port, *extra)],
+                              service={"loopback": "overlay"})
+            self.assertOk(self.strict("sh", "-c", run3))
+            self.stop_broker()
+            harness.wait_for(lambda: left() >= unused, timeout=10)
+            self.assertEqual(left(), unused)
+        harness.wait_for(lambda: len(harness.danted_users(log)) >= 6, timeout=10)
+        users = harness.danted_users(log)
+        self.assertEqual(users[:3], ["alice"] * 3, users)
+        self.assertEqual(len(set(users[3:])), 3, users)
+        self.assertEqual([r["path"] for r in self.records(self.record)],
+                         ["/s1", "/s2", "/s3"] * 2)
+
     def test_the_broker_gives_proxy_sockets_only_to_strict_sessions_and_only_to_the_proxy(self):
         # PROXY_SOCKET hands out a socket of the host's network namespace: never to a process of
         # a default-mode session (it could connect itself), never to anything but the overlay's
@@ -381,10 +414,10 @@ class Strict(harness.ViaCase):
         self.assertEqual([p for p, (src, dst) in zip(packets, ends) if "53" in (src[1], dst[1])],
                          [])
         # curl's and the static client's (each seen going out of lo and coming in)
-        # (with the shim, curl's process also had a spare proxy socket made for its next
-        # connect: strict_socket.cc)
+        # (each program's connect, and perhaps the spare proxy socket made for the next one:
+        # the shim's, strict_socket.cc, or via run's, strict_spare.cc)
         to_proxy = {src[1] for src, dst in ends if dst[1] == str(self.proxy_port)}
-        self.assertIn(len(to_proxy), (2, 3) if self.shim else (2,), out.stdout)
+        self.assertIn(len(to_proxy), (2, 3, 4), out.stdout)
         self.assertEqual([(src, dst) for src, dst in ends
                           if dst[1] != str(self.proxy_port) and src[0] != harness.PROXY_OUT], [])
         self.assertEqual([r["path"] for r in self.records(self.record)],
