@@ -20,6 +20,7 @@
 
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -229,6 +230,34 @@ inline int64_t MonotonicMs() {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+// ---- sockets put in place of the program's (strict mode) -------------------------------------
+
+// A connection to the proxy made ahead of a connect (a strict session's spare, the shim's or
+// via run's) is trusted for this long: proxies time out idle handshakes (danted after 30 s, Tor
+// after 2 minutes).
+constexpr int64_t kSpareMaxMs = 10000;
+
+// Whether the spare `fd`, made (or asked for) at `since_ms` (MonotonicMs), may still carry a
+// connect: young enough, and the proxy has sent nothing and not closed it (one poll).
+inline bool SpareUsable(int fd, int64_t since_ms) {
+  pollfd p{fd, POLLIN | POLLRDHUP, 0};
+  return MonotonicMs() - since_ms <= kSpareMaxMs && poll(&p, 1, 0) == 0;
+}
+
+// Gives `to`, a socket put on the program's descriptor in place of `from`, what the program set
+// on `from` before its connect and relies on after it: `O_NONBLOCK` as `from` has it,
+// TCP_NODELAY and SO_KEEPALIVE when set. (Buffer sizes are left to the kernel's autotuning.)
+inline void CopySocketOptions(int from, int to) {
+  const int options[2][2] = {{IPPROTO_TCP, TCP_NODELAY}, {SOL_SOCKET, SO_KEEPALIVE}};
+  for (const auto& o : options) {
+    int v = 0;
+    socklen_t len = sizeof v;
+    if (getsockopt(from, o[0], o[1], &v, &len) == 0 && v != 0) setsockopt(to, o[0], o[1], &v, len);
+  }
+  const int fl = fcntl(from, F_GETFL), tl = fcntl(to, F_GETFL);
+  if (fl >= 0 && tl >= 0) fcntl(to, F_SETFL, (tl & ~O_NONBLOCK) | (fl & O_NONBLOCK));
 }
 
 // Waits until `fd` has `events` or `deadline_ms` (MonotonicMs) passes: 0, or an errno (ETIMEDOUT).

@@ -658,27 +658,16 @@ int BrokerConnect(int fd, const wire::Addr& dest, char* msg, size_t msgcap) {
   return err;
 }
 
-int BrokerProxySocket(const wire::Addr& to, int domain, int* fd, bool* in_progress, char* msg,
-                      size_t msgcap) {
-  *fd = -1;
-  *in_progress = false;
-  uint8_t buf[128];
-  wire::Writer w(buf, sizeof buf, wire::kProxySocket, t_link.rpc.NextId());
-  w.PutAddr(wire::kTagAddr, to);
-  w.PutU8(wire::kTagFamily, domain == AF_INET6 ? 6 : 4);
-  uint8_t reply[4096];
-  wire::Message m;
-  int err = Call(w, -1, reply, sizeof reply, &m, msg, msgcap, fd);
+uint32_t BrokerNextId() { return t_link.rpc.NextId(); }
+
+int BrokerCallForFd(wire::Writer& w, uint8_t* reply, size_t cap, wire::Message* m, int* fd,
+                    char* msg, size_t msgcap) {
+  int err = Call(w, -1, reply, cap, m, msg, msgcap, fd);
   if (err == 0 && *fd < 0) {
-    std::snprintf(msg, msgcap, "the via broker sent no socket with its PROXY_SOCKET reply");
+    std::snprintf(msg, msgcap, "the via broker's reply carried no socket");
     err = EPROTO;
   }
-  if (err != 0) return err;
-  uint32_t flags = 0;
-  wire::Field f;
-  if (m.Find(wire::kTagFlags, &f)) f.u32(&flags);
-  *in_progress = (flags & wire::kFlagInProgress) != 0;
-  return 0;
+  return err;
 }
 
 int BrokerOpenLink(int* out, char* msg, size_t msgcap) {

@@ -31,11 +31,13 @@ bool NoConfigAnywhere();
 // system resolver, connect the socket directly. Never an errno.
 constexpr int kRouteDirect = 0x7fff0001;
 int BrokerConnect(int fd, const wire::Addr& dest, char* msg, size_t msgcap);
-// PROXY_SOCKET (HELLO said kFlagStrict): a TCP socket of the broker's network namespace, of
-// `domain`, connecting to the proxy endpoint `to`: *fd (close-on-exec, non-blocking), and
-// *in_progress while its connect goes on. 0 or an errno (the broker's message in `msg`).
-int BrokerProxySocket(const wire::Addr& to, int domain, int* fd, bool* in_progress, char* msg,
-                      size_t msgcap);
+// The id of the next request on this thread's link (a Writer is built with it).
+uint32_t BrokerNextId();
+// A request on this thread's link whose reply carries one descriptor (PROXY_SOCKET): 0 with *m
+// (backed by `reply`) and *fd (close-on-exec), or an errno with the reason in `msg` (EPROTO
+// when no descriptor came).
+int BrokerCallForFd(wire::Writer& w, uint8_t* reply, size_t cap, wire::Message* m, int* fd,
+                    char* msg, size_t msgcap);
 // A connection to the broker of its own, greeted as this process's, for a caller that keeps a
 // request outstanding on it (strict_socket.cc): *fd (close-on-exec, non-blocking, out of the low
 // descriptor numbers), or an errno with the reason in `msg`.

@@ -41,6 +41,7 @@
 #include "common/socks5_plan.h"
 #include "shim/broker_link.h"
 #include "shim/optimistic.h"
+#include "shim/process_route.h"
 #include "shim/real.h"
 #include "shim/routed.h"
 #include "shim/state.h"
@@ -224,7 +225,7 @@ void ForEachFd(Fn&& fn) {
 
 // Records the registrations of the socket `ino` in the epoll instance `epfd` (its fdinfo lines
 // "tfd: N events: X data: X pos:N ino:X sdev:X") and masks them.
-void MaskEpoll(int epfd, ino_t ino, Slot& s) {
+void MaskEpoll(int epfd, ino_t ino, Reg* regs, int* nregs) {
   char path[48];
   std::snprintf(path, sizeof path, "/proc/self/fdinfo/%d", epfd);
   int f = open(path, O_RDONLY | O_CLOEXEC);
@@ -245,9 +246,9 @@ void MaskEpoll(int epfd, ino_t ino, Slot& s) {
       unsigned long lino;
       if (std::sscanf(line, "tfd: %d events: %x data: %llx pos:%*d ino:%lx", &tfd, &events, &data,
                       &lino) == 4 &&
-          ino_t(lino) == ino && s.nregs < kRegs) {
+          ino_t(lino) == ino && *nregs < kRegs) {
         if (g_epoll_ctl(epfd, EPOLL_CTL_DEL, tfd, nullptr) == 0) {
-          s.regs[s.nregs++] = Reg{epfd, tfd, events, data};
+          regs[(*nregs)++] = Reg{epfd, tfd, events, data};
         }
       }
     }
@@ -283,30 +284,40 @@ void LockEpolls() {
 }
 void UnlockEpolls() { __atomic_store_n(&g_epolls_lock, 0, __ATOMIC_RELEASE); }
 
-void MaskAllEpolls(ino_t ino, Slot& s) {
+// Takes the registrations of the socket `ino` out of every epoll instance of the process, into
+// regs[*nregs...] (kRegs in all).
+void MaskAllEpolls(ino_t ino, Reg* regs, int* nregs) {
   LockEpolls();
   if (!g_epolls_overflow) {
     for (int i = 0; i < g_nepolls; ++i) {
-      if (g_epolls[i] != g_loop_ep && IsEpoll(g_epolls[i])) MaskEpoll(g_epolls[i], ino, s);
+      if (g_epolls[i] != g_loop_ep && IsEpoll(g_epolls[i]))
+        MaskEpoll(g_epolls[i], ino, regs, nregs);
     }
     UnlockEpolls();
     return;
   }
   UnlockEpolls();
   ForEachFd([&](int fd) {
-    if (fd != g_loop_ep && IsEpoll(fd)) MaskEpoll(fd, ino, s);
+    if (fd != g_loop_ep && IsEpoll(fd)) MaskEpoll(fd, ino, regs, nregs);
   });
+}
+void MaskAllEpolls(ino_t ino, Slot& s) { MaskAllEpolls(ino, s.regs, &s.nregs); }
+
+// Puts registrations taken out by MaskAllEpolls back, by descriptor number: on whatever socket
+// the number holds now.
+void RestoreRegs(const Reg* regs, int nregs) {
+  for (int i = 0; i < nregs; ++i) {
+    epoll_event ev{};
+    ev.events = regs[i].events;
+    ev.data.u64 = regs[i].data;
+    if (g_epoll_ctl(regs[i].epfd, EPOLL_CTL_ADD, regs[i].tfd, &ev) != 0 && errno == EEXIST) {
+      g_epoll_ctl(regs[i].epfd, EPOLL_CTL_MOD, regs[i].tfd, &ev);
+    }
+  }
 }
 
 void RestoreEpolls(Slot& s) {
-  for (int i = 0; i < s.nregs; ++i) {
-    epoll_event ev{};
-    ev.events = s.regs[i].events;
-    ev.data.u64 = s.regs[i].data;
-    if (g_epoll_ctl(s.regs[i].epfd, EPOLL_CTL_ADD, s.regs[i].tfd, &ev) != 0 && errno == EEXIST) {
-      g_epoll_ctl(s.regs[i].epfd, EPOLL_CTL_MOD, s.regs[i].tfd, &ev);
-    }
-  }
+  RestoreRegs(s.regs, s.nregs);
   s.nregs = 0;
 }
 
@@ -677,15 +688,27 @@ void ClaimSlot(Slot& s, int fd, const struct stat& st, const wire::Addr& dest, b
 int StartPendingSocks5(int fd, const Socks5Plan& plan, const char* name, const wire::Addr& dest) {
   int fl = fcntl(fd, F_GETFL);
   struct stat st;
-  if (fl < 0 || (fl & O_NONBLOCK) == 0) return 0;
-  // In a strict session the socket is the broker's from here on (what the slot records).
-  if (!PlaceProxySocket(fd, plan) || fstat(fd, &st) != 0) return 0;
-  if (!EnsureShared() || !EnsureThread()) return 0;
+  if (fl < 0 || (fl & O_NONBLOCK) == 0 || fstat(fd, &st) != 0) return 0;
+  // In a strict session the socket is the broker's from here on (PlaceProxySocket; what the slot
+  // records). The program's epoll registrations of its own socket (made before its connect) are
+  // taken out first, by that socket's inode, and go on the new one by descriptor number: with
+  // the slot's (RestoreEpolls), or at once when the connect is not taken here.
+  Reg moved[kRegs];
+  int nmoved = 0;
+  auto not_taken = [&] {
+    RestoreRegs(moved, nmoved);
+    return 0;
+  };
+  if (StrictHere()) {
+    MaskAllEpolls(st.st_ino, moved, &nmoved);
+    if (!PlaceProxySocket(fd, plan) || fstat(fd, &st) != 0) return not_taken();
+  }
+  if (!EnsureShared() || !EnsureThread()) return not_taken();
   Lock();
   const int i = FindFreeSlot();
   if (i < 0) {
     Unlock();
-    return 0;
+    return not_taken();
   }
   Slot& s = g_shared->slots[i];
   ClaimSlot(s, fd, st, dest, false);
@@ -709,9 +732,11 @@ int StartPendingSocks5(int fd, const Socks5Plan& plan, const char* name, const w
     if (s.wake_fd < 0 || s.priv_fd < 0) {  // no room for descriptors: the blocking path
       FreeSlot(s);
       Unlock();
-      return 0;
+      return not_taken();
     }
     // Hidden before the connect starts: no registration can see the proxy connection ready.
+    std::memcpy(s.regs, moved, sizeof(Reg) * size_t(nmoved));
+    s.nregs = nmoved;
     MaskAllEpolls(st.st_ino, s);
     const ProxyConnector connect{&plan};
     proxy::Step step = proxy::StartConnect(fd, connect, reinterpret_cast<sockaddr*>(&s.ep),

@@ -2,16 +2,13 @@
 #include "shim/strict_socket.h"
 
 #include <fcntl.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <poll.h>
 #include <pthread.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
+#include <string_view>
 
 #include "common/request_client.h"
 #include "common/socks5_plan.h"
@@ -23,27 +20,13 @@ namespace via::shim {
 
 namespace {
 
-// Copies onto `to` what the program may have set on `from` before its connect and that matters
-// to it afterwards (as `via run --strict` does for the sockets it places).
-void CopyOptions(int from, int to) {
-  const int levels[2][2] = {{IPPROTO_TCP, TCP_NODELAY}, {SOL_SOCKET, SO_KEEPALIVE}};
-  for (const auto& o : levels) {
-    int v = 0;
-    socklen_t l = sizeof v;
-    if (getsockopt(from, o[0], o[1], &v, &l) == 0 && v != 0) setsockopt(to, o[0], o[1], &v, l);
-  }
-  const int fl = fcntl(from, F_GETFL);
-  if (fl >= 0) fcntl(to, F_SETFL, fl & O_NONBLOCK);
-}
-
 // ---- the spare ---------------------------------------------------------------------------------
 // Each proxy socket costs a round trip to the broker, two wake-ups of sleeping processes, which
 // on a virtual machine cost about as much as the SOCKS5 handshake itself. So once a process has
 // taken one, it asks for the next at once (PROXY_SOCKET posted on a link of its own): the
 // broker connects it to the proxy meanwhile, and the next connect finds its reply (and socket)
 // waiting on the link. One idle connection to the proxy per process that connects; a spare
-// older than kSpareMaxMs is dropped unused (proxies time out idle handshakes: danted after 30 s).
-constexpr int64_t kSpareMaxMs = 10000;
+// older than proxy::kSpareMaxMs, or one the proxy closed, is dropped unused.
 constexpr int64_t kSpareWaitMs = 10000;  // for a posted reply (the broker answers at once)
 
 struct Spare {
@@ -61,12 +44,6 @@ struct Spare {
 };
 constinit Spare g_spare = {0, -1, 0, 0, wire::RequestClient(), false, 0, {}, 0, false, 0};
 pthread_mutex_t g_spare_mu = PTHREAD_MUTEX_INITIALIZER;
-
-int64_t NowMs() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
-}
 
 // Forgets the spare link; closes it if it is still this process's own descriptor.
 void DropSpare(bool ours) {
@@ -99,13 +76,6 @@ int SpareLink(char* msg, size_t msgcap) {
   return 0;
 }
 
-// Whether a spare connection to the proxy is still as it was made: the proxy has sent nothing
-// and not closed it (a proxy that restarted, or timed the idle connection out). One poll.
-bool StillIdle(int fd) {
-  pollfd p{fd, POLLIN | POLLRDHUP, 0};
-  return poll(&p, 1, 0) == 0;
-}
-
 void PutRequest(wire::Writer* w, const wire::Addr& to, int domain, bool greet) {
   w->PutAddr(wire::kTagAddr, to);
   w->PutU8(wire::kTagFamily, domain == AF_INET6 ? 6 : 4);
@@ -119,27 +89,39 @@ struct Placed {
   bool greeted = false;
 };
 
-// The reply `r` of a PROXY_SOCKET: 0 with *out, or an errno.
-int ReadReply(int err, wire::Reply& r, Placed* out, char* msg, size_t msgcap) {
+// What a PROXY_SOCKET reply `m` says about its socket `fd`.
+Placed FromReply(const wire::Message& m, int fd) {
+  uint32_t flags = 0;
   wire::Field f;
-  if (err == 0) {
-    uint32_t code = EPROTO;  // no ERRNO: malformed
-    if (r.message.Find(wire::kTagErrno, &f)) f.u32(&code);
-    err = int(code);
-    if (err != 0 && r.message.Find(wire::kTagMessage, &f)) {
-      std::snprintf(msg, msgcap, "%.*s", int(f.len), reinterpret_cast<const char*>(f.data));
-    }
-  }
+  if (m.Find(wire::kTagFlags, &f)) f.u32(&flags);
+  return {fd, (flags & wire::kFlagInProgress) != 0, (flags & wire::kFlagGreeted) != 0};
+}
+
+// The reply `r` of a PROXY_SOCKET on the spare link (`err`: the exchange's): 0 with *out, or an
+// errno with the broker's message in `msg`.
+int ReadReply(int err, wire::Reply& r, Placed* out, char* msg, size_t msgcap) {
+  std::string_view text;
+  if (err == 0) err = wire::ReplyErrno(r.message, &text);
   if (err == 0 && r.nfds == 0) err = EPROTO;
   if (err != 0) {
+    if (!text.empty()) std::snprintf(msg, msgcap, "%.*s", int(text.size()), text.data());
     for (size_t i = 0; i < r.nfds; ++i) close(r.fds[i]);
     return err;
   }
-  uint32_t flags = 0;
-  if (r.message.Find(wire::kTagFlags, &f)) f.u32(&flags);
-  out->fd = r.fds[0];
-  out->in_progress = (flags & wire::kFlagInProgress) != 0;
-  out->greeted = (flags & wire::kFlagGreeted) != 0;
+  *out = FromReply(r.message, r.fds[0]);
+  return 0;
+}
+
+// A proxy socket asked for on this thread's link: 0 with *out, or an errno.
+int AskThreadLink(const wire::Addr& to, int domain, Placed* out, char* msg, size_t msgcap) {
+  uint8_t req[128];
+  wire::Writer w(req, sizeof req, wire::kProxySocket, BrokerNextId());
+  PutRequest(&w, to, domain, false);
+  uint8_t reply[4096];
+  wire::Message m;
+  int fd = -1;
+  if (int err = BrokerCallForFd(w, reply, sizeof reply, &m, &fd, msg, msgcap); err != 0) return err;
+  *out = FromReply(m, fd);
   return 0;
 }
 
@@ -158,7 +140,7 @@ int TakeFromSpare(const wire::Addr& to, int domain, bool greet, Placed* out, cha
     err = g_spare.rpc.Await(g_spare.posted_id, wire::DeadlineInMs(kSpareWaitMs), &r);
     err = ReadReply(err, r, out, msg, msgcap);
     if (err == 0 && (!(g_spare.to == to) || g_spare.domain != domain || g_spare.greet != greet ||
-                     NowMs() - g_spare.posted_ms > kSpareMaxMs || !StillIdle(out->fd))) {
+                     !proxy::SpareUsable(out->fd, g_spare.posted_ms))) {
       close(out->fd);  // for another proxy, too old to trust, or closed: asked for again below
       err = EAGAIN;
     }
@@ -182,7 +164,7 @@ int TakeFromSpare(const wire::Addr& to, int domain, bool greet, Placed* out, cha
   g_spare.to = to;
   g_spare.domain = domain;
   g_spare.greet = greet;
-  g_spare.posted_ms = NowMs();
+  g_spare.posted_ms = proxy::MonotonicMs();
   return 0;
 }
 
@@ -196,8 +178,7 @@ int TakeProxySocket(const wire::Addr& to, int domain, bool greet, Placed* out, c
     pthread_mutex_unlock(&g_spare_mu);
     if (err == 0) return 0;
   }
-  *out = Placed{};
-  return BrokerProxySocket(to, domain, &out->fd, &out->in_progress, msg, msgcap);
+  return AskThreadLink(to, domain, out, msg, msgcap);
 }
 
 // Whether a spare may come greeted: the plan's credentials are the same for every connect.
@@ -267,7 +248,7 @@ int ProxyConnector::operator()(int fd, const sockaddr* addr, socklen_t len) cons
     errno = err;
     return -1;
   }
-  CopyOptions(fd, got.fd);
+  proxy::CopySocketOptions(fd, got.fd);
   const int fdfl = fcntl(fd, F_GETFD);
   const int r = dup3(got.fd, fd, (fdfl >= 0 && (fdfl & FD_CLOEXEC) != 0) ? O_CLOEXEC : 0);
   const int err = errno;

@@ -1,7 +1,6 @@
 // via run --strict: spare proxy sockets for the SOCKS5 handshakes via run runs itself (static and
 // Go programs, --no-shim). See strict_supervisor.h.
 #include <fcntl.h>
-#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -12,13 +11,6 @@
 #include "tools/strict_supervisor.h"
 
 namespace via::tools::strict {
-
-namespace {
-
-// A spare older than this is not trusted (proxies time out idle handshakes: danted after 30 s).
-constexpr int64_t kSpareMaxMs = 10000;
-
-}  // namespace
 
 std::string Supervisor::SpareKey(const Route& route, int domain) {
   if (!route.plan || (route.flags & wire::kFlagRoutes) != 0 || route.plan->isolate ||
@@ -44,8 +36,7 @@ bool Supervisor::TakeSpare(const std::string& key, int fd) {
     made = it->second.made_ms;
     spares_.erase(it);
   }
-  pollfd p{spare.get(), POLLIN | POLLRDHUP, 0};
-  if (proxy::MonotonicMs() - made > kSpareMaxMs || poll(&p, 1, 0) != 0) return false;
+  if (!proxy::SpareUsable(spare.get(), made)) return false;
   // Our own socket `fd` becomes the spare (blocking, as `fd` was made).
   if (dup3(spare.get(), fd, O_CLOEXEC) < 0) return false;
   fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);

@@ -33,21 +33,6 @@ constexpr int kLeftPollMs = 100;
 constexpr unsigned long kIoctlNotifSetFlags = SECCOMP_IOW(4, uint64_t);
 constexpr uint64_t kNotifSyncWakeUp = 1;  // SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP
 
-// The program's socket options that matter to it, onto our socket: non-blocking mode,
-// TCP_NODELAY, SO_KEEPALIVE. (Buffer sizes are left to the kernel's autotuning.)
-void CopyOptions(int from, int to) {
-  int fl = fcntl(from, F_GETFL);
-  if (fl >= 0 && (fl & O_NONBLOCK) != 0) fcntl(to, F_SETFL, fcntl(to, F_GETFL) | O_NONBLOCK);
-  const std::pair<int, int> options[] = {{IPPROTO_TCP, TCP_NODELAY}, {SOL_SOCKET, SO_KEEPALIVE}};
-  for (auto [level, name] : options) {
-    int v = 0;
-    socklen_t len = sizeof v;
-    if (getsockopt(from, level, name, &v, &len) == 0 && v != 0) {
-      setsockopt(to, level, name, &v, sizeof v);
-    }
-  }
-}
-
 // Signals to via run while it serves what the command left behind: passed on to those processes
 // by Run's loop (async-signal-safe: the handler only records the signal).
 volatile sig_atomic_t g_left_signal = 0;
@@ -292,7 +277,7 @@ void Supervisor::HandleConnect(const seccomp_notif& n) {
   std::string spare;
   int err = Connect(host.get(), d.addr, route, sock.pid, &spare);
   if (err != 0) return Respond(n.id, err);
-  CopyOptions(sock.fd.get(), host.get());
+  proxy::CopySocketOptions(sock.fd.get(), host.get());
   RememberPeer(host.get(), d.addr);
   if (PlaceOn(n.id, host.get(), sock.pid, fd)) Respond(n.id, 0);
   if (!spare.empty()) RefillSpare(spare, *route->plan, sock.domain);
