@@ -712,6 +712,8 @@ int StartPendingSocks5(int fd, const Socks5Plan& plan, const char* name, const w
   }
   Slot& s = g_shared->slots[i];
   ClaimSlot(s, fd, st, dest, false);
+  std::memcpy(s.regs, moved, sizeof(Reg) * size_t(nmoved));  // restored with the slot's
+  s.nregs = nmoved;
   s.timeout_ms = plan.timeout_ms;
   s.deadline_ms = proxy::MonotonicMs() + plan.timeout_ms;
   s.has_name = name != nullptr;
@@ -735,8 +737,6 @@ int StartPendingSocks5(int fd, const Socks5Plan& plan, const char* name, const w
       return not_taken();
     }
     // Hidden before the connect starts: no registration can see the proxy connection ready.
-    std::memcpy(s.regs, moved, sizeof(Reg) * size_t(nmoved));
-    s.nregs = nmoved;
     MaskAllEpolls(st.st_ino, s);
     const ProxyConnector connect{&plan};
     proxy::Step step = proxy::StartConnect(fd, connect, reinterpret_cast<sockaddr*>(&s.ep),

@@ -243,6 +243,25 @@ class Strict(harness.ViaCase):
         self.assertEqual([r["path"] for r in self.records(self.record)],
                          ["/s1", "/s2", "/s3"] * 2)
 
+    def test_non_blocking_connects_keep_the_programs_epoll_registrations(self):
+        # The shim puts the broker's socket on the program's descriptor (dup3): a registration
+        # the program made on its own socket before connecting (nginx does) goes with the
+        # descriptor to the new socket, and fires once when the handshake is done. Without it,
+        # the program waited forever.
+        if not self.shim:
+            self.skipTest("via run answers a connect once connected: nothing is pending")
+        self.configure()
+        exe = self.nbconnect()
+        for mode in ("epoll-before", "epoll-after", "oneshot"):
+            proc = self.strict(exe, mode, "example.test", str(self.port))
+            self.assertOk(proc)
+            v = dict(re.findall(r"(\w+)=(\S+)", proc.stdout))
+            self.assertEqual((v.get("connect"), v.get("events"), v.get("out"), v.get("status")),
+                             ("EINPROGRESS", "1", "1", "200"), proc.stdout + proc.stderr)
+        self.assertEqual([r["path"] for r in self.records(self.record)],
+                         ["/epoll-before", "/epoll-after", "/oneshot"])
+        self.assertMicrosocksConnected(self.proxy_log, f"example.test:{self.port}")
+
     def test_the_broker_gives_proxy_sockets_only_to_strict_sessions_and_only_to_the_proxy(self):
         # PROXY_SOCKET hands out a socket of the host's network namespace: never to a process of
         # a default-mode session (it could connect itself), never to anything but the overlay's
