@@ -683,32 +683,41 @@ void ClaimSlot(Slot& s, int fd, const struct stat& st, const wire::Addr& dest, b
   __atomic_store_n(&g_pending_ever, true, __ATOMIC_RELEASE);
 }
 
+// In a strict session the socket becomes the broker's (PlaceProxySocket; *st then describes it,
+// as the slot records it). The program's epoll registrations of its own socket (made before its
+// connect) are taken out first, by that socket's inode, into moved[*nmoved]: they go on the new
+// socket by descriptor number with the slot's (RestoreEpolls), or at once (NotTaken) when the
+// connect is not taken here. False when the socket could not be placed (the registrations are
+// back): the blocking path then fails the usual way. Outside a strict session: nothing, true.
+bool PlaceForStrict(int fd, const Socks5Plan& plan, struct stat* st, Reg* moved, int* nmoved) {
+  if (!StrictHere()) return true;
+  MaskAllEpolls(st->st_ino, moved, nmoved);
+  if (PlaceProxySocket(fd, plan) && fstat(fd, st) == 0) return true;
+  RestoreRegs(moved, *nmoved);
+  return false;
+}
+
+// StartPendingSocks5's "not taken here" once PlaceForStrict moved registrations: put back.
+int NotTaken(const Reg* moved, int nmoved) {
+  RestoreRegs(moved, nmoved);
+  return 0;
+}
+
 }  // namespace
 
 int StartPendingSocks5(int fd, const Socks5Plan& plan, const char* name, const wire::Addr& dest) {
   int fl = fcntl(fd, F_GETFL);
   struct stat st;
   if (fl < 0 || (fl & O_NONBLOCK) == 0 || fstat(fd, &st) != 0) return 0;
-  // In a strict session the socket is the broker's from here on (PlaceProxySocket; what the slot
-  // records). The program's epoll registrations of its own socket (made before its connect) are
-  // taken out first, by that socket's inode, and go on the new one by descriptor number: with
-  // the slot's (RestoreEpolls), or at once when the connect is not taken here.
-  Reg moved[kRegs];
+  Reg moved[kRegs];  // the program's registrations, in a strict session (PlaceForStrict)
   int nmoved = 0;
-  auto not_taken = [&] {
-    RestoreRegs(moved, nmoved);
-    return 0;
-  };
-  if (StrictHere()) {
-    MaskAllEpolls(st.st_ino, moved, &nmoved);
-    if (!PlaceProxySocket(fd, plan) || fstat(fd, &st) != 0) return not_taken();
-  }
-  if (!EnsureShared() || !EnsureThread()) return not_taken();
+  if (!PlaceForStrict(fd, plan, &st, moved, &nmoved)) return 0;
+  if (!EnsureShared() || !EnsureThread()) return NotTaken(moved, nmoved);
   Lock();
   const int i = FindFreeSlot();
   if (i < 0) {
     Unlock();
-    return not_taken();
+    return NotTaken(moved, nmoved);
   }
   Slot& s = g_shared->slots[i];
   ClaimSlot(s, fd, st, dest, false);
@@ -734,7 +743,7 @@ int StartPendingSocks5(int fd, const Socks5Plan& plan, const char* name, const w
     if (s.wake_fd < 0 || s.priv_fd < 0) {  // no room for descriptors: the blocking path
       FreeSlot(s);
       Unlock();
-      return not_taken();
+      return NotTaken(moved, nmoved);
     }
     // Hidden before the connect starts: no registration can see the proxy connection ready.
     MaskAllEpolls(st.st_ino, s);
